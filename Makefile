@@ -1,0 +1,43 @@
+# BEAT: `make demo` and `make test` set everything up themselves (system packages, venv, build).
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+DEPS   := $(VENV)/.stamp-deps
+NATIVE := $(VENV)/.stamp-native
+SOURCES := $(wildcard fastpath/*.pyx fastpath/includes/*.pxd fastpath/include/*.h fastpath/src/*.c) setup.py
+
+.PHONY: all setup build test demo bench fuzz clean
+
+all: build
+
+$(VPY):
+	./scripts/bootstrap-system
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS): requirements.txt requirements-dev.txt | $(VPY)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+$(NATIVE): $(DEPS) $(SOURCES)
+	$(VPY) setup.py -q build_ext --inplace
+	$(VPY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+setup build: $(NATIVE)
+
+test: $(NATIVE)
+	$(VPY) -m pytest -q -ra tests
+
+demo: $(NATIVE)
+	$(VPY) -m beatd.demo
+
+bench: $(NATIVE)
+	$(VPY) -m benchmarks.run
+
+# A long fuzz run of the parser (the test suite runs a short one).
+fuzz: $(NATIVE)
+	$(VPY) fuzz/fuzz_parser.py -max_total_time=600 fuzz/corpus
+
+clean:
+	rm -rf build *.egg-info fastpath/_native.c fastpath/*.so $(NATIVE)

@@ -1,0 +1,93 @@
+"""`make bench`: the fast-path benchmarks of one run, printed as a table and written as JSON.
+
+Same frames for every row: >= 1 M minimum-size frames over 1,000 flows, and an IMIX mix (7:4:1 of
+60/576/1500-byte frames). Native with each hash and each SIMD level, and the pure twin (on a slice of
+the same frames: it is the slow one; its rate is per frame, so the ratio stands).
+Results: benchmarks/results/pipeline-latest.json (and a dated copy).
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+
+from benchmarks.pipeline import IMIX, build_frames, pin_one_core, run_once
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--frames", type=int, default=1_048_576, help="frames per mix (default 2^20)")
+    ap.add_argument("--pure-frames", type=int, default=65_536, help="frames for the pure twin")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per row; the best is kept")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = ap.parse_args(argv)
+
+    import fastpath.pure as pure
+    try:
+        import fastpath._native as native
+    except ImportError as exc:
+        sys.exit(f"bench: the native fast path is not built ({exc}); run `make build`")
+    pin_one_core()
+
+    mixes = {"64B": (60,), "IMIX": IMIX}
+    rows = []
+    max_level = native.set_simd(3)
+    levels = [lvl for lvl in (3, 2, 0) if lvl <= max_level]
+    for mix, sizes in mixes.items():
+        buf, desc = build_frames(args.frames, flows=1000, sizes=sizes, desc_pack=native.pack_desc)
+        n_pure = min(args.pure_frames, len(desc) // 24)
+        pure_desc = desc[:n_pure * 24]
+        for hash_name in ("sha3-256", "blake2b-256"):
+            pure_best = None
+            for _ in range(max(1, args.repeat - 1)):
+                sec, frames, recs = run_once(pure, buf, pure_desc, hash_name)
+                pure_best = max(pure_best or 0, frames / sec)
+            rows.append(dict(mix=mix, impl="py", hash=hash_name, simd="-", frames=frames,
+                             records=recs, pps=pure_best, ratio=1.0))
+            for level in levels if hash_name == "sha3-256" else levels[:1]:
+                native.set_simd(level)
+                best = 0
+                for _ in range(args.repeat):
+                    sec, frames, recs = run_once(native, buf, desc, hash_name)
+                    best = max(best, frames / sec)
+                rows.append(dict(mix=mix, impl="c", hash=hash_name, simd=native.simd(),
+                                 frames=frames, records=recs, pps=best, ratio=best / pure_best))
+            native.set_simd(max_level)
+
+    print(f"{'mix':5} {'impl':4} {'hash':12} {'simd':9} {'frames':>9} {'records':>9} "
+          f"{'Mframes/s':>10} {'x pure':>7}")
+    for r in rows:
+        print(f"{r['mix']:5} {r['impl']:4} {r['hash']:12} {r['simd']:9} {r['frames']:>9} "
+              f"{r['records']:>9} {r['pps'] / 1e6:>10.3f} {r['ratio']:>7.1f}")
+    result = dict(
+        benchmark="pipeline", when=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        machine=dict(platform=platform.platform(), cpu=_cpu(), python=platform.python_version()),
+        note="one core; feed + take + LMDB commit per 8192-frame batch; frames/s = packets "
+             "captured per second (each packet is seen in and out)",
+        targets={"native sha3-256 frames/s": 2_000_000, "native / pure": 20,
+                 "stretch frames/s": 5_000_000},
+        rows=rows)
+    os.makedirs(args.out, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for name in (f"pipeline-{stamp}.json", "pipeline-latest.json"):
+        with open(os.path.join(args.out, name), "w") as f:
+            json.dump(result, f, indent=2)
+    print(f"written: {os.path.join(args.out, 'pipeline-latest.json')}")
+
+
+def _cpu():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+# cython: language_level=3
+"""Native twin of the fast path (docs/fastpath.md): the C pipeline behind the same API as
+fastpath.pure. Frames are processed without the GIL; Python sees only whole batches."""
+import struct
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free
+
+from fastpath.includes.beat cimport *
+
+from .output import (COUNTER_SIZE, DESC_FORMAT, DESC_SIZE, HASH_NAMES, NONE, OPEN_RECEIPT_SIZE,
+                     RECEIPT_SIZE, RECORD_SIZE, STAT_NAMES, Output)
+
+_DESC = struct.Struct(DESC_FORMAT)
+_SEG_HEAD = struct.Struct(">QQ32s")
+_MAX_ID = (1 << 64) - 2
+
+
+def simd():
+    """The Keccak lanes the batch hashing uses here: "scalar", "avx2x4" or "avx512x8"."""
+    return beat_hash_simd_name().decode()
+
+
+def set_simd(level):
+    """Cap the SIMD level (0 scalar, 2 AVX2, 3 AVX-512) for tests and benchmarks."""
+    return beat_hash_set_simd(level)
+
+
+cdef int _alg(hash_name) except -1:
+    if hash_name == "sha3-256":
+        return BEAT_HASH_SHA3_256
+    if hash_name == "blake2b-256":
+        return BEAT_HASH_BLAKE2B_256
+    raise ValueError(f"hash_name must be one of {HASH_NAMES}, got {hash_name!r}")
+
+
+def _check_id(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_ID:
+        raise ValueError(f"{name} must be an integer in 1..2^64-2, got {value!r}")
+
+
+def _check_positive(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be an integer > 0, got {value!r}")
+
+
+def _mac(name, mac):
+    mac = bytes(mac)
+    if len(mac) != 6:
+        raise ValueError(f"{name} must be 6 bytes, got {len(mac)} ({mac.hex()})")
+    return mac
+
+
+def pack_desc(t_ns, offset, caplen, wirelen, linktype, dir=0):
+    return _DESC.pack(t_ns, offset, caplen, wirelen, linktype, dir, 0)
+
+
+cdef class Pipeline:
+    cdef beat_pipe *p
+    cdef int alg
+    cdef uint64_t node_id
+    cdef uint32_t segment_records
+
+    def __cinit__(self, node_id, hash_name="sha3-256", own_macs=(), neighbours=None,
+                  join_window_ns=50_000_000, receipt_epoch_ns=1_000_000_000,
+                  segment_records=1024, anchor_period_ns=10_000_000_000, max_pending=1 << 17):
+        _check_id("node_id", node_id)
+        self.alg = _alg(hash_name)
+        _check_positive("join_window_ns", join_window_ns)
+        _check_positive("receipt_epoch_ns", receipt_epoch_ns)
+        _check_positive("anchor_period_ns", anchor_period_ns)
+        if not isinstance(segment_records, int) or not 1 <= segment_records <= 1_000_000:
+            raise ValueError(f"segment_records must be in 1..1000000, got {segment_records!r}")
+        if (not isinstance(max_pending, int) or not (1 << 4) <= max_pending <= (1 << 24)
+                or max_pending & (max_pending - 1)):
+            raise ValueError(f"max_pending must be a power of two in 2^4..2^24, got {max_pending!r}")
+        own = b"".join(_mac("own_macs entry", m) for m in own_macs)
+        if len(own) // 6 > BEAT_MAX_OWN:
+            raise ValueError(f"own_macs holds {len(own) // 6} MACs, at most {BEAT_MAX_OWN}")
+        self.node_id = node_id
+        self.segment_records = segment_records
+        self.p = beat_pipe_new(node_id, self.alg, join_window_ns, receipt_epoch_ns,
+                               segment_records, anchor_period_ns, max_pending)
+        if self.p == NULL:
+            raise MemoryError("fast path: cannot allocate the pipeline "
+                              f"(max_pending={max_pending}, segment_records={segment_records})")
+        beat_pipe_set_own(self.p, own, len(own) // 6)
+        self.set_neighbours(neighbours or {})
+
+    def __dealloc__(self):
+        beat_pipe_free(self.p)
+        self.p = NULL
+
+    def set_neighbours(self, neighbours):
+        macs = []
+        ids = []
+        for mac, node in dict(neighbours).items():
+            macs.append(_mac("neighbour MAC", mac))
+            _check_id(f"neighbour id of {bytes(mac).hex(':')}", node)
+            ids.append(struct.pack("=Q", node))
+        cdef bytes mb = b"".join(macs)
+        cdef bytes ib = b"".join(ids)
+        if beat_pipe_set_neighbours(self.p, mb, <const uint64_t *><const uint8_t *>ib, len(macs)):
+            raise MemoryError("fast path: cannot allocate the neighbour map")
+
+    def feed(self, buf, desc):
+        cdef const uint8_t[::1] b = memoryview(buf).cast("B") if len(buf) else b"\0"
+        cdef const uint8_t[::1] d = memoryview(desc).cast("B") if len(desc) else b"\0"
+        cdef size_t n = len(desc) // DESC_SIZE
+        cdef size_t buflen = len(buf)
+        cdef long bad
+        cdef int rc
+        if len(desc) % DESC_SIZE:
+            raise ValueError(f"desc length {len(desc)} is not a multiple of {DESC_SIZE}")
+        if n == 0:
+            return
+        bad = beat_pipe_check_desc(&d[0], n, buflen)
+        if bad >= 0:
+            t, off, cap, wl, lt, dr, fl = _DESC.unpack_from(desc, bad * DESC_SIZE)
+            raise ValueError(f"descriptor {bad}: offset {off} + caplen {cap} exceeds the buffer "
+                             f"({buflen} bytes)")
+        with nogil:
+            rc = beat_pipe_feed_desc(self.p, &b[0], &d[0], n)
+        if rc:
+            raise MemoryError("fast path: out of memory while processing a batch")
+
+    def flush(self):
+        if beat_pipe_flush(self.p):
+            raise MemoryError("fast path: out of memory while flushing")
+
+    def close_segment(self):
+        if beat_pipe_close_segment(self.p):
+            raise MemoryError("fast path: out of memory while closing a segment")
+
+    def resume(self, next_seg_seq, open_records=b"", open_receipts=b"", closed_before=0):
+        open_records = bytes(open_records)
+        open_receipts = bytes(open_receipts)
+        if len(open_records) % RECORD_SIZE or len(open_records) // RECORD_SIZE > self.segment_records:
+            raise ValueError(f"open_records must hold at most {self.segment_records} records of "
+                             f"{RECORD_SIZE} bytes, got {len(open_records)} bytes")
+        if len(open_receipts) % OPEN_RECEIPT_SIZE:
+            raise ValueError(f"open_receipts length {len(open_receipts)} is not a multiple of "
+                             f"{OPEN_RECEIPT_SIZE}")
+        cdef const uint8_t *r = open_records
+        cdef const uint8_t *c = open_receipts
+        if beat_pipe_resume(self.p, next_seg_seq, r, len(open_records) // RECORD_SIZE, c,
+                            len(open_receipts) // OPEN_RECEIPT_SIZE, closed_before):
+            raise MemoryError("fast path: out of memory while resuming")
+
+    def take(self):
+        cdef const beat_buf *rec = beat_pipe_records(self.p)
+        cdef const beat_buf *seg = beat_pipe_segments(self.p)
+        cdef const beat_buf *rcp = beat_pipe_receipts(self.p)
+        cdef beat_buf ctr
+        cdef beat_buf orc
+        cdef size_t n_open
+        cdef uint64_t seg_seq
+        cdef const uint64_t *st = beat_pipe_stats(self.p)
+        records = rec.d[:rec.len] if rec.len else b""
+        receipts = rcp.d[:rcp.len] if rcp.len else b""
+        segments = []
+        cdef size_t off = 0
+        cdef bytes segbytes = seg.d[:seg.len] if seg.len else b""
+        while off < seg.len:
+            s_seq, s_count, s_value = _SEG_HEAD.unpack_from(segbytes, off)
+            off += 48
+            segments.append((s_seq, s_count, s_value, segbytes[off:off + s_count * RECORD_SIZE]))
+            off += s_count * RECORD_SIZE
+        if beat_pipe_counters(self.p, &ctr):
+            free(ctr.d)
+            raise MemoryError("fast path: out of memory while reporting counters")
+        counters = ctr.d[:ctr.len] if ctr.len else b""
+        free(ctr.d)
+        if beat_pipe_open_receipts(self.p, &orc):
+            free(orc.d)
+            raise MemoryError("fast path: out of memory while reporting receipts")
+        open_receipts = orc.d[:orc.len] if orc.len else b""
+        free(orc.d)
+        cdef const uint8_t *op = beat_pipe_open_records(self.p, &n_open, &seg_seq)
+        open_records = op[:n_open * RECORD_SIZE] if n_open else b""
+        stats = {STAT_NAMES[i]: st[i] for i in range(ST_COUNT)}
+        out = Output(records, segments, receipts, counters, stats, seg_seq, open_records,
+                     open_receipts, beat_pipe_closed_before(self.p))
+        beat_pipe_reset_outputs(self.p)
+        return out
+
+    def totals(self):
+        cdef const uint64_t *st = beat_pipe_totals(self.p)
+        return {STAT_NAMES[i]: st[i] for i in range(ST_COUNT)}
+
+
+def pd_ft(frame, linktype, hash_name="sha3-256"):
+    """(reason, PD, FT) of one frame: reason is None when it has a digest, else its stat name."""
+    cdef int alg = _alg(hash_name)
+    cdef bytes f = bytes(frame)
+    cdef beat_obs o
+    cdef beat_macset own
+    cdef uint8_t h[32]
+    cdef uint8_t m[42]
+    own.own = NULL
+    own.n_own = 0
+    r = beat_parse(f, len(f), linktype, 0, &own, &o)
+    if r:
+        return STAT_NAMES[r], None, None
+    beat_hash(alg, o.msg, o.msg_len, h)
+    pd = h[:16]
+    tag = b"BEAT-FT-v1" + o.src[:16] + o.dst[:16]
+    beat_hash(alg, <const uint8_t *>tag, 42, h)
+    return None, pd, h[:8]
+
+
+def fp_many(records, node_id, hash_name="sha3-256"):
+    cdef int alg = _alg(hash_name)
+    cdef bytes r = bytes(records)
+    if len(r) % RECORD_SIZE:
+        raise ValueError(f"records length {len(r)} is not a multiple of {RECORD_SIZE}")
+    cdef size_t n = len(r) // RECORD_SIZE
+    out = bytearray(n * 32)
+    cdef uint8_t[::1] o = out
+    if n:
+        beat_fp_many(alg, node_id, r, n, &o[0])
+    return bytes(out)
+
+
+def segment_value(hash_name, node_id, seg_seq, records):
+    cdef int alg = _alg(hash_name)
+    cdef bytes r = bytes(records)
+    cdef uint8_t h[32]
+    if len(r) % RECORD_SIZE:
+        raise ValueError(f"records length {len(r)} is not a multiple of {RECORD_SIZE}")
+    beat_segment_value(alg, node_id, seg_seq, r, len(r) // RECORD_SIZE, h)
+    return h[:32]
+
+
+def receipt_value(hash_name, node_id, role, src, dst, epoch_ns, packets, nbytes):
+    cdef int alg = _alg(hash_name)
+    cdef bytes s = bytes(src)
+    cdef bytes d = bytes(dst)
+    cdef uint8_t h[32]
+    if len(s) != 16 or len(d) != 16:
+        raise ValueError(f"src and dst must be 16 bytes, got {len(s)} and {len(d)}")
+    beat_receipt_value(alg, node_id, role, s, d, epoch_ns, packets, nbytes, h)
+    return h[:32]

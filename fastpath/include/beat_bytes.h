@@ -1,0 +1,27 @@
+/* Bounds-free byte readers and writers: memcpy-free shifts, never an unaligned dereference.
+ * Callers check lengths before reading. */
+#ifndef BEAT_BYTES_H
+#define BEAT_BYTES_H
+#include <stdint.h>
+
+static inline uint16_t rd16be(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+static inline uint32_t rd32be(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static inline uint32_t rd32le(const uint8_t *p)
+{
+    return ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | p[0];
+}
+static inline uint64_t rd64be(const uint8_t *p) { return ((uint64_t)rd32be(p) << 32) | rd32be(p + 4); }
+static inline uint64_t rd64le(const uint8_t *p) { return ((uint64_t)rd32le(p + 4) << 32) | rd32le(p); }
+static inline void wr64be(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) { p[i] = (uint8_t)v; v >>= 8; }
+}
+/* A MAC as a 48-bit integer, the key of the own-MAC set and the neighbour map. */
+static inline uint64_t mac_key(const uint8_t *p)
+{
+    return ((uint64_t)rd16be(p) << 32) | rd32be(p + 2);
+}
+#endif

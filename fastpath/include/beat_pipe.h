@@ -1,0 +1,71 @@
+/* The per-packet accountability pipeline: frames in, records/counters/receipts/segments out.
+ * Semantics: docs/fastpath.md. No Python object, no lock; the caller serialises calls. */
+#ifndef BEAT_PIPE_H
+#define BEAT_PIPE_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "beat_stats.h"
+
+#define BEAT_NONE 0xFFFFFFFFFFFFFFFFULL
+#define BEAT_DESC_SIZE 24
+#define BEAT_RECORD_SIZE 48
+#define BEAT_RECEIPT_SIZE 89
+#define BEAT_OPEN_RECEIPT_SIZE 57
+#define BEAT_COUNTER_SIZE 48
+#define BEAT_MAX_OWN 64
+
+typedef struct beat_pipe beat_pipe;
+
+/* One frame as the live path hands it over: valid for the duration of the call only. */
+typedef struct {
+    const uint8_t *data;
+    uint64_t t_ns;
+    uint32_t caplen;
+    uint16_t linktype;
+    uint8_t dir;
+} beat_frame;
+
+typedef struct {
+    uint8_t *d;
+    size_t len, cap;
+} beat_buf;
+
+beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
+                         uint64_t receipt_epoch_ns, uint32_t segment_records,
+                         uint64_t anchor_period_ns, uint32_t max_pending);
+void beat_pipe_free(beat_pipe *p);
+int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n);           /* n * 6 bytes */
+int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *ids, int n);
+
+/* Returns -1 when every descriptor fits in the buffer, else the index of the first that does not.
+ * Call before feed_desc. */
+long beat_pipe_check_desc(const uint8_t *desc, size_t n, size_t buflen);
+/* 0, or -1 when memory ran out (the batch is then partly processed). */
+int beat_pipe_feed_desc(beat_pipe *p, const uint8_t *buf, const uint8_t *desc, size_t n);
+int beat_pipe_feed_frames(beat_pipe *p, const beat_frame *frames, size_t n);
+int beat_pipe_flush(beat_pipe *p);
+int beat_pipe_close_segment(beat_pipe *p);
+int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_records, size_t n_rec,
+                     const uint8_t *open_receipts, size_t n_rc, uint64_t closed_before);
+
+/* Outputs since the last beat_pipe_reset_outputs(); see docs/fastpath.md "Outputs". */
+const beat_buf *beat_pipe_records(beat_pipe *p);
+const beat_buf *beat_pipe_segments(beat_pipe *p);   /* seg_seq(8) count(8) S(32) records, repeated */
+const beat_buf *beat_pipe_receipts(beat_pipe *p);   /* sorted at close */
+int beat_pipe_counters(beat_pipe *p, beat_buf *out); /* sorted deltas into out (caller frees out->d) */
+int beat_pipe_open_receipts(beat_pipe *p, beat_buf *out);
+const uint8_t *beat_pipe_open_records(beat_pipe *p, size_t *n, uint64_t *seg_seq);
+const uint64_t *beat_pipe_stats(beat_pipe *p);       /* deltas, ST_COUNT long */
+const uint64_t *beat_pipe_totals(beat_pipe *p);
+uint64_t beat_pipe_closed_before(beat_pipe *p);
+void beat_pipe_reset_outputs(beat_pipe *p);
+
+/* SPEC values, one at a time or many. */
+void beat_fp_many(int alg, uint64_t node_id, const uint8_t *records, size_t n, uint8_t *out);
+void beat_segment_value(int alg, uint64_t node_id, uint64_t seg_seq, const uint8_t *records,
+                        size_t n, uint8_t out[32]);
+void beat_receipt_value(int alg, uint64_t node_id, uint8_t role, const uint8_t src[16],
+                        const uint8_t dst[16], uint64_t epoch_ns, uint64_t packets, uint64_t bytes,
+                        uint8_t out[32]);
+#endif

@@ -1,0 +1,876 @@
+/* The per-packet pipeline of docs/fastpath.md: parse a chunk of frames, hash their digests several
+ * at a time, then join, release, count, aggregate receipts and build segments, frame by frame.
+ * Everything lives in preallocated tables; only the output buffers and the receipt/counter tables
+ * grow (amortised, never per packet in the steady state). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "beat_bytes.h"
+#include "beat_hash.h"
+#include "beat_parse.h"
+#include "beat_pipe.h"
+
+#define NIL 0xFFFFFFFFu
+#define CHUNK 64
+#define FT_CACHE_BITS 14
+#define RC_KEY 41 /* epoch_ns(8) role(1) src(16) dst(16) */
+
+typedef struct {
+    uint64_t t_ns, prev, next;
+    uint8_t pd[16], ft[8], src[16], dst[16];
+    uint32_t ip_len;
+    uint32_t pnext;    /* next entry with the same PD, while indexed */
+    uint8_t done, indexed;
+} entry;
+
+typedef struct {       /* PD -> queue of unjoined ingress entries, in FIFO order */
+    uint8_t pd[16];
+    uint32_t first, last;
+    uint8_t used;
+} pd_slot;
+
+typedef struct {
+    uint8_t key[32];   /* src || dst */
+    uint8_t ft[8];
+    uint8_t used;
+} ft_slot;
+
+typedef struct {
+    uint64_t key, id;  /* key = mac_key | 1 << 63 when used */
+} nb_slot;
+
+typedef struct {
+    uint64_t prev, next, packets, bytes, first, last;
+    uint8_t used;
+} ctr_slot;
+
+typedef struct {
+    uint8_t key[RC_KEY];
+    uint8_t used;
+    uint64_t packets, bytes;
+} rc_slot;
+
+struct beat_pipe {
+    uint64_t node_id, window, epoch, period;
+    int alg;
+    uint32_t seg_records, max_pending, fifo_mask;
+    uint64_t own[BEAT_MAX_OWN];
+    beat_macset ownset;
+    nb_slot *nb;
+    uint32_t nb_mask;
+    entry *fifo;
+    uint64_t head, tail;
+    pd_slot *pdt;
+    uint32_t pdt_mask;
+    ft_slot *ftc;
+    uint64_t clock;
+    ctr_slot *ctr;
+    uint32_t ctr_mask, ctr_n;
+    rc_slot *rc;
+    uint32_t rc_mask, rc_n;
+    uint64_t closed_before;
+    uint64_t seg_seq, seg_first_t;
+    uint32_t seg_count;
+    uint8_t *seg_buf;
+    beat_buf out_records, out_segments, out_receipts;
+    uint64_t stats[ST_COUNT], totals[ST_COUNT];
+    int oom;
+};
+
+static const uint8_t FT_TAG[10] = {'B', 'E', 'A', 'T', '-', 'F', 'T', '-', 'v', '1'};
+static const uint8_t FP_TAG[10] = {'B', 'E', 'A', 'T', '-', 'F', 'P', '-', 'v', '1'};
+static const uint8_t SG_TAG[10] = {'B', 'E', 'A', 'T', '-', 'S', 'G', '-', 'v', '1'};
+static const uint8_t RC_TAG[10] = {'B', 'E', 'A', 'T', '-', 'R', 'C', '-', 'v', '1'};
+
+/* ---- small helpers ---------------------------------------------------------------------- */
+
+static int buf_put(beat_buf *b, const void *data, size_t len)
+{
+    if (b->len + len > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + len)
+            cap *= 2;
+        uint8_t *d = realloc(b->d, cap);
+        if (!d)
+            return -1;
+        b->d = d;
+        b->cap = cap;
+    }
+    memcpy(b->d + b->len, data, len);
+    b->len += len;
+    return 0;
+}
+
+static inline void count(beat_pipe *p, int st)
+{
+    p->stats[st]++;
+    p->totals[st]++;
+}
+
+static inline uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static uint64_t bytes_hash(const uint8_t *k, size_t n)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ n;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        h = mix64(h ^ rd64le(k + i));
+    uint64_t t = 0;
+    for (; i < n; i++)
+        t = (t << 8) | k[i];
+    return mix64(h ^ t);
+}
+
+static uint32_t pow2_at_least(uint64_t n)
+{
+    uint32_t c = 16;
+    while (c < n)
+        c <<= 1;
+    return c;
+}
+
+/* ---- neighbours ------------------------------------------------------------------------- */
+
+static uint64_t nb_lookup(const beat_pipe *p, const uint8_t *mac, int *found)
+{
+    uint64_t key = mac_key(mac) | (1ULL << 63);
+    for (uint32_t i = (uint32_t)mix64(key) & p->nb_mask;; i = (i + 1) & p->nb_mask) {
+        if (p->nb[i].key == key) {
+            *found = 1;
+            return p->nb[i].id;
+        }
+        if (p->nb[i].key == 0) {
+            *found = 0;
+            return 0;
+        }
+    }
+}
+
+int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *ids, int n)
+{
+    uint32_t cap = pow2_at_least((uint64_t)n * 2 + 1);
+    nb_slot *nb = calloc(cap, sizeof(nb_slot));
+    if (!nb)
+        return -1;
+    for (int j = 0; j < n; j++) {
+        uint64_t key = mac_key(macs + 6 * j) | (1ULL << 63);
+        uint32_t i = (uint32_t)mix64(key) & (cap - 1);
+        while (nb[i].key != 0 && nb[i].key != key)
+            i = (i + 1) & (cap - 1);
+        nb[i].key = key;
+        nb[i].id = ids[j];
+    }
+    free(p->nb);
+    p->nb = nb;
+    p->nb_mask = cap - 1;
+    return 0;
+}
+
+int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n)
+{
+    if (n > BEAT_MAX_OWN)
+        return -1;
+    for (int i = 0; i < n; i++)
+        p->own[i] = mac_key(macs + 6 * i);
+    p->ownset.n_own = n;
+    return 0;
+}
+
+/* ---- PD index: linear probing with backward-shift deletion ----------------------------- */
+
+static uint32_t pd_find(const beat_pipe *p, const uint8_t *pd)
+{
+    for (uint32_t i = (uint32_t)rd64le(pd) & p->pdt_mask;; i = (i + 1) & p->pdt_mask) {
+        if (!p->pdt[i].used)
+            return NIL;
+        if (memcmp(p->pdt[i].pd, pd, 16) == 0)
+            return i;
+    }
+}
+
+static uint32_t pd_insert(beat_pipe *p, const uint8_t *pd, int *fresh)
+{
+    uint32_t i = (uint32_t)rd64le(pd) & p->pdt_mask;
+    for (;; i = (i + 1) & p->pdt_mask) {
+        if (!p->pdt[i].used) {
+            memcpy(p->pdt[i].pd, pd, 16);
+            p->pdt[i].used = 1;
+            *fresh = 1;
+            return i;
+        }
+        if (memcmp(p->pdt[i].pd, pd, 16) == 0) {
+            *fresh = 0;
+            return i;
+        }
+    }
+}
+
+static void pd_delete(beat_pipe *p, uint32_t i)
+{
+    uint32_t m = p->pdt_mask;
+    for (uint32_t j = (i + 1) & m; p->pdt[j].used; j = (j + 1) & m) {
+        uint32_t home = (uint32_t)rd64le(p->pdt[j].pd) & m;
+        /* move j back into the hole i when its home is not in (i, j] cyclically */
+        if (((j - home) & m) >= ((j - i) & m)) {
+            p->pdt[i] = p->pdt[j];
+            i = j;
+        }
+    }
+    p->pdt[i].used = 0;
+}
+
+/* Remove entry `idx` from its PD queue (it is normally the queue's first). */
+static void pd_unlink(beat_pipe *p, uint32_t idx)
+{
+    entry *e = &p->fifo[idx];
+    uint32_t s = pd_find(p, e->pd);
+    e->indexed = 0;
+    if (s == NIL)
+        return;
+    pd_slot *q = &p->pdt[s];
+    uint32_t prev = NIL;
+    for (uint32_t i = q->first; i != NIL; prev = i, i = p->fifo[i].pnext) {
+        if (i == idx) {
+            if (prev == NIL)
+                q->first = e->pnext;
+            else
+                p->fifo[prev].pnext = e->pnext;
+            if (q->last == idx)
+                q->last = prev;
+            break;
+        }
+    }
+    if (q->first == NIL)
+        pd_delete(p, s);
+}
+
+/* ---- counters and receipts -------------------------------------------------------------- */
+
+static int ctr_grow(beat_pipe *p)
+{
+    uint32_t cap = (p->ctr_mask + 1) * 2;
+    ctr_slot *t = calloc(cap, sizeof(ctr_slot));
+    if (!t)
+        return -1;
+    for (uint32_t j = 0; j <= p->ctr_mask; j++) {
+        if (!p->ctr[j].used)
+            continue;
+        uint32_t i = (uint32_t)mix64(p->ctr[j].prev * 31 + p->ctr[j].next) & (cap - 1);
+        while (t[i].used)
+            i = (i + 1) & (cap - 1);
+        t[i] = p->ctr[j];
+    }
+    free(p->ctr);
+    p->ctr = t;
+    p->ctr_mask = cap - 1;
+    return 0;
+}
+
+static int ctr_add(beat_pipe *p, uint64_t prev, uint64_t next, uint32_t len, uint64_t t)
+{
+    uint32_t i = (uint32_t)mix64(prev * 31 + next) & p->ctr_mask;
+    for (;; i = (i + 1) & p->ctr_mask) {
+        ctr_slot *c = &p->ctr[i];
+        if (c->used && c->prev == prev && c->next == next) {
+            c->packets++;
+            c->bytes += len;
+            if (t < c->first)
+                c->first = t;
+            if (t > c->last)
+                c->last = t;
+            return 0;
+        }
+        if (!c->used) {
+            c->used = 1;
+            c->prev = prev;
+            c->next = next;
+            c->packets = 1;
+            c->bytes = len;
+            c->first = c->last = t;
+            if (++p->ctr_n * 2 > p->ctr_mask + 1)
+                return ctr_grow(p);
+            return 0;
+        }
+    }
+}
+
+static int rc_insert_into(rc_slot *t, uint32_t mask, const uint8_t *key, uint64_t packets,
+                          uint64_t bytes)
+{
+    uint32_t i = (uint32_t)bytes_hash(key, RC_KEY) & mask;
+    for (;; i = (i + 1) & mask) {
+        if (t[i].used && memcmp(t[i].key, key, RC_KEY) == 0) {
+            t[i].packets += packets;
+            t[i].bytes += bytes;
+            return 0;
+        }
+        if (!t[i].used) {
+            memcpy(t[i].key, key, RC_KEY);
+            t[i].used = 1;
+            t[i].packets = packets;
+            t[i].bytes = bytes;
+            return 1;
+        }
+    }
+}
+
+static int rc_rebuild(beat_pipe *p, uint32_t cap, uint64_t drop_before)
+{
+    rc_slot *t = calloc(cap, sizeof(rc_slot));
+    if (!t)
+        return -1;
+    uint32_t n = 0;
+    for (uint32_t j = 0; j <= p->rc_mask; j++) {
+        if (p->rc[j].used && rd64be(p->rc[j].key) >= drop_before)
+            n += rc_insert_into(t, cap - 1, p->rc[j].key, p->rc[j].packets, p->rc[j].bytes);
+    }
+    free(p->rc);
+    p->rc = t;
+    p->rc_mask = cap - 1;
+    p->rc_n = n;
+    return 0;
+}
+
+static int rc_add(beat_pipe *p, uint8_t role, const entry *e, uint64_t epoch)
+{
+    uint8_t key[RC_KEY];
+    wr64be(key, epoch);
+    key[8] = role;
+    memcpy(key + 9, e->src, 16);
+    memcpy(key + 25, e->dst, 16);
+    p->rc_n += rc_insert_into(p->rc, p->rc_mask, key, 1, e->ip_len);
+    if (p->rc_n * 2 > p->rc_mask + 1)
+        return rc_rebuild(p, (p->rc_mask + 1) * 2, 0);
+    return 0;
+}
+
+static int cmp_receipt(const void *a, const void *b) { return memcmp(a, b, RC_KEY); }
+static int cmp_counter(const void *a, const void *b) { return memcmp(a, b, 16); }
+static int cmp_open_receipt(const void *a, const void *b) { return memcmp(a, b, RC_KEY); }
+
+void beat_receipt_value(int alg, uint64_t node_id, uint8_t role, const uint8_t src[16],
+                        const uint8_t dst[16], uint64_t epoch_ns, uint64_t packets, uint64_t bytes,
+                        uint8_t out[32])
+{
+    uint8_t m[75];
+    memcpy(m, RC_TAG, 10);
+    wr64be(m + 10, node_id);
+    m[18] = role;
+    memcpy(m + 19, src, 16);
+    memcpy(m + 35, dst, 16);
+    wr64be(m + 51, epoch_ns);
+    wr64be(m + 59, packets);
+    wr64be(m + 67, bytes);
+    beat_hash(alg, m, sizeof m, out);
+}
+
+/* Finalise every open receipt with epoch_ns < target, in key order. */
+static int close_receipts(beat_pipe *p, uint64_t target)
+{
+    size_t start = p->out_receipts.len, n = 0;
+    for (uint32_t j = 0; j <= p->rc_mask; j++) {
+        rc_slot *s = &p->rc[j];
+        if (!s->used || rd64be(s->key) >= target)
+            continue;
+        uint8_t r[BEAT_RECEIPT_SIZE];
+        memcpy(r, s->key, RC_KEY);
+        wr64be(r + 41, s->packets);
+        wr64be(r + 49, s->bytes);
+        beat_receipt_value(p->alg, p->node_id, s->key[8], s->key + 9, s->key + 25, rd64be(s->key),
+                           s->packets, s->bytes, r + 57);
+        if (buf_put(&p->out_receipts, r, sizeof r))
+            return -1;
+        n++;
+    }
+    if (n == 0)
+        return 0;
+    qsort(p->out_receipts.d + start, n, BEAT_RECEIPT_SIZE, cmp_receipt);
+    p->stats[ST_RECEIPTS] += n;
+    p->totals[ST_RECEIPTS] += n;
+    return rc_rebuild(p, p->rc_mask + 1, target);
+}
+
+/* ---- segments --------------------------------------------------------------------------- */
+
+void beat_segment_value(int alg, uint64_t node_id, uint64_t seg_seq, const uint8_t *records,
+                        size_t n, uint8_t out[32])
+{
+    uint8_t h[34];
+    beat_hash_ctx c;
+    memcpy(h, SG_TAG, 10);
+    wr64be(h + 10, node_id);
+    wr64be(h + 18, seg_seq);
+    wr64be(h + 26, n);
+    beat_hash_init(&c, alg);
+    beat_hash_update(&c, h, sizeof h);
+    beat_hash_update(&c, records, n * BEAT_RECORD_SIZE);
+    beat_hash_final(&c, out);
+}
+
+static int seg_close(beat_pipe *p)
+{
+    if (p->seg_count == 0)
+        return 0;
+    uint8_t h[48];
+    wr64be(h, p->seg_seq);
+    wr64be(h + 8, p->seg_count);
+    beat_segment_value(p->alg, p->node_id, p->seg_seq, p->seg_buf, p->seg_count, h + 16);
+    if (buf_put(&p->out_segments, h, sizeof h) ||
+        buf_put(&p->out_segments, p->seg_buf, (size_t)p->seg_count * BEAT_RECORD_SIZE))
+        return -1;
+    count(p, ST_SEGMENTS);
+    p->seg_seq++;
+    p->seg_count = 0;
+    return 0;
+}
+
+/* ---- release ---------------------------------------------------------------------------- */
+
+static int release(beat_pipe *p, entry *e)
+{
+    uint8_t rec[BEAT_RECORD_SIZE];
+    wr64be(rec, e->t_ns);
+    wr64be(rec + 8, e->prev);
+    wr64be(rec + 16, e->next);
+    memcpy(rec + 24, e->pd, 16);
+    memcpy(rec + 40, e->ft, 8);
+    if (buf_put(&p->out_records, rec, sizeof rec))
+        return -1;
+    count(p, ST_RECORDS);
+    if (e->next == BEAT_NONE)
+        count(p, ST_INGRESS_ONLY);
+    if (e->prev == BEAT_NONE)
+        count(p, ST_EGRESS_ONLY);
+    if (ctr_add(p, e->prev, e->next, e->ip_len, e->t_ns))
+        return -1;
+    uint64_t epoch = e->t_ns - e->t_ns % p->epoch;
+    for (uint8_t role = 1; role <= 2; role++) {
+        if ((role == 1 ? e->prev : e->next) != 0)
+            continue;
+        if (epoch < p->closed_before)
+            count(p, ST_RECEIPT_LATE);
+        else if (rc_add(p, role, e, epoch))
+            return -1;
+    }
+    if (p->seg_count > 0 && e->t_ns / p->period != p->seg_first_t / p->period)
+        if (seg_close(p))
+            return -1;
+    if (p->seg_count == 0)
+        p->seg_first_t = e->t_ns;
+    memcpy(p->seg_buf + (size_t)p->seg_count * BEAT_RECORD_SIZE, rec, sizeof rec);
+    if (++p->seg_count == p->seg_records)
+        return seg_close(p);
+    return 0;
+}
+
+static int release_head(beat_pipe *p)
+{
+    entry *e = &p->fifo[p->head & p->fifo_mask];
+    if (e->indexed)
+        pd_unlink(p, (uint32_t)(p->head & p->fifo_mask));
+    p->head++;
+    return release(p, e);
+}
+
+static int release_ready(beat_pipe *p)
+{
+    while (p->head != p->tail) {
+        entry *e = &p->fifo[p->head & p->fifo_mask];
+        if (!e->done && e->t_ns + p->window >= p->clock)
+            break;
+        if (release_head(p))
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- observations ----------------------------------------------------------------------- */
+
+static void flow_tag(beat_pipe *p, const beat_obs *o, uint8_t ft[8])
+{
+    uint8_t key[32];
+    memcpy(key, o->src, 16);
+    memcpy(key + 16, o->dst, 16);
+    ft_slot *s = &p->ftc[bytes_hash(key, 32) & ((1u << FT_CACHE_BITS) - 1)];
+    if (!s->used || memcmp(s->key, key, 32) != 0) {
+        uint8_t m[42], h[32];
+        memcpy(m, FT_TAG, 10);
+        memcpy(m + 10, key, 32);
+        beat_hash(p->alg, m, sizeof m, h);
+        memcpy(s->key, key, 32);
+        memcpy(s->ft, h, 8);
+        s->used = 1;
+    }
+    memcpy(ft, s->ft, 8);
+}
+
+static entry *append(beat_pipe *p)
+{
+    if (p->tail - p->head >= p->max_pending) {
+        count(p, ST_JOIN_OVERFLOW);
+        if (release_head(p))
+            return NULL;
+    }
+    return &p->fifo[p->tail++ & p->fifo_mask];
+}
+
+static int observe(beat_pipe *p, const beat_obs *o, uint64_t t)
+{
+    uint64_t id = 0;
+    if (o->mac_state == BEAT_MAC_PRESENT) {
+        int found;
+        id = nb_lookup(p, o->mac, &found);
+        if (!found)
+            count(p, ST_UNKNOWN_MAC);
+    } else if (o->mac_state == BEAT_MAC_MISSING) {
+        count(p, ST_UNKNOWN_MAC);
+    }
+    const uint8_t *pd = o->digest;
+    if (o->dir == BEAT_DIR_EGRESS) {
+        count(p, ST_EGRESS);
+        uint32_t s = pd_find(p, pd);
+        if (s != NIL) {
+            pd_slot *q = &p->pdt[s];
+            uint32_t prev = NIL;
+            for (uint32_t i = q->first; i != NIL; prev = i, i = p->fifo[i].pnext) {
+                entry *e = &p->fifo[i];
+                if (e->t_ns + p->window < t)
+                    continue;
+                if (prev == NIL)
+                    q->first = e->pnext;
+                else
+                    p->fifo[prev].pnext = e->pnext;
+                if (q->last == i)
+                    q->last = prev;
+                if (q->first == NIL)
+                    pd_delete(p, s);
+                e->indexed = 0;
+                e->done = 1;
+                e->next = id;
+                count(p, ST_JOINED);
+                return 0;
+            }
+        }
+        entry *e = append(p);
+        if (!e)
+            return -1;
+        e->t_ns = t;
+        e->prev = BEAT_NONE;
+        e->next = id;
+        e->done = 1;
+        e->indexed = 0;
+        memcpy(e->pd, pd, 16);
+        flow_tag(p, o, e->ft);
+        memcpy(e->src, o->src, 16);
+        memcpy(e->dst, o->dst, 16);
+        e->ip_len = o->ip_len;
+        return 0;
+    }
+    count(p, ST_INGRESS);
+    entry *e = append(p);
+    if (!e)
+        return -1;
+    uint32_t idx = (uint32_t)((p->tail - 1) & p->fifo_mask);
+    e->t_ns = t;
+    e->prev = id;
+    e->next = BEAT_NONE;
+    e->done = 0;
+    e->indexed = 1;
+    e->pnext = NIL;
+    memcpy(e->pd, pd, 16);
+    flow_tag(p, o, e->ft);
+    memcpy(e->src, o->src, 16);
+    memcpy(e->dst, o->dst, 16);
+    e->ip_len = o->ip_len;
+    int fresh;
+    uint32_t s = pd_insert(p, pd, &fresh);
+    if (fresh)
+        p->pdt[s].first = idx;
+    else
+        p->fifo[p->pdt[s].last].pnext = idx;
+    p->pdt[s].last = idx;
+    return 0;
+}
+
+static int close_epochs(beat_pipe *p)
+{
+    uint64_t target = p->clock > p->window ? p->clock - p->window : 0;
+    target -= target % p->epoch;
+    if (target > p->closed_before) {
+        if (close_receipts(p, target))
+            return -1;
+        p->closed_before = target;
+    }
+    return 0;
+}
+
+/* One chunk: parse all, hash the digests together, then run the per-frame state machine. */
+static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
+{
+    beat_obs obs[CHUNK];
+    uint16_t lens[CHUNK];
+    for (size_t i = 0; i < n; i++) {
+        int r = beat_parse(fr[i].data, fr[i].caplen, fr[i].linktype, fr[i].dir, &p->ownset, &obs[i]);
+        obs[i].reason = (uint8_t)r;
+        lens[i] = r ? 0 : obs[i].msg_len;
+    }
+    beat_hash_many(p->alg, obs[0].msg, sizeof(beat_obs), lens, n, obs[0].digest, sizeof(beat_obs));
+    for (size_t i = 0; i < n; i++) {
+        uint64_t t = fr[i].t_ns;
+        if (t > p->clock)
+            p->clock = t;
+        count(p, ST_FRAMES);
+        if (obs[i].reason) {
+            count(p, obs[i].reason);
+        } else {
+            count(p, ST_IP);
+            if (release_ready(p) || observe(p, &obs[i], t))
+                return -1;
+        }
+        if (release_ready(p) || close_epochs(p))
+            return -1;
+    }
+    return 0;
+}
+
+int beat_pipe_feed_frames(beat_pipe *p, const beat_frame *frames, size_t n)
+{
+    for (size_t i = 0; i < n; i += CHUNK) {
+        if (run_chunk(p, frames + i, n - i < CHUNK ? n - i : CHUNK)) {
+            p->oom = 1;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+long beat_pipe_check_desc(const uint8_t *desc, size_t n, size_t buflen)
+{
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *d = desc + i * BEAT_DESC_SIZE;
+        uint64_t end = (uint64_t)rd32le(d + 8) + rd32le(d + 12);
+        if (end > buflen)
+            return (long)i;
+    }
+    return -1;
+}
+
+int beat_pipe_feed_desc(beat_pipe *p, const uint8_t *buf, const uint8_t *desc, size_t n)
+{
+    beat_frame fr[CHUNK];
+    for (size_t i = 0; i < n; i += CHUNK) {
+        size_t m = n - i < CHUNK ? n - i : CHUNK;
+        for (size_t j = 0; j < m; j++) {
+            const uint8_t *d = desc + (i + j) * BEAT_DESC_SIZE;
+            fr[j].t_ns = rd64le(d);
+            fr[j].data = buf + rd32le(d + 8);
+            fr[j].caplen = rd32le(d + 12);
+            fr[j].linktype = (uint16_t)(d[20] | (d[21] << 8));
+            fr[j].dir = d[22];
+        }
+        if (run_chunk(p, fr, m)) {
+            p->oom = 1;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int beat_pipe_flush(beat_pipe *p)
+{
+    while (p->head != p->tail)
+        if (release_head(p))
+            return -1;
+    if (seg_close(p) || close_receipts(p, BEAT_NONE))
+        return -1;
+    uint64_t end = p->clock - p->clock % p->epoch + p->epoch;
+    if (end > p->closed_before)
+        p->closed_before = end;
+    return 0;
+}
+
+int beat_pipe_close_segment(beat_pipe *p) { return seg_close(p); }
+
+int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_records, size_t n_rec,
+                     const uint8_t *open_receipts, size_t n_rc, uint64_t closed_before)
+{
+    if (n_rec > p->seg_records)
+        return -2;
+    p->seg_seq = next_seg_seq;
+    p->seg_count = (uint32_t)n_rec;
+    if (n_rec) {
+        memcpy(p->seg_buf, open_records, n_rec * BEAT_RECORD_SIZE);
+        p->seg_first_t = rd64be(open_records);
+    }
+    p->closed_before = closed_before;
+    for (size_t i = 0; i < n_rc; i++) {
+        const uint8_t *r = open_receipts + i * BEAT_OPEN_RECEIPT_SIZE;
+        p->rc_n += rc_insert_into(p->rc, p->rc_mask, r, rd64be(r + 41), rd64be(r + 49));
+        if (p->rc_n * 2 > p->rc_mask + 1 && rc_rebuild(p, (p->rc_mask + 1) * 2, 0))
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- outputs ---------------------------------------------------------------------------- */
+
+const beat_buf *beat_pipe_records(beat_pipe *p) { return &p->out_records; }
+const beat_buf *beat_pipe_segments(beat_pipe *p) { return &p->out_segments; }
+const beat_buf *beat_pipe_receipts(beat_pipe *p) { return &p->out_receipts; }
+const uint64_t *beat_pipe_stats(beat_pipe *p) { return p->stats; }
+const uint64_t *beat_pipe_totals(beat_pipe *p) { return p->totals; }
+uint64_t beat_pipe_closed_before(beat_pipe *p) { return p->closed_before; }
+
+int beat_pipe_counters(beat_pipe *p, beat_buf *out)
+{
+    out->d = NULL;
+    out->len = out->cap = 0;
+    for (uint32_t j = 0; j <= p->ctr_mask; j++) {
+        ctr_slot *c = &p->ctr[j];
+        if (!c->used)
+            continue;
+        uint8_t v[BEAT_COUNTER_SIZE];
+        wr64be(v, c->prev);
+        wr64be(v + 8, c->next);
+        wr64be(v + 16, c->packets);
+        wr64be(v + 24, c->bytes);
+        wr64be(v + 32, c->first);
+        wr64be(v + 40, c->last);
+        if (buf_put(out, v, sizeof v))
+            return -1;
+    }
+    if (out->len)
+        qsort(out->d, out->len / BEAT_COUNTER_SIZE, BEAT_COUNTER_SIZE, cmp_counter);
+    return 0;
+}
+
+int beat_pipe_open_receipts(beat_pipe *p, beat_buf *out)
+{
+    out->d = NULL;
+    out->len = out->cap = 0;
+    for (uint32_t j = 0; j <= p->rc_mask; j++) {
+        rc_slot *s = &p->rc[j];
+        if (!s->used)
+            continue;
+        uint8_t v[BEAT_OPEN_RECEIPT_SIZE];
+        memcpy(v, s->key, RC_KEY);
+        wr64be(v + 41, s->packets);
+        wr64be(v + 49, s->bytes);
+        if (buf_put(out, v, sizeof v))
+            return -1;
+    }
+    if (out->len)
+        qsort(out->d, out->len / BEAT_OPEN_RECEIPT_SIZE, BEAT_OPEN_RECEIPT_SIZE, cmp_open_receipt);
+    return 0;
+}
+
+const uint8_t *beat_pipe_open_records(beat_pipe *p, size_t *n, uint64_t *seg_seq)
+{
+    *n = p->seg_count;
+    *seg_seq = p->seg_seq;
+    return p->seg_buf;
+}
+
+void beat_pipe_reset_outputs(beat_pipe *p)
+{
+    p->out_records.len = 0;
+    p->out_segments.len = 0;
+    p->out_receipts.len = 0;
+    memset(p->stats, 0, sizeof p->stats);
+    if (p->ctr_n) {
+        memset(p->ctr, 0, (size_t)(p->ctr_mask + 1) * sizeof(ctr_slot));
+        p->ctr_n = 0;
+    }
+    /* keep buffers that grew large from pinning memory forever */
+    beat_buf *bufs[3] = {&p->out_records, &p->out_segments, &p->out_receipts};
+    for (int i = 0; i < 3; i++) {
+        if (bufs[i]->cap > (64u << 20)) {
+            free(bufs[i]->d);
+            bufs[i]->d = NULL;
+            bufs[i]->cap = 0;
+        }
+    }
+}
+
+/* ---- FP --------------------------------------------------------------------------------- */
+
+void beat_fp_many(int alg, uint64_t node_id, const uint8_t *records, size_t n, uint8_t *out)
+{
+    enum { B = 64, L = 58 };
+    uint8_t msgs[B][64];
+    uint16_t lens[B];
+    for (size_t i = 0; i < n; i += B) {
+        size_t m = n - i < B ? n - i : B;
+        for (size_t j = 0; j < m; j++) {
+            const uint8_t *r = records + (i + j) * BEAT_RECORD_SIZE;
+            uint8_t *x = msgs[j];
+            memcpy(x, FP_TAG, 10);
+            wr64be(x + 10, node_id);
+            memcpy(x + 18, r + 8, 16);   /* prev_id, next_id */
+            memcpy(x + 34, r + 24, 16);  /* PD */
+            memcpy(x + 50, r, 8);        /* t_ns */
+            lens[j] = L;
+        }
+        beat_hash_many(alg, msgs[0], 64, lens, m, out + i * 32, 32);
+    }
+}
+
+/* ---- life cycle ------------------------------------------------------------------------- */
+
+void beat_pipe_free(beat_pipe *p)
+{
+    if (!p)
+        return;
+    free(p->nb);
+    free(p->fifo);
+    free(p->pdt);
+    free(p->ftc);
+    free(p->ctr);
+    free(p->rc);
+    free(p->seg_buf);
+    free(p->out_records.d);
+    free(p->out_segments.d);
+    free(p->out_receipts.d);
+    free(p);
+}
+
+beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
+                         uint64_t receipt_epoch_ns, uint32_t segment_records,
+                         uint64_t anchor_period_ns, uint32_t max_pending)
+{
+    beat_pipe *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->node_id = node_id;
+    p->alg = alg;
+    p->window = join_window_ns;
+    p->epoch = receipt_epoch_ns;
+    p->period = anchor_period_ns;
+    p->seg_records = segment_records;
+    p->max_pending = max_pending;
+    p->fifo_mask = max_pending - 1;
+    p->ownset.own = p->own;
+    p->pdt_mask = max_pending * 2 - 1;
+    p->ctr_mask = 63;
+    p->rc_mask = 1023;
+    p->fifo = malloc(sizeof(entry) * max_pending);
+    p->pdt = calloc((size_t)max_pending * 2, sizeof(pd_slot));
+    p->ftc = calloc(1u << FT_CACHE_BITS, sizeof(ft_slot));
+    p->ctr = calloc(p->ctr_mask + 1, sizeof(ctr_slot));
+    p->rc = calloc(p->rc_mask + 1, sizeof(rc_slot));
+    p->seg_buf = malloc((size_t)segment_records * BEAT_RECORD_SIZE);
+    if (!p->fifo || !p->pdt || !p->ftc || !p->ctr || !p->rc || !p->seg_buf ||
+        beat_pipe_set_neighbours(p, NULL, NULL, 0)) {
+        beat_pipe_free(p);
+        return NULL;
+    }
+    return p;
+}

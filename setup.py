@@ -1,0 +1,77 @@
+"""Build of BEAT: the Python packages and the native fast path (Cython + C).
+
+Cython is pinned here and only here (CYTHON_VERSION); `pip install .` builds the extension.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+CYTHON_VERSION = "3.0.11"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _check_toolchain():
+    """Fail early, and say what to install, when the compiler or Python's headers are missing."""
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    cc = cc.split()[0]
+    if shutil.which(cc) is None:
+        sys.exit(f"beat: the C compiler {cc!r} was not found; install one "
+                 "(Debian/Ubuntu: apt-get install build-essential)")
+    include = sysconfig.get_paths()["include"]
+    if not os.path.exists(os.path.join(include, "Python.h")):
+        sys.exit(f"beat: Python.h was not found in {include}; install the Python headers "
+                 "(Debian/Ubuntu: apt-get install python3-dev)")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "t.c")
+        with open(src, "w") as f:
+            f.write("#include <stdint.h>\n#include <string.h>\nint main(void){return 0;}\n")
+        r = subprocess.run([cc, src, "-o", os.path.join(tmp, "t")], capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"beat: the C compiler {cc!r} cannot build a trivial program; install the C "
+                     f"library headers (Debian/Ubuntu: apt-get install build-essential):\n{r.stderr}")
+
+
+class BuildExt(build_ext):
+    def run(self):
+        _check_toolchain()
+        super().run()
+
+
+def extensions():
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        sys.exit(f"beat: Cython {CYTHON_VERSION} is needed to build the fast path: "
+                 f"pip install cython=={CYTHON_VERSION}")
+    ext = Extension(
+        "fastpath._native",
+        sources=["fastpath/_native.pyx", "fastpath/src/beat_hash.c", "fastpath/src/beat_parse.c",
+                 "fastpath/src/beat_pipe.c"],
+        include_dirs=["fastpath/include"],
+        extra_compile_args=["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall",
+                            "-Wno-unused-function"],
+    )
+    return cythonize([ext], compiler_directives={"language_level": "3", "boundscheck": False,
+                                                  "wraparound": False, "cdivision": True},
+                     include_path=["fastpath/includes"])
+
+
+setup(
+    name="beat",
+    version="0.1.0",
+    description="BEAT: accountable and transparent infrastructure sharing (router agent)",
+    packages=find_packages(include=["fastpath", "beatd", "beatd.*", "ledger_client",
+                                    "ledger_client.*", "benchmarks"]),
+    package_data={"fastpath": ["*.pyx", "*.pxd", "includes/*.pxd", "include/*.h", "src/*.c"]},
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExt},
+    python_requires=">=3.11",
+    install_requires=["lmdb>=1.4", "scapy>=2.5", "pycryptodome>=3.19", "pyroute2>=0.7"],
+    entry_points={"console_scripts": ["beatd = beatd.cli:main"]},
+)
