@@ -94,7 +94,7 @@ cdef class Pipeline:
     def set_neighbours(self, neighbours):
         macs = []
         ids = []
-        for mac, node in dict(neighbours).items():
+        for mac, node in dict(neighbours or {}).items():
             macs.append(_mac("neighbour MAC", mac))
             _check_id(f"neighbour id of {bytes(mac).hex(':')}", node)
             ids.append(struct.pack("=Q", node))
@@ -117,8 +117,10 @@ cdef class Pipeline:
         bad = beat_pipe_check_desc(&d[0], n, buflen)
         if bad >= 0:
             t, off, cap, wl, lt, dr, fl = _DESC.unpack_from(desc, bad * DESC_SIZE)
-            raise ValueError(f"descriptor {bad}: offset {off} + caplen {cap} exceeds the buffer "
-                             f"({buflen} bytes)")
+            if dr > 2:
+                raise ValueError(f"descriptor {bad}: dir must be 0, 1 or 2, got {dr}")
+            raise ValueError(f"descriptor {bad}: offset {off} + caplen {cap} = {off + cap} exceeds "
+                             f"len(buf) {buflen}")
         with nogil:
             rc = beat_pipe_feed_desc(self.p, &b[0], &d[0], n)
         if rc:
@@ -135,9 +137,10 @@ cdef class Pipeline:
     def resume(self, next_seg_seq, open_records=b"", open_receipts=b"", closed_before=0):
         open_records = bytes(open_records)
         open_receipts = bytes(open_receipts)
-        if len(open_records) % RECORD_SIZE or len(open_records) // RECORD_SIZE > self.segment_records:
-            raise ValueError(f"open_records must hold at most {self.segment_records} records of "
-                             f"{RECORD_SIZE} bytes, got {len(open_records)} bytes")
+        if len(open_records) % RECORD_SIZE or len(open_records) // RECORD_SIZE >= self.segment_records:
+            raise ValueError(f"open_records must hold fewer than segment_records="
+                             f"{self.segment_records} records of {RECORD_SIZE} bytes, got "
+                             f"{len(open_records)} bytes")
         if len(open_receipts) % OPEN_RECEIPT_SIZE:
             raise ValueError(f"open_receipts length {len(open_receipts)} is not a multiple of "
                              f"{OPEN_RECEIPT_SIZE}")
@@ -211,6 +214,7 @@ def pd_ft(frame, linktype, hash_name="sha3-256"):
 
 def fp_many(records, node_id, hash_name="sha3-256"):
     cdef int alg = _alg(hash_name)
+    _check_id("node_id", node_id)
     cdef bytes r = bytes(records)
     if len(r) % RECORD_SIZE:
         raise ValueError(f"records length {len(r)} is not a multiple of {RECORD_SIZE}")
@@ -224,6 +228,7 @@ def fp_many(records, node_id, hash_name="sha3-256"):
 
 def segment_value(hash_name, node_id, seg_seq, records):
     cdef int alg = _alg(hash_name)
+    _check_id("node_id", node_id)
     cdef bytes r = bytes(records)
     cdef uint8_t h[32]
     if len(r) % RECORD_SIZE:
@@ -234,6 +239,9 @@ def segment_value(hash_name, node_id, seg_seq, records):
 
 def receipt_value(hash_name, node_id, role, src, dst, epoch_ns, packets, nbytes):
     cdef int alg = _alg(hash_name)
+    _check_id("node_id", node_id)
+    if role not in (1, 2):
+        raise ValueError(f"role must be 1 (ingress) or 2 (egress), got {role!r}")
     cdef bytes s = bytes(src)
     cdef bytes d = bytes(dst)
     cdef uint8_t h[32]

@@ -38,8 +38,8 @@ void beat_pipe_free(beat_pipe *p);
 int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n);           /* n * 6 bytes */
 int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *ids, int n);
 
-/* Returns -1 when every descriptor fits in the buffer, else the index of the first that does not.
- * Call before feed_desc. */
+/* Returns -1 when every descriptor fits in the buffer and has a valid dir (0, 1, 2), else the index
+ * of the first that does not. Call before feed_desc. */
 long beat_pipe_check_desc(const uint8_t *desc, size_t n, size_t buflen);
 /* 0, or -1 when memory ran out (the batch is then partly processed). */
 int beat_pipe_feed_desc(beat_pipe *p, const uint8_t *buf, const uint8_t *desc, size_t n);

@@ -73,6 +73,9 @@ struct beat_pipe {
     uint32_t seg_count;
     uint8_t *seg_buf;
     beat_buf out_records, out_segments, out_receipts;
+    beat_buf seg_pending;          /* offsets (size_t) into out_segments of segments whose S is due */
+    uint8_t *seg_scratch;          /* contiguous messages for the multi-lane segment hash */
+    size_t seg_scratch_cap;
     uint64_t stats[ST_COUNT], totals[ST_COUNT];
     int oom;
 };
@@ -117,12 +120,17 @@ static inline uint64_t mix64(uint64_t x)
     return x;
 }
 
+/* Table index of a key (addresses, receipt keys): a multiply and a fold per 8-byte word, so bits
+ * that vary only at the top of a word (IPv4-mapped addresses) still reach the low index bits. Not
+ * cryptographic; the tables probe linearly and stay at most half full. */
 static uint64_t bytes_hash(const uint8_t *k, size_t n)
 {
-    uint64_t h = 0x9e3779b97f4a7c15ULL ^ n;
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ n;
     size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        h = mix64(h ^ rd64le(k + i));
+    for (; i + 8 <= n; i += 8) {
+        h = (h ^ rd64le(k + i)) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 31;
+    }
     uint64_t t = 0;
     for (; i < n; i++)
         t = (t << 8) | k[i];
@@ -415,20 +423,76 @@ void beat_segment_value(int alg, uint64_t node_id, uint64_t seg_seq, const uint8
     beat_hash_final(&c, out);
 }
 
+/* Closing a segment queues it: S is computed in finish_segments(), for all the segments of a call
+ * at once, so several sponges run side by side in the SIMD lanes. */
 static int seg_close(beat_pipe *p)
 {
     if (p->seg_count == 0)
         return 0;
     uint8_t h[48];
+    size_t off = p->out_segments.len;
     wr64be(h, p->seg_seq);
     wr64be(h + 8, p->seg_count);
-    beat_segment_value(p->alg, p->node_id, p->seg_seq, p->seg_buf, p->seg_count, h + 16);
+    memset(h + 16, 0, 32);
     if (buf_put(&p->out_segments, h, sizeof h) ||
-        buf_put(&p->out_segments, p->seg_buf, (size_t)p->seg_count * BEAT_RECORD_SIZE))
+        buf_put(&p->out_segments, p->seg_buf, (size_t)p->seg_count * BEAT_RECORD_SIZE) ||
+        buf_put(&p->seg_pending, &off, sizeof off))
         return -1;
     count(p, ST_SEGMENTS);
     p->seg_seq++;
     p->seg_count = 0;
+    return 0;
+}
+
+#define SEG_LANES 8
+#define SEG_HEAD 34 /* "BEAT-SG-v1" node_id seg_seq count */
+
+static void seg_message(const beat_pipe *p, const uint8_t *seg, uint8_t *m)
+{
+    memcpy(m, SG_TAG, 10);
+    wr64be(m + 10, p->node_id);
+    memcpy(m + 18, seg, 16); /* seg_seq, count */
+    memcpy(m + SEG_HEAD, seg + 48, rd64be(seg + 8) * BEAT_RECORD_SIZE);
+}
+
+/* S of every queued segment: runs of equal length go through the lanes together. */
+static int finish_segments(beat_pipe *p)
+{
+    size_t n = p->seg_pending.len / sizeof(size_t);
+    const size_t *offs = (const size_t *)p->seg_pending.d;
+    size_t i = 0;
+    while (i < n) {
+        uint8_t *seg = p->out_segments.d + offs[i];
+        uint64_t count = rd64be(seg + 8);
+        size_t len = SEG_HEAD + count * BEAT_RECORD_SIZE;
+        size_t w = 1;
+        while (w < SEG_LANES && i + w < n &&
+               rd64be(p->out_segments.d + offs[i + w] + 8) == count)
+            w++;
+        if (w == 1 || len > (4u << 20)) {
+            beat_segment_value(p->alg, p->node_id, rd64be(seg), seg + 48, count, seg + 16);
+            i++;
+            continue;
+        }
+        if (p->seg_scratch_cap < w * len) {
+            free(p->seg_scratch);
+            p->seg_scratch = malloc(w * len);
+            p->seg_scratch_cap = p->seg_scratch ? w * len : 0;
+            if (!p->seg_scratch)
+                return -1;
+        }
+        const uint8_t *msgs[SEG_LANES];
+        uint8_t *outs[SEG_LANES];
+        for (size_t k = 0; k < w; k++) {
+            uint8_t *sk = p->out_segments.d + offs[i + k];
+            seg_message(p, sk, p->seg_scratch + k * len);
+            msgs[k] = p->seg_scratch + k * len;
+            outs[k] = sk + 16;
+        }
+        beat_hash_many_equal(p->alg, msgs, len, w, outs);
+        i += w;
+    }
+    p->seg_pending.len = 0;
     return 0;
 }
 
@@ -649,7 +713,7 @@ int beat_pipe_feed_frames(beat_pipe *p, const beat_frame *frames, size_t n)
             return -1;
         }
     }
-    return 0;
+    return finish_segments(p);
 }
 
 long beat_pipe_check_desc(const uint8_t *desc, size_t n, size_t buflen)
@@ -657,7 +721,7 @@ long beat_pipe_check_desc(const uint8_t *desc, size_t n, size_t buflen)
     for (size_t i = 0; i < n; i++) {
         const uint8_t *d = desc + i * BEAT_DESC_SIZE;
         uint64_t end = (uint64_t)rd32le(d + 8) + rd32le(d + 12);
-        if (end > buflen)
+        if (end > buflen || d[22] > 2)
             return (long)i;
     }
     return -1;
@@ -681,7 +745,7 @@ int beat_pipe_feed_desc(beat_pipe *p, const uint8_t *buf, const uint8_t *desc, s
             return -1;
         }
     }
-    return 0;
+    return finish_segments(p);
 }
 
 int beat_pipe_flush(beat_pipe *p)
@@ -694,15 +758,15 @@ int beat_pipe_flush(beat_pipe *p)
     uint64_t end = p->clock - p->clock % p->epoch + p->epoch;
     if (end > p->closed_before)
         p->closed_before = end;
-    return 0;
+    return finish_segments(p);
 }
 
-int beat_pipe_close_segment(beat_pipe *p) { return seg_close(p); }
+int beat_pipe_close_segment(beat_pipe *p) { return seg_close(p) || finish_segments(p); }
 
 int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_records, size_t n_rec,
                      const uint8_t *open_receipts, size_t n_rc, uint64_t closed_before)
 {
-    if (n_rec > p->seg_records)
+    if (n_rec >= p->seg_records) /* a full segment would have been closed */
         return -2;
     p->seg_seq = next_seg_seq;
     p->seg_count = (uint32_t)n_rec;
@@ -839,6 +903,8 @@ void beat_pipe_free(beat_pipe *p)
     free(p->out_records.d);
     free(p->out_segments.d);
     free(p->out_receipts.d);
+    free(p->seg_pending.d);
+    free(p->seg_scratch);
     free(p);
 }
 
