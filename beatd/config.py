@@ -1,0 +1,259 @@
+"""beatd configuration: one TOML file, loaded and validated once, at start.
+
+Every key, its type and its default is in ``DEFAULTS`` below (one place). ``load(path)`` returns a
+``Config``; anything wrong (a bad value, an unknown key, a missing file) raises ``ConfigError`` whose
+message names the key and the value, e.g. ``neighbours[2].mac: "zz:.." is not a MAC address``.
+"""
+import dataclasses
+import ipaddress
+import re
+import tomllib
+
+from fastpath.output import HASH_NAMES
+
+__all__ = ["ConfigError", "Config", "Neighbour", "load", "from_dict", "parse_size", "parse_mac",
+           "DEFAULTS"]
+
+# The defaults, in one place. ``None`` for map_size means "derived from ring_size" (see Config).
+DEFAULTS = {
+    "node_id": None,
+    "hash": "sha3-256",
+    "own_macs": [],
+    "neighbours": [],
+    "store": {
+        "path": "/var/lib/beatd",
+        "ring_size": 256 << 20,
+        "map_size": None,
+        "sync": "periodic",
+        "sync_interval_s": 1.0,
+    },
+    "governance": {
+        "threshold_s": 3600.0,
+        "receipt_epoch_ms": 1000,
+        "anchor_period_s": 10.0,
+        "segment_records": 1024,
+        "join_window_ms": 50.0,
+    },
+}
+SYNC_MODES = ("periodic", "always", "never")
+NODE_ID_MAX = (1 << 64) - 2
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000 ** 2, "mb": 1000 ** 2, "g": 1000 ** 3,
+          "gb": 1000 ** 3, "t": 1000 ** 4, "tb": 1000 ** 4, "kib": 1 << 10, "mib": 1 << 20,
+          "gib": 1 << 30, "tib": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-])(?:[0-9a-fA-F]{2}\1){4}[0-9a-fA-F]{2}$")
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; the message names the key and the value."""
+
+
+def _show(value):
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def parse_size(value, key="size"):
+    """Bytes from an int or a string such as ``"256MiB"``, ``"1GB"``, ``"4096"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: {_show(value)} is not a size")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ConfigError(f'{key}: {_show(value)} is not a size (bytes, or e.g. "256MiB", "1GB")')
+        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    else:
+        raise ConfigError(f"{key}: {_show(value)} is not a size")
+    if n <= 0:
+        raise ConfigError(f"{key}: {_show(value)} must be more than 0 bytes")
+    return n
+
+
+def parse_mac(value, key="mac"):
+    """6 bytes from ``"aa:bb:cc:dd:ee:ff"`` (or with dashes)."""
+    if not isinstance(value, str) or not _MAC_RE.match(value):
+        raise ConfigError(f"{key}: {_show(value)} is not a MAC address")
+    return bytes.fromhex(value.replace(":", "").replace("-", ""))
+
+
+def format_mac(mac):
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+@dataclasses.dataclass(frozen=True)
+class Neighbour:
+    node_id: int
+    mac: bytes
+    ip: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    node_id: int | None = DEFAULTS["node_id"]
+    hash: str = DEFAULTS["hash"]
+    own_macs: tuple = ()
+    neighbours: tuple = ()
+    store_path: str = DEFAULTS["store"]["path"]
+    ring_size: int = DEFAULTS["store"]["ring_size"]
+    map_size: int | None = DEFAULTS["store"]["map_size"]
+    sync: str = DEFAULTS["store"]["sync"]
+    sync_interval_s: float = DEFAULTS["store"]["sync_interval_s"]
+    threshold_s: float = DEFAULTS["governance"]["threshold_s"]
+    receipt_epoch_ms: int = DEFAULTS["governance"]["receipt_epoch_ms"]
+    anchor_period_s: float = DEFAULTS["governance"]["anchor_period_s"]
+    segment_records: int = DEFAULTS["governance"]["segment_records"]
+    join_window_ms: float = DEFAULTS["governance"]["join_window_ms"]
+
+    @property
+    def effective_map_size(self):
+        """The LMDB map: the ring four times over (free pages, history) plus 1 GiB for the rest."""
+        return self.map_size if self.map_size is not None else 4 * self.ring_size + (1 << 30)
+
+    @property
+    def threshold_ns(self):
+        return int(self.threshold_s * 1e9)
+
+    def neighbour_map(self):
+        return {n.mac: n.node_id for n in self.neighbours}
+
+    def pipeline_kwargs(self):
+        """Keyword arguments for ``fastpath.Pipeline(...)``."""
+        if self.node_id is None:
+            raise ConfigError("node_id: not set (give it in the configuration or with --node-id)")
+        return {
+            "node_id": self.node_id,
+            "hash_name": self.hash,
+            "own_macs": tuple(self.own_macs),
+            "neighbours": self.neighbour_map(),
+            "join_window_ns": int(self.join_window_ms * 1_000_000),
+            "receipt_epoch_ns": int(self.receipt_epoch_ms) * 1_000_000,
+            "segment_records": self.segment_records,
+            "anchor_period_ns": int(self.anchor_period_s * 1e9),
+        }
+
+    def store_kwargs(self):
+        """Keyword arguments for ``beatd.store.Store(...)``."""
+        if self.node_id is None:
+            raise ConfigError("node_id: not set (give it in the configuration or with --node-id)")
+        return {"path": self.store_path, "node_id": self.node_id, "hash_name": self.hash,
+                "ring_size": self.ring_size, "map_size": self.effective_map_size,
+                "sync": self.sync, "sync_interval_s": self.sync_interval_s}
+
+    def replace(self, **changes):
+        """A copy with some fields changed, validated again (for command-line overrides)."""
+        new = dataclasses.replace(self, **changes)
+        _check_node_id(new.node_id, "node_id")
+        if new.hash not in HASH_NAMES:
+            raise ConfigError(f"hash: {_show(new.hash)} is not one of {', '.join(HASH_NAMES)}")
+        return new
+
+
+def _check_node_id(value, key, optional=True):
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= NODE_ID_MAX:
+        raise ConfigError(f"{key}: {_show(value)} is not a node id (an integer in 1..2^64-2)")
+    return value
+
+
+def _number(table, name, prefix, integer=False, positive=True):
+    value = table[name]
+    key = f"{prefix}{name}"
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok:
+        raise ConfigError(f"{key}: {_show(value)} is not {'an integer' if integer else 'a number'}")
+    if positive and not value > 0:
+        raise ConfigError(f"{key}: {_show(value)} must be more than 0")
+    return value
+
+
+def _table(raw, defaults, prefix):
+    """Merge a TOML table over its defaults, naming any key that is not known."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: {_show(raw)} is not a table")
+    unknown = sorted(set(raw) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(defaults))})")
+    return {**defaults, **raw}
+
+
+def from_dict(raw):
+    """A validated ``Config`` from a parsed TOML document (a dict)."""
+    top = _table(raw, DEFAULTS, "")
+    node_id = _check_node_id(top["node_id"], "node_id")
+    hash_name = top["hash"]
+    if hash_name not in HASH_NAMES:
+        raise ConfigError(f"hash: {_show(hash_name)} is not one of {', '.join(HASH_NAMES)}")
+    if not isinstance(top["own_macs"], list):
+        raise ConfigError(f"own_macs: {_show(top['own_macs'])} is not a list of MAC addresses")
+    own = tuple(parse_mac(m, f"own_macs[{i}]") for i, m in enumerate(top["own_macs"]))
+
+    if not isinstance(top["neighbours"], list):
+        raise ConfigError(f"neighbours: {_show(top['neighbours'])} is not an array of tables")
+    neighbours = []
+    seen = {}
+    for i, n in enumerate(top["neighbours"]):
+        p = f"neighbours[{i}]."
+        n = _table(n, {"node_id": None, "mac": None, "ip": None}, p)
+        for req in ("node_id", "mac"):
+            if n[req] is None:
+                raise ConfigError(f"{p}{req}: missing")
+        nid = _check_node_id(n["node_id"], p + "node_id", optional=False)
+        mac = parse_mac(n["mac"], p + "mac")
+        if mac in seen:
+            raise ConfigError(f"{p}mac: {_show(n['mac'])} is already neighbours[{seen[mac]}].mac")
+        seen[mac] = i
+        ip = n["ip"]
+        if ip is not None:
+            try:
+                ip = str(ipaddress.ip_address(ip))
+            except ValueError:
+                raise ConfigError(f"{p}ip: {_show(ip)} is not an IP address") from None
+        neighbours.append(Neighbour(nid, mac, ip))
+
+    st = _table(top["store"], DEFAULTS["store"], "store.")
+    if not isinstance(st["path"], str) or not st["path"]:
+        raise ConfigError(f"store.path: {_show(st['path'])} is not a directory path")
+    ring_size = parse_size(st["ring_size"], "store.ring_size")
+    map_size = None if st["map_size"] is None else parse_size(st["map_size"], "store.map_size")
+    if map_size is not None and map_size < 2 * ring_size:
+        raise ConfigError(f"store.map_size: {_show(st['map_size'])} is less than twice "
+                          f"store.ring_size ({ring_size} bytes); the ring would not fit")
+    if st["sync"] not in SYNC_MODES:
+        raise ConfigError(f"store.sync: {_show(st['sync'])} is not one of {', '.join(SYNC_MODES)}")
+    sync_interval = _number(st, "sync_interval_s", "store.")
+
+    gv = _table(top["governance"], DEFAULTS["governance"], "governance.")
+    seg = _number(gv, "segment_records", "governance.", integer=True)
+    if seg > 1_000_000:
+        raise ConfigError(f"governance.segment_records: {seg} is more than 1000000")
+    epoch_ms = _number(gv, "receipt_epoch_ms", "governance.", integer=True)
+    if ring_size < 2 * (seg * 48 + 48):
+        raise ConfigError(f"store.ring_size: {_show(st['ring_size'])} cannot hold two segments of "
+                          f"governance.segment_records = {seg} records ({2 * (seg * 48 + 48)} bytes)")
+    return Config(
+        node_id=node_id, hash=hash_name, own_macs=own, neighbours=tuple(neighbours),
+        store_path=st["path"], ring_size=ring_size, map_size=map_size, sync=st["sync"],
+        sync_interval_s=float(sync_interval),
+        threshold_s=float(_number(gv, "threshold_s", "governance.")),
+        receipt_epoch_ms=epoch_ms,
+        anchor_period_s=float(_number(gv, "anchor_period_s", "governance.")),
+        segment_records=seg,
+        join_window_ms=float(_number(gv, "join_window_ms", "governance.")),
+    )
+
+
+def load(path):
+    """Read and validate the TOML configuration at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

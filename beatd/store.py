@@ -1,0 +1,498 @@
+"""The device's durable state: proof ring, commitments, counters, receipts, ledger outbox, in LMDB.
+
+One LMDB environment (one directory) per device, with one named database per kind of data, so that a
+single write transaction per fast-path batch (``Store.commit(output)``) covers all of it: after a
+crash or a SIGKILL the store holds exactly the state after some committed batch, never half of one,
+and ``resume_state()`` hands the pipeline what it needs to continue from there. The layout is in
+docs/store.md; every key is big-endian so that LMDB's byte order is numeric order.
+"""
+import contextlib
+import errno
+import json
+import os
+import struct
+import time
+
+import lmdb
+
+import fastpath
+from fastpath.output import (COUNTER_SIZE, HASH_NAMES, OPEN_RECEIPT_SIZE, RECEIPT_SIZE,
+                             RECORD_SIZE, STAT_NAMES)
+
+__all__ = ["Store", "StoreError", "StoreFullError", "StoreDiskError", "StoreMismatchError",
+           "StoreCorruptError", "FORMAT_VERSION", "SYNC_MODES"]
+
+FORMAT_VERSION = 1
+SYNC_MODES = ("periodic", "always", "never")
+DB_NAMES = ("proofs", "commitments", "counters", "receipts", "outbox", "meta")
+LEAF_RECEIPT, LEAF_SEGMENT = 1, 2
+RECEIPT_KEY_SIZE = 41            # epoch_ns(8) role(1) src(16) dst(16)
+SEG_HEAD = 40                    # a proofs value: count(8) S(32) records
+_U64 = struct.Struct(">Q")
+_COMMIT = struct.Struct(">32sQQQ")       # S count first_t_ns last_t_ns
+_COUNTER = struct.Struct(">QQQQ")        # packets bytes first_t_ns last_t_ns
+_RECEIPT_VAL = struct.Struct(">QQ32s")   # packets bytes R
+_T_NS = struct.Struct(">Q40x")           # t_ns of a 48-byte record
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked; the message names the path and what to change."""
+
+
+class StoreFullError(StoreError):
+    """The LMDB map is full (raise map_size)."""
+
+
+class StoreDiskError(StoreError):
+    """The disk failed or is full."""
+
+
+class StoreMismatchError(StoreError):
+    """The store belongs to another node, hash or format version."""
+
+
+class StoreCorruptError(StoreError):
+    """The files are not a (valid) LMDB environment, or its content breaks the store's rules."""
+
+
+# py-lmdb exceptions -> (our exception, what to do about it). Checked in order (subclasses first).
+_ERROR_TABLE = (
+    (lmdb.MapFullError, StoreFullError,
+     "the LMDB map is full ({map_size} bytes): raise store.map_size"),
+    (lmdb.MapResizedError, StoreFullError,
+     "another process grew the LMDB map: reopen the store"),
+    (lmdb.DiskError, StoreDiskError, "disk error: check the disk and free space"),
+    (lmdb.CorruptedError, StoreCorruptError, "the LMDB files are corrupted: restore or remove them"),
+    (lmdb.InvalidError, StoreCorruptError, "not an LMDB environment: remove it or choose another path"),
+    (lmdb.VersionMismatchError, StoreCorruptError, "written by another LMDB version"),
+    (lmdb.ReadersFullError, StoreError, "too many readers of the store"),
+    (lmdb.DbsFullError, StoreCorruptError, "too many named databases: not a beatd store"),
+    (lmdb.Error, StoreError, "LMDB error"),
+)
+
+
+def _u64(b, default=0):
+    return default if b is None else _U64.unpack(b)[0]
+
+
+def _p64(n):
+    return _U64.pack(n)
+
+
+class Store:
+    """A device's LMDB store. ``commit(output)`` per batch; readers for tools, tests and gRPC.
+
+    ``sync``: ``"always"`` makes every commit durable before it returns (fsync); ``"periodic"`` (the
+    default) opens the environment without sync and flushes at most every ``sync_interval_s`` from
+    ``commit`` and at close: a process crash (even SIGKILL) loses nothing, a power cut at most the last
+    interval, always back to a consistent committed batch; ``"never"`` leaves it to the OS.
+    """
+
+    def __init__(self, path, node_id, hash_name, ring_size, map_size=None, sync="periodic",
+                 sync_interval_s=1.0):
+        self.path = os.fspath(path)
+        if hash_name not in HASH_NAMES:
+            raise ValueError(f"hash_name: {hash_name!r} is not one of {', '.join(HASH_NAMES)}")
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync: {sync!r} is not one of {', '.join(SYNC_MODES)}")
+        if not 1 <= node_id <= (1 << 64) - 2:
+            raise ValueError(f"node_id: {node_id} is not in 1..2^64-2")
+        if ring_size <= 0:
+            raise ValueError(f"ring_size: {ring_size} must be more than 0")
+        self.node_id = node_id
+        self.hash_name = hash_name
+        self.ring_size = ring_size
+        self.map_size = map_size if map_size else 4 * ring_size + (1 << 30)
+        self.sync_mode = sync
+        self.sync_interval_s = sync_interval_s
+        self._last_sync = time.monotonic()
+        self.env = None
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as exc:
+            raise StoreDiskError(f"{self.path}: cannot create the store directory: "
+                                 f"{exc.strerror or exc}") from None
+        with self._errors("opening"):
+            self.env = lmdb.open(self.path, map_size=self.map_size, max_dbs=len(DB_NAMES) + 2,
+                                 subdir=True, sync=(sync == "always"), metasync=(sync == "always"),
+                                 readahead=False)
+            self.db = {}
+            with self.env.begin(write=True) as txn:
+                for name in DB_NAMES:
+                    self.db[name] = self.env.open_db(name.encode(), txn=txn, create=True)
+                self._check_or_init(txn)
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, doing):
+        try:
+            yield
+        except StoreError:
+            raise
+        except lmdb.Error as exc:
+            for lmdb_cls, cls, advice in _ERROR_TABLE:
+                if isinstance(exc, lmdb_cls):
+                    raise cls(f"{self.path}: {doing}: "
+                              f"{advice.format(map_size=self.map_size)} ({exc})") from None
+            raise  # pragma: no cover (lmdb.Error is the last row)
+        except OSError as exc:
+            advice = "the disk is full: free space" if exc.errno == errno.ENOSPC else "disk error"
+            raise StoreDiskError(f"{self.path}: {doing}: {advice} ({exc})") from None
+
+    def _check_or_init(self, txn):
+        meta = self.db["meta"]
+        version = txn.get(b"format_version", db=meta)
+        if version is None:
+            for key, value in ((b"format_version", _p64(FORMAT_VERSION)),
+                               (b"node_id", _p64(self.node_id)),
+                               (b"hash", self.hash_name.encode()),
+                               (b"next_seg_seq", _p64(0)), (b"open_records", b""),
+                               (b"open_receipts", b""), (b"closed_before", _p64(0)),
+                               (b"next_leaf_seq", _p64(0)),
+                               (b"stats", json.dumps(dict.fromkeys(STAT_NAMES, 0)).encode()),
+                               (b"ring_wraps", _p64(0)), (b"ring_oldest_seq", _p64(0)),
+                               (b"ring_oldest_t_ns", _p64(0)), (b"ring_bytes", _p64(0)),
+                               (b"ring_segments", _p64(0))):
+                txn.put(key, value, db=meta)
+            return
+        if _u64(version) != FORMAT_VERSION:
+            raise StoreMismatchError(f"{self.path}: store format version {_u64(version)}, this beatd "
+                                     f"reads version {FORMAT_VERSION}")
+        stored_node = _u64(txn.get(b"node_id", db=meta))
+        if stored_node != self.node_id:
+            raise StoreMismatchError(f"{self.path}: this store belongs to node_id {stored_node}, not "
+                                     f"{self.node_id}; use another store path")
+        stored_hash = bytes(txn.get(b"hash", db=meta)).decode()
+        if stored_hash != self.hash_name:
+            raise StoreMismatchError(f"{self.path}: this store was written with hash {stored_hash}, "
+                                     f"not {self.hash_name}; use another store path")
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def close(self):
+        if self.env is not None:
+            if self.sync_mode == "periodic":
+                with contextlib.suppress(lmdb.Error, OSError):
+                    self.env.sync(True)
+            self.env.close()
+            self.env = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def sync(self):
+        """Flush committed transactions to disk now."""
+        with self._errors("syncing"):
+            self.env.sync(True)
+        self._last_sync = time.monotonic()
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def commit(self, output):
+        """Write one ``fastpath.Output`` in one transaction (all of it, or nothing)."""
+        with self._errors("committing a batch"):
+            with self.env.begin(write=True) as txn:
+                self._commit(txn, output)
+        if self.sync_mode == "periodic":
+            now = time.monotonic()
+            if now - self._last_sync >= self.sync_interval_s:
+                self.sync()
+
+    def _commit(self, txn, out):
+        db = self.db
+        meta = db["meta"]
+
+        def mget(key):
+            return _u64(txn.get(key, db=meta))
+
+        next_seg = mget(b"next_seg_seq")
+        leaf = mget(b"next_leaf_seq")
+        ring_bytes = mget(b"ring_bytes")
+        ring_segments = mget(b"ring_segments")
+        wraps = mget(b"ring_wraps")
+        oldest = mget(b"ring_oldest_seq")
+
+        # segments: proof ring, commitment, outbox leaf
+        for seg_seq, count, value, records in out.segments:
+            if seg_seq != next_seg:
+                raise StoreCorruptError(
+                    f"{self.path}: segment {seg_seq} does not follow the stored ones (expected "
+                    f"{next_seg}): was the pipeline resumed from Store.resume_state()?")
+            if len(records) != count * RECORD_SIZE or len(value) != 32:
+                raise StoreCorruptError(f"{self.path}: segment {seg_seq}: count {count} does not "
+                                        f"match {len(records)} bytes of records")
+            ts = [t for (t,) in _T_NS.iter_unpack(records)]
+            key = _p64(seg_seq)
+            txn.put(key, _p64(count) + value + records, db=db["proofs"], append=True)
+            txn.put(key, _COMMIT.pack(value, count, min(ts, default=0), max(ts, default=0)),
+                    db=db["commitments"], append=True)
+            txn.put(_p64(leaf), bytes((LEAF_SEGMENT,)) + value, db=db["outbox"], append=True)
+            leaf += 1
+            ring_bytes += 8 + SEG_HEAD + len(records)
+            ring_segments += 1
+            next_seg += 1
+        if out.open_seg_seq != next_seg:
+            raise StoreCorruptError(
+                f"{self.path}: the open segment is {out.open_seg_seq} but the store expects "
+                f"{next_seg}: was the pipeline resumed from Store.resume_state()?")
+
+        # the ring wraps: drop the oldest segments while it holds more than ring_size bytes
+        if ring_bytes > self.ring_size:
+            cur = txn.cursor(db=db["proofs"])
+            while ring_bytes > self.ring_size and cur.first():
+                ring_bytes -= 8 + len(cur.value())
+                ring_segments -= 1
+                wraps += 1
+                cur.delete()
+            oldest = _u64(cur.key()) if ring_segments and cur.first() else next_seg
+        if ring_segments == 0:
+            oldest = next_seg
+        oldest_t = 0
+        if ring_segments:
+            oldest_t = _COMMIT.unpack(txn.get(_p64(oldest), db=db["commitments"]))[2]
+
+        # counters: add the deltas
+        cdb = db["counters"]
+        counters = out.counters
+        for off in range(0, len(counters), COUNTER_SIZE):
+            key = counters[off:off + 16]
+            pk, nb, first, last = _COUNTER.unpack_from(counters, off + 16)
+            old = txn.get(key, db=cdb)
+            if old is not None:
+                opk, onb, ofirst, olast = _COUNTER.unpack(old)
+                pk, nb, first, last = opk + pk, onb + nb, min(first, ofirst), max(last, olast)
+            txn.put(key, _COUNTER.pack(pk, nb, first, last), db=cdb)
+
+        # receipts, each with its outbox leaf; a key seen before keeps its first receipt
+        rdb = db["receipts"]
+        receipts = out.receipts
+        closed_before = max(out.closed_before, mget(b"closed_before"))
+        duplicates = 0
+        for off in range(0, len(receipts), RECEIPT_SIZE):
+            key = receipts[off:off + RECEIPT_KEY_SIZE]
+            r = receipts[off + RECEIPT_KEY_SIZE + 16:off + RECEIPT_SIZE]
+            if not txn.put(key, receipts[off + RECEIPT_KEY_SIZE:off + RECEIPT_SIZE], db=rdb,
+                           overwrite=False):
+                duplicates += 1
+                continue
+            txn.put(_p64(leaf), bytes((LEAF_RECEIPT,)) + r, db=db["outbox"], append=True)
+            leaf += 1
+            # a finalised epoch stays closed after a restart, even one flush() closed early
+            closed_before = max(closed_before, _u64(key[:8]) + 1)
+
+        stats = json.loads(bytes(txn.get(b"stats", db=meta)))
+        for name, n in out.stats.items():
+            stats[name] = stats.get(name, 0) + n
+        if duplicates:
+            stats["receipt_duplicate"] = stats.get("receipt_duplicate", 0) + duplicates
+
+        for k, v in ((b"next_seg_seq", _p64(next_seg)), (b"next_leaf_seq", _p64(leaf)),
+                     (b"open_records", bytes(out.open_records)),
+                     (b"open_receipts", bytes(out.open_receipts)),
+                     (b"closed_before", _p64(closed_before)),
+                     (b"stats", json.dumps(stats, separators=(",", ":")).encode()),
+                     (b"ring_wraps", _p64(wraps)), (b"ring_oldest_seq", _p64(oldest)),
+                     (b"ring_oldest_t_ns", _p64(oldest_t)), (b"ring_bytes", _p64(ring_bytes)),
+                     (b"ring_segments", _p64(ring_segments))):
+            txn.put(k, v, db=meta)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _read(self):
+        with self._errors("reading"):
+            with self.env.begin() as txn:
+                yield txn
+
+    def _meta(self, txn):
+        meta = self.db["meta"]
+        out = {}
+        for k, v in txn.cursor(db=meta):
+            name = bytes(k).decode()
+            if name in ("hash",):
+                out[name] = bytes(v).decode()
+            elif name == "stats":
+                out[name] = json.loads(bytes(v))
+            elif name in ("open_records", "open_receipts"):
+                out[name] = bytes(v)
+            else:
+                out[name] = _u64(v)
+        return out
+
+    def meta(self):
+        """Everything in ``meta``, decoded (ints, the hash name, stats dict, the open blobs)."""
+        with self._read() as txn:
+            return self._meta(txn)
+
+    def resume_state(self):
+        """Keyword arguments for ``Pipeline.resume(...)`` after a restart."""
+        m = self.meta()
+        return {"next_seg_seq": m["next_seg_seq"], "open_records": m["open_records"],
+                "open_receipts": m["open_receipts"], "closed_before": m["closed_before"]}
+
+    def stats(self):
+        """The pipeline's statistics, accumulated over every committed batch."""
+        return self.meta()["stats"]
+
+    def segments(self):
+        """The segments in the ring, oldest first: ``(seg_seq, count, S, records)``."""
+        with self._read() as txn:
+            return [(_u64(k), _u64(v[:8]), bytes(v[8:SEG_HEAD]), bytes(v[SEG_HEAD:]))
+                    for k, v in txn.cursor(db=self.db["proofs"])]
+
+    def commitments(self):
+        """Every segment commitment ever made: ``(seg_seq, S, count, first_t_ns, last_t_ns)``."""
+        with self._read() as txn:
+            return [(_u64(k),) + _COMMIT.unpack(v) for k, v in txn.cursor(db=self.db["commitments"])]
+
+    def iter_records(self):
+        """The 48-byte records: the ring's segments, oldest first, then the open segment."""
+        segs = self.segments()
+        open_records = self.meta()["open_records"]
+        for _, _, _, records in segs:
+            for off in range(0, len(records), RECORD_SIZE):
+                yield records[off:off + RECORD_SIZE]
+        for off in range(0, len(open_records), RECORD_SIZE):
+            yield open_records[off:off + RECORD_SIZE]
+
+    def counters(self):
+        """``{(prev_id, next_id): (packets, bytes, first_t_ns, last_t_ns)}``."""
+        with self._read() as txn:
+            return {struct.unpack(">QQ", k): _COUNTER.unpack(v)
+                    for k, v in txn.cursor(db=self.db["counters"])}
+
+    def receipts(self):
+        """Finalised receipts: ``(epoch_ns, role, src, dst, packets, bytes, R)``, by key."""
+        out = []
+        with self._read() as txn:
+            for k, v in txn.cursor(db=self.db["receipts"]):
+                epoch, role = struct.unpack_from(">QB", k)
+                out.append((epoch, role, bytes(k[9:25]), bytes(k[25:41])) + _RECEIPT_VAL.unpack(v))
+        return out
+
+    def outbox(self):
+        """The ledger leaves in the order produced: ``(leaf_seq, type, value)``."""
+        with self._read() as txn:
+            return [(_u64(k), v[0], bytes(v[1:])) for k, v in txn.cursor(db=self.db["outbox"])]
+
+    def ring_status(self, now_ns, threshold_ns):
+        """How much time the proof ring covers, and whether it is ``short`` of the threshold."""
+        with self._read() as txn:
+            m = self._meta(txn)
+            newest_t = 0
+            if m["ring_segments"]:
+                with txn.cursor(db=self.db["commitments"]) as cur:
+                    if cur.last():
+                        newest_t = _COMMIT.unpack(cur.value())[3]
+        oldest_t = m["ring_oldest_t_ns"] if m["ring_segments"] else None
+        open_ts = [t for (t,) in _T_NS.iter_unpack(m["open_records"])]
+        if open_ts:
+            newest_t = max(newest_t, max(open_ts))
+            if oldest_t is None:
+                oldest_t = min(open_ts)
+        wrapped = m["ring_wraps"] > 0
+        return {
+            "oldest_seg_seq": m["ring_oldest_seq"],
+            "oldest_t_ns": oldest_t,
+            "newest_t_ns": newest_t or None,
+            "segments": m["ring_segments"],
+            "bytes": m["ring_bytes"],
+            "ring_size": self.ring_size,
+            "wraps": m["ring_wraps"],
+            "short": wrapped and (oldest_t is None or now_ns - oldest_t < threshold_ns),
+        }
+
+    # -- checking -------------------------------------------------------------------------------
+
+    def verify(self):
+        """Recompute every stored S and check the store's invariants; a list of problems."""
+        problems = []
+        with self._read() as txn:
+            m = self._meta(txn)
+            segs = [(_u64(k), bytes(v)) for k, v in txn.cursor(db=self.db["proofs"])]
+            commits = {_u64(k): _COMMIT.unpack(v)
+                       for k, v in txn.cursor(db=self.db["commitments"])}
+            leaves = [(_u64(k), bytes(v)) for k, v in txn.cursor(db=self.db["outbox"])]
+            receipts = [(bytes(k), _RECEIPT_VAL.unpack(v))
+                        for k, v in txn.cursor(db=self.db["receipts"])]
+            counter_packets = sum(_COUNTER.unpack(v)[0]
+                                  for v in txn.cursor(db=self.db["counters"]).iternext(values=True,
+                                                                                      keys=False))
+        nxt = m["next_seg_seq"]
+        # proof ring
+        ring_bytes = 0
+        for i, (seq, v) in enumerate(segs):
+            if i and seq != segs[i - 1][0] + 1:
+                problems.append(f"proofs: segment {segs[i - 1][0]} is followed by {seq}")
+            count, value, records = _u64(v[:8]), v[8:SEG_HEAD], v[SEG_HEAD:]
+            ring_bytes += 8 + len(v)
+            if len(records) != count * RECORD_SIZE:
+                problems.append(f"proofs[{seq}]: count {count} but {len(records)} bytes of records")
+            s = fastpath.segment_value(self.hash_name, self.node_id, seq, records)
+            if bytes(s) != value:
+                problems.append(f"proofs[{seq}]: S does not recompute from its records")
+            c = commits.get(seq)
+            if c is None:
+                problems.append(f"proofs[{seq}]: no commitment")
+            else:
+                ts = [t for (t,) in _T_NS.iter_unpack(records)]
+                if c != (value, count, min(ts, default=0), max(ts, default=0)):
+                    problems.append(f"commitments[{seq}] does not match proofs[{seq}]")
+        if segs:
+            if segs[-1][0] != nxt - 1:
+                problems.append(f"proofs: newest segment {segs[-1][0]}, next_seg_seq {nxt}")
+            if segs[0][0] != m["ring_oldest_seq"]:
+                problems.append(f"meta: ring_oldest_seq {m['ring_oldest_seq']}, oldest stored "
+                                f"{segs[0][0]}")
+            if commits.get(segs[0][0], (0, 0, None))[2] != m["ring_oldest_t_ns"]:
+                problems.append("meta: ring_oldest_t_ns is not the oldest segment's first t_ns")
+        if ring_bytes != m["ring_bytes"] or len(segs) != m["ring_segments"]:
+            problems.append(f"meta: ring holds {len(segs)} segments, {ring_bytes} bytes; meta says "
+                            f"{m['ring_segments']}, {m['ring_bytes']}")
+        if ring_bytes > self.ring_size:
+            problems.append(f"proofs: {ring_bytes} bytes, more than ring_size {self.ring_size}")
+        if m["ring_wraps"] + len(segs) != nxt:
+            problems.append(f"meta: {m['ring_wraps']} segments dropped + {len(segs)} held != "
+                            f"{nxt} made")
+        # commitments: every segment ever made, 0..next-1
+        if sorted(commits) != list(range(nxt)):
+            problems.append(f"commitments: {len(commits)} held for segments 0..{nxt - 1}")
+        # outbox: contiguous leaves, exactly one per commitment and per receipt
+        if [seq for seq, _ in leaves] != list(range(m["next_leaf_seq"])):
+            problems.append(f"outbox: leaves are not 0..{m['next_leaf_seq'] - 1} without a gap")
+        seg_leaves, rc_leaves = {}, {}
+        for seq, v in leaves:
+            target = {LEAF_SEGMENT: seg_leaves, LEAF_RECEIPT: rc_leaves}.get(v[0])
+            if target is None or len(v) != 33:
+                problems.append(f"outbox[{seq}]: bad leaf type {v[0]} or length {len(v)}")
+                continue
+            target[v[1:]] = target.get(v[1:], 0) + 1
+        for seq, c in commits.items():
+            if seg_leaves.pop(c[0], 0) != 1:
+                problems.append(f"commitments[{seq}]: not exactly one outbox leaf")
+        if seg_leaves:
+            problems.append(f"outbox: {len(seg_leaves)} segment leaves with no commitment")
+        for key, (_, _, r) in receipts:
+            if rc_leaves.pop(r, 0) != 1:
+                problems.append(f"receipts[{key.hex()}]: not exactly one outbox leaf")
+        if rc_leaves:
+            problems.append(f"outbox: {len(rc_leaves)} receipt leaves with no receipt")
+        # counts
+        stats = m["stats"]
+        records_made = sum(c[1] for c in commits.values()) + len(m["open_records"]) // RECORD_SIZE
+        if stats.get("records", 0) != records_made:
+            problems.append(f"stats: {stats.get('records')} records released, segments hold "
+                            f"{records_made}")
+        if counter_packets != stats.get("records", 0):
+            problems.append(f"counters: {counter_packets} packets, {stats.get('records')} records")
+        if stats.get("segments", 0) != nxt:
+            problems.append(f"stats: {stats.get('segments')} segments, {nxt} made")
+        if stats.get("receipts", 0) != len(receipts) + stats.get("receipt_duplicate", 0):
+            problems.append(f"stats: {stats.get('receipts')} receipts, {len(receipts)} stored")
+        if len(m["open_records"]) % RECORD_SIZE or len(m["open_receipts"]) % OPEN_RECEIPT_SIZE:
+            problems.append("meta: open segment or open receipts of a bad length")
+        return problems
