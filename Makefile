@@ -37,7 +37,9 @@ bench: $(NATIVE)
 
 # A long fuzz run of the parser (the test suite runs a short one).
 fuzz: $(NATIVE)
-	$(VPY) fuzz/fuzz_parser.py -max_total_time=600 fuzz/corpus
+	mkdir -p fuzz/corpus
+	$(VPY) fuzz/fuzz_parser.py -max_total_time=3600 -max_len=4096 -timeout=10 -rss_limit_mb=4096 \
+		-artifact_prefix=fuzz/ fuzz/corpus
 
 clean:
 	rm -rf build *.egg-info fastpath/_native.c fastpath/*.so $(NATIVE)
