@@ -225,11 +225,11 @@ class Store:
             if len(records) != count * RECORD_SIZE or len(value) != 32:
                 raise StoreCorruptError(f"{self.path}: segment {seg_seq}: count {count} does not "
                                         f"match {len(records)} bytes of records")
-            ts = [t for (t,) in _T_NS.iter_unpack(records)]
+            first_t, last_t = fastpath.t_range(records)
             key = _p64(seg_seq)
             txn.put(key, _p64(count) + value + records, db=db["proofs"], append=True)
-            txn.put(key, _COMMIT.pack(value, count, min(ts, default=0), max(ts, default=0)),
-                    db=db["commitments"], append=True)
+            txn.put(key, _COMMIT.pack(value, count, first_t, last_t), db=db["commitments"],
+                    append=True)
             txn.put(_p64(leaf), bytes((LEAF_SEGMENT,)) + value, db=db["outbox"], append=True)
             leaf += 1
             ring_bytes += 8 + SEG_HEAD + len(records)
@@ -389,11 +389,11 @@ class Store:
                     if cur.last():
                         newest_t = _COMMIT.unpack(cur.value())[3]
         oldest_t = m["ring_oldest_t_ns"] if m["ring_segments"] else None
-        open_ts = [t for (t,) in _T_NS.iter_unpack(m["open_records"])]
-        if open_ts:
-            newest_t = max(newest_t, max(open_ts))
+        if m["open_records"]:
+            open_lo, open_hi = fastpath.t_range(m["open_records"])
+            newest_t = max(newest_t, open_hi)
             if oldest_t is None:
-                oldest_t = min(open_ts)
+                oldest_t = open_lo
         wrapped = m["ring_wraps"] > 0
         return {
             "oldest_seg_seq": m["ring_oldest_seq"],

@@ -29,7 +29,8 @@ fp_many = _impl.fp_many
 segment_value = _impl.segment_value
 receipt_value = _impl.receipt_value
 pack_desc = _impl.pack_desc
+t_range = _impl.t_range
 
-__all__ = ["Pipeline", "pd_ft", "fp_many", "segment_value", "receipt_value", "pack_desc", "IMPL",
+__all__ = ["Pipeline", "pd_ft", "fp_many", "segment_value", "receipt_value", "pack_desc", "t_range", "IMPL",
            "NONE", "DESC_FORMAT", "DESC_SIZE", "RECORD_SIZE", "RECEIPT_SIZE", "OPEN_RECEIPT_SIZE",
            "COUNTER_SIZE", "HASH_NAMES", "STAT_NAMES", "REASON_CLASS", "Output"]

@@ -55,6 +55,29 @@ def pack_desc(t_ns, offset, caplen, wirelen, linktype, dir=0):
     return _DESC.pack(t_ns, offset, caplen, wirelen, linktype, dir, 0)
 
 
+def t_range(records):
+    """(min t_ns, max t_ns) of 48-byte records, (0, 0) when there are none."""
+    cdef const uint8_t[::1] r = memoryview(records).cast("B") if len(records) else b"\0"
+    cdef size_t n = len(records)
+    cdef size_t i, k
+    cdef uint64_t t, lo = 0, hi = 0
+    cdef size_t rs = RECORD_SIZE
+    if n % RECORD_SIZE:
+        raise ValueError(f"records length {n} is not a multiple of {RECORD_SIZE}")
+    with nogil:
+        i = 0
+        while i < n:
+            t = 0
+            for k in range(8):
+                t = (t << 8) | r[i + k]
+            if i == 0 or t < lo:
+                lo = t
+            if i == 0 or t > hi:
+                hi = t
+            i += rs
+    return lo, hi
+
+
 cdef class Pipeline:
     cdef beat_pipe *p
     cdef int alg

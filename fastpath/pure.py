@@ -37,6 +37,7 @@ __all__ = ["Pipeline", "pd_ft", "fp_many", "segment_value", "receipt_value", "pa
            "DESC_FORMAT", "DESC_SIZE", "RECORD_SIZE", "RECEIPT_SIZE", "OPEN_RECEIPT_SIZE",
            "COUNTER_SIZE", "HASH_NAMES", "STAT_NAMES", "REASON_CLASS", "Output"]
 
+_T_NS = struct.Struct(">Q40x")
 _DESC = struct.Struct(DESC_FORMAT)
 _Q = struct.Struct(">Q")
 _Q3 = struct.Struct(">QQQ")
@@ -147,6 +148,13 @@ def _records(name, records):
 def pack_desc(t_ns, offset, caplen, wirelen, linktype, dir=0):
     """One 24-byte descriptor (docs/fastpath.md, "Frames in")."""
     return _DESC.pack(t_ns, offset, caplen, wirelen, linktype, dir, 0)
+
+
+def t_range(records):
+    """(min t_ns, max t_ns) of 48-byte records, (0, 0) when there are none."""
+    records = _records("records", records)
+    ts = [t for (t,) in _T_NS.iter_unpack(records)]
+    return (min(ts), max(ts)) if ts else (0, 0)
 
 
 def fp_many(records, node_id, hash_name="sha3-256"):
