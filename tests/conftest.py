@@ -5,6 +5,26 @@ import os
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# shared/ sits beside the clone (locally and in CI); BEAT_SHARED points elsewhere when needed.
+SHARED = os.environ.get("BEAT_SHARED") or os.path.join(os.path.dirname(REPO), "shared")
+REAL_PCAP_DIR = os.path.join(SHARED, "pcaps", "real")
+
+
+def real_pcaps():
+    """The real-world captures of shared/pcaps/real (an empty list when they are missing: the
+    tests that need them then fail through require_real_pcaps, never skip)."""
+    if not os.path.isdir(REAL_PCAP_DIR):
+        return []
+    return sorted(os.path.join(REAL_PCAP_DIR, f) for f in os.listdir(REAL_PCAP_DIR)
+                  if f.endswith((".pcap", ".pcapng")))
+
+
+def require_real_pcaps():
+    paths = real_pcaps()
+    assert paths, (f"no captures in {REAL_PCAP_DIR}: shared/ must sit beside the repository "
+                   "(or set BEAT_SHARED)")
+    return paths
 
 
 def _load(name):

@@ -1,5 +1,4 @@
 """beatd.capfile: pcap and pcapng files read as fast-path batches (docs/fastpath.md, "Frames in")."""
-import glob
 import os
 import struct
 
@@ -8,10 +7,11 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import PcapNgWriter, wrpcap
 
+from conftest import REAL_PCAP_DIR, real_pcaps, require_real_pcaps
 from beatd.capfile import CaptureError, CaptureReader, read_batches
 from fastpath.output import DESC_FORMAT, DESC_SIZE
 
-REAL = sorted(glob.glob("/work/shared/pcaps/real/*"))
+REAL = real_pcaps()
 
 
 def frames_of(path, batch_frames=4096):
@@ -263,10 +263,9 @@ def test_pcapng_trailing_length_mismatch_is_counted(tmp_path):
 
 # -- the real captures --------------------------------------------------------------------------
 
-@pytest.mark.skipif(not REAL, reason="no /work/shared/pcaps/real")
 def test_every_real_capture_reads():
     total = 0
-    for path in REAL:
+    for path in require_real_pcaps():
         r = CaptureReader(path, batch_frames=64)
         for buf, desc in r:
             for t, off, cap, wire, lt, d, _ in struct.iter_unpack(DESC_FORMAT, desc):
@@ -277,9 +276,8 @@ def test_every_real_capture_reads():
 
 
 def test_real_capture_matches_scapy():
-    path = "/work/shared/pcaps/real/bug-5486__154.pcap"
-    if not os.path.exists(path):
-        pytest.skip("no real captures")
+    path = os.path.join(REAL_PCAP_DIR, "bug-5486__154.pcap")
+    assert os.path.exists(path), f"missing {path}"
     from scapy.utils import RawPcapReader
     want = [(bytes(data), meta.sec * 1_000_000_000 + meta.usec * 1000)
             for data, meta in RawPcapReader(path)]

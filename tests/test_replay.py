@@ -1,5 +1,4 @@
 """``beatd replay``: captures through the fast path into the store, the CLI, and the configuration."""
-import glob
 import hashlib
 import json
 import os
@@ -10,12 +9,13 @@ import sys
 import pytest
 
 from beatd import cli
+from conftest import real_pcaps, require_real_pcaps
 from beatd.config import Config, ConfigError, from_dict, load, parse_size
 from beatd.store import Store
 from fastpath.output import NONE, REASON_CLASS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REAL = sorted(glob.glob("/work/shared/pcaps/real/*"))
+REAL = real_pcaps()
 NODE = 7
 
 
@@ -42,10 +42,9 @@ def record_bytes(row):
             + bytes.fromhex(row["pd"]) + bytes.fromhex(row["ft"]))
 
 
-@pytest.mark.skipif(not REAL, reason="no /work/shared/pcaps/real")
 def test_every_real_capture_replays(tmp_path, capsys):
     frames = 0
-    for i, path in enumerate(REAL):
+    for i, path in enumerate(require_real_pcaps()):
         store = tmp_path / f"s{i}"
         rc, out, err = run(capsys, path, "--node-id", NODE, "--json", "--store", store,
                            "--batch-frames", 64)
@@ -70,9 +69,7 @@ def test_every_real_capture_replays(tmp_path, capsys):
 
 
 def test_human_summary_and_a_real_subprocess(tmp_path):
-    path = REAL[0] if REAL else None
-    if path is None:
-        pytest.skip("no real captures")
+    path = require_real_pcaps()[0]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", "beatd", "replay", path, "--node-id", "3"], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=60)
@@ -84,8 +81,7 @@ def test_human_summary_and_a_real_subprocess(tmp_path):
 
 
 def test_blake2b_and_config_file(tmp_path, capsys):
-    if not REAL:
-        pytest.skip("no real captures")
+    require_real_pcaps()
     cfg = tmp_path / "b.toml"
     cfg.write_text('node_id = 9\nhash = "blake2b-256"\n[governance]\nsegment_records = 3\n')
     rc, out, err = run(capsys, REAL[0], "--config", cfg, "--json")
@@ -102,9 +98,7 @@ def test_blake2b_and_config_file(tmp_path, capsys):
 
 
 def test_replay_resumes_a_store(tmp_path, capsys):
-    big = max(REAL, key=os.path.getsize) if REAL else None
-    if big is None:
-        pytest.skip("no real captures")
+    big = max(require_real_pcaps(), key=os.path.getsize)
     store = tmp_path / "s"
     rc, out, _ = run(capsys, big, "--node-id", 4, "--store", store, "--json")
     rows1, s1 = parse_json(out)
@@ -144,8 +138,7 @@ def test_no_node_id(tmp_path, capsys):
 
 
 def test_store_of_another_node(tmp_path, capsys):
-    if not REAL:
-        pytest.skip("no real captures")
+    require_real_pcaps()
     store = tmp_path / "s"
     assert run(capsys, REAL[0], "--node-id", 1, "--store", store)[0] == 0
     rc, out, err = run(capsys, REAL[0], "--node-id", 2, "--store", store)
@@ -153,8 +146,7 @@ def test_store_of_another_node(tmp_path, capsys):
 
 
 def test_truncated_capture_is_counted_not_fatal(tmp_path, capsys):
-    if not REAL:
-        pytest.skip("no real captures")
+    require_real_pcaps()
     data = open(max(REAL, key=os.path.getsize), "rb").read()
     p = tmp_path / "cut.pcap"
     p.write_bytes(data[:len(data) * 2 // 3])
