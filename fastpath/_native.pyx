@@ -86,7 +86,7 @@ cdef class Pipeline:
 
     def __cinit__(self, node_id, hash_name="sha3-256", own_macs=(), neighbours=None,
                   join_window_ns=50_000_000, receipt_epoch_ns=1_000_000_000,
-                  segment_records=1024, anchor_period_ns=10_000_000_000, max_pending=1 << 17):
+                  segment_records=1024, anchor_period_ns=10_000_000_000, max_pending=1 << 16):
         _check_id("node_id", node_id)
         self.alg = _alg(hash_name)
         _check_positive("join_window_ns", join_window_ns)

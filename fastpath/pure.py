@@ -407,7 +407,7 @@ class Pipeline:
 
     def __init__(self, node_id, hash_name="sha3-256", own_macs=(), neighbours=None,
                  join_window_ns=50_000_000, receipt_epoch_ns=1_000_000_000,
-                 segment_records=1024, anchor_period_ns=10_000_000_000, max_pending=1 << 17):
+                 segment_records=1024, anchor_period_ns=10_000_000_000, max_pending=1 << 16):
         self._node_id = _node_id("node_id", node_id)
         self._hash_name = hash_name
         self._H = _hasher(hash_name)

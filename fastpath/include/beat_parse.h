@@ -15,10 +15,11 @@
 
 typedef struct {
     uint8_t msg[BEAT_PD_MSG_MAX]; /* hashed to PD */
-    uint8_t digest[32];           /* H(msg), filled by the caller */
+    uint8_t digest[32];           /* H(msg), filled by the caller when `hashed` */
+    uint64_t key;                 /* the caller's index key of msg[10..] */
     uint8_t src[16], dst[16];     /* IPv4-mapped when family 4 */
     uint16_t msg_len;             /* 0 when the frame got no digest */
-    uint8_t family, dir, mac_state, reason;
+    uint8_t family, dir, mac_state, reason, hashed;
     uint8_t mac[6];
     uint32_t ip_len;
 } beat_obs;

@@ -16,10 +16,11 @@ cdef extern from "beat_parse.h" nogil:
     ctypedef struct beat_obs:
         uint8_t msg[80]
         uint8_t digest[32]
+        uint64_t key
         uint8_t src[16]
         uint8_t dst[16]
         uint16_t msg_len
-        uint8_t family, dir, mac_state, reason
+        uint8_t family, dir, mac_state, reason, hashed
         uint8_t mac[6]
         uint32_t ip_len
     ctypedef struct beat_macset:

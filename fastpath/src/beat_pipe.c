@@ -13,20 +13,30 @@
 #define NIL 0xFFFFFFFFu
 #define CHUNK 64
 #define FT_CACHE_BITS 14
+/* The FIFO and the join index start small and double with what is really pending (up to
+ * max_pending): a sparse table of max_pending entries would cost a cache miss per packet. */
+#define FIFO_MIN 1024u
+#define PDT_MIN 2048u
 #define RC_KEY 41 /* epoch_ns(8) role(1) src(16) dst(16) */
 
 typedef struct {
     uint64_t t_ns, prev, next;
+    uint64_t key;      /* index key of the digest input, while indexed */
     uint8_t pd[16], ft[8], src[16], dst[16];
     uint32_t ip_len;
-    uint32_t pnext;    /* next entry with the same PD, while indexed */
+    uint32_t pnext;    /* next entry with the same digest input, while indexed */
     uint8_t done, indexed;
 } entry;
 
-typedef struct {       /* PD -> queue of unjoined ingress entries, in FIFO order */
-    uint8_t pd[16];
+/* The join index: digest input -> queue of unjoined ingress entries, in FIFO order. It is keyed
+ * by the digest *input* (family || input, SPEC "Packet digest"), not by PD: equal inputs have
+ * equal PDs, and an egress frame that joins then needs no hash of its own. */
+#define IN_MAX 64
+typedef struct {
+    uint64_t key;
     uint32_t first, last;
-    uint8_t used;
+    uint8_t used, len;
+    uint8_t in[IN_MAX];
 } pd_slot;
 
 typedef struct {
@@ -61,7 +71,7 @@ struct beat_pipe {
     entry *fifo;
     uint64_t head, tail;
     pd_slot *pdt;
-    uint32_t pdt_mask;
+    uint32_t pdt_mask, pdt_n;
     ft_slot *ftc;
     uint64_t clock;
     ctr_slot *ctr;
@@ -192,29 +202,33 @@ int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n)
     return 0;
 }
 
-/* ---- PD index: linear probing with backward-shift deletion ----------------------------- */
+/* ---- join index: linear probing with backward-shift deletion ----------------------------- */
 
-static uint32_t pd_find(const beat_pipe *p, const uint8_t *pd)
+static uint32_t pd_find(const beat_pipe *p, uint64_t key, const uint8_t *in, uint32_t len)
 {
-    for (uint32_t i = (uint32_t)rd64le(pd) & p->pdt_mask;; i = (i + 1) & p->pdt_mask) {
-        if (!p->pdt[i].used)
+    for (uint32_t i = (uint32_t)key & p->pdt_mask;; i = (i + 1) & p->pdt_mask) {
+        const pd_slot *q = &p->pdt[i];
+        if (!q->used)
             return NIL;
-        if (memcmp(p->pdt[i].pd, pd, 16) == 0)
+        if (q->key == key && q->len == len && memcmp(q->in, in, len) == 0)
             return i;
     }
 }
 
-static uint32_t pd_insert(beat_pipe *p, const uint8_t *pd, int *fresh)
+static uint32_t pd_insert(beat_pipe *p, uint64_t key, const uint8_t *in, uint32_t len, int *fresh)
 {
-    uint32_t i = (uint32_t)rd64le(pd) & p->pdt_mask;
-    for (;; i = (i + 1) & p->pdt_mask) {
-        if (!p->pdt[i].used) {
-            memcpy(p->pdt[i].pd, pd, 16);
-            p->pdt[i].used = 1;
+    for (uint32_t i = (uint32_t)key & p->pdt_mask;; i = (i + 1) & p->pdt_mask) {
+        pd_slot *q = &p->pdt[i];
+        if (!q->used) {
+            q->key = key;
+            q->len = (uint8_t)len;
+            memcpy(q->in, in, len);
+            q->used = 1;
+            p->pdt_n++;
             *fresh = 1;
             return i;
         }
-        if (memcmp(p->pdt[i].pd, pd, 16) == 0) {
+        if (q->key == key && q->len == len && memcmp(q->in, in, len) == 0) {
             *fresh = 0;
             return i;
         }
@@ -225,7 +239,7 @@ static void pd_delete(beat_pipe *p, uint32_t i)
 {
     uint32_t m = p->pdt_mask;
     for (uint32_t j = (i + 1) & m; p->pdt[j].used; j = (j + 1) & m) {
-        uint32_t home = (uint32_t)rd64le(p->pdt[j].pd) & m;
+        uint32_t home = (uint32_t)p->pdt[j].key & m;
         /* move j back into the hole i when its home is not in (i, j] cyclically */
         if (((j - home) & m) >= ((j - i) & m)) {
             p->pdt[i] = p->pdt[j];
@@ -233,31 +247,84 @@ static void pd_delete(beat_pipe *p, uint32_t i)
         }
     }
     p->pdt[i].used = 0;
+    p->pdt_n--;
 }
 
-/* Remove entry `idx` from its PD queue (it is normally the queue's first). */
+static int pdt_grow(beat_pipe *p)
+{
+    uint32_t cap = (p->pdt_mask + 1) * 2;
+    pd_slot *t = calloc(cap, sizeof(pd_slot));
+    if (!t)
+        return -1;
+    for (uint32_t j = 0; j <= p->pdt_mask; j++) {
+        if (!p->pdt[j].used)
+            continue;
+        uint32_t i = (uint32_t)p->pdt[j].key & (cap - 1);
+        while (t[i].used)
+            i = (i + 1) & (cap - 1);
+        t[i] = p->pdt[j];
+    }
+    free(p->pdt);
+    p->pdt = t;
+    p->pdt_mask = cap - 1;
+    return 0;
+}
+
+/* Double the FIFO ring: entries move to seq & (new mask), and every index that links them (the
+ * queues' pnext, the index slots' first/last) is remapped. */
+static int fifo_grow(beat_pipe *p)
+{
+    uint32_t oc = p->fifo_mask + 1, nc = oc * 2;
+    entry *f = malloc(sizeof(entry) * nc);
+    if (!f)
+        return -1;
+    for (uint64_t q = p->head; q != p->tail; q++)
+        f[q & (nc - 1)] = p->fifo[q & (oc - 1)];
+    uint32_t h = (uint32_t)(p->head & (oc - 1));
+#define REMAP(i) ((i) == NIL ? NIL : (uint32_t)((p->head + (((i) - h) & (oc - 1))) & (nc - 1)))
+    for (uint64_t q = p->head; q != p->tail; q++) {
+        entry *e = &f[q & (nc - 1)];
+        if (e->indexed)
+            e->pnext = REMAP(e->pnext);
+    }
+    for (uint32_t j = 0; j <= p->pdt_mask; j++) {
+        if (p->pdt[j].used) {
+            p->pdt[j].first = REMAP(p->pdt[j].first);
+            p->pdt[j].last = REMAP(p->pdt[j].last);
+        }
+    }
+#undef REMAP
+    free(p->fifo);
+    p->fifo = f;
+    p->fifo_mask = nc - 1;
+    return 0;
+}
+
+/* Remove entry `idx` from its queue. Released entries are the first of theirs (every earlier
+ * entry with the same input was released or joined before), so this is one probe. */
 static void pd_unlink(beat_pipe *p, uint32_t idx)
 {
     entry *e = &p->fifo[idx];
-    uint32_t s = pd_find(p, e->pd);
     e->indexed = 0;
-    if (s == NIL)
-        return;
-    pd_slot *q = &p->pdt[s];
-    uint32_t prev = NIL;
-    for (uint32_t i = q->first; i != NIL; prev = i, i = p->fifo[i].pnext) {
-        if (i == idx) {
+    for (uint32_t s = (uint32_t)e->key & p->pdt_mask; p->pdt[s].used; s = (s + 1) & p->pdt_mask) {
+        pd_slot *q = &p->pdt[s];
+        if (q->key != e->key)
+            continue;
+        uint32_t prev = NIL;
+        for (uint32_t i = q->first; i != NIL; prev = i, i = p->fifo[i].pnext) {
+            if (i != idx)
+                continue;
             if (prev == NIL)
                 q->first = e->pnext;
             else
                 p->fifo[prev].pnext = e->pnext;
             if (q->last == idx)
                 q->last = prev;
-            break;
+            if (q->first == NIL)
+                pd_delete(p, s);
+            return;
         }
     }
-    if (q->first == NIL)
-        pd_delete(p, s);
 }
 
 /* ---- counters and receipts -------------------------------------------------------------- */
@@ -582,11 +649,13 @@ static entry *append(beat_pipe *p)
         count(p, ST_JOIN_OVERFLOW);
         if (release_head(p))
             return NULL;
+    } else if (p->tail - p->head == (uint64_t)p->fifo_mask + 1 && fifo_grow(p)) {
+        return NULL;
     }
     return &p->fifo[p->tail++ & p->fifo_mask];
 }
 
-static int observe(beat_pipe *p, const beat_obs *o, uint64_t t)
+static int observe(beat_pipe *p, beat_obs *o, uint64_t t)
 {
     uint64_t id = 0;
     if (o->mac_state == BEAT_MAC_PRESENT) {
@@ -597,10 +666,11 @@ static int observe(beat_pipe *p, const beat_obs *o, uint64_t t)
     } else if (o->mac_state == BEAT_MAC_MISSING) {
         count(p, ST_UNKNOWN_MAC);
     }
-    const uint8_t *pd = o->digest;
+    const uint8_t *in = o->msg + 10;
+    uint32_t in_len = o->msg_len - 10u;
     if (o->dir == BEAT_DIR_EGRESS) {
         count(p, ST_EGRESS);
-        uint32_t s = pd_find(p, pd);
+        uint32_t s = pd_find(p, o->key, in, in_len);
         if (s != NIL) {
             pd_slot *q = &p->pdt[s];
             uint32_t prev = NIL;
@@ -623,6 +693,10 @@ static int observe(beat_pipe *p, const beat_obs *o, uint64_t t)
                 return 0;
             }
         }
+        if (!o->hashed) { /* predicted to join, and did not: hash it now */
+            beat_hash(p->alg, o->msg, o->msg_len, o->digest);
+            o->hashed = 1;
+        }
         entry *e = append(p);
         if (!e)
             return -1;
@@ -631,7 +705,7 @@ static int observe(beat_pipe *p, const beat_obs *o, uint64_t t)
         e->next = id;
         e->done = 1;
         e->indexed = 0;
-        memcpy(e->pd, pd, 16);
+        memcpy(e->pd, o->digest, 16);
         flow_tag(p, o, e->ft);
         memcpy(e->src, o->src, 16);
         memcpy(e->dst, o->dst, 16);
@@ -649,13 +723,16 @@ static int observe(beat_pipe *p, const beat_obs *o, uint64_t t)
     e->done = 0;
     e->indexed = 1;
     e->pnext = NIL;
-    memcpy(e->pd, pd, 16);
+    e->key = o->key;
+    memcpy(e->pd, o->digest, 16);
     flow_tag(p, o, e->ft);
     memcpy(e->src, o->src, 16);
     memcpy(e->dst, o->dst, 16);
     e->ip_len = o->ip_len;
     int fresh;
-    uint32_t s = pd_insert(p, pd, &fresh);
+    if ((p->pdt_n + 1) * 2 > p->pdt_mask + 1 && pdt_grow(p))
+        return -1;
+    uint32_t s = pd_insert(p, o->key, in, in_len, &fresh);
     if (fresh)
         p->pdt[s].first = idx;
     else
@@ -676,17 +753,50 @@ static int close_epochs(beat_pipe *p)
     return 0;
 }
 
-/* One chunk: parse all, hash the digests together, then run the per-frame state machine. */
+/* Will this egress frame join a pending ingress observation (in the index, or earlier in this
+ * chunk)? Only a guess that saves its hash: a wrong guess costs one scalar hash later. */
+static int predict_join(const beat_pipe *p, const beat_obs *obs, size_t i)
+{
+    const beat_obs *o = &obs[i];
+    uint32_t len = o->msg_len - 10u;
+    if (pd_find(p, o->key, o->msg + 10, len) != NIL)
+        return 1;
+    while (i-- > 0) {
+        const beat_obs *q = &obs[i];
+        if (q->key == o->key && !q->reason && q->dir != BEAT_DIR_EGRESS && q->msg_len == o->msg_len &&
+            memcmp(q->msg + 10, o->msg + 10, len) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* One chunk: parse all, hash together the digests that may be needed, then run the per-frame
+ * state machine in order. */
 static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
 {
     beat_obs obs[CHUNK];
-    uint16_t lens[CHUNK];
+    uint8_t hmsg[CHUNK][BEAT_PD_MSG_MAX], hout[CHUNK][32];
+    uint16_t hlen[CHUNK];
+    uint8_t hidx[CHUNK];
+    size_t nh = 0;
     for (size_t i = 0; i < n; i++) {
-        int r = beat_parse(fr[i].data, fr[i].caplen, fr[i].linktype, fr[i].dir, &p->ownset, &obs[i]);
-        obs[i].reason = (uint8_t)r;
-        lens[i] = r ? 0 : obs[i].msg_len;
+        beat_obs *o = &obs[i];
+        int r = beat_parse(fr[i].data, fr[i].caplen, fr[i].linktype, fr[i].dir, &p->ownset, o);
+        o->reason = (uint8_t)r;
+        o->hashed = 0;
+        if (r)
+            continue;
+        o->key = bytes_hash(o->msg + 10, o->msg_len - 10u);
+        if (o->dir == BEAT_DIR_EGRESS && predict_join(p, obs, i))
+            continue;
+        memcpy(hmsg[nh], o->msg, o->msg_len);
+        hlen[nh] = o->msg_len;
+        hidx[nh++] = (uint8_t)i;
+        o->hashed = 1;
     }
-    beat_hash_many(p->alg, obs[0].msg, sizeof(beat_obs), lens, n, obs[0].digest, sizeof(beat_obs));
+    beat_hash_many(p->alg, hmsg[0], BEAT_PD_MSG_MAX, hlen, nh, hout[0], 32);
+    for (size_t k = 0; k < nh; k++)
+        memcpy(obs[hidx[k]].digest, hout[k], 16);
     for (size_t i = 0; i < n; i++) {
         uint64_t t = fr[i].t_ns;
         if (t > p->clock)
@@ -922,13 +1032,13 @@ beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
     p->period = anchor_period_ns;
     p->seg_records = segment_records;
     p->max_pending = max_pending;
-    p->fifo_mask = max_pending - 1;
+    p->fifo_mask = (max_pending < FIFO_MIN ? max_pending : FIFO_MIN) - 1;
     p->ownset.own = p->own;
-    p->pdt_mask = max_pending * 2 - 1;
+    p->pdt_mask = PDT_MIN - 1;
     p->ctr_mask = 63;
     p->rc_mask = 1023;
-    p->fifo = malloc(sizeof(entry) * max_pending);
-    p->pdt = calloc((size_t)max_pending * 2, sizeof(pd_slot));
+    p->fifo = malloc(sizeof(entry) * (p->fifo_mask + 1));
+    p->pdt = calloc(PDT_MIN, sizeof(pd_slot));
     p->ftc = calloc(1u << FT_CACHE_BITS, sizeof(ft_slot));
     p->ctr = calloc(p->ctr_mask + 1, sizeof(ctr_slot));
     p->rc = calloc(p->rc_mask + 1, sizeof(rc_slot));
