@@ -168,3 +168,24 @@ def test_simd_selection(builds):
     # set_simd clamps to the CPU and rounds an unknown level down
     got = _run(exe, ["level 9", "level 1", "level 0"])
     assert got == [f"{best} {LEVEL_NAMES[best]}", "0 scalar", "0 scalar"]
+
+
+@pytest.mark.parametrize("level", list(LEVELS))
+def test_many_equal_lengths(builds, level):
+    """beat_hash_many_equal (proof segments): n messages of one length, around every block edge of
+    both algorithms, through the lanes at each level (or its fallback) and the portable build."""
+    num, _ = LEVELS[level]
+    rng = random.Random(11 + num)
+    lengths = sorted({0, 1, 33, 34, 82, 127, 128, 129, 135, 136, 137, 255, 256, 257, 271, 272,
+                      273, 384, 408, 1000, 4096 + 34})
+    for exe in (builds["native"], builds["portable"]):
+        cmds, expect = [f"level {num}"], []
+        for alg, ref in ALGS.items():
+            for length in lengths:
+                for n in (1, 2, 3, 4, 5, 8, 9):
+                    msgs = [rng.randbytes(length) for _ in range(n)]
+                    cmds.append(f"equal {alg} " + " ".join(_hex(m) for m in msgs))
+                    expect.append(" ".join(ref(m) for m in msgs))
+        got = _run(exe, cmds)
+        bad = [(c[:30], g[:70], e[:70]) for c, g, e in zip(cmds[1:], got[1:], expect) if g != e]
+        assert not bad, f"{len(bad)} mismatches at level {got[0]}, first: {bad[:2]}"

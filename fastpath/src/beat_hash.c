@@ -528,6 +528,144 @@ __attribute__((target("avx2"))) static void sha3_x4_long(const uint8_t *const ms
 #undef KCHI
 #undef KIOTA
 
+/* ---- BLAKE2b, 4 single-block messages at once (AVX2): one message per 64-bit element ---- */
+__attribute__((target("avx2"))) static inline __m256i b2_ror32(__m256i x)
+{
+    return _mm256_shuffle_epi32(x, _MM_SHUFFLE(2, 3, 0, 1));
+}
+__attribute__((target("avx2"))) static inline __m256i b2_ror24(__m256i x)
+{
+    const __m256i r = _mm256_setr_epi8(3, 4, 5, 6, 7, 0, 1, 2, 11, 12, 13, 14, 15, 8, 9, 10,
+                                       3, 4, 5, 6, 7, 0, 1, 2, 11, 12, 13, 14, 15, 8, 9, 10);
+    return _mm256_shuffle_epi8(x, r);
+}
+__attribute__((target("avx2"))) static inline __m256i b2_ror16(__m256i x)
+{
+    const __m256i r = _mm256_setr_epi8(2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9,
+                                       2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9);
+    return _mm256_shuffle_epi8(x, r);
+}
+__attribute__((target("avx2"))) static inline __m256i b2_ror63(__m256i x)
+{
+    return _mm256_or_si256(_mm256_srli_epi64(x, 63), _mm256_add_epi64(x, x));
+}
+
+#define B2X_G(a, b, c, d, x, y)                                            \
+    do {                                                                   \
+        a = _mm256_add_epi64(_mm256_add_epi64(a, b), (x));                 \
+        d = b2_ror32(_mm256_xor_si256(d, a));                              \
+        c = _mm256_add_epi64(c, d);                                        \
+        b = b2_ror24(_mm256_xor_si256(b, c));                              \
+        a = _mm256_add_epi64(_mm256_add_epi64(a, b), (y));                 \
+        d = b2_ror16(_mm256_xor_si256(d, a));                              \
+        c = _mm256_add_epi64(c, d);                                        \
+        b = b2_ror63(_mm256_xor_si256(b, c));                              \
+    } while (0)
+
+/* One compression of 4 states; m holds each lane's block, t each lane's byte count so far. */
+__attribute__((target("avx2"))) static void b2x4_compress(__m256i h[8], const __m256i m[16],
+                                                          __m256i t, int last)
+{
+    __m256i v[16];
+    for (int j = 0; j < 8; j++) {
+        v[j] = h[j];
+        v[8 + j] = _mm256_set1_epi64x((long long)BLAKE2B_IV[j]);
+    }
+    v[12] = _mm256_xor_si256(v[12], t);   /* byte counts stay far below 2^64: t1 = 0 */
+    if (last)
+        v[14] = _mm256_xor_si256(v[14], _mm256_set1_epi64x(-1));
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *s = BLAKE2B_SIGMA[r];
+        B2X_G(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);
+        B2X_G(v[1], v[5], v[9], v[13], m[s[2]], m[s[3]]);
+        B2X_G(v[2], v[6], v[10], v[14], m[s[4]], m[s[5]]);
+        B2X_G(v[3], v[7], v[11], v[15], m[s[6]], m[s[7]]);
+        B2X_G(v[0], v[5], v[10], v[15], m[s[8]], m[s[9]]);
+        B2X_G(v[1], v[6], v[11], v[12], m[s[10]], m[s[11]]);
+        B2X_G(v[2], v[7], v[8], v[13], m[s[12]], m[s[13]]);
+        B2X_G(v[3], v[4], v[9], v[14], m[s[14]], m[s[15]]);
+    }
+    for (int j = 0; j < 8; j++)
+        h[j] = _mm256_xor_si256(h[j], _mm256_xor_si256(v[j], v[8 + j]));
+}
+
+/* Lane i's block: `l` bytes from p (zero-padded), transposed into words[j*4 + i]. */
+static inline void b2x4_pack(uint64_t *words, int i, const uint8_t *p, size_t l)
+{
+    uint8_t blk[BEAT_BLAKE2B_BLOCK];
+    memset(blk, 0, sizeof blk);
+    if (l)
+        memcpy(blk, p, l);
+    for (int j = 0; j < 16; j++)
+        words[j * 4 + i] = ld64(blk + 8 * j);
+}
+
+__attribute__((target("avx2"))) static void b2x4_init(__m256i h[8])
+{
+    uint64_t h0[8];
+    blake2b_h0(h0);
+    for (int j = 0; j < 8; j++)
+        h[j] = _mm256_set1_epi64x((long long)h0[j]);
+}
+
+__attribute__((target("avx2"))) static void b2x4_out(const __m256i h[8], uint8_t *const out[4],
+                                                     int n)
+{
+    uint64_t words[4 * 4] __attribute__((aligned(32)));
+    for (int j = 0; j < 4; j++)
+        _mm256_store_si256((__m256i *)(words + 4 * j), h[j]);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < 4; j++)
+            st64(out[i] + 8 * j, words[j * 4 + i]);
+}
+
+/* n <= 4 messages of at most one block (128 bytes) each; lanes n..3 are dummies (as is a longer
+ * message: the caller redoes those on the scalar path). */
+__attribute__((target("avx2"))) static void blake2b_x4(const uint8_t *const msg[4],
+                                                       const size_t len[4], uint8_t *const out[4],
+                                                       int n)
+{
+    uint64_t words[16 * 4] __attribute__((aligned(32)));
+    uint64_t tl[4] __attribute__((aligned(32)));
+    __m256i m[16], h[8];
+    for (int i = 0; i < 4; i++) {
+        size_t l = i < n ? len[i] : 0;
+        if (l > BEAT_BLAKE2B_BLOCK)
+            l = 0;
+        b2x4_pack(words, i, i < n ? msg[i] : NULL, l);
+        tl[i] = l;
+    }
+    for (int j = 0; j < 16; j++)
+        m[j] = _mm256_load_si256((const __m256i *)(words + 4 * j));
+    b2x4_init(h);
+    b2x4_compress(h, m, _mm256_load_si256((const __m256i *)tl), 1);
+    b2x4_out(h, out, n);
+}
+
+/* n <= 4 messages of the same length `len` (any): the whole BLAKE2b, 4 lanes at once. */
+__attribute__((target("avx2"))) static void blake2b_x4_long(const uint8_t *const msg[4], size_t len,
+                                                            uint8_t *const out[4], int n)
+{
+    uint64_t words[16 * 4] __attribute__((aligned(32)));
+    __m256i m[16], h[8];
+    size_t off = 0;
+    b2x4_init(h);
+    for (;;) {
+        size_t l = len - off > BEAT_BLAKE2B_BLOCK ? BEAT_BLAKE2B_BLOCK : len - off;
+        int last = len - off <= BEAT_BLAKE2B_BLOCK;
+        for (int i = 0; i < 4; i++)
+            b2x4_pack(words, i, i < n ? msg[i] + off : NULL, i < n ? l : 0);
+        for (int j = 0; j < 16; j++)
+            m[j] = _mm256_load_si256((const __m256i *)(words + 4 * j));
+        off += l;
+        b2x4_compress(h, m, _mm256_set1_epi64x((long long)off), last);
+        if (last)
+            break;
+    }
+    b2x4_out(h, out, n);
+}
+#undef B2X_G
+
 /* ---- AVX-512F instance: 8 states; vprolq for rotations, vpternlogq for theta and chi ---- */
 #define KT __m512i
 #define KXOR(a, b) _mm512_xor_si512((a), (b))
@@ -641,6 +779,20 @@ static int simd_selftest(int level)
     for (int i = 0; i < w; i++)
         if (memcmp(want[i], got[i], 32))
             return 0;
+    for (int i = 0; i < 4; i++) {   /* BLAKE2b lanes (AVX2, also used at the AVX-512 level) */
+        ml[i] = (size_t)(i * 43) % (BEAT_BLAKE2B_BLOCK + 1);
+        blake2b_oneshot(mp[i], ml[i], want[i]);
+    }
+    blake2b_x4(mp, ml, op, 4);
+    for (int i = 0; i < 4; i++)
+        if (memcmp(want[i], got[i], 32))
+            return 0;
+    for (int i = 0; i < 4; i++)
+        blake2b_oneshot(mp[i], LONG, want[i]);
+    blake2b_x4_long(mp, LONG, op, 4);
+    for (int i = 0; i < 4; i++)
+        if (memcmp(want[i], got[i], 32))
+            return 0;
     return 1;
 }
 #endif
@@ -733,6 +885,26 @@ void beat_hash_many(int alg, const uint8_t *msgs, size_t stride, const uint16_t 
 {
     size_t i = 0;
     if (alg == BEAT_HASH_BLAKE2B_256) {
+#if BEAT_HASH_X86
+        if (beat_hash_simd() >= BEAT_SIMD_AVX2) {
+            const uint8_t *mp[4];
+            size_t ml[4];
+            uint8_t *op[4];
+            for (; n - i >= 2; i += (n - i >= 4 ? 4 : n - i)) {
+                int w = n - i >= 4 ? 4 : (int)(n - i);
+                for (int k = 0; k < w; k++) {
+                    mp[k] = msgs + (i + k) * stride;
+                    ml[k] = lens[i + k];
+                    op[k] = out + (i + k) * out_stride;
+                }
+                blake2b_x4(mp, ml, op, w);
+                /* multi-block messages were hashed wrongly as one block: redo them scalar */
+                for (int k = 0; k < w; k++)
+                    if (ml[k] > BEAT_BLAKE2B_BLOCK)
+                        blake2b_oneshot(mp[k], ml[k], op[k]);
+            }
+        }
+#endif
         for (; i < n; i++)
             blake2b_oneshot(msgs + i * stride, lens[i], out + i * out_stride);
         return;
@@ -786,6 +958,10 @@ void beat_hash_many_equal(int alg, const uint8_t *const *msgs, size_t len, size_
 {
     size_t i = 0;
 #if BEAT_HASH_X86
+    if (alg == BEAT_HASH_BLAKE2B_256 && beat_hash_simd() >= BEAT_SIMD_AVX2) {
+        for (; n - i >= 2; i += (n - i >= 4 ? 4 : n - i))
+            blake2b_x4_long(msgs + i, len, outs + i, n - i >= 4 ? 4 : (int)(n - i));
+    }
     if (alg == BEAT_HASH_SHA3_256) {
         int level = beat_hash_simd();
         for (; level >= BEAT_SIMD_AVX2 && n - i >= 2;) {

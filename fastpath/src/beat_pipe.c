@@ -2,8 +2,10 @@
  * at a time, then join, release, count, aggregate receipts and build segments, frame by frame.
  * Everything lives in preallocated tables; only the output buffers and the receipt/counter tables
  * grow (amortised, never per packet in the steady state). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "beat_bytes.h"
 #include "beat_hash.h"
@@ -61,7 +63,7 @@ typedef struct {
 } rc_slot;
 
 struct beat_pipe {
-    uint64_t node_id, window, epoch, period;
+    uint64_t node_id, window, epoch, period, seed;
     int alg;
     uint32_t seg_records, max_pending, fifo_mask;
     uint64_t own[BEAT_MAX_OWN];
@@ -130,12 +132,13 @@ static inline uint64_t mix64(uint64_t x)
     return x;
 }
 
-/* Table index of a key (addresses, receipt keys): a multiply and a fold per 8-byte word, so bits
- * that vary only at the top of a word (IPv4-mapped addresses) still reach the low index bits. Not
- * cryptographic; the tables probe linearly and stay at most half full. */
-static uint64_t bytes_hash(const uint8_t *k, size_t n)
+/* Table index of a key (digest inputs, addresses, receipt keys): a multiply and a fold per 8-byte
+ * word, so bits that vary only at the top of a word (IPv4-mapped addresses) still reach the low
+ * index bits. Seeded per pipeline at random, so traffic cannot be crafted offline to pile onto one
+ * probe run; no output depends on table order. Not cryptographic; tables stay at most half full. */
+static uint64_t bytes_hash(uint64_t seed, const uint8_t *k, size_t n)
 {
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ n;
+    uint64_t h = seed ^ n;
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         h = (h ^ rd64le(k + i)) * 0xBF58476D1CE4E5B9ULL;
@@ -377,10 +380,10 @@ static int ctr_add(beat_pipe *p, uint64_t prev, uint64_t next, uint32_t len, uin
     }
 }
 
-static int rc_insert_into(rc_slot *t, uint32_t mask, const uint8_t *key, uint64_t packets,
-                          uint64_t bytes)
+static int rc_insert_into(uint64_t seed, rc_slot *t, uint32_t mask, const uint8_t *key,
+                          uint64_t packets, uint64_t bytes)
 {
-    uint32_t i = (uint32_t)bytes_hash(key, RC_KEY) & mask;
+    uint32_t i = (uint32_t)bytes_hash(seed, key, RC_KEY) & mask;
     for (;; i = (i + 1) & mask) {
         if (t[i].used && memcmp(t[i].key, key, RC_KEY) == 0) {
             t[i].packets += packets;
@@ -405,7 +408,7 @@ static int rc_rebuild(beat_pipe *p, uint32_t cap, uint64_t drop_before)
     uint32_t n = 0;
     for (uint32_t j = 0; j <= p->rc_mask; j++) {
         if (p->rc[j].used && rd64be(p->rc[j].key) >= drop_before)
-            n += rc_insert_into(t, cap - 1, p->rc[j].key, p->rc[j].packets, p->rc[j].bytes);
+            n += rc_insert_into(p->seed, t, cap - 1, p->rc[j].key, p->rc[j].packets, p->rc[j].bytes);
     }
     free(p->rc);
     p->rc = t;
@@ -421,7 +424,7 @@ static int rc_add(beat_pipe *p, uint8_t role, const entry *e, uint64_t epoch)
     key[8] = role;
     memcpy(key + 9, e->src, 16);
     memcpy(key + 25, e->dst, 16);
-    p->rc_n += rc_insert_into(p->rc, p->rc_mask, key, 1, e->ip_len);
+    p->rc_n += rc_insert_into(p->seed, p->rc, p->rc_mask, key, 1, e->ip_len);
     if (p->rc_n * 2 > p->rc_mask + 1)
         return rc_rebuild(p, (p->rc_mask + 1) * 2, 0);
     return 0;
@@ -630,7 +633,7 @@ static void flow_tag(beat_pipe *p, const beat_obs *o, uint8_t ft[8])
     uint8_t key[32];
     memcpy(key, o->src, 16);
     memcpy(key + 16, o->dst, 16);
-    ft_slot *s = &p->ftc[bytes_hash(key, 32) & ((1u << FT_CACHE_BITS) - 1)];
+    ft_slot *s = &p->ftc[bytes_hash(p->seed, key, 32) & ((1u << FT_CACHE_BITS) - 1)];
     if (!s->used || memcmp(s->key, key, 32) != 0) {
         uint8_t m[42], h[32];
         memcpy(m, FT_TAG, 10);
@@ -786,7 +789,7 @@ static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
         o->hashed = 0;
         if (r)
             continue;
-        o->key = bytes_hash(o->msg + 10, o->msg_len - 10u);
+        o->key = bytes_hash(p->seed, o->msg + 10, o->msg_len - 10u);
         if (o->dir == BEAT_DIR_EGRESS && predict_join(p, obs, i))
             continue;
         memcpy(hmsg[nh], o->msg, o->msg_len);
@@ -887,7 +890,7 @@ int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_re
     p->closed_before = closed_before;
     for (size_t i = 0; i < n_rc; i++) {
         const uint8_t *r = open_receipts + i * BEAT_OPEN_RECEIPT_SIZE;
-        p->rc_n += rc_insert_into(p->rc, p->rc_mask, r, rd64be(r + 41), rd64be(r + 49));
+        p->rc_n += rc_insert_into(p->seed, p->rc, p->rc_mask, r, rd64be(r + 41), rd64be(r + 49));
         if (p->rc_n * 2 > p->rc_mask + 1 && rc_rebuild(p, (p->rc_mask + 1) * 2, 0))
             return -1;
     }
@@ -1018,6 +1021,24 @@ void beat_pipe_free(beat_pipe *p)
     free(p);
 }
 
+/* A per-pipeline seed for the table index hash: the kernel's random bytes, else time and address. */
+static uint64_t pipe_seed(const beat_pipe *p)
+{
+    uint64_t seed = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (f) {
+        if (fread(&seed, sizeof seed, 1, f) != 1)
+            seed = 0;
+        fclose(f);
+    }
+    if (seed == 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        seed = mix64((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)(uintptr_t)p);
+    }
+    return seed | 1;
+}
+
 beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
                          uint64_t receipt_epoch_ns, uint32_t segment_records,
                          uint64_t anchor_period_ns, uint32_t max_pending)
@@ -1027,6 +1048,7 @@ beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
         return NULL;
     p->node_id = node_id;
     p->alg = alg;
+    p->seed = pipe_seed(p);
     p->window = join_window_ns;
     p->epoch = receipt_epoch_ns;
     p->period = anchor_period_ns;

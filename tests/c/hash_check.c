@@ -10,6 +10,7 @@
  *   inc ALG HEX P1,P2,...     -> digest via init/update/final split at offsets P1 < P2 < ...
  *                                ("-" for no split points)
  *   many ALG STRIDE OSTRIDE HEX1 ... HEXn   (n may be 0)
+ *   equal ALG HEX1 ... HEXn                 (beat_hash_many_equal: all of one length)
  *                             -> n digests on one line, space separated ("" for n = 0)
  */
 #define _GNU_SOURCE
@@ -93,6 +94,28 @@ static void cmd_many(int alg, size_t stride, size_t ostride, char **tok, size_t 
     free(lens);
 }
 
+static void cmd_equal(int alg, char **tok, size_t n)
+{
+    uint8_t **msgs = calloc(n + 1, sizeof *msgs);
+    uint8_t **outs = calloc(n + 1, sizeof *outs);
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++) {
+        len = unhex(tok[i], &msgs[i]);
+        outs[i] = malloc(32);
+    }
+    beat_hash_many_equal(alg, (const uint8_t *const *)msgs, len, n, outs);
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            putchar(' ');
+        puthex(outs[i], 32);
+        free(msgs[i]);
+        free(outs[i]);
+    }
+    putchar('\n');
+    free(msgs);
+    free(outs);
+}
+
 static int run_commands(void)
 {
     char *line = NULL;
@@ -146,6 +169,8 @@ static int run_commands(void)
             puthex(d, 32);
             putchar('\n');
             free(m);
+        } else if (!strcmp(tok[0], "equal") && ntok >= 2) {
+            cmd_equal(parse_alg(tok[1]), tok + 2, ntok - 2);
         } else if (!strcmp(tok[0], "many") && ntok >= 4) {
             cmd_many(parse_alg(tok[1]), strtoul(tok[2], NULL, 10), strtoul(tok[3], NULL, 10),
                      tok + 4, ntok - 4);
