@@ -61,6 +61,7 @@ def build_frames(n_frames, flows=1000, sizes=(60,), span_ns=4_000_000_000, desc_
 
 
 def run_once(impl, buf, desc, hash_name, batch_frames=8192, store_dir=None):
+    # (batch_frames: frames per feed, take and store transaction)
     """Feed, take and commit every batch; returns (seconds, frames, records)."""
     from beatd.store import Store
 

@@ -186,12 +186,13 @@ cdef class Pipeline:
         receipts = rcp.d[:rcp.len] if rcp.len else b""
         segments = []
         cdef size_t off = 0
-        cdef bytes segbytes = seg.d[:seg.len] if seg.len else b""
-        while off < seg.len:
-            s_seq, s_count, s_value = _SEG_HEAD.unpack_from(segbytes, off)
+        cdef size_t s_len
+        while off < seg.len:  # one copy per segment, straight from the C buffer
+            s_seq, s_count, s_value = _SEG_HEAD.unpack(seg.d[off:off + 48])
             off += 48
-            segments.append((s_seq, s_count, s_value, segbytes[off:off + s_count * RECORD_SIZE]))
-            off += s_count * RECORD_SIZE
+            s_len = s_count * RECORD_SIZE
+            segments.append((s_seq, s_count, s_value, seg.d[off:off + s_len]))
+            off += s_len
         if beat_pipe_counters(self.p, &ctr):
             free(ctr.d)
             raise MemoryError("fast path: out of memory while reporting counters")
