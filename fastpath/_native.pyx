@@ -123,7 +123,15 @@ cdef class Pipeline:
             ids.append(struct.pack("=Q", node))
         cdef bytes mb = b"".join(macs)
         cdef bytes ib = b"".join(ids)
-        if beat_pipe_set_neighbours(self.p, mb, <const uint64_t *><const uint8_t *>ib, len(macs)):
+        cdef int rc
+        cdef int n = len(macs)
+        cdef const uint8_t *mp = mb
+        cdef const uint64_t *ip = <const uint64_t *><const uint8_t *>ib
+        with nogil:
+            beat_pipe_lock(self.p)
+            rc = beat_pipe_set_neighbours(self.p, mp, ip, n)
+            beat_pipe_unlock(self.p)
+        if rc:
             raise MemoryError("fast path: cannot allocate the neighbour map")
 
     def feed(self, buf, desc):
@@ -145,16 +153,28 @@ cdef class Pipeline:
             raise ValueError(f"descriptor {bad}: offset {off} + caplen {cap} = {off + cap} exceeds "
                              f"len(buf) {buflen}")
         with nogil:
+            beat_pipe_lock(self.p)
             rc = beat_pipe_feed_desc(self.p, &b[0], &d[0], n)
+            beat_pipe_unlock(self.p)
         if rc:
             raise MemoryError("fast path: out of memory while processing a batch")
 
     def flush(self):
-        if beat_pipe_flush(self.p):
+        cdef int rc
+        with nogil:
+            beat_pipe_lock(self.p)
+            rc = beat_pipe_flush(self.p)
+            beat_pipe_unlock(self.p)
+        if rc:
             raise MemoryError("fast path: out of memory while flushing")
 
     def close_segment(self):
-        if beat_pipe_close_segment(self.p):
+        cdef int rc
+        with nogil:
+            beat_pipe_lock(self.p)
+            rc = beat_pipe_close_segment(self.p)
+            beat_pipe_unlock(self.p)
+        if rc:
             raise MemoryError("fast path: out of memory while closing a segment")
 
     def resume(self, next_seg_seq, open_records=b"", open_receipts=b"", closed_before=0):
@@ -169,11 +189,27 @@ cdef class Pipeline:
                              f"{OPEN_RECEIPT_SIZE}")
         cdef const uint8_t *r = open_records
         cdef const uint8_t *c = open_receipts
-        if beat_pipe_resume(self.p, next_seg_seq, r, len(open_records) // RECORD_SIZE, c,
-                            len(open_receipts) // OPEN_RECEIPT_SIZE, closed_before):
+        cdef size_t nr = len(open_records) // RECORD_SIZE
+        cdef size_t nc = len(open_receipts) // OPEN_RECEIPT_SIZE
+        cdef uint64_t seq = next_seg_seq
+        cdef uint64_t cb = closed_before
+        cdef int rc
+        with nogil:
+            beat_pipe_lock(self.p)
+            rc = beat_pipe_resume(self.p, seq, r, nr, c, nc, cb)
+            beat_pipe_unlock(self.p)
+        if rc:
             raise MemoryError("fast path: out of memory while resuming")
 
     def take(self):
+        with nogil:
+            beat_pipe_lock(self.p)
+        try:
+            return self._take_locked()
+        finally:
+            beat_pipe_unlock(self.p)
+
+    cdef object _take_locked(self):
         cdef const beat_buf *rec = beat_pipe_records(self.p)
         cdef const beat_buf *seg = beat_pipe_segments(self.p)
         cdef const beat_buf *rcp = beat_pipe_receipts(self.p)
@@ -212,8 +248,14 @@ cdef class Pipeline:
         return out
 
     def totals(self):
-        cdef const uint64_t *st = beat_pipe_totals(self.p)
-        return {STAT_NAMES[i]: st[i] for i in range(ST_COUNT)}
+        cdef const uint64_t *st
+        with nogil:
+            beat_pipe_lock(self.p)
+        try:
+            st = beat_pipe_totals(self.p)
+            return {STAT_NAMES[i]: st[i] for i in range(ST_COUNT)}
+        finally:
+            beat_pipe_unlock(self.p)
 
 
 def pd_ft(frame, linktype, hash_name="sha3-256"):

@@ -35,6 +35,10 @@ beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
                          uint64_t receipt_epoch_ns, uint32_t segment_records,
                          uint64_t anchor_period_ns, uint32_t max_pending);
 void beat_pipe_free(beat_pipe *p);
+/* The pipeline is not thread-safe by itself: callers that share one (capture workers feeding, a
+ * committer taking) hold this lock around every other call. */
+void beat_pipe_lock(beat_pipe *p);
+void beat_pipe_unlock(beat_pipe *p);
 int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n);           /* n * 6 bytes */
 int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *ids, int n);
 

@@ -50,6 +50,8 @@ cdef extern from "beat_pipe.h" nogil:
                              uint64_t receipt_epoch_ns, uint32_t segment_records,
                              uint64_t anchor_period_ns, uint32_t max_pending)
     void beat_pipe_free(beat_pipe *p)
+    void beat_pipe_lock(beat_pipe *p)
+    void beat_pipe_unlock(beat_pipe *p)
     int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n)
     int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *ids, int n)
     long beat_pipe_check_desc(const uint8_t *desc, size_t n, size_t buflen)

@@ -2,6 +2,7 @@
  * at a time, then join, release, count, aggregate receipts and build segments, frame by frame.
  * Everything lives in preallocated tables; only the output buffers and the receipt/counter tables
  * grow (amortised, never per packet in the steady state). */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,7 +91,11 @@ struct beat_pipe {
     size_t seg_scratch_cap;
     uint64_t stats[ST_COUNT], totals[ST_COUNT];
     int oom;
+    pthread_mutex_t lock;  /* capture workers feed, the committer takes */
 };
+
+void beat_pipe_lock(beat_pipe *p) { pthread_mutex_lock(&p->lock); }
+void beat_pipe_unlock(beat_pipe *p) { pthread_mutex_unlock(&p->lock); }
 
 static const uint8_t FT_TAG[10] = {'B', 'E', 'A', 'T', '-', 'F', 'T', '-', 'v', '1'};
 static const uint8_t FP_TAG[10] = {'B', 'E', 'A', 'T', '-', 'F', 'P', '-', 'v', '1'};
@@ -1039,6 +1044,7 @@ void beat_pipe_free(beat_pipe *p)
     free(p->out_receipts.d);
     free(p->seg_pending.d);
     free(p->seg_scratch);
+    pthread_mutex_destroy(&p->lock);
     free(p);
 }
 
@@ -1070,6 +1076,7 @@ beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
     p->node_id = node_id;
     p->alg = alg;
     p->seed = pipe_seed(p);
+    pthread_mutex_init(&p->lock, NULL);
     p->window = join_window_ns;
     p->epoch = receipt_epoch_ns;
     p->period = anchor_period_ns;
