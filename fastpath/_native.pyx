@@ -177,6 +177,20 @@ cdef class Pipeline:
         if rc:
             raise MemoryError("fast path: out of memory while closing a segment")
 
+    def advance(self, now_ns):
+        """The clock moves to now_ns (if later) without a frame: a quiet link still releases the
+        observations whose join window has passed and closes receipt epochs."""
+        if not isinstance(now_ns, int) or not 0 <= now_ns < (1 << 64):
+            raise ValueError(f"now_ns must be an integer in 0..2^64-1, got {now_ns!r}")
+        cdef uint64_t t = now_ns
+        cdef int rc
+        with nogil:
+            beat_pipe_lock(self.p)
+            rc = beat_pipe_advance(self.p, t)
+            beat_pipe_unlock(self.p)
+        if rc:
+            raise MemoryError("fast path: out of memory while advancing the clock")
+
     def resume(self, next_seg_seq, open_records=b"", open_receipts=b"", closed_before=0):
         open_records = bytes(open_records)
         open_receipts = bytes(open_receipts)

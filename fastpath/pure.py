@@ -750,6 +750,15 @@ class Pipeline:
         if self._seg:
             self._close_seg()
 
+    def advance(self, now_ns):
+        """The clock moves to now_ns (if later) without a frame: a quiet link still releases the
+        observations whose join window has passed and closes receipt epochs."""
+        _u64("now_ns", now_ns)
+        if now_ns > self._clock:
+            self._clock = now_ns
+        self._release_ready()
+        self._close_epochs()
+
     def take(self):
         records = b"".join(self._o_records)
         self._o_records = []

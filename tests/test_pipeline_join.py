@@ -730,3 +730,28 @@ def test_twins_byte_identical(pure, native):
             o.append(p.take())
             outs.append((o, p.totals()))
         assert outs[0] == outs[1]
+
+
+def test_advance_releases_on_a_quiet_link(impl):
+    """With no further frames, advance(now) lets the join window pass: the ingress-only packet is
+    released with next_id NONE and its receipt epoch closes; both twins alike."""
+    from scapy.all import IP, UDP, raw
+    ip = raw(IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"x")
+    p = impl.Pipeline(1, join_window_ns=1000, receipt_epoch_ns=10_000)
+    p.feed(ip, impl.pack_desc(5_000, 0, len(ip), len(ip), 101))
+    out = p.take()
+    assert out.records == b"" and out.stats["ingress"] == 1
+    p.advance(5_500)                      # still inside the window: nothing yet
+    assert p.take().records == b""
+    p.advance(6_001)                      # window passed
+    out = p.take()
+    assert len(out.records) == 48
+    assert int.from_bytes(out.records[16:24], "big") == impl.NONE
+    assert out.receipts == b""            # epoch 0..10,000 still open
+    p.advance(11_001)                     # epoch end + window passed
+    out = p.take()
+    assert len(out.receipts) == 89 and out.closed_before == 10_000
+    p.advance(3)                          # the clock never goes back
+    assert p.take().closed_before == 10_000
+    with pytest.raises(ValueError):
+        p.advance(-1)

@@ -48,6 +48,11 @@ def test_twins_agree_while_tables_grow(pure, native, max_pending):
         chunk = desc[i * 24:(i + k) * 24]
         a.feed(buf, chunk)
         b.feed(buf, chunk)
+        if rng.random() < 0.2:  # a quiet moment: the daemon advances the clock by wall time
+            last_t = struct.unpack_from("<Q", chunk, len(chunk) - 24)[0]
+            now = last_t + rng.choice((0, 10**6, 10**9, 2 * 10**10))
+            a.advance(now)
+            b.advance(now)
         assert a.take() == b.take(), f"batch at frame {i}"
         i += k
     a.flush()

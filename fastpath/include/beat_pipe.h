@@ -50,6 +50,9 @@ int beat_pipe_feed_desc(beat_pipe *p, const uint8_t *buf, const uint8_t *desc, s
 int beat_pipe_feed_frames(beat_pipe *p, const beat_frame *frames, size_t n);
 int beat_pipe_flush(beat_pipe *p);
 int beat_pipe_close_segment(beat_pipe *p);
+/* Move the clock to now_ns (if later) without a frame: release what the join window let go and
+ * close receipt epochs, as a frame at now_ns would before being observed. */
+int beat_pipe_advance(beat_pipe *p, uint64_t now_ns);
 int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_records, size_t n_rec,
                      const uint8_t *open_receipts, size_t n_rc, uint64_t closed_before);
 

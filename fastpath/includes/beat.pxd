@@ -59,6 +59,7 @@ cdef extern from "beat_pipe.h" nogil:
     int beat_pipe_feed_frames(beat_pipe *p, const beat_frame *frames, size_t n)
     int beat_pipe_flush(beat_pipe *p)
     int beat_pipe_close_segment(beat_pipe *p)
+    int beat_pipe_advance(beat_pipe *p, uint64_t now_ns)
     int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_records,
                          size_t n_rec, const uint8_t *open_receipts, size_t n_rc,
                          uint64_t closed_before)

@@ -884,6 +884,17 @@ int beat_pipe_flush(beat_pipe *p)
 
 int beat_pipe_close_segment(beat_pipe *p) { return seg_close(p) || finish_segments(p); }
 
+int beat_pipe_advance(beat_pipe *p, uint64_t now_ns)
+{
+    if (now_ns > p->clock)
+        p->clock = now_ns;
+    if (release_ready(p) || close_epochs(p) || finish_segments(p)) {
+        p->oom = 1;
+        return -1;
+    }
+    return 0;
+}
+
 int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_records, size_t n_rec,
                      const uint8_t *open_receipts, size_t n_rc, uint64_t closed_before)
 {
