@@ -4,9 +4,9 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 DEPS   := $(VENV)/.stamp-deps
 NATIVE := $(VENV)/.stamp-native
-SOURCES := $(wildcard fastpath/*.pyx fastpath/includes/*.pxd fastpath/include/*.h fastpath/src/*.c) setup.py
+SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxi fastpath/includes/*.pxd fastpath/include/*.h fastpath/src/*.c) setup.py
 
-.PHONY: all setup build test demo bench fuzz clean
+.PHONY: all setup build test demo demo-offline bench fuzz clean
 
 all: build
 
@@ -29,11 +29,23 @@ setup build: $(NATIVE)
 test: $(NATIVE)
 	$(VPY) -m pytest -q -ra tests
 
+# The lab needs root (network namespaces); elsewhere, say so and replay router r2's capture.
 demo: $(NATIVE)
+	@if [ "$$(id -u)" -eq 0 ]; then \
+		$(VPY) -m beatd lab demo --down; \
+	else \
+		echo "make demo: the namespace lab needs root; showing the offline demo instead"; \
+		$(VPY) -m beatd.demo; \
+	fi
+
+# Router r2's bundled capture through the whole pipeline (no root needed).
+demo-offline: $(NATIVE)
 	$(VPY) -m beatd.demo
 
 bench: $(NATIVE)
 	$(VPY) -m benchmarks.run
+	@if [ "$$(id -u)" -eq 0 ]; then $(VPY) -m benchmarks.capture; \
+	else echo "make bench: the capture benchmark needs root (namespaces), skipped"; fi
 
 # A long fuzz run of the parser (the test suite runs a short one).
 fuzz: $(NATIVE)

@@ -52,7 +52,7 @@ def extensions():
     ext = Extension(
         "fastpath._native",
         sources=["fastpath/_native.pyx", "fastpath/src/beat_hash.c", "fastpath/src/beat_parse.c",
-                 "fastpath/src/beat_pipe.c"],
+                 "fastpath/src/beat_pipe.c", "fastpath/src/beat_ring.c"],
         include_dirs=["fastpath/include"],
         extra_compile_args=["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall",
                             "-Wno-unused-function"],
@@ -68,7 +68,7 @@ setup(
     description="BEAT: accountable and transparent infrastructure sharing (router agent)",
     packages=find_packages(include=["fastpath", "beatd", "beatd.*", "ledger_client",
                                     "ledger_client.*", "benchmarks"]),
-    package_data={"fastpath": ["*.pyx", "*.pxd", "includes/*.pxd", "include/*.h", "src/*.c"]},
+    package_data={"fastpath": ["*.pyx", "*.pxi", "*.pxd", "includes/*.pxd", "include/*.h", "src/*.c"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExt},
     python_requires=">=3.11",

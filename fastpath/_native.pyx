@@ -329,3 +329,4 @@ def receipt_value(hash_name, node_id, role, src, dst, epoch_ns, packets, nbytes)
         raise ValueError(f"src and dst must be 16 bytes, got {len(s)} and {len(d)}")
     beat_receipt_value(alg, node_id, role, s, d, epoch_ns, packets, nbytes, h)
     return h[:32]
+include "ring.pxi"
