@@ -1,4 +1,4 @@
-"""The ``beatd`` command line: ``beatd replay FILE --node-id N [...]`` (more subcommands later).
+"""The ``beatd`` command line: ``run`` (the live daemon), ``status``, ``dump``, ``replay``, ``lab``.
 
 Errors a user can fix (a missing or bad capture, a bad configuration, a store that belongs to another
 node or is full) print one line on stderr naming the thing and exit with code 2, no traceback.
@@ -38,7 +38,36 @@ def _parser():
     r.add_argument("--hash", choices=HASH_NAMES, help="hash (overrides the config)")
     r.add_argument("--batch-frames", type=int, default=None, metavar="N",
                    help=f"frames per batch and store transaction (default 4096, or ${ENV_BATCH})")
+
+    d = sub.add_parser("run", help="run the live daemon in the foreground",
+                       description="Capture on the configured interfaces into the store until "
+                                   "SIGTERM/SIGINT; SIGHUP reloads the neighbours.")
+    d.add_argument("--config", metavar="F", required=True, help="beatd TOML configuration")
+    d.add_argument("--log-format", choices=("json", "text"),
+                   help="overrides daemon.log_format")
+
+    s = sub.add_parser("status", help="state of the running daemon (over its control socket)")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--config", metavar="F", help="take daemon.control_socket from this file")
+    g.add_argument("--socket", metavar="PATH", help=f"control socket (default {DEFAULT_SOCKET})")
+    s.add_argument("--json", action="store_true", help="the daemon's answer as one JSON object")
+
+    u = sub.add_parser("dump", help="print the stored proof records",
+                       description="The proof records of the store (the ring's segments, oldest "
+                                   "first, then the open segment), in the replay JSON format.")
+    u.add_argument("--config", metavar="F", required=True, help="beatd TOML configuration")
+    u.add_argument("--store", metavar="DIR", help="store directory (overrides store.path)")
+    u.add_argument("--json", action="store_true",
+                   help="one JSON object per proof record, then one {\"summary\": ...} line")
+
+    # the lab's own arguments are parsed by beatd.lab.cli, imported only when `beatd lab` runs
+    lab = sub.add_parser("lab", help="the network-namespace lab (up, demo, dump NODE, down)",
+                         add_help=False, prefix_chars="\0")
+    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
     return p
+
+
+DEFAULT_SOCKET = "/run/beatd/control.sock"
 
 
 def _fail(msg):
@@ -107,11 +136,175 @@ def _replay(args):
     return 0
 
 
+def _run(args):
+    import logging
+    import signal
+
+    from . import logs
+    from .control import ControlError
+    from .daemon import Daemon, DaemonError
+    from .store import StoreError
+
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    log = logs.setup(args.log_format or cfg.log_format)
+    daemon = Daemon(cfg, config_path=os.path.abspath(args.config))
+    signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+    try:
+        daemon.start()
+    except (ConfigError, DaemonError, StoreError, ControlError, OSError) as exc:
+        # RingError is an OSError whose message names the interface and the errno
+        logs.event(log, logging.ERROR, "cannot start", error=str(exc))
+        return _fail(str(exc))
+    try:
+        daemon.serve()
+    finally:
+        daemon.shutdown()
+    if daemon.failure:
+        print(f"beatd: {daemon.failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _status(args):
+    from .control import ControlError, request
+
+    path = args.socket
+    if path is None and args.config:
+        try:
+            path = load(args.config).control_socket
+        except ConfigError as exc:
+            return _fail(str(exc))
+        if not path:
+            return _fail(f"{args.config}: daemon.control_socket is off (\"\"): no status to ask")
+    path = path or DEFAULT_SOCKET
+    try:
+        st = request(path)
+    except ControlError as exc:
+        print(f"beatd: status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(st, separators=(",", ":")))
+        return 0
+    print(format_status(st))
+    return 0
+
+
+def format_status(st):
+    """The human form of ``beatd status``."""
+    if "error" in st:
+        return f"error: {st['error']}"
+    t = st["totals"]
+    ring = (st.get("store") or {}).get("ring") or {}
+    lc = st.get("last_commit") or {}
+    lines = [
+        f"beatd {st.get('version')} node {st['node_id']}, pid {st['pid']}, "
+        f"up {st['uptime_s']:.0f} s, {st['workers']} workers, {st['impl']} fast path",
+        f"  rates        {st['rates']['frames_per_s']} frames/s, "
+        f"{st['rates']['records_per_s']} records/s",
+        f"  totals       {t['frames']} frames, {t['records']} records, {t['segments']} segments, "
+        f"{t['receipts']} receipts, {t['unknown_mac']} unknown MACs",
+        f"  dropped      {sum(st['drops'].values())} by the fast path, {st['kernel_drops']} by "
+        f"the kernel",
+    ]
+    lines.append(f"  interfaces   {', '.join(st['interfaces'])}")
+    for i in st["rings"]:
+        lines.append(f"  ring {i['name']:<7} {i.get('frames', 0)} frames, {i.get('bytes', 0)} bytes, "
+                     f"kernel {i['kernel_packets']} packets / {i['kernel_drops']} drops")
+    if ring:
+        lines.append(f"  store        {st['store']['path']}: {ring.get('segments')} segments, "
+                     f"{ring.get('bytes')} of {ring.get('ring_size')} bytes, wraps "
+                     f"{ring.get('wraps')}" + (" (SHORT of the threshold)" if ring.get("short")
+                                                else ""))
+    age = lc.get("age_s")
+    lines.append(f"  last commit  " + (f"{age} s ago, took {lc['seconds'] * 1000:.1f} ms, "
+                                       f"{lc['commits']} commits" if age is not None else "none"))
+    lines.append(f"  neighbours   " + (", ".join(f"{m} -> {n}" for m, n in
+                                                  st["neighbours"].items()) or "none"))
+    if st.get("failure"):
+        lines.append(f"  FAILURE      {st['failure']}")
+    return "\n".join(lines)
+
+
+def _dump(args):
+    from types import SimpleNamespace
+
+    from .replay import json_records
+    from .store import Store, StoreError
+
+    try:
+        cfg = load(args.config)
+        if cfg.node_id is None:
+            return _fail(f"{args.config}: node_id: not set")
+        kw = cfg.store_kwargs()
+        if args.store:
+            kw["path"] = args.store
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if not os.path.isdir(kw["path"]):
+        return _fail(f"{kw['path']}: no store there (store.path)")
+    out = sys.stdout
+    try:
+        store = Store(**kw)
+        try:
+            records = b"".join(store.iter_records())
+            counters = store.counters()
+            stats = store.stats()
+            ring = store.ring_status(0, 0)
+        finally:
+            store.close()
+        rows = json_records(SimpleNamespace(records=records), cfg.node_id, cfg.hash)
+        if args.json:
+            for r in rows:
+                out.write(json.dumps(r, separators=(",", ":")) + "\n")
+            summary = {"store": kw["path"], "node_id": cfg.node_id, "hash": cfg.hash,
+                       "records": len(rows), "stats": stats, "ring": ring,
+                       "counters": [{"prev_id": p, "next_id": n, "packets": c[0], "bytes": c[1],
+                                     "first_t_ns": c[2], "last_t_ns": c[3]}
+                                    for (p, n), c in sorted(counters.items())]}
+            out.write(json.dumps({"summary": summary}, separators=(",", ":")) + "\n")
+        else:
+            for r in rows:
+                out.write(f"{r['t_ns']} {r['prev_id']:>20} {r['next_id']:>20} {r['pd']} "
+                          f"{r['ft']} {r['fp']}\n")
+            out.write(f"# {len(rows)} records in {kw['path']} (node {cfg.node_id})\n")
+        out.flush()
+    except StoreError as exc:
+        return _fail(str(exc))
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0
+
+
+def _lab(args):
+    try:
+        from .lab import cli as lab_cli
+    except ImportError as exc:
+        return _fail(f"lab: the namespace lab is not available in this build (beatd.lab.cli: "
+                     f"{exc})")
+    p = argparse.ArgumentParser(prog="beatd lab", description="The network-namespace lab.")
+    lab_cli.add_arguments(p)
+    return lab_cli.main(p.parse_args(args.lab_args))
+
+
 def main(argv=None):
     """Entry point of the ``beatd`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "status":
+        return _status(args)
+    if args.command == "dump":
+        return _dump(args)
+    if args.command == "lab":
+        return _lab(args)
     return _fail(f"unknown command {args.command}")  # pragma: no cover (argparse rejects it)
 
 

@@ -12,11 +12,12 @@ import tomllib
 from fastpath.output import HASH_NAMES
 
 __all__ = ["ConfigError", "Config", "Neighbour", "load", "from_dict", "parse_size", "parse_mac",
-           "DEFAULTS"]
+           "parse_listen", "format_mac", "DEFAULTS"]
 
 # The defaults, in one place. ``None`` for map_size means "derived from ring_size" (see Config).
 DEFAULTS = {
     "node_id": None,
+    "interfaces": [],
     "hash": "sha3-256",
     "own_macs": [],
     "neighbours": [],
@@ -34,7 +35,27 @@ DEFAULTS = {
         "segment_records": 1024,
         "join_window_ms": 50.0,
     },
+    "capture": {
+        "workers": 0,
+        "block_size": 1 << 20,
+        "block_count": 16,
+        "frame_size": 2048,
+        "block_timeout_ms": 10,
+        "fanout_mode": "cpu",
+    },
+    "daemon": {
+        "commit_interval_ms": 50,
+        "metrics_listen": "127.0.0.1:9477",
+        "control_socket": "/run/beatd/control.sock",
+        "log_format": "json",
+        "neighbour_refresh": True,
+    },
 }
+FANOUT_MODES = ("cpu", "hash", "lb")
+LOG_FORMATS = ("json", "text")
+IFNAMSIZ = 16
+PAGE_SIZE = 4096
+TPACKET_ALIGNMENT = 16
 SYNC_MODES = ("periodic", "always", "never")
 NODE_ID_MAX = (1 << 64) - 2
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000 ** 2, "mb": 1000 ** 2, "g": 1000 ** 3,
@@ -83,8 +104,10 @@ def format_mac(mac):
 
 @dataclasses.dataclass(frozen=True)
 class Neighbour:
+    """A neighbour's node_id and its MAC, its IP (the daemon learns the MAC from the kernel's
+    neighbour table), or both; a MAC given here always wins over the kernel's."""
     node_id: int
-    mac: bytes
+    mac: bytes | None
     ip: str | None = None
 
 
@@ -104,6 +127,18 @@ class Config:
     anchor_period_s: float = DEFAULTS["governance"]["anchor_period_s"]
     segment_records: int = DEFAULTS["governance"]["segment_records"]
     join_window_ms: float = DEFAULTS["governance"]["join_window_ms"]
+    interfaces: tuple = ()
+    workers: int = DEFAULTS["capture"]["workers"]
+    block_size: int = DEFAULTS["capture"]["block_size"]
+    block_count: int = DEFAULTS["capture"]["block_count"]
+    frame_size: int = DEFAULTS["capture"]["frame_size"]
+    block_timeout_ms: int = DEFAULTS["capture"]["block_timeout_ms"]
+    fanout_mode: str = DEFAULTS["capture"]["fanout_mode"]
+    commit_interval_ms: int = DEFAULTS["daemon"]["commit_interval_ms"]
+    metrics_listen: str = DEFAULTS["daemon"]["metrics_listen"]
+    control_socket: str = DEFAULTS["daemon"]["control_socket"]
+    log_format: str = DEFAULTS["daemon"]["log_format"]
+    neighbour_refresh: bool = DEFAULTS["daemon"]["neighbour_refresh"]
 
     @property
     def effective_map_size(self):
@@ -115,7 +150,19 @@ class Config:
         return int(self.threshold_s * 1e9)
 
     def neighbour_map(self):
-        return {n.mac: n.node_id for n in self.neighbours}
+        """``{mac: node_id}`` of the neighbours whose MAC the configuration gives."""
+        return {n.mac: n.node_id for n in self.neighbours if n.mac is not None}
+
+    def ring_kwargs(self):
+        """Keyword arguments for ``fastpath._native.Ring(ifname, ...)`` (fanout_group aside)."""
+        return {"block_size": self.block_size, "block_count": self.block_count,
+                "frame_size": self.frame_size, "block_timeout_ms": self.block_timeout_ms,
+                "fanout_mode": self.fanout_mode}
+
+    @property
+    def metrics_address(self):
+        """``(host, port)`` of metrics_listen, or None when it is "" (off)."""
+        return parse_listen(self.metrics_listen) if self.metrics_listen else None
 
     def pipeline_kwargs(self):
         """Keyword arguments for ``fastpath.Pipeline(...)``."""
@@ -193,23 +240,33 @@ def from_dict(raw):
         raise ConfigError(f"neighbours: {_show(top['neighbours'])} is not an array of tables")
     neighbours = []
     seen = {}
+    seen_ip = {}
     for i, n in enumerate(top["neighbours"]):
         p = f"neighbours[{i}]."
         n = _table(n, {"node_id": None, "mac": None, "ip": None}, p)
-        for req in ("node_id", "mac"):
-            if n[req] is None:
-                raise ConfigError(f"{p}{req}: missing")
+        if n["node_id"] is None:
+            raise ConfigError(f"{p}node_id: missing")
+        if n["mac"] is None and n["ip"] is None:
+            raise ConfigError(f"{p}mac: missing (give mac, or ip to learn the MAC from the "
+                              "kernel's neighbour table)")
         nid = _check_node_id(n["node_id"], p + "node_id", optional=False)
-        mac = parse_mac(n["mac"], p + "mac")
-        if mac in seen:
-            raise ConfigError(f"{p}mac: {_show(n['mac'])} is already neighbours[{seen[mac]}].mac")
-        seen[mac] = i
+        mac = None
+        if n["mac"] is not None:
+            mac = parse_mac(n["mac"], p + "mac")
+            if mac in seen:
+                raise ConfigError(f"{p}mac: {_show(n['mac'])} is already "
+                                  f"neighbours[{seen[mac]}].mac")
+            seen[mac] = i
         ip = n["ip"]
         if ip is not None:
             try:
                 ip = str(ipaddress.ip_address(ip))
             except ValueError:
                 raise ConfigError(f"{p}ip: {_show(ip)} is not an IP address") from None
+            if ip in seen_ip:
+                raise ConfigError(f"{p}ip: {_show(n['ip'])} is already "
+                                  f"neighbours[{seen_ip[ip]}].ip")
+            seen_ip[ip] = i
         neighbours.append(Neighbour(nid, mac, ip))
 
     st = _table(top["store"], DEFAULTS["store"], "store.")
@@ -232,7 +289,11 @@ def from_dict(raw):
     if ring_size < 2 * (seg * 48 + 48):
         raise ConfigError(f"store.ring_size: {_show(st['ring_size'])} cannot hold two segments of "
                           f"governance.segment_records = {seg} records ({2 * (seg * 48 + 48)} bytes)")
+    interfaces = _interfaces(top["interfaces"])
+    capture = _capture(top["capture"])
+    daemon = _daemon(top["daemon"])
     return Config(
+        interfaces=interfaces, **capture, **daemon,
         node_id=node_id, hash=hash_name, own_macs=own, neighbours=tuple(neighbours),
         store_path=st["path"], ring_size=ring_size, map_size=map_size, sync=st["sync"],
         sync_interval_s=float(sync_interval),
@@ -242,6 +303,95 @@ def from_dict(raw):
         segment_records=seg,
         join_window_ms=float(_number(gv, "join_window_ms", "governance.")),
     )
+
+
+def _interfaces(value):
+    if not isinstance(value, list):
+        raise ConfigError(f"interfaces: {_show(value)} is not a list of interface names")
+    seen = {}
+    for i, name in enumerate(value):
+        key = f"interfaces[{i}]"
+        if (not isinstance(name, str) or not name or len(name) >= IFNAMSIZ or "/" in name
+                or any(c.isspace() for c in name) or name in (".", "..")):
+            raise ConfigError(f"{key}: {_show(name)} is not an interface name (1 to "
+                              f"{IFNAMSIZ - 1} characters, no '/' or space)")
+        if name in seen:
+            raise ConfigError(f"{key}: {_show(name)} is already interfaces[{seen[name]}]")
+        seen[name] = i
+    return tuple(value)
+
+
+def _capture(raw):
+    c = _table(raw, DEFAULTS["capture"], "capture.")
+    workers = _number(c, "workers", "capture.", integer=True, positive=False)
+    if workers < 0 or workers > 1024:
+        raise ConfigError(f"capture.workers: {workers} is not in 0..1024 (0 = one per CPU)")
+    block_size = parse_size(c["block_size"], "capture.block_size")
+    if block_size % PAGE_SIZE or block_size & (block_size - 1):
+        raise ConfigError(f"capture.block_size: {_show(c['block_size'])} ({block_size} bytes) "
+                          f"is not a power of two multiple of the page size {PAGE_SIZE}")
+    block_count = _number(c, "block_count", "capture.", integer=True)
+    frame_size = _number(c, "frame_size", "capture.", integer=True)
+    if frame_size < 128 or frame_size % TPACKET_ALIGNMENT:
+        raise ConfigError(f"capture.frame_size: {frame_size} is not a multiple of "
+                          f"{TPACKET_ALIGNMENT} of at least 128")
+    if frame_size > block_size:
+        raise ConfigError(f"capture.frame_size: {frame_size} is more than capture.block_size "
+                          f"({block_size} bytes)")
+    if block_size * block_count > 1 << 34:
+        raise ConfigError(f"capture.block_count: {block_count} blocks of {block_size} bytes is "
+                          "more than 16 GiB per ring")
+    timeout = _number(c, "block_timeout_ms", "capture.", integer=True)
+    if timeout > 60_000:
+        raise ConfigError(f"capture.block_timeout_ms: {timeout} is more than 60000")
+    if c["fanout_mode"] not in FANOUT_MODES:
+        raise ConfigError(f"capture.fanout_mode: {_show(c['fanout_mode'])} is not one of "
+                          f"{', '.join(FANOUT_MODES)}")
+    return {"workers": workers, "block_size": block_size, "block_count": block_count,
+            "frame_size": frame_size, "block_timeout_ms": timeout, "fanout_mode": c["fanout_mode"]}
+
+
+def parse_listen(value, key="daemon.metrics_listen"):
+    """``(host, port)`` from ``"127.0.0.1:9477"``, ``"[::1]:9477"`` or ``":9477"`` (all)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: {_show(value)} is not an address (host:port)")
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f'{key}: {_show(value)} is not an address (host:port, e.g. '
+                          f'"127.0.0.1:9477", or "" for off)')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not re.match(r"^[A-Za-z0-9.-]+$", host):
+                raise ConfigError(f"{key}: {_show(value)}: {_show(host)} is not a host") from None
+    return host or "0.0.0.0", int(port)
+
+
+def _daemon(raw):
+    d = _table(raw, DEFAULTS["daemon"], "daemon.")
+    interval = _number(d, "commit_interval_ms", "daemon.", integer=True)
+    if interval > 60_000:
+        raise ConfigError(f"daemon.commit_interval_ms: {interval} is more than 60000")
+    listen = d["metrics_listen"]
+    if listen != "":
+        parse_listen(listen)
+    sock = d["control_socket"]
+    if not isinstance(sock, str) or (sock and not sock.startswith("/")):
+        raise ConfigError(f"daemon.control_socket: {_show(sock)} is not an absolute path "
+                          "(or \"\" for off)")
+    if len(sock.encode()) > 107:
+        raise ConfigError(f"daemon.control_socket: {_show(sock)} is longer than 107 bytes")
+    if d["log_format"] not in LOG_FORMATS:
+        raise ConfigError(f"daemon.log_format: {_show(d['log_format'])} is not one of "
+                          f"{', '.join(LOG_FORMATS)}")
+    if not isinstance(d["neighbour_refresh"], bool):
+        raise ConfigError(f"daemon.neighbour_refresh: {_show(d['neighbour_refresh'])} is not "
+                          "true or false")
+    return {"commit_interval_ms": interval, "metrics_listen": listen, "control_socket": sock,
+            "log_format": d["log_format"], "neighbour_refresh": d["neighbour_refresh"]}
 
 
 def load(path):

@@ -1,0 +1,482 @@
+"""The live daemon (``beatd run``): capture rings -> one pipeline -> the LMDB store.
+
+Threads (docs/daemon.md):
+- capture workers: worker k owns ONE ring bound to every interface (``Ring("any", ...)`` filtered
+  to the configured ones; the workers' rings form one fanout group), waits for a ring block and
+  feeds it to the ONE pipeline (``ring.read(pipeline, timeout)``, GIL released): one socket gets
+  both copies of a forwarded packet in the kernel's order, so the ingress copy is fed first;
+  it also snapshots its rings' kernel drop statistics and counters about once a second (a ring is
+  only ever touched by the thread that owns it);
+- the committer: every ``daemon.commit_interval_ms``, ``pipeline.take()`` -> ``store.commit(out)``,
+  one LMDB transaction; the only thread that touches the store while capture runs;
+- the neighbour follower (``beatd.neighbours``), the metrics server and the control socket;
+- the main thread (``serve()``): signals (flags set by the handlers ``beatd.cli`` installs), the
+  anchor timer (``pipeline.close_segment()`` at every anchor period boundary), capture rates.
+
+``shutdown()`` stops the workers (within one read timeout), commits what the pipeline holds, then
+flushes it (every pending observation released, the open segment and receipts closed), commits
+that, and closes the store: nothing fed to the pipeline is lost. A worker or committer failure stops
+the daemon with ``failure`` set (exit code 1; systemd restarts it and the pipeline resumes from the
+store).
+
+A capture source is anything with the Ring API (``read(pipeline, timeout_ms) -> int``,
+``kernel_stats()``, ``counters()``, ``close()``, ``ifname``, optionally ``fileno()``);
+``source_factory(interfaces, worker, fanout_group, config)`` returns worker k's list of sources,
+``ring_sources`` by default (tests inject stand-ins).
+"""
+import logging
+import os
+import select
+import socket
+import threading
+import time
+
+import fastpath
+
+from . import __version__
+from .config import format_mac
+from .logs import event
+from .neighbours import NeighbourMap
+from .store import Store, StoreError
+
+__all__ = ["Daemon", "DaemonError", "ring_sources", "list_interfaces"]
+
+log = logging.getLogger("beatd.daemon")
+
+READ_TIMEOUT_MS = 100
+STATS_INTERVAL_S = 1.0
+RING_STATS_INTERVAL_S = 0.25
+RING_STATUS_INTERVAL_S = 1.0
+IFF_LOOPBACK = 0x8
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the message names the key, interface or path at fault."""
+
+
+def list_interfaces():
+    """Every non-loopback interface, by name, in ifindex order."""
+    out = []
+    for _, name in sorted(socket.if_nameindex()):
+        try:
+            with open(f"/sys/class/net/{name}/flags") as f:
+                if int(f.read(), 16) & IFF_LOOPBACK:
+                    continue
+        except (OSError, ValueError):
+            if name == "lo":
+                continue
+        out.append(name)
+    return out
+
+
+def ring_sources(interfaces, worker, fanout_group, config):
+    """Worker ``worker``'s TPACKET_V3 rings (``fastpath._native.Ring``): one on "any" (every
+    interface, one socket: the kernel's order), filtered to ``interfaces``; a Ring without the
+    interface filter gets one ring per interface instead (the join then suffers: docs/daemon.md),
+    with a warning."""
+    try:
+        from fastpath._native import Ring
+    except (ImportError, AttributeError) as exc:
+        raise DaemonError(f"live capture needs fastpath._native.Ring, which this build lacks "
+                          f"({exc}); rebuild the native fast path (make build)") from None
+    kw = config.ring_kwargs()
+    try:
+        return [Ring("any", fanout_group=fanout_group, interfaces=tuple(interfaces), **kw)]
+    except TypeError as exc:
+        if "interfaces" not in str(exc):
+            raise
+    if len(interfaces) > 1 and worker == 0:
+        event(log, logging.WARNING, "this Ring has no interface filter: one ring per interface; "
+              "ingress and egress copies may reach the pipeline out of order",
+              interfaces=list(interfaces))
+    return [Ring(ifname, fanout_group=None if fanout_group is None else
+                 (fanout_group + i) & 0xFFFF, **kw)
+            for i, ifname in enumerate(interfaces)]
+
+
+def _quietly(fn):
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 (closing: nothing left to do about it)
+        pass
+
+
+def _empty(out):
+    return not (out.records or out.segments or out.receipts or out.counters
+                or any(out.stats.values()))
+
+
+class Daemon:
+    def __init__(self, config, config_path=None, source_factory=None):
+        self.cfg = config
+        self.config_path = config_path
+        self.source_factory = source_factory or ring_sources
+        self.failure = None             # why the daemon stopped on its own (exit code 1)
+        self.store = None
+        self.pipeline = None
+        self.neighbours = None
+        self.metrics = None
+        self.control = None
+        self.interfaces = ()
+        self.workers = []               # (thread, [source, ...])
+        self._stop = threading.Event()          # set: the main loop ends
+        self._capture_stop = threading.Event()
+        self._commit_stop = threading.Event()
+        self._commit_lock = threading.Lock()
+        self._committer = None
+        self._hup = False
+        self._ring_stats = {}           # (worker, ifname) -> {"kernel": {...}, "counters": {...}}
+        self._ring_status = None
+        self._ring_status_at = 0.0
+        self.commits = 0
+        self.commit_seconds = None
+        self.last_commit_time = None
+        self.reloads = 0
+        self.started = None
+        self._rates = {"frames_per_s": 0.0, "records_per_s": 0.0}
+        self._rate_prev = None
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def start(self):
+        """Open everything (errors: DaemonError, StoreError, RingError, ControlError) and start
+        the threads; on an error, whatever was opened is closed again."""
+        try:
+            self._start()
+        except BaseException:
+            self._close_all()
+            raise
+
+    def _start(self):
+        cfg = self.cfg
+        if cfg.node_id is None:
+            raise DaemonError("node_id: not set in the configuration")
+        self.interfaces = self._resolve_interfaces()
+        nworkers = cfg.workers or os.cpu_count() or 1
+        event(log, logging.INFO, "starting", version=__version__, node_id=cfg.node_id,
+              impl=fastpath.IMPL, interfaces=list(self.interfaces), workers=nworkers,
+              store=cfg.store_path, config=self.config_path)
+        self.store = Store(**cfg.store_kwargs())
+        self.pipeline = fastpath.Pipeline(**cfg.pipeline_kwargs())
+        resume = self.store.resume_state()
+        self.pipeline.resume(**resume)
+        event(log, logging.INFO, "store resumed", path=cfg.store_path,
+              next_seg_seq=resume["next_seg_seq"], open_records=len(resume["open_records"]) // 48)
+        self._refresh_ring_status(force=True)
+
+        # rings: all opened before any thread starts, so that a bad interface fails the start
+        group = (os.getpid() * 251) & 0xFFFF if nworkers > 1 else None
+        per_worker = []
+        for k in range(nworkers):
+            sources = []
+            per_worker.append(sources)
+            self.workers.append((None, sources))
+            sources.extend(self.source_factory(self.interfaces, k, group, cfg))
+        first = per_worker[0][0] if per_worker and per_worker[0] else None
+        event(log, logging.INFO, "capture rings open", workers=nworkers,
+              interfaces=list(self.interfaces), rings=[getattr(s, "ifname", "?") for s in
+                                                       per_worker[0]],
+              fanout_mode=cfg.fanout_mode, fanout_group=group,
+              geometry=getattr(first, "geometry", None))
+
+        self.neighbours = NeighbourMap(cfg.neighbours, cfg.neighbour_refresh,
+                                       on_change=self.pipeline.set_neighbours)
+        self.neighbours.start()
+
+        if cfg.metrics_address is not None:
+            from .metrics import MetricsServer
+            try:
+                self.metrics = MetricsServer(cfg.metrics_address, self.snapshot)
+            except OSError as exc:
+                raise DaemonError(f'daemon.metrics_listen: "{cfg.metrics_listen}": cannot listen: '
+                                  f"{exc.strerror or exc}") from None
+            event(log, logging.INFO, "metrics", listen=f"{self.metrics.host}:{self.metrics.port}")
+        if cfg.control_socket:
+            from .control import ControlServer
+            self.control = ControlServer(cfg.control_socket, self.status)
+
+        self.started = time.time()
+        self._committer = threading.Thread(target=self._commit_loop, name="beatd-commit",
+                                           daemon=True)
+        self._committer.start()
+        self.workers = []
+        for k, sources in enumerate(per_worker):
+            t = threading.Thread(target=self._capture_loop, args=(k, sources),
+                                 name=f"beatd-capture-{k}", daemon=True)
+            self.workers.append((t, sources))
+            t.start()
+        event(log, logging.INFO, "running", node_id=cfg.node_id)
+
+    def _resolve_interfaces(self):
+        names = self.cfg.interfaces
+        if not names:
+            names = tuple(list_interfaces())
+            if not names:
+                raise DaemonError("interfaces: none given and no non-loopback interface found")
+            return names
+        if self.source_factory is ring_sources:
+            present = {n for _, n in socket.if_nameindex()}
+            for i, name in enumerate(names):
+                if name not in present:
+                    raise DaemonError(f'interfaces[{i}]: "{name}": no such network interface '
+                                      f"(present: {', '.join(sorted(present))})")
+        return tuple(names)
+
+    # -- capture --------------------------------------------------------------------------------
+
+    def _capture_loop(self, k, sources):
+        pipe = self.pipeline
+        stop = self._capture_stop
+        next_stats = 0.0
+        try:
+            pollable = len(sources) > 1 and all(hasattr(s, "fileno") for s in sources)
+            if pollable:
+                poller = select.poll()
+                by_fd = {}
+                for s in sources:
+                    by_fd[s.fileno()] = s
+                    poller.register(s.fileno(), select.POLLIN | select.POLLERR)
+            share = max(1, READ_TIMEOUT_MS // max(1, len(sources)))
+            while not stop.is_set():
+                if len(sources) == 1:
+                    sources[0].read(pipe, READ_TIMEOUT_MS)
+                elif pollable:
+                    for fd, _ in poller.poll(READ_TIMEOUT_MS):
+                        by_fd[fd].read(pipe, 0)
+                else:
+                    for s in sources:
+                        s.read(pipe, share)
+                now = time.monotonic()
+                if now >= next_stats:
+                    self._snapshot_rings(k, sources)
+                    next_stats = now + RING_STATS_INTERVAL_S
+        except Exception as exc:  # noqa: BLE001 (any failure stops the daemon, named)
+            self._fail(f"capture worker {k}: {exc}", exc)
+        finally:
+            try:
+                self._snapshot_rings(k, sources)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _snapshot_rings(self, k, sources):
+        for s in sources:
+            ifname = getattr(s, "ifname", "?")
+            self._ring_stats[(k, ifname)] = {"kernel": dict(s.kernel_stats()),
+                                             "counters": dict(s.counters())}
+
+    # -- commit ---------------------------------------------------------------------------------
+
+    def _commit_loop(self):
+        interval = self.cfg.commit_interval_ms / 1000.0
+        while not self._commit_stop.wait(interval):
+            try:
+                self.commit()
+            except StoreError as exc:
+                self._fail(f"store: {exc}", exc)
+                return
+
+    def commit(self, force_status=False):
+        """``take()`` and commit it in one transaction (skipped when nothing happened)."""
+        with self._commit_lock:
+            # A quiet link still moves time on: let the join window pass by wall time, minus what
+            # may still sit unread in a ring block (block timeout) or wait for this tick.
+            lag_ns = (self.cfg.block_timeout_ms + self.cfg.commit_interval_ms) * 1_000_000
+            self.pipeline.advance(max(0, time.time_ns() - lag_ns))
+            out = self.pipeline.take()
+            if not _empty(out):
+                t0 = time.perf_counter()
+                self.store.commit(out)
+                self.commit_seconds = time.perf_counter() - t0
+                self.commits += 1
+                self.last_commit_time = time.time()
+            self._refresh_ring_status(force=force_status)
+
+    def _refresh_ring_status(self, force=False):
+        now = time.monotonic()
+        if force or now - self._ring_status_at >= RING_STATUS_INTERVAL_S:
+            self._ring_status = self.store.ring_status(time.time_ns(), self.cfg.threshold_ns)
+            self._ring_status_at = now
+
+    # -- main thread ----------------------------------------------------------------------------
+
+    def request_stop(self):
+        """Signal-safe: the main loop ends at its next tick."""
+        self._stop.set()
+
+    def request_reload(self):
+        """Signal-safe: the main loop reloads the neighbours at its next tick."""
+        self._hup = True
+
+    def _fail(self, why, exc=None):
+        if self.failure is None:
+            self.failure = why
+            event(log, logging.ERROR, "stopping on a failure", error=why,
+                  exc_type=type(exc).__name__ if exc else None)
+        self._stop.set()
+
+    def serve(self, tick_s=0.1):
+        """The main loop: until ``request_stop()`` (or a failure)."""
+        period = self.cfg.anchor_period_s
+        next_anchor = (time.time() // period + 1) * period
+        next_rate = time.monotonic() + STATS_INTERVAL_S
+        while not self._stop.wait(tick_s):
+            if self._hup:
+                self._hup = False
+                self.reload()
+            now = time.time()
+            if now >= next_anchor:
+                self.pipeline.close_segment()
+                next_anchor = (now // period + 1) * period
+            mono = time.monotonic()
+            if mono >= next_rate:
+                self._update_rates(mono)
+                next_rate = mono + STATS_INTERVAL_S
+
+    def _update_rates(self, mono):
+        t = self.pipeline.totals()
+        if self._rate_prev is not None:
+            pm, pf, pr = self._rate_prev
+            dt = mono - pm
+            if dt > 0:
+                self._rates = {"frames_per_s": round((t["frames"] - pf) / dt, 1),
+                               "records_per_s": round((t["records"] - pr) / dt, 1)}
+        self._rate_prev = (mono, t["frames"], t["records"])
+
+    def reload(self):
+        """SIGHUP: the neighbours from the configuration file again, and the kernel's table."""
+        from .config import ConfigError, load
+        self.reloads += 1
+        if self.config_path:
+            try:
+                new = load(self.config_path)
+            except ConfigError as exc:
+                event(log, logging.ERROR, "reload: configuration rejected, neighbours unchanged",
+                      error=str(exc))
+                new = None
+            if new is not None:
+                ignored = sorted(k for k in ("node_id", "hash", "own_macs", "store_path",
+                                             "interfaces", "workers", "metrics_listen",
+                                             "control_socket", "ring_size")
+                                 if getattr(new, k) != getattr(self.cfg, k))
+                if ignored:
+                    event(log, logging.WARNING, "reload: these changes need a restart",
+                          keys=ignored)
+                self.neighbours.set_config(new.neighbours)
+        self.neighbours.reload_kernel()
+        event(log, logging.INFO, "reloaded", reloads=self.reloads,
+              neighbours=len(self.neighbours.current()))
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    def shutdown(self):
+        """Stop capture, commit everything, flush, commit, close the store and the servers."""
+        t0 = time.monotonic()
+        self._capture_stop.set()
+        for t, _ in self.workers:
+            if t is not None:
+                t.join(timeout=1.0)
+        self._commit_stop.set()
+        if self._committer is not None:
+            self._committer.join(timeout=1.0)
+        committed = False
+        store_failed = (self.failure or "").startswith("store")
+        if self.store is not None and self.pipeline is not None and not store_failed:
+            try:
+                self.commit()
+                self.pipeline.flush()
+                self.commit(force_status=True)
+                committed = True
+            except StoreError as exc:
+                self.failure = self.failure or f"store: {exc}"
+                event(log, logging.ERROR, "final commit failed", error=str(exc))
+        totals = self.pipeline.totals() if self.pipeline is not None else {}
+        self._close_all()
+        event(log, logging.INFO, "stopped", committed=committed,
+              frames=totals.get("frames"), records=totals.get("records"),
+              seconds=round(time.monotonic() - t0, 3), failure=self.failure)
+
+    def _close_all(self):
+        self._capture_stop.set()
+        self._commit_stop.set()
+        for _, sources in self.workers:
+            for s in sources:
+                try:
+                    s.close()
+                except Exception:  # noqa: BLE001
+                    pass
+        # each of these waits for its thread's next poll (0.1 s): stop them side by side
+        closers = []
+        for name in ("neighbours", "control", "metrics"):
+            obj = getattr(self, name)
+            if obj is not None:
+                setattr(self, name, None)
+                t = threading.Thread(target=_quietly,
+                                     args=(obj.stop if name == "neighbours" else obj.close,))
+                t.start()
+                closers.append(t)
+        for t in closers:
+            t.join(timeout=1.0)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # -- what it says about itself --------------------------------------------------------------
+
+    def _capture_totals(self):
+        """Kernel statistics and ring counters by ring name ("any", or an interface), summed over
+        the workers, and the totals; from the workers' last snapshots (at most 0.25 s old)."""
+        kernel, per_if = {}, {}
+        total = {"frames": 0, "bytes": 0}
+        for (_, ifname), st in list(self._ring_stats.items()):
+            k = kernel.setdefault(ifname, {"packets": 0, "drops": 0, "freeze_q_cnt": 0})
+            for key in k:
+                k[key] += st["kernel"].get(key, 0)
+            c = per_if.setdefault(ifname, {"frames": 0, "bytes": 0, "vlan_tagged": 0,
+                                           "snap_truncated": 0})
+            for key in c:
+                c[key] += st["counters"].get(key, 0)
+            total["frames"] += st["counters"].get("frames", 0)
+            total["bytes"] += st["counters"].get("bytes", 0)
+        return kernel, per_if, total
+
+    def snapshot(self):
+        """What the metrics are made of (see ``beatd.metrics``)."""
+        kernel, _, total = self._capture_totals()
+        return {"totals": self.pipeline.totals(), "capture": total, "kernel": kernel,
+                "ring": self._ring_status, "commits": self.commits,
+                "commit_seconds": self.commit_seconds}
+
+    def status(self):
+        """The state ``beatd status`` prints (JSON-able)."""
+        kernel, per_if, _ = self._capture_totals()
+        totals = self.pipeline.totals()
+        neighbours = self.neighbours
+        now = time.time()
+        rings = [{"name": name, **per_if[name], "kernel_packets": kernel[name]["packets"],
+                  "kernel_drops": kernel[name]["drops"]} for name in sorted(per_if)]
+        from fastpath.output import REASON_CLASS
+        return {
+            "node_id": self.cfg.node_id,
+            "version": __version__,
+            "pid": os.getpid(),
+            "impl": fastpath.IMPL,
+            "config": self.config_path,
+            "started": self.started,
+            "uptime_s": round(now - self.started, 3) if self.started else 0,
+            "workers": len(self.workers),
+            "interfaces": list(self.interfaces),
+            "rings": rings,
+            "rates": dict(self._rates),
+            "totals": totals,
+            "drops": {r: totals[r] for r in REASON_CLASS},
+            "kernel_drops": sum(k["drops"] for k in kernel.values()),
+            "store": {"path": self.cfg.store_path, "ring": self._ring_status},
+            "last_commit": {"time": self.last_commit_time, "seconds": self.commit_seconds,
+                            "age_s": round(now - self.last_commit_time, 3)
+                            if self.last_commit_time else None,
+                            "commits": self.commits},
+            "neighbours": {format_mac(m): n for m, n in
+                           (neighbours.current().items() if neighbours else ())},
+            "reloads": self.reloads,
+            "failure": self.failure,
+        }

@@ -1,0 +1,112 @@
+"""The daemon's configuration keys (interfaces, [capture], [daemon], neighbours by IP): defaults,
+values, and errors that name the key and the value."""
+import pytest
+
+from beatd.config import DEFAULTS, ConfigError, from_dict, load, parse_listen
+
+
+def test_defaults():
+    c = from_dict({"node_id": 1})
+    assert c.interfaces == ()
+    assert (c.workers, c.block_size, c.block_count, c.frame_size, c.block_timeout_ms,
+            c.fanout_mode) == (0, 1 << 20, 16, 2048, 10, "cpu")
+    assert (c.commit_interval_ms, c.metrics_listen, c.control_socket, c.log_format,
+            c.neighbour_refresh) == (50, "127.0.0.1:9477", "/run/beatd/control.sock", "json",
+                                     True)
+    assert c.metrics_address == ("127.0.0.1", 9477)
+    assert c.ring_kwargs() == {"block_size": 1 << 20, "block_count": 16, "frame_size": 2048,
+                               "block_timeout_ms": 10, "fanout_mode": "cpu"}
+    assert set(DEFAULTS["capture"]) == {"workers", "block_size", "block_count", "frame_size",
+                                        "block_timeout_ms", "fanout_mode"}
+
+
+def test_values():
+    c = from_dict({"node_id": 1, "interfaces": ["eth0", "eth1.100"],
+                   "capture": {"workers": 4, "block_size": "4MiB", "block_count": 8,
+                               "frame_size": 4096, "block_timeout_ms": 5, "fanout_mode": "hash"},
+                   "daemon": {"commit_interval_ms": 100, "metrics_listen": "",
+                              "control_socket": "", "log_format": "text",
+                              "neighbour_refresh": False}})
+    assert c.interfaces == ("eth0", "eth1.100")
+    assert (c.workers, c.block_size, c.fanout_mode) == (4, 4 << 20, "hash")
+    assert c.metrics_address is None and c.control_socket == ""
+    assert c.log_format == "text" and c.neighbour_refresh is False
+
+
+def test_neighbour_by_ip_only():
+    c = from_dict({"node_id": 1, "neighbours": [{"node_id": 2, "ip": "10.0.0.2"},
+                                                {"node_id": 3, "mac": "02:00:00:00:00:03",
+                                                 "ip": "fe80::0:1"}]})
+    assert c.neighbours[0].mac is None and c.neighbours[0].ip == "10.0.0.2"
+    assert c.neighbours[1].ip == "fe80::1"
+    assert c.neighbour_map() == {bytes.fromhex("020000000003"): 3}
+
+
+@pytest.mark.parametrize("listen,want", [
+    ("127.0.0.1:0", ("127.0.0.1", 0)), ("[::1]:9477", ("::1", 9477)),
+    (":9100", ("0.0.0.0", 9100)), ("localhost:80", ("localhost", 80))])
+def test_parse_listen(listen, want):
+    assert parse_listen(listen) == want
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"interfaces": "eth0"}, 'interfaces: "eth0" is not a list of interface names'),
+    ({"interfaces": ["eth0", ""]}, 'interfaces[1]: "" is not an interface name'),
+    ({"interfaces": ["a" * 16]}, f'interfaces[0]: "{"a" * 16}" is not an interface name'),
+    ({"interfaces": ["eth0", "eth0"]}, 'interfaces[1]: "eth0" is already interfaces[0]'),
+    ({"interfaces": [3]}, "interfaces[0]: 3 is not an interface name"),
+    ({"capture": {"workers": -1}}, "capture.workers: -1 is not in 0..1024"),
+    ({"capture": {"workers": "two"}}, 'capture.workers: "two" is not an integer'),
+    ({"capture": {"block_size": "3000"}}, 'capture.block_size: "3000" (3000 bytes) is not a '
+                                          "power of two multiple of the page size 4096"),
+    ({"capture": {"block_size": "lots"}}, 'capture.block_size: "lots" is not a size'),
+    ({"capture": {"block_count": 0}}, "capture.block_count: 0 must be more than 0"),
+    ({"capture": {"frame_size": 100}}, "capture.frame_size: 100 is not a multiple of 16"),
+    ({"capture": {"frame_size": 2056}}, "capture.frame_size: 2056 is not a multiple of 16"),
+    ({"capture": {"block_size": 4096, "frame_size": 8192}},
+     "capture.frame_size: 8192 is more than capture.block_size (4096 bytes)"),
+    ({"capture": {"block_timeout_ms": 0}}, "capture.block_timeout_ms: 0 must be more than 0"),
+    ({"capture": {"fanout_mode": "rr"}}, 'capture.fanout_mode: "rr" is not one of cpu, hash, lb'),
+    ({"capture": {"ring": 1}}, "capture.ring: unknown key"),
+    ({"capture": []}, "capture: [] is not a table"),
+    ({"daemon": {"commit_interval_ms": 0}}, "daemon.commit_interval_ms: 0 must be more than 0"),
+    ({"daemon": {"commit_interval_ms": 2.5}}, "daemon.commit_interval_ms: 2.5 is not an integer"),
+    ({"daemon": {"metrics_listen": "9477"}}, 'daemon.metrics_listen: "9477" is not an address'),
+    ({"daemon": {"metrics_listen": "1.2.3.4:99999"}},
+     'daemon.metrics_listen: "1.2.3.4:99999" is not an address'),
+    ({"daemon": {"metrics_listen": 9477}}, "daemon.metrics_listen: 9477 is not an address"),
+    ({"daemon": {"control_socket": "run/x.sock"}},
+     'daemon.control_socket: "run/x.sock" is not an absolute path'),
+    ({"daemon": {"control_socket": "/" + "x" * 120}}, "daemon.control_socket: "),
+    ({"daemon": {"log_format": "xml"}}, 'daemon.log_format: "xml" is not one of json, text'),
+    ({"daemon": {"neighbour_refresh": "yes"}},
+     'daemon.neighbour_refresh: "yes" is not true or false'),
+    ({"daemon": {"verbose": True}}, "daemon.verbose: unknown key"),
+    ({"neighbours": [{"node_id": 2}]}, "neighbours[0].mac: missing"),
+    ({"neighbours": [{"mac": "02:00:00:00:00:02"}]}, "neighbours[0].node_id: missing"),
+    ({"neighbours": [{"node_id": 2, "ip": "10.0.0.300"}]},
+     'neighbours[0].ip: "10.0.0.300" is not an IP address'),
+    ({"neighbours": [{"node_id": 2, "ip": "10.0.0.2"}, {"node_id": 3, "ip": "10.0.0.2"}]},
+     'neighbours[1].ip: "10.0.0.2" is already neighbours[0].ip'),
+])
+def test_errors_name_key_and_value(raw, message):
+    with pytest.raises(ConfigError) as e:
+        from_dict({"node_id": 1, **raw})
+    assert message in str(e.value)
+
+
+def test_load_prefixes_the_file(tmp_path):
+    p = tmp_path / "beatd.toml"
+    p.write_text('node_id = 1\n[capture]\nfanout_mode = "rr"\n')
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    assert str(e.value).startswith(f"{p}: capture.fanout_mode")
+
+
+def test_example_configuration_is_valid():
+    """packaging/beatd.toml, the example shipped with the unit, loads."""
+    import os
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    c = load(os.path.join(here, "packaging", "beatd.toml"))
+    assert c.node_id is not None and c.store_path == "/var/lib/beatd"
+    assert c.control_socket == "/run/beatd/control.sock"

@@ -1,0 +1,438 @@
+"""The live daemon (``beatd run``), ``beatd status``, ``beatd dump`` and the metrics.
+
+Without root: the daemon in-process, with a stand-in capture source feeding frames through the
+same worker loop; the CLI's start-up errors. As root: ``beatd run`` as a subprocess in a network
+namespace of its own with a veth pair, frames sent from the peer namespace through the real
+TPACKET_V3 ring.
+"""
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+import fastpath
+from beatd import config as bconfig
+from beatd.control import request
+from beatd.daemon import Daemon
+from beatd.store import Store
+from conftest import require_root
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NONE = fastpath.NONE
+PEER = bytes.fromhex("02aa00000007")
+OWN = bytes.fromhex("02aa00000001")
+
+
+def mac_str(mac):
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def udp_frame(src_mac, dst_mac, i, tag=0):
+    payload = struct.pack(">QI", i, tag) + b"beat-daemon"
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + 8 + len(payload), i & 0xFFFF, 0, 64, 17, 0,
+                     bytes([10, 77, tag & 0xFF, 1]), bytes([10, 78, 0, 2]))
+    udp = struct.pack(">HHHH", 4000 + tag, 53, 8 + len(payload), 0)
+    return dst_mac + src_mac + b"\x08\x00" + ip + udp + payload
+
+
+def config_text(store, sock, node_mac_id=7, interfaces=("stand0",), metrics="127.0.0.1:0",
+                extra="", refresh=False):
+    return f"""
+node_id = 1
+own_macs = ["{mac_str(OWN)}"]
+interfaces = {json.dumps(list(interfaces))}
+{extra}
+[[neighbours]]
+node_id = {node_mac_id}
+mac = "{mac_str(PEER)}"
+[store]
+path = "{store}"
+ring_size = "16MiB"
+map_size = "256MiB"
+[capture]
+workers = 1
+block_size = "256KiB"
+block_count = 4
+[daemon]
+commit_interval_ms = 20
+metrics_listen = "{metrics}"
+control_socket = "{sock}"
+log_format = "text"
+neighbour_refresh = {"true" if refresh else "false"}
+"""
+
+
+# -- a stand-in capture source: frames pushed by the test, fed through the daemon's worker loop ----
+
+class StandIn:
+    def __init__(self, ifname):
+        self.ifname = ifname
+        self.batches = []
+        self.lock = threading.Lock()
+        self.frames = self.bytes = 0
+        self.closed = False
+
+    def push(self, frames):
+        buf = b"".join(frames)
+        desc, off = [], 0
+        t = time.time_ns()
+        for i, f in enumerate(frames):
+            desc.append(fastpath.pack_desc(t + i * 1000, off, len(f), len(f), 1, 1))
+            off += len(f)
+        with self.lock:
+            self.batches.append((buf, b"".join(desc), len(frames)))
+
+    def read(self, pipeline, timeout_ms=100):
+        with self.lock:
+            batch = self.batches.pop(0) if self.batches else None
+        if batch is None:
+            time.sleep(timeout_ms / 1000 / 10)
+            return 0
+        buf, desc, n = batch
+        pipeline.feed(buf, desc)
+        self.frames += n
+        self.bytes += len(buf)
+        return n
+
+    def kernel_stats(self):
+        return {"packets": self.frames, "drops": 0, "freeze_q_cnt": 0}
+
+    def counters(self):
+        return {"frames": self.frames, "bytes": self.bytes, "blocks": 0, "vlan_tagged": 0,
+                "snap_truncated": 0}
+
+    def close(self):
+        self.closed = True
+
+
+def wait_for(pred, timeout=5.0, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def counters_of(store_path, node_id=1):
+    with Store(store_path, node_id=node_id, hash_name="sha3-256", ring_size=16 << 20,
+               map_size=256 << 20) as st:
+        return st.counters(), list(st.iter_records()), st.verify()
+
+
+def test_daemon_with_stand_in_source(tmp_path):
+    store, sock = tmp_path / "store", tmp_path / "control.sock"
+    cfg_path = tmp_path / "beatd.toml"
+    cfg_path.write_text(config_text(store, sock))
+    cfg = bconfig.load(cfg_path)
+    sources = []
+
+    def factory(interfaces, worker, group, config):
+        s = StandIn(interfaces[0])
+        sources.append(s)
+        return [s]
+
+    d = Daemon(cfg, config_path=str(cfg_path), source_factory=factory)
+    d.start()
+    main = threading.Thread(target=d.serve, kwargs={"tick_s": 0.02})
+    main.start()
+    try:
+        src = sources[0]
+        src.push([udp_frame(PEER, OWN, i, 1) for i in range(40)])
+        wait_for(lambda: d.pipeline.totals()["frames"] == 40, what="40 frames fed")
+        st = request(str(sock))
+        assert st["node_id"] == 1 and st["totals"]["frames"] == 40
+        assert st["interfaces"] == ["stand0"] and st["rings"][0]["name"] == "stand0"
+        assert st["neighbours"] == {mac_str(PEER): 7}
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{d.metrics.port}/metrics",
+                                      timeout=2).read().decode()
+        from beatd.metrics import NAMES
+        for name in NAMES:
+            assert name in text, name
+        assert "beat_frames_total 40.0" in text
+
+        # SIGHUP: the neighbour map from the changed file; frames after it carry the new prev_id
+        cfg_path.write_text(config_text(store, sock, node_mac_id=8))
+        d.request_reload()
+        wait_for(lambda: d.reloads == 1 and request(str(sock))["neighbours"] ==
+                 {mac_str(PEER): 8}, what="reload")
+        src.push([udp_frame(PEER, OWN, 1000 + i, 2) for i in range(25)])
+        wait_for(lambda: d.pipeline.totals()["frames"] == 65, what="65 frames fed")
+        wait_for(lambda: d.commits > 0, what="a commit")
+    finally:
+        d.request_stop()
+        main.join(timeout=2)
+        t0 = time.monotonic()
+        d.shutdown()
+        assert time.monotonic() - t0 < 2.0
+    assert d.failure is None and sources[0].closed
+    assert not os.path.exists(sock)
+    counters, records, problems = counters_of(store)
+    assert problems == []
+    assert counters[(7, NONE)][0] == 40 and counters[(8, NONE)][0] == 25
+    assert len(records) == 65
+
+
+def test_daemon_store_failure_is_named(tmp_path):
+    """A worker that fails stops the daemon with the failure set (exit code 1 from `beatd run`)."""
+    cfg_path = tmp_path / "beatd.toml"
+    cfg_path.write_text(config_text(tmp_path / "store", "", metrics=""))
+    cfg = bconfig.load(cfg_path)
+
+    class Broken(StandIn):
+        def read(self, pipeline, timeout_ms=100):
+            raise OSError(5, "stand-in: device gone")
+
+    d = Daemon(cfg, source_factory=lambda interfaces, *a: [Broken(interfaces[0])])
+    d.start()
+    d.serve(tick_s=0.02)            # returns on its own: the worker failed
+    d.shutdown()
+    assert "capture worker 0" in d.failure and "device gone" in d.failure
+
+
+def beatd(*args, timeout=20, ns=None, **kw):
+    cmd = [sys.executable, "-m", "beatd", *args]
+    if ns:
+        cmd = ["ip", "netns", "exec", ns] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kw)
+
+
+def test_broken_config_exits_2_naming_the_key(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(config_text(tmp_path / "s", tmp_path / "c.sock").replace(
+        "block_count = 4", "block_count = -4"))
+    r = beatd("run", "--config", str(cfg))
+    assert r.returncode == 2
+    assert "capture.block_count: -4 must be more than 0" in r.stderr
+    cfg.write_text(config_text(tmp_path / "s", tmp_path / "c.sock").replace(
+        'log_format = "text"', 'log_format = "xml"'))
+    r = beatd("run", "--config", str(cfg))
+    assert r.returncode == 2 and 'daemon.log_format: "xml"' in r.stderr
+
+
+def test_missing_interface_is_named(tmp_path):
+    cfg = tmp_path / "beatd.toml"
+    cfg.write_text(config_text(tmp_path / "s", tmp_path / "c.sock", interfaces=["nosuch-if0"]))
+    r = beatd("run", "--config", str(cfg))
+    assert r.returncode == 2
+    assert 'interfaces[0]: "nosuch-if0": no such network interface' in r.stderr
+
+
+def test_status_without_daemon(tmp_path):
+    r = beatd("status", "--socket", str(tmp_path / "none.sock"))
+    assert r.returncode == 1 and "none.sock" in r.stderr and "running" in r.stderr
+
+
+# -- root: the real ring, in namespaces ------------------------------------------------------------
+
+SENDER = r"""
+import socket, struct, sys
+ifname, src, dst, first, n, tag = sys.argv[1:7]
+src, dst = bytes.fromhex(src), bytes.fromhex(dst)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((ifname, 0))
+for i in range(int(first), int(first) + int(n)):
+    payload = struct.pack(">QI", i, int(tag)) + b"beat-daemon"
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + 8 + len(payload), i & 0xFFFF, 0, 64, 17, 0,
+                     bytes([10, 77, int(tag), 1]), bytes([10, 78, 0, 2]))
+    udp = struct.pack(">HHHH", 4000, 53, 8 + len(payload), 0)
+    s.send(dst + src + b"\x08\x00" + ip + udp + payload)
+"""
+
+
+def sh(*cmd):
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+@pytest.fixture
+def netns_pair():
+    """Two namespaces joined by a veth pair: (daemon ns, its ifname, peer ns, peer ifname)."""
+    require_root()
+    try:
+        import fastpath._native as native
+        native.Ring  # noqa: B018
+    except (ImportError, AttributeError) as exc:
+        pytest.fail(f"fastpath._native.Ring is missing: {exc}")
+    tag = uuid.uuid4().hex[:6]
+    d_ns, p_ns, d_if, p_if = f"btd-d-{tag}", f"btd-p-{tag}", f"btdd{tag}", f"btdp{tag}"
+    sh("ip", "netns", "add", d_ns)
+    try:
+        sh("ip", "netns", "add", p_ns)
+        sh("ip", "link", "add", d_if, "netns", d_ns, "address", mac_str(OWN), "type", "veth",
+           "peer", "name", p_if, "netns", p_ns, "address", mac_str(PEER))
+        for ns, ifn in ((d_ns, d_if), (p_ns, p_if)):
+            sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+               f"net.ipv6.conf.{ifn}.disable_ipv6=1")
+            sh("ip", "-n", ns, "link", "set", ifn, "arp", "off", "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        yield d_ns, d_if, p_ns, p_if
+    finally:
+        for ns in (d_ns, p_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def send(p_ns, p_if, first, n, tag):
+    sh("ip", "netns", "exec", p_ns, sys.executable, "-c", SENDER, p_if, PEER.hex(), OWN.hex(),
+       str(first), str(n), str(tag))
+
+
+def test_run_in_namespace(tmp_path, netns_pair):
+    d_ns, d_if, p_ns, p_if = netns_pair
+    store, sock = tmp_path / "store", tmp_path / "control.sock"
+    cfg = tmp_path / "beatd.toml"
+    cfg.write_text(config_text(store, sock, interfaces=[d_if], metrics="127.0.0.1:9477",
+                               refresh=True))
+    proc = subprocess.Popen(["ip", "netns", "exec", d_ns, sys.executable, "-m", "beatd", "run",
+                             "--config", str(cfg)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        def status():
+            try:
+                return request(str(sock))
+            except Exception:  # noqa: BLE001
+                return None
+        wait_for(lambda: proc.poll() is not None or status() is not None, timeout=10,
+                 what="the daemon's control socket")
+        assert proc.poll() is None, proc.stderr.read()
+        send(p_ns, p_if, 0, 50, 1)
+        wait_for(lambda: status()["totals"]["frames"] >= 50, what="50 frames captured")
+
+        r = beatd("status", "--socket", str(sock), "--json")
+        assert r.returncode == 0, r.stderr
+        st = json.loads(r.stdout)
+        assert st["interfaces"] == [d_if]
+        ring = st["rings"][0]["name"]                # "any", or d_if with a per-interface Ring
+        assert ring in ("any", d_if) and st["rings"][0]["frames"] >= 50
+        assert st["neighbours"] == {mac_str(PEER): 7}
+        r = beatd("status", "--socket", str(sock))
+        assert r.returncode == 0 and "node 1" in r.stdout
+
+        metrics = subprocess.run(
+            ["ip", "netns", "exec", d_ns, sys.executable, "-c",
+             "import urllib.request;print(urllib.request.urlopen("
+             "'http://127.0.0.1:9477/metrics', timeout=2).read().decode())"],
+            capture_output=True, text=True, timeout=10).stdout
+        from beatd.metrics import NAMES
+        for name in NAMES:
+            assert name in metrics, name
+        values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
+                  if line and not line.startswith("#")}
+        assert values["beat_frames_total"] == 50
+        assert values["beat_bytes_total"] > 50 * 60
+        assert values[f'beat_kernel_packets_total{{interface="{ring}"}}'] >= 50
+        assert values[f'beat_kernel_drops_total{{interface="{ring}"}}'] == 0
+        assert values["beat_ring_short"] == 0
+
+        # SIGHUP: the changed neighbour map applies to the frames after it
+        cfg.write_text(config_text(store, sock, node_mac_id=8, interfaces=[d_if],
+                                   metrics="127.0.0.1:9477", refresh=True))
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: status()["reloads"] == 1 and status()["neighbours"] ==
+                 {mac_str(PEER): 8}, what="the reload")
+        send(p_ns, p_if, 1000, 30, 2)
+        wait_for(lambda: status()["totals"]["frames"] >= 80, what="80 frames captured")
+
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=5)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert took < 2.0, took
+    assert not os.path.exists(sock)
+
+    r = beatd("dump", "--config", str(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    rows, summary = lines[:-1], lines[-1]["summary"]
+    assert len(rows) == 80 == summary["records"]
+    assert [x["prev_id"] for x in rows] == [7] * 50 + [8] * 30
+    assert all(x["next_id"] == NONE for x in rows)
+    got = {(c["prev_id"], c["next_id"]): c["packets"] for c in summary["counters"]}
+    assert got == {(7, NONE): 50, (8, NONE): 30}
+    assert summary["stats"]["frames"] == 80
+    r = beatd("dump", "--config", str(cfg))
+    assert r.returncode == 0 and "80 records" in r.stdout
+
+
+def test_run_restart_resumes(tmp_path, netns_pair):
+    """A second run on the same store continues it (segments follow, counters add up)."""
+    d_ns, d_if, p_ns, p_if = netns_pair
+    store, sock = tmp_path / "store", tmp_path / "control.sock"
+    cfg = tmp_path / "beatd.toml"
+    cfg.write_text(config_text(store, sock, interfaces=[d_if], metrics=""))
+    for run in range(2):
+        proc = subprocess.Popen(["ip", "netns", "exec", d_ns, sys.executable, "-m", "beatd",
+                                 "run", "--config", str(cfg)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: proc.poll() is not None or os.path.exists(sock), timeout=10,
+                     what="the control socket")
+            send(p_ns, p_if, run * 100, 20, 1)
+            wait_for(lambda: request(str(sock))["totals"]["frames"] >= 20, what="20 frames")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=5) == 0, proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    counters, records, problems = counters_of(store)
+    assert problems == []
+    assert counters == {(7, NONE): (40,) + counters[(7, NONE)][1:]}
+    assert len(records) == 40
+
+
+NEIGH_SCRIPT = r"""
+import json, subprocess, sys, time
+from beatd.neighbours import NeighbourMap
+from beatd.config import Neighbour
+ifname = sys.argv[1]
+sh = lambda *c: subprocess.run(c, check=True)
+def neigh(verb, mac=None):
+    sh("ip", "neigh", verb, "10.250.0.9", *(["lladdr", mac] if mac else []), "dev", ifname,
+       *(["nud", "permanent"] if mac else []))
+neigh("add", "02:11:22:33:44:55")
+got = []
+m = NeighbourMap([Neighbour(9, None, "10.250.0.9"), Neighbour(3, bytes.fromhex("021122334466"))],
+                 True, on_change=lambda x: got.append({k.hex(): v for k, v in x.items()}))
+m.start()
+def settle(want):
+    end = time.monotonic() + 3
+    while time.monotonic() < end and got[-1] != want:
+        time.sleep(0.02)
+    return got[-1]
+out = [settle({"021122334466": 3, "021122334455": 9})]
+neigh("replace", "02:11:22:33:44:66")       # the MAC of neighbour 3 in the config: config wins
+out.append(settle({"021122334466": 3}))
+neigh("replace", "02:11:22:33:44:77")
+out.append(settle({"021122334466": 3, "021122334477": 9}))
+neigh("del")
+out.append(settle({"021122334466": 3}))
+m.stop()
+print(json.dumps(out))
+"""
+
+
+def test_neighbours_follow_the_kernel_table(netns_pair):
+    """Configured IPs take the kernel's MAC, follow RTM_NEWNEIGH/DELNEIGH; config MACs win."""
+    d_ns, d_if, _, _ = netns_pair
+    r = subprocess.run(["ip", "netns", "exec", d_ns, sys.executable, "-c", NEIGH_SCRIPT, d_if],
+                       capture_output=True, text=True, timeout=20, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1]) == [
+        {"021122334466": 3, "021122334455": 9}, {"021122334466": 3},
+        {"021122334466": 3, "021122334477": 9}, {"021122334466": 3}]
