@@ -1,0 +1,410 @@
+"""The lab's life cycle: up (namespaces + one beatd per router), demo, dump, down.
+
+State lives under ``<state_root>/<lab key>/`` (default ``/run/beat-lab/beat/``): ``state.json``
+(prefix, topology, daemon pids), and per router ``<router>/beatd.toml``, ``store/``,
+``control.sock``, ``beatd.log``. ``up`` first clears what a crashed run left (namespaces of this
+prefix and topology, daemons recorded in the state file), so it can always be run again.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from .netns import Net, NetError, link_stats, list_namespaces
+from .topology import load as load_topology
+from . import traffic
+
+__all__ = ["Lab", "LabError", "DEFAULT_TOPOLOGY", "STATE_ROOT"]
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_TOPOLOGY = os.path.join(REPO, "topologies", "paper.toml")
+STATE_ROOT = os.environ.get("BEAT_LAB_STATE", "/run/beat-lab")
+
+
+class LabError(Exception):
+    """Something the lab cannot do; the message says what and where to look."""
+
+
+def _toml_str(s):
+    return json.dumps(str(s))
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class Lab:
+    def __init__(self, topology=None, prefix="beat-", state_root=None, python=None,
+                 ring_size="16MiB"):
+        self.topology_path = os.path.abspath(topology or DEFAULT_TOPOLOGY)
+        self.topo = load_topology(self.topology_path)
+        self.net = Net(self.topo, prefix)
+        self.prefix = prefix
+        self.state_dir = os.path.join(state_root or STATE_ROOT, prefix.rstrip("-") or "lab")
+        self.python = python or sys.executable
+        self.ring_size = ring_size
+        self._procs = {}
+
+    # ------------------------------------------------------------------ paths and state
+    @property
+    def state_file(self):
+        return os.path.join(self.state_dir, "state.json")
+
+    def router_dir(self, router):
+        return os.path.join(self.state_dir, router)
+
+    def config_path(self, router):
+        return os.path.join(self.router_dir(router), "beatd.toml")
+
+    def control_socket(self, router):
+        return os.path.join(self.router_dir(router), "control.sock")
+
+    def log_path(self, router):
+        return os.path.join(self.router_dir(router), "beatd.log")
+
+    def _read_state(self):
+        try:
+            with open(self.state_file) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def _write_state(self, state):
+        os.makedirs(self.state_dir, exist_ok=True)
+        tmp = self.state_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f, indent=1)
+        os.replace(tmp, self.state_file)
+
+    def _set_pid(self, router, pid):
+        st = self._read_state()
+        st.setdefault("daemons", {})
+        if pid is None:
+            st["daemons"].pop(router, None)
+        else:
+            st["daemons"][router] = pid
+        self._write_state(st)
+
+    # ------------------------------------------------------------------ configs
+    def daemon_config(self, router):
+        """The beatd TOML of ``router``: its node id, its interfaces' MACs, its neighbour routers
+        (MAC, node id, IP), a small store and ring, a control socket in the state dir."""
+        from beatd import config as beatd_config
+
+        node = self.topo.node(router)
+        d = self.router_dir(router)
+        known = beatd_config.DEFAULTS
+        lines = [f"# written by `beatd lab up` for {router} ({self.topology_path})",
+                 f"node_id = {node.node_id}",
+                 "own_macs = [" + ", ".join(_toml_str(m) for m in self.net.own_macs(router)) + "]"]
+        if "interfaces" in known:
+            ifs = [ifname for ifname, *_ in self.net.interfaces(router)]
+            lines.append("interfaces = [" + ", ".join(_toml_str(i) for i in ifs) + "]")
+        for nid, mac, ip in self.net.neighbour_routers(router):
+            lines += ["", "[[neighbours]]", f"node_id = {nid}", f"mac = {_toml_str(mac)}",
+                      f"ip = {_toml_str(ip)}"]
+        lines += ["", "[store]", f"path = {_toml_str(os.path.join(d, 'store'))}",
+                  f"ring_size = {_toml_str(self.ring_size)}", 'sync = "periodic"']
+        if "capture" in known:
+            cap = {"workers": 1, "block_size": '"256KiB"', "block_count": 8,
+                   "block_timeout_ms": 10}
+            lines += ["", "[capture]"] + [f"{k} = {v}" for k, v in cap.items()
+                                          if k in known["capture"]]
+        if "daemon" in known:
+            dm = {"commit_interval_ms": 50, "metrics_listen": '""',
+                  "control_socket": _toml_str(self.control_socket(router)),
+                  "log_format": '"text"'}
+            lines += ["", "[daemon]"] + [f"{k} = {v}" for k, v in dm.items()
+                                         if k in known["daemon"]]
+        return "\n".join(lines) + "\n"
+
+    def write_configs(self):
+        from beatd import config as beatd_config
+
+        for r in self.topo.routers:
+            os.makedirs(self.router_dir(r.name), exist_ok=True)
+            text = self.daemon_config(r.name)
+            with open(self.config_path(r.name), "w") as f:
+                f.write(text)
+            try:
+                beatd_config.load(self.config_path(r.name))
+            except beatd_config.ConfigError as exc:
+                raise LabError(f"the beatd config written for {r.name} is rejected: {exc}") from None
+
+    # ------------------------------------------------------------------ daemons
+    def _beatd(self, *args):
+        return [self.python, "-m", "beatd", *args]
+
+    def daemon_available(self):
+        """(True, "") when ``beatd run`` exists, else (False, why)."""
+        p = subprocess.run(self._beatd("run", "--help"), capture_output=True, text=True,
+                           cwd=REPO, timeout=60)
+        if p.returncode != 0:
+            return False, (p.stderr.strip().splitlines() or ["?"])[-1]
+        return True, ""
+
+    def start_daemon(self, router):
+        log = open(self.log_path(router), "ab")
+        argv = self.net.exec_argv(router, self._beatd("run", "--config", self.config_path(router)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=REPO, env=env, start_new_session=True)
+        log.close()
+        self._procs[router] = proc
+        self._set_pid(router, proc.pid)
+        return proc
+
+    def _ifindexes(self, router):
+        out = self.net.run(router, ["ip", "-j", "link", "show"]).stdout
+        return {d["ifindex"] for d in json.loads(out) if d["ifname"].startswith("to-")}
+
+    def _packet_socket_ifindexes(self, router):
+        out = self.net.run(router, ["cat", "/proc/net/packet"]).stdout.splitlines()[1:]
+        return {int(line.split()[4]) for line in out if len(line.split()) > 4}
+
+    def status(self, router, timeout=2.0):
+        from beatd.control import request
+
+        return request(self.control_socket(router), timeout=timeout)
+
+    def wait_capturing(self, router, timeout=30.0):
+        """Until ``router``'s daemon answers on its control socket and holds a packet socket on
+        each of its interfaces; LabError with the log's tail otherwise."""
+        deadline = time.monotonic() + timeout
+        want = self._ifindexes(router)
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            pid = self._read_state().get("daemons", {}).get(router)
+            proc = self._procs.get(router)
+            if (proc is not None and proc.poll() is not None) or (pid and not _pid_alive(pid)):
+                raise LabError(f"beatd on {router} exited during start-up; "
+                               f"{self.log_path(router)}:\n{self._log_tail(router)}")
+            try:
+                st = self.status(router, timeout=1.0)
+                if "error" in st:
+                    last = f"status: {st['error']}"
+                else:
+                    have = self._packet_socket_ifindexes(router)
+                    if want <= have or 0 in have:  # an "any" socket (ifindex 0) covers all
+                        return st
+                    last = f"packet sockets on ifindex {sorted(have)}, want {sorted(want)}"
+            except Exception as exc:  # noqa: BLE001 (not up yet: keep asking)
+                last = str(exc)
+            time.sleep(0.2)
+        raise LabError(f"beatd on {router} is not capturing after {timeout:.0f} s ({last}); "
+                       f"{self.log_path(router)}:\n{self._log_tail(router)}")
+
+    def _log_tail(self, router, n=15):
+        try:
+            with open(self.log_path(router), errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def stop_daemons(self, timeout=10.0):
+        """SIGTERM every daemon (they flush and commit), wait, SIGKILL the late ones.
+        Returns {router: exit code or "killed"}."""
+        pids = dict(self._read_state().get("daemons", {}))
+        for r, proc in self._procs.items():
+            pids.setdefault(r, proc.pid)
+        result = {}
+        for r, pid in pids.items():
+            if _pid_alive(pid) and "beatd" in _cmdline(pid):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for r, pid in pids.items():
+            proc = self._procs.get(r)
+            while time.monotonic() < deadline:
+                if proc is not None:
+                    if proc.poll() is not None:
+                        break
+                elif not _pid_alive(pid):
+                    break
+                time.sleep(0.05)
+            if proc is not None and proc.poll() is None or proc is None and _pid_alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                if proc is not None:
+                    proc.wait(5)
+                result[r] = "killed"
+            else:
+                result[r] = proc.returncode if proc is not None else "exited"
+            self._procs.pop(r, None)
+            self._set_pid(r, None)
+        return result
+
+    # ------------------------------------------------------------------ up / down
+    def clear_leftovers(self):
+        """Stop daemons a previous run recorded, delete this lab's namespaces and state."""
+        st = self._read_state()
+        if st:
+            self.stop_daemons(timeout=5)
+        extra = [ns for ns in st.get("namespaces", [])]
+        removed = self.net.destroy(extra)
+        if os.path.isdir(self.state_dir):
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        return removed
+
+    def up(self, daemons=True, timeout=30.0):
+        """Clear leftovers, build the network, write the configs, start and wait for the daemons."""
+        self.clear_leftovers()
+        self._write_state({"prefix": self.prefix, "topology": self.topology_path,
+                           "namespaces": self.net.namespaces(), "daemons": {},
+                           "started": time.time()})
+        try:
+            self.net.create()
+            self.write_configs()
+            if daemons:
+                ok, why = self.daemon_available()
+                if not ok:
+                    raise LabError(f"`beatd run` is not available ({why})")
+                for r in self.topo.routers:
+                    self.start_daemon(r.name)
+                for r in self.topo.routers:
+                    self.wait_capturing(r.name, timeout)
+        except BaseException:
+            self.down()
+            raise
+
+    def down(self):
+        """Stop the daemons, delete the namespaces and the state dir. Idempotent."""
+        stopped = self.stop_daemons(timeout=5) if (self._procs or self._read_state()) else {}
+        st = self._read_state()
+        self.net.destroy(st.get("namespaces", []))
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        return stopped
+
+    def is_up(self):
+        return bool(self.net.exists())
+
+    # ------------------------------------------------------------------ reading the routers
+    def dump(self, router):
+        """``beatd dump --config <router's config> --json``: {"records": [...], "other": [...]}
+        (``other``: every JSON line that is not a record, e.g. the summary)."""
+        self.topo.node(router)
+        cfg = self.config_path(router)
+        if not os.path.exists(cfg):
+            raise LabError(f"{router}: no config at {cfg}: is the lab up (`beatd lab up`)?")
+        p = subprocess.run(self._beatd("dump", "--config", cfg, "--json"), capture_output=True,
+                           text=True, cwd=REPO, timeout=120)
+        if p.returncode != 0:
+            raise LabError(f"beatd dump for {router}: exit {p.returncode}: {p.stderr.strip()}")
+        records, other = [], []
+        for line in p.stdout.splitlines():
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            (records if "pd" in obj and "prev_id" in obj else other).append(obj)
+        return {"records": records, "other": other}
+
+    @staticmethod
+    def stored_counters(dumped):
+        """{(prev_id, next_id): packets} from the store's counters in the dump's summary line
+        (None when the dump carries none)."""
+        for o in dumped["other"]:
+            c = o.get("summary", {}).get("counters") if isinstance(o, dict) else None
+            if c is not None:
+                return {(x["prev_id"], x["next_id"]): x["packets"] for x in c}
+        return None
+
+    @staticmethod
+    def pair_counts(records):
+        """{(prev_id, next_id): packets} from dumped records."""
+        out = {}
+        for r in records:
+            k = (r["prev_id"], r["next_id"])
+            out[k] = out.get(k, 0) + 1
+        return out
+
+    # ------------------------------------------------------------------ the demo
+    def demo(self, known=20, flows=1000, load_packets=20000, rate=20000.0, out=None):
+        """The paper's scenario: known packets and load h1 -> h2 on the agreed path; then the
+        first router of the detour moves its route (the deviation) and more known packets follow.
+        Stops the daemons (SIGTERM: flush) and prints what each router recorded. Returns a dict."""
+        out = out or sys.stdout
+        topo, net = self.topo, self.net
+        if not self.is_up():
+            self.up()
+        src, dst = topo.src, topo.dst
+        a_src, a_dst = topo.host_addr(src), topo.host_addr(dst)
+        phase1 = traffic.known_packets(a_src, a_dst, known, sport=40000, tag=b"agreed")
+        out.write(f"lab {topo.name}: {src} -> {dst} over {' - '.join(topo.agreed)}\n")
+        n1 = traffic.send_packets(net, src, phase1)
+        load = traffic.send_load(net, src, dst, flows=flows, count=load_packets,
+                                 seconds=max(1.0, load_packets / rate * 2) if rate else 10.0,
+                                 rate=rate)
+        out.write(f"  sent {n1} known packets and {load['sent']} load packets over "
+                  f"{load['flows']} flows in {load['seconds']} s\n")
+        phase2 = []
+        if topo.detour:
+            time.sleep(0.2)
+            first, nxt = topo.detour[0], topo.detour[1]
+            net.route_via(first, dst, nxt)
+            out.write(f"  {first} moves its route to {dst} to {nxt}: detour "
+                      f"{' - '.join(topo.detour)}\n")
+            phase2 = traffic.known_packets(a_src, a_dst, known, sport=50000, tag=b"detour")
+            n2 = traffic.send_packets(net, src, phase2)
+            out.write(f"  sent {n2} known packets on the detour\n")
+        time.sleep(0.3)
+        stopped = self.stop_daemons()
+        out.write(f"  daemons stopped: {stopped}\n\n")
+        report = {"stopped": stopped, "routers": {}, "load": load}
+        pd1 = {traffic.expected_pd(p).hex(): i for i, p in enumerate(phase1)}
+        pd2 = {traffic.expected_pd(p).hex(): i for i, p in enumerate(phase2)}
+        for r in topo.routers:
+            d = self.dump(r.name)
+            pairs = self.pair_counts(d["records"])
+            k1 = len({x["pd"] for x in d["records"] if x["pd"] in pd1})
+            k2 = len({x["pd"] for x in d["records"] if x["pd"] in pd2})
+            none = (1 << 64) - 1
+            unjoined = sum(1 for x in d["records"] if none in (x["prev_id"], x["next_id"]))
+            stats = link_stats(net, r.name)
+            report["routers"][r.name] = {"node_id": r.node_id, "records": len(d["records"]),
+                                         "pairs": {f"{a}->{b}": n for (a, b), n in
+                                                   sorted(pairs.items())},
+                                         "known_agreed": k1, "known_detour": k2,
+                                         "unjoined": unjoined,
+                                         "interfaces": stats, "other": d["other"]}
+            out.write(f"{r.name} (node {r.node_id}): {len(d['records'])} records; distinct known packets: "
+                      f"{k1}/{len(phase1)} agreed phase, {k2}/{len(phase2)} detour phase\n")
+            def name(v):
+                return "NONE" if v == none else str(v)
+
+            if unjoined:
+                out.write(f"    ({unjoined} records with NONE: an ingress or egress copy "
+                          "without its other half)\n")
+            for (a, b), n in sorted(pairs.items()):
+                out.write(f"    records prev {name(a)} -> next {name(b)}: {n}\n")
+            stored = self.stored_counters(d)
+            report["routers"][r.name]["counters"] = (
+                None if stored is None else {f"{a}->{b}": n for (a, b), n in sorted(stored.items())})
+            if stored is not None:
+                out.write("    stored counters: " + ", ".join(
+                    f"({name(a)}, {name(b)}): {n}" for (a, b), n in sorted(stored.items())) + "\n")
+        out.write("\n(`beatd lab dump NODE` shows a router's records; `beatd lab down` removes "
+                  "the lab)\n")
+        return report
