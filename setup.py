@@ -72,6 +72,7 @@ setup(
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExt},
     python_requires=">=3.11",
-    install_requires=["lmdb>=1.4", "scapy>=2.5", "pycryptodome>=3.19", "pyroute2>=0.7"],
+    install_requires=["lmdb>=1.4", "scapy>=2.5", "pycryptodome>=3.19", "pyroute2>=0.7",
+                      "prometheus-client>=0.20"],
     entry_points={"console_scripts": ["beatd = beatd.cli:main"]},
 )

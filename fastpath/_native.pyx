@@ -51,8 +51,8 @@ def _mac(name, mac):
     return mac
 
 
-def pack_desc(t_ns, offset, caplen, wirelen, linktype, dir=0):
-    return _DESC.pack(t_ns, offset, caplen, wirelen, linktype, dir, 0)
+def pack_desc(t_ns, offset, caplen, wirelen, linktype, dir=0, vlan_stripped=0):
+    return _DESC.pack(t_ns, offset, caplen, wirelen, linktype, dir, vlan_stripped)
 
 
 def t_range(records):
@@ -150,6 +150,9 @@ cdef class Pipeline:
             t, off, cap, wl, lt, dr, fl = _DESC.unpack_from(desc, bad * DESC_SIZE)
             if dr > 2:
                 raise ValueError(f"descriptor {bad}: dir must be 0, 1 or 2, got {dr}")
+            if fl > 3:
+                raise ValueError(f"descriptor {bad}: flags must be 0..3 (VLAN tags the capture "
+                                 f"stripped), got {fl}")
             raise ValueError(f"descriptor {bad}: offset {off} + caplen {cap} = {off + cap} exceeds "
                              f"len(buf) {buflen}")
         with nogil:
@@ -282,7 +285,7 @@ def pd_ft(frame, linktype, hash_name="sha3-256"):
     cdef uint8_t m[42]
     own.own = NULL
     own.n_own = 0
-    r = beat_parse(f, len(f), linktype, 0, &own, &o)
+    r = beat_parse(f, len(f), linktype, 0, 0, &own, &o)
     if r:
         return STAT_NAMES[r], None, None
     beat_hash(alg, o.msg, o.msg_len, h)

@@ -145,9 +145,9 @@ def _records(name, records):
 # ----------------------------------------------------------------------------------------------
 # module functions
 
-def pack_desc(t_ns, offset, caplen, wirelen, linktype, dir=0):
+def pack_desc(t_ns, offset, caplen, wirelen, linktype, dir=0, vlan_stripped=0):
     """One 24-byte descriptor (docs/fastpath.md, "Frames in")."""
-    return _DESC.pack(t_ns, offset, caplen, wirelen, linktype, dir, 0)
+    return _DESC.pack(t_ns, offset, caplen, wirelen, linktype, dir, vlan_stripped)
 
 
 def t_range(records):
@@ -206,9 +206,12 @@ def _receipt(H, node8, role, sd, epoch_ns, packets, nbytes):
 # ----------------------------------------------------------------------------------------------
 # parsing
 
-def _walk(buf, et, p, end):
-    """The ethertype walk from ethertype `et`, payload at `p`: (family, p) or a reason."""
-    tags = 0
+def _walk(buf, et, p, end, vl=0):
+    """The ethertype walk from ethertype `et`, payload at `p`: (family, p) or a reason. `vl` VLAN
+    tags were already stripped by the capture (live rings) and count toward the limit of two."""
+    tags = vl
+    if tags > 2:
+        return "vlan_depth"
     while et == 0x8100 or et == 0x88A8 or et == 0x9100:
         if tags == 2:
             return "vlan_depth"
@@ -244,7 +247,7 @@ def _nibble(buf, p, end):
     return "non_ip"
 
 
-def _frame(buf, off, end, lt, H):
+def _frame(buf, off, end, lt, H, vl=0):
     """Parse one frame buf[off:end] of link type `lt`.
 
     Returns a reason string, or (pd, fam, addr_key, ip_len, mackind, src_mac, dst_mac, ll_egress)
@@ -261,11 +264,11 @@ def _frame(buf, off, end, lt, H):
         dmac = buf[off:off + 6]
         smac = buf[off + 6:off + 12]
         et = buf[off + 12] << 8 | buf[off + 13]
-        if et == 0x0800:
+        if et == 0x0800 and not vl:   # the common case, without the walk
             fam = 4
             p = off + 14
         else:
-            r = _walk(buf, et, off + 14, end)
+            r = _walk(buf, et, off + 14, end, vl)
             if type(r) is str:
                 return r
             fam, p = r
@@ -276,7 +279,7 @@ def _frame(buf, off, end, lt, H):
         egress = (buf[off] << 8 | buf[off + 1]) == 4
         if (buf[off + 2] << 8 | buf[off + 3]) == 1 and (buf[off + 4] << 8 | buf[off + 5]) == 6:
             smac = buf[off + 6:off + 12]
-        r = _walk(buf, buf[off + 14] << 8 | buf[off + 15], off + 16, end)
+        r = _walk(buf, buf[off + 14] << 8 | buf[off + 15], off + 16, end, vl)
         if type(r) is str:
             return r
         fam, p = r
@@ -287,7 +290,7 @@ def _frame(buf, off, end, lt, H):
         egress = buf[off + 10] == 4
         if (buf[off + 8] << 8 | buf[off + 9]) == 1 and buf[off + 11] == 6:
             smac = buf[off + 12:off + 18]
-        r = _walk(buf, buf[off] << 8 | buf[off + 1], off + 20, end)
+        r = _walk(buf, buf[off] << 8 | buf[off + 1], off + 20, end, vl)
         if type(r) is str:
             return r
         fam, p = r
@@ -316,7 +319,7 @@ def _frame(buf, off, end, lt, H):
     elif lt == 104:
         if end - off < 4:
             return "runt"
-        r = _walk(buf, buf[off + 2] << 8 | buf[off + 3], off + 4, end)
+        r = _walk(buf, buf[off + 2] << 8 | buf[off + 3], off + 4, end, vl)
         if type(r) is str:
             return r
         fam, p = r
@@ -604,12 +607,15 @@ class Pipeline:
         n = len(desc) // DESC_SIZE
         descs = list(_DESC.iter_unpack(desc[:n * DESC_SIZE]))
         blen = len(buf)
-        for i, (t, off, cap, _wl, _lt, dr, _fl) in enumerate(descs):
+        for i, (t, off, cap, _wl, _lt, dr, fl) in enumerate(descs):
             if off + cap > blen:
                 raise ValueError(f"descriptor {i}: offset {off} + caplen {cap} = {off + cap} "
                                  f"exceeds len(buf) {blen}")
             if dr > 2:
                 raise ValueError(f"descriptor {i}: dir must be 0, 1 or 2, got {dr}")
+            if fl > 3:
+                raise ValueError(f"descriptor {i}: flags must be 0..3 (VLAN tags the capture "
+                                 f"stripped), got {fl}")
 
         H = self._H
         st = self._st
@@ -627,11 +633,11 @@ class Pipeline:
         clock = self._clock
         n_frames = n_ip = n_in = n_eg = n_join = n_unk = n_ovf = 0
         try:
-            for t, off, cap, _wl, lt, dr, _fl in descs:
+            for t, off, cap, _wl, lt, dr, fl in descs:
                 if t > clock:
                     clock = self._clock = t
                 n_frames += 1
-                r = frame(buf, off, off + cap, lt, H)
+                r = frame(buf, off, off + cap, lt, H, fl)
                 if type(r) is str:
                     st[r] += 1
                 else:

@@ -755,3 +755,32 @@ def test_advance_releases_on_a_quiet_link(impl):
     assert p.take().closed_before == 10_000
     with pytest.raises(ValueError):
         p.advance(-1)
+
+
+@pytest.mark.parametrize("inband, stripped, reason", [
+    (0, 0, None), (2, 0, None), (3, 0, "vlan_depth"),
+    (1, 1, None), (2, 1, "vlan_depth"), (0, 2, None), (1, 2, "vlan_depth"), (0, 3, "vlan_depth"),
+])
+def test_vlan_tags_stripped_by_the_capture_count_toward_two(impl, inband, stripped, reason):
+    """A live ring gets the outer VLAN tag in its auxiliary data, not in the frame: the descriptor's
+    flags carry how many were stripped, and they count toward the limit of two."""
+    from scapy.all import IP, UDP, Dot1Q, Ether, raw
+    pkt = Ether(src="02:00:00:00:00:05", dst="02:00:00:00:00:06")
+    for v in range(inband):
+        pkt = pkt / Dot1Q(vlan=10 + v)
+    f = raw(pkt / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"payload")
+    p = impl.Pipeline(1)
+    p.feed(f, impl.pack_desc(1000, 0, len(f), len(f), 1, 0, stripped))
+    st = p.take().stats
+    if reason is None:
+        assert st["ip"] == 1 and st["vlan_depth"] == 0
+    else:
+        assert st[reason] == 1 and st["ip"] == 0
+
+
+def test_descriptor_flags_above_3_are_refused(impl):
+    f = bytes(60)
+    p = impl.Pipeline(1)
+    with pytest.raises(ValueError, match="descriptor 0: flags must be 0..3"):
+        p.feed(f, impl.pack_desc(1000, 0, 60, 60, 1, 0, 4))
+    assert p.take().stats["frames"] == 0

@@ -30,7 +30,8 @@ typedef struct {
 } beat_macset;
 
 /* Returns 0 when the frame has a digest input in o->msg (and fills the rest of o), else the ST_*
- * reason it has none. */
+ * reason it has none. vlan_stripped: VLAN tags the capture already removed (a live ring reports
+ * them beside the frame); they count toward the limit of two. */
 int beat_parse(const uint8_t *f, uint32_t caplen, uint16_t linktype, uint8_t dir_hint,
-               const beat_macset *own, beat_obs *o);
+               uint8_t vlan_stripped, const beat_macset *own, beat_obs *o);
 #endif

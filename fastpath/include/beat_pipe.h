@@ -24,6 +24,7 @@ typedef struct {
     uint32_t caplen;
     uint16_t linktype;
     uint8_t dir;
+    uint8_t vlan_stripped; /* VLAN tags the capture removed (TP_STATUS_VLAN_VALID): 0 or 1 */
 } beat_frame;
 
 typedef struct {

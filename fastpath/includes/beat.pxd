@@ -27,7 +27,7 @@ cdef extern from "beat_parse.h" nogil:
         const uint64_t *own
         int n_own
     int beat_parse(const uint8_t *f, uint32_t caplen, uint16_t linktype, uint8_t dir_hint,
-                   const beat_macset *own, beat_obs *o)
+                   uint8_t vlan_stripped, const beat_macset *own, beat_obs *o)
 
 
 cdef extern from "beat_pipe.h" nogil:
@@ -43,6 +43,7 @@ cdef extern from "beat_pipe.h" nogil:
         uint32_t caplen
         uint16_t linktype
         uint8_t dir
+        uint8_t vlan_stripped
     enum:
         ST_COUNT
         BEAT_MAX_OWN

@@ -75,10 +75,12 @@ static int parse_ip(const uint8_t *p, uint32_t cap, int want, beat_obs *o)
     return 0;
 }
 
-/* The ethertype walk: `et` is the first ethertype, `off` the offset of the bytes after it. */
-static int walk(const uint8_t *f, uint32_t cap, uint16_t et, uint32_t off, beat_obs *o)
+/* The ethertype walk: `et` is the first ethertype, `off` the offset of the bytes after it; `tags`
+ * VLAN tags were already stripped by the capture (they count toward the limit of two). */
+static int walk(const uint8_t *f, uint32_t cap, uint16_t et, uint32_t off, int tags, beat_obs *o)
 {
-    int tags = 0;
+    if (tags > 2)
+        return ST_VLAN_DEPTH;
     for (;;) {
         if (et == 0x8100 || et == 0x88a8 || et == 0x9100) {
             if (++tags > 2)
@@ -145,7 +147,7 @@ static void cooked_mac(beat_obs *o, uint16_t pkttype, uint16_t arphrd, uint16_t 
 }
 
 int beat_parse(const uint8_t *f, uint32_t cap, uint16_t linktype, uint8_t dir_hint,
-               const beat_macset *own, beat_obs *o)
+               uint8_t vlan_stripped, const beat_macset *own, beat_obs *o)
 {
     o->msg_len = 0;
     o->mac_state = BEAT_MAC_NONE;
@@ -158,17 +160,17 @@ int beat_parse(const uint8_t *f, uint32_t cap, uint16_t linktype, uint8_t dir_hi
             o->dir = is_own(own, f + 6) ? BEAT_DIR_EGRESS : BEAT_DIR_INGRESS;
         o->mac_state = BEAT_MAC_PRESENT;
         memcpy(o->mac, o->dir == BEAT_DIR_INGRESS ? f + 6 : f, 6);
-        return walk(f, cap, rd16be(f + 12), 14, o);
+        return walk(f, cap, rd16be(f + 12), 14, vlan_stripped, o);
     case 113: /* Linux cooked v1 */
         if (cap < 16)
             return ST_RUNT;
         cooked_mac(o, rd16be(f), rd16be(f + 2), rd16be(f + 4), f + 6, dir_hint);
-        return walk(f, cap, rd16be(f + 14), 16, o);
+        return walk(f, cap, rd16be(f + 14), 16, vlan_stripped, o);
     case 276: /* Linux cooked v2 */
         if (cap < 20)
             return ST_RUNT;
         cooked_mac(o, f[10], rd16be(f + 8), f[11], f + 12, dir_hint);
-        return walk(f, cap, rd16be(f), 20, o);
+        return walk(f, cap, rd16be(f), 20, vlan_stripped, o);
     case 101: case 12: case 14: /* raw IP */
         return parse_ip(f, cap, 0, o);
     case 228:
@@ -196,7 +198,7 @@ int beat_parse(const uint8_t *f, uint32_t cap, uint16_t linktype, uint8_t dir_hi
     case 104: /* Cisco HDLC */
         if (cap < 4)
             return ST_RUNT;
-        return walk(f, cap, rd16be(f + 2), 4, o);
+        return walk(f, cap, rd16be(f + 2), 4, vlan_stripped, o);
     case 9: case 50: { /* PPP */
         uint32_t off = (cap >= 2 && f[0] == 0xff && f[1] == 0x03) ? 2 : 0;
         if (cap < off + 2)

@@ -792,7 +792,8 @@ static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
         beat_obs *o = &obs[i];
         if (i + 8 < n)  /* frames are scattered over a large buffer (or ring): fetch ahead */
             __builtin_prefetch(fr[i + 8].data);
-        int r = beat_parse(fr[i].data, fr[i].caplen, fr[i].linktype, fr[i].dir, &p->ownset, o);
+        int r = beat_parse(fr[i].data, fr[i].caplen, fr[i].linktype, fr[i].dir, fr[i].vlan_stripped,
+                           &p->ownset, o);
         o->reason = (uint8_t)r;
         o->hashed = 0;
         if (r)
@@ -842,7 +843,7 @@ long beat_pipe_check_desc(const uint8_t *desc, size_t n, size_t buflen)
     for (size_t i = 0; i < n; i++) {
         const uint8_t *d = desc + i * BEAT_DESC_SIZE;
         uint64_t end = (uint64_t)rd32le(d + 8) + rd32le(d + 12);
-        if (end > buflen || d[22] > 2)
+        if (end > buflen || d[22] > 2 || d[23] > 3)
             return (long)i;
     }
     return -1;
@@ -860,6 +861,7 @@ int beat_pipe_feed_desc(beat_pipe *p, const uint8_t *buf, const uint8_t *desc, s
             fr[j].caplen = rd32le(d + 12);
             fr[j].linktype = (uint16_t)(d[20] | (d[21] << 8));
             fr[j].dir = d[22];
+            fr[j].vlan_stripped = d[23];
         }
         if (run_chunk(p, fr, m)) {
             p->oom = 1;

@@ -216,6 +216,8 @@ static inline void handle_packet(beat_ring *r, beat_pipe *p, batch *b, struct tp
     f->t_ns = (uint64_t)h->tp_sec * 1000000000ULL + h->tp_nsec;
     f->linktype = 1;
     f->dir = sll->sll_pkttype == PACKET_OUTGOING ? 2 : 1;
+    /* the kernel took the outer VLAN tag off the frame: it still counts toward the two allowed */
+    f->vlan_stripped = (h->tp_status & TP_STATUS_VLAN_VALID) ? 1 : 0;
     r->c.frames++;
     r->c.bytes += h->tp_len;
     if (h->tp_status & TP_STATUS_VLAN_VALID)
