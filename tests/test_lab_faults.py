@@ -137,3 +137,47 @@ def test_sigkill_and_restart_under_traffic_leave_stores_consistent(lab):
             assert total == store.stats()["records"] > 0, router
     with _store(lab, "r2") as store:
         assert store.stats()["records"] > made   # the restarted daemon went on recording
+
+
+def test_a_ten_router_chain_from_the_same_file_format(tmp_path):
+    """Other topologies come from the same file format, up to 10 routers: a chain h1 - r1 ... r10
+    - h2, each router with its own beatd; every router records each known packet once, with its
+    neighbours' node ids (0 at the edges) and t_ns increasing along the chain."""
+    require_root()
+    from beatd.lab import traffic
+    from beatd.lab.lab import Lab
+
+    n_routers = 10
+    lines = ['[lab]', 'name = "chain"', 'subnet = "10.78.0.0/16"', 'site_base = 210',
+             '[[hosts]]', 'name = "h1"', '[[hosts]]', 'name = "h2"']
+    for i in range(1, n_routers + 1):
+        lines += ['[[routers]]', f'name = "r{i}"', f'node_id = {100 + i}']
+    chain = ["h1"] + [f"r{i}" for i in range(1, n_routers + 1)] + ["h2"]
+    for a, b in zip(chain, chain[1:]):
+        lines += ['[[links]]', f'a = "{a}"', f'b = "{b}"']
+    lines += ['[path]', 'src = "h1"', 'dst = "h2"',
+              'agreed = [' + ", ".join(f'"{r}"' for r in chain[1:-1]) + ']']
+    topo = tmp_path / "chain.toml"
+    topo.write_text("\n".join(lines) + "\n")
+    lab = Lab(str(topo), prefix=f"beat-c{os.getpid()}-", state_root=str(tmp_path / "state"))
+    try:
+        lab.up(timeout=120)
+        t = lab.topo
+        n = 10
+        known = traffic.known_packets(t.host_addr("h1"), t.host_addr("h2"), n)
+        assert traffic.send_packets(lab.net, "h1", known, gap_s=0.005) == n
+        time.sleep(0.5)
+        assert all(v == 0 for v in lab.stop_daemons().values())
+        pds = {traffic.expected_pd(p).hex() for p in known}
+        times = {}
+        for i in range(1, n_routers + 1):
+            prev = 0 if i == 1 else 100 + i - 1
+            nxt = 0 if i == n_routers else 100 + i + 1
+            recs = [r for r in lab.dump(f"r{i}")["records"] if r["pd"] in pds]
+            assert lab.pair_counts(recs) == {(prev, nxt): n}, f"r{i}"
+            times[i] = {r["pd"]: r["t_ns"] for r in recs}
+        for pd in pds:
+            ts = [times[i][pd] for i in range(1, n_routers + 1)]
+            assert ts == sorted(ts) and len(set(ts)) == n_routers, ts
+    finally:
+        lab.down()
