@@ -64,6 +64,10 @@ def _parser():
     lab = sub.add_parser("lab", help="the network-namespace lab (up, demo, dump NODE, down)",
                          add_help=False, prefix_chars="\0")
     lab.add_argument("lab_args", nargs=argparse.REMAINDER)
+
+    from . import keygen
+    k = sub.add_parser("keygen", help="generate the device's Ed25519 key (mode 0600)")
+    keygen.add_arguments(k)
     return p
 
 
@@ -305,6 +309,9 @@ def main(argv=None):
         return _dump(args)
     if args.command == "lab":
         return _lab(args)
+    if args.command == "keygen":
+        from . import keygen
+        return keygen.main(args)
     return _fail(f"unknown command {args.command}")  # pragma: no cover (argparse rejects it)
 
 

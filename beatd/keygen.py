@@ -1,0 +1,55 @@
+"""``beatd keygen --out DIR [--force]``: the device's Ed25519 key (docs/ledger.md, "Signers").
+
+Writes ``DIR/device.ed25519`` (PKCS#8 PEM, mode 0600, created with that mode) and
+``DIR/device.ed25519.pub`` (the public key as 64 hex digits and a newline, mode 0644: what the
+governance registers, ``beatctl register-node --pubkey-file``), and prints the public key's hex.
+An existing key is kept (exit 2) unless ``--force``.
+"""
+import os
+import sys
+
+from ledger_client.keys import DeviceKey
+
+KEY_NAME = "device.ed25519"
+PUB_NAME = "device.ed25519.pub"
+EXIT_USAGE = 2
+
+
+def add_arguments(parser):
+    parser.add_argument("--out", metavar="DIR", required=True,
+                        help=f"directory for {KEY_NAME} (created, mode 0700, when missing)")
+    parser.add_argument("--force", action="store_true", help="replace an existing key")
+
+
+def _fail(msg):
+    print(f"beatd: keygen: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(args):
+    out = os.fspath(args.out)
+    try:
+        os.makedirs(out, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        return _fail(f"{out}: cannot create the directory: {exc.strerror or exc}")
+    if not os.path.isdir(out):
+        return _fail(f"{out}: not a directory")
+    path = os.path.join(out, KEY_NAME)
+    key = DeviceKey.generate()
+    try:
+        key.save(path, overwrite=args.force)
+    except FileExistsError:
+        return _fail(f"{path}: a key is already there; use --force to replace it")
+    except OSError as exc:
+        return _fail(f"{path}: cannot write the key: {exc.strerror or exc}")
+    pub = os.path.join(out, PUB_NAME)
+    tmp = f"{pub}.tmp.{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(key.public_hex + "\n")
+        os.replace(tmp, pub)
+    except OSError as exc:
+        return _fail(f"{pub}: cannot write the public key: {exc.strerror or exc}")
+    print(key.public_hex)
+    return 0

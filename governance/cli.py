@@ -1,0 +1,317 @@
+"""``beatctl``: the governance's command line over the ledger.
+
+    beatctl keygen --out F [--force]                   the governance key (Ed25519, PEM, 0600)
+    beatctl --ledger local:PATH --key GOV_KEY register-node --node-id N --owner O
+            (--pubkey HEX | --pubkey-file F) [--account HEX]
+    beatctl --ledger local:PATH --key GOV_KEY register-sla --file sla.toml
+    beatctl --ledger local:PATH nodes|slas [--json]
+    beatctl --ledger local:PATH anchors [--node-id N] [--from-seq S] [--json]
+    beatctl --ledger local:PATH verify [--json]
+
+A ``local`` ledger that does not exist yet is created by the first register-* with the governance
+key given by ``--key``. The SLA file is TOML with the fields of ``ledger_client.types.SLA`` (``src``
+and ``dst`` as IP addresses or 32 hex digits, ``route`` a list of node ids, ``qm_terms`` a table of
+integers) and optionally ``tenant_pubkey`` (64 hex digits: the key the tenant opens disputes with).
+
+Errors print one line on stderr naming the thing: exit 2 for bad input (arguments, files, keys),
+1 when the ledger refused (permission, conflict, order, not found).
+"""
+import argparse
+import ipaddress
+import json
+import os
+import sys
+import tomllib
+
+from ledger_client.errors import LedgerError
+from ledger_client.keys import DeviceKey, KeyFileError, parse_public
+from ledger_client.types import SLA, Node
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+SLA_FIELDS = ("sla_id", "tenant", "src", "dst", "route", "max_loss_ppm", "max_delay_us",
+              "loss_budget_ppm", "penalty_per_violation", "valid_from_ns", "valid_to_ns",
+              "qm_terms")
+SLA_INTS = ("sla_id", "max_loss_ppm", "max_delay_us", "loss_budget_ppm", "penalty_per_violation",
+            "valid_from_ns", "valid_to_ns")
+
+
+class UsageError(Exception):
+    """Bad input: exit 2."""
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="beatctl", description="BEAT governance: the ledger's "
+                                "nodes, SLAs and anchors")
+    p.add_argument("--ledger", metavar="local:PATH", help="the ledger (local:PATH, an LMDB file)")
+    p.add_argument("--hash", choices=("sha3-256", "blake2b-256"),
+                   help="the hash of a new ledger (default sha3-256; an existing one keeps "
+                        "its own)")
+    p.add_argument("--key", metavar="GOV_KEY", help="the governance's Ed25519 key file (PEM, 0600)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    k = sub.add_parser("keygen", help="generate the governance key")
+    k.add_argument("--out", metavar="F", required=True, help="key file to write (mode 0600)")
+    k.add_argument("--force", action="store_true", help="replace an existing key file")
+
+    r = sub.add_parser("register-node", help="register a device (governance)")
+    r.add_argument("--node-id", type=int, required=True, metavar="N")
+    r.add_argument("--owner", required=True, metavar="O")
+    g = r.add_mutually_exclusive_group(required=True)
+    g.add_argument("--pubkey", metavar="HEX", help="the device's Ed25519 public key, 64 hex digits")
+    g.add_argument("--pubkey-file", metavar="F",
+                   help="a file holding it (hex, as beatd keygen's device.ed25519.pub, or PEM)")
+    r.add_argument("--account", metavar="HEX", help="the device's 20-byte Ethereum address")
+
+    s = sub.add_parser("register-sla", help="register an SLA from a TOML file (governance)")
+    s.add_argument("--file", required=True, metavar="sla.toml")
+
+    for name, helptext in (("nodes", "list the registered nodes"), ("slas", "list the SLAs"),
+                           ("verify", "re-check the ledger's hash chain and signatures")):
+        x = sub.add_parser(name, help=helptext)
+        x.add_argument("--json", action="store_true", help="JSON output")
+    a = sub.add_parser("anchors", help="list the anchors")
+    a.add_argument("--node-id", type=int, metavar="N", help="only this node's")
+    a.add_argument("--from-seq", type=int, default=0, metavar="S", help="from this batch_seq")
+    a.add_argument("--json", action="store_true", help="one JSON object per anchor")
+    return p
+
+
+# -- inputs -------------------------------------------------------------------------------------
+
+def _ledger_path(args):
+    if not args.ledger:
+        raise UsageError("--ledger local:PATH is required for this command")
+    scheme, _, rest = args.ledger.partition(":")
+    if scheme != "local" or not rest:
+        raise UsageError(f"--ledger {args.ledger}: only local:PATH is supported by beatctl")
+    return rest
+
+
+def _gov_key(args):
+    if not args.key:
+        raise UsageError("--key GOV_KEY is required for this command")
+    try:
+        return DeviceKey.load(args.key)
+    except KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _open(args, create_with=None):
+    from ledger_client.local import LocalLedger
+    path = _ledger_path(args)
+    if create_with is None and not os.path.exists(path):
+        raise UsageError(f"{path}: no such ledger")
+    return LocalLedger(path, hash_name=args.hash,
+                       governance_pubkey=None if create_with is None else create_with.public)
+
+
+def _address(name, v):
+    if isinstance(v, str):
+        try:
+            ip = ipaddress.ip_address(v)
+        except ValueError:
+            ip = None
+        if ip is not None:
+            if ip.version == 4:
+                return bytes(10) + b"\xff\xff" + ip.packed
+            return ip.packed
+        try:
+            raw = bytes.fromhex(v)
+        except ValueError:
+            raw = b""
+        if len(raw) == 16:
+            return raw
+    raise UsageError(f"{name} = {v!r}: not an IP address nor 32 hex digits")
+
+
+def load_sla(path):
+    """The SLA (and the tenant's public key or None) of a TOML file."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    raw = dict(raw.get("sla", raw)) if isinstance(raw.get("sla"), dict) else dict(raw)
+    tenant_pubkey = raw.pop("tenant_pubkey", None)
+    unknown = sorted(set(raw) - set(SLA_FIELDS))
+    if unknown:
+        raise UsageError(f"{path}: unknown SLA field(s) {', '.join(unknown)}")
+    for name in ("sla_id", "tenant", "src", "dst", "route"):
+        if name not in raw:
+            raise UsageError(f"{path}: the SLA field {name} is missing")
+    for name in SLA_INTS:
+        if name in raw and (not isinstance(raw[name], int) or isinstance(raw[name], bool)):
+            raise UsageError(f"{path}: {name} must be an integer")
+    if not isinstance(raw["tenant"], str):
+        raise UsageError(f"{path}: tenant must be a string")
+    if not isinstance(raw["route"], list) or not all(isinstance(n, int) for n in raw["route"]):
+        raise UsageError(f"{path}: route must be a list of node ids")
+    qm = raw.get("qm_terms", {})
+    if not isinstance(qm, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                           for v in qm.values()):
+        raise UsageError(f"{path}: qm_terms must be a table of integers")
+    try:
+        raw["src"] = _address(f"{path}: src", raw["src"])
+        raw["dst"] = _address(f"{path}: dst", raw["dst"])
+        if tenant_pubkey is not None:
+            tenant_pubkey = parse_public(tenant_pubkey)
+        return SLA(**raw), tenant_pubkey
+    except UsageError:
+        raise
+    except ValueError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+def _node_pubkey(args):
+    if args.pubkey is not None:
+        try:
+            return parse_public(args.pubkey)
+        except ValueError as exc:
+            raise UsageError(f"--pubkey: {exc}") from None
+    try:
+        with open(args.pubkey_file, "rb") as f:
+            text = f.read()
+    except OSError as exc:
+        raise UsageError(f"{args.pubkey_file}: {exc.strerror or exc}") from None
+    try:
+        return parse_public(text)
+    except ValueError as exc:
+        raise UsageError(f"{args.pubkey_file}: {exc}") from None
+
+
+# -- output -------------------------------------------------------------------------------------
+
+def _node_json(n):
+    return {"node_id": n.node_id, "owner": n.owner, "pubkey": n.pubkey.hex(),
+            "account": n.account.hex() if n.account else None}
+
+
+def _sla_json(s, tenant_pubkey=None):
+    ip = {}
+    for name in ("src", "dst"):
+        b = getattr(s, name)
+        ip[name] = str(ipaddress.ip_address(b[12:] if b[:12] == bytes(10) + b"\xff\xff" else b))
+    d = {f: getattr(s, f) for f in SLA_FIELDS}
+    d.update(ip, route=list(s.route), tenant_pubkey=tenant_pubkey.hex() if tenant_pubkey else None)
+    return d
+
+
+def _anchor_json(a):
+    return {"node_id": a.node_id, "batch_seq": a.batch_seq, "tree_size": a.tree_size,
+            "root": a.root.hex(), "first_t_ns": a.first_t_ns, "last_t_ns": a.last_t_ns,
+            "ref": a.ref}
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+def _keygen(args):
+    k = DeviceKey.generate()
+    try:
+        k.save(args.out, overwrite=args.force)
+    except FileExistsError:
+        raise UsageError(f"{args.out}: exists; use --force to replace it") from None
+    except OSError as exc:
+        raise UsageError(f"{args.out}: {exc.strerror or exc}") from None
+    print(k.public_hex)
+    return 0
+
+
+def _register_node(args):
+    pub = _node_pubkey(args)
+    account = None
+    if args.account is not None:
+        try:
+            account = bytes.fromhex(args.account.removeprefix("0x"))
+        except ValueError:
+            raise UsageError(f"--account {args.account}: not hex") from None
+    try:
+        node = Node(args.node_id, args.owner, pub, account)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    gov = _gov_key(args)
+    with _open(args, create_with=gov) as led:
+        led.register_node(node, signer=gov)
+    print(f"registered node {node.node_id} ({node.owner}) with key {pub.hex()}")
+    return 0
+
+
+def _register_sla(args):
+    sla, tenant_pubkey = load_sla(args.file)
+    gov = _gov_key(args)
+    with _open(args, create_with=gov) as led:
+        led.register_sla(sla, signer=gov, tenant_pubkey=tenant_pubkey)
+    print(f"registered sla {sla.sla_id} ({sla.tenant}), route {' '.join(map(str, sla.route))}")
+    return 0
+
+
+def _nodes(args):
+    with _open(args) as led:
+        rows = led.nodes()
+    if args.json:
+        print(json.dumps([_node_json(n) for n in rows]))
+    else:
+        for n in rows:
+            print(f"{n.node_id}\t{n.owner}\t{n.pubkey.hex()}"
+                  + (f"\t{n.account.hex()}" if n.account else ""))
+    return 0
+
+
+def _slas(args):
+    with _open(args) as led:
+        rows = [(s, led.tenant_pubkey(s.sla_id)) for s in led.slas()]
+    if args.json:
+        print(json.dumps([_sla_json(s, t) for s, t in rows]))
+    else:
+        for s, _ in rows:
+            j = _sla_json(s)
+            print(f"{s.sla_id}\t{s.tenant}\t{j['src']} -> {j['dst']}\troute "
+                  f"{' '.join(map(str, s.route))}\tpenalty {s.penalty_per_violation}")
+    return 0
+
+
+def _anchors(args):
+    with _open(args) as led:
+        rows = led.anchors(args.node_id, args.from_seq)
+    for a in rows:
+        if args.json:
+            print(json.dumps(_anchor_json(a)))
+        else:
+            print(f"{a.node_id}\t{a.batch_seq}\t{a.tree_size}\t{a.root.hex()}\t"
+                  f"{a.first_t_ns}..{a.last_t_ns}\tentry {a.ref}")
+    return 0
+
+
+def _verify(args):
+    with _open(args) as led:
+        problems = led.verify_chain()
+        n = led.entry_count()
+    if args.json:
+        print(json.dumps({"entries": n, "problems": problems}))
+    else:
+        for p in problems:
+            print(p)
+        print(f"{n} entries, {len(problems)} problem(s)")
+    return EXIT_REFUSED if problems else 0
+
+
+COMMANDS = {"keygen": _keygen, "register-node": _register_node, "register-sla": _register_sla,
+            "nodes": _nodes, "slas": _slas, "anchors": _anchors, "verify": _verify}
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"beatctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LedgerError as exc:
+        print(f"beatctl: {args.command}: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Ed25519 keys of devices and of the governance (SPEC.md, "Signatures"; docs/ledger.md).
+
+A ``DeviceKey`` holds an Ed25519 private key (pycryptodome, RFC 8032 "pure" Ed25519).
+
+Key file format: PKCS#8 PEM (``-----BEGIN PRIVATE KEY-----``), the format of
+``openssl genpkey -algorithm ed25519``, so ``openssl pkey -in device.ed25519 -pubout`` reads it.
+The file is created with mode 0600 (``os.open(..., 0o600)``, never wider, even for a moment) and
+``load`` refuses a file that the group or others may access (any of the bits 0o077), naming the path
+and the mode. Public keys travel as 32 raw bytes (``.public``), or as 64 hex digits in files and on
+command lines.
+"""
+import os
+import stat
+
+from Crypto.PublicKey import ECC
+from Crypto.Signature import eddsa
+
+PUBLIC_SIZE = 32
+SIGNATURE_SIZE = 64
+
+
+class KeyFileError(Exception):
+    """A key file that cannot be used: missing, unreadable, too open, or not an Ed25519 key."""
+
+
+class DeviceKey:
+    """An Ed25519 private key: ``.public`` (32 bytes), ``.sign(msg)`` (64 bytes)."""
+
+    def __init__(self, key):
+        if not isinstance(key, ECC.EccKey) or not key.has_private() or key.curve != "Ed25519":
+            raise ValueError("DeviceKey needs an Ed25519 private key")
+        self._key = key
+        self._signer = eddsa.new(key, "rfc8032")
+        self.public = key.public_key().export_key(format="raw")
+
+    # -- making and storing ---------------------------------------------------------------------
+
+    @classmethod
+    def generate(cls):
+        return cls(ECC.generate(curve="Ed25519"))
+
+    @classmethod
+    def from_seed(cls, seed):
+        """The key of a 32-byte RFC 8032 seed (deterministic keys for tests)."""
+        if len(seed) != 32:
+            raise ValueError(f"an Ed25519 seed is 32 bytes, got {len(seed)}")
+        return cls(eddsa.import_private_key(bytes(seed)))
+
+    @classmethod
+    def load(cls, path):
+        path = os.fspath(path)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise KeyFileError(f"{path}: cannot open the key file: {exc.strerror or exc}") from None
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            if mode & 0o077:
+                raise KeyFileError(f"{path}: key file mode is {mode:04o}, readable or writable by "
+                                   f"group/others; refusing it (chmod 600 {path})")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read()
+        finally:
+            os.close(fd)
+        try:
+            key = ECC.import_key(data)
+        except (ValueError, IndexError, TypeError) as exc:
+            raise KeyFileError(f"{path}: not an Ed25519 private key in PEM ({exc})") from None
+        if key.curve != "Ed25519" or not key.has_private():
+            raise KeyFileError(f"{path}: not an Ed25519 private key (curve {key.curve})")
+        return cls(key)
+
+    def to_pem(self):
+        return self._key.export_key(format="PEM").encode() + b"\n"
+
+    def save(self, path, overwrite=False):
+        """Write the key as PKCS#8 PEM, mode 0600. An existing file is FileExistsError unless
+        ``overwrite``; then the key goes to a new 0600 file beside it, which replaces it
+        atomically."""
+        path = os.fspath(path)
+        data = self.to_pem()
+        target = path
+        if overwrite:
+            target = f"{path}.tmp.{os.getpid()}"
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(target)
+            raise
+        os.close(fd)
+        if overwrite:
+            os.replace(target, path)
+
+    # -- using ----------------------------------------------------------------------------------
+
+    @property
+    def public_hex(self):
+        return self.public.hex()
+
+    def sign(self, msg):
+        return self._signer.sign(bytes(msg))
+
+    @staticmethod
+    def verify(pub, msg, sig):
+        return verify(pub, msg, sig)
+
+    def __repr__(self):
+        return f"DeviceKey(public={self.public_hex})"
+
+
+def verify(pub, msg, sig):
+    """True when ``sig`` is a valid Ed25519 signature of ``msg`` by the 32-byte public key ``pub``;
+    False for a bad signature or a malformed key or signature (never raises on bad input)."""
+    try:
+        if len(pub) != PUBLIC_SIZE or len(sig) != SIGNATURE_SIZE:
+            return False
+        key = eddsa.import_public_key(bytes(pub))
+        eddsa.new(key, "rfc8032").verify(bytes(msg), bytes(sig))
+        return True
+    except (ValueError, TypeError):
+        return False
+
+
+def parse_public(text):
+    """A public key from 64 hex digits (whitespace around ignored) or a PEM public key."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    text = text.strip()
+    if text.startswith("-----BEGIN"):
+        try:
+            key = ECC.import_key(text)
+        except (ValueError, IndexError, TypeError) as exc:
+            raise ValueError(f"not a PEM key ({exc})") from None
+        if key.curve != "Ed25519":
+            raise ValueError(f"not an Ed25519 key (curve {key.curve})")
+        return key.public_key().export_key(format="raw")
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError("not hex") from None
+    if len(raw) != PUBLIC_SIZE:
+        raise ValueError(f"an Ed25519 public key is 32 bytes (64 hex digits), got {len(raw)} bytes")
+    return raw

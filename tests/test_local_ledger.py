@@ -1,0 +1,342 @@
+"""The `local` ledger backend (docs/ledger.md, docs/ledger-local.md): permissions both ways,
+idempotency, conflicts, gaps, the dispute life cycle, verify_chain, and several processes."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ledger_client.errors import (ConflictError, LedgerError, NotFound, OrderError,
+                                  PermissionDenied)
+from ledger_client.keys import DeviceKey
+from ledger_client.local import LedgerMismatch, LocalLedger
+from ledger_client.types import SLA, Anchor, Node
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+V4 = bytes(10) + b"\xff\xff"
+
+
+def key(i):
+    return DeviceKey.from_seed(bytes([i]) * 32)
+
+
+GOV, N1, N2, TENANT, STRANGER = key(1), key(2), key(3), key(4), key(5)
+
+
+def anchor(node_id, seq, root=None, size=10):
+    return Anchor(node_id, seq, size, root or bytes([seq % 256]) * 32, 1000 * seq, 1000 * seq + 999)
+
+
+def sla(sla_id=7, ppv=5):
+    return SLA(sla_id, "acme", V4 + bytes([10, 0, 0, 1]), V4 + bytes([10, 0, 0, 2]), (1, 2),
+               max_loss_ppm=100, penalty_per_violation=ppv, qm_terms={"b": 2, "a": 1})
+
+
+@pytest.fixture
+def path(tmp_path):
+    return str(tmp_path / "ledger.mdb")
+
+
+@pytest.fixture
+def led(path):
+    lg = LocalLedger(path, governance_pubkey=GOV.public)
+    lg.register_node(Node(1, "isp-a", N1.public), signer=GOV)
+    lg.register_node(Node(2, "isp-b", N2.public), signer=GOV)
+    yield lg
+    lg.close()
+
+
+# -- creation and reopening ---------------------------------------------------------------------
+
+def test_create_needs_governance_and_cleans_up(path):
+    with pytest.raises(LedgerError, match="governance"):
+        LocalLedger(path)
+    assert not os.path.exists(path)
+
+
+def test_reopen_same_or_none_accepted_other_refused(led, path):
+    led.close()
+    with LocalLedger(path) as lg:
+        assert lg.governance_pubkey == GOV.public and lg.hash_name == "sha3-256"
+        assert [n.node_id for n in lg.nodes()] == [1, 2]
+    with LocalLedger(path, governance_pubkey=GOV) as lg:
+        assert lg.get_node(2).owner == "isp-b"
+    with pytest.raises(LedgerMismatch, match=GOV.public.hex()):
+        LocalLedger(path, governance_pubkey=STRANGER.public)
+    with pytest.raises(LedgerMismatch, match="blake2b-256"):
+        LocalLedger(path, hash_name="blake2b-256")
+
+
+def test_blake2b_ledger(tmp_path):
+    with LocalLedger(str(tmp_path / "b"), "blake2b-256", GOV.public) as lg:
+        lg.register_node(Node(1, "x", N1.public), signer=GOV)
+        assert lg.anchor(anchor(1, 0), signer=N1) == "anchored"
+        assert lg.verify_chain() == []
+    with LocalLedger(str(tmp_path / "b"), None) as lg:
+        assert lg.hash_name == "blake2b-256"
+
+
+# -- registration -------------------------------------------------------------------------------
+
+def test_register_node_governance_only(led):
+    for signer in (N1, STRANGER):
+        with pytest.raises(PermissionDenied, match="not the governance"):
+            led.register_node(Node(3, "evil", STRANGER.public), signer=signer)
+    assert led.get_node(3) is None
+    led.register_node(Node(3, "isp-c", key(9).public, account=b"\x01" * 20), signer=GOV)
+    assert led.get_node(3) == Node(3, "isp-c", key(9).public, b"\x01" * 20)
+
+
+def test_register_node_twice_or_same_key_conflicts(led):
+    with pytest.raises(ConflictError, match="register_node 1"):
+        led.register_node(Node(1, "isp-a", N1.public), signer=GOV)
+    with pytest.raises(ConflictError, match="already node 1"):
+        led.register_node(Node(9, "isp-z", N1.public), signer=GOV)
+
+
+def test_register_sla_governance_only(led):
+    for signer in (N1, TENANT):
+        with pytest.raises(PermissionDenied):
+            led.register_sla(sla(), signer=signer, tenant_pubkey=TENANT.public)
+    assert led.get_sla(7) is None
+    led.register_sla(sla(), signer=GOV, tenant_pubkey=TENANT.public)
+    assert led.get_sla(7) == sla() and led.get_sla(7).qm_terms == {"a": 1, "b": 2}
+    assert led.tenant_pubkey(7) == TENANT.public
+    assert led.slas() == [sla()]
+    with pytest.raises(ConflictError, match="register_sla 7"):
+        led.register_sla(sla(), signer=GOV)
+
+
+# -- anchors ------------------------------------------------------------------------------------
+
+def test_anchor_only_registered_nodes_for_themselves(led):
+    with pytest.raises(PermissionDenied, match="not a registered node"):
+        led.anchor(anchor(1, 0), signer=STRANGER)
+    with pytest.raises(PermissionDenied, match="not a registered node"):
+        led.anchor(anchor(1, 0), signer=GOV)
+    with pytest.raises(PermissionDenied, match="only for itself"):
+        led.anchor(anchor(2, 0), signer=N1)
+    assert led.anchors() == [] and led.next_batch_seq(1) == 0
+    assert led.anchor(anchor(1, 0), signer=N1) == "anchored"
+    assert led.anchor(anchor(2, 0), signer=N2) == "anchored"
+    # another node cannot even replay a node's existing anchor
+    with pytest.raises(PermissionDenied):
+        led.anchor(anchor(1, 0), signer=N2)
+
+
+def test_anchor_idempotent_conflict_gap(led):
+    for s in range(3):
+        assert led.anchor(anchor(1, s), signer=N1) == "anchored"
+    n = led.entry_count()
+    assert led.anchor(anchor(1, 1), signer=N1) == "exists"
+    assert led.entry_count() == n                      # "exists" writes nothing
+    with pytest.raises(ConflictError, match="node 1 batch 1"):
+        led.anchor(anchor(1, 1, root=b"\xee" * 32), signer=N1)
+    with pytest.raises(ConflictError):
+        led.anchor(anchor(1, 1, size=11), signer=N1)
+    with pytest.raises(OrderError, match="next batch_seq of node 1 is 3"):
+        led.anchor(anchor(1, 5), signer=N1)
+    with pytest.raises(OrderError):
+        led.anchor(anchor(2, 1), signer=N2)
+    assert led.next_batch_seq(1) == 3 and led.next_batch_seq(2) == 0
+    assert led.next_batch_seq(99) == 0
+    a = led.get_anchor(1, 2)
+    assert a.content() == anchor(1, 2).content() and a.ref == str(n - 1)
+    assert led.get_anchor(1, 3) is None
+    assert [x.batch_seq for x in led.anchors(1, from_seq=1)] == [1, 2]
+    assert led.anchors(2) == []
+    led.anchor(anchor(2, 0), signer=N2)
+    assert [(x.node_id, x.batch_seq) for x in led.anchors()] == [(1, 0), (1, 1), (1, 2), (2, 0)]
+    assert [(x.node_id, x.batch_seq) for x in led.anchors(from_seq=1)] == [(1, 1), (1, 2)]
+
+
+def test_anchor_bad_input(led):
+    with pytest.raises(ValueError, match="root"):
+        led.anchor(Anchor(1, 0, 1, b"short", 0, 0), signer=N1)
+    with pytest.raises(ValueError, match="tree_size"):
+        led.anchor(Anchor(1, 0, -1, bytes(32), 0, 0), signer=N1)
+
+
+class BadSigner:
+    """Claims N1's public key but signs with another key."""
+    public = N1.public
+
+    def sign(self, msg):
+        return STRANGER.sign(msg)
+
+
+def test_write_checks_the_signature(led):
+    with pytest.raises(PermissionDenied, match="does not verify"):
+        led.anchor(anchor(1, 0), signer=BadSigner())
+    assert led.anchors() == []
+
+
+# -- disputes -----------------------------------------------------------------------------------
+
+D1, D2 = b"\x11" * 32, b"\x22" * 32
+
+
+def test_dispute_life_cycle_and_penalty(led):
+    led.register_sla(sla(ppv=5), signer=GOV, tenant_pubkey=TENANT.public)
+    did = led.open_dispute(7, 100, 200, signer=TENANT)
+    assert did == 1
+    d = led.get_dispute(did)
+    assert (d.sla_id, d.from_ns, d.to_ns, d.state, d.penalty) == (7, 100, 200, "opened", 0)
+    led.record_evidence(did, D1, signer=GOV)
+    assert led.get_dispute(did).state == "evidence"
+    assert led.get_dispute(did).evidence_digest == D1
+    led.decide(did, D2, [1, 2], signer=GOV)
+    d = led.get_dispute(did)
+    assert (d.state, d.verdict_digest, d.faulty, d.penalty) == ("decided", D2, (1, 2), 10)
+    led.settle(did, signer=GOV)
+    assert led.get_dispute(did).state == "settled"
+    assert led.open_dispute(7, 0, 1, signer=GOV) == 2          # the governance opens too
+    assert led.get_dispute(3) is None
+    ops = [e["op"] for e in led.entries()]
+    assert ops[-5:] == ["open_dispute", "record_evidence", "decide", "settle", "open_dispute"]
+    assert led.verify_chain() == []
+
+
+def test_dispute_penalty_zero_faulty_and_duplicates(led):
+    led.register_sla(sla(ppv=7), signer=GOV)
+    did = led.open_dispute(7, 0, 1, signer=GOV)
+    led.record_evidence(did, D1, signer=GOV)
+    with pytest.raises(ValueError, match="twice"):
+        led.decide(did, D2, [1, 1], signer=GOV)
+    led.decide(did, D2, [], signer=GOV)
+    assert led.get_dispute(did).penalty == 0
+
+
+def test_dispute_out_of_order(led):
+    led.register_sla(sla(), signer=GOV, tenant_pubkey=TENANT.public)
+    did = led.open_dispute(7, 0, 10, signer=TENANT)
+    with pytest.raises(OrderError, match="'opened'"):
+        led.decide(did, D2, [1], signer=GOV)
+    with pytest.raises(OrderError):
+        led.settle(did, signer=GOV)
+    led.record_evidence(did, D1, signer=GOV)
+    with pytest.raises(OrderError):
+        led.record_evidence(did, D1, signer=GOV)
+    with pytest.raises(OrderError):
+        led.settle(did, signer=GOV)
+    led.decide(did, D2, [2], signer=GOV)
+    with pytest.raises(OrderError):
+        led.decide(did, D2, [2], signer=GOV)
+    led.settle(did, signer=GOV)
+    for step in (lambda: led.settle(did, signer=GOV),
+                 lambda: led.record_evidence(did, D1, signer=GOV)):
+        with pytest.raises(OrderError, match="'settled'"):
+            step()
+    assert led.get_dispute(did).state == "settled"
+    with pytest.raises(NotFound):
+        led.record_evidence(42, D1, signer=GOV)
+
+
+def test_dispute_permissions(led):
+    led.register_sla(sla(), signer=GOV, tenant_pubkey=TENANT.public)
+    led.register_sla(sla(8), signer=GOV)                       # no tenant key: governance only
+    for signer in (N1, STRANGER):
+        with pytest.raises(PermissionDenied, match="neither the governance nor the SLA's tenant"):
+            led.open_dispute(7, 0, 1, signer=signer)
+    with pytest.raises(PermissionDenied):
+        led.open_dispute(8, 0, 1, signer=TENANT)
+    with pytest.raises(NotFound, match="sla 99"):
+        led.open_dispute(99, 0, 1, signer=GOV)
+    with pytest.raises(ValueError, match="from_ns after to_ns"):
+        led.open_dispute(7, 5, 1, signer=GOV)
+    did = led.open_dispute(7, 0, 1, signer=TENANT)
+    for signer in (TENANT, N1):          # the tenant opens; only the governance moves it on
+        with pytest.raises(PermissionDenied):
+            led.record_evidence(did, D1, signer=signer)
+    led.record_evidence(did, D1, signer=GOV)
+    with pytest.raises(PermissionDenied):
+        led.decide(did, D2, [1], signer=TENANT)
+    led.decide(did, D2, [1], signer=GOV)
+    with pytest.raises(PermissionDenied):
+        led.settle(did, signer=N2)
+    led.settle(did, signer=GOV)
+    assert led.verify_chain() == []
+
+
+# -- the chain ----------------------------------------------------------------------------------
+
+def test_entries_are_chained_and_signed(led):
+    led.anchor(anchor(1, 0), signer=N1)
+    es = led.entries()
+    assert [e["n"] for e in es] == [0, 1, 2]
+    h = led._h
+    for a, b in zip(es, es[1:]):
+        assert b["raw"][:32] == h(a["raw"])
+    assert es[2]["signer"] == N1.public and es[0]["signer"] == GOV.public
+    assert DeviceKey.verify(N1.public, es[2]["raw"][:-64], es[2]["raw"][-64:])
+
+
+def test_verify_chain_names_a_changed_entry(led, path):
+    for s in range(4):
+        led.anchor(anchor(1, s, root=bytes([0xa0 + s]) * 32), signer=N1)
+    assert led.verify_chain() == []
+    target = led.entries()[4]                              # node 1's batch 2
+    assert target["body"]["batch_seq"] == 2
+    raw = target["raw"]
+    led.close()
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    i = data.find(raw)
+    assert i >= 0
+    hits = 0
+    while i >= 0:                     # every copy (LMDB is copy-on-write; stale pages may hold one)
+        pos = i + raw.index(b"a2a2a2") + 1                 # a hex digit of the root
+        data[pos] ^= 0x01                                  # "2" -> "3": still valid JSON and hex
+        hits += 1
+        i = data.find(raw, i + 1)
+    with open(path, "r+b") as f:
+        f.write(data)
+    with LocalLedger(path) as lg:
+        problems = lg.verify_chain()
+    assert problems
+    assert any(p.startswith("entry 4: bad signature") for p in problems), problems
+    assert any(p.startswith("entry 5: prev_hash") for p in problems), problems
+    assert not any(p.startswith(("entry 3", "entry 2")) for p in problems), problems
+
+
+def test_verify_chain_finds_a_forged_index(led, path):
+    led.anchor(anchor(1, 0), signer=N1)
+    with led.env.begin(write=True) as txn:          # an index written behind the chain's back
+        txn.put((2).to_bytes(8, "big"), (5).to_bytes(8, "big"), db=led.dbs["next_seq"])
+    assert any(p.startswith("index next_seq") for p in led.verify_chain())
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {repo!r})
+    from ledger_client.keys import DeviceKey
+    from ledger_client.local import LocalLedger
+    from ledger_client.types import Anchor
+    node_id, count = int(sys.argv[1]), int(sys.argv[2])
+    k = DeviceKey.from_seed(bytes([node_id + 1]) * 32)
+    lg = LocalLedger({path!r})
+    for s in range(count):
+        r = lg.anchor(Anchor(node_id, s, 3, bytes([s % 256]) * 32, s, s + 1), signer=k)
+        assert r == "anchored", r
+    lg.close()
+""")
+
+
+def test_two_processes_write_concurrently(led, path):
+    led.close()
+    count = 150
+    script = WRITER.format(repo=REPO, path=path)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(n), str(count)],
+                              stderr=subprocess.PIPE, text=True) for n in (1, 2)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    with LocalLedger(path) as lg:
+        assert lg.entry_count() == 2 + 2 * count
+        for n in (1, 2):
+            assert [a.batch_seq for a in lg.anchors(n)] == list(range(count))
+            assert lg.next_batch_seq(n) == count
+        signers = [e["signer"] for e in lg.entries()[2:]]
+        assert signers.count(N1.public) == signers.count(N2.public) == count
+        assert lg.verify_chain() == []
