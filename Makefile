@@ -6,7 +6,7 @@ DEPS   := $(VENV)/.stamp-deps
 NATIVE := $(VENV)/.stamp-native
 SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxi fastpath/includes/*.pxd fastpath/include/*.h fastpath/src/*.c) setup.py
 
-.PHONY: all setup build test demo demo-offline bench fuzz clean
+.PHONY: all setup build test demo demo-offline bench fuzz contracts clean
 
 all: build
 
@@ -24,9 +24,21 @@ $(NATIVE): $(DEPS) $(SOURCES)
 	$(VPY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
-setup build: $(NATIVE)
+# npm packages of the contract (solc, ganache), pinned by package-lock.json
+CONTRACTS := ledger_client/contracts
+NPM_DEPS  := $(CONTRACTS)/node_modules/.stamp-npm
 
-test: $(NATIVE)
+$(NPM_DEPS): $(CONTRACTS)/package.json $(CONTRACTS)/package-lock.json | $(VPY)
+	cd $(CONTRACTS) && npm ci --no-audit --no-fund
+	touch $@
+
+setup build: $(NATIVE) $(NPM_DEPS)
+
+# Recompile the contract into the committed ledger_client/contracts/Beat.json
+contracts: $(NPM_DEPS) $(DEPS)
+	$(VPY) $(CONTRACTS)/compile.py
+
+test: $(NATIVE) $(NPM_DEPS)
 	$(VPY) -m pytest -q -ra tests
 
 # The lab needs root (network namespaces); elsewhere, say so and replay router r2's capture.

@@ -1,0 +1,509 @@
+"""The `ethereum` backend (docs/ledger.md): BEAT's Beat contract over JSON-RPC with web3.py.
+
+Transactions are built and signed here (raw transactions: the node holds no keys), with nonces
+kept per account (refreshed from the chain on 'nonce too low' and after any doubtful send), gas
+estimated (a revert shows up there, before anything is spent) and receipts awaited with a
+timeout. The PoA middleware (ExtraDataToPOAMiddleware) is injected, for clique/QBFT chains.
+
+Errors: the node unreachable or too slow -> `Unavailable` (naming the URL; the outbox retries);
+the contract's custom errors -> `PermissionDenied`, `ConflictError`, `OrderError`, `NotFound` or
+`LedgerError` (bad arguments), with the contract's reason and the operation, ids and signer.
+"""
+import json
+import os
+import threading
+
+import eth_abi
+import requests
+from eth_account import Account as _EthAccount
+from eth_utils import keccak, to_checksum_address
+from web3 import HTTPProvider, Web3
+from web3.exceptions import (ContractCustomError, ContractLogicError, ContractPanicError,
+                             TimeExhausted, Web3RPCError)
+from web3.middleware import ExtraDataToPOAMiddleware
+
+from .errors import (ConflictError, LedgerError, NotFound, OrderError, PermissionDenied,
+                     Unavailable)
+from .types import DISPUTE_STATES, SLA, Anchor, Dispute, Node
+
+ARTIFACT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "contracts", "Beat.json")
+ZERO_ADDRESS = "0x" + "00" * 20
+
+# The contract's custom errors -> the ledger's exceptions.
+ERROR_CLASSES = {
+    "NotGovernance": PermissionDenied,
+    "NotNodeAccount": PermissionDenied,
+    "NotTenantOrGovernance": PermissionDenied,
+    "NodeExists": ConflictError,
+    "SLAExists": ConflictError,
+    "AnchorConflict": ConflictError,
+    "BatchSeqGap": OrderError,
+    "WrongDisputeState": OrderError,
+    "UnknownSLA": NotFound,
+    "UnknownDispute": NotFound,
+    "InvalidNode": LedgerError,
+    "InvalidSLA": LedgerError,
+    "InvalidRange": LedgerError,
+    "FaultyNotOnRoute": LedgerError,
+    "FaultyDuplicate": LedgerError,
+}
+
+_artifact_cache = None
+
+
+def artifact():
+    """Beat.json (abi, bytecode, ...), as compiled by contracts/compile.py."""
+    global _artifact_cache
+    if _artifact_cache is None:
+        with open(ARTIFACT_PATH) as f:
+            _artifact_cache = json.load(f)
+    return _artifact_cache
+
+
+def _error_table(abi):
+    table = {}
+    for entry in abi:
+        if entry.get("type") == "error":
+            types = [i["type"] for i in entry["inputs"]]
+            selector = keccak(text=f"{entry['name']}({','.join(types)})")[:4]
+            table[selector] = (entry["name"], [i["name"] for i in entry["inputs"]], types)
+    return table
+
+
+def _fmt(value):
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return str(value)
+
+
+def decode_revert(data, abi=None):
+    """Revert data (hex str, bytes, or a node's error dict) -> (error name, {arg: value}) or None."""
+    if isinstance(data, dict):   # ganache: {"result": "0x...", ...}; others: {"data": "0x..."}
+        data = data.get("result") or data.get("data")
+    if isinstance(data, str):
+        try:
+            data = bytes.fromhex(data[2:] if data.startswith("0x") else data)
+        except ValueError:
+            return None
+    if not isinstance(data, (bytes, bytearray)) or len(data) < 4:
+        return None
+    entry = _error_table(abi or artifact()["abi"]).get(bytes(data[:4]))
+    if entry is None:
+        return None
+    name, names, types = entry
+    try:
+        values = eth_abi.decode(types, bytes(data[4:]))
+    except Exception:        # noqa: BLE001 - malformed revert data: report it undecoded
+        return None
+    values = [to_checksum_address(v) if t == "address" else v for t, v in zip(types, values)]
+    return name, dict(zip(names, values))
+
+
+def revert_exception(exc, op):
+    """A web3 contract error -> the ledger exception, with the contract's reason."""
+    decoded = decode_revert(getattr(exc, "data", None))
+    if decoded is None:
+        return LedgerError(f"{op}: reverted: {exc}")
+    name, args = decoded
+    detail = ", ".join(f"{k}={_fmt(v)}" for k, v in args.items())
+    cls = ERROR_CLASSES.get(name, LedgerError)
+    e = cls(f"{op}: refused by the contract: {name}({detail})")
+    e.reason = name
+    e.args_decoded = args
+    return e
+
+
+class Account:
+    """An Ethereum signer: a secp256k1 private key and its address."""
+
+    def __init__(self, private_key):
+        if isinstance(private_key, str):
+            private_key = bytes.fromhex(private_key[2:] if private_key.startswith("0x")
+                                        else private_key)
+        if len(private_key) != 32:
+            raise ValueError("an Ethereum private key is 32 bytes")
+        self._local = _EthAccount.from_key(private_key)
+        self.address = self._local.address                 # checksummed "0x..."
+        self.address_bytes = bytes.fromhex(self.address[2:])
+
+    @classmethod
+    def generate(cls):
+        return cls(os.urandom(32))
+
+    @classmethod
+    def from_file(cls, path):
+        """A key file: the private key in hex (as `beatd keygen --ethereum` writes device.eth)."""
+        with open(path) as f:
+            return cls(f.read().strip())
+
+    def save(self, path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.private_key_hex() + "\n")
+
+    def private_key_hex(self):
+        return "0x" + bytes(self._local.key).hex()
+
+    def sign_transaction(self, tx):
+        return self._local.sign_transaction(tx)
+
+    def __repr__(self):
+        return f"Account({self.address})"
+
+
+def _is_connection_error(exc):
+    return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                            ConnectionError, TimeoutError, OSError))
+
+
+class EthereumLedger:
+    """The Backend over the Beat contract at `contract_address` on the node at `url`."""
+
+    def __init__(self, url, contract_address, hash_name, timeout=10.0, receipt_timeout=None,
+                 poll_latency=0.05, gas_margin=1.25):
+        self.url = url
+        self.hash_name = hash_name
+        self.timeout = float(timeout)
+        self.receipt_timeout = float(receipt_timeout if receipt_timeout is not None else 3 * timeout)
+        self.poll_latency = poll_latency
+        self.gas_margin = gas_margin
+        # No retries inside web3: the outbox retries, and an unreachable node must fail fast.
+        self.w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": self.timeout},
+                                    exception_retry_configuration=None))
+        self.w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
+        self.address = to_checksum_address(contract_address)
+        self.contract = self.w3.eth.contract(address=self.address, abi=artifact()["abi"])
+        self._lock = threading.RLock()
+        self._nonces = {}
+        self._chain_id = None
+        self._checked = False
+        self._governance = None
+        self._deployed_at = None
+
+    # ------------------------------------------------------------------ plumbing
+    def _unavailable(self, op, exc):
+        return Unavailable(f"{op}: the ledger at {self.url} is unreachable: "
+                           f"{type(exc).__name__}: {exc}")
+
+    def _rpc(self, op, fn):
+        """Run fn() (JSON-RPC reads), mapping transport failures and reverts."""
+        try:
+            return fn()
+        except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
+            raise revert_exception(exc, op) from exc
+        except LedgerError:
+            raise
+        except Exception as exc:   # noqa: BLE001
+            if _is_connection_error(exc):
+                raise self._unavailable(op, exc) from exc
+            raise
+
+    def _ensure(self, op):
+        if self._checked:
+            return
+        def check():
+            code = self.w3.eth.get_code(self.address)
+            if not code:
+                raise LedgerError(f"{op}: no contract at {self.address} on {self.url}")
+            name = self.contract.functions.hashName().call()
+            if name != self.hash_name:
+                raise LedgerError(f"{op}: the contract at {self.address} uses hash {name!r}, "
+                                  f"not {self.hash_name!r}")
+            self._governance = self.contract.functions.governance().call()
+            self._deployed_at = self.contract.functions.deployedAt().call()
+            self._chain_id = self.w3.eth.chain_id
+        self._rpc(op, check)
+        self._checked = True
+
+    def _call(self, op, fn):
+        self._ensure(op)
+        return self._rpc(op, fn.call)
+
+    @property
+    def governance(self):
+        self._ensure("governance")
+        return self._governance
+
+    def _next_nonce(self, address):
+        n = self._nonces.get(address)
+        if n is None:
+            n = self.w3.eth.get_transaction_count(address, "pending")
+        return n
+
+    def _transact(self, op, fn, signer):
+        """Estimate, sign, send, await the receipt; returns the receipt (status 1)."""
+        self._ensure(op)
+        op = f"{op} by {signer.address}"
+        with self._lock:
+            try:
+                gas = fn.estimate_gas({"from": signer.address})
+            except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
+                raise revert_exception(exc, op) from exc
+            except Exception as exc:   # noqa: BLE001
+                if _is_connection_error(exc):
+                    raise self._unavailable(op, exc) from exc
+                raise
+            for attempt in range(3):
+                try:
+                    nonce = self._next_nonce(signer.address)
+                    tx = fn.build_transaction({
+                        "from": signer.address, "nonce": nonce, "chainId": self._chain_id,
+                        "gas": int(gas * self.gas_margin) + 10_000,
+                        "gasPrice": self.w3.eth.gas_price})
+                    signed = signer.sign_transaction(tx)
+                    tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+                    self._nonces[signer.address] = nonce + 1
+                    break
+                except Web3RPCError as exc:
+                    msg = str(exc).lower()
+                    self._nonces.pop(signer.address, None)
+                    # "nonce too low" (geth), "the tx doesn't have the correct nonce" (ganache),
+                    # "already known", "replacement transaction underpriced"
+                    if ("nonce" in msg or "already known" in msg
+                            or "replacement transaction" in msg) and attempt < 2:
+                        continue     # refresh the nonce from the chain and sign again
+                    raise LedgerError(f"{op}: the node refused the transaction: {exc}") from exc
+                except Exception as exc:   # noqa: BLE001
+                    self._nonces.pop(signer.address, None)   # did it get there? ask next time
+                    if _is_connection_error(exc):
+                        raise self._unavailable(op, exc) from exc
+                    raise
+        try:
+            receipt = self.w3.eth.wait_for_transaction_receipt(
+                tx_hash, timeout=self.receipt_timeout, poll_latency=self.poll_latency)
+        except TimeExhausted as exc:
+            with self._lock:
+                self._nonces.pop(signer.address, None)
+            raise Unavailable(f"{op}: no receipt for {tx_hash.hex()} from {self.url} within "
+                              f"{self.receipt_timeout:g}s") from exc
+        except Exception as exc:   # noqa: BLE001
+            if _is_connection_error(exc):
+                with self._lock:
+                    self._nonces.pop(signer.address, None)
+                raise self._unavailable(op, exc) from exc
+            raise
+        if receipt["status"] != 1:
+            # Reverted when mined (the state changed since the estimate): ask why.
+            try:
+                fn.call({"from": signer.address}, block_identifier=receipt["blockNumber"] - 1)
+                fn.call({"from": signer.address}, block_identifier=receipt["blockNumber"])
+            except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
+                raise revert_exception(exc, op) from exc
+            except Exception:   # noqa: BLE001
+                pass
+            raise LedgerError(f"{op}: transaction {tx_hash.hex()} reverted in block "
+                              f"{receipt['blockNumber']}")
+        return receipt
+
+    # ------------------------------------------------------------------ deployment
+    @classmethod
+    def deploy(cls, url, governance_account, hash_name, timeout=10.0, **kwargs):
+        """Deploy Beat.json with `governance_account` as the governance; returns the ledger."""
+        if hash_name not in ("sha3-256", "blake2b-256"):
+            raise ValueError(f"unknown hash {hash_name!r}")
+        art = artifact()
+        w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": float(timeout)},
+                               exception_retry_configuration=None))
+        w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
+        op = f"deploy by {governance_account.address}"
+        factory = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
+        try:
+            ctor = factory.constructor(hash_name)
+            gas = ctor.estimate_gas({"from": governance_account.address})
+            tx = ctor.build_transaction({
+                "from": governance_account.address,
+                "nonce": w3.eth.get_transaction_count(governance_account.address, "pending"),
+                "chainId": w3.eth.chain_id, "gas": int(gas * 1.2) + 50_000,
+                "gasPrice": w3.eth.gas_price})
+            tx_hash = w3.eth.send_raw_transaction(
+                governance_account.sign_transaction(tx).raw_transaction)
+            receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=3 * float(timeout),
+                                                          poll_latency=0.05)
+        except TimeExhausted as exc:
+            raise Unavailable(f"{op}: no receipt from {url}") from exc
+        except Exception as exc:   # noqa: BLE001
+            if _is_connection_error(exc):
+                raise Unavailable(f"{op}: the ledger at {url} is unreachable: {exc}") from exc
+            raise
+        if receipt["status"] != 1 or not receipt["contractAddress"]:
+            raise LedgerError(f"{op}: deployment failed (tx {tx_hash.hex()})")
+        return cls(url, receipt["contractAddress"], hash_name, timeout=timeout, **kwargs)
+
+    # ------------------------------------------------------------------ registration
+    def register_node(self, node: Node, *, signer) -> None:
+        op = f"register_node({node.node_id})"
+        if node.account is None:
+            raise LedgerError(f"{op}: the ethereum backend needs the node's account address")
+        existing = self.get_node(node.node_id)
+        if existing is not None and signer.address == self.governance:
+            if existing == node:
+                return       # already there (a retry after Unavailable): nothing to do
+            raise ConflictError(f"{op} by {signer.address}: node {node.node_id} is already "
+                                f"registered with other data")
+        self._transact(op, self.contract.functions.registerNode(
+            node.node_id, node.owner, node.pubkey, to_checksum_address(node.account)), signer)
+
+    def register_sla(self, sla: SLA, *, signer, tenant_account=None) -> None:
+        """`tenant_account`: the address allowed to open disputes on this SLA (an `Account`,
+        20 bytes or "0x..."; default: `sla.tenant` when it is an address, else nobody but the
+        governance)."""
+        op = f"register_sla({sla.sla_id})"
+        existing = self.get_sla(sla.sla_id)
+        if existing is not None and signer.address == self.governance:
+            if existing == sla:
+                return
+            raise ConflictError(f"{op} by {signer.address}: SLA {sla.sla_id} is already "
+                                f"registered with other terms")
+        tenant = _address(tenant_account, default=sla.tenant)
+        terms = (sla.sla_id, sla.tenant, tenant, sla.src, sla.dst, list(sla.route),
+                 sla.max_loss_ppm, sla.max_delay_us, sla.loss_budget_ppm,
+                 sla.penalty_per_violation, sla.valid_from_ns, sla.valid_to_ns, sla.qm_json())
+        self._transact(op, self.contract.functions.registerSLA(terms), signer)
+
+    # ------------------------------------------------------------------ anchors
+    def anchor(self, a: Anchor, *, signer) -> str:
+        op = f"anchor(node {a.node_id}, batch {a.batch_seq})"
+        fn = self.contract.functions
+        # Spare a transaction when the identical anchor is already there; everything else
+        # (permission, conflict, gap) is the contract's to judge, through the gas estimate.
+        exists, _owner, _pk, account, next_seq = self._call(op, fn.getNode(a.node_id))
+        if exists and account == signer.address and a.batch_seq < next_seq:
+            current = self.get_anchor(a.node_id, a.batch_seq)
+            if current is not None and current.content() == a.content():
+                return "exists"
+        receipt = self._transact(op, fn.anchor(a.node_id, a.batch_seq, a.tree_size, a.root,
+                                               a.first_t_ns, a.last_t_ns), signer)
+        events = self.contract.events.Anchored().process_receipt(receipt, errors=_DISCARD)
+        return "anchored" if events else "exists"
+
+    def _anchor_ref(self, node_id, batch_seq, block):
+        logs = self.contract.events.Anchored.get_logs(
+            from_block=block, to_block=block,
+            argument_filters={"nodeId": node_id, "batchSeq": batch_seq})
+        if logs:
+            return f"0x{bytes(logs[0]['transactionHash']).hex()}@{block}"
+        return f"@{block}"
+
+    def get_anchor(self, node_id, batch_seq):
+        op = f"get_anchor({node_id}, {batch_seq})"
+        exists, size, root, first, last, block = self._call(
+            op, self.contract.functions.getAnchor(node_id, batch_seq))
+        if not exists:
+            return None
+        ref = self._rpc(op, lambda: self._anchor_ref(node_id, batch_seq, block))
+        return Anchor(node_id, batch_seq, size, bytes(root), first, last, ref)
+
+    def anchors(self, node_id=None, from_seq=0):
+        op = f"anchors({node_id}, {from_seq})"
+        self._ensure(op)
+        filters = {"nodeId": node_id} if node_id is not None else {}
+        logs = self._rpc(op, lambda: self.contract.events.Anchored.get_logs(
+            from_block=self._deployed_at, to_block="latest", argument_filters=filters))
+        out = []
+        for log in logs:
+            e = log["args"]
+            if e["batchSeq"] < from_seq:
+                continue
+            ref = f"0x{bytes(log['transactionHash']).hex()}@{log['blockNumber']}"
+            out.append(Anchor(e["nodeId"], e["batchSeq"], e["treeSize"], bytes(e["root"]),
+                              e["firstTNs"], e["lastTNs"], ref))
+        out.sort(key=lambda a: (a.node_id, a.batch_seq))
+        return out
+
+    def next_batch_seq(self, node_id) -> int:
+        return self._call(f"next_batch_seq({node_id})",
+                          self.contract.functions.nextBatchSeq(node_id))
+
+    # ------------------------------------------------------------------ reads
+    def get_node(self, node_id):
+        exists, owner, pubkey, account, _next = self._call(
+            f"get_node({node_id})", self.contract.functions.getNode(node_id))
+        if not exists:
+            return None
+        return Node(node_id, owner, bytes(pubkey), bytes.fromhex(account[2:]))
+
+    def nodes(self):
+        ids = self._call("nodes()", self.contract.functions.nodeIds())
+        return [self.get_node(i) for i in ids]
+
+    def get_sla(self, sla_id):
+        exists, s = self._call(f"get_sla({sla_id})", self.contract.functions.getSLA(sla_id))
+        if not exists:
+            return None
+        (sid, tenant, _tenant_account, src, dst, route, max_loss, max_delay, budget, ppv,
+         valid_from, valid_to, qm) = s
+        return SLA(sid, tenant, bytes(src), bytes(dst), tuple(route), max_loss, max_delay, budget,
+                   ppv, valid_from, valid_to, json.loads(qm) if qm else {})
+
+    def sla_tenant_account(self, sla_id):
+        """The address allowed to open disputes on the SLA (None: the governance only)."""
+        exists, s = self._call(f"get_sla({sla_id})", self.contract.functions.getSLA(sla_id))
+        if not exists:
+            raise NotFound(f"sla_tenant_account({sla_id}): no such SLA")
+        return None if s[2] == ZERO_ADDRESS else s[2]
+
+    # ------------------------------------------------------------------ disputes
+    def open_dispute(self, sla_id, from_ns, to_ns, *, signer) -> int:
+        op = f"open_dispute(sla {sla_id}, {from_ns}..{to_ns})"
+        receipt = self._transact(op, self.contract.functions.openDispute(sla_id, from_ns, to_ns),
+                                 signer)
+        events = self.contract.events.DisputeOpened().process_receipt(receipt, errors=_DISCARD)
+        if not events:
+            raise LedgerError(f"{op}: no DisputeOpened event in {receipt['transactionHash']}")
+        return events[0]["args"]["disputeId"]
+
+    def record_evidence(self, dispute_id, evidence_digest, *, signer) -> None:
+        op = f"record_evidence(dispute {dispute_id})"
+        d = self.get_dispute(dispute_id)
+        if (d is not None and d.evidence_digest == bytes(evidence_digest)
+                and signer.address == self.governance):
+            return           # already recorded (a retry after Unavailable)
+        self._transact(op, self.contract.functions.recordEvidence(dispute_id, evidence_digest),
+                       signer)
+
+    def decide(self, dispute_id, verdict_digest, faulty, *, signer) -> None:
+        op = f"decide(dispute {dispute_id}, faulty {list(faulty)})"
+        d = self.get_dispute(dispute_id)
+        if (d is not None and d.verdict_digest == bytes(verdict_digest)
+                and d.faulty == tuple(faulty) and signer.address == self.governance):
+            return
+        self._transact(op, self.contract.functions.decide(dispute_id, verdict_digest,
+                                                          list(faulty)), signer)
+
+    def settle(self, dispute_id, *, signer) -> None:
+        op = f"settle(dispute {dispute_id})"
+        d = self.get_dispute(dispute_id)
+        if d is not None and d.state == "settled" and signer.address == self.governance:
+            return
+        self._transact(op, self.contract.functions.settle(dispute_id), signer)
+
+    def get_dispute(self, dispute_id):
+        exists, d = self._call(f"get_dispute({dispute_id})",
+                               self.contract.functions.getDispute(dispute_id))
+        if not exists:
+            return None
+        (did, sla_id, from_ns, to_ns, state, evidence, verdict, faulty, penalty, _opener) = d
+        state_name = DISPUTE_STATES[state - 1]
+        return Dispute(did, sla_id, from_ns, to_ns, state_name,
+                       bytes(evidence) if state >= 2 else None,
+                       bytes(verdict) if state >= 3 else None,
+                       tuple(faulty), penalty)
+
+
+def _address(value, default=None):
+    """An Account, 20 bytes or a "0x..." string -> a checksummed address (zero when none)."""
+    if value is None:
+        value = default
+    if isinstance(value, Account):
+        return value.address
+    if isinstance(value, (bytes, bytearray)) and len(value) == 20:
+        return to_checksum_address(bytes(value))
+    if isinstance(value, str) and Web3.is_address(value):
+        return to_checksum_address(value)
+    return ZERO_ADDRESS
+
+
+try:     # web3's "drop logs that do not decode" flag, whatever this version calls it
+    from web3.logs import DISCARD as _DISCARD
+except ImportError:   # pragma: no cover
+    _DISCARD = None
