@@ -229,6 +229,14 @@ def format_status(st):
                                        f"{lc['commits']} commits" if age is not None else "none"))
     lines.append(f"  neighbours   " + (", ".join(f"{m} -> {n}" for m, n in
                                                   st["neighbours"].items()) or "none"))
+    an = st.get("anchor")
+    if an:
+        last = an.get("last_anchored_batch_seq")
+        lines.append(f"  ledger       {an.get('backend')} {an.get('ledger')}: last anchored batch "
+                     f"{'none' if last is None else last}, {an.get('pending_anchors', 0)} pending, "
+                     f"{an.get('leaves_waiting', 0)} leaves waiting, {an.get('retries', 0)} retries"
+                     + (" (HALTED)" if an.get("halted") else "")
+                     + (f", last error: {an['last_error']}" if an.get("last_error") else ""))
     if st.get("failure"):
         lines.append(f"  FAILURE      {st['failure']}")
     return "\n".join(lines)

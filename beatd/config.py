@@ -6,7 +6,9 @@ message names the key and the value, e.g. ``neighbours[2].mac: "zz:.." is not a 
 """
 import dataclasses
 import ipaddress
+import os
 import re
+import stat
 import tomllib
 
 from fastpath.output import HASH_NAMES
@@ -50,7 +52,18 @@ DEFAULTS = {
         "log_format": "json",
         "neighbour_refresh": True,
     },
+    # the device's ledger anchoring (docs/ledger.md): "none" keeps the daemon off the ledger
+    "ledger": {
+        "backend": "none",
+        "path": None,               # local: the ledger's LMDB file
+        "key": None,                # the device's key file (beatd keygen: device.ed25519)
+        "url": None,                # ethereum: the JSON-RPC URL
+        "contract": None,           # ethereum: the Beat contract's address
+        "anchor_period_s": None,    # None: governance.anchor_period_s
+        "max_leaves": 1 << 16,      # leaves per batch at most
+    },
 }
+LEDGER_BACKENDS = ("none", "local", "ethereum")
 FANOUT_MODES = ("cpu", "hash", "lb")
 LOG_FORMATS = ("json", "text")
 IFNAMSIZ = 16
@@ -139,6 +152,24 @@ class Config:
     control_socket: str = DEFAULTS["daemon"]["control_socket"]
     log_format: str = DEFAULTS["daemon"]["log_format"]
     neighbour_refresh: bool = DEFAULTS["daemon"]["neighbour_refresh"]
+    ledger_backend: str = DEFAULTS["ledger"]["backend"]
+    ledger_path: str | None = None
+    ledger_key: str | None = None
+    ledger_url: str | None = None
+    ledger_contract: str | None = None
+    ledger_anchor_period_s: float | None = None     # None: anchor_period_s (the governance's)
+    ledger_max_leaves: int = DEFAULTS["ledger"]["max_leaves"]
+
+    @property
+    def ledger_enabled(self):
+        return self.ledger_backend != "none"
+
+    @property
+    def effective_ledger_anchor_period_s(self):
+        """The batcher's period: ``ledger.anchor_period_s``, else ``governance.anchor_period_s``."""
+        if self.ledger_anchor_period_s is not None:
+            return self.ledger_anchor_period_s
+        return self.anchor_period_s
 
     @property
     def effective_map_size(self):
@@ -292,8 +323,9 @@ def from_dict(raw):
     interfaces = _interfaces(top["interfaces"])
     capture = _capture(top["capture"])
     daemon = _daemon(top["daemon"])
+    ledger = _ledger(top["ledger"])
     return Config(
-        interfaces=interfaces, **capture, **daemon,
+        interfaces=interfaces, **capture, **daemon, **ledger,
         node_id=node_id, hash=hash_name, own_macs=own, neighbours=tuple(neighbours),
         store_path=st["path"], ring_size=ring_size, map_size=map_size, sync=st["sync"],
         sync_interval_s=float(sync_interval),
@@ -392,6 +424,58 @@ def _daemon(raw):
                           "true or false")
     return {"commit_interval_ms": interval, "metrics_listen": listen, "control_socket": sock,
             "log_format": d["log_format"], "neighbour_refresh": d["neighbour_refresh"]}
+
+
+def check_key_file(path, key="ledger.key"):
+    """A key file that exists, is a regular file and is not open to group/others (0600): checked
+    with ``stat`` only (the daemon reads the key itself at start)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"{key}: {_show(path)}: cannot use the key file: "
+                          f"{exc.strerror or exc} (make one with `beatd keygen --out DIR`)") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{key}: {_show(path)} is not a regular file")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise ConfigError(f"{key}: {_show(path)}: mode {mode:04o} lets group/others read or "
+                          f"write the key; refusing it (chmod 600 {path})")
+    return path
+
+
+def _ledger(raw):
+    lg = _table(raw, DEFAULTS["ledger"], "ledger.")
+    backend = lg["backend"]
+    if backend not in LEDGER_BACKENDS:
+        raise ConfigError(f"ledger.backend: {_show(backend)} is not one of "
+                          f"{', '.join(LEDGER_BACKENDS)}")
+    for name in ("path", "key", "url", "contract"):
+        v = lg[name]
+        if v is not None and (not isinstance(v, str) or not v):
+            raise ConfigError(f"ledger.{name}: {_show(v)} is not a non-empty string")
+    period = None
+    if lg["anchor_period_s"] is not None:
+        period = float(_number(lg, "anchor_period_s", "ledger."))
+    max_leaves = _number(lg, "max_leaves", "ledger.", integer=True)
+    if max_leaves > 1 << 24:
+        raise ConfigError(f"ledger.max_leaves: {max_leaves} is more than {1 << 24}")
+    out = {"ledger_backend": backend, "ledger_path": lg["path"], "ledger_key": lg["key"],
+           "ledger_url": lg["url"], "ledger_contract": lg["contract"],
+           "ledger_anchor_period_s": period, "ledger_max_leaves": max_leaves}
+    if backend == "none":
+        return out
+    need = ("path", "key") if backend == "local" else ("url", "contract", "key")
+    for name in need:
+        if lg[name] is None:
+            raise ConfigError(f"ledger.{name}: missing (needed by ledger.backend = "
+                              f"{_show(backend)})")
+    if backend == "local" and not os.path.isabs(lg["path"]):
+        raise ConfigError(f"ledger.path: {_show(lg['path'])} is not an absolute path")
+    if backend == "ethereum" and not re.match(r"^(0x)?[0-9a-fA-F]{40}$", lg["contract"]):
+        raise ConfigError(f"ledger.contract: {_show(lg['contract'])} is not a contract address "
+                          "(40 hex digits)")
+    check_key_file(lg["key"])
+    return out
 
 
 def load(path):

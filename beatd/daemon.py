@@ -23,6 +23,15 @@ A capture source is anything with the Ring API (``read(pipeline, timeout_ms) -> 
 ``kernel_stats()``, ``counters()``, ``close()``, ``ifname``, optionally ``fileno()``);
 ``source_factory(interfaces, worker, fanout_group, config)`` returns worker k's list of sources,
 ``ring_sources`` by default (tests inject stand-ins).
+
+Ledger anchoring (``[ledger]``, docs/ledger.md): when a backend is configured, the anchor thread
+runs ``ledger_client.batcher.Batcher`` on the store: every ``ledger.anchor_period_s`` the waiting
+outbox leaves become one Merkle tree, its leaf proofs and pending anchor are stored, and the pending
+anchors are submitted in order (``Unavailable``: retried with backoff; a refusal such as
+``PermissionDenied`` halts submission until SIGHUP or a restart; building goes on, nothing is
+lost). Capture never waits for it; the committer only shares LMDB's writer lock with it for the
+short transaction that stores a batch. At shutdown, after the final commit, one last tick builds
+what is left and makes one submission attempt (bounded by ``FINAL_ANCHOR_TIMEOUT_S``).
 """
 import logging
 import os
@@ -47,6 +56,8 @@ READ_TIMEOUT_MS = 100
 STATS_INTERVAL_S = 1.0
 RING_STATS_INTERVAL_S = 0.25
 RING_STATUS_INTERVAL_S = 1.0
+FINAL_ANCHOR_TIMEOUT_S = 1.0
+ANCHOR_POLL_MAX_S = 1.0
 IFF_LOOPBACK = 0x8
 
 
@@ -135,6 +146,14 @@ class Daemon:
         self.started = None
         self._rates = {"frames_per_s": 0.0, "records_per_s": 0.0}
         self._rate_prev = None
+        self.ledger = None              # the ledger backend, when [ledger] is configured
+        self.batcher = None
+        self._anchor_thread = None
+        self._anchor_stop = threading.Event()
+        self._anchor_lock = threading.Lock()    # one tick at a time
+        self._anchor_stats = None
+        self._ledger_where = None
+        self._ledger_log_routed = False
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -163,6 +182,8 @@ class Daemon:
         event(log, logging.INFO, "store resumed", path=cfg.store_path,
               next_seg_seq=resume["next_seg_seq"], open_records=len(resume["open_records"]) // 48)
         self._refresh_ring_status(force=True)
+        if cfg.ledger_enabled:
+            self._open_ledger()
 
         # rings: all opened before any thread starts, so that a bad interface fails the start
         group = (os.getpid() * 251) & 0xFFFF if nworkers > 1 else None
@@ -190,6 +211,7 @@ class Daemon:
             except OSError as exc:
                 raise DaemonError(f'daemon.metrics_listen: "{cfg.metrics_listen}": cannot listen: '
                                   f"{exc.strerror or exc}") from None
+            self.metrics.registry.register(AnchorCollector(self.anchor_status))
             event(log, logging.INFO, "metrics", listen=f"{self.metrics.host}:{self.metrics.port}")
         if cfg.control_socket:
             from .control import ControlServer
@@ -199,6 +221,10 @@ class Daemon:
         self._committer = threading.Thread(target=self._commit_loop, name="beatd-commit",
                                            daemon=True)
         self._committer.start()
+        if self.batcher is not None:
+            self._anchor_thread = threading.Thread(target=self._anchor_loop, name="beatd-anchor",
+                                                   daemon=True)
+            self._anchor_thread.start()
         self.workers = []
         for k, sources in enumerate(per_worker):
             t = threading.Thread(target=self._capture_loop, args=(k, sources),
@@ -206,6 +232,139 @@ class Daemon:
             self.workers.append((t, sources))
             t.start()
         event(log, logging.INFO, "running", node_id=cfg.node_id)
+
+    # -- ledger -------------------------------------------------------------------------------
+
+    def _open_ledger(self):
+        """The backend, the device's signer and the batcher (DaemonError naming the key)."""
+        cfg = self.cfg
+        self._route_ledger_logs()
+        if cfg.ledger_backend == "local":
+            from ledger_client.errors import LedgerError
+            from ledger_client.keys import DeviceKey, KeyFileError
+            from ledger_client.local import LocalLedger
+            path = cfg.ledger_path
+            if not os.path.exists(path):
+                raise DaemonError(f'ledger.path: "{path}": no such ledger (the governance creates '
+                                  "it: beatctl --ledger local:PATH --key GOV_KEY register-node ...)")
+            try:
+                signer = DeviceKey.load(cfg.ledger_key)
+            except KeyFileError as exc:
+                raise DaemonError(f"ledger.key: {exc}") from None
+            try:
+                self.ledger = LocalLedger(path, hash_name=None)
+            except LedgerError as exc:
+                raise DaemonError(f'ledger.path: "{path}": {exc}') from None
+            self._ledger_where = path
+        elif cfg.ledger_backend == "ethereum":
+            try:
+                from ledger_client import ethereum
+                EthereumLedger, Account = ethereum.EthereumLedger, ethereum.Account
+            except (ImportError, AttributeError) as exc:
+                raise DaemonError(f'ledger.backend: "ethereum" is not available yet in this '
+                                  f"build (ledger_client.ethereum: {exc}); use \"local\" or "
+                                  f"\"none\"") from None
+            try:
+                signer = Account.from_file(cfg.ledger_key)
+            except Exception as exc:  # noqa: BLE001 (named, exit 2)
+                raise DaemonError(f'ledger.key: "{cfg.ledger_key}": {exc}') from None
+            try:
+                self.ledger = EthereumLedger(cfg.ledger_url, cfg.ledger_contract, cfg.hash)
+            except Exception as exc:  # noqa: BLE001 (named, exit 2)
+                raise DaemonError(f'ledger.url: "{cfg.ledger_url}": {type(exc).__name__}: '
+                                  f"{exc}") from None
+            self._ledger_where = cfg.ledger_url
+        else:  # pragma: no cover (config.py rejects it)
+            raise DaemonError(f'ledger.backend: "{cfg.ledger_backend}": unknown')
+        from ledger_client.batcher import Batcher
+        try:
+            self.batcher = Batcher(self.store, self.ledger, cfg.node_id, cfg.hash, signer=signer,
+                                   anchor_period_s=cfg.effective_ledger_anchor_period_s,
+                                   max_leaves=cfg.ledger_max_leaves)
+        except ValueError as exc:
+            raise DaemonError(f'ledger: "{self._ledger_where}": {exc}') from None
+        registered = None
+        try:
+            node = self.ledger.get_node(cfg.node_id)
+            registered = node is not None and bytes(node.pubkey or b"") == bytes(
+                getattr(signer, "public", b"") or b"")
+            if cfg.ledger_backend == "ethereum" and node is not None:
+                registered = None       # the account, not the Ed25519 key, signs there
+        except Exception as exc:  # noqa: BLE001 (only a hint: the submission says it for sure)
+            event(log, logging.WARNING, "ledger: cannot look the node up", error=str(exc))
+        self._anchor_stats = self.batcher.stats()
+        event(log, logging.INFO, "ledger", backend=cfg.ledger_backend, where=self._ledger_where,
+              anchor_period_s=cfg.effective_ledger_anchor_period_s,
+              next_batch_seq=self._anchor_stats["next_batch_seq"],
+              pending_anchors=self._anchor_stats["pending_anchors"],
+              leaves_waiting=self._anchor_stats["leaves_waiting"])
+        if registered is False:
+            event(log, logging.WARNING, "ledger: this node is not registered with this key; the "
+                  "ledger will refuse its anchors until the governance registers it "
+                  "(beatctl register-node), then SIGHUP or restart", node_id=cfg.node_id,
+                  pubkey=signer.public.hex())
+
+    def _route_ledger_logs(self):
+        """The batcher logs under ``beat.ledger``: through beatd's handlers, in beatd's format."""
+        parent = logging.getLogger("beatd")
+        child = logging.getLogger("beat.ledger")
+        if parent.handlers and not child.handlers:
+            for h in parent.handlers:
+                child.addHandler(h)
+            child.setLevel(parent.level or logging.INFO)
+            child.propagate = False
+            self._ledger_log_routed = True
+
+    def _anchor_loop(self):
+        period = self.cfg.effective_ledger_anchor_period_s
+        poll = min(ANCHOR_POLL_MAX_S, max(0.05, period / 4))
+        while not self._anchor_stop.wait(poll):
+            self._anchor_tick()
+
+    def _anchor_tick(self, final=False):
+        b = self.batcher
+        with self._anchor_lock:
+            try:
+                if final:
+                    b.build()
+                    if b.halted is None:
+                        b._next_try = 0.0       # one attempt now, backoff or not
+                    b.submit()
+                else:
+                    b.tick()
+            except Exception as exc:  # noqa: BLE001 (kept and shown; the loop goes on)
+                b.last_error = f"tick: {type(exc).__name__}: {exc}"
+                event(log, logging.ERROR, "anchor tick failed", error=b.last_error)
+            try:
+                self._anchor_stats = b.stats()
+            except Exception:  # noqa: BLE001 (the store closing under a late tick)
+                pass
+
+    def _final_anchor(self):
+        """After the final commit: build what is left, one submission attempt, bounded."""
+        if self._anchor_thread is not None:
+            self._anchor_thread.join(timeout=FINAL_ANCHOR_TIMEOUT_S)
+        t = threading.Thread(target=self._anchor_tick, kwargs={"final": True},
+                             name="beatd-anchor-final", daemon=True)
+        t.start()
+        t.join(timeout=FINAL_ANCHOR_TIMEOUT_S)
+        st = self._anchor_stats or {}
+        if t.is_alive():
+            event(log, logging.WARNING, "final anchor submission did not finish in time; the "
+                  "pending anchors are submitted at the next start",
+                  timeout_s=FINAL_ANCHOR_TIMEOUT_S)
+        event(log, logging.INFO, "anchors at stop", pending_anchors=st.get("pending_anchors"),
+              last_anchored_batch_seq=st.get("last_anchored_batch_seq"),
+              leaves_waiting=st.get("leaves_waiting"), last_error=st.get("last_error"))
+
+    def anchor_status(self):
+        """The anchor state (status and metrics), or None without a ledger."""
+        if self.batcher is None:
+            return None
+        st = dict(self._anchor_stats or {})
+        st.update(backend=self.cfg.ledger_backend, ledger=self._ledger_where,
+                  anchor_period_s=self.cfg.effective_ledger_anchor_period_s)
+        return st
 
     def _resolve_interfaces(self):
         names = self.cfg.interfaces
@@ -356,13 +515,19 @@ class Daemon:
             if new is not None:
                 ignored = sorted(k for k in ("node_id", "hash", "own_macs", "store_path",
                                              "interfaces", "workers", "metrics_listen",
-                                             "control_socket", "ring_size")
+                                             "control_socket", "ring_size",
+                                             "ledger_backend", "ledger_path", "ledger_key",
+                                             "ledger_url", "ledger_contract",
+                                             "ledger_anchor_period_s", "ledger_max_leaves")
                                  if getattr(new, k) != getattr(self.cfg, k))
                 if ignored:
                     event(log, logging.WARNING, "reload: these changes need a restart",
                           keys=ignored)
                 self.neighbours.set_config(new.neighbours)
         self.neighbours.reload_kernel()
+        if self.batcher is not None and self.batcher.halted is not None:
+            event(log, logging.INFO, "anchor submission resumed", was=self.batcher.halted)
+            self.batcher.resume()
         event(log, logging.INFO, "reloaded", reloads=self.reloads,
               neighbours=len(self.neighbours.current()))
 
@@ -372,6 +537,7 @@ class Daemon:
         """Stop capture, commit everything, flush, commit, close the store and the servers."""
         t0 = time.monotonic()
         self._capture_stop.set()
+        self._anchor_stop.set()
         for t, _ in self.workers:
             if t is not None:
                 t.join(timeout=1.0)
@@ -389,6 +555,8 @@ class Daemon:
             except StoreError as exc:
                 self.failure = self.failure or f"store: {exc}"
                 event(log, logging.ERROR, "final commit failed", error=str(exc))
+        if committed and self.batcher is not None:
+            self._final_anchor()
         totals = self.pipeline.totals() if self.pipeline is not None else {}
         self._close_all()
         event(log, logging.INFO, "stopped", committed=committed,
@@ -398,6 +566,9 @@ class Daemon:
     def _close_all(self):
         self._capture_stop.set()
         self._commit_stop.set()
+        self._anchor_stop.set()
+        if self._anchor_thread is not None:
+            self._anchor_thread.join(timeout=FINAL_ANCHOR_TIMEOUT_S)
         for _, sources in self.workers:
             for s in sources:
                 try:
@@ -419,6 +590,15 @@ class Daemon:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self.ledger is not None:
+            _quietly(getattr(self.ledger, "close", lambda: None))
+            self.ledger = None
+        if self._ledger_log_routed:
+            child = logging.getLogger("beat.ledger")
+            for h in list(child.handlers):
+                child.removeHandler(h)
+            child.propagate = True
+            self._ledger_log_routed = False
 
     # -- what it says about itself --------------------------------------------------------------
 
@@ -444,7 +624,7 @@ class Daemon:
         kernel, _, total = self._capture_totals()
         return {"totals": self.pipeline.totals(), "capture": total, "kernel": kernel,
                 "ring": self._ring_status, "commits": self.commits,
-                "commit_seconds": self.commit_seconds}
+                "commit_seconds": self.commit_seconds, "anchor": self.anchor_status()}
 
     def status(self):
         """The state ``beatd status`` prints (JSON-able)."""
@@ -478,5 +658,45 @@ class Daemon:
             "neighbours": {format_mac(m): n for m, n in
                            (neighbours.current().items() if neighbours else ())},
             "reloads": self.reloads,
+            "anchor": self.anchor_status(),
             "failure": self.failure,
         }
+
+
+ANCHOR_METRICS = ("beat_anchor_leaves_waiting", "beat_anchor_pending", "beat_anchor_last_batch_seq",
+                  "beat_anchor_retries_total", "beat_anchors_total")
+
+
+class AnchorCollector:
+    """The anchor metrics (only when a ledger is configured): leaves waiting, pending anchors,
+    last anchored batch_seq (-1: none yet), failed submission attempts and anchors on the ledger
+    (both since start)."""
+
+    def __init__(self, anchor_status):
+        self._status = anchor_status
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        st = self._status()
+        if not st:
+            return
+        last = st.get("last_anchored_batch_seq")
+        for name, doc, value in (
+                ("beat_anchor_leaves_waiting", "Outbox leaves not in a batch yet",
+                 st.get("leaves_waiting", 0)),
+                ("beat_anchor_pending", "Batches built and not yet on the ledger",
+                 st.get("pending_anchors", 0)),
+                ("beat_anchor_last_batch_seq", "The last batch_seq on the ledger (-1: none)",
+                 -1 if last is None else last)):
+            m = GaugeMetricFamily(name, doc)
+            m.add_metric([], value)
+            yield m
+        for name, doc, value in (
+                ("beat_anchor_retries_total", "Failed anchor submissions (ledger unavailable) "
+                 "since start", st.get("retries", 0)),
+                ("beat_anchors_total", "Anchors that reached the ledger since start",
+                 st.get("anchors_submitted", 0))):
+            m = CounterMetricFamily(name[:-len("_total")], doc)
+            m.add_metric([], value)
+            yield m

@@ -311,6 +311,13 @@ def main(argv=None):
     except LedgerError as exc:
         print(f"beatctl: {args.command}: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    except BrokenPipeError:
+        # `beatctl anchors | head`: the reader left; not an error worth a traceback
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
 
 
 if __name__ == "__main__":

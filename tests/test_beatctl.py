@@ -158,3 +158,18 @@ def test_console_entry_point_runs():
     r = subprocess.run([sys.executable, "-m", "governance.cli", "--help"], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode == 0 and "register-node" in r.stdout
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(env, capsys):
+    """`beatctl anchors | head -1`: the pipe closes early; beatctl exits without a traceback."""
+    node = DeviceKey.generate()
+    assert run(env, "register-node", "--node-id", "1", "--owner", "isp-a",
+               "--pubkey", node.public_hex) == 0
+    with LocalLedger(env["path"]) as led:
+        for seq in range(1500):
+            led.anchor(Anchor(1, seq, 1, bytes([seq % 256]) * 32, seq, seq), signer=node)
+    cmd = (f"{sys.executable} -m governance.cli --ledger {env['led']} anchors --json | head -c 100")
+    r = subprocess.run(["bash", "-c", "set -o pipefail; " + cmd], capture_output=True, text=True,
+                       cwd=REPO, timeout=60)
+    assert len(r.stdout) == 100
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr

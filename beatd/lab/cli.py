@@ -21,6 +21,10 @@ def add_arguments(parser):
     sub = parser.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
     up = sub.add_parser("up", help="build the namespaces, start a beatd in each router")
     up.add_argument("--no-daemons", action="store_true", help="network only")
+    ledger_help = ("the routers' ledger: local (default: a local ledger in the state dir, every "
+                   "router registered), none, or ethereum (not available yet)")
+    up.add_argument("--ledger", choices=("local", "none", "ethereum"), default="local",
+                    help=ledger_help)
     d = sub.add_parser("demo", help="up (if needed), send known packets and load h1 -> h2, move "
                                     "the route onto the detour, stop the daemons, print what "
                                     "each router recorded")
@@ -30,6 +34,8 @@ def add_arguments(parser):
     d.add_argument("--rate", type=float, default=20000.0, help="load packets/s (default 20000)")
     d.add_argument("--down", action="store_true", help="remove the lab at the end")
     d.add_argument("--json", action="store_true", help="print the report as JSON too")
+    d.add_argument("--ledger", choices=("local", "none", "ethereum"), default="local",
+                   help=ledger_help)
     dp = sub.add_parser("dump", help="a router's stored records (beatd dump --json)")
     dp.add_argument("node", metavar="NODE")
     sub.add_parser("down", help="stop the daemons, delete the namespaces and the state")
@@ -45,12 +51,16 @@ def main(args):
         print("beatd lab: needs root (network namespaces)", file=sys.stderr)
         return 2
     try:
-        lab = Lab(args.topology, prefix=args.prefix, state_root=args.state_dir)
+        lab = Lab(args.topology, prefix=args.prefix, state_root=args.state_dir,
+                  ledger=getattr(args, "ledger", "local"))
         cmd = args.lab_command
         if cmd == "up":
             lab.up(daemons=not args.no_daemons)
             print(f"lab {lab.topo.name} up: namespaces {' '.join(lab.net.namespaces())}; "
                   f"state in {lab.state_dir}")
+            if lab.ledger == "local":
+                print(f"ledger: local:{lab.ledger_path} (governance key "
+                      f"{lab.governance_key_path}); every router registered, owner lab")
         elif cmd == "demo":
             try:
                 report = lab.demo(known=args.known, flows=args.flows, load_packets=args.load,

@@ -4,6 +4,13 @@ State lives under ``<state_root>/<lab key>/`` (default ``/run/beat-lab/beat/``):
 (prefix, topology, daemon pids), and per router ``<router>/beatd.toml``, ``store/``,
 ``control.sock``, ``beatd.log``. ``up`` first clears what a crashed run left (namespaces of this
 prefix and topology, daemons recorded in the state file), so it can always be run again.
+
+Ledger (``ledger="local"``, the default): ``up`` also makes a governance key
+(``governance.ed25519``) and a ``local`` ledger (``ledger.mdb``) in the state dir, a device key per
+router (``<router>/keys/device.ed25519``, as ``beatd keygen``), registers every router as a node
+(owner ``lab``) and gives each beatd a ``[ledger]`` section with a short anchor period
+(``LAB_ANCHOR_PERIOD_S``). ``ledger="none"`` leaves the ledger out; ``"ethereum"`` is not available
+in the lab yet.
 """
 import json
 import os
@@ -22,6 +29,9 @@ __all__ = ["Lab", "LabError", "DEFAULT_TOPOLOGY", "STATE_ROOT"]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_TOPOLOGY = os.path.join(REPO, "topologies", "paper.toml")
 STATE_ROOT = os.environ.get("BEAT_LAB_STATE", "/run/beat-lab")
+LEDGERS = ("local", "none", "ethereum")
+LAB_ANCHOR_PERIOD_S = 1.0
+LAB_OWNER = "lab"
 
 
 class LabError(Exception):
@@ -56,7 +66,10 @@ def _cmdline(pid):
 
 class Lab:
     def __init__(self, topology=None, prefix="beat-", state_root=None, python=None,
-                 ring_size="16MiB"):
+                 ring_size="16MiB", ledger="local"):
+        if ledger not in LEDGERS:
+            raise LabError(f"ledger: {ledger!r} is not one of {', '.join(LEDGERS)}")
+        self.ledger = ledger
         self.topology_path = os.path.abspath(topology or DEFAULT_TOPOLOGY)
         self.topo = load_topology(self.topology_path)
         self.net = Net(self.topo, prefix)
@@ -82,6 +95,69 @@ class Lab:
 
     def log_path(self, router):
         return os.path.join(self.router_dir(router), "beatd.log")
+
+    @property
+    def ledger_path(self):
+        """The lab's ``local`` ledger (LMDB file)."""
+        return os.path.join(self.state_dir, "ledger.mdb")
+
+    @property
+    def governance_key_path(self):
+        return os.path.join(self.state_dir, "governance.ed25519")
+
+    def device_key_path(self, router):
+        return os.path.join(self.router_dir(router), "keys", "device.ed25519")
+
+    # ------------------------------------------------------------------ the ledger
+    def _check_ledger_choice(self):
+        if self.ledger == "ethereum":
+            raise LabError("--ledger ethereum: not available in the lab yet (no chain is started "
+                           "for it); use --ledger local (the default) or --ledger none")
+
+    def setup_ledger(self):
+        """``local``: the governance key, the ledger, a device key per router (``beatd keygen``'s
+        files), every router registered as a node. Returns {router: public key hex}."""
+        if self.ledger != "local":
+            return {}
+        from ledger_client.keys import DeviceKey
+        from ledger_client.local import LocalLedger
+        from ledger_client.types import Node
+        from beatd import keygen
+
+        os.makedirs(self.state_dir, exist_ok=True)
+        gov = DeviceKey.generate()
+        gov.save(self.governance_key_path, overwrite=True)
+        pubs = {}
+        with LocalLedger(self.ledger_path, hash_name=self._hash(), governance_pubkey=gov) as led:
+            for r in self.topo.routers:
+                kdir = os.path.dirname(self.device_key_path(r.name))
+                os.makedirs(kdir, mode=0o700, exist_ok=True)
+                key = DeviceKey.generate()
+                key.save(self.device_key_path(r.name), overwrite=True)
+                with open(os.path.join(kdir, keygen.PUB_NAME), "w") as f:
+                    f.write(key.public_hex + "\n")
+                led.register_node(Node(r.node_id, LAB_OWNER, key.public, None), signer=gov)
+                pubs[r.name] = key.public_hex
+        return pubs
+
+    @staticmethod
+    def _hash():
+        from beatd import config as beatd_config
+        return beatd_config.DEFAULTS["hash"]
+
+    def anchors(self):
+        """{router: [Anchor, ...]} from the lab's local ledger (empty without one)."""
+        if self.ledger != "local" or not os.path.exists(self.ledger_path):
+            return {}
+        from ledger_client.local import LocalLedger
+        with LocalLedger(self.ledger_path, hash_name=None) as led:
+            return {r.name: led.anchors(r.node_id) for r in self.topo.routers}
+
+    def verify_ledger(self):
+        """The local ledger's ``verify_chain()`` problems (an empty list: sound)."""
+        from ledger_client.local import LocalLedger
+        with LocalLedger(self.ledger_path, hash_name=None) as led:
+            return led.verify_chain()
 
     def _read_state(self):
         try:
@@ -126,6 +202,9 @@ class Lab:
                       f"ip = {_toml_str(ip)}"]
         lines += ["", "[store]", f"path = {_toml_str(os.path.join(d, 'store'))}",
                   f"ring_size = {_toml_str(self.ring_size)}", 'sync = "periodic"']
+        # segments close at least once per anchor period: the lab anchors every second, so its
+        # segments must close every second too (the governance parameter, set by the lab here)
+        lines += ["", "[governance]", f"anchor_period_s = {LAB_ANCHOR_PERIOD_S}"]
         if "capture" in known:
             cap = {"workers": 1, "block_size": '"256KiB"', "block_count": 8,
                    "block_timeout_ms": 10}
@@ -137,6 +216,11 @@ class Lab:
                   "log_format": '"text"'}
             lines += ["", "[daemon]"] + [f"{k} = {v}" for k, v in dm.items()
                                          if k in known["daemon"]]
+        if self.ledger == "local" and "ledger" in known:
+            lines += ["", "[ledger]", 'backend = "local"',
+                      f"path = {_toml_str(self.ledger_path)}",
+                      f"key = {_toml_str(self.device_key_path(router))}",
+                      f"anchor_period_s = {LAB_ANCHOR_PERIOD_S}"]
         return "\n".join(lines) + "\n"
 
     def write_configs(self):
@@ -270,13 +354,16 @@ class Lab:
         return removed
 
     def up(self, daemons=True, timeout=30.0):
-        """Clear leftovers, build the network, write the configs, start and wait for the daemons."""
+        """Clear leftovers, build the network, set up the ledger, write the configs, start and wait
+        for the daemons."""
+        self._check_ledger_choice()
         self.clear_leftovers()
         self._write_state({"prefix": self.prefix, "topology": self.topology_path,
                            "namespaces": self.net.namespaces(), "daemons": {},
-                           "started": time.time()})
+                           "started": time.time(), "ledger": self.ledger})
         try:
             self.net.create()
+            self.setup_ledger()
             self.write_configs()
             if daemons:
                 ok, why = self.daemon_available()
@@ -349,6 +436,8 @@ class Lab:
         topo, net = self.topo, self.net
         if not self.is_up():
             self.up()
+        else:       # the ledger the running lab was brought up with
+            self.ledger = self._read_state().get("ledger", self.ledger)
         src, dst = topo.src, topo.dst
         a_src, a_dst = topo.host_addr(src), topo.host_addr(dst)
         phase1 = traffic.known_packets(a_src, a_dst, known, sport=40000, tag=b"agreed")
@@ -405,6 +494,18 @@ class Lab:
             if stored is not None:
                 out.write("    stored counters: " + ", ".join(
                     f"({name(a)}, {name(b)}): {n}" for (a, b), n in sorted(stored.items())) + "\n")
+        anchors = self.anchors()
+        if anchors:
+            report["anchors"] = {}
+            out.write(f"\nledger {self.ledger_path}:\n")
+            for r in topo.routers:
+                got = anchors.get(r.name, [])
+                report["anchors"][r.name] = {"anchors": len(got),
+                                             "leaves": sum(a.tree_size for a in got)}
+                out.write(f"  {r.name} (node {r.node_id}): {len(got)} anchors, batch_seq "
+                          + (f"0..{got[-1].batch_seq}" if got else "-")
+                          + f", {sum(a.tree_size for a in got)} leaves\n")
+            out.write(f"  (beatctl --ledger local:{self.ledger_path} anchors)\n")
         out.write("\n(`beatd lab dump NODE` shows a router's records; `beatd lab down` removes "
                   "the lab)\n")
         return report

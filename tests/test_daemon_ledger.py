@@ -1,0 +1,312 @@
+"""The daemon's ledger anchoring (``[ledger]``): configuration, the anchor thread on a ``local``
+ledger, ``beatd status`` and the metrics, and a node the ledger does not know yet.
+
+No root needed: the daemon runs in-process with the stand-in capture source of test_daemon.py
+(the real rings and SIGTERM are covered by tests/test_lab_ledger.py).
+"""
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from beatd import config as bconfig
+from beatd.control import request
+from beatd.daemon import ANCHOR_METRICS, Daemon, DaemonError
+from beatd.store import Store
+from ledger_client import merkle
+from ledger_client.keys import DeviceKey
+from ledger_client.local import LocalLedger
+from ledger_client.outbox import Outbox
+from ledger_client.types import Node
+
+from test_daemon import OWN, PEER, ROOT, StandIn, config_text, udp_frame, wait_for
+
+NODE = 1
+HASH = "sha3-256"
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+def _key(tmp_path, name="device.ed25519", mode=0o600):
+    k = DeviceKey.generate()
+    path = tmp_path / name
+    k.save(path)
+    os.chmod(path, mode)
+    return k, str(path)
+
+
+def test_ledger_defaults_keep_existing_configs():
+    c = bconfig.from_dict({"node_id": 1})
+    assert c.ledger_backend == "none" and not c.ledger_enabled
+    assert c.effective_ledger_anchor_period_s == c.anchor_period_s == 10.0
+    assert c.ledger_max_leaves == 1 << 16
+    c = bconfig.from_dict({"node_id": 1, "governance": {"anchor_period_s": 3}})
+    assert c.effective_ledger_anchor_period_s == 3.0
+
+
+def test_ledger_local_values(tmp_path):
+    _, key = _key(tmp_path)
+    c = bconfig.from_dict({"node_id": 1, "ledger": {
+        "backend": "local", "path": str(tmp_path / "l.mdb"), "key": key, "anchor_period_s": 0.5,
+        "max_leaves": 100}})
+    assert (c.ledger_backend, c.ledger_path, c.ledger_key) == ("local", str(tmp_path / "l.mdb"),
+                                                               key)
+    assert c.effective_ledger_anchor_period_s == 0.5 and c.ledger_max_leaves == 100
+
+
+def test_ledger_config_errors_name_the_key(tmp_path):
+    _, key = _key(tmp_path)
+    _, open_key = _key(tmp_path, "open.ed25519", 0o644)
+    led = str(tmp_path / "l.mdb")
+    cases = [
+        ({"backend": "chain"}, 'ledger.backend: "chain" is not one of none, local, ethereum'),
+        ({"backend": "local", "key": key}, "ledger.path: missing"),
+        ({"backend": "local", "path": led}, "ledger.key: missing"),
+        ({"backend": "local", "path": "rel.mdb", "key": key},
+         'ledger.path: "rel.mdb" is not an absolute path'),
+        ({"backend": "local", "path": led, "key": str(tmp_path / "nokey")},
+         f'ledger.key: "{tmp_path / "nokey"}": cannot use the key file: No such file'),
+        ({"backend": "local", "path": led, "key": open_key},
+         f'ledger.key: "{open_key}": mode 0644 lets group/others'),
+        ({"backend": "local", "path": led, "key": str(tmp_path)}, "is not a regular file"),
+        ({"backend": "local", "path": led, "key": key, "anchor_period_s": 0},
+         "ledger.anchor_period_s: 0 must be more than 0"),
+        ({"backend": "local", "path": led, "key": key, "max_leaves": "many"},
+         'ledger.max_leaves: "many" is not an integer'),
+        ({"backend": "local", "path": 3, "key": key}, "ledger.path: 3 is not a non-empty string"),
+        ({"backend": "ethereum", "key": key, "contract": "00" * 20}, "ledger.url: missing"),
+        ({"backend": "ethereum", "key": key, "url": "http://127.0.0.1:8545"},
+         "ledger.contract: missing"),
+        ({"backend": "ethereum", "key": key, "url": "http://x:1", "contract": "0x12"},
+         'ledger.contract: "0x12" is not a contract address'),
+        ({"colour": "red"}, "ledger.colour: unknown key"),
+    ]
+    for raw, message in cases:
+        with pytest.raises(bconfig.ConfigError) as e:
+            bconfig.from_dict({"node_id": 1, "ledger": raw})
+        assert message in str(e.value), (raw, str(e.value))
+
+
+def test_run_names_a_bad_ledger_key_and_exits_2(tmp_path):
+    cfg = tmp_path / "beatd.toml"
+    missing = tmp_path / "keys" / "device.ed25519"
+    cfg.write_text(config_text(tmp_path / "s", tmp_path / "c.sock", extra="") +
+                   f'[ledger]\nbackend = "local"\npath = "{tmp_path / "l.mdb"}"\n'
+                   f'key = "{missing}"\n')
+    r = subprocess.run([sys.executable, "-m", "beatd", "run", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 2
+    assert f'ledger.key: "{missing}": cannot use the key file' in r.stderr
+
+
+def _factory(sources):
+    def factory(interfaces, worker, group, config):
+        s = StandIn(interfaces[0])
+        sources.append(s)
+        return [s]
+    return factory
+
+
+def _cfg(tmp_path, ledger_lines, metrics="127.0.0.1:0"):
+    path = tmp_path / "beatd.toml"
+    text = config_text(tmp_path / "store", tmp_path / "control.sock", metrics=metrics)
+    # short periods: receipts every 100 ms, segments closed every 0.5 s, a batch every 0.3 s
+    text = text.replace("[store]", "[governance]\nreceipt_epoch_ms = 100\nanchor_period_s = 0.5\n"
+                                   "[store]")
+    path.write_text(text + "[ledger]\n" + ledger_lines)
+    return path, bconfig.load(path)
+
+
+def test_ethereum_not_available_is_named(tmp_path, monkeypatch):
+    _, key = _key(tmp_path)
+    _, cfg = _cfg(tmp_path, f'backend = "ethereum"\nurl = "http://127.0.0.1:1"\n'
+                            f'contract = "{"ab" * 20}"\nkey = "{key}"\n', metrics="")
+    import ledger_client
+    monkeypatch.setitem(sys.modules, "ledger_client.ethereum", None)   # import fails
+    monkeypatch.delattr(ledger_client, "ethereum", raising=False)
+    d = Daemon(cfg, source_factory=_factory([]))
+    with pytest.raises(DaemonError) as e:
+        d.start()
+    assert 'ledger.backend: "ethereum" is not available yet' in str(e.value)
+    assert d.store is None       # everything opened was closed again
+
+
+def test_missing_local_ledger_is_named(tmp_path):
+    _, key = _key(tmp_path)
+    led = tmp_path / "none.mdb"
+    _, cfg = _cfg(tmp_path, f'backend = "local"\npath = "{led}"\nkey = "{key}"\n', metrics="")
+    d = Daemon(cfg, source_factory=_factory([]))
+    with pytest.raises(DaemonError) as e:
+        d.start()
+    assert f'ledger.path: "{led}": no such ledger' in str(e.value)
+    assert not led.exists()
+
+
+# -- the anchor thread on a local ledger -----------------------------------------------------
+
+def _ledger(tmp_path, register=True):
+    """A local ledger (governance key saved for beatctl) and the device key; the node registered
+    when ``register``."""
+    gov = DeviceKey.generate()
+    gov_path = tmp_path / "gov.ed25519"
+    gov.save(gov_path)
+    dev, dev_path = _key(tmp_path)
+    with open(dev_path + ".pub", "w") as f:
+        f.write(dev.public_hex + "\n")
+    led = tmp_path / "ledger.mdb"
+    with LocalLedger(led, hash_name=HASH, governance_pubkey=gov) as lg:
+        # another node, so that the ledger is not empty either way
+        lg.register_node(Node(99, "other", DeviceKey.generate().public, None), signer=gov)
+        if register:
+            lg.register_node(Node(NODE, "test", dev.public, None), signer=gov)
+    return str(led), str(gov_path), dev_path
+
+
+def _run(cfg, cfg_path, sources):
+    d = Daemon(cfg, config_path=str(cfg_path), source_factory=_factory(sources))
+    d.start()
+    main = threading.Thread(target=d.serve, kwargs={"tick_s": 0.02})
+    main.start()
+    return d, main
+
+
+def _stop(d, main):
+    d.request_stop()
+    main.join(timeout=2)
+    t0 = time.monotonic()
+    d.shutdown()
+    took = time.monotonic() - t0
+    assert took < 2.0, f"shutdown took {took:.2f} s"
+    assert d.failure is None
+
+
+def _push_rounds(d, src, rounds, per_round=30, gap=0.25, start=0):
+    n = d.pipeline.totals()["frames"]
+    for k in range(rounds):
+        src.push([udp_frame(PEER, OWN, start + k * per_round + i, 1) for i in range(per_round)])
+        n += per_round
+        wait_for(lambda: d.pipeline.totals()["frames"] == n, what=f"{n} frames fed")
+        time.sleep(gap)
+
+
+def _check_everything_anchored(tmp_path, led_path):
+    """Every leaf of the store's outbox is in an anchored batch, its stored proof verifies against
+    the root ON THE LEDGER (with the ledger's tree_size); batch_seq 0..k without a gap."""
+    with LocalLedger(led_path, hash_name=None) as lg:
+        anchors = lg.anchors(NODE)
+        assert lg.verify_chain() == []
+        assert lg.anchors(99) == []
+    assert anchors, "no anchors on the ledger"
+    assert [a.batch_seq for a in anchors] == list(range(len(anchors)))
+    by_seq = {a.batch_seq: a for a in anchors}
+    with Store(tmp_path / "store", node_id=NODE, hash_name=HASH, ring_size=16 << 20,
+               map_size=256 << 20) as st:
+        leaves = st.outbox()
+        ob = Outbox(st)
+        batches = ob.batches()
+        assert [b.batch_seq for b in batches] == list(range(len(anchors)))
+        assert all(b.status == 1 for b in batches), "a batch is still pending in the store"
+        assert leaves and [seq for seq, _, _ in leaves] == list(range(len(leaves)))
+        assert sum(a.tree_size for a in anchors) == len(leaves)
+        for seq, kind, value in leaves:
+            p = ob.proof(seq)
+            assert p is not None, f"leaf {seq} is in no batch"
+            batch_seq, index, proof = p
+            a = by_seq[batch_seq]
+            assert batches[batch_seq].root == a.root
+            assert merkle.verify_inclusion(HASH, bytes([kind]) + value, index, a.tree_size,
+                                           proof, a.root), f"leaf {seq}: proof does not verify"
+        kinds = {kind for _, kind, _ in leaves}
+    return anchors, kinds
+
+
+def test_daemon_anchors_on_local_ledger(tmp_path):
+    led, _, key = _ledger(tmp_path)
+    cfg_path, cfg = _cfg(tmp_path, f'backend = "local"\npath = "{led}"\nkey = "{key}"\n'
+                                   "anchor_period_s = 0.3\n")
+    sources = []
+    d, main = _run(cfg, cfg_path, sources)
+    try:
+        _push_rounds(d, sources[0], 6)
+        wait_for(lambda: (request(str(tmp_path / "control.sock"))["anchor"] or {})
+                 .get("last_anchored_batch_seq") is not None, timeout=5, what="an anchor")
+        st = request(str(tmp_path / "control.sock"))
+        a = st["anchor"]
+        for k in ("leaves_waiting", "pending_anchors", "last_anchored_batch_seq", "retries",
+                  "last_error", "halted", "backend", "ledger"):
+            assert k in a, k
+        assert a["backend"] == "local" and a["ledger"] == led and a["last_error"] is None
+        assert a["anchors_submitted"] >= 1 and not a["halted"]
+
+        # beatd status --json (the CLI) shows the same state
+        r = subprocess.run([sys.executable, "-m", "beatd", "status", "--socket",
+                            str(tmp_path / "control.sock"), "--json"],
+                           capture_output=True, text=True, timeout=20, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)["anchor"]
+        assert got["backend"] == "local" and got["last_anchored_batch_seq"] >= 0
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{d.metrics.port}/metrics",
+                                      timeout=2).read().decode()
+        for name in ANCHOR_METRICS:
+            assert name in text, name
+        assert "beat_anchor_retries_total 0.0" in text
+        _push_rounds(d, sources[0], 2, start=1000, gap=0.05)
+    finally:
+        _stop(d, main)
+    anchors, kinds = _check_everything_anchored(tmp_path, led)
+    assert len(anchors) >= 2
+    assert 2 in kinds, "segment commitments are anchored"   # (receipts need joined pairs)
+
+
+def test_unregistered_node_is_refused_then_catches_up(tmp_path, caplog):
+    led, gov, key = _ledger(tmp_path, register=False)
+    cfg_path, cfg = _cfg(tmp_path, f'backend = "local"\npath = "{led}"\nkey = "{key}"\n'
+                                   "anchor_period_s = 0.3\n", metrics="")
+    sock = str(tmp_path / "control.sock")
+    sources = []
+    caplog.set_level(logging.INFO)
+    d, main = _run(cfg, cfg_path, sources)
+    try:
+        _push_rounds(d, sources[0], 4)
+        wait_for(lambda: (request(sock)["anchor"] or {}).get("halted"), timeout=5,
+                 what="submission halted")
+        a = request(sock)["anchor"]
+        assert "PermissionDenied" in a["last_error"]
+        assert a["last_anchored_batch_seq"] is None and a["pending_anchors"] >= 1
+    finally:
+        _stop(d, main)
+    logged = "\n".join(r.getMessage() + " " + json.dumps(getattr(r, "fields", {}), default=str)
+                       for r in caplog.records)
+    assert "not registered" in logged and "PermissionDenied" in logged
+    with LocalLedger(led, hash_name=None) as lg:
+        assert lg.anchors(NODE) == []
+    with Store(tmp_path / "store", node_id=NODE, hash_name=HASH, ring_size=16 << 20,
+               map_size=256 << 20) as st:
+        waiting = len(st.outbox())
+        pending = [b for b in Outbox(st).batches() if b.status == 0]
+    assert waiting and pending, "the refused batches are kept in the store"
+
+    # the governance registers the node (beatctl), the daemon restarts: everything is anchored
+    r = subprocess.run([sys.executable, "-m", "governance.cli", "--ledger", f"local:{led}",
+                        "--key", gov, "register-node", "--node-id", str(NODE), "--owner", "test",
+                        "--pubkey-file", key + ".pub"],
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    sources = []
+    d, main = _run(cfg, cfg_path, sources)
+    try:
+        wait_for(lambda: (request(sock)["anchor"] or {}).get("pending_anchors") == 0,
+                 timeout=5, what="the pending anchors submitted")
+        assert request(sock)["anchor"]["last_error"] is None
+        _push_rounds(d, sources[0], 1, start=5000, gap=0.05)
+    finally:
+        _stop(d, main)
+    anchors, _ = _check_everything_anchored(tmp_path, led)
+    assert sum(a.tree_size for a in anchors) >= waiting
