@@ -32,9 +32,13 @@ DEFAULT_MAP_SIZE = 1 << 30
 
 # entry kinds
 K_NODE, K_SLA, K_ANCHOR, K_OPEN, K_EVIDENCE, K_DECIDE, K_SETTLE = 1, 2, 3, 4, 5, 6, 7
+# decide, with the contract's rule that every faulty node is on the SLA's route. Kind 6 (written
+# before that rule) keeps its meaning, so that older chains still verify; writes use kind 8 only.
+K_DECIDE_ROUTE = 8
+DECIDE_KINDS = (K_DECIDE, K_DECIDE_ROUTE)
 KIND_NAMES = {K_NODE: "register_node", K_SLA: "register_sla", K_ANCHOR: "anchor",
               K_OPEN: "open_dispute", K_EVIDENCE: "record_evidence", K_DECIDE: "decide",
-              K_SETTLE: "settle"}
+              K_SETTLE: "settle", K_DECIDE_ROUTE: "decide"}
 HEAD = 33            # prev_hash(32) kind(1)
 TAIL = 32 + 64       # signer_pubkey(32) signature(64)
 
@@ -169,7 +173,7 @@ def _apply(st, gov, n, kind, body, signer):
     if op is None:
         raise LedgerError(f"unknown entry kind {kind}")
     who = "the governance" if is_gov else _signer_name(signer)
-    if kind in (K_NODE, K_SLA, K_EVIDENCE, K_DECIDE, K_SETTLE) and not is_gov:
+    if kind in (K_NODE, K_SLA, K_EVIDENCE, K_DECIDE, K_SETTLE, K_DECIDE_ROUTE) and not is_gov:
         ids = body.get("node_id", body.get("sla_id", body.get("dispute_id")))
         raise PermissionDenied(f"{op} {ids}: {who} is not the governance")
     if kind == K_NODE:
@@ -221,8 +225,9 @@ def _apply(st, gov, n, kind, body, signer):
         if not is_gov and signer != tenant:
             raise PermissionDenied(f"open_dispute on sla {sla_id}: {who} is neither the "
                                    "governance nor the SLA's tenant")
-        if body["from_ns"] > body["to_ns"]:
-            raise ValueError(f"open_dispute on sla {sla_id}: from_ns after to_ns")
+        if body["from_ns"] > body["to_ns"]:     # the contract's InvalidRange: LedgerError
+            raise LedgerError(f"open_dispute on sla {sla_id}: from_ns {body['from_ns']} after "
+                              f"to_ns {body['to_ns']}")
         meta_next = st.get("meta", b"next_dispute")
         expect = 1 if meta_next is None else struct.unpack(">Q", meta_next)[0]
         if did != expect:
@@ -237,17 +242,24 @@ def _apply(st, gov, n, kind, body, signer):
         d = _jget(st, "disputes", _k64(did))
         if d is None:
             raise NotFound(f"{op} dispute {did}: no such dispute")
-        need = {K_EVIDENCE: "opened", K_DECIDE: "evidence", K_SETTLE: "decided"}[kind]
+        need = {K_EVIDENCE: "opened", K_DECIDE: "evidence", K_DECIDE_ROUTE: "evidence",
+                K_SETTLE: "decided"}[kind]
         if d["state"] != need:
             raise OrderError(f"{op} dispute {did}: the dispute is {d['state']!r}, {op} needs "
                              f"{need!r}")
         if kind == K_EVIDENCE:
             d["evidence_digest"] = body["evidence_digest"]
-        elif kind == K_DECIDE:
+        elif kind in DECIDE_KINDS:
             faulty = body["faulty"]
-            if len(set(faulty)) != len(faulty):
-                raise ValueError(f"decide dispute {did}: faulty lists a node twice")
             sla = _jget(st, "slas", _k64(d["sla_id"]))
+            # the contract's FaultyNotOnRoute / FaultyDuplicate (both LedgerError there), in its
+            # order: for each faulty node, on the route first, then not listed before it
+            for i, x in enumerate(faulty):
+                if kind == K_DECIDE_ROUTE and x not in sla["route"]:
+                    raise LedgerError(f"decide dispute {did}: faulty node {x} is not on the "
+                                      f"route {sla['route']} of sla {d['sla_id']}")
+                if x in faulty[:i]:
+                    raise LedgerError(f"decide dispute {did}: faulty lists node {x} twice")
             penalty = sla["penalty_per_violation"] * len(faulty)
             if body["penalty"] != penalty:
                 raise ConflictError(f"decide dispute {did}: penalty {body['penalty']}, the SLA "
@@ -368,14 +380,34 @@ class LocalLedger:
         except lmdb.Error as exc:
             raise LedgerError(f"{self.path}: {KIND_NAMES[kind]}: {exc}") from None
 
+    def _same(self, st, pub, db, key, body):
+        """The governance repeating a write whose record is already there, identical: a no-op
+        (as on the ethereum backend), nothing written. Anyone else goes on to the rules."""
+        if pub != self.governance_pubkey:
+            return False
+        return _jget(st, db, key) == json.loads(_canon(body))
+
     def register_node(self, node, *, signer):
-        self._write(K_NODE, lambda st, pub: _node_body(node), signer)
+        """Idempotent: the identical node again writes nothing; another node under its id, or
+        its public key under another id, is ConflictError."""
+        def build(st, pub):
+            body = _node_body(node)
+            return "exists" if self._same(st, pub, "nodes", _k64(node.node_id), body) else body
+
+        self._write(K_NODE, build, signer)
 
     def register_sla(self, sla, *, signer, tenant_pubkey=None):
+        """Idempotent: the identical SLA (every field, and the same tenant_pubkey) again writes
+        nothing; other terms under its id are ConflictError."""
         if tenant_pubkey is not None and len(tenant_pubkey) != 32:
             raise ValueError(f"register_sla {sla.sla_id}: tenant_pubkey must be 32 bytes")
         _need_u64("sla_id", sla.sla_id)
-        self._write(K_SLA, lambda st, pub: _sla_body(sla, tenant_pubkey), signer)
+
+        def build(st, pub):
+            body = _sla_body(sla, tenant_pubkey)
+            return "exists" if self._same(st, pub, "slas", _k64(sla.sla_id), body) else body
+
+        self._write(K_SLA, build, signer)
 
     def anchor(self, a, *, signer):
         for name in ("node_id", "batch_seq", "tree_size", "first_t_ns", "last_t_ns"):
@@ -410,13 +442,30 @@ class LocalLedger:
         self._write(K_OPEN, build, signer)
         return out["id"]
 
+    def _dispute_done(self, st, pub, dispute_id, **same):
+        """The governance repeating a dispute step already taken with this content: a no-op (as
+        on the ethereum backend). Other content after the step is the rules' OrderError."""
+        if pub != self.governance_pubkey:
+            return False
+        d = _jget(st, "disputes", _k64(dispute_id))
+        return d is not None and all(d[k] == v for k, v in same.items())
+
     def record_evidence(self, dispute_id, evidence_digest, *, signer):
+        """Idempotent: the same digest again, at any later state, writes nothing."""
         _need_u64("dispute_id", dispute_id)
         _need_digest("evidence_digest", evidence_digest)
-        self._write(K_EVIDENCE, lambda st, pub: {"dispute_id": dispute_id,
-                                                 "evidence_digest": _hex(evidence_digest)}, signer)
+
+        def build(st, pub):
+            if self._dispute_done(st, pub, dispute_id, evidence_digest=_hex(evidence_digest)):
+                return "exists"
+            return {"dispute_id": dispute_id, "evidence_digest": _hex(evidence_digest)}
+
+        self._write(K_EVIDENCE, build, signer)
 
     def decide(self, dispute_id, verdict_digest, faulty, *, signer):
+        """Every faulty node on the SLA's route, each once (else LedgerError, as the contract's
+        FaultyNotOnRoute / FaultyDuplicate); the same verdict and faulty list again (in the same
+        order) writes nothing."""
         _need_u64("dispute_id", dispute_id)
         _need_digest("verdict_digest", verdict_digest)
         faulty = [int(x) for x in faulty]
@@ -424,6 +473,9 @@ class LocalLedger:
             _need_u64("faulty node_id", x)
 
         def build(st, pub):
+            if self._dispute_done(st, pub, dispute_id, verdict_digest=_hex(verdict_digest),
+                                  faulty=faulty):
+                return "exists"
             d = _jget(st, "disputes", _k64(dispute_id))
             penalty = 0
             if d is not None:
@@ -432,11 +484,18 @@ class LocalLedger:
             return {"dispute_id": dispute_id, "verdict_digest": _hex(verdict_digest),
                     "faulty": faulty, "penalty": penalty}
 
-        self._write(K_DECIDE, build, signer)
+        self._write(K_DECIDE_ROUTE, build, signer)
 
     def settle(self, dispute_id, *, signer):
+        """Idempotent: settling a settled dispute again writes nothing."""
         _need_u64("dispute_id", dispute_id)
-        self._write(K_SETTLE, lambda st, pub: {"dispute_id": dispute_id}, signer)
+
+        def build(st, pub):
+            if self._dispute_done(st, pub, dispute_id, state="settled"):
+                return "exists"
+            return {"dispute_id": dispute_id}
+
+        self._write(K_SETTLE, build, signer)
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -92,8 +92,12 @@ def test_refusals_exit_1(env, capsys, tmp_path):
     assert run(env, "register-node", "--node-id", "1", "--owner", "a", "--pubkey",
                k.public_hex) == 0
     capsys.readouterr()
-    # the same node again: the ledger refuses
+    # the identical node again: a no-op, as on the contract
     assert run(env, "register-node", "--node-id", "1", "--owner", "a", "--pubkey",
+               k.public_hex) == 0
+    capsys.readouterr()
+    # another node under the same id: the ledger refuses
+    assert run(env, "register-node", "--node-id", "1", "--owner", "b", "--pubkey",
                k.public_hex) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "register_node 1" in err

@@ -88,11 +88,25 @@ def test_register_node_governance_only(led):
     assert led.get_node(3) == Node(3, "isp-c", key(9).public, b"\x01" * 20)
 
 
-def test_register_node_twice_or_same_key_conflicts(led):
-    with pytest.raises(ConflictError, match="register_node 1"):
-        led.register_node(Node(1, "isp-a", N1.public), signer=GOV)
+def test_register_node_identical_again_is_a_noop(led):
+    n = led.entry_count()
+    led.register_node(Node(1, "isp-a", N1.public), signer=GOV)          # no error
+    assert led.entry_count() == n                                      # nothing written
+    assert led.nodes() == [Node(1, "isp-a", N1.public), Node(2, "isp-b", N2.public)]
+    # still the governance's to do, even as a no-op
+    with pytest.raises(PermissionDenied):
+        led.register_node(Node(1, "isp-a", N1.public), signer=N1)
+    assert led.verify_chain() == []
+
+
+def test_register_node_other_data_or_same_key_conflicts(led):
+    for other in (Node(1, "isp-z", N1.public), Node(1, "isp-a", key(9).public),
+                  Node(1, "isp-a", N1.public, account=b"\x01" * 20)):
+        with pytest.raises(ConflictError, match="register_node 1"):
+            led.register_node(other, signer=GOV)
     with pytest.raises(ConflictError, match="already node 1"):
         led.register_node(Node(9, "isp-z", N1.public), signer=GOV)
+    assert led.get_node(1) == Node(1, "isp-a", N1.public) and led.get_node(9) is None
 
 
 def test_register_sla_governance_only(led):
@@ -104,8 +118,17 @@ def test_register_sla_governance_only(led):
     assert led.get_sla(7) == sla() and led.get_sla(7).qm_terms == {"a": 1, "b": 2}
     assert led.tenant_pubkey(7) == TENANT.public
     assert led.slas() == [sla()]
-    with pytest.raises(ConflictError, match="register_sla 7"):
-        led.register_sla(sla(), signer=GOV)
+    n = led.entry_count()
+    led.register_sla(sla(), signer=GOV, tenant_pubkey=TENANT.public)      # identical: a no-op
+    assert led.entry_count() == n and led.slas() == [sla()]
+    with pytest.raises(PermissionDenied):
+        led.register_sla(sla(), signer=TENANT, tenant_pubkey=TENANT.public)
+    # other terms, or the same terms with another (or no) tenant key: a conflict
+    for terms, tpk in ((sla(ppv=6), TENANT.public), (sla(), None), (sla(), STRANGER.public)):
+        with pytest.raises(ConflictError, match="register_sla 7"):
+            led.register_sla(terms, signer=GOV, tenant_pubkey=tpk)
+    assert led.entry_count() == n and led.tenant_pubkey(7) == TENANT.public
+    assert led.verify_chain() == []
 
 
 # -- anchors ------------------------------------------------------------------------------------
@@ -202,10 +225,57 @@ def test_dispute_penalty_zero_faulty_and_duplicates(led):
     led.register_sla(sla(ppv=7), signer=GOV)
     did = led.open_dispute(7, 0, 1, signer=GOV)
     led.record_evidence(did, D1, signer=GOV)
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(LedgerError, match="twice") as info:
         led.decide(did, D2, [1, 1], signer=GOV)
+    assert type(info.value) is LedgerError          # as the contract's FaultyDuplicate
     led.decide(did, D2, [], signer=GOV)
     assert led.get_dispute(did).penalty == 0
+
+
+def test_decide_faulty_must_be_on_the_route(led):
+    led.register_node(Node(3, "isp-c", key(9).public), signer=GOV)     # registered, off the route
+    led.register_sla(sla(ppv=7), signer=GOV)                          # route (1, 2)
+    did = led.open_dispute(7, 0, 1, signer=GOV)
+    led.record_evidence(did, D1, signer=GOV)
+    n = led.entry_count()
+    for faulty in ([3], [1, 3], [99], [2, 1, 99]):
+        with pytest.raises(LedgerError, match="not on the route") as info:
+            led.decide(did, D2, faulty, signer=GOV)
+        assert type(info.value) is LedgerError      # as the contract's FaultyNotOnRoute
+    # the contract's order: [1, 1, 3] is a duplicate (1) before 3 is reached
+    with pytest.raises(LedgerError, match="node 1 twice"):
+        led.decide(did, D2, [1, 1, 3], signer=GOV)
+    assert led.entry_count() == n and led.get_dispute(did).state == "evidence"
+    led.decide(did, D2, [2, 1], signer=GOV)
+    d = led.get_dispute(did)
+    assert (d.state, d.faulty, d.penalty) == ("decided", (2, 1), 14)
+    assert led.verify_chain() == []
+
+
+def test_a_chain_written_before_the_route_rule_still_verifies(led):
+    """Decide entries of kind 6 (written before the route rule) keep their meaning: an off-route
+    faulty node there is accepted by the replay; new writes are kind 8, which checks the route."""
+    from ledger_client import local
+    led.register_sla(sla(ppv=7), signer=GOV)
+    did = led.open_dispute(7, 0, 1, signer=GOV)
+    led.record_evidence(did, D1, signer=GOV)
+    old_body = {"dispute_id": did, "verdict_digest": D2.hex(), "faulty": [1, 99], "penalty": 14}
+    led._write(local.K_DECIDE, lambda st, pub: old_body, GOV)        # as the old code wrote it
+    assert led.entries()[-1]["kind"] == 6 and led.entries()[-1]["op"] == "decide"
+    assert led.get_dispute(did).faulty == (1, 99)
+    led.settle(did, signer=GOV)
+    assert led.verify_chain() == []
+    # kind 6 still refuses a duplicate (it always did); kind 8 also refuses an off-route node
+    did = led.open_dispute(7, 0, 1, signer=GOV)
+    led.record_evidence(did, D1, signer=GOV)
+    with pytest.raises(LedgerError, match="twice"):
+        led._write(local.K_DECIDE, lambda st, pub: dict(old_body, dispute_id=did,
+                                                        faulty=[1, 1]), GOV)
+    with pytest.raises(LedgerError, match="not on the route"):
+        led._write(local.K_DECIDE_ROUTE, lambda st, pub: dict(old_body, dispute_id=did), GOV)
+    led.decide(did, D2, [1], signer=GOV)
+    assert led.entries()[-1]["kind"] == local.K_DECIDE_ROUTE
+    assert led.verify_chain() == []
 
 
 def test_dispute_out_of_order(led):
@@ -216,21 +286,57 @@ def test_dispute_out_of_order(led):
     with pytest.raises(OrderError):
         led.settle(did, signer=GOV)
     led.record_evidence(did, D1, signer=GOV)
-    with pytest.raises(OrderError):
-        led.record_evidence(did, D1, signer=GOV)
+    with pytest.raises(OrderError, match="'evidence'"):
+        led.record_evidence(did, D2, signer=GOV)          # other content after the step
     with pytest.raises(OrderError):
         led.settle(did, signer=GOV)
     led.decide(did, D2, [2], signer=GOV)
-    with pytest.raises(OrderError):
-        led.decide(did, D2, [2], signer=GOV)
+    for other in ((D1, [2]), (D2, [1]), (D2, [1, 2]), (D2, [])):
+        with pytest.raises(OrderError, match="'decided'"):
+            led.decide(did, other[0], other[1], signer=GOV)
     led.settle(did, signer=GOV)
-    for step in (lambda: led.settle(did, signer=GOV),
-                 lambda: led.record_evidence(did, D1, signer=GOV)):
+    for step in (lambda: led.record_evidence(did, D2, signer=GOV),
+                 lambda: led.decide(did, D1, [2], signer=GOV)):
         with pytest.raises(OrderError, match="'settled'"):
             step()
     assert led.get_dispute(did).state == "settled"
     with pytest.raises(NotFound):
         led.record_evidence(42, D1, signer=GOV)
+    with pytest.raises(NotFound):
+        led.settle(42, signer=GOV)
+
+
+def test_dispute_steps_repeated_with_the_same_content_are_noops(led):
+    led.register_sla(sla(), signer=GOV, tenant_pubkey=TENANT.public)
+    did = led.open_dispute(7, 0, 10, signer=TENANT)
+    led.record_evidence(did, D1, signer=GOV)
+    n = led.entry_count()
+    led.record_evidence(did, D1, signer=GOV)
+    assert led.entry_count() == n and led.get_dispute(did).state == "evidence"
+    led.decide(did, D2, [2, 1], signer=GOV)
+    n = led.entry_count()
+    led.decide(did, D2, [2, 1], signer=GOV)
+    led.record_evidence(did, D1, signer=GOV)
+    assert led.entry_count() == n and led.get_dispute(did).state == "decided"
+    led.settle(did, signer=GOV)
+    n = led.entry_count()
+    for _ in range(2):
+        led.settle(did, signer=GOV)
+        led.decide(did, D2, [2, 1], signer=GOV)
+        led.record_evidence(did, D1, signer=GOV)
+    assert led.entry_count() == n
+    d = led.get_dispute(did)
+    assert (d.state, d.evidence_digest, d.verdict_digest, d.faulty, d.penalty) == (
+        "settled", D1, D2, (2, 1), 10)
+    # a no-op is still the governance's: anyone else is refused, as the first time
+    for step in (lambda s: led.record_evidence(did, D1, signer=s),
+                 lambda s: led.decide(did, D2, [2, 1], signer=s),
+                 lambda s: led.settle(did, signer=s)):
+        for s in (TENANT, N1):
+            with pytest.raises(PermissionDenied):
+                step(s)
+    assert led.entry_count() == n
+    assert led.verify_chain() == []
 
 
 def test_dispute_permissions(led):
@@ -243,8 +349,11 @@ def test_dispute_permissions(led):
         led.open_dispute(8, 0, 1, signer=TENANT)
     with pytest.raises(NotFound, match="sla 99"):
         led.open_dispute(99, 0, 1, signer=GOV)
-    with pytest.raises(ValueError, match="from_ns after to_ns"):
-        led.open_dispute(7, 5, 1, signer=GOV)
+    for signer in (GOV, TENANT):
+        with pytest.raises(LedgerError, match="from_ns 5 after to_ns 1") as info:
+            led.open_dispute(7, 5, 1, signer=signer)
+        assert type(info.value) is LedgerError          # as the contract's InvalidRange
+    assert led.get_dispute(1) is None
     did = led.open_dispute(7, 0, 1, signer=TENANT)
     for signer in (TENANT, N1):          # the tenant opens; only the governance moves it on
         with pytest.raises(PermissionDenied):
@@ -340,3 +449,142 @@ def test_two_processes_write_concurrently(led, path):
         signers = [e["signer"] for e in lg.entries()[2:]]
         assert signers.count(N1.public) == signers.count(N2.public) == count
         assert lg.verify_chain() == []
+
+
+# -- local and the contract agree (the ethereum backend on the in-process EVM, eth-tester) ------
+
+def _RevertDataProvider():
+    """eth-tester's provider, reporting a revert as a real node does (ContractCustomError with
+    the revert data) so that the backend maps the contract's error as it does in production."""
+    import ast
+
+    from eth_tester.exceptions import TransactionFailed
+    from web3 import EthereumTesterProvider
+    from web3.exceptions import ContractCustomError
+
+    class Provider(EthereumTesterProvider):
+        def make_request(self, method, params):
+            try:
+                return super().make_request(method, params)
+            except TransactionFailed as exc:
+                msg = str(exc)
+                if ": b'" not in msg and ': b"' not in msg:
+                    raise
+                data = ast.literal_eval(msg[msg.index(": b") + 2:])
+                raise ContractCustomError(msg, data="0x" + data.hex()) from exc
+
+    return Provider()
+
+
+class EvmLedger:
+    """The ethereum backend (its client-side no-ops included) on eth-tester running the committed
+    Beat.json, as tests/test_contract_evm.py does, with funded keys for its raw transactions."""
+
+    def __init__(self):
+        import warnings
+
+        from web3 import Web3
+
+        from ledger_client.ethereum import Account, EthereumLedger, artifact
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            w3 = Web3(_RevertDataProvider())
+        self.keys = {r: Account.generate() for r in ("gov", "n1", "n2", "tenant", "stranger")}
+        for acct in self.keys.values():
+            w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": acct.address,
+                                     "value": 10 ** 20})
+        gov, art = self.keys["gov"], artifact()
+        tx = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"]).constructor(
+            "sha3-256").build_transaction({"from": gov.address, "nonce": 0,
+                                           "chainId": w3.eth.chain_id,
+                                           "gasPrice": w3.eth.gas_price})
+        h = w3.eth.send_raw_transaction(gov.sign_transaction(tx).raw_transaction)
+        address = w3.eth.wait_for_transaction_receipt(h)["contractAddress"]
+        self.led = EthereumLedger("http://127.0.0.1:9", address, "sha3-256")  # never dialled
+        self.led.w3 = w3
+        self.led.contract = w3.eth.contract(address=address, abi=art["abi"])
+
+
+def _outcome(fn):
+    try:
+        r = fn()
+    except LedgerError as exc:
+        return type(exc).__name__
+    return "ok" if r is None else r
+
+
+EV, VD = b"\xee" * 32, b"\xdd" * 32
+ACCT = {1: b"\x01" * 20, 2: b"\x02" * 20, 3: b"\x03" * 20}
+PUBS = {1: N1.public, 2: N2.public, 3: key(9).public}
+
+# (what, operation(ledger, signer(role), tenant kwargs) -> result, expected on both backends)
+AGREE = [
+    ("register node 3", lambda L, s, t: L.register_node(Node(3, "c", PUBS[3], ACCT[3]),
+                                                        signer=s("gov")), "ok"),
+    ("identical node again", lambda L, s, t: L.register_node(Node(3, "c", PUBS[3], ACCT[3]),
+                                                             signer=s("gov")), "ok"),
+    ("identical node, not the governance",
+     lambda L, s, t: L.register_node(Node(3, "c", PUBS[3], ACCT[3]), signer=s("stranger")),
+     "PermissionDenied"),
+    ("other node under id 3", lambda L, s, t: L.register_node(Node(3, "z", PUBS[3], ACCT[3]),
+                                                              signer=s("gov")), "ConflictError"),
+    ("register sla 7", lambda L, s, t: L.register_sla(sla(ppv=5), signer=s("gov"), **t), "ok"),
+    ("identical sla again", lambda L, s, t: L.register_sla(sla(ppv=5), signer=s("gov"), **t),
+     "ok"),
+    ("other terms under sla 7", lambda L, s, t: L.register_sla(sla(ppv=6), signer=s("gov"), **t),
+     "ConflictError"),
+    ("open from > to", lambda L, s, t: L.open_dispute(7, 5, 1, signer=s("tenant")),
+     "LedgerError"),
+    ("open", lambda L, s, t: L.open_dispute(7, 0, 10, signer=s("tenant")), 1),
+    ("decide before evidence", lambda L, s, t: L.decide(1, VD, [1], signer=s("gov")),
+     "OrderError"),
+    ("evidence", lambda L, s, t: L.record_evidence(1, EV, signer=s("gov")), "ok"),
+    ("same evidence again", lambda L, s, t: L.record_evidence(1, EV, signer=s("gov")), "ok"),
+    ("other evidence", lambda L, s, t: L.record_evidence(1, VD, signer=s("gov")), "OrderError"),
+    ("decide: faulty off the route", lambda L, s, t: L.decide(1, VD, [1, 3], signer=s("gov")),
+     "LedgerError"),
+    ("decide: faulty unknown", lambda L, s, t: L.decide(1, VD, [99], signer=s("gov")),
+     "LedgerError"),
+    ("decide: faulty twice", lambda L, s, t: L.decide(1, VD, [2, 2], signer=s("gov")),
+     "LedgerError"),
+    ("decide", lambda L, s, t: L.decide(1, VD, [2, 1], signer=s("gov")), "ok"),
+    ("same decide again", lambda L, s, t: L.decide(1, VD, [2, 1], signer=s("gov")), "ok"),
+    ("decide, other faulty", lambda L, s, t: L.decide(1, VD, [1], signer=s("gov")),
+     "OrderError"),
+    ("decide, other verdict", lambda L, s, t: L.decide(1, EV, [2, 1], signer=s("gov")),
+     "OrderError"),
+    ("same evidence after decide", lambda L, s, t: L.record_evidence(1, EV, signer=s("gov")),
+     "ok"),
+    ("settle, not the governance", lambda L, s, t: L.settle(1, signer=s("tenant")),
+     "PermissionDenied"),
+    ("settle", lambda L, s, t: L.settle(1, signer=s("gov")), "ok"),
+    ("settle again", lambda L, s, t: L.settle(1, signer=s("gov")), "ok"),
+    ("settle again, not the governance", lambda L, s, t: L.settle(1, signer=s("n1")),
+     "PermissionDenied"),
+    ("same decide after settle", lambda L, s, t: L.decide(1, VD, [2, 1], signer=s("gov")), "ok"),
+    ("other evidence after settle", lambda L, s, t: L.record_evidence(1, VD, signer=s("gov")),
+     "OrderError"),
+    ("settle unknown", lambda L, s, t: L.settle(42, signer=s("gov")), "NotFound"),
+]
+
+
+def test_local_and_the_contract_agree(led):
+    pytest.importorskip("eth_tester")
+    evm = EvmLedger()
+    for i in (1, 2):
+        evm.led.register_node(Node(i, "x", PUBS[i], ACCT[i]), signer=evm.keys["gov"])
+    local_keys = {"gov": GOV, "n1": N1, "n2": N2, "tenant": TENANT, "stranger": STRANGER}
+    got = {"local": [], "ethereum": []}
+    for what, op, expected in AGREE:
+        lo = _outcome(lambda: op(led, local_keys.get, {"tenant_pubkey": TENANT.public}))
+        et = _outcome(lambda: op(evm.led, evm.keys.get,
+                                 {"tenant_account": evm.keys["tenant"]}))
+        got["local"].append((what, lo))
+        got["ethereum"].append((what, et))
+    assert got["local"] == got["ethereum"]
+    assert got["local"] == [(what, expected) for what, _, expected in AGREE]
+    d_local, d_evm = led.get_dispute(1), evm.led.get_dispute(1)
+    assert d_local == d_evm and d_local.state == "settled" and d_local.penalty == 10
+    assert [n.node_id for n in led.nodes()] == [n.node_id for n in evm.led.nodes()] == [1, 2, 3]
+    assert led.get_sla(7) == evm.led.get_sla(7) == sla(ppv=5)
+    assert led.verify_chain() == []
