@@ -56,7 +56,9 @@ DEFAULTS = {
     "ledger": {
         "backend": "none",
         "path": None,               # local: the ledger's LMDB file
-        "key": None,                # the device's key file (beatd keygen: device.ed25519)
+        "key": None,                # the signer: device.ed25519 (local), device.eth (ethereum)
+        "device_key": None,         # ethereum: the device's Ed25519 key (its identity, checked
+                                    # against the registration; evidence signatures)
         "url": None,                # ethereum: the JSON-RPC URL
         "contract": None,           # ethereum: the Beat contract's address
         "anchor_period_s": None,    # None: governance.anchor_period_s
@@ -155,6 +157,7 @@ class Config:
     ledger_backend: str = DEFAULTS["ledger"]["backend"]
     ledger_path: str | None = None
     ledger_key: str | None = None
+    ledger_device_key: str | None = None
     ledger_url: str | None = None
     ledger_contract: str | None = None
     ledger_anchor_period_s: float | None = None     # None: anchor_period_s (the governance's)
@@ -449,7 +452,7 @@ def _ledger(raw):
     if backend not in LEDGER_BACKENDS:
         raise ConfigError(f"ledger.backend: {_show(backend)} is not one of "
                           f"{', '.join(LEDGER_BACKENDS)}")
-    for name in ("path", "key", "url", "contract"):
+    for name in ("path", "key", "device_key", "url", "contract"):
         v = lg[name]
         if v is not None and (not isinstance(v, str) or not v):
             raise ConfigError(f"ledger.{name}: {_show(v)} is not a non-empty string")
@@ -460,6 +463,7 @@ def _ledger(raw):
     if max_leaves > 1 << 24:
         raise ConfigError(f"ledger.max_leaves: {max_leaves} is more than {1 << 24}")
     out = {"ledger_backend": backend, "ledger_path": lg["path"], "ledger_key": lg["key"],
+           "ledger_device_key": lg["device_key"],
            "ledger_url": lg["url"], "ledger_contract": lg["contract"],
            "ledger_anchor_period_s": period, "ledger_max_leaves": max_leaves}
     if backend == "none":
@@ -475,6 +479,11 @@ def _ledger(raw):
         raise ConfigError(f"ledger.contract: {_show(lg['contract'])} is not a contract address "
                           "(40 hex digits)")
     check_key_file(lg["key"])
+    if lg["device_key"] is not None:
+        if backend != "ethereum":
+            raise ConfigError("ledger.device_key: only with ledger.backend = \"ethereum\" (on "
+                              "\"local\", ledger.key is the device's Ed25519 key itself)")
+        check_key_file(lg["device_key"], "ledger.device_key")
     return out
 
 

@@ -32,6 +32,12 @@ anchors are submitted in order (``Unavailable``: retried with backoff; a refusal
 lost). Capture never waits for it; the committer only shares LMDB's writer lock with it for the
 short transaction that stores a batch. At shutdown, after the final commit, one last tick builds
 what is left and makes one submission attempt (bounded by ``FINAL_ANCHOR_TIMEOUT_S``).
+
+``backend = "ethereum"``: ``url`` (the JSON-RPC node), ``contract`` (the Beat contract's address)
+and ``key`` = the device's Ethereum account key (``device.eth`` from ``beatd keygen --ethereum``),
+which signs the anchor transactions; ``device_key`` (optional) = the device's Ed25519 key
+(``device.ed25519``), its identity for evidence signatures, kept separate: at start the daemon
+checks that the node is registered with both (account and public key) and warns otherwise.
 """
 import logging
 import os
@@ -148,6 +154,7 @@ class Daemon:
         self._rate_prev = None
         self.ledger = None              # the ledger backend, when [ledger] is configured
         self.batcher = None
+        self.device_key = None          # ethereum: the device's Ed25519 key (ledger.device_key)
         self._anchor_thread = None
         self._anchor_stop = threading.Event()
         self._anchor_lock = threading.Lock()    # one tick at a time
@@ -267,7 +274,14 @@ class Daemon:
             try:
                 signer = Account.from_file(cfg.ledger_key)
             except Exception as exc:  # noqa: BLE001 (named, exit 2)
-                raise DaemonError(f'ledger.key: "{cfg.ledger_key}": {exc}') from None
+                raise DaemonError(f'ledger.key: "{cfg.ledger_key}": not an Ethereum account key '
+                                  f"(device.eth from `beatd keygen --ethereum`): {exc}") from None
+            if cfg.ledger_device_key is not None:
+                from ledger_client.keys import DeviceKey, KeyFileError
+                try:
+                    self.device_key = DeviceKey.load(cfg.ledger_device_key)
+                except KeyFileError as exc:
+                    raise DaemonError(f"ledger.device_key: {exc}") from None
             try:
                 self.ledger = EthereumLedger(cfg.ledger_url, cfg.ledger_contract, cfg.hash)
             except Exception as exc:  # noqa: BLE001 (named, exit 2)
@@ -286,10 +300,14 @@ class Daemon:
         registered = None
         try:
             node = self.ledger.get_node(cfg.node_id)
-            registered = node is not None and bytes(node.pubkey or b"") == bytes(
-                getattr(signer, "public", b"") or b"")
-            if cfg.ledger_backend == "ethereum" and node is not None:
-                registered = None       # the account, not the Ed25519 key, signs there
+            if cfg.ledger_backend == "ethereum":
+                # the account signs the anchors; the Ed25519 key (when given) is the identity
+                registered = (node is not None and bytes(node.account or b"") ==
+                              signer.address_bytes and (self.device_key is None or
+                                                        node.pubkey == self.device_key.public))
+            else:
+                registered = node is not None and bytes(node.pubkey or b"") == bytes(
+                    getattr(signer, "public", b"") or b"")
         except Exception as exc:  # noqa: BLE001 (only a hint: the submission says it for sure)
             event(log, logging.WARNING, "ledger: cannot look the node up", error=str(exc))
         self._anchor_stats = self.batcher.stats()
@@ -299,10 +317,13 @@ class Daemon:
               pending_anchors=self._anchor_stats["pending_anchors"],
               leaves_waiting=self._anchor_stats["leaves_waiting"])
         if registered is False:
+            who = ({"account": signer.address} if cfg.ledger_backend == "ethereum"
+                   else {"pubkey": signer.public.hex()})
+            if self.device_key is not None:
+                who["pubkey"] = self.device_key.public.hex()
             event(log, logging.WARNING, "ledger: this node is not registered with this key; the "
                   "ledger will refuse its anchors until the governance registers it "
-                  "(beatctl register-node), then SIGHUP or restart", node_id=cfg.node_id,
-                  pubkey=signer.public.hex())
+                  "(beatctl register-node), then SIGHUP or restart", node_id=cfg.node_id, **who)
 
     def _route_ledger_logs(self):
         """The batcher logs under ``beat.ledger``: through beatd's handlers, in beatd's format."""
@@ -517,6 +538,7 @@ class Daemon:
                                              "interfaces", "workers", "metrics_listen",
                                              "control_socket", "ring_size",
                                              "ledger_backend", "ledger_path", "ledger_key",
+                                             "ledger_device_key",
                                              "ledger_url", "ledger_contract",
                                              "ledger_anchor_period_s", "ledger_max_leaves")
                                  if getattr(new, k) != getattr(self.cfg, k))

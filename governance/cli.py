@@ -8,15 +8,27 @@
     beatctl --ledger local:PATH anchors [--node-id N] [--from-seq S] [--json]
     beatctl --ledger local:PATH verify [--json]
 
+    beatctl keygen --ethereum --out GOV.eth [--force]  an Ethereum account key (hex, 0600)
+    beatctl --ledger ethereum:URL --key GOV.eth deploy [--hash H]   deploys the Beat contract
+            (GOV.eth's account is its governance) and prints its address
+    beatctl --ledger ethereum:URL#CONTRACT ...         every command above but keygen, deploy
+            and verify, on the contract at CONTRACT on the JSON-RPC node at URL: --key is the
+            governance's Ethereum account key file (as keygen --ethereum or beatd keygen
+            --ethereum's device.eth), register-node needs --account (the device's address,
+            beatd keygen --ethereum prints it), register-sla takes the tenant's address (the one
+            allowed to open disputes) from --tenant-account or the SLA file's tenant_account
+
 A ``local`` ledger that does not exist yet is created by the first register-* with the governance
 key given by ``--key``. The SLA file is TOML with the fields of ``ledger_client.types.SLA`` (``src``
 and ``dst`` as IP addresses or 32 hex digits, ``route`` a list of node ids, ``qm_terms`` a table of
-integers) and optionally ``tenant_pubkey`` (64 hex digits: the key the tenant opens disputes with).
+integers) and optionally ``tenant_pubkey`` (64 hex digits: the key the tenant opens disputes with,
+on a ``local`` ledger) or ``tenant_account`` (an Ethereum address, on an ``ethereum`` ledger).
 
 Errors print one line on stderr naming the thing: exit 2 for bad input (arguments, files, keys),
 1 when the ledger refused (permission, conflict, order, not found).
 """
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
@@ -43,16 +55,25 @@ class UsageError(Exception):
 def _parser():
     p = argparse.ArgumentParser(prog="beatctl", description="BEAT governance: the ledger's "
                                 "nodes, SLAs and anchors")
-    p.add_argument("--ledger", metavar="local:PATH", help="the ledger (local:PATH, an LMDB file)")
+    p.add_argument("--ledger", metavar="local:PATH|ethereum:URL#CONTRACT",
+                   help="the ledger: local:PATH (an LMDB file) or ethereum:URL#CONTRACT (the Beat "
+                        "contract's address on the JSON-RPC node at URL; deploy: ethereum:URL)")
     p.add_argument("--hash", choices=("sha3-256", "blake2b-256"),
                    help="the hash of a new ledger (default sha3-256; an existing one keeps "
                         "its own)")
-    p.add_argument("--key", metavar="GOV_KEY", help="the governance's Ed25519 key file (PEM, 0600)")
+    p.add_argument("--key", metavar="GOV_KEY", help="the governance's key file: Ed25519 (PEM, 0600) "
+                   "on local, an Ethereum account key (hex, 0600) on ethereum")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     k = sub.add_parser("keygen", help="generate the governance key")
     k.add_argument("--out", metavar="F", required=True, help="key file to write (mode 0600)")
     k.add_argument("--force", action="store_true", help="replace an existing key file")
+    k.add_argument("--ethereum", action="store_true",
+                   help="an Ethereum account key (hex) instead; prints its address")
+
+    dp = sub.add_parser("deploy", help="deploy the Beat contract (ethereum:URL); the --key "
+                                       "account becomes the governance; prints the address")
+    dp.add_argument("--json", action="store_true", help="JSON output")
 
     r = sub.add_parser("register-node", help="register a device (governance)")
     r.add_argument("--node-id", type=int, required=True, metavar="N")
@@ -61,10 +82,14 @@ def _parser():
     g.add_argument("--pubkey", metavar="HEX", help="the device's Ed25519 public key, 64 hex digits")
     g.add_argument("--pubkey-file", metavar="F",
                    help="a file holding it (hex, as beatd keygen's device.ed25519.pub, or PEM)")
-    r.add_argument("--account", metavar="HEX", help="the device's 20-byte Ethereum address")
+    r.add_argument("--account", metavar="HEX", help="the device's 20-byte Ethereum address "
+                   "(required on ethereum)")
 
     s = sub.add_parser("register-sla", help="register an SLA from a TOML file (governance)")
     s.add_argument("--file", required=True, metavar="sla.toml")
+    s.add_argument("--tenant-account", metavar="ADDR",
+                   help="ethereum: the tenant's address, allowed to open disputes (default: the "
+                        "file's tenant_account, else the governance only)")
 
     for name, helptext in (("nodes", "list the registered nodes"), ("slas", "list the SLAs"),
                            ("verify", "re-check the ledger's hash chain and signatures")):
@@ -79,27 +104,87 @@ def _parser():
 
 # -- inputs -------------------------------------------------------------------------------------
 
-def _ledger_path(args):
+def _ledger_spec(args, contract=True):
+    """("local", PATH) or ("ethereum", (URL, CONTRACT or None))."""
     if not args.ledger:
-        raise UsageError("--ledger local:PATH is required for this command")
+        raise UsageError("--ledger local:PATH or ethereum:URL#CONTRACT is required for this "
+                         "command")
     scheme, _, rest = args.ledger.partition(":")
-    if scheme != "local" or not rest:
-        raise UsageError(f"--ledger {args.ledger}: only local:PATH is supported by beatctl")
-    return rest
+    if scheme == "local" and rest:
+        return "local", rest
+    if scheme == "ethereum" and rest:
+        url, _, addr = rest.partition("#")
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--ledger {args.ledger}: the URL must be http:// or https://")
+        if contract:
+            if not addr:
+                raise UsageError(f"--ledger {args.ledger}: ethereum:URL#CONTRACT needs the "
+                                 "contract's address after '#' (beatctl deploy prints it); or "
+                                 "local:PATH")
+            if not _is_address(addr):
+                raise UsageError(f"--ledger {args.ledger}: {addr!r} is not a contract address "
+                                 "(0x and 40 hex digits)")
+        elif addr:
+            raise UsageError(f"--ledger {args.ledger}: deploy takes ethereum:URL (no #CONTRACT)")
+        return "ethereum", (url, addr or None)
+    raise UsageError(f"--ledger {args.ledger}: not local:PATH nor ethereum:URL#CONTRACT")
+
+
+def _is_address(v):
+    v = v.removeprefix("0x")
+    return len(v) == 40 and all(c in "0123456789abcdefABCDEF" for c in v)
+
+
+def _ledger_path(args):
+    kind, where = _ledger_spec(args)
+    if kind != "local":
+        raise UsageError(f"--ledger {args.ledger}: this command needs a local:PATH ledger")
+    return where
 
 
 def _gov_key(args):
     if not args.key:
         raise UsageError("--key GOV_KEY is required for this command")
+    if _ledger_spec(args, contract=args.command != "deploy")[0] == "ethereum":
+        return _eth_key(args.key)
     try:
         return DeviceKey.load(args.key)
     except KeyFileError as exc:
         raise UsageError(str(exc)) from None
 
 
+def _eth_key(path):
+    """An Ethereum account key file (hex), refused when group/others may read it."""
+    from ledger_client.ethereum import Account
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    if st.st_mode & 0o077:
+        raise UsageError(f"{path}: mode {st.st_mode & 0o777:04o} lets group/others read the key; "
+                         f"refusing it (chmod 600 {path})")
+    try:
+        return Account.from_file(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not an Ethereum account key (64 hex digits): {exc}") from None
+
+
+def _open_ethereum(args, url, addr):
+    from ledger_client.ethereum import EthereumLedger
+    led = EthereumLedger(url, addr, args.hash or "sha3-256")
+    if args.hash is None:       # the contract's own hash
+        if not led._rpc("open", lambda: led.w3.eth.get_code(led.address)):
+            raise LedgerError(f"open: no contract at {led.address} on {url}")
+        led.hash_name = led._rpc("open", led.contract.functions.hashName().call)
+    return contextlib.nullcontext(led)
+
+
 def _open(args, create_with=None):
     from ledger_client.local import LocalLedger
-    path = _ledger_path(args)
+    kind, where = _ledger_spec(args)
+    if kind == "ethereum":
+        return _open_ethereum(args, *where)
+    path = where
     if create_with is None and not os.path.exists(path):
         raise UsageError(f"{path}: no such ledger")
     return LocalLedger(path, hash_name=args.hash,
@@ -125,8 +210,9 @@ def _address(name, v):
     raise UsageError(f"{name} = {v!r}: not an IP address nor 32 hex digits")
 
 
-def load_sla(path):
-    """The SLA (and the tenant's public key or None) of a TOML file."""
+def load_sla(path, with_account=False):
+    """The SLA (and the tenant's public key or None; with ``with_account``, also the tenant's
+    Ethereum address or None) of a TOML file."""
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
@@ -136,6 +222,11 @@ def load_sla(path):
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
     raw = dict(raw.get("sla", raw)) if isinstance(raw.get("sla"), dict) else dict(raw)
     tenant_pubkey = raw.pop("tenant_pubkey", None)
+    tenant_account = raw.pop("tenant_account", None)
+    if tenant_account is not None and (not isinstance(tenant_account, str)
+                                       or not _is_address(tenant_account)):
+        raise UsageError(f"{path}: tenant_account must be an Ethereum address (0x and 40 hex "
+                         "digits)")
     unknown = sorted(set(raw) - set(SLA_FIELDS))
     if unknown:
         raise UsageError(f"{path}: unknown SLA field(s) {', '.join(unknown)}")
@@ -158,11 +249,12 @@ def load_sla(path):
         raw["dst"] = _address(f"{path}: dst", raw["dst"])
         if tenant_pubkey is not None:
             tenant_pubkey = parse_public(tenant_pubkey)
-        return SLA(**raw), tenant_pubkey
-    except UsageError:
-        raise
+        sla = SLA(**raw)
     except ValueError as exc:
         raise UsageError(f"{path}: {exc}") from None
+    if with_account:
+        return sla, tenant_pubkey, tenant_account
+    return sla, tenant_pubkey
 
 
 def _node_pubkey(args):
@@ -208,6 +300,18 @@ def _anchor_json(a):
 # -- commands -----------------------------------------------------------------------------------
 
 def _keygen(args):
+    if args.ethereum:
+        from ledger_client.ethereum import Account
+        if os.path.lexists(args.out) and not args.force:
+            raise UsageError(f"{args.out}: exists; use --force to replace it")
+        acct = Account.generate()
+        try:
+            acct.save(args.out)
+            os.chmod(args.out, 0o600)
+        except OSError as exc:
+            raise UsageError(f"{args.out}: {exc.strerror or exc}") from None
+        print(acct.address)
+        return 0
     k = DeviceKey.generate()
     try:
         k.save(args.out, overwrite=args.force)
@@ -231,6 +335,9 @@ def _register_node(args):
         node = Node(args.node_id, args.owner, pub, account)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if _ledger_spec(args)[0] == "ethereum" and account is None:
+        raise UsageError("register-node: an ethereum ledger needs --account (the device's "
+                         "address: beatd keygen --ethereum prints it)")
     gov = _gov_key(args)
     with _open(args, create_with=gov) as led:
         led.register_node(node, signer=gov)
@@ -239,10 +346,25 @@ def _register_node(args):
 
 
 def _register_sla(args):
-    sla, tenant_pubkey = load_sla(args.file)
+    sla, tenant_pubkey, tenant_account = load_sla(args.file, with_account=True)
+    if args.tenant_account is not None:
+        if not _is_address(args.tenant_account):
+            raise UsageError(f"--tenant-account {args.tenant_account}: not an Ethereum address "
+                             "(0x and 40 hex digits)")
+        tenant_account = args.tenant_account
+    ethereum = _ledger_spec(args)[0] == "ethereum"
+    if ethereum and tenant_pubkey is not None:
+        raise UsageError(f"{args.file}: tenant_pubkey is for local ledgers; an ethereum ledger "
+                         "takes the tenant's address (tenant_account or --tenant-account)")
+    if not ethereum and tenant_account is not None:
+        raise UsageError(f"{args.file}: the tenant's address is for ethereum ledgers; a local "
+                         "ledger takes tenant_pubkey")
     gov = _gov_key(args)
     with _open(args, create_with=gov) as led:
-        led.register_sla(sla, signer=gov, tenant_pubkey=tenant_pubkey)
+        if ethereum:
+            led.register_sla(sla, signer=gov, tenant_account=tenant_account)
+        else:
+            led.register_sla(sla, signer=gov, tenant_pubkey=tenant_pubkey)
     print(f"registered sla {sla.sla_id} ({sla.tenant}), route {' '.join(map(str, sla.route))}")
     return 0
 
@@ -260,8 +382,16 @@ def _nodes(args):
 
 
 def _slas(args):
-    with _open(args) as led:
-        rows = [(s, led.tenant_pubkey(s.sla_id)) for s in led.slas()]
+    if _ledger_spec(args)[0] == "ethereum":
+        with _open(args) as led:
+            ids = led._call("slas()", led.contract.functions.slaIds())
+            rows = [(led.get_sla(i), led.sla_tenant_account(i)) for i in ids]
+        if args.json:
+            print(json.dumps([dict(_sla_json(s), tenant_account=t) for s, t in rows]))
+            return 0
+    else:
+        with _open(args) as led:
+            rows = [(s, led.tenant_pubkey(s.sla_id)) for s in led.slas()]
     if args.json:
         print(json.dumps([_sla_json(s, t) for s, t in rows]))
     else:
@@ -279,12 +409,33 @@ def _anchors(args):
         if args.json:
             print(json.dumps(_anchor_json(a)))
         else:
+            where = f"entry {a.ref}" if _ledger_spec(args)[0] == "local" else f"tx {a.ref}"
             print(f"{a.node_id}\t{a.batch_seq}\t{a.tree_size}\t{a.root.hex()}\t"
-                  f"{a.first_t_ns}..{a.last_t_ns}\tentry {a.ref}")
+                  f"{a.first_t_ns}..{a.last_t_ns}\t{where}")
+    return 0
+
+
+def _deploy(args):
+    from ledger_client.ethereum import EthereumLedger
+    kind, where = _ledger_spec(args, contract=False)
+    if kind != "ethereum":
+        raise UsageError(f"--ledger {args.ledger}: deploy needs ethereum:URL (a local ledger is "
+                         "created by its first register-*)")
+    gov = _gov_key(args)
+    hash_name = args.hash or "sha3-256"
+    led = EthereumLedger.deploy(where[0], gov, hash_name)
+    if args.json:
+        print(json.dumps({"contract": led.address, "governance": gov.address, "hash": hash_name,
+                          "ledger": f"ethereum:{where[0]}#{led.address}"}))
+    else:
+        print(led.address)
     return 0
 
 
 def _verify(args):
+    if _ledger_spec(args)[0] == "ethereum":
+        raise UsageError("verify: local ledgers only (an ethereum ledger is the chain's to "
+                         "verify)")
     with _open(args) as led:
         problems = led.verify_chain()
         n = led.entry_count()
@@ -297,7 +448,7 @@ def _verify(args):
     return EXIT_REFUSED if problems else 0
 
 
-COMMANDS = {"keygen": _keygen, "register-node": _register_node, "register-sla": _register_sla,
+COMMANDS = {"keygen": _keygen, "deploy": _deploy, "register-node": _register_node, "register-sla": _register_sla,
             "nodes": _nodes, "slas": _slas, "anchors": _anchors, "verify": _verify}
 
 

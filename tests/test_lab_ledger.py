@@ -1,6 +1,7 @@
 """The paper lab on the ``local`` ledger (root): every router registered, its beatd anchoring; after
 the demo traffic (and SIGTERM) every router's anchors are on the ledger, ``beatctl anchors`` lists
-them and the ledger's hash chain is sound. ``--ledger none`` and ``--ledger ethereum`` too."""
+them and the ledger's hash chain is sound. ``--ledger none`` too (``--ledger ethereum``:
+tests/test_lab_ethereum.py)."""
 import io
 import json
 import os
@@ -71,7 +72,7 @@ def test_lab_demo_anchors_every_router(lab):
     assert p.returncode == 0 and json.loads(p.stdout)["problems"] == []
 
 
-def test_lab_ledger_none_and_ethereum(tmp_path):
+def test_lab_ledger_none(tmp_path):
     require_root()
     from beatd.lab.lab import Lab, LabError
 
@@ -83,10 +84,6 @@ def test_lab_ledger_none_and_ethereum(tmp_path):
         assert not os.path.exists(lb.ledger_path)
     finally:
         lb.down()
-    eth = Lab(PAPER, prefix=PREFIX, state_root=str(tmp_path / "state"), ledger="ethereum")
-    with pytest.raises(LabError, match="ethereum: not available in the lab yet"):
-        eth.up(daemons=False)
-    p = subprocess.run([sys.executable, "-m", "beatd", "lab", "--prefix", PREFIX, "--state-dir",
-                        str(tmp_path / "state"), "up", "--ledger", "ethereum"],
-                       capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert p.returncode == 2 and "ethereum: not available in the lab yet" in p.stderr
+    # (--ledger ethereum: tests/test_lab_ethereum.py)
+    with pytest.raises(LabError, match="ledger: 'chain' is not one of"):
+        Lab(PAPER, prefix=PREFIX, state_root=str(tmp_path / "state"), ledger="chain")

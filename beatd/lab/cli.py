@@ -22,7 +22,9 @@ def add_arguments(parser):
     up = sub.add_parser("up", help="build the namespaces, start a beatd in each router")
     up.add_argument("--no-daemons", action="store_true", help="network only")
     ledger_help = ("the routers' ledger: local (default: a local ledger in the state dir, every "
-                   "router registered), none, or ethereum (not available yet)")
+                   "router registered), none, or ethereum (a ganache chain the lab starts in "
+                   "a ledger namespace, on a management link to every router; the contract "
+                   "deployed, every router registered)")
     up.add_argument("--ledger", choices=("local", "none", "ethereum"), default="local",
                     help=ledger_help)
     d = sub.add_parser("demo", help="up (if needed), send known packets and load h1 -> h2, move "
@@ -61,6 +63,11 @@ def main(args):
             if lab.ledger == "local":
                 print(f"ledger: local:{lab.ledger_path} (governance key "
                       f"{lab.governance_key_path}); every router registered, owner lab")
+            elif lab.ledger == "ethereum":
+                print(f"ledger: {lab.ledger_spec} in netns {lab.net.ledger_ns} (governance key "
+                      f"{lab.governance_eth_path}, chain log {lab.chain_log}); every router "
+                      f"registered, owner lab\n  ip netns exec {lab.net.ledger_ns} "
+                      f"{' '.join(lab.beatctl_argv('anchors')[4:])}")
         elif cmd == "demo":
             try:
                 report = lab.demo(known=args.known, flows=args.flows, load_packets=args.load,

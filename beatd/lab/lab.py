@@ -9,8 +9,19 @@ Ledger (``ledger="local"``, the default): ``up`` also makes a governance key
 (``governance.ed25519``) and a ``local`` ledger (``ledger.mdb``) in the state dir, a device key per
 router (``<router>/keys/device.ed25519``, as ``beatd keygen``), registers every router as a node
 (owner ``lab``) and gives each beatd a ``[ledger]`` section with a short anchor period
-(``LAB_ANCHOR_PERIOD_S``). ``ledger="none"`` leaves the ledger out; ``"ethereum"`` is not available
-in the lab yet.
+(``LAB_ANCHOR_PERIOD_S``). ``ledger="none"`` leaves the ledger out.
+
+``ledger="ethereum"``: a JSON-RPC node (``ledger_client.devnode.DevNode``: ganache, a development
+chain) runs in the namespace ``<prefix>ledger``, reached by every router over its own management
+link (``Net.create_management``: a separate 10.N.0.0/16 that carries no tenant traffic), at
+``http://<ledger address>:8545``. ``up`` makes the governance's account (``governance.eth``) and, per
+router, ``<router>/keys/device.ed25519`` and ``device.eth`` (as ``beatd keygen --ethereum``), funds
+every account at genesis, deploys the Beat contract and registers every router (its Ed25519 key and
+its account) from inside the ledger namespace, and gives each beatd ``[ledger] backend =
+"ethereum"``. The chain's database and log are in the state dir (``chain/``, ``chain.log``); the
+state file records the URL, the contract and the node's pid; ``down`` stops the node and deletes the
+ledger namespace with the others. From the host, the node is reached through the namespace:
+``ip netns exec <prefix>ledger beatctl --ledger ethereum:URL#CONTRACT anchors``.
 """
 import json
 import os
@@ -20,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from .netns import Net, NetError, link_stats, list_namespaces
+from .netns import IP, Net, NetError, link_stats, list_namespaces
 from .topology import load as load_topology
 from . import traffic
 
@@ -32,6 +43,8 @@ STATE_ROOT = os.environ.get("BEAT_LAB_STATE", "/run/beat-lab")
 LEDGERS = ("local", "none", "ethereum")
 LAB_ANCHOR_PERIOD_S = 1.0
 LAB_OWNER = "lab"
+LAB_CHAIN_PORT = 8545
+ETH = 10 ** 18
 
 
 class LabError(Exception):
@@ -78,6 +91,7 @@ class Lab:
         self.python = python or sys.executable
         self.ring_size = ring_size
         self._procs = {}
+        self._devnode = None
 
     # ------------------------------------------------------------------ paths and state
     @property
@@ -108,21 +122,82 @@ class Lab:
     def device_key_path(self, router):
         return os.path.join(self.router_dir(router), "keys", "device.ed25519")
 
+    def device_eth_path(self, router):
+        return os.path.join(self.router_dir(router), "keys", "device.eth")
+
+    @property
+    def governance_eth_path(self):
+        return os.path.join(self.state_dir, "governance.eth")
+
+    @property
+    def chain_db(self):
+        return os.path.join(self.state_dir, "chain")
+
+    @property
+    def chain_log(self):
+        return os.path.join(self.state_dir, "chain.log")
+
+    @property
+    def chain_url(self):
+        """The lab chain's JSON-RPC URL (reachable from the routers and the ledger namespace)."""
+        st = self._read_state().get("ethereum", {})
+        return st.get("url") or f"http://{self.net.ledger_address()}:{LAB_CHAIN_PORT}"
+
+    @property
+    def contract(self):
+        """The Beat contract's address on the lab chain (None before ``up``)."""
+        return self._read_state().get("ethereum", {}).get("contract")
+
+    @property
+    def ledger_spec(self):
+        """The ``beatctl --ledger`` value of the lab's ledger (None without one)."""
+        if self.ledger == "local":
+            return f"local:{self.ledger_path}"
+        if self.ledger == "ethereum":
+            return f"ethereum:{self.chain_url}#{self.contract}"
+        return None
+
     # ------------------------------------------------------------------ the ledger
     def _check_ledger_choice(self):
         if self.ledger == "ethereum":
-            raise LabError("--ledger ethereum: not available in the lab yet (no chain is started "
-                           "for it); use --ledger local (the default) or --ledger none")
+            from ledger_client import devnode
+            if not os.path.exists(devnode.GANACHE_CLI):
+                raise LabError(f"--ledger ethereum: ganache is not installed ({devnode.GANACHE_CLI}"
+                               f"; run npm ci in {devnode.CONTRACTS_DIR})")
+            if shutil.which("node") is None:
+                raise LabError("--ledger ethereum: node (Node.js) is not on PATH: ganache needs it")
+
+    def _device_keys(self, router, ethereum=False):
+        """``beatd keygen [--ethereum]``'s files for ``router``: (DeviceKey, Account or None)."""
+        from ledger_client.keys import DeviceKey
+        from beatd import keygen
+
+        kdir = os.path.dirname(self.device_key_path(router))
+        os.makedirs(kdir, mode=0o700, exist_ok=True)
+        key = DeviceKey.generate()
+        key.save(self.device_key_path(router), overwrite=True)
+        with open(os.path.join(kdir, keygen.PUB_NAME), "w") as f:
+            f.write(key.public_hex + "\n")
+        acct = None
+        if ethereum:
+            from ledger_client.ethereum import Account
+            acct = Account.generate()
+            acct.save(self.device_eth_path(router))
+            with open(os.path.join(kdir, keygen.ETH_ADDR_NAME), "w") as f:
+                f.write(acct.address + "\n")
+        return key, acct
 
     def setup_ledger(self):
         """``local``: the governance key, the ledger, a device key per router (``beatd keygen``'s
-        files), every router registered as a node. Returns {router: public key hex}."""
+        files), every router registered as a node. Returns {router: public key hex}.
+        ``ethereum``: see ``setup_ethereum``."""
+        if self.ledger == "ethereum":
+            return self.setup_ethereum()
         if self.ledger != "local":
             return {}
         from ledger_client.keys import DeviceKey
         from ledger_client.local import LocalLedger
         from ledger_client.types import Node
-        from beatd import keygen
 
         os.makedirs(self.state_dir, exist_ok=True)
         gov = DeviceKey.generate()
@@ -130,15 +205,96 @@ class Lab:
         pubs = {}
         with LocalLedger(self.ledger_path, hash_name=self._hash(), governance_pubkey=gov) as led:
             for r in self.topo.routers:
-                kdir = os.path.dirname(self.device_key_path(r.name))
-                os.makedirs(kdir, mode=0o700, exist_ok=True)
-                key = DeviceKey.generate()
-                key.save(self.device_key_path(r.name), overwrite=True)
-                with open(os.path.join(kdir, keygen.PUB_NAME), "w") as f:
-                    f.write(key.public_hex + "\n")
+                key, _ = self._device_keys(r.name)
                 led.register_node(Node(r.node_id, LAB_OWNER, key.public, None), signer=gov)
                 pubs[r.name] = key.public_hex
         return pubs
+
+    def setup_ethereum(self, timeout=60.0):
+        """The management network, the accounts, the chain (DevNode in the ledger namespace), the
+        contract, every router registered. Returns {router: account address}."""
+        from ledger_client.devnode import DevNode, DevNodeError
+        from ledger_client.ethereum import Account
+
+        os.makedirs(self.state_dir, exist_ok=True)
+        self.net.create_management()
+        gov = Account.generate()
+        gov.save(self.governance_eth_path)
+        nodes, accounts = [], {}
+        for r in self.topo.routers:
+            key, acct = self._device_keys(r.name, ethereum=True)
+            nodes.append([r.node_id, LAB_OWNER, key.public_hex, acct.address])
+            accounts[r.name] = acct
+        node = DevNode(self.chain_db, host=str(self.net.ledger_address()), port=LAB_CHAIN_PORT,
+                       accounts=[(gov.private_key_hex(), 1000 * ETH)] +
+                                [(a.private_key_hex(), 100 * ETH) for a in accounts.values()],
+                       netns=self.net.ledger_ns, log_path=self.chain_log)
+        try:
+            url = node.start(timeout=timeout)
+        except DevNodeError as exc:
+            raise LabError(f"--ledger ethereum: the chain did not start: {exc}") from None
+        self._devnode = node
+        st = self._read_state()
+        st["ethereum"] = {"url": url, "pid": node.pid, "netns": self.net.ledger_ns,
+                          "governance": gov.address}
+        self._write_state(st)
+        # deploy and register from inside the ledger namespace (the node is reachable there)
+        job = {"url": url, "key": self.governance_eth_path, "hash": self._hash(), "nodes": nodes}
+        p = subprocess.run(self.net_ledger_argv([self.python, "-c",
+                                                 "from beatd.lab.lab import _ethereum_setup; "
+                                                 "_ethereum_setup()"]),
+                           input=json.dumps(job), capture_output=True, text=True, cwd=REPO,
+                           env=self._env(), timeout=timeout + 60)
+        if p.returncode != 0:
+            raise LabError(f"--ledger ethereum: deploying the contract and registering the routers "
+                           f"failed: {p.stderr.strip()[-2000:]}")
+        contract = json.loads(p.stdout)["contract"]
+        st = self._read_state()
+        st["ethereum"]["contract"] = contract
+        self._write_state(st)
+        return {r: a.address for r, a in accounts.items()}
+
+    def net_ledger_argv(self, argv):
+        """``argv`` run inside the ledger namespace (where the lab's chain is reachable)."""
+        return [IP, "netns", "exec", self.net.ledger_ns] + list(argv)
+
+    def beatctl_argv(self, *args):
+        """``beatctl --ledger <the lab's ledger> ARGS``, inside the ledger namespace on ethereum."""
+        argv = [self.python, "-m", "governance.cli", "--ledger", self.ledger_spec, *args]
+        return self.net_ledger_argv(argv) if self.ledger == "ethereum" else argv
+
+    @staticmethod
+    def _env():
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        return env
+
+    def stop_chain(self, timeout=10.0):
+        """Stop the lab's JSON-RPC node (SIGTERM: ganache closes its database; SIGKILL after
+        ``timeout``). Idempotent."""
+        node = getattr(self, "_devnode", None)
+        if node is not None:
+            node.stop(timeout=timeout)
+            self._devnode = None
+        st = self._read_state()
+        pid = st.get("ethereum", {}).get("pid")
+        if pid and _pid_alive(pid) and "ganache" in _cmdline(pid):
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+                deadline = time.monotonic() + timeout
+                while _pid_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if not _pid_alive(pid):
+                    break
+        if st.get("ethereum", {}).get("pid"):
+            st["ethereum"]["pid"] = None
+            self._write_state(st)
 
     @staticmethod
     def _hash():
@@ -146,12 +302,34 @@ class Lab:
         return beatd_config.DEFAULTS["hash"]
 
     def anchors(self):
-        """{router: [Anchor, ...]} from the lab's local ledger (empty without one)."""
+        """{router: [Anchor, ...]} from the lab's ledger (empty without one)."""
+        if self.ledger == "ethereum":
+            return self._ethereum_anchors()
         if self.ledger != "local" or not os.path.exists(self.ledger_path):
             return {}
         from ledger_client.local import LocalLedger
         with LocalLedger(self.ledger_path, hash_name=None) as led:
             return {r.name: led.anchors(r.node_id) for r in self.topo.routers}
+
+    def _ethereum_anchors(self):
+        from ledger_client.types import Anchor
+
+        if not self.contract:
+            return {}
+        p = subprocess.run(self.beatctl_argv("anchors", "--json"), capture_output=True, text=True,
+                           cwd=REPO, env=self._env(), timeout=120)
+        if p.returncode != 0:
+            raise LabError(f"beatctl anchors on {self.ledger_spec}: exit {p.returncode}: "
+                           f"{p.stderr.strip()}")
+        by_id = {}
+        for line in p.stdout.splitlines():
+            if line.strip():
+                x = json.loads(line)
+                by_id.setdefault(x["node_id"], []).append(Anchor(
+                    x["node_id"], x["batch_seq"], x["tree_size"], bytes.fromhex(x["root"]),
+                    x["first_t_ns"], x["last_t_ns"], x["ref"]))
+        return {r.name: sorted(by_id.get(r.node_id, []), key=lambda a: a.batch_seq)
+                for r in self.topo.routers}
 
     def verify_ledger(self):
         """The local ledger's ``verify_chain()`` problems (an empty list: sound)."""
@@ -221,6 +399,13 @@ class Lab:
                       f"path = {_toml_str(self.ledger_path)}",
                       f"key = {_toml_str(self.device_key_path(router))}",
                       f"anchor_period_s = {LAB_ANCHOR_PERIOD_S}"]
+        if self.ledger == "ethereum" and "ledger" in known:
+            lines += ["", "[ledger]", 'backend = "ethereum"',
+                      f"url = {_toml_str(self.chain_url)}",
+                      f"contract = {_toml_str(self.contract or '0x' + '00' * 20)}",
+                      f"key = {_toml_str(self.device_eth_path(router))}",
+                      f"device_key = {_toml_str(self.device_key_path(router))}",
+                      f"anchor_period_s = {LAB_ANCHOR_PERIOD_S}"]
         return "\n".join(lines) + "\n"
 
     def write_configs(self):
@@ -251,8 +436,7 @@ class Lab:
     def start_daemon(self, router):
         log = open(self.log_path(router), "ab")
         argv = self.net.exec_argv(router, self._beatd("run", "--config", self.config_path(router)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env = self._env()
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=REPO, env=env, start_new_session=True)
         log.close()
@@ -347,6 +531,7 @@ class Lab:
         st = self._read_state()
         if st:
             self.stop_daemons(timeout=5)
+            self.stop_chain(timeout=5)
         extra = [ns for ns in st.get("namespaces", [])]
         removed = self.net.destroy(extra)
         if os.path.isdir(self.state_dir):
@@ -358,8 +543,11 @@ class Lab:
         for the daemons."""
         self._check_ledger_choice()
         self.clear_leftovers()
+        namespaces = self.net.namespaces()
+        if self.ledger == "ethereum":
+            namespaces.append(self.net.ledger_ns)
         self._write_state({"prefix": self.prefix, "topology": self.topology_path,
-                           "namespaces": self.net.namespaces(), "daemons": {},
+                           "namespaces": namespaces, "daemons": {},
                            "started": time.time(), "ledger": self.ledger})
         try:
             self.net.create()
@@ -380,6 +568,7 @@ class Lab:
     def down(self):
         """Stop the daemons, delete the namespaces and the state dir. Idempotent."""
         stopped = self.stop_daemons(timeout=5) if (self._procs or self._read_state()) else {}
+        self.stop_chain(timeout=5)
         st = self._read_state()
         self.net.destroy(st.get("namespaces", []))
         shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -497,7 +686,8 @@ class Lab:
         anchors = self.anchors()
         if anchors:
             report["anchors"] = {}
-            out.write(f"\nledger {self.ledger_path}:\n")
+            where = self.ledger_path if self.ledger == "local" else self.ledger_spec
+            out.write(f"\nledger {where}:\n")
             for r in topo.routers:
                 got = anchors.get(r.name, [])
                 report["anchors"][r.name] = {"anchors": len(got),
@@ -505,7 +695,27 @@ class Lab:
                 out.write(f"  {r.name} (node {r.node_id}): {len(got)} anchors, batch_seq "
                           + (f"0..{got[-1].batch_seq}" if got else "-")
                           + f", {sum(a.tree_size for a in got)} leaves\n")
-            out.write(f"  (beatctl --ledger local:{self.ledger_path} anchors)\n")
+            if self.ledger == "ethereum":
+                out.write(f"  (ip netns exec {self.net.ledger_ns} beatctl --ledger "
+                          f"{self.ledger_spec} anchors)\n")
+            else:
+                out.write(f"  (beatctl --ledger local:{self.ledger_path} anchors)\n")
         out.write("\n(`beatd lab dump NODE` shows a router's records; `beatd lab down` removes "
                   "the lab)\n")
         return report
+
+
+def _ethereum_setup():
+    """Run inside the ledger namespace by ``Lab.setup_ethereum``: a JSON job on stdin (url, the
+    governance key file, hash, nodes [[node_id, owner, pubkey hex, address]]); deploys the Beat
+    contract, registers every node, prints {"contract": address}."""
+    from ledger_client.ethereum import Account, EthereumLedger
+    from ledger_client.types import Node
+
+    job = json.load(sys.stdin)
+    gov = Account.from_file(job["key"])
+    led = EthereumLedger.deploy(job["url"], gov, job["hash"])
+    for node_id, owner, pub, address in job["nodes"]:
+        led.register_node(Node(node_id, owner, bytes.fromhex(pub), bytes.fromhex(address[2:])),
+                          signer=gov)
+    json.dump({"contract": led.address}, sys.stdout)

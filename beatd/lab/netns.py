@@ -9,6 +9,15 @@ Routing: every router reaches every host's prefixes (its link subnet and its sit
 path if it is on it, along the detour if it is inside the detour, else along a shortest path; hosts
 have a default route through their router. ``route_via`` moves a route mid-run. Neighbour entries
 are permanent (no ARP on the wire), IPv6 is off, rp_filter is off.
+
+Management network (``create_management``, for ``beatd lab up --ledger ethereum``): one more
+namespace ``<prefix>ledger`` holding the JSON-RPC node, a veth from it to every router (``m-<router>``
+on the ledger side, ``mgmt`` in the router) on its own ``10.N.0.0/16`` (``management_subnet``: the
+first of 10.199, 10.198, ... that overlaps no lab link nor site; router i's link is
+``10.N.<i+1>.0/24``, ledger side ``.1``, router side ``.2``). The node listens on
+``10.N.0.1`` (``ledger_address``, a /32 on the ledger namespace's loopback); each router has one
+/32 route to it over ``mgmt`` and nothing else: no tenant prefix is routed there, the routers do not
+forward what arrives on ``mgmt`` and the ledger namespace forwards nothing.
 """
 import collections
 import ipaddress
@@ -21,6 +30,8 @@ from .topology import Topology
 __all__ = ["Net", "NetError", "IP"]
 
 IP = "ip"
+MGMT_IF = "mgmt"
+LEDGER_NS = "ledger"
 
 
 class NetError(Exception):
@@ -231,6 +242,62 @@ class Net:
         parts = out.split()
         return parts[parts.index("dev") + 1] if "dev" in parts else None
 
+    # ------------------------------------------------------------------ management network
+    @property
+    def ledger_ns(self):
+        if LEDGER_NS in self.topo.nodes:
+            raise NetError(f"the topology has a node named {LEDGER_NS!r}: the management "
+                           "namespace needs that name")
+        return f"{self.prefix}{LEDGER_NS}"
+
+    def management_subnet(self):
+        used = [l.network for l in self.topo.links] + list(self.topo.sites.values())
+        for n in range(199, 0, -1):
+            net = ipaddress.IPv4Network(f"10.{n}.0.0/16")
+            if not any(net.overlaps(u) for u in used):
+                return net
+        raise NetError("no free 10.N.0.0/16 for the management network")
+
+    def ledger_address(self):
+        return self.management_subnet().network_address + 1
+
+    def management_links(self):
+        """[(router, ledger-side ifname, ledger-side address, router address, network)]."""
+        base = self.management_subnet().network_address
+        out = []
+        for i, r in enumerate(self.topo.routers):
+            if i >= 254:
+                raise NetError("more than 254 routers: no room on the management network")
+            net = ipaddress.IPv4Network((int(base) + ((i + 1) << 8), 24))
+            ifname = f"m-{r.name}" if len(f"m-{r.name}") <= 15 else f"m{i}"
+            out.append((r.name, ifname, net.network_address + 1, net.network_address + 2, net))
+        return out
+
+    def _mgmt_mac(self, i, side):
+        return f"02:bf:{self.tag:02x}:{i + 1:02x}:00:{side:02x}"
+
+    def create_management(self):
+        """The ledger namespace and its management veth to every router (see the module doc)."""
+        ns = self.ledger_ns
+        _run([IP, "netns", "add", ns])
+        _run([IP, "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+              "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.ip_forward=0"])
+        ledger_lines = ["link set lo up", f"addr add {self.ledger_address()}/32 dev lo"]
+        for i, (router, lif, laddr, raddr, net) in enumerate(self.management_links()):
+            lmac, rmac = self._mgmt_mac(i, 1), self._mgmt_mac(i, 2)
+            _run([IP, "link", "add", lif, "address", lmac, "netns", ns, "type", "veth", "peer",
+                  "name", MGMT_IF, "address", rmac, "netns", self.ns(router)])
+            ledger_lines += [f"addr add {laddr}/{net.prefixlen} dev {lif}", f"link set {lif} up",
+                             f"neigh replace {raddr} lladdr {rmac} dev {lif} nud permanent"]
+            self._batch(router, [f"addr add {raddr}/{net.prefixlen} dev {MGMT_IF}",
+                                 f"link set {MGMT_IF} up",
+                                 f"neigh replace {laddr} lladdr {lmac} dev {MGMT_IF} nud permanent",
+                                 f"route add {self.ledger_address()}/32 via {laddr} dev {MGMT_IF}"])
+            # nothing that arrives on mgmt is forwarded by the router
+            self.run(router, ["sysctl", "-q", "-w", f"net.ipv4.conf.{MGMT_IF}.forwarding=0"])
+        _run([IP, "-n", ns, "-batch", "-"], input="\n".join(ledger_lines) + "\n")
+        return ns
+
     def exists(self):
         have = set(list_namespaces())
         return [ns for ns in self.namespaces() if ns in have]
@@ -249,6 +316,29 @@ class Net:
             # deleting a namespace deletes its veth ends (and so the peers)
             _run([IP, "netns", "del", ns], check=False)
         return targets
+
+
+def management_stats(net):
+    """{router: {"rx": packets, "tx": packets}} of the ledger side of each management link, and
+    the ledger namespace's protocol counters (``/proc/net/snmp``: {"Ip": {...}, "Udp": {...},
+    ...}) under the key ``"snmp"``."""
+    import json
+
+    ns = net.ledger_ns
+    out = _run([IP, "-n", ns, "-j", "-s", "link", "show"]).stdout
+    by_if = {}
+    for dev in json.loads(out):
+        s = dev.get("stats64") or dev.get("stats") or {}
+        by_if[dev.get("ifname")] = {"rx": s.get("rx", {}).get("packets", 0),
+                                    "tx": s.get("tx", {}).get("packets", 0)}
+    stats = {r: by_if.get(lif, {"rx": 0, "tx": 0}) for r, lif, *_ in net.management_links()}
+    lines = _run([IP, "netns", "exec", ns, "cat", "/proc/net/snmp"]).stdout.splitlines()
+    snmp = {}
+    for head, vals in zip(lines[0::2], lines[1::2]):
+        proto, names = head.split(":", 1)
+        snmp[proto] = dict(zip(names.split(), (int(v) for v in vals.split(":", 1)[1].split())))
+    stats["snmp"] = snmp
+    return stats
 
 
 def link_stats(net, node):

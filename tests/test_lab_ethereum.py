@@ -1,0 +1,139 @@
+"""The paper lab on an ``ethereum`` ledger (root): ``beatd lab up --ledger ethereum`` starts a
+JSON-RPC node (ganache, ledger_client.devnode) in the lab's ledger namespace, deploys the contract,
+registers every router (its account funded at genesis) and runs every beatd with ``[ledger] backend
+= "ethereum"``, reaching the node over its management link. Known packets h1 -> h2 (the demo: the
+agreed path, then the detour); the daemons stopped (SIGTERM: the last batch submitted): every router has anchors on the chain, listed by
+``beatctl --ledger ethereum:URL#CONTRACT anchors --json`` (run inside the ledger namespace), and
+no tenant packet crossed a management link (the ledger namespace's kernel counters: only TCP to
+the node arrived there). ``beatd lab down`` stops the node and removes everything."""
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+from conftest import REPO, require_root
+
+PAPER = os.path.join(REPO, "topologies", "paper.toml")
+PREFIX = f"beat-e{os.getpid()}-"
+
+
+def _lab_cli(state, *args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "beatd", "lab", "--topology", PAPER, "--prefix",
+                           PREFIX, "--state-dir", str(state), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+def _namespaces():
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def test_lab_up_ethereum_anchors_every_router(tmp_path):
+    require_root()
+    from beatd.lab.lab import Lab, _pid_alive
+    from beatd.lab.netns import MGMT_IF, management_stats
+    from ledger_client.ethereum import Account
+
+    state = tmp_path / "state"
+    lab = Lab(PAPER, prefix=PREFIX, state_root=str(state), ledger="ethereum")
+    try:
+        p = _lab_cli(state, "up", "--ledger", "ethereum")
+        assert p.returncode == 0, p.stdout + p.stderr
+        spec = lab.ledger_spec
+        assert spec.startswith(f"ethereum:http://{lab.net.ledger_address()}:") and lab.contract
+        assert spec in p.stdout
+        st = lab._read_state()
+        chain_pid = st["ethereum"]["pid"]
+        assert chain_pid and _pid_alive(chain_pid)
+        assert lab.net.ledger_ns in st["namespaces"] and lab.net.ledger_ns in _namespaces()
+
+        mgmt_net = lab.net.management_subnet()
+        for r in lab.topo.routers:
+            text = open(lab.config_path(r.name)).read()
+            assert '[ledger]\nbackend = "ethereum"' in text
+            assert f'contract = "{lab.contract}"' in text and lab.device_eth_path(r.name) in text
+            assert os.stat(lab.device_eth_path(r.name)).st_mode & 0o077 == 0
+            s = lab.status(r.name)
+            assert s["anchor"]["backend"] == "ethereum" and s["anchor"]["last_error"] is None
+            # the tenant's destination is routed over the lab links, never over mgmt
+            assert lab.net.route_get(r.name, lab.topo.host_addr(lab.topo.dst)) != MGMT_IF
+            assert lab.net.route_get(r.name, lab.net.ledger_address()) == MGMT_IF
+        for l in lab.topo.links:
+            assert not l.network.overlaps(mgmt_net)
+
+        # every router registered with its Ed25519 key and its account
+        p = subprocess.run(lab.beatctl_argv("nodes", "--json"), capture_output=True, text=True,
+                           cwd=REPO, env=lab._env(), timeout=60)
+        assert p.returncode == 0, p.stderr
+        nodes = {n["node_id"]: n for n in json.loads(p.stdout)}
+        assert set(nodes) == {r.node_id for r in lab.topo.routers}
+        for r in lab.topo.routers:
+            acct = Account.from_file(lab.device_eth_path(r.name))
+            assert nodes[r.node_id]["account"] == acct.address_bytes.hex()
+            assert nodes[r.node_id]["owner"] == "lab"
+
+        before = management_stats(lab.net)
+        # the demo's traffic: known packets (and load) on the agreed path, then on the detour
+        # (so that r4 records too); then SIGTERM to every daemon (the last batch submitted)
+        out = io.StringIO()
+        report = lab.demo(known=10, flows=20, load_packets=500, rate=5000.0, out=out)
+        assert set(report["stopped"].values()) <= {0, "exited"}, report["stopped"]
+        for name in lab.topo.agreed:
+            assert report["routers"][name]["known_agreed"] == 10, out.getvalue()
+        for name in lab.topo.detour:
+            assert report["routers"][name]["known_detour"] == 10, out.getvalue()
+        assert f"ledger {spec}:" in out.getvalue()
+        sent = 20 + report["load"]["sent"]
+
+        # every router's anchors on the chain, listed by beatctl (in the ledger namespace)
+        p = subprocess.run(lab.beatctl_argv("anchors", "--json"), capture_output=True, text=True,
+                           cwd=REPO, env=lab._env(), timeout=60)
+        assert p.returncode == 0, p.stderr
+        listed = [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+        by_node = {}
+        for x in listed:
+            by_node.setdefault(x["node_id"], []).append(x)
+            assert x["ref"].startswith("0x") and "@" in x["ref"]
+        for r in lab.topo.routers:
+            got = sorted(by_node.get(r.node_id, []), key=lambda x: x["batch_seq"])
+            assert got, f"{r.name}: no anchors on the chain\n{open(lab.log_path(r.name)).read()}"
+            assert [x["batch_seq"] for x in got] == list(range(len(got)))
+            log = open(lab.log_path(r.name)).read()
+            assert "anchors at stop" in log and "PermissionDenied" not in log, log
+        on_path = sum(x["tree_size"] for r in lab.topo.agreed for x in
+                      by_node[lab.topo.node(r).node_id])
+        assert on_path >= len(lab.topo.agreed)
+        assert {r: len(v) for r, v in lab.anchors().items()} == {
+            r.name: len(by_node[r.node_id]) for r in lab.topo.routers}
+        assert {r: v["anchors"] for r, v in report["anchors"].items()} == {
+            r.name: len(by_node[r.node_id]) for r in lab.topo.routers}
+
+        # the tenant traffic stayed off the management links: every packet that reached the
+        # ledger namespace was the routers' JSON-RPC (TCP to the node); nothing UDP (the known
+        # packets and the load are UDP), nothing for another address, nothing forwarded
+        after = management_stats(lab.net)
+        snmp0, snmp1 = before["snmp"], after["snmp"]
+        for r in lab.topo.routers:
+            assert after[r.name]["rx"] > 0, f"{r.name}: no JSON-RPC on its management link"
+        for key in ("InDatagrams", "NoPorts", "InErrors"):
+            assert snmp1["Udp"][key] == 0, (key, snmp1["Udp"])
+        for key in ("InAddrErrors", "ForwDatagrams", "InUnknownProtos", "InDiscards"):
+            assert snmp1["Ip"][key] == 0, (key, snmp1["Ip"])
+        assert snmp1["Icmp"]["InMsgs"] == 0, snmp1["Icmp"]
+        mgmt_rx = sum(after[r.name]["rx"] - before[r.name]["rx"] for r in lab.topo.routers)
+        tcp_in = snmp1["Tcp"]["InSegs"] - snmp0["Tcp"]["InSegs"]
+        assert mgmt_rx <= tcp_in, (mgmt_rx, tcp_in)   # (lo carries the rest of InSegs)
+        assert mgmt_rx < sent
+
+        p = _lab_cli(state, "down")
+        assert p.returncode == 0, p.stderr
+        deadline = time.monotonic() + 10
+        while _pid_alive(chain_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _pid_alive(chain_pid), "the chain still runs after down"
+        assert not (set(st["namespaces"]) & _namespaces())
+        assert not state.joinpath(PREFIX.rstrip("-")).exists()
+    finally:
+        lab.down()
