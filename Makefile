@@ -54,10 +54,11 @@ demo: $(NATIVE)
 demo-offline: $(NATIVE)
 	$(VPY) -m beatd.demo
 
-bench: $(NATIVE)
+bench: $(NATIVE) $(NPM_DEPS)
 	$(VPY) -m benchmarks.run
 	@if [ "$$(id -u)" -eq 0 ]; then $(VPY) -m benchmarks.capture; \
 	else echo "make bench: the capture benchmark needs root (namespaces), skipped"; fi
+	$(VPY) -m benchmarks.anchoring
 
 # A long fuzz run of the parser (the test suite runs a short one).
 fuzz: $(NATIVE)
