@@ -332,4 +332,36 @@ def receipt_value(hash_name, node_id, role, src, dst, epoch_ns, packets, nbytes)
         raise ValueError(f"src and dst must be 16 bytes, got {len(s)} and {len(d)}")
     beat_receipt_value(alg, node_id, role, s, d, epoch_ns, packets, nbytes, h)
     return h[:32]
+def merkle_levels(hash_name, leaves):
+    """The levels of the RFC 9162 tree over ``leaves`` (n x 33 bytes of SPEC leaf data): level 0
+    the n leaf hashes H(0x00||leaf), level k+1 H(0x01||left||right) over adjacent pairs of level k
+    (an odd last node carried up), up to the root; ``[H()]`` for n = 0. A list of bytes, 32 bytes
+    per node. Hashed in SIMD lanes without the GIL."""
+    cdef int alg = _alg(hash_name)
+    mvl = memoryview(leaves).cast("B")
+    cdef size_t nb = mvl.nbytes
+    if nb % 33:
+        raise ValueError(f"leaves length {nb} is not a multiple of 33")
+    cdef const uint8_t[::1] lv = mvl if nb else b"\0"
+    cdef size_t n = nb // 33
+    cdef size_t total = beat_merkle_nodes(n)
+    out = bytearray(total * 32)
+    cdef uint8_t[::1] o = out
+    with nogil:
+        beat_merkle_levels(alg, &lv[0], n, &o[0])
+    if n == 0:
+        return [bytes(out)]
+    levels = []
+    cdef size_t off = 0
+    cdef size_t w = n
+    mv = memoryview(out)
+    while True:
+        levels.append(bytes(mv[off * 32:(off + w) * 32]))
+        off += w
+        if w == 1:
+            break
+        w = (w + 1) // 2
+    return levels
+
+
 include "ring.pxi"

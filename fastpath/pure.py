@@ -180,6 +180,28 @@ def segment_value(hash_name, node_id, seg_seq, records):
              + records).digest()
 
 
+def merkle_levels(hash_name, leaves):
+    """The levels of the RFC 9162 tree over ``leaves`` (n x 33 bytes of SPEC leaf data): level 0
+    the n leaf hashes H(0x00||leaf), level k+1 H(0x01||left||right) over adjacent pairs of level k
+    (an odd last node carried up), up to the root; ``[H()]`` for n = 0. A list of bytes, 32 bytes
+    per node."""
+    H = _hasher(hash_name)
+    leaves = bytes(memoryview(leaves).cast("B"))
+    if len(leaves) % 33:
+        raise ValueError(f"leaves length {len(leaves)} is not a multiple of 33")
+    if not leaves:
+        return [H(b"").digest()]
+    level = [H(b"\x00" + leaves[i:i + 33]).digest() for i in range(0, len(leaves), 33)]
+    levels = [b"".join(level)]
+    while len(level) > 1:
+        up = [H(b"\x01" + level[j] + level[j + 1]).digest() for j in range(0, len(level) - 1, 2)]
+        if len(level) & 1:
+            up.append(level[-1])
+        levels.append(b"".join(up))
+        level = up
+    return levels
+
+
 def receipt_value(hash_name, node_id, role, src, dst, epoch_ns, packets, nbytes):
     """R = H("BEAT-RC-v1" || node_id || role || src || dst || epoch_ns || packets || bytes)."""
     H = _hasher(hash_name)

@@ -6,9 +6,10 @@ does) does two things:
 1. **Build** at most one new batch, when ``anchor_period_s`` has passed since the previous one was
    built (or since the batcher started, for the very first) or ``max_leaves`` leaves are waiting:
    the leaves after the last batched one (at most ``max_leaves``, in leaf_seq order) become a
-   ``merkle.Tree``; the pending anchor ``(node_id, batch_seq, tree_size, root, first_t_ns,
-   last_t_ns)`` and every leaf's inclusion proof are written in ONE LMDB transaction
-   (``outbox.Outbox.write_batch``). No leaf waiting, no batch (no empty anchors).
+   Merkle tree (``fastpath.merkle_levels``: its levels, hashed in SIMD lanes without the GIL); the
+   pending anchor ``(node_id, batch_seq, tree_size, root, first_t_ns, last_t_ns)`` and the tree's
+   levels (one value, ~64 B per leaf; a leaf's proof is computed from them on request) are written
+   in ONE LMDB transaction (``outbox.Outbox.write_batch``). No leaf waiting, no batch (no empty anchors).
    ``first_t_ns``/``last_t_ns``: the span of the batch's leaves' own times -- min/max over the
    segment commitments' ``first_t_ns``/``last_t_ns`` and the receipts' ``epoch_ns`` (see
    ``outbox``), not the wall-clock time the batch was built over.
@@ -21,7 +22,7 @@ does) does two things:
    or any other ``LedgerError``: a real problem -- logged, kept as ``last_error``, and submission
    stops (``halted``) until ``resume()`` or a restart; building goes on.
 
-Restart-safe: all state is in the store (``anchors``, ``leaf_proofs``); a new Batcher on the same
+Restart-safe: all state is in the store (``anchors``, ``leaf_proofs``: the batches' levels); a new Batcher on the same
 store continues with the next batch_seq and the next leaf, and resubmits the pending anchors (an
 anchor that reached the ledger before the crash comes back ``"exists"``).
 """
@@ -29,6 +30,8 @@ import logging
 import random
 import threading
 import time as _time
+
+import fastpath
 
 from . import merkle
 from .errors import LedgerError, Unavailable
@@ -112,12 +115,16 @@ class Batcher:
         self._last_built = now
         if not leaves:
             return None
-        tree = merkle.Tree(self.hash_name, [leaf for _, leaf in leaves])
+        data = b"".join(leaf for _, leaf in leaves)
+        if len(data) == 33 * len(leaves):
+            levels = fastpath.merkle_levels(self.hash_name, data)
+        else:                             # not SPEC leaf data (it should not happen): the slow way
+            levels = merkle.Tree(self.hash_name, [leaf for _, leaf in leaves]).level_bytes
+        tree = merkle.Tree.from_levels(self.hash_name, levels, len(leaves))
         first_t, last_t, seg_end = self.outbox.span(leaves, seg_before)
         rec = BatchRecord(batch_seq, len(leaves), tree.root, first_t, last_t, first_leaf, seg_end,
                           float(now))
-        self.outbox.write_batch(rec, [(seq, i, tree.proof(i))
-                                      for i, (seq, _) in enumerate(leaves)])
+        self.outbox.write_batch(rec, levels)
         self.batches_built += 1
         log.info("node %d: batch %d built: %d leaves (%d..%d), root %s", self.node_id, batch_seq,
                  len(leaves), first_leaf, first_leaf + len(leaves) - 1, tree.root.hex())

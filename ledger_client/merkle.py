@@ -21,7 +21,7 @@ import hashlib
 from functools import partial
 
 __all__ = ["HASH_NAMES", "root", "inclusion_proof", "verify_inclusion", "consistency_proof",
-           "verify_consistency", "Tree", "leaf_hash", "hasher"]
+           "verify_consistency", "Tree", "leaf_hash", "hasher", "level_sizes", "levels_proof"]
 
 HASH_NAMES = ("sha3-256", "blake2b-256")
 _LEAF, _NODE = b"\x00", b"\x01"
@@ -241,6 +241,49 @@ def verify_consistency(hash_name, old_size, new_size, old_root, new_root, proof)
     return fr == old_root and sr == new_root and sn == 0
 
 
+def level_sizes(n):
+    """The number of nodes on each level of a tree of ``n`` leaves, level 0 first (``[1]`` for the
+    empty tree: its one level is ``H()``)."""
+    sizes = [n]
+    while n > 1:
+        n = (n + 1) >> 1
+        sizes.append(n)
+    return sizes if sizes[0] else [1]
+
+
+def levels_proof(levels, size, index):
+    """The inclusion proof of leaf ``index`` from a tree's levels (``fastpath.merkle_levels``):
+    ``levels`` one bytes-like object per level or all of them concatenated, ``size`` the number of
+    leaves. Reads only the ``log2(size)`` siblings (memoryviews stay views until the last copy).
+    ``ValueError`` unless ``0 <= index < size`` and the levels have the sizes of such a tree."""
+    if not isinstance(index, int) or not 0 <= index < size:
+        raise ValueError(f"levels_proof: index {index!r} is not in 0..{size - 1} "
+                         f"(tree of {size} leaves)")
+    sizes = level_sizes(size)
+    if isinstance(levels, (list, tuple)):
+        if [len(x) for x in levels] != [32 * w for w in sizes]:
+            raise ValueError(f"levels_proof: levels of {[len(x) for x in levels]} bytes do not "
+                             f"make a tree of {size} leaves")
+        blobs = levels
+        offsets = [0] * len(sizes)
+    else:
+        if len(levels) != 32 * sum(sizes):
+            raise ValueError(f"levels_proof: {len(levels)} bytes of levels do not make a tree of "
+                             f"{size} leaves ({32 * sum(sizes)} bytes)")
+        blobs, offsets, off = [levels] * len(sizes), [], 0
+        for w in sizes:
+            offsets.append(off)
+            off += 32 * w
+    out = []
+    for h in range(len(sizes) - 1):
+        sib = index ^ 1
+        if sib < sizes[h]:
+            o = offsets[h] + 32 * sib
+            out.append(bytes(blobs[h][o:o + 32]))
+        index >>= 1
+    return out
+
+
 class Tree:
     """An RFC 9162 tree built once from the leaf data, every level kept.
 
@@ -248,38 +291,99 @@ class Tree:
     ``levels[h][2j + 1]``, or ``levels[h][2j]`` itself when it is the last, unpaired node. The node
     ``levels[h][j]`` is then MTH(D[j*2^h : min((j+1)*2^h, n)]), which is every subtree the RFC's
     recursion visits. ``root`` O(1); ``proof(i)``, ``consistency(m)``, ``append(leaf)`` O(log n).
+
+    Built by ``fastpath.merkle_levels`` (SIMD lanes, no GIL, in the native twin) when every leaf is
+    SPEC leaf data (33 bytes); the levels are then kept as one bytes object per level
+    (``level_bytes``) and turned into lists of 32-byte hashes only when ``levels`` is read or the
+    tree is appended to.
     """
 
-    __slots__ = ("hash_name", "_H", "levels")
+    __slots__ = ("hash_name", "_H", "_levels", "_blobs", "_size")
 
     def __init__(self, hash_name, leaves=()):
         self.hash_name = hash_name
-        self._H = H = hasher(hash_name)
+        self._H = hasher(hash_name)
+        self._levels = self._blobs = None
+        leaves = [bytes(d) for d in leaves]
+        if leaves and all(len(d) == 33 for d in leaves):
+            import fastpath
+            self._blobs = fastpath.merkle_levels(hash_name, b"".join(leaves))
+            self._size = len(leaves)
+            return
         new = _NEW[hash_name]
-        level = [new(_LEAF + bytes(d)).digest() for d in leaves]
-        self.levels = [level]
+        level = [new(_LEAF + d).digest() for d in leaves]
+        self._levels = [level]
         while len(level) > 1:
             nxt = [new(_NODE + level[j] + level[j + 1]).digest()
                    for j in range(0, len(level) - 1, 2)]
             if len(level) & 1:
                 nxt.append(level[-1])
-            self.levels.append(nxt)
+            self._levels.append(nxt)
             level = nxt
 
+    @classmethod
+    def from_levels(cls, hash_name, levels, size=None):
+        """A tree from its levels as ``fastpath.merkle_levels`` returns them (one bytes object per
+        level, 32 bytes per node). ``size`` (the number of leaves) defaults to level 0's node
+        count; give ``size=0`` for the empty tree's ``[H()]``. ``ValueError`` when the levels do
+        not have the sizes of a tree of ``size`` leaves."""
+        t = cls.__new__(cls)
+        t.hash_name = hash_name
+        t._H = hasher(hash_name)
+        t._levels = None
+        levels = [bytes(x) for x in levels]
+        if size is None:
+            size = len(levels[0]) // 32 if levels else 0
+        want = [32 * w for w in level_sizes(size)]
+        if [len(x) for x in levels] != want:
+            raise ValueError(f"Tree.from_levels: levels of {[len(x) for x in levels]} bytes do "
+                             f"not make a tree of {size} leaves ({want})")
+        if size == 0:
+            if levels[0] != t._H(b""):
+                raise ValueError("Tree.from_levels: the empty tree's level is not H()")
+            t._blobs, t._levels = None, [[]]
+            return t
+        t._blobs, t._size = levels, size
+        return t
+
+    @property
+    def levels(self):
+        """Every level as a list of 32-byte hashes (``levels[0]`` the leaf hashes)."""
+        if self._levels is None:
+            self._levels = [[b[o:o + 32] for o in range(0, len(b), 32)] for b in self._blobs]
+            self._blobs = None
+        return self._levels
+
+    @property
+    def level_bytes(self):
+        """Every level as one bytes object (32 bytes per node), as ``fastpath.merkle_levels``
+        returns them (``[H()]`` for the empty tree)."""
+        if self._blobs is not None:
+            return list(self._blobs)
+        if not self._levels[0]:
+            return [self._H(b"")]
+        return [b"".join(level) for level in self._levels]
+
     def __len__(self):
-        return len(self.levels[0])
+        return self.size
 
     @property
     def size(self):
-        return len(self.levels[0])
+        return self._size if self._blobs is not None else len(self._levels[0])
 
     @property
     def root(self):
         """MTH of the leaves (``H()`` for no leaf)."""
-        top = self.levels[-1]
+        if self._blobs is not None:
+            return self._blobs[-1]
+        top = self._levels[-1]
         return top[0] if top else self._H(b"")
 
     def leaf_hash(self, index):
+        if self._blobs is not None:
+            if not 0 <= index < self._size:
+                raise IndexError(f"Tree.leaf_hash: index {index} out of range")
+            return self._blobs[0][32 * index:32 * index + 32]
         return self.levels[0][index]
 
     def append(self, leaf):
@@ -308,15 +412,20 @@ class Tree:
     def _node(self, lo, hi):
         """MTH(D[lo:hi]) for a subtree of the RFC's recursion (hi - lo >= 1)."""
         h = (hi - lo - 1).bit_length()
+        if self._blobs is not None:
+            o = 32 * (lo >> h)
+            return self._blobs[h][o:o + 32]
         return self.levels[h][lo >> h]
 
     def proof(self, index):
         """The inclusion proof (RFC 9162 PATH) of the leaf at ``index``: sibling hashes,
         bottom-up."""
-        n = len(self.levels[0])
+        n = self.size
         if not isinstance(index, int) or not 0 <= index < n:
             raise ValueError(f"Tree.proof: index {index!r} is not in 0..{n - 1} "
                              f"(tree of {n} leaves)")
+        if self._blobs is not None:
+            return levels_proof(self._blobs, n, index)
         out = []
         for level in self.levels[:-1]:
             sib = index ^ 1
@@ -327,7 +436,7 @@ class Tree:
 
     def consistency(self, old_size):
         """PROOF(old_size, D[n]) (RFC 9162 2.1.4.1); [] for ``old_size`` 0 or n."""
-        n = len(self.levels[0])
+        n = self.size
         if not isinstance(old_size, int) or not 0 <= old_size <= n:
             raise ValueError(f"Tree.consistency: old_size {old_size!r} is not in 0..{n}")
         if old_size in (0, n):

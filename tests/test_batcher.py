@@ -17,7 +17,7 @@ from fastpath.output import NONE, STAT_NAMES, Output
 from ledger_client import merkle
 from ledger_client.batcher import Batcher
 from ledger_client.errors import ConflictError, OrderError, PermissionDenied, Unavailable
-from ledger_client.outbox import ANCHORED, LEAF_PROOFS_DB, PENDING
+from ledger_client.outbox import ANCHORED, ANCHORS_DB, LEAF_PROOFS_DB, PENDING
 
 NODE = 7
 PERIOD = 10.0
@@ -396,6 +396,9 @@ def test_max_leaves_splits_and_triggers_early(tmp_path, h):
 
 
 def test_changed_byte_in_stored_proof_fails(tmp_path, h):
+    """The batch's levels are stored once (leaf_proofs, key b"L" || batch_seq) and each proof is
+    computed from them: a changed byte in any stored node of a leaf's proof, or in the stored
+    first_leaf_seq its index is derived from, makes that proof fail."""
     ledger, clock = MemLedger(h), Clock()
     with open_store(tmp_path / "s", h) as store:
         feed = Feed(store, h)
@@ -406,14 +409,25 @@ def test_changed_byte_in_stored_proof_fails(tmp_path, h):
         leaves = store.outbox()
         assert len(leaves) == 15
         db = store.env.open_db(LEAF_PROOFS_DB)
+        db_anchors = store.env.open_db(ANCHORS_DB)
+        sizes = merkle.level_sizes(len(leaves))
+        offsets = [32 * sum(sizes[:k]) for k in range(len(sizes))]
         for leaf_seq, kind, value in leaves:
             anchor, index, proof = b.proof(leaf_seq)
             leaf = bytes([kind]) + value
             assert merkle.verify_inclusion(h, leaf, index, anchor.tree_size, proof, anchor.root)
-            key = struct.pack(">Q", leaf_seq)
+            key = b"L" + struct.pack(">Q", anchor.batch_seq)
             with store.env.begin(db=db) as txn:
                 original = bytes(txn.get(key))
-            for pos in range(16, len(original)):     # every byte of the stored proof
+            assert len(original) == 32 * sum(sizes)
+            # the stored nodes this leaf's proof reads: its sibling on every level
+            positions, i = [], index
+            for k in range(len(sizes) - 1):
+                if i ^ 1 < sizes[k]:
+                    positions += range(offsets[k] + 32 * (i ^ 1), offsets[k] + 32 * (i ^ 1) + 32)
+                i >>= 1
+            assert len(positions) == 32 * len(proof)
+            for pos in positions:                    # every byte of the stored proof
                 bad = bytearray(original)
                 bad[pos] ^= 0x04
                 with store.env.begin(write=True, db=db) as txn:
@@ -421,16 +435,21 @@ def test_changed_byte_in_stored_proof_fails(tmp_path, h):
                 anchor2, index2, proof2 = b.proof(leaf_seq)
                 assert not merkle.verify_inclusion(h, leaf, index2, anchor.tree_size, proof2,
                                                    anchor.root), (leaf_seq, pos)
-            for pos in range(8, 16):                 # the stored index
-                bad = bytearray(original)
-                bad[pos] ^= 0x01
-                with store.env.begin(write=True, db=db) as txn:
-                    txn.put(key, bytes(bad))
-                _, index2, proof2 = b.proof(leaf_seq)
-                assert not merkle.verify_inclusion(h, leaf, index2, anchor.tree_size, proof2,
-                                                   anchor.root), (leaf_seq, pos)
             with store.env.begin(write=True, db=db) as txn:
                 txn.put(key, original)
+            akey = struct.pack(">Q", anchor.batch_seq)
+            with store.env.begin(db=db_anchors) as txn:
+                rec = bytes(txn.get(akey))
+            for pos in range(57, 65):                # the stored first_leaf_seq (-> the index)
+                bad = bytearray(rec)
+                bad[pos] ^= 0x01
+                with store.env.begin(write=True, db=db_anchors) as txn:
+                    txn.put(akey, bytes(bad))
+                got = b.proof(leaf_seq)
+                assert got is None or not merkle.verify_inclusion(
+                    h, leaf, got[1], anchor.tree_size, got[2], anchor.root), (leaf_seq, pos)
+            with store.env.begin(write=True, db=db_anchors) as txn:
+                txn.put(akey, rec)
         check_all_anchored(store, ledger, h, feed)
 
 
@@ -539,3 +558,36 @@ def test_uses_only_two_extra_databases(tmp_path):
                                 b"outbox", b"proofs", b"receipts"])
         with pytest.raises(lmdb.DbsFullError):
             store.env.open_db(b"one_more", create=True)
+
+
+def test_levels_stored_once_per_batch_and_former_per_leaf_proofs_still_read(tmp_path):
+    """One leaf_proofs value per batch (its levels, ~64 B per leaf); a store written in the
+    former format (one proof per leaf, key leaf_seq) still answers proof()."""
+    h = "sha3-256"
+    ledger, clock = MemLedger(h), Clock()
+    with open_store(tmp_path / "s", h) as store:
+        feed = Feed(store, h)
+        b = make(store, ledger, clock, h)
+        feed.commit(30, 5)
+        clock.t += PERIOD
+        b.tick()
+        leaves = store.outbox()
+        n = len(leaves)
+        db = store.env.open_db(LEAF_PROOFS_DB)
+        with store.env.begin(db=db) as txn:
+            items = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+        assert [k for k, _ in items] == [b"L" + struct.pack(">Q", 0)]
+        assert len(items[0][1]) == 32 * sum(merkle.level_sizes(n))
+        assert b.outbox.levels(0) == items[0][1]
+        tree = merkle.Tree(h, [bytes([k]) + v for _, k, v in leaves])
+        with store.env.begin(write=True, db=db) as txn:
+            txn.delete(items[0][0])
+            for i, (seq, _, _) in enumerate(leaves):
+                txn.put(struct.pack(">Q", seq),
+                        struct.pack(">QQ", 0, i) + b"".join(tree.proof(i)))
+        for i, (seq, kind, value) in enumerate(leaves):
+            anchor, index, proof = b.proof(seq)
+            assert (index, proof) == (i, tree.proof(i))
+            assert merkle.verify_inclusion(h, bytes([kind]) + value, index, anchor.tree_size,
+                                           proof, anchor.root)
+        assert b.proof(n) is None

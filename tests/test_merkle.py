@@ -451,3 +451,75 @@ def test_module_api_names():
     for name in ("root", "inclusion_proof", "verify_inclusion", "consistency_proof",
                  "verify_consistency", "Tree"):
         assert hasattr(merkle, name)
+
+
+# -- fastpath.merkle_levels (both twins) and Tree.from_levels -----------------------------------
+
+def _twins():
+    import fastpath.pure as pure
+    out = [("py", pure)]
+    try:
+        from fastpath import _native
+        out.append(("c", _native))
+    except ImportError:                     # not built: the pure twin alone
+        pass
+    return out
+
+
+def _check_levels(h, D, twins):
+    n = len(D)
+    data = b"".join(D)
+    got = {name: mod.merkle_levels(h, data) for name, mod in twins}
+    first = next(iter(got.values()))
+    for name, levels in got.items():
+        assert levels == first, (name, n)
+    levels = first
+    assert all(type(x) is bytes for x in levels)
+    assert [len(x) for x in levels] == [32 * w for w in merkle.level_sizes(n)]
+    assert levels[-1] == root(h, D), n
+    if n:
+        assert levels[0] == b"".join(H(h, b"\x00" + d) for d in D)
+        assert Tree(h, D).level_bytes == levels
+    t = Tree.from_levels(h, levels, n)
+    assert t.root == root(h, D) and t.size == n
+    return t
+
+
+@pytest.mark.parametrize("h", HASHES)
+def test_merkle_levels_twins_equal_rfc_up_to_300(h):
+    D = leaves_for(300, seed=11)
+    twins = _twins()
+    for n in range(0, 301):
+        t = _check_levels(h, D[:n], twins)
+        for i in range(n) if n <= 40 else {0, n - 1, n // 2}:
+            assert t.proof(i) == inclusion_proof(h, D[:n], i), (n, i)
+            assert merkle.levels_proof(b"".join(t.level_bytes), n, i) == t.proof(i)
+    assert Tree.from_levels(h, [H(h, b"")], 0).root == H(h, b"")
+
+
+@pytest.mark.parametrize("h", HASHES)
+def test_merkle_levels_twins_sampled_sizes_to_100k(h):
+    rng = random.Random(12)
+    D = leaves_for(100_000, seed=12)
+    twins = _twins()
+    for n in (511, 512, 513, 1025, 4097, 65535, 65536, 65537, 99_999, 100_000):
+        t = _check_levels(h, D[:n], twins)
+        for i in {0, n - 1, rng.randrange(n)}:
+            p = t.proof(i)
+            assert verify_inclusion(h, D[i], i, n, p, t.root), (n, i)
+            assert merkle.levels_proof(b"".join(t.level_bytes), n, i) == p
+        if n <= 5000:
+            i = rng.randrange(n)
+            assert t.proof(i) == inclusion_proof(h, D[:n], i)
+
+
+def test_merkle_levels_rejects_bad_input():
+    for _, mod in _twins():
+        with pytest.raises(ValueError):
+            mod.merkle_levels("sha3-256", b"\x01" * 34)
+        with pytest.raises(ValueError):
+            mod.merkle_levels("md5", b"\x01" * 33)
+    with pytest.raises(ValueError):
+        Tree.from_levels("sha3-256", [b"\x00" * 32, b"\x00" * 32], 3)
+    with pytest.raises(ValueError):
+        merkle.levels_proof(b"\x00" * 64, 2, 0)

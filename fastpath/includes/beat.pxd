@@ -12,6 +12,12 @@ cdef extern from "beat_hash.h" nogil:
     int beat_hash_set_simd(int level)
 
 
+cdef extern from "beat_merkle.h" nogil:
+    size_t beat_merkle_depth(size_t n)
+    size_t beat_merkle_nodes(size_t n)
+    void beat_merkle_levels(int alg, const uint8_t *leaves, size_t n, uint8_t *out)
+
+
 cdef extern from "beat_parse.h" nogil:
     ctypedef struct beat_obs:
         uint8_t msg[80]
