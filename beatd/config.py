@@ -9,7 +9,8 @@ import ipaddress
 import os
 import re
 import stat
-import tomllib
+
+from .tomlfile import read_toml
 
 from fastpath.output import HASH_NAMES
 
@@ -489,13 +490,7 @@ def _ledger(raw):
 
 def load(path):
     """Read and validate the TOML configuration at ``path``."""
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, ConfigError, "configuration")
     try:
         return from_dict(raw)
     except ConfigError as exc:

@@ -33,7 +33,8 @@ import ipaddress
 import json
 import os
 import sys
-import tomllib
+
+from beatd.tomlfile import read_toml
 
 from ledger_client.errors import LedgerError
 from ledger_client.keys import DeviceKey, KeyFileError, parse_public
@@ -213,13 +214,7 @@ def _address(name, v):
 def load_sla(path, with_account=False):
     """The SLA (and the tenant's public key or None; with ``with_account``, also the tenant's
     Ethereum address or None) of a TOML file."""
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as exc:
-        raise UsageError(f"{path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, UsageError, "SLA file")
     raw = dict(raw.get("sla", raw)) if isinstance(raw.get("sla"), dict) else dict(raw)
     tenant_pubkey = raw.pop("tenant_pubkey", None)
     tenant_account = raw.pop("tenant_account", None)

@@ -12,7 +12,8 @@ source and destination addresses. Every address lives inside the lab's namespace
 import dataclasses
 import ipaddress
 import re
-import tomllib
+
+from beatd.tomlfile import read_toml
 
 __all__ = ["TopologyError", "Topology", "Node", "Link", "load", "from_dict", "MAX_ROUTERS"]
 
@@ -294,13 +295,7 @@ def from_dict(raw):
 
 def load(path):
     """Read and validate the topology TOML at ``path``."""
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as exc:
-        raise TopologyError(f"{path}: cannot read the topology: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise TopologyError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, TopologyError, "topology")
     try:
         return from_dict(raw)
     except TopologyError as exc:
