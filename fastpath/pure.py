@@ -25,11 +25,10 @@ Readings of docs/fastpath.md where the text leaves a choice (the native twin mus
   otherwise. ``fp_many``/``segment_value``/``receipt_value`` validate ``node_id`` like the
   Pipeline (1..2^64-2) and want whole 48-byte records.
 """
-import hashlib
 import struct
 from collections import deque
-from functools import partial
 
+from .hashes import constructor
 from .output import (COUNTER_SIZE, DESC_FORMAT, DESC_SIZE, HASH_NAMES, NONE, OPEN_RECEIPT_SIZE,
                      REASON_CLASS, RECEIPT_SIZE, RECORD_SIZE, STAT_NAMES, Output)
 
@@ -55,22 +54,10 @@ _PD6 = b"BEAT-PD-v1\x06"
 _NULL_FAM = {2: 4, 10: 6, 24: 6, 28: 6, 30: 6}
 _FT_CACHE_MAX = 1 << 20
 
-_HASHES = {
-    "sha3-256": hashlib.sha3_256,
-    "blake2b-256": partial(hashlib.blake2b, digest_size=32),
-}
 
 
 # ----------------------------------------------------------------------------------------------
 # validation
-
-def _hasher(hash_name):
-    h = _HASHES.get(hash_name) if isinstance(hash_name, str) else None
-    if h is None:
-        raise ValueError(f"hash_name must be one of {', '.join(map(repr, HASH_NAMES))}, "
-                         f"got {hash_name!r}")
-    return h
-
 
 def _int(name, value):
     if isinstance(value, bool) or not isinstance(value, int):
@@ -159,7 +146,7 @@ def t_range(records):
 
 def fp_many(records, node_id, hash_name="sha3-256"):
     """FP = H("BEAT-FP-v1" || node_id || prev_id || next_id || PD || t_ns), 32 bytes per record."""
-    H = _hasher(hash_name)
+    H = constructor(hash_name)
     _node_id("node_id", node_id)
     records = _records("records", records)
     node = b"BEAT-FP-v1" + _Q.pack(node_id)
@@ -172,7 +159,7 @@ def fp_many(records, node_id, hash_name="sha3-256"):
 
 def segment_value(hash_name, node_id, seg_seq, records):
     """S = H("BEAT-SG-v1" || node_id || seg_seq || count || records)."""
-    H = _hasher(hash_name)
+    H = constructor(hash_name)
     _node_id("node_id", node_id)
     _u64("seg_seq", seg_seq)
     records = _records("records", records)
@@ -185,7 +172,7 @@ def merkle_levels(hash_name, leaves):
     the n leaf hashes H(0x00||leaf), level k+1 H(0x01||left||right) over adjacent pairs of level k
     (an odd last node carried up), up to the root; ``[H()]`` for n = 0. A list of bytes, 32 bytes
     per node."""
-    H = _hasher(hash_name)
+    H = constructor(hash_name)
     leaves = bytes(memoryview(leaves).cast("B"))
     if len(leaves) % 33:
         raise ValueError(f"leaves length {len(leaves)} is not a multiple of 33")
@@ -204,7 +191,7 @@ def merkle_levels(hash_name, leaves):
 
 def receipt_value(hash_name, node_id, role, src, dst, epoch_ns, packets, nbytes):
     """R = H("BEAT-RC-v1" || node_id || role || src || dst || epoch_ns || packets || bytes)."""
-    H = _hasher(hash_name)
+    H = constructor(hash_name)
     _node_id("node_id", node_id)
     if role not in (1, 2) or isinstance(role, bool):
         raise ValueError(f"role must be 1 or 2, got {role!r}")
@@ -410,7 +397,7 @@ def _ft(H, fam, addr):
 
 def pd_ft(frame, linktype, hash_name="sha3-256"):
     """(reason, None, None) for a frame without a digest, else (None, PD, FT)."""
-    H = _hasher(hash_name)
+    H = constructor(hash_name)
     frame = _bytes("frame", frame)
     _int("linktype", linktype)
     r = _frame(frame, 0, len(frame), linktype, H)
@@ -435,7 +422,7 @@ class Pipeline:
                  segment_records=1024, anchor_period_ns=10_000_000_000, max_pending=1 << 16):
         self._node_id = _node_id("node_id", node_id)
         self._hash_name = hash_name
-        self._H = _hasher(hash_name)
+        self._H = constructor(hash_name)
         if own_macs is None:
             own_macs = ()
         if isinstance(own_macs, (bytes, bytearray, memoryview)):

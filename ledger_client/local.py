@@ -14,19 +14,19 @@ Beyond the Backend protocol:
   reads it.
 - ``slas()``, ``entries()``, ``entry_count()``, ``verify_chain()``, ``governance_pubkey``.
 """
-import hashlib
 import json
 import os
 import struct
 
 import lmdb
 
+from fastpath.hashes import digest_function
+
 from .errors import ConflictError, LedgerError, NotFound, OrderError, PermissionDenied
 from .keys import verify as ed25519_verify
 from .types import DISPUTE_STATES, SLA, Anchor, Dispute, Node
 
 FORMAT_VERSION = 1
-HASH_NAMES = ("sha3-256", "blake2b-256")
 GENESIS_TAG = b"BEAT local ledger v1\x00"
 DEFAULT_MAP_SIZE = 1 << 30
 
@@ -50,12 +50,7 @@ class LedgerMismatch(LedgerError):
     """The file is a ledger of another governance, another hash, or another format version."""
 
 
-def hasher(hash_name):
-    if hash_name == "sha3-256":
-        return lambda data: hashlib.sha3_256(data).digest()
-    if hash_name == "blake2b-256":
-        return lambda data: hashlib.blake2b(data, digest_size=32).digest()
-    raise ValueError(f"hash_name: {hash_name!r} is not one of {', '.join(HASH_NAMES)}")
+hasher = digest_function  # H by name: data -> 32 bytes
 
 
 def _k64(n):

@@ -17,36 +17,23 @@ Two implementations that the tests hold against each other:
 step. They return ``False`` (never raise) for anything that is not a valid proof: wrong types or
 lengths, an index outside the tree, sizes out of order.
 """
-import hashlib
-from functools import partial
+
+from fastpath.hashes import CONSTRUCTORS, digest_function
+from fastpath.output import HASH_NAMES
 
 __all__ = ["HASH_NAMES", "root", "inclusion_proof", "verify_inclusion", "consistency_proof",
            "verify_consistency", "Tree", "leaf_hash", "hasher", "level_sizes", "levels_proof"]
 
-HASH_NAMES = ("sha3-256", "blake2b-256")
 _LEAF, _NODE = b"\x00", b"\x01"
 
 
-def _sha3(data=b""):
-    return hashlib.sha3_256(data).digest()
-
-
-def _blake2b(data=b""):
-    return hashlib.blake2b(data, digest_size=32).digest()
-
-
-_HASHES = {"sha3-256": _sha3, "blake2b-256": _blake2b}
 # the hashlib constructors, for the hot loops: new(data).digest() saves a Python call per hash
-_NEW = {"sha3-256": hashlib.sha3_256, "blake2b-256": partial(hashlib.blake2b, digest_size=32)}
+_NEW = CONSTRUCTORS
 
 
 def hasher(hash_name):
     """``H`` for a hash name: a function bytes -> 32 bytes. Unknown names raise ``ValueError``."""
-    h = _HASHES.get(hash_name) if isinstance(hash_name, str) else None
-    if h is None:
-        raise ValueError(f"hash_name must be one of {', '.join(map(repr, HASH_NAMES))}, "
-                         f"got {hash_name!r}")
-    return h
+    return digest_function(hash_name)
 
 
 def leaf_hash(hash_name, leaf):
