@@ -53,11 +53,14 @@ DEFAULTS = {
         "log_format": "json",
         "neighbour_refresh": True,
     },
-    # the device's ledger anchoring (docs/ledger.md): "none" keeps the daemon off the ledger
+    # the device's ledger anchoring (docs/ledger.md): "local" by default; "none" keeps the daemon
+    # off the ledger
     "ledger": {
-        "backend": "none",
-        "path": None,               # local: the ledger's LMDB file
-        "key": None,                # the signer: device.ed25519 (local), device.eth (ethereum)
+        "backend": "local",
+        "path": None,               # local: the ledger's LMDB file (default: STORE/ledger.lmdb)
+        "key": None,                # the signer: device.ed25519 (local; default:
+                                    # STORE/device.ed25519, made at the first start), device.eth
+                                    # (ethereum)
         "device_key": None,         # ethereum: the device's Ed25519 key (its identity, checked
                                     # against the registration; evidence signatures)
         "url": None,                # ethereum: the JSON-RPC URL
@@ -163,6 +166,8 @@ class Config:
     ledger_contract: str | None = None
     ledger_anchor_period_s: float | None = None     # None: anchor_period_s (the governance's)
     ledger_max_leaves: int = DEFAULTS["ledger"]["max_leaves"]
+    ledger_path_default: bool = False   # ledger.path not configured: STORE/ledger.lmdb
+    ledger_key_default: bool = False    # ledger.key not configured: STORE/device.ed25519
 
     @property
     def ledger_enabled(self):
@@ -327,7 +332,7 @@ def from_dict(raw):
     interfaces = _interfaces(top["interfaces"])
     capture = _capture(top["capture"])
     daemon = _daemon(top["daemon"])
-    ledger = _ledger(top["ledger"])
+    ledger = _ledger(top["ledger"], st["path"])
     return Config(
         interfaces=interfaces, **capture, **daemon, **ledger,
         node_id=node_id, hash=hash_name, own_macs=own, neighbours=tuple(neighbours),
@@ -447,7 +452,7 @@ def check_key_file(path, key="ledger.key"):
     return path
 
 
-def _ledger(raw):
+def _ledger(raw, store_path):
     lg = _table(raw, DEFAULTS["ledger"], "ledger.")
     backend = lg["backend"]
     if backend not in LEDGER_BACKENDS:
@@ -469,6 +474,18 @@ def _ledger(raw):
            "ledger_anchor_period_s": period, "ledger_max_leaves": max_leaves}
     if backend == "none":
         return out
+    if backend == "local":
+        # the embedded default: the host's ledger file and the device key beside the store; the
+        # daemon makes the key at its first start and waits for the governance to create the
+        # ledger (docs/ledger.md, "The default: local")
+        for name, file in (("path", "ledger.lmdb"), ("key", "device.ed25519")):
+            if lg[name] is None:
+                if not os.path.isabs(store_path):
+                    raise ConfigError(f"ledger.{name}: not set, and store.path "
+                                      f"{_show(store_path)} is not absolute to put it beside")
+                lg[name] = os.path.join(store_path, file)
+                out[f"ledger_{name}"] = lg[name]
+                out[f"ledger_{name}_default"] = True
     need = ("path", "key") if backend == "local" else ("url", "contract", "key")
     for name in need:
         if lg[name] is None:
@@ -479,7 +496,8 @@ def _ledger(raw):
     if backend == "ethereum" and not re.match(r"^(0x)?[0-9a-fA-F]{40}$", lg["contract"]):
         raise ConfigError(f"ledger.contract: {_show(lg['contract'])} is not a contract address "
                           "(40 hex digits)")
-    check_key_file(lg["key"])
+    if not out.get("ledger_key_default"):
+        check_key_file(lg["key"])
     if lg["device_key"] is not None:
         if backend != "ethereum":
             raise ConfigError("ledger.device_key: only with ledger.backend = \"ethereum\" (on "

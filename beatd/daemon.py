@@ -250,18 +250,22 @@ class Daemon:
             from ledger_client.errors import LedgerError
             from ledger_client.keys import DeviceKey, KeyFileError
             from ledger_client.local import LocalLedger
+            from ledger_client.local import AwaitedLocalLedger
             path = cfg.ledger_path
-            if not os.path.exists(path):
+            if not os.path.exists(path) and not cfg.ledger_path_default:
                 raise DaemonError(f'ledger.path: "{path}": no such ledger (the governance creates '
                                   "it: beatctl --ledger local:PATH --key GOV_KEY register-node ...)")
-            try:
-                signer = DeviceKey.load(cfg.ledger_key)
-            except KeyFileError as exc:
-                raise DaemonError(f"ledger.key: {exc}") from None
-            try:
-                self.ledger = LocalLedger(path, hash_name=None)
-            except LedgerError as exc:
-                raise DaemonError(f'ledger.path: "{path}": {exc}') from None
+            signer = self._local_device_key(DeviceKey, KeyFileError)
+            if not os.path.exists(path):
+                # the default ledger the governance has not created yet: anchors wait
+                self.ledger = AwaitedLocalLedger(path, cfg.hash)
+                event(log, logging.WARNING, "ledger: no local ledger yet; batches wait in the "
+                      "outbox until the governance creates it", path=path)
+            else:
+                try:
+                    self.ledger = LocalLedger(path, hash_name=None)
+                except LedgerError as exc:
+                    raise DaemonError(f'ledger.path: "{path}": {exc}') from None
             self._ledger_where = path
         elif cfg.ledger_backend == "ethereum":
             try:
@@ -324,6 +328,26 @@ class Daemon:
             event(log, logging.WARNING, "ledger: this node is not registered with this key; the "
                   "ledger will refuse its anchors until the governance registers it "
                   "(beatctl register-node), then SIGHUP or restart", node_id=cfg.node_id, **who)
+
+    def _local_device_key(self, DeviceKey, KeyFileError):
+        """The device's Ed25519 key; the default one (STORE/device.ed25519) is made at the first
+        start, 0600, and its public key logged for the governance to register."""
+        cfg = self.cfg
+        if cfg.ledger_key_default and not os.path.exists(cfg.ledger_key):
+            key = DeviceKey.generate()
+            try:
+                key.save(cfg.ledger_key)
+            except (OSError, KeyFileError) as exc:
+                raise DaemonError(f'ledger.key: "{cfg.ledger_key}": cannot make the device key: '
+                                  f"{exc}") from None
+            event(log, logging.WARNING, "ledger: made this device's key; the governance registers "
+                  "it with beatctl register-node", key=cfg.ledger_key, node_id=cfg.node_id,
+                  pubkey=key.public.hex())
+            return key
+        try:
+            return DeviceKey.load(cfg.ledger_key)
+        except KeyFileError as exc:
+            raise DaemonError(f"ledger.key: {exc}") from None
 
     def _route_ledger_logs(self):
         """The batcher logs under ``beat.ledger``: through beatd's handlers, in beatd's format."""

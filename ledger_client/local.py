@@ -22,7 +22,8 @@ import lmdb
 
 from fastpath.hashes import digest_function
 
-from .errors import ConflictError, LedgerError, NotFound, OrderError, PermissionDenied
+from .errors import (ConflictError, LedgerError, NotFound, OrderError, PermissionDenied,
+                     Unavailable)
 from .keys import verify as ed25519_verify
 from .types import DISPUTE_STATES, SLA, Anchor, Dispute, Node
 
@@ -616,3 +617,49 @@ class LocalLedger:
                     problems.append(f"index {name}: {len(bad)} key(s) differ from the entries "
                                     f"(first {bad[0].hex() if bad else '?'})")
         return problems
+
+
+class AwaitedLocalLedger:
+    """The local ledger at a path the governance has not created yet (beatd's default ledger).
+
+    Until the file exists every operation raises ``Unavailable`` naming the path, so that the
+    batcher keeps its batches and retries with its backoff; from then on it is that
+    ``LocalLedger`` (checked to use ``hash_name``: another hash is a ``LedgerMismatch``, which halts
+    the submission with a message instead of anchoring roots the ledger cannot check)."""
+
+    def __init__(self, path, hash_name):
+        self.path = os.fspath(path)
+        self.expected_hash = hash_name
+        self._ledger = None
+
+    @property
+    def ready(self):
+        return self._ledger is not None
+
+    @property
+    def hash_name(self):
+        return self._ledger.hash_name if self._ledger is not None else self.expected_hash
+
+    def _open(self):
+        if self._ledger is None:
+            if not os.path.exists(self.path):
+                raise Unavailable(f"{self.path}: no ledger here yet (the governance creates it: "
+                                  f"beatctl --ledger local:{self.path} --key GOV_KEY "
+                                  "register-node ...)")
+            led = LocalLedger(self.path, hash_name=None)
+            if self.expected_hash is not None and led.hash_name != self.expected_hash:
+                led.close()
+                raise LedgerMismatch(f"{self.path}: a ledger of hash {led.hash_name}, not "
+                                     f"{self.expected_hash}")
+            self._ledger = led
+        return self._ledger
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._open(), name)
+
+    def close(self):
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None

@@ -41,9 +41,21 @@ def _key(tmp_path, name="device.ed25519", mode=0o600):
     return k, str(path)
 
 
-def test_ledger_defaults_keep_existing_configs():
+def test_ledger_defaults_to_local_beside_the_store(tmp_path):
     c = bconfig.from_dict({"node_id": 1})
-    assert c.ledger_backend == "none" and not c.ledger_enabled
+    assert c.ledger_backend == "local" and c.ledger_enabled
+    assert c.ledger_path == "/var/lib/beatd/ledger.lmdb" and c.ledger_path_default
+    assert c.ledger_key == "/var/lib/beatd/device.ed25519" and c.ledger_key_default
+    c = bconfig.from_dict({"node_id": 1, "store": {"path": str(tmp_path / "s")}})
+    assert c.ledger_path == str(tmp_path / "s" / "ledger.lmdb")
+    _, key = _key(tmp_path)
+    c = bconfig.from_dict({"node_id": 1, "ledger": {"key": key}})
+    assert c.ledger_key == key and not c.ledger_key_default and c.ledger_path_default
+    c = bconfig.from_dict({"node_id": 1, "ledger": {"backend": "none"}})
+    assert not c.ledger_enabled and c.ledger_path is None
+    with pytest.raises(bconfig.ConfigError, match='ledger.path: not set, and store.path "rel" is '
+                       'not absolute'):
+        bconfig.from_dict({"node_id": 1, "store": {"path": "rel"}})
     assert c.effective_ledger_anchor_period_s == c.anchor_period_s == 10.0
     assert c.ledger_max_leaves == 1 << 16
     c = bconfig.from_dict({"node_id": 1, "governance": {"anchor_period_s": 3}})
@@ -66,8 +78,6 @@ def test_ledger_config_errors_name_the_key(tmp_path):
     led = str(tmp_path / "l.mdb")
     cases = [
         ({"backend": "chain"}, 'ledger.backend: "chain" is not one of none, local, ethereum'),
-        ({"backend": "local", "key": key}, "ledger.path: missing"),
-        ({"backend": "local", "path": led}, "ledger.key: missing"),
         ({"backend": "local", "path": "rel.mdb", "key": key},
          'ledger.path: "rel.mdb" is not an absolute path'),
         ({"backend": "local", "path": led, "key": str(tmp_path / "nokey")},
@@ -146,6 +156,46 @@ def test_missing_local_ledger_is_named(tmp_path):
         d.start()
     assert f'ledger.path: "{led}": no such ledger' in str(e.value)
     assert not led.exists()
+
+
+def test_default_ledger_waits_for_the_governance_then_anchors(tmp_path):
+    """No [ledger] section: the daemon makes its key beside the store (0600), keeps capturing
+    while no ledger exists (the batches wait, the error names the path), and anchors everything
+    once the governance creates the ledger and registers the node."""
+    cfg_path = tmp_path / "beatd.toml"
+    text = config_text(tmp_path / "store", tmp_path / "control.sock", metrics="")
+    text = text.replace("[store]", "[governance]\nreceipt_epoch_ms = 100\nanchor_period_s = 0.3\n"
+                                   "[store]")
+    cfg_path.write_text(text)
+    cfg = bconfig.load(cfg_path)
+    assert cfg.ledger_backend == "local" and cfg.ledger_key_default
+    key_path = tmp_path / "store" / "device.ed25519"
+    led_path = tmp_path / "store" / "ledger.lmdb"
+    sources = []
+    d, main = _run(cfg, cfg_path, sources)
+    try:
+        assert key_path.exists() and (os.stat(key_path).st_mode & 0o777) == 0o600
+        dev = DeviceKey.load(key_path)
+        _push_rounds(d, sources[0], 3)
+        wait_for(lambda: (d.anchor_status() or {}).get("pending_anchors", 0) >= 1, timeout=5,
+                 what="a batch waiting for the ledger")
+        wait_for(lambda: (d.anchor_status() or {}).get("last_error"), timeout=5,
+                 what="the submission error")
+        st = d.anchor_status()
+        assert str(led_path) in st["last_error"] and "no ledger here yet" in st["last_error"]
+        assert st["last_anchored_batch_seq"] is None and not st["halted"]
+        gov = DeviceKey.generate()
+        with LocalLedger(led_path, hash_name=HASH, governance_pubkey=gov) as lg:
+            lg.register_node(Node(NODE, "test", dev.public, None), signer=gov)
+        d.batcher.resume()        # what SIGHUP does; without it the backoff (<= 30 s) decides
+        _push_rounds(d, sources[0], 2, start=1000)
+        wait_for(lambda: (d.anchor_status() or {}).get("pending_anchors") == 0 and
+                 (d.anchor_status() or {}).get("last_anchored_batch_seq") is not None,
+                 timeout=10, what="the waiting batches anchored")
+    finally:
+        _stop(d, main)
+    anchors, kinds = _check_everything_anchored(tmp_path, str(led_path))
+    assert len(anchors) >= 2
 
 
 # -- the anchor thread on a local ledger -----------------------------------------------------

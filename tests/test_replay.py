@@ -160,7 +160,10 @@ def test_truncated_capture_is_counted_not_fatal(tmp_path, capsys):
 
 def test_config_defaults_and_pipeline_kwargs():
     c = from_dict({"node_id": 3})
-    assert c == Config(node_id=3)
+    # the dataclass's defaults, except the ledger files, which from_dict puts beside the store
+    assert c == Config(node_id=3, ledger_path="/var/lib/beatd/ledger.lmdb",
+                       ledger_key="/var/lib/beatd/device.ed25519", ledger_path_default=True,
+                       ledger_key_default=True)
     kw = c.pipeline_kwargs()
     assert kw == {"node_id": 3, "hash_name": "sha3-256", "own_macs": (), "neighbours": {},
                   "join_window_ns": 50_000_000, "receipt_epoch_ns": 1_000_000_000,
