@@ -45,6 +45,10 @@ def _parser():
     d.add_argument("--config", metavar="F", required=True, help="beatd TOML configuration")
     d.add_argument("--log-format", choices=("json", "text"),
                    help="overrides daemon.log_format")
+    # TEST ONLY (the lab's misbehaviour scenarios): lets the control socket feed a capture file's
+    # frames into the pipeline as if captured (`test-inject PATH`). Hidden, off by default, not in
+    # the configuration schema; the daemon logs a warning when it is on.
+    d.add_argument("--testing-allow-inject", action="store_true", help=argparse.SUPPRESS)
 
     s = sub.add_parser("status", help="state of the running daemon (over its control socket)")
     g = s.add_mutually_exclusive_group()
@@ -154,7 +158,8 @@ def _run(args):
     except ConfigError as exc:
         return _fail(str(exc))
     log = logs.setup(args.log_format or cfg.log_format)
-    daemon = Daemon(cfg, config_path=os.path.abspath(args.config))
+    daemon = Daemon(cfg, config_path=os.path.abspath(args.config),
+                    testing_allow_inject=args.testing_allow_inject)
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())

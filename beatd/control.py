@@ -22,10 +22,15 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self):
         try:
-            line = self.rfile.readline(256).decode("ascii", "replace").strip()
+            line = self.rfile.readline(4096).decode("ascii", "replace").strip()
         except OSError:
             return
-        if line == "status":
+        if line.startswith("test-inject ") and self.server.inject is not None:
+            try:
+                reply = self.server.inject(line[len("test-inject "):])
+            except Exception as exc:  # noqa: BLE001 (test only; the reply says so)
+                reply = {"error": f"test-inject failed: {exc!r}"}
+        elif line == "status":
             try:
                 reply = self.server.status()
             except Exception as exc:  # noqa: BLE001 (the reply says so; the daemon carries on)
@@ -45,7 +50,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 class ControlServer:
     """Serves ``status()`` (a callable returning a JSON-able dict) on the unix socket ``path``."""
 
-    def __init__(self, path, status):
+    def __init__(self, path, status, inject=None):
         self.path = path
         try:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -67,6 +72,7 @@ class ControlServer:
         finally:
             os.umask(old)
         self._server.status = status
+        self._server.inject = inject        # TEST ONLY (beatd run --testing-allow-inject)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.1}, name="beatd-control",
                                         daemon=True)

@@ -124,8 +124,10 @@ def _empty(out):
 
 
 class Daemon:
-    def __init__(self, config, config_path=None, source_factory=None):
+    def __init__(self, config, config_path=None, source_factory=None, testing_allow_inject=False):
         self.cfg = config
+        # TEST ONLY: `beatd run --testing-allow-inject` (see inject_capture)
+        self.testing_allow_inject = bool(testing_allow_inject)
         self.config_path = config_path
         self.source_factory = source_factory or ring_sources
         self.failure = None             # why the daemon stopped on its own (exit code 1)
@@ -222,7 +224,12 @@ class Daemon:
             event(log, logging.INFO, "metrics", listen=f"{self.metrics.host}:{self.metrics.port}")
         if cfg.control_socket:
             from .control import ControlServer
-            self.control = ControlServer(cfg.control_socket, self.status)
+            self.control = ControlServer(
+                cfg.control_socket, self.status,
+                inject=self.inject_capture if self.testing_allow_inject else None)
+            if self.testing_allow_inject:
+                event(log, logging.WARNING, "TESTING: the control socket accepts test-inject: "
+                      "frames from files enter the proofs as if captured; never in production")
 
         self.started = time.time()
         self._committer = threading.Thread(target=self._commit_loop, name="beatd-commit",
@@ -467,6 +474,25 @@ class Daemon:
             ifname = getattr(s, "ifname", "?")
             self._ring_stats[(k, ifname)] = {"kernel": dict(s.kernel_stats()),
                                              "counters": dict(s.counters())}
+
+    def inject_capture(self, path):
+        """TEST ONLY (``--testing-allow-inject``): feed the frames of the capture file ``path``
+        into the pipeline as if they had been captured now, with their own timestamps (the lab's
+        misbehaviour scenarios fabricate proofs with it). Returns {"frames": n}."""
+        from fastpath.output import DESC_SIZE
+
+        from .capfile import CaptureError, CaptureReader
+
+        try:
+            reader = CaptureReader(path, 4096)
+        except (CaptureError, OSError) as exc:
+            return {"error": f"test-inject: {path}: {exc}"}
+        n = 0
+        for buf, desc in reader:
+            self.pipeline.feed(buf, desc)
+            n += len(desc) // DESC_SIZE
+        event(log, logging.WARNING, "TESTING: frames injected", path=path, frames=n)
+        return {"frames": n}
 
     # -- commit ---------------------------------------------------------------------------------
 

@@ -142,7 +142,8 @@ def _stats(lab):
 def test_up_down_network_leaves_nothing(lab):
     lab.up(daemons=False)
     ours = [ns for ns in _namespaces() if ns.startswith(PREFIX)]
-    assert sorted(ours) == sorted(lab.net.namespaces())
+    # the nodes' namespaces and the management namespace (the governance's seat)
+    assert sorted(ours) == sorted(lab.net.namespaces() + [lab.net.ledger_ns])
     lab.down()
     assert not [ns for ns in _namespaces() if ns.startswith(PREFIX)]
     assert not os.path.exists(lab.state_dir)
@@ -157,7 +158,7 @@ def test_up_clears_a_crashed_run(lab):
     again = Lab(PAPER, prefix=PREFIX, state_root=os.path.dirname(lab.state_dir))
     again.up(daemons=False)
     assert sorted(ns for ns in _namespaces() if ns.startswith(PREFIX)) == \
-        sorted(lab.net.namespaces())
+        sorted(lab.net.namespaces() + [lab.net.ledger_ns])
     again.down()
 
 

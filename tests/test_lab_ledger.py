@@ -80,7 +80,9 @@ def test_lab_ledger_none(tmp_path):
     try:
         lb.up(daemons=False)
         lb.write_configs()
-        assert "[ledger]" not in open(lb.config_path("r1")).read()
+        assert '[ledger]\nbackend = "none"' in open(lb.config_path("r1")).read()
+        from beatd import config as bconfig
+        assert not bconfig.load(lb.config_path("r1")).ledger_enabled
         assert not os.path.exists(lb.ledger_path)
     finally:
         lb.down()

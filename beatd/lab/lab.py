@@ -44,6 +44,9 @@ LEDGERS = ("local", "none", "ethereum")
 LAB_ANCHOR_PERIOD_S = 1.0
 LAB_OWNER = "lab"
 LAB_CHAIN_PORT = 8545
+LAB_SLA_ID = 1
+LAB_LOSS_BUDGET_PPM = 10_000        # the lab SLA tolerates 1 % loss
+LAB_MAX_DELAY_US = 20_000
 ETH = 10 ** 18
 
 
@@ -208,7 +211,23 @@ class Lab:
                 key, _ = self._device_keys(r.name)
                 led.register_node(Node(r.node_id, LAB_OWNER, key.public, None), signer=gov)
                 pubs[r.name] = key.public_hex
+            led.register_sla(self.sla(), signer=gov)
         return pubs
+
+    def sla(self):
+        """The lab's RO-SLA (id ``LAB_SLA_ID``): the tenant's flow src -> dst over the agreed
+        route, 1 % loss budget."""
+        import ipaddress
+
+        from ledger_client.types import SLA
+
+        def a16(host):
+            return ipaddress.IPv6Address(f"::ffff:{self.topo.host_addr(host)}").packed
+
+        return SLA(LAB_SLA_ID, "lab-tenant", a16(self.topo.src), a16(self.topo.dst),
+                   tuple(self.topo.node(r).node_id for r in self.topo.agreed),
+                   max_loss_ppm=LAB_LOSS_BUDGET_PPM, max_delay_us=LAB_MAX_DELAY_US,
+                   loss_budget_ppm=LAB_LOSS_BUDGET_PPM, penalty_per_violation=100)
 
     def setup_ethereum(self, timeout=60.0):
         """The management network, the accounts, the chain (DevNode in the ledger namespace), the
@@ -217,7 +236,8 @@ class Lab:
         from ledger_client.ethereum import Account
 
         os.makedirs(self.state_dir, exist_ok=True)
-        self.net.create_management()
+        if self.net.ledger_ns not in list_namespaces():
+            self.net.create_management()
         gov = Account.generate()
         gov.save(self.governance_eth_path)
         nodes, accounts = [], {}
@@ -239,7 +259,11 @@ class Lab:
                           "governance": gov.address}
         self._write_state(st)
         # deploy and register from inside the ledger namespace (the node is reachable there)
-        job = {"url": url, "key": self.governance_eth_path, "hash": self._hash(), "nodes": nodes}
+        sla = self.sla()
+        job = {"url": url, "key": self.governance_eth_path, "hash": self._hash(), "nodes": nodes,
+               "sla": [sla.sla_id, sla.tenant, sla.src.hex(), sla.dst.hex(), list(sla.route),
+                       sla.max_loss_ppm, sla.max_delay_us, sla.loss_budget_ppm,
+                       sla.penalty_per_violation]}
         p = subprocess.run(self.net_ledger_argv([self.python, "-c",
                                                  "from beatd.lab.lab import _ethereum_setup; "
                                                  "_ethereum_setup()"]),
@@ -399,6 +423,8 @@ class Lab:
                       f"path = {_toml_str(self.ledger_path)}",
                       f"key = {_toml_str(self.device_key_path(router))}",
                       f"anchor_period_s = {LAB_ANCHOR_PERIOD_S}"]
+        if self.ledger == "none":
+            lines += ["", "[ledger]", 'backend = "none"']
         if self.ledger == "ethereum" and "ledger" in known:
             lines += ["", "[ledger]", 'backend = "ethereum"',
                       f"url = {_toml_str(self.chain_url)}",
@@ -544,13 +570,15 @@ class Lab:
         self._check_ledger_choice()
         self.clear_leftovers()
         namespaces = self.net.namespaces()
-        if self.ledger == "ethereum":
-            namespaces.append(self.net.ledger_ns)
+        # the management namespace (the governance's seat, and the chain's on ethereum): each
+        # router reaches it over a management link that carries no tenant traffic
+        namespaces.append(self.net.ledger_ns)
         self._write_state({"prefix": self.prefix, "topology": self.topology_path,
                            "namespaces": namespaces, "daemons": {},
                            "started": time.time(), "ledger": self.ledger})
         try:
             self.net.create()
+            self.net.create_management()
             self.setup_ledger()
             self.write_configs()
             if daemons:
@@ -718,4 +746,10 @@ def _ethereum_setup():
     for node_id, owner, pub, address in job["nodes"]:
         led.register_node(Node(node_id, owner, bytes.fromhex(pub), bytes.fromhex(address[2:])),
                           signer=gov)
+    if job.get("sla"):
+        from ledger_client.types import SLA
+        sid, tenant, src, dst, route, max_loss, max_delay, budget, penalty = job["sla"]
+        led.register_sla(SLA(sid, tenant, bytes.fromhex(src), bytes.fromhex(dst), tuple(route),
+                             max_loss_ppm=max_loss, max_delay_us=max_delay,
+                             loss_budget_ppm=budget, penalty_per_violation=penalty), signer=gov)
     json.dump({"contract": led.address}, sys.stdout)
