@@ -6,7 +6,7 @@ DEPS   := $(VENV)/.stamp-deps
 NATIVE := $(VENV)/.stamp-native
 SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxi fastpath/includes/*.pxd fastpath/include/*.h fastpath/src/*.c) setup.py
 
-.PHONY: all setup build test demo demo-offline bench fuzz contracts clean
+.PHONY: all setup build test demo demo-offline bench fuzz contracts proto clean
 
 all: build
 
@@ -59,6 +59,7 @@ bench: $(NATIVE) $(NPM_DEPS)
 	@if [ "$$(id -u)" -eq 0 ]; then $(VPY) -m benchmarks.capture; \
 	else echo "make bench: the capture benchmark needs root (namespaces), skipped"; fi
 	$(VPY) -m benchmarks.anchoring
+	$(VPY) -m benchmarks.interrogation
 
 # A long fuzz run of the parser (the test suite runs a short one).
 fuzz: $(NATIVE)

@@ -72,6 +72,8 @@ def _parser():
     from . import keygen
     k = sub.add_parser("keygen", help="generate the device's Ed25519 key (mode 0600)")
     keygen.add_arguments(k)
+    from . import certs
+    certs.add_parser(sub)
     return p
 
 
@@ -325,6 +327,9 @@ def main(argv=None):
     if args.command == "keygen":
         from . import keygen
         return keygen.main(args)
+    if args.command == "certs":
+        from . import certs
+        return certs.main(args)
     return _fail(f"unknown command {args.command}")  # pragma: no cover (argparse rejects it)
 
 

@@ -68,6 +68,22 @@ DEFAULTS = {
         "anchor_period_s": None,    # None: governance.anchor_period_s
         "max_leaves": 1 << 16,      # leaves per batch at most
     },
+    # the Interrogation service (gRPC over mutual TLS, docs/interrogation.md): off while listen
+    # is ""; on, cert/key/ca are required (no plaintext fallback exists)
+    "interrogation": {
+        "listen": "",               # e.g. "0.0.0.0:50051"
+        "cert": None,               # this device's TLS certificate (PEM; beatd certs)
+        "key": None,                # its TLS private key (PEM, 0600)
+        "ca": None,                 # the governance CA: only clients it signed connect
+        "signing_key": None,        # the Ed25519 key that signs evidence; default: the
+                                    # device key (ledger.key on local, ledger.device_key on
+                                    # ethereum)
+        "max_window_s": 3600.0,     # the longest window one request may ask for
+        "max_records": 20_000_000,  # the most records one answer may carry
+        "max_streams": 4,           # evidence streams open at once
+        "max_flow_tags": 64,        # flow tags in one request
+        "max_stream_s": 600.0,      # an answer still running after this long is cancelled
+    },
 }
 LEDGER_BACKENDS = ("none", "local", "ethereum")
 FANOUT_MODES = ("cpu", "hash", "lb")
@@ -166,6 +182,16 @@ class Config:
     ledger_contract: str | None = None
     ledger_anchor_period_s: float | None = None     # None: anchor_period_s (the governance's)
     ledger_max_leaves: int = DEFAULTS["ledger"]["max_leaves"]
+    interrogation_listen: str = ""
+    interrogation_cert: str | None = None
+    interrogation_key: str | None = None
+    interrogation_ca: str | None = None
+    interrogation_signing_key: str | None = None
+    interrogation_max_window_s: float = DEFAULTS["interrogation"]["max_window_s"]
+    interrogation_max_records: int = DEFAULTS["interrogation"]["max_records"]
+    interrogation_max_streams: int = DEFAULTS["interrogation"]["max_streams"]
+    interrogation_max_flow_tags: int = DEFAULTS["interrogation"]["max_flow_tags"]
+    interrogation_max_stream_s: float = DEFAULTS["interrogation"]["max_stream_s"]
     ledger_path_default: bool = False   # ledger.path not configured: STORE/ledger.lmdb
     ledger_key_default: bool = False    # ledger.key not configured: STORE/device.ed25519
 
@@ -333,8 +359,9 @@ def from_dict(raw):
     capture = _capture(top["capture"])
     daemon = _daemon(top["daemon"])
     ledger = _ledger(top["ledger"], st["path"])
+    interrogation = _interrogation(top["interrogation"], ledger)
     return Config(
-        interfaces=interfaces, **capture, **daemon, **ledger,
+        interfaces=interfaces, **capture, **daemon, **ledger, **interrogation,
         node_id=node_id, hash=hash_name, own_macs=own, neighbours=tuple(neighbours),
         store_path=st["path"], ring_size=ring_size, map_size=map_size, sync=st["sync"],
         sync_interval_s=float(sync_interval),
@@ -503,6 +530,53 @@ def _ledger(raw, store_path):
             raise ConfigError("ledger.device_key: only with ledger.backend = \"ethereum\" (on "
                               "\"local\", ledger.key is the device's Ed25519 key itself)")
         check_key_file(lg["device_key"], "ledger.device_key")
+    return out
+
+
+def _interrogation(raw, ledger):
+    it = _table(raw, DEFAULTS["interrogation"], "interrogation.")
+    listen = it["listen"]
+    if not isinstance(listen, str):
+        raise ConfigError(f"interrogation.listen: {_show(listen)} is not an address (host:port, "
+                          'or "" for off)')
+    window = float(_number(it, "max_window_s", "interrogation."))
+    records = _number(it, "max_records", "interrogation.", integer=True)
+    streams = _number(it, "max_streams", "interrogation.", integer=True)
+    if streams > 1024:
+        raise ConfigError(f"interrogation.max_streams: {streams} is more than 1024")
+    tags = _number(it, "max_flow_tags", "interrogation.", integer=True)
+    stream_s = float(_number(it, "max_stream_s", "interrogation."))
+    out = {"interrogation_listen": listen, "interrogation_max_window_s": window,
+           "interrogation_max_records": records, "interrogation_max_streams": streams,
+           "interrogation_max_flow_tags": tags, "interrogation_max_stream_s": stream_s}
+    for name in ("cert", "key", "ca", "signing_key"):
+        v = it[name]
+        if v is not None and (not isinstance(v, str) or not os.path.isabs(v)):
+            raise ConfigError(f"interrogation.{name}: {_show(v)} is not an absolute path")
+        out[f"interrogation_{name}"] = v
+    if listen == "":
+        return out
+    parse_listen(listen, "interrogation.listen")
+    for name in ("cert", "key", "ca"):
+        if it[name] is None:
+            raise ConfigError(f"interrogation.{name}: missing (needed when interrogation.listen "
+                              "is set: the service speaks mutual TLS only; `beatd certs` makes "
+                              "a lab CA)")
+        if name == "key":
+            check_key_file(it[name], "interrogation.key")
+        elif not os.path.isfile(it[name]):
+            raise ConfigError(f"interrogation.{name}: {_show(it[name])}: no such file")
+    signing = it["signing_key"]
+    if signing is None:
+        signing = (ledger["ledger_key"] if ledger["ledger_backend"] == "local"
+                   else ledger["ledger_device_key"])
+        if signing is None:
+            raise ConfigError("interrogation.signing_key: missing (the Ed25519 key that signs "
+                              "the evidence; with ledger.backend = "
+                              f"{_show(ledger['ledger_backend'])} nothing provides it)")
+        out["interrogation_signing_key"] = signing
+    else:
+        check_key_file(signing, "interrogation.signing_key")
     return out
 
 

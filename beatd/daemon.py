@@ -157,6 +157,8 @@ class Daemon:
         self.ledger = None              # the ledger backend, when [ledger] is configured
         self.batcher = None
         self.device_key = None          # ethereum: the device's Ed25519 key (ledger.device_key)
+        self._evidence_key = None       # the DeviceKey that signs evidence (already loaded)
+        self.interrogation = None       # the gRPC Interrogation server, when configured
         self._anchor_thread = None
         self._anchor_stop = threading.Event()
         self._anchor_lock = threading.Lock()    # one tick at a time
@@ -222,6 +224,8 @@ class Daemon:
                                   f"{exc.strerror or exc}") from None
             self.metrics.registry.register(AnchorCollector(self.anchor_status))
             event(log, logging.INFO, "metrics", listen=f"{self.metrics.host}:{self.metrics.port}")
+        if cfg.interrogation_listen:
+            self._start_interrogation()
         if cfg.control_socket:
             from .control import ControlServer
             self.control = ControlServer(
@@ -247,6 +251,38 @@ class Daemon:
             t.start()
         event(log, logging.INFO, "running", node_id=cfg.node_id)
 
+    # -- the Interrogation service ----------------------------------------------------------
+
+    def _start_interrogation(self):
+        """gRPC over mutual TLS (docs/interrogation.md), evidence signed with the device's
+        Ed25519 key (the one registered on the ledger)."""
+        from ledger_client.keys import DeviceKey, KeyFileError
+
+        from .interrogation import InterrogationServer, Limits
+        cfg = self.cfg
+        key = self._evidence_key
+        if key is None:
+            try:
+                key = DeviceKey.load(cfg.interrogation_signing_key)
+            except KeyFileError as exc:
+                raise DaemonError(f"interrogation.signing_key: {exc}") from None
+        try:
+            limits = Limits(max_window_s=cfg.interrogation_max_window_s,
+                            max_records=cfg.interrogation_max_records,
+                            max_streams=cfg.interrogation_max_streams,
+                            max_flow_tags=cfg.interrogation_max_flow_tags,
+                            max_stream_s=cfg.interrogation_max_stream_s)
+            self.interrogation = InterrogationServer(
+                self.store, key, ca=cfg.interrogation_ca, cert=cfg.interrogation_cert,
+                private_key=cfg.interrogation_key, listen=cfg.interrogation_listen,
+                limits=limits, neighbours=self.neighbours.current,
+                threshold_ns=cfg.threshold_ns).start()
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise DaemonError(f"interrogation: {exc}") from None
+        st = self.interrogation.stats()
+        event(log, logging.INFO, "interrogation service", listen=cfg.interrogation_listen,
+              port=st.get("port"), signer=key.public.hex())
+
     # -- ledger -------------------------------------------------------------------------------
 
     def _open_ledger(self):
@@ -263,6 +299,8 @@ class Daemon:
                 raise DaemonError(f'ledger.path: "{path}": no such ledger (the governance creates '
                                   "it: beatctl --ledger local:PATH --key GOV_KEY register-node ...)")
             signer = self._local_device_key(DeviceKey, KeyFileError)
+            if cfg.interrogation_signing_key in (None, cfg.ledger_key):
+                self._evidence_key = signer
             if not os.path.exists(path):
                 # the default ledger the governance has not created yet: anchors wait
                 self.ledger = AwaitedLocalLedger(path, cfg.hash)
@@ -293,6 +331,8 @@ class Daemon:
                     self.device_key = DeviceKey.load(cfg.ledger_device_key)
                 except KeyFileError as exc:
                     raise DaemonError(f"ledger.device_key: {exc}") from None
+                if cfg.interrogation_signing_key in (None, cfg.ledger_device_key):
+                    self._evidence_key = self.device_key
             try:
                 self.ledger = EthereumLedger(cfg.ledger_url, cfg.ledger_contract, cfg.hash)
             except Exception as exc:  # noqa: BLE001 (named, exit 2)
@@ -647,6 +687,9 @@ class Daemon:
                     s.close()
                 except Exception:  # noqa: BLE001
                     pass
+        if self.interrogation is not None:
+            _quietly(lambda: self.interrogation.stop(1.0))
+            self.interrogation = None
         # each of these waits for its thread's next poll (0.1 s): stop them side by side
         closers = []
         for name in ("neighbours", "control", "metrics"):
@@ -731,6 +774,8 @@ class Daemon:
                            (neighbours.current().items() if neighbours else ())},
             "reloads": self.reloads,
             "anchor": self.anchor_status(),
+            "interrogation": (self.interrogation.stats() if self.interrogation is not None
+                              else None),
             "failure": self.failure,
         }
 

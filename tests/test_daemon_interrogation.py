@@ -1,0 +1,126 @@
+"""beatd with `[interrogation]`: the configuration and its errors, the service running inside the
+daemon (mutual TLS on loopback), evidence signed with the key registered on the ledger, the state
+in `beatd status`. No root: the stand-in capture source of test_daemon.py."""
+import struct
+import threading
+import time
+
+import pytest
+
+from beatd import certs
+from beatd import config as bconfig
+from beatd.control import request
+from beatd.daemon import Daemon
+from fastpath.hashes import digest_function
+from governance.client import InterrogationClient
+from ledger_client.keys import DeviceKey
+
+from test_daemon import OWN, PEER, StandIn, config_text, udp_frame, wait_for
+
+HASH = "sha3-256"
+
+
+@pytest.fixture
+def pki(tmp_path):
+    ca_dir = tmp_path / "ca"
+    certs.make_ca(str(ca_dir))
+    certs.make_device(str(ca_dir), str(tmp_path / "dev"), 1, ips=["127.0.0.1"])
+    certs.make_governance(str(ca_dir), str(tmp_path / "gov"))
+    return {"ca": str(ca_dir / "ca.crt"), "cert": str(tmp_path / "dev" / "device-1.crt"),
+            "key": str(tmp_path / "dev" / "device-1.key"),
+            "gov_cert": str(tmp_path / "gov" / "governance.crt"),
+            "gov_key": str(tmp_path / "gov" / "governance.key")}
+
+
+def _section(pki, listen="127.0.0.1:0", **extra):
+    lines = ["[interrogation]", f'listen = "{listen}"', f'ca = "{pki["ca"]}"',
+             f'cert = "{pki["cert"]}"', f'key = "{pki["key"]}"']
+    lines += [f"{k} = {v}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_config_needs_the_tls_files_and_checks_them(tmp_path, pki):
+    base = {"node_id": 1, "store": {"path": str(tmp_path / "s")}}
+    c = bconfig.from_dict(base)
+    assert c.interrogation_listen == ""                 # off unless configured
+    c = bconfig.from_dict({**base, "interrogation": {"listen": "127.0.0.1:9478", "ca": pki["ca"],
+                                                     "cert": pki["cert"], "key": pki["key"]}})
+    assert c.interrogation_signing_key == str(tmp_path / "s" / "device.ed25519")
+    assert (c.interrogation_max_window_s, c.interrogation_max_streams) == (3600.0, 4)
+    cases = [
+        ({"listen": "127.0.0.1:9478", "cert": pki["cert"], "key": pki["key"]},
+         "interrogation.ca: missing"),
+        ({"listen": "nowhere", "ca": pki["ca"], "cert": pki["cert"], "key": pki["key"]},
+         'interrogation.listen: "nowhere" is not an address'),
+        ({"listen": "127.0.0.1:1", "ca": str(tmp_path / "no.crt"), "cert": pki["cert"],
+          "key": pki["key"]}, f'interrogation.ca: "{tmp_path / "no.crt"}": no such file'),
+        ({"listen": "127.0.0.1:1", "ca": "rel.crt"}, 'interrogation.ca: "rel.crt" is not an '
+                                                      "absolute path"),
+        ({"max_streams": 0}, "interrogation.max_streams: 0 must be more than 0"),
+        ({"plaintext": True}, "interrogation.plaintext: unknown key"),
+    ]
+    for raw, message in cases:
+        with pytest.raises(bconfig.ConfigError) as e:
+            bconfig.from_dict({**base, "interrogation": raw})
+        assert message in str(e.value), (raw, str(e.value))
+    with pytest.raises(bconfig.ConfigError, match="interrogation.signing_key: missing"):
+        bconfig.from_dict({**base, "ledger": {"backend": "none"},
+                           "interrogation": {"listen": "127.0.0.1:1", "ca": pki["ca"],
+                                             "cert": pki["cert"], "key": pki["key"]}})
+
+
+def test_daemon_serves_signed_evidence(tmp_path, pki):
+    path = tmp_path / "beatd.toml"
+    text = config_text(tmp_path / "store", tmp_path / "c.sock", metrics="")
+    text = text.replace("[store]", "[governance]\nreceipt_epoch_ms = 100\nanchor_period_s = 0.3\n"
+                                   "[store]")
+    path.write_text(text + _section(pki))
+    cfg = bconfig.load(path)
+    sources = []
+
+    def factory(interfaces, worker, group, config):
+        s = StandIn(interfaces[0])
+        sources.append(s)
+        return [s]
+
+    d = Daemon(cfg, config_path=str(path), source_factory=factory)
+    d.start()
+    main = threading.Thread(target=d.serve, kwargs={"tick_s": 0.02})
+    main.start()
+    try:
+        port = d.interrogation.stats()["port"]
+        assert port > 0
+        key = DeviceKey.load(tmp_path / "store" / "device.ed25519")   # made at the first start
+        frames = [udp_frame(PEER, OWN, i, 1) for i in range(200)]
+        sources[0].push(frames)
+        wait_for(lambda: d.pipeline.totals()["frames"] == 200, what="200 frames fed")
+        wait_for(lambda: d.store.ring_status(0, 0)["segments"] >= 1, timeout=5,
+                 what="a closed segment")
+        now = time.time_ns()
+        window = (now - 600 * 10**9, now + 10**9)
+        st = request(str(tmp_path / "c.sock"))
+        assert st["interrogation"]["port"] == port
+        with InterrogationClient(f"127.0.0.1:{port}", pki["ca"], pki["gov_cert"], pki["gov_key"],
+                                 HASH, 1, key.public) as client:
+            info = client.node_info()
+            assert info.node_id == 1 and bytes(info.public_key) == key.public
+            segs = client.proof_segments(*window)
+            assert segs, "no segment answered"
+            H = digest_function(HASH)
+            for sg in segs:
+                n = len(sg.records) // 48
+                assert sg.S == H(b"BEAT-SG-v1" + struct.pack(">QQQ", 1, sg.seg_seq, n) +
+                                 sg.records)
+            total = sum(len(sg.records) // 48 for sg in segs)
+            assert 0 < total <= 200
+        # the wrong public key: every chunk is refused by the client
+        from beat_rpc.evidence import BadSignature
+        with InterrogationClient(f"127.0.0.1:{port}", pki["ca"], pki["gov_cert"], pki["gov_key"],
+                                 HASH, 1, DeviceKey.generate().public) as client:
+            with pytest.raises(BadSignature):
+                client.proof_segments(*window)
+    finally:
+        d.request_stop()
+        main.join(timeout=2)
+        d.shutdown()
+    assert d.interrogation is None
