@@ -7,6 +7,10 @@
     beatctl --ledger local:PATH nodes|slas [--json]
     beatctl --ledger local:PATH anchors [--node-id N] [--from-seq S] [--json]
     beatctl --ledger local:PATH verify [--json]
+    beatctl --ledger L [--key GOV_KEY] interrogate --sla ID --from T --to T --config gov.toml
+            [--json F|-] [--svg F] [--dispute ID | --no-record]
+            the Interrogation Protocol (governance/interrogate.py); exit 0 only when every
+            device is CONSISTENT, 3 when one is not
 
     beatctl keygen --ethereum --out GOV.eth [--force]  an Ethereum account key (hex, 0600)
     beatctl --ledger ethereum:URL --key GOV.eth deploy [--hash H]   deploys the Beat contract
@@ -96,6 +100,8 @@ def _parser():
                            ("verify", "re-check the ledger's hash chain and signatures")):
         x = sub.add_parser(name, help=helptext)
         x.add_argument("--json", action="store_true", help="JSON output")
+    from . import interrogate_cli
+    interrogate_cli.add_parser(sub)
     a = sub.add_parser("anchors", help="list the anchors")
     a.add_argument("--node-id", type=int, metavar="N", help="only this node's")
     a.add_argument("--from-seq", type=int, default=0, metavar="S", help="from this batch_seq")
@@ -443,7 +449,12 @@ def _verify(args):
     return EXIT_REFUSED if problems else 0
 
 
-COMMANDS = {"keygen": _keygen, "deploy": _deploy, "register-node": _register_node, "register-sla": _register_sla,
+def _interrogate(args):
+    from . import interrogate_cli
+    return interrogate_cli.run(args, _open, _gov_key, UsageError)
+
+
+COMMANDS = {"interrogate": _interrogate, "keygen": _keygen, "deploy": _deploy, "register-node": _register_node, "register-sla": _register_sla,
             "nodes": _nodes, "slas": _slas, "anchors": _anchors, "verify": _verify}
 
 

@@ -45,6 +45,7 @@ LAB_ANCHOR_PERIOD_S = 1.0
 LAB_OWNER = "lab"
 LAB_CHAIN_PORT = 8545
 LAB_SLA_ID = 1
+LAB_GRPC_PORT = 9478                # each router's Interrogation service, on its management link
 LAB_LOSS_BUDGET_PPM = 10_000        # the lab SLA tolerates 1 % loss
 LAB_MAX_DELAY_US = 20_000
 ETH = 10 ** 18
@@ -95,6 +96,8 @@ class Lab:
         self.ring_size = ring_size
         self._procs = {}
         self._devnode = None
+        # TEST ONLY: routers whose beatd runs with --testing-allow-inject (misbehaviour scenarios)
+        self.testing_inject = set()
 
     # ------------------------------------------------------------------ paths and state
     @property
@@ -117,6 +120,48 @@ class Lab:
     def ledger_path(self):
         """The lab's ``local`` ledger (LMDB file)."""
         return os.path.join(self.state_dir, "ledger.mdb")
+
+    @property
+    def pki_dir(self):
+        """The lab's PKI: the governance CA, a device certificate per router, the governance's."""
+        return os.path.join(self.state_dir, "pki")
+
+    @property
+    def governance_config_path(self):
+        """``beatctl interrogate --config``: the governance's TLS files and every router's
+        endpoint (written by ``up``)."""
+        return os.path.join(self.state_dir, "governance.toml")
+
+    def grpc_endpoint(self, router):
+        """``host:port`` of ``router``'s Interrogation service (its management address)."""
+        for name, _lif, _laddr, raddr, _net in self.net.management_links():
+            if name == router:
+                return f"{raddr}:{LAB_GRPC_PORT}"
+        raise LabError(f"{router}: not a router of the lab")
+
+    def setup_pki(self):
+        """A lab CA (``beatd certs``), each router's device certificate for its management
+        address, the governance's client certificate, and the governance's config file."""
+        from beatd import certs
+
+        ca = os.path.join(self.pki_dir, "ca")
+        certs.make_ca(ca, common_name=f"BEAT lab CA ({self.prefix})", force=True)
+        for r in self.topo.routers:
+            host = self.grpc_endpoint(r.name).rsplit(":", 1)[0]
+            certs.make_device(ca, self.router_dir(r.name) + "/tls", r.node_id, ips=[host],
+                              dns=[r.name], force=True)
+        certs.make_governance(ca, os.path.join(self.pki_dir, "governance"), force=True)
+        gov = os.path.join(self.pki_dir, "governance")
+        lines = [f"# written by `beatd lab up` ({self.topology_path})", "[interrogation]",
+                 f"ca = {_toml_str(os.path.join(ca, 'ca.crt'))}",
+                 f"cert = {_toml_str(os.path.join(gov, 'governance.crt'))}",
+                 f"key = {_toml_str(os.path.join(gov, 'governance.key'))}"]
+        for r in self.topo.routers:
+            lines += ["", "[[endpoints]]", f"node_id = {r.node_id}",
+                      f"address = {_toml_str(self.grpc_endpoint(r.name))}",
+                      f"name = {_toml_str(r.name)}"]
+        with open(self.governance_config_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
 
     @property
     def governance_key_path(self):
@@ -197,7 +242,8 @@ class Lab:
         if self.ledger == "ethereum":
             return self.setup_ethereum()
         if self.ledger != "local":
-            return {}
+            # no ledger: the device keys still sign the evidence of the Interrogation service
+            return {r.name: self._device_keys(r.name)[0].public_hex for r in self.topo.routers}
         from ledger_client.keys import DeviceKey
         from ledger_client.local import LocalLedger
         from ledger_client.types import Node
@@ -286,6 +332,38 @@ class Lab:
         """``beatctl --ledger <the lab's ledger> ARGS``, inside the ledger namespace on ethereum."""
         argv = [self.python, "-m", "governance.cli", "--ledger", self.ledger_spec, *args]
         return self.net_ledger_argv(argv) if self.ledger == "ethereum" else argv
+
+    def interrogate_argv(self, from_ns, to_ns, json_path=None, svg_path=None, record=True,
+                         dispute=None):
+        """``beatctl interrogate`` for the lab's SLA, run in the management namespace (where the
+        routers' Interrogation services are reachable), as the governance."""
+        key = (self.governance_eth_path if self.ledger == "ethereum" else
+               self.governance_key_path)
+        argv = [self.python, "-m", "governance.cli", "--ledger", self.ledger_spec]
+        if record:
+            argv += ["--key", key]
+        argv += ["interrogate", "--sla", str(LAB_SLA_ID), "--from", str(from_ns), "--to",
+                 str(to_ns), "--config", self.governance_config_path]
+        if json_path:
+            argv += ["--json", json_path]
+        if svg_path:
+            argv += ["--svg", svg_path]
+        if dispute is not None:
+            argv += ["--dispute", str(dispute)]
+        if not record:
+            argv.append("--no-record")
+        return self.net_ledger_argv(argv)
+
+    def interrogate(self, from_ns, to_ns, json_path=None, svg_path=None, record=True,
+                    dispute=None, timeout=300):
+        """Run ``beatctl interrogate`` (see ``interrogate_argv``): the CompletedProcess."""
+        if self.ledger_spec is None:
+            raise LabError("the lab runs without a ledger (--ledger none): nothing to interrogate "
+                           "against")
+        return subprocess.run(self.interrogate_argv(from_ns, to_ns, json_path, svg_path, record,
+                                                    dispute),
+                              capture_output=True, text=True, cwd=REPO, env=self._env(),
+                              timeout=timeout)
 
     @staticmethod
     def _env():
@@ -425,6 +503,15 @@ class Lab:
                       f"anchor_period_s = {LAB_ANCHOR_PERIOD_S}"]
         if self.ledger == "none":
             lines += ["", "[ledger]", 'backend = "none"']
+        if "interrogation" in known and os.path.exists(os.path.join(self.pki_dir, "ca", "ca.crt")):
+            tls = os.path.join(self.router_dir(router), "tls")
+            lines += ["", "[interrogation]",
+                      f"listen = {_toml_str(self.grpc_endpoint(router))}",
+                      f"ca = {_toml_str(os.path.join(self.pki_dir, 'ca', 'ca.crt'))}",
+                      f"cert = {_toml_str(os.path.join(tls, f'device-{node.node_id}.crt'))}",
+                      f"key = {_toml_str(os.path.join(tls, f'device-{node.node_id}.key'))}"]
+            if self.ledger == "none":       # nothing else holds the device's Ed25519 key
+                lines.append(f"signing_key = {_toml_str(self.device_key_path(router))}")
         if self.ledger == "ethereum" and "ledger" in known:
             lines += ["", "[ledger]", 'backend = "ethereum"',
                       f"url = {_toml_str(self.chain_url)}",
@@ -461,7 +548,9 @@ class Lab:
 
     def start_daemon(self, router):
         log = open(self.log_path(router), "ab")
-        argv = self.net.exec_argv(router, self._beatd("run", "--config", self.config_path(router)))
+        extra = ["--testing-allow-inject"] if router in self.testing_inject else []
+        argv = self.net.exec_argv(router, self._beatd("run", "--config", self.config_path(router),
+                                                      *extra))
         env = self._env()
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=REPO, env=env, start_new_session=True)
@@ -469,6 +558,16 @@ class Lab:
         self._procs[router] = proc
         self._set_pid(router, proc.pid)
         return proc
+
+    def inject(self, router, pcap_path, timeout=30.0):
+        """TEST ONLY: feed ``pcap_path``'s frames into ``router``'s proofs as if captured (its
+        beatd must run with --testing-allow-inject: ``testing_inject``). Returns the frame count."""
+        from beatd.control import request
+
+        r = request(self.control_socket(router), f"test-inject {pcap_path}", timeout=timeout)
+        if "error" in r:
+            raise LabError(f"{router}: {r['error']}")
+        return r["frames"]
 
     def _ifindexes(self, router):
         out = self.net.run(router, ["ip", "-j", "link", "show"]).stdout
@@ -580,6 +679,7 @@ class Lab:
             self.net.create()
             self.net.create_management()
             self.setup_ledger()
+            self.setup_pki()
             self.write_configs()
             if daemons:
                 ok, why = self.daemon_available()

@@ -1,0 +1,100 @@
+"""``beatctl interrogate``: the arguments and the output (the work: governance/interrogate.py).
+
+Exit codes: 0 every device CONSISTENT; 3 a device is not (the verdict is printed and recorded);
+2 bad input (arguments, files, keys, an SLA that is not on the ledger); 1 the ledger refused.
+"""
+import json
+import os
+import sys
+
+EXIT_FAULT = 3
+
+
+def add_parser(sub):
+    i = sub.add_parser("interrogate", help="run the Interrogation Protocol for an SLA and a "
+                       "time window; record the verdict on the ledger",
+                       description="Ask every router of the SLA's agreed route (and every "
+                       "neighbour their proofs name) for signed evidence, check it against the "
+                       "anchors, follow every packet and give a verdict per device. Exit 0 only "
+                       "when every device is CONSISTENT (3 otherwise).")
+    i.add_argument("--sla", type=int, required=True, metavar="ID")
+    i.add_argument("--from", dest="from_", required=True, metavar="T",
+                   help="window start: ns since the epoch, ISO 8601, now or now-60s")
+    i.add_argument("--to", required=True, metavar="T", help="window end (inclusive), as --from")
+    i.add_argument("--config", required=True, metavar="F",
+                   help="the governance's TOML: [interrogation] ca/cert/key, [[endpoints]]")
+    i.add_argument("--json", metavar="F", help="write the report (evidence behind every "
+                   "verdict) as JSON to F ('-': stdout, instead of the table)")
+    i.add_argument("--svg", metavar="F", help="write the picture (agreed vs observed route)")
+    i.add_argument("--dispute", type=int, metavar="ID",
+                   help="decide this dispute (already opened, e.g. by the tenant); default: open "
+                        "one")
+    i.add_argument("--no-record", action="store_true",
+                   help="judge only: record nothing on the ledger (no --key needed)")
+    i.add_argument("--max-hop-delay-ms", type=float, default=1000.0, metavar="MS",
+                   help="the most one hop may take (default 1000)")
+    i.add_argument("--receipt-epoch-ms", type=int, default=1000, metavar="MS",
+                   help="the domain's receipt epoch (governance.receipt_epoch_ms, default 1000)")
+    return i
+
+
+def run(args, open_ledger, gov_key, UsageError):
+    from . import interrogate as itg
+    from . import report
+
+    try:
+        cfg = itg.load_config(args.config)
+    except itg.ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        from_ns = itg.parse_time(args.from_, what="--from")
+        to_ns = itg.parse_time(args.to, what="--to")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if to_ns < from_ns:
+        raise UsageError(f"--to {args.to} ({to_ns}) is before --from {args.from_} ({from_ns})")
+    signer = None if args.no_record else gov_key(args)
+    with open_ledger(args) as led:
+        try:
+            j, evidence, info = itg.interrogate(
+                led, args.sla, from_ns, to_ns, cfg,
+                receipt_epoch_ns=args.receipt_epoch_ms * 1_000_000,
+                max_hop_delay_ns=int(args.max_hop_delay_ms * 1e6))
+        except LookupError as exc:
+            raise UsageError(str(exc)) from None
+        digest = report.evidence_digest(j)
+        decision = None
+        if signer is not None:
+            decision = itg.record_decision(led, j, digest, signer, args.dispute)
+    names = cfg.names or None
+    data = report.to_dict(j)
+    data["interrogation"] = {str(n): v for n, v in info.items()}
+    data["evidence_digest"] = digest.hex()
+    if decision is not None:
+        data["decision"] = decision
+    if args.svg:
+        _write(args.svg, report.svg(j, names), UsageError)
+    if args.json == "-":
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        if args.json:
+            _write(args.json, json.dumps(data, indent=2, sort_keys=True) + "\n", UsageError)
+        print(report.text_table(j, names))
+        for n, ev in sorted(evidence.items()):
+            if not ev.answered:
+                print(f"node {n}: no evidence: {ev.error}")
+        if decision is not None:
+            print(f"ledger: dispute {decision['dispute_id']} {decision['state']}: faulty "
+                  f"{decision['faulty'] or 'none'}, verdict digest "
+                  f"{decision['verdict_digest'][:16]}..., penalty {decision['penalty']}")
+    return 0 if not j.faulty else EXIT_FAULT
+
+
+def _write(path, text, UsageError):
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    if os.environ.get("BEAT_VERBOSE"):
+        print(f"wrote {path}", file=sys.stderr)
