@@ -183,6 +183,12 @@ def _path_text(p, names):
 _DX, _ROW, _R, _LEFT, _TOP = 150, 120, 26, 50, 100
 
 
+def _utc(ns):
+    """``2026-11-21 09:10:11.123456789`` (the window's ends, to the nanosecond)."""
+    import time as _time
+    return _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}"
+
+
 def svg(j, names=None, max_paths=6):
     """The agreed route above the observed paths (the ``max_paths`` busiest), each device a circle
     coloured by its verdict, each edge labelled with packet counts; a legend and the list of
@@ -201,16 +207,18 @@ def svg(j, names=None, max_paths=6):
               escape(d.reasons[0].split(": ", 1)[1] + "".join(f"; also {v}"
                                                               for v in d.applies[1:]))
               if d.reasons else "") for d in devices]
+    title = (f"SLA {j.sla.sla_id} ({escape(j.sla.tenant)}): {j.packets} packet(s) in "
+             f"{_utc(j.from_ns)} .. {_utc(j.to_ns)} UTC")
     width = max(_LEFT + _DX * (max(len(r[1]) for r in rows) - 1) + 60,
-                max(7 * (len(a) + len(b) + len(c) + 6) for a, b, c in lines))
+                max(7 * (len(a) + len(b) + len(c) + 6) for a, b, c in lines),
+                9 * len(title) + 20)
     height = _TOP + _ROW * len(rows) + 40 + 22 * len(devices)
     el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
           '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
           'markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" '
           'fill="#555"/></marker></defs>',
-          f'<text x="10" y="24" font-size="15" font-weight="bold">SLA {j.sla.sla_id} '
-          f'({escape(j.sla.tenant)}): {j.packets} packet(s) in [{j.from_ns}, {j.to_ns}]</text>']
+          f'<text x="10" y="24" font-size="15" font-weight="bold">{title}</text>']
     for k, (title, nodes, unproven, counts) in enumerate(rows):
         el += _row(j, names, _TOP + _ROW * k, title, nodes, unproven, counts)
     y = _TOP + _ROW * len(rows) - 30

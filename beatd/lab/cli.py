@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 
 __all__ = ["add_arguments", "main"]
 
@@ -70,8 +71,10 @@ def main(args):
                       f"{' '.join(lab.beatctl_argv('anchors')[4:])}")
         elif cmd == "demo":
             try:
+                # with --down the state dir goes: the dispute's report and picture stay here
+                report_dir = tempfile.mkdtemp(prefix="beat-dispute-") if args.down else None
                 report = lab.demo(known=args.known, flows=args.flows, load_packets=args.load,
-                                  rate=args.rate)
+                                  rate=args.rate, report_dir=report_dir)
                 if args.json:
                     print(json.dumps(report, default=str))
             finally:

@@ -745,7 +745,37 @@ class Lab:
         return out
 
     # ------------------------------------------------------------------ the demo
-    def demo(self, known=20, flows=1000, load_packets=20000, rate=20000.0, out=None):
+    def _demo_dispute(self, from_ns, to_ns, out, report_dir):
+        """The tenant disputes the window: the governance interrogates the routers (beatctl
+        interrogate, recorded on the ledger) and prints the verdict. Returns the report (or
+        None without a ledger)."""
+        if self.ledger_spec is None:
+            out.write("\n(no ledger: no dispute)\n")
+            return None
+        time.sleep(2.5 * LAB_ANCHOR_PERIOD_S + 0.5)     # segments closed and anchored
+        jpath = os.path.join(report_dir, "dispute.json")
+        spath = os.path.join(report_dir, "dispute.svg")
+        out.write(f"\n== the tenant disputes SLA {LAB_SLA_ID}; the governance interrogates the "
+                  "routers\n")
+        out.write("   (" + " ".join(self.interrogate_argv(from_ns, to_ns, jpath, spath)[4:]) +
+                  ")\n\n")
+        p = self.interrogate(from_ns, to_ns, jpath, spath)
+        out.write(p.stdout)
+        if p.returncode not in (0, 3):
+            out.write(f"beatctl interrogate failed (exit {p.returncode}): {p.stderr}\n")
+            return {"exit": p.returncode, "error": p.stderr}
+        with open(jpath) as f:
+            data = json.load(f)
+        names = {r.node_id: r.name for r in self.topo.routers}
+        verdicts = {names.get(d["node_id"], str(d["node_id"])): d["verdict"]
+                    for d in data["devices"]}
+        out.write(f"\nverdict: {', '.join(f'{n} {v}' for n, v in verdicts.items())} "
+                  f"(beatctl exit {p.returncode}); report {jpath}, picture {spath}\n\n")
+        return {"exit": p.returncode, "verdicts": verdicts, "json": jpath, "svg": spath,
+                "decision": data.get("decision")}
+
+    def demo(self, known=20, flows=1000, load_packets=20000, rate=20000.0, out=None,
+             report_dir=None):
         """The paper's scenario: known packets and load h1 -> h2 on the agreed path; then the
         first router of the detour moves its route (the deviation) and more known packets follow.
         Stops the daemons (SIGTERM: flush) and prints what each router recorded. Returns a dict."""
@@ -759,6 +789,7 @@ class Lab:
         a_src, a_dst = topo.host_addr(src), topo.host_addr(dst)
         phase1 = traffic.known_packets(a_src, a_dst, known, sport=40000, tag=b"agreed")
         out.write(f"lab {topo.name}: {src} -> {dst} over {' - '.join(topo.agreed)}\n")
+        window_from = time.time_ns()
         n1 = traffic.send_packets(net, src, phase1)
         load = traffic.send_load(net, src, dst, flows=flows, count=load_packets,
                                  seconds=max(1.0, load_packets / rate * 2) if rate else 10.0,
@@ -775,10 +806,14 @@ class Lab:
             phase2 = traffic.known_packets(a_src, a_dst, known, sport=50000, tag=b"detour")
             n2 = traffic.send_packets(net, src, phase2)
             out.write(f"  sent {n2} known packets on the detour\n")
+        window_to = time.time_ns()
+        dispute = self._demo_dispute(window_from, window_to, out, report_dir or self.state_dir)
+        if topo.detour:
+            net.route_via(topo.detour[0], dst, topo.agreed[topo.agreed.index(topo.detour[0]) + 1])
         time.sleep(0.3)
         stopped = self.stop_daemons()
         out.write(f"  daemons stopped: {stopped}\n\n")
-        report = {"stopped": stopped, "routers": {}, "load": load}
+        report = {"stopped": stopped, "routers": {}, "load": load, "dispute": dispute}
         pd1 = {traffic.expected_pd(p).hex(): i for i, p in enumerate(phase1)}
         pd2 = {traffic.expected_pd(p).hex(): i for i, p in enumerate(phase2)}
         for r in topo.routers:
