@@ -6,6 +6,8 @@ they FAIL and say so (they never skip silently). Each test run uses its own name
 """
 import copy
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -313,6 +315,13 @@ def test_beatd_lab_cli_demo(tmp_path):
     try:
         assert p.returncode == 0, p.stderr
         assert "r4 (node 4)" in p.stdout
+        # it ends with the dispute: r1's detour named, nobody else, the decision on the ledger
+        assert ("verdict: r1 DEVIATED, r2 CONSISTENT, r3 CONSISTENT, r4 CONSISTENT "
+                "(beatctl exit 3)") in p.stdout, p.stdout
+        assert "dispute 1 decided: faulty [1]" in p.stdout
+        kept = re.search(r"picture (\S+dispute\.svg)", p.stdout).group(1)
+        assert os.path.exists(kept)          # kept after --down
+        shutil.rmtree(os.path.dirname(kept))
     finally:
         subprocess.run([sys.executable, "-m", "beatd", "lab", "--prefix", prefix,
                         "--state-dir", state, "down"], capture_output=True, cwd=REPO, timeout=60)

@@ -5,7 +5,8 @@ registers every router (its account funded at genesis) and runs every beatd with
 agreed path, then the detour); the daemons stopped (SIGTERM: the last batch submitted): every router has anchors on the chain, listed by
 ``beatctl --ledger ethereum:URL#CONTRACT anchors --json`` (run inside the ledger namespace), and
 no tenant packet crossed a management link (the ledger namespace's kernel counters: only TCP to
-the node arrived there). ``beatd lab down`` stops the node and removes everything."""
+the node arrived there). The demo's dispute is decided on the chain (r1 DEVIATED).
+``beatd lab down`` stops the node and removes everything."""
 import io
 import json
 import os
@@ -86,6 +87,12 @@ def test_lab_up_ethereum_anchors_every_router(tmp_path):
             assert report["routers"][name]["known_detour"] == 10, out.getvalue()
         assert f"ledger {spec}:" in out.getvalue()
         sent = 20 + report["load"]["sent"]
+        # the demo ends with the dispute, decided on the chain (the state read back from it)
+        d = report["dispute"]
+        assert d["verdicts"] == {"r1": "DEVIATED", "r2": "CONSISTENT", "r3": "CONSISTENT",
+                                 "r4": "CONSISTENT"}, out.getvalue()
+        assert d["decision"]["state"] == "decided" and d["decision"]["faulty"] == [1]
+        assert d["decision"]["penalty"] > 0
 
         # every router's anchors on the chain, listed by beatctl (in the ledger namespace)
         p = subprocess.run(lab.beatctl_argv("anchors", "--json"), capture_output=True, text=True,
