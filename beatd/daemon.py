@@ -223,6 +223,7 @@ class Daemon:
                 raise DaemonError(f'daemon.metrics_listen: "{cfg.metrics_listen}": cannot listen: '
                                   f"{exc.strerror or exc}") from None
             self.metrics.registry.register(AnchorCollector(self.anchor_status))
+            self.metrics.registry.register(InterrogationCollector(lambda: self.interrogation))
             event(log, logging.INFO, "metrics", listen=f"{self.metrics.host}:{self.metrics.port}")
         if cfg.interrogation_listen:
             self._start_interrogation()
@@ -817,3 +818,36 @@ class AnchorCollector:
             m = CounterMetricFamily(name[:-len("_total")], doc)
             m.add_metric([], value)
             yield m
+
+
+INTERROGATION_METRICS = ("beat_interrogation_active_streams", "beat_interrogation_answers_total",
+                         "beat_interrogation_refused_total")
+
+
+class InterrogationCollector:
+    """The Interrogation service's metrics (only when it runs): evidence answers running now,
+    answers given and requests refused by gRPC status code (both since start)."""
+
+    def __init__(self, server):
+        self._server = server
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        srv = self._server()
+        if srv is None:
+            return
+        st = srv.stats()
+        m = GaugeMetricFamily("beat_interrogation_active_streams",
+                              "Evidence answers (proof segments, receipts) running now")
+        m.add_metric([], st.get("active_streams", 0))
+        yield m
+        m = CounterMetricFamily("beat_interrogation_answers", "Answers given since start")
+        m.add_metric([], st.get("answers", 0))
+        yield m
+        m = CounterMetricFamily("beat_interrogation_refused",
+                                "Requests refused since start, by gRPC status code",
+                                labels=["code"])
+        for code, n in sorted((st.get("refused") or {}).items()):
+            m.add_metric([str(code)], n)
+        yield m

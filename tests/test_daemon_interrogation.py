@@ -71,7 +71,7 @@ def test_config_needs_the_tls_files_and_checks_them(tmp_path, pki):
 
 def test_daemon_serves_signed_evidence(tmp_path, pki):
     path = tmp_path / "beatd.toml"
-    text = config_text(tmp_path / "store", tmp_path / "c.sock", metrics="")
+    text = config_text(tmp_path / "store", tmp_path / "c.sock", metrics="127.0.0.1:0")
     text = text.replace("[store]", "[governance]\nreceipt_epoch_ms = 100\nanchor_period_s = 0.3\n"
                                    "[store]")
     path.write_text(text + _section(pki))
@@ -113,6 +113,19 @@ def test_daemon_serves_signed_evidence(tmp_path, pki):
                                  sg.records)
             total = sum(len(sg.records) // 48 for sg in segs)
             assert 0 < total <= 200
+            from governance.client import RequestRejected
+            with pytest.raises(RequestRejected, match="to_ns is before from_ns"):
+                client.proof_segments(window[1], window[0])
+        # the service's metrics
+        import urllib.request
+        body = urllib.request.urlopen(f"http://127.0.0.1:{d.metrics.port}/metrics",
+                                      timeout=5).read().decode()
+        metrics = {line.split(" ")[0]: float(line.split(" ")[1]) for line in body.splitlines()
+                   if line.startswith("beat_interrogation")}
+        assert metrics["beat_interrogation_answers_total"] >= 1, metrics
+        assert metrics["beat_interrogation_active_streams"] == 0, metrics
+        assert any(k.startswith("beat_interrogation_refused_total{code=") and "INVALID_ARGUMENT"
+                   in k and v == 1 for k, v in metrics.items()), metrics
         # the wrong public key: every chunk is refused by the client
         from beat_rpc.evidence import BadSignature
         with InterrogationClient(f"127.0.0.1:{port}", pki["ca"], pki["gov_cert"], pki["gov_key"],
