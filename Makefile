@@ -35,6 +35,9 @@ $(NPM_DEPS): $(CONTRACTS)/package.json $(CONTRACTS)/package-lock.json | $(VPY)
 setup build: $(NATIVE) $(NPM_DEPS)
 
 # Recompile the contract into the committed ledger_client/contracts/Beat.json
+proto: $(DEPS)
+	$(VPY) scripts/gen-proto
+
 contracts: $(NPM_DEPS) $(DEPS)
 	$(VPY) $(CONTRACTS)/compile.py
 
