@@ -32,16 +32,24 @@ $(NPM_DEPS): $(CONTRACTS)/package.json $(CONTRACTS)/package-lock.json | $(VPY)
 	cd $(CONTRACTS) && npm ci --no-audit --no-fund
 	touch $@
 
+# gns3-server (and gns3-gui's appliance check) in a venv of their own: they pin their own
+# dependencies; the GNS3 tests validate against them and run a real server on loopback
+GNS3_VENV := .venv-gns3/.stamp-gns3
+$(GNS3_VENV): scripts/gns3-venv
+	./scripts/gns3-venv
+	touch $@
+
 setup build: $(NATIVE) $(NPM_DEPS)
 
-# Recompile the contract into the committed ledger_client/contracts/Beat.json
+# Regenerate the committed gRPC stubs (beat_rpc/) from proto/beat/v1/interrogation.proto
 proto: $(DEPS)
 	$(VPY) scripts/gen-proto
 
+# Recompile the contract into the committed ledger_client/contracts/Beat.json
 contracts: $(NPM_DEPS) $(DEPS)
 	$(VPY) $(CONTRACTS)/compile.py
 
-test: $(NATIVE) $(NPM_DEPS)
+test: $(NATIVE) $(NPM_DEPS) $(GNS3_VENV)
 	$(VPY) -m pytest -q -ra tests
 
 # The lab needs root (network namespaces); elsewhere, say so and replay router r2's capture.
@@ -63,6 +71,8 @@ bench: $(NATIVE) $(NPM_DEPS)
 	else echo "make bench: the capture benchmark needs root (namespaces), skipped"; fi
 	$(VPY) -m benchmarks.anchoring
 	$(VPY) -m benchmarks.interrogation
+	@if [ "$$(id -u)" -eq 0 ]; then $(VPY) -m benchmarks.dispute; \
+	else echo "make bench: the dispute benchmark needs root (namespaces), skipped"; fi
 
 # A long fuzz run of the parser (the test suite runs a short one).
 fuzz: $(NATIVE)

@@ -4,7 +4,13 @@
  * in the payload, so no two frames have the same packet digest. Prints what it sent as JSON.
  *
  *   beat_send IFACE DST_MAC SRC_MAC [--rate PPS] [--duration S | --count N] [--flows N]
- *   --rate 0 (default) sends as fast as possible; otherwise batches are paced with clock_nanosleep. */
+ *             [--src-ip A.B.C.D] [--dst-ip A.B.C.D] [--seq-start N]
+ *   --rate 0 (default) sends as fast as possible; otherwise batches are paced with clock_nanosleep.
+ *   Flow f is 10.0.f.1 -> 10.1.f.1, UDP sport 10000 + f; --src-ip / --dst-ip fix the source /
+ *   destination address of every flow (the flows then differ by source port only), e.g. one
+ *   tenant's flow between two lab hosts: --src-ip H1 --dst-ip H2 --flows 1. --seq-start N starts
+ *   the sequence (IP id, payload) at N (default 0): runs that must not repeat a packet digest of an
+ *   earlier run give each its own range. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -52,7 +58,12 @@ static double now_s(void)
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-/* Ethernet, IPv4 (10.0.f.1 -> 10.1.f.1), UDP, 18 bytes of payload starting with the sequence. */
+/* --src-ip / --dst-ip (network order), when given */
+static int fixed_src, fixed_dst;
+static uint8_t src_ip[4], dst_ip[4];
+
+/* Ethernet, IPv4 (10.0.f.1 -> 10.1.f.1 unless fixed), UDP, 18 bytes of payload starting with the
+ * sequence. */
 static void build(uint8_t *f, const uint8_t *dst, const uint8_t *src, uint32_t flow)
 {
     memset(f, 0, FRAME);
@@ -66,6 +77,8 @@ static void build(uint8_t *f, const uint8_t *dst, const uint8_t *src, uint32_t f
     ip[9] = 17;
     ip[12] = 10; ip[13] = 0; ip[14] = (uint8_t)(flow >> 8); ip[15] = (uint8_t)flow;
     ip[16] = 10; ip[17] = 1; ip[18] = (uint8_t)(flow >> 8); ip[19] = (uint8_t)flow;
+    if (fixed_src) memcpy(ip + 12, src_ip, 4);
+    if (fixed_dst) memcpy(ip + 16, dst_ip, 4);
     uint8_t *udp = ip + 20;
     uint16_t sp = htons((uint16_t)(10000 + flow)), dp = htons(9);
     memcpy(udp, &sp, 2);
@@ -90,7 +103,7 @@ int main(int argc, char **argv)
 {
     if (argc < 4) {
         fprintf(stderr, "usage: %s IFACE DST_MAC SRC_MAC [--rate PPS] [--duration S | --count N] "
-                "[--flows N]\n", argv[0]);
+                "[--flows N] [--src-ip A.B.C.D] [--dst-ip A.B.C.D] [--seq-start N]\n", argv[0]);
         return 2;
     }
     const char *ifname = argv[1];
@@ -102,11 +115,21 @@ int main(int argc, char **argv)
     double rate = 0, duration = 0;
     uint64_t count = 0;
     uint32_t flows = 1000;
+    uint64_t seq_start = 0;
     for (int i = 4; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--rate")) rate = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--duration")) duration = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--count")) count = strtoull(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--flows")) flows = (uint32_t)atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--seq-start")) seq_start = strtoull(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--src-ip") || !strcmp(argv[i], "--dst-ip")) {
+            int is_src = argv[i][2] == 's';
+            if (inet_pton(AF_INET, argv[i + 1], is_src ? src_ip : dst_ip) != 1) {
+                fprintf(stderr, "beat_send: %s: %s is not an IPv4 address\n", argv[i], argv[i + 1]);
+                return 2;
+            }
+            if (is_src) fixed_src = 1; else fixed_dst = 1;
+        }
         else { fprintf(stderr, "beat_send: unknown option %s\n", argv[i]); return 2; }
     }
     if (flows < 1) flows = 1;
@@ -143,7 +166,7 @@ int main(int argc, char **argv)
     int batch = BATCH;
     if (rate > 0 && rate < BATCH * 1000.0)
         batch = rate / 1000.0 < 1 ? 1 : (int)(rate / 1000.0);
-    uint64_t seq = 0, sent = 0, errors = 0, enobufs = 0;
+    uint64_t seq = seq_start, sent = 0, errors = 0, enobufs = 0;
     struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);
     double t0 = now_s(), end = duration > 0 ? t0 + duration : 0;
