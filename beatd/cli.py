@@ -74,6 +74,8 @@ def _parser():
     keygen.add_arguments(k)
     from . import certs
     certs.add_parser(sub)
+    from . import gns3
+    gns3.add_parser(sub)
     return p
 
 
@@ -330,6 +332,9 @@ def main(argv=None):
     if args.command == "certs":
         from . import certs
         return certs.main(args)
+    if args.command == "gns3":
+        from . import gns3
+        return gns3.main(args)
     return _fail(f"unknown command {args.command}")  # pragma: no cover (argparse rejects it)
 
 
