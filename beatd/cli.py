@@ -246,6 +246,12 @@ def format_status(st):
                      f"{an.get('leaves_waiting', 0)} leaves waiting, {an.get('retries', 0)} retries"
                      + (" (HALTED)" if an.get("halted") else "")
                      + (f", last error: {an['last_error']}" if an.get("last_error") else ""))
+    it = st.get("interrogation")
+    if it:
+        refused = ", ".join(f"{k} {v}" for k, v in sorted((it.get("refused") or {}).items()))
+        lines.append(f"  interrogate  port {it.get('port')}: {it.get('active_streams', 0)} "
+                     f"answers running, {it.get('answers', 0)} given"
+                     + (f", refused: {refused}" if refused else ""))
     if st.get("failure"):
         lines.append(f"  FAILURE      {st['failure']}")
     return "\n".join(lines)

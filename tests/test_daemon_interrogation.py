@@ -126,6 +126,11 @@ def test_daemon_serves_signed_evidence(tmp_path, pki):
         assert metrics["beat_interrogation_active_streams"] == 0, metrics
         assert any(k.startswith("beat_interrogation_refused_total{code=") and "INVALID_ARGUMENT"
                    in k and v == 1 for k, v in metrics.items()), metrics
+        # and `beatd status` says the same
+        from beatd.cli import format_status
+        text = format_status(request(str(tmp_path / "c.sock")))
+        assert f"interrogate  port {port}: 0 answers running" in text, text
+        assert "INVALID_ARGUMENT 1" in text, text
         # the wrong public key: every chunk is refused by the client
         from beat_rpc.evidence import BadSignature
         with InterrogationClient(f"127.0.0.1:{port}", pki["ca"], pki["gov_cert"], pki["gov_key"],
