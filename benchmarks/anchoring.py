@@ -23,7 +23,6 @@ blocks. Prints a table; writes benchmarks/results/anchoring-latest.json (and a d
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import random
@@ -33,6 +32,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from benchmarks.results_file import write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 H = "sha3-256"
@@ -391,12 +392,7 @@ def main(argv=None):
                      latency_met=ok_lat),
         command="python -m benchmarks.anchoring " + " ".join(argv if argv is not None
                                                               else sys.argv[1:]))
-    os.makedirs(args.out, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for name in (f"anchoring-{stamp}.json", "anchoring-latest.json"):
-        with open(os.path.join(args.out, name), "w") as f:
-            json.dump(result, f, indent=1, default=str)
-    print(f"written: {os.path.join(args.out, 'anchoring-latest.json')}")
+    write_results(args.out, "anchoring", result)
     return result
 
 

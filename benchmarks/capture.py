@@ -22,6 +22,8 @@ import tempfile
 import threading
 import time
 
+from benchmarks.results_file import write_results
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SRC_MAC, CAP_MAC, FOREIGN_MAC = "02:be:a7:b0:00:01", "02:be:a7:b0:00:02", "02:be:a7:b0:00:99"
@@ -267,12 +269,7 @@ def main(argv=None):
         "notes": "veth: the receive work runs on the sender's CPU (0); reader on CPU 1. "
                  "captured counts every frame the reader saw; kernel_packets includes drops.",
     }
-    os.makedirs(args.out, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for name in (f"capture-{stamp}.json", "capture-latest.json"):
-        with open(os.path.join(args.out, name), "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+    write_results(args.out, "capture", result)
     return 0
 
 

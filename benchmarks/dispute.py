@@ -34,6 +34,8 @@ import tempfile
 import threading
 import time
 
+from benchmarks.results_file import cpu_model, write_results
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 TOPOLOGY = os.path.join(REPO, "topologies", "line4.toml")
@@ -63,17 +65,6 @@ def references(n=200_000):
     return {"hashlib sha3-256 loop (LIMITS.md: 1.9 M/s)": round(sha3),
             "python iter_unpack 48 B records": round(unpack),
             "cpu_count": os.cpu_count(), "loadavg": os.getloadavg()}
-
-
-def _cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 # -- the lab --------------------------------------------------------------------------------------
@@ -423,7 +414,7 @@ def main(argv=None):
     result = {
         "benchmark": "dispute",
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu": _cpu(),
+        "machine": {"platform": platform.platform(), "cpu": cpu_model(),
                     "python": platform.python_version(), "references": refs},
         "target": f"interrogating {args.duration:.0f} s of {args.rate:.0f} pps tenant traffic "
                   f"over {len(lab.topo.agreed)} routers <= {TARGET_S:.0f} s end to end",
@@ -437,13 +428,7 @@ def main(argv=None):
                  "fetch seconds per device: the report's interrogation section (3 RPCs, "
                  "signatures checked, decoded; not the commitment/anchor checks)",
     }
-    os.makedirs(args.out, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for name in (f"dispute-{stamp}.json", "dispute-latest.json"):
-        with open(os.path.join(args.out, name), "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-    print(f"written: {os.path.join(args.out, 'dispute-latest.json')}")
+    write_results(args.out, "dispute", result)
     return 0 if ok and honest else 1
 
 

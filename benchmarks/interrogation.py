@@ -20,7 +20,6 @@ Prints a table; writes benchmarks/results/interrogation-latest.json (and a dated
 """
 import argparse
 import datetime
-import json
 import multiprocessing
 import os
 import platform
@@ -28,6 +27,8 @@ import shutil
 import sys
 import tempfile
 import time
+
+from benchmarks.results_file import write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 H = "sha3-256"
@@ -248,12 +249,7 @@ def main(argv=None):
         targets=dict(records_per_s=TARGET, measured=verified, met=met),
         command="python -m benchmarks.interrogation " + " ".join(
             argv if argv is not None else sys.argv[1:]))
-    os.makedirs(args.out, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for name in (f"interrogation-{stamp}.json", "interrogation-latest.json"):
-        with open(os.path.join(args.out, name), "w") as f:
-            json.dump(result, f, indent=1, default=str)
-    print(f"written: {os.path.join(args.out, 'interrogation-latest.json')}")
+    write_results(args.out, "interrogation", result)
     return result
 
 

@@ -8,12 +8,12 @@ ratios, not absolute numbers. Results: benchmarks/results/pipeline-latest.json (
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
 
 from benchmarks.pipeline import IMIX, build_frames, pin_one_core, run_once
+from benchmarks.results_file import cpu_model, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -76,7 +76,7 @@ def main(argv=None):
               f"{r['frames']:>9} {r['records']:>9} {r['pps'] / 1e6:>10.3f} {r['ratio']:>7.1f}")
     result = dict(
         benchmark="pipeline", when=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        machine=dict(platform=platform.platform(), cpu=_cpu(), python=platform.python_version()),
+        machine=dict(platform=platform.platform(), cpu=cpu_model(), python=platform.python_version()),
         note="one core; feed + take + LMDB commit per batch (one transaction per batch); "
              "frames/s = packets captured per second (each packet is seen in and out); the "
              "pure twin's rate is the denominator of 'x pure' for its mix and hash",
@@ -86,12 +86,7 @@ def main(argv=None):
         limits_md={"hashlib sha3-256 loop": 1_900_000, "OpenSSL sha3-256": 3_100_000,
                    "8-lane AVX-512 Keccak": 22_700_000},
         rows=rows)
-    os.makedirs(args.out, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for name in (f"pipeline-{stamp}.json", "pipeline-latest.json"):
-        with open(os.path.join(args.out, name), "w") as f:
-            json.dump(result, f, indent=2)
-    print(f"written: {os.path.join(args.out, 'pipeline-latest.json')}")
+    write_results(args.out, "pipeline", result)
 
 
 def references(native, n=200_000):
@@ -115,17 +110,6 @@ def references(native, n=200_000):
         out[f"ours sha3-256 {native.simd()}"] = best
     native.set_simd(level)
     return out
-
-
-def _cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
