@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ledger_client.keys import write_new_file
+
 __all__ = ["Role", "CertError", "ROLE_GOVERNANCE", "ROLE_DEVICE", "ROLE_URI_PREFIX", "make_ca",
            "make_device", "make_governance", "load_ca", "peer_role", "roles_of", "verify_issued_by",
            "add_parser", "main"]
@@ -114,22 +116,6 @@ def verify_issued_by(cert, ca_cert):
 
 # -- files --------------------------------------------------------------------------------------
 
-def _write(path, data, mode, force):
-    """Write a file created with ``mode``; FileExistsError unless ``force`` (then atomically)."""
-    target = f"{path}.tmp.{os.getpid()}" if force else path
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(target)
-        raise
-    os.close(fd)
-    if force:
-        os.replace(target, path)
-
-
 def _save_pair(out_dir, name, cert, key, force):
     crt_path = os.path.join(out_dir, f"{name}.crt")
     key_path = os.path.join(out_dir, f"{name}.key")
@@ -140,8 +126,8 @@ def _save_pair(out_dir, name, cert, key, force):
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     try:
-        _write(key_path, key_pem, 0o600, force)
-        _write(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644, force)
+        write_new_file(key_path, key_pem, 0o600, force)
+        write_new_file(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644, force)
     except FileExistsError as exc:
         raise CertError(f"{exc.filename}: already there; use --force to replace it") from None
     except OSError as exc:

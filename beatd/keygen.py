@@ -14,7 +14,7 @@ device's identity, ``[ledger] device_key``); its address is printed on a second 
 import os
 import sys
 
-from ledger_client.keys import DeviceKey
+from ledger_client.keys import DeviceKey, write_new_file
 
 KEY_NAME = "device.ed25519"
 PUB_NAME = "device.ed25519.pub"
@@ -57,12 +57,8 @@ def main(args):
     except OSError as exc:
         return _fail(f"{path}: cannot write the key: {exc.strerror or exc}")
     pub = os.path.join(out, PUB_NAME)
-    tmp = f"{pub}.tmp.{os.getpid()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "w") as f:
-            f.write(key.public_hex + "\n")
-        os.replace(tmp, pub)
+        write_new_file(pub, (key.public_hex + "\n").encode(), 0o644, overwrite=True)
     except OSError as exc:
         return _fail(f"{pub}: cannot write the public key: {exc.strerror or exc}")
     print(key.public_hex)

@@ -19,6 +19,25 @@ PUBLIC_SIZE = 32
 SIGNATURE_SIZE = 64
 
 
+def write_new_file(path, data, mode=0o600, overwrite=False):
+    """Write ``data`` to a file created with ``mode`` (never a mode widened later, never through
+    a symlink). An existing file is FileExistsError unless ``overwrite``; then the data goes to a
+    new file beside it, which replaces it atomically."""
+    path = os.fspath(path)
+    target = f"{path}.tmp.{os.getpid()}" if overwrite else path
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(target)
+        raise
+    os.close(fd)
+    if overwrite:
+        os.replace(target, path)
+
+
 class KeyFileError(Exception):
     """A key file that cannot be used: missing, unreadable, too open, or not an Ed25519 key."""
 
@@ -74,25 +93,8 @@ class DeviceKey:
         return self._key.export_key(format="PEM").encode() + b"\n"
 
     def save(self, path, overwrite=False):
-        """Write the key as PKCS#8 PEM, mode 0600. An existing file is FileExistsError unless
-        ``overwrite``; then the key goes to a new 0600 file beside it, which replaces it
-        atomically."""
-        path = os.fspath(path)
-        data = self.to_pem()
-        target = path
-        if overwrite:
-            target = f"{path}.tmp.{os.getpid()}"
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(target)
-            raise
-        os.close(fd)
-        if overwrite:
-            os.replace(target, path)
+        """Write the key as PKCS#8 PEM, mode 0600 (``write_new_file``)."""
+        write_new_file(path, self.to_pem(), 0o600, overwrite)
 
     # -- using ----------------------------------------------------------------------------------
 
