@@ -62,12 +62,12 @@ def run(args, open_ledger, gov_key, UsageError):
                 max_hop_delay_ns=int(args.max_hop_delay_ms * 1e6))
         except LookupError as exc:
             raise UsageError(str(exc)) from None
-        digest = report.evidence_digest(j)
+        data = report.to_dict(j)
+        digest = report.evidence_digest(j, data)
         decision = None
         if signer is not None:
             decision = itg.record_decision(led, j, digest, signer, args.dispute)
     names = cfg.names or None
-    data = report.to_dict(j)
     data["interrogation"] = {str(n): v for n, v in info.items()}
     data["evidence_digest"] = digest.hex()
     if decision is not None:
@@ -79,7 +79,7 @@ def run(args, open_ledger, gov_key, UsageError):
     else:
         if args.json:
             _write(args.json, json.dumps(data, indent=2, sort_keys=True) + "\n", UsageError)
-        print(report.text_table(j, names))
+        print(report.text_table(j, names, digest))
         for n, ev in sorted(evidence.items()):
             if not ev.answered:
                 print(f"node {n}: no evidence: {ev.error}")

@@ -99,9 +99,10 @@ def canonical_json(data):
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def evidence_digest(j):
-    """``H(canonical_json(to_dict(j)))``, 32 bytes, with the judgement's hash."""
-    return constructor(j.hash_name)(canonical_json(to_dict(j))).digest()
+def evidence_digest(j, data=None):
+    """``H(canonical_json(to_dict(j)))``, 32 bytes, with the judgement's hash (``data``: that
+    ``to_dict(j)`` when the caller has it already)."""
+    return constructor(j.hash_name)(canonical_json(to_dict(j) if data is None else data)).digest()
 
 
 def to_json(j, indent=2):
@@ -135,7 +136,7 @@ def _key_evidence(d):
     return ", ".join(extra) or "-"
 
 
-def text_table(j, names=None):
+def text_table(j, names=None, digest=None):
     """Devices, hops, observed paths and notes as fixed-width text."""
     s = j.sla
     out = [f"SLA {s.sla_id} ({s.tenant}): route {' -> '.join(_name(names, n) for n in s.route)}, "
@@ -159,7 +160,8 @@ def text_table(j, names=None):
                       [(_path_text(p, names), p.packets) for p in j.paths])
     if j.notes:
         out += [""] + [f"note: {n}" for n in j.notes]
-    out += ["", f"evidence digest ({j.hash_name}): {evidence_digest(j).hex()}"]
+    digest = evidence_digest(j) if digest is None else digest
+    out += ["", f"evidence digest ({j.hash_name}): {digest.hex()}"]
     return "\n".join(out) + "\n"
 
 
