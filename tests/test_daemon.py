@@ -122,6 +122,15 @@ def wait_for(pred, timeout=5.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def stand_in_factory(sources):
+    """A Daemon source_factory of one StandIn per worker; each made is appended to ``sources``."""
+    def factory(interfaces, worker, group, config):
+        s = StandIn(interfaces[0])
+        sources.append(s)
+        return [s]
+    return factory
+
+
 def counters_of(store_path, node_id=1):
     with Store(store_path, node_id=node_id, hash_name="sha3-256", ring_size=16 << 20,
                map_size=256 << 20) as st:
@@ -134,13 +143,7 @@ def test_daemon_with_stand_in_source(tmp_path):
     cfg_path.write_text(config_text(store, sock))
     cfg = bconfig.load(cfg_path)
     sources = []
-
-    def factory(interfaces, worker, group, config):
-        s = StandIn(interfaces[0])
-        sources.append(s)
-        return [s]
-
-    d = Daemon(cfg, config_path=str(cfg_path), source_factory=factory)
+    d = Daemon(cfg, config_path=str(cfg_path), source_factory=stand_in_factory(sources))
     d.start()
     main = threading.Thread(target=d.serve, kwargs={"tick_s": 0.02})
     main.start()

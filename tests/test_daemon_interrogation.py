@@ -15,7 +15,7 @@ from fastpath.hashes import digest_function
 from governance.client import InterrogationClient
 from ledger_client.keys import DeviceKey
 
-from test_daemon import OWN, PEER, StandIn, config_text, udp_frame, wait_for
+from test_daemon import OWN, PEER, config_text, stand_in_factory, udp_frame, wait_for
 
 HASH = "sha3-256"
 
@@ -77,13 +77,7 @@ def test_daemon_serves_signed_evidence(tmp_path, pki):
     path.write_text(text + _section(pki))
     cfg = bconfig.load(path)
     sources = []
-
-    def factory(interfaces, worker, group, config):
-        s = StandIn(interfaces[0])
-        sources.append(s)
-        return [s]
-
-    d = Daemon(cfg, config_path=str(path), source_factory=factory)
+    d = Daemon(cfg, config_path=str(path), source_factory=stand_in_factory(sources))
     d.start()
     main = threading.Thread(target=d.serve, kwargs={"tick_s": 0.02})
     main.start()

@@ -25,7 +25,8 @@ from ledger_client.local import LocalLedger
 from ledger_client.outbox import Outbox
 from ledger_client.types import Node
 
-from test_daemon import OWN, PEER, ROOT, StandIn, config_text, udp_frame, wait_for
+from test_daemon import (OWN, PEER, ROOT, config_text, stand_in_factory, udp_frame,
+                         wait_for)
 
 NODE = 1
 HASH = "sha3-256"
@@ -115,14 +116,6 @@ def test_run_names_a_bad_ledger_key_and_exits_2(tmp_path):
     assert f'ledger.key: "{missing}": cannot use the key file' in r.stderr
 
 
-def _factory(sources):
-    def factory(interfaces, worker, group, config):
-        s = StandIn(interfaces[0])
-        sources.append(s)
-        return [s]
-    return factory
-
-
 def _cfg(tmp_path, ledger_lines, metrics="127.0.0.1:0"):
     path = tmp_path / "beatd.toml"
     text = config_text(tmp_path / "store", tmp_path / "control.sock", metrics=metrics)
@@ -140,7 +133,7 @@ def test_ethereum_not_available_is_named(tmp_path, monkeypatch):
     import ledger_client
     monkeypatch.setitem(sys.modules, "ledger_client.ethereum", None)   # import fails
     monkeypatch.delattr(ledger_client, "ethereum", raising=False)
-    d = Daemon(cfg, source_factory=_factory([]))
+    d = Daemon(cfg, source_factory=stand_in_factory([]))
     with pytest.raises(DaemonError) as e:
         d.start()
     assert 'ledger.backend: "ethereum" is not available yet' in str(e.value)
@@ -151,7 +144,7 @@ def test_missing_local_ledger_is_named(tmp_path):
     _, key = _key(tmp_path)
     led = tmp_path / "none.mdb"
     _, cfg = _cfg(tmp_path, f'backend = "local"\npath = "{led}"\nkey = "{key}"\n', metrics="")
-    d = Daemon(cfg, source_factory=_factory([]))
+    d = Daemon(cfg, source_factory=stand_in_factory([]))
     with pytest.raises(DaemonError) as e:
         d.start()
     assert f'ledger.path: "{led}": no such ledger' in str(e.value)
@@ -219,7 +212,7 @@ def _ledger(tmp_path, register=True):
 
 
 def _run(cfg, cfg_path, sources):
-    d = Daemon(cfg, config_path=str(cfg_path), source_factory=_factory(sources))
+    d = Daemon(cfg, config_path=str(cfg_path), source_factory=stand_in_factory(sources))
     d.start()
     main = threading.Thread(target=d.serve, kwargs={"tick_s": 0.02})
     main.start()

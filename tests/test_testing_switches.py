@@ -13,7 +13,8 @@ from beatd.daemon import Daemon
 from beatd.store import Store
 
 from test_capfile import write_pcap
-from test_daemon import OWN, PEER, ROOT, StandIn, config_text, udp_frame, wait_for
+from test_daemon import (OWN, PEER, ROOT, config_text, stand_in_factory, udp_frame,
+                         wait_for)
 
 OTHER = bytes.fromhex("02aa00000009")      # a second neighbour: where the fabricated copy "went"
 
@@ -27,14 +28,8 @@ def _daemon(tmp_path, allow):
                                    "[store]")
     path.write_text(text)
     cfg = bconfig.load(path)
-    sources = []
-
-    def factory(interfaces, worker, group, config):
-        s = StandIn(interfaces[0])
-        sources.append(s)
-        return [s]
-
-    d = Daemon(cfg, config_path=str(path), source_factory=factory, testing_allow_inject=allow)
+    d = Daemon(cfg, config_path=str(path), source_factory=stand_in_factory([]),
+               testing_allow_inject=allow)
     d.start()
     t = threading.Thread(target=d.serve, kwargs={"tick_s": 0.02})
     t.start()
