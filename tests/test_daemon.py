@@ -308,6 +308,10 @@ def test_run_in_namespace(tmp_path, netns_pair):
         assert proc.poll() is None, proc.stderr.read()
         send(p_ns, p_if, 0, 50, 1)
         wait_for(lambda: status()["totals"]["frames"] >= 50, what="50 frames captured")
+        # the rings' counters in the status are the capture thread's snapshot (taken every
+        # RING_STATS_INTERVAL_S): they follow the pipeline's totals a little later
+        wait_for(lambda: all(r["frames"] >= 50 for r in status()["rings"]), timeout=5,
+                 what="the rings' snapshot of 50 frames")
 
         r = beatd("status", "--socket", str(sock), "--json")
         assert r.returncode == 0, r.stderr
