@@ -13,6 +13,7 @@ code and message; max_streams; an answer running past max_stream_s is cancelled;
 reflection answer; no plaintext; a client that stops reading does not stop the writer committing
 and pins no read transaction; a device key other than the ledger's is a BadSignature.
 """
+import collections
 import hashlib
 import os
 import struct
@@ -599,10 +600,18 @@ def test_a_stalled_client_does_not_stop_the_writer(big, pki):
         assert len(during) >= 10, f"only {len(during)} commits in 3 s while a client stalled"
         assert slowest[0] < 2.0
         assert store.meta()["next_seg_seq"] > segments_before
-        # no read transaction is held open while the client does not read (txnid "-")
+        # no read transaction is held open while the client does not read. Short readers (the
+        # index catching up with the writer's commits, a chunk read before gRPC's window filled)
+        # may show in one sample; the writer commits all the while, so a transaction held for the
+        # stalled answer would show with the same txnid in every sample from then on.
+        seen = collections.Counter()
         for table in readers:
             for line in table.splitlines()[1:]:
-                assert line.split()[-1] == "-", table
+                pid, thread, txnid = line.split()
+                if txnid != "-":
+                    seen[(pid, thread, txnid)] += 1
+        assert len(readers) >= 10
+        assert all(n <= 2 for n in seen.values()), (seen, readers)
         # the client reads on: the whole answer arrives and checks out
         rest = list(call)
         assert rest and ev.decode_chunk(rest[-1].body)[0].last
