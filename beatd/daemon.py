@@ -362,7 +362,7 @@ class Daemon:
                     getattr(signer, "public", b"") or b"")
         except Exception as exc:  # noqa: BLE001 (only a hint: the submission says it for sure)
             event(log, logging.WARNING, "ledger: cannot look the node up", error=str(exc))
-        self._anchor_stats = self.batcher.stats()
+        self._anchor_stats = self._stamped(self.batcher.stats)
         event(log, logging.INFO, "ledger", backend=cfg.ledger_backend, where=self._ledger_where,
               anchor_period_s=cfg.effective_ledger_anchor_period_s,
               next_batch_seq=self._anchor_stats["next_batch_seq"],
@@ -429,9 +429,18 @@ class Daemon:
                 b.last_error = f"tick: {type(exc).__name__}: {exc}"
                 event(log, logging.ERROR, "anchor tick failed", error=b.last_error)
             try:
-                self._anchor_stats = b.stats()
+                self._anchor_stats = self._stamped(b.stats)
             except Exception:  # noqa: BLE001 (the store closing under a late tick)
                 pass
+
+    @staticmethod
+    def _stamped(read_stats):
+        """``read_stats()`` with ``as_of``: a time before the outbox was read (a status reader
+        that saw a segment closed at time T knows its leaf is counted once ``as_of`` >= T)."""
+        as_of = time.time()
+        stats = read_stats()
+        stats["as_of"] = as_of
+        return stats
 
     def _final_anchor(self):
         """After the final commit: build what is left, one submission attempt, bounded."""
@@ -565,7 +574,10 @@ class Daemon:
     def _refresh_ring_status(self, force=False):
         now = time.monotonic()
         if force or now - self._ring_status_at >= RING_STATUS_INTERVAL_S:
-            self._ring_status = self.store.ring_status(time.time_ns(), self.cfg.threshold_ns)
+            as_of = time.time()             # the store is read after this (status readers wait on it)
+            st = self.store.ring_status(time.time_ns(), self.cfg.threshold_ns)
+            st["as_of"] = as_of
+            self._ring_status = st
             self._ring_status_at = now
 
     # -- main thread ----------------------------------------------------------------------------

@@ -389,6 +389,7 @@ class Store:
                     if cur.last():
                         newest_t = _COMMIT.unpack(cur.value())[3]
         oldest_t = m["ring_oldest_t_ns"] if m["ring_segments"] else None
+        open_lo = None
         if m["open_records"]:
             open_lo, open_hi = fastpath.t_range(m["open_records"])
             newest_t = max(newest_t, open_hi)
@@ -404,6 +405,9 @@ class Store:
             "ring_size": self.ring_size,
             "wraps": m["ring_wraps"],
             "short": wrapped and (oldest_t is None or now_ns - oldest_t < threshold_ns),
+            # the records of the segment still open (not committed to S, not in the outbox yet)
+            "open_records": len(m["open_records"]) // fastpath.RECORD_SIZE,
+            "open_oldest_t_ns": open_lo,
         }
 
     # -- checking -------------------------------------------------------------------------------

@@ -319,6 +319,7 @@ def test_beatd_lab_cli_demo(tmp_path):
         assert ("verdict: r1 DEVIATED, r2 CONSISTENT, r3 CONSISTENT, r4 CONSISTENT "
                 "(beatctl exit 3)") in p.stdout, p.stdout
         assert "dispute 1 decided: faulty [1]" in p.stdout
+        assert "waiting until every router's records" in p.stdout and "not anchored" not in p.stdout
         kept = re.search(r"picture (\S+dispute\.svg)", p.stdout).group(1)
         assert os.path.exists(kept)          # kept after --down
         shutil.rmtree(os.path.dirname(kept))

@@ -89,6 +89,7 @@ def test_lab_up_ethereum_anchors_every_router(tmp_path):
         sent = 20 + report["load"]["sent"]
         # the demo ends with the dispute, decided on the chain (the state read back from it)
         d = report["dispute"]
+        assert d["not_anchored"] == {}, out.getvalue()
         assert d["verdicts"] == {"r1": "DEVIATED", "r2": "CONSISTENT", "r3": "CONSISTENT",
                                  "r4": "CONSISTENT"}, out.getvalue()
         assert d["decision"]["state"] == "decided" and d["decision"]["faulty"] == [1]

@@ -47,6 +47,7 @@ def test_lab_demo_anchors_every_router(lab):
     report = lab.demo(known=10, flows=50, load_packets=1000, rate=5000.0, out=out)
     assert all(v == 0 for v in report["stopped"].values()), report["stopped"]
     assert f"ledger {lab.ledger_path}" in out.getvalue()
+    assert report["dispute"]["not_anchored"] == {}, out.getvalue()
 
     anchors = lab.anchors()
     for r in lab.topo.routers:

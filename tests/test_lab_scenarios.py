@@ -25,7 +25,7 @@ PAPER = os.path.join(REPO, "topologies", "paper.toml")
 PREFIX = f"beat-s{os.getpid() % 10000}-"
 N = 200                                    # known packets per scenario
 NONE = (1 << 64) - 1
-ANCHOR_WAIT_S = 3.5                        # segments close and anchor every lab second
+ANCHOR_TIMEOUT_S = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,15 @@ def _send(lab, tag, sport=40000):
     return packets, t0, t1
 
 
+def _anchored(lab, t1):
+    """Every running router's records up to t1 anchored (Lab.wait_anchored: on the daemons'
+    status, not a sleep)."""
+    late = {r: why for r, why in lab.wait_anchored(t1, timeout=ANCHOR_TIMEOUT_S).items() if why}
+    assert not late, f"not anchored within {ANCHOR_TIMEOUT_S} s: {late}"
+
+
 def _judge(lab, t0, t1, tmp_path, name):
-    time.sleep(ANCHOR_WAIT_S)
+    _anchored(lab, t1)
     jpath, spath = str(tmp_path / f"{name}.json"), str(tmp_path / f"{name}.svg")
     p = lab.interrogate(t0, t1, jpath, spath)
     assert p.returncode in (0, 3), f"beatctl interrogate: exit {p.returncode}\n{p.stderr}"
@@ -157,6 +164,8 @@ def test_3_replicated_proofs_r2_fabricated(lab, tmp_path):
     time.sleep(1.5)             # r1's records committed
     pcap = _fabricated_pcap(lab, packets, tmp_path)
     assert lab.inject("r2", str(pcap)) == 2 * N
+    # the injected records carry the window's times but reach r2's store now: anchored up to now
+    _anchored(lab, time.time_ns())
     p, report, _ = _judge(lab, t0, t1, tmp_path, "replicate")
     _check(lab, p, report, {"r1": "DEVIATED", "r2": "FABRICATED", "r3": "CONSISTENT",
                             "r4": "CONSISTENT"})
@@ -221,10 +230,27 @@ def _tamper(lab, t0, t1, also_S=False):
 @pytest.mark.parametrize("also_S", [False, True], ids=["record", "record-and-S"])
 def test_5_rewritten_records_tampered(lab, tmp_path, also_S):
     _, t0, t1 = _send(lab, b"tamper-S" if also_S else b"tamper")
-    time.sleep(ANCHOR_WAIT_S)           # anchored first, rewritten after
+    _anchored(lab, t1)                  # anchored first, rewritten after
     _tamper(lab, t0, t1, also_S)
     p, report, _ = _judge(lab, t0, t1, tmp_path, "tamper")
     _check(lab, p, report, {"r1": "CONSISTENT", "r2": "TAMPERED", "r3": "CONSISTENT"})
+
+
+def test_wait_anchored_names_the_router_that_is_behind(lab):
+    """Lab.wait_anchored waits on each router's own status: a daemon that cannot answer (r2
+    stopped) is named with the reason once the timeout passes, the others are anchored; it
+    catches up after SIGCONT."""
+    _, t0, t1 = _send(lab, b"behind")
+    pid = lab._read_state()["daemons"]["r2"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        got = lab.wait_anchored(t1, timeout=4.0)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert set(got) == {r.name for r in lab.topo.routers}
+    assert got["r2"] and got["r2"].startswith("status: "), got
+    assert {r: why for r, why in got.items() if r != "r2" and why} == {}
+    _anchored(lab, t1)
 
 
 def test_6_silent_router_missing(lab, tmp_path):

@@ -67,6 +67,7 @@ def test_fresh_store_is_empty_and_consistent(tmp_path):
         assert list(s.iter_records()) == [] and s.counters() == {} and s.outbox() == []
         st = s.ring_status(10**18, 1)
         assert st["segments"] == 0 and st["wraps"] == 0 and not st["short"]
+        assert st["open_records"] == 0 and st["open_oldest_t_ns"] is None
 
 
 def test_commit_and_read_back(tmp_path):
@@ -83,6 +84,10 @@ def test_commit_and_read_back(tmp_path):
         assert [(seq, typ, v) for seq, typ, v in s.outbox()] == [(0, 2, segs[0][2]), (1, 2, segs[1][2])]
         assert s.counters() == {(0, NONE): (10, 1000, 1_000_000_000, 1_009_000_000)}
         assert s.stats()["records"] == 10
+        # the two records of the open segment: counted, the older one's time given
+        st = s.ring_status(10**18, 1)
+        open_t = [struct.unpack_from(">Q", out.records, 48 * i)[0] for i in (8, 9)]
+        assert st["open_records"] == 2 and st["open_oldest_t_ns"] == min(open_t)
 
 
 def test_ring_wrap(tmp_path):

@@ -23,6 +23,7 @@ state file records the URL, the contract and the node's pid; ``down`` stops the 
 ledger namespace with the others. From the host, the node is reached through the namespace:
 ``ip netns exec <prefix>ledger beatctl --ledger ethereum:URL#CONTRACT anchors``.
 """
+import concurrent.futures
 import json
 import os
 import shutil
@@ -48,6 +49,7 @@ LAB_SLA_ID = 1
 LAB_GRPC_PORT = 9478                # each router's Interrogation service, on its management link
 LAB_LOSS_BUDGET_PPM = 10_000        # the lab SLA tolerates 1 % loss
 LAB_MAX_DELAY_US = 20_000
+RECORDS_IN_STORE_S = 0.5            # a packet's record is committed well within this (wait_anchored)
 ETH = 10 ** 18
 
 
@@ -609,6 +611,69 @@ class Lab:
         raise LabError(f"beatd on {router} is not capturing after {timeout:.0f} s ({last}); "
                        f"{self.log_path(router)}:\n{self._log_tail(router)}")
 
+    def wait_anchored(self, to_ns, timeout=60.0, routers=None):
+        """Wait until every running router's records up to ``to_ns`` are in closed segments and
+        anchored (no leaf waiting, no anchor pending). Returns ``{router: None}`` for the
+        anchored ones and ``{router: what is still missing}`` for the others once ``timeout``
+        has passed; a router whose daemon is not running is left out.
+
+        Condition on each daemon's status (asked in parallel, so one router that does not
+        answer delays nobody else), not a sleep: a slow ledger (a JSON-RPC call that takes its
+        whole timeout) only makes this wait longer. The daemon stamps what it reads: the ring
+        status read after ``store.ring.as_of`` shows no open record at or before ``to_ns`` (the
+        records reach the store within the capture's block timeout and the commit interval:
+        ``RECORDS_IN_STORE_S`` after ``to_ns``), then the anchor state read after that moment
+        (``anchor.as_of``) shows nothing waiting. Records are taken to reach the store when
+        their packets pass (captured ones do); records of ``to_ns`` fed later (a test's
+        injection) need ``to_ns`` = the time they were fed."""
+        if self.ledger_spec is None:
+            raise LabError("the lab runs without a ledger (--ledger none): nothing is anchored")
+        pids = self._read_state().get("daemons", {})
+        names = [r.name for r in self.topo.routers] if routers is None else list(routers)
+        running = [r for r in names if pids.get(r) and _pid_alive(pids[r])]
+        deadline = time.monotonic() + timeout
+        if not running:
+            return {}
+        with concurrent.futures.ThreadPoolExecutor(len(running)) as pool:
+            late = pool.map(lambda r: self._wait_anchored_one(r, to_ns, deadline), running)
+            return dict(zip(running, late))
+
+    def _wait_anchored_one(self, router, to_ns, deadline):
+        """``wait_anchored`` for one router: None, or what it still lacks at ``deadline``."""
+        in_store = to_ns / 1e9 + RECORDS_IN_STORE_S
+        closed_seen = None                     # when its window was seen closed
+        why = "no status yet"
+        while time.monotonic() < deadline:
+            try:
+                st = self.status(router, timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+            except Exception as exc:  # noqa: BLE001 (busy or gone: ask again)
+                why = f"status: {type(exc).__name__}: {exc}"
+                time.sleep(0.1)
+                continue
+            seen_at = time.time()
+            ring = (st.get("store") or {}).get("ring") or {}
+            anchor = st.get("anchor") or {}
+            open_from = ring.get("open_oldest_t_ns")
+            if "error" in st:
+                why = f"status: {st['error']}"
+            elif closed_seen is None and ring.get("as_of", 0) < in_store:
+                why = "records of the window not all in the store yet"
+            elif closed_seen is None and open_from is not None and open_from <= to_ns:
+                why = f"a segment with records of the window is open (from {open_from})"
+            else:
+                closed_seen = closed_seen or seen_at
+                if anchor.get("as_of", 0) < closed_seen:
+                    why = "segments closed; anchor state not read since"
+                elif anchor.get("leaves_waiting") or anchor.get("pending_anchors"):
+                    why = (f"{anchor.get('leaves_waiting')} leaves waiting, "
+                           f"{anchor.get('pending_anchors')} anchors pending"
+                           + (f" (last error: {anchor['last_error']})"
+                              if anchor.get("last_error") else ""))
+                else:
+                    return None
+            time.sleep(0.1)
+        return why
+
     def _log_tail(self, router, n=15):
         try:
             with open(self.log_path(router), errors="replace") as f:
@@ -752,7 +817,10 @@ class Lab:
         if self.ledger_spec is None:
             out.write("\n(no ledger: no dispute)\n")
             return None
-        time.sleep(2.5 * LAB_ANCHOR_PERIOD_S + 0.5)     # segments closed and anchored
+        out.write("\n(waiting until every router's records of the window are anchored)\n")
+        late = {r: why for r, why in self.wait_anchored(to_ns).items() if why}
+        for r, why in late.items():
+            out.write(f"  {r}: not anchored yet: {why}; its evidence counts as signed, unproven\n")
         jpath = os.path.join(report_dir, "dispute.json")
         spath = os.path.join(report_dir, "dispute.svg")
         out.write(f"\n== the tenant disputes SLA {LAB_SLA_ID}; the governance interrogates the "
@@ -763,7 +831,7 @@ class Lab:
         out.write(p.stdout)
         if p.returncode not in (0, 3):
             out.write(f"beatctl interrogate failed (exit {p.returncode}): {p.stderr}\n")
-            return {"exit": p.returncode, "error": p.stderr}
+            return {"exit": p.returncode, "error": p.stderr, "not_anchored": late}
         with open(jpath) as f:
             data = json.load(f)
         names = {r.node_id: r.name for r in self.topo.routers}
@@ -772,7 +840,7 @@ class Lab:
         out.write(f"\nverdict: {', '.join(f'{n} {v}' for n, v in verdicts.items())} "
                   f"(beatctl exit {p.returncode}); report {jpath}, picture {spath}\n\n")
         return {"exit": p.returncode, "verdicts": verdicts, "json": jpath, "svg": spath,
-                "decision": data.get("decision")}
+                "decision": data.get("decision"), "not_anchored": late}
 
     def demo(self, known=20, flows=1000, load_packets=20000, rate=20000.0, out=None,
              report_dir=None):
