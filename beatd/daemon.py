@@ -63,6 +63,7 @@ STATS_INTERVAL_S = 1.0
 RING_STATS_INTERVAL_S = 0.25
 RING_STATUS_INTERVAL_S = 1.0
 FINAL_ANCHOR_TIMEOUT_S = 1.0
+DRAIN_S = 0.5                         # at stop, reading what the capture rings still hold
 ANCHOR_POLL_MAX_S = 1.0
 IFF_LOOPBACK = 0x8
 
@@ -511,6 +512,7 @@ class Daemon:
                 if now >= next_stats:
                     self._snapshot_rings(k, sources)
                     next_stats = now + RING_STATS_INTERVAL_S
+            self._drain(sources)
         except Exception as exc:  # noqa: BLE001 (any failure stops the daemon, named)
             self._fail(f"capture worker {k}: {exc}", exc)
         finally:
@@ -518,6 +520,19 @@ class Daemon:
                 self._snapshot_rings(k, sources)
             except Exception:  # noqa: BLE001
                 pass
+
+    def _drain(self, sources):
+        """At stop: what the kernel already holds in the rings is read too (the block still open
+        is retired by the kernel within the block timeout), within ``DRAIN_S``: a packet that
+        reached the router before the stop is recorded."""
+        wait_ms = 2 * self.cfg.block_timeout_ms + 5
+        end = time.monotonic() + DRAIN_S
+        try:
+            for s in sources:
+                while time.monotonic() < end and s.read(self.pipeline, wait_ms) > 0:
+                    pass
+        except Exception as exc:  # noqa: BLE001 (stopping anyway: say it, do not fail the stop)
+            event(log, logging.WARNING, "capture rings not drained at stop", error=str(exc))
 
     def _snapshot_rings(self, k, sources):
         for s in sources:
