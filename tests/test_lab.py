@@ -139,6 +139,19 @@ def _stats(lab):
     return {n: link_stats(lab.net, n) for n in lab.topo.nodes}
 
 
+def _arrived(lab, before, want, node="h2", ifname="to-r3", timeout=10.0):
+    """Every node's link counters once ``node`` received ``want`` packets on ``ifname`` since
+    ``before`` (the packets crossed every hop), or after ``timeout`` (the assertions then say
+    what is missing)."""
+    end = time.monotonic() + timeout
+    while True:
+        now = _stats(lab)
+        if _delta(before[node], now[node])[ifname]["rx"] >= want or time.monotonic() > end:
+            time.sleep(0.05)        # anything else in flight (nothing should be) shows too
+            return _stats(lab)
+        time.sleep(0.02)
+
+
 # ---------------------------------------------------------------------- network only (root)
 
 def test_up_down_network_leaves_nothing(lab):
@@ -172,8 +185,7 @@ def test_forwarding_agreed_path_then_detour(lab):
     pk = traffic.known_packets(t.host_addr("h1"), t.host_addr("h2"), 25)
     s0 = _stats(lab)
     assert traffic.send_packets(net, "h1", pk) == 25
-    time.sleep(0.2)
-    s1 = _stats(lab)
+    s1 = _arrived(lab, s0, 25)
     d = {n: _delta(s0[n], s1[n]) for n in s1}
     assert d["r1"]["to-h1"]["rx"] == 25 and d["r1"]["to-r2"]["tx"] == 25
     assert d["r2"]["to-r1"]["rx"] == 25 and d["r2"]["to-r3"]["tx"] == 25
@@ -187,8 +199,7 @@ def test_forwarding_agreed_path_then_detour(lab):
     net.route_via("r1", "h2", "r4")
     assert net.route_get("r1", t.host_addr("h2")) == "to-r4"
     assert traffic.send_packets(net, "h1", pk) == 25
-    time.sleep(0.2)
-    s2 = _stats(lab)
+    s2 = _arrived(lab, s1, 25)
     d = {n: _delta(s1[n], s2[n]) for n in s2}
     assert d["r1"]["to-r4"]["tx"] == 25 and d["r1"]["to-r2"]["tx"] == 0
     assert d["r4"]["to-r1"]["rx"] == 25 and d["r4"]["to-r3"]["tx"] == 25
@@ -203,8 +214,7 @@ def test_load_generator_1000_flows(lab):
     s0 = _stats(lab)
     res = traffic.send_load(lab.net, "h1", "h2", flows=1000, count=10000, seconds=10)
     assert res["sent"] == 10000 and res["flows"] == 1000
-    time.sleep(0.3)
-    d = _delta(s0["h2"], _stats(lab)["h2"])
+    d = _delta(s0["h2"], _arrived(lab, s0, 10000)["h2"])
     assert d["to-r3"]["rx"] == 10000
 
 
@@ -245,8 +255,9 @@ def test_known_packets_recorded_on_every_router(lab):
     t = lab.topo
     n = 30
     pk = traffic.known_packets(t.host_addr("h1"), t.host_addr("h2"), n)
+    s0 = _stats(lab)
     assert traffic.send_packets(lab.net, "h1", pk, gap_s=0.002) == n
-    time.sleep(0.5)
+    _arrived(lab, s0, n)        # through every router (beatd reads what its rings hold at stop)
     stopped = lab.stop_daemons()
     assert all(v == 0 for v in stopped.values()), f"daemons did not exit cleanly: {stopped}"
     dumps = {r.name: lab.dump(r.name) for r in lab.topo.routers}
@@ -281,12 +292,13 @@ def test_route_moved_to_detour_shows_in_records(lab):
     n = 20
     a = traffic.known_packets(t.host_addr("h1"), t.host_addr("h2"), n, sport=40000, tag=b"A")
     b = traffic.known_packets(t.host_addr("h1"), t.host_addr("h2"), n, sport=50000, tag=b"B")
+    s0 = _stats(lab)
     assert traffic.send_packets(lab.net, "h1", a, gap_s=0.002) == n
-    time.sleep(0.2)
+    s1 = _arrived(lab, s0, n)   # all of A delivered before the route moves
     lab.net.route_via("r1", "h2", "r4")
     t_move = time.time_ns()
     assert traffic.send_packets(lab.net, "h1", b, gap_s=0.002) == n
-    time.sleep(0.5)
+    _arrived(lab, s1, n)
     lab.stop_daemons()
     recs = _records_by_router(lab)
     pa = {traffic.expected_pd(p).hex() for p in a}

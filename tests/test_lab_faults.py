@@ -10,6 +10,7 @@ import time
 import pytest
 
 from conftest import REPO, require_root
+from test_lab import _arrived, _stats
 
 PAPER = os.path.join(REPO, "topologies", "paper.toml")
 PREFIX = f"beat-f{os.getpid()}-"
@@ -81,8 +82,9 @@ def test_malformed_frames_on_a_link_are_counted_and_change_nothing(lab):
     t = lab.topo
     n = 20
     known = traffic.known_packets(t.host_addr("h1"), t.host_addr("h2"), n)
+    s0 = _stats(lab)
     assert traffic.send_packets(lab.net, "h1", known, gap_s=0.002) == n
-    time.sleep(0.5)
+    _arrived(lab, s0, n)
     assert all(v == 0 for v in lab.stop_daemons().values())
 
     stats = {}
@@ -127,7 +129,13 @@ def test_sigkill_and_restart_under_traffic_leave_stores_consistent(lab):
     finally:
         sent = traffic.finish_load(load)
     assert kills == 3 and sent["sent"] > 1000
-    time.sleep(0.3)
+    # known packets after the last restart (the load may be over by then on a slow machine)
+    t = lab.topo
+    after = traffic.known_packets(t.host_addr("h1"), t.host_addr("h2"), 20, sport=45000,
+                                  tag=b"after-restarts")
+    s_after = _stats(lab)
+    assert traffic.send_packets(lab.net, "h1", after) == 20
+    _arrived(lab, s_after, 20)
     assert all(v == 0 for v in lab.stop_daemons().values())
     for router in ("r1", "r2", "r3"):
         with _store(lab, router) as store:
@@ -137,6 +145,8 @@ def test_sigkill_and_restart_under_traffic_leave_stores_consistent(lab):
             assert total == store.stats()["records"] > 0, router
     with _store(lab, "r2") as store:
         assert store.stats()["records"] > made   # the restarted daemon went on recording
+    pds = {traffic.expected_pd(p).hex() for p in after}
+    assert len({r["pd"] for r in lab.dump("r2")["records"] if r["pd"] in pds}) == 20
 
 
 def test_a_ten_router_chain_from_the_same_file_format(tmp_path):
@@ -165,8 +175,9 @@ def test_a_ten_router_chain_from_the_same_file_format(tmp_path):
         t = lab.topo
         n = 10
         known = traffic.known_packets(t.host_addr("h1"), t.host_addr("h2"), n)
+        s0 = _stats(lab)
         assert traffic.send_packets(lab.net, "h1", known, gap_s=0.005) == n
-        time.sleep(0.5)
+        _arrived(lab, s0, n, ifname=lab.net.ifname("h2", f"r{n_routers}"))
         assert all(v == 0 for v in lab.stop_daemons().values())
         pds = {traffic.expected_pd(p).hex() for p in known}
         times = {}

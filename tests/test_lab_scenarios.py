@@ -161,7 +161,7 @@ def test_3_replicated_proofs_r2_fabricated(lab, tmp_path):
         packets, t0, t1 = _send(lab, b"replicate")
     finally:
         _restore_route(lab)
-    time.sleep(1.5)             # r1's records committed
+    _anchored(lab, t1)          # r1's records committed (and anchored)
     pcap = _fabricated_pcap(lab, packets, tmp_path)
     assert lab.inject("r2", str(pcap)) == 2 * N
     # the injected records carry the window's times but reach r2's store now: anchored up to now
@@ -238,13 +238,20 @@ def test_5_rewritten_records_tampered(lab, tmp_path, also_S):
 
 def test_wait_anchored_names_the_router_that_is_behind(lab):
     """Lab.wait_anchored waits on each router's own status: a daemon that cannot answer (r2
-    stopped) is named with the reason once the timeout passes, the others are anchored; it
-    catches up after SIGCONT."""
-    _, t0, t1 = _send(lab, b"behind")
+    stopped) is named with the reason once the timeout passes while the others are anchored;
+    after SIGCONT it catches up."""
+    from beatd.lab.lab import _pid_alive
+
+    _anchored(lab, time.time_ns())      # r2 idle (nothing to anchor) when it is stopped
     pid = lab._read_state()["daemons"]["r2"]
     os.kill(pid, signal.SIGSTOP)
     try:
-        got = lab.wait_anchored(t1, timeout=4.0)
+        _, t0, t1 = _send(lab, b"behind")               # the kernel forwards; r2's ring waits
+        others = [r.name for r in lab.topo.routers if r.name != "r2"]
+        got = lab.wait_anchored(t1, timeout=ANCHOR_TIMEOUT_S, routers=others)
+        assert got == {r: None for r in others}, got
+        got = lab.wait_anchored(t1, timeout=3.0)
+        assert _pid_alive(pid)
     finally:
         os.kill(pid, signal.SIGCONT)
     assert set(got) == {r.name for r in lab.topo.routers}
@@ -254,10 +261,16 @@ def test_wait_anchored_names_the_router_that_is_behind(lab):
 
 
 def test_6_silent_router_missing(lab, tmp_path):
+    from beatd.lab.lab import _pid_alive
+
     _, t0, t1 = _send(lab, b"silent")
-    time.sleep(2.0)
+    _anchored(lab, t1)                  # r3 recorded and anchored its part, then goes silent
     pid = lab._read_state()["daemons"]["r3"]
     os.kill(pid, signal.SIGKILL)
+    end = time.monotonic() + 10
+    while _pid_alive(pid) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert not _pid_alive(pid)
     try:
         p, report, _ = _judge(lab, t0, t1, tmp_path, "silent")
         _check(lab, p, report, {"r1": "CONSISTENT", "r2": "CONSISTENT", "r3": "MISSING"})
