@@ -35,6 +35,10 @@ NODE = 5
 ETH = 10 ** 18
 PERIOD_S = 0.3                 # the anchor period: short
 EPOCH_NS = 100_000_000         # receipt epoch: receipts every round
+# JSON-RPC timeouts: generous for the set-up and the checks (a loaded CI VM can make one ganache
+# call take several seconds), short only for the batcher that rides out the outage.
+CHECK_TIMEOUT_S = 30
+BATCHER_TIMEOUT_S = 2
 
 
 def _need_ganache():
@@ -99,7 +103,7 @@ class BatcherThread:
 
     def __exit__(self, *exc):
         self.stop_event.set()
-        self.th.join(30)
+        self.th.join(120)                # a tick may be in the middle of a (slow) submission
         assert not self.th.is_alive(), "the batcher thread did not stop"
 
 
@@ -109,7 +113,23 @@ def wait_until(cond, timeout, what):
         if cond():
             return
         time.sleep(0.05)
+    what = what() if callable(what) else what
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def traffic(edge, min_s, until=None, max_s=60, what="the traffic"):
+    """Edge traffic (a round every ~50 ms) for at least `min_s` seconds, then on until `until()`
+    holds (at most `max_s` seconds in all: a hang). `what`: a string, or a callable giving it."""
+    t0 = time.monotonic()
+    while True:
+        edge.round()
+        time.sleep(0.05)
+        elapsed = time.monotonic() - t0
+        if elapsed >= min_s and (until is None or until()):
+            return
+        if elapsed >= max_s:
+            what = what() if callable(what) else what
+            raise AssertionError(f"timed out after {max_s}s of traffic waiting for {what}")
 
 
 def check_all_anchored_on_chain(store, led, batcher, node_id):
@@ -163,7 +183,7 @@ def chain(tmp_path, keys):
                    log_path=tmp_path / "ganache.log")
     node.start()
     try:
-        led = EthereumLedger.deploy(node.url, keys["gov"], H, timeout=2)
+        led = EthereumLedger.deploy(node.url, keys["gov"], H, timeout=CHECK_TIMEOUT_S)
         led.register_node(Node(NODE, "op-5", b"\x05" * 32, keys["n1"].address_bytes),
                           signer=keys["gov"])
         yield node, led
@@ -176,26 +196,32 @@ def test_chain_killed_mid_run_every_leaf_anchored_exactly_once(tmp_path, keys, c
     old_pid = node.pid
     with Store(tmp_path / "store", NODE, H, 1 << 22) as store:
         edge = Edge(store, NODE)
-        b = Batcher(store, led, NODE, H, keys["n1"], PERIOD_S, base_backoff_s=0.2,
+        # the batcher's own client on the same contract: short timeouts, quick retries
+        # (`led`, generous, is for the checks)
+        b_led = EthereumLedger(node.url, led.address, H, timeout=BATCHER_TIMEOUT_S)
+        b = Batcher(store, b_led, NODE, H, keys["n1"], PERIOD_S, base_backoff_s=0.2,
                     max_backoff_s=1.0, rng=random.Random(3))
         with BatcherThread(b):
-            # normal running: a few anchors land
-            t_end = time.monotonic() + 2.0
-            while time.monotonic() < t_end:
-                edge.round()
-                time.sleep(0.05)
-            wait_until(lambda: b.stats()["last_anchored_batch_seq"] is not None, 10,
-                       "a first anchor")
+            # normal running: a few anchors land (at least 2 s of traffic, then on until the
+            # first two are on the chain: a cold ganache can take seconds for the first)
+            def two_anchored():
+                last = b.stats()["last_anchored_batch_seq"]
+                return last is not None and last >= 1
+            traffic(edge, 2.0, two_anchored, 60, lambda: f"two anchors landed ({b.stats()})")
             before = led.next_batch_seq(NODE)
             assert before >= 2
 
-            # the outage: SIGKILL, while receipts keep coming
+            # the outage: SIGKILL, while receipts keep coming (at least 3 s, and on until the
+            # batcher has tried and failed against the dead chain)
+            retries_before = b.stats()["retries"]
             node.kill()
             assert not node.running
-            t_end = time.monotonic() + 3.0
-            while time.monotonic() < t_end:
-                edge.round()
-                time.sleep(0.05)
+
+            def failed_on_dead_chain():
+                s = b.stats()
+                return s["retries"] > retries_before and s["pending_anchors"] >= 1
+            traffic(edge, 3.0, failed_on_dead_chain, 60,
+                    lambda: f"a failed retry on the dead chain ({b.stats()})")
             st = b.stats()
             assert st["retries"] >= 1 and st["pending_anchors"] >= 1, st
             assert "unreachable" in (st["last_error"] or ""), st
@@ -203,7 +229,7 @@ def test_chain_killed_mid_run_every_leaf_anchored_exactly_once(tmp_path, keys, c
 
             # back on the same chain database (and the same URL); traffic goes on meanwhile
             restarted = []
-            th = threading.Thread(target=lambda: restarted.append(node.start(timeout=45)))
+            th = threading.Thread(target=lambda: restarted.append(node.start(timeout=90)))
             th.start()
             while th.is_alive():
                 edge.round()
@@ -211,17 +237,14 @@ def test_chain_killed_mid_run_every_leaf_anchored_exactly_once(tmp_path, keys, c
             th.join()
             assert restarted == [led.url] and node.pid != old_pid
             assert led.next_batch_seq(NODE) >= before        # the chain was kept
-            t_end = time.monotonic() + 1.5
-            while time.monotonic() < t_end:
-                edge.round()
-                time.sleep(0.05)
+            traffic(edge, 1.5)
             edge.flush()
 
             def drained():
                 s = b.stats()
                 return (s["leaves_waiting"] == 0 and s["pending_anchors"] == 0
                         and s["batches_built"] > 0)
-            wait_until(drained, 20, f"every leaf anchored ({b.stats()})")
+            wait_until(drained, 120, lambda: f"every leaf anchored ({b.stats()})")
         assert b.halted is None, b.halted
         assert store.verify() == []
         events = check_all_anchored_on_chain(store, led, b, NODE)
@@ -289,14 +312,18 @@ def test_devnode_errors_and_restart(tmp_path, keys):
         other = DevNode(tmp_path / "b", port=n.port)
         with pytest.raises(DevNodeError, match=f"port {n.port} .*in use"):
             other.start(timeout=10)
-        led = EthereumLedger.deploy(n.url, keys["gov"], H, timeout=2)
+        led = EthereumLedger.deploy(n.url, keys["gov"], H, timeout=CHECK_TIMEOUT_S)
         n.kill()
         assert not n.running
         n.start()
-        assert led.governance == keys["gov"].address      # the same chain, the same URL
+
+        def governance_read_now():          # a new client: EthereumLedger caches governance
+            return EthereumLedger(n.url, led.address, H, timeout=CHECK_TIMEOUT_S).governance
+
+        assert governance_read_now() == keys["gov"].address   # the same chain, the same URL
         n.stop()
         n.start()
-        assert led.governance == keys["gov"].address
+        assert governance_read_now() == keys["gov"].address
     assert not n.running
     with pytest.raises(ValueError):
         DevNode(tmp_path / "c", block_time=0)

@@ -110,8 +110,11 @@ def test_daemon_serves_signed_evidence(tmp_path, pki):
             from governance.client import RequestRejected
             with pytest.raises(RequestRejected, match="to_ns is before from_ns"):
                 client.proof_segments(window[1], window[0])
-        # the service's metrics
+        # the service's metrics (the stream's slot is freed by gRPC's done callback, which may
+        # run just after the client got the last chunk)
         import urllib.request
+        wait_for(lambda: d.interrogation.stats()["active_streams"] == 0, timeout=30,
+                 what="the answered streams' slots released")
         body = urllib.request.urlopen(f"http://127.0.0.1:{d.metrics.port}/metrics",
                                       timeout=5).read().decode()
         metrics = {line.split(" ")[0]: float(line.split(" ")[1]) for line in body.splitlines()

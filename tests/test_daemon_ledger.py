@@ -15,6 +15,7 @@ import urllib.request
 
 import pytest
 
+import beatd.daemon
 from beatd import config as bconfig
 from beatd.control import request
 from beatd.daemon import ANCHOR_METRICS, Daemon, DaemonError
@@ -25,11 +26,22 @@ from ledger_client.local import LocalLedger
 from ledger_client.outbox import Outbox
 from ledger_client.types import Node
 
-from test_daemon import (OWN, PEER, ROOT, config_text, stand_in_factory, udp_frame,
-                         wait_for)
+from test_daemon import (OWN, PEER, ROOT, SLOW_S, config_text, shutdown_bound_s,
+                         stand_in_factory, udp_frame, wait_for)
 
 NODE = 1
 HASH = "sha3-256"
+# waits on anchoring progress: generous (a ledger call can take seconds on a loaded machine);
+# they return as soon as the condition holds
+LEDGER_WAIT_S = 60.0
+# for the tests that check everything anchored after shutdown: the final submission attempt
+# (bounded by beatd.daemon.FINAL_ANCHOR_TIMEOUT_S, 1 s) must have time to finish on a slow machine
+PATIENT_FINAL_ANCHOR_S = 30.0
+
+
+def patient_final_anchor(monkeypatch):
+    """Give the shutdown's final anchor attempt PATIENT_FINAL_ANCHOR_S (read at call time)."""
+    monkeypatch.setattr(beatd.daemon, "FINAL_ANCHOR_TIMEOUT_S", PATIENT_FINAL_ANCHOR_S)
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -151,10 +163,11 @@ def test_missing_local_ledger_is_named(tmp_path):
     assert not led.exists()
 
 
-def test_default_ledger_waits_for_the_governance_then_anchors(tmp_path):
+def test_default_ledger_waits_for_the_governance_then_anchors(tmp_path, monkeypatch):
     """No [ledger] section: the daemon makes its key beside the store (0600), keeps capturing
     while no ledger exists (the batches wait, the error names the path), and anchors everything
     once the governance creates the ledger and registers the node."""
+    patient_final_anchor(monkeypatch)
     cfg_path = tmp_path / "beatd.toml"
     text = config_text(tmp_path / "store", tmp_path / "control.sock", metrics="")
     text = text.replace("[store]", "[governance]\nreceipt_epoch_ms = 100\nanchor_period_s = 0.3\n"
@@ -170,9 +183,9 @@ def test_default_ledger_waits_for_the_governance_then_anchors(tmp_path):
         assert key_path.exists() and (os.stat(key_path).st_mode & 0o777) == 0o600
         dev = DeviceKey.load(key_path)
         _push_rounds(d, sources[0], 3)
-        wait_for(lambda: (d.anchor_status() or {}).get("pending_anchors", 0) >= 1, timeout=5,
-                 what="a batch waiting for the ledger")
-        wait_for(lambda: (d.anchor_status() or {}).get("last_error"), timeout=5,
+        wait_for(lambda: (d.anchor_status() or {}).get("pending_anchors", 0) >= 1,
+                 timeout=LEDGER_WAIT_S, what="a batch waiting for the ledger")
+        wait_for(lambda: (d.anchor_status() or {}).get("last_error"), timeout=LEDGER_WAIT_S,
                  what="the submission error")
         st = d.anchor_status()
         assert str(led_path) in st["last_error"] and "no ledger here yet" in st["last_error"]
@@ -184,7 +197,7 @@ def test_default_ledger_waits_for_the_governance_then_anchors(tmp_path):
         _push_rounds(d, sources[0], 2, start=1000)
         wait_for(lambda: (d.anchor_status() or {}).get("pending_anchors") == 0 and
                  (d.anchor_status() or {}).get("last_anchored_batch_seq") is not None,
-                 timeout=10, what="the waiting batches anchored")
+                 timeout=LEDGER_WAIT_S, what="the waiting batches anchored")
     finally:
         _stop(d, main)
     anchors, kinds = _check_everything_anchored(tmp_path, str(led_path))
@@ -220,12 +233,16 @@ def _run(cfg, cfg_path, sources):
 
 
 def _stop(d, main):
+    """Stop the daemon; its shutdown must end within its bound (FINAL_ANCHOR_TIMEOUT_S as the test
+    set it, plus the other joins and a margin): a hang detector, not a speed measure."""
     d.request_stop()
-    main.join(timeout=2)
+    main.join(timeout=SLOW_S)
+    assert not main.is_alive(), "serve() did not return after request_stop()"
+    bound = shutdown_bound_s()
     t0 = time.monotonic()
     d.shutdown()
     took = time.monotonic() - t0
-    assert took < 2.0, f"shutdown took {took:.2f} s"
+    assert took < bound, f"shutdown took {took:.2f} s (bound {bound:g} s): hung?"
     assert d.failure is None
 
 
@@ -234,7 +251,8 @@ def _push_rounds(d, src, rounds, per_round=30, gap=0.25, start=0):
     for k in range(rounds):
         src.push([udp_frame(PEER, OWN, start + k * per_round + i, 1) for i in range(per_round)])
         n += per_round
-        wait_for(lambda: d.pipeline.totals()["frames"] == n, what=f"{n} frames fed")
+        wait_for(lambda: d.pipeline.totals()["frames"] == n, timeout=SLOW_S,
+                 what=f"{n} frames fed")
         time.sleep(gap)
 
 
@@ -269,7 +287,8 @@ def _check_everything_anchored(tmp_path, led_path):
     return anchors, kinds
 
 
-def test_daemon_anchors_on_local_ledger(tmp_path):
+def test_daemon_anchors_on_local_ledger(tmp_path, monkeypatch):
+    patient_final_anchor(monkeypatch)
     led, _, key = _ledger(tmp_path)
     cfg_path, cfg = _cfg(tmp_path, f'backend = "local"\npath = "{led}"\nkey = "{key}"\n'
                                    "anchor_period_s = 0.3\n")
@@ -278,8 +297,9 @@ def test_daemon_anchors_on_local_ledger(tmp_path):
     try:
         _push_rounds(d, sources[0], 6)
         wait_for(lambda: (request(str(tmp_path / "control.sock"))["anchor"] or {})
-                 .get("last_anchored_batch_seq") is not None, timeout=5, what="an anchor")
-        st = request(str(tmp_path / "control.sock"))
+                 .get("last_anchored_batch_seq") is not None, timeout=LEDGER_WAIT_S,
+                 what="an anchor")
+        st = request(str(tmp_path / "control.sock"), timeout=SLOW_S)
         a = st["anchor"]
         for k in ("leaves_waiting", "pending_anchors", "last_anchored_batch_seq", "retries",
                   "last_error", "halted", "backend", "ledger"):
@@ -296,7 +316,7 @@ def test_daemon_anchors_on_local_ledger(tmp_path):
         assert got["backend"] == "local" and got["last_anchored_batch_seq"] >= 0
 
         text = urllib.request.urlopen(f"http://127.0.0.1:{d.metrics.port}/metrics",
-                                      timeout=2).read().decode()
+                                      timeout=SLOW_S).read().decode()
         for name in ANCHOR_METRICS:
             assert name in text, name
         assert "beat_anchor_retries_total 0.0" in text
@@ -308,7 +328,8 @@ def test_daemon_anchors_on_local_ledger(tmp_path):
     assert 2 in kinds, "segment commitments are anchored"   # (receipts need joined pairs)
 
 
-def test_unregistered_node_is_refused_then_catches_up(tmp_path, caplog):
+def test_unregistered_node_is_refused_then_catches_up(tmp_path, caplog, monkeypatch):
+    patient_final_anchor(monkeypatch)
     led, gov, key = _ledger(tmp_path, register=False)
     cfg_path, cfg = _cfg(tmp_path, f'backend = "local"\npath = "{led}"\nkey = "{key}"\n'
                                    "anchor_period_s = 0.3\n", metrics="")
@@ -318,9 +339,9 @@ def test_unregistered_node_is_refused_then_catches_up(tmp_path, caplog):
     d, main = _run(cfg, cfg_path, sources)
     try:
         _push_rounds(d, sources[0], 4)
-        wait_for(lambda: (request(sock)["anchor"] or {}).get("halted"), timeout=5,
+        wait_for(lambda: (request(sock)["anchor"] or {}).get("halted"), timeout=LEDGER_WAIT_S,
                  what="submission halted")
-        a = request(sock)["anchor"]
+        a = request(sock, timeout=SLOW_S)["anchor"]
         assert "PermissionDenied" in a["last_error"]
         assert a["last_anchored_batch_seq"] is None and a["pending_anchors"] >= 1
     finally:
@@ -346,8 +367,8 @@ def test_unregistered_node_is_refused_then_catches_up(tmp_path, caplog):
     d, main = _run(cfg, cfg_path, sources)
     try:
         wait_for(lambda: (request(sock)["anchor"] or {}).get("pending_anchors") == 0,
-                 timeout=5, what="the pending anchors submitted")
-        assert request(sock)["anchor"]["last_error"] is None
+                 timeout=LEDGER_WAIT_S, what="the pending anchors submitted")
+        assert request(sock, timeout=SLOW_S)["anchor"]["last_error"] is None
         _push_rounds(d, sources[0], 1, start=5000, gap=0.05)
     finally:
         _stop(d, main)

@@ -27,6 +27,9 @@ CONTRACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
                          "ledger_client", "contracts")
 GANACHE = os.path.join(CONTRACTS, "node_modules", "ganache", "dist", "node", "cli.js")
 ETH = 10 ** 18
+# JSON-RPC timeouts: generous for the set-up and the checks (a loaded CI VM can make one ganache
+# call take several seconds); short only where a test needs a client that fails fast.
+CHECK_TIMEOUT_S = 30
 
 
 def free_port():
@@ -45,7 +48,7 @@ class Ganache:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None
 
-    def start(self, timeout=45):
+    def start(self, timeout=90):
         cmd = ["node", GANACHE, "--server.host", "127.0.0.1", "--server.port", str(self.port),
                "--database.dbPath", self.db_path, "--chain.chainId", "1337",
                "--miner.instamine", "eager", "--logging.quiet"]
@@ -121,7 +124,7 @@ def node(tmp_path_factory, keys):
 
 @pytest.fixture(scope="module")
 def ledger(node, keys):
-    led = EthereumLedger.deploy(node.url, keys.gov, "sha3-256", timeout=5)
+    led = EthereumLedger.deploy(node.url, keys.gov, "sha3-256", timeout=CHECK_TIMEOUT_S)
     led.register_node(Node(1, "op-1", b"\x01" * 32, keys.n1.address_bytes), signer=keys.gov)
     led.register_node(Node(2, "op-2", b"\x02" * 32, keys.n2.address_bytes), signer=keys.gov)
     return led
@@ -188,10 +191,11 @@ def test_deploy_register_anchor_read_back(node, ledger, keys):
         led.open_dispute(99, 0, 1, signer=keys.gov)
 
     # a second client on the same contract reads the same ledger
-    other = EthereumLedger(node.url, led.address, "sha3-256")
+    other = EthereumLedger(node.url, led.address, "sha3-256", timeout=CHECK_TIMEOUT_S)
     assert other.anchors() == led.anchors() and other.get_sla(7) == sla
     with pytest.raises(LedgerError, match="sha3-256"):
-        EthereumLedger(node.url, led.address, "blake2b-256").next_batch_seq(1)
+        EthereumLedger(node.url, led.address, "blake2b-256",
+                       timeout=CHECK_TIMEOUT_S).next_batch_seq(1)
 
 
 def test_unauthorised_keys_are_permission_denied(ledger, keys):
@@ -276,20 +280,24 @@ def test_outage_every_anchor_lands_exactly_once(tmp_path, keys, sig):
     _need_ganache()
     g = Ganache(str(tmp_path / "db"), keys.all)
     g.start()
+    quit_ = threading.Event()          # the test is over (or failed): the submitter gives up
     try:
-        led = EthereumLedger.deploy(g.url, keys.gov, "sha3-256", timeout=2)
+        led = EthereumLedger.deploy(g.url, keys.gov, "sha3-256", timeout=CHECK_TIMEOUT_S)
         led.register_node(Node(1, "op-1", b"\x01" * 32, keys.n1.address_bytes),
                           signer=keys.gov)
+        # the submitter's own client on the same contract: short timeouts, quick retries
+        # (`led`, generous, is for the set-up and the checks)
+        sub = EthereumLedger(g.url, led.address, "sha3-256", timeout=2)
         total = 16
         outcomes, unavailable, done = {}, [], threading.Event()
 
         def submitter():
             """The batcher's loop, in short: pending anchors in order, retried on Unavailable."""
             seq = 0
-            deadline = time.monotonic() + 60
-            while seq < total and time.monotonic() < deadline:
+            deadline = time.monotonic() + 600          # a hang; quit_ ends it sooner
+            while seq < total and time.monotonic() < deadline and not quit_.is_set():
                 try:
-                    outcomes[seq] = led.anchor(anchor_of(1, seq), signer=keys.n1)
+                    outcomes[seq] = sub.anchor(anchor_of(1, seq), signer=keys.n1)
                     seq += 1
                     time.sleep(0.02)
                 except Unavailable as exc:
@@ -299,17 +307,29 @@ def test_outage_every_anchor_lands_exactly_once(tmp_path, keys, sig):
 
         th = threading.Thread(target=submitter, daemon=True)
         th.start()
+        deadline = time.monotonic() + 120
         while len(outcomes) < 5 and not done.is_set():
+            assert time.monotonic() < deadline, f"5 anchors did not land: {outcomes}"
             time.sleep(0.01)
         g.stop(sig)                                # the outage, mid-run
+        # The node is gone now, but the submitter may still be finishing a call the node answered
+        # before it went: wait until it has failed against the dead node (an Unavailable recorded
+        # after the stop; the submitter is then in its retry loop) before counting what landed.
+        n = len(unavailable)
+        deadline = time.monotonic() + 30
+        while len(unavailable) <= n and not done.is_set():
+            assert time.monotonic() < deadline, "no Unavailable while the node was down"
+            time.sleep(0.01)
         landed_before = len(outcomes)
         time.sleep(1.0)
         assert unavailable, "no Unavailable during the outage"
+        assert len(unavailable) > n, "no Unavailable during the outage"
         assert landed_before < total and len(outcomes) == landed_before
         assert all(g.url.split("//")[1] in msg for _, msg in unavailable)
         g.start()                                  # back, on the same chain state
-        assert done.wait(60), f"the submitter did not finish: {outcomes}"
-        th.join(5)
+        assert done.wait(180), f"the submitter did not finish: {outcomes}"
+        th.join(30)
+        assert not th.is_alive()
 
         assert sorted(outcomes) == list(range(total))
         assert set(outcomes.values()) <= {"anchored", "exists"}
@@ -323,4 +343,5 @@ def test_outage_every_anchor_lands_exactly_once(tmp_path, keys, sig):
         assert {led.anchor(anchor_of(1, s), signer=keys.n1) for s in range(total)} == {"exists"}
         assert len(led.anchors(1)) == total
     finally:
+        quit_.set()
         g.stop()

@@ -155,7 +155,7 @@ def test_beatctl_deploy_register_anchors(chain):
         os.chmod(gov, 0o600)
 
 
-def test_daemon_anchors_on_ethereum(chain, tmp_path, caplog):
+def test_daemon_anchors_on_ethereum(chain, tmp_path, caplog, monkeypatch):
     """``[ledger] backend = "ethereum"``: the device's account (device.eth) signs its anchors on
     the chain; its Ed25519 key is ``device_key``; every leaf of the store ends up anchored and
     its stored proof verifies against the root on the chain."""
@@ -166,8 +166,13 @@ def test_daemon_anchors_on_ethereum(chain, tmp_path, caplog):
     from ledger_client.outbox import Outbox
     from ledger_client.types import Node
     from beatd.store import Store
-    from test_daemon_ledger import HASH, NODE, _cfg, _push_rounds, _run, _stop
-    from test_daemon import wait_for
+    from test_daemon_ledger import (HASH, LEDGER_WAIT_S, NODE, _cfg, _push_rounds, _run, _stop,
+                                    patient_final_anchor)
+    from test_daemon import SLOW_S, wait_for
+
+    # every leaf is checked anchored after the shutdown: its final submission (one JSON-RPC
+    # transaction, which can take seconds on a loaded machine) gets time to finish
+    patient_final_anchor(monkeypatch)
 
     gov = chain["gov_acct"]
     led = EthereumLedger.deploy(chain["url"], gov, HASH)
@@ -186,9 +191,9 @@ def test_daemon_anchors_on_ethereum(chain, tmp_path, caplog):
     d, main = _run(cfg, cfg_path, sources)
     try:
         _push_rounds(d, sources[0], 2)
-        wait_for(lambda: (request(sock)["anchor"] or {}).get("halted"), timeout=10,
+        wait_for(lambda: (request(sock)["anchor"] or {}).get("halted"), timeout=LEDGER_WAIT_S,
                  what="submission halted")
-        assert "PermissionDenied" in request(sock)["anchor"]["last_error"]
+        assert "PermissionDenied" in request(sock, timeout=SLOW_S)["anchor"]["last_error"]
     finally:
         _stop(d, main)
     logged = "\n".join(r.getMessage() + " " + json.dumps(getattr(r, "fields", {}), default=str)
@@ -200,11 +205,11 @@ def test_daemon_anchors_on_ethereum(chain, tmp_path, caplog):
     d, main = _run(cfg, cfg_path, sources)
     try:
         wait_for(lambda: (request(sock)["anchor"] or {}).get("pending_anchors") == 0,
-                 timeout=10, what="the pending anchors submitted")
+                 timeout=LEDGER_WAIT_S, what="the pending anchors submitted")
         _push_rounds(d, sources[0], 3, start=1000)
         wait_for(lambda: (request(sock)["anchor"] or {}).get("last_anchored_batch_seq")
-                 is not None, timeout=10, what="an anchor")
-        a = request(sock)["anchor"]
+                 is not None, timeout=LEDGER_WAIT_S, what="an anchor")
+        a = request(sock, timeout=SLOW_S)["anchor"]
         assert a["backend"] == "ethereum" and a["ledger"] == chain["url"]
         assert a["last_error"] is None
     finally:

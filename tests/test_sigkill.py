@@ -139,12 +139,12 @@ def test_sigkill_never_breaks_the_store(tmp_path):
     _, held = check_store(store, checked)
     records = [held]
     kills = runs = 0
-    while kills < 15 and runs < 40:
+    while kills < 15 and runs < 80:
         runs += 1
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
         try:
-            proc.wait(timeout=rng.uniform(0.05, 0.8) * whole)
+            proc.wait(timeout=rng.uniform(0.05, 0.6) * whole)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -161,4 +161,4 @@ def test_sigkill_never_breaks_the_store(tmp_path):
     stats, held = check_store(store, checked)
     assert held > records[-1]
     assert stats["joined"] > 0 and stats["receipts"] > 0 and stats["segments"] > 0
-    assert time.monotonic() - started < 90
+    assert time.monotonic() - started < 600    # a hang detector, not a speed test
