@@ -24,6 +24,13 @@ with DevNode(db_path, accounts=[(gov.private_key_hex(), 10**21)]) as node:
   probe then runs inside the namespace too.
 - ``log_path``: ganache's output (appended across restarts); default ``<db_path>.log``.
 
+Known ganache fault: with several accounts sending at once, ganache 7 now and then never answers an
+``eth_estimateGas`` (seen 2-3 times in 90 s with four processes anchoring every second, in eager
+and in 0.25 s block-time mode; no other method hung). ``EthereumLedger``'s per-call timeout turns it
+into ``Unavailable`` and the batcher retries after its backoff, so such an anchor lands about
+``timeout`` (10 s) late; the lab waits on its routers' anchor state (``Lab.wait_anchored``), not on
+a fixed delay.
+
 Errors are ``DevNodeError`` with what to do: ganache or node missing, the port in use, ganache
 exiting at start or not answering ``eth_chainId`` in time (with the last lines of its log).
 """
