@@ -5,8 +5,8 @@ Issue 5's target: "Interrogating one minute of 10 kpps tenant traffic over four 
 real beatd daemons capturing with AF_PACKET, a local ledger, anchors every lab second) carries the
 tenant's flow exactly as the lab's SLA names it (src = h1's address, dst = h2's: one flow tag),
 sent by tools/beat_send from h1's namespace at ``--rate`` packets/s for ``--duration`` s. Once
-every router has anchored all of it (no leaf waiting, no anchor pending, and every router's
-NodeInfo ``anchored_until_t_ns`` past the window), ``beatctl interrogate`` for that window is timed
+every router has anchored all of it (``Lab.wait_anchored``: its segments of the window closed,
+then no leaf waiting and no anchor pending), ``beatctl interrogate`` for that window is timed
 as the governance runs it in the lab's management namespace: the wall clock of the whole command
 (interpreter start, TLS, gRPC, signature checks, commitment and anchor checks, the judgement, the
 report, the dispute recorded on the ledger).
@@ -132,32 +132,15 @@ def node_infos(lab):
     return {int(k): v for k, v in json.loads(p.stdout).items()}
 
 
-def wait_anchored(lab, t_begin_ns, timeout=120.0):
-    """Until every router has anchored all it recorded: two anchor periods after the traffic (its
-    last segment closed: segments close at least once per period), no leaf waiting, no anchor
-    pending (control socket), then NodeInfo's anchored_until_t_ns >= newest_proof_t_ns (every
-    closed segment anchored) and newest_proof_t_ns past ``t_begin_ns`` (the traffic is there).
-    Returns (seconds waited after the traffic, the NodeInfo of every router)."""
-    from beatd.lab.lab import LAB_ANCHOR_PERIOD_S
-
+def wait_anchored(lab, t_end_ns, timeout=120.0):
+    """Until every router has anchored what it recorded up to ``t_end_ns`` (``Lab.wait_anchored``:
+    its segments closed, then no leaf waiting and no anchor pending). Returns (seconds waited after
+    the traffic, the NodeInfo of every router)."""
     t0 = time.monotonic()
-    time.sleep(2 * LAB_ANCHOR_PERIOD_S)
-    deadline = t0 + timeout
-    last = None
-    while time.monotonic() < deadline:
-        st = {r.name: (lab.status(r.name, timeout=5.0).get("anchor") or {})
-              for r in lab.topo.routers}
-        if all(a.get("leaves_waiting") == 0 and a.get("pending_anchors") == 0
-               for a in st.values()):
-            infos = node_infos(lab)
-            if all(i["anchored_until_t_ns"] >= i["newest_proof_t_ns"] > t_begin_ns
-                   for i in infos.values()):
-                return time.monotonic() - t0, infos
-            last = infos
-        else:
-            last = st
-        time.sleep(0.5)
-    raise RuntimeError(f"not everything anchored {timeout:.0f} s after the traffic: {last}")
+    late = {r: why for r, why in lab.wait_anchored(t_end_ns, timeout=timeout).items() if why}
+    if late:
+        raise RuntimeError(f"not everything anchored {timeout:.0f} s after the traffic: {late}")
+    return time.monotonic() - t0, node_infos(lab)
 
 
 # -- one run --------------------------------------------------------------------------------------
@@ -194,7 +177,7 @@ def one_run(lab, tool, k, args, workdir):
     sent = json.loads(s.stdout)
     print(f"  run {k + 1}: sent {sent['sent']} packets in {sent['seconds']:.2f} s "
           f"({sent['pps']:.0f} pps)", file=sys.stderr)
-    waited, infos = wait_anchored(lab, t0)
+    waited, infos = wait_anchored(lab, t1)
     after = capture_counts(lab)
     capture = {r: {key: (after[r][key] - before[r][key]
                          if after[r][key] is not None and before[r][key] is not None else None)
