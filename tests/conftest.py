@@ -1,6 +1,10 @@
-"""Shared test fixtures: the two fast-path twins, and the rule that CI never skips silently."""
+"""Shared test fixtures and helpers: the two fast-path twins, the rule that CI never skips silently
+(require_root, require_real_pcaps, require_ganache), waiting for a condition, a free port."""
 import importlib
 import os
+import shutil
+import socket
+import time
 
 import pytest
 
@@ -52,6 +56,53 @@ def pure():
 @pytest.fixture
 def native():
     return _load("c")
+
+
+def require_ganache():
+    """Tests on a ganache development chain (node + the project's npm packages): skip on a
+    developer box without them, fail under CI=true."""
+    from ledger_client.devnode import GANACHE_CLI
+
+    missing = None
+    if shutil.which("node") is None:
+        missing = "node (Node.js) is not on PATH"
+    elif not os.path.exists(GANACHE_CLI):
+        missing = f"{GANACHE_CLI} missing: run `npm ci` in ledger_client/contracts"
+    if missing:
+        if IN_CI:
+            pytest.fail(missing)
+        pytest.skip(missing)
+
+
+def wait_for(pred, timeout=5.0, what="condition"):
+    """Until ``pred()`` is true, at most ``timeout`` seconds. An exception raised by ``pred`` (a
+    status request that timed out, a reply of None) counts as "not yet"; at the deadline the
+    AssertionError names the last one. ``pred`` is asked once more at or after the deadline.
+    ``what`` may be a callable: it is called for the message (the state at the deadline)."""
+    end = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            if pred():
+                return
+            last_exc = None
+        except Exception as exc:  # noqa: BLE001 (not yet; shown if it lasts to the deadline)
+            last_exc = exc
+        if time.monotonic() >= end:
+            break
+        time.sleep(0.02)
+    what = what() if callable(what) else what
+    if last_exc is not None:
+        raise AssertionError(f"timed out waiting for {what} after {timeout:g} s; the last check "
+                             f"raised {type(last_exc).__name__}: {last_exc}") from last_exc
+    raise AssertionError(f"timed out waiting for {what} after {timeout:g} s")
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def require_root():

@@ -12,9 +12,7 @@ contract, deployed with EthereumLedger.deploy, the node registered with its acco
 - The permission rules through the batcher: a batcher whose account the contract does not
   authorise halts with PermissionDenied and loses nothing (the right key then anchors it all).
 """
-import os
 import random
-import shutil
 import struct
 import threading
 import time
@@ -23,10 +21,10 @@ import pytest
 
 import fastpath
 from beatd.store import Store
-from conftest import IN_CI
+from conftest import require_ganache, wait_for
 from ledger_client import merkle
 from ledger_client.batcher import Batcher
-from ledger_client.devnode import GANACHE_CLI, DevNode, DevNodeError
+from ledger_client.devnode import DevNode, DevNodeError
 from ledger_client.ethereum import Account, EthereumLedger
 from ledger_client.types import Node
 
@@ -39,18 +37,6 @@ EPOCH_NS = 100_000_000         # receipt epoch: receipts every round
 # call take several seconds), short only for the batcher that rides out the outage.
 CHECK_TIMEOUT_S = 30
 BATCHER_TIMEOUT_S = 2
-
-
-def _need_ganache():
-    missing = None
-    if shutil.which("node") is None:
-        missing = "node is not installed"
-    elif not os.path.exists(GANACHE_CLI):
-        missing = f"{GANACHE_CLI} missing: run `npm ci` in ledger_client/contracts"
-    if missing:
-        if IN_CI:
-            pytest.fail(missing)
-        pytest.skip(missing)
 
 
 class Edge:
@@ -105,16 +91,6 @@ class BatcherThread:
         self.stop_event.set()
         self.th.join(120)                # a tick may be in the middle of a (slow) submission
         assert not self.th.is_alive(), "the batcher thread did not stop"
-
-
-def wait_until(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    what = what() if callable(what) else what
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def traffic(edge, min_s, until=None, max_s=60, what="the traffic"):
@@ -178,7 +154,7 @@ def keys():
 
 @pytest.fixture
 def chain(tmp_path, keys):
-    _need_ganache()
+    require_ganache()
     node = DevNode(tmp_path / "chain", accounts=[(k, 1000 * ETH) for k in keys.values()],
                    log_path=tmp_path / "ganache.log")
     node.start()
@@ -244,7 +220,7 @@ def test_chain_killed_mid_run_every_leaf_anchored_exactly_once(tmp_path, keys, c
                 s = b.stats()
                 return (s["leaves_waiting"] == 0 and s["pending_anchors"] == 0
                         and s["batches_built"] > 0)
-            wait_until(drained, 120, lambda: f"every leaf anchored ({b.stats()})")
+            wait_for(drained, 120, lambda: f"every leaf anchored ({b.stats()})")
         assert b.halted is None, b.halted
         assert store.verify() == []
         events = check_all_anchored_on_chain(store, led, b, NODE)
@@ -303,7 +279,7 @@ def test_unauthorised_batcher_halts_and_loses_nothing(tmp_path, keys, chain, cas
 
 
 def test_devnode_errors_and_restart(tmp_path, keys):
-    _need_ganache()
+    require_ganache()
     n = DevNode(tmp_path / "a", accounts=[(keys["gov"].private_key_hex(), ETH)])
     assert n.url is None and not n.running and n.pid is None
     with n:

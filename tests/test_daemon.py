@@ -24,7 +24,7 @@ from beatd import daemon as bdaemon
 from beatd.control import request
 from beatd.daemon import Daemon
 from beatd.store import Store
-from conftest import require_root
+from conftest import require_root, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NONE = fastpath.NONE
@@ -112,28 +112,6 @@ class StandIn:
 
     def close(self):
         self.closed = True
-
-
-def wait_for(pred, timeout=5.0, what="condition"):
-    """Until ``pred()`` is true, at most ``timeout`` seconds. An exception raised by ``pred`` (a
-    status request that timed out, a reply of None) counts as "not yet"; at the deadline the
-    AssertionError names the last one. ``pred`` is asked once more at or after the deadline."""
-    end = time.monotonic() + timeout
-    last_exc = None
-    while True:
-        try:
-            if pred():
-                return
-            last_exc = None
-        except Exception as exc:  # noqa: BLE001 (not yet; shown if it lasts to the deadline)
-            last_exc = exc
-        if time.monotonic() >= end:
-            break
-        time.sleep(0.02)
-    if last_exc is not None:
-        raise AssertionError(f"timed out waiting for {what} after {timeout:g} s; the last check "
-                             f"raised {type(last_exc).__name__}: {last_exc}") from last_exc
-    raise AssertionError(f"timed out waiting for {what} after {timeout:g} s")
 
 
 # Generous bounds (hang detectors, not speed measures) for a loaded CI machine: a wait returns as

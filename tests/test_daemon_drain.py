@@ -8,7 +8,8 @@ import time
 
 from beatd import config as bconfig
 from beatd.daemon import Daemon
-from test_daemon import OWN, PEER, StandIn, config_text, counters_of, udp_frame, wait_for
+from conftest import wait_for
+from test_daemon import OWN, PEER, StandIn, config_text, counters_of, udp_frame
 
 
 class HeldUntilStop(StandIn):

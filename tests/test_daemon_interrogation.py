@@ -15,7 +15,8 @@ from fastpath.hashes import digest_function
 from governance.client import InterrogationClient
 from ledger_client.keys import DeviceKey
 
-from test_daemon import OWN, PEER, config_text, stand_in_factory, udp_frame, wait_for
+from conftest import wait_for
+from test_daemon import OWN, PEER, config_text, stand_in_factory, udp_frame
 
 HASH = "sha3-256"
 

@@ -26,8 +26,9 @@ from ledger_client.local import LocalLedger
 from ledger_client.outbox import Outbox
 from ledger_client.types import Node
 
+from conftest import wait_for
 from test_daemon import (OWN, PEER, ROOT, SLOW_S, config_text, shutdown_bound_s,
-                         stand_in_factory, udp_frame, wait_for)
+                         stand_in_factory, udp_frame)
 
 NODE = 1
 HASH = "sha3-256"

@@ -7,7 +7,6 @@ run of anchors (the node stopped, then restarted on the same chain database): ev
 exactly once.
 """
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,25 +16,17 @@ import time
 import pytest
 import requests
 
-from conftest import IN_CI
+from conftest import free_port, require_ganache
 from ledger_client.errors import (ConflictError, LedgerError, NotFound, OrderError,
                                   PermissionDenied, Unavailable)
+from ledger_client.devnode import GANACHE_CLI as GANACHE
 from ledger_client.ethereum import Account, EthereumLedger
 from ledger_client.types import SLA, Anchor, Node
 
-CONTRACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                         "ledger_client", "contracts")
-GANACHE = os.path.join(CONTRACTS, "node_modules", "ganache", "dist", "node", "cli.js")
 ETH = 10 ** 18
 # JSON-RPC timeouts: generous for the set-up and the checks (a loaded CI VM can make one ganache
 # call take several seconds); short only where a test needs a client that fails fast.
 CHECK_TIMEOUT_S = 30
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Ganache:
@@ -89,18 +80,6 @@ class Ganache:
             self.log.close()
 
 
-def _need_ganache():
-    missing = None
-    if shutil.which("node") is None:
-        missing = "node is not installed"
-    elif not os.path.exists(GANACHE):
-        missing = f"{GANACHE} missing: run `npm ci` in {CONTRACTS}"
-    if missing:
-        if IN_CI:
-            pytest.fail(missing)
-        pytest.skip(missing)
-
-
 class Keys:
     def __init__(self):
         self.gov, self.n1, self.n2, self.tenant, self.stranger = (Account.generate()
@@ -115,7 +94,7 @@ def keys():
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, keys):
-    _need_ganache()
+    require_ganache()
     g = Ganache(str(tmp_path_factory.mktemp("ganache") / "db"), keys.all)
     g.start()
     yield g
@@ -277,7 +256,7 @@ def test_outage_every_anchor_lands_exactly_once(tmp_path, keys, sig):
     """Stop (or kill) the node in the middle of a run of anchors; the submitter keeps trying
     (Unavailable), the node comes back on the same chain database (ganache --database.dbPath),
     and every anchor lands exactly once."""
-    _need_ganache()
+    require_ganache()
     g = Ganache(str(tmp_path / "db"), keys.all)
     g.start()
     quit_ = threading.Event()          # the test is over (or failed): the submitter gives up

@@ -168,7 +168,8 @@ def test_daemon_anchors_on_ethereum(chain, tmp_path, caplog, monkeypatch):
     from beatd.store import Store
     from test_daemon_ledger import (HASH, LEDGER_WAIT_S, NODE, _cfg, _push_rounds, _run, _stop,
                                     patient_final_anchor)
-    from test_daemon import SLOW_S, wait_for
+    from conftest import wait_for
+    from test_daemon import SLOW_S
 
     # every leaf is checked anchored after the shutdown: its final submission (one JSON-RPC
     # transaction, which can take seconds on a loaded machine) gets time to finish

@@ -10,34 +10,12 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from beatd import gns3
-from conftest import IN_CI
+from conftest import free_port, require_ganache
 from test_gns3_entrypoint import Box
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRYPOINT = os.path.join(REPO, "gns3", "governance", "entrypoint.py")
-
-
-def _need_chain():
-    from ledger_client import devnode
-    import shutil
-    why = None
-    if not os.path.exists(devnode.GANACHE_CLI):
-        why = f"ganache is not installed ({devnode.GANACHE_CLI}: npm ci in ledger_client/contracts)"
-    elif shutil.which("node") is None:
-        why = "node (Node.js) is not on PATH"
-    if why:
-        if IN_CI:
-            pytest.fail(why)
-        pytest.skip(why)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(box, env):
@@ -69,14 +47,14 @@ def _stop(p):
 
 
 def test_governance_sets_up_the_ledger(tmp_path):
-    _need_chain()
+    require_ganache()
     from ledger_client.ethereum import EthereumLedger
 
     plan = gns3.plan()
     box = Box(tmp_path)
     for i in range(4):
         box.add_iface(f"eth{i}", f"02:be:00:06:00:{i:02x}")
-    port = _free_port()
+    port = free_port()
     etc, state = str(tmp_path / "etc-beat"), str(tmp_path / "var-lib-beat")
     env = box.env(plan.node("gov").env, BEAT_CHAIN_ADDRESS="127.0.0.1",
                   BEAT_CHAIN_PORT=str(port), BEAT_GOV_ETC=etc, BEAT_GOV_STATE=state)

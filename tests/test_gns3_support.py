@@ -19,7 +19,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ import urllib.request
 
 import pytest
 
-from conftest import IN_CI
+from conftest import IN_CI, free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GNS3_VENV = os.environ.get("BEAT_GNS3_VENV") or os.path.join(REPO, ".venv-gns3")
@@ -149,12 +148,6 @@ S(sock, H).serve_forever()
 '''
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stop(proc, timeout=15):
     if proc is None or proc.poll() is not None:
         return
@@ -176,7 +169,7 @@ class GNS3Server:
 
     def __init__(self, root, appliances=()):
         self.root = str(root)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.password = secrets.token_hex(8)
         self.run_dir = os.path.join(self.root, "run")

@@ -35,7 +35,7 @@ from beatd.interrogation import InterrogationServer, Limits
 from beatd.replay import replay
 from beatd.store import Store
 from benchmarks.pipeline import NEXT, OWN, build_frames
-from conftest import require_real_pcaps
+from conftest import require_real_pcaps, wait_for
 from governance.client import (BadSignature, InterrogationClient, NoEvidence, NodeUnreachable,
                                RequestRejected)
 from ledger_client import merkle
@@ -510,15 +510,6 @@ def _stalled_call(served, lo=BIG_T0, hi=BIG_T0 + 3600 * 10**9):
     return ch, call
 
 
-def _wait(cond, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
-
-
 def test_max_streams(big, pki):
     store, _ = big
     s = Served(store, DeviceKey.generate(), pki, BIG_NODE,
@@ -537,7 +528,7 @@ def test_max_streams(big, pki):
             assert c.counter_report()                       # unary: not an evidence stream
             call.cancel()
             ch.close()
-            _wait(lambda: s.server.servicer.active_streams() == 0, 10, "the slot is released")
+            wait_for(lambda: s.server.servicer.active_streams() == 0, 10, "the slot is released")
             assert len(c.proof_segments(BIG_T0, BIG_T0 + 10**6)) >= 1
     finally:
         s.stop()
@@ -549,7 +540,7 @@ def test_an_answer_past_max_stream_s_is_cancelled(big, pki):
                Limits(max_records=10**7, max_stream_s=1.0))
     try:
         ch, call = _stalled_call(s)
-        _wait(lambda: s.server.servicer.active_streams() == 0, 15, "the watchdog cancels it")
+        wait_for(lambda: s.server.servicer.active_streams() == 0, 15, "the watchdog cancels it")
         with pytest.raises(grpc.RpcError) as e:
             for _ in call:
                 pass

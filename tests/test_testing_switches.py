@@ -13,8 +13,8 @@ from beatd.daemon import Daemon
 from beatd.store import Store
 
 from test_capfile import write_pcap
-from test_daemon import (OWN, PEER, ROOT, config_text, stand_in_factory, udp_frame,
-                         wait_for)
+from conftest import wait_for
+from test_daemon import OWN, PEER, ROOT, config_text, stand_in_factory, udp_frame
 
 OTHER = bytes.fromhex("02aa00000009")      # a second neighbour: where the fabricated copy "went"
 
