@@ -18,14 +18,16 @@ from xml.sax.saxutils import escape
 from fastpath.hashes import constructor
 from fastpath.output import NONE
 
-from .verdicts import CONSISTENT, DEVIATED, DROPPED, FABRICATED, MISSING, TAMPERED
+from .verdicts import (AMBIGUOUS, CONSISTENT, DEVIATED, DROPPED, FABRICATED, MISSING,
+                       NOT_INTERROGATED, RING_SHORT, TAMPERED, UNREACHABLE)
 
 __all__ = ["FORMAT", "COLOURS", "to_dict", "canonical_json", "evidence_digest", "to_json",
            "text_table", "svg"]
 
 FORMAT = "beat-judgement-v1"
 COLOURS = {CONSISTENT: "#4caf50", DEVIATED: "#ff9800", FABRICATED: "#9c27b0",
-           MISSING: "#9e9e9e", TAMPERED: "#e53935", DROPPED: "#fdd835"}
+           MISSING: "#9e9e9e", TAMPERED: "#e53935", DROPPED: "#fdd835", AMBIGUOUS: "#90caf9",
+           RING_SHORT: "#bcaaa4", UNREACHABLE: "#eeeeee", NOT_INTERROGATED: "#ffffff"}
 _UNKNOWN = "#ffffff"          # named by claims, not interrogated
 
 
@@ -46,7 +48,8 @@ def _device(d):
     return {
         "node_id": d.node_id, "verdict": d.verdict, "applies": list(d.applies),
         "reasons": list(d.reasons), "on_route": d.on_route, "answered": d.answered,
-        "error": d.error, "counts": dict(d.counts),
+        "error": d.error, "counts": dict(d.counts), "owner": d.owner, "status": d.status,
+        "basis": d.basis, "at_fault": d.at_fault,
         "examples": {kind: [{"pd": pd.hex(), "records": [_record(r) for r in recs]}
                             for pd, recs in exs]
                      for kind, exs in d.examples.items() if exs},
@@ -80,7 +83,16 @@ def to_dict(j):
                    "packets": p.packets} for p in j.paths],
         "not_interrogated": [{"node_id": n, "claims": c} for n, c in j.not_interrogated.items()],
         "notes": list(j.notes),
+        "rule": {"f": j.f, "explained": j.explained,
+                 "explanations": [_explanation(e) for e in j.explanations],
+                 "owners_needed": j.owners_needed,
+                 "candidates": [_explanation(e) for e in j.candidates],
+                 "owners": {str(n): o for n, o in sorted(j.owners.items())}},
     }
+
+
+def _explanation(e):
+    return {"liars": sorted(e.liars), "owners": sorted(e.owners), "faulty": sorted(e.faulty)}
 
 
 def canonical_json(data):
@@ -143,10 +155,11 @@ def text_table(j, names=None, digest=None):
            f"loss budget {s.loss_budget_ppm} ppm",
            f"window [{j.from_ns}, {j.to_ns}] ns, flow tag {j.ft.hex()}, {j.packets} packet(s) "
            f"judged", ""]
-    out += _table(("device", "route", "verdict", "in", "out", "dropped", "key evidence"),
-                  [(_name(names, d.node_id), "yes" if d.on_route else "no", d.verdict,
-                    d.counts.get("received", 0), d.counts.get("forwarded", 0),
+    out += _table(("device", "owner", "route", "verdict", "in", "out", "dropped", "key evidence"),
+                  [(_name(names, d.node_id), d.owner or "-", "yes" if d.on_route else "no",
+                    d.verdict, d.counts.get("received", 0), d.counts.get("forwarded", 0),
                     d.counts.get("dropped", 0), _key_evidence(d)) for d in j.devices.values()])
+    out += ["", _rule_text(j, names)]
     if j.hops:
         out.append("")
         out += _table(("hop", "sent", "received", "confirmed", "lost", "unverified",
@@ -163,6 +176,26 @@ def text_table(j, names=None, digest=None):
     digest = evidence_digest(j) if digest is None else digest
     out += ["", f"evidence digest ({j.hash_name}): {digest.hex()}"]
     return "\n".join(out) + "\n"
+
+
+def _set_text(faulty, names):
+    return " and ".join(_name(names, n) for n in sorted(faulty)) or "nobody"
+
+
+def _rule_text(j, names):
+    """One paragraph: f, and the minimal explanations (or that none has at most f owners)."""
+    head = f"rule: at most {j.f} lying owner(s); named only if at fault in every explanation"
+    if not j.explained:
+        if j.owners_needed:
+            alts = "; or ".join(_set_text(e.faulty, names) for e in j.candidates)
+            return (f"{head}.\nno explanation with at most {j.f} lying owner(s): at least "
+                    f"{j.owners_needed} owners lie ({alts}); only the devices' own evidence "
+                    f"names anyone")
+        return f"{head}.\nno explanation at all: only the devices' own evidence names anyone"
+    alts = [e for e in j.explanations if e.faulty]
+    if not alts:
+        return f"{head}: the evidence needs no liar"
+    return f"{head}: " + "; or ".join(_set_text(e.faulty, names) for e in alts)
 
 
 def _end(names, node):

@@ -1,64 +1,61 @@
-"""The Interrogation Protocol's judgement (ARCHITECTURE.md "The Interrogation Protocol"): from the
-verified evidence of every interrogated device, the path every packet of the SLA's flow really
-took, hop by hop, and one verdict per device.
+"""The Interrogation Protocol's judgement (ARCHITECTURE.md "The Interrogation Protocol";
+docs/threat-model.md): from the checked evidence of every interrogated device, the path every
+packet of the SLA's flow really took, hop by hop, and one verdict per device.
 
-Input: the SLA (agreed route, src/dst, loss budget), the window ``[from_ns, to_ns]`` and one
-``NodeEvidence`` per interrogated device (governance/verify.py checked its segments and receipts).
-Devices are queried with a margin around the window; a packet is judged when its first observation
-(its earliest record, on any device) is in the window, so that a packet is judged whole or not at
-all.
+Input: the SLA (agreed route, src/dst, loss budget), the window ``[from_ns, to_ns]``, one
+``NodeEvidence`` per interrogated device (governance/verify.py checked its segments, receipts and
+signed coverage), the registered topology (adjacency: never taken from the devices' claims), the
+owner of every device and ``f``, how many owners may lie together.
 
-Following a packet digest ``PD`` (all records of the flow tag ``FT`` of ``sla.src/dst``):
+**The rule** (governance/explain.py): a device is named at fault only if it is faulty in every
+explanation of the evidence with at most ``f`` lying owners, or if its own signed evidence
+convicts it. Its own evidence convicts it of:
 
-1. A claim ``X: next_id = Y`` is *confirmed* when Y holds the PD with ``prev_id = X`` within
-   ``[-skew, max_hop_delay + skew]`` of X's time; matched greedily in time order, so a PD that
-   repeats pairs up in order. Two devices agreeing is taken as what happened.
-2. Honest loose ends are tied: an ingress-only record (``next_id NONE``) and an egress-only record
-   (``prev_id NONE``) of one passage through a device (its join window missed), and a
-   ``next_id NONE`` at X that the next device Y contradicts by receiving the packet from X *and*
-   forwarding it to a third device that confirms it (X's egress capture missed it). Y's word
-   alone does not clear X's drop: it would let any device hide its upstream's drops for free.
-3. A claim left unconfirmed is *contradicted* when the named neighbour has the PD at that time but
-   names another neighbour (not NONE), *absent* when it has no record of it, *unverifiable* when
-   the neighbour gave no evidence.
-4. A contradicted claim is a *fabrication* when the contradicting record's own claim is confirmed
-   by a third device (the paper's figure 7). If not, it is one word against another: *disputed*,
-   reported, nobody accused.
-5. A packet that its upstream says it handed to Y and its downstream says it got from Y, while Y
-   (which answered) has no record of it: Y is *missing* it. One witness alone (only the upstream's
-   claim) accuses nobody: a device that drops a packet and claims to have forwarded it would
-   otherwise frame an honest successor. It is counted as ``unconfirmed`` at the claimant and
-   ``absent`` at the named device, and shows as loss on that hop.
-6. Receipts: a first/last device's verified receipts of the flow, for the epochs wholly inside the
-   window, count its records with ``prev_id 0`` (role 1) / ``next_id 0`` (role 2). An honest
-   device's receipts never count more than its records (a late record is left out of receipts,
-   never the reverse): more means it withheld records, with no neighbour needed as witness.
+- ``TAMPERED``: a segment or receipt that does not match its anchored commitment;
+- ``MISSING``: it answered, but refused, stopped mid-answer or signed wrongly; its signed answer
+  contradicts itself (an index with a gap, a segment header its records deny: withheld); its
+  verified receipts count more packets than its records where it declares no capture gap;
+- ``FABRICATED``: a record no truthful device writes (naming itself, a device that is not its
+  registered neighbour, or neither a previous nor a next hop);
+- ``DEVIATED``: a route device's own record of the flow leaving it for another next hop than its
+  agreed successor (``route[i+1]``; outside, ``0``, after the last);
+- ``DROPPED``: a route device's own records with ``next_id NONE`` (an ingress-only record that no
+  egress-only record of the same passage completes), outside its declared capture gaps, beyond
+  ``sla.loss_budget_ppm`` of the packets its records show it received (plus, as received, every
+  packet it may have missed in a gap).
 
-Verdicts, exactly one per device, the first that applies in this order (``PRIORITY``):
+Named by the explanations: a device that lies in every explanation (``FABRICATED`` when records of
+its own are what no truthful world allows, ``MISSING`` when it is a record it does not have) or a
+route device that every explanation shows deviating (a truthful neighbour received the flow from
+it: ``DEVIATED``). A device in some explanations and not in all is ``AMBIGUOUS``, never at fault;
+the report lists the minimal explanations. When no explanation has at most ``f`` owners, only the
+devices' own evidence names anyone, and the report gives the smallest owner sets that would
+explain it.
 
-- ``TAMPERED``: a segment or receipt that does not match its anchored commitment.
-- ``FABRICATED``: at least one fabrication (4.) in a judged packet.
-- ``MISSING``: no answer (unreachable, error, bad signature), no evidence for a device of the
-  agreed route, a missing packet (5.), or receipts counting more packets than its records (6.).
-- ``DEVIATED``: a device of the agreed route sent the flow to another next hop than its agreed
-  successor (``route[i+1]``; ``0``, outside, for the last device). The path's next hop is
-  confirmed by that neighbour; a device's own record that it sent the packet elsewhere (outside,
-  or to a device with no record of it) is a claim against itself and counts too.
-- ``DROPPED``: records with ``next_id NONE`` (step 2 aside) beyond ``sla.loss_budget_ppm`` of the
-  packets the device received.
-- ``CONSISTENT`` otherwise; an off-route device honestly forwarding what it got is consistent.
+Not judged: ``UNREACHABLE`` (no answer after the retries: reported, retried later, its claims are
+free), ``NOT_INTERROGATED`` (no evidence was asked of it), ``RING_SHORT`` (its signed coverage does
+not reach back to the window: it is judged only where it holds records; the report says whether
+that falls short of the governance's threshold time).
 
-A packet that entered the domain elsewhere than at the agreed first device is a note, not a
-verdict: a device is not at fault for where its packets come from.
+Packets: a cluster (the records of one packet digest within one hop delay of each other) is judged
+when its first record is in the window. Records of unanchored segments never accuse another
+device: they are left out of the explanations (the device is taken as possibly missing those
+packets) and count only against the device itself.
 
-Records of unanchored segments are used (they are signed) and flagged: counted as
-``unproven_records``, named in a note and after the reasons of a verdict that rests on them.
+The descriptive part (observed paths, per-hop counts and delays) follows every PD: a claim
+``X: next_id = Y`` confirmed by Y's ``prev_id = X`` within ``[-skew, max_hop_delay + skew]``,
+greedily in time order; honest loose ends tied (a join missed, an egress unseen that the next
+device confirms); a packet its upstream and downstream both put through a device with no record
+of it shows that device as ``(no record)``. These counts describe the claims; the verdicts come
+from the rule above.
 
 Speed: records are grouped by PD in one pass (``struct.iter_unpack``, the cyclic garbage collector
-paused); a PD whose records form one clean chain (each claim confirmed by the next record, nothing
-else) takes a short path that only counts the chain by its shape; every other PD goes through the
-full rules above (about 15 µs per PD).
+paused); a PD whose records form one clean chain of distinct devices takes a short path that counts
+the chain by its shape (its pattern follows from the shape); every other PD goes through the full
+path-following and its clusters' patterns are built record by record. The explanations are then
+computed per pattern (a handful), never per packet.
 """
+import bisect
 import contextlib
 import dataclasses
 import gc
@@ -69,18 +66,34 @@ from array import array
 from fastpath.hashes import constructor
 from fastpath.output import NONE, RECORD_SIZE
 
-from . import verify
+from . import explain, verify
 
-__all__ = ["CONSISTENT", "DEVIATED", "FABRICATED", "MISSING", "TAMPERED", "DROPPED", "PRIORITY",
-           "VERDICTS", "KINDS", "NodeEvidence", "DeviceJudgement", "Hop", "ObservedPath",
-           "Judgement", "flow_tag", "judge"]
+__all__ = ["CONSISTENT", "DEVIATED", "FABRICATED", "MISSING", "TAMPERED", "DROPPED", "AMBIGUOUS",
+           "UNREACHABLE", "NOT_INTERROGATED", "RING_SHORT", "PRIORITY", "FAULTS", "VERDICTS",
+           "KINDS", "ANSWERED", "STATUSES", "Coverage", "NodeEvidence", "DeviceJudgement", "Hop",
+           "ObservedPath", "Judgement", "flow_tag", "judge", "adjacency"]
 
 CONSISTENT, DEVIATED, FABRICATED = "CONSISTENT", "DEVIATED", "FABRICATED"
 MISSING, TAMPERED, DROPPED = "MISSING", "TAMPERED", "DROPPED"
+AMBIGUOUS = "AMBIGUOUS"                # in some explanations, not in all: not at fault
+UNREACHABLE = "UNREACHABLE"            # no answer: not judged (retried later)
+NOT_INTERROGATED = "NOT_INTERROGATED"  # no evidence was asked of it: not judged
+RING_SHORT = "RING_SHORT"              # its signed coverage does not reach the window
 PRIORITY = (TAMPERED, FABRICATED, MISSING, DEVIATED, DROPPED)
-VERDICTS = PRIORITY + (CONSISTENT,)
+FAULTS = frozenset(PRIORITY)
+VERDICTS = PRIORITY + (CONSISTENT, AMBIGUOUS, RING_SHORT, UNREACHABLE, NOT_INTERROGATED)
 
-# Kinds of claims counted per device (DeviceJudgement.counts), all over judged packets.
+# How a device's answer ended (NodeEvidence.status).
+ANSWERED = "answered"
+STATUS_UNREACHABLE = "unreachable"     # transport failed after the retries: not judged
+STATUS_REFUSED = "refused"             # answered the handshake, then an error status: MISSING
+STATUS_INCOMPLETE = "incomplete"       # the answer stopped before its last chunk: MISSING
+STATUS_BAD_EVIDENCE = "bad_evidence"   # bad signature, malformed, another answer: MISSING
+STATUSES = (ANSWERED, STATUS_UNREACHABLE, STATUS_REFUSED, STATUS_INCOMPLETE, STATUS_BAD_EVIDENCE)
+_AT_FAULT_STATUSES = (STATUS_REFUSED, STATUS_INCOMPLETE, STATUS_BAD_EVIDENCE)
+
+# Kinds of claims counted per device (DeviceJudgement.counts), over judged packets. The first
+# ones describe what the records say (the observed paths); the last ones are the rule's.
 RECEIVED = "received"              # passages through the device (its records)
 FORWARDED = "forwarded"            # ... that left it (next_id not NONE, or seen leaving)
 DROPS = "dropped"                  # ... with next_id NONE that no neighbour saw leave
@@ -98,9 +111,17 @@ JOIN_MISSED = "join_missed"        # one passage as ingress-only and egress-only
 TAMPERED_ITEMS = "tampered"        # segments/receipts not matching their anchored commitment
 UNANCHORED_ITEMS = "unanchored"    # segments/receipts not anchored (yet)
 UNPROVEN_RECORDS = "unproven_records"  # records (any flow) from unanchored segments
+WITHHELD_ITEMS = "withheld"        # contradictions in its own signed answer (completeness)
+OWN_DEVIATIONS = "own_deviations"  # its own records: left a route device for another next hop
+OWN_DROPS = "own_drops"            # its own ingress-only records outside its capture gaps
+OWN_RECEIVED = "own_received"      # passages its records show (the drop budget's base)
+IMPOSSIBLE = "impossible_records"  # records naming itself, a non-neighbour, or no hop at all
+NEEDS_LIE = "needs_lie"            # judged packets whose evidence has no world with it truthful
+DEVIATED_BY_NEIGHBOUR = "deviated_by_neighbour"  # truthful neighbours got the flow from it
 KINDS = (RECEIVED, FORWARDED, DROPS, DEVIATIONS, FAB_PREV, FAB_NEXT, MISSING_PACKETS, RECEIPT_GAP,
          UNCONFIRMED, ABSENT, DISPUTED, UNVERIFIABLE, EGRESS_UNSEEN, JOIN_MISSED, TAMPERED_ITEMS,
-         UNANCHORED_ITEMS, UNPROVEN_RECORDS)
+         UNANCHORED_ITEMS, UNPROVEN_RECORDS, WITHHELD_ITEMS, OWN_DEVIATIONS, OWN_DROPS,
+         OWN_RECEIVED, IMPOSSIBLE, NEEDS_LIE, DEVIATED_BY_NEIGHBOUR)
 
 _REC = struct.Struct(">QQQ16s8s")
 _OUTSIDE = 0
@@ -119,46 +140,98 @@ def flow_tag(hash_name, src, dst):
     return constructor(hash_name)(b"BEAT-FT-v1" + src + dst).digest()[:8]
 
 
+@dataclasses.dataclass(frozen=True)
+class Coverage:
+    """What a device's signed coverage says it holds (docs/interrogation.md, the coverage chunk):
+    ``oldest_t_ns`` the ring's oldest record (0 with ``empty``: it holds none);
+    ``newest_t_ns`` the newest record of a closed segment (later ones are not answered yet);
+    ``anchored_until_t_ns`` every record up to it is in an anchored segment; ``ring_short`` its
+    ring covers less than ``threshold_ns``; ``gaps``: ``(from_ns, to_ns, frames, reason)`` where
+    its capture lost frames or stopped."""
+    oldest_t_ns: int = 0
+    newest_t_ns: int = NONE
+    anchored_until_t_ns: int = NONE
+    ring_short: bool = False
+    threshold_ns: int = 0
+    gaps: tuple = ()
+    empty: bool = False
+
+    def missing_intervals(self):
+        """The times where this device may have missed packets: outside what its ring holds,
+        after its newest closed record, and its capture gaps (inclusive ``(lo, hi)`` pairs)."""
+        if self.empty:
+            return [(0, NONE)]
+        out = [(lo, hi) for lo, hi, *_ in self.gaps]
+        if self.oldest_t_ns > 0:
+            out.append((0, self.oldest_t_ns - 1))
+        if self.newest_t_ns < NONE:
+            out.append((self.newest_t_ns + 1, NONE))
+        return out
+
+
 @dataclasses.dataclass
 class NodeEvidence:
     """What one interrogated device gave, after governance/verify.py.
 
-    ``records``: 48-byte records (SPEC encoding) of its segments that check out, proven and
-    unanchored ones (any flow: the judge keeps the SLA's FT); ``unproven_records`` of them come
-    from unanchored segments. ``tampered``: one ``verify.Problem`` (or text) per segment or receipt
-    that does not match its commitment; their records are not in ``records``. ``receipts``: the
-    verified receipts (proven or unanchored), ``counters`` as the device reported them."""
+    ``status``: how its answer ended (``STATUSES``; ``error`` says why when not answered).
+    ``records``: 48-byte records (SPEC encoding) of its segments that are proven in their anchors
+    (any flow: the judge keeps the SLA's FT); ``unanchored_records``: those of segments whose S
+    checks out but are not anchored (yet): signed, not proven. ``tampered``: one
+    ``verify.Problem`` (or text) per segment or receipt that does not match its commitment (their
+    records are in neither); ``withheld``: contradictions in its own signed answer (an index with
+    a gap, a header its records deny). ``coverage``: its signed ``Coverage`` (None: assume it
+    holds everything). ``receipts``: the verified receipts (proven or unanchored), ``counters`` as
+    the device reported them."""
     node_id: int
-    answered: bool = True
+    status: str = ANSWERED
     error: str = ""
     records: bytes = b""
-    unproven_records: int = 0
+    unanchored_records: bytes = b""
     tampered: tuple = ()
+    withheld: tuple = ()
     unanchored: int = 0
+    coverage: Coverage = None
     counters: tuple = ()
     receipts: tuple = ()
 
     def __post_init__(self):
-        if not 1 <= self.node_id <= NONE - 1:
+        if isinstance(self.node_id, bool) or not 1 <= self.node_id <= NONE - 1:
             raise ValueError(f"node_id must be in 1..2^64-2, got {self.node_id}")
-        if len(self.records) % RECORD_SIZE:
-            raise ValueError(f"node {self.node_id}: records are {len(self.records)} bytes, not "
-                             f"whole {RECORD_SIZE}-byte records")
+        if self.status not in STATUSES:
+            raise ValueError(f"node {self.node_id}: status {self.status!r} is not one of "
+                             f"{', '.join(STATUSES)}")
+        for name in ("records", "unanchored_records"):
+            if len(getattr(self, name)) % RECORD_SIZE:
+                raise ValueError(f"node {self.node_id}: {name} are {len(getattr(self, name))} "
+                                 f"bytes, not whole {RECORD_SIZE}-byte records")
+
+    @property
+    def answered(self):
+        return self.status == ANSWERED
+
+    @property
+    def unproven_records(self):
+        return len(self.unanchored_records) // RECORD_SIZE
 
     @classmethod
-    def from_checks(cls, segments, receipts=None, counters=()):
+    def from_checks(cls, segments, receipts=None, counters=(), coverage=None, withheld=()):
         """From ``verify.verify_segments`` (and ``verify_receipts``) results of one node."""
         problems = list(segments.problems) + (list(receipts.problems) if receipts else [])
-        return cls(segments.node_id, True, "", segments.records + segments.unproven,
-                   len(segments.unproven) // RECORD_SIZE,
+        return cls(segments.node_id, ANSWERED, "", segments.records, segments.unproven,
                    tuple(p for p in problems if p.kind == verify.TAMPERED),
-                   sum(p.kind == verify.UNANCHORED for p in problems), tuple(counters),
+                   tuple(withheld) + tuple(p for p in problems
+                                           if p.kind == getattr(verify, "WITHHELD", None)),
+                   sum(p.kind == verify.UNANCHORED for p in problems), coverage,
+                   tuple(counters),
                    tuple(receipts.receipts + receipts.unproven) if receipts else ())
 
     @classmethod
-    def no_answer(cls, node_id, error):
-        """A device that did not answer: unreachable, an error, a bad signature (``error`` says)."""
-        return cls(node_id, answered=False, error=str(error) or "no answer")
+    def no_answer(cls, node_id, error, status=STATUS_UNREACHABLE):
+        """A device without evidence: ``status`` unreachable (not judged) by default, or refused,
+        incomplete, bad_evidence (MISSING); ``error`` says why."""
+        if status == ANSWERED:
+            raise ValueError(f"node {node_id}: no_answer with status {ANSWERED!r}")
+        return cls(node_id, status=status, error=str(error) or "no answer")
 
 
 @dataclasses.dataclass
@@ -174,6 +247,13 @@ class DeviceJudgement:
     examples: dict          # kind -> [(PD, [(t_ns, node_id, prev_id, next_id), ...]), ...]
     receipts: dict          # "ingress"/"egress" -> {"epochs", "packets", "bytes"} in the window
     counters: list          # as reported: [(prev_id, next_id, packets, bytes, first, last)]
+    owner: str = ""         # its owner on the ledger (devices of one owner are one adversary)
+    status: str = ANSWERED  # how its answer ended (NodeEvidence.status)
+    basis: str = ""         # named: "own evidence" or "every explanation (f = N)"
+
+    @property
+    def at_fault(self):
+        return self.verdict in FAULTS
 
 
 @dataclasses.dataclass
@@ -217,10 +297,17 @@ class Judgement:
     not_interrogated: dict              # node_id named by claims -> number of claims
     notes: list
     params: dict
+    f: int = 1                          # lying owners the rule allows for
+    explained: bool = True              # some explanation has at most f lying owners
+    explanations: list = dataclasses.field(default_factory=list)   # minimal, at most f owners
+    owners_needed: int = None           # not explained: the fewest lying owners that explain it
+    candidates: list = dataclasses.field(default_factory=list)     # ... their minimal explanations
+    owners: dict = dataclasses.field(default_factory=dict)         # node_id -> owner
 
     @property
     def faulty(self):
-        return [n for n, d in self.devices.items() if d.verdict != CONSISTENT]
+        """The devices named at fault (never an AMBIGUOUS, UNREACHABLE or RING_SHORT one)."""
+        return [n for n, d in self.devices.items() if d.verdict in FAULTS]
 
 
 # -------------------------------------------------------------------------------------------------
@@ -228,18 +315,33 @@ class Judgement:
 
 def _group(evidence, ft, receipt_epochs, epoch_ns):
     """{PD: [(t_ns, node_id, prev_id, next_id), ...]} over every answered device's records of
-    ``ft``, and the edge records per receipt epoch of the nodes in ``receipt_epochs``
+    ``ft`` (proven and unanchored), the unanchored ones by PD ({PD: {record tuple}}), and the
+    edge records per receipt epoch of the nodes in ``receipt_epochs``
     ({node: {(role, epoch_ns): records}})."""
     obs = {}
     get = obs.get
+    unanchored = {}
     edge_counts = {}
     for node in sorted(evidence):           # the same order whatever order they came in
         ev = evidence[node]
-        if not ev.answered or not ev.records:
+        if not ev.answered:
             continue
-        it = _REC.iter_unpack(ev.records)
         epochs = receipt_epochs.get(node)
-        if epochs is None:
+        counts = None if epochs is None else edge_counts.setdefault(node, {})
+        for blob, proven in ((ev.records, True), (ev.unanchored_records, False)):
+            if not blob:
+                continue
+            it = _REC.iter_unpack(blob)
+            if epochs is None and proven:
+                for t, p, q, pd, f in it:
+                    if f == ft:
+                        r = (t, node, p, q)
+                        lst = get(pd)
+                        if lst is None:
+                            obs[pd] = [r]
+                        else:
+                            lst.append(r)
+                continue
             for t, p, q, pd, f in it:
                 if f == ft:
                     r = (t, node, p, q)
@@ -248,33 +350,52 @@ def _group(evidence, ft, receipt_epochs, epoch_ns):
                         obs[pd] = [r]
                     else:
                         lst.append(r)
-            continue
-        counts = edge_counts[node] = {}
-        for t, p, q, pd, f in it:
-            if f == ft:
-                r = (t, node, p, q)
-                lst = get(pd)
-                if lst is None:
-                    obs[pd] = [r]
-                else:
-                    lst.append(r)
-                e = t - t % epoch_ns
-                if p == _OUTSIDE and (1, e) in epochs:
-                    counts[(1, e)] = counts.get((1, e), 0) + 1
-                if q == _OUTSIDE and (2, e) in epochs:
-                    counts[(2, e)] = counts.get((2, e), 0) + 1
-    return obs, edge_counts
+                    if not proven:
+                        unanchored.setdefault(pd, set()).add(r)
+                    if epochs is not None:
+                        e = t - t % epoch_ns
+                        if p == _OUTSIDE and (1, e) in epochs:
+                            counts[(1, e)] = counts.get((1, e), 0) + 1
+                        if q == _OUTSIDE and (2, e) in epochs:
+                            counts[(2, e)] = counts.get((2, e), 0) + 1
+    return obs, unanchored, edge_counts
 
 
 # -------------------------------------------------------------------------------------------------
 # following packets
+
+_MAY_HAVE_RECEIVED = "may_have_received"     # in a gap and no record: counted as received
+
+
+def _merge_intervals(ivs):
+    """Sorted, merged inclusive intervals as ``(starts, ends)`` lists (empty: ``()``)."""
+    if not ivs:
+        return ()
+    ivs = sorted(ivs)
+    starts, ends = [ivs[0][0]], [ivs[0][1]]
+    for lo, hi in ivs[1:]:
+        if lo <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], hi)
+        else:
+            starts.append(lo)
+            ends.append(hi)
+    return starts, ends
+
+
+def _overlaps(merged, lo, hi):
+    """Whether ``[lo, hi]`` meets one of the merged intervals."""
+    starts, ends = merged
+    i = bisect.bisect_right(starts, hi) - 1
+    return i >= 0 and ends[i] >= lo
+
 
 class _Follow:
     """Per-PD work. ``paths``: {(nodes, unproven positions, entry prev_id, exit next_id):
     [packets, examples, delays per hop position]}; ``counts``/``examples``: the claims that only
     the full rules find, per node."""
 
-    def __init__(self, answered, from_ns, to_ns, lo, hi, n_examples):
+    def __init__(self, answered, from_ns, to_ns, lo, hi, n_examples, *, unanchored=None,
+                 allow=None, gaps=None, succ=None, neighbours=None):
         self.answered = answered
         self.from_ns, self.to_ns = from_ns, to_ns
         self.lo, self.hi = lo, hi
@@ -282,10 +403,24 @@ class _Follow:
         self.paths = {}
         self.counts = {}
         self.examples = {}
+        # the rule's inputs: unanchored records by PD, the intervals where a device may have
+        # missed packets ({node: [(lo, hi)]}, widened by hi), route successors, adjacency
+        self.unanchored = unanchored or {}
+        raw = {n: ivs for n, ivs in (allow or {}).items() if ivs}
+        self.allow = {n: _merge_intervals(ivs) for n, ivs in raw.items()}
+        self.allow_union = _merge_intervals([iv for ivs in raw.values() for iv in ivs])
+        self.gaps = {n: _merge_intervals(ivs) for n, ivs in (gaps or {}).items() if ivs}
+        self.succ = succ or {}
+        self.neighbours = neighbours
+        self.clean = {}                 # (nodes, entry prev_id, exit next_id) -> [packets, exs]
+        self.patterns = {}              # explain.pattern -> [packets, examples]
+        self.own = {}                   # node -> {kind: count}: its own records' facts
+        self.own_examples = {}
 
     def run(self, obs):
         """Every PD: the clean-chain short path inline, the rest through ``general``."""
-        answered, paths = self.answered, self.paths
+        answered, paths, clean = self.answered, self.paths, self.clean
+        unanchored, allow_union = self.unanchored, self.allow_union
         from_ns, to_ns, lo, hi = self.from_ns, self.to_ns, self.lo, self.hi
         n_ex = self.n_examples
         general = self.general
@@ -310,12 +445,15 @@ class _Follow:
                 nodes.append(n1)
                 ds.append(d)
                 t, n, q = t1, n1, q1
-            if not ok or q in answered:
+            if not ok or q in answered or pd in unanchored or (
+                    len(nodes) > 2 and len(set(nodes)) != len(nodes)) or (
+                    allow_union and _overlaps(allow_union, t0 - hi, t + hi)):
                 general(pd, recs)
                 continue
             if t0 < from_ns:
                 continue
-            key = (tuple(nodes), (), p0, q)
+            nodes = tuple(nodes)
+            key = (nodes, (), p0, q)
             e = paths.get(key)
             if e is None:
                 paths[key] = [1, [(pd, recs)], [array("q", (d,)) for d in ds]]
@@ -325,6 +463,14 @@ class _Follow:
                     e[1].append((pd, recs))
                 for k, d in enumerate(ds):
                     e[2][k].append(d)
+            key = (nodes, p0, q)
+            e = clean.get(key)
+            if e is None:
+                clean[key] = [1, [(pd, recs)]]
+            else:
+                e[0] += 1
+                if len(e[1]) < n_ex:
+                    e[1].append((pd, recs))
 
     def _count(self, node, kind, pd=None, recs=None):
         c = self.counts.setdefault(node, {})
@@ -361,8 +507,108 @@ class _Follow:
             if st == _ABSENT:
                 self._count(named, ABSENT, pd, crecs)
 
+    # -- the rule's side: patterns of clusters and each device's own facts --
+
+    def _clusters(self, pd, recs):
+        """Split one PD's records (sorted) where consecutive records are more than a hop delay
+        apart; each cluster first observed in the window gives its pattern and own facts."""
+        hi = self.hi
+        start = 0
+        n = len(recs)
+        for k in range(1, n + 1):
+            if k == n or recs[k][0] - recs[k - 1][0] > hi:
+                if self.from_ns <= recs[start][0] <= self.to_ns:
+                    self._cluster(pd, recs[start:k])
+                start = k
+
+    def _cluster(self, pd, cl):
+        hi = self.hi
+        t_lo, t_hi = cl[0][0] - hi, cl[-1][0] + hi
+        allow = {x for x, ivs in self.allow.items() if _overlaps(ivs, t_lo, t_hi)}
+        self._own(pd, cl, {x for x, ivs in self.gaps.items() if _overlaps(ivs, t_lo, t_hi)})
+        un = self.unanchored.get(pd)
+        if un:
+            proven = [r for r in cl if r not in un]
+            allow.update(r[1] for r in cl if r in un)
+        else:
+            proven = cl
+        key = explain.pattern(proven, self.lo, hi, allow)
+        e = self.patterns.get(key)
+        if e is None:
+            self.patterns[key] = [1, [(pd, cl)]]
+        else:
+            e[0] += 1
+            if len(e[1]) < self.n_examples:
+                e[1].append((pd, cl))
+
+    def _own_count(self, node, kind, c, pd=None, recs=None):
+        nc = self.own.setdefault(node, {})
+        nc[kind] = nc.get(kind, 0) + c
+        if pd is not None:
+            ex = self.own_examples.setdefault(node, {}).setdefault(kind, [])
+            if len(ex) < self.n_examples:
+                ex.append((pd, recs))
+
+    def _own(self, pd, cl, allow):
+        """What each device's own records of one cluster say about itself (module doc): the
+        passages, records no truthful device writes, deviations, drops outside its capture gaps
+        (``allow``: the devices with a gap near the cluster)."""
+        by = {}
+        for r in cl:
+            by.setdefault(r[1], []).append(r)
+        succ, neighbours, hi = self.succ, self.neighbours, self.hi
+        for x, rs in by.items():
+            ins = [r[0] for r in rs if r[3] == NONE and r[2] != NONE]
+            outs = [r[0] for r in rs if r[2] == NONE and r[3] != NONE]
+            joined = 0
+            k = 0
+            for t in ins:                   # one passage seen as two records (join missed)
+                while k < len(outs) and outs[k] < t:
+                    k += 1
+                if k < len(outs) and outs[k] - t <= hi:
+                    joined += 1
+                    k += 1
+            self._own_count(x, OWN_RECEIVED, len(rs) - joined)
+            s = succ.get(x)
+            for _, _, p, q in rs:
+                if not explain._truthful_possible(x, p, q, neighbours):
+                    self._own_count(x, IMPOSSIBLE, 1, pd, cl)
+                if s is not None and q != NONE and q != s:
+                    self._own_count(x, OWN_DEVIATIONS, 1, pd, cl)
+            if x not in allow and len(ins) > joined:
+                self._own_count(x, OWN_DROPS, len(ins) - joined, pd, cl)
+        for x in allow:
+            if x not in by:                 # it may have passed this packet unseen
+                self._own_count(x, _MAY_HAVE_RECEIVED, 1)
+
+    def finish(self):
+        """The clean chains' patterns and own facts, by their shape."""
+        succ, neighbours = self.succ, self.neighbours
+        for (nodes, p0, q), (c, exs) in self.clean.items():
+            key = explain.chain_pattern(nodes, p0, q)
+            e = self.patterns.get(key)
+            if e is None:
+                self.patterns[key] = [c, list(exs)]
+            else:
+                e[0] += c
+                e[1].extend(exs[:self.n_examples - len(e[1])])
+            last = len(nodes) - 1
+            ex = exs[0]
+            for k, x in enumerate(nodes):
+                p = nodes[k - 1] if k else p0
+                nxt = nodes[k + 1] if k < last else q
+                self._own_count(x, OWN_RECEIVED, c)
+                if not explain._truthful_possible(x, p, nxt, neighbours):
+                    self._own_count(x, IMPOSSIBLE, c, *ex)
+                s = succ.get(x)
+                if s is not None and nxt != NONE and nxt != s:
+                    self._own_count(x, OWN_DEVIATIONS, c, *ex)
+            if q == NONE:
+                self._own_count(nodes[-1], OWN_DROPS, c, *ex)
+
     def general(self, pd, recs):
         """The full rules (module doc, 1.-5.) for one PD's records, sorted by time."""
+        self._clusters(pd, recs)
         n = len(recs)
         lo, hi = self.lo, self.hi
         by_node = {}
@@ -585,45 +831,6 @@ def _merge(counts, examples, more_counts, more_examples, n_examples):
             ex.extend(exs[:n_examples - len(ex)])
 
 
-def _decide(ev, counts, expected_next, budget_ppm):
-    """(verdict, applies, reasons) for one device."""
-    c = counts.get
-    matched = {}
-    if ev is not None and ev.tampered:
-        matched[TAMPERED] = (f"{len(ev.tampered)} segment(s)/receipt(s) do not match their "
-                             f"anchored commitment; first: {ev.tampered[0]}")
-    if c(FAB_PREV, 0) or c(FAB_NEXT, 0):
-        matched[FABRICATED] = (f"{c(FAB_PREV, 0)} record(s) claim a prev_id and {c(FAB_NEXT, 0)} "
-                               f"a next_id that the named neighbour's confirmed records contradict")
-    missing = []
-    if ev is None:
-        missing.append("no evidence was given for this device of the agreed route")
-    elif not ev.answered:
-        missing.append(f"did not answer: {ev.error}")
-    if c(MISSING_PACKETS, 0):
-        missing.append(f"{c(MISSING_PACKETS)} packet(s) that its upstream says it sent here and "
-                       f"its downstream says came from here have no record here")
-    if c(RECEIPT_GAP, 0):
-        missing.append(f"its receipts count {c(RECEIPT_GAP)} packet(s) more than its records")
-    if missing:
-        matched[MISSING] = "; ".join(missing)
-    if c(DEVIATIONS, 0):
-        to = "outside (0)" if expected_next == _OUTSIDE else f"node {expected_next}"
-        matched[DEVIATED] = (f"{c(DEVIATIONS)} of {c(RECEIVED, 0)} packet(s) left it for another "
-                             f"next hop than the agreed {to}")
-    drops, received = c(DROPS, 0), c(RECEIVED, 0)
-    if drops and drops * 1_000_000 > budget_ppm * received:
-        matched[DROPPED] = (f"{drops} of {received} packet(s) dropped "
-                            f"({drops * 1_000_000 // received} ppm > loss budget {budget_ppm} ppm)")
-    applies = tuple(v for v in PRIORITY if v in matched)
-    verdict = applies[0] if applies else CONSISTENT
-    reasons = [f"{v}: {matched[v]}" for v in applies]
-    if reasons and ev is not None and ev.unproven_records:
-        reasons.append(f"note: {ev.unproven_records} of its records (any flow) come from "
-                       f"segments not anchored yet: signed, not proven")
-    return verdict, applies, reasons
-
-
 def _receipt_epochs(evidence, sla, from_ns, to_ns, epoch_ns):
     """{node: {(role, epoch_ns): (packets, bytes)}} of the flow's receipts whose epoch lies whole
     inside the window."""
@@ -638,40 +845,28 @@ def _receipt_epochs(evidence, sla, from_ns, to_ns, epoch_ns):
     return out
 
 
-def _receipt_gaps(rc_epochs, edge_counts, counts):
+def _receipt_gaps(rc_epochs, edge_counts, counts, allow, epoch_ns):
     """Receipt totals per node and role; ``counts[node][RECEIPT_GAP]``: packets the receipts count
-    beyond the records, epoch by epoch (rule 6)."""
+    beyond the records, epoch by epoch (an honest device's receipts never count more than its
+    records: a late record is left out of receipts, never the reverse), over the epochs where it
+    declares no capture gap and holds its records (``allow``: its merged missing intervals)."""
     receipts = {}
     for node, per in rc_epochs.items():
         summary = receipts[node] = {}
         gap = 0
+        ivs = allow.get(node)
         for (role, epoch), (pk, by) in sorted(per.items()):
             s = summary.setdefault("ingress" if role == 1 else "egress",
                                    {"epochs": 0, "packets": 0, "bytes": 0})
             s["epochs"] += 1
             s["packets"] += pk
             s["bytes"] += by
+            if ivs and _overlaps(ivs, epoch, epoch + epoch_ns - 1):
+                continue
             gap += max(0, pk - edge_counts.get(node, {}).get((role, epoch), 0))
         if gap:
             counts.setdefault(node, {})[RECEIPT_GAP] = gap
     return receipts
-
-
-def _device(node, ev, counts, examples, receipts, route_next, budget_ppm):
-    """The DeviceJudgement of one device (``ev`` None: a route device without evidence)."""
-    c = dict.fromkeys(KINDS, 0)
-    c.update(counts)
-    if ev is not None:
-        c[TAMPERED_ITEMS] = len(ev.tampered)
-        c[UNANCHORED_ITEMS] = ev.unanchored
-        c[UNPROVEN_RECORDS] = ev.unproven_records
-    verdict, applies, reasons = _decide(ev, c, route_next.get(node), budget_ppm)
-    counters = [tuple(getattr(k, f) for f in ("prev_id", "next_id", "packets", "bytes",
-                                              "first_t_ns", "last_t_ns"))
-                for k in (ev.counters if ev is not None else ())]
-    return DeviceJudgement(node, verdict, applies, reasons, node in route_next,
-                           ev is not None and ev.answered, "" if ev is None else ev.error, c,
-                           examples, receipts, counters)
 
 
 @contextlib.contextmanager
@@ -687,18 +882,115 @@ def _no_gc():
             gc.enable()
 
 
-def judge(sla, from_ns, to_ns, evidence, *, hash_name="sha3-256",
-          max_hop_delay_ns=1_000_000_000, skew_ns=50_000_000, receipt_epoch_ns=1_000_000_000,
-          examples=5):
+
+def adjacency(topology):
+    """The registered topology as ``{node: frozenset(neighbours)}``, from such a mapping or from
+    ``(a, b)`` links (undirected); ``None`` stays ``None`` (adjacency not checked)."""
+    if topology is None:
+        return None
+    adj = {}
+    items = topology.items() if isinstance(topology, dict) else None
+    if items is not None:
+        for a, ns in items:
+            for b in ns:
+                adj.setdefault(a, set()).add(b)
+                adj.setdefault(b, set()).add(a)
+    else:
+        for a, b in topology:
+            adj.setdefault(a, set()).add(b)
+            adj.setdefault(b, set()).add(a)
+    for a, ns in adj.items():
+        if a in ns or _OUTSIDE in ns or NONE in ns:
+            raise ValueError(f"topology: node {a} cannot be its own, outside's or NONE's neighbour")
+    return {a: frozenset(ns) for a, ns in adj.items()}
+
+
+def _missing_intervals(ev):
+    """Where a device may have missed packets, as two lists of inclusive ``(lo, hi)``: its
+    capture gaps (they excuse its own drops too), and the rest (outside its ring, not closed or
+    not anchored yet: there it may lack records, and its unanchored records accuse nobody)."""
+    cov = ev.coverage
+    gaps, other = [], []
+    if cov is not None:
+        gaps = [(lo, hi) for lo, hi, *_ in cov.gaps]
+        other = [iv for iv in cov.missing_intervals() if iv not in gaps]
+        if cov.anchored_until_t_ns < NONE:
+            other.append((cov.anchored_until_t_ns + 1, NONE))
+    if ev.unanchored_records:
+        first = min(t for (t,) in struct.iter_unpack(">Q40x", ev.unanchored_records))
+        other.append((first, NONE))
+    return gaps, other
+
+
+def _name(n):
+    return "outside" if n == _OUTSIDE else ("NONE" if n == NONE else f"node {n}")
+
+
+def _set_text(nodes):
+    nodes = sorted(nodes)
+    if len(nodes) == 1:
+        return _name(nodes[0])
+    return ", ".join(_name(n) for n in nodes[:-1]) + " and " + _name(nodes[-1]) + " together"
+
+
+def _own_faults(node, ev, own, counts, succ, budget_ppm):
+    """What a device's own evidence convicts it of: ``({verdict: reason}, liar)``; ``liar``:
+    whether that makes it a liar in every explanation (not only a forwarding fault)."""
+    out, liar = {}, False
+    c = own.get
+    if ev.tampered:
+        out[TAMPERED] = (f"{len(ev.tampered)} segment(s)/receipt(s) do not match their anchored "
+                         f"commitment; first: {ev.tampered[0]}")
+        liar = True
+    missing = []
+    if ev.status in _AT_FAULT_STATUSES:
+        missing.append(f"its answer is not evidence ({ev.status}): {ev.error}")
+    if ev.withheld:
+        missing.append(f"its signed answer contradicts itself ({len(ev.withheld)} finding(s)): "
+                       f"{ev.withheld[0]}")
+    if counts.get(RECEIPT_GAP, 0):
+        missing.append(f"its receipts count {counts[RECEIPT_GAP]} packet(s) more than its "
+                       f"records, where it declares no capture gap")
+    if missing:
+        out[MISSING] = "; ".join(missing)
+        liar = True
+    if c(IMPOSSIBLE, 0):
+        out[FABRICATED] = (f"{c(IMPOSSIBLE)} record(s) of its own that no truthful device "
+                           f"writes (naming itself, a device that is not its registered "
+                           f"neighbour, or no hop at all)")
+        liar = True
+    if node in succ:
+        if c(OWN_DEVIATIONS, 0):
+            to = "outside (0)" if succ[node] == _OUTSIDE else f"node {succ[node]}"
+            out[DEVIATED] = (f"its own records: {c(OWN_DEVIATIONS)} of {c(OWN_RECEIVED, 0)} "
+                             f"packet(s) left it for another next hop than the agreed {to}")
+        drops = c(OWN_DROPS, 0)
+        received = c(OWN_RECEIVED, 0) + c(_MAY_HAVE_RECEIVED, 0)
+        if drops and drops * 1_000_000 > budget_ppm * received:
+            out[DROPPED] = (f"its own records: {drops} of {received} packet(s) dropped "
+                            f"({drops * 1_000_000 // received} ppm > loss budget {budget_ppm} "
+                            f"ppm)")
+    return out, liar
+
+
+def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
+          hash_name="sha3-256", max_hop_delay_ns=1_000_000_000, skew_ns=50_000_000,
+          receipt_epoch_ns=1_000_000_000, examples=5):
     """Judge the SLA's flow in ``[from_ns, to_ns]`` (inclusive) from ``evidence``: one
     ``NodeEvidence`` per interrogated device (a mapping by node_id, or an iterable). Returns a
-    ``Judgement``. ``max_hop_delay_ns``: the most one hop may take (device plus link);
-    ``skew_ns``: the clock difference tolerated between neighbours; ``receipt_epoch_ns``: the
-    domain's receipt epoch; ``examples``: example PDs kept per device and kind of claim."""
+    ``Judgement``.
+
+    ``topology``: the registered adjacency (``{node: neighbours}`` or ``(a, b)`` links; ``None``:
+    not checked, only for tests of other parts); ``owners``: ``{node: owner}`` (default: every
+    device its own owner); ``f``: how many owners may lie together (module doc);
+    ``max_hop_delay_ns``: the most one hop may take (device plus link); ``skew_ns``: the clock
+    difference tolerated between neighbours; ``receipt_epoch_ns``: the domain's receipt epoch;
+    ``examples``: example PDs kept per device and kind of claim."""
     if not 0 <= from_ns <= to_ns:
         raise ValueError(f"window [{from_ns}, {to_ns}]: from_ns must be >= 0 and <= to_ns")
     for name, v, least in (("max_hop_delay_ns", max_hop_delay_ns, 0), ("skew_ns", skew_ns, 0),
-                           ("receipt_epoch_ns", receipt_epoch_ns, 1), ("examples", examples, 0)):
+                           ("receipt_epoch_ns", receipt_epoch_ns, 1), ("examples", examples, 0),
+                           ("f", f, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
     if not isinstance(evidence, dict):
@@ -715,36 +1007,143 @@ def judge(sla, from_ns, to_ns, evidence, *, hash_name="sha3-256",
     route_next = {}
     for k, x in enumerate(route):
         route_next.setdefault(x, route[k + 1] if k + 1 < len(route) else _OUTSIDE)
+    neighbours = adjacency(topology)
+    owners = {n: (owners or {}).get(n) or f"node {n}" for n in set(evidence) | set(route)}
     ft = flow_tag(hash_name, sla.src, sla.dst)
     answered = frozenset(n for n, ev in evidence.items() if ev.answered)
+    lo, hi = -skew_ns, max_hop_delay_ns + skew_ns
+    gaps_iv, missing_iv = {}, {}
+    for n, ev in evidence.items():
+        if ev.answered:
+            g, other = _missing_intervals(ev)
+            gaps_iv[n], missing_iv[n] = g, g + other
+    notes = []
 
     rc_epochs = _receipt_epochs(evidence, sla, from_ns, to_ns, receipt_epoch_ns)
     with _no_gc():
-        obs, edge_counts = _group(evidence, ft, rc_epochs, receipt_epoch_ns)
-        follow = _Follow(answered, from_ns, to_ns, -skew_ns, max_hop_delay_ns + skew_ns, examples)
+        obs, unanchored, edge_counts = _group(evidence, ft, rc_epochs, receipt_epoch_ns)
+        follow = _Follow(answered, from_ns, to_ns, lo, hi, examples, unanchored=unanchored,
+                         allow=missing_iv, gaps=gaps_iv, succ=route_next,
+                         neighbours=neighbours)
         follow.run(obs)
+        follow.finish()
         del obs
         counts, exs, hops, paths = _tally(follow.paths, route_next, answered, examples)
     _merge(counts, exs, follow.counts, follow.examples, examples)
+    _merge(counts, exs, follow.own, follow.own_examples, examples)
+    receipts = _receipt_gaps(rc_epochs, edge_counts, counts, follow.gaps, receipt_epoch_ns)
 
-    receipts = _receipt_gaps(rc_epochs, edge_counts, counts)
-    notes = []
-    devices = {}
+    # -- the rule --
+    free = frozenset(n for n, ev in evidence.items() if ev.status == STATUS_UNREACHABLE)
+    own_faults, forced = {}, set()
+    for node, ev in evidence.items():
+        if node in free:
+            continue
+        out, liar = _own_faults(node, ev, follow.own.get(node, {}), counts.get(node, {}),
+                                route_next, sla.loss_budget_ppm)
+        if out:
+            own_faults[node] = out
+        if liar:
+            forced.add(node)
+    self_faulty = frozenset(n for n, out in own_faults.items()
+                            if set(out) & {DEVIATED, DROPPED})
+    devices = frozenset(evidence) - free
+    patterns = {key: c for key, (c, _) in follow.patterns.items()}
+    rule = explain.Judge(patterns, devices, owners, route_next, free=free, forced=forced,
+                         self_faulty=self_faulty, region=frozenset(evidence),
+                         neighbours=neighbours, f=f)
+    sets = rule.explained()
+    named = rule.named() if sets else {}
+    explanations = rule.explanations() if sets else []
+    owners_needed, candidates = (None, []) if sets else rule.candidates()
+    in_some = set()
+    for e in explanations or candidates:
+        in_some |= e.faulty
+
+    elim = _elimination_faults(rule, sets, named, follow.patterns, counts, exs, examples)
+    devices_out = {}
     for node in list(dict.fromkeys(route)) + sorted(set(evidence) - set(route)):
-        devices[node] = _device(node, evidence.get(node), counts.get(node, {}), exs.get(node, {}),
-                                receipts.get(node, {}), route_next, sla.loss_budget_ppm)
-        if devices[node].counts[UNANCHORED_ITEMS]:
-            notes.append(f"node {node}: {devices[node].counts[UNANCHORED_ITEMS]} segment(s)/"
-                         f"receipt(s) not anchored (yet): their records are signed but unproven")
-    named = {}
+        ev = evidence.get(node)
+        c = dict.fromkeys(KINDS, 0)
+        c.update({k: v for k, v in counts.get(node, {}).items() if k in c})
+        if ev is not None:
+            c[TAMPERED_ITEMS] = len(ev.tampered)
+            c[WITHHELD_ITEMS] = len(ev.withheld)
+            c[UNANCHORED_ITEMS] = ev.unanchored
+            c[UNPROVEN_RECORDS] = ev.unproven_records
+        matched = dict(own_faults.get(node, {}))
+        basis = "own evidence" if matched else ""
+        for v, why in elim.get(node, {}).items():
+            if v not in matched:
+                matched[v] = why
+                basis = basis or f"every explanation with at most {f} lying owner(s)"
+        applies = tuple(v for v in PRIORITY if v in matched)
+        reasons = [f"{v}: {matched[v]}" for v in applies]
+        if applies:
+            verdict = applies[0]
+        elif ev is None:
+            verdict = NOT_INTERROGATED
+            reasons = ["no evidence was asked of it"]
+        elif ev.status == STATUS_UNREACHABLE:
+            verdict = UNREACHABLE
+            reasons = [f"did not answer: {ev.error} (not judged; interrogate it again)"]
+        elif node in in_some:
+            verdict = AMBIGUOUS
+            reasons = ["in some explanations of the evidence, not in all: not at fault"]
+        elif _short(ev, from_ns):
+            verdict = RING_SHORT
+            reasons = [_short_reason(ev, from_ns)]
+        else:
+            verdict = CONSISTENT
+        if applies and ev is not None and ev.unproven_records:
+            reasons.append(f"note: {ev.unproven_records} of its records (any flow) come from "
+                           f"segments not anchored yet: signed, not proven")
+        counters = [tuple(getattr(k, fld) for fld in ("prev_id", "next_id", "packets", "bytes",
+                                                      "first_t_ns", "last_t_ns"))
+                    for k in (ev.counters if ev is not None else ())]
+        devices_out[node] = DeviceJudgement(
+            node, verdict, applies, reasons, node in route_next,
+            ev is not None and ev.answered, "" if ev is None else ev.error, c,
+            exs.get(node, {}), receipts.get(node, {}), counters, owners.get(node, ""),
+            ev.status if ev is not None else "", basis)
+        if c[UNANCHORED_ITEMS]:
+            notes.append(f"node {node}: {c[UNANCHORED_ITEMS]} segment(s)/receipt(s) not "
+                         f"anchored (yet): their records are signed but unproven, and accuse "
+                         f"no other device")
+
+    if neighbours is not None:
+        for a, b in zip(route, route[1:]):
+            if b not in neighbours.get(a, ()):
+                notes.append(f"the agreed route names node {a} then node {b}, which are not "
+                             f"registered neighbours")
+    if sets:
+        if explanations and any(e.faulty for e in explanations):
+            alts = "; or ".join(_set_text(e.faulty) for e in explanations if e.faulty)
+            notes.append(f"explanations of the evidence with at most {f} lying owner(s) "
+                         f"(minimal; at fault in each): {alts}")
+    else:
+        if owners_needed:
+            alts = "; or ".join(_set_text(e.faulty) for e in candidates)
+            notes.append(f"no explanation with at most {f} lying owner(s): at least "
+                         f"{owners_needed} owners must be lying; the smallest explanations: "
+                         f"{alts}. Only the devices' own evidence names anyone")
+        else:
+            notes.append(f"no explanation with at most {f} lying owner(s), nor with more: only "
+                         f"the devices' own evidence names anyone")
+    named_claims = {}
     for h in hops:
         for x, n in ((h.prev_id, h.received), (h.next_id, h.sent)):
             if x not in evidence and n:
-                named[x] = named.get(x, 0) + n
-    named = dict(sorted(named.items()))
-    if named:
-        notes.append(f"named by claims but not interrogated (interrogate them): "
-                     f"{', '.join(f'node {n} ({c} claims)' for n, c in named.items())}")
+                named_claims[x] = named_claims.get(x, 0) + n
+    named_claims = dict(sorted(named_claims.items()))
+    if named_claims:
+        notes.append(f"named by claims but not interrogated: "
+                     f"{', '.join(f'node {n} ({c} claims)' for n, c in named_claims.items())}")
+    for node, ev in sorted(evidence.items()):
+        if ev.coverage is not None and ev.coverage.ring_short:
+            notes.append(f"node {node}: its signed coverage says its ring covers less than the "
+                         f"threshold time ({ev.coverage.threshold_ns} ns): at fault for its "
+                         f"coverage")
     packets = sum(p.packets for p in paths)
     if not packets:
         notes.append(f"no traffic: no packet of the flow (FT {ft.hex()}) was first observed in "
@@ -754,7 +1153,75 @@ def judge(sla, from_ns, to_ns, evidence, *, hash_name="sha3-256",
     if elsewhere:
         notes.append(f"{elsewhere} packet(s) entered the domain elsewhere than from outside at "
                      f"the agreed first device {route[0]}")
-    return Judgement(sla, from_ns, to_ns, hash_name, ft, packets, devices, hops, paths, named,
-                     notes, {"max_hop_delay_ns": max_hop_delay_ns, "skew_ns": skew_ns,
-                             "receipt_epoch_ns": receipt_epoch_ns,
-                             "loss_budget_ppm": sla.loss_budget_ppm, "examples": examples})
+    return Judgement(sla, from_ns, to_ns, hash_name, ft, packets, devices_out, hops, paths,
+                     named_claims, notes,
+                     {"max_hop_delay_ns": max_hop_delay_ns, "skew_ns": skew_ns,
+                      "receipt_epoch_ns": receipt_epoch_ns, "loss_budget_ppm": sla.loss_budget_ppm,
+                      "examples": examples, "f": f, "patterns": len(patterns)},
+                     f, bool(sets), explanations, owners_needed, candidates, owners)
+
+
+def _short(ev, from_ns):
+    cov = ev.coverage
+    return cov is not None and (cov.empty or cov.oldest_t_ns > from_ns)
+
+
+def _short_reason(ev, from_ns):
+    cov = ev.coverage
+    held = "none" if cov.empty else f"records from {cov.oldest_t_ns}"
+    return (f"its signed coverage does not reach back to the window start {from_ns} (it holds "
+            f"{held}): judged only where it holds records")
+
+
+def _elimination_faults(rule, sets, named, patterns, counts, exs, n_examples):
+    """``{node: {verdict: reason}}`` for the devices named by every explanation, with the
+    packets that need them lying (FABRICATED when their own records are what no truthful world
+    allows, MISSING when a record they do not have is) or deviating."""
+    out = {}
+    f = rule.f
+    for node, (liar_all, dev_all) in named.items():
+        kinds = {}
+        if node not in rule.forced and (liar_all or not (dev_all or node in rule.self_faulty)):
+            own, absent = 0, 0
+            seen = set()
+            for _, ds in sets:
+                if node not in ds:
+                    continue
+                for k, (pat, c) in enumerate(rule.patterns):
+                    if k in seen or not rule.feasible(k, ds) or rule.feasible(k, ds - {node}):
+                        continue
+                    seen.add(k)
+                    mine = any(x == node for x, _, _ in pat[0])
+                    if mine:
+                        own += c
+                    else:
+                        absent += c
+                    kind = FABRICATED if mine else MISSING
+                    ex = exs.setdefault(node, {}).setdefault(kind, [])
+                    for e in patterns[pat][1]:
+                        if len(ex) < n_examples:
+                            ex.append(e)
+            nc = counts.setdefault(node, {})
+            nc[NEEDS_LIE] = own + absent
+            if own:
+                kinds[FABRICATED] = (f"{own} packet(s) whose records of its own no truthful "
+                                     f"device writes given its neighbours' evidence, in every "
+                                     f"explanation with at most {f} lying owner(s)")
+            if absent:
+                kinds[MISSING] = (f"{absent} packet(s) that its neighbours' evidence puts through "
+                                  f"it, with no record of it here, in every explanation with at "
+                                  f"most {f} lying owner(s)")
+        if dev_all:
+            n = 0
+            for pat, c in rule.patterns:
+                if any(p == node and x != rule.succ.get(node) and x not in rule.free
+                       for x, p, _ in pat[0]):
+                    n += c
+            counts.setdefault(node, {})[DEVIATED_BY_NEIGHBOUR] = n
+            to = rule.succ.get(node)
+            to = "outside (0)" if to == _OUTSIDE else f"node {to}"
+            kinds[DEVIATED] = (f"{n} packet(s) that neighbours other than the agreed {to} "
+                               f"received from it, truthful in every explanation with at most "
+                               f"{f} lying owner(s)")
+        out[node] = kinds
+    return out

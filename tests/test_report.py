@@ -7,9 +7,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from governance import report
-from governance.verdicts import VERDICTS, judge
+from governance.verdicts import FAULTS, VERDICTS
 from test_verdicts import (WINDOW, Lab, deviated, deviated_and_dropped, dropped, fabricated,
-                           hidden, honest, no_answer, sla, tampered)
+                           hidden, honest, judge, no_answer, sla, silent_drop, tampered)
 
 SCENARIOS = [honest, deviated, fabricated, dropped, tampered, no_answer, hidden]
 NAMES = {1: "r1", 2: "r2", 3: "r3", 4: "r4"}
@@ -85,11 +85,13 @@ def test_json_holds_every_verdict_with_its_evidence(scenario):
     assert {x["node_id"]: x["verdict"] for x in d["devices"]} == expected
     assert d["window"] == {"from_ns": WINDOW[0], "to_ns": WINDOW[1]}
     assert d["sla"]["route"] == [1, 2, 3] and d["ft"] == j.ft.hex()
-    assert sorted(d["faulty"]) == sorted(n for n, v in expected.items() if v != "CONSISTENT")
+    assert sorted(d["faulty"]) == sorted(n for n, v in expected.items() if v in FAULTS)
+    assert d["rule"]["f"] == 1 and d["rule"]["explained"]
     for x in d["devices"]:
-        assert x["verdict"] in VERDICTS
-        if x["verdict"] != "CONSISTENT":
-            assert x["reasons"][0].startswith(x["verdict"])
+        assert x["verdict"] in VERDICTS and x["owner"] == f"node {x['node_id']}"
+        assert x["at_fault"] == (x["verdict"] in FAULTS)
+        if x["at_fault"]:
+            assert x["reasons"][0].startswith(x["verdict"]) and x["basis"]
         for kind, exs in x["examples"].items():
             for ex in exs:
                 assert len(bytes.fromhex(ex["pd"])) == 16
@@ -140,7 +142,7 @@ def test_text_table():
     text = report.text_table(j, NAMES)
     lines = text.splitlines()
     row = next(line for line in lines if line.startswith("r2 "))
-    assert row.split()[:6] == ["r2", "yes", "DROPPED", "200", "180", "20"]
+    assert row.split()[:8] == ["r2", "node", "2", "yes", "DROPPED", "200", "180", "20"]
     assert "20 of 200 packet(s) dropped" in row
     assert any(line.split()[:6] == ["r1", "->", "r2", "200", "200", "200"] for line in lines)
     assert "outside -> r1 -> r2 -> r3 -> outside" in text
@@ -152,9 +154,20 @@ def test_text_table():
 def test_text_table_notes():
     j, _ = judged(no_answer)
     text = report.text_table(j)
-    assert "node 3  yes    MISSING" in text and "UNAVAILABLE: connection refused" in text
+    assert "node 3  node 3  yes    UNREACHABLE" in text
+    assert "UNAVAILABLE: connection refused" in text
     assert "outside -> node 1 -> node 2 -> node 3 (unconfirmed)" in text
     lab = Lab()
     lab.flow()
     text = report.text_table(judge(sla(), 0, 10, lab.evidence()))
     assert "note: no traffic" in text and "0 packet(s) judged" in text
+    assert "rule: at most 1 lying owner(s); named only if at fault in every explanation: the " \
+        "evidence needs no liar" in text
+
+
+def test_text_table_lists_the_explanations():
+    j, _ = judged(silent_drop)
+    text = report.text_table(j, NAMES)
+    assert "rule: at most 1 lying owner(s); named only if at fault in every explanation: r1; " \
+        "or r2" in text
+    assert " AMBIGUOUS " in next(line for line in text.splitlines() if line.startswith("r2 "))
