@@ -1,14 +1,22 @@
-"""``beatctl interrogate``: the Interrogation Protocol end to end (ARCHITECTURE.md).
+"""``beatctl interrogate``: the Interrogation Protocol end to end (ARCHITECTURE.md,
+docs/threat-model.md).
 
-1. the SLA's agreed route and flow (src, dst) from the ledger, the flow tag ``FT`` from them;
-2. every device of the route, then every device the proofs name (``prev_id``/``next_id``), asked in
-   parallel over gRPC with mutual TLS (``governance/client.py``: every chunk's signature checked
-   against the public key registered on the ledger) for its proof segments holding ``FT`` in the
-   window widened by a margin, its receipts of the flow and its counter report;
+1. the SLA's agreed route and flow (src, dst) from the ledger, the flow tag ``FT`` from them; the
+   registered topology (links on the ledger, else ``[[links]]`` of the configuration: adjacency is
+   never taken from what a suspect's records name) and every device's owner (the ledger);
+2. every device of the route and every registered neighbour of one, asked in parallel over gRPC
+   with mutual TLS (``governance/client.py``: every chunk's signature checked against the public
+   key registered on the ledger) for its proof segments holding ``FT`` in the window widened by a
+   margin, its receipts of the flow and its counter report; then the registered neighbours that
+   the records name, round by round (at most ``MAX_ROUNDS`` rounds and ``max_devices`` devices);
+   a device that does not answer is asked again with backoff; what is left unreachable is not
+   judged;
 3. every segment and receipt checked against its anchored commitment (``governance/verify.py``);
-4. the judgement (``governance/verdicts.py``) and the report (``governance/report.py``);
+4. the judgement (``governance/verdicts.py``, the rule in ``governance/explain.py``: at most
+   ``f`` lying owners) and the report (``governance/report.py``);
 5. the dispute on the ledger: opened (or the one given), the evidence digest recorded, the
-   decision (verdict digest, the faulty devices of the route) recorded.
+   decision (verdict digest, the faulty devices of the route) recorded -- unless a device stayed
+   unreachable (then the dispute is left open: interrogate again).
 
 The governance's own configuration (``--config``, TOML; ``beatd lab up`` writes one)::
 
@@ -17,11 +25,19 @@ The governance's own configuration (``--config``, TOML; ``beatd lab up`` writes 
     cert = "/etc/beat/governance/governance.crt"
     key = "/etc/beat/governance/governance.key"
     margin_s = 2.0                           # asked beyond the window on each side
-    timeout_s = 60.0                         # per device
+    timeout_s = 60.0                         # per device and request
+    retry_s = 30.0                           # how long a device that does not answer is retried
+    [judgement]
+    f = 1                                    # lying owners the verdicts withstand
+    threshold_s = 3600                       # older windows are not judgeable
+    max_devices = 64                         # devices interrogated at most
     [[endpoints]]
     node_id = 1
     address = "10.199.1.2:9478"
     name = "r1"                              # optional: the label in the report
+    [[links]]                                # optional: the topology when the ledger has none
+    a = 1
+    b = 2
 """
 import concurrent.futures
 import dataclasses
@@ -36,18 +52,27 @@ from beatd.tomlfile import read_toml
 from fastpath.output import NONE, RECORD_SIZE
 
 from . import verify
-from .verdicts import NodeEvidence, flow_tag, judge
+from .verdicts import (STATUS_BAD_EVIDENCE, STATUS_INCOMPLETE, NodeEvidence, adjacency,
+                       flow_tag, judge)
 
-__all__ = ["GovernanceConfig", "ConfigError", "load_config", "parse_time", "collect",
-           "interrogate"]
+__all__ = ["GovernanceConfig", "ConfigError", "NotJudgeable", "load_config", "parse_time",
+           "topology_of", "collect", "interrogate", "verdict_digest", "record_decision"]
 
 DEFAULT_MARGIN_S = 2.0
 DEFAULT_TIMEOUT_S = 60.0
-MAX_ROUNDS = 8           # neighbours of neighbours... at most this deep
+DEFAULT_RETRY_S = 30.0
+DEFAULT_F = 1
+DEFAULT_THRESHOLD_S = 3600.0
+DEFAULT_MAX_DEVICES = 64
+MAX_ROUNDS = 8           # registered neighbours named by records, crawled at most this deep
 
 
 class ConfigError(Exception):
     """The governance configuration is wrong; the message names the key and the value."""
+
+
+class NotJudgeable(Exception):
+    """The window cannot be judged (older than the threshold time, or no topology)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,17 +84,40 @@ class GovernanceConfig:
     names: dict = dataclasses.field(default_factory=dict)   # node_id -> a label (optional)
     margin_s: float = DEFAULT_MARGIN_S
     timeout_s: float = DEFAULT_TIMEOUT_S
+    retry_s: float = DEFAULT_RETRY_S
+    links: tuple = ()                   # ((a, b), ...): the topology when the ledger has none
+    f: int = DEFAULT_F
+    threshold_s: float = DEFAULT_THRESHOLD_S
+    max_devices: int = DEFAULT_MAX_DEVICES
+
+
+def _number(path, where, v, *, integer=False, least=0.0, above=False):
+    bad = isinstance(v, bool) or not isinstance(v, int if integer else (int, float))
+    if not bad and (v < least or (above and v == least)):
+        bad = True
+    if bad:
+        what = "an integer" if integer else "a number of seconds"
+        bound = f"> {least:g}" if above else f">= {least:g}"
+        raise ConfigError(f"{path}: {where}: {v!r} is not {what} {bound}")
+    return v if integer else float(v)
+
+
+def _node_id(path, where, v):
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= NONE - 1:
+        raise ConfigError(f"{path}: {where}: {v!r} is not a node id")
+    return v
 
 
 def load_config(path):
     raw = read_toml(path, ConfigError, "governance configuration")
-    unknown = sorted(set(raw) - {"interrogation", "endpoints"})
+    unknown = sorted(set(raw) - {"interrogation", "endpoints", "links", "judgement"})
     if unknown:
-        raise ConfigError(f"{path}: {unknown[0]}: unknown key (known: endpoints, interrogation)")
+        raise ConfigError(f"{path}: {unknown[0]}: unknown key (known: endpoints, interrogation, "
+                          "judgement, links)")
     it = raw.get("interrogation", {})
     if not isinstance(it, dict):
         raise ConfigError(f"{path}: interrogation: not a table")
-    known = {"ca", "cert", "key", "margin_s", "timeout_s"}
+    known = {"ca", "cert", "key", "margin_s", "timeout_s", "retry_s"}
     bad = sorted(set(it) - known)
     if bad:
         raise ConfigError(f"{path}: interrogation.{bad[0]}: unknown key (known: "
@@ -82,13 +130,24 @@ def load_config(path):
         if not os.path.isfile(v):
             raise ConfigError(f'{path}: interrogation.{name}: "{v}": no such file')
         files[name] = v
-    nums = {}
-    for name, default in (("margin_s", DEFAULT_MARGIN_S), ("timeout_s", DEFAULT_TIMEOUT_S)):
-        v = it.get(name, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (
-                name == "timeout_s" and v == 0):
-            raise ConfigError(f"{path}: interrogation.{name}: {v!r} is not a number of seconds")
-        nums[name] = float(v)
+    nums = {"margin_s": _number(path, "interrogation.margin_s",
+                                it.get("margin_s", DEFAULT_MARGIN_S)),
+            "timeout_s": _number(path, "interrogation.timeout_s",
+                                 it.get("timeout_s", DEFAULT_TIMEOUT_S), above=True),
+            "retry_s": _number(path, "interrogation.retry_s", it.get("retry_s", DEFAULT_RETRY_S))}
+    ju = raw.get("judgement", {})
+    if not isinstance(ju, dict):
+        raise ConfigError(f"{path}: judgement: not a table")
+    bad = sorted(set(ju) - {"f", "threshold_s", "max_devices"})
+    if bad:
+        raise ConfigError(f"{path}: judgement.{bad[0]}: unknown key (known: f, max_devices, "
+                          "threshold_s)")
+    nums["f"] = _number(path, "judgement.f", ju.get("f", DEFAULT_F), integer=True)
+    nums["threshold_s"] = _number(path, "judgement.threshold_s",
+                                  ju.get("threshold_s", DEFAULT_THRESHOLD_S), above=True)
+    nums["max_devices"] = _number(path, "judgement.max_devices",
+                                  ju.get("max_devices", DEFAULT_MAX_DEVICES), integer=True,
+                                  least=1)
     endpoints, names = {}, {}
     eps = raw.get("endpoints", [])
     if not isinstance(eps, list):
@@ -98,9 +157,8 @@ def load_config(path):
                 "node_id", "address", "name"}:
             raise ConfigError(f"{path}: endpoints[{i}]: needs node_id and address (and "
                               "optionally name)")
-        nid, addr = ep["node_id"], ep["address"]
-        if isinstance(nid, bool) or not isinstance(nid, int) or not 1 <= nid <= NONE - 1:
-            raise ConfigError(f"{path}: endpoints[{i}].node_id: {nid!r} is not a node id")
+        nid = _node_id(path, f"endpoints[{i}].node_id", ep["node_id"])
+        addr = ep["address"]
         if not isinstance(addr, str) or not re.match(r"^.+:\d{1,5}$", addr):
             raise ConfigError(f"{path}: endpoints[{i}].address: {addr!r} is not host:port")
         if nid in endpoints:
@@ -110,7 +168,21 @@ def load_config(path):
             if not isinstance(ep["name"], str) or not ep["name"]:
                 raise ConfigError(f"{path}: endpoints[{i}].name: {ep['name']!r} is not a name")
             names[nid] = ep["name"]
-    return GovernanceConfig(endpoints=endpoints, names=names, **files, **nums)
+    links = []
+    lks = raw.get("links", [])
+    if not isinstance(lks, list):
+        raise ConfigError(f"{path}: links: not an array of tables ([[links]])")
+    for i, lk in enumerate(lks):
+        if not isinstance(lk, dict) or set(lk) != {"a", "b"}:
+            raise ConfigError(f"{path}: links[{i}]: needs a and b (two node ids) and nothing "
+                              "else")
+        a = _node_id(path, f"links[{i}].a", lk["a"])
+        b = _node_id(path, f"links[{i}].b", lk["b"])
+        if a == b:
+            raise ConfigError(f"{path}: links[{i}]: a and b are both {a}")
+        links.append((min(a, b), max(a, b)))
+    return GovernanceConfig(endpoints=endpoints, names=names, links=tuple(sorted(set(links))),
+                            **files, **nums)
 
 
 _REL = re.compile(r"^now(?:\s*([+-])\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h))?$")
@@ -181,9 +253,51 @@ def _named_slow(records, ft):
     return out
 
 
+def topology_of(ledger, cfg):
+    """The registered links as adjacency ``{node: frozenset}``: the ledger's (``links()``) when it
+    holds any, else the configuration's ``[[links]]``; NotJudgeable when neither has one."""
+    links = ()
+    get = getattr(ledger, "links", None)
+    if get is not None:
+        links = tuple(tuple(lk)[:2] for lk in get())
+    if not links:
+        links = cfg.links
+    if not links:
+        raise NotJudgeable("no topology: register the links between the devices on the ledger "
+                           "(beatctl register-link) or give them as [[links]] in the governance "
+                           "configuration; adjacency is never taken from the devices' records")
+    return adjacency(links)
+
+
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 5.0
+
+
+def _with_retry(call, retry_s, sleep=time.sleep, clock=time.monotonic):
+    """``call()``, again with backoff while the device is unreachable or busy, for at most
+    ``retry_s``; ``(result, attempts)`` or the last error raised."""
+    from .client import NodeUnreachable, RequestRejected
+
+    deadline = clock() + retry_s
+    delay = _RETRY_FIRST_S
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return call(), attempts
+        except (NodeUnreachable, RequestRejected) as exc:
+            busy = getattr(getattr(exc, "code", None), "name", "") == "RESOURCE_EXHAUSTED"
+            if not (isinstance(exc, NodeUnreachable) or busy) or clock() + delay > deadline:
+                raise
+        sleep(delay)
+        delay = min(_RETRY_MAX_S, delay * 2)
+
+
 def _ask(node_id, ledger, cfg, hash_name, sla, ft, lo, hi, anchors):
-    """One device's evidence, checked: a NodeEvidence (no_answer when it could not be had)."""
-    from beat_rpc.evidence import EvidenceError
+    """One device's evidence, checked: ``(NodeEvidence, info)``. A device the governance cannot
+    reach (after retries), or that refuses the request, is not judged (``unreachable``); one
+    whose answer stops before its last chunk (``incomplete``) or is not acceptable evidence
+    (``bad_evidence``: a bad signature, malformed, another request's) is MISSING."""
+    from beat_rpc.evidence import EvidenceError, IncompleteAnswer
 
     from .client import ClientError, InterrogationClient, NoEvidence
 
@@ -199,11 +313,11 @@ def _ask(node_id, ledger, cfg, hash_name, sla, ft, lo, hi, anchors):
     if addr is None:
         return NodeEvidence.no_answer(node_id, f"no endpoint for node {node_id} in the "
                                                "governance configuration"), {}
-    info = {"endpoint": addr}
-    try:
+    info = {"endpoint": addr, "attempts": 0}
+
+    def fetch():
         with InterrogationClient(addr, cfg.ca, cfg.cert, cfg.key, hash_name, node_id,
                                  node.pubkey, timeout=cfg.timeout_s) as client:
-            t0 = time.monotonic()
             try:
                 segments = client.proof_segments(lo, hi, [ft])
             except NoEvidence:
@@ -212,10 +326,20 @@ def _ask(node_id, ledger, cfg, hash_name, sla, ft, lo, hi, anchors):
                 receipts = client.receipts(lo, hi, sla.src, sla.dst)
             except NoEvidence:
                 receipts = []
-            counters = client.counter_report()
-            info["seconds"] = round(time.monotonic() - t0, 3)
-    except (ClientError, EvidenceError) as exc:
+            return segments, receipts, client.counter_report()
+
+    t0 = time.monotonic()
+    try:
+        (segments, receipts, counters), info["attempts"] = _with_retry(fetch, cfg.retry_s)
+    except IncompleteAnswer as exc:
+        return NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}",
+                                      STATUS_INCOMPLETE), info
+    except EvidenceError as exc:
+        return NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}",
+                                      STATUS_BAD_EVIDENCE), info
+    except ClientError as exc:
         return NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}"), info
+    info["seconds"] = round(time.monotonic() - t0, 3)
     seg_check = verify.verify_segments(node_id, hash_name, segments, ledger, anchors)
     rc_check = verify.verify_receipts(node_id, hash_name, receipts, ledger, anchors)
     info.update(segments=len(segments), receipts=len(receipts),
@@ -223,15 +347,23 @@ def _ask(node_id, ledger, cfg, hash_name, sla, ft, lo, hi, anchors):
     return NodeEvidence.from_checks(seg_check, rc_check, counters), info
 
 
-def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8):
-    """Every device's checked evidence: the route's, then the devices the proofs name, round by
-    round. Returns ({node_id: NodeEvidence}, {node_id: {"endpoint", "seconds", ...}})."""
+def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8, topology=None):
+    """Every device's checked evidence: the route's and every registered neighbour of one, then
+    the registered neighbours the records name, round by round (at most ``MAX_ROUNDS`` rounds
+    and ``cfg.max_devices`` devices). Returns ``({node_id: NodeEvidence}, {node_id: {"endpoint",
+    "seconds", ...}}, adjacency, {node_id: owner})``."""
+    if topology is None:
+        topology = topology_of(ledger, cfg)
     ft = flow_tag(hash_name, sla.src, sla.dst)
     margin = int(cfg.margin_s * 1e9)
     lo, hi = max(0, from_ns - margin), to_ns + margin
     anchors = verify.AnchorCache(ledger)
     evidence, info = {}, {}
     todo = list(dict.fromkeys(sla.route))
+    for x in sla.route:
+        todo += sorted(topology.get(x, ()))
+    todo = list(dict.fromkeys(todo))[:cfg.max_devices]
+    capped = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in range(MAX_ROUNDS):
             if not todo:
@@ -239,23 +371,46 @@ def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8):
             futures = {n: pool.submit(_ask, n, ledger, cfg, hash_name, sla, ft, lo, hi, anchors)
                        for n in todo}
             named = set()
-            for n, f in futures.items():
-                evidence[n], info[n] = f.result()
-                named |= _named(evidence[n].records, ft)
+            for n, fut in futures.items():
+                evidence[n], info[n] = fut.result()
+                ev = evidence[n]
+                if ev.answered:       # only registered neighbours are crawled
+                    named |= (_named(ev.records, ft) | _named(ev.unanchored_records, ft)) & \
+                        topology.get(n, frozenset())
             todo = sorted(named - set(evidence))
-    return evidence, info
+            room = cfg.max_devices - len(evidence)
+            capped += todo[max(0, room):]
+            todo = todo[:max(0, room)]
+    if capped:
+        info["capped"] = sorted(set(capped))
+    owners = {}
+    for n in set(evidence) | set(sla.route):
+        try:
+            node = ledger.get_node(n)
+        except Exception:  # noqa: BLE001 (an unknown owner: the device counts as its own)
+            node = None
+        owners[n] = node.owner if node is not None else f"unregistered node {n}"
+    return evidence, info, topology, owners
 
 
 def interrogate(ledger, sla_id, from_ns, to_ns, cfg, *, receipt_epoch_ns=10**9,
-                max_hop_delay_ns=10**9, skew_ns=50_000_000):
-    """Collect and judge: (Judgement, evidence, info). Raises LookupError for an unknown SLA."""
+                max_hop_delay_ns=10**9, skew_ns=50_000_000, f=None, now_ns=None):
+    """Collect and judge: ``(Judgement, evidence, info)``. LookupError for an unknown SLA;
+    NotJudgeable for a window older than the threshold time or without a topology."""
     sla = ledger.get_sla(sla_id)
     if sla is None:
         raise LookupError(f"SLA {sla_id}: not on the ledger")
+    now = time.time_ns() if now_ns is None else now_ns
+    threshold = int(cfg.threshold_s * 1e9)
+    if from_ns < now - threshold:
+        raise NotJudgeable(f"window [{from_ns}, {to_ns}] starts {(now - from_ns) / 1e9:.1f} s "
+                           f"ago, more than the threshold time {cfg.threshold_s:g} s: the "
+                           "devices' rings need not hold it")
     hash_name = ledger.hash_name
-    evidence, info = collect(ledger, sla, from_ns, to_ns, cfg, hash_name)
-    judgement = judge(sla, from_ns, to_ns, evidence, hash_name=hash_name,
-                      max_hop_delay_ns=max_hop_delay_ns, skew_ns=skew_ns,
+    f = cfg.f if f is None else f
+    evidence, info, topology, owners = collect(ledger, sla, from_ns, to_ns, cfg, hash_name)
+    judgement = judge(sla, from_ns, to_ns, evidence, topology=topology, owners=owners, f=f,
+                      hash_name=hash_name, max_hop_delay_ns=max_hop_delay_ns, skew_ns=skew_ns,
                       receipt_epoch_ns=receipt_epoch_ns)
     return judgement, evidence, info
 

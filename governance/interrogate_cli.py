@@ -1,22 +1,28 @@
 """``beatctl interrogate``: the arguments and the output (the work: governance/interrogate.py).
 
-Exit codes: 0 every device CONSISTENT; 3 a device is not (the verdict is printed and recorded);
-2 bad input (arguments, files, keys, an SLA that is not on the ledger); 1 the ledger refused.
+Exit codes: 0 no device at fault (the decision recorded); 3 a device at fault (printed and
+recorded); 4 nothing decided: a device stayed unreachable (the report is printed, the dispute
+left open: interrogate again) or the window is not judgeable (older than the threshold time, no
+topology); 2 bad input (arguments, files, keys, an SLA that is not on the ledger); 1 the ledger
+refused.
 """
 import json
 import os
 import sys
 
 EXIT_FAULT = 3
+EXIT_UNDECIDED = 4
 
 
 def add_parser(sub):
     i = sub.add_parser("interrogate", help="run the Interrogation Protocol for an SLA and a "
                        "time window; record the verdict on the ledger",
-                       description="Ask every router of the SLA's agreed route (and every "
-                       "neighbour their proofs name) for signed evidence, check it against the "
-                       "anchors, follow every packet and give a verdict per device. Exit 0 only "
-                       "when every device is CONSISTENT (3 otherwise).")
+                       description="Ask every router of the SLA's agreed route and every "
+                       "registered neighbour of one for signed evidence, check it against the "
+                       "anchors, follow every packet and name a device at fault only if it is at "
+                       "fault in every explanation of the evidence with at most F lying owners "
+                       "(docs/threat-model.md). Exit 0: nobody at fault; 3: a device at fault; "
+                       "4: nothing decided (a device unreachable, or the window not judgeable).")
     i.add_argument("--sla", type=int, required=True, metavar="ID")
     i.add_argument("--from", dest="from_", required=True, metavar="T",
                    help="window start: ns since the epoch, ISO 8601, now or now-60s")
@@ -35,6 +41,11 @@ def add_parser(sub):
                    help="the most one hop may take (default 1000)")
     i.add_argument("--receipt-epoch-ms", type=int, default=1000, metavar="MS",
                    help="the domain's receipt epoch (governance.receipt_epoch_ms, default 1000)")
+    i.add_argument("--skew-ms", type=float, default=50.0, metavar="MS",
+                   help="the clock difference tolerated between neighbours (default 50)")
+    i.add_argument("--f", type=int, default=None, metavar="F",
+                   help="how many owners may lie together (default: the configuration's "
+                        "[judgement] f, else 1)")
     return i
 
 
@@ -53,19 +64,28 @@ def run(args, open_ledger, gov_key, UsageError):
         raise UsageError(str(exc)) from None
     if to_ns < from_ns:
         raise UsageError(f"--to {args.to} ({to_ns}) is before --from {args.from_} ({from_ns})")
+    if args.f is not None and args.f < 0:
+        raise UsageError(f"--f {args.f}: must be 0 or more")
+    if args.skew_ms < 0 or args.max_hop_delay_ms < 0:
+        raise UsageError("--skew-ms and --max-hop-delay-ms must be 0 or more")
     signer = None if args.no_record else gov_key(args)
     with open_ledger(args) as led:
         try:
             j, evidence, info = itg.interrogate(
                 led, args.sla, from_ns, to_ns, cfg,
                 receipt_epoch_ns=args.receipt_epoch_ms * 1_000_000,
-                max_hop_delay_ns=int(args.max_hop_delay_ms * 1e6))
+                max_hop_delay_ns=int(args.max_hop_delay_ms * 1e6),
+                skew_ns=int(args.skew_ms * 1e6), f=args.f)
         except LookupError as exc:
             raise UsageError(str(exc)) from None
+        except itg.NotJudgeable as exc:
+            print(f"beatctl: interrogate: not judgeable: {exc}", file=sys.stderr)
+            return EXIT_UNDECIDED
         data = report.to_dict(j)
         digest = report.evidence_digest(j, data)
         decision = None
-        if signer is not None:
+        unreachable = sorted(n for n, ev in evidence.items() if ev.status == "unreachable")
+        if signer is not None and not unreachable:
             decision = itg.record_decision(led, j, digest, signer, args.dispute)
     names = cfg.names or None
     data["interrogation"] = {str(n): v for n, v in info.items()}
@@ -87,6 +107,11 @@ def run(args, open_ledger, gov_key, UsageError):
             print(f"ledger: dispute {decision['dispute_id']} {decision['state']}: faulty "
                   f"{decision['faulty'] or 'none'}, verdict digest "
                   f"{decision['verdict_digest'][:16]}..., penalty {decision['penalty']}")
+    if unreachable:
+        print(f"beatctl: interrogate: node(s) {', '.join(map(str, unreachable))} unreachable "
+              f"after the retries: nothing decided{' or recorded' if signer else ''}; "
+              "interrogate again", file=sys.stderr)
+        return EXIT_UNDECIDED
     return 0 if not j.faulty else EXIT_FAULT
 
 
