@@ -348,7 +348,9 @@ class Daemon:
                             max_records=cfg.interrogation_max_records,
                             max_streams=cfg.interrogation_max_streams,
                             max_flow_tags=cfg.interrogation_max_flow_tags,
-                            max_stream_s=cfg.interrogation_max_stream_s)
+                            max_stream_s=cfg.interrogation_max_stream_s,
+                            max_index_entries=cfg.interrogation_max_index_entries,
+                            max_seg_seqs=cfg.interrogation_max_seg_seqs)
             self.interrogation = InterrogationServer(
                 self.store, key, ca=cfg.interrogation_ca, cert=cfg.interrogation_cert,
                 private_key=cfg.interrogation_key, listen=cfg.interrogation_listen,
