@@ -216,7 +216,7 @@ class InterrogationClient:
         except grpc.RpcError as exc:
             raise self._error(rpc, exc) from None
         reader.finish()
-        self._last_bytes = total
+        reader.bytes = total
         return items
 
     # -- calls --
@@ -248,7 +248,7 @@ class InterrogationClient:
         reader = ev.AnswerReader(self.pubkey, self.node_id, ev.KIND_SEGMENTS, Q)
         segments = self._stream("GetProofSegments", call, reader)
         return SegmentsAnswer(segments, reader.coverage, from_ns, to_ns, tags, (),
-                              reader.chunks, self._last_bytes)
+                              reader.chunks, reader.bytes)
 
     def proof_segments(self, from_ns, to_ns, flow_tags=()):
         """``proof_answer(...).segments``: ``list[Segment]``, seg_seq order."""
@@ -276,7 +276,7 @@ class InterrogationClient:
             raise WrongAnswer(f"node {self.node_id}: the coverage of a GetSegments answer has "
                               f"{len(reader.coverage.index)} index entries (it has none)")
         return SegmentsAnswer(segments, reader.coverage, seg_seqs=seqs, chunks=reader.chunks,
-                              bytes=self._last_bytes)
+                              bytes=reader.bytes)
 
     def counter_report(self):
         """The device's packet counters, signed: ``list[Counter]`` by (prev_id, next_id)."""
@@ -288,6 +288,7 @@ class InterrogationClient:
         except grpc.RpcError as exc:
             raise self._error("GetCounterReport", exc) from None
         reader = ev.AnswerReader(self.pubkey, self.node_id, ev.KIND_COUNTERS, Q)
+        self._take("GetCounterReport", chunk.body)
         items = reader.feed(chunk.body, chunk.signature)
         reader.finish()
         return items
