@@ -688,7 +688,8 @@ class AnswerReader:
         self.chunks = 0
         self.done = False
         self._prev = None
-        self._cov = None                 # (first part, [index entries], [gaps], t_ns)
+        self._cov = None                 # (first part, [index entries], [gaps])
+        self._cov_t = 0                  # the last coverage chunk's t_ns
         self.coverage = None
 
     def feed(self, body, signature):
