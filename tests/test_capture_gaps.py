@@ -9,7 +9,6 @@ from the previous run's end of capture to this start; ``beatd status`` shows the
 really drops), then restarted.
 """
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -11,7 +11,11 @@ windows and flow tags select exactly what a brute-force scan of the store select
 receipts are the store's (receipts proven too); each bad request of the error table gets its status
 code and message; max_streams; an answer running past max_stream_s is cancelled; health and
 reflection answer; no plaintext; a client that stops reading does not stop the writer committing
-and pins no read transaction; a device key other than the ledger's is a BadSignature.
+and pins no read transaction; a device key other than the ledger's is a BadSignature. Every
+segments answer ends with the signed coverage: an empty window is the coverage alone; the index
+lists every held segment from the first to the last overlapping the window, flagged as sent, S and
+times the store's, anchor refs proven; a long index spans several chunks; GetSegments answers the
+named segments and the ring; max_index_entries and max_seg_seqs; capture gaps of the window.
 """
 import collections
 import hashlib
@@ -36,8 +40,7 @@ from beatd.replay import replay
 from beatd.store import Store
 from benchmarks.pipeline import NEXT, OWN, build_frames
 from conftest import require_real_pcaps, wait_for
-from governance.client import (BadSignature, InterrogationClient, NoEvidence, NodeUnreachable,
-                               RequestRejected)
+from governance.client import BadSignature, InterrogationClient, NodeUnreachable, RequestRejected
 from ledger_client import merkle
 from ledger_client.batcher import Batcher
 from ledger_client.keys import DeviceKey
