@@ -1,7 +1,7 @@
 """The canonical evidence codec of the Interrogation Protocol (docs/interrogation.md).
 
 What a device signs and the governance checks, byte for byte: the request digest ``Q``, the chunk
-bodies of the three evidence kinds (proof segments, counter report, receipts) and the Ed25519
+bodies of the four chunk kinds (proof segments, counter report, receipts, coverage) and the Ed25519
 signature over a body. Records travel packed: a ``Segment`` holds its records as one bytes object
 of ``n * 48`` bytes, never one Python object per record.
 
@@ -9,8 +9,15 @@ Decoders never crash on bad input: anything that is not a well-formed body raise
 ``MalformedEvidence`` naming the part and the offset. ``open_chunk`` checks a signed chunk (the
 signature, then the header's node_id, kind, Q and chunk_seq) before decoding it, and
 ``AnswerReader`` checks a whole answer (chunk_seq 0, 1, 2, ... and the last chunk arriving, items in
-order across chunks). None of this checks ``S``, ``R`` or the anchors: that is the verdict's job
-(governance/verify.py), on top of these types.
+order across chunks; for a segments answer, the coverage chunks last). None of this checks ``S``,
+``R``, the anchors or the coverage against the segments: that is governance/verify.py's job, on top
+of these types.
+
+Chunk kinds (the byte after the magic): 1 proof segments, 2 counter report, 3 receipts, 4 coverage.
+Request kinds (the byte ``Q`` binds): 1 GetProofSegments, 2 GetCounterReport, 3 GetReceipts, 5
+GetSegments (segments named by ``seg_seq``; ``Q`` binds the sorted ``seg_seq``s, 8 bytes each, where
+the flow tags go). A segments answer (request kind 1 or 5) is kind-1 chunks, then one or more
+kind-4 chunks, the last of which carries the last flag.
 """
 import dataclasses
 import struct
@@ -18,12 +25,15 @@ import struct
 from fastpath.hashes import digest_function
 from ledger_client.keys import verify as _ed25519_verify
 
-__all__ = ["NONE", "RECORD_SIZE", "KIND_SEGMENTS", "KIND_COUNTERS", "KIND_RECEIPTS", "KIND_NAMES",
-           "HEADER_SIZE", "CHUNK_RECORD_BYTES", "AnchorRef", "UNANCHORED", "Segment", "Counter",
-           "Receipt", "ChunkHeader", "EvidenceError", "MalformedEvidence", "BadSignature",
-           "WrongAnswer", "IncompleteAnswer", "request_digest", "normalise_flow_tags",
-           "encode_anchor_ref", "encode_chunk", "decode_header", "decode_chunk", "sign_body", "verify_signature",
-           "open_chunk", "AnswerReader"]
+__all__ = ["NONE", "RECORD_SIZE", "KIND_SEGMENTS", "KIND_COUNTERS", "KIND_RECEIPTS",
+           "KIND_COVERAGE", "KIND_GET_SEGMENTS", "KIND_NAMES", "REQUEST_KIND_NAMES", "HEADER_SIZE",
+           "CHUNK_RECORD_BYTES", "COVERAGE_FIXED_SIZE", "INDEX_ENTRY_SIZE", "GAP_SIZE",
+           "GAP_KERNEL_DROPS", "GAP_CAPTURE_STOPPED", "GAP_REASONS", "AnchorRef", "UNANCHORED",
+           "Segment", "Counter", "Receipt", "IndexEntry", "CaptureGap", "Coverage", "ChunkHeader",
+           "EvidenceError", "MalformedEvidence", "BadSignature", "WrongAnswer", "IncompleteAnswer",
+           "request_digest", "segments_request_digest", "normalise_flow_tags",
+           "normalise_seg_seqs", "encode_anchor_ref", "encode_chunk", "decode_header",
+           "decode_chunk", "sign_body", "verify_signature", "open_chunk", "AnswerReader"]
 
 NONE = (1 << 64) - 1
 U64_MAX = NONE
@@ -34,8 +44,15 @@ NONCE_SIZE = 16
 HASH_SIZE = 32
 SIGNATURE_SIZE = 64
 KIND_SEGMENTS, KIND_COUNTERS, KIND_RECEIPTS = 1, 2, 3
+KIND_COVERAGE = 4                   # a chunk kind only: what the device holds for the request
+KIND_GET_SEGMENTS = 5               # a request kind only: GetSegments (segments named by seg_seq)
 KIND_NAMES = {KIND_SEGMENTS: "proof segments", KIND_COUNTERS: "counter report",
-              KIND_RECEIPTS: "receipts"}
+              KIND_RECEIPTS: "receipts", KIND_COVERAGE: "coverage"}          # chunk kinds
+REQUEST_KIND_NAMES = {KIND_SEGMENTS: "proof segments", KIND_COUNTERS: "counter report",
+                      KIND_RECEIPTS: "receipts", KIND_GET_SEGMENTS: "segments by seg_seq"}
+GAP_KERNEL_DROPS, GAP_CAPTURE_STOPPED = 1, 2
+GAP_REASONS = {GAP_KERNEL_DROPS: "kernel drops", GAP_CAPTURE_STOPPED: "capture stopped"}
+IFNAME_SIZE = 16                    # IFNAMSIZ: a capture gap's interface, zero padded
 ROLES = (1, 2)                      # receipts: 1 ingress, 2 egress (SPEC.md)
 MAGIC = b"BEAT-EV-v1"
 REQUEST_TAG = b"BEAT-RQ-v1"
@@ -48,7 +65,19 @@ _SEG = struct.Struct(">QI32s")              # seg_seq n S
 _COUNTER = struct.Struct(">QQQQQQ")         # prev next packets bytes first_t last_t
 _RECEIPT = struct.Struct(">QB16s16sQQ32s")  # epoch role src dst packets bytes R
 _REQ = struct.Struct(">BQQI")               # kind from_ns to_ns n_ft
+_COVERAGE = struct.Struct(">10Q")           # ring_oldest_seq next_seg_seq anchored_segments
+#                                             ring_wraps oldest_t_ns newest_t_ns
+#                                             anchored_until_t_ns open_first_t_ns threshold_ns
+#                                             index_first_seq
+_ENTRY = struct.Struct(">QIQQ32sB")         # seg_seq n first_t_ns last_t_ns S flags
+_GAP = struct.Struct(">QQQB16s")            # from_ns to_ns frames_dropped reason interface
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
 HEADER_SIZE = _HEADER.size                  # 68
+COVERAGE_FIXED_SIZE = _COVERAGE.size        # 80
+INDEX_ENTRY_SIZE = _ENTRY.size              # 61, then the anchor ref
+GAP_SIZE = _GAP.size                        # 41
+ENTRY_SENT = 0x01                           # index entry flags: bit 0 "sent in full"
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -140,6 +169,90 @@ class Receipt:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One segment of a coverage's index: what the device says it holds, signed. ``sent``: the
+    segment was sent in full in this answer (its kind-1 chunk came before the coverage)."""
+    seg_seq: int
+    count: int
+    first_t_ns: int
+    last_t_ns: int
+    S: bytes
+    sent: bool
+    anchor: AnchorRef
+
+    @property
+    def leaf(self):
+        """The anchored leaf data ``0x02 || S``."""
+        return b"\x02" + bytes(self.S)
+
+    def overlaps(self, from_ns, to_ns):
+        """Whether the segment's records (as the entry says) reach into [from_ns, to_ns]."""
+        return self.count > 0 and self.first_t_ns <= to_ns and self.last_t_ns >= from_ns
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CaptureGap:
+    """A time the device says it may have missed packets: ``reason`` 1 kernel drops (on
+    ``interface``, ``frames_dropped`` frames) or 2 capture stopped (the daemon was not running;
+    ``interface`` empty = every one, ``frames_dropped`` 0 = unknown)."""
+    from_ns: int
+    to_ns: int
+    frames_dropped: int
+    reason: int
+    interface: str
+
+    @property
+    def reason_name(self):
+        return GAP_REASONS.get(self.reason, str(self.reason))
+
+    def overlaps(self, from_ns, to_ns):
+        return self.from_ns <= to_ns and self.to_ns >= from_ns
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Coverage:
+    """What a device holds for a request, signed (chunk kind 4; docs/interrogation.md).
+
+    The ring: ``ring_oldest_seq`` (the oldest segment still held), ``next_seg_seq`` (closed
+    segments are below it), ``anchored_segments`` (segments 0..n-1 are in anchored batches),
+    ``ring_wraps``; times: ``oldest_t_ns`` (the ring's oldest record, 0: empty),
+    ``newest_t_ns`` (the newest closed segment's last record), ``anchored_until_t_ns``,
+    ``open_first_t_ns`` (the open segment's first record: not in any answer; 0: none),
+    ``threshold_ns``. The index: ``index`` (IndexEntry, contiguous from ``index_first_seq``: every
+    segment held from the first to the last whose records overlap the window; empty, it says
+    where the window falls: between ``index_first_seq - 1`` and ``index_first_seq``) and ``gaps``
+    (CaptureGap overlapping the window). ``t_ns``: the device's clock when it made the (last)
+    coverage chunk (its header's; not part of the coverage bytes)."""
+    ring_oldest_seq: int
+    next_seg_seq: int
+    anchored_segments: int
+    ring_wraps: int
+    oldest_t_ns: int
+    newest_t_ns: int
+    anchored_until_t_ns: int
+    open_first_t_ns: int
+    threshold_ns: int
+    index_first_seq: int
+    index: tuple = ()
+    gaps: tuple = ()
+    t_ns: int = dataclasses.field(default=0, compare=False)
+
+    FIXED = ("ring_oldest_seq", "next_seg_seq", "anchored_segments", "ring_wraps", "oldest_t_ns",
+             "newest_t_ns", "anchored_until_t_ns", "open_first_t_ns", "threshold_ns",
+             "index_first_seq")
+
+    def fixed(self):
+        """The fixed fields, as a tuple (the same in every coverage chunk of one answer)."""
+        return tuple(getattr(self, f) for f in self.FIXED)
+
+    @property
+    def ring_short(self):
+        """The ring wrapped and covers less than ``threshold_ns`` back from ``t_ns``."""
+        return self.ring_wraps > 0 and (self.oldest_t_ns == 0 or
+                                        self.t_ns - self.oldest_t_ns < self.threshold_ns)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ChunkHeader:
     kind: int
     node_id: int
@@ -192,8 +305,8 @@ def request_digest(hash_name, kind, from_ns, to_ns, flow_tags, src, dst, nonce):
     ``flow_tags`` any iterable of 8-byte values (sorted and deduplicated here); ``src``/``dst``
     16 bytes or ``None`` (zero); ``nonce`` 16 bytes. ``ValueError`` names a bad field and value.
     """
-    if kind not in KIND_NAMES:
-        raise ValueError(f"kind: {kind!r} is not one of {sorted(KIND_NAMES)}")
+    if kind not in REQUEST_KIND_NAMES:
+        raise ValueError(f"kind: {kind!r} is not one of {sorted(REQUEST_KIND_NAMES)}")
     _check_u64("from_ns", from_ns)
     _check_u64("to_ns", to_ns)
     tags = normalise_flow_tags(flow_tags)
@@ -203,6 +316,24 @@ def request_digest(hash_name, kind, from_ns, to_ns, flow_tags, src, dst, nonce):
     H = digest_function(hash_name)
     return H(b"".join((REQUEST_TAG, _REQ.pack(kind, from_ns, to_ns, len(tags))) + tags +
                       (src, dst, nonce)))
+
+
+def normalise_seg_seqs(seg_seqs):
+    """The seg_seqs of a GetSegments request as Q binds them: sorted, duplicates removed.
+    ``ValueError`` naming the first one that is not a u64."""
+    seqs = set()
+    for i, s in enumerate(seg_seqs or ()):
+        seqs.add(_check_u64(f"seg_seqs[{i}]", s))
+    return tuple(sorted(seqs))
+
+
+def segments_request_digest(hash_name, seg_seqs, nonce):
+    """Q of a GetSegments request (request kind 5): ``request_digest`` with ``from_ns = to_ns =
+    0``, the sorted, deduplicated seg_seqs (8 bytes each, big-endian) where the flow tags go, zero
+    src/dst, and the nonce."""
+    seqs = normalise_seg_seqs(seg_seqs)
+    return request_digest(hash_name, KIND_GET_SEGMENTS, 0, 0, [_U64.pack(s) for s in seqs],
+                          None, None, nonce)
 
 
 # -- encoding -----------------------------------------------------------------------------------
@@ -247,6 +378,39 @@ def _receipt_parts(r, parts):
     parts.append(encode_anchor_ref(r.anchor))
 
 
+def _interface_bytes(name):
+    raw = name.encode("ascii") if isinstance(name, str) else bytes(name)
+    if len(raw) > IFNAME_SIZE or b"\x00" in raw or any(not 0x21 <= c <= 0x7e for c in raw):
+        raise ValueError(f"capture gap: interface {name!r} is not up to {IFNAME_SIZE} printable "
+                         "ASCII characters")
+    return raw.ljust(IFNAME_SIZE, b"\x00")
+
+
+def encode_gap(gap):
+    """``from_ns || to_ns || frames_dropped || reason || interface(16, zero padded)``."""
+    if gap.reason not in GAP_REASONS:
+        raise ValueError(f"capture gap [{gap.from_ns}, {gap.to_ns}]: reason {gap.reason!r} is "
+                         f"not one of {sorted(GAP_REASONS)}")
+    if gap.from_ns > gap.to_ns:
+        raise ValueError(f"capture gap [{gap.from_ns}, {gap.to_ns}]: from_ns after to_ns")
+    return _GAP.pack(gap.from_ns, gap.to_ns, gap.frames_dropped, gap.reason,
+                     _interface_bytes(gap.interface))
+
+
+def _coverage_parts(cov, parts):
+    parts.append(_COVERAGE.pack(*cov.fixed()))
+    for e in cov.index:
+        if len(e.S) != HASH_SIZE:
+            raise ValueError(f"index entry {e.seg_seq}: S of {len(e.S)} bytes (32)")
+        if e.count > 0xFFFFFFFF:
+            raise ValueError(f"index entry {e.seg_seq}: {e.count} records (at most 2^32 - 1)")
+        parts.append(_ENTRY.pack(e.seg_seq, e.count, e.first_t_ns, e.last_t_ns, bytes(e.S),
+                                 ENTRY_SENT if e.sent else 0))
+        parts.append(encode_anchor_ref(e.anchor))
+    parts.append(_U32.pack(len(cov.gaps)))
+    parts.extend(encode_gap(g) for g in cov.gaps)
+
+
 _ENCODERS = {KIND_SEGMENTS: _segment_parts, KIND_COUNTERS: _counter_parts,
              KIND_RECEIPTS: _receipt_parts}
 
@@ -254,7 +418,19 @@ _ENCODERS = {KIND_SEGMENTS: _segment_parts, KIND_COUNTERS: _counter_parts,
 def encode_chunk(kind, node_id, Q, chunk_seq, last, t_ns, items):
     """One chunk body: the common header, then ``items`` (Segments, Counters or Receipts, as
     ``kind`` says) in the order given. A Segment's ``records`` may be any bytes-like object (a
-    memoryview into the store is copied once, into the body)."""
+    memoryview into the store is copied once, into the body). For kind 4 (coverage), ``items`` is
+    one ``Coverage`` (its ``index`` entries and ``gaps``; ``count`` = the number of index
+    entries)."""
+    if kind == KIND_COVERAGE:
+        if not isinstance(items, Coverage):
+            raise ValueError(f"kind 4 (coverage): items must be one Coverage, not "
+                             f"{type(items).__name__}")
+        if len(Q) != HASH_SIZE:
+            raise ValueError(f"Q: {_show(Q)}, must be 32 bytes")
+        parts = [_HEADER.pack(MAGIC, kind, node_id, bytes(Q), chunk_seq,
+                              FLAG_LAST if last else 0, t_ns, len(items.index))]
+        _coverage_parts(items, parts)
+        return b"".join(parts)
     enc = _ENCODERS.get(kind)
     if enc is None:
         raise ValueError(f"kind: {kind!r} is not one of {sorted(KIND_NAMES)}")
@@ -359,20 +535,90 @@ def _decode_receipts(body, off, count):
     return out, off
 
 
+def _decode_gap(body, off, i):
+    what = f"capture gap {i}"
+    _need(body, off, _GAP.size, what)
+    from_ns, to_ns, frames, reason, iface = _GAP.unpack_from(body, off)
+    what = f"capture gap {i} [{from_ns}, {to_ns}]"
+    if reason not in GAP_REASONS:
+        raise MalformedEvidence(f"{what}: reason {reason} is not 1 (kernel drops) or 2 (capture "
+                                f"stopped) (offset {off + 24})")
+    if from_ns > to_ns:
+        raise MalformedEvidence(f"{what}: from_ns is after to_ns (offset {off})")
+    name = iface.rstrip(b"\x00")
+    if b"\x00" in name or any(not 0x21 <= c <= 0x7e for c in name):
+        raise MalformedEvidence(f"{what}: interface {iface.hex()} is not printable ASCII padded "
+                                f"with zero bytes (offset {off + 25})")
+    return CaptureGap(from_ns, to_ns, frames, reason, name.decode("ascii")), off + _GAP.size
+
+
+def _decode_coverage(body, off, count):
+    _need(body, off, _COVERAGE.size, "coverage fields")
+    fixed = _COVERAGE.unpack_from(body, off)
+    ring_oldest, next_seg, anchored = fixed[0], fixed[1], fixed[2]
+    if ring_oldest > next_seg:
+        raise MalformedEvidence(f"coverage fields: ring_oldest_seq {ring_oldest} is after "
+                                f"next_seg_seq {next_seg} (offset {off})")
+    if anchored > next_seg:
+        raise MalformedEvidence(f"coverage fields: anchored_segments {anchored} is more than "
+                                f"next_seg_seq {next_seg} (offset {off + 16})")
+    off += _COVERAGE.size
+    index = []
+    prev = None
+    for i in range(count):
+        what = f"index entry {i}"
+        _need(body, off, _ENTRY.size, what)
+        seg_seq, n, first, last, S, flags = _ENTRY.unpack_from(body, off)
+        what = f"index entry {i} (seg_seq {seg_seq})"
+        if prev is not None and seg_seq <= prev:
+            raise MalformedEvidence(f"{what}: not after seg_seq {prev} (the index goes in seg_seq "
+                                    f"order) (offset {off})")
+        if flags & ~ENTRY_SENT:
+            raise MalformedEvidence(f"{what}: flags 0x{flags:02x} has bits other than bit 0 (sent "
+                                    f"in full) set (offset {off + 60})")
+        if first > last:
+            raise MalformedEvidence(f"{what}: first_t_ns {first} is after last_t_ns {last} "
+                                    f"(offset {off + 12})")
+        if n == 0 and (first or last or flags):
+            raise MalformedEvidence(f"{what}: no records, but first_t_ns {first}, last_t_ns "
+                                    f"{last}, flags 0x{flags:02x} (all must be 0) (offset {off})")
+        prev = seg_seq
+        anchor, off = _anchor_ref(body, off + _ENTRY.size, what)
+        index.append(IndexEntry(seg_seq, n, first, last, S, bool(flags & ENTRY_SENT), anchor))
+    _need(body, off, 4, "coverage gap count")
+    n_gaps = _U32.unpack_from(body, off)[0]
+    off += 4
+    _need(body, off, n_gaps * _GAP.size, f"coverage: {n_gaps} capture gaps")
+    gaps = []
+    for i in range(n_gaps):
+        gap, off2 = _decode_gap(body, off, i)
+        if gaps and _gap_key(gap) <= _gap_key(gaps[-1]):
+            raise MalformedEvidence(f"capture gap {i} [{gap.from_ns}, {gap.to_ns}]: not after gap "
+                                    f"{i - 1} (sorted by from_ns, to_ns, reason, interface) "
+                                    f"(offset {off})")
+        gaps.append(gap)
+        off = off2
+    return Coverage(*fixed, index=tuple(index), gaps=tuple(gaps)), off
+
+
 _DECODERS = {KIND_SEGMENTS: _decode_segments, KIND_COUNTERS: _decode_counters,
-             KIND_RECEIPTS: _decode_receipts}
+             KIND_RECEIPTS: _decode_receipts, KIND_COVERAGE: _decode_coverage}
 
 
 def decode_chunk(body):
-    """``(ChunkHeader, items)`` of a body: a list of Segments, Counters or Receipts. Every
-    length is checked before it is read; trailing bytes, a count that does not match, unknown
-    flags or kinds, unsorted items, a bad anchor ref: ``MalformedEvidence``."""
+    """``(ChunkHeader, items)`` of a body: a list of Segments, Counters or Receipts, or for kind
+    4 one ``Coverage`` (its ``t_ns`` the header's). Every length is checked before it is read;
+    trailing bytes, a count that does not match, unknown flags, kinds or gap reasons, unsorted
+    items, a bad anchor ref: ``MalformedEvidence`` naming the part (and where it can, the
+    offset)."""
     header = decode_header(body)
     body = bytes(body)
     items, off = _DECODERS[header.kind](body, HEADER_SIZE, header.count)
     if off != len(body):
         raise MalformedEvidence(f"chunk {header.chunk_seq}: {len(body) - off} bytes after its "
-                                f"{header.count} items")
+                                f"{header.count} items (offset {off})")
+    if header.kind == KIND_COVERAGE:
+        items = dataclasses.replace(items, t_ns=header.t_ns)
     return header, items
 
 
@@ -393,6 +639,7 @@ def open_chunk(body, signature, pubkey, *, node_id, kind, Q, chunk_seq):
 
     In this order: the signature (``BadSignature``), the body (``MalformedEvidence``), then the
     header against what was asked (``WrongAnswer``: another node_id, kind, Q or chunk_seq).
+    ``kind``: the chunk kind expected, or a tuple of the kinds accepted.
     """
     if not _is_bytes(signature) or len(signature) != SIGNATURE_SIZE:
         size = len(signature) if _is_bytes(signature) else type(signature).__name__
@@ -405,9 +652,11 @@ def open_chunk(body, signature, pubkey, *, node_id, kind, Q, chunk_seq):
     if header.node_id != node_id:
         raise WrongAnswer(f"chunk {chunk_seq}: signed for node_id {header.node_id}, asked node "
                           f"{node_id}")
-    if header.kind != kind:
+    kinds = (kind,) if isinstance(kind, int) else tuple(kind)
+    if header.kind not in kinds:
+        asked = " or ".join(f"{k} ({KIND_NAMES[k]})" for k in kinds)
         raise WrongAnswer(f"chunk {chunk_seq} of node {node_id}: kind {header.kind} "
-                          f"({KIND_NAMES[header.kind]}), asked {kind} ({KIND_NAMES[kind]})")
+                          f"({KIND_NAMES[header.kind]}), asked {asked}")
     if header.Q != Q:
         raise WrongAnswer(f"chunk {chunk_seq} of node {node_id}: answers request "
                           f"{header.Q.hex()}, asked {bytes(Q).hex()} (replayed or for another "
@@ -421,32 +670,76 @@ def open_chunk(body, signature, pubkey, *, node_id, kind, Q, chunk_seq):
 class AnswerReader:
     """Checks one answer chunk by chunk: ``feed(body, signature)`` returns the chunk's items (each
     chunk opened with ``open_chunk``, chunk_seq counting from 0, items in order across chunks);
-    ``finish()`` raises ``IncompleteAnswer`` unless the last chunk arrived."""
+    ``finish()`` raises ``IncompleteAnswer`` unless the last chunk arrived.
 
-    def __init__(self, pubkey, node_id, kind, Q):
+    A segments answer (``kind`` 1, ``coverage`` True, the default for kind 1: GetProofSegments
+    and GetSegments) is kind-1 chunks followed by kind-4 chunks, the last flag on the last kind-4
+    chunk: a kind-1 chunk after a coverage chunk, or with the last flag, is a ``WrongAnswer``;
+    coverage chunks must repeat the same fixed fields, their index entries and gaps go on in order
+    across chunks. ``feed`` returns ``[]`` for a coverage chunk; ``coverage`` is the whole
+    ``Coverage`` once ``finish()`` passed (its ``t_ns`` the last coverage chunk's)."""
+
+    def __init__(self, pubkey, node_id, kind, Q, coverage=None):
         self.pubkey = bytes(pubkey)
         self.node_id = node_id
         self.kind = kind
         self.Q = bytes(Q)
+        self.with_coverage = (kind == KIND_SEGMENTS) if coverage is None else bool(coverage)
         self.chunks = 0
         self.done = False
         self._prev = None
+        self._cov = None                 # (first part, [index entries], [gaps])
+        self._cov_t = 0                  # the last coverage chunk's t_ns
+        self.coverage = None
 
     def feed(self, body, signature):
         if self.done:
             raise IncompleteAnswer(f"node {self.node_id}: a chunk ({self.chunks}) after the last "
                                    "one")
+        kinds = (self.kind, KIND_COVERAGE) if self.with_coverage else self.kind
         header, items = open_chunk(body, signature, self.pubkey, node_id=self.node_id,
-                                   kind=self.kind, Q=self.Q, chunk_seq=self.chunks)
-        if items:
-            first, last = self._order_key(items[0]), self._order_key(items[-1])
-            if self._prev is not None and first <= self._prev:
-                raise WrongAnswer(f"chunk {self.chunks} of node {self.node_id}: starts at "
-                                  f"{first}, not after {self._prev} of the chunk before")
-            self._prev = last
+                                   kind=kinds, Q=self.Q, chunk_seq=self.chunks)
+        if header.kind == KIND_COVERAGE:
+            self._coverage_part(items)
+            items = []
+        else:
+            if self._cov is not None:
+                raise WrongAnswer(f"chunk {self.chunks} of node {self.node_id}: "
+                                  f"{KIND_NAMES[header.kind]} after the coverage (the coverage "
+                                  "chunks come last)")
+            if self.with_coverage and header.last:
+                raise WrongAnswer(f"chunk {self.chunks} of node {self.node_id}: the answer ends "
+                                  "without its coverage (kind 4) chunk")
+            if items:
+                first, last = self._order_key(items[0]), self._order_key(items[-1])
+                if self._prev is not None and first <= self._prev:
+                    raise WrongAnswer(f"chunk {self.chunks} of node {self.node_id}: starts at "
+                                      f"{first}, not after {self._prev} of the chunk before")
+                self._prev = last
         self.chunks += 1
         self.done = header.last
         return items
+
+    def _coverage_part(self, part):
+        if self._cov is None:
+            self._cov = (part, list(part.index), list(part.gaps))
+        else:
+            first, index, gaps = self._cov
+            if part.fixed() != first.fixed():
+                diff = [f for f in Coverage.FIXED if getattr(part, f) != getattr(first, f)]
+                raise WrongAnswer(f"chunk {self.chunks} of node {self.node_id}: coverage fields "
+                                  f"{', '.join(diff)} differ from the answer's first coverage "
+                                  "chunk")
+            if part.index and index and part.index[0].seg_seq <= index[-1].seg_seq:
+                raise WrongAnswer(f"chunk {self.chunks} of node {self.node_id}: index starts at "
+                                  f"seg_seq {part.index[0].seg_seq}, not after "
+                                  f"{index[-1].seg_seq} of the chunk before")
+            if part.gaps and gaps and _gap_key(part.gaps[0]) <= _gap_key(gaps[-1]):
+                raise WrongAnswer(f"chunk {self.chunks} of node {self.node_id}: capture gaps "
+                                  "not after those of the chunk before")
+            index.extend(part.index)
+            gaps.extend(part.gaps)
+        self._cov_t = part.t_ns
 
     def _order_key(self, item):
         if self.kind == KIND_SEGMENTS:
@@ -459,3 +752,11 @@ class AnswerReader:
         if not self.done:
             raise IncompleteAnswer(f"node {self.node_id}: the answer ended after {self.chunks} "
                                    "chunks without its last chunk (cut short)")
+        if self._cov is not None:
+            first, index, gaps = self._cov
+            self.coverage = dataclasses.replace(first, index=tuple(index), gaps=tuple(gaps),
+                                                t_ns=self._cov_t)
+
+
+def _gap_key(g):
+    return (g.from_ns, g.to_ns, g.reason, g.interface)

@@ -60,6 +60,14 @@ class ProofSegmentsRequest(_message.Message):
     nonce: bytes
     def __init__(self, from_ns: _Optional[int] = ..., to_ns: _Optional[int] = ..., flow_tags: _Optional[_Iterable[bytes]] = ..., nonce: _Optional[bytes] = ...) -> None: ...
 
+class SegmentsRequest(_message.Message):
+    __slots__ = ("seg_seqs", "nonce")
+    SEG_SEQS_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    seg_seqs: _containers.RepeatedScalarFieldContainer[int]
+    nonce: bytes
+    def __init__(self, seg_seqs: _Optional[_Iterable[int]] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
 class CounterReportRequest(_message.Message):
     __slots__ = ("nonce",)
     NONCE_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class InterrogationStub:
                 request_serializer=beat_dot_v1_dot_interrogation__pb2.ProofSegmentsRequest.SerializeToString,
                 response_deserializer=beat_dot_v1_dot_interrogation__pb2.SignedChunk.FromString,
                 _registered_method=True)
+        self.GetSegments = channel.unary_stream(
+                '/beat.v1.Interrogation/GetSegments',
+                request_serializer=beat_dot_v1_dot_interrogation__pb2.SegmentsRequest.SerializeToString,
+                response_deserializer=beat_dot_v1_dot_interrogation__pb2.SignedChunk.FromString,
+                _registered_method=True)
         self.GetCounterReport = channel.unary_unary(
                 '/beat.v1.Interrogation/GetCounterReport',
                 request_serializer=beat_dot_v1_dot_interrogation__pb2.CounterReportRequest.SerializeToString,
@@ -70,8 +75,19 @@ class InterrogationServicer:
     def GetProofSegments(self, request, context):
         """Whole proof segments (all their records, so that the governance can recompute S) whose
         records overlap [from_ns, to_ns] and, when flow_tags is not empty, that hold at least one
-        record of one of those flow tags; each segment with its inclusion proof in its anchor.
-        Governance role only.
+        record of one of those flow tags; each segment with its inclusion proof in its anchor. The
+        answer always ends with the signed coverage (chunk kind 4): the ring, the index of every
+        segment held from the first to the last overlapping the window, the capture gaps. An empty
+        answer is the coverage alone (never NOT_FOUND). Governance role only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSegments(self, request, context):
+        """The segments named by seg_seq, in full (kind 1 chunks), then the signed coverage of the ring
+        (kind 4, no index): a named segment the ring no longer holds is absent, and the coverage
+        says so. The governance audits index entries with it. Governance role only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +119,11 @@ def add_InterrogationServicer_to_server(servicer, server):
             'GetProofSegments': grpc.unary_stream_rpc_method_handler(
                     servicer.GetProofSegments,
                     request_deserializer=beat_dot_v1_dot_interrogation__pb2.ProofSegmentsRequest.FromString,
+                    response_serializer=beat_dot_v1_dot_interrogation__pb2.SignedChunk.SerializeToString,
+            ),
+            'GetSegments': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetSegments,
+                    request_deserializer=beat_dot_v1_dot_interrogation__pb2.SegmentsRequest.FromString,
                     response_serializer=beat_dot_v1_dot_interrogation__pb2.SignedChunk.SerializeToString,
             ),
             'GetCounterReport': grpc.unary_unary_rpc_method_handler(
@@ -169,6 +190,33 @@ class Interrogation:
             target,
             '/beat.v1.Interrogation/GetProofSegments',
             beat_dot_v1_dot_interrogation__pb2.ProofSegmentsRequest.SerializeToString,
+            beat_dot_v1_dot_interrogation__pb2.SignedChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/beat.v1.Interrogation/GetSegments',
+            beat_dot_v1_dot_interrogation__pb2.SegmentsRequest.SerializeToString,
             beat_dot_v1_dot_interrogation__pb2.SignedChunk.FromString,
             options,
             channel_credentials,

@@ -233,6 +233,17 @@ def format_status(st):
                      f"{ring.get('bytes')} of {ring.get('ring_size')} bytes, wraps "
                      f"{ring.get('wraps')}" + (" (SHORT of the threshold)" if ring.get("short")
                                                 else ""))
+    gs = st.get("capture_gaps")
+    if gs is not None:
+        last = gs.get("last")
+        text = f"  capture gaps {gs.get('count', 0)}"
+        if last:
+            text += (f", last: {last['reason']} on {last['interface'] or 'every interface'}, "
+                     f"[{last['from_ns']}, {last['to_ns']}] "
+                     f"({(last['to_ns'] - last['from_ns']) / 1e9:.3f} s)"
+                     + (f", {last['frames_dropped']} frames dropped"
+                        if last['reason'] == "kernel drops" else ""))
+        lines.append(text)
     age = lc.get("age_s")
     lines.append(f"  last commit  " + (f"{age} s ago, took {lc['seconds'] * 1000:.1f} ms, "
                                        f"{lc['commits']} commits" if age is not None else "none"))

@@ -83,6 +83,8 @@ DEFAULTS = {
         "max_streams": 4,           # evidence streams open at once
         "max_flow_tags": 64,        # flow tags in one request
         "max_stream_s": 600.0,      # an answer still running after this long is cancelled
+        "max_index_entries": 100_000,   # segments in one answer's signed index (coverage)
+        "max_seg_seqs": 1024,       # segments one GetSegments request may name
     },
 }
 LEDGER_BACKENDS = ("none", "local", "ethereum")
@@ -192,6 +194,8 @@ class Config:
     interrogation_max_streams: int = DEFAULTS["interrogation"]["max_streams"]
     interrogation_max_flow_tags: int = DEFAULTS["interrogation"]["max_flow_tags"]
     interrogation_max_stream_s: float = DEFAULTS["interrogation"]["max_stream_s"]
+    interrogation_max_index_entries: int = DEFAULTS["interrogation"]["max_index_entries"]
+    interrogation_max_seg_seqs: int = DEFAULTS["interrogation"]["max_seg_seqs"]
     ledger_path_default: bool = False   # ledger.path not configured: STORE/ledger.lmdb
     ledger_key_default: bool = False    # ledger.key not configured: STORE/device.ed25519
 
@@ -546,9 +550,13 @@ def _interrogation(raw, ledger):
         raise ConfigError(f"interrogation.max_streams: {streams} is more than 1024")
     tags = _number(it, "max_flow_tags", "interrogation.", integer=True)
     stream_s = float(_number(it, "max_stream_s", "interrogation."))
+    index_entries = _number(it, "max_index_entries", "interrogation.", integer=True)
+    seg_seqs = _number(it, "max_seg_seqs", "interrogation.", integer=True)
     out = {"interrogation_listen": listen, "interrogation_max_window_s": window,
            "interrogation_max_records": records, "interrogation_max_streams": streams,
-           "interrogation_max_flow_tags": tags, "interrogation_max_stream_s": stream_s}
+           "interrogation_max_flow_tags": tags, "interrogation_max_stream_s": stream_s,
+           "interrogation_max_index_entries": index_entries,
+           "interrogation_max_seg_seqs": seg_seqs}
     for name in ("cert", "key", "ca", "signing_key"):
         v = it[name]
         if v is not None and (not isinstance(v, str) or not os.path.isabs(v)):

@@ -13,6 +13,16 @@ Threads (docs/daemon.md):
 - the main thread (``serve()``): signals (flags set by the handlers ``beatd.cli`` installs), the
   anchor timer (``pipeline.close_segment()`` at every anchor period boundary), capture rates.
 
+Capture gaps (docs/interrogation.md, the coverage): what the device may have missed, stored as
+signed-later statements in the store's ``capture_gaps`` database. A capture worker that sees a
+ring's kernel drop counter grow between two snapshots (``RING_STATS_INTERVAL_S``) makes a gap from
+the previous snapshot's time to this one (interface = the ring's name, the frames dropped, reason
+kernel drops); the committer writes the gaps, and at least once a second ``capture_alive_t_ns``
+(``CAPTURE_ALIVE_INTERVAL_S``). At start, once the rings are open, the previous run's
+``capture_alive_t_ns`` (its last commit; or, for a store without it, its newest record) to now is
+a gap "capture stopped". Gaps are pruned with the threshold like the ring's records
+(``Store.record_capture``).
+
 ``shutdown()`` stops the workers (within one read timeout), commits what the pipeline holds, then
 flushes it (every pending observation released, the open segment and receipts closed), commits
 that, and closes the store: nothing fed to the pipeline is lost. A worker or committer failure stops
@@ -63,6 +73,7 @@ STATS_INTERVAL_S = 1.0
 RING_STATS_INTERVAL_S = 0.25
 RING_STATUS_INTERVAL_S = 1.0
 FINAL_ANCHOR_TIMEOUT_S = 1.0
+CAPTURE_ALIVE_INTERVAL_S = 1.0        # capture_alive_t_ns is written at least this often
 DRAIN_S = 0.5                         # at stop, reading what the capture rings still hold
 ANCHOR_POLL_MAX_S = 1.0
 IFF_LOOPBACK = 0x8
@@ -147,6 +158,13 @@ class Daemon:
         self._hup = False
         self._ring_stats = {}           # (worker, ifname) -> {"kernel": {...}, "counters": {...}}
         self._ring_status = None
+        self._drops_seen = {}           # (worker, ifname) -> (t_ns, kernel drops) at the snapshot
+        self._gaps_lock = threading.Lock()
+        self._pending_gaps = []         # capture gaps not written yet (the committer writes them)
+        self._capture_started_ns = None
+        self._capture_ended_ns = None
+        self._alive_written = 0.0       # monotonic time capture_alive_t_ns was last written
+        self._gap_status = None         # Store.capture_gap_status(), after each write
         self._ring_status_at = 0.0
         self.commits = 0
         self.commit_seconds = None
@@ -212,6 +230,8 @@ class Daemon:
               fanout_mode=cfg.fanout_mode, fanout_group=group,
               geometry=getattr(first, "geometry", None))
 
+        self._start_capture_gaps()
+
         self.neighbours = NeighbourMap(cfg.neighbours, cfg.neighbour_refresh,
                                        on_change=self.pipeline.set_neighbours)
         self.neighbours.start()
@@ -253,6 +273,61 @@ class Daemon:
             t.start()
         event(log, logging.INFO, "running", node_id=cfg.node_id)
 
+    # -- capture gaps -------------------------------------------------------------------------
+
+    def _start_capture_gaps(self):
+        """The rings are open: capture runs from now. The time since the previous run's capture
+        ended is a "capture stopped" gap, written now."""
+        from .store import GAP_CAPTURE_STOPPED
+        now = time.time_ns()
+        self._capture_started_ns = now
+        prev = self.store.capture_alive_t_ns()
+        if prev is None:                # a store written before capture gaps: its newest record
+            st = self.store.ring_status(now, self.cfg.threshold_ns)
+            prev = st.get("newest_t_ns") or None
+        gaps = []
+        if prev is not None and prev < now:
+            gaps.append((prev, now, 0, GAP_CAPTURE_STOPPED, ""))
+            event(log, logging.WARNING if now - prev > 10**9 * 60 else logging.INFO,
+                  "capture gap: capture stopped since the previous run", from_ns=prev, to_ns=now,
+                  seconds=round((now - prev) / 1e9, 3))
+        self.store.record_capture(gaps, alive_t_ns=now, threshold_ns=self.cfg.threshold_ns)
+        self._alive_written = time.monotonic()
+        self._gap_status = self.store.capture_gap_status()
+
+    def _note_drops(self, k, ifname, kernel, t_ns):
+        """A worker's ring snapshot: kernel drops since its previous one make a capture gap."""
+        from .store import GAP_KERNEL_DROPS
+        drops = kernel.get("drops", 0)
+        prev_t, prev_drops = self._drops_seen.get((k, ifname), (self._capture_started_ns or t_ns,
+                                                                0))
+        if drops > prev_drops:
+            with self._gaps_lock:
+                self._pending_gaps.append((min(prev_t, t_ns), t_ns, drops - prev_drops,
+                                           GAP_KERNEL_DROPS, str(ifname)[:16]))
+        self._drops_seen[(k, ifname)] = (t_ns, drops)
+
+    def _write_capture_gaps(self, force=False):
+        """The committer: pending gaps and capture_alive_t_ns, at least once a second."""
+        mono = time.monotonic()
+        with self._gaps_lock:
+            gaps, self._pending_gaps = self._pending_gaps, []
+        if not gaps and not force and mono - self._alive_written < CAPTURE_ALIVE_INTERVAL_S:
+            return
+        alive = self._capture_ended_ns or time.time_ns()
+        try:
+            self.store.record_capture(gaps, alive_t_ns=alive, threshold_ns=self.cfg.threshold_ns)
+        except BaseException:
+            with self._gaps_lock:               # not lost: written with the next commit
+                self._pending_gaps[:0] = gaps
+            raise
+        self._alive_written = mono
+        if gaps:
+            self._gap_status = self.store.capture_gap_status()
+            for g in gaps:
+                event(log, logging.WARNING, "capture gap: kernel drops", interface=g[4],
+                      frames=g[2], from_ns=g[0], to_ns=g[1])
+
     # -- the Interrogation service ----------------------------------------------------------
 
     def _start_interrogation(self):
@@ -273,7 +348,9 @@ class Daemon:
                             max_records=cfg.interrogation_max_records,
                             max_streams=cfg.interrogation_max_streams,
                             max_flow_tags=cfg.interrogation_max_flow_tags,
-                            max_stream_s=cfg.interrogation_max_stream_s)
+                            max_stream_s=cfg.interrogation_max_stream_s,
+                            max_index_entries=cfg.interrogation_max_index_entries,
+                            max_seg_seqs=cfg.interrogation_max_seg_seqs)
             self.interrogation = InterrogationServer(
                 self.store, key, ca=cfg.interrogation_ca, cert=cfg.interrogation_cert,
                 private_key=cfg.interrogation_key, listen=cfg.interrogation_listen,
@@ -537,8 +614,10 @@ class Daemon:
     def _snapshot_rings(self, k, sources):
         for s in sources:
             ifname = getattr(s, "ifname", "?")
-            self._ring_stats[(k, ifname)] = {"kernel": dict(s.kernel_stats()),
-                                             "counters": dict(s.counters())}
+            kernel = dict(s.kernel_stats())
+            t_ns = time.time_ns()               # the drops counted so far happened before this
+            self._ring_stats[(k, ifname)] = {"kernel": kernel, "counters": dict(s.counters())}
+            self._note_drops(k, ifname, kernel, t_ns)
 
     def inject_capture(self, path):
         """TEST ONLY (``--testing-allow-inject``): feed the frames of the capture file ``path``
@@ -584,6 +663,7 @@ class Daemon:
                 self.commit_seconds = time.perf_counter() - t0
                 self.commits += 1
                 self.last_commit_time = time.time()
+            self._write_capture_gaps(force=force_status)
             self._refresh_ring_status(force=force_status)
 
     def _refresh_ring_status(self, force=False):
@@ -681,6 +761,8 @@ class Daemon:
         for t, _ in self.workers:
             if t is not None:
                 t.join(timeout=1.0)
+        if self._capture_started_ns is not None:
+            self._capture_ended_ns = time.time_ns()     # what arrives from now on is not read
         self._commit_stop.set()
         if self._committer is not None:
             self._committer.join(timeout=1.0)
@@ -794,6 +876,7 @@ class Daemon:
             "drops": {r: totals[r] for r in REASON_CLASS},
             "kernel_drops": sum(k["drops"] for k in kernel.values()),
             "store": {"path": self.cfg.store_path, "ring": self._ring_status},
+            "capture_gaps": self._gap_status,
             "last_commit": {"time": self.last_commit_time, "seconds": self.commit_seconds,
                             "age_s": round(now - self.last_commit_time, 3)
                             if self.last_commit_time else None,

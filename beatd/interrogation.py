@@ -52,7 +52,8 @@ from .store import SEG_HEAD, StoreError
 
 __all__ = ["InterrogationServer", "InterrogationServicer", "EvidenceStore", "Limits",
            "SERVICE_NAME", "DEFAULT_MAX_WINDOW_S", "DEFAULT_MAX_RECORDS", "DEFAULT_MAX_STREAMS",
-           "DEFAULT_MAX_FLOW_TAGS", "DEFAULT_MAX_STREAM_S"]
+           "DEFAULT_MAX_FLOW_TAGS", "DEFAULT_MAX_STREAM_S", "DEFAULT_MAX_INDEX_ENTRIES",
+           "DEFAULT_MAX_SEG_SEQS"]
 
 log = logging.getLogger("beatd.interrogation")
 
@@ -63,6 +64,8 @@ DEFAULT_MAX_RECORDS = 4_000_000      # ~192 MB of records per answer, ~4 s at 1M
 DEFAULT_MAX_STREAMS = 4              # concurrent GetProofSegments/GetReceipts answers
 DEFAULT_MAX_FLOW_TAGS = 64
 DEFAULT_MAX_STREAM_S = 600.0         # an answer still running after this is cancelled
+DEFAULT_MAX_INDEX_ENTRIES = 100_000  # ~1 h of 10 kpps is 36,000 segments of 1024; ~600 B each
+DEFAULT_MAX_SEG_SEQS = 1024          # segments one GetSegments request may name
 RECEIPTS_PER_CHUNK = 4096            # ~0.5-1 MiB of receipts with their paths
 SCAN_KEYS = 4096                     # keys per read transaction when scanning
 SCAN_LEAVES = 65536                  # outbox leaves per read transaction when indexing
@@ -90,14 +93,19 @@ class Limits:
 
     def __init__(self, max_window_s=DEFAULT_MAX_WINDOW_S, max_records=DEFAULT_MAX_RECORDS,
                  max_streams=DEFAULT_MAX_STREAMS, max_flow_tags=DEFAULT_MAX_FLOW_TAGS,
-                 max_stream_s=DEFAULT_MAX_STREAM_S):
+                 max_stream_s=DEFAULT_MAX_STREAM_S, max_index_entries=DEFAULT_MAX_INDEX_ENTRIES,
+                 max_seg_seqs=DEFAULT_MAX_SEG_SEQS):
         for name, value in (("max_window_s", max_window_s), ("max_records", max_records),
                             ("max_streams", max_streams), ("max_flow_tags", max_flow_tags),
-                            ("max_stream_s", max_stream_s)):
+                            ("max_stream_s", max_stream_s),
+                            ("max_index_entries", max_index_entries),
+                            ("max_seg_seqs", max_seg_seqs)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"interrogation.{name}: {value!r} must be a number above 0")
         for name, value in (("max_records", max_records), ("max_streams", max_streams),
-                            ("max_flow_tags", max_flow_tags)):
+                            ("max_flow_tags", max_flow_tags),
+                            ("max_index_entries", max_index_entries),
+                            ("max_seg_seqs", max_seg_seqs)):
             if not isinstance(value, int):
                 raise ValueError(f"interrogation.{name}: {value!r} must be an integer")
         self.max_window_s = float(max_window_s)
@@ -106,6 +114,8 @@ class Limits:
         self.max_streams = max_streams
         self.max_flow_tags = max_flow_tags
         self.max_stream_s = float(max_stream_s)
+        self.max_index_entries = max_index_entries
+        self.max_seg_seqs = max_seg_seqs
 
 
 class ChunkSigner:
@@ -291,6 +301,18 @@ class AnchorIndex:
 
 # -- reading evidence ---------------------------------------------------------------------------
 
+class AnswerPlan:
+    """What a GetProofSegments answer holds (``EvidenceStore.plan_answer``)."""
+    __slots__ = ("selected", "first_seq", "count", "ring", "gaps")
+
+    def __init__(self, selected, first_seq, count, ring, gaps):
+        self.selected = selected
+        self.first_seq = first_seq
+        self.count = count
+        self.ring = ring
+        self.gaps = gaps
+
+
 class EvidenceStore:
     """Evidence from a device store (``beatd.store.Store``, the daemon's own object: one LMDB
     environment per process), read in short transactions."""
@@ -418,6 +440,10 @@ class EvidenceStore:
                     break
         if flow_filter is None or not selected:
             return selected
+        return self._holding(selected, flow_filter)
+
+    def _holding(self, selected, flow_filter):
+        """Those of ``selected`` whose records hold one of the filter's flow tags."""
         kept = []
         i = 0
         budget = 8 << 20                       # bytes of records read per transaction
@@ -433,13 +459,15 @@ class EvidenceStore:
                     i += 1
         return kept
 
-    def segment_chunks(self, selected, make_body):
+    def segment_chunks(self, selected, make_body, final=True, sent=None):
         """Yield chunk bodies of the selected segments: whole segments up to ~1 MiB of records
         per chunk (a larger segment alone). ``make_body(chunk_seq, segments, last)`` builds a
         body (chunk_seq counts the chunks yielded, from 0); it is called inside the chunk's read
         transaction (the records are views into the map, copied once into the body), and the
         transaction is closed before the body is yielded. A selected segment no longer in the
-        ring is left out (and counted); a chunk left empty by that is skipped, unless last."""
+        ring is left out (and counted); a chunk left empty by that is skipped, unless last.
+        ``final`` False: the answer goes on after these chunks (the coverage): no chunk is last
+        and none is empty. ``sent``: a set the seg_seqs sent are added to."""
         groups, group, size = [], [], 0
         for seq, count in selected:
             nbytes = count * ev.RECORD_SIZE
@@ -448,10 +476,11 @@ class EvidenceStore:
                 group, size = [], 0
             group.append(seq)
             size += nbytes
-        groups.append(group)                   # the last one (possibly empty: an empty answer)
+        if group or final:
+            groups.append(group)               # the last one (possibly empty: an empty answer)
         chunk_seq = 0
         for g, seqs in enumerate(groups):
-            last = g == len(groups) - 1
+            last = final and g == len(groups) - 1
             with self.env.begin(buffers=True) as txn:
                 segs = []
                 for seq in seqs:
@@ -467,8 +496,145 @@ class EvidenceStore:
                 if not segs and not last:
                     continue
                 body = make_body(chunk_seq, segs, last)
+            if sent is not None:
+                sent.update(sg.seg_seq for sg in segs)
             yield body
             chunk_seq += 1
+
+    # -- coverage: what the device holds for a request (docs/interrogation.md, kind 4) --
+
+    def ring_fields(self, threshold_ns):
+        """The coverage's ring fields now (all but ``index_first_seq``): a dict."""
+        with self.env.begin() as txn:
+            meta = self.db["meta"]
+            ring_oldest = _u64(txn.get(b"ring_oldest_seq", db=meta))
+            next_seg = _u64(txn.get(b"next_seg_seq", db=meta))
+            ring_segments = _u64(txn.get(b"ring_segments", db=meta))
+            wraps = _u64(txn.get(b"ring_wraps", db=meta))
+            oldest_t = _u64(txn.get(b"ring_oldest_t_ns", db=meta)) if ring_segments else 0
+            newest_t = 0
+            if ring_segments:
+                c = txn.get(_p64(next_seg - 1), db=self.db["commitments"])
+                if c is not None:
+                    newest_t = _COMMIT.unpack(c)[3]
+            open_records = txn.get(b"open_records", db=meta)
+            open_min = fastpath.t_range(open_records)[0] if open_records else None
+        anchored = min(self.anchors.anchored_segments(), next_seg)
+        return {"ring_oldest_seq": ring_oldest, "next_seg_seq": next_seg,
+                "anchored_segments": anchored, "ring_wraps": wraps, "oldest_t_ns": oldest_t,
+                "newest_t_ns": newest_t,
+                "anchored_until_t_ns": self._anchored_until(anchored, open_min),
+                "open_first_t_ns": open_min or 0, "threshold_ns": threshold_ns}
+
+    def plan_answer(self, from_ns, to_ns, flow_filter, threshold_ns):
+        """What a GetProofSegments answer holds, decided before its first chunk (a snapshot):
+        ``AnswerPlan`` with the segments to send in full (``selected``: ``[(seg_seq, count)]``,
+        overlapping the window and, with a filter, holding one of its flow tags), the index
+        (``first_seq`` and ``count``: every segment held from the first to the last that
+        overlaps the window; empty, ``first_seq`` is the first held segment that starts after
+        the window, or ``next_seg_seq``), the ring fields and the capture gaps of the window.
+        The index's entries are read by ``index_entries`` once the limits passed."""
+        ring = self.ring_fields(threshold_ns)
+        seq, end = ring["ring_oldest_seq"], ring["next_seg_seq"]
+        overlapping = []
+        after = None                           # the first held segment starting after to_ns
+        while seq < end:
+            with self.env.begin(db=self.db["commitments"]) as txn:
+                cur = txn.cursor()
+                if not cur.set_range(_p64(seq)):
+                    break
+                n = 0
+                for k, v in cur:
+                    seq = _u64(k)
+                    if seq >= end:
+                        break
+                    _, count, first, last = _COMMIT.unpack(v)
+                    if count and first <= to_ns and last >= from_ns:
+                        overlapping.append((seq, count))
+                    elif count and first > to_ns and after is None:
+                        after = seq
+                    n += 1
+                    if n >= SCAN_KEYS:
+                        break
+                seq += 1
+                if n < SCAN_KEYS:
+                    break
+        if overlapping:
+            first_seq = overlapping[0][0]
+            count = overlapping[-1][0] - first_seq + 1
+        else:
+            first_seq, count = (after if after is not None else end), 0
+        selected = overlapping
+        if flow_filter is not None and overlapping:
+            selected = self._holding(overlapping, flow_filter)
+        gaps = [ev.CaptureGap(*g) for g in self.store.capture_gaps(from_ns, to_ns)]
+        return AnswerPlan(selected, first_seq, count, ring, gaps)
+
+    def index_entries(self, first_seq, count):
+        """``[(seg_seq, count, first_t_ns, last_t_ns, S, leaf_seq or None)]`` of segments
+        first_seq .. first_seq + count - 1, from the commitments (or, for one whose commitment
+        is gone, the ring), in short read transactions. The outbox leaf is taken now: the
+        index's anchor refs are read from it when the coverage chunk is made."""
+        out = []
+        seq, end = first_seq, first_seq + count
+        while seq < end:
+            with self.env.begin() as txn:
+                n = 0
+                while seq < end and n < SCAN_KEYS:
+                    v = txn.get(_p64(seq), db=self.db["commitments"])
+                    if v is not None:
+                        S, c, first, last = _COMMIT.unpack(v)
+                    else:
+                        p = txn.get(_p64(seq), db=self.db["proofs"])
+                        if p is None:
+                            log.warning("%s: segment %d has neither commitment nor proofs; left "
+                                        "out of the index", self.path, seq)
+                            seq += 1
+                            n += 1
+                            continue
+                        c, S = _u64(p[:8]), bytes(p[8:SEG_HEAD])
+                        first, last = fastpath.t_range(bytes(p[SEG_HEAD:]))
+                    out.append((seq, c, first, last, bytes(S), self.index.segment_leaf(seq)))
+                    seq += 1
+                    n += 1
+        return out
+
+    def coverage_chunks(self, plan, entries, sent, make_body):
+        """Yield the coverage chunk bodies of an answer: the ring fields, the index entries
+        (``sent``: the seg_seqs sent in full) about 1 MiB per chunk, the capture gaps in the last
+        one. ``make_body(k, coverage, last)`` builds the k-th coverage chunk's body. Anchor refs
+        are read in a short transaction per ``SCAN_KEYS`` entries, closed before a yield."""
+        fixed = dict(plan.ring, index_first_seq=plan.first_seq)
+        part, size, k = [], 0, 0
+        i = 0
+        while True:
+            batch = entries[i:i + SCAN_KEYS]
+            i += len(batch)
+            if batch:
+                with self.env.begin() as txn:
+                    refs = [self._anchor_ref(txn, e[5]) for e in batch]
+            for e, ref in zip(batch, refs if batch else ()):
+                seq, c, first, last, S, _ = e
+                part.append(ev.IndexEntry(seq, c, first, last, S, seq in sent, ref))
+                size += ev.INDEX_ENTRY_SIZE + 25 + 32 * len(ref.path)
+                if size >= ev.CHUNK_RECORD_BYTES:
+                    yield make_body(k, ev.Coverage(**fixed, index=tuple(part)), False)
+                    part, size, k = [], 0, k + 1
+            if i >= len(entries):
+                break
+        yield make_body(k, ev.Coverage(**fixed, index=tuple(part), gaps=tuple(plan.gaps)), True)
+
+    def held_segments(self, seg_seqs):
+        """``[(seg_seq, count)]`` of the named segments the ring holds, in seg_seq order."""
+        out = []
+        seqs = list(seg_seqs)
+        for i in range(0, len(seqs), SCAN_KEYS):
+            with self.env.begin(db=self.db["proofs"], buffers=True) as txn:
+                for seq in seqs[i:i + SCAN_KEYS]:
+                    v = txn.get(_p64(seq))
+                    if v is not None:
+                        out.append((seq, _u64(bytes(v[:8]))))
+        return out
 
     # -- counters and receipts --
 
@@ -691,27 +857,45 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
             self._acquire(context)
             flow_filter = FlowTagFilter(tags) if tags else None
             self._store_call("indexing", self.evidence.refresh)
-            selected = self._store_call("selecting segments", self.evidence.select_segments,
-                                        request.from_ns, request.to_ns, flow_filter)
+            plan = self._store_call("selecting segments", self.evidence.plan_answer,
+                                    request.from_ns, request.to_ns, flow_filter,
+                                    self.threshold_ns)
             where = f"[{request.from_ns}, {request.to_ns}]"
-            if tags and not selected:
-                raise RequestError(grpc.StatusCode.NOT_FOUND,
-                                   f"none of the flow tags {', '.join(t.hex() for t in tags)} "
-                                   f"occurs in the segments of the window {where}")
+            if plan.count > lim.max_index_entries:
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"{plan.count} index entries (segments {plan.first_seq}.."
+                                   f"{plan.first_seq + plan.count - 1}) for the window {where}: "
+                                   f"more than the device's max_index_entries "
+                                   f"{lim.max_index_entries}; ask for a shorter window")
+            selected = plan.selected
             records = sum(c for _, c in selected)
             if records > lim.max_records:
                 raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                    f"{records} records in {len(selected)} segments of the window "
                                    f"{where}: more than the device's max_records "
                                    f"{lim.max_records}; ask for a shorter window or fewer flows")
+            entries = self._store_call("indexing segments", self.evidence.index_entries,
+                                       plan.first_seq, plan.count)
         except RequestError as exc:
             self._refuse(context, exc)
+        yield from self._segments_answer(context, Q, selected, plan, entries)
 
-        def make_body(chunk_seq, segments, last):
-            return ev.encode_chunk(ev.KIND_SEGMENTS, self.node_id, Q, chunk_seq, last,
+    def _segments_answer(self, context, Q, selected, plan=None, entries=()):
+        """The chunks of a segments answer: the selected segments in full (kind 1), then the
+        coverage (kind 4, the last flag on its last chunk). ``plan`` None (GetSegments): the
+        coverage has the ring fields read after the segments were sent, no index, no gap."""
+        chunk_seq = 0
+        sent = set()
+
+        def segment_body(_, segments, last):
+            return ev.encode_chunk(ev.KIND_SEGMENTS, self.node_id, Q, chunk_seq, False,
                                    self.clock(), segments)
 
-        chunks = self.evidence.segment_chunks(selected, make_body)
+        def coverage_body(_, coverage, last):
+            return ev.encode_chunk(ev.KIND_COVERAGE, self.node_id, Q, chunk_seq, last,
+                                   self.clock(), coverage)
+
+        chunks = self.evidence.segment_chunks(selected, segment_body, final=False, sent=sent)
         while True:
             try:
                 body = self._store_call("reading segments", next, chunks, None)
@@ -720,7 +904,48 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
             if body is None:
                 break
             yield self._sign(body)
+            chunk_seq += 1
+        if plan is None:
+            try:
+                ring = self._store_call("coverage", self.evidence.ring_fields, self.threshold_ns)
+            except RequestError as exc:
+                self._refuse(context, exc)
+            plan = AnswerPlan([], 0, 0, ring, [])
+        chunks = self.evidence.coverage_chunks(plan, entries, sent, coverage_body)
+        while True:
+            try:
+                body = self._store_call("coverage", next, chunks, None)
+            except RequestError as exc:
+                self._refuse(context, exc)
+            if body is None:
+                break
+            yield self._sign(body)
+            chunk_seq += 1
         self._answered()
+
+    def GetSegments(self, request, context):
+        lim = self.limits
+        try:
+            self._governance_only(context, "GetSegments")
+            self._nonce(request.nonce)
+            if len(request.seg_seqs) > lim.max_seg_seqs:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"seg_seqs: {len(request.seg_seqs)} given, at most "
+                                   f"{lim.max_seg_seqs}")
+            seqs = ev.normalise_seg_seqs(request.seg_seqs)
+            Q = ev.segments_request_digest(self.hash_name, seqs, request.nonce)
+            self._acquire(context)
+            self._store_call("indexing", self.evidence.refresh)
+            selected = self._store_call("selecting segments", self.evidence.held_segments, seqs)
+            records = sum(c for _, c in selected)
+            if records > lim.max_records:
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"{records} records in the {len(selected)} segments asked: "
+                                   f"more than the device's max_records {lim.max_records}; ask "
+                                   "for fewer segments")
+        except RequestError as exc:
+            self._refuse(context, exc)
+        yield from self._segments_answer(context, Q, selected)
 
     def GetCounterReport(self, request, context):
         try:

@@ -24,7 +24,7 @@ __all__ = ["Store", "StoreError", "StoreFullError", "StoreDiskError", "StoreMism
 
 FORMAT_VERSION = 1
 SYNC_MODES = ("periodic", "always", "never")
-DB_NAMES = ("proofs", "commitments", "counters", "receipts", "outbox", "meta")
+DB_NAMES = ("proofs", "commitments", "counters", "receipts", "outbox", "meta", "capture_gaps")
 LEAF_RECEIPT, LEAF_SEGMENT = 1, 2
 RECEIPT_KEY_SIZE = 41            # epoch_ns(8) role(1) src(16) dst(16)
 SEG_HEAD = 40                    # a proofs value: count(8) S(32) records
@@ -33,6 +33,11 @@ _COMMIT = struct.Struct(">32sQQQ")       # S count first_t_ns last_t_ns
 _COUNTER = struct.Struct(">QQQQ")        # packets bytes first_t_ns last_t_ns
 _RECEIPT_VAL = struct.Struct(">QQ32s")   # packets bytes R
 _T_NS = struct.Struct(">Q40x")           # t_ns of a 48-byte record
+_GAP_KEY = struct.Struct(">QB16s")       # capture_gaps key: from_ns reason interface
+_GAP_VAL = struct.Struct(">QQ")          # capture_gaps value: to_ns frames_dropped
+GAP_KERNEL_DROPS, GAP_CAPTURE_STOPPED = 1, 2      # docs/interrogation.md, coverage gaps
+MAX_CAPTURE_GAPS = 10_000                # beyond it the oldest two merge (a wider, coarser gap)
+_GAP_MERGE_LOOKBACK = 64                 # recent gaps looked at for one to extend
 
 
 class StoreError(Exception):
@@ -299,6 +304,150 @@ class Store:
                      (b"ring_oldest_t_ns", _p64(oldest_t)), (b"ring_bytes", _p64(ring_bytes)),
                      (b"ring_segments", _p64(ring_segments))):
             txn.put(k, v, db=meta)
+
+    # -- capture gaps ---------------------------------------------------------------------------
+
+    def record_capture(self, gaps=(), alive_t_ns=None, threshold_ns=None,
+                       max_gaps=MAX_CAPTURE_GAPS):
+        """Record capture gaps and that capture ran until ``alive_t_ns``, in one transaction.
+
+        ``gaps``: ``(from_ns, to_ns, frames_dropped, reason, interface)`` each, reason
+        ``GAP_KERNEL_DROPS`` or ``GAP_CAPTURE_STOPPED``, interface a name (``""``: every one). A
+        gap that touches or overlaps a recent one of the same reason and interface extends it
+        (frames added). ``alive_t_ns`` goes to meta ``capture_alive_t_ns`` (the next start's
+        "capture stopped" gap begins there). With ``threshold_ns``, gaps that ended before both
+        ``alive_t_ns - threshold_ns`` and the ring's oldest record are pruned; beyond ``max_gaps``
+        the oldest gap is merged into the next one (the result covers both: a coarser statement,
+        never a missing one)."""
+        with self._errors("recording capture gaps"):
+            with self.env.begin(write=True) as txn:
+                db = self.db["capture_gaps"]
+                for gap in gaps:
+                    self._add_gap(txn, db, *gap)
+                meta = self.db["meta"]
+                if alive_t_ns is not None:
+                    txn.put(b"capture_alive_t_ns", _p64(alive_t_ns), db=meta)
+                if threshold_ns is not None and alive_t_ns is not None:
+                    cutoff = max(0, alive_t_ns - threshold_ns)
+                    if _u64(txn.get(b"ring_segments", db=meta)):
+                        cutoff = min(cutoff, _u64(txn.get(b"ring_oldest_t_ns", db=meta)))
+                    self._prune_gaps(txn, db, cutoff)
+                n = txn.stat(db)["entries"]
+                while n > max(1, max_gaps):
+                    self._merge_oldest_gaps(txn, db)
+                    n -= 1
+
+    @staticmethod
+    def _gap_key(from_ns, reason, interface):
+        name = interface.encode("ascii") if isinstance(interface, str) else bytes(interface)
+        return _GAP_KEY.pack(from_ns, reason, name[:16])
+
+    def _add_gap(self, txn, db, from_ns, to_ns, frames, reason, interface):
+        if reason not in (GAP_KERNEL_DROPS, GAP_CAPTURE_STOPPED) or from_ns > to_ns:
+            raise ValueError(f"capture gap [{from_ns}, {to_ns}] reason {reason}: not a gap")
+        key = self._gap_key(from_ns, reason, interface)
+        cur = txn.cursor(db=db)
+        # a recent gap of the same reason and interface that this one touches: extend it
+        if to_ns < (1 << 64) - 1 and cur.set_range(_p64(to_ns + 1)):
+            found = cur.prev()               # the newest gap starting at or before to_ns
+        else:
+            found = cur.last()
+        looked = 0
+        while found and looked < _GAP_MERGE_LOOKBACK:
+            k, v = bytes(cur.key()), bytes(cur.value())
+            g_from, g_reason, g_if = _GAP_KEY.unpack(k)
+            g_to, g_frames = _GAP_VAL.unpack(v)
+            if g_reason == reason and g_if == key[9:] and g_to >= from_ns and g_from <= to_ns:
+                cur.delete()
+                from_ns, to_ns = min(from_ns, g_from), max(to_ns, g_to)
+                frames += g_frames
+                key = self._gap_key(from_ns, reason, interface)
+                break
+            looked += 1
+            found = cur.prev()
+        old = txn.get(key, db=db)
+        if old is not None:                  # the same start: one gap, the longer end
+            o_to, o_frames = _GAP_VAL.unpack(old)
+            to_ns, frames = max(to_ns, o_to), frames + o_frames
+        txn.put(key, _GAP_VAL.pack(to_ns, frames), db=db)
+
+    @staticmethod
+    def _prune_gaps(txn, db, cutoff):
+        cur = txn.cursor(db=db)
+        ok = cur.first()
+        while ok:
+            g_from = _U64.unpack(bytes(cur.key()[:8]))[0]
+            if g_from >= cutoff:
+                break
+            if _GAP_VAL.unpack(bytes(cur.value()))[0] < cutoff:
+                ok = cur.delete() and bool(cur.key())       # on the next gap, if any
+            else:
+                ok = cur.next()
+
+    def _merge_oldest_gaps(self, txn, db):
+        cur = txn.cursor(db=db)
+        if not cur.first():
+            return
+        a_from, a_reason, a_if = _GAP_KEY.unpack(bytes(cur.key()))
+        a_to, a_frames = _GAP_VAL.unpack(bytes(cur.value()))
+        cur.delete()
+        if not cur.first():
+            return
+        b_from, b_reason, b_if = _GAP_KEY.unpack(bytes(cur.key()))
+        b_to, b_frames = _GAP_VAL.unpack(bytes(cur.value()))
+        cur.delete()
+        reason = GAP_CAPTURE_STOPPED if GAP_CAPTURE_STOPPED in (a_reason, b_reason) else a_reason
+        iface = a_if if a_if == b_if else bytes(16)
+        key = _GAP_KEY.pack(min(a_from, b_from), reason, iface)
+        old = txn.get(key, db=db)
+        to_ns, frames = max(a_to, b_to), a_frames + b_frames
+        if old is not None:
+            o_to, o_frames = _GAP_VAL.unpack(old)
+            to_ns, frames = max(to_ns, o_to), frames + o_frames
+        txn.put(key, _GAP_VAL.pack(to_ns, frames), db=db)
+
+    def capture_gaps(self, from_ns=0, to_ns=(1 << 64) - 1):
+        """The capture gaps overlapping [from_ns, to_ns]: ``(from_ns, to_ns, frames_dropped,
+        reason, interface)`` each, sorted by (from_ns, to_ns, reason, interface)."""
+        out = []
+        with self._read() as txn:
+            for k, v in txn.cursor(db=self.db["capture_gaps"]):
+                g_from, reason, iface = _GAP_KEY.unpack(bytes(k))
+                if g_from > to_ns:
+                    break
+                g_to, frames = _GAP_VAL.unpack(bytes(v))
+                if g_to >= from_ns:
+                    out.append((g_from, g_to, frames, reason,
+                                iface.rstrip(b"\x00").decode("ascii", "replace")))
+        out.sort(key=lambda g: (g[0], g[1], g[3], g[4]))
+        return out
+
+    def capture_gap_status(self):
+        """``{"count", "last"}``: how many capture gaps are stored and the one that ended last
+        (``{"from_ns", "to_ns", "frames_dropped", "reason", "interface"}``, or None)."""
+        with self._read() as txn:
+            db = self.db["capture_gaps"]
+            n = txn.stat(db)["entries"]
+            last = None
+            # the gap that ended last is among the newest starts (bounded look-back)
+            cur = txn.cursor(db=db)
+            ok, looked = cur.last(), 0
+            while ok and looked < _GAP_MERGE_LOOKBACK:
+                g_from, reason, iface = _GAP_KEY.unpack(bytes(cur.key()))
+                g_to, frames = _GAP_VAL.unpack(bytes(cur.value()))
+                if last is None or g_to > last["to_ns"]:
+                    last = {"from_ns": g_from, "to_ns": g_to, "frames_dropped": frames,
+                            "reason": "kernel drops" if reason == GAP_KERNEL_DROPS
+                            else "capture stopped",
+                            "interface": iface.rstrip(b"\x00").decode("ascii", "replace")}
+                ok, looked = cur.prev(), looked + 1
+        return {"count": n, "last": last}
+
+    def capture_alive_t_ns(self):
+        """When capture last ran (meta ``capture_alive_t_ns``), or None (never recorded)."""
+        with self._read() as txn:
+            v = txn.get(b"capture_alive_t_ns", db=self.db["meta"])
+        return None if v is None else _u64(v)
 
     # -- reading --------------------------------------------------------------------------------
 

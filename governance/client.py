@@ -7,17 +7,29 @@ the request digest ``Q`` and checks every chunk with ``beat_rpc.evidence.AnswerR
 Ed25519 signature with ``pubkey`` -- the key registered for ``node_id`` on the LEDGER, never one the
 device reports -- then node_id, kind, ``Q``, chunk_seq 0, 1, 2, ... and that the last chunk arrived.
 
-It does not check ``S``, ``R`` or the anchors (governance/verify.py does, on the returned
-``Segment``/``Receipt``/``AnchorRef``). Errors, for the verdict engine:
+Proof segments answers end with the device's signed coverage (docs/interrogation.md, chunk kind
+4): ``proof_answer(from_ns, to_ns, flow_tags)`` and ``get_segments(seg_seqs)`` return a
+``SegmentsAnswer`` (``segments``, ``coverage``); ``proof_segments`` is ``proof_answer(...).segments``.
+
+Caps: what one device may hand over through one client (one client per device per interrogation)
+is bounded: ``max_answer_bytes`` of chunk bodies and ``max_answer_segments`` segments (in full, and
+index entries), over all its answers. Beyond either, the answer is refused as the device's:
+``AnswerTooLarge`` (an ``EvidenceError``). The defaults are above what a device with the default
+limits can send (max_records 20,000,000 and max_index_entries 100,000): a governance that lowers
+them, or devices that raise theirs, must keep them in that order.
+
+It does not check ``S``, ``R``, the anchors or the coverage (governance/verify.py does, on the
+returned ``Segment``/``Receipt``/``AnchorRef``/``Coverage``). Errors, for the verdict engine:
 
 - ``EvidenceError`` subclasses (re-exported from ``beat_rpc.evidence``): ``BadSignature``,
   ``MalformedEvidence``, ``WrongAnswer`` (another node/kind/request, out of sequence or order),
   ``IncompleteAnswer`` (cut short): the device answered, but not with acceptable evidence;
 - ``NodeUnreachable``: no answer (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, TLS handshake);
 - ``RequestRejected`` (``.code``, ``.details``): the device refused the request (INVALID_ARGUMENT,
-  PERMISSION_DENIED, RESOURCE_EXHAUSTED, ...), and its subclass ``NoEvidence`` for NOT_FOUND (none
-  of the flow tags occurs in the window).
+  PERMISSION_DENIED, RESOURCE_EXHAUSTED, ...), and its subclass ``NoEvidence`` for NOT_FOUND (a
+  device of the former format; ours answer an empty window with its signed coverage).
 """
+import dataclasses
 import os
 
 import grpc
@@ -30,14 +42,38 @@ from beat_rpc import interrogation_pb2_grpc as pb_grpc
 from beat_rpc.evidence import (BadSignature, EvidenceError, IncompleteAnswer, MalformedEvidence,
                                WrongAnswer)
 
-__all__ = ["InterrogationClient", "ClientError", "NodeUnreachable", "RequestRejected",
-           "NoEvidence", "WrongNode", "EvidenceError", "BadSignature", "MalformedEvidence",
-           "WrongAnswer", "IncompleteAnswer", "DEFAULT_TIMEOUT_S", "MAX_MESSAGE"]
+__all__ = ["InterrogationClient", "SegmentsAnswer", "ClientError", "NodeUnreachable",
+           "RequestRejected", "NoEvidence", "WrongNode", "EvidenceError", "BadSignature",
+           "MalformedEvidence", "WrongAnswer", "IncompleteAnswer", "AnswerTooLarge",
+           "DEFAULT_TIMEOUT_S", "MAX_MESSAGE", "DEFAULT_MAX_ANSWER_BYTES",
+           "DEFAULT_MAX_ANSWER_SEGMENTS"]
 
 DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_ANSWER_BYTES = 1280 << 20     # 20,000,000 records (915 MiB) + index + headers
+DEFAULT_MAX_ANSWER_SEGMENTS = 250_000     # 100,000 in full + 100,000 index entries + audits
 MAX_MESSAGE = 64 << 20          # a lone segment of 10^6 records is 48 MB
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                 grpc.StatusCode.CANCELLED)
+
+
+class AnswerTooLarge(EvidenceError):
+    """The device handed over more than the governance's cap for one device (bytes or
+    segments): refused as the device's answer, not evidence."""
+
+
+@dataclasses.dataclass
+class SegmentsAnswer:
+    """A checked segments answer: ``segments`` (``Segment``, in seg_seq order) and the signed
+    ``coverage`` (``Coverage``) that ended it; what was asked (the window and flow tags of a
+    GetProofSegments, or the seg_seqs of a GetSegments); ``chunks`` and ``bytes`` received."""
+    segments: list
+    coverage: ev.Coverage
+    from_ns: int = 0
+    to_ns: int = 0
+    flow_tags: tuple = ()
+    seg_seqs: tuple = ()
+    chunks: int = 0
+    bytes: int = 0
 
 
 class ClientError(Exception):
@@ -88,7 +124,9 @@ class InterrogationClient:
     for when it differs from the endpoint's host."""
 
     def __init__(self, endpoint, ca, cert, key, hash_name, node_id, pubkey,
-                 timeout=DEFAULT_TIMEOUT_S, server_name=None):
+                 timeout=DEFAULT_TIMEOUT_S, server_name=None,
+                 max_answer_bytes=DEFAULT_MAX_ANSWER_BYTES,
+                 max_answer_segments=DEFAULT_MAX_ANSWER_SEGMENTS):
         pubkey = bytes(pubkey)
         if len(pubkey) != 32:
             raise ValueError(f"pubkey: {len(pubkey)} bytes, an Ed25519 public key is 32 (take it "
@@ -96,6 +134,14 @@ class InterrogationClient:
         digest_function(hash_name)                       # ValueError for an unknown hash
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout: {timeout!r} must be more than 0 s")
+        for name, v in (("max_answer_bytes", max_answer_bytes),
+                        ("max_answer_segments", max_answer_segments)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name}: {v!r} must be an integer above 0")
+        self.max_answer_bytes = max_answer_bytes
+        self.max_answer_segments = max_answer_segments
+        self.received_bytes = 0          # chunk bodies received from this device, every answer
+        self.received_segments = 0       # segments in full and index entries, every answer
         self.endpoint = endpoint
         self.hash_name = hash_name
         self.node_id = node_id
@@ -131,11 +177,38 @@ class InterrogationClient:
             return NoEvidence(f"{where}: NOT_FOUND: {details}", code, details)
         return RequestRejected(f"{where}: {code.name}: {details}", code, details)
 
+    def _take(self, rpc, body):
+        """Count a chunk against the caps (before it is checked or decoded)."""
+        size = len(body)
+        if self.received_bytes + size > self.max_answer_bytes:
+            raise AnswerTooLarge(f"node {self.node_id} at {self.endpoint}: {rpc}: the device "
+                                 f"sent {self.received_bytes + size} bytes, more than the "
+                                 f"governance's max_answer_bytes {self.max_answer_bytes} for one "
+                                 "device (its answer is refused)")
+        n = 0
+        if size >= ev.HEADER_SIZE:
+            try:
+                h = ev.decode_header(body)
+                n = h.count if h.kind in (ev.KIND_SEGMENTS, ev.KIND_COVERAGE) else 0
+            except EvidenceError:
+                n = 0                          # open_chunk says what is wrong with it
+        if self.received_segments + n > self.max_answer_segments:
+            raise AnswerTooLarge(f"node {self.node_id} at {self.endpoint}: {rpc}: the device "
+                                 f"sent {self.received_segments + n} segments and index "
+                                 f"entries, more than the governance's max_answer_segments "
+                                 f"{self.max_answer_segments} for one device (its answer is "
+                                 "refused)")
+        self.received_bytes += size
+        self.received_segments += n
+        return size
+
     def _stream(self, rpc, call, reader):
         items = []
+        total = 0
         try:
             for chunk in call:
                 try:
+                    total += self._take(rpc, chunk.body)
                     items.extend(reader.feed(chunk.body, chunk.signature))
                 except EvidenceError:
                     call.cancel()
@@ -143,6 +216,7 @@ class InterrogationClient:
         except grpc.RpcError as exc:
             raise self._error(rpc, exc) from None
         reader.finish()
+        reader.bytes = total
         return items
 
     # -- calls --
@@ -159,9 +233,11 @@ class InterrogationClient:
                             f"{self.node_id}")
         return info
 
-    def proof_segments(self, from_ns, to_ns, flow_tags=()):
+    def proof_answer(self, from_ns, to_ns, flow_tags=()):
         """The whole proof segments with records in [from_ns, to_ns] (holding one of
-        ``flow_tags`` when given), each with its anchor ref: ``list[Segment]``, seg_seq order."""
+        ``flow_tags`` when given), each with its anchor ref, and the signed coverage that ends
+        the answer: a ``SegmentsAnswer``. An empty window is an answer too (no segment, the
+        coverage)."""
         nonce = os.urandom(ev.NONCE_SIZE)
         tags = ev.normalise_flow_tags(flow_tags)
         Q = ev.request_digest(self.hash_name, ev.KIND_SEGMENTS, from_ns, to_ns, tags, None, None,
@@ -170,7 +246,37 @@ class InterrogationClient:
                                       nonce=nonce)
         call = self.stub.GetProofSegments(req, timeout=self.timeout)
         reader = ev.AnswerReader(self.pubkey, self.node_id, ev.KIND_SEGMENTS, Q)
-        return self._stream("GetProofSegments", call, reader)
+        segments = self._stream("GetProofSegments", call, reader)
+        return SegmentsAnswer(segments, reader.coverage, from_ns, to_ns, tags, (),
+                              reader.chunks, reader.bytes)
+
+    def proof_segments(self, from_ns, to_ns, flow_tags=()):
+        """``proof_answer(...).segments``: ``list[Segment]``, seg_seq order."""
+        return self.proof_answer(from_ns, to_ns, flow_tags).segments
+
+    def get_segments(self, seg_seqs):
+        """The segments named (GetSegments: an audit of index entries) in full, and the signed
+        coverage of the ring after them (no index): a ``SegmentsAnswer``. A named segment the
+        ring no longer holds is absent (the coverage's ``ring_oldest_seq`` says why);
+        ``WrongAnswer`` for a segment that was not asked."""
+        nonce = os.urandom(ev.NONCE_SIZE)
+        seqs = ev.normalise_seg_seqs(seg_seqs)
+        Q = ev.segments_request_digest(self.hash_name, seqs, nonce)
+        req = pb.SegmentsRequest(seg_seqs=list(seqs), nonce=nonce)
+        call = self.stub.GetSegments(req, timeout=self.timeout)
+        reader = ev.AnswerReader(self.pubkey, self.node_id, ev.KIND_SEGMENTS, Q)
+        segments = self._stream("GetSegments", call, reader)
+        asked = set(seqs)
+        for sg in segments:
+            if sg.seg_seq not in asked:
+                raise WrongAnswer(f"node {self.node_id}: segment {sg.seg_seq} in the answer to "
+                                  f"GetSegments {list(seqs)[:8]}{'...' if len(seqs) > 8 else ''}"
+                                  ", which did not ask for it")
+        if reader.coverage.index:
+            raise WrongAnswer(f"node {self.node_id}: the coverage of a GetSegments answer has "
+                              f"{len(reader.coverage.index)} index entries (it has none)")
+        return SegmentsAnswer(segments, reader.coverage, seg_seqs=seqs, chunks=reader.chunks,
+                              bytes=reader.bytes)
 
     def counter_report(self):
         """The device's packet counters, signed: ``list[Counter]`` by (prev_id, next_id)."""
@@ -182,6 +288,7 @@ class InterrogationClient:
         except grpc.RpcError as exc:
             raise self._error("GetCounterReport", exc) from None
         reader = ev.AnswerReader(self.pubkey, self.node_id, ev.KIND_COUNTERS, Q)
+        self._take("GetCounterReport", chunk.body)
         items = reader.feed(chunk.body, chunk.signature)
         reader.finish()
         return items

@@ -554,8 +554,8 @@ def test_uses_only_two_extra_databases(tmp_path):
         assert store.outbox() == before and store.verify() == []
         with store.env.begin() as txn:
             names = sorted(bytes(k) for k, _ in txn.cursor())
-        assert names == sorted([b"anchors", b"commitments", b"counters", b"leaf_proofs", b"meta",
-                                b"outbox", b"proofs", b"receipts"])
+        assert names == sorted([b"anchors", b"capture_gaps", b"commitments", b"counters",
+                                b"leaf_proofs", b"meta", b"outbox", b"proofs", b"receipts"])
         with pytest.raises(lmdb.DbsFullError):
             store.env.open_db(b"one_more", create=True)
 

@@ -48,6 +48,7 @@ def test_config_needs_the_tls_files_and_checks_them(tmp_path, pki):
                                                      "cert": pki["cert"], "key": pki["key"]}})
     assert c.interrogation_signing_key == str(tmp_path / "s" / "device.ed25519")
     assert (c.interrogation_max_window_s, c.interrogation_max_streams) == (3600.0, 4)
+    assert (c.interrogation_max_index_entries, c.interrogation_max_seg_seqs) == (100_000, 1024)
     cases = [
         ({"listen": "127.0.0.1:9478", "cert": pki["cert"], "key": pki["key"]},
          "interrogation.ca: missing"),
@@ -58,6 +59,8 @@ def test_config_needs_the_tls_files_and_checks_them(tmp_path, pki):
         ({"listen": "127.0.0.1:1", "ca": "rel.crt"}, 'interrogation.ca: "rel.crt" is not an '
                                                       "absolute path"),
         ({"max_streams": 0}, "interrogation.max_streams: 0 must be more than 0"),
+        ({"max_index_entries": 0}, "interrogation.max_index_entries: 0 must be more than 0"),
+        ({"max_seg_seqs": 1.5}, "interrogation.max_seg_seqs: 1.5 is not an integer"),
         ({"plaintext": True}, "interrogation.plaintext: unknown key"),
     ]
     for raw, message in cases:

@@ -62,5 +62,6 @@ def test_stubs_import_from_the_package():
     service = interrogation_pb2.DESCRIPTOR.services_by_name["Interrogation"]
     assert service.full_name == "beat.v1.Interrogation"
     assert [m.name for m in service.methods] == ["GetNodeInfo", "GetProofSegments",
-                                                 "GetCounterReport", "GetReceipts"]
+                                                 "GetSegments", "GetCounterReport",
+                                                 "GetReceipts"]
     assert hasattr(interrogation_pb2_grpc, "InterrogationStub")

@@ -11,7 +11,11 @@ windows and flow tags select exactly what a brute-force scan of the store select
 receipts are the store's (receipts proven too); each bad request of the error table gets its status
 code and message; max_streams; an answer running past max_stream_s is cancelled; health and
 reflection answer; no plaintext; a client that stops reading does not stop the writer committing
-and pins no read transaction; a device key other than the ledger's is a BadSignature.
+and pins no read transaction; a device key other than the ledger's is a BadSignature. Every
+segments answer ends with the signed coverage: an empty window is the coverage alone; the index
+lists every held segment from the first to the last overlapping the window, flagged as sent, S and
+times the store's, anchor refs proven; a long index spans several chunks; GetSegments answers the
+named segments and the ring; max_index_entries and max_seg_seqs; capture gaps of the window.
 """
 import collections
 import hashlib
@@ -36,8 +40,7 @@ from beatd.replay import replay
 from beatd.store import Store
 from benchmarks.pipeline import NEXT, OWN, build_frames
 from conftest import require_real_pcaps, wait_for
-from governance.client import (BadSignature, InterrogationClient, NoEvidence, NodeUnreachable,
-                               RequestRejected)
+from governance.client import BadSignature, InterrogationClient, NodeUnreachable, RequestRejected
 from ledger_client import merkle
 from ledger_client.batcher import Batcher
 from ledger_client.keys import DeviceKey
@@ -289,15 +292,17 @@ def test_flow_tags_within_a_window(real, default):
     assert [s.seg_seq for s in got] == holding(real, overlapping(real, lo, hi), {ordered[0]})
 
 
-def test_unknown_flow_tag_is_not_found(real, wide):
+def test_unknown_flow_tag_is_a_signed_answer_not_not_found(real, wide):
+    """No segment holds the tag: no segment is sent, and the signed coverage lists every segment
+    of the window, none sent in full (formerly NOT_FOUND, which is not evidence)."""
     tag = b"\xfe\xed" * 4
     assert tag not in _flow_tags(real)[1]
     with wide.client() as c:
-        with pytest.raises(NoEvidence) as e:
-            c.proof_segments(5, 10**19, [tag])
-    assert e.value.code == grpc.StatusCode.NOT_FOUND
-    assert e.value.details == (f"none of the flow tags {tag.hex()} occurs in the segments of the "
-                               "window [5, 10000000000000000000]")
+        ans = c.proof_answer(5, 10**19, [tag])
+    over = overlapping(real, 5, 10**19)
+    assert ans.segments == [] and ans.flow_tags == (tag,)
+    assert [e.seg_seq for e in ans.coverage.index] == list(range(over[0], over[-1] + 1))
+    assert not any(e.sent for e in ans.coverage.index)
 
 
 def test_chunks_hold_whole_segments_up_to_one_mib(big, pki):
@@ -315,15 +320,204 @@ def test_chunks_hold_whole_segments_up_to_one_mib(big, pki):
             total = 0
             for chunk in call:
                 segs = reader.feed(chunk.body, chunk.signature)
-                sizes.append(sum(len(x.records) for x in segs))
+                if ev.decode_header(chunk.body).kind == ev.KIND_SEGMENTS:
+                    sizes.append(sum(len(x.records) for x in segs))
                 total += sum(x.count for x in segs)
             reader.finish()
+        assert reader.coverage is not None and all(e.sent for e in reader.coverage.index)
         per_segment = 1024 * 48
         assert all(n == (ev.CHUNK_RECORD_BYTES // per_segment) * per_segment for n in sizes[:-1])
         assert 0 < sizes[-1] <= ev.CHUNK_RECORD_BYTES
         assert total == sum(c[2] for c in store.commitments())
     finally:
         s.stop()
+
+
+# -- the signed coverage, GetSegments --------------------------------------------------------------
+
+def _raw_answer(served, rpc, request):
+    """The chunks of an answer as they come, each opened here with the device's key."""
+    with served.channel() as ch:
+        return [(ev.decode_header(c.body), c) for c in getattr(pb_grpc.InterrogationStub(ch),
+                                                             rpc)(request, timeout=60)]
+
+
+def _anchored_segments(real):
+    return sum(1 for seq, t, _ in real.leaves[:real.anchored_leaves] if t == 2)
+
+
+@pytest.mark.parametrize("where", ["before all", "after all"])
+def test_an_empty_window_is_a_signed_coverage(real, wide, where):
+    lo, hi = {"before all": (1, 2), "after all": (NONE - 10, NONE - 1)}[where]
+    seqs = [q for q, _, _, _ in real.segments]
+    nonce = os.urandom(16)
+    chunks = _raw_answer(wide, "GetProofSegments",
+                         pb.ProofSegmentsRequest(from_ns=lo, to_ns=hi, nonce=nonce))
+    assert [(h.kind, h.chunk_seq, h.last, h.count) for h, _ in chunks] == [(4, 0, True, 0)]
+    h, c = chunks[0]
+    assert c.signature == real.dev.sign(c.body)
+    assert h.Q == ev.request_digest(H, 1, lo, hi, (), None, None, nonce)
+    with wide.client() as cl:
+        ans = cl.proof_answer(lo, hi)
+        info = cl.node_info()
+    cov = ans.coverage
+    assert ans.segments == [] and cov.index == () and cov.gaps == ()
+    # empty, the index says where the window falls: before the first segment, or after the last
+    assert cov.index_first_seq == (seqs[0] if where == "before all" else seqs[-1] + 1)
+    assert (cov.ring_oldest_seq, cov.next_seg_seq) == (seqs[0], seqs[-1] + 1)
+    assert cov.anchored_segments == _anchored_segments(real) > 0
+    assert (cov.oldest_t_ns, cov.newest_t_ns, cov.anchored_until_t_ns) == (
+        info.oldest_proof_t_ns, info.newest_proof_t_ns, info.anchored_until_t_ns)
+    open_records = real.store.meta()["open_records"]
+    assert cov.open_first_t_ns == (fastpath.t_range(open_records)[0] if open_records else 0)
+    assert (cov.threshold_ns, cov.ring_wraps) == (3600 * 10**9, 0)
+    assert abs(cov.t_ns - time.time_ns()) < 60 * 10**9 and not cov.ring_short
+
+
+@pytest.mark.parametrize("which", ["no tags", "most frequent", "rare"])
+def test_the_index_lists_every_segment_from_first_to_last_and_what_was_sent(real, wide, which):
+    ordered, counts = _flow_tags(real)
+    tags = {"no tags": [], "most frequent": ordered[:1],
+            "rare": [t for t in ordered if counts[t] == 1][:1]}[which]
+    c = real.commitments
+    seqs = [q for q, _, _, _ in real.segments]
+    if which == "rare":
+        lo, hi = 0, NONE - 1
+    else:
+        with_tag = holding(real, seqs, {ordered[0]})
+        mid = with_tag[len(with_tag) // 2]
+        lo, hi = c[mid][3], c[mid][3] + 3 * 86400 * 10**9
+    with wide.client() as cl:
+        ans = cl.proof_answer(lo, hi, tags)
+    over = overlapping(real, lo, hi)
+    sent = holding(real, over, set(tags)) if tags else over
+    assert sent and [x.seg_seq for x in ans.segments] == sent
+    index = ans.coverage.index
+    assert [e.seg_seq for e in index] == list(range(over[0], over[-1] + 1))
+    assert ans.coverage.index_first_seq == over[0]
+    if which == "rare":
+        assert len(sent) == 1 and len(index) > 1           # the index lists what was not sent
+    anchored = 0
+    for e in index:
+        _, S, n, first, last = c[e.seg_seq]
+        assert (e.S, e.count, e.first_t_ns, e.last_t_ns) == (S, n, first, last)
+        assert e.sent == (e.seg_seq in sent)
+        anchored += check_anchor(real, e.leaf, e.anchor)     # anchored exactly when it is
+        if e.seg_seq < ans.coverage.anchored_segments:
+            assert e.anchor.anchored
+    assert anchored
+    for x in ans.segments:
+        assert segment_S(NODE, x) == x.S
+
+
+def test_a_long_index_spans_several_coverage_chunks(real, wide, monkeypatch):
+    with wide.client() as c:
+        whole = c.proof_answer(0, NONE - 1)
+    monkeypatch.setattr(ev, "CHUNK_RECORD_BYTES", 2000)    # segments and index: small chunks
+    chunks = _raw_answer(wide, "GetProofSegments",
+                         pb.ProofSegmentsRequest(from_ns=0, to_ns=NONE - 1, nonce=bytes(16)))
+    kinds = [h.kind for h, _ in chunks]
+    n1 = kinds.count(1)
+    assert kinds == [1] * n1 + [4] * (len(kinds) - n1) and kinds.count(4) > 3
+    assert [h.last for h, _ in chunks] == [False] * (len(chunks) - 1) + [True]
+    with wide.client() as c:
+        split = c.proof_answer(0, NONE - 1)
+    assert split.coverage == whole.coverage and len(whole.coverage.index) > 100
+    assert [x.seg_seq for x in split.segments] == [x.seg_seq for x in whole.segments]
+
+
+def test_get_segments_answers_the_named_segments_in_full(real, wide):
+    seqs = [q for q, _, _, _ in real.segments]
+    by_seq = {q: (S, r) for q, _, S, r in real.segments}
+    asked = [seqs[5], seqs[1], seqs[-1] + 10, seqs[5], seqs[-1]]       # one never made, a dup
+    nonce = os.urandom(16)
+    chunks = _raw_answer(wide, "GetSegments", pb.SegmentsRequest(seg_seqs=asked, nonce=nonce))
+    assert [(h.kind, h.last) for h, _ in chunks] == [(1, False), (4, True)]
+    assert all(h.Q == ev.request_digest(H, 5, 0, 0, [q.to_bytes(8, "big")
+                                                      for q in sorted(set(asked))],
+                                        None, None, nonce) for h, _ in chunks)
+    with wide.client() as c:
+        ans = c.get_segments(asked)
+    assert ans.seg_seqs == tuple(sorted(set(asked)))
+    assert [(x.seg_seq, x.S, x.records) for x in ans.segments] == \
+        [(q, *by_seq[q]) for q in (seqs[1], seqs[5], seqs[-1])]
+    for x in ans.segments:
+        assert segment_S(NODE, x) == x.S
+        check_anchor(real, x.leaf, x.anchor)
+    cov = ans.coverage
+    assert cov.index == () and cov.gaps == () and cov.index_first_seq == 0
+    assert (cov.ring_oldest_seq, cov.next_seg_seq) == (seqs[0], seqs[-1] + 1)   # 10 never made
+    with wide.client() as c:
+        none = c.get_segments([])
+    assert none.segments == [] and none.coverage.next_seg_seq == seqs[-1] + 1
+
+
+def test_index_and_seg_seqs_limits(real, pki):
+    limit = 3
+    seqs = [q for q, _, _, _ in real.segments]
+    n = sum(real.commitments[q][2] for q in seqs[:4])
+    s = Served(real.store, real.dev, pki, NODE,
+               Limits(max_window_s=1e11, max_index_entries=limit, max_seg_seqs=4,
+                      max_records=n - 1))
+    over = overlapping(real, 0, NONE - 1)
+    try:
+        with s.client() as cl:
+            with pytest.raises(RequestRejected) as e:
+                cl.proof_answer(0, NONE - 1)
+            assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert e.value.details == (
+                f"{over[-1] - over[0] + 1} index entries (segments {over[0]}..{over[-1]}) for the "
+                f"window [0, {NONE - 1}]: more than the device's max_index_entries {limit}; ask "
+                "for a shorter window")
+            c = real.commitments
+            one = c[seqs[3]][3]
+            assert len(cl.proof_answer(one, one).coverage.index) <= limit
+            with pytest.raises(RequestRejected) as e:
+                cl.get_segments(seqs[:5])
+            assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert e.value.details == "seg_seqs: 5 given, at most 4"
+            with pytest.raises(RequestRejected) as e:
+                cl.get_segments(seqs[:4])
+            assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert e.value.details == (f"{n} records in the 4 segments asked: more than the "
+                                       f"device's max_records {n - 1}; ask for fewer segments")
+            assert len(cl.get_segments(seqs[:3]).segments) == 3
+    finally:
+        s.stop()
+
+
+def test_get_segments_needs_the_governance_role(real, wide, pki):
+    rd = lambda name: (pki / name).read_bytes()     # noqa: E731
+    creds = grpc.ssl_channel_credentials(rd("ca.crt"), rd(f"device-{BIG_NODE}.key"),
+                                         rd(f"device-{BIG_NODE}.crt"))
+    with grpc.secure_channel(wide.endpoint, creds) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            list(pb_grpc.InterrogationStub(ch).GetSegments(
+                pb.SegmentsRequest(seg_seqs=[1], nonce=bytes(16)), timeout=30))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert e.value.details() == ("GetSegments needs the governance role; the client certificate "
+                                 f"has device:{BIG_NODE}")
+
+
+def test_capture_gaps_of_the_window_are_in_the_coverage(tmp_path, pki):
+    store = Store(tmp_path / "s", NODE, H, 16 << 20)
+    _replay_all(store, H)
+    c = {q[0]: q for q in store.commitments()}
+    mid = sorted(c)[len(c) // 2]
+    t = c[mid][3]
+    store.record_capture([(t - 100, t - 50, 9, 1, "eth0"), (t - 10, t + 10, 0, 2, ""),
+                          (t + 5000, t + 6000, 3, 1, "any")])
+    s = Served(store, DeviceKey.generate(), pki, NODE, WIDE)
+    try:
+        with s.client() as cl:
+            gaps = cl.proof_answer(t - 60, t + 100).coverage.gaps
+            assert gaps == (ev.CaptureGap(t - 100, t - 50, 9, 1, "eth0"),
+                            ev.CaptureGap(t - 10, t + 10, 0, 2, ""))
+            assert cl.proof_answer(t + 20, t + 30).coverage.gaps == ()
+            assert cl.get_segments([mid]).coverage.gaps == ()      # an audit: the ring only
+    finally:
+        s.stop()
+        store.close()
 
 
 # -- counters, receipts, node info --------------------------------------------------------------
@@ -442,8 +636,12 @@ ERRORS = [
      "window [9, 2]: to_ns is before from_ns (max_window_s 3600 s)"),
     ("GetReceipts", dict(from_ns=1, to_ns=2, src=N16, dst=N16, nonce=b"\x00"), INVALID,
      "nonce: 1 bytes (00), must be 16 bytes"),
+    ("GetSegments", dict(seg_seqs=[1], nonce=b"\x02" * 3), INVALID,
+     "nonce: 3 bytes (020202), must be 16 bytes"),
+    ("GetSegments", dict(seg_seqs=list(range(1025)), nonce=N16), INVALID,
+     "seg_seqs: 1025 given, at most 1024"),
 ]
-REQUESTS = {"GetProofSegments": pb.ProofSegmentsRequest,
+REQUESTS = {"GetProofSegments": pb.ProofSegmentsRequest, "GetSegments": pb.SegmentsRequest,
             "GetCounterReport": pb.CounterReportRequest, "GetReceipts": pb.ReceiptsRequest}
 
 
@@ -698,6 +896,15 @@ def test_wrapped_ring_and_small_scan_batches(tmp_path, pki, monkeypatch):
                                                list(x.anchor.path), a.root)
             info = c.node_info()
             assert info.ring_short and info.oldest_proof_t_ns == ring["oldest_t_ns"]
+            # the coverage says the ring wrapped; an audit of a segment it no longer holds gets
+            # nothing for it, and the coverage after it says why
+            cov = c.proof_answer(0, NONE - 1).coverage
+            assert cov.ring_wraps == ring["wraps"] and cov.ring_oldest_seq == held[0][0]
+            assert [e.seg_seq for e in cov.index] == [q for q, _, _, _ in held]
+            assert all(e.sent for e in cov.index) and cov.ring_short
+            audit = c.get_segments([gone, held[0][0]])
+            assert [x.seg_seq for x in audit.segments] == [held[0][0]]
+            assert audit.coverage.ring_oldest_seq == held[0][0] > gone
             stored = store.receipts()
             src, dst = max(({(r[2], r[3]) for r in stored}),
                            key=lambda f: sum(1 for r in stored if (r[2], r[3]) == f))

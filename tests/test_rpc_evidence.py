@@ -7,6 +7,7 @@ MalformedEvidence (never struct.error, IndexError, ...); each malformation is na
 are opened only with the right key, node, kind, Q and chunk_seq; an answer is complete only with its
 last chunk, in sequence and in order.
 """
+import dataclasses
 import hashlib
 import os
 import struct
@@ -89,7 +90,7 @@ def test_request_digest_is_the_documented_bytes(hash_name):
     ((1, 0, 1, (), None, None, bytes(15)), r"nonce: 15 bytes .*must be 16"),
     ((3, 0, 1, (), b"\x01" * 4, bytes(16), bytes(16)), r"src: 4 bytes \(01010101\), must be 16"),
     ((3, 0, 1, (), bytes(16), b"", bytes(16)), r"dst: 0 bytes \(empty\), must be 16"),
-    ((4, 0, 1, (), None, None, bytes(16)), r"kind: 4 is not one of \[1, 2, 3\]"),
+    ((4, 0, 1, (), None, None, bytes(16)), r"kind: 4 is not one of \[1, 2, 3, 5\]"),
     ((1, -1, 1, (), None, None, bytes(16)), r"from_ns: -1 is not a u64"),
     ((1, 0, 1 << 64, (), None, None, bytes(16)), r"to_ns: 18446744073709551616 is not a u64"),
     ((1, 0, 1, ["abcdefgh"], None, None, bytes(16)), r"flow_tags\[0\]: str is not bytes"),
@@ -248,7 +249,8 @@ def _with(body, off, data):
 
 @pytest.mark.parametrize("mutate, match", [
     (lambda b: _with(b, 0, b"BEAT-EV-v2"), r"magic b'BEAT-EV-v2', expected b'BEAT-EV-v1'"),
-    (lambda b: _with(b, 10, b"\x07"), r"kind 7 is not one of \[1, 2, 3\]"),
+    (lambda b: _with(b, 10, b"\x07"), r"kind 7 is not one of \[1, 2, 3, 4\]"),
+    (lambda b: _with(b, 10, b"\x05"), r"kind 5 is not one of \[1, 2, 3, 4\]"),
     (lambda b: _with(b, 55, b"\x03"), r"flags 0x03 has bits other than bit 0"),
     (lambda b: _with(b, 64, (3).to_bytes(4, "big")), r"segment 2: needs 44 bytes"),
     (lambda b: _with(b, 68 + 44, b"\xff" * 8 + (1).to_bytes(8, "big")),
@@ -330,7 +332,9 @@ def test_answer_reader_sequence_and_completion():
     segs = sample_segments()
     c0 = _signed(seq=0, last=False, items=segs[:1])
     c1 = _signed(seq=1, last=True, items=segs[1:])
-    r = ev.AnswerReader(KEY.public, NODE, 1, Q0)
+    # (the v1 sequence rules, without the coverage that ends a segments answer: see below)
+    Reader = lambda *a: ev.AnswerReader(*a, coverage=False)     # noqa: E731
+    r = Reader(KEY.public, NODE, 1, Q0)
     assert r.feed(*c0) == segs[:1]
     with pytest.raises(IncompleteAnswer, match="ended after 1 chunks without its last chunk"):
         r.finish()
@@ -339,20 +343,20 @@ def test_answer_reader_sequence_and_completion():
     with pytest.raises(IncompleteAnswer, match=r"a chunk \(2\) after the last one"):
         r.feed(*c1)
     # a chunk skipped, or the same chunk twice
-    r = ev.AnswerReader(KEY.public, NODE, 1, Q0)
+    r = Reader(KEY.public, NODE, 1, Q0)
     with pytest.raises(WrongAnswer, match="chunk_seq 1 where 0 was due"):
         r.feed(*c1)
-    r = ev.AnswerReader(KEY.public, NODE, 1, Q0)
+    r = Reader(KEY.public, NODE, 1, Q0)
     r.feed(*c0)
     with pytest.raises(WrongAnswer, match="chunk_seq 0 where 1 was due"):
         r.feed(*c0)
     # items out of order across chunks: seg_seq 6 then 5
-    r = ev.AnswerReader(KEY.public, NODE, 1, Q0)
+    r = Reader(KEY.public, NODE, 1, Q0)
     r.feed(*_signed(seq=0, last=False, items=segs[1:]))
     with pytest.raises(WrongAnswer, match="starts at 5, not after 6"):
         r.feed(*_signed(seq=1, last=True, items=segs[:1]))
     # an empty answer is one last chunk with no item
-    r = ev.AnswerReader(KEY.public, NODE, 1, Q0)
+    r = Reader(KEY.public, NODE, 1, Q0)
     assert r.feed(*_signed(items=[])) == []
     r.finish()
 
@@ -372,3 +376,271 @@ def test_signatures_are_ed25519_over_the_body():
     assert len(sig) == 64
     assert not ev.verify_signature(KEY.public, body + b"x", sig)
     assert not ev.verify_signature(KEY.public, body, os.urandom(64))
+
+
+# -- kind 4 (coverage) and request kind 5 (GetSegments) ------------------------------------------
+
+def sample_coverage(index=True, gaps=True, first=5):
+    entries = (ev.IndexEntry(5, 2, 1_700_000_000_000_000_001, 1_700_000_000_000_000_002,
+                             b"\x11" * 32, True, AnchorRef(3, 1, 4, path(2))),
+               ev.IndexEntry(6, 1, 1_700_000_000_000_000_003, 1_700_000_000_000_000_003,
+                             b"\x22" * 32, False, ev.UNANCHORED),
+               ev.IndexEntry(7, 0, 0, 0, b"\x33" * 32, False, ev.UNANCHORED))
+    gs = (ev.CaptureGap(10, 20, 7, ev.GAP_KERNEL_DROPS, "eth0"),
+          ev.CaptureGap(10, 30, 0, ev.GAP_CAPTURE_STOPPED, ""),
+          ev.CaptureGap(15, 16, 1, ev.GAP_KERNEL_DROPS, "any"))
+    return ev.Coverage(ring_oldest_seq=3, next_seg_seq=9, anchored_segments=6, ring_wraps=3,
+                       oldest_t_ns=11, newest_t_ns=12, anchored_until_t_ns=13,
+                       open_first_t_ns=14, threshold_ns=3600 * 10**9, index_first_seq=first,
+                       index=entries if index else (), gaps=gs if gaps else ())
+
+
+def test_get_segments_request_digest_is_the_documented_bytes():
+    nonce = bytes(range(16))
+    want = H["sha3-256"](b"BEAT-RQ-v1" + bytes([5]) + bytes(16) + (3).to_bytes(4, "big") +
+                         (2).to_bytes(8, "big") + (9).to_bytes(8, "big") +
+                         (2**40).to_bytes(8, "big") + bytes(32) + nonce)
+    # unsorted, one duplicate: Q binds the sorted, deduplicated seg_seqs
+    assert ev.segments_request_digest("sha3-256", [9, 2**40, 2, 9], nonce) == want
+    assert ev.normalise_seg_seqs([9, 2**40, 2, 9]) == (2, 9, 2**40)
+    assert ev.segments_request_digest("sha3-256", [9, 2], nonce) != want
+    with pytest.raises(ValueError, match=r"seg_seqs\[1\]: -1 is not a u64"):
+        ev.segments_request_digest("sha3-256", [1, -1], nonce)
+    with pytest.raises(ValueError, match=r"seg_seqs\[0\]: 18446744073709551616 is not a u64"):
+        ev.normalise_seg_seqs([1 << 64])
+
+
+def test_coverage_chunk_bytes():
+    cov = sample_coverage()
+    body = ev.encode_chunk(ev.KIND_COVERAGE, NODE, Q0, 2, True, 77, cov)
+    head = b"BEAT-EV-v1" + b"\x04" + NODE.to_bytes(8, "big") + Q0 + (2).to_bytes(4, "big") + \
+        b"\x01" + (77).to_bytes(8, "big") + (3).to_bytes(4, "big")
+    fixed = b"".join(v.to_bytes(8, "big") for v in (3, 9, 6, 3, 11, 12, 13, 14, 3600 * 10**9, 5))
+    e1 = (5).to_bytes(8, "big") + (2).to_bytes(4, "big") + \
+        (1_700_000_000_000_000_001).to_bytes(8, "big") + \
+        (1_700_000_000_000_000_002).to_bytes(8, "big") + b"\x11" * 32 + b"\x01" + \
+        (3).to_bytes(8, "big") + (1).to_bytes(8, "big") + (4).to_bytes(8, "big") + b"\x02" + \
+        b"\x01" * 32 + b"\x02" * 32
+    e2 = (6).to_bytes(8, "big") + (1).to_bytes(4, "big") + \
+        (1_700_000_000_000_000_003).to_bytes(8, "big") * 2 + b"\x22" * 32 + b"\x00" + \
+        b"\xff" * 8 + bytes(17)
+    e3 = (7).to_bytes(8, "big") + bytes(4) + bytes(16) + b"\x33" * 32 + b"\x00" + b"\xff" * 8 + \
+        bytes(17)
+    gaps = (3).to_bytes(4, "big") + \
+        struct.pack(">QQQB", 10, 20, 7, 1) + b"eth0" + bytes(12) + \
+        struct.pack(">QQQB", 10, 30, 0, 2) + bytes(16) + \
+        struct.pack(">QQQB", 15, 16, 1, 1) + b"any" + bytes(13)
+    assert ev.COVERAGE_FIXED_SIZE == 80 and ev.INDEX_ENTRY_SIZE == 61 and ev.GAP_SIZE == 41
+    assert body == head + fixed + e1 + e2 + e3 + gaps
+    header, got = ev.decode_chunk(body)
+    assert header == ChunkHeader(4, NODE, Q0, 2, True, 77, 3)
+    assert got == cov and got.t_ns == 77
+    # the empty coverage of a GetSegments answer: the fixed fields, no entry, no gap
+    empty = ev.encode_chunk(4, NODE, Q0, 0, True, 1, sample_coverage(False, False, 0))
+    assert len(empty) == 68 + 80 + 4 and empty.endswith(bytes(12))
+
+
+@pytest.mark.parametrize("cov, match", [
+    (dataclasses.replace(sample_coverage(), gaps=(ev.CaptureGap(1, 2, 0, 3, ""),)),
+     r"capture gap \[1, 2\]: reason 3 is not one of \[1, 2\]"),
+    (dataclasses.replace(sample_coverage(), gaps=(ev.CaptureGap(2, 1, 0, 1, ""),)),
+     r"capture gap \[2, 1\]: from_ns after to_ns"),
+    (dataclasses.replace(sample_coverage(), gaps=(ev.CaptureGap(1, 2, 0, 1, "x" * 17),)),
+     r"interface 'xxxxxxxxxxxxxxxxx' is not up to 16 printable ASCII"),
+    (dataclasses.replace(sample_coverage(), gaps=(ev.CaptureGap(1, 2, 0, 1, "et h"),)),
+     r"interface 'et h' is not up to 16"),
+    (dataclasses.replace(sample_coverage(), index=(ev.IndexEntry(1, 1, 1, 1, b"\x00", False,
+                                                                 ev.UNANCHORED),)),
+     r"index entry 1: S of 1 bytes"),
+    ([sample_coverage()], r"kind 4 \(coverage\): items must be one Coverage, not list"),
+])
+def test_encode_refuses_a_coverage_it_cannot_encode(cov, match):
+    with pytest.raises(ValueError, match=match):
+        ev.encode_chunk(ev.KIND_COVERAGE, NODE, Q0, 0, True, 0, cov)
+
+
+@st.composite
+def coverages(draw):
+    seqs = sorted(draw(st.sets(u64, max_size=5)))
+    entries = []
+    for s in seqs:
+        n = draw(st.integers(0, (1 << 32) - 1))
+        if n:
+            a, b = sorted((draw(u64), draw(u64)))
+            entries.append(ev.IndexEntry(s, n, a, b, draw(h32), draw(st.booleans()),
+                                         draw(anchors)))
+        else:
+            entries.append(ev.IndexEntry(s, 0, 0, 0, draw(h32), False, draw(anchors)))
+    names = st.text(alphabet=[chr(c) for c in range(0x21, 0x7f)], max_size=16)
+    gaps = set()
+    for _ in range(draw(st.integers(0, 4))):
+        a, b = sorted((draw(u64), draw(u64)))
+        gaps.add((a, b, draw(st.sampled_from((1, 2))), draw(names), draw(u64)))
+    gs = tuple(ev.CaptureGap(a, b, f, r, i) for a, b, r, i, f in sorted(gaps))
+    nxt = draw(u64)
+    return ev.Coverage(draw(st.integers(0, nxt)), nxt, draw(st.integers(0, nxt)), draw(u64),
+                       draw(u64), draw(u64), draw(u64), draw(u64), draw(u64), draw(u64),
+                       index=tuple(entries), gaps=gs)
+
+
+@SETTINGS
+@given(cov=coverages(), node=u64, q=h32, seq=st.integers(0, (1 << 32) - 1), last=st.booleans(),
+       t=u64)
+def test_coverage_round_trip(cov, node, q, seq, last, t):
+    body = ev.encode_chunk(ev.KIND_COVERAGE, node, q, seq, last, t, cov)
+    header, got = ev.decode_chunk(body)
+    assert header == ChunkHeader(4, node, q, seq, last, t, len(cov.index))
+    assert got == cov and got.t_ns == t
+    for e in got.index:
+        assert type(e.S) is bytes
+
+
+def _coverage_bodies():
+    return [ev.encode_chunk(4, NODE, Q0, 1, True, 1, sample_coverage()),
+            ev.encode_chunk(4, NODE, Q0, 0, True, 1, sample_coverage(False, False))]
+
+
+@pytest.mark.parametrize("body", _coverage_bodies(), ids=["coverage", "empty-coverage"])
+def test_every_truncation_of_a_coverage_is_malformed(body):
+    ev.decode_chunk(body)
+    for n in range(len(body)):
+        with pytest.raises(MalformedEvidence):
+            ev.decode_chunk(body[:n])
+    with pytest.raises(MalformedEvidence, match=rf"1 bytes after its 3 items \(offset {len(body)}\)"
+                       if body == _coverage_bodies()[0] else "1 bytes after"):
+        ev.decode_chunk(body + b"\x00")
+
+
+@SETTINGS
+@given(pos=st.integers(0, 10**6), value=st.integers(0, 255), data=st.binary(max_size=300))
+def test_coverage_flips_and_garbage_never_crash(pos, value, data):
+    body = bytearray(_coverage_bodies()[0])
+    body[pos % len(body)] = value
+    for b in (bytes(body), _coverage_bodies()[0][:148] + data):
+        try:
+            ev.decode_chunk(b)
+        except MalformedEvidence as exc:
+            assert str(exc)
+
+
+C_FIXED = 68                     # the coverage fields start after the header
+C_E0 = 68 + 80                   # index entry 0
+C_E1 = C_E0 + 61 + 25 + 64       # index entry 1 (entry 0 has a path of 2 hashes)
+C_E2 = C_E1 + 61 + 25
+C_GAPS = C_E2 + 61 + 25          # n_gaps, then the gaps
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda b: _with(b, C_FIXED, (10).to_bytes(8, "big")),
+     r"coverage fields: ring_oldest_seq 10 is after next_seg_seq 9 \(offset 68\)"),
+    (lambda b: _with(b, C_FIXED + 16, (10).to_bytes(8, "big")),
+     r"coverage fields: anchored_segments 10 is more than next_seg_seq 9 \(offset 84\)"),
+    (lambda b: _with(b, C_E1, (5).to_bytes(8, "big")),
+     rf"index entry 1 \(seg_seq 5\): not after seg_seq 5 .* \(offset {C_E1}\)"),
+    (lambda b: _with(b, C_E0 + 60, b"\x03"),
+     rf"index entry 0 \(seg_seq 5\): flags 0x03 has bits other than bit 0 .*\(offset {C_E0 + 60}\)"),
+    (lambda b: _with(b, C_E0 + 12, (2 * 10**18).to_bytes(8, "big")),
+     r"index entry 0 \(seg_seq 5\): first_t_ns 2000000000000000000 is after last_t_ns"),
+    (lambda b: _with(b, C_E2 + 12, (1).to_bytes(8, "big") * 2),
+     r"index entry 2 \(seg_seq 7\): no records, but first_t_ns 1, last_t_ns 1, flags 0x00"),
+    (lambda b: _with(b, C_E1 + 61, (7).to_bytes(8, "big")),
+     r"index entry 1 \(seg_seq 6\) anchor ref: leaf_index 0 is not below tree_size 0 \(batch 7\)"),
+    (lambda b: _with(b, C_GAPS, (4).to_bytes(4, "big")),
+     r"coverage: 4 capture gaps: needs 164 bytes"),
+    (lambda b: _with(b, C_GAPS + 4 + 24, b"\x09"),
+     rf"capture gap 0 \[10, 20\]: reason 9 is not 1 \(kernel drops\) or 2 .*\(offset "
+     rf"{C_GAPS + 4 + 24}\)"),
+    (lambda b: _with(b, C_GAPS + 4, (21).to_bytes(8, "big")),
+     r"capture gap 0 \[21, 20\]: from_ns is after to_ns"),
+    (lambda b: _with(b, C_GAPS + 4 + 25, b"et\x00h"),
+     r"capture gap 0 \[10, 20\]: interface 6574006800.* is not printable ASCII"),
+    (lambda b: _with(b, C_GAPS + 4 + 41 + 8, (19).to_bytes(8, "big")),
+     r"capture gap 1 \[10, 19\]: not after gap 0 \(sorted by from_ns, to_ns, reason, interface\)"),
+])
+def test_malformed_coverage_is_named(mutate, match):
+    body = ev.encode_chunk(4, NODE, Q0, 0, True, 1, sample_coverage())
+    with pytest.raises(MalformedEvidence, match=match):
+        ev.decode_chunk(mutate(body))
+
+
+def _cov_signed(seq, last, cov=None, key=KEY, q=Q0):
+    body = ev.encode_chunk(4, NODE, q, seq, last, 100 + seq, cov or sample_coverage())
+    return body, ev.sign_body(key, body)
+
+
+def test_a_segments_answer_ends_with_its_coverage():
+    segs = sample_segments()
+    cov = sample_coverage()
+    # segments, then the coverage (the last flag on it)
+    r = ev.AnswerReader(KEY.public, NODE, 1, Q0)
+    assert r.feed(*_signed(seq=0, last=False, items=segs)) == segs
+    assert r.feed(*_cov_signed(1, True)) == []
+    r.finish()
+    assert r.coverage == cov and r.coverage.t_ns == 101
+    # an empty answer: the coverage alone, signed
+    r = ev.AnswerReader(KEY.public, NODE, 1, Q0)
+    assert r.feed(*_cov_signed(0, True, sample_coverage(False))) == []
+    r.finish()
+    assert r.coverage.index == () and r.coverage.gaps == cov.gaps
+    # the coverage split over chunks: index entries and gaps go on in order
+    a = dataclasses.replace(cov, index=cov.index[:1], gaps=())
+    b = dataclasses.replace(cov, index=cov.index[1:])
+    r = ev.AnswerReader(KEY.public, NODE, 1, Q0)
+    r.feed(*_cov_signed(0, False, a))
+    r.feed(*_cov_signed(1, True, b))
+    r.finish()
+    assert r.coverage == cov
+    # the v1 answer (segments with the last flag, no coverage): not complete evidence any more
+    r = ev.AnswerReader(KEY.public, NODE, 1, Q0)
+    with pytest.raises(WrongAnswer, match="chunk 0 of node 42: the answer ends without its "
+                                          r"coverage \(kind 4\) chunk"):
+        r.feed(*_signed(seq=0, last=True, items=segs))
+    # segments after the coverage
+    r = ev.AnswerReader(KEY.public, NODE, 1, Q0)
+    r.feed(*_cov_signed(0, False))
+    with pytest.raises(WrongAnswer, match=r"chunk 1 of node 42: proof segments after the "
+                                          "coverage"):
+        r.feed(*_signed(seq=1, last=False, items=segs))
+    # coverage chunks that disagree on the fixed fields, or go back in the index
+    r = ev.AnswerReader(KEY.public, NODE, 1, Q0)
+    r.feed(*_cov_signed(0, False, a))
+    with pytest.raises(WrongAnswer, match="coverage fields ring_wraps, threshold_ns differ"):
+        r.feed(*_cov_signed(1, True, dataclasses.replace(b, ring_wraps=4, threshold_ns=1)))
+    r = ev.AnswerReader(KEY.public, NODE, 1, Q0)
+    r.feed(*_cov_signed(0, False, b))
+    with pytest.raises(WrongAnswer, match="index starts at seg_seq 5, not after 7"):
+        r.feed(*_cov_signed(1, True, a))
+    # cut short: no coverage, or a coverage chunk without the last flag
+    r = ev.AnswerReader(KEY.public, NODE, 1, Q0)
+    r.feed(*_signed(seq=0, last=False, items=segs))
+    with pytest.raises(IncompleteAnswer, match="cut short"):
+        r.finish()
+    r.feed(*_cov_signed(1, False))
+    with pytest.raises(IncompleteAnswer, match="cut short"):
+        r.finish()
+    assert r.coverage is None
+    # a coverage chunk of another request, or signed by another key
+    r = ev.AnswerReader(KEY.public, NODE, 1, Q0)
+    with pytest.raises(WrongAnswer, match="answers request 0000"):
+        r.feed(*_cov_signed(0, True, q=bytes(32)))
+    with pytest.raises(BadSignature):
+        ev.AnswerReader(KEY.public, NODE, 1, Q0).feed(*_cov_signed(0, True, key=OTHER))
+    # where no coverage belongs (receipts), a coverage chunk is the wrong kind
+    with pytest.raises(WrongAnswer, match=r"kind 4 \(coverage\), asked 3 \(receipts\)"):
+        ev.AnswerReader(KEY.public, NODE, 3, Q0).feed(*_cov_signed(0, True))
+    with pytest.raises(WrongAnswer, match=r"kind 2 \(counter report\), asked 1 \(proof "
+                                          r"segments\) or 4 \(coverage\)"):
+        ev.AnswerReader(KEY.public, NODE, 1, Q0).feed(*_signed(kind=2, items=sample_counters()))
+
+
+def test_entry_and_gap_helpers():
+    cov = sample_coverage()
+    e = cov.index[0]
+    assert e.leaf == b"\x02" + e.S
+    assert e.overlaps(e.last_t_ns, e.last_t_ns + 5) and not e.overlaps(0, e.first_t_ns - 1)
+    assert not cov.index[2].overlaps(0, NONE)                  # no records: overlaps nothing
+    g = cov.gaps[0]
+    assert g.reason_name == "kernel drops" and g.overlaps(20, 40) and not g.overlaps(21, 40)
+    assert dataclasses.replace(cov, t_ns=11 + 3600 * 10**9 - 1).ring_short
+    assert not dataclasses.replace(cov, t_ns=11 + 3600 * 10**9).ring_short
+    assert not dataclasses.replace(cov, ring_wraps=0, t_ns=12).ring_short

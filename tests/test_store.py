@@ -266,3 +266,67 @@ def test_with_the_pipeline(tmp_path):
     with Store(tmp_path / "s", 3, H, 1 << 20) as s:
         assert len(list(s.iter_records())) == total == 300
         assert sum(c[0] for c in s.counters().values()) == 300
+
+
+# -- capture gaps -----------------------------------------------------------------------------------
+
+def test_capture_gaps_recorded_merged_and_read_by_window(tmp_path):
+    from beatd.store import GAP_CAPTURE_STOPPED as STOPPED, GAP_KERNEL_DROPS as DROPS
+    with open_store(tmp_path / "s") as s:
+        assert s.capture_gaps() == [] and s.capture_alive_t_ns() is None
+        assert s.capture_gap_status() == {"count": 0, "last": None}
+        s.record_capture([(100, 200, 5, DROPS, "any"), (50, 60, 0, STOPPED, "")], alive_t_ns=210)
+        assert s.capture_alive_t_ns() == 210
+        # contiguous or overlapping drops on the same interface extend the gap (frames added);
+        # another interface or reason is a gap of its own
+        s.record_capture([(200, 250, 3, DROPS, "any"), (240, 260, 1, DROPS, "eth1")])
+        s.record_capture([(230, 300, 2, DROPS, "any")], alive_t_ns=300)
+        assert s.capture_gaps() == [(50, 60, 0, STOPPED, ""), (100, 300, 10, DROPS, "any"),
+                                    (240, 260, 1, DROPS, "eth1")]
+        # a later, separate episode on "any" is a new gap
+        s.record_capture([(400, 410, 4, DROPS, "any")])
+        assert s.capture_gaps(255, 399) == [(100, 300, 10, DROPS, "any"),
+                                            (240, 260, 1, DROPS, "eth1")]
+        assert s.capture_gaps(301, 399) == []
+        assert s.capture_gaps(410, 410) == [(400, 410, 4, DROPS, "any")]
+        st = s.capture_gap_status()
+        assert st["count"] == 4 and st["last"] == {"from_ns": 400, "to_ns": 410,
+                                                   "frames_dropped": 4, "reason": "kernel drops",
+                                                   "interface": "any"}
+        with pytest.raises(ValueError, match=r"capture gap \[5, 4\] reason 1: not a gap"):
+            s.record_capture([(5, 4, 1, DROPS, "any")])
+    with open_store(tmp_path / "s") as s:                    # durable
+        assert len(s.capture_gaps()) == 4 and s.capture_alive_t_ns() == 300
+        assert "capture_alive_t_ns" in s.meta() and s.verify() == []
+
+
+def test_capture_gaps_stay_bounded(tmp_path):
+    from beatd.store import GAP_CAPTURE_STOPPED as STOPPED, GAP_KERNEL_DROPS as DROPS
+    T = 10**12
+    with open_store(tmp_path / "s", ring_size=SEG_BYTES(4) * 3) as s:
+        gen = Gen(t=T)
+        s.commit(gen.output(8))                              # the ring's oldest record: T
+        s.record_capture([(T - 500, T - 400, 1, DROPS, "any"), (T - 300, T + 5, 1, DROPS, "x"),
+                          (T + 10, T + 20, 1, DROPS, "any")])
+        # older than the threshold AND than the ring's oldest record: pruned; a gap reaching
+        # into what the ring holds is kept, whatever the threshold
+        s.record_capture(alive_t_ns=T + 100, threshold_ns=50)
+        assert [g[:2] for g in s.capture_gaps()] == [(T - 300, T + 5), (T + 10, T + 20)]
+        s.commit(gen.output(40))                             # the ring wraps past T + 5
+        assert s.ring_status(0, 0)["oldest_t_ns"] > T + 20
+        s.record_capture(alive_t_ns=T + 100, threshold_ns=10**15)
+        assert len(s.capture_gaps()) == 2                    # within the threshold: kept
+        s.record_capture(alive_t_ns=T + 10**9, threshold_ns=10**6)
+        assert s.capture_gaps() == []
+        # a cap: the oldest gaps merge into wider ones, nothing is lost from the statement
+        gaps = [(T + 100 * i, T + 100 * i + 10, 1, DROPS, f"if{i % 3}") for i in range(50)]
+        s.record_capture(gaps, max_gaps=10)
+        got = s.capture_gaps()
+        assert len(got) == 10
+        assert got[0][0] == T and sum(g[2] for g in got) == 50
+        assert max(g[1] for g in got) == T + 4910
+        covered = lambda t: any(a <= t <= b for a, b, *_ in got)          # noqa: E731
+        assert all(covered(a) and covered(b) for a, b, *_ in gaps)
+        assert got[0][4] == ""                               # merged across interfaces: every one
+        s.record_capture([(T + 1, T + 2, 0, STOPPED, "")], max_gaps=10)
+        assert len(s.capture_gaps()) == 10

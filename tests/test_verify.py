@@ -98,6 +98,23 @@ def test_all_proven(led, device):
     assert anchors.reads == 1
 
 
+def test_records_outside_the_window_are_dropped(led, device):
+    """records(10, k) are T0, T0 + 1000, ... T0 + 9000: a window [T0 + 2500, T0 + 4000] keeps
+    2 of each segment; segments wholly outside give none; the checks are over whole segments."""
+    segs, _ = device
+    out = verify_segments(1, led.hash_name, segs, led, window=(T0 + 2500, T0 + 4000))
+    assert (out.proven, out.unanchored, out.tampered) == (3, 1, [])
+    keep = lambda r: b"".join(r[o:o + 48] for o in range(0, len(r), 48)        # noqa: E731
+                              if T0 + 2500 <= struct.unpack_from(">Q", r, o)[0] <= T0 + 4000)
+    assert out.records == b"".join(keep(s.records) for s in segs[:3])
+    assert out.unproven == keep(segs[3].records) and len(out.unproven) == 2 * 48
+    assert out.dropped == 3 * 8 + 3
+    out = verify_segments(1, led.hash_name, segs, led, window=(0, T0 - 1))
+    assert out.records == out.unproven == b"" and out.dropped == 35 and out.proven == 3
+    whole = verify_segments(1, led.hash_name, segs, led, window=(0, NONE))
+    assert whole.dropped == 0 and whole.records == b"".join(s.records for s in segs[:3])
+
+
 def changed(b, pos, bit=1):
     b = bytearray(b)
     b[pos] ^= bit
