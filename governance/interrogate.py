@@ -42,6 +42,7 @@ The governance's own configuration (``--config``, TOML; ``beatd lab up`` writes 
 import concurrent.futures
 import dataclasses
 import os
+import random
 import re
 import sys
 import time
@@ -52,8 +53,8 @@ from beatd.tomlfile import read_toml
 from fastpath.output import NONE, RECORD_SIZE
 
 from . import verify
-from .verdicts import (STATUS_BAD_EVIDENCE, STATUS_INCOMPLETE, NodeEvidence, adjacency,
-                       flow_tag, judge)
+from .verdicts import (STATUS_BAD_EVIDENCE, STATUS_INCOMPLETE, Coverage, NodeEvidence,
+                       adjacency, flow_tag, judge)
 
 __all__ = ["GovernanceConfig", "ConfigError", "NotJudgeable", "load_config", "parse_time",
            "topology_of", "collect", "interrogate", "verdict_digest", "record_decision"]
@@ -292,7 +293,7 @@ def _with_retry(call, retry_s, sleep=time.sleep, clock=time.monotonic):
         delay = min(_RETRY_MAX_S, delay * 2)
 
 
-def _ask(node_id, ledger, cfg, hash_name, sla, ft, lo, hi, anchors):
+def _ask(node_id, ledger, cfg, hash_name, sla, ft, from_ns, to_ns, anchors):
     """One device's evidence, checked: ``(NodeEvidence, info)``. A device the governance cannot
     reach (after retries), or that refuses the request, is not judged (``unreachable``); one
     whose answer stops before its last chunk (``incomplete``) or is not acceptable evidence
@@ -314,23 +315,29 @@ def _ask(node_id, ledger, cfg, hash_name, sla, ft, lo, hi, anchors):
         return NodeEvidence.no_answer(node_id, f"no endpoint for node {node_id} in the "
                                                "governance configuration"), {}
     info = {"endpoint": addr, "attempts": 0}
+    margin = int(cfg.margin_s * 1e9)
+    lo, hi = max(0, from_ns - margin), to_ns + margin
+    seed = int.from_bytes(os.urandom(8), "big")      # the audit's random choice (archived)
 
     def fetch():
         with InterrogationClient(addr, cfg.ca, cfg.cert, cfg.key, hash_name, node_id,
                                  node.pubkey, timeout=cfg.timeout_s) as client:
-            try:
-                segments = client.proof_segments(lo, hi, [ft])
-            except NoEvidence:
-                segments = []
+            answer = client.proof_answer(lo, hi, [ft])
+            check = verify.check_answer(node_id, hash_name, answer.segments, answer.coverage,
+                                        ledger, anchors, window=(from_ns, to_ns),
+                                        margin=margin, flow_tags=[ft], audit=client.get_segments,
+                                        rng=random.Random(seed))
+            if check.audit_error is not None:
+                raise check.audit_error
             try:
                 receipts = client.receipts(lo, hi, sla.src, sla.dst)
             except NoEvidence:
                 receipts = []
-            return segments, receipts, client.counter_report()
+            return check, receipts, client.counter_report()
 
     t0 = time.monotonic()
     try:
-        (segments, receipts, counters), info["attempts"] = _with_retry(fetch, cfg.retry_s)
+        (check, receipts, counters), info["attempts"] = _with_retry(fetch, cfg.retry_s)
     except IncompleteAnswer as exc:
         return NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}",
                                       STATUS_INCOMPLETE), info
@@ -340,11 +347,35 @@ def _ask(node_id, ledger, cfg, hash_name, sla, ft, lo, hi, anchors):
     except ClientError as exc:
         return NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}"), info
     info["seconds"] = round(time.monotonic() - t0, 3)
-    seg_check = verify.verify_segments(node_id, hash_name, segments, ledger, anchors)
     rc_check = verify.verify_receipts(node_id, hash_name, receipts, ledger, anchors)
-    info.update(segments=len(segments), receipts=len(receipts),
-                records=sum(len(s.records) for s in segments) // RECORD_SIZE)
-    return NodeEvidence.from_checks(seg_check, rc_check, counters), info
+    problems = list(check.problems) + list(rc_check.problems)
+    info.update(segments=check.segments, receipts=len(receipts),
+                records=len(check.records) // RECORD_SIZE,
+                unanchored_records=len(check.unanchored) // RECORD_SIZE,
+                audited=list(check.audited), audit_seed=seed,
+                problems=[str(p) for p in problems if p.kind != verify.UNANCHORED][:20])
+    return NodeEvidence(node_id, records=check.records, unanchored_records=check.unanchored,
+                        tampered=tuple(p for p in problems if p.kind == verify.TAMPERED),
+                        withheld=tuple(p for p in problems if p.kind == verify.WITHHELD),
+                        unanchored=sum(p.kind == verify.UNANCHORED for p in problems),
+                        coverage=coverage_of(check.coverage), counters=tuple(counters),
+                        receipts=tuple(rc_check.receipts + rc_check.unproven)), info
+
+
+def coverage_of(cov):
+    """The judgement's ``Coverage`` from a device's signed coverage (``beat_rpc.evidence``):
+    what it holds (the open segment's records are in no answer), its capture gaps."""
+    if cov is None:
+        return None
+    newest = cov.newest_t_ns
+    if cov.open_first_t_ns:
+        newest = min(newest, cov.open_first_t_ns - 1)
+    return Coverage(oldest_t_ns=cov.oldest_t_ns, newest_t_ns=newest,
+                    anchored_until_t_ns=cov.anchored_until_t_ns, ring_short=cov.ring_short,
+                    threshold_ns=cov.threshold_ns,
+                    gaps=tuple((g.from_ns, g.to_ns, g.frames_dropped, g.reason)
+                               for g in cov.gaps),
+                    empty=cov.oldest_t_ns == 0)
 
 
 def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8, topology=None):
@@ -355,8 +386,6 @@ def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8, topology=Non
     if topology is None:
         topology = topology_of(ledger, cfg)
     ft = flow_tag(hash_name, sla.src, sla.dst)
-    margin = int(cfg.margin_s * 1e9)
-    lo, hi = max(0, from_ns - margin), to_ns + margin
     anchors = verify.AnchorCache(ledger)
     evidence, info = {}, {}
     todo = list(dict.fromkeys(sla.route))
@@ -368,8 +397,8 @@ def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8, topology=Non
         for _ in range(MAX_ROUNDS):
             if not todo:
                 break
-            futures = {n: pool.submit(_ask, n, ledger, cfg, hash_name, sla, ft, lo, hi, anchors)
-                       for n in todo}
+            futures = {n: pool.submit(_ask, n, ledger, cfg, hash_name, sla, ft, from_ns, to_ns,
+                                      anchors) for n in todo}
             named = set()
             for n, fut in futures.items():
                 evidence[n], info[n] = fut.result()
