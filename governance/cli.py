@@ -8,9 +8,11 @@
     beatctl --ledger local:PATH anchors [--node-id N] [--from-seq S] [--json]
     beatctl --ledger local:PATH verify [--json]
     beatctl --ledger L [--key GOV_KEY] interrogate --sla ID --from T --to T --config gov.toml
-            [--json F|-] [--svg F] [--dispute ID | --no-record]
-            the Interrogation Protocol (governance/interrogate.py); exit 0 only when every
-            device is CONSISTENT, 3 when one is not
+            [--json F|-] [--svg F] [--dispute ID | --no-record] [--evidence DIR] [--f F]
+            the Interrogation Protocol (governance/interrogate.py); exit 0 when no device is
+            at fault, 3 when one is, 4 when nothing is decided (a device unreachable)
+    beatctl --ledger L verify-decision DISPUTE --evidence DIR [--json]
+            re-check a decision from its evidence archive: exit 0 identical, 3 different
 
     beatctl keygen --ethereum --out GOV.eth [--force]  an Ethereum account key (hex, 0600)
     beatctl --ledger ethereum:URL --key GOV.eth deploy [--hash H]   deploys the Beat contract
@@ -102,6 +104,7 @@ def _parser():
         x.add_argument("--json", action="store_true", help="JSON output")
     from . import interrogate_cli
     interrogate_cli.add_parser(sub)
+    interrogate_cli.add_verify_parser(sub)
     a = sub.add_parser("anchors", help="list the anchors")
     a.add_argument("--node-id", type=int, metavar="N", help="only this node's")
     a.add_argument("--from-seq", type=int, default=0, metavar="S", help="from this batch_seq")
@@ -454,7 +457,13 @@ def _interrogate(args):
     return interrogate_cli.run(args, _open, _gov_key, UsageError)
 
 
-COMMANDS = {"interrogate": _interrogate, "keygen": _keygen, "deploy": _deploy, "register-node": _register_node, "register-sla": _register_sla,
+def _verify_decision(args):
+    from . import interrogate_cli
+    return interrogate_cli.verify_decision(args, _open, UsageError)
+
+
+COMMANDS = {"interrogate": _interrogate, "verify-decision": _verify_decision, "keygen": _keygen,
+            "deploy": _deploy, "register-node": _register_node, "register-sla": _register_sla,
             "nodes": _nodes, "slas": _slas, "anchors": _anchors, "verify": _verify}
 
 

@@ -140,8 +140,7 @@ class InterrogationClient:
                 raise ValueError(f"{name}: {v!r} must be an integer above 0")
         self.max_answer_bytes = max_answer_bytes
         self.max_answer_segments = max_answer_segments
-        self.received_bytes = 0          # chunk bodies received from this device, every answer
-        self.received_segments = 0       # segments in full and index entries, every answer
+        self._init_caps()
         self.endpoint = endpoint
         self.hash_name = hash_name
         self.node_id = node_id
@@ -155,8 +154,28 @@ class InterrogationClient:
         self.channel = grpc.secure_channel(endpoint, creds, options=options)
         self.stub = pb_grpc.InterrogationStub(self.channel)
 
+    def _init_caps(self):
+        self.max_answer_bytes = getattr(self, "max_answer_bytes", DEFAULT_MAX_ANSWER_BYTES)
+        self.max_answer_segments = getattr(self, "max_answer_segments",
+                                           DEFAULT_MAX_ANSWER_SEGMENTS)
+        self.received_bytes = 0          # chunk bodies received from this device, every answer
+        self.received_segments = 0       # segments in full and index entries, every answer
+
+    def _new_nonce(self):
+        """A fresh random nonce for one request (an archived client gives the recorded ones)."""
+        return os.urandom(ev.NONCE_SIZE)
+
+    def record(self):
+        """From now on keep every chunk answered (``governance.archive.Recorder``): returns the
+        recorder, whose ``answers`` the evidence archive writes."""
+        from .archive import Recorder
+        if not isinstance(self.stub, Recorder):
+            self.stub = Recorder(self.stub)
+        return self.stub
+
     def close(self):
-        self.channel.close()
+        if self.channel is not None:
+            self.channel.close()
 
     def __enter__(self):
         return self
@@ -238,7 +257,7 @@ class InterrogationClient:
         ``flow_tags`` when given), each with its anchor ref, and the signed coverage that ends
         the answer: a ``SegmentsAnswer``. An empty window is an answer too (no segment, the
         coverage)."""
-        nonce = os.urandom(ev.NONCE_SIZE)
+        nonce = self._new_nonce()
         tags = ev.normalise_flow_tags(flow_tags)
         Q = ev.request_digest(self.hash_name, ev.KIND_SEGMENTS, from_ns, to_ns, tags, None, None,
                               nonce)
@@ -259,7 +278,7 @@ class InterrogationClient:
         coverage of the ring after them (no index): a ``SegmentsAnswer``. A named segment the
         ring no longer holds is absent (the coverage's ``ring_oldest_seq`` says why);
         ``WrongAnswer`` for a segment that was not asked."""
-        nonce = os.urandom(ev.NONCE_SIZE)
+        nonce = self._new_nonce()
         seqs = ev.normalise_seg_seqs(seg_seqs)
         Q = ev.segments_request_digest(self.hash_name, seqs, nonce)
         req = pb.SegmentsRequest(seg_seqs=list(seqs), nonce=nonce)
@@ -280,7 +299,7 @@ class InterrogationClient:
 
     def counter_report(self):
         """The device's packet counters, signed: ``list[Counter]`` by (prev_id, next_id)."""
-        nonce = os.urandom(ev.NONCE_SIZE)
+        nonce = self._new_nonce()
         Q = ev.request_digest(self.hash_name, ev.KIND_COUNTERS, 0, 0, (), None, None, nonce)
         try:
             chunk = self.stub.GetCounterReport(pb.CounterReportRequest(nonce=nonce),
@@ -296,7 +315,7 @@ class InterrogationClient:
     def receipts(self, from_ns, to_ns, src, dst):
         """The receipts of flow (src, dst) (16 bytes each) with epoch_ns in [from_ns, to_ns]:
         ``list[Receipt]`` by (epoch_ns, role); WrongAnswer for one of another flow."""
-        nonce = os.urandom(ev.NONCE_SIZE)
+        nonce = self._new_nonce()
         Q = ev.request_digest(self.hash_name, ev.KIND_RECEIPTS, from_ns, to_ns, (), src, dst,
                               nonce)
         req = pb.ReceiptsRequest(from_ns=from_ns, to_ns=to_ns, src=bytes(src), dst=bytes(dst),

@@ -52,12 +52,13 @@ from datetime import datetime, timezone
 from beatd.tomlfile import read_toml
 from fastpath.output import NONE, RECORD_SIZE
 
-from . import verify
-from .verdicts import (STATUS_BAD_EVIDENCE, STATUS_INCOMPLETE, Coverage, NodeEvidence,
-                       adjacency, flow_tag, judge)
+from . import archive, verify
+from .verdicts import (STATUS_BAD_EVIDENCE, STATUS_INCOMPLETE, STATUS_UNREACHABLE, Coverage,
+                       NodeEvidence, adjacency, flow_tag, judge)
 
-__all__ = ["GovernanceConfig", "ConfigError", "NotJudgeable", "load_config", "parse_time",
-           "topology_of", "collect", "interrogate", "verdict_digest", "record_decision"]
+__all__ = ["GovernanceConfig", "ConfigError", "NotJudgeable", "Interrogation", "load_config",
+           "parse_time", "topology_of", "collect", "interrogate", "replay", "verdict_digest",
+           "record_decision"]
 
 DEFAULT_MARGIN_S = 2.0
 DEFAULT_TIMEOUT_S = 60.0
@@ -293,73 +294,105 @@ def _with_retry(call, retry_s, sleep=time.sleep, clock=time.monotonic):
         delay = min(_RETRY_MAX_S, delay * 2)
 
 
-def _ask(node_id, ledger, cfg, hash_name, sla, ft, from_ns, to_ns, anchors):
-    """One device's evidence, checked: ``(NodeEvidence, info)``. A device the governance cannot
-    reach (after retries), or that refuses the request, is not judged (``unreachable``); one
-    whose answer stops before its last chunk (``incomplete``) or is not acceptable evidence
-    (``bad_evidence``: a bad signature, malformed, another request's) is MISSING."""
-    from beat_rpc.evidence import EvidenceError, IncompleteAnswer
+def _fetch(client, node_id, ledger, hash_name, sla, ft, from_ns, to_ns, margin, anchors, seed):
+    """Ask one device (a live ``InterrogationClient`` or an archived one) and check its segments
+    answer against its coverage, with the audit chosen by ``seed``: ``(AnswerCheck, receipts,
+    counters)``. The client's errors go up (an audit's too)."""
+    from .client import NoEvidence
 
-    from .client import ClientError, InterrogationClient, NoEvidence
-
-    try:
-        node = ledger.get_node(node_id)
-    except Exception as exc:  # noqa: BLE001 (the ledger: named in the report)
-        return NodeEvidence.no_answer(node_id, f"the ledger cannot say who node {node_id} is: "
-                                               f"{exc}"), {}
-    if node is None:
-        return NodeEvidence.no_answer(node_id, f"node {node_id} is not registered on the "
-                                               "ledger"), {}
-    addr = cfg.endpoints.get(node_id)
-    if addr is None:
-        return NodeEvidence.no_answer(node_id, f"no endpoint for node {node_id} in the "
-                                               "governance configuration"), {}
-    info = {"endpoint": addr, "attempts": 0}
-    margin = int(cfg.margin_s * 1e9)
     lo, hi = max(0, from_ns - margin), to_ns + margin
-    seed = int.from_bytes(os.urandom(8), "big")      # the audit's random choice (archived)
-
-    def fetch():
-        with InterrogationClient(addr, cfg.ca, cfg.cert, cfg.key, hash_name, node_id,
-                                 node.pubkey, timeout=cfg.timeout_s) as client:
-            answer = client.proof_answer(lo, hi, [ft])
-            check = verify.check_answer(node_id, hash_name, answer.segments, answer.coverage,
-                                        ledger, anchors, window=(from_ns, to_ns),
-                                        margin=margin, flow_tags=[ft], audit=client.get_segments,
-                                        rng=random.Random(seed))
-            if check.audit_error is not None:
-                raise check.audit_error
-            try:
-                receipts = client.receipts(lo, hi, sla.src, sla.dst)
-            except NoEvidence:
-                receipts = []
-            return check, receipts, client.counter_report()
-
-    t0 = time.monotonic()
+    answer = client.proof_answer(lo, hi, [ft])
+    check = verify.check_answer(node_id, hash_name, answer.segments, answer.coverage, ledger,
+                                anchors, window=(from_ns, to_ns), margin=margin, flow_tags=[ft],
+                                audit=client.get_segments, rng=random.Random(seed))
+    if check.audit_error is not None:
+        raise check.audit_error
     try:
-        (check, receipts, counters), info["attempts"] = _with_retry(fetch, cfg.retry_s)
-    except IncompleteAnswer as exc:
-        return NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}",
-                                      STATUS_INCOMPLETE), info
-    except EvidenceError as exc:
-        return NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}",
-                                      STATUS_BAD_EVIDENCE), info
-    except ClientError as exc:
-        return NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}"), info
-    info["seconds"] = round(time.monotonic() - t0, 3)
+        receipts = client.receipts(lo, hi, sla.src, sla.dst)
+    except NoEvidence:
+        receipts = []
+    return check, receipts, client.counter_report()
+
+
+def _node_evidence(node_id, hash_name, check, receipts, counters, ledger, anchors, info):
+    """The judgement's NodeEvidence of a checked answer (``info`` gets the numbers)."""
     rc_check = verify.verify_receipts(node_id, hash_name, receipts, ledger, anchors)
     problems = list(check.problems) + list(rc_check.problems)
     info.update(segments=check.segments, receipts=len(receipts),
                 records=len(check.records) // RECORD_SIZE,
                 unanchored_records=len(check.unanchored) // RECORD_SIZE,
-                audited=list(check.audited), audit_seed=seed,
+                audited=list(check.audited),
                 problems=[str(p) for p in problems if p.kind != verify.UNANCHORED][:20])
     return NodeEvidence(node_id, records=check.records, unanchored_records=check.unanchored,
                         tampered=tuple(p for p in problems if p.kind == verify.TAMPERED),
                         withheld=tuple(p for p in problems if p.kind == verify.WITHHELD),
                         unanchored=sum(p.kind == verify.UNANCHORED for p in problems),
                         coverage=coverage_of(check.coverage), counters=tuple(counters),
-                        receipts=tuple(rc_check.receipts + rc_check.unproven)), info
+                        receipts=tuple(rc_check.receipts + rc_check.unproven))
+
+
+def _classified(node_id, call):
+    """``call()``'s result, or the NodeEvidence its error makes: an incomplete answer or bad
+    evidence (MISSING), anything else (unreachable, refused requests) not judged."""
+    from beat_rpc.evidence import EvidenceError, IncompleteAnswer
+
+    from .client import ClientError
+    try:
+        return call(), None
+    except IncompleteAnswer as exc:
+        return None, NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}",
+                                            STATUS_INCOMPLETE)
+    except EvidenceError as exc:
+        return None, NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}",
+                                            STATUS_BAD_EVIDENCE)
+    except ClientError as exc:
+        return None, NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}")
+
+
+def _ask(node_id, ledger, cfg, hash_name, sla, ft, from_ns, to_ns, anchors):
+    """One device's evidence, checked: ``(NodeEvidence, info, recording)``. A device the
+    governance cannot reach (after retries), or that refuses the request, is not judged
+    (``unreachable``); one whose answer stops before its last chunk (``incomplete``) or is not
+    acceptable evidence (``bad_evidence``: a bad signature, malformed, another request's) is
+    MISSING. ``recording``: every chunk of the last attempt, for the evidence archive."""
+    from .client import InterrogationClient
+
+    try:
+        node = ledger.get_node(node_id)
+    except Exception as exc:  # noqa: BLE001 (the ledger: named in the report)
+        return NodeEvidence.no_answer(node_id, f"the ledger cannot say who node {node_id} is: "
+                                               f"{exc}"), {}, []
+    if node is None:
+        return NodeEvidence.no_answer(node_id, f"node {node_id} is not registered on the "
+                                               "ledger"), {}, []
+    addr = cfg.endpoints.get(node_id)
+    if addr is None:
+        return NodeEvidence.no_answer(node_id, f"no endpoint for node {node_id} in the "
+                                               "governance configuration"), {}, []
+    seed = int.from_bytes(os.urandom(8), "big")      # the audit's random choice (archived)
+    info = {"endpoint": addr, "attempts": 0, "audit_seed": seed}
+    margin = int(cfg.margin_s * 1e9)
+    recording = []
+
+    def fetch():
+        with InterrogationClient(addr, cfg.ca, cfg.cert, cfg.key, hash_name, node_id,
+                                 node.pubkey, timeout=cfg.timeout_s) as client:
+            recording[:] = [client.record()]
+            return _fetch(client, node_id, ledger, hash_name, sla, ft, from_ns, to_ns, margin,
+                          anchors, seed)
+
+    t0 = time.monotonic()
+
+    def attempts():
+        out, info["attempts"] = _with_retry(fetch, cfg.retry_s)
+        return out
+
+    got, failed = _classified(node_id, attempts)
+    answers = recording[0].answers if recording else []
+    if failed is not None:
+        return failed, info, answers
+    info["seconds"] = round(time.monotonic() - t0, 3)
+    return _node_evidence(node_id, hash_name, *got, ledger, anchors, info), info, answers
 
 
 def coverage_of(cov):
@@ -382,12 +415,12 @@ def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8, topology=Non
     """Every device's checked evidence: the route's and every registered neighbour of one, then
     the registered neighbours the records name, round by round (at most ``MAX_ROUNDS`` rounds
     and ``cfg.max_devices`` devices). Returns ``({node_id: NodeEvidence}, {node_id: {"endpoint",
-    "seconds", ...}}, adjacency, {node_id: owner})``."""
+    "seconds", ...}}, adjacency, {node_id: owner}, {node_id: recorded answers})``."""
     if topology is None:
         topology = topology_of(ledger, cfg)
     ft = flow_tag(hash_name, sla.src, sla.dst)
     anchors = verify.AnchorCache(ledger)
-    evidence, info = {}, {}
+    evidence, info, recordings = {}, {}, {}
     todo = list(dict.fromkeys(sla.route))
     for x in sla.route:
         todo += sorted(topology.get(x, ()))
@@ -401,7 +434,7 @@ def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8, topology=Non
                                       anchors) for n in todo}
             named = set()
             for n, fut in futures.items():
-                evidence[n], info[n] = fut.result()
+                evidence[n], info[n], recordings[n] = fut.result()
                 ev = evidence[n]
                 if ev.answered:       # only registered neighbours are crawled
                     named |= (_named(ev.records, ft) | _named(ev.unanchored_records, ft)) & \
@@ -419,13 +452,32 @@ def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8, topology=Non
         except Exception:  # noqa: BLE001 (an unknown owner: the device counts as its own)
             node = None
         owners[n] = node.owner if node is not None else f"unregistered node {n}"
-    return evidence, info, topology, owners
+    return evidence, info, topology, owners, recordings
+
+
+@dataclasses.dataclass
+class Interrogation:
+    """One interrogation: the ``judgement``, every device's ``evidence`` and ``info``, and the
+    evidence archive (``manifest``, ``blobs``: governance/archive.py) whose digest the ledger
+    records (``evidence_digest``)."""
+    judgement: object
+    evidence: dict
+    info: dict
+    manifest: dict
+    blobs: dict
+
+    @property
+    def evidence_digest(self):
+        return archive.evidence_digest(self.manifest["hash"], self.manifest)
+
+    def write_evidence(self, path):
+        archive.write(path, self.manifest, self.blobs)
 
 
 def interrogate(ledger, sla_id, from_ns, to_ns, cfg, *, receipt_epoch_ns=10**9,
                 max_hop_delay_ns=10**9, skew_ns=50_000_000, f=None, now_ns=None):
-    """Collect and judge: ``(Judgement, evidence, info)``. LookupError for an unknown SLA;
-    NotJudgeable for a window older than the threshold time or without a topology."""
+    """Collect and judge: an ``Interrogation``. LookupError for an unknown SLA; NotJudgeable for
+    a window older than the threshold time or without a topology."""
     sla = ledger.get_sla(sla_id)
     if sla is None:
         raise LookupError(f"SLA {sla_id}: not on the ledger")
@@ -437,24 +489,78 @@ def interrogate(ledger, sla_id, from_ns, to_ns, cfg, *, receipt_epoch_ns=10**9,
                            "devices' rings need not hold it")
     hash_name = ledger.hash_name
     f = cfg.f if f is None else f
-    evidence, info, topology, owners = collect(ledger, sla, from_ns, to_ns, cfg, hash_name)
+    evidence, info, topology, owners, recordings = collect(ledger, sla, from_ns, to_ns, cfg,
+                                                           hash_name)
+    params = {"f": f, "margin_ns": int(cfg.margin_s * 1e9), "skew_ns": skew_ns,
+              "max_hop_delay_ns": max_hop_delay_ns, "receipt_epoch_ns": receipt_epoch_ns}
     judgement = judge(sla, from_ns, to_ns, evidence, topology=topology, owners=owners, f=f,
                       hash_name=hash_name, max_hop_delay_ns=max_hop_delay_ns, skew_ns=skew_ns,
                       receipt_epoch_ns=receipt_epoch_ns)
-    return judgement, evidence, info
+    links = sorted({(min(a, b), max(a, b)) for a, ns in topology.items() for b in ns})
+    manifest = {"format": archive.FORMAT, "hash": hash_name, "sla_id": sla.sla_id,
+                "window": {"from_ns": from_ns, "to_ns": to_ns}, "params": params,
+                "links": [list(lk) for lk in links],
+                "owners": {str(n): o for n, o in sorted(owners.items())},
+                "devices": {str(n): {"status": ev.status, "error": ev.error,
+                                     "endpoint": info.get(n, {}).get("endpoint", ""),
+                                     "audit_seed": info.get(n, {}).get("audit_seed", 0)}
+                            for n, ev in sorted(evidence.items())}}
+    manifest, blobs = archive.assemble(manifest, recordings, hash_name)
+    return Interrogation(judgement, evidence, info, manifest, blobs)
+
+
+def replay(arch, ledger):
+    """The judgement again, from an evidence archive (governance/archive.py) and the ledger:
+    every chunk's signature checked with the key registered on the ledger, every answer against
+    its coverage and the anchors, the audit with its recorded seed, the same parameters, topology
+    and owners. Returns ``(Judgement, evidence)``. LookupError when the ledger lacks the SLA."""
+    from .archive import ArchivedClient
+
+    m = arch.manifest
+    sla = ledger.get_sla(m["sla_id"])
+    if sla is None:
+        raise LookupError(f"SLA {m['sla_id']}: not on the ledger")
+    hash_name = m["hash"]
+    if getattr(ledger, "hash_name", hash_name) != hash_name:
+        raise ValueError(f"the archive hashes with {hash_name}, the ledger with "
+                         f"{ledger.hash_name}")
+    p = m["params"]
+    from_ns, to_ns = m["window"]["from_ns"], m["window"]["to_ns"]
+    ft = flow_tag(hash_name, sla.src, sla.dst)
+    anchors = verify.AnchorCache(ledger)
+    evidence = {}
+    for key, dev in sorted(m["devices"].items(), key=lambda kv: int(kv[0])):
+        node = int(key)
+        reg = ledger.get_node(node)
+        if dev["status"] == STATUS_UNREACHABLE or reg is None:
+            evidence[node] = NodeEvidence.no_answer(node, dev["error"] or "not registered")
+            continue
+        client = ArchivedClient(arch, node, hash_name, reg.pubkey)
+        got, failed = _classified(node, lambda: _fetch(
+            client, node, ledger, hash_name, sla, ft, from_ns, to_ns, p["margin_ns"], anchors,
+            dev["audit_seed"]))
+        evidence[node] = failed if failed is not None else _node_evidence(
+            node, hash_name, *got, ledger, anchors, {})
+    judgement = judge(sla, from_ns, to_ns, evidence, topology=[tuple(lk) for lk in m["links"]],
+                      owners={int(k): v for k, v in m["owners"].items()}, f=p["f"],
+                      hash_name=hash_name, max_hop_delay_ns=p["max_hop_delay_ns"],
+                      skew_ns=p["skew_ns"], receipt_epoch_ns=p["receipt_epoch_ns"])
+    return judgement, evidence
 
 
 # -- the dispute on the ledger --------------------------------------------------------------------
 
 def verdict_digest(judgement, evidence_digest):
-    """``H`` over the canonical JSON of the decision: the SLA, the window, each device's verdict
-    and the evidence digest (what ``decide`` records next to the faulty devices)."""
+    """``H`` over the canonical JSON of the decision: the SLA, the window, each device's
+    verdict, the digest of the whole judgement (report.to_dict: every reason, count, path and
+    explanation) and the evidence digest (the archive of signed chunks it was judged from)."""
     from fastpath.hashes import constructor
 
-    from .report import canonical_json
-    body = {"format": "beat-verdict-v1", "sla_id": judgement.sla.sla_id,
+    from .report import canonical_json, evidence_digest as judgement_digest
+    body = {"format": "beat-verdict-v2", "sla_id": judgement.sla.sla_id,
             "from_ns": judgement.from_ns, "to_ns": judgement.to_ns,
             "verdicts": {str(n): d.verdict for n, d in judgement.devices.items()},
+            "judgement_digest": judgement_digest(judgement).hex(),
             "evidence_digest": evidence_digest.hex()}
     return constructor(judgement.hash_name)(canonical_json(body)).digest()
 

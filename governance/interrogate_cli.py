@@ -46,7 +46,26 @@ def add_parser(sub):
     i.add_argument("--f", type=int, default=None, metavar="F",
                    help="how many owners may lie together (default: the configuration's "
                         "[judgement] f, else 1)")
+    i.add_argument("--evidence", metavar="DIR",
+                   help="keep every signed chunk the devices answered in DIR (a new directory): "
+                        "the evidence digest on the ledger commits to them, and beatctl "
+                        "verify-decision re-checks the decision from them")
     return i
+
+
+def add_verify_parser(sub):
+    v = sub.add_parser("verify-decision", help="re-check a recorded decision from its evidence "
+                       "archive (exit 0 identical, 3 different)",
+                       description="Read the evidence archive of an interrogation (beatctl "
+                       "interrogate --evidence DIR), check every chunk's signature with the key "
+                       "registered on the ledger and every answer against the anchors, judge "
+                       "again with the recorded parameters, and compare the evidence digest, "
+                       "the verdict digest and the faulty devices with the dispute's decision "
+                       "on the ledger. Exit 0: identical; 3: different; 2: bad input.")
+    v.add_argument("dispute", type=int, metavar="DISPUTE")
+    v.add_argument("--evidence", required=True, metavar="DIR", help="the evidence archive")
+    v.add_argument("--json", action="store_true", help="JSON output")
+    return v
 
 
 def run(args, open_ledger, gov_key, UsageError):
@@ -70,8 +89,11 @@ def run(args, open_ledger, gov_key, UsageError):
         raise UsageError("--skew-ms and --max-hop-delay-ms must be 0 or more")
     signer = None if args.no_record else gov_key(args)
     with open_ledger(args) as led:
+        if args.evidence and os.path.isdir(args.evidence) and os.listdir(args.evidence):
+            raise UsageError(f"--evidence {args.evidence}: exists and is not empty; give a new "
+                             "directory")
         try:
-            j, evidence, info = itg.interrogate(
+            it = itg.interrogate(
                 led, args.sla, from_ns, to_ns, cfg,
                 receipt_epoch_ns=args.receipt_epoch_ms * 1_000_000,
                 max_hop_delay_ns=int(args.max_hop_delay_ms * 1e6),
@@ -81,8 +103,14 @@ def run(args, open_ledger, gov_key, UsageError):
         except itg.NotJudgeable as exc:
             print(f"beatctl: interrogate: not judgeable: {exc}", file=sys.stderr)
             return EXIT_UNDECIDED
+        j, evidence, info = it.judgement, it.evidence, it.info
         data = report.to_dict(j)
-        digest = report.evidence_digest(j, data)
+        digest = it.evidence_digest
+        if args.evidence:
+            try:
+                it.write_evidence(args.evidence)
+            except itg.archive.ArchiveError as exc:
+                raise UsageError(str(exc)) from None
         decision = None
         unreachable = sorted(n for n, ev in evidence.items() if ev.status == "unreachable")
         if signer is not None and not unreachable:
@@ -90,6 +118,7 @@ def run(args, open_ledger, gov_key, UsageError):
     names = cfg.names or None
     data["interrogation"] = {str(n): v for n, v in info.items()}
     data["evidence_digest"] = digest.hex()
+    data["judgement_digest"] = report.evidence_digest(j).hex()
     if decision is not None:
         data["decision"] = decision
     if args.svg:
@@ -107,6 +136,9 @@ def run(args, open_ledger, gov_key, UsageError):
             print(f"ledger: dispute {decision['dispute_id']} {decision['state']}: faulty "
                   f"{decision['faulty'] or 'none'}, verdict digest "
                   f"{decision['verdict_digest'][:16]}..., penalty {decision['penalty']}")
+    if not args.evidence:
+        print("beatctl: interrogate: the signed chunks are not kept (--evidence DIR keeps them "
+              "for beatctl verify-decision)", file=sys.stderr)
     if unreachable:
         print(f"beatctl: interrogate: node(s) {', '.join(map(str, unreachable))} unreachable "
               f"after the retries: nothing decided{' or recorded' if signer else ''}; "
@@ -123,3 +155,48 @@ def _write(path, text, UsageError):
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
     if os.environ.get("BEAT_VERBOSE"):
         print(f"wrote {path}", file=sys.stderr)
+
+
+def verify_decision(args, open_ledger, UsageError):
+    """``beatctl verify-decision DISPUTE --evidence DIR`` (see ``add_verify_parser``)."""
+    from . import archive
+    from . import interrogate as itg
+
+    try:
+        arch = archive.read(args.evidence)
+    except archive.ArchiveError as exc:
+        raise UsageError(str(exc)) from None
+    with open_ledger(args) as led:
+        d = led.get_dispute(args.dispute)
+        if d is None:
+            raise UsageError(f"dispute {args.dispute}: not on the ledger")
+        try:
+            j, _ = itg.replay(arch, led)
+        except (LookupError, ValueError, archive.ArchiveError) as exc:
+            raise UsageError(f"{args.evidence}: {exc}") from None
+    vd = itg.verdict_digest(j, arch.digest)
+    route = set(j.sla.route)
+    faulty = [n for n in j.faulty if n in route]
+    checks = {
+        "sla": (arch.manifest["sla_id"], d.sla_id),
+        "window": ([j.from_ns, j.to_ns], [d.from_ns, d.to_ns]),
+        "evidence_digest": (arch.digest.hex(), (d.evidence_digest or b"").hex()),
+        "verdict_digest": (vd.hex(), (d.verdict_digest or b"").hex()),
+        "faulty": (sorted(faulty), sorted(d.faulty or ())),
+    }
+    differ = [k for k, (mine, ledger) in checks.items() if mine != ledger]
+    if args.json:
+        print(json.dumps({"dispute": args.dispute, "identical": not differ, "differ": differ,
+                          "recomputed": {k: v[0] for k, v in checks.items()},
+                          "ledger": {k: v[1] for k, v in checks.items()},
+                          "verdicts": {str(n): x.verdict for n, x in j.devices.items()}},
+                         indent=2, sort_keys=True))
+    else:
+        for k, (mine, ledger) in checks.items():
+            print(f"{k:16} {'same' if mine == ledger else 'DIFFERENT'}: recomputed {mine}, "
+                  f"ledger {ledger}")
+        print("verdicts: " + ", ".join(f"node {n} {x.verdict}" for n, x in j.devices.items()))
+        print(f"dispute {args.dispute}: " + ("the decision is what the archived evidence gives"
+                                             if not differ else
+                                             f"DIFFERENT ({', '.join(differ)})"))
+    return 0 if not differ else EXIT_FAULT

@@ -113,11 +113,11 @@ def test_collect_asks_the_route_its_neighbours_then_registered_names(tmp_path, m
 
     def ask(n, *a):
         asked.append(n)
-        return NodeEvidence(n, records=answers.get(n, b"")), {}
+        return NodeEvidence(n, records=answers.get(n, b"")), {}, []
 
     monkeypatch.setattr(itg, "_ask", ask)
     sla = SLA(1, "t", SRC, DST, (1, 2, 3))
-    ev, info, topo, owners = itg.collect(Ledger(links, {1: "acme", 4: "acme"}), sla, 0, 100,
+    ev, info, topo, owners, _ = itg.collect(Ledger(links, {1: "acme", 4: "acme"}), sla, 0, 100,
                                          cfg_with(tmp_path), "sha3-256")
     assert sorted(asked[:4]) == [1, 2, 3, 4] and asked[4:] == [5]
     assert sorted(ev) == [1, 2, 3, 4, 5]
@@ -125,7 +125,7 @@ def test_collect_asks_the_route_its_neighbours_then_registered_names(tmp_path, m
     assert topo[4] == {1, 3, 5}
     # at most max_devices: the rest is listed, not asked
     asked.clear()
-    ev, info, _, _ = itg.collect(Ledger(links), sla, 0, 100,
+    ev, info, _, _, _ = itg.collect(Ledger(links), sla, 0, 100,
                                  cfg_with(tmp_path, "[judgement]\nmax_devices = 4"), "sha3-256")
     assert sorted(ev) == [1, 2, 3, 4] and info["capped"] == [5]
 
