@@ -24,6 +24,7 @@ from web3.middleware import ExtraDataToPOAMiddleware
 
 from .errors import (ConflictError, LedgerError, NotFound, OrderError, PermissionDenied,
                      Unavailable)
+from .keys import WeakKeyError, check_public
 from .types import DISPUTE_STATES, SLA, Anchor, Dispute, Node
 
 ARTIFACT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "contracts", "Beat.json")
@@ -334,6 +335,11 @@ class EthereumLedger:
         op = f"register_node({node.node_id})"
         if node.account is None:
             raise LedgerError(f"{op}: the ethereum backend needs the node's account address")
+        # the contract does not look into the key: refuse a weak one here, before any transaction
+        try:
+            check_public(node.pubkey)
+        except WeakKeyError as exc:
+            raise WeakKeyError(f"{op}: {exc}") from None
         existing = self.get_node(node.node_id)
         if existing is not None and signer.address == self.governance:
             if existing == node:

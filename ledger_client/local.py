@@ -24,6 +24,7 @@ from fastpath.hashes import digest_function
 
 from .errors import (ConflictError, LedgerError, NotFound, OrderError, PermissionDenied,
                      Unavailable)
+from .keys import WeakKeyError, check_public
 from .keys import verify as ed25519_verify
 from .types import DISPUTE_STATES, SLA, Anchor, Dispute, Node
 
@@ -385,7 +386,13 @@ class LocalLedger:
 
     def register_node(self, node, *, signer):
         """Idempotent: the identical node again writes nothing; another node under its id, or
-        its public key under another id, is ConflictError."""
+        its public key under another id, is ConflictError. A weak public key (small order, or not
+        canonical: keys.check_public) is WeakKeyError (a ValueError), nothing written."""
+        try:
+            check_public(node.pubkey)
+        except WeakKeyError as exc:
+            raise WeakKeyError(f"register_node {node.node_id}: {exc}") from None
+
         def build(st, pub):
             body = _node_body(node)
             return "exists" if self._same(st, pub, "nodes", _k64(node.node_id), body) else body
@@ -397,6 +404,11 @@ class LocalLedger:
         nothing; other terms under its id are ConflictError."""
         if tenant_pubkey is not None and len(tenant_pubkey) != 32:
             raise ValueError(f"register_sla {sla.sla_id}: tenant_pubkey must be 32 bytes")
+        if tenant_pubkey is not None:       # a weak key would let anybody open disputes as it
+            try:
+                check_public(tenant_pubkey)
+            except WeakKeyError as exc:
+                raise WeakKeyError(f"register_sla {sla.sla_id}: tenant_pubkey: {exc}") from None
         _need_u64("sla_id", sla.sla_id)
 
         def build(st, pub):
