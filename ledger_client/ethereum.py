@@ -29,6 +29,7 @@ from .types import DISPUTE_STATES, SLA, Anchor, Dispute, Node
 
 ARTIFACT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "contracts", "Beat.json")
 ZERO_ADDRESS = "0x" + "00" * 20
+LINK_ACTIVE, LINK_RETIRED = 1, 2        # the contract's linkState
 
 # The contract's custom errors -> the ledger's exceptions.
 ERROR_CLASSES = {
@@ -42,7 +43,10 @@ ERROR_CLASSES = {
     "WrongDisputeState": OrderError,
     "UnknownSLA": NotFound,
     "UnknownDispute": NotFound,
+    "UnknownNode": NotFound,
+    "UnknownLink": NotFound,
     "InvalidNode": LedgerError,
+    "InvalidLink": LedgerError,
     "InvalidSLA": LedgerError,
     "InvalidRange": LedgerError,
     "FaultyNotOnRoute": LedgerError,
@@ -365,6 +369,35 @@ class EthereumLedger:
                  sla.max_loss_ppm, sla.max_delay_us, sla.loss_budget_ppm,
                  sla.penalty_per_violation, sla.valid_from_ns, sla.valid_to_ns, sla.qm_json())
         self._transact(op, self.contract.functions.registerSLA(terms), signer)
+
+    # ------------------------------------------------------------------ the topology
+    def register_link(self, a, b, *, signer) -> None:
+        """The undirected link a-b between registered nodes (governance; idempotent). Unknown
+        node: NotFound (UnknownNode); a == b: LedgerError (InvalidLink)."""
+        self._link("register_link", "registerLink", LINK_ACTIVE, a, b, signer)
+
+    def retire_link(self, a, b, *, signer) -> None:
+        """The link a-b no longer exists (governance; idempotent). Never registered: NotFound."""
+        self._link("retire_link", "retireLink", LINK_RETIRED, a, b, signer)
+
+    def _link(self, name, function, done, a, b, signer):
+        op = f"{name}({a}, {b})"
+        fn = self.contract.functions
+        # spare a transaction when it is already done (a retry after Unavailable); the contract
+        # is idempotent too, and judges everything else (permission, unknown nodes, a == b)
+        if a != b and signer.address == self.governance:
+            if self._call(op, fn.linkState(a, b)) == done:
+                return
+        self._transact(op, getattr(fn, function)(a, b), signer)
+
+    def links(self):
+        """Every active link, as sorted (a, b) pairs with a < b."""
+        a, b = self._call("links()", self.contract.functions.linkList())
+        return sorted(zip(a, b))
+
+    def neighbours(self, node_id):
+        """The node ids linked with ``node_id`` (active links), sorted."""
+        return sorted({y if x == node_id else x for x, y in self.links() if node_id in (x, y)})
 
     # ------------------------------------------------------------------ anchors
     def anchor(self, a: Anchor, *, signer) -> str:
