@@ -114,8 +114,8 @@ def test_router_links_are_the_topology_without_its_hosts():
 
 
 def test_lab_registers_owners_and_links(tmp_path):
-    """The lab's ledger (no namespaces needed): every router with its owner, every router-router
-    link."""
+    """The lab's ledger and governance configuration (no namespaces needed): every router with
+    its owner, every router-router link on the ledger and in governance.toml's [[links]]."""
     from beatd.lab.lab import Lab
     from ledger_client.local import LocalLedger
 
@@ -126,12 +126,18 @@ def test_lab_registers_owners_and_links(tmp_path):
     topo.write_text(_toml(raw))
     lab = Lab(str(topo), prefix=f"beat-o{os.getpid()}-", state_root=str(tmp_path / "state"))
     lab.setup_ledger()
+    lab.setup_pki()
     with LocalLedger(lab.ledger_path) as led:
         assert {n.node_id: n.owner for n in led.nodes()} == {
             1: "isp-a", 2: "operator-r2", 3: "isp-a", 4: "operator-r4"}
         assert led.links() == [(1, 2), (1, 4), (2, 3), (3, 4)]
         assert led.neighbours(3) == [2, 4]
         assert led.verify_chain() == []
+    with open(lab.governance_config_path, "rb") as f:
+        cfg = tomllib.load(f)
+    assert [(x["a"], x["b"]) for x in cfg["links"]] == [(1, 2), (1, 4), (2, 3), (3, 4)]
+    assert all(set(x) == {"a", "b"} for x in cfg["links"])
+    assert [e["node_id"] for e in cfg["endpoints"]] == [1, 2, 3, 4]
 
 
 def _toml(raw):

@@ -10,7 +10,8 @@ Ledger (``ledger="local"``, the default): ``up`` also makes a governance key
 router (``<router>/keys/device.ed25519``, as ``beatd keygen``), registers every router as a node
 with its owner (the topology's ``owner``, default ``operator-<router>``: one owner per router) and
 every router-router link of the topology, and gives each beatd a ``[ledger]`` section with a short
-anchor period (``LAB_ANCHOR_PERIOD_S``). ``ledger="none"`` leaves the ledger out.
+anchor period (``LAB_ANCHOR_PERIOD_S``). ``ledger="none"`` leaves the ledger out. Whatever the
+ledger, the governance's configuration (``governance.toml``) lists the same links (``[[links]]``).
 
 ``ledger="ethereum"``: a JSON-RPC node (``ledger_client.devnode.DevNode``: ganache, a development
 chain) runs in the namespace ``<prefix>ledger``, reached by every router over its own management
@@ -130,8 +131,8 @@ class Lab:
 
     @property
     def governance_config_path(self):
-        """``beatctl interrogate --config``: the governance's TLS files and every router's
-        endpoint (written by ``up``)."""
+        """``beatctl interrogate --config``: the governance's TLS files, every router's
+        endpoint and every router-router link (``[[links]]``; written by ``up``)."""
         return os.path.join(self.state_dir, "governance.toml")
 
     def grpc_endpoint(self, router):
@@ -162,6 +163,9 @@ class Lab:
             lines += ["", "[[endpoints]]", f"node_id = {r.node_id}",
                       f"address = {_toml_str(self.grpc_endpoint(r.name))}",
                       f"name = {_toml_str(r.name)}"]
+        # the adjacency, as on the ledger: the governance's own, never the devices' claims
+        for a, b in self.topo.router_link_ids():
+            lines += ["", "[[links]]", f"a = {a}", f"b = {b}"]
         with open(self.governance_config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
 
