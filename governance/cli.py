@@ -4,7 +4,9 @@
     beatctl --ledger local:PATH --key GOV_KEY register-node --node-id N --owner O
             (--pubkey HEX | --pubkey-file F) [--account HEX]
     beatctl --ledger local:PATH --key GOV_KEY register-sla --file sla.toml
-    beatctl --ledger local:PATH nodes|slas [--json]
+    beatctl --ledger local:PATH --key GOV_KEY register-link|retire-link --a N --b M
+            the registered topology: an undirected link between two registered nodes
+    beatctl --ledger local:PATH nodes|slas|links [--json]
     beatctl --ledger local:PATH anchors [--node-id N] [--from-seq S] [--json]
     beatctl --ledger local:PATH verify [--json]
     beatctl --ledger L [--key GOV_KEY] interrogate --sla ID --from T --to T --config gov.toml
@@ -98,7 +100,15 @@ def _parser():
                    help="ethereum: the tenant's address, allowed to open disputes (default: the "
                         "file's tenant_account, else the governance only)")
 
+    for name, helptext in (("register-link", "register the link between two registered nodes "
+                                             "(governance; idempotent)"),
+                           ("retire-link", "retire a registered link (governance; idempotent)")):
+        x = sub.add_parser(name, help=helptext)
+        x.add_argument("--a", type=int, required=True, metavar="N", help="one end's node id")
+        x.add_argument("--b", type=int, required=True, metavar="M", help="the other end's")
+
     for name, helptext in (("nodes", "list the registered nodes"), ("slas", "list the SLAs"),
+                           ("links", "list the registered links (a < b, sorted)"),
                            ("verify", "re-check the ledger's hash chain and signatures")):
         x = sub.add_parser(name, help=helptext)
         x.add_argument("--json", action="store_true", help="JSON output")
@@ -373,6 +383,35 @@ def _register_sla(args):
     return 0
 
 
+def _link(args):
+    for side in ("a", "b"):
+        v = getattr(args, side)
+        if not 1 <= v <= (1 << 64) - 2:
+            raise UsageError(f"--{side} {v}: not a node id (1..2^64-2)")
+    if args.a == args.b:
+        raise UsageError(f"--a {args.a} --b {args.b}: a link joins two different nodes")
+    gov = _gov_key(args)
+    with _open(args) as led:
+        if args.command == "register-link":
+            led.register_link(args.a, args.b, signer=gov)
+        else:
+            led.retire_link(args.a, args.b, signer=gov)
+    a, b = sorted((args.a, args.b))
+    print(f"{'registered' if args.command == 'register-link' else 'retired'} link {a}-{b}")
+    return 0
+
+
+def _links(args):
+    with _open(args) as led:
+        rows = led.links()
+    if args.json:
+        print(json.dumps([{"a": a, "b": b} for a, b in rows]))
+    else:
+        for a, b in rows:
+            print(f"{a}\t{b}")
+    return 0
+
+
 def _nodes(args):
     with _open(args) as led:
         rows = led.nodes()
@@ -464,6 +503,7 @@ def _verify_decision(args):
 
 COMMANDS = {"interrogate": _interrogate, "verify-decision": _verify_decision, "keygen": _keygen,
             "deploy": _deploy, "register-node": _register_node, "register-sla": _register_sla,
+            "register-link": _link, "retire-link": _link, "links": _links,
             "nodes": _nodes, "slas": _slas, "anchors": _anchors, "verify": _verify}
 
 

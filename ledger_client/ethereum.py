@@ -24,10 +24,12 @@ from web3.middleware import ExtraDataToPOAMiddleware
 
 from .errors import (ConflictError, LedgerError, NotFound, OrderError, PermissionDenied,
                      Unavailable)
+from .keys import WeakKeyError, check_public
 from .types import DISPUTE_STATES, SLA, Anchor, Dispute, Node
 
 ARTIFACT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "contracts", "Beat.json")
 ZERO_ADDRESS = "0x" + "00" * 20
+LINK_ACTIVE, LINK_RETIRED = 1, 2        # the contract's linkState
 
 # The contract's custom errors -> the ledger's exceptions.
 ERROR_CLASSES = {
@@ -41,7 +43,10 @@ ERROR_CLASSES = {
     "WrongDisputeState": OrderError,
     "UnknownSLA": NotFound,
     "UnknownDispute": NotFound,
+    "UnknownNode": NotFound,
+    "UnknownLink": NotFound,
     "InvalidNode": LedgerError,
+    "InvalidLink": LedgerError,
     "InvalidSLA": LedgerError,
     "InvalidRange": LedgerError,
     "FaultyNotOnRoute": LedgerError,
@@ -334,6 +339,11 @@ class EthereumLedger:
         op = f"register_node({node.node_id})"
         if node.account is None:
             raise LedgerError(f"{op}: the ethereum backend needs the node's account address")
+        # the contract does not look into the key: refuse a weak one here, before any transaction
+        try:
+            check_public(node.pubkey)
+        except WeakKeyError as exc:
+            raise WeakKeyError(f"{op}: {exc}") from None
         existing = self.get_node(node.node_id)
         if existing is not None and signer.address == self.governance:
             if existing == node:
@@ -359,6 +369,35 @@ class EthereumLedger:
                  sla.max_loss_ppm, sla.max_delay_us, sla.loss_budget_ppm,
                  sla.penalty_per_violation, sla.valid_from_ns, sla.valid_to_ns, sla.qm_json())
         self._transact(op, self.contract.functions.registerSLA(terms), signer)
+
+    # ------------------------------------------------------------------ the topology
+    def register_link(self, a, b, *, signer) -> None:
+        """The undirected link a-b between registered nodes (governance; idempotent). Unknown
+        node: NotFound (UnknownNode); a == b: LedgerError (InvalidLink)."""
+        self._link("register_link", "registerLink", LINK_ACTIVE, a, b, signer)
+
+    def retire_link(self, a, b, *, signer) -> None:
+        """The link a-b no longer exists (governance; idempotent). Never registered: NotFound."""
+        self._link("retire_link", "retireLink", LINK_RETIRED, a, b, signer)
+
+    def _link(self, name, function, done, a, b, signer):
+        op = f"{name}({a}, {b})"
+        fn = self.contract.functions
+        # spare a transaction when it is already done (a retry after Unavailable); the contract
+        # is idempotent too, and judges everything else (permission, unknown nodes, a == b)
+        if a != b and signer.address == self.governance:
+            if self._call(op, fn.linkState(a, b)) == done:
+                return
+        self._transact(op, getattr(fn, function)(a, b), signer)
+
+    def links(self):
+        """Every active link, as sorted (a, b) pairs with a < b."""
+        a, b = self._call("links()", self.contract.functions.linkList())
+        return sorted(zip(a, b))
+
+    def neighbours(self, node_id):
+        """The node ids linked with ``node_id`` (active links), sorted."""
+        return sorted({y if x == node_id else x for x, y in self.links() if node_id in (x, y)})
 
     # ------------------------------------------------------------------ anchors
     def anchor(self, a: Anchor, *, signer) -> str:

@@ -8,6 +8,9 @@ The file is created with mode 0600 (``os.open(..., 0o600)``, never wider, even f
 ``load`` refuses a file that the group or others may access (any of the bits 0o077), naming the path
 and the mode. Public keys travel as 32 raw bytes (``.public``), or as 64 hex digits in files and on
 command lines.
+
+Registration refuses weak public keys (``check_public``): small-order points and non-canonical
+encodings (below, "Keys that bind nothing").
 """
 import os
 import stat
@@ -17,6 +20,45 @@ from Crypto.Signature import eddsa
 
 PUBLIC_SIZE = 32
 SIGNATURE_SIZE = 64
+
+# -- Keys that bind nothing ---------------------------------------------------------------------
+# An Ed25519 public key encodes a point A: y (255 bits, little-endian) and the sign of x (the top
+# bit). A signature (R, S) of M verifies when [8][S]B == [8]R + [8][k]A, k = H(R || A || M)
+# (pycryptodome, like RFC 8032's "cofactored" check, multiplies by 8). When A has small order
+# (one of the 8 points of order dividing 8), [8][k]A is the identity whatever k is: R = identity
+# and S = 0 verify for *every* message, and the same goes for any verifier up to the choice of R.
+# A device registered with such a key signs nothing that binds it: any record "signed" by it
+# could have come from anybody, so it could deny all its evidence. The 8 points have only 5
+# y coordinates: 1 (the identity), p-1 (order 2), 0 (two points of order 4), and +-Y8 (four of
+# order 8); a key is refused by its y alone, whatever its sign bit. Non-canonical encodings
+# (y >= p, which verifiers read differently: RFC 8032 rejects them, others reduce y mod p) are
+# refused as well. (Keys that decode to no point at all verify nothing; they hurt only the device
+# itself, and are not refused here.)
+P = 2 ** 255 - 19
+_Y8 = 2707385501144840649318225287225658788936804267575313519463743609750303402022
+SMALL_ORDER_Y = {1: 1, P - 1: 2, 0: 4, _Y8: 8, P - _Y8: 8}   # y -> the order of its points
+
+
+class WeakKeyError(ValueError):
+    """A public key that must not be registered: small order, or not canonically encoded."""
+
+
+def check_public(pub):
+    """``pub`` (32 bytes) when it may be registered; else ``WeakKeyError`` naming the key."""
+    pub = bytes(pub)
+    if len(pub) != PUBLIC_SIZE:
+        raise WeakKeyError(f"an Ed25519 public key is 32 bytes, got {len(pub)} bytes")
+    y = int.from_bytes(pub, "little") & ((1 << 255) - 1)
+    if y >= P:
+        raise WeakKeyError(f"public key {pub.hex()} is not canonical: its y coordinate is "
+                           f"2^255-19+{y - P}, not below 2^255-19; refused")
+    order = SMALL_ORDER_Y.get(y)
+    if order is not None:
+        what = "the identity point" if order == 1 else f"a point of order {order}"
+        raise WeakKeyError(f"public key {pub.hex()} is {what} (small order): one signature "
+                           "would verify for every message, so the device could deny its "
+                           "evidence; refused")
+    return pub
 
 
 def write_new_file(path, data, mode=0o600, overwrite=False):
@@ -127,7 +169,8 @@ def verify(pub, msg, sig):
 
 
 def parse_public(text):
-    """A public key from 64 hex digits (whitespace around ignored) or a PEM public key."""
+    """A public key from 64 hex digits (whitespace around ignored) or a PEM public key, refused
+    (``WeakKeyError``, a ValueError) when weak (``check_public``)."""
     if isinstance(text, bytes):
         text = text.decode("ascii", "replace")
     text = text.strip()
@@ -138,11 +181,11 @@ def parse_public(text):
             raise ValueError(f"not a PEM key ({exc})") from None
         if key.curve != "Ed25519":
             raise ValueError(f"not an Ed25519 key (curve {key.curve})")
-        return key.public_key().export_key(format="raw")
+        return check_public(key.public_key().export_key(format="raw"))
     try:
         raw = bytes.fromhex(text)
     except ValueError:
         raise ValueError("not hex") from None
     if len(raw) != PUBLIC_SIZE:
         raise ValueError(f"an Ed25519 public key is 32 bytes (64 hex digits), got {len(raw)} bytes")
-    return raw
+    return check_public(raw)

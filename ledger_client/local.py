@@ -13,6 +13,9 @@ Beyond the Backend protocol:
   with the SLA; that key (or the governance) may open disputes on it; ``tenant_pubkey(sla_id)``
   reads it.
 - ``slas()``, ``entries()``, ``entry_count()``, ``verify_chain()``, ``governance_pubkey``.
+
+The registered topology (``register_link``, ``retire_link``, ``links``, ``neighbours``) is in the
+Backend protocol: undirected links between registered nodes, kept as (a, b) with a < b.
 """
 import json
 import os
@@ -24,6 +27,7 @@ from fastpath.hashes import digest_function
 
 from .errors import (ConflictError, LedgerError, NotFound, OrderError, PermissionDenied,
                      Unavailable)
+from .keys import WeakKeyError, check_public
 from .keys import verify as ed25519_verify
 from .types import DISPUTE_STATES, SLA, Anchor, Dispute, Node
 
@@ -37,13 +41,18 @@ K_NODE, K_SLA, K_ANCHOR, K_OPEN, K_EVIDENCE, K_DECIDE, K_SETTLE = 1, 2, 3, 4, 5,
 # before that rule) keeps its meaning, so that older chains still verify; writes use kind 8 only.
 K_DECIDE_ROUTE = 8
 DECIDE_KINDS = (K_DECIDE, K_DECIDE_ROUTE)
+# the registered topology: an undirected link between two registered nodes, and its retirement
+K_LINK, K_UNLINK = 9, 10
+LINK_KINDS = (K_LINK, K_UNLINK)
 KIND_NAMES = {K_NODE: "register_node", K_SLA: "register_sla", K_ANCHOR: "anchor",
               K_OPEN: "open_dispute", K_EVIDENCE: "record_evidence", K_DECIDE: "decide",
-              K_SETTLE: "settle", K_DECIDE_ROUTE: "decide"}
+              K_SETTLE: "settle", K_DECIDE_ROUTE: "decide", K_LINK: "register_link",
+              K_UNLINK: "retire_link"}
 HEAD = 33            # prev_hash(32) kind(1)
 TAIL = 32 + 64       # signer_pubkey(32) signature(64)
 
-DB_NAMES = ("meta", "entries", "nodes", "node_by_key", "slas", "anchors", "next_seq", "disputes")
+DB_NAMES = ("meta", "entries", "nodes", "node_by_key", "slas", "anchors", "next_seq", "disputes",
+            "links")
 INDEX_DBS = DB_NAMES[2:]
 
 
@@ -169,8 +178,10 @@ def _apply(st, gov, n, kind, body, signer):
     if op is None:
         raise LedgerError(f"unknown entry kind {kind}")
     who = "the governance" if is_gov else _signer_name(signer)
-    if kind in (K_NODE, K_SLA, K_EVIDENCE, K_DECIDE, K_SETTLE, K_DECIDE_ROUTE) and not is_gov:
-        ids = body.get("node_id", body.get("sla_id", body.get("dispute_id")))
+    if kind in (K_NODE, K_SLA, K_EVIDENCE, K_DECIDE, K_SETTLE, K_DECIDE_ROUTE,
+                *LINK_KINDS) and not is_gov:
+        ids = (f"{body.get('a')}-{body.get('b')}" if kind in LINK_KINDS else
+               body.get("node_id", body.get("sla_id", body.get("dispute_id"))))
         raise PermissionDenied(f"{op} {ids}: {who} is not the governance")
     if kind == K_NODE:
         node = _node_of(body)
@@ -212,6 +223,33 @@ def _apply(st, gov, n, kind, body, signer):
                              f"node {a.node_id} is {nxt} (no gap allowed)")
         st.put("anchors", key, _canon(dict(body, entry=n)))
         st.put("next_seq", _k64(a.node_id), _k64(nxt + 1))
+    elif kind in LINK_KINDS:
+        a, b = body["a"], body["b"]
+        if not (_is_u64(a) and _is_u64(b)):
+            raise ValueError(f"{op}: node ids must be integers in 0..2^64-1, got {a!r}, {b!r}")
+        if a == b:      # the contract's InvalidLink: LedgerError
+            raise LedgerError(f"{op} {a}-{b}: a link joins two nodes; node {a} to itself is "
+                              "not one")
+        if a > b:
+            raise LedgerError(f"{op} {a}-{b}: a link is written (a, b) with a < b")
+        key = _k64(a) + _k64(b)
+        old = _jget(st, "links", key)
+        if kind == K_LINK:
+            for x in (a, b):
+                if st.get("nodes", _k64(x)) is None:
+                    raise NotFound(f"register_link {a}-{b}: node {x} is not registered")
+            if old is not None and old["state"] == "active":
+                raise ConflictError(f"register_link {a}-{b}: already registered")
+            rec = old or {"a": a, "b": b, "entries": []}
+            rec["state"] = "active"
+        else:
+            if old is None:
+                raise NotFound(f"retire_link {a}-{b}: no such link")
+            if old["state"] != "active":
+                raise ConflictError(f"retire_link {a}-{b}: already retired")
+            rec = dict(old, state="retired")
+        rec["entries"] = rec["entries"] + [n]
+        st.put("links", key, _canon(rec))
     elif kind == K_OPEN:
         did, sla_id = body["dispute_id"], body["sla_id"]
         sla = _jget(st, "slas", _k64(sla_id))
@@ -385,7 +423,13 @@ class LocalLedger:
 
     def register_node(self, node, *, signer):
         """Idempotent: the identical node again writes nothing; another node under its id, or
-        its public key under another id, is ConflictError."""
+        its public key under another id, is ConflictError. A weak public key (small order, or not
+        canonical: keys.check_public) is WeakKeyError (a ValueError), nothing written."""
+        try:
+            check_public(node.pubkey)
+        except WeakKeyError as exc:
+            raise WeakKeyError(f"register_node {node.node_id}: {exc}") from None
+
         def build(st, pub):
             body = _node_body(node)
             return "exists" if self._same(st, pub, "nodes", _k64(node.node_id), body) else body
@@ -397,6 +441,11 @@ class LocalLedger:
         nothing; other terms under its id are ConflictError."""
         if tenant_pubkey is not None and len(tenant_pubkey) != 32:
             raise ValueError(f"register_sla {sla.sla_id}: tenant_pubkey must be 32 bytes")
+        if tenant_pubkey is not None:       # a weak key would let anybody open disputes as it
+            try:
+                check_public(tenant_pubkey)
+            except WeakKeyError as exc:
+                raise WeakKeyError(f"register_sla {sla.sla_id}: tenant_pubkey: {exc}") from None
         _need_u64("sla_id", sla.sla_id)
 
         def build(st, pub):
@@ -404,6 +453,33 @@ class LocalLedger:
             return "exists" if self._same(st, pub, "slas", _k64(sla.sla_id), body) else body
 
         self._write(K_SLA, build, signer)
+
+    # -- the registered topology --------------------------------------------------------------
+
+    def _link(self, kind, a, b, signer):
+        _need_u64("a", a)
+        _need_u64("b", b)
+        a, b = min(a, b), max(a, b)
+        done = "active" if kind == K_LINK else "retired"
+
+        def build(st, pub):
+            old = _jget(st, "links", _k64(a) + _k64(b))
+            if pub == self.governance_pubkey and old is not None and old["state"] == done:
+                return "exists"
+            return {"a": a, "b": b}
+
+        self._write(kind, build, signer)
+
+    def register_link(self, a, b, *, signer):
+        """The undirected link between registered nodes ``a`` and ``b`` (governance only).
+        Idempotent: an active link again writes nothing; a retired one becomes active again.
+        An unregistered node is NotFound, ``a == b`` LedgerError (the contract's InvalidLink)."""
+        self._link(K_LINK, a, b, signer)
+
+    def retire_link(self, a, b, *, signer):
+        """The link between ``a`` and ``b`` no longer exists (governance only). Idempotent: a
+        retired link again writes nothing; a link never registered is NotFound."""
+        self._link(K_UNLINK, a, b, signer)
 
     def anchor(self, a, *, signer):
         for name in ("node_id", "batch_seq", "tree_size", "first_t_ns", "last_t_ns"):
@@ -518,6 +594,14 @@ class LocalLedger:
 
     def nodes(self):
         return [_node_of(d) for d in self._all("nodes")]
+
+    def links(self):
+        """Every active link, as sorted (a, b) pairs with a < b."""
+        return [(d["a"], d["b"]) for d in self._all("links") if d["state"] == "active"]
+
+    def neighbours(self, node_id):
+        """The node ids linked with ``node_id`` (active links), sorted; [] for an unknown node."""
+        return sorted({b if a == node_id else a for a, b in self.links() if node_id in (a, b)})
 
     def get_sla(self, sla_id):
         d = self._get("slas", _k64(sla_id))

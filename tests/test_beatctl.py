@@ -109,6 +109,57 @@ def test_refusals_exit_1(env, capsys, tmp_path):
     assert "governance key" in capsys.readouterr().err
 
 
+def test_links(env, capsys):
+    for i in (1, 2, 3):
+        assert run(env, "register-node", "--node-id", str(i), "--owner", f"isp-{i}", "--pubkey",
+                   DeviceKey.generate().public_hex) == 0
+    capsys.readouterr()
+    assert run(env, "register-link", "--a", "2", "--b", "1") == 0
+    assert capsys.readouterr().out == "registered link 1-2\n"
+    assert run(env, "register-link", "--a", "1", "--b", "2") == 0     # again: a no-op
+    assert run(env, "register-link", "--a", "3", "--b", "2") == 0
+    capsys.readouterr()
+    assert run(env, "links", key=False) == 0
+    assert capsys.readouterr().out == "1\t2\n2\t3\n"
+    assert run(env, "links", "--json", key=False) == 0
+    assert json.loads(capsys.readouterr().out) == [{"a": 1, "b": 2}, {"a": 2, "b": 3}]
+    with LocalLedger(env["path"]) as led:
+        assert led.neighbours(2) == [1, 3] and led.entry_count() == 5
+    # refused by the ledger (exit 1): an unknown node, another key than the governance's
+    assert run(env, "register-link", "--a", "1", "--b", "9") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "register_link 1-9: node 9 is not registered" in err
+    other = env["tmp"] / "other.ed25519"
+    DeviceKey.generate().save(other)
+    assert main(["--ledger", env["led"], "--key", str(other), "register-link", "--a", "1",
+                 "--b", "3"]) == 1
+    assert "not the governance" in capsys.readouterr().err
+    # bad input (exit 2): a node to itself, not a node id, no key
+    for argv, needle in ((["--a", "2", "--b", "2"], "two different nodes"),
+                         (["--a", "0", "--b", "2"], "--a 0")):
+        assert run(env, "register-link", *argv) == 2
+        assert needle in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:                  # argparse's own usage error
+        run(env, "register-link", "--a", "x", "--b", "2")
+    assert info.value.code == 2 and "--a" in capsys.readouterr().err
+    assert run(env, "register-link", "--a", "1", "--b", "3", key=False) == 2
+    assert "--key" in capsys.readouterr().err
+    # retire-link
+    assert run(env, "retire-link", "--a", "2", "--b", "3") == 0
+    assert capsys.readouterr().out == "retired link 2-3\n"
+    assert run(env, "retire-link", "--a", "1", "--b", "3") == 1
+    assert "no such link" in capsys.readouterr().err
+    assert run(env, "links", key=False) == 0
+    assert capsys.readouterr().out == "1\t2\n"
+    assert run(env, "verify", key=False) == 0
+
+
+def test_links_need_an_existing_ledger(env, capsys):
+    assert run(env, "register-link", "--a", "1", "--b", "2") == 2
+    assert "no such ledger" in capsys.readouterr().err
+    assert not os.path.exists(env["path"])
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["register-node", "--node-id", "1", "--owner", "a", "--pubkey", "xyz"], "--pubkey"),
     (["register-node", "--node-id", "1", "--owner", "a", "--pubkey", "00" * 31], "32 bytes"),

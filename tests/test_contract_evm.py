@@ -116,6 +116,54 @@ def test_register_node_governance_only(ch):
     ch.reverts("InvalidNode", f.registerNode(U64MAX, "op", R1, ch.n2), ch.gov)
 
 
+def test_links_governance_only_undirected_idempotent(ch):
+    f = ch.c.functions
+    ch.node(1, ch.n1)
+    ch.node(2, ch.n2)
+    ch.node(3, ch.stranger)
+    for who in (ch.stranger, ch.n1, ch.tenant):
+        assert ch.reverts("NotGovernance", f.registerLink(2, 1), who) == {"caller": who}
+    # unknown nodes (the lower id first), a node to itself
+    assert ch.reverts("UnknownNode", f.registerLink(9, 1), ch.gov) == {"nodeId": 9}
+    assert ch.reverts("UnknownNode", f.registerLink(1, 9), ch.gov) == {"nodeId": 9}
+    assert ch.reverts("UnknownNode", f.registerLink(8, 9), ch.gov) == {"nodeId": 8}
+    args = ch.reverts("InvalidLink", f.registerLink(2, 2), ch.gov)
+    assert (args["a"], args["b"]) == (2, 2)
+    # stored and announced as (a, b) with a < b
+    r = ch.send(f.registerLink(2, 1), ch.gov)
+    assert ch.events("LinkRegistered", r) == [{"a": 1, "b": 2}]
+    assert f.linkState(1, 2).call() == f.linkState(2, 1).call() == 1
+    assert f.linkState(1, 3).call() == 0
+    # again, either way round: a no-op, no event
+    for a, b in ((1, 2), (2, 1)):
+        again = ch.send(f.registerLink(a, b), ch.gov)
+        assert ch.events("LinkRegistered", again) == [] and again["logs"] == []
+    ch.send(f.registerLink(3, 2), ch.gov)
+    assert f.linkList().call() == [[1, 2], [2, 3]]
+
+
+def test_retire_link(ch):
+    f = ch.c.functions
+    ch.node(1, ch.n1)
+    ch.node(2, ch.n2)
+    ch.node(3, ch.stranger)
+    ch.send(f.registerLink(1, 2), ch.gov)
+    ch.send(f.registerLink(1, 3), ch.gov)
+    ch.reverts("NotGovernance", f.retireLink(1, 2), ch.n1)
+    assert ch.reverts("UnknownLink", f.retireLink(3, 2), ch.gov) == {"a": 2, "b": 3}
+    ch.reverts("InvalidLink", f.retireLink(1, 1), ch.gov)
+    r = ch.send(f.retireLink(2, 1), ch.gov)
+    assert ch.events("LinkRetired", r) == [{"a": 1, "b": 2}]
+    assert f.linkState(1, 2).call() == 2
+    again = ch.send(f.retireLink(1, 2), ch.gov)
+    assert again["logs"] == []
+    assert f.linkList().call() == [[1], [3]]
+    # built again: active, listed once
+    r = ch.send(f.registerLink(1, 2), ch.gov)
+    assert ch.events("LinkRegistered", r) == [{"a": 1, "b": 2}]
+    assert f.linkList().call() == [[1, 1], [2, 3]]
+
+
 def test_register_sla_governance_only(ch):
     f = ch.c.functions
     terms = ch.sla(tenant_account=ch.tenant)

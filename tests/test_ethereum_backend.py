@@ -203,6 +203,46 @@ def test_unauthorised_keys_are_permission_denied(ledger, keys):
         led.record_evidence(d, b"\x01" * 32, signer=keys.tenant)
 
 
+def test_links_and_weak_keys_on_a_real_node(ledger, keys):
+    """The registered topology through JSON-RPC: errors mapped as on local, repeats spare the
+    transaction; a weak Ed25519 key is refused before anything is sent."""
+    led = ledger
+    led.register_node(Node(3, "op-3", bytes([3]) * 32, Account.generate().address_bytes),
+                      signer=keys.gov)
+    with pytest.raises(PermissionDenied, match="NotGovernance") as info:
+        led.register_link(1, 2, signer=keys.n1)
+    assert "register_link(1, 2)" in str(info.value) and keys.n1.address in str(info.value)
+    with pytest.raises(NotFound, match=r"register_link\(1, 99\).*UnknownNode\(nodeId=99\)"):
+        led.register_link(1, 99, signer=keys.gov)
+    with pytest.raises(LedgerError, match="InvalidLink") as info:
+        led.register_link(2, 2, signer=keys.gov)
+    assert type(info.value) is LedgerError
+    led.register_link(2, 1, signer=keys.gov)
+    led.register_link(3, 2, signer=keys.gov)
+    block = led.w3.eth.block_number
+    led.register_link(1, 2, signer=keys.gov)               # a retry: no transaction at all
+    assert led.w3.eth.block_number == block
+    assert led.links() == [(1, 2), (2, 3)]
+    assert led.neighbours(2) == [1, 3] and led.neighbours(1) == [2] and led.neighbours(7) == []
+    with pytest.raises(NotFound, match="UnknownLink"):
+        led.retire_link(1, 3, signer=keys.gov)
+    led.retire_link(3, 2, signer=keys.gov)
+    block = led.w3.eth.block_number
+    led.retire_link(2, 3, signer=keys.gov)
+    assert led.w3.eth.block_number == block and led.links() == [(1, 2)]
+    logs = led.contract.events.LinkRegistered.get_logs(from_block=led._deployed_at)
+    assert [(x["args"]["a"], x["args"]["b"]) for x in logs] == [(1, 2), (2, 3)]
+
+    from ledger_client.keys import WeakKeyError
+    nonce = led.w3.eth.get_transaction_count(keys.gov.address)
+    identity = b"\x01" + bytes(31)
+    with pytest.raises(WeakKeyError, match=identity.hex()):
+        led.register_node(Node(4, "op-4", identity, Account.generate().address_bytes),
+                          signer=keys.gov)
+    assert led.w3.eth.get_transaction_count(keys.gov.address) == nonce
+    assert led.get_node(4) is None
+
+
 def test_stale_nonce_is_refreshed(ledger, keys, monkeypatch):
     """A node refusing the nonce (another process used the key): refresh from the chain, re-sign.
     (ganache does not refuse stale nonces itself, so the refusal is geth's, injected.)"""

@@ -107,6 +107,21 @@ def test_beatctl_deploy_register_anchors(chain):
     assert nodes == [{"node_id": 7, "owner": "isp-a", "pubkey": pub,
                       "account": dev.address_bytes.hex()}]
 
+    # the registered topology: register-link (governance), links
+    beatctl("--ledger", ledger, "--key", gov, "register-node", "--node-id", "8", "--owner",
+            "isp-b", "--pubkey", "11" * 32, "--account", Account.generate().address)
+    p = beatctl("--ledger", ledger, "--key", gov, "register-link", "--a", "8", "--b", "7")
+    assert p.stdout == "registered link 7-8\n"
+    beatctl("--ledger", ledger, "--key", gov, "register-link", "--a", "7", "--b", "8")
+    assert json.loads(beatctl("--ledger", ledger, "links", "--json").stdout) == [
+        {"a": 7, "b": 8}]
+    p = beatctl("--ledger", ledger, "--key", str(chain["dev_dir"] / "device.eth"),
+                "register-link", "--a", "7", "--b", "8", check=False)
+    assert p.returncode == 1 and "NotGovernance" in p.stderr, p.stderr
+    p = beatctl("--ledger", ledger, "--key", gov, "register-link", "--a", "7", "--b", "9",
+                check=False)
+    assert p.returncode == 1 and "UnknownNode(nodeId=9)" in p.stderr, p.stderr
+
     tenant = Account.generate()
     sla = chain["dir"] / "sla.toml"
     sla.write_text('sla_id = 1\ntenant = "t1"\nsrc = "10.0.1.1"\ndst = "10.0.2.1"\n'

@@ -75,6 +75,11 @@ BAD = [
     (lambda r: r["routers"].extend({"name": f"x{i}", "node_id": 100 + i} for i in range(7)),
      "routers: 11 given, at most 10"),
     (lambda r: r.__setitem__("extra", 1), "extra: unknown key"),
+    (lambda r: r["routers"][1].__setitem__("owner", ""), 'routers[1].owner: ""'),
+    (lambda r: r["routers"][1].__setitem__("owner", 7), "routers[1].owner: 7"),
+    (lambda r: r["routers"][2].__setitem__("owner", " isp"), 'routers[2].owner: " isp"'),
+    (lambda r: r["routers"][2].__setitem__("owner", "isp\n"), "routers[2].owner"),
+    (lambda r: r["routers"][3].__setitem__("owner", "x" * 65), "routers[3].owner"),
 ]
 
 
@@ -83,6 +88,73 @@ def test_topology_errors_name_the_key(mutate, key):
     with pytest.raises(TopologyError) as ei:
         topo_mod.from_dict(_mut(mutate))
     assert key in str(ei.value)
+
+
+def test_owners_default_one_per_router_or_from_the_file():
+    t = topo_mod.load(PAPER)
+    assert t.owners() == {"r1": "operator-r1", "r2": "operator-r2", "r3": "operator-r3",
+                          "r4": "operator-r4"}
+    assert all(h.owner == "" for h in t.hosts)
+    raw = _paper_raw()
+    raw["routers"][0]["owner"] = "isp-a"
+    raw["routers"][2]["owner"] = "isp-a"                      # r1 and r3: one owner
+    raw["routers"][3]["owner"] = "ISP B (north)"
+    t = topo_mod.from_dict(raw)
+    assert t.owners() == {"r1": "isp-a", "r2": "operator-r2", "r3": "isp-a",
+                          "r4": "ISP B (north)"}
+
+
+def test_router_links_are_the_topology_without_its_hosts():
+    t = topo_mod.load(PAPER)
+    assert [(l.a, l.b) for l in t.router_links()] == [("r1", "r2"), ("r2", "r3"), ("r1", "r4"),
+                                                       ("r4", "r3")]
+    assert t.router_link_ids() == [(1, 2), (1, 4), (2, 3), (3, 4)]
+    line = topo_mod.load(os.path.join(REPO, "topologies", "line4.toml"))
+    assert line.router_link_ids() == [(1, 2), (2, 3), (3, 4)]
+
+
+def test_lab_registers_owners_and_links(tmp_path):
+    """The lab's ledger and governance configuration (no namespaces needed): every router with
+    its owner, every router-router link on the ledger and in governance.toml's [[links]]."""
+    from beatd.lab.lab import Lab
+    from ledger_client.local import LocalLedger
+
+    raw = _paper_raw()
+    raw["routers"][0]["owner"] = "isp-a"
+    raw["routers"][2]["owner"] = "isp-a"
+    topo = tmp_path / "owned.toml"
+    topo.write_text(_toml(raw))
+    lab = Lab(str(topo), prefix=f"beat-o{os.getpid()}-", state_root=str(tmp_path / "state"))
+    lab.setup_ledger()
+    lab.setup_pki()
+    with LocalLedger(lab.ledger_path) as led:
+        assert {n.node_id: n.owner for n in led.nodes()} == {
+            1: "isp-a", 2: "operator-r2", 3: "isp-a", 4: "operator-r4"}
+        assert led.links() == [(1, 2), (1, 4), (2, 3), (3, 4)]
+        assert led.neighbours(3) == [2, 4]
+        assert led.verify_chain() == []
+    with open(lab.governance_config_path, "rb") as f:
+        cfg = tomllib.load(f)
+    assert [(x["a"], x["b"]) for x in cfg["links"]] == [(1, 2), (1, 4), (2, 3), (3, 4)]
+    assert all(set(x) == {"a", "b"} for x in cfg["links"])
+    assert [e["node_id"] for e in cfg["endpoints"]] == [1, 2, 3, 4]
+
+
+def _toml(raw):
+    """A topology dict as TOML (strings, integers, lists of strings, tables, arrays of tables)."""
+    import json
+
+    def val(v):
+        return json.dumps(v)
+    out = []
+    for key, v in raw.items():
+        if isinstance(v, dict):
+            out += [f"[{key}]"] + [f"{k} = {val(x)}" for k, x in v.items()] + [""]
+    for key, v in raw.items():
+        if isinstance(v, list):
+            for t in v:
+                out += [f"[[{key}]]"] + [f"{k} = {val(x)}" for k, x in t.items()] + [""]
+    return "\n".join(out)
 
 
 def test_topology_file_errors(tmp_path):

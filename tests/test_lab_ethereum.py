@@ -1,8 +1,8 @@
 """The paper lab on an ``ethereum`` ledger (root): ``beatd lab up --ledger ethereum`` starts a
 JSON-RPC node (ganache, ledger_client.devnode) in the lab's ledger namespace, deploys the contract,
-registers every router (its account funded at genesis) and runs every beatd with ``[ledger] backend
-= "ethereum"``, reaching the node over its management link. Known packets h1 -> h2 (the demo: the
-agreed path, then the detour); the daemons stopped (SIGTERM: the last batch submitted): every router has anchors on the chain, listed by
+registers every router (its own owner; its account funded at genesis) and every router-router
+link, and runs every beatd with ``[ledger] backend = "ethereum"``, reaching the node over its
+management link. Known packets h1 -> h2 (the demo: the agreed path, then the detour); the daemons stopped (SIGTERM: the last batch submitted): every router has anchors on the chain, listed by
 ``beatctl --ledger ethereum:URL#CONTRACT anchors --json`` (run inside the ledger namespace), and
 no tenant packet crossed a management link (the ledger namespace's kernel counters: only TCP to
 the node arrived there). The demo's dispute is decided on the chain (r1 DEVIATED).
@@ -73,7 +73,12 @@ def test_lab_up_ethereum_anchors_every_router(tmp_path):
         for r in lab.topo.routers:
             acct = Account.from_file(lab.device_eth_path(r.name))
             assert nodes[r.node_id]["account"] == acct.address_bytes.hex()
-            assert nodes[r.node_id]["owner"] == "lab"
+            assert nodes[r.node_id]["owner"] == f"operator-{r.name}"
+        # every router-router link of the topology, on the chain
+        p = subprocess.run(lab.beatctl_argv("links", "--json"), capture_output=True, text=True,
+                           cwd=REPO, env=lab._env(), timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert [(x["a"], x["b"]) for x in json.loads(p.stdout)] == lab.topo.router_link_ids()
 
         before = management_stats(lab.net)
         # the demo's traffic: known packets (and load) on the agreed path, then on the detour

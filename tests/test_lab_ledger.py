@@ -1,7 +1,7 @@
-"""The paper lab on the ``local`` ledger (root): every router registered, its beatd anchoring; after
-the demo traffic (and SIGTERM) every router's anchors are on the ledger, ``beatctl anchors`` lists
-them and the ledger's hash chain is sound. ``--ledger none`` too (``--ledger ethereum``:
-tests/test_lab_ethereum.py)."""
+"""The paper lab on the ``local`` ledger (root): every router registered (with its own owner) and
+every router-router link, its beatd anchoring; after the demo traffic (and SIGTERM) every router's
+anchors are on the ledger, ``beatctl anchors`` lists them and the ledger's hash chain is sound.
+``--ledger none`` too (``--ledger ethereum``: tests/test_lab_ethereum.py)."""
 import io
 import json
 import os
@@ -36,7 +36,11 @@ def test_lab_demo_anchors_every_router(lab):
     with LocalLedger(lab.ledger_path, hash_name=None) as led:
         nodes = {n.node_id: n for n in led.nodes()}
     assert set(nodes) == {r.node_id for r in lab.topo.routers}
-    assert all(n.owner == "lab" for n in nodes.values())
+    # each router with its own owner (the topology gives none), every router-router link
+    assert {i: n.owner for i, n in nodes.items()} == {
+        r.node_id: f"operator-{r.name}" for r in lab.topo.routers}
+    with LocalLedger(lab.ledger_path, hash_name=None) as led:
+        assert led.links() == lab.topo.router_link_ids() == [(1, 2), (1, 4), (2, 3), (3, 4)]
     for r in lab.topo.routers:
         text = open(lab.config_path(r.name)).read()
         assert '[ledger]\nbackend = "local"' in text and lab.device_key_path(r.name) in text

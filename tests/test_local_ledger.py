@@ -131,6 +131,81 @@ def test_register_sla_governance_only(led):
     assert led.verify_chain() == []
 
 
+# -- the registered topology -------------------------------------------------------------------
+
+def test_links_governance_only_undirected_idempotent(led):
+    led.register_node(Node(3, "isp-c", key(9).public), signer=GOV)
+    assert led.links() == [] and led.neighbours(1) == []
+    for signer in (N1, TENANT, STRANGER):
+        with pytest.raises(PermissionDenied, match="register_link 1-2: .* not the governance"):
+            led.register_link(2, 1, signer=signer)
+    assert led.links() == []
+    n = led.entry_count()
+    led.register_link(2, 1, signer=GOV)                  # stored as (1, 2)
+    led.register_link(3, 2, signer=GOV)
+    assert led.entry_count() == n + 2
+    e = led.entries()[-2]
+    assert (e["op"], e["kind"], e["body"], e["signer"]) == ("register_link", 9,
+                                                            {"a": 1, "b": 2}, GOV.public)
+    # the same link again, either way round: nothing written; still the governance's to do
+    led.register_link(1, 2, signer=GOV)
+    led.register_link(2, 1, signer=GOV)
+    assert led.entry_count() == n + 2
+    with pytest.raises(PermissionDenied):
+        led.register_link(1, 2, signer=N1)
+    assert led.links() == [(1, 2), (2, 3)]
+    assert led.neighbours(2) == [1, 3] and led.neighbours(1) == [2] and led.neighbours(3) == [2]
+    assert led.neighbours(99) == []
+    assert led.verify_chain() == []
+
+
+def test_links_refused_for_unknown_nodes_and_loops(led):
+    n = led.entry_count()
+    for a, b, missing in ((1, 99, 99), (99, 1, 99), (98, 99, 98)):
+        with pytest.raises(NotFound, match=f"register_link {min(a, b)}-{max(a, b)}: node "
+                                           f"{missing} is not registered"):
+            led.register_link(a, b, signer=GOV)
+    with pytest.raises(LedgerError, match="register_link 2-2: .*itself") as info:
+        led.register_link(2, 2, signer=GOV)
+    assert type(info.value) is LedgerError                    # as the contract's InvalidLink
+    with pytest.raises(ValueError, match="must be an integer"):
+        led.register_link(1, -2, signer=GOV)
+    assert led.entry_count() == n and led.links() == []
+
+
+def test_retire_link(led):
+    led.register_node(Node(3, "isp-c", key(9).public), signer=GOV)
+    led.register_link(1, 2, signer=GOV)
+    led.register_link(1, 3, signer=GOV)
+    with pytest.raises(PermissionDenied, match="retire_link 1-2"):
+        led.retire_link(1, 2, signer=N1)
+    with pytest.raises(NotFound, match="retire_link 2-3: no such link"):
+        led.retire_link(3, 2, signer=GOV)
+    with pytest.raises(LedgerError, match="itself"):
+        led.retire_link(1, 1, signer=GOV)
+    n = led.entry_count()
+    led.retire_link(2, 1, signer=GOV)
+    assert led.entries()[-1]["op"] == "retire_link" and led.entries()[-1]["kind"] == 10
+    led.retire_link(1, 2, signer=GOV)                                  # retired: a no-op
+    assert led.entry_count() == n + 1
+    assert led.links() == [(1, 3)] and led.neighbours(2) == [] and led.neighbours(1) == [3]
+    led.register_link(1, 2, signer=GOV)                                # a link built again
+    assert led.links() == [(1, 2), (1, 3)] and led.entry_count() == n + 2
+    assert led.verify_chain() == []
+
+
+def test_links_survive_reopening_and_verify_chain_checks_them(led, path):
+    led.register_link(1, 2, signer=GOV)
+    led.close()
+    with LocalLedger(path) as lg:
+        assert lg.links() == [(1, 2)] and lg.verify_chain() == []
+        with lg.env.begin(write=True) as txn:      # a link written behind the chain's back
+            txn.put((1).to_bytes(8, "big") + (9).to_bytes(8, "big"),
+                    b'{"a":1,"b":9,"entries":[2],"state":"active"}', db=lg.dbs["links"])
+        assert (1, 9) in lg.links()
+        assert any(p.startswith("index links") for p in lg.verify_chain())
+
+
 # -- anchors ------------------------------------------------------------------------------------
 
 def test_anchor_only_registered_nodes_for_themselves(led):
@@ -533,6 +608,27 @@ AGREE = [
      "ok"),
     ("other terms under sla 7", lambda L, s, t: L.register_sla(sla(ppv=6), signer=s("gov"), **t),
      "ConflictError"),
+    ("link 2-1", lambda L, s, t: L.register_link(2, 1, signer=s("gov")), "ok"),
+    ("link 1-2 again", lambda L, s, t: L.register_link(1, 2, signer=s("gov")), "ok"),
+    ("link 1-2, not the governance", lambda L, s, t: L.register_link(1, 2, signer=s("n1")),
+     "PermissionDenied"),
+    ("link to an unknown node", lambda L, s, t: L.register_link(1, 99, signer=s("gov")),
+     "NotFound"),
+    ("link a node to itself", lambda L, s, t: L.register_link(3, 3, signer=s("gov")),
+     "LedgerError"),
+    ("link 3-2", lambda L, s, t: L.register_link(3, 2, signer=s("gov")), "ok"),
+    ("links", lambda L, s, t: L.links(), [(1, 2), (2, 3)]),
+    ("neighbours of 2", lambda L, s, t: L.neighbours(2), [1, 3]),
+    ("retire 1-3, never registered", lambda L, s, t: L.retire_link(1, 3, signer=s("gov")),
+     "NotFound"),
+    ("retire 2-3, not the governance", lambda L, s, t: L.retire_link(2, 3, signer=s("n2")),
+     "PermissionDenied"),
+    ("retire 3-2", lambda L, s, t: L.retire_link(3, 2, signer=s("gov")), "ok"),
+    ("retire 2-3 again", lambda L, s, t: L.retire_link(2, 3, signer=s("gov")), "ok"),
+    ("links after retiring", lambda L, s, t: L.links(), [(1, 2)]),
+    ("neighbours of 3", lambda L, s, t: L.neighbours(3), []),
+    ("link 2-3 again", lambda L, s, t: L.register_link(2, 3, signer=s("gov")), "ok"),
+    ("links at the end", lambda L, s, t: L.links(), [(1, 2), (2, 3)]),
     ("open from > to", lambda L, s, t: L.open_dispute(7, 5, 1, signer=s("tenant")),
      "LedgerError"),
     ("open", lambda L, s, t: L.open_dispute(7, 0, 10, signer=s("tenant")), 1),

@@ -63,11 +63,13 @@ def main(args):
                   f"state in {lab.state_dir}")
             if lab.ledger == "local":
                 print(f"ledger: local:{lab.ledger_path} (governance key "
-                      f"{lab.governance_key_path}); every router registered, owner lab")
+                      f"{lab.governance_key_path}); every router registered with its owner, "
+                      "every router-router link registered")
             elif lab.ledger == "ethereum":
                 print(f"ledger: {lab.ledger_spec} in netns {lab.net.ledger_ns} (governance key "
                       f"{lab.governance_eth_path}, chain log {lab.chain_log}); every router "
-                      f"registered, owner lab\n  ip netns exec {lab.net.ledger_ns} "
+                      "registered with its owner, every router-router link registered\n"
+                      f"  ip netns exec {lab.net.ledger_ns} "
                       f"{' '.join(lab.beatctl_argv('anchors')[4:])}")
         elif cmd == "demo":
             try:

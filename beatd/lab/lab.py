@@ -8,16 +8,18 @@ prefix and topology, daemons recorded in the state file), so it can always be ru
 Ledger (``ledger="local"``, the default): ``up`` also makes a governance key
 (``governance.ed25519``) and a ``local`` ledger (``ledger.mdb``) in the state dir, a device key per
 router (``<router>/keys/device.ed25519``, as ``beatd keygen``), registers every router as a node
-(owner ``lab``) and gives each beatd a ``[ledger]`` section with a short anchor period
-(``LAB_ANCHOR_PERIOD_S``). ``ledger="none"`` leaves the ledger out.
+with its owner (the topology's ``owner``, default ``operator-<router>``: one owner per router) and
+every router-router link of the topology, and gives each beatd a ``[ledger]`` section with a short
+anchor period (``LAB_ANCHOR_PERIOD_S``). ``ledger="none"`` leaves the ledger out. Whatever the
+ledger, the governance's configuration (``governance.toml``) lists the same links (``[[links]]``).
 
 ``ledger="ethereum"``: a JSON-RPC node (``ledger_client.devnode.DevNode``: ganache, a development
 chain) runs in the namespace ``<prefix>ledger``, reached by every router over its own management
 link (``Net.create_management``: a separate 10.N.0.0/16 that carries no tenant traffic), at
 ``http://<ledger address>:8545``. ``up`` makes the governance's account (``governance.eth``) and, per
 router, ``<router>/keys/device.ed25519`` and ``device.eth`` (as ``beatd keygen --ethereum``), funds
-every account at genesis, deploys the Beat contract and registers every router (its Ed25519 key and
-its account) from inside the ledger namespace, and gives each beatd ``[ledger] backend =
+every account at genesis, deploys the Beat contract and registers every router (its owner, its
+Ed25519 key and its account) and every router-router link from inside the ledger namespace, and gives each beatd ``[ledger] backend =
 "ethereum"``. The chain's database and log are in the state dir (``chain/``, ``chain.log``); the
 state file records the URL, the contract and the node's pid; ``down`` stops the node and deletes the
 ledger namespace with the others. From the host, the node is reached through the namespace:
@@ -43,7 +45,6 @@ DEFAULT_TOPOLOGY = os.path.join(REPO, "topologies", "paper.toml")
 STATE_ROOT = os.environ.get("BEAT_LAB_STATE", "/run/beat-lab")
 LEDGERS = ("local", "none", "ethereum")
 LAB_ANCHOR_PERIOD_S = 1.0
-LAB_OWNER = "lab"
 LAB_CHAIN_PORT = 8545
 LAB_SLA_ID = 1
 LAB_GRPC_PORT = 9478                # each router's Interrogation service, on its management link
@@ -130,8 +131,8 @@ class Lab:
 
     @property
     def governance_config_path(self):
-        """``beatctl interrogate --config``: the governance's TLS files and every router's
-        endpoint (written by ``up``)."""
+        """``beatctl interrogate --config``: the governance's TLS files, every router's
+        endpoint and every router-router link (``[[links]]``; written by ``up``)."""
         return os.path.join(self.state_dir, "governance.toml")
 
     def grpc_endpoint(self, router):
@@ -162,6 +163,9 @@ class Lab:
             lines += ["", "[[endpoints]]", f"node_id = {r.node_id}",
                       f"address = {_toml_str(self.grpc_endpoint(r.name))}",
                       f"name = {_toml_str(r.name)}"]
+        # the adjacency, as on the ledger: the governance's own, never the devices' claims
+        for a, b in self.topo.router_link_ids():
+            lines += ["", "[[links]]", f"a = {a}", f"b = {b}"]
         with open(self.governance_config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
 
@@ -239,7 +243,8 @@ class Lab:
 
     def setup_ledger(self):
         """``local``: the governance key, the ledger, a device key per router (``beatd keygen``'s
-        files), every router registered as a node. Returns {router: public key hex}.
+        files), every router registered as a node with its owner, every router-router link
+        registered. Returns {router: public key hex}.
         ``ethereum``: see ``setup_ethereum``."""
         if self.ledger == "ethereum":
             return self.setup_ethereum()
@@ -257,8 +262,10 @@ class Lab:
         with LocalLedger(self.ledger_path, hash_name=self._hash(), governance_pubkey=gov) as led:
             for r in self.topo.routers:
                 key, _ = self._device_keys(r.name)
-                led.register_node(Node(r.node_id, LAB_OWNER, key.public, None), signer=gov)
+                led.register_node(Node(r.node_id, r.owner, key.public, None), signer=gov)
                 pubs[r.name] = key.public_hex
+            for a, b in self.topo.router_link_ids():
+                led.register_link(a, b, signer=gov)
             led.register_sla(self.sla(), signer=gov)
         return pubs
 
@@ -291,7 +298,7 @@ class Lab:
         nodes, accounts = [], {}
         for r in self.topo.routers:
             key, acct = self._device_keys(r.name, ethereum=True)
-            nodes.append([r.node_id, LAB_OWNER, key.public_hex, acct.address])
+            nodes.append([r.node_id, r.owner, key.public_hex, acct.address])
             accounts[r.name] = acct
         node = DevNode(self.chain_db, host=str(self.net.ledger_address()), port=LAB_CHAIN_PORT,
                        accounts=[(gov.private_key_hex(), 1000 * ETH)] +
@@ -309,6 +316,7 @@ class Lab:
         # deploy and register from inside the ledger namespace (the node is reachable there)
         sla = self.sla()
         job = {"url": url, "key": self.governance_eth_path, "hash": self._hash(), "nodes": nodes,
+               "links": [list(l) for l in self.topo.router_link_ids()],
                "sla": [sla.sla_id, sla.tenant, sla.src.hex(), sla.dst.hex(), list(sla.route),
                        sla.max_loss_ppm, sla.max_delay_us, sla.loss_budget_ppm,
                        sla.penalty_per_violation]}
@@ -938,8 +946,9 @@ class Lab:
 
 def _ethereum_setup():
     """Run inside the ledger namespace by ``Lab.setup_ethereum``: a JSON job on stdin (url, the
-    governance key file, hash, nodes [[node_id, owner, pubkey hex, address]]); deploys the Beat
-    contract, registers every node, prints {"contract": address}."""
+    governance key file, hash, nodes [[node_id, owner, pubkey hex, address]], links [[a, b]],
+    sla); deploys the Beat contract, registers every node and link and the SLA, prints
+    {"contract": address}."""
     from ledger_client.ethereum import Account, EthereumLedger
     from ledger_client.types import Node
 
@@ -949,6 +958,8 @@ def _ethereum_setup():
     for node_id, owner, pub, address in job["nodes"]:
         led.register_node(Node(node_id, owner, bytes.fromhex(pub), bytes.fromhex(address[2:])),
                           signer=gov)
+    for a, b in job.get("links", []):
+        led.register_link(a, b, signer=gov)
     if job.get("sla"):
         from ledger_client.types import SLA
         sid, tenant, src, dst, route, max_loss, max_delay, budget, penalty = job["sla"]

@@ -1,4 +1,5 @@
-"""Lab topology files (TOML): hosts, routers with node ids, links, the agreed path and a detour.
+"""Lab topology files (TOML): hosts, routers with node ids and owners, links, the agreed path and
+a detour.
 
 The format is described in ``topologies/README.md``. ``load(path)`` / ``from_dict(raw)`` return a
 validated ``Topology``; anything wrong raises ``TopologyError`` whose message names the key, e.g.
@@ -20,6 +21,8 @@ __all__ = ["TopologyError", "Topology", "Node", "Link", "load", "from_dict", "MA
 MAX_ROUTERS = 10
 MAX_HOSTS = 8
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+MAX_OWNER = 64
+DEFAULT_OWNER = "operator-{name}"   # one owner per router unless the file groups them
 NODE_ID_MAX = (1 << 64) - 2
 
 
@@ -37,6 +40,7 @@ class Node:
     kind: str               # "host" | "router"
     index: int              # position among all nodes (hosts first, then routers), for MACs
     node_id: int = 0        # routers only; hosts are outside BEAT (0)
+    owner: str = ""         # routers only: the operator registered with it on the ledger
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +113,21 @@ class Topology:
     def router_ids(self):
         return {r.name: r.node_id for r in self.routers}
 
+    def owners(self):
+        """{router name: owner}."""
+        return {r.name: r.owner for r in self.routers}
+
+    def router_links(self):
+        """The links between two routers (host links are outside BEAT), in file order."""
+        kinds = {n.name: n.kind for n in self.hosts + self.routers}
+        return [l for l in self.links if kinds[l.a] == kinds[l.b] == "router"]
+
+    def router_link_ids(self):
+        """The router-router links as node id pairs (a, b), a < b, sorted: the topology the
+        governance registers on the ledger."""
+        ids = self.router_ids()
+        return sorted(tuple(sorted((ids[l.a], ids[l.b]))) for l in self.router_links())
+
 
 def _req(table, key, prefix):
     if key not in table:
@@ -178,7 +197,7 @@ def from_dict(raw):
     ids = {}
     for i, r in enumerate(_array(raw, "routers")):
         p = f"routers[{i}]."
-        _known(r, {"name", "node_id"}, p)
+        _known(r, {"name", "node_id", "owner"}, p)
         n = _name(_req(r, "name", p), p + "name")
         if n in seen:
             raise TopologyError(f"{p}name: {_show(n)} is already {seen[n]}")
@@ -190,14 +209,20 @@ def from_dict(raw):
         if nid in ids:
             raise TopologyError(f"{p}node_id: {nid} is already the node id of {ids[nid]}")
         ids[nid] = n
-        routers.append((n, nid))
+        owner = r.get("owner", DEFAULT_OWNER.format(name=n))
+        if (not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER
+                or not owner.isprintable() or owner != owner.strip()):
+            raise TopologyError(f"{p}owner: {_show(owner)} is not an owner (1 to {MAX_OWNER} "
+                                "printable characters, no space at either end)")
+        routers.append((n, nid, owner))
     if not routers:
         raise TopologyError("routers: none given")
     if len(routers) > MAX_ROUTERS:
         raise TopologyError(f"routers: {len(routers)} given, at most {MAX_ROUTERS}")
 
     nodes = [Node(h, "host", i) for i, h in enumerate(hosts)]
-    nodes += [Node(n, "router", len(hosts) + i, nid) for i, (n, nid) in enumerate(routers)]
+    nodes += [Node(n, "router", len(hosts) + i, nid, owner)
+              for i, (n, nid, owner) in enumerate(routers)]
     by_name = {n.name: n for n in nodes}
 
     links = []

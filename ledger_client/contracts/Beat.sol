@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: UNLICENSED
 pragma solidity ^0.8.26;
 
-/// @title BEAT's ledger (docs/ledger.md): nodes, SLAs, Merkle anchors and disputes.
-/// @notice The deployer is the governance. Only the governance registers nodes and SLAs and
-///         moves disputes on; a registered node anchors for itself only, with its registered
+/// @title BEAT's ledger (docs/ledger.md): nodes, links, SLAs, Merkle anchors and disputes.
+/// @notice The deployer is the governance. Only the governance registers nodes, links and SLAs
+///         and moves disputes on; a registered node anchors for itself only, with its registered
 ///         account; anchors are idempotent per (nodeId, batchSeq) and gap-free.
 contract Beat {
     // ---------------------------------------------------------------- errors
@@ -21,8 +21,11 @@ contract Beat {
     // Not found (NotFound)
     error UnknownSLA(uint64 slaId);
     error UnknownDispute(uint64 disputeId);
+    error UnknownNode(uint64 nodeId);
+    error UnknownLink(uint64 a, uint64 b);
     // Bad arguments (LedgerError)
     error InvalidNode(uint64 nodeId, string why);
+    error InvalidLink(uint64 a, uint64 b, string why);
     error InvalidSLA(uint64 slaId, string why);
     error InvalidRange(uint64 fromNs, uint64 toNs);
     error FaultyNotOnRoute(uint64 disputeId, uint64 nodeId);
@@ -30,6 +33,8 @@ contract Beat {
 
     // ---------------------------------------------------------------- events
     event NodeRegistered(uint64 indexed nodeId, string owner, bytes32 pubkey, address account);
+    event LinkRegistered(uint64 indexed a, uint64 indexed b);     // a < b
+    event LinkRetired(uint64 indexed a, uint64 indexed b);
     event SLARegistered(uint64 indexed slaId, string tenant, address tenantAccount);
     event Anchored(uint64 indexed nodeId, uint64 indexed batchSeq, uint64 treeSize, bytes32 root,
                    uint64 firstTNs, uint64 lastTNs);
@@ -98,6 +103,11 @@ contract Beat {
 
     mapping(uint64 => NodeRec) private _nodes;
     uint64[] private _nodeIds;
+    // links, undirected, keyed (a << 64) | b with a < b: 0 never registered, 1 active, 2 retired
+    uint8 public constant LINK_ACTIVE = 1;
+    uint8 public constant LINK_RETIRED = 2;
+    mapping(uint128 => uint8) private _linkState;
+    uint128[] private _linkKeys;          // every link ever registered, in registration order
     mapping(uint64 => bool) private _slaExists;
     mapping(uint64 => SLATerms) private _slas;
     uint64[] private _slaIds;
@@ -126,6 +136,35 @@ contract Beat {
         _nodes[nodeId] = NodeRec(true, owner, pubkey, account, 0);
         _nodeIds.push(nodeId);
         emit NodeRegistered(nodeId, owner, pubkey, account);
+    }
+
+    function _linkKey(uint64 x, uint64 y) private pure returns (uint64 a, uint64 b, uint128 key) {
+        (a, b) = x < y ? (x, y) : (y, x);
+        if (a == b) revert InvalidLink(a, b, "a link joins two different nodes");
+        key = (uint128(a) << 64) | b;
+    }
+
+    /// An undirected link between two registered nodes. Idempotent: an active link again is a
+    /// no-op (no event); a retired one becomes active again.
+    function registerLink(uint64 x, uint64 y) external onlyGovernance {
+        (uint64 a, uint64 b, uint128 key) = _linkKey(x, y);
+        if (!_nodes[a].exists) revert UnknownNode(a);
+        if (!_nodes[b].exists) revert UnknownNode(b);
+        uint8 state = _linkState[key];
+        if (state == LINK_ACTIVE) return;
+        if (state == 0) _linkKeys.push(key);
+        _linkState[key] = LINK_ACTIVE;
+        emit LinkRegistered(a, b);
+    }
+
+    /// The link no longer exists. Idempotent: a retired link again is a no-op (no event).
+    function retireLink(uint64 x, uint64 y) external onlyGovernance {
+        (uint64 a, uint64 b, uint128 key) = _linkKey(x, y);
+        uint8 state = _linkState[key];
+        if (state == 0) revert UnknownLink(a, b);
+        if (state == LINK_RETIRED) return;
+        _linkState[key] = LINK_RETIRED;
+        emit LinkRetired(a, b);
     }
 
     function registerSLA(SLATerms calldata s) external onlyGovernance {
@@ -241,6 +280,31 @@ contract Beat {
 
     function nodeIds() external view returns (uint64[] memory) {
         return _nodeIds;
+    }
+
+    /// 0 never registered, LINK_ACTIVE, LINK_RETIRED (either order of the two ends).
+    function linkState(uint64 x, uint64 y) external view returns (uint8) {
+        (, , uint128 key) = _linkKey(x, y);
+        return _linkState[key];
+    }
+
+    /// Every active link (a[i], b[i]) with a[i] < b[i], in registration order.
+    function linkList() external view returns (uint64[] memory a, uint64[] memory b) {
+        uint256 n = 0;
+        for (uint256 i = 0; i < _linkKeys.length; i++) {
+            if (_linkState[_linkKeys[i]] == LINK_ACTIVE) n++;
+        }
+        a = new uint64[](n);
+        b = new uint64[](n);
+        uint256 j = 0;
+        for (uint256 i = 0; i < _linkKeys.length; i++) {
+            uint128 key = _linkKeys[i];
+            if (_linkState[key] == LINK_ACTIVE) {
+                a[j] = uint64(key >> 64);
+                b[j] = uint64(key);
+                j++;
+            }
+        }
     }
 
     function getSLA(uint64 slaId) external view returns (bool exists, SLATerms memory sla) {

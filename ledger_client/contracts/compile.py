@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "Beat.sol")
@@ -52,15 +53,22 @@ def compile_source(source_path=SOURCE):
     request = {"language": "Solidity",
                "sources": {"Beat.sol": {"content": source.decode()}},
                "settings": SETTINGS}
-    proc = subprocess.run(["node", SOLCJS, "--standard-json"], input=json.dumps(request),
-                          capture_output=True, text=True, timeout=300, cwd=HERE)
+    # stdout to a file, not a pipe: solcjs exits (process.exit) without draining a pipe, which
+    # cuts its output at the pipe's 64 KiB; a file is written synchronously
+    with tempfile.TemporaryFile("w+b") as out_file:
+        proc = subprocess.run(["node", SOLCJS, "--standard-json"],
+                              input=json.dumps(request).encode(), stdout=out_file,
+                              stderr=subprocess.PIPE, timeout=300, cwd=HERE)
+        out_file.seek(0)
+        stdout = out_file.read().decode()
+    stderr = proc.stderr.decode(errors="replace")
     # solcjs may print notes (">>> Cannot retry compilation with SMT ...") before the JSON
-    text = proc.stdout[proc.stdout.find("{"):] if "{" in proc.stdout else ""
+    text = stdout[stdout.find("{"):] if "{" in stdout else ""
     try:
         out = json.loads(text)
     except ValueError:
         raise CompileError(f"solcjs failed (rc {proc.returncode}): "
-                           f"{(proc.stderr or proc.stdout)[:2000]}")
+                           f"{(stderr or stdout)[:2000]}")
     errors = [e for e in out.get("errors", []) if e.get("severity") == "error"]
     if errors or "contracts" not in out:
         raise CompileError("solc: " + "\n".join(e.get("formattedMessage", str(e)) for e in errors))
