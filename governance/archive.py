@@ -220,8 +220,21 @@ class _ArchivedStub:
         if rpc in Recorder.UNARY:
             return lambda req, **kw: self._take(rpc, req)[0]
         if rpc in Recorder.STREAMS:
-            return lambda req, **kw: iter(self._take(rpc, req))
+            return lambda req, **kw: _Replay(self._take(rpc, req))
         raise AttributeError(rpc)
+
+
+class _Replay:
+    """A recorded stream, as a gRPC call the client can iterate and cancel."""
+
+    def __init__(self, chunks):
+        self._it = iter(chunks)
+
+    def __iter__(self):
+        return self._it
+
+    def cancel(self):
+        self._it = iter(())
 
 
 def _recorded_nonces(answers):

@@ -408,7 +408,7 @@ def coverage_of(cov):
                     threshold_ns=cov.threshold_ns,
                     gaps=tuple((g.from_ns, g.to_ns, g.frames_dropped, g.reason)
                                for g in cov.gaps),
-                    empty=cov.oldest_t_ns == 0)
+                    empty=cov.oldest_t_ns == 0, wrapped=cov.ring_wraps > 0)
 
 
 def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8, topology=None):

@@ -147,7 +147,8 @@ class Coverage:
     ``newest_t_ns`` the newest record of a closed segment (later ones are not answered yet);
     ``anchored_until_t_ns`` every record up to it is in an anchored segment; ``ring_short`` its
     ring covers less than ``threshold_ns``; ``gaps``: ``(from_ns, to_ns, frames, reason)`` where
-    its capture lost frames or stopped."""
+    its capture lost frames or stopped; ``wrapped``: its ring has dropped segments (records
+    before ``oldest_t_ns`` existed and are gone)."""
     oldest_t_ns: int = 0
     newest_t_ns: int = NONE
     anchored_until_t_ns: int = NONE
@@ -155,6 +156,7 @@ class Coverage:
     threshold_ns: int = 0
     gaps: tuple = ()
     empty: bool = False
+    wrapped: bool = False
 
     def missing_intervals(self):
         """The times where this device may have missed packets: outside what its ring holds,
@@ -1162,8 +1164,9 @@ def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
 
 
 def _short(ev, from_ns):
+    """Its ring wrapped past the window's start (it no longer holds what it recorded there)."""
     cov = ev.coverage
-    return cov is not None and (cov.empty or cov.oldest_t_ns > from_ns)
+    return cov is not None and cov.wrapped and (cov.empty or cov.oldest_t_ns > from_ns)
 
 
 def _short_reason(ev, from_ns):

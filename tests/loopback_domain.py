@@ -1,0 +1,160 @@
+"""A BEAT domain on loopback, for the governance's tests without namespaces: every router a real
+store written by the fast path from the frames it would capture, anchored by the Batcher on one
+real ``LocalLedger`` (nodes with their owners, the links, the SLA), and served by a real
+``InterrogationServer`` over mutual TLS on 127.0.0.1. The governance is ``beatctl`` itself
+(``governance.cli.main``), with a configuration file naming every endpoint.
+
+``Domain(tmp, links, owners)``; ``send(path, n, ...)`` writes what every router on ``path`` sees
+of ``n`` packets (the first from outside, the last to outside, unless ``drop_at``), ``start()``
+commits, anchors and serves; ``beatctl(*argv)`` runs the governance's command line.
+"""
+import contextlib
+import io
+import os
+import struct
+import time
+
+import fastpath
+from beatd import certs
+from beatd.interrogation import InterrogationServer
+from beatd.store import Store
+from ledger_client.batcher import Batcher
+from ledger_client.keys import DeviceKey
+from ledger_client.local import LocalLedger
+from ledger_client.types import SLA, Node
+
+H = "sha3-256"
+SEG = 64
+HOP_NS = 200_000                 # 0.2 ms per hop
+STEP_NS = 1_000_000              # 1 ms between packets
+SRC_IP, DST_IP = bytes([10, 1, 0, 1]), bytes([10, 2, 0, 1])
+V4 = bytes(10) + b"\xff\xff"
+HOST_MAC = bytes.fromhex("02aa000000ff")
+
+
+def mac(node):
+    return bytes.fromhex("02be0000") + node.to_bytes(2, "big")
+
+
+def packet(i, tag):
+    payload = struct.pack(">QI", i, tag) + b"beat-loopback"
+    udp = struct.pack(">HHHH", 4000, 5000, 8 + len(payload), 0) + payload
+    return struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0,
+                       SRC_IP, DST_IP) + udp
+
+
+class Domain:
+    def __init__(self, tmp, links, owners=None, route=(1, 2, 3)):
+        self.tmp = tmp
+        self.links = [tuple(lk) for lk in links]
+        self.nodes = sorted({n for lk in self.links for n in lk})
+        self.neighbours = {n: set() for n in self.nodes}
+        for a, b in self.links:
+            self.neighbours[a].add(b)
+            self.neighbours[b].add(a)
+        self.owners = owners or {n: f"operator-{n}" for n in self.nodes}
+        self.route = tuple(route)
+        self.frames = {n: [] for n in self.nodes}       # (t_ns, frame bytes)
+        self.t0 = time.time_ns() - 30 * 10**9
+        self.t = self.t0
+        self.pki = tmp / "pki"
+        certs.make_ca(self.pki)
+        certs.make_governance(self.pki, self.pki)
+        for n in self.nodes:
+            certs.make_device(self.pki, self.pki, n, ips=["127.0.0.1"])
+        self.gov = DeviceKey.generate()
+        self.gov_path = tmp / "governance.key"
+        self.gov.save(str(self.gov_path))
+        self.keys = {n: DeviceKey.generate() for n in self.nodes}
+        self.ledger_path = str(tmp / "ledger.mdb")
+        self.servers = {}
+        self.stores = {}
+
+    def send(self, path, n, tag=1, drop_at=None):
+        """``n`` packets along ``path``; returns ``(first t_ns, last t_ns)`` of their entry."""
+        first = self.t
+        for i in range(n):
+            pkt = packet(self.t // STEP_NS, tag)
+            for k, x in enumerate(path):
+                t_in = self.t + k * HOP_NS
+                prev_mac = mac(path[k - 1]) if k else HOST_MAC
+                self.frames[x].append((t_in, mac(x) + prev_mac + b"\x08\x00" + pkt))
+                if x == drop_at:
+                    break
+                next_mac = mac(path[k + 1]) if k + 1 < len(path) else HOST_MAC
+                self.frames[x].append((t_in + HOP_NS // 4,
+                                       next_mac + mac(x) + b"\x08\x00" + pkt))
+            self.t += STEP_NS
+        return first, self.t - STEP_NS
+
+    def start(self):
+        led = LocalLedger(self.ledger_path, hash_name=H, governance_pubkey=self.gov.public)
+        for n in self.nodes:
+            led.register_node(Node(n, self.owners[n], self.keys[n].public), signer=self.gov)
+        for a, b in self.links:
+            led.register_link(a, b, signer=self.gov)
+        led.register_sla(SLA(1, "tenant", V4 + SRC_IP, V4 + DST_IP, self.route),
+                         signer=self.gov)
+        end = self.t + 10 * STEP_NS
+        for n in self.nodes:
+            store = Store(self.tmp / f"store-{n}", n, H, 64 << 20)
+            pipe = fastpath.Pipeline(n, hash_name=H, own_macs=[mac(n)],
+                                     neighbours={mac(m): m for m in self.neighbours[n]},
+                                     segment_records=SEG, join_window_ns=HOP_NS)
+            pipe.resume(**store.resume_state())
+            blob, desc, off = [], [], 0
+            for t, f in sorted(self.frames[n]):
+                blob.append(f)
+                desc.append(fastpath.pack_desc(t, off, len(f), len(f), 1, 0))
+                off += len(f)
+            pipe.feed(b"".join(blob), b"".join(desc))
+            pipe.advance(end)
+            store.commit(pipe.take())
+            pipe.flush()
+            store.commit(pipe.take())
+            b = Batcher(store, led, n, H, self.keys[n], 1.0)
+            while b.build() is not None:
+                pass
+            b.submit()
+            self.stores[n] = store
+            self.servers[n] = InterrogationServer(
+                store, self.keys[n], ca=self.pki / "ca.crt", cert=self.pki / f"device-{n}.crt",
+                private_key=self.pki / f"device-{n}.key", listen="127.0.0.1:0",
+                threshold_ns=3600 * 10**9).start()
+        led.close()
+        self.config = self.tmp / "governance.toml"
+        self.config.write_text(
+            f'[interrogation]\nca = "{self.pki}/ca.crt"\ncert = "{self.pki}/governance.crt"\n'
+            f'key = "{self.pki}/governance.key"\ntimeout_s = 20\nretry_s = 2\n'
+            + "".join(f'[[endpoints]]\nnode_id = {n}\naddress = "127.0.0.1:{s.port}"\n'
+                      f'name = "r{n}"\n' for n, s in self.servers.items()))
+        return self
+
+    def stop(self):
+        for s in self.servers.values():
+            s.stop(0)
+        for s in self.stores.values():
+            s.close()
+
+    def ledger(self):
+        return LocalLedger(self.ledger_path, hash_name=H)
+
+    def beatctl(self, *argv, key=True):
+        """``(exit code, stdout, stderr)`` of ``beatctl --ledger local:... [--key ...] ARGV``."""
+        from governance import cli
+        out, err = io.StringIO(), io.StringIO()
+        head = ["--ledger", f"local:{self.ledger_path}"]
+        if key:
+            head += ["--key", str(self.gov_path)]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(head + [str(a) for a in argv])
+        return code, out.getvalue(), err.getvalue()
+
+    def interrogate(self, lo, hi, *more):
+        return self.beatctl("interrogate", "--sla", 1, "--from", lo, "--to", hi, "--config",
+                            self.config, *more)
+
+
+def files(path):
+    return sorted(os.path.relpath(os.path.join(d, f), path)
+                  for d, _, fs in os.walk(path) for f in fs)
