@@ -285,6 +285,8 @@ class Daemon:
         if prev is None:                # a store written before capture gaps: its newest record
             st = self.store.ring_status(now, self.cfg.threshold_ns)
             prev = st.get("newest_t_ns") or None
+        if prev is None:                # a new store: nothing was captured before this start
+            prev = 0
         gaps = []
         if prev is not None and prev < now:
             gaps.append((prev, now, 0, GAP_CAPTURE_STOPPED, ""))

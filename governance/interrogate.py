@@ -375,6 +375,7 @@ def _ask(node_id, ledger, cfg, hash_name, sla, ft, from_ns, to_ns, anchors):
     recording = []
 
     def fetch():
+        info["attempts"] += 1
         with InterrogationClient(addr, cfg.ca, cfg.cert, cfg.key, hash_name, node_id,
                                  node.pubkey, timeout=cfg.timeout_s) as client:
             recording[:] = [client.record()]
@@ -383,11 +384,7 @@ def _ask(node_id, ledger, cfg, hash_name, sla, ft, from_ns, to_ns, anchors):
 
     t0 = time.monotonic()
 
-    def attempts():
-        out, info["attempts"] = _with_retry(fetch, cfg.retry_s)
-        return out
-
-    got, failed = _classified(node_id, attempts)
+    got, failed = _classified(node_id, lambda: _with_retry(fetch, cfg.retry_s)[0])
     answers = recording[0].answers if recording else []
     if failed is not None:
         return failed, info, answers
@@ -397,14 +394,18 @@ def _ask(node_id, ledger, cfg, hash_name, sla, ft, from_ns, to_ns, anchors):
 
 def coverage_of(cov):
     """The judgement's ``Coverage`` from a device's signed coverage (``beat_rpc.evidence``):
-    what it holds (the open segment's records are in no answer), its capture gaps."""
+    what it holds and its capture gaps. It answered every record it made up to the open
+    segment's first one, or, with no open segment, up to the time of its answer (``t_ns``, the
+    coverage chunk's clock); every one of them is anchored when every closed segment is and none
+    is open."""
     if cov is None:
         return None
-    newest = cov.newest_t_ns
-    if cov.open_first_t_ns:
-        newest = min(newest, cov.open_first_t_ns - 1)
-    return Coverage(oldest_t_ns=cov.oldest_t_ns, newest_t_ns=newest,
-                    anchored_until_t_ns=cov.anchored_until_t_ns, ring_short=cov.ring_short,
+    held = cov.open_first_t_ns - 1 if cov.open_first_t_ns else max(cov.newest_t_ns, cov.t_ns)
+    anchored = cov.anchored_until_t_ns
+    if cov.anchored_segments >= cov.next_seg_seq and not cov.open_first_t_ns:
+        anchored = held
+    return Coverage(oldest_t_ns=cov.oldest_t_ns, newest_t_ns=held,
+                    anchored_until_t_ns=min(anchored, held), ring_short=cov.ring_short,
                     threshold_ns=cov.threshold_ns,
                     gaps=tuple((g.from_ns, g.to_ns, g.frames_dropped, g.reason)
                                for g in cov.gaps),

@@ -159,12 +159,13 @@ class Coverage:
     wrapped: bool = False
 
     def missing_intervals(self):
-        """The times where this device may have missed packets: outside what its ring holds,
-        after its newest closed record, and its capture gaps (inclusive ``(lo, hi)`` pairs)."""
-        if self.empty:
-            return [(0, NONE)]
+        """The times where this device may have missed packets or lacks records: its capture
+        gaps (a store's first start is a gap from 0), before its oldest record once its ring
+        has wrapped, after its newest closed record (inclusive ``(lo, hi)`` pairs)."""
         out = [(lo, hi) for lo, hi, *_ in self.gaps]
-        if self.oldest_t_ns > 0:
+        if self.empty:
+            return out + ([(0, NONE)] if self.wrapped else [])
+        if self.oldest_t_ns > 0 and self.wrapped:
             out.append((0, self.oldest_t_ns - 1))
         if self.newest_t_ns < NONE:
             out.append((self.newest_t_ns + 1, NONE))

@@ -48,12 +48,10 @@ def _missing(ev):
     gaps, ivs = [], []
     cov = ev.coverage
     if cov is not None:
-        if cov.empty:
-            ivs.append((0, NONE))
         gaps = [(g[0], g[1]) for g in cov.gaps]
-        if cov.oldest_t_ns > 0:
-            ivs.append((0, cov.oldest_t_ns - 1))
-        if cov.newest_t_ns < NONE:
+        if cov.wrapped and (cov.empty or cov.oldest_t_ns > 0):
+            ivs.append((0, NONE if cov.empty else cov.oldest_t_ns - 1))
+        if not cov.empty and cov.newest_t_ns < NONE:
             ivs.append((cov.newest_t_ns + 1, NONE))
         if cov.anchored_until_t_ns < NONE:
             ivs.append((cov.anchored_until_t_ns + 1, NONE))

@@ -65,11 +65,14 @@ def test_kernel_drops_and_a_restart_become_gaps(tmp_path):
     try:
         started = d._capture_started_ns
         st = request(str(sock), timeout=SLOW_S)
-        assert st["capture_gaps"] == {"count": 0, "last": None}      # a fresh store: none
+        # a fresh store: nothing was captured before this first start
+        assert st["capture_gaps"] == {"count": 1, "last": {
+            "from_ns": 0, "to_ns": started, "frames_dropped": 0, "reason": "capture stopped",
+            "interface": ""}}
         sources[0].push([udp_frame(PEER, OWN, i, 1) for i in range(10)])
         t_before = time.time_ns()
         sources[0].drops = 5                      # the kernel dropped 5 frames
-        wait_for(lambda: request(str(sock))["capture_gaps"]["count"] == 1, timeout=SLOW_S,
+        wait_for(lambda: request(str(sock))["capture_gaps"]["count"] == 2, timeout=SLOW_S,
                  what="the kernel drops' gap in the status")
         sources[0].drops = 12                     # 7 more, a snapshot or more later
         wait_for(lambda: request(str(sock))["capture_gaps"]["last"]["frames_dropped"] in (7, 12),
@@ -82,6 +85,8 @@ def test_kernel_drops_and_a_restart_become_gaps(tmp_path):
     ended = d._capture_ended_ns
     gaps, alive = gaps_of(store)
     assert alive == ended
+    assert gaps[0] == (0, started, 0, GAP_CAPTURE_STOPPED, "")
+    gaps = gaps[1:]
     assert sum(g[2] for g in gaps) == 12 and {g[3:] for g in gaps} == {(GAP_KERNEL_DROPS,
                                                                         "stand0")}
     # every gap spans the snapshot interval where its drops were counted: after the start,
@@ -96,7 +101,7 @@ def test_kernel_drops_and_a_restart_become_gaps(tmp_path):
     try:
         restarted = d2._capture_started_ns
         st = request(str(sock), timeout=SLOW_S)
-        assert st["capture_gaps"]["count"] == len(gaps) + 1
+        assert st["capture_gaps"]["count"] == len(gaps) + 2
         assert st["capture_gaps"]["last"] == {"from_ns": ended, "to_ns": restarted,
                                               "frames_dropped": 0, "reason": "capture stopped",
                                               "interface": ""}
@@ -185,7 +190,9 @@ def test_a_flooded_small_ring_drops_and_says_so(tmp_path, netns_pair):
     drops = [g for g in gaps if g[3] == GAP_KERNEL_DROPS]
     assert drops and sum(g[2] for g in drops) >= seen_drops > 0
     assert all(t_start - 30 * 10**9 < g[0] < g[1] <= alive <= t_stop for g in drops)
-    assert not [g for g in gaps if g[3] == GAP_CAPTURE_STOPPED]
+    # the only "capture stopped" gap is the new store's: before its first start
+    first = [g for g in gaps if g[3] == GAP_CAPTURE_STOPPED]
+    assert len(first) == 1 and first[0][0] == 0 and first[0][1] <= t_start
 
     # a restart: the time the daemon was not running is a gap too
     time.sleep(0.5)
@@ -203,7 +210,7 @@ def test_a_flooded_small_ring_drops_and_says_so(tmp_path, netns_pair):
             proc.kill()
             proc.wait()
     gaps2, _ = gaps_of(store)
-    stopped = [g for g in gaps2 if g[3] == GAP_CAPTURE_STOPPED]
+    stopped = [g for g in gaps2 if g[3] == GAP_CAPTURE_STOPPED and g[0] > 0]
     assert len(stopped) == 1 and stopped[0][0] == alive and stopped[0][1] - alive >= 0.5e9
     assert [g for g in gaps2 if g[3] == GAP_KERNEL_DROPS] == drops or \
         sum(g[2] for g in gaps2 if g[3] == GAP_KERNEL_DROPS) >= sum(g[2] for g in drops)

@@ -523,7 +523,8 @@ def test_window_edges_judge_first_observations_only(offsets):
     margin = {1: 5 * GAP, 2: 20 * GAP, 3: 0}
     ev = {n: NodeEvidence(n, records=lab.packed(n, lambda r, n=n: lo - margin[n] <= r[0]
                                                 <= hi + margin[n]),
-                          coverage=Coverage(lo - margin[n], hi + margin[n])) for n in ROUTE}
+                          coverage=Coverage(lo - margin[n], hi + margin[n], wrapped=True))
+          for n in ROUTE}
     j = judge(sla(), lo, hi, ev)
     assert j.packets == 100                      # 51..150: 50 is first seen 1 ns too early
     assert j.devices[2].counts["dropped"] == 2   # 51 and 150, not 49 nor 151

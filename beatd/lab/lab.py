@@ -158,7 +158,8 @@ class Lab:
         lines = [f"# written by `beatd lab up` ({self.topology_path})", "[interrogation]",
                  f"ca = {_toml_str(os.path.join(ca, 'ca.crt'))}",
                  f"cert = {_toml_str(os.path.join(gov, 'governance.crt'))}",
-                 f"key = {_toml_str(os.path.join(gov, 'governance.key'))}"]
+                 f"key = {_toml_str(os.path.join(gov, 'governance.key'))}",
+                 "retry_s = 5.0                 # a lab router that does not answer: not judged"]
         for r in self.topo.routers:
             lines += ["", "[[endpoints]]", f"node_id = {r.node_id}",
                       f"address = {_toml_str(self.grpc_endpoint(r.name))}",
