@@ -49,6 +49,12 @@ def _parser():
     # frames into the pipeline as if captured (`test-inject PATH`). Hidden, off by default, not in
     # the configuration schema; the daemon logs a warning when it is on.
     d.add_argument("--testing-allow-inject", action="store_true", help=argparse.SUPPRESS)
+    # TEST ONLY (the lab's attack scenarios): the daemon lies in its own proof records before it
+    # commits and anchors them (beatd.testing_lies: next=OLD:NEW, prev=OLD:NEW, self,
+    # withhold=FT_HEX; repeatable). Hidden, off by default, refused in the configuration file;
+    # the daemon logs a warning when it is on.
+    d.add_argument("--testing-lie", action="append", default=[], metavar="SPEC",
+                   help=argparse.SUPPRESS)
 
     s = sub.add_parser("status", help="state of the running daemon (over its control socket)")
     g = s.add_mutually_exclusive_group()
@@ -161,9 +167,17 @@ def _run(args):
         cfg = load(args.config)
     except ConfigError as exc:
         return _fail(str(exc))
+    if args.testing_lie:
+        from .testing_lies import parse_lie
+        try:
+            for spec in args.testing_lie:
+                parse_lie(spec)
+        except ValueError as exc:
+            return _fail(str(exc))
     log = logs.setup(args.log_format or cfg.log_format)
     daemon = Daemon(cfg, config_path=os.path.abspath(args.config),
-                    testing_allow_inject=args.testing_allow_inject)
+                    testing_allow_inject=args.testing_allow_inject,
+                    testing_lies=args.testing_lie)
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
@@ -263,6 +277,12 @@ def format_status(st):
         lines.append(f"  interrogate  port {it.get('port')}: {it.get('active_streams', 0)} "
                      f"answers running, {it.get('answers', 0)} given"
                      + (f", refused: {refused}" if refused else ""))
+    ts = st.get("testing")
+    if ts:
+        lines.append("  TESTING      " + ", ".join(
+            (["test-inject allowed"] if ts.get("allow_inject") else []) +
+            [f"lies {' '.join(ts['lies'])} ({ts.get('records_rewritten', 0)} records rewritten, "
+             f"{ts.get('records_withheld', 0)} withheld)"] * bool(ts.get("lies"))))
     if st.get("failure"):
         lines.append(f"  FAILURE      {st['failure']}")
     return "\n".join(lines)

@@ -289,6 +289,13 @@ def _table(raw, defaults, prefix):
     """Merge a TOML table over its defaults, naming any key that is not known."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.')}: {_show(raw)} is not a table")
+    testing = sorted(k for k in raw if str(k).replace("-", "_").lower().startswith("testing"))
+    if testing:
+        # the test-only switches (beatd run --testing-allow-inject, --testing-lie) exist on the
+        # command line alone: no configuration file can turn one on
+        raise ConfigError(f"{prefix}{testing[0]}: the testing switches (--testing-allow-inject, "
+                          "--testing-lie) are TEST ONLY: command line only, never in a "
+                          "configuration file")
     unknown = sorted(set(raw) - set(defaults))
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(defaults))})")

@@ -136,10 +136,20 @@ def _empty(out):
 
 
 class Daemon:
-    def __init__(self, config, config_path=None, source_factory=None, testing_allow_inject=False):
+    def __init__(self, config, config_path=None, source_factory=None, testing_allow_inject=False,
+                 testing_lies=()):
         self.cfg = config
         # TEST ONLY: `beatd run --testing-allow-inject` (see inject_capture)
         self.testing_allow_inject = bool(testing_allow_inject)
+        # TEST ONLY: `beatd run --testing-lie SPEC` (beatd.testing_lies): the records are
+        # rewritten (S recomputed) before they are committed
+        self.testing_lies = None
+        if testing_lies:
+            from .testing_lies import Lies
+            try:
+                self.testing_lies = Lies(testing_lies, config.node_id, config.hash)
+            except ValueError as exc:
+                raise DaemonError(str(exc)) from None
         self.config_path = config_path
         self.source_factory = source_factory or ring_sources
         self.failure = None             # why the daemon stopped on its own (exit code 1)
@@ -256,6 +266,11 @@ class Daemon:
             if self.testing_allow_inject:
                 event(log, logging.WARNING, "TESTING: the control socket accepts test-inject: "
                       "frames from files enter the proofs as if captured; never in production")
+
+        if self.testing_lies is not None:
+            event(log, logging.WARNING, "TESTING: this daemon lies in its proof records (rewritten "
+                  "before they are committed and anchored); never in production",
+                  lies=self.testing_lies.specs)
 
         self.started = time.time()
         self._committer = threading.Thread(target=self._commit_loop, name="beatd-commit",
@@ -659,6 +674,8 @@ class Daemon:
             lag_ns = (self.cfg.block_timeout_ms + self.cfg.commit_interval_ms) * 1_000_000
             self.pipeline.advance(max(0, time.time_ns() - lag_ns))
             out = self.pipeline.take()
+            if self.testing_lies is not None:       # TEST ONLY (--testing-lie)
+                self.testing_lies.apply(out)
             if not _empty(out):
                 t0 = time.perf_counter()
                 self.store.commit(out)
@@ -890,6 +907,9 @@ class Daemon:
             "interrogation": (self.interrogation.stats() if self.interrogation is not None
                               else None),
             "failure": self.failure,
+            "testing": ({"allow_inject": self.testing_allow_inject,
+                         **(self.testing_lies.status() if self.testing_lies else {"lies": []})}
+                        if self.testing_allow_inject or self.testing_lies else None),
         }
 
 
