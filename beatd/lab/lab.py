@@ -101,6 +101,12 @@ class Lab:
         self._devnode = None
         # TEST ONLY: routers whose beatd runs with --testing-allow-inject (misbehaviour scenarios)
         self.testing_inject = set()
+        # TEST ONLY: {router: [SPEC, ...]}: its beatd runs with --testing-lie SPEC ... (it lies in
+        # its own records: beatd/testing_lies.py); applied at the daemon's (re)start
+        self.testing_lies = {}
+        # {router: ring size}: that router's store.ring_size instead of ``ring_size`` (written
+        # into its config by write_configs / restart_daemon)
+        self.ring_sizes = {}
 
     # ------------------------------------------------------------------ paths and state
     @property
@@ -345,7 +351,7 @@ class Lab:
         return self.net_ledger_argv(argv) if self.ledger == "ethereum" else argv
 
     def interrogate_argv(self, from_ns, to_ns, json_path=None, svg_path=None, record=True,
-                         dispute=None):
+                         dispute=None, f=None):
         """``beatctl interrogate`` for the lab's SLA, run in the management namespace (where the
         routers' Interrogation services are reachable), as the governance."""
         key = (self.governance_eth_path if self.ledger == "ethereum" else
@@ -361,18 +367,21 @@ class Lab:
             argv += ["--svg", svg_path]
         if dispute is not None:
             argv += ["--dispute", str(dispute)]
+        if f is not None:
+            argv += ["--f", str(f)]
         if not record:
             argv.append("--no-record")
         return self.net_ledger_argv(argv)
 
     def interrogate(self, from_ns, to_ns, json_path=None, svg_path=None, record=True,
-                    dispute=None, timeout=300):
-        """Run ``beatctl interrogate`` (see ``interrogate_argv``): the CompletedProcess."""
+                    dispute=None, timeout=300, f=None):
+        """Run ``beatctl interrogate`` (see ``interrogate_argv``; ``f``: its ``--f``, how many
+        owners may lie together): the CompletedProcess."""
         if self.ledger_spec is None:
             raise LabError("the lab runs without a ledger (--ledger none): nothing to interrogate "
                            "against")
         return subprocess.run(self.interrogate_argv(from_ns, to_ns, json_path, svg_path, record,
-                                                    dispute),
+                                                    dispute, f),
                               capture_output=True, text=True, cwd=REPO, env=self._env(),
                               timeout=timeout)
 
@@ -492,7 +501,8 @@ class Lab:
             lines += ["", "[[neighbours]]", f"node_id = {nid}", f"mac = {_toml_str(mac)}",
                       f"ip = {_toml_str(ip)}"]
         lines += ["", "[store]", f"path = {_toml_str(os.path.join(d, 'store'))}",
-                  f"ring_size = {_toml_str(self.ring_size)}", 'sync = "periodic"']
+                  f"ring_size = {_toml_str(self.ring_sizes.get(router, self.ring_size))}",
+                  'sync = "periodic"']
         # segments close at least once per anchor period: the lab anchors every second, so its
         # segments must close every second too (the governance parameter, set by the lab here)
         lines += ["", "[governance]", f"anchor_period_s = {LAB_ANCHOR_PERIOD_S}"]
@@ -532,18 +542,18 @@ class Lab:
                       f"anchor_period_s = {LAB_ANCHOR_PERIOD_S}"]
         return "\n".join(lines) + "\n"
 
-    def write_configs(self):
+    def write_configs(self, routers=None):
         from beatd import config as beatd_config
 
-        for r in self.topo.routers:
-            os.makedirs(self.router_dir(r.name), exist_ok=True)
-            text = self.daemon_config(r.name)
-            with open(self.config_path(r.name), "w") as f:
+        for name in routers or [r.name for r in self.topo.routers]:
+            os.makedirs(self.router_dir(name), exist_ok=True)
+            text = self.daemon_config(name)
+            with open(self.config_path(name), "w") as f:
                 f.write(text)
             try:
-                beatd_config.load(self.config_path(r.name))
+                beatd_config.load(self.config_path(name))
             except beatd_config.ConfigError as exc:
-                raise LabError(f"the beatd config written for {r.name} is rejected: {exc}") from None
+                raise LabError(f"the beatd config written for {name} is rejected: {exc}") from None
 
     # ------------------------------------------------------------------ daemons
     def _beatd(self, *args):
@@ -560,6 +570,8 @@ class Lab:
     def start_daemon(self, router):
         log = open(self.log_path(router), "ab")
         extra = ["--testing-allow-inject"] if router in self.testing_inject else []
+        for spec in self.testing_lies.get(router, ()):
+            extra += ["--testing-lie", spec]
         argv = self.net.exec_argv(router, self._beatd("run", "--config", self.config_path(router),
                                                       *extra))
         env = self._env()
@@ -569,6 +581,43 @@ class Lab:
         self._procs[router] = proc
         self._set_pid(router, proc.pid)
         return proc
+
+    def stop_daemon(self, router, timeout=10.0):
+        """SIGTERM ``router``'s daemon (it flushes, commits and makes its last anchor attempt),
+        wait, SIGKILL it if late. Returns its exit code, "killed", or None when none ran."""
+        pid = self._read_state().get("daemons", {}).get(router)
+        proc = self._procs.pop(router, None)
+        if proc is None and not pid:
+            return None
+        pid = pid or proc.pid
+        if _pid_alive(pid) and "beatd" in _cmdline(pid):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (proc.poll() is not None) if proc is not None else not _pid_alive(pid):
+                break
+            time.sleep(0.05)
+        result = proc.returncode if proc is not None else "exited"
+        if (proc.poll() is None) if proc is not None else _pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if proc is not None:
+                proc.wait(5)
+            result = "killed"
+        self._set_pid(router, None)
+        return result
+
+    def restart_daemon(self, router, timeout=30.0):
+        """Stop ``router``'s daemon, write its config again (``ring_sizes``), start it with the
+        switches it has now (``testing_lies``, ``testing_inject``) and wait until it captures.
+        Returns the stopped daemon's exit code (see ``stop_daemon``)."""
+        code = self.stop_daemon(router)
+        self.write_configs([router])
+        self.start_daemon(router)
+        self.wait_capturing(router, timeout)
+        return code
 
     def inject(self, router, pcap_path, timeout=30.0):
         """TEST ONLY: feed ``pcap_path``'s frames into ``router``'s proofs as if captured (its
