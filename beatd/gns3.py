@@ -289,6 +289,9 @@ def plan(topology=None, name=None, secrets=None):
         f"{sec['routers'][r.name]['public']},{sec['routers'][r.name]['account']}"
         for r in topo.routers)
     agreed_ids = "-".join(str(topo.node(r).node_id) for r in topo.agreed)
+    owners = topo.owners()
+    owners_spec = " ".join(f"{r.node_id}={owners[r.name]}" for r in topo.routers)
+    links_spec = " ".join(f"{a}-{b}" for a, b in topo.router_link_ids())
     sla = (f"id={lab_mod.LAB_SLA_ID} tenant=lab-tenant src={topo.host_addr(topo.src)} "
            f"dst={topo.host_addr(topo.dst)} route={agreed_ids} "
            f"max_loss_ppm={lab_mod.LAB_LOSS_BUDGET_PPM} max_delay_us={lab_mod.LAB_MAX_DELAY_US} "
@@ -297,7 +300,8 @@ def plan(topology=None, name=None, secrets=None):
     gov_env = {"BEAT_ROLE": "governance", "BEAT_ETH_COUNT": str(len(topo.routers)),
                "BEAT_MGMT_IFACES": gov_ifaces, "BEAT_CHAIN_ADDRESS": chain_ip,
                "BEAT_CHAIN_PORT": str(CHAIN_PORT), "BEAT_CONTRACT": contract,
-               "BEAT_NODES": nodes_spec, "BEAT_SLA": sla,
+               "BEAT_NODES": nodes_spec, "BEAT_SLA": sla, "BEAT_OWNERS": owners_spec,
+               "BEAT_LINKS": links_spec,
                "BEAT_GOVERNANCE_CA": _b64(sec["ca"]), "BEAT_GOV_CERT": _b64(g["cert"]),
                "BEAT_GOV_KEY": _b64(g["key"]), "BEAT_GOV_ETH_KEY": g["eth_key"]}
     nodes.append(PlanNode(GOVERNANCE_NAME, "governance", GOVERNANCE_IMAGE, len(topo.routers),

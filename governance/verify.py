@@ -122,13 +122,24 @@ class ReceiptsCheck:
 class AnchorCache:
     """``ledger.get_anchor`` once per ``(node_id, batch_seq)``, for one interrogation. An anchor the
     ledger does not have is remembered as missing too (it stays UNANCHORED for this judgement).
-    Safe to share between threads: at worst two threads read the same anchor once each."""
+    A ``batch_seq`` at or beyond the node's ``next_batch_seq`` on the ledger (read once per node)
+    is missing without a read: a device cannot make the governance read the ledger once per
+    invented batch. Safe to share between threads: at worst two threads read the same anchor
+    once each."""
 
     def __init__(self, ledger):
         self.ledger = ledger
         self.hash_name = getattr(ledger, "hash_name", None)
         self._anchors = {}
+        self._next = {}
         self.reads = 0
+
+    def _next_batch_seq(self, node_id):
+        n = self._next.get(node_id)
+        if n is None:
+            get = getattr(self.ledger, "next_batch_seq", None)
+            n = self._next[node_id] = get(node_id) if get is not None else NONE
+        return n
 
     def get(self, node_id, batch_seq):
         key = (node_id, batch_seq)
@@ -136,6 +147,8 @@ class AnchorCache:
             return self._anchors[key]
         except KeyError:
             pass
+        if batch_seq >= self._next_batch_seq(node_id):
+            return None
         self.reads += 1
         try:
             a = self.ledger.get_anchor(node_id, batch_seq)

@@ -70,6 +70,10 @@ def test_governance_sets_up_the_ledger(tmp_path):
         for nid, (name, _, endpoint, pub, acct) in nodes.items():
             n = led.get_node(int(nid))
             assert n.pubkey.hex() == pub and "0x" + n.account.hex() == acct
+            assert n.owner == f"operator-{name}"          # every router its own owner
+        # the topology the judgement trusts: the paper's router links, on the chain
+        assert led.links() == [(1, 2), (1, 4), (2, 3), (3, 4)]
+        assert "registered 4 links" in out
         sla = led.get_sla(1)
         assert sla.route == (1, 2, 3)
         from web3 import Web3
@@ -101,3 +105,11 @@ def test_governance_bad_environment(tmp_path):
                        timeout=60)
     assert p.returncode == 2
     assert "BEAT_NODES: 'r1,1,x' is not NAME,NODE_ID,HOST:PORT,PUBKEY,ACCOUNT" in p.stderr
+    for var, value, message in (
+            ("BEAT_LINKS", "1-9", "BEAT_LINKS: '1-9' is not A-B, two node ids of BEAT_NODES"),
+            ("BEAT_LINKS", "2-2", "BEAT_LINKS: '2-2' is not A-B"),
+            ("BEAT_OWNERS", "7=x", "BEAT_OWNERS: '7=x' is not NODE_ID=OWNER")):
+        env = box.env(dict(plan.node("gov").env, **{var: value}))
+        p = subprocess.run([sys.executable, ENTRYPOINT], env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 2 and message in p.stderr, (var, p.stderr)

@@ -196,7 +196,35 @@ def test_anchor_not_on_the_ledger_is_unanchored(led, device):
     assert [p.kind for p in out.problems] == [UNANCHORED]
     assert "anchor (node 1, batch 5) is not on the ledger" in out.problems[0].reason
     assert out.unproven == s.records and out.records == segs[1].records
-    assert anchors.reads == 2                       # batches 5 and 0, each once
+    # batch 5 is beyond the node's anchors on the ledger: no read; batch 0 read once
+    assert anchors.reads == 1
+
+
+def test_invented_batch_seqs_cost_no_ledger_reads(led, device):
+    """A device that names a thousand batches it never anchored makes the governance read the
+    ledger once (its next batch_seq), not once per batch."""
+    segs, _ = device
+    calls = []
+
+    class Counting:
+        hash_name = led.hash_name
+
+        def next_batch_seq(self, node_id):
+            calls.append(("next", node_id))
+            return led.next_batch_seq(node_id)
+
+        def get_anchor(self, node_id, batch_seq):
+            calls.append(("get", batch_seq))
+            return led.get_anchor(node_id, batch_seq)
+
+    anchors = AnchorCache(Counting())
+    lies = [dataclasses.replace(
+        segs[0], seg_seq=100 + k,
+        S=fastpath.segment_value(led.hash_name, 1, 100 + k, segs[0].records),
+        anchor=dataclasses.replace(segs[0].anchor, batch_seq=1000 + k)) for k in range(1000)]
+    out = verify_segments(1, led.hash_name, lies, led, anchors)
+    assert len(out.problems) == 1000 and {p.kind for p in out.problems} == {UNANCHORED}
+    assert calls == [("next", 1)]
 
 
 def test_hash_must_be_the_ledgers(led, device):

@@ -23,6 +23,8 @@ Environment (``beatd gns3 project`` writes it):
 | ``BEAT_CHAIN_ADDRESS``, ``BEAT_CHAIN_PORT`` | where the chain listens (a /32 on ``lo``; 8545) |
 | ``BEAT_CONTRACT`` | the contract's address (checked after the deploy) |
 | ``BEAT_NODES`` | ``r1,1,10.199.1.2:9478,PUBKEY,ACCOUNT r2,...``: name, node id, endpoint, Ed25519 public key (hex), account |
+| ``BEAT_OWNERS`` | ``1=operator-r1 2=operator-r2 ...``: each router's owner (default ``operator-NAME``) |
+| ``BEAT_LINKS`` | ``1-2 2-3 ...``: the router-router links, registered on the ledger (the topology the judgement trusts) |
 | ``BEAT_SLA`` | ``id=1 tenant=T src=IP dst=IP route=1-2-3 max_loss_ppm=.. max_delay_us=.. loss_budget_ppm=.. penalty=..`` |
 | ``BEAT_GOVERNANCE_CA``, ``BEAT_GOV_CERT``, ``BEAT_GOV_KEY`` | PEM in base64: the CA, the governance's client certificate and key |
 | ``BEAT_GOV_ETH_KEY`` | the governance's Ethereum account key (hex) |
@@ -69,6 +71,20 @@ def parse():
                       "account": f[4]})
     if not nodes:
         raise ConfigError("BEAT_NODES: missing")
+    ids = {n["node_id"] for n in nodes}
+    owners = {n["node_id"]: f"operator-{n['name']}" for n in nodes}
+    for rec in (env("BEAT_OWNERS", "") or "").split():
+        k, sep, v = rec.partition("=")
+        if not sep or not k.isdigit() or int(k) not in ids or not v:
+            raise ConfigError(f"BEAT_OWNERS: {rec!r} is not NODE_ID=OWNER of a node of BEAT_NODES")
+        owners[int(k)] = v
+    links = []
+    for rec in (env("BEAT_LINKS", "") or "").split():
+        a, sep, b = rec.partition("-")
+        if not sep or not a.isdigit() or not b.isdigit() or int(a) not in ids or \
+                int(b) not in ids or a == b:
+            raise ConfigError(f"BEAT_LINKS: {rec!r} is not A-B, two node ids of BEAT_NODES")
+        links.append((int(a), int(b)))
     sla = {}
     for kv in (env("BEAT_SLA", "") or "").split():
         k, sep, v = kv.partition("=")
@@ -87,7 +103,8 @@ def parse():
     chain = env("BEAT_CHAIN_ADDRESS")
     if not chain:
         raise ConfigError("BEAT_CHAIN_ADDRESS: missing")
-    return {"ifaces": ifaces, "nodes": nodes, "sla": sla, "eth_key": key, "contract": contract,
+    return {"ifaces": ifaces, "nodes": nodes, "owners": owners, "links": links, "sla": sla,
+            "eth_key": key, "contract": contract,
             "chain": chain, "port": int(env("BEAT_CHAIN_PORT", "8545")),
             "hash": env("BEAT_HASH", "sha3-256"), "ca": rt._pem("BEAT_GOVERNANCE_CA", True),
             "cert": rt._pem("BEAT_GOV_CERT", True), "key": rt._pem("BEAT_GOV_KEY", True),
@@ -157,9 +174,14 @@ def setup_ledger(cfg, url, gov):
                              f"{cfg['contract']} (the routers anchor there): was this account "
                              "used on this chain before?")
     for n in cfg["nodes"]:
-        led.register_node(Node(n["node_id"], "gns3-lab", bytes.fromhex(n["pubkey"]),
+        owner = cfg.get("owners", {}).get(n["node_id"], f"operator-{n['name']}")
+        led.register_node(Node(n["node_id"], owner, bytes.fromhex(n["pubkey"]),
                                bytes.fromhex(n["account"][2:])), signer=gov)
-        log(f"registered {n['name']} (node {n['node_id']})")
+        log(f"registered {n['name']} (node {n['node_id']}, owner {owner})")
+    for a, b in cfg.get("links", ()):
+        led.register_link(a, b, signer=gov)
+    if cfg.get("links"):
+        log(f"registered {len(cfg['links'])} links: the topology the judgement trusts")
     led.register_sla(_sla(cfg), signer=gov)
     nonce = w3.eth.get_transaction_count(gov.address, "pending")
     for n in cfg["nodes"]:
