@@ -175,9 +175,12 @@ def _run(args):
         except ValueError as exc:
             return _fail(str(exc))
     log = logs.setup(args.log_format or cfg.log_format)
-    daemon = Daemon(cfg, config_path=os.path.abspath(args.config),
-                    testing_allow_inject=args.testing_allow_inject,
-                    testing_lies=args.testing_lie)
+    try:
+        daemon = Daemon(cfg, config_path=os.path.abspath(args.config),
+                        testing_allow_inject=args.testing_allow_inject,
+                        testing_lies=args.testing_lie)
+    except DaemonError as exc:
+        return _fail(str(exc))
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())

@@ -99,9 +99,13 @@ class Lies:
         self.lies = tuple(parse_lie(s) for s in specs)
         if not self.lies:
             raise ValueError("--testing-lie: no SPEC given")
+        if isinstance(node_id, bool) or not isinstance(node_id, int) or \
+                not 1 <= node_id <= NONE - 1:
+            raise ValueError(f"--testing-lie: node_id {node_id!r} is not a node id (the lies "
+                             f"need the device's own: set node_id)")
         self.node_id = node_id
         self.hash_name = hash_name
-        fastpath.segment_value(hash_name, node_id, 0, b"")     # validates both, names them
+        fastpath.segment_value(hash_name, node_id, 0, b"")     # validates the hash, names it
         self.rewritten = 0          # records of closed segments written other than recorded
         self.withheld = 0           # records of closed segments not written at all
         self.segments = 0           # segments whose S was recomputed

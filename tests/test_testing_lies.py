@@ -260,6 +260,27 @@ def test_daemon_refuses_a_bad_spec(tmp_path):
     assert "next=4" in str(e.value) and "OLD:NEW" in str(e.value)
 
 
+def test_lies_need_the_devices_own_node_id():
+    for node_id in (None, 0, NONE, True):
+        with pytest.raises(ValueError) as e:
+            Lies(["self"], node_id, HASH)
+        assert f"node_id {node_id!r}" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        Lies([], 1, HASH)
+    assert "no SPEC" in str(e.value)
+
+
+def test_the_switch_on_a_config_without_node_id_is_named(tmp_path):
+    path = tmp_path / "beatd.toml"
+    path.write_text(config_text(tmp_path / "store", "", metrics="").replace("node_id = 1\n", "") +
+                    '[ledger]\nbackend = "none"\n')
+    r = subprocess.run([sys.executable, "-m", "beatd", "run", "--config", str(path),
+                        "--testing-lie", "self"], capture_output=True, text=True, timeout=60,
+                       cwd=ROOT)
+    assert r.returncode == 2 and "node_id None" in r.stderr and "Traceback" not in r.stderr, \
+        r.stderr
+
+
 def test_a_daemon_without_the_switch_reports_no_testing(tmp_path):
     st, recs, *_ = _run_daemon(tmp_path, (), lambda: forwarded(0))
     assert st["testing"] is None and [(r[1], r[2]) for r in recs] == [(7, 9)]
