@@ -265,8 +265,11 @@ def test_e_honest_router_flooded_until_its_ring_wraps(lab, tmp_path):
         _past_restart_gaps(lab, ["r2"])
         _, t0, t1 = _send(lab, b"e-ring")
         _anchored(lab, t1)
+        # before the flood r2 holds the window: nothing came after it, and its ~10 KB of records
+        # are the newest of a ring of 128 KiB
         ring = _ring(lab, "r2")
-        assert ring["oldest_t_ns"] is not None and ring["oldest_t_ns"] <= t0, ring
+        assert ring["oldest_t_ns"] is not None and ring["oldest_t_ns"] <= t1, ring
+        assert ring["newest_t_ns"] is not None and ring["newest_t_ns"] >= t0, ring
         sent = 0
         for _ in range(FLOOD_BURSTS_MAX):
             load = traffic.send_load(lab.net, lab.topo.src, lab.topo.dst, flows=100,
@@ -287,6 +290,10 @@ def test_e_honest_router_flooded_until_its_ring_wraps(lab, tmp_path):
     r2 = _devices(lab, report)["r2"]
     assert r2["counts"]["received"] == 0 and r2["answered"], r2
     assert "does not reach back to the window start" in r2["reasons"][0], r2
+    # the separate finding on its coverage (its ring holds less than the threshold time): a
+    # note, not a verdict on the dispute's packets (the decision above names nobody)
+    assert any(n.startswith("node 2: its signed coverage says its ring covers less than the "
+                            "threshold time") for n in report["notes"]), report["notes"]
     assert _ring(lab, "r2")["ring_size"] == 16 << 20
 
 
