@@ -36,12 +36,16 @@ import itertools
 
 from fastpath.output import NONE
 
-__all__ = ["OUTSIDE", "HOP", "JOIN", "pattern", "chain_pattern", "feasible", "deviators",
-           "liars_needed", "Judge", "Explanation"]
+__all__ = ["OUTSIDE", "HOP", "JOIN", "MAX_CLUSTER_RECORDS", "pattern", "chain_pattern",
+           "feasible", "deviators", "liars_needed", "Judge", "Explanation"]
 
 OUTSIDE = 0
 HOP, JOIN = 1, 2
 _ENDS = (OUTSIDE, NONE)
+# A cluster of more records than this (one packet repeated hundreds of times within a hop delay)
+# is left out of the explanations: the rule asks less of the evidence, never more (it can only
+# name fewer devices); the devices' own records in it still count against them.
+MAX_CLUSTER_RECORDS = 256
 
 
 def pattern(recs, lo, hi, allow=frozenset()):
@@ -85,21 +89,41 @@ def chain_pattern(nodes, entry_prev_id, exit_next_id, allow=frozenset()):
 
 def _saturates(must, adj):
     """Whether a matching of the bipartite graph ``adj`` (left vertex -> right vertices) covers
-    every left vertex in ``must`` (Kuhn's augmenting paths)."""
-    owner = {}
-
-    def augment(u, seen):
-        for v in adj.get(u, ()):
-            if v in seen:
+    every left vertex in ``must`` (Kuhn's augmenting paths, searched with an explicit stack: no
+    recursion however long a path)."""
+    owner = {}                          # right vertex -> left vertex matched to it
+    for root in must:
+        seen = set()
+        # stack of (left vertex, iterator over its right vertices); parent right vertex of each
+        stack = [(root, iter(adj.get(root, ())))]
+        via = []                        # the right vertex taken to reach stack[k + 1]
+        found = False
+        while stack:
+            u, it = stack[-1]
+            for v in it:
+                if v in seen:
+                    continue
+                seen.add(v)
+                w = owner.get(v)
+                if w is None:           # a free right vertex: flip the path back to the root
+                    via.append(v)
+                    for (left, _), right in zip(stack, via):
+                        owner[right] = left
+                    found = True
+                    break
+                via.append(v)
+                stack.append((w, iter(adj.get(w, ()))))
+                break
+            else:
+                stack.pop()
+                if via:
+                    via.pop()
                 continue
-            seen.add(v)
-            w = owner.get(v)
-            if w is None or augment(w, seen):
-                owner[v] = u
-                return True
-        return False
-
-    return all(augment(u, set()) for u in must)
+            if found:
+                break
+        if not found:
+            return False
+    return True
 
 
 def _truthful_possible(x, p, q, neighbours):

@@ -490,13 +490,17 @@ def interrogate(ledger, sla_id, from_ns, to_ns, cfg, *, receipt_epoch_ns=10**9,
                            "devices' rings need not hold it")
     hash_name = ledger.hash_name
     f = cfg.f if f is None else f
+    topology = topology_of(ledger, cfg)
+    _judge(sla, from_ns, to_ns, {}, topology, {}, {"f": f, "margin_ns": 0, "skew_ns": skew_ns,
+                                                 "max_hop_delay_ns": max_hop_delay_ns,
+                                                 "receipt_epoch_ns": receipt_epoch_ns},
+           hash_name)                  # the route checked before anyone is asked anything
     evidence, info, topology, owners, recordings = collect(ledger, sla, from_ns, to_ns, cfg,
-                                                           hash_name)
-    params = {"f": f, "margin_ns": int(cfg.margin_s * 1e9), "skew_ns": skew_ns,
+                                                           hash_name, topology=topology)
+    margin = int(cfg.margin_s * 1e9)
+    params = {"f": f, "margin_ns": margin, "skew_ns": skew_ns,
               "max_hop_delay_ns": max_hop_delay_ns, "receipt_epoch_ns": receipt_epoch_ns}
-    judgement = judge(sla, from_ns, to_ns, evidence, topology=topology, owners=owners, f=f,
-                      hash_name=hash_name, max_hop_delay_ns=max_hop_delay_ns, skew_ns=skew_ns,
-                      receipt_epoch_ns=receipt_epoch_ns)
+    judgement = _judge(sla, from_ns, to_ns, evidence, topology, owners, params, hash_name)
     links = sorted({(min(a, b), max(a, b)) for a, ns in topology.items() for b in ns})
     manifest = {"format": archive.FORMAT, "hash": hash_name, "sla_id": sla.sla_id,
                 "window": {"from_ns": from_ns, "to_ns": to_ns}, "params": params,
@@ -542,11 +546,25 @@ def replay(arch, ledger):
             dev["audit_seed"]))
         evidence[node] = failed if failed is not None else _node_evidence(
             node, hash_name, *got, ledger, anchors, {})
-    judgement = judge(sla, from_ns, to_ns, evidence, topology=[tuple(lk) for lk in m["links"]],
-                      owners={int(k): v for k, v in m["owners"].items()}, f=p["f"],
-                      hash_name=hash_name, max_hop_delay_ns=p["max_hop_delay_ns"],
-                      skew_ns=p["skew_ns"], receipt_epoch_ns=p["receipt_epoch_ns"])
+    judgement = _judge(sla, from_ns, to_ns, evidence, [tuple(lk) for lk in m["links"]],
+                       {int(k): v for k, v in m["owners"].items()}, p, hash_name)
     return judgement, evidence
+
+
+def _judge(sla, from_ns, to_ns, evidence, topology, owners, params, hash_name):
+    """verdicts.judge with an interrogation's parameters: every device was asked for the window
+    widened by the margin. NotJudgeable for an agreed route no honest device can follow."""
+    margin = params["margin_ns"]
+    try:
+        return judge(sla, from_ns, to_ns, evidence, topology=topology, owners=owners,
+                     f=params["f"], hash_name=hash_name,
+                     max_hop_delay_ns=params["max_hop_delay_ns"], skew_ns=params["skew_ns"],
+                     receipt_epoch_ns=params["receipt_epoch_ns"],
+                     asked=(max(0, from_ns - margin), to_ns + margin))
+    except ValueError as exc:
+        if "agreed route" in str(exc):
+            raise NotJudgeable(f"SLA {sla.sla_id}: {exc}") from None
+        raise
 
 
 # -- the dispute on the ledger --------------------------------------------------------------------

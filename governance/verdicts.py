@@ -63,6 +63,7 @@ import math
 import struct
 from array import array
 
+import fastpath
 from fastpath.hashes import constructor
 from fastpath.output import NONE, RECORD_SIZE
 
@@ -162,7 +163,7 @@ class Coverage:
         """The times where this device may have missed packets or lacks records: its capture
         gaps (a store's first start is a gap from 0), before its oldest record once its ring
         has wrapped, after its newest closed record (inclusive ``(lo, hi)`` pairs)."""
-        out = [(lo, hi) for lo, hi, *_ in self.gaps]
+        out = [(min(lo, hi), max(lo, hi)) for lo, hi, *_ in self.gaps]
         if self.empty:
             return out + ([(0, NONE)] if self.wrapped else [])
         if self.oldest_t_ns > 0 and self.wrapped:
@@ -318,7 +319,7 @@ class Judgement:
 
 def _group(evidence, ft, receipt_epochs, epoch_ns):
     """{PD: [(t_ns, node_id, prev_id, next_id), ...]} over every answered device's records of
-    ``ft`` (proven and unanchored), the unanchored ones by PD ({PD: {record tuple}}), and the
+    ``ft`` (proven and unanchored), the unanchored ones by PD ({PD: {record tuple: copies}}), and the
     edge records per receipt epoch of the nodes in ``receipt_epochs``
     ({node: {(role, epoch_ns): records}})."""
     obs = {}
@@ -354,7 +355,8 @@ def _group(evidence, ft, receipt_epochs, epoch_ns):
                     else:
                         lst.append(r)
                     if not proven:
-                        unanchored.setdefault(pd, set()).add(r)
+                        copies = unanchored.setdefault(pd, {})
+                        copies[r] = copies.get(r, 0) + 1
                     if epochs is not None:
                         e = t - t % epoch_ns
                         if p == _OUTSIDE and (1, e) in epochs:
@@ -417,6 +419,7 @@ class _Follow:
         self.neighbours = neighbours
         self.clean = {}                 # (nodes, entry prev_id, exit next_id) -> [packets, exs]
         self.patterns = {}              # explain.pattern -> [packets, examples]
+        self.oversized = 0              # clusters too large for the explanations
         self.own = {}                   # node -> {kind: count}: its own records' facts
         self.own_examples = {}
 
@@ -432,7 +435,7 @@ class _Follow:
                 recs.sort()
             t0, n, p0, q = recs[0]
             if t0 > to_ns or recs[-1][0] < from_ns:
-                continue                    # no packet of it can be first observed in the window
+                continue                    # no record of it in the window
             if p0 in answered:
                 general(pd, recs)
                 continue
@@ -448,12 +451,10 @@ class _Follow:
                 nodes.append(n1)
                 ds.append(d)
                 t, n, q = t1, n1, q1
-            if not ok or q in answered or pd in unanchored or (
+            if not ok or q in answered or pd in unanchored or t0 < from_ns or t > to_ns or (
                     len(nodes) > 2 and len(set(nodes)) != len(nodes)) or (
                     allow_union and _overlaps(allow_union, t0 - hi, t + hi)):
                 general(pd, recs)
-                continue
-            if t0 < from_ns:
                 continue
             nodes = tuple(nodes)
             key = (nodes, (), p0, q)
@@ -514,13 +515,15 @@ class _Follow:
 
     def _clusters(self, pd, recs):
         """Split one PD's records (sorted) where consecutive records are more than a hop delay
-        apart; each cluster first observed in the window gives its pattern and own facts."""
-        hi = self.hi
+        apart; each cluster with a record in the window gives its pattern, and its records in
+        the window their devices' own facts (so that nobody can move a device's records in or
+        out of the judgement by adding records of its own next to them)."""
+        hi, from_ns, to_ns = self.hi, self.from_ns, self.to_ns
         start = 0
         n = len(recs)
         for k in range(1, n + 1):
             if k == n or recs[k][0] - recs[k - 1][0] > hi:
-                if self.from_ns <= recs[start][0] <= self.to_ns:
+                if recs[start][0] <= to_ns and recs[k - 1][0] >= from_ns:
                     self._cluster(pd, recs[start:k])
                 start = k
 
@@ -529,10 +532,19 @@ class _Follow:
         t_lo, t_hi = cl[0][0] - hi, cl[-1][0] + hi
         allow = {x for x, ivs in self.allow.items() if _overlaps(ivs, t_lo, t_hi)}
         self._own(pd, cl, {x for x, ivs in self.gaps.items() if _overlaps(ivs, t_lo, t_hi)})
+        if len(cl) > explain.MAX_CLUSTER_RECORDS:
+            self.oversized += 1             # left out of the explanations (module doc)
+            return
         un = self.unanchored.get(pd)
         if un:
-            proven = [r for r in cl if r not in un]
-            allow.update(r[1] for r in cl if r in un)
+            left = dict(un)                 # the unanchored copies (a proven one may be alike)
+            proven = []
+            for r in cl:
+                if left.get(r):
+                    left[r] -= 1
+                    allow.add(r[1])
+                else:
+                    proven.append(r)
         else:
             proven = cl
         key = explain.pattern(proven, self.lo, hi, allow)
@@ -560,26 +572,34 @@ class _Follow:
         for r in cl:
             by.setdefault(r[1], []).append(r)
         succ, neighbours, hi = self.succ, self.neighbours, self.hi
+        from_ns, to_ns = self.from_ns, self.to_ns
         for x, rs in by.items():
             ins = [r[0] for r in rs if r[3] == NONE and r[2] != NONE]
             outs = [r[0] for r in rs if r[2] == NONE and r[3] != NONE]
-            joined = 0
+            joined_ins, joined_outs = set(), set()
             k = 0
-            for t in ins:                   # one passage seen as two records (join missed)
+            for i, t in enumerate(ins):     # one passage seen as two records (join missed)
                 while k < len(outs) and outs[k] < t:
                     k += 1
                 if k < len(outs) and outs[k] - t <= hi:
-                    joined += 1
+                    joined_ins.add(i)
+                    joined_outs.add(k)
                     k += 1
-            self._own_count(x, OWN_RECEIVED, len(rs) - joined)
+            # the passages whose (first) record is in the window
+            passages = sum(from_ns <= r[0] <= to_ns for r in rs) - sum(
+                from_ns <= outs[k] <= to_ns for k in joined_outs)
+            self._own_count(x, OWN_RECEIVED, passages)
             s = succ.get(x)
-            for _, _, p, q in rs:
+            for t, _, p, q in rs:
+                if not from_ns <= t <= to_ns:
+                    continue
                 if not explain._truthful_possible(x, p, q, neighbours):
                     self._own_count(x, IMPOSSIBLE, 1, pd, cl)
                 if s is not None and q != NONE and q != s:
                     self._own_count(x, OWN_DEVIATIONS, 1, pd, cl)
-            if x not in allow and len(ins) > joined:
-                self._own_count(x, OWN_DROPS, len(ins) - joined, pd, cl)
+            drops = sum(from_ns <= t <= to_ns and i not in joined_ins for i, t in enumerate(ins))
+            if x not in allow and drops:
+                self._own_count(x, OWN_DROPS, drops, pd, cl)
         for x in allow:
             if x not in by:                 # it may have passed this packet unseen
                 self._own_count(x, _MAY_HAVE_RECEIVED, 1)
@@ -915,8 +935,8 @@ def _missing_intervals(ev):
     cov = ev.coverage
     gaps, other = [], []
     if cov is not None:
-        gaps = [(lo, hi) for lo, hi, *_ in cov.gaps]
-        other = [iv for iv in cov.missing_intervals() if iv not in gaps]
+        gaps = [(min(lo, hi), max(lo, hi)) for lo, hi, *_ in cov.gaps]
+        other = [iv for iv in cov.missing_intervals() if (min(iv), max(iv)) not in gaps]
         if cov.anchored_until_t_ns < NONE:
             other.append((cov.anchored_until_t_ns + 1, NONE))
     if ev.unanchored_records:
@@ -936,7 +956,29 @@ def _set_text(nodes):
     return ", ".join(_name(n) for n in nodes[:-1]) + " and " + _name(nodes[-1]) + " together"
 
 
-def _own_faults(node, ev, own, counts, succ, budget_ppm):
+def _coverage_contradiction(ev, tolerance):
+    """Why a device's signed coverage contradicts the records its answer holds (more than
+    ``tolerance``, the disorder an honest store may have), or ``""``."""
+    cov = ev.coverage
+    if cov is None or not (ev.records or ev.unanchored_records):
+        return ""
+    lo = min(fastpath.t_range(b)[0] for b in (ev.records, ev.unanchored_records) if b)
+    hi = max(fastpath.t_range(b)[1] for b in (ev.records, ev.unanchored_records) if b)
+    if cov.empty:
+        return "it says its ring is empty"
+    if cov.oldest_t_ns > lo + tolerance:
+        return f"it says its oldest record is at {cov.oldest_t_ns}, it gave one at {lo}"
+    if hi > cov.newest_t_ns + tolerance and cov.newest_t_ns < NONE:
+        return f"it says it holds records up to {cov.newest_t_ns}, it gave one at {hi}"
+    if ev.records and cov.anchored_until_t_ns < NONE:
+        proven_hi = fastpath.t_range(ev.records)[1]
+        if proven_hi > cov.anchored_until_t_ns + tolerance:
+            return (f"it says its records are anchored up to {cov.anchored_until_t_ns}, it gave "
+                    f"an anchored one at {proven_hi}")
+    return ""
+
+
+def _own_faults(node, ev, own, counts, succ, budget_ppm, hi):
     """What a device's own evidence convicts it of: ``({verdict: reason}, liar)``; ``liar``:
     whether that makes it a liar in every explanation (not only a forwarding fault)."""
     out, liar = {}, False
@@ -954,6 +996,9 @@ def _own_faults(node, ev, own, counts, succ, budget_ppm):
     if counts.get(RECEIPT_GAP, 0):
         missing.append(f"its receipts count {counts[RECEIPT_GAP]} packet(s) more than its "
                        f"records, where it declares no capture gap")
+    contradiction = _coverage_contradiction(ev, hi)
+    if contradiction:
+        missing.append(f"its signed coverage contradicts the records it gave: {contradiction}")
     if missing:
         out[MISSING] = "; ".join(missing)
         liar = True
@@ -978,7 +1023,7 @@ def _own_faults(node, ev, own, counts, succ, budget_ppm):
 
 def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
           hash_name="sha3-256", max_hop_delay_ns=1_000_000_000, skew_ns=50_000_000,
-          receipt_epoch_ns=1_000_000_000, examples=5):
+          receipt_epoch_ns=1_000_000_000, examples=5, asked=None):
     """Judge the SLA's flow in ``[from_ns, to_ns]`` (inclusive) from ``evidence``: one
     ``NodeEvidence`` per interrogated device (a mapping by node_id, or an iterable). Returns a
     ``Judgement``.
@@ -988,7 +1033,12 @@ def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
     device its own owner); ``f``: how many owners may lie together (module doc);
     ``max_hop_delay_ns``: the most one hop may take (device plus link); ``skew_ns``: the clock
     difference tolerated between neighbours; ``receipt_epoch_ns``: the domain's receipt epoch;
-    ``examples``: example PDs kept per device and kind of claim."""
+    ``examples``: example PDs kept per device and kind of claim; ``asked``: ``(lo, hi)``, the
+    interval every device was asked for (the window and its margin): beyond it nobody's records
+    were asked, so every device may lack them.
+
+    ValueError for an agreed route no honest device can follow: one that visits a device twice,
+    or (with a topology) a step that is not a registered link."""
     if not 0 <= from_ns <= to_ns:
         raise ValueError(f"window [{from_ns}, {to_ns}]: from_ns must be >= 0 and <= to_ns")
     for name, v, least in (("max_hop_delay_ns", max_hop_delay_ns, 0), ("skew_ns", skew_ns, 0),
@@ -1007,19 +1057,34 @@ def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
         if node != ev.node_id:
             raise ValueError(f"evidence[{node}] is the evidence of node {ev.node_id}")
     route = tuple(sla.route)
-    route_next = {}
-    for k, x in enumerate(route):
-        route_next.setdefault(x, route[k + 1] if k + 1 < len(route) else _OUTSIDE)
+    twice = sorted({x for x in route if route.count(x) > 1})
+    if twice:
+        raise ValueError(f"the agreed route {list(route)} visits node {twice[0]} twice: no "
+                         "device can forward to two successors")
+    route_next = {x: route[k + 1] if k + 1 < len(route) else _OUTSIDE
+                  for k, x in enumerate(route)}
     neighbours = adjacency(topology)
-    owners = {n: (owners or {}).get(n) or f"node {n}" for n in set(evidence) | set(route)}
+    if neighbours is not None:
+        for a, b in zip(route, route[1:]):
+            if b not in neighbours.get(a, ()):
+                raise ValueError(f"the agreed route {list(route)} goes from node {a} to node "
+                                 f"{b}, which are not registered neighbours")
+    owners = owners or {}
+    owners = {n: owners[n] if n in owners else f"node {n}" for n in set(evidence) | set(route)}
     ft = flow_tag(hash_name, sla.src, sla.dst)
     answered = frozenset(n for n, ev in evidence.items() if ev.answered)
     lo, hi = -skew_ns, max_hop_delay_ns + skew_ns
     gaps_iv, missing_iv = {}, {}
+    beyond = []                         # what nobody was asked for
+    if asked is not None:
+        if asked[0] > 0:
+            beyond.append((0, asked[0] - 1))
+        if asked[1] < NONE:
+            beyond.append((asked[1] + 1, NONE))
     for n, ev in evidence.items():
         if ev.answered:
             g, other = _missing_intervals(ev)
-            gaps_iv[n], missing_iv[n] = g, g + other
+            gaps_iv[n], missing_iv[n] = g, g + other + beyond
     notes = []
 
     rc_epochs = _receipt_epochs(evidence, sla, from_ns, to_ns, receipt_epoch_ns)
@@ -1043,7 +1108,7 @@ def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
         if node in free:
             continue
         out, liar = _own_faults(node, ev, follow.own.get(node, {}), counts.get(node, {}),
-                                route_next, sla.loss_budget_ppm)
+                                route_next, sla.loss_budget_ppm, hi)
         if out:
             own_faults[node] = out
         if liar:
@@ -1114,11 +1179,10 @@ def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
                          f"anchored (yet): their records are signed but unproven, and accuse "
                          f"no other device")
 
-    if neighbours is not None:
-        for a, b in zip(route, route[1:]):
-            if b not in neighbours.get(a, ()):
-                notes.append(f"the agreed route names node {a} then node {b}, which are not "
-                             f"registered neighbours")
+    if follow.oversized:
+        notes.append(f"{follow.oversized} cluster(s) of more than {explain.MAX_CLUSTER_RECORDS} "
+                     f"records of one packet digest (a packet repeated within a hop delay) are "
+                     f"left out of the explanations; the devices' own records in them count")
     if sets:
         if explanations and any(e.faulty for e in explanations):
             alts = "; or ".join(_set_text(e.faulty) for e in explanations if e.faulty)
@@ -1143,7 +1207,8 @@ def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
         notes.append(f"named by claims but not interrogated: "
                      f"{', '.join(f'node {n} ({c} claims)' for n, c in named_claims.items())}")
     for node, ev in sorted(evidence.items()):
-        if ev.coverage is not None and ev.coverage.ring_short:
+        if ev.coverage is not None and (ev.coverage.ring_short or (ev.coverage.wrapped and
+                                                                   ev.coverage.empty)):
             notes.append(f"node {node}: its signed coverage says its ring covers less than the "
                          f"threshold time ({ev.coverage.threshold_ns} ns): at fault for its "
                          f"coverage")

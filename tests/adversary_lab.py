@@ -142,12 +142,12 @@ def _missing(cov, unanchored_times):
     """(capture gaps, every interval where the device may lack records)."""
     gaps, ivs = [], []
     if cov is not None:
-        gaps = [(g[0], g[1]) for g in cov.gaps]
-        if cov.empty:
+        gaps = [(min(g[0], g[1]), max(g[0], g[1])) for g in cov.gaps]
+        if cov.wrapped and cov.empty:
             ivs.append((0, NONE))
-        if cov.oldest_t_ns > 0:
+        elif cov.wrapped and cov.oldest_t_ns > 0:
             ivs.append((0, cov.oldest_t_ns - 1))
-        if cov.newest_t_ns < NONE:
+        if not cov.empty and cov.newest_t_ns < NONE:
             ivs.append((cov.newest_t_ns + 1, NONE))
         if cov.anchored_until_t_ns < NONE:
             ivs.append((cov.anchored_until_t_ns + 1, NONE))
@@ -194,7 +194,8 @@ def clusters(book, window=WINDOW):
             allow |= {r[1] for r in g if not r[4]}
             gap = {n for n, (ivs, _) in missing.items()
                    if any(lo <= b and hi >= a for lo, hi in ivs)}
-            out.append(Cluster(d, g, window[0] <= g[0][0] <= window[1], allow, gap))
+            out.append(Cluster(d, g, any(window[0] <= r[0] <= window[1] for r in g), allow,
+                               gap))
     return out
 
 
@@ -211,9 +212,18 @@ def own_convictions(net, book, window=WINDOW):
     definitions (receipts left out: the tests give none)."""
     out = set()
     received, drops = {}, {}
+    lo_w, hi_w = window
     for n, a in book.items():
         if a.status in ("refused", "incomplete", "bad_evidence") or a.tampered or a.withheld:
             out.add(n)
+        ts = [r[0] for r in a.records + a.other]
+        cov = a.coverage
+        if a.status == "answered" and cov is not None and ts and (
+                cov.empty or cov.oldest_t_ns > min(ts) + HI or
+                (cov.newest_t_ns < NONE and max(ts) > cov.newest_t_ns + HI) or
+                (cov.anchored_until_t_ns < NONE and any(
+                    r[4] and r[0] > cov.anchored_until_t_ns + HI for r in a.records + a.other))):
+            out.add(n)                      # its signed coverage contradicts its records
     for cl in clusters(book, window):
         if not cl.judged:
             continue
@@ -222,18 +232,23 @@ def own_convictions(net, book, window=WINDOW):
             mine = [r for r in cl.recs if r[1] == x]
             ins = sorted(r[0] for r in mine if r[3] == NONE and r[2] != NONE)
             outs = sorted(r[0] for r in mine if r[2] == NONE and r[3] != NONE)
-            joined, k = 0, 0
-            for t in ins:
+            joined_in, joined_out, k = set(), set(), 0
+            for i, t in enumerate(ins):
                 while k < len(outs) and outs[k] < t:
                     k += 1
                 if k < len(outs) and outs[k] - t <= HI:
-                    joined += 1
+                    joined_in.add(i)
+                    joined_out.add(k)
                     k += 1
-            received[x] = received.get(x, 0) + len(mine) - joined
+            received[x] = received.get(x, 0) + sum(lo_w <= r[0] <= hi_w for r in mine) - sum(
+                lo_w <= outs[k] <= hi_w for k in joined_out)
             if x not in cl.gap:
-                drops[x] = drops.get(x, 0) + len(ins) - joined
+                drops[x] = drops.get(x, 0) + sum(lo_w <= t <= hi_w for i, t in enumerate(ins)
+                                                 if i not in joined_in)
             s = net.succ(x)
-            for _, _, p, q, _ in mine:
+            for t, _, p, q, _ in mine:
+                if not lo_w <= t <= hi_w:
+                    continue
                 if not possible_record(net, x, p, q):
                     out.add(x)
                 if s is not None and q != NONE and q != s:

@@ -7,7 +7,13 @@ no memo. The tests check that the fast engine names exactly the devices this nam
 
 The definitions, once more in plain words:
 - a cluster: the records of one PD whose consecutive times are at most ``hi`` apart; judged when
-  its first record is in the window;
+  one of its records is in the window (clusters of more than 256 records are left out of the
+  explanations); a device's own facts (passages, drops, deviations, records no truthful device
+  writes) count its records in the window, its ingress-only and egress-only records of one
+  packet paired canonically (each ingress, in time order, with the earliest egress after it
+  within ``hi``);
+- a device whose signed coverage contradicts the records it gave (an empty ring, an oldest record
+  or a newest one, or an anchored-until, that the records pass by more than ``hi``) is a liar;
 - a device may have missed a cluster when one of its missing intervals (coverage, gaps, from its
   first unanchored record on) meets ``[first - hi, last + hi]``, or when one of its records in the
   cluster is unanchored; unanchored records never constrain anyone; only its capture gaps excuse
@@ -28,6 +34,7 @@ import struct
 
 NONE = (1 << 64) - 1
 OUTSIDE = 0
+MAX_CLUSTER_RECORDS = 256       # larger clusters are left out of the explanations
 _REC = struct.Struct(">QQQ16s8s")
 _AT_FAULT = ("refused", "incomplete", "bad_evidence")
 
@@ -48,7 +55,7 @@ def _missing(ev):
     gaps, ivs = [], []
     cov = ev.coverage
     if cov is not None:
-        gaps = [(g[0], g[1]) for g in cov.gaps]
+        gaps = [(min(g[0], g[1]), max(g[0], g[1])) for g in cov.gaps]
         if cov.wrapped and (cov.empty or cov.oldest_t_ns > 0):
             ivs.append((0, NONE if cov.empty else cov.oldest_t_ns - 1))
         if not cov.empty and cov.newest_t_ns < NONE:
@@ -125,29 +132,76 @@ def _cluster_possible(cl, liars, free, allow, region, adj, lo, hi):
     return False
 
 
+def _greedy_joins(ins, outs, hi):
+    """The canonical pairing of one device's ingress-only and egress-only records of one packet
+    (both sorted by time): each ingress in turn with the earliest egress at or after it that is
+    still free, when it is within ``hi``; an egress passed over is never taken later. Returns the
+    set of (ingress index, egress index) pairs."""
+    pairs, k = set(), 0
+    for i, t in enumerate(ins):
+        while k < len(outs) and outs[k] < t:
+            k += 1
+        if k < len(outs) and outs[k] - t <= hi:
+            pairs.add((i, k))
+            k += 1
+    return pairs
+
+
+def _coverage_contradiction(ev, tolerance):
+    cov = ev.coverage
+    ts = [t for t, *_ in _all_records(ev)]
+    if cov is None or not ts:
+        return False
+    if cov.empty or cov.oldest_t_ns > min(ts) + tolerance:
+        return True
+    if cov.newest_t_ns < NONE and max(ts) > cov.newest_t_ns + tolerance:
+        return True
+    proven = [struct.unpack_from(">Q", ev.records, o)[0] for o in range(0, len(ev.records), 48)]
+    return bool(proven) and cov.anchored_until_t_ns < NONE and \
+        max(proven) > cov.anchored_until_t_ns + tolerance
+
+
+def _all_records(ev):
+    out = []
+    for blob in (ev.records, ev.unanchored_records):
+        for off in range(0, len(blob), 48):
+            out.append(_REC.unpack_from(blob, off))
+    return out
+
+
 def reference(sla, from_ns, to_ns, evidence, *, topology, owners, f, hash_name, lo, hi,
-              receipt_gap=None):
+              receipt_gap=None, asked=None):
     """``(named, explained)``: the set of devices the rule names and whether some liar set of at
     most f owners explains the evidence. ``receipt_gap``: devices whose receipts count more than
-    their records (computed by the caller; default none)."""
+    their records (computed by the caller; default none); ``asked``: the interval every device
+    was asked for. ValueError for a route no honest device can follow."""
     from governance.verdicts import flow_tag
 
     ft = flow_tag(hash_name, sla.src, sla.dst)
     route = list(sla.route)
+    if len(set(route)) != len(route):
+        raise ValueError(f"the agreed route {route} visits a node twice")
     succ = {}
     for k, x in enumerate(route):
-        succ.setdefault(x, route[k + 1] if k + 1 < len(route) else OUTSIDE)
+        succ[x] = route[k + 1] if k + 1 < len(route) else OUTSIDE
     adj = None
     if topology is not None:
         adj = {}
         for a, b in topology:
             adj.setdefault(a, set()).add(b)
             adj.setdefault(b, set()).add(a)
+        for a, b in zip(route, route[1:]):
+            if b not in adj.get(a, set()):
+                raise ValueError(f"the agreed route {route}: {a} -> {b} is not a link")
     region = set(evidence)
     free = {n for n, ev in evidence.items() if ev.status == "unreachable"}
     devices = [n for n in sorted(evidence) if n not in free]
     owner = {n: owners.get(n, f"node {n}") for n in devices}
     missing = {n: _missing(ev) for n, ev in evidence.items() if ev.status == "answered"}
+    if asked is not None:
+        beyond = [(0, asked[0] - 1)] if asked[0] > 0 else []
+        beyond += [(asked[1] + 1, NONE)] if asked[1] < NONE else []
+        missing = {n: (g, ivs + beyond) for n, (g, ivs) in missing.items()}
 
     by_pd = {}
     for n, ev in evidence.items():
@@ -166,7 +220,7 @@ def reference(sla, from_ns, to_ns, evidence, *, topology, owners, f, hash_name, 
         clusters.append(cur)
     judged = []
     for cl in clusters:
-        if not from_ns <= cl[0][0] <= to_ns:
+        if not any(from_ns <= r[0] <= to_ns for r in cl):
             continue
         a, b = cl[0][0] - hi, cl[-1][0] + hi
         allow = {n for n, (_, ivs) in missing.items()
@@ -184,22 +238,29 @@ def reference(sla, from_ns, to_ns, evidence, *, topology, owners, f, hash_name, 
             continue
         if ev.status in _AT_FAULT or ev.tampered or ev.withheld or n in (receipt_gap or ()):
             forced.add(n)
+        if ev.status == "answered" and _coverage_contradiction(ev, hi):
+            forced.add(n)
+
+    def inside(t):
+        return from_ns <= t <= to_ns
+
     for cl, _, gap in judged:
         for x in {r[1] for r in cl}:
             mine = [r for r in cl if r[1] == x]
             ins = [r[0] for r in mine if r[3] == NONE and r[2] != NONE]
             outs = [r[0] for r in mine if r[2] == NONE and r[3] != NONE]
-            best = 0                       # the most one-to-one joins (brute force)
-            for k in range(min(len(ins), len(outs)), 0, -1):
-                if any(all(0 <= o - i <= hi for i, o in zip(ins_c, perm))
-                       for ins_c in itertools.combinations(ins, k)
-                       for perm in itertools.permutations(outs, k)):
-                    best = k
-                    break
-            received[x] = received.get(x, 0) + len(mine) - best
+            pairs = _greedy_joins(sorted(ins), sorted(outs), hi)
+            ins, outs = sorted(ins), sorted(outs)
+            joined_in = {i for i, _ in pairs}
+            joined_out = {k for _, k in pairs}
+            received[x] = received.get(x, 0) + sum(inside(r[0]) for r in mine) - sum(
+                inside(outs[k]) for k in joined_out)
             if x not in gap:
-                drops[x] = drops.get(x, 0) + len(ins) - best
+                drops[x] = drops.get(x, 0) + sum(inside(ins[i]) for i in range(len(ins))
+                                                 if i not in joined_in)
             for t, _, p, q, _, _ in mine:
+                if not inside(t):
+                    continue
                 if not _possible_record(x, p, q, adj):
                     forced.add(x)
                 if x in succ and q != NONE and q != succ[x]:
@@ -216,6 +277,8 @@ def reference(sla, from_ns, to_ns, evidence, *, topology, owners, f, hash_name, 
     def deviating(liars):
         out = set()
         for cl, _, _ in judged:
+            if len(cl) > MAX_CLUSTER_RECORDS:
+                continue
             for t, x, p, q, _, proven in cl:
                 if x in liars or x in free or not proven:
                     continue
@@ -233,7 +296,7 @@ def reference(sla, from_ns, to_ns, evidence, *, topology, owners, f, hash_name, 
             if len({owner[n] for n in liars}) > f:
                 continue
             if all(_cluster_possible(cl, liars, free, allow, region, adj, lo, hi)
-                   for cl, allow, _ in judged):
+                   for cl, allow, _ in judged if len(cl) <= MAX_CLUSTER_RECORDS):
                 faulty_sets.append(liars | deviating(liars) | self_faulty)
     named = set(forced) | self_faulty
     if faulty_sets:

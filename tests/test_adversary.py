@@ -697,10 +697,6 @@ def _chain(book, node, d, frm, to, rec=(OUTSIDE, 2)):
         t += HI if frm < to else -HI
 
 
-@pytest.mark.xfail(strict=True, reason="judged-set manipulation: a coalition device pushes the "
-                   "clusters of the packets an honest device forwarded out of the window (one "
-                   "record of theirs before it, chained within a hop delay): its drops within "
-                   "the loss budget then exceed it over the packets left judged (DROPPED)")
 def test_honest_drops_within_budget_pushed_over_it_by_unjudging_the_rest():
     net, book = _honest_drop_book(400, {77}, 10_000)       # 1 of 400 = 2500 ppm < 10000 ppm
     assert check(net, book).faulty == []
@@ -711,10 +707,6 @@ def test_honest_drops_within_budget_pushed_over_it_by_unjudging_the_rest():
     assert j.faulty == [], f"honest r2 named: {j.devices[2].reasons}"
 
 
-@pytest.mark.xfail(strict=True, reason="judged-set manipulation: a coalition device chains the "
-                   "clusters of an honest device's drops after the window into it (a record "
-                   "in the window, one every hop delay up to the packet): drops of an hour can "
-                   "be judged against the packets of a minute (DROPPED)")
 def test_honest_drops_after_the_window_pulled_into_it():
     net, book = _honest_drop_book(100, set(), 10_000)
     late = W_HI + 10 * HI
@@ -898,10 +890,6 @@ def test_a_route_the_honest_devices_cannot_follow(route, links, path):
 
 # -- completeness: a liar escaping -----------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="first-observation window rule: a cluster is judged only "
-                   "when its first record is in the window; the deviator writes one record of "
-                   "each packet before the window (chained every hop delay): no packet is "
-                   "judged and its own records of the deviation are never counted")
 @pytest.mark.parametrize("lie", [False, True], ids=["own_record", "lied_next_hop"])
 def test_deviator_escapes_by_pushing_its_packets_out_of_the_window(lie):
     book = flow(Book(), PAPER, 5, path=(1, 4, 3), rec={1: (OUTSIDE, 2)} if lie else None)
@@ -912,10 +900,6 @@ def test_deviator_escapes_by_pushing_its_packets_out_of_the_window(lie):
     assert j.faulty == [1], f"{verdicts(j)}; judged packets: {j.packets}"
 
 
-@pytest.mark.xfail(strict=True, reason="a record both in an anchored and (the same bytes) in an "
-                   "unanchored segment: the engine leaves the proven one out of the rule too "
-                   "(proven = records not in the unanchored set, compared as tuples); the "
-                   "reference keeps it. Figure 7's replicated proofs then convict nobody")
 def test_replicated_proofs_also_sent_unanchored_escape():
     book = flow(Book(), PAPER, 5, path=(1, 4, 3))
     for i in range(5):
@@ -927,10 +911,6 @@ def test_replicated_proofs_also_sent_unanchored_escape():
     assert set(j.faulty) == named, verdicts(j)
 
 
-@pytest.mark.xfail(strict=True, reason="capture gaps whose end is before their start (a clock "
-                   "stepped back during a gap): the engine merges sorted intervals and looks "
-                   "only at the last one starting before the cluster's end, so a later inverted "
-                   "gap hides an earlier one that covers the cluster; the reference sees it")
 def test_inverted_capture_gap_hides_a_declared_one():
     book = Book()
     send(book, MID, (1, 2, 3), pd(0), hide=(2,))          # r2 missed it, in its declared gap
@@ -943,10 +923,6 @@ def test_inverted_capture_gap_hides_a_declared_one():
     assert set(j.faulty) == named, verdicts(j)
 
 
-@pytest.mark.xfail(strict=True, reason="owners given as empty strings: the reference counts all "
-                   "of them as one owner (owners.get(n, default)), the engine each as its own "
-                   "(owners.get(n) or default); the sandwich by r1 and r3 is then explained by "
-                   "one owner for the reference and by none for the engine")
 def test_empty_owner_names_make_engine_and_reference_disagree():
     net = Net(PAPER.route, PAPER.links, owners={1: "", 3: "", 2: "b", 4: "c"})
     book = flow(Book(), net, 3, path=(1, 4, 3), rec={1: (OUTSIDE, 2), 3: (2, OUTSIDE)})
@@ -955,12 +931,6 @@ def test_empty_owner_names_make_engine_and_reference_disagree():
     assert (set(j.faulty), j.explained) == (named, explained)
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="the augmenting-path search recurses once per record on an augmenting "
-                   "path: a lone liar that duplicates one packet ~1000 times (the honest "
-                   "devices record every copy) crashes the judgement (RecursionError at the "
-                   "default limit; shown here with the limit lowered), and the matching is "
-                   "cubic in the copies before that (900 copies: ~30 s)")
 def test_duplicates_crash_the_judgement():
     book = flow(Book(), PAPER, 1, path=(1, 4, 3), rec={1: (OUTSIDE, 2)})   # r1 lies (named)
     for k in range(300):
@@ -1005,11 +975,6 @@ def test_lone_liar_declaring_a_capture_gap_escapes():
     assert j.faulty == [] and verdicts(j)[2] == AMBIGUOUS
 
 
-@pytest.mark.xfail(strict=True, reason="a signed coverage that its own answer contradicts (an "
-                   "empty ring, a ring starting after, or anchored only until before, records "
-                   "it hands over as proven) is taken at its word: the device may have missed "
-                   "everything and the lone liar escapes; docs/threat-model.md names a device "
-                   "whose signed answer contradicts itself (MISSING)")
 @pytest.mark.parametrize("coverage", [
     Coverage(empty=True),
     Coverage(oldest_t_ns=MID + 14 * HI),
