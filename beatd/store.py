@@ -28,8 +28,9 @@ from ledger_client.outbox import ANCHORED, ANCHORS_DB, LEAF_PROOFS_DB, BatchReco
 
 log = logging.getLogger("beatd.store")
 
-__all__ = ["Store", "StoreError", "StoreFullError", "StoreDiskError", "StoreMismatchError",
-           "StoreCorruptError", "FORMAT_VERSION", "SYNC_MODES", "PRUNE_LEAVES"]
+__all__ = ["Store", "StoreError", "StoreFullError", "StoreDiskError", "StoreDiskFullError",
+           "StoreMismatchError", "StoreCorruptError", "FORMAT_VERSION", "SYNC_MODES",
+           "PRUNE_LEAVES", "no_room"]
 
 FORMAT_VERSION = 1
 SYNC_MODES = ("periodic", "always", "never")
@@ -63,12 +64,27 @@ class StoreDiskError(StoreError):
     """The disk failed or is full."""
 
 
+class StoreDiskFullError(StoreFullError, StoreDiskError):
+    """The disk holding the store is full (ENOSPC): a StoreFullError too, the store has no room."""
+
+
 class StoreMismatchError(StoreError):
     """The store belongs to another node, hash or format version."""
 
 
 class StoreCorruptError(StoreError):
     """The files are not a (valid) LMDB environment, or its content breaks the store's rules."""
+
+
+def no_room(exc):
+    """Whether ``exc`` says the store has no room: ``StoreFullError``, or the raw py-lmdb error of
+    a full map or disk (raised by code that writes the environment directly, e.g. the ledger
+    outbox)."""
+    if isinstance(exc, (StoreFullError, lmdb.MapFullError)):
+        return True
+    if isinstance(exc, lmdb.DiskError):
+        return os.strerror(errno.ENOSPC) in str(exc)
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
 # py-lmdb exceptions -> (our exception, what to do about it). Checked in order (subclasses first).
@@ -149,28 +165,34 @@ class Store:
         except StoreError:
             raise
         except lmdb.Error as exc:
+            if isinstance(exc, lmdb.DiskError) and no_room(exc):
+                raise StoreDiskFullError(f"{self.path}: {doing}: the disk is full: free space "
+                                         f"({exc})") from None
             for lmdb_cls, cls, advice in _ERROR_TABLE:
                 if isinstance(exc, lmdb_cls):
                     raise cls(f"{self.path}: {doing}: "
                               f"{advice.format(map_size=self.map_size)} ({exc})") from None
             raise  # pragma: no cover (lmdb.Error is the last row)
         except OSError as exc:
-            advice = "the disk is full: free space" if exc.errno == errno.ENOSPC else "disk error"
-            raise StoreDiskError(f"{self.path}: {doing}: {advice} ({exc})") from None
+            if exc.errno == errno.ENOSPC:
+                raise StoreDiskFullError(f"{self.path}: {doing}: the disk is full: free space "
+                                         f"({exc})") from None
+            raise StoreDiskError(f"{self.path}: {doing}: disk error ({exc})") from None
 
     def _open_ledger_dbs(self):
         """The ledger outbox's databases (``anchors``, ``leaf_proofs``: ledger_client.outbox makes
         them), which ``prune()`` reads and trims; opened once they exist, never created here (a
-        full store must still open)."""
+        full store must still open). A handle is opened in a write transaction (one opened in a
+        read transaction closes with it), which writes nothing for a database that exists."""
         if self.db_anchors is not None:
             return True
         with self._errors("opening the outbox databases"):
-            with self.env.begin() as txn:
-                try:
-                    anchors = self.env.open_db(ANCHORS_DB, txn=txn, create=False)
-                    proofs = self.env.open_db(LEAF_PROOFS_DB, txn=txn, create=False)
-                except lmdb.NotFoundError:
+            with self.env.begin() as txn:     # named databases are keys of the main one
+                if txn.get(ANCHORS_DB) is None or txn.get(LEAF_PROOFS_DB) is None:
                     return False
+            with self.env.begin(write=True) as txn:
+                anchors = self.env.open_db(ANCHORS_DB, txn=txn)
+                proofs = self.env.open_db(LEAF_PROOFS_DB, txn=txn)
         self.db_anchors, self.db_leaf_proofs = anchors, proofs
         return True
 
@@ -528,6 +550,16 @@ class Store:
         """The ledger leaves in the order produced: ``(leaf_seq, type, value)``."""
         with self._read() as txn:
             return [(_u64(k), v[0], bytes(v[1:])) for k, v in txn.cursor(db=self.db["outbox"])]
+
+    def prune_status(self):
+        """What pruning removed so far: ``{"batches", "segments", "receipts", "records",
+        "outbox_base"}`` (cumulative, from the meta)."""
+        with self._read() as txn:
+            meta = self.db["meta"]
+            v = {name: _u64(txn.get(name.encode(), db=meta)) for name in PRUNE_META}
+        return {"batches": v["prune_batch"], "segments": v["pruned_segments"],
+                "receipts": v["pruned_receipts"], "records": v["pruned_records"],
+                "outbox_base": v["outbox_base"]}
 
     def ring_status(self, now_ns, threshold_ns):
         """How much time the proof ring covers, and whether it is ``short`` of the threshold."""
