@@ -448,15 +448,17 @@ class Daemon:
                     b.tick()
             except Exception as exc:  # noqa: BLE001 (kept and shown; the loop goes on)
                 b.last_error = f"tick: {type(exc).__name__}: {exc}"
-                if no_room(exc):
-                    # no room for a new batch's tree levels: the batches built are still
-                    # submitted (once anchored and old enough, pruning frees their room)
+                if no_room(exc, self.cfg.store_path):
+                    # no room for a new batch's tree levels: a smaller batch may fit, and the
+                    # batches built are still submitted (once anchored and older than the
+                    # threshold, pruning frees their room)
                     self._anchor_no_room(b.last_error)
                     try:
+                        self._build_smaller(b)
                         b.submit()
                     except Exception as exc2:  # noqa: BLE001 (as above)
                         b.last_error = f"submit: {type(exc2).__name__}: {exc2}"
-                        if no_room(exc2):       # not even room to mark one anchored: retried
+                        if no_room(exc2, self.cfg.store_path):  # not even room to mark
                             self._anchor_no_room(b.last_error)
                         else:
                             event(log, logging.ERROR, "anchor submission failed",
@@ -467,6 +469,25 @@ class Daemon:
                 self._anchor_stats = self._stamped(b.stats)
             except Exception:  # noqa: BLE001 (the store closing under a late tick)
                 pass
+
+    def _build_smaller(self, b):
+        """Build a batch of fewer leaves than are waiting (halving, down to one) when a full store
+        has no room for the tree levels of them all: otherwise a store filled within one anchor
+        period would hold only unbatched leaves, nothing to anchor, nothing to prune, for good."""
+        keep = b.max_leaves
+        n = min(keep, b.stats()["leaves_waiting"]) // 2
+        try:
+            while n >= 1:
+                b.max_leaves = n
+                try:
+                    return b.build()
+                except Exception as exc:  # noqa: BLE001 (only the lack of room is retried)
+                    if not no_room(exc, self.cfg.store_path):
+                        raise
+                n //= 2
+        finally:
+            b.max_leaves = keep
+        return None
 
     def _anchor_no_room(self, error):
         now = time.monotonic()
@@ -647,12 +668,20 @@ class Daemon:
         since = self.pipeline.rewind(**state)
         n = self.store_dropped
         n["batches"] += 1
+        # what the store still holds comes back with the rewind and is no loss: its open receipts
+        # (finalised in a batch that failed, they are finalised again) and its open segment
+        rk, ork = fastpath.RECEIPT_SIZE, fastpath.OPEN_RECEIPT_SIZE
+        kept = {state["open_receipts"][i:i + 41] for i in range(0, len(state["open_receipts"]),
+                                                                ork)}
+        lost = set()
         for o in (out, since):
             n["records"] += len(o.records) // fastpath.RECORD_SIZE
-            n["segments"] += len(o.segments)
-            n["receipts"] += len(o.receipts) // fastpath.RECEIPT_SIZE
-        n["receipts"] += max(0, (len(since.open_receipts) - len(state["open_receipts"]))
-                             // fastpath.OPEN_RECEIPT_SIZE)
+            n["segments"] += sum(1 for seg in o.segments
+                                 if bytes(seg[3]) != state["open_records"])
+            lost.update(bytes(o.receipts[i:i + 41]) for i in range(0, len(o.receipts), rk))
+        lost.update(bytes(since.open_receipts[i:i + 41])
+                    for i in range(0, len(since.open_receipts), ork))
+        n["receipts"] += len(lost - kept)
         self._full_error = str(exc)
         if self._full_since is None:
             self._full_since = time.time()

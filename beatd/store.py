@@ -76,15 +76,36 @@ class StoreCorruptError(StoreError):
     """The files are not a (valid) LMDB environment, or its content breaks the store's rules."""
 
 
-def no_room(exc):
-    """Whether ``exc`` says the store has no room: ``StoreFullError``, or the raw py-lmdb error of
-    a full map or disk (raised by code that writes the environment directly, e.g. the ledger
-    outbox)."""
+# A write that failed with an I/O error while the store's filesystem has less than this free is
+# taken for a full disk: LMDB reports a short write (the disk filled during the commit) as EIO.
+DISK_FULL_FREE_BYTES = 1 << 20
+
+
+def _disk_nearly_full(path):
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < DISK_FULL_FREE_BYTES
+
+
+def no_room(exc, path=None):
+    """Whether ``exc`` says the store has no room: ``StoreFullError``, or the raw py-lmdb (or OS)
+    error of a full map or disk, from code that writes the environment directly (the ledger
+    outbox): ENOSPC, or with ``path`` (the store's directory) an I/O error while its filesystem
+    is (nearly) full."""
     if isinstance(exc, (StoreFullError, lmdb.MapFullError)):
         return True
-    if isinstance(exc, lmdb.DiskError):
-        return os.strerror(errno.ENOSPC) in str(exc)
-    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    if isinstance(exc, OSError):
+        code = exc.errno
+    elif isinstance(exc, lmdb.Error):
+        text = str(exc)
+        code = (errno.ENOSPC if os.strerror(errno.ENOSPC) in text else
+                errno.EIO if os.strerror(errno.EIO) in text else None)
+    else:
+        return False
+    return code == errno.ENOSPC or (code == errno.EIO and path is not None and
+                                    _disk_nearly_full(path))
 
 
 # py-lmdb exceptions -> (our exception, what to do about it). Checked in order (subclasses first).
@@ -165,7 +186,7 @@ class Store:
         except StoreError:
             raise
         except lmdb.Error as exc:
-            if isinstance(exc, lmdb.DiskError) and no_room(exc):
+            if not isinstance(exc, lmdb.MapFullError) and no_room(exc, self.path):
                 raise StoreDiskFullError(f"{self.path}: {doing}: the disk is full: free space "
                                          f"({exc})") from None
             for lmdb_cls, cls, advice in _ERROR_TABLE:
@@ -174,7 +195,7 @@ class Store:
                               f"{advice.format(map_size=self.map_size)} ({exc})") from None
             raise  # pragma: no cover (lmdb.Error is the last row)
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
+            if no_room(exc, self.path):
                 raise StoreDiskFullError(f"{self.path}: {doing}: the disk is full: free space "
                                          f"({exc})") from None
             raise StoreDiskError(f"{self.path}: {doing}: disk error ({exc})") from None

@@ -218,7 +218,7 @@ def test_pruning_makes_room_and_recording_resumes(tmp_path, pki, caplog,  # noqa
                  timeout=SLOW_S, what="a batch anchored")
         r.flood_until(lambda: r.d.store_status()["full"], "the store full", per=150,
                       rounds=200)
-        assert r.d.store_dropped["records"] > 0
+        assert r.d.store_dropped["batches"] > 0
         # no more flood: anchoring goes on, pruning frees room, and a small batch fits again
         wait_for(lambda: r.d.store.prune_status()["batches"] > 0, timeout=SLOW_S,
                  what="batches pruned")
@@ -257,3 +257,102 @@ def test_store_errors_for_no_room(tmp_path):
         with pytest.raises(StoreFullError) as e:
             s.commit(p.take())
         assert str(tmp_path / "s") in str(e.value) and str(64 << 10) in str(e.value)
+
+
+ENOSPC_SCRIPT = r"""
+import os, subprocess, sys
+import fastpath
+from beatd.store import Store, StoreDiskFullError, StoreFullError
+from test_store_full import flood
+d = sys.argv[1]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", d], check=True)
+s = Store(os.path.join(d, "s"), 1, "sha3-256", 4096, map_size=64 << 20)
+p = fastpath.Pipeline(1, segment_records=16)
+p.resume(**s.resume_state())
+committed, err = 0, None
+for k in range(200):
+    buf, desc = b"", b""
+    for i, f in enumerate(flood(k * 200, 200)):
+        desc += fastpath.pack_desc(10**18 + (k * 200 + i) * 10**6, len(buf), len(f), len(f), 1, 1)
+        buf += f
+    p.feed(buf, desc)
+    try:
+        s.commit(p.take())
+        committed = s.stats()["records"]
+    except StoreFullError as exc:
+        err = exc
+        p.rewind(**s.resume_state())
+        break
+assert isinstance(err, StoreDiskFullError), repr(err)
+assert "the disk is full" in str(err) and d in str(err), str(err)
+assert s.verify() == [] and s.stats()["records"] == committed > 0
+s.close()
+s = Store(os.path.join(d, "s"), 1, "sha3-256", 4096, map_size=64 << 20)
+assert s.verify() == [] and s.stats()["records"] == committed
+print("ok", committed)
+"""
+
+
+def test_a_full_disk_is_a_full_store(tmp_path):
+    """ENOSPC (a 256 KiB tmpfs in a mount namespace of its own): StoreDiskFullError, which is a
+    StoreFullError, the message naming the path; what was committed stays whole and reopens."""
+    from conftest import REPO, require_root
+    require_root()
+    import os
+    import subprocess
+    import sys
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
+                        ENOSPC_SCRIPT, str(mnt)], capture_output=True, text=True, timeout=120,
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                           [REPO, os.path.join(REPO, "tests")])})
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-3000:]
+
+
+def test_a_full_store_still_builds_a_smaller_batch(tmp_path):
+    """A store filled within one anchor period holds only unbatched leaves: the tree levels of
+    them all do not fit, so the anchor thread builds a batch of fewer (else nothing would ever be
+    anchored, hence pruned, again)."""
+    import lmdb
+
+    from ledger_client.batcher import Batcher
+    from test_batcher import MemLedger
+    path, cfg, _ = write_config(tmp_path, _fake_pki(tmp_path))
+    store = Store(cfg.store_path, 1, HASH, 4096, map_size=cfg.effective_map_size)
+    b = Batcher(store, MemLedger(HASH), 1, HASH, "device-key", 1.0)   # its databases exist
+    p = fastpath.Pipeline(1, segment_records=16)
+    p.resume(**store.resume_state())
+    try:
+        for k in range(1000):
+            frames = flood(k * 100, 100)
+            buf, desc = b"", b""
+            for i, f in enumerate(frames):
+                desc += fastpath.pack_desc(10**18 + (k * 100 + i) * 10**6, len(buf), len(f),
+                                           len(f), 1, 1)
+                buf += f
+            p.feed(buf, desc)
+            store.commit(p.take())
+    except StoreFullError:
+        pass
+    waiting = b.stats()["leaves_waiting"]
+    assert waiting > 1000
+    with pytest.raises(lmdb.MapFullError):
+        b.build()
+    d = Daemon(cfg)
+    rec = d._build_smaller(b)
+    assert rec is not None and 1 <= rec.tree_size < waiting and rec.first_leaf_seq == 0
+    assert b.max_leaves == cfg.ledger_max_leaves and b.stats()["leaves_waiting"] == \
+        waiting - rec.tree_size
+    store.close()
+
+
+def _fake_pki(tmp_path):
+    """The TLS files the configuration wants to exist (never used: the daemon is not started)."""
+    out = {}
+    for name in ("ca", "cert", "key"):
+        f = tmp_path / f"{name}.pem"
+        f.write_text("unused")
+        f.chmod(0o600)
+        out[name] = str(f)
+    return out
