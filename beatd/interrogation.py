@@ -15,7 +15,8 @@ are kept, grown incrementally at each request:
 
 - ``OutboxIndex``: the outbox leaf of every segment (``seg_seq`` -> ``leaf_seq``: the k-th segment
   leaf is seg_seq k) and of every receipt (by ``R``), from one scan of the outbox that continues
-  where it stopped (8 bytes per segment, trimmed below the ring; 16 bytes per receipt);
+  where it stopped, from the store's pruned base (8 bytes per segment, trimmed below the ring; 16
+  bytes per receipt, trimmed below the pruned base);
 - ``AnchorIndex``: where each anchored batch starts in the outbox and its tree size, so that a
   leaf's inclusion path is read from its batch's stored levels (``ledger_client.outbox``) in the
   chunk's own transaction.
@@ -184,27 +185,60 @@ class FlowTagFilter:
 # -- indexes over the store ---------------------------------------------------------------------
 
 class OutboxIndex:
-    """Outbox leaves of segments (by seg_seq) and receipts (by R), from an incremental scan."""
+    """Outbox leaves of segments (by seg_seq) and receipts (by R), from an incremental scan.
 
-    def __init__(self, env, db_outbox, path):
+    The store prunes the outbox from its oldest end (beatd.store.Store.prune): the leaves held are
+    ``outbox_base..`` and the first segment leaf among them is seg_seq ``pruned_segments`` (both in
+    the store's meta). The scan starts there, and jumps there when pruning overtook it; the receipt
+    entries of pruned leaves are dropped, so the index stays as bounded as the store."""
+
+    def __init__(self, env, db_outbox, path, db_meta=None):
         self.env = env
         self.db = db_outbox
+        self.db_meta = db_meta
         self.path = path
         self._lock = threading.Lock()
-        self.next_leaf = 0               # leaves 0..next_leaf-1 are indexed
+        self.next_leaf = 0               # leaves base..next_leaf-1 are indexed
         self.next_seg = 0                # seg_seq of the next segment leaf
         self.seg_base = 0                # seg_seq of _seg_leaf[0]
         self._seg_leaf = array("Q")
         self._rc_prefix = bytearray()    # the first 8 bytes of each receipt leaf's R, in order
         self._rc_leaf = array("Q")
 
+    def _pruned_base(self, txn):
+        """``(outbox_base, pruned_segments)`` from the store's meta (0, 0: never pruned)."""
+        if self.db_meta is None:
+            return 0, 0
+        base = txn.get(b"outbox_base", db=self.db_meta)
+        if base is None:
+            return 0, 0
+        return _u64(base), _u64(txn.get(b"pruned_segments", db=self.db_meta))
+
+    def _drop_receipts_below(self, base):
+        n = bisect.bisect_left(self._rc_leaf, base)
+        if n:
+            del self._rc_leaf[:n]
+            del self._rc_prefix[:8 * n]
+
     def refresh(self, keep_from_seg=None):
         """Index the leaves written since the last call; drop segment entries below
-        ``keep_from_seg`` (the ring's oldest seg_seq) when many are there."""
+        ``keep_from_seg`` (the ring's oldest seg_seq) when many are there, and the entries of
+        leaves the store pruned."""
         with self._lock:
+            base = 0
             while True:
-                with self.env.begin(db=self.db) as txn:
-                    cur = txn.cursor()
+                with self.env.begin() as txn:
+                    base, base_seg = self._pruned_base(txn)
+                    if base > self.next_leaf:        # pruned past what was indexed: start there
+                        self._drop_receipts_below(base)
+                        drop = min(base_seg, self.next_seg) - self.seg_base
+                        if drop > 0:
+                            del self._seg_leaf[:drop]
+                            self.seg_base += drop
+                        if base_seg > self.next_seg:
+                            self.next_seg = self.seg_base = base_seg
+                        self.next_leaf = base
+                    cur = txn.cursor(db=self.db)
                     if not cur.set_range(_p64(self.next_leaf)):
                         break
                     n = 0
@@ -230,6 +264,8 @@ class OutboxIndex:
                 drop = min(keep_from_seg, self.next_seg) - self.seg_base
                 del self._seg_leaf[:drop]
                 self.seg_base += drop
+            if self._rc_leaf and base - self._rc_leaf[0] > SCAN_LEAVES:
+                self._drop_receipts_below(base)
 
     def segment_leaf(self, seg_seq):
         """The leaf_seq of segment ``seg_seq``, or None (not indexed, or trimmed)."""
@@ -323,7 +359,7 @@ class EvidenceStore:
         self.env = store.env
         self.db = store.db
         self.outbox = Outbox(store)           # opens (creates if missing) anchors, leaf_proofs
-        self.index = OutboxIndex(self.env, self.db["outbox"], self.path)
+        self.index = OutboxIndex(self.env, self.db["outbox"], self.path, self.db["meta"])
         self.anchors = AnchorIndex(self.env, self.outbox.db_anchors)
         self.wrapped_during_answer = 0        # segments dropped by the ring while being answered
 

@@ -12,11 +12,17 @@ RECEIPT_SIZE = 89       # epoch_ns(8) role(1) src(16) dst(16) packets(8) bytes(8
 OPEN_RECEIPT_SIZE = 57  # the same without R
 COUNTER_SIZE = 48       # prev_id(8) next_id(8) packets(8) bytes(8) first_t_ns(8) last_t_ns(8)
 HASH_NAMES = ("sha3-256", "blake2b-256")
+# Receipts of their own per role and receipt epoch; the flows beyond share the epoch's overflow
+# receipt of the role, whose src and dst are OVERFLOW_ADDR (docs/fastpath.md, "Releasing").
+DEFAULT_MAX_RECEIPTS_PER_EPOCH = 1024
+MAX_RECEIPTS_PER_EPOCH_LIMIT = 1 << 24
+OVERFLOW_ADDR = bytes(16)
 
 STAT_NAMES = (
     "frames", "ip", "non_ip", "unsupported_linktype", "runt", "truncated", "bad_version",
     "bad_ihl", "bad_length", "vlan_depth", "ingress", "egress", "joined", "ingress_only",
     "egress_only", "unknown_mac", "join_overflow", "receipt_late", "records", "segments", "receipts",
+    "receipt_overflow",
 )
 
 # The drop reasons, grouped into SPEC.md's three classes.
