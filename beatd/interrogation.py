@@ -260,8 +260,10 @@ class OutboxIndex:
                             break
                 if n < SCAN_LEAVES:
                     break
-            if keep_from_seg is not None and keep_from_seg - self.seg_base > SCAN_LEAVES:
-                drop = min(keep_from_seg, self.next_seg) - self.seg_base
+            # segments below the ring are trimmed only SCAN_LEAVES behind it: an answer that
+            # planned its index on an older ring still finds its segments' leaves
+            if keep_from_seg is not None and keep_from_seg - self.seg_base > 2 * SCAN_LEAVES:
+                drop = min(keep_from_seg - SCAN_LEAVES, self.next_seg) - self.seg_base
                 del self._seg_leaf[:drop]
                 self.seg_base += drop
             if self._rc_leaf and base - self._rc_leaf[0] > SCAN_LEAVES:
@@ -651,6 +653,11 @@ class EvidenceStore:
                     refs = [self._anchor_ref(txn, e[5]) for e in batch]
             for e, ref in zip(batch, refs if batch else ()):
                 seq, c, first, last, S, _ = e
+                if seq < fixed["anchored_segments"] and not ref.anchored:
+                    # its proof left the index or the store while answering (the ring wrapped,
+                    # the store pruned): an honest answer must not contradict its own coverage
+                    raise StoreError(f"{self.path}: the anchor proof of segment {seq} (anchored) "
+                                     "is gone since this answer began; ask again")
                 part.append(ev.IndexEntry(seq, c, first, last, S, seq in sent, ref))
                 size += ev.INDEX_ENTRY_SIZE + 25 + 32 * len(ref.path)
                 if size >= ev.CHUNK_RECORD_BYTES:
