@@ -5,7 +5,11 @@ docs/interrogation.md has the contract, the error table and this server's limits
 ``InterrogationServer(store, key, ca=, cert=, private_key=, ...)`` serves ``beat.v1.Interrogation``
 (plus grpc.health.v1 and server reflection) from a device's LMDB store while the daemon keeps
 writing it: ``start()``, ``port``, ``stop(grace)``; the daemon runs it beside its threads (gRPC has
-its own pool).
+its own pool). Every call passes ``beatd.rpc_guard.RpcGuard`` first: health is open to any
+certificate of the domain's CA, everything else needs the governance role; calls of certificates
+without it are limited per certificate (``max_peer_rpcs``) and together (``max_device_rpcs``), so
+that they never hold the workers the governance needs; a watchdog cancels evidence answers after
+``max_stream_s`` and every other call (Health.Watch, reflection) after ``max_call_s``.
 
 Reading the store (``EvidenceStore``): every read is a short read transaction -- one per chunk of
 about 1 MiB, one per few thousand keys when scanning -- so a slow or stalled client never pins old
@@ -48,21 +52,30 @@ from ledger_client.outbox import ANCHORED, LEAF_RECEIPT, LEAF_SEGMENT, BatchReco
 
 from . import __version__
 from .certs import ROLE_GOVERNANCE, peer_role
+from .rpc_guard import RpcGuard
 from .store import SEG_HEAD, StoreError
 
 __all__ = ["InterrogationServer", "InterrogationServicer", "EvidenceStore", "Limits",
            "SERVICE_NAME", "DEFAULT_MAX_WINDOW_S", "DEFAULT_MAX_RECORDS", "DEFAULT_MAX_STREAMS",
-           "DEFAULT_MAX_FLOW_TAGS", "DEFAULT_MAX_STREAM_S"]
+           "DEFAULT_MAX_FLOW_TAGS", "DEFAULT_MAX_STREAM_S", "DEFAULT_MAX_PEER_RPCS",
+           "DEFAULT_MAX_DEVICE_RPCS", "DEFAULT_MAX_CALL_S", "OPEN_METHODS"]
 
 log = logging.getLogger("beatd.interrogation")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Interrogation"].full_name   # beat.v1.Interrogation
+OPEN_METHODS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")   # any peer
+EVIDENCE_METHODS = (f"/{SERVICE_NAME}/GetProofSegments", f"/{SERVICE_NAME}/GetReceipts")
 FORMAT_VERSION = 1
 DEFAULT_MAX_WINDOW_S = 3600.0        # = governance.threshold_s's default: what the ring must cover
 DEFAULT_MAX_RECORDS = 4_000_000      # ~192 MB of records per answer, ~4 s at 1M records/s
 DEFAULT_MAX_STREAMS = 4              # concurrent GetProofSegments/GetReceipts answers
 DEFAULT_MAX_FLOW_TAGS = 64
 DEFAULT_MAX_STREAM_S = 600.0         # an answer still running after this is cancelled
+DEFAULT_MAX_PEER_RPCS = 4            # calls of one certificate without the governance role
+DEFAULT_MAX_DEVICE_RPCS = 8          # calls of all the certificates without it, together
+DEFAULT_MAX_CALL_S = 60.0            # any other call (Health.Watch, reflection) cancelled after
+GOVERNANCE_SPARE_WORKERS = 4         # workers for the governance beyond max_streams
+QUEUED_RPCS = 16                     # calls gRPC queues beyond its workers before refusing
 RECEIPTS_PER_CHUNK = 4096            # ~0.5-1 MiB of receipts with their paths
 SCAN_KEYS = 4096                     # keys per read transaction when scanning
 SCAN_LEAVES = 65536                  # outbox leaves per read transaction when indexing
@@ -90,22 +103,37 @@ class Limits:
 
     def __init__(self, max_window_s=DEFAULT_MAX_WINDOW_S, max_records=DEFAULT_MAX_RECORDS,
                  max_streams=DEFAULT_MAX_STREAMS, max_flow_tags=DEFAULT_MAX_FLOW_TAGS,
-                 max_stream_s=DEFAULT_MAX_STREAM_S):
+                 max_stream_s=DEFAULT_MAX_STREAM_S, max_peer_rpcs=DEFAULT_MAX_PEER_RPCS,
+                 max_device_rpcs=DEFAULT_MAX_DEVICE_RPCS, max_call_s=DEFAULT_MAX_CALL_S):
         for name, value in (("max_window_s", max_window_s), ("max_records", max_records),
                             ("max_streams", max_streams), ("max_flow_tags", max_flow_tags),
-                            ("max_stream_s", max_stream_s)):
+                            ("max_stream_s", max_stream_s), ("max_peer_rpcs", max_peer_rpcs),
+                            ("max_device_rpcs", max_device_rpcs), ("max_call_s", max_call_s)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"interrogation.{name}: {value!r} must be a number above 0")
         for name, value in (("max_records", max_records), ("max_streams", max_streams),
-                            ("max_flow_tags", max_flow_tags)):
+                            ("max_flow_tags", max_flow_tags), ("max_peer_rpcs", max_peer_rpcs),
+                            ("max_device_rpcs", max_device_rpcs)):
             if not isinstance(value, int):
                 raise ValueError(f"interrogation.{name}: {value!r} must be an integer")
+        if max_peer_rpcs > max_device_rpcs:
+            raise ValueError(f"interrogation.max_peer_rpcs: {max_peer_rpcs} is more than "
+                             f"max_device_rpcs {max_device_rpcs}")
         self.max_window_s = float(max_window_s)
         self.max_window_ns = int(max_window_s * 1e9)
         self.max_records = max_records
         self.max_streams = max_streams
         self.max_flow_tags = max_flow_tags
         self.max_stream_s = float(max_stream_s)
+        self.max_peer_rpcs = max_peer_rpcs
+        self.max_device_rpcs = max_device_rpcs
+        self.max_call_s = float(max_call_s)
+
+    @property
+    def workers(self):
+        """The server's worker threads: the governance's (max_streams evidence answers and a few
+        short calls) plus max_device_rpcs, which is all the other certificates may hold."""
+        return self.max_streams + GOVERNANCE_SPARE_WORKERS + self.max_device_rpcs
 
 
 class ChunkSigner:
@@ -573,6 +601,7 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
         self._next_id = 0
         self.answers = 0                    # evidence answers completed
         self.refused = {}                   # status code name -> count
+        self.cancelled = 0                  # answers cancelled after max_stream_s
 
     # -- plumbing --
 
@@ -621,6 +650,7 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
         with self._lock:
             overdue = [(sid, ctx) for sid, (ctx, t0) in self._streams.items()
                        if now - t0 > self.limits.max_stream_s]
+            self.cancelled += len(overdue)
         for sid, ctx in overdue:
             log.warning("interrogation: an answer ran longer than max_stream_s %g s; cancelled",
                         self.limits.max_stream_s)
@@ -646,6 +676,7 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
 
     def GetNodeInfo(self, request, context):
         try:
+            self._governance_only(context, "GetNodeInfo")
             now = self.clock()
             info = self._store_call("node info", self._node_info, now)
         except RequestError as exc:
@@ -798,10 +829,12 @@ class InterrogationServer:
         self.evidence.refresh()
         self.servicer = InterrogationServicer(self.evidence, key, store.node_id, store.hash_name,
                                               self.limits, neighbours, threshold_ns, clock)
-        workers = self.limits.max_streams + 4
+        self.guard = RpcGuard(self.limits, OPEN_METHODS, EVIDENCE_METHODS)
+        workers = self.limits.workers
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="beatd-grpc"),
-            maximum_concurrent_rpcs=self.limits.max_streams + 16,
+            interceptors=(self.guard,),
+            maximum_concurrent_rpcs=workers + QUEUED_RPCS,
             options=[("grpc.max_send_message_length", MAX_MESSAGE),
                      ("grpc.max_receive_message_length", 1 << 20),
                      ("grpc.keepalive_time_ms", 60_000),
@@ -835,9 +868,11 @@ class InterrogationServer:
         return self
 
     def _watch(self):
-        while not self._stopped.wait(1.0):
+        period = min(1.0, self.limits.max_call_s / 4, self.limits.max_stream_s / 4)
+        while not self._stopped.wait(period):
             try:
                 self.servicer.cancel_overdue()
+                self.guard.cancel_overdue()
             except Exception:  # noqa: BLE001 (the watchdog must outlive one bad round)
                 log.exception("interrogation watchdog")
 
@@ -851,14 +886,23 @@ class InterrogationServer:
             self._watchdog.join(timeout=2.0)
 
     def stats(self):
-        """For metrics and ``beatd status``: streams running, answers given, requests refused
-        (by status code), segments that left the ring while being answered, the signer."""
+        """For metrics and ``beatd status``: evidence streams running, answers given, requests
+        refused (by status code: the servicer's and the guard's; the guard's also by reason:
+        ``role``, ``max_peer_rpcs``, ``max_device_rpcs``), calls running (governance, others),
+        calls cancelled by the watchdog (by limit), segments that left the ring while being
+        answered, the signer."""
         sv = self.servicer
         with sv._lock:
             refused = dict(sv.refused)
             answers = sv.answers
+            cancelled_answers = sv.cancelled
+        g = self.guard.stats()
+        for code, n in g["refused"].items():
+            refused[code] = refused.get(code, 0) + n
         return {"port": self.port, "active_streams": sv.active_streams(), "answers": answers,
-                "refused": refused,
+                "refused": refused, "refused_reasons": g["refused_reasons"],
+                "calls": g["calls"],
+                "cancelled": {"max_stream_s": cancelled_answers, "max_call_s": g["cancelled"]},
                 "wrapped_during_answer": self.evidence.wrapped_during_answer,
                 "signer": sv.signer.impl}
 
