@@ -790,6 +790,107 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
         self._answered()
 
 
+# -- health -------------------------------------------------------------------------------------
+
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1 (Check, Watch), as grpc_health's servicer, without its deadlock: there, a
+    leaving watcher's callback runs on gRPC's polling thread and waits for the servicer's lock,
+    which ``set()`` (``enter_graceful_shutdown()`` at ``stop()``) holds while it waits for that
+    very thread to send the new status to every watcher; ``stop()`` then never returns. Here the
+    status lock is held only to read or change the table (never while sending), and statuses
+    are sent under a lock of their own that no gRPC callback takes. Watch answers from callbacks
+    (``experimental_non_blocking``): an open watch holds no worker thread."""
+
+    def __init__(self):
+        self._lock = threading.Lock()        # the table; never held while sending
+        self._send = threading.Lock()        # orders what watchers are sent
+        self._status = {"": health_pb2.HealthCheckResponse.SERVING}
+        self._watchers = {}                  # service -> {send callback}
+        self._shutting_down = False
+
+    def Check(self, request, context):
+        with self._lock:
+            status = self._status.get(request.service)
+        if status is None:
+            context.set_code(grpc.StatusCode.NOT_FOUND)
+            return health_pb2.HealthCheckResponse()
+        return health_pb2.HealthCheckResponse(status=status)
+
+    def Watch(self, request, context, send_response_callback=None):
+        watcher = None
+        if send_response_callback is None:   # a server that calls it blocking: a generator
+            watcher = _BlockingWatcher()
+            send_response_callback = watcher.send
+        service = request.service
+        with self._send:
+            with self._lock:
+                status = self._status.get(service,
+                                          health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+                self._watchers.setdefault(service, set()).add(send_response_callback)
+            send_response_callback(health_pb2.HealthCheckResponse(status=status))
+        if not context.add_callback(lambda: self._forget(service, send_response_callback)):
+            self._forget(service, send_response_callback)
+        return watcher
+
+    Watch.experimental_non_blocking = True
+    Watch.experimental_thread_pool = None
+
+    def _forget(self, service, send_response_callback):
+        with self._lock:                     # brief: this runs on gRPC's polling thread
+            self._watchers.get(service, set()).discard(send_response_callback)
+        if isinstance(getattr(send_response_callback, "__self__", None), _BlockingWatcher):
+            send_response_callback(None)
+
+    def set(self, service, status):
+        """The status of ``service``, sent to its watchers (ignored after
+        ``enter_graceful_shutdown``)."""
+        with self._send:
+            with self._lock:
+                if self._shutting_down:
+                    return
+                self._status[service] = status
+                watchers = list(self._watchers.get(service, ()))
+            for send in watchers:
+                send(health_pb2.HealthCheckResponse(status=status))
+
+    def enter_graceful_shutdown(self):
+        """Every service NOT_SERVING, for good."""
+        with self._lock:
+            services = list(self._status)
+        for service in services:
+            self.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        with self._lock:
+            self._shutting_down = True
+
+
+class _BlockingWatcher:
+    """Watch's answers as a generator (the latest status; None ends it)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._latest = []
+        self._open = True
+
+    def send(self, response):
+        with self._cond:
+            if response is None:
+                self._open = False
+            else:
+                self._latest[:] = [response]
+            self._cond.notify()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self._cond:
+            while not self._latest and self._open:
+                self._cond.wait()
+            if self._latest:
+                return self._latest.pop()
+            raise StopIteration
+
+
 # -- the server ---------------------------------------------------------------------------------
 
 def _read(path, what):
@@ -842,7 +943,7 @@ class InterrogationServer:
                      ("grpc.http2.max_pings_without_data", 0),
                      ("grpc.so_reuseport", 0)])
         pb_grpc.add_InterrogationServicer_to_server(self.servicer, self._server)
-        self.health = health.HealthServicer()
+        self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)

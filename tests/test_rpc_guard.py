@@ -10,7 +10,7 @@ certificate of the domain's CA; the per-certificate and all-devices limits refus
 RESOURCE_EXHAUSTED naming the role, the count and the limit, and give the slots back; the watchdog
 cancels an idle reflection stream and a Health.Watch after max_call_s; the guard alone, on a
 method open to devices that holds its worker, never lets devices hold every worker and gives a
-slot back only once its worker is free.
+slot back only once its worker is free; stop() does not hang while health watchers leave.
 Refusals and cancellations are counted in stats(). Every call has a timeout and every flooding
 stream is cancelled in a finally: the tests stop by themselves.
 """
@@ -423,3 +423,27 @@ def test_devices_never_hold_every_worker(pki):
             ch.close()
         server.stop(0)
 
+
+# -- health: stopping while watchers leave ------------------------------------------------------
+
+def test_stop_while_health_watchers_leave_does_not_hang(store, pki):
+    """grpc_health's own servicer deadlocks here (seen in this file's runs): the polling thread
+    runs a leaving watcher's callback, which waits for the servicer's lock, which stop()'s
+    NOT_SERVING holds while it waits for the polling thread to send to every watcher."""
+    rounds, hung = 25, []
+    for i in range(rounds):
+        d = Device(store, pki)
+        flood = Flood()
+        ch = d.channel("governance")                 # not limited: many watchers
+        assert flood.start([flood.watch(ch) for _ in range(16)]) == 0
+        leave = threading.Thread(target=flood.close)
+        stop = threading.Thread(target=d.server.stop, args=(0,), daemon=True)
+        leave.start()
+        stop.start()
+        stop.join(15)
+        leave.join(15)
+        if stop.is_alive():
+            hung.append(i + 1)
+            break
+        ch.close()
+    assert not hung, f"InterrogationServer.stop() hung in round {hung[0]} of {rounds}"
