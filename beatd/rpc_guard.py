@@ -44,6 +44,7 @@ REASON_ROLE = "role"                  # PERMISSION_DENIED: the method needs the 
 REASON_PEER = "max_peer_rpcs"         # RESOURCE_EXHAUSTED: one certificate's calls
 REASON_DEVICES = "max_device_rpcs"    # RESOURCE_EXHAUSTED: all non-governance calls together
 CANCELLED_CALL = "max_call_s"         # cancelled by the watchdog
+LOG_EVERY_S = 60.0                    # refusals of one peer are logged at most this often
 
 
 @lru_cache(maxsize=256)
@@ -107,6 +108,7 @@ class RpcGuard(grpc.ServerInterceptor):
         self.refused = {}                  # status code name -> count
         self.refused_reasons = {}          # REASON_* -> count
         self.cancelled = 0                 # calls cancelled after max_call_s
+        self._logged = {}                  # certificate key -> (last logged, refusals since)
 
     # -- the interceptor --
 
@@ -194,10 +196,23 @@ class RpcGuard(grpc.ServerInterceptor):
                 self._calls[call.sid] = call
             return call
         except _Refused as exc:
+            now = self.clock()
             with self._lock:
                 self.refused[exc.code.name] = self.refused.get(exc.code.name, 0) + 1
                 self.refused_reasons[exc.reason] = self.refused_reasons.get(exc.reason, 0) + 1
-            log.info("interrogation refused: %s: %s: %s", exc.code.name, method, exc)
+                last, since = self._logged.get(peer, (None, 0))
+                if last is None or now - last >= LOG_EVERY_S:
+                    self._logged[peer] = (now, 0)
+                    if len(self._logged) > 4096:           # forget the quiet ones
+                        self._logged = {k: v for k, v in self._logged.items()
+                                        if now - v[0] < LOG_EVERY_S}
+                else:
+                    self._logged[peer] = (last, since + 1)
+                    since = None
+            if since is not None:          # a flood is logged once a minute per peer
+                log.info("interrogation refused: %s: %s: %s%s", exc.code.name, method, exc,
+                         f" ({since} more refusals of this certificate in the last "
+                         f"{LOG_EVERY_S:g} s)" if since else "")
             context.abort(exc.code, str(exc))
             raise                          # not reached: abort raises
 

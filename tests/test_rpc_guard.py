@@ -447,3 +447,24 @@ def test_stop_while_health_watchers_leave_does_not_hang(store, pki):
             break
         ch.close()
     assert not hung, f"InterrogationServer.stop() hung in round {hung[0]} of {rounds}"
+
+
+def test_a_flood_of_refusals_is_logged_once_a_minute_per_peer(device, caplog):
+    import logging
+    ch = device.channel("device-7")
+    clock = [1000.0]
+    device.server.guard.clock = lambda: clock[0]
+    with caplog.at_level(logging.INFO, logger="beatd.interrogation"):
+        for t in (0, 1, 2, 61, 62):
+            clock[0] = 1000.0 + t
+            with pytest.raises(grpc.RpcError):
+                _reflect(ch)
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert lines == [
+        f"interrogation refused: PERMISSION_DENIED: /grpc.reflection.v1alpha.ServerReflection/"
+        f"{REFLECTION}: {REFLECTION} needs the governance role; the client certificate has "
+        "device:7",
+        f"interrogation refused: PERMISSION_DENIED: /grpc.reflection.v1alpha.ServerReflection/"
+        f"{REFLECTION}: {REFLECTION} needs the governance role; the client certificate has "
+        "device:7 (2 more refusals of this certificate in the last 60 s)"]
+    assert device.server.stats()["refused_reasons"]["role"] == 5
