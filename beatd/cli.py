@@ -282,9 +282,18 @@ def format_status(st):
     it = st.get("interrogation")
     if it:
         refused = ", ".join(f"{k} {v}" for k, v in sorted((it.get("refused") or {}).items()))
+        reasons = ", ".join(f"{k} {v}" for k, v in
+                            sorted((it.get("refused_reasons") or {}).items()))
+        cancelled = ", ".join(f"{k} {v}" for k, v in sorted((it.get("cancelled") or {}).items())
+                              if v)
+        calls = it.get("calls") or {}
         lines.append(f"  interrogate  port {it.get('port')}: {it.get('active_streams', 0)} "
                      f"answers running, {it.get('answers', 0)} given"
-                     + (f", refused: {refused}" if refused else ""))
+                     + (f", refused: {refused}" if refused else "")
+                     + (f" (before the handler: {reasons})" if reasons else "")
+                     + (f"; calls running: governance {calls.get('governance', 0)}, others "
+                        f"{calls.get('others', 0)}" if calls else "")
+                     + (f"; cancelled: {cancelled}" if cancelled else ""))
     ts = st.get("testing")
     if ts:
         lines.append("  TESTING      " + ", ".join(

@@ -93,6 +93,11 @@ DEFAULTS = {
         "max_stream_s": 600.0,      # an answer still running after this long is cancelled
         "max_index_entries": 100_000,   # segments in one answer's signed index (coverage)
         "max_seg_seqs": 1024,       # segments one GetSegments request may name
+        "max_peer_rpcs": 4,         # calls running at once of one certificate without the
+                                    # governance role (health is all it may ask for)
+        "max_device_rpcs": 8,       # ... of all the certificates without it, together
+        "max_call_s": 60.0,         # any other call (Health.Watch, reflection) still running
+                                    # after this long is cancelled
     },
 }
 LEDGER_BACKENDS = ("none", "local", "ethereum")
@@ -209,6 +214,9 @@ class Config:
     interrogation_max_stream_s: float = DEFAULTS["interrogation"]["max_stream_s"]
     interrogation_max_index_entries: int = DEFAULTS["interrogation"]["max_index_entries"]
     interrogation_max_seg_seqs: int = DEFAULTS["interrogation"]["max_seg_seqs"]
+    interrogation_max_peer_rpcs: int = DEFAULTS["interrogation"]["max_peer_rpcs"]
+    interrogation_max_device_rpcs: int = DEFAULTS["interrogation"]["max_device_rpcs"]
+    interrogation_max_call_s: float = DEFAULTS["interrogation"]["max_call_s"]
     ledger_path_default: bool = False   # ledger.path not configured: STORE/ledger.lmdb
     ledger_key_default: bool = False    # ledger.key not configured: STORE/device.ed25519
 
@@ -594,11 +602,22 @@ def _interrogation(raw, ledger):
     stream_s = float(_number(it, "max_stream_s", "interrogation."))
     index_entries = _number(it, "max_index_entries", "interrogation.", integer=True)
     seg_seqs = _number(it, "max_seg_seqs", "interrogation.", integer=True)
+    peer_rpcs = _number(it, "max_peer_rpcs", "interrogation.", integer=True)
+    device_rpcs = _number(it, "max_device_rpcs", "interrogation.", integer=True)
+    if device_rpcs > 1024:                      # one worker thread each
+        raise ConfigError(f"interrogation.max_device_rpcs: {device_rpcs} is more than 1024")
+    if peer_rpcs > device_rpcs:
+        raise ConfigError(f"interrogation.max_peer_rpcs: {peer_rpcs} is more than "
+                          f"interrogation.max_device_rpcs ({device_rpcs}): one certificate "
+                          "cannot have more calls than all of them together")
+    call_s = float(_number(it, "max_call_s", "interrogation."))
     out = {"interrogation_listen": listen, "interrogation_max_window_s": window,
            "interrogation_max_records": records, "interrogation_max_streams": streams,
            "interrogation_max_flow_tags": tags, "interrogation_max_stream_s": stream_s,
            "interrogation_max_index_entries": index_entries,
-           "interrogation_max_seg_seqs": seg_seqs}
+           "interrogation_max_seg_seqs": seg_seqs,
+           "interrogation_max_peer_rpcs": peer_rpcs, "interrogation_max_device_rpcs": device_rpcs,
+           "interrogation_max_call_s": call_s}
     for name in ("cert", "key", "ca", "signing_key"):
         v = it[name]
         if v is not None and (not isinstance(v, str) or not os.path.isabs(v)):

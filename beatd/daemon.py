@@ -397,7 +397,10 @@ class Daemon:
                             max_flow_tags=cfg.interrogation_max_flow_tags,
                             max_stream_s=cfg.interrogation_max_stream_s,
                             max_index_entries=cfg.interrogation_max_index_entries,
-                            max_seg_seqs=cfg.interrogation_max_seg_seqs)
+                            max_seg_seqs=cfg.interrogation_max_seg_seqs,
+                            max_peer_rpcs=cfg.interrogation_max_peer_rpcs,
+                            max_device_rpcs=cfg.interrogation_max_device_rpcs,
+                            max_call_s=cfg.interrogation_max_call_s)
             self.interrogation = InterrogationServer(
                 self.store, key, ca=cfg.interrogation_ca, cert=cfg.interrogation_cert,
                 private_key=cfg.interrogation_key, listen=cfg.interrogation_listen,
@@ -1121,12 +1124,16 @@ class AnchorCollector:
 
 
 INTERROGATION_METRICS = ("beat_interrogation_active_streams", "beat_interrogation_answers_total",
-                         "beat_interrogation_refused_total")
+                         "beat_interrogation_refused_total",
+                         "beat_interrogation_refused_reasons_total", "beat_interrogation_calls",
+                         "beat_interrogation_cancelled_total")
 
 
 class InterrogationCollector:
     """The Interrogation service's metrics (only when it runs): evidence answers running now,
-    answers given and requests refused by gRPC status code (both since start)."""
+    answers given and requests refused by gRPC status code (both since start); the guard's
+    refusals by reason, calls running by role (governance, others), calls cancelled by the
+    watchdog by limit (max_stream_s, max_call_s)."""
 
     def __init__(self, server):
         self._server = server
@@ -1150,4 +1157,23 @@ class InterrogationCollector:
                                 labels=["code"])
         for code, n in sorted((st.get("refused") or {}).items()):
             m.add_metric([str(code)], n)
+        yield m
+        m = CounterMetricFamily("beat_interrogation_refused_reasons",
+                                "Calls refused before their handler since start, by reason (role, "
+                                "max_peer_rpcs, max_device_rpcs)", labels=["reason"])
+        for reason, n in sorted((st.get("refused_reasons") or {}).items()):
+            m.add_metric([str(reason)], n)
+        yield m
+        m = GaugeMetricFamily("beat_interrogation_calls",
+                              "Calls running now, by the client certificate's role (governance, "
+                              "others)", labels=["role"])
+        for role, n in sorted((st.get("calls") or {}).items()):
+            m.add_metric([str(role)], n)
+        yield m
+        m = CounterMetricFamily("beat_interrogation_cancelled",
+                                "Calls cancelled by the watchdog since start, by limit "
+                                "(max_stream_s: evidence answers, max_call_s: the others)",
+                                labels=["limit"])
+        for limit, n in sorted((st.get("cancelled") or {}).items()):
+            m.add_metric([str(limit)], n)
         yield m
