@@ -478,36 +478,6 @@ class EvidenceStore:
 
     # -- proof segments --
 
-    def select_segments(self, from_ns, to_ns, flow_filter=None):
-        """``[(seg_seq, count)]`` of the ring's segments with records in [from_ns, to_ns] (and,
-        with ``flow_filter``, holding one of its flow tags), in seg_seq order."""
-        with self.env.begin(db=self.db["meta"]) as txn:
-            seq = _u64(txn.get(b"ring_oldest_seq"))
-            end = _u64(txn.get(b"next_seg_seq"))
-        selected = []
-        while seq < end:
-            with self.env.begin(db=self.db["commitments"]) as txn:
-                cur = txn.cursor()
-                if not cur.set_range(_p64(seq)):
-                    break
-                n = 0
-                for k, v in cur:
-                    seq = _u64(k)
-                    if seq >= end:
-                        break
-                    _, count, first, last = _COMMIT.unpack(v)
-                    if count and first <= to_ns and last >= from_ns:
-                        selected.append((seq, count))
-                    n += 1
-                    if n >= SCAN_KEYS:
-                        break
-                seq += 1
-                if n < SCAN_KEYS:
-                    break
-        if flow_filter is None or not selected:
-            return selected
-        return self._holding(selected, flow_filter)
-
     def _holding(self, selected, flow_filter):
         """Those of ``selected`` whose records hold one of the filter's flow tags."""
         kept = []
