@@ -1184,10 +1184,15 @@ def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
                      f"records of one packet digest (a packet repeated within a hop delay) are "
                      f"left out of the explanations; the devices' own records in them count")
     if sets:
-        if explanations and any(e.faulty for e in explanations):
+        if len(explanations) > 1:
             alts = "; or ".join(_set_text(e.faulty) for e in explanations if e.faulty)
-            notes.append(f"explanations of the evidence with at most {f} lying owner(s) "
-                         f"(minimal; at fault in each): {alts}")
+            notes.append(f"the evidence has {len(explanations)} explanations with at most {f} "
+                         f"lying owner(s) (minimal; at fault in each): {alts}; only who is at "
+                         f"fault in all of them is named")
+        elif explanations and explanations[0].liars:
+            e = explanations[0]
+            notes.append(f"the only explanation with at most {f} lying owner(s): "
+                         f"{_set_text(e.liars)} lying (at fault: {_set_text(e.faulty)})")
     else:
         if owners_needed:
             alts = "; or ".join(_set_text(e.faulty) for e in candidates)
