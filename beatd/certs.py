@@ -13,8 +13,8 @@ created with mode 0600 (never wider, even for a moment); an existing file is kep
 Roles (docs/interrogation.md, "Certificates and roles"): exactly one SAN URI
 ``urn:beat:role:governance`` or ``urn:beat:role:device:<node_id>`` per leaf certificate. The
 Interrogation server reads the role from the client certificate of the TLS session
-(``peer_role``): only ``governance`` may ask for evidence; any certificate of the domain's CA may
-ask for ``GetNodeInfo``.
+(``peer_role``): any certificate of the domain's CA may ask for health (grpc.health.v1); everything
+else (evidence, ``GetNodeInfo``, server reflection) needs ``governance`` (``beatd.rpc_guard``).
 """
 import dataclasses
 import datetime

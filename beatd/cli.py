@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 from fastpath.output import HASH_NAMES
 
@@ -262,6 +263,10 @@ def format_status(st):
                      + (f", {last['frames_dropped']} frames dropped"
                         if last['reason'] == "kernel drops" else ""))
         lines.append(text)
+    lines.extend(_store_lines(st.get("store") or {}))
+    if t.get("receipt_overflow"):
+        lines.append(f"  receipts     {t['receipt_overflow']} packets counted in overflow "
+                     "receipts (flows beyond governance.max_receipts_per_epoch)")
     age = lc.get("age_s")
     lines.append(f"  last commit  " + (f"{age} s ago, took {lc['seconds'] * 1000:.1f} ms, "
                                        f"{lc['commits']} commits" if age is not None else "none"))
@@ -280,9 +285,18 @@ def format_status(st):
     it = st.get("interrogation")
     if it:
         refused = ", ".join(f"{k} {v}" for k, v in sorted((it.get("refused") or {}).items()))
+        reasons = ", ".join(f"{k} {v}" for k, v in
+                            sorted((it.get("refused_reasons") or {}).items()))
+        cancelled = ", ".join(f"{k} {v}" for k, v in sorted((it.get("cancelled") or {}).items())
+                              if v)
+        calls = it.get("calls") or {}
         lines.append(f"  interrogate  port {it.get('port')}: {it.get('active_streams', 0)} "
                      f"answers running, {it.get('answers', 0)} given"
-                     + (f", refused: {refused}" if refused else ""))
+                     + (f", refused: {refused}" if refused else "")
+                     + (f" (before the handler: {reasons})" if reasons else "")
+                     + (f"; calls running: governance {calls.get('governance', 0)}, others "
+                        f"{calls.get('others', 0)}" if calls else "")
+                     + (f"; cancelled: {cancelled}" if cancelled else ""))
     ts = st.get("testing")
     if ts:
         lines.append("  TESTING      " + ", ".join(
@@ -292,6 +306,28 @@ def format_status(st):
     if st.get("failure"):
         lines.append(f"  FAILURE      {st['failure']}")
     return "\n".join(lines)
+
+
+def _store_lines(store):
+    """``beatd status``'s lines on a full store and on pruning (none when neither applies)."""
+    lines = []
+    dropped = store.get("dropped") or {}
+    map_size = store.get("map_size")
+    if store.get("full"):
+        since = store.get("full_since")
+        lines.append(f"  STORE FULL   since {time.strftime('%H:%M:%S', time.localtime(since))} "
+                     f"(map {map_size} bytes): batches that do not fit are dropped; "
+                     f"{store.get('full_error')}" if since else "  STORE FULL")
+    if any(dropped.values()):
+        lines.append(f"  dropped      for a full store since start: {dropped.get('batches')} "
+                     f"batches, {dropped.get('records')} records, {dropped.get('segments')} "
+                     f"segments, {dropped.get('receipts')} receipts")
+    pruned = store.get("pruned") or {}
+    if pruned.get("batches"):
+        lines.append(f"  pruned       {pruned['batches']} anchored batches older than the "
+                     f"threshold: {pruned.get('receipts')} receipts, {pruned.get('segments')} "
+                     "segment commitments")
+    return lines
 
 
 def _dump(args):

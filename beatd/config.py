@@ -6,13 +6,15 @@ message names the key and the value, e.g. ``neighbours[2].mac: "zz:.." is not a 
 """
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import stat
 
 from .tomlfile import read_toml
 
-from fastpath.output import HASH_NAMES, MAX_SLOT
+from fastpath.output import (DEFAULT_MAX_RECEIPTS_PER_EPOCH, HASH_NAMES, MAX_SLOT,
+                             MAX_RECEIPTS_PER_EPOCH_LIMIT, RECORD_SIZE)
 
 __all__ = ["ConfigError", "Config", "Neighbour", "load", "from_dict", "parse_size", "parse_mac",
            "parse_listen", "format_mac", "DEFAULTS"]
@@ -37,6 +39,12 @@ DEFAULTS = {
         "anchor_period_s": 10.0,
         "segment_records": 1024,
         "join_window_ms": 50.0,
+        # receipts of their own per role and epoch; the other flows share one overflow receipt
+        # (docs/fastpath.md, "The receipt cap"). 1,024: far above the flows an SLA names at one
+        # edge (the lab's 1,000-flow load stays under it), and the receipts it lets through in
+        # one hour of threshold (2 x 1,025 per second, ~225 B each until pruned: ~1.7 GB) fit a
+        # store whose map is sized by default (see Config.receipts_bound_bytes)
+        "max_receipts_per_epoch": DEFAULT_MAX_RECEIPTS_PER_EPOCH,
     },
     "capture": {
         "workers": 0,
@@ -85,6 +93,11 @@ DEFAULTS = {
         "max_stream_s": 600.0,      # an answer still running after this long is cancelled
         "max_index_entries": 100_000,   # segments in one answer's signed index (coverage)
         "max_seg_seqs": 1024,       # segments one GetSegments request may name
+        "max_peer_rpcs": 4,         # calls running at once of one certificate without the
+                                    # governance role (health is all it may ask for)
+        "max_device_rpcs": 8,       # ... of all the certificates without it, together
+        "max_call_s": 60.0,         # any other call (Health.Watch, reflection) still running
+                                    # after this long is cancelled
     },
 }
 LEDGER_BACKENDS = ("none", "local", "ethereum")
@@ -95,6 +108,10 @@ PAGE_SIZE = 4096
 TPACKET_ALIGNMENT = 16
 SYNC_MODES = ("periodic", "always", "never")
 NODE_ID_MAX = (1 << 64) - 2
+# LMDB pages per receipt until it is pruned: 225 B measured (the receipt 106, its outbox leaf 53,
+# its share of the batch's tree levels 66), rounded up for half-filled pages
+RECEIPT_STORE_BYTES = 256
+PRUNE_LAG_PERIODS = 3       # anchor periods between a batch's last leaf and its pruning, at most
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000 ** 2, "mb": 1000 ** 2, "g": 1000 ** 3,
           "gb": 1000 ** 3, "t": 1000 ** 4, "tb": 1000 ** 4, "kib": 1 << 10, "mib": 1 << 20,
           "gib": 1 << 30, "tib": 1 << 40}
@@ -168,6 +185,7 @@ class Config:
     anchor_period_s: float = DEFAULTS["governance"]["anchor_period_s"]
     segment_records: int = DEFAULTS["governance"]["segment_records"]
     join_window_ms: float = DEFAULTS["governance"]["join_window_ms"]
+    max_receipts_per_epoch: int = DEFAULTS["governance"]["max_receipts_per_epoch"]
     interfaces: tuple = ()
     workers: int = DEFAULTS["capture"]["workers"]
     block_size: int = DEFAULTS["capture"]["block_size"]
@@ -200,6 +218,9 @@ class Config:
     interrogation_max_stream_s: float = DEFAULTS["interrogation"]["max_stream_s"]
     interrogation_max_index_entries: int = DEFAULTS["interrogation"]["max_index_entries"]
     interrogation_max_seg_seqs: int = DEFAULTS["interrogation"]["max_seg_seqs"]
+    interrogation_max_peer_rpcs: int = DEFAULTS["interrogation"]["max_peer_rpcs"]
+    interrogation_max_device_rpcs: int = DEFAULTS["interrogation"]["max_device_rpcs"]
+    interrogation_max_call_s: float = DEFAULTS["interrogation"]["max_call_s"]
     ledger_path_default: bool = False   # ledger.path not configured: STORE/ledger.lmdb
     ledger_key_default: bool = False    # ledger.key not configured: STORE/device.ed25519
 
@@ -215,9 +236,25 @@ class Config:
         return self.anchor_period_s
 
     @property
+    def receipts_bound_bytes(self):
+        """The most the store holds in receipts (with their outbox leaves and tree levels) under
+        any traffic, once anchoring works (docs/store.md, "How big the store gets"): receipts are
+        pruned when anchored, older than threshold_s and their period's proofs left the ring, so
+        at most the larger of what the cap lets through in threshold_s (plus the pruning lag),
+        and two per record the ring holds."""
+        epoch_s = self.receipt_epoch_ms / 1000.0
+        span_s = self.threshold_s + PRUNE_LAG_PERIODS * self.anchor_period_s
+        by_cap = 2 * (self.max_receipts_per_epoch + 1) * math.ceil(span_s / epoch_s)
+        by_ring = 2 * (self.ring_size // (RECORD_SIZE + 8))
+        return RECEIPT_STORE_BYTES * max(by_cap, by_ring)
+
+    @property
     def effective_map_size(self):
-        """The LMDB map: the ring four times over (free pages, history) plus 1 GiB for the rest."""
-        return self.map_size if self.map_size is not None else 4 * self.ring_size + (1 << 30)
+        """The LMDB map: the ring four times over (free pages, history), 1 GiB for the rest, and
+        room for the receipts the cap lets through (``receipts_bound_bytes``)."""
+        if self.map_size is not None:
+            return self.map_size
+        return 4 * self.ring_size + (1 << 30) + self.receipts_bound_bytes
 
     @property
     def threshold_ns(self):
@@ -251,6 +288,7 @@ class Config:
             "receipt_epoch_ns": int(self.receipt_epoch_ms) * 1_000_000,
             "segment_records": self.segment_records,
             "anchor_period_ns": int(self.anchor_period_s * 1e9),
+            "max_receipts_per_epoch": self.max_receipts_per_epoch,
         }
 
     def store_kwargs(self):
@@ -374,6 +412,10 @@ def from_dict(raw):
     if seg > 1_000_000:
         raise ConfigError(f"governance.segment_records: {seg} is more than 1000000")
     epoch_ms = _number(gv, "receipt_epoch_ms", "governance.", integer=True)
+    max_receipts = _number(gv, "max_receipts_per_epoch", "governance.", integer=True)
+    if max_receipts > MAX_RECEIPTS_PER_EPOCH_LIMIT:
+        raise ConfigError(f"governance.max_receipts_per_epoch: {max_receipts} is more than "
+                          f"{MAX_RECEIPTS_PER_EPOCH_LIMIT}")
     if ring_size < 2 * (seg * 48 + 48):
         raise ConfigError(f"store.ring_size: {_show(st['ring_size'])} cannot hold two segments of "
                           f"governance.segment_records = {seg} records ({2 * (seg * 48 + 48)} bytes)")
@@ -391,6 +433,7 @@ def from_dict(raw):
         anchor_period_s=float(_number(gv, "anchor_period_s", "governance.")),
         segment_records=seg,
         join_window_ms=float(_number(gv, "join_window_ms", "governance.")),
+        max_receipts_per_epoch=max_receipts,
     )
 
 
@@ -576,11 +619,22 @@ def _interrogation(raw, ledger):
     stream_s = float(_number(it, "max_stream_s", "interrogation."))
     index_entries = _number(it, "max_index_entries", "interrogation.", integer=True)
     seg_seqs = _number(it, "max_seg_seqs", "interrogation.", integer=True)
+    peer_rpcs = _number(it, "max_peer_rpcs", "interrogation.", integer=True)
+    device_rpcs = _number(it, "max_device_rpcs", "interrogation.", integer=True)
+    if device_rpcs > 1024:                      # one worker thread each
+        raise ConfigError(f"interrogation.max_device_rpcs: {device_rpcs} is more than 1024")
+    if peer_rpcs > device_rpcs:
+        raise ConfigError(f"interrogation.max_peer_rpcs: {peer_rpcs} is more than "
+                          f"interrogation.max_device_rpcs ({device_rpcs}): one certificate "
+                          "cannot have more calls than all of them together")
+    call_s = float(_number(it, "max_call_s", "interrogation."))
     out = {"interrogation_listen": listen, "interrogation_max_window_s": window,
            "interrogation_max_records": records, "interrogation_max_streams": streams,
            "interrogation_max_flow_tags": tags, "interrogation_max_stream_s": stream_s,
            "interrogation_max_index_entries": index_entries,
-           "interrogation_max_seg_seqs": seg_seqs}
+           "interrogation_max_seg_seqs": seg_seqs,
+           "interrogation_max_peer_rpcs": peer_rpcs, "interrogation_max_device_rpcs": device_rpcs,
+           "interrogation_max_call_s": call_s}
     for name in ("cert", "key", "ca", "signing_key"):
         v = it[name]
         if v is not None and (not isinstance(v, str) or not os.path.isabs(v)):

@@ -29,6 +29,13 @@ that, and closes the store: nothing fed to the pipeline is lost. A worker or com
 the daemon with ``failure`` set (exit code 1; systemd restarts it and the pipeline resumes from the
 store).
 
+A full store (the LMDB map, or the disk: ``StoreFullError``) does not stop the daemon
+(docs/store.md, "A full store"): the batch that did not fit is dropped (its transaction aborted,
+the pipeline rewound to the store's state with ``Pipeline.rewind``) and counted, capture, the
+Interrogation service and anchoring go on, pruning frees what it may, and recording resumes with
+the first batch that fits again. After every commit the committer prunes what the ledger holds
+and the governance can no longer ask for (``Store.prune``, bounded work).
+
 A capture source is anything with the Ring API (``read(pipeline, timeout_ms) -> int``,
 ``kernel_stats()``, ``counters()``, ``close()``, ``ifname``, optionally ``fileno()``);
 ``source_factory(interfaces, worker, fanout_group, config)`` returns worker k's list of sources,
@@ -62,7 +69,7 @@ from . import __version__
 from .config import format_mac
 from .logs import event
 from .neighbours import NeighbourMap, pipeline_map, unbound
-from .store import Store, StoreError
+from .store import PRUNE_LEAVES, Store, StoreError, StoreFullError, no_room
 
 __all__ = ["Daemon", "DaemonError", "ring_sources", "list_interfaces"]
 
@@ -78,6 +85,9 @@ DRAIN_S = 0.5                         # at stop, reading what the capture rings 
 ANCHOR_POLL_MAX_S = 1.0
 WRONG_IF_LOG_INTERVAL_S = 10.0        # one log message per (MAC, interface, direction) at most
 IFF_LOOPBACK = 0x8
+FULL_LOG_INTERVAL_S = 10.0            # a full store is logged once, then at most this often
+PRUNE_LEAVES_FULL = 256               # per call while full: small transactions find free pages
+STORE_DROPPED = ("batches", "records", "segments", "receipts")
 
 
 class DaemonError(Exception):
@@ -178,6 +188,16 @@ class Daemon:
         self._gap_status = None         # Store.capture_gap_status(), after each write
         self._ring_status_at = 0.0
         self.commits = 0
+        # a full store: since when (None: not full), why, and what it could not record since start
+        self._full_since = None
+        self._full_error = None
+        self._full_logged = -FULL_LOG_INTERVAL_S
+        self._full_logged_state = (False, 0)     # (full, episodes) as the last line said
+        self._full_episodes = 0
+        self.store_dropped = dict.fromkeys(STORE_DROPPED, 0)
+        self._prune_error_logged = 0.0
+        self._anchor_full_logged = 0.0
+        self._store_status = {}
         self.commit_seconds = None
         self.last_commit_time = None
         self.reloads = 0
@@ -383,7 +403,13 @@ class Daemon:
             event(log, logging.WARNING if now - prev > 10**9 * 60 else logging.INFO,
                   "capture gap: capture stopped since the previous run", from_ns=prev, to_ns=now,
                   seconds=round((now - prev) / 1e9, 3))
-        self.store.record_capture(gaps, alive_t_ns=now, threshold_ns=self.cfg.threshold_ns)
+        try:
+            self.store.record_capture(gaps, alive_t_ns=now, threshold_ns=self.cfg.threshold_ns)
+        except StoreFullError as exc:           # written with a later commit, when there is room
+            with self._gaps_lock:
+                self._pending_gaps[:0] = gaps
+            event(log, logging.WARNING, "capture gap kept in memory: the store is full",
+                  error=str(exc))
         self._alive_written = time.monotonic()
         self._gap_status = self.store.capture_gap_status()
 
@@ -409,6 +435,10 @@ class Daemon:
         alive = self._capture_ended_ns or time.time_ns()
         try:
             self.store.record_capture(gaps, alive_t_ns=alive, threshold_ns=self.cfg.threshold_ns)
+        except StoreFullError:
+            with self._gaps_lock:               # not lost: written once there is room again
+                self._pending_gaps[:0] = gaps
+            return
         except BaseException:
             with self._gaps_lock:               # not lost: written with the next commit
                 self._pending_gaps[:0] = gaps
@@ -442,7 +472,10 @@ class Daemon:
                             max_flow_tags=cfg.interrogation_max_flow_tags,
                             max_stream_s=cfg.interrogation_max_stream_s,
                             max_index_entries=cfg.interrogation_max_index_entries,
-                            max_seg_seqs=cfg.interrogation_max_seg_seqs)
+                            max_seg_seqs=cfg.interrogation_max_seg_seqs,
+                            max_peer_rpcs=cfg.interrogation_max_peer_rpcs,
+                            max_device_rpcs=cfg.interrogation_max_device_rpcs,
+                            max_call_s=cfg.interrogation_max_call_s)
             self.interrogation = InterrogationServer(
                 self.store, key, ca=cfg.interrogation_ca, cert=cfg.interrogation_cert,
                 private_key=cfg.interrogation_key, listen=cfg.interrogation_listen,
@@ -597,11 +630,54 @@ class Daemon:
                     b.tick()
             except Exception as exc:  # noqa: BLE001 (kept and shown; the loop goes on)
                 b.last_error = f"tick: {type(exc).__name__}: {exc}"
-                event(log, logging.ERROR, "anchor tick failed", error=b.last_error)
+                if no_room(exc, self.cfg.store_path):
+                    # no room for a new batch's tree levels: a smaller batch may fit, and the
+                    # batches built are still submitted (once anchored and older than the
+                    # threshold, pruning frees their room)
+                    self._anchor_no_room(b.last_error)
+                    try:
+                        self._build_smaller(b)
+                        b.submit()
+                    except Exception as exc2:  # noqa: BLE001 (as above)
+                        b.last_error = f"submit: {type(exc2).__name__}: {exc2}"
+                        if no_room(exc2, self.cfg.store_path):  # not even room to mark
+                            self._anchor_no_room(b.last_error)
+                        else:
+                            event(log, logging.ERROR, "anchor submission failed",
+                                  error=b.last_error)
+                else:
+                    event(log, logging.ERROR, "anchor tick failed", error=b.last_error)
             try:
                 self._anchor_stats = self._stamped(b.stats)
             except Exception:  # noqa: BLE001 (the store closing under a late tick)
                 pass
+
+    def _build_smaller(self, b):
+        """Build a batch of fewer leaves than are waiting (halving, down to one) when a full store
+        has no room for the tree levels of them all: otherwise a store filled within one anchor
+        period would hold only unbatched leaves, nothing to anchor, nothing to prune, for good."""
+        keep = b.max_leaves
+        n = min(keep, b.stats()["leaves_waiting"]) // 2
+        try:
+            while n >= 1:
+                b.max_leaves = n
+                try:
+                    return b.build()
+                except Exception as exc:  # noqa: BLE001 (only the lack of room is retried)
+                    if not no_room(exc, self.cfg.store_path):
+                        raise
+                n //= 2
+        finally:
+            b.max_leaves = keep
+        return None
+
+    def _anchor_no_room(self, error):
+        now = time.monotonic()
+        if now - self._anchor_full_logged >= FULL_LOG_INTERVAL_S:
+            self._anchor_full_logged = now
+            event(log, logging.WARNING, "store full: no new batch can be built; the batches "
+                  "built are still submitted", path=self.cfg.store_path,
+                  map_size=getattr(self.store, "map_size", None), error=error)
 
     @staticmethod
     def _stamped(read_stats):
@@ -742,7 +818,8 @@ class Daemon:
                 return
 
     def commit(self, force_status=False):
-        """``take()`` and commit it in one transaction (skipped when nothing happened)."""
+        """``take()`` and commit it in one transaction (skipped when nothing happened); a batch a
+        full store cannot hold is dropped and counted (``_store_full``). Then prune."""
         with self._commit_lock:
             # A quiet link still moves time on: let the join window pass by wall time, minus what
             # may still sit unread in a ring block (block timeout) or wait for this tick.
@@ -754,12 +831,93 @@ class Daemon:
                 self.testing_lies.apply(out)
             if not _empty(out):
                 t0 = time.perf_counter()
-                self.store.commit(out)
-                self.commit_seconds = time.perf_counter() - t0
-                self.commits += 1
-                self.last_commit_time = time.time()
+                try:
+                    self.store.commit(out)
+                except StoreFullError as exc:
+                    self._store_full(out, exc)
+                else:
+                    self.commit_seconds = time.perf_counter() - t0
+                    self.commits += 1
+                    self.last_commit_time = time.time()
+                    if self._full_since is not None:
+                        self._store_has_room()
             self._write_capture_gaps(force=force_status)
+            self._log_full()        # a line the rate limit held back, or "store still full"
+            self._prune()
             self._refresh_ring_status(force=force_status)
+
+    def _store_full(self, out, exc):
+        """The store had no room for ``out``: its transaction was aborted, so the store holds the
+        state of the last batch that fitted. The pipeline goes back to that state (``rewind``:
+        what it made since ``out`` goes too, in the same step), so that the next batch follows
+        the store exactly. What is lost is counted: the batches, their records and segments, and
+        the receipts (finalised ones, and open ones the store does not hold open)."""
+        state = self.store.resume_state()
+        since = self.pipeline.rewind(**state)
+        n = self.store_dropped
+        n["batches"] += 1
+        # what the store still holds comes back with the rewind and is no loss: its open receipts
+        # (finalised in a batch that failed, they are finalised again) and its open segment
+        rk, ork = fastpath.RECEIPT_SIZE, fastpath.OPEN_RECEIPT_SIZE
+        kept = {state["open_receipts"][i:i + 41] for i in range(0, len(state["open_receipts"]),
+                                                                ork)}
+        lost = set()
+        for o in (out, since):
+            n["records"] += len(o.records) // fastpath.RECORD_SIZE
+            n["segments"] += sum(1 for seg in o.segments
+                                 if bytes(seg[3]) != state["open_records"])
+            lost.update(bytes(o.receipts[i:i + 41]) for i in range(0, len(o.receipts), rk))
+        lost.update(bytes(since.open_receipts[i:i + 41])
+                    for i in range(0, len(since.open_receipts), ork))
+        n["receipts"] += len(lost - kept)
+        self._full_error = str(exc)
+        if self._full_since is None:
+            self._full_since = time.time()
+            self._full_episodes += 1
+
+    def _store_has_room(self):
+        self._full_since = None
+
+    def _log_full(self):
+        """The full store's log lines, at most one every FULL_LOG_INTERVAL_S whatever the
+        episodes (a store at the edge of full fits a small batch and not the next one): "store
+        full" (an error) when it became full since the last line, "store still full" while it
+        stays, "store has room again" once it has (also when that came between two lines)."""
+        now = time.monotonic()
+        full = self._full_since is not None
+        if now - self._full_logged < FULL_LOG_INTERVAL_S or \
+                (not full and self._full_logged_state == (False, self._full_episodes)):
+            return
+        was_full, episodes = self._full_logged_state
+        dropped = {f"dropped_{k}": v for k, v in self.store_dropped.items()}
+        where = {"path": self.cfg.store_path, "map_size": getattr(self.store, "map_size", None)}
+        if full and (not was_full or episodes != self._full_episodes):
+            event(log, logging.ERROR, "store full: the batches that do not fit are dropped and "
+                  "counted; capture, the Interrogation service and anchoring go on, pruning "
+                  "frees what it may", **where, error=self._full_error, **dropped)
+        elif full:
+            event(log, logging.WARNING, "store still full", **where,
+                  full_for_s=round(time.time() - self._full_since, 1), **dropped)
+        else:
+            event(log, logging.INFO, "store has room again: recording resumed", **where,
+                  episodes=self._full_episodes, **dropped)
+        self._full_logged = now
+        self._full_logged_state = (full, self._full_episodes)
+
+    def _prune(self):
+        """What the ledger holds and the governance can no longer ask for (``Store.prune``):
+        nothing without a ledger (nothing is anchored); smaller steps while the store is full."""
+        if self.batcher is None:
+            return
+        try:
+            self.store.prune(time.time_ns(), self.cfg.threshold_ns,
+                             PRUNE_LEAVES if self._full_since is None else PRUNE_LEAVES_FULL)
+        except StoreError as exc:
+            now = time.monotonic()
+            if now - self._prune_error_logged >= FULL_LOG_INTERVAL_S:
+                self._prune_error_logged = now
+                event(log, logging.WARNING, "pruning failed; retried at the next commit",
+                      path=self.cfg.store_path, error=str(exc))
 
     def _refresh_ring_status(self, force=False):
         now = time.monotonic()
@@ -768,7 +926,18 @@ class Daemon:
             st = self.store.ring_status(time.time_ns(), self.cfg.threshold_ns)
             st["as_of"] = as_of
             self._ring_status = st
+            self._store_status = self.store.prune_status()
             self._ring_status_at = now
+
+    def store_status(self):
+        """The store's state for ``beatd status`` and the metrics: its map, whether it is full
+        (since when, why), what a full store made the daemon drop since start, what was pruned."""
+        full = self._full_since is not None
+        return {"path": self.cfg.store_path, "map_size": self.store.map_size if self.store else
+                None, "full": full, "full_since": self._full_since,
+                "full_error": self._full_error if full else None,
+                "full_episodes": self._full_episodes, "dropped": dict(self.store_dropped),
+                "pruned": dict(self._store_status)}
 
     # -- main thread ----------------------------------------------------------------------------
 
@@ -887,9 +1056,10 @@ class Daemon:
             self._final_anchor()
         totals = self.pipeline.totals() if self.pipeline is not None else {}
         self._close_all()
+        dropped = {f"dropped_{k}": v for k, v in self.store_dropped.items() if v}
         event(log, logging.INFO, "stopped", committed=committed,
               frames=totals.get("frames"), records=totals.get("records"),
-              seconds=round(time.monotonic() - t0, 3), failure=self.failure)
+              seconds=round(time.monotonic() - t0, 3), failure=self.failure, **dropped)
 
     def _close_all(self):
         self._capture_stop.set()
@@ -955,7 +1125,8 @@ class Daemon:
         kernel, _, total = self._capture_totals()
         return {"totals": self.pipeline.totals(), "capture": total, "kernel": kernel,
                 "ring": self._ring_status, "commits": self.commits,
-                "commit_seconds": self.commit_seconds, "anchor": self.anchor_status()}
+                "commit_seconds": self.commit_seconds, "anchor": self.anchor_status(),
+                "store": self.store_status()}
 
     def status(self):
         """The state ``beatd status`` prints (JSON-able)."""
@@ -981,7 +1152,7 @@ class Daemon:
             "totals": totals,
             "drops": {r: totals[r] for r in REASON_CLASS},
             "kernel_drops": sum(k["drops"] for k in kernel.values()),
-            "store": {"path": self.cfg.store_path, "ring": self._ring_status},
+            "store": {**self.store_status(), "ring": self._ring_status},
             "capture_gaps": self._gap_status,
             "last_commit": {"time": self.last_commit_time, "seconds": self.commit_seconds,
                             "age_s": round(now - self.last_commit_time, 3)
@@ -1045,12 +1216,16 @@ class AnchorCollector:
 
 
 INTERROGATION_METRICS = ("beat_interrogation_active_streams", "beat_interrogation_answers_total",
-                         "beat_interrogation_refused_total")
+                         "beat_interrogation_refused_total",
+                         "beat_interrogation_refused_reasons_total", "beat_interrogation_calls",
+                         "beat_interrogation_cancelled_total")
 
 
 class InterrogationCollector:
     """The Interrogation service's metrics (only when it runs): evidence answers running now,
-    answers given and requests refused by gRPC status code (both since start)."""
+    answers given and requests refused by gRPC status code (both since start); the guard's
+    refusals by reason, calls running by role (governance, others), calls cancelled by the
+    watchdog by limit (max_stream_s, max_call_s)."""
 
     def __init__(self, server):
         self._server = server
@@ -1074,4 +1249,23 @@ class InterrogationCollector:
                                 labels=["code"])
         for code, n in sorted((st.get("refused") or {}).items()):
             m.add_metric([str(code)], n)
+        yield m
+        m = CounterMetricFamily("beat_interrogation_refused_reasons",
+                                "Calls refused before their handler since start, by reason (role, "
+                                "max_peer_rpcs, max_device_rpcs)", labels=["reason"])
+        for reason, n in sorted((st.get("refused_reasons") or {}).items()):
+            m.add_metric([str(reason)], n)
+        yield m
+        m = GaugeMetricFamily("beat_interrogation_calls",
+                              "Calls running now, by the client certificate's role (governance, "
+                              "others)", labels=["role"])
+        for role, n in sorted((st.get("calls") or {}).items()):
+            m.add_metric([str(role)], n)
+        yield m
+        m = CounterMetricFamily("beat_interrogation_cancelled",
+                                "Calls cancelled by the watchdog since start, by limit "
+                                "(max_stream_s: evidence answers, max_call_s: the others)",
+                                labels=["limit"])
+        for limit, n in sorted((st.get("cancelled") or {}).items()):
+            m.add_metric([str(limit)], n)
         yield m

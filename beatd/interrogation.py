@@ -5,7 +5,11 @@ docs/interrogation.md has the contract, the error table and this server's limits
 ``InterrogationServer(store, key, ca=, cert=, private_key=, ...)`` serves ``beat.v1.Interrogation``
 (plus grpc.health.v1 and server reflection) from a device's LMDB store while the daemon keeps
 writing it: ``start()``, ``port``, ``stop(grace)``; the daemon runs it beside its threads (gRPC has
-its own pool).
+its own pool). Every call passes ``beatd.rpc_guard.RpcGuard`` first: health is open to any
+certificate of the domain's CA, everything else needs the governance role; calls of certificates
+without it are limited per certificate (``max_peer_rpcs``) and together (``max_device_rpcs``), so
+that they never hold the workers the governance needs; a watchdog cancels evidence answers after
+``max_stream_s`` and every other call (Health.Watch, reflection) after ``max_call_s``.
 
 Reading the store (``EvidenceStore``): every read is a short read transaction -- one per chunk of
 about 1 MiB, one per few thousand keys when scanning -- so a slow or stalled client never pins old
@@ -15,7 +19,8 @@ are kept, grown incrementally at each request:
 
 - ``OutboxIndex``: the outbox leaf of every segment (``seg_seq`` -> ``leaf_seq``: the k-th segment
   leaf is seg_seq k) and of every receipt (by ``R``), from one scan of the outbox that continues
-  where it stopped (8 bytes per segment, trimmed below the ring; 16 bytes per receipt);
+  where it stopped, from the store's pruned base (8 bytes per segment, trimmed below the ring; 16
+  bytes per receipt, trimmed below the pruned base);
 - ``AnchorIndex``: where each anchored batch starts in the outbox and its tree size, so that a
   leaf's inclusion path is read from its batch's stored levels (``ledger_client.outbox``) in the
   chunk's own transaction.
@@ -48,16 +53,20 @@ from ledger_client.outbox import ANCHORED, LEAF_RECEIPT, LEAF_SEGMENT, BatchReco
 
 from . import __version__
 from .certs import ROLE_GOVERNANCE, peer_role
+from .rpc_guard import RpcGuard
 from .store import SEG_HEAD, StoreError
 
 __all__ = ["InterrogationServer", "InterrogationServicer", "EvidenceStore", "Limits",
            "SERVICE_NAME", "DEFAULT_MAX_WINDOW_S", "DEFAULT_MAX_RECORDS", "DEFAULT_MAX_STREAMS",
            "DEFAULT_MAX_FLOW_TAGS", "DEFAULT_MAX_STREAM_S", "DEFAULT_MAX_INDEX_ENTRIES",
-           "DEFAULT_MAX_SEG_SEQS"]
+           "DEFAULT_MAX_SEG_SEQS", "DEFAULT_MAX_PEER_RPCS", "DEFAULT_MAX_DEVICE_RPCS",
+           "DEFAULT_MAX_CALL_S", "OPEN_METHODS"]
 
 log = logging.getLogger("beatd.interrogation")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Interrogation"].full_name   # beat.v1.Interrogation
+OPEN_METHODS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")   # any peer
+EVIDENCE_METHODS = (f"/{SERVICE_NAME}/GetProofSegments", f"/{SERVICE_NAME}/GetReceipts")
 FORMAT_VERSION = 1
 DEFAULT_MAX_WINDOW_S = 3600.0        # = governance.threshold_s's default: what the ring must cover
 DEFAULT_MAX_RECORDS = 4_000_000      # ~192 MB of records per answer, ~4 s at 1M records/s
@@ -66,6 +75,11 @@ DEFAULT_MAX_FLOW_TAGS = 64
 DEFAULT_MAX_STREAM_S = 600.0         # an answer still running after this is cancelled
 DEFAULT_MAX_INDEX_ENTRIES = 100_000  # ~1 h of 10 kpps is 36,000 segments of 1024; ~600 B each
 DEFAULT_MAX_SEG_SEQS = 1024          # segments one GetSegments request may name
+DEFAULT_MAX_PEER_RPCS = 4            # calls of one certificate without the governance role
+DEFAULT_MAX_DEVICE_RPCS = 8          # calls of all the certificates without it, together
+DEFAULT_MAX_CALL_S = 60.0            # any other call (Health.Watch, reflection) cancelled after
+GOVERNANCE_SPARE_WORKERS = 4         # workers for the governance beyond max_streams
+QUEUED_RPCS = 16                     # calls gRPC queues beyond its workers before refusing
 RECEIPTS_PER_CHUNK = 4096            # ~0.5-1 MiB of receipts with their paths
 SCAN_KEYS = 4096                     # keys per read transaction when scanning
 SCAN_LEAVES = 65536                  # outbox leaves per read transaction when indexing
@@ -94,20 +108,26 @@ class Limits:
     def __init__(self, max_window_s=DEFAULT_MAX_WINDOW_S, max_records=DEFAULT_MAX_RECORDS,
                  max_streams=DEFAULT_MAX_STREAMS, max_flow_tags=DEFAULT_MAX_FLOW_TAGS,
                  max_stream_s=DEFAULT_MAX_STREAM_S, max_index_entries=DEFAULT_MAX_INDEX_ENTRIES,
-                 max_seg_seqs=DEFAULT_MAX_SEG_SEQS):
+                 max_seg_seqs=DEFAULT_MAX_SEG_SEQS, max_peer_rpcs=DEFAULT_MAX_PEER_RPCS,
+                 max_device_rpcs=DEFAULT_MAX_DEVICE_RPCS, max_call_s=DEFAULT_MAX_CALL_S):
         for name, value in (("max_window_s", max_window_s), ("max_records", max_records),
                             ("max_streams", max_streams), ("max_flow_tags", max_flow_tags),
                             ("max_stream_s", max_stream_s),
                             ("max_index_entries", max_index_entries),
-                            ("max_seg_seqs", max_seg_seqs)):
+                            ("max_seg_seqs", max_seg_seqs), ("max_peer_rpcs", max_peer_rpcs),
+                            ("max_device_rpcs", max_device_rpcs), ("max_call_s", max_call_s)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"interrogation.{name}: {value!r} must be a number above 0")
         for name, value in (("max_records", max_records), ("max_streams", max_streams),
                             ("max_flow_tags", max_flow_tags),
                             ("max_index_entries", max_index_entries),
-                            ("max_seg_seqs", max_seg_seqs)):
+                            ("max_seg_seqs", max_seg_seqs), ("max_peer_rpcs", max_peer_rpcs),
+                            ("max_device_rpcs", max_device_rpcs)):
             if not isinstance(value, int):
                 raise ValueError(f"interrogation.{name}: {value!r} must be an integer")
+        if max_peer_rpcs > max_device_rpcs:
+            raise ValueError(f"interrogation.max_peer_rpcs: {max_peer_rpcs} is more than "
+                             f"max_device_rpcs {max_device_rpcs}")
         self.max_window_s = float(max_window_s)
         self.max_window_ns = int(max_window_s * 1e9)
         self.max_records = max_records
@@ -116,6 +136,15 @@ class Limits:
         self.max_stream_s = float(max_stream_s)
         self.max_index_entries = max_index_entries
         self.max_seg_seqs = max_seg_seqs
+        self.max_peer_rpcs = max_peer_rpcs
+        self.max_device_rpcs = max_device_rpcs
+        self.max_call_s = float(max_call_s)
+
+    @property
+    def workers(self):
+        """The server's worker threads: the governance's (max_streams evidence answers and a few
+        short calls) plus max_device_rpcs, which is all the other certificates may hold."""
+        return self.max_streams + GOVERNANCE_SPARE_WORKERS + self.max_device_rpcs
 
 
 class ChunkSigner:
@@ -184,27 +213,60 @@ class FlowTagFilter:
 # -- indexes over the store ---------------------------------------------------------------------
 
 class OutboxIndex:
-    """Outbox leaves of segments (by seg_seq) and receipts (by R), from an incremental scan."""
+    """Outbox leaves of segments (by seg_seq) and receipts (by R), from an incremental scan.
 
-    def __init__(self, env, db_outbox, path):
+    The store prunes the outbox from its oldest end (beatd.store.Store.prune): the leaves held are
+    ``outbox_base..`` and the first segment leaf among them is seg_seq ``pruned_segments`` (both in
+    the store's meta). The scan starts there, and jumps there when pruning overtook it; the receipt
+    entries of pruned leaves are dropped, so the index stays as bounded as the store."""
+
+    def __init__(self, env, db_outbox, path, db_meta=None):
         self.env = env
         self.db = db_outbox
+        self.db_meta = db_meta
         self.path = path
         self._lock = threading.Lock()
-        self.next_leaf = 0               # leaves 0..next_leaf-1 are indexed
+        self.next_leaf = 0               # leaves base..next_leaf-1 are indexed
         self.next_seg = 0                # seg_seq of the next segment leaf
         self.seg_base = 0                # seg_seq of _seg_leaf[0]
         self._seg_leaf = array("Q")
         self._rc_prefix = bytearray()    # the first 8 bytes of each receipt leaf's R, in order
         self._rc_leaf = array("Q")
 
+    def _pruned_base(self, txn):
+        """``(outbox_base, pruned_segments)`` from the store's meta (0, 0: never pruned)."""
+        if self.db_meta is None:
+            return 0, 0
+        base = txn.get(b"outbox_base", db=self.db_meta)
+        if base is None:
+            return 0, 0
+        return _u64(base), _u64(txn.get(b"pruned_segments", db=self.db_meta))
+
+    def _drop_receipts_below(self, base):
+        n = bisect.bisect_left(self._rc_leaf, base)
+        if n:
+            del self._rc_leaf[:n]
+            del self._rc_prefix[:8 * n]
+
     def refresh(self, keep_from_seg=None):
         """Index the leaves written since the last call; drop segment entries below
-        ``keep_from_seg`` (the ring's oldest seg_seq) when many are there."""
+        ``keep_from_seg`` (the ring's oldest seg_seq) when many are there, and the entries of
+        leaves the store pruned."""
         with self._lock:
+            base = 0
             while True:
-                with self.env.begin(db=self.db) as txn:
-                    cur = txn.cursor()
+                with self.env.begin() as txn:
+                    base, base_seg = self._pruned_base(txn)
+                    if base > self.next_leaf:        # pruned past what was indexed: start there
+                        self._drop_receipts_below(base)
+                        drop = min(base_seg, self.next_seg) - self.seg_base
+                        if drop > 0:
+                            del self._seg_leaf[:drop]
+                            self.seg_base += drop
+                        if base_seg > self.next_seg:
+                            self.next_seg = self.seg_base = base_seg
+                        self.next_leaf = base
+                    cur = txn.cursor(db=self.db)
                     if not cur.set_range(_p64(self.next_leaf)):
                         break
                     n = 0
@@ -226,10 +288,14 @@ class OutboxIndex:
                             break
                 if n < SCAN_LEAVES:
                     break
-            if keep_from_seg is not None and keep_from_seg - self.seg_base > SCAN_LEAVES:
-                drop = min(keep_from_seg, self.next_seg) - self.seg_base
+            # segments below the ring are trimmed only SCAN_LEAVES behind it: an answer that
+            # planned its index on an older ring still finds its segments' leaves
+            if keep_from_seg is not None and keep_from_seg - self.seg_base > 2 * SCAN_LEAVES:
+                drop = min(keep_from_seg - SCAN_LEAVES, self.next_seg) - self.seg_base
                 del self._seg_leaf[:drop]
                 self.seg_base += drop
+            if self._rc_leaf and base - self._rc_leaf[0] > SCAN_LEAVES:
+                self._drop_receipts_below(base)
 
     def segment_leaf(self, seg_seq):
         """The leaf_seq of segment ``seg_seq``, or None (not indexed, or trimmed)."""
@@ -323,7 +389,7 @@ class EvidenceStore:
         self.env = store.env
         self.db = store.db
         self.outbox = Outbox(store)           # opens (creates if missing) anchors, leaf_proofs
-        self.index = OutboxIndex(self.env, self.db["outbox"], self.path)
+        self.index = OutboxIndex(self.env, self.db["outbox"], self.path, self.db["meta"])
         self.anchors = AnchorIndex(self.env, self.outbox.db_anchors)
         self.wrapped_during_answer = 0        # segments dropped by the ring while being answered
 
@@ -411,36 +477,6 @@ class EvidenceStore:
         return max(0, earliest - 1)
 
     # -- proof segments --
-
-    def select_segments(self, from_ns, to_ns, flow_filter=None):
-        """``[(seg_seq, count)]`` of the ring's segments with records in [from_ns, to_ns] (and,
-        with ``flow_filter``, holding one of its flow tags), in seg_seq order."""
-        with self.env.begin(db=self.db["meta"]) as txn:
-            seq = _u64(txn.get(b"ring_oldest_seq"))
-            end = _u64(txn.get(b"next_seg_seq"))
-        selected = []
-        while seq < end:
-            with self.env.begin(db=self.db["commitments"]) as txn:
-                cur = txn.cursor()
-                if not cur.set_range(_p64(seq)):
-                    break
-                n = 0
-                for k, v in cur:
-                    seq = _u64(k)
-                    if seq >= end:
-                        break
-                    _, count, first, last = _COMMIT.unpack(v)
-                    if count and first <= to_ns and last >= from_ns:
-                        selected.append((seq, count))
-                    n += 1
-                    if n >= SCAN_KEYS:
-                        break
-                seq += 1
-                if n < SCAN_KEYS:
-                    break
-        if flow_filter is None or not selected:
-            return selected
-        return self._holding(selected, flow_filter)
 
     def _holding(self, selected, flow_filter):
         """Those of ``selected`` whose records hold one of the filter's flow tags."""
@@ -615,6 +651,11 @@ class EvidenceStore:
                     refs = [self._anchor_ref(txn, e[5]) for e in batch]
             for e, ref in zip(batch, refs if batch else ()):
                 seq, c, first, last, S, _ = e
+                if seq < fixed["anchored_segments"] and not ref.anchored:
+                    # its proof left the index or the store while answering (the ring wrapped,
+                    # the store pruned): an honest answer must not contradict its own coverage
+                    raise StoreError(f"{self.path}: the anchor proof of segment {seq} (anchored) "
+                                     "is gone since this answer began; ask again")
                 part.append(ev.IndexEntry(seq, c, first, last, S, seq in sent, ref))
                 size += ev.INDEX_ENTRY_SIZE + 25 + 32 * len(ref.path)
                 if size >= ev.CHUNK_RECORD_BYTES:
@@ -739,6 +780,7 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
         self._next_id = 0
         self.answers = 0                    # evidence answers completed
         self.refused = {}                   # status code name -> count
+        self.cancelled = 0                  # answers cancelled after max_stream_s
 
     # -- plumbing --
 
@@ -787,6 +829,7 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
         with self._lock:
             overdue = [(sid, ctx) for sid, (ctx, t0) in self._streams.items()
                        if now - t0 > self.limits.max_stream_s]
+            self.cancelled += len(overdue)
         for sid, ctx in overdue:
             log.warning("interrogation: an answer ran longer than max_stream_s %g s; cancelled",
                         self.limits.max_stream_s)
@@ -812,6 +855,7 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
 
     def GetNodeInfo(self, request, context):
         try:
+            self._governance_only(context, "GetNodeInfo")
             now = self.clock()
             info = self._store_call("node info", self._node_info, now)
         except RequestError as exc:
@@ -984,6 +1028,107 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
         self._answered()
 
 
+# -- health -------------------------------------------------------------------------------------
+
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1 (Check, Watch), as grpc_health's servicer, without its deadlock: there, a
+    leaving watcher's callback runs on gRPC's polling thread and waits for the servicer's lock,
+    which ``set()`` (``enter_graceful_shutdown()`` at ``stop()``) holds while it waits for that
+    very thread to send the new status to every watcher; ``stop()`` then never returns. Here the
+    status lock is held only to read or change the table (never while sending), and statuses
+    are sent under a lock of their own that no gRPC callback takes. Watch answers from callbacks
+    (``experimental_non_blocking``): an open watch holds no worker thread."""
+
+    def __init__(self):
+        self._lock = threading.Lock()        # the table; never held while sending
+        self._send = threading.Lock()        # orders what watchers are sent
+        self._status = {"": health_pb2.HealthCheckResponse.SERVING}
+        self._watchers = {}                  # service -> {send callback}
+        self._shutting_down = False
+
+    def Check(self, request, context):
+        with self._lock:
+            status = self._status.get(request.service)
+        if status is None:
+            context.set_code(grpc.StatusCode.NOT_FOUND)
+            return health_pb2.HealthCheckResponse()
+        return health_pb2.HealthCheckResponse(status=status)
+
+    def Watch(self, request, context, send_response_callback=None):
+        watcher = None
+        if send_response_callback is None:   # a server that calls it blocking: a generator
+            watcher = _BlockingWatcher()
+            send_response_callback = watcher.send
+        service = request.service
+        with self._send:
+            with self._lock:
+                status = self._status.get(service,
+                                          health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+                self._watchers.setdefault(service, set()).add(send_response_callback)
+            send_response_callback(health_pb2.HealthCheckResponse(status=status))
+        if not context.add_callback(lambda: self._forget(service, send_response_callback)):
+            self._forget(service, send_response_callback)
+        return watcher
+
+    Watch.experimental_non_blocking = True
+    Watch.experimental_thread_pool = None
+
+    def _forget(self, service, send_response_callback):
+        with self._lock:                     # brief: this runs on gRPC's polling thread
+            self._watchers.get(service, set()).discard(send_response_callback)
+        if isinstance(getattr(send_response_callback, "__self__", None), _BlockingWatcher):
+            send_response_callback(None)
+
+    def set(self, service, status):
+        """The status of ``service``, sent to its watchers (ignored after
+        ``enter_graceful_shutdown``)."""
+        with self._send:
+            with self._lock:
+                if self._shutting_down:
+                    return
+                self._status[service] = status
+                watchers = list(self._watchers.get(service, ()))
+            for send in watchers:
+                send(health_pb2.HealthCheckResponse(status=status))
+
+    def enter_graceful_shutdown(self):
+        """Every service NOT_SERVING, for good."""
+        with self._lock:
+            services = list(self._status)
+        for service in services:
+            self.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        with self._lock:
+            self._shutting_down = True
+
+
+class _BlockingWatcher:
+    """Watch's answers as a generator (the latest status; None ends it)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._latest = []
+        self._open = True
+
+    def send(self, response):
+        with self._cond:
+            if response is None:
+                self._open = False
+            else:
+                self._latest[:] = [response]
+            self._cond.notify()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self._cond:
+            while not self._latest and self._open:
+                self._cond.wait()
+            if self._latest:
+                return self._latest.pop()
+            raise StopIteration
+
+
 # -- the server ---------------------------------------------------------------------------------
 
 def _read(path, what):
@@ -1023,10 +1168,12 @@ class InterrogationServer:
         self.evidence.refresh()
         self.servicer = InterrogationServicer(self.evidence, key, store.node_id, store.hash_name,
                                               self.limits, neighbours, threshold_ns, clock)
-        workers = self.limits.max_streams + 4
+        self.guard = RpcGuard(self.limits, OPEN_METHODS, EVIDENCE_METHODS)
+        workers = self.limits.workers
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="beatd-grpc"),
-            maximum_concurrent_rpcs=self.limits.max_streams + 16,
+            interceptors=(self.guard,),
+            maximum_concurrent_rpcs=workers + QUEUED_RPCS,
             options=[("grpc.max_send_message_length", MAX_MESSAGE),
                      ("grpc.max_receive_message_length", 1 << 20),
                      ("grpc.keepalive_time_ms", 60_000),
@@ -1034,7 +1181,7 @@ class InterrogationServer:
                      ("grpc.http2.max_pings_without_data", 0),
                      ("grpc.so_reuseport", 0)])
         pb_grpc.add_InterrogationServicer_to_server(self.servicer, self._server)
-        self.health = health.HealthServicer()
+        self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
@@ -1060,9 +1207,11 @@ class InterrogationServer:
         return self
 
     def _watch(self):
-        while not self._stopped.wait(1.0):
+        period = min(1.0, self.limits.max_call_s / 4, self.limits.max_stream_s / 4)
+        while not self._stopped.wait(period):
             try:
                 self.servicer.cancel_overdue()
+                self.guard.cancel_overdue()
             except Exception:  # noqa: BLE001 (the watchdog must outlive one bad round)
                 log.exception("interrogation watchdog")
 
@@ -1076,14 +1225,23 @@ class InterrogationServer:
             self._watchdog.join(timeout=2.0)
 
     def stats(self):
-        """For metrics and ``beatd status``: streams running, answers given, requests refused
-        (by status code), segments that left the ring while being answered, the signer."""
+        """For metrics and ``beatd status``: evidence streams running, answers given, requests
+        refused (by status code: the servicer's and the guard's; the guard's also by reason:
+        ``role``, ``max_peer_rpcs``, ``max_device_rpcs``), calls running (governance, others),
+        calls cancelled by the watchdog (by limit), segments that left the ring while being
+        answered, the signer."""
         sv = self.servicer
         with sv._lock:
             refused = dict(sv.refused)
             answers = sv.answers
+            cancelled_answers = sv.cancelled
+        g = self.guard.stats()
+        for code, n in g["refused"].items():
+            refused[code] = refused.get(code, 0) + n
         return {"port": self.port, "active_streams": sv.active_streams(), "answers": answers,
-                "refused": refused,
+                "refused": refused, "refused_reasons": g["refused_reasons"],
+                "calls": g["calls"],
+                "cancelled": {"max_stream_s": cancelled_answers, "max_call_s": g["cancelled"]},
                 "wrapped_during_answer": self.evidence.wrapped_during_answer,
                 "signer": sv.signer.impl}
 

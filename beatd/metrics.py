@@ -23,7 +23,9 @@ NAMES = ("beat_frames_total", "beat_bytes_total", "beat_records_total", "beat_dr
          "beat_kernel_drops_total", "beat_kernel_packets_total", "beat_ring_wraps_total",
          "beat_oldest_proof_age_seconds", "beat_ring_short", "beat_batches_written_total",
          "beat_segments_total", "beat_receipts_total", "beat_unknown_mac_total",
-         "beat_neighbour_wrong_interface_total", "beat_join_overflow_total", "beat_commit_seconds")
+         "beat_neighbour_wrong_interface_total", "beat_join_overflow_total",
+         "beat_commit_seconds", "beat_receipt_overflow_total", "beat_store_full",
+         "beat_store_dropped_total", "beat_store_pruned_total")
 
 
 def _counter(name, doc, value, labels=None):
@@ -87,6 +89,20 @@ class Collector:
         last = s.get("commit_seconds")
         yield _gauge("beat_commit_seconds", "Duration of the last store commit",
                      last if last is not None else math.nan)
+        yield _counter("beat_receipt_overflow_total", "Packets counted in an epoch's overflow "
+                       "receipt (their flow beyond governance.max_receipts_per_epoch), per role",
+                       t.get("receipt_overflow", 0))
+        store = s.get("store") or {}
+        yield _gauge("beat_store_full", "1 while the store is full (batches dropped)",
+                     1 if store.get("full") else 0)
+        yield _counter("beat_store_dropped_total", "What a full store could not record since "
+                       "start, by kind (batches, records, segments, receipts)",
+                       dict(store.get("dropped") or {}), labels=("what",))
+        pruned = store.get("pruned") or {}
+        yield _counter("beat_store_pruned_total", "Pruned from the store (anchored, older than "
+                       "the threshold), by kind: batches, segments, receipts",
+                       {k: pruned.get(k, 0) for k in ("batches", "segments", "receipts")},
+                       labels=("what",))
 
 
 class MetricsServer:

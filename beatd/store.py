@@ -5,10 +5,16 @@ single write transaction per fast-path batch (``Store.commit(output)``) covers a
 crash or a SIGKILL the store holds exactly the state after some committed batch, never half of one,
 and ``resume_state()`` hands the pipeline what it needs to continue from there. The layout is in
 docs/store.md; every key is big-endian so that LMDB's byte order is numeric order.
+
+``prune(now_ns, threshold_ns)`` drops, a bounded number of leaves per call, what the ledger already
+holds and the governance can no longer ask for: whole anchored batches older than the threshold
+whose segments have left the proof ring (their outbox leaves, receipts, segment commitments and tree
+levels). Nothing that is not anchored is ever pruned.
 """
 import contextlib
 import errno
 import json
+import logging
 import os
 import struct
 import time
@@ -18,9 +24,13 @@ import lmdb
 import fastpath
 from fastpath.output import (COUNTER_SIZE, HASH_NAMES, OPEN_RECEIPT_SIZE, RECEIPT_SIZE,
                              RECORD_SIZE, STAT_NAMES)
+from ledger_client.outbox import ANCHORED, ANCHORS_DB, LEAF_PROOFS_DB, BatchRecord
 
-__all__ = ["Store", "StoreError", "StoreFullError", "StoreDiskError", "StoreMismatchError",
-           "StoreCorruptError", "FORMAT_VERSION", "SYNC_MODES"]
+log = logging.getLogger("beatd.store")
+
+__all__ = ["Store", "StoreError", "StoreFullError", "StoreDiskError", "StoreDiskFullError",
+           "StoreMismatchError", "StoreCorruptError", "FORMAT_VERSION", "SYNC_MODES",
+           "PRUNE_LEAVES", "no_room"]
 
 FORMAT_VERSION = 1
 SYNC_MODES = ("periodic", "always", "never")
@@ -38,6 +48,13 @@ _GAP_VAL = struct.Struct(">QQ")          # capture_gaps value: to_ns frames_drop
 GAP_KERNEL_DROPS, GAP_CAPTURE_STOPPED = 1, 2      # docs/interrogation.md, coverage gaps
 MAX_CAPTURE_GAPS = 10_000                # beyond it the oldest two merge (a wider, coarser gap)
 _GAP_MERGE_LOOKBACK = 64                 # recent gaps looked at for one to extend
+_LEVELS_KEY = b"L"                       # leaf_proofs: b"L" || batch_seq -> the batch's tree levels
+# Outbox leaves pruned per call at most (each: the leaf, and its receipt or segment commitment):
+# a few milliseconds, and twenty calls a second prune ~40,000 leaves/s, far more than the cap
+# lets the store make (2 x 1,025 receipts per epoch and the segments)
+PRUNE_LEAVES = 2048
+# meta keys of the pruning (absent in a store that never pruned: 0)
+PRUNE_META = ("prune_batch", "outbox_base", "pruned_segments", "pruned_records", "pruned_receipts")
 
 
 class StoreError(Exception):
@@ -52,12 +69,48 @@ class StoreDiskError(StoreError):
     """The disk failed or is full."""
 
 
+class StoreDiskFullError(StoreFullError, StoreDiskError):
+    """The disk holding the store is full (ENOSPC): a StoreFullError too, the store has no room."""
+
+
 class StoreMismatchError(StoreError):
     """The store belongs to another node, hash or format version."""
 
 
 class StoreCorruptError(StoreError):
     """The files are not a (valid) LMDB environment, or its content breaks the store's rules."""
+
+
+# A write that failed with an I/O error while the store's filesystem has less than this free is
+# taken for a full disk: LMDB reports a short write (the disk filled during the commit) as EIO.
+DISK_FULL_FREE_BYTES = 1 << 20
+
+
+def _disk_nearly_full(path):
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < DISK_FULL_FREE_BYTES
+
+
+def no_room(exc, path=None):
+    """Whether ``exc`` says the store has no room: ``StoreFullError``, or the raw py-lmdb (or OS)
+    error of a full map or disk, from code that writes the environment directly (the ledger
+    outbox): ENOSPC, or with ``path`` (the store's directory) an I/O error while its filesystem
+    is (nearly) full."""
+    if isinstance(exc, (StoreFullError, lmdb.MapFullError)):
+        return True
+    if isinstance(exc, OSError):
+        code = exc.errno
+    elif isinstance(exc, lmdb.Error):
+        text = str(exc)
+        code = (errno.ENOSPC if os.strerror(errno.ENOSPC) in text else
+                errno.EIO if os.strerror(errno.EIO) in text else None)
+    else:
+        return False
+    return code == errno.ENOSPC or (code == errno.EIO and path is not None and
+                                    _disk_nearly_full(path))
 
 
 # py-lmdb exceptions -> (our exception, what to do about it). Checked in order (subclasses first).
@@ -126,6 +179,8 @@ class Store:
                 for name in DB_NAMES:
                     self.db[name] = self.env.open_db(name.encode(), txn=txn, create=True)
                 self._check_or_init(txn)
+        self.db_anchors = self.db_leaf_proofs = None
+        self._open_ledger_dbs()
 
     # -- errors ---------------------------------------------------------------------------------
 
@@ -136,14 +191,36 @@ class Store:
         except StoreError:
             raise
         except lmdb.Error as exc:
+            if not isinstance(exc, lmdb.MapFullError) and no_room(exc, self.path):
+                raise StoreDiskFullError(f"{self.path}: {doing}: the disk is full: free space "
+                                         f"({exc})") from None
             for lmdb_cls, cls, advice in _ERROR_TABLE:
                 if isinstance(exc, lmdb_cls):
                     raise cls(f"{self.path}: {doing}: "
                               f"{advice.format(map_size=self.map_size)} ({exc})") from None
             raise  # pragma: no cover (lmdb.Error is the last row)
         except OSError as exc:
-            advice = "the disk is full: free space" if exc.errno == errno.ENOSPC else "disk error"
-            raise StoreDiskError(f"{self.path}: {doing}: {advice} ({exc})") from None
+            if no_room(exc, self.path):
+                raise StoreDiskFullError(f"{self.path}: {doing}: the disk is full: free space "
+                                         f"({exc})") from None
+            raise StoreDiskError(f"{self.path}: {doing}: disk error ({exc})") from None
+
+    def _open_ledger_dbs(self):
+        """The ledger outbox's databases (``anchors``, ``leaf_proofs``: ledger_client.outbox makes
+        them), which ``prune()`` reads and trims; opened once they exist, never created here (a
+        full store must still open). A handle is opened in a write transaction (one opened in a
+        read transaction closes with it), which writes nothing for a database that exists."""
+        if self.db_anchors is not None:
+            return True
+        with self._errors("opening the outbox databases"):
+            with self.env.begin() as txn:     # named databases are keys of the main one
+                if txn.get(ANCHORS_DB) is None or txn.get(LEAF_PROOFS_DB) is None:
+                    return False
+            with self.env.begin(write=True) as txn:
+                anchors = self.env.open_db(ANCHORS_DB, txn=txn)
+                proofs = self.env.open_db(LEAF_PROOFS_DB, txn=txn)
+        self.db_anchors, self.db_leaf_proofs = anchors, proofs
+        return True
 
     def _check_or_init(self, txn):
         meta = self.db["meta"]
@@ -158,7 +235,8 @@ class Store:
                                (b"stats", json.dumps(dict.fromkeys(STAT_NAMES, 0)).encode()),
                                (b"ring_wraps", _p64(0)), (b"ring_oldest_seq", _p64(0)),
                                (b"ring_oldest_t_ns", _p64(0)), (b"ring_bytes", _p64(0)),
-                               (b"ring_segments", _p64(0))):
+                               (b"ring_segments", _p64(0))) + tuple(
+                                   (name.encode(), _p64(0)) for name in PRUNE_META):
                 txn.put(key, value, db=meta)
             return
         if _u64(version) != FORMAT_VERSION:
@@ -449,6 +527,120 @@ class Store:
             v = txn.get(b"capture_alive_t_ns", db=self.db["meta"])
         return None if v is None else _u64(v)
 
+    # -- pruning --------------------------------------------------------------------------------
+
+    def prune(self, now_ns, threshold_ns, max_leaves=PRUNE_LEAVES):
+        """Prune at most ``max_leaves`` outbox leaves of what may go (docs/store.md, "Pruning"):
+        the batches, oldest first, that are anchored, whose newest leaf time (``last_t_ns``) is
+        older than ``now_ns - threshold_ns`` and whose segments all left the proof ring; with each
+        leaf its receipt or segment commitment, with each batch its tree levels. A batch larger
+        than ``max_leaves`` is pruned over several calls. Never a leaf of a batch not anchored.
+
+        One write transaction, only when there is something to prune (a read first). Returns
+        ``{"leaves", "receipts", "segments", "batches"}`` pruned by this call."""
+        done = {"leaves": 0, "receipts": 0, "segments": 0, "batches": 0}
+        if max_leaves < 1 or not self._open_ledger_dbs():
+            return done
+        cutoff = now_ns - threshold_ns
+        with self._read() as txn:
+            if self._prunable(txn, cutoff) is None:
+                return done
+        with self._errors("pruning"):
+            with self.env.begin(write=True) as txn:
+                self._prune(txn, cutoff, max_leaves, done)
+        return done
+
+    def _prunable(self, txn, cutoff, b=None):
+        """The BatchRecord of the batch to prune next (``b``, else the store's ``prune_batch``),
+        or None when it may not go (yet)."""
+        meta = self.db["meta"]
+        if b is None:
+            b = _u64(txn.get(b"prune_batch", db=meta))
+        v = txn.get(_p64(b), db=self.db_anchors)
+        if v is None:
+            return None
+        rec = BatchRecord.unpack(b, v)
+        ring_oldest = _u64(txn.get(b"ring_oldest_seq", db=meta))
+        if not _u64(txn.get(b"ring_segments", db=meta)):
+            ring_oldest = _u64(txn.get(b"next_seg_seq", db=meta))
+        if rec.status != ANCHORED or rec.last_t_ns >= cutoff or rec.seg_leaves_end > ring_oldest:
+            return None
+        return rec
+
+    def _prune(self, txn, cutoff, budget, done):
+        db = self.db
+        meta = db["meta"]
+        state = {name: _u64(txn.get(name.encode(), db=meta)) for name in PRUNE_META}
+        while budget > 0:
+            rec = self._prunable(txn, cutoff, state["prune_batch"])
+            if rec is None:
+                break
+            base = max(state["outbox_base"], rec.first_leaf_seq)
+            end = min(rec.end_leaf_seq, base + budget)
+            receipts = set()
+            seg = state["pruned_segments"]
+            cur = txn.cursor(db=db["outbox"])
+            ok = cur.set_range(_p64(base))
+            while ok and _u64(cur.key()) < end:
+                leaf = cur.value()
+                if leaf[0] == LEAF_SEGMENT:
+                    c = txn.get(_p64(seg), db=db["commitments"])
+                    if c is None or bytes(c[:32]) != bytes(leaf[1:]):
+                        raise StoreCorruptError(
+                            f"{self.path}: outbox leaf {_u64(cur.key())} is segment {seg}'s, but "
+                            "commitments do not hold that S: not pruning (check with verify())")
+                    state["pruned_records"] += _COMMIT.unpack(c)[1]
+                    txn.delete(_p64(seg), db=db["commitments"])
+                    seg += 1
+                    done["segments"] += 1
+                elif leaf[0] == LEAF_RECEIPT:
+                    receipts.add(bytes(leaf[1:]))
+                done["leaves"] += 1
+                ok = cur.delete() and bool(cur.key())
+            state["pruned_segments"] = seg
+            if receipts:
+                n = self._prune_receipts(txn, receipts, rec)
+                state["pruned_receipts"] += n
+                done["receipts"] += n
+            budget -= end - base
+            state["outbox_base"] = end
+            if end < rec.end_leaf_seq:
+                break
+            # the whole batch is gone: its tree levels (and proofs of the former per-leaf format)
+            txn.delete(_LEVELS_KEY + _p64(rec.batch_seq), db=self.db_leaf_proofs)
+            cur = txn.cursor(db=self.db_leaf_proofs)
+            ok = cur.set_range(_p64(rec.first_leaf_seq))
+            while ok and len(cur.key()) == 8 and _u64(cur.key()) < rec.end_leaf_seq:
+                ok = cur.delete() and bool(cur.key())
+            state["prune_batch"] = rec.batch_seq + 1
+            done["batches"] += 1
+        for name, value in state.items():
+            txn.put(name.encode(), _p64(value), db=meta)
+
+    def _prune_receipts(self, txn, values, rec):
+        """Delete the receipts whose R is in ``values`` (of batch ``rec``): the receipts are keyed
+        by epoch first and made in leaf order, so they are the oldest ones held; the scan stops
+        past the batch's time. Returns how many were deleted."""
+        cur = txn.cursor(db=self.db["receipts"])
+        ok = cur.first()
+        n = 0
+        while ok and values:
+            k = cur.key()
+            if _u64(k[:8]) > rec.last_t_ns:
+                break
+            r = bytes(cur.value()[16:48])
+            if r in values:
+                values.discard(r)
+                n += 1
+                ok = cur.delete() and bool(cur.key())
+            else:
+                ok = cur.next()
+        if values:
+            log.warning("%s: batch %d: %d receipt leaves pruned without their receipt (not "
+                        "found up to the batch's last_t_ns %d)", self.path, rec.batch_seq,
+                        len(values), rec.last_t_ns)
+        return n
+
     # -- reading --------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -494,7 +686,8 @@ class Store:
                     for k, v in txn.cursor(db=self.db["proofs"])]
 
     def commitments(self):
-        """Every segment commitment ever made: ``(seg_seq, S, count, first_t_ns, last_t_ns)``."""
+        """The segment commitments held (every one made, but the pruned ones):
+        ``(seg_seq, S, count, first_t_ns, last_t_ns)``."""
         with self._read() as txn:
             return [(_u64(k),) + _COMMIT.unpack(v) for k, v in txn.cursor(db=self.db["commitments"])]
 
@@ -527,6 +720,16 @@ class Store:
         """The ledger leaves in the order produced: ``(leaf_seq, type, value)``."""
         with self._read() as txn:
             return [(_u64(k), v[0], bytes(v[1:])) for k, v in txn.cursor(db=self.db["outbox"])]
+
+    def prune_status(self):
+        """What pruning removed so far: ``{"batches", "segments", "receipts", "records",
+        "outbox_base"}`` (cumulative, from the meta)."""
+        with self._read() as txn:
+            meta = self.db["meta"]
+            v = {name: _u64(txn.get(name.encode(), db=meta)) for name in PRUNE_META}
+        return {"batches": v["prune_batch"], "segments": v["pruned_segments"],
+                "receipts": v["pruned_receipts"], "records": v["pruned_records"],
+                "outbox_base": v["outbox_base"]}
 
     def ring_status(self, now_ns, threshold_ns):
         """How much time the proof ring covers, and whether it is ``short`` of the threshold."""
@@ -564,6 +767,7 @@ class Store:
     def verify(self):
         """Recompute every stored S and check the store's invariants; a list of problems."""
         problems = []
+        self._open_ledger_dbs()
         with self._read() as txn:
             m = self._meta(txn)
             segs = [(_u64(k), bytes(v)) for k, v in txn.cursor(db=self.db["proofs"])]
@@ -575,7 +779,13 @@ class Store:
             counter_packets = sum(_COUNTER.unpack(v)[0]
                                   for v in txn.cursor(db=self.db["counters"]).iternext(values=True,
                                                                                       keys=False))
+            batches = []
+            if self.db_anchors is not None:
+                batches = [BatchRecord.unpack(_u64(k), v)
+                           for k, v in txn.cursor(db=self.db_anchors)]
         nxt = m["next_seg_seq"]
+        pruned = {name: m.get(name, 0) for name in PRUNE_META}
+        base, pseg = pruned["outbox_base"], pruned["pruned_segments"]
         # proof ring
         ring_bytes = 0
         for i, (seq, v) in enumerate(segs):
@@ -611,12 +821,13 @@ class Store:
         if m["ring_wraps"] + len(segs) != nxt:
             problems.append(f"meta: {m['ring_wraps']} segments dropped + {len(segs)} held != "
                             f"{nxt} made")
-        # commitments: every segment ever made, 0..next-1
-        if sorted(commits) != list(range(nxt)):
-            problems.append(f"commitments: {len(commits)} held for segments 0..{nxt - 1}")
-        # outbox: contiguous leaves, exactly one per commitment and per receipt
-        if [seq for seq, _ in leaves] != list(range(m["next_leaf_seq"])):
-            problems.append(f"outbox: leaves are not 0..{m['next_leaf_seq'] - 1} without a gap")
+        # commitments: every segment made since the pruned ones, pruned_segments..next-1
+        if sorted(commits) != list(range(pseg, nxt)):
+            problems.append(f"commitments: {len(commits)} held for segments {pseg}..{nxt - 1}")
+        # outbox: contiguous leaves from the pruned base, one per commitment and per receipt
+        if [seq for seq, _ in leaves] != list(range(base, m["next_leaf_seq"])):
+            problems.append(f"outbox: leaves are not {base}..{m['next_leaf_seq'] - 1} without a "
+                            "gap")
         seg_leaves, rc_leaves = {}, {}
         for seq, v in leaves:
             target = {LEAF_SEGMENT: seg_leaves, LEAF_RECEIPT: rc_leaves}.get(v[0])
@@ -634,18 +845,36 @@ class Store:
                 problems.append(f"receipts[{key.hex()}]: not exactly one outbox leaf")
         if rc_leaves:
             problems.append(f"outbox: {len(rc_leaves)} receipt leaves with no receipt")
+        # pruning: only leaves of anchored batches, a prefix of them, with the segments they held
+        for rec in batches:
+            if rec.first_leaf_seq >= base:
+                break
+            if rec.status != ANCHORED:
+                problems.append(f"outbox: leaves {rec.first_leaf_seq}..{base - 1} pruned, but "
+                                f"batch {rec.batch_seq} holding some is not anchored")
+            if rec.end_leaf_seq <= base and rec.batch_seq >= pruned["prune_batch"]:
+                problems.append(f"meta: prune_batch {pruned['prune_batch']}, but batch "
+                                f"{rec.batch_seq} is pruned whole")
+        if base and (not batches or batches[-1].end_leaf_seq < base):
+            problems.append(f"meta: outbox_base {base} is past the last batch")
+        if segs and segs[0][0] < pseg:
+            problems.append(f"proofs: segment {segs[0][0]} held, but segments below {pseg} were "
+                            "pruned")
         # counts
         stats = m["stats"]
-        records_made = sum(c[1] for c in commits.values()) + len(m["open_records"]) // RECORD_SIZE
+        records_made = (pruned["pruned_records"] + sum(c[1] for c in commits.values())
+                        + len(m["open_records"]) // RECORD_SIZE)
         if stats.get("records", 0) != records_made:
             problems.append(f"stats: {stats.get('records')} records released, segments hold "
-                            f"{records_made}")
+                            f"{records_made} (pruned ones included)")
         if counter_packets != stats.get("records", 0):
             problems.append(f"counters: {counter_packets} packets, {stats.get('records')} records")
         if stats.get("segments", 0) != nxt:
             problems.append(f"stats: {stats.get('segments')} segments, {nxt} made")
-        if stats.get("receipts", 0) != len(receipts) + stats.get("receipt_duplicate", 0):
-            problems.append(f"stats: {stats.get('receipts')} receipts, {len(receipts)} stored")
+        if stats.get("receipts", 0) != (len(receipts) + stats.get("receipt_duplicate", 0)
+                                        + pruned["pruned_receipts"]):
+            problems.append(f"stats: {stats.get('receipts')} receipts, {len(receipts)} stored, "
+                            f"{pruned['pruned_receipts']} pruned")
         if len(m["open_records"]) % RECORD_SIZE or len(m["open_receipts"]) % OPEN_RECEIPT_SIZE:
             problems.append("meta: open segment or open receipts of a bad length")
         return problems

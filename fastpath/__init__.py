@@ -6,8 +6,9 @@ used unless ``BEAT_PURE_PYTHON=1`` is set or it was not built.
 """
 import os
 
-from .output import (COUNTER_SIZE, DESC_FORMAT, DESC_SIZE, HASH_NAMES, NONE, OPEN_RECEIPT_SIZE,
-                     REASON_CLASS, RECEIPT_SIZE, RECORD_SIZE, STAT_NAMES, Output)
+from .output import (COUNTER_SIZE, DEFAULT_MAX_RECEIPTS_PER_EPOCH, DESC_FORMAT, DESC_SIZE,
+                     HASH_NAMES, NONE, OPEN_RECEIPT_SIZE, OVERFLOW_ADDR, REASON_CLASS, RECEIPT_SIZE,
+                     RECORD_SIZE, STAT_NAMES, Output)
 
 _force_pure = os.environ.get("BEAT_PURE_PYTHON", "") not in ("", "0")
 NATIVE_ERROR = None
@@ -35,4 +36,5 @@ merkle_levels = _impl.merkle_levels
 __all__ = ["Pipeline", "pd_ft", "fp_many", "segment_value", "receipt_value", "pack_desc", "t_range",
            "merkle_levels", "IMPL",
            "NONE", "DESC_FORMAT", "DESC_SIZE", "RECORD_SIZE", "RECEIPT_SIZE", "OPEN_RECEIPT_SIZE",
-           "COUNTER_SIZE", "HASH_NAMES", "STAT_NAMES", "REASON_CLASS", "Output"]
+           "COUNTER_SIZE", "HASH_NAMES", "STAT_NAMES", "REASON_CLASS", "Output",
+           "DEFAULT_MAX_RECEIPTS_PER_EPOCH", "OVERFLOW_ADDR"]

@@ -8,9 +8,9 @@ from libc.stdlib cimport free
 
 from fastpath.includes.beat cimport *
 
-from .output import (COUNTER_SIZE, DESC_FORMAT, DESC_SIZE, HASH_NAMES, NONE, OPEN_RECEIPT_SIZE,
-                     RECEIPT_SIZE, RECORD_SIZE, STAT_NAMES, Output, neighbour_binding,
-                     pack_desc)
+from .output import (COUNTER_SIZE, DEFAULT_MAX_RECEIPTS_PER_EPOCH, DESC_FORMAT, DESC_SIZE,
+                     HASH_NAMES, MAX_RECEIPTS_PER_EPOCH_LIMIT, NONE, OPEN_RECEIPT_SIZE,
+                     RECEIPT_SIZE, RECORD_SIZE, STAT_NAMES, Output, neighbour_binding, pack_desc)
 
 _DESC = struct.Struct(DESC_FORMAT)
 _SEG_HEAD = struct.Struct(">QQ32s")
@@ -83,7 +83,8 @@ cdef class Pipeline:
 
     def __cinit__(self, node_id, hash_name="sha3-256", own_macs=(), neighbours=None,
                   join_window_ns=50_000_000, receipt_epoch_ns=1_000_000_000,
-                  segment_records=1024, anchor_period_ns=10_000_000_000, max_pending=1 << 16):
+                  segment_records=1024, anchor_period_ns=10_000_000_000, max_pending=1 << 16,
+                  max_receipts_per_epoch=DEFAULT_MAX_RECEIPTS_PER_EPOCH):
         _check_id("node_id", node_id)
         self.alg = _alg(hash_name)
         _check_positive("join_window_ns", join_window_ns)
@@ -94,13 +95,18 @@ cdef class Pipeline:
         if (not isinstance(max_pending, int) or not (1 << 4) <= max_pending <= (1 << 24)
                 or max_pending & (max_pending - 1)):
             raise ValueError(f"max_pending must be a power of two in 2^4..2^24, got {max_pending!r}")
+        if (not isinstance(max_receipts_per_epoch, int) or isinstance(max_receipts_per_epoch, bool)
+                or not 1 <= max_receipts_per_epoch <= MAX_RECEIPTS_PER_EPOCH_LIMIT):
+            raise ValueError(f"max_receipts_per_epoch must be an integer in "
+                             f"1..{MAX_RECEIPTS_PER_EPOCH_LIMIT}, got {max_receipts_per_epoch!r}")
         own = b"".join(_mac("own_macs entry", m) for m in own_macs)
         if len(own) // 6 > BEAT_MAX_OWN:
             raise ValueError(f"own_macs holds {len(own) // 6} MACs, at most {BEAT_MAX_OWN}")
         self.node_id = node_id
         self.segment_records = segment_records
         self.p = beat_pipe_new(node_id, self.alg, join_window_ns, receipt_epoch_ns,
-                               segment_records, anchor_period_ns, max_pending)
+                               segment_records, anchor_period_ns, max_pending,
+                               max_receipts_per_epoch)
         if self.p == NULL:
             raise MemoryError("fast path: cannot allocate the pipeline "
                               f"(max_pending={max_pending}, segment_records={segment_records})")
@@ -196,15 +202,7 @@ cdef class Pipeline:
             raise MemoryError("fast path: out of memory while advancing the clock")
 
     def resume(self, next_seg_seq, open_records=b"", open_receipts=b"", closed_before=0):
-        open_records = bytes(open_records)
-        open_receipts = bytes(open_receipts)
-        if len(open_records) % RECORD_SIZE or len(open_records) // RECORD_SIZE >= self.segment_records:
-            raise ValueError(f"open_records must hold fewer than segment_records="
-                             f"{self.segment_records} records of {RECORD_SIZE} bytes, got "
-                             f"{len(open_records)} bytes")
-        if len(open_receipts) % OPEN_RECEIPT_SIZE:
-            raise ValueError(f"open_receipts length {len(open_receipts)} is not a multiple of "
-                             f"{OPEN_RECEIPT_SIZE}")
+        open_records, open_receipts = self._check_resume(open_records, open_receipts)
         cdef const uint8_t *r = open_records
         cdef const uint8_t *c = open_receipts
         cdef size_t nr = len(open_records) // RECORD_SIZE
@@ -218,6 +216,52 @@ cdef class Pipeline:
             beat_pipe_unlock(self.p)
         if rc:
             raise MemoryError("fast path: out of memory while resuming")
+
+    def rewind(self, next_seg_seq, open_records=b"", open_receipts=b"", closed_before=0):
+        """``take()`` and ``resume(...)`` in one step, under the pipeline's lock: returns what
+        ``take()`` would have returned, and the pipeline goes on from the state given (the daemon
+        drops a batch that a full store could not hold, docs/fastpath.md)."""
+        open_records, open_receipts = self._check_resume(open_records, open_receipts)
+        cdef const uint8_t *r = open_records
+        cdef const uint8_t *c = open_receipts
+        cdef size_t nr = len(open_records) // RECORD_SIZE
+        cdef size_t nc = len(open_receipts) // OPEN_RECEIPT_SIZE
+        cdef uint64_t seq = next_seg_seq
+        cdef uint64_t cb = closed_before
+        cdef int rc = 0
+        with nogil:
+            beat_pipe_lock(self.p)
+        try:
+            out = self._take_locked()
+            rc = beat_pipe_resume(self.p, seq, r, nr, c, nc, cb)
+        finally:
+            beat_pipe_unlock(self.p)
+        if rc:
+            raise MemoryError("fast path: out of memory while resuming")
+        return out
+
+    def _check_resume(self, open_records, open_receipts):
+        """ValueError for a resume state the pipeline cannot take (nothing changed then)."""
+        open_records = bytes(open_records)
+        open_receipts = bytes(open_receipts)
+        if len(open_records) % RECORD_SIZE or len(open_records) // RECORD_SIZE >= self.segment_records:
+            raise ValueError(f"open_records must hold fewer than segment_records="
+                             f"{self.segment_records} records of {RECORD_SIZE} bytes, got "
+                             f"{len(open_records)} bytes")
+        if len(open_receipts) % OPEN_RECEIPT_SIZE:
+            raise ValueError(f"open_receipts length {len(open_receipts)} is not a multiple of "
+                             f"{OPEN_RECEIPT_SIZE}")
+        keys = set()
+        for i in range(0, len(open_receipts), OPEN_RECEIPT_SIZE):
+            key = open_receipts[i:i + 41]
+            if key[8] not in (1, 2):
+                raise ValueError(f"open_receipts entry {i // OPEN_RECEIPT_SIZE}: role must be "
+                                 f"1 or 2, got {key[8]}")
+            if key in keys:
+                raise ValueError(f"open_receipts entry {i // OPEN_RECEIPT_SIZE}: duplicate key "
+                                 f"(epoch_ns {int.from_bytes(key[:8], 'big')}, role {key[8]})")
+            keys.add(key)
+        return open_records, open_receipts
 
     def take(self):
         with nogil:

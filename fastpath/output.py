@@ -15,6 +15,11 @@ OPEN_RECEIPT_SIZE = 57  # the same without R
 COUNTER_SIZE = 48       # prev_id(8) next_id(8) packets(8) bytes(8) first_t_ns(8) last_t_ns(8)
 _DESC = struct.Struct(DESC_FORMAT)
 HASH_NAMES = ("sha3-256", "blake2b-256")
+# Receipts of their own per role and receipt epoch; the flows beyond share the epoch's overflow
+# receipt of the role, whose src and dst are OVERFLOW_ADDR (docs/fastpath.md, "Releasing").
+DEFAULT_MAX_RECEIPTS_PER_EPOCH = 1024
+MAX_RECEIPTS_PER_EPOCH_LIMIT = 1 << 24
+OVERFLOW_ADDR = bytes(16)
 
 # The descriptor's flags byte: bits 0-1 the VLAN tags the capture stripped (0..3), bits 2-7 the
 # slot of the interface the frame was captured on (1..63; 0 = unknown, e.g. a replayed pcap).
@@ -28,7 +33,7 @@ STAT_NAMES = (
     "frames", "ip", "non_ip", "unsupported_linktype", "runt", "truncated", "bad_version",
     "bad_ihl", "bad_length", "vlan_depth", "ingress", "egress", "joined", "ingress_only",
     "egress_only", "unknown_mac", "neighbour_wrong_interface", "join_overflow", "receipt_late",
-    "records", "segments", "receipts",
+    "records", "segments", "receipts", "receipt_overflow",
 )
 
 # The drop reasons, grouped into SPEC.md's three classes.

@@ -21,7 +21,11 @@ Readings of docs/fastpath.md where the text leaves a choice (the native twin mus
   would have been closed).
 - ``resume()`` replaces the open segment, the open receipts, ``seg_seq`` and ``closed_before``;
   it does not touch the clock, the FIFO, counters or stats. Duplicate keys in ``open_receipts`` or
-  a role other than 1/2 are a ``ValueError``.
+  a role other than 1/2 are a ``ValueError``. The count of receipts of their own per epoch and role
+  (the receipt cap) is recounted from ``open_receipts``: every entry but the overflow ones.
+- A flow whose src and dst are both 16 zero bytes (``::`` to ``::``, never a routable packet) has
+  the overflow receipt's key: its packets count in the overflow receipt (and ``receipt_overflow``)
+  and it takes no place under the cap.
 - ``pd_ft`` returns ``(reason, None, None)`` for a frame without a digest, ``(None, pd, ft)``
   otherwise. ``fp_many``/``segment_value``/``receipt_value`` validate ``node_id`` like the
   Pipeline (1..2^64-2) and want whole 48-byte records.
@@ -30,9 +34,10 @@ import struct
 from collections import deque
 
 from .hashes import constructor
-from .output import (COUNTER_SIZE, DESC_FORMAT, DESC_SIZE, HASH_NAMES, NONE, OPEN_RECEIPT_SIZE,
-                     REASON_CLASS, RECEIPT_SIZE, RECORD_SIZE, SLOT_SHIFT, STAT_NAMES, VLAN_MASK,
-                     WRONG_IF_MAX, Output, neighbour_binding, pack_desc)
+from .output import (COUNTER_SIZE, DEFAULT_MAX_RECEIPTS_PER_EPOCH, DESC_FORMAT, DESC_SIZE,
+                     HASH_NAMES, MAX_RECEIPTS_PER_EPOCH_LIMIT, NONE, OPEN_RECEIPT_SIZE,
+                     OVERFLOW_ADDR, REASON_CLASS, RECEIPT_SIZE, RECORD_SIZE, SLOT_SHIFT,
+                     STAT_NAMES, VLAN_MASK, WRONG_IF_MAX, Output, neighbour_binding, pack_desc)
 
 __all__ = ["Pipeline", "pd_ft", "fp_many", "segment_value", "receipt_value", "pack_desc", "NONE",
            "DESC_FORMAT", "DESC_SIZE", "RECORD_SIZE", "RECEIPT_SIZE", "OPEN_RECEIPT_SIZE",
@@ -55,6 +60,7 @@ _PD4 = b"BEAT-PD-v1\x04"
 _PD6 = b"BEAT-PD-v1\x06"
 _NULL_FAM = {2: 4, 10: 6, 24: 6, 28: 6, 30: 6}
 _FT_CACHE_MAX = 1 << 20
+_OVERFLOW_SD = OVERFLOW_ADDR + OVERFLOW_ADDR
 
 
 
@@ -419,7 +425,8 @@ class Pipeline:
 
     def __init__(self, node_id, hash_name="sha3-256", own_macs=(), neighbours=None,
                  join_window_ns=50_000_000, receipt_epoch_ns=1_000_000_000,
-                 segment_records=1024, anchor_period_ns=10_000_000_000, max_pending=1 << 16):
+                 segment_records=1024, anchor_period_ns=10_000_000_000, max_pending=1 << 16,
+                 max_receipts_per_epoch=DEFAULT_MAX_RECEIPTS_PER_EPOCH):
         self._node_id = _node_id("node_id", node_id)
         self._hash_name = hash_name
         self._H = constructor(hash_name)
@@ -440,6 +447,11 @@ class Pipeline:
         if not (1 << 4 <= max_pending <= 1 << 24 and max_pending & (max_pending - 1) == 0):
             raise ValueError(f"max_pending must be a power of two in 2^4..2^24, got {max_pending}")
         self._max_pending = max_pending
+        _int("max_receipts_per_epoch", max_receipts_per_epoch)
+        if not 1 <= max_receipts_per_epoch <= MAX_RECEIPTS_PER_EPOCH_LIMIT:
+            raise ValueError(f"max_receipts_per_epoch must be an integer in "
+                             f"1..{MAX_RECEIPTS_PER_EPOCH_LIMIT}, got {max_receipts_per_epoch}")
+        self._rc_max = max_receipts_per_epoch
 
         self._node8 = _Q.pack(node_id)
         self._clock = 0
@@ -451,6 +463,7 @@ class Pipeline:
         self._seg = []                  # 48-byte records of the open segment
         self._seg_first = 0             # t_ns of its first record
         self._rc = {}                   # epoch_ns -> {(role, sd): [packets, bytes]}
+        self._rcn = {}                  # epoch_ns -> [0, own receipts role 1, own receipts role 2]
         self._closed_before = 0
         # outputs since the last take()
         self._o_records = []
@@ -467,6 +480,19 @@ class Pipeline:
         self._nb = _neighbours(neighbours)
 
     def resume(self, next_seg_seq, open_records=b"", open_receipts=b"", closed_before=0):
+        self._apply_resume(*self._check_resume(next_seg_seq, open_records, open_receipts,
+                                               closed_before))
+
+    def rewind(self, next_seg_seq, open_records=b"", open_receipts=b"", closed_before=0):
+        """``take()`` then ``resume(...)`` in one step: what ``take()`` would have returned, and
+        the pipeline goes on from the state given (the daemon drops a batch that a full store
+        could not hold). Nothing is taken when the state is refused (``ValueError``)."""
+        state = self._check_resume(next_seg_seq, open_records, open_receipts, closed_before)
+        out = self.take()
+        self._apply_resume(*state)
+        return out
+
+    def _check_resume(self, next_seg_seq, open_records, open_receipts, closed_before):
         _u64("next_seg_seq", next_seg_seq)
         recs = _records("open_records", open_records)
         orc = _bytes("open_receipts", open_receipts)
@@ -478,6 +504,7 @@ class Pipeline:
             raise ValueError(f"open_records must hold fewer than segment_records={self._seg_max} "
                              f"records, got {len(recs) // RECORD_SIZE}")
         rc = {}
+        rcn = {}
         for i in range(0, len(orc), OPEN_RECEIPT_SIZE):
             ep, role, sd, pk, by = _OPEN_RC.unpack_from(orc, i)
             if role not in (1, 2):
@@ -488,10 +515,16 @@ class Pipeline:
                 raise ValueError(f"open_receipts entry {i // OPEN_RECEIPT_SIZE}: duplicate key "
                                  f"(epoch_ns {ep}, role {role})")
             d[(role, sd)] = [pk, by]
+            if sd != _OVERFLOW_SD:
+                rcn.setdefault(ep, [0, 0, 0])[role] += 1
+        return next_seg_seq, recs, rc, rcn, closed_before
+
+    def _apply_resume(self, next_seg_seq, recs, rc, rcn, closed_before):
         self._seg_seq = next_seg_seq
         self._seg = [recs[i:i + RECORD_SIZE] for i in range(0, len(recs), RECORD_SIZE)]
         self._seg_first = _Q.unpack_from(recs, 0)[0] if recs else 0
         self._rc = rc
+        self._rcn = rcn
         self._closed_before = closed_before
 
     # -- internals -------------------------------------------------------------------------------
@@ -551,19 +584,17 @@ class Pipeline:
                 if d is None:
                     d = self._rc[ep] = {}
                 if prev == 0:
-                    r = d.get((1, sd))
+                    r = d.get((1, sd)) if sd != _OVERFLOW_SD else None
                     if r is None:
-                        d[(1, sd)] = [1, iplen]
-                    else:
-                        r[0] += 1
-                        r[1] += iplen
+                        r = self._rc_new(d, ep, 1, sd)
+                    r[0] += 1
+                    r[1] += iplen
                 if nxt == 0:
-                    r = d.get((2, sd))
+                    r = d.get((2, sd)) if sd != _OVERFLOW_SD else None
                     if r is None:
-                        d[(2, sd)] = [1, iplen]
-                    else:
-                        r[0] += 1
-                        r[1] += iplen
+                        r = self._rc_new(d, ep, 2, sd)
+                    r[0] += 1
+                    r[1] += iplen
         # segment
         seg = self._seg
         if seg and t // self._anchor != self._seg_first // self._anchor:
@@ -583,6 +614,24 @@ class Pipeline:
         elif len(self._wrong) < WRONG_IF_MAX:
             self._wrong[(mac, slot, d)] = [nid, 1]
 
+    def _rc_new(self, d, ep, role, sd):
+        """The receipt a packet counts in when its flow has none of its own in this epoch and
+        role: a new one while the epoch has fewer than max_receipts_per_epoch of the role, else
+        the epoch's overflow receipt of the role (src = dst = 16 zero bytes)."""
+        n = self._rcn.get(ep)
+        if n is None:
+            n = self._rcn[ep] = [0, 0, 0]
+        if sd != _OVERFLOW_SD and n[role] < self._rc_max:
+            n[role] += 1
+            r = d[(role, sd)] = [0, 0]
+            return r
+        self._st["receipt_overflow"] += 1
+        key = (role, _OVERFLOW_SD)
+        r = d.get(key)
+        if r is None:
+            r = d[key] = [0, 0]
+        return r
+
     def _release_ready(self):
         fifo = self._fifo
         limit = self._clock - self._window     # head.t_ns + window < clock
@@ -598,6 +647,7 @@ class Pipeline:
         node8 = self._node8
         out = self._o_receipts
         n = 0
+        self._rcn.pop(ep, None)
         for (role, sd), (pk, by) in self._rc.pop(ep).items():
             R = _receipt(H, node8, role, sd, ep, pk, by)
             out.append(_RC_KEY.pack(ep, role) + sd + _QQ.pack(pk, by) + R)

@@ -24,10 +24,15 @@ returned ``Segment``/``Receipt``/``AnchorRef``/``Coverage``). Errors, for the ve
 - ``EvidenceError`` subclasses (re-exported from ``beat_rpc.evidence``): ``BadSignature``,
   ``MalformedEvidence``, ``WrongAnswer`` (another node/kind/request, out of sequence or order),
   ``IncompleteAnswer`` (cut short): the device answered, but not with acceptable evidence;
-- ``NodeUnreachable``: no answer (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, TLS handshake);
+- ``NodeUnreachable``: no answer (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, TLS handshake), also
+  when it comes in the middle of an answer (``chunks``: how many had arrived);
 - ``RequestRejected`` (``.code``, ``.details``): the device refused the request (INVALID_ARGUMENT,
   PERMISSION_DENIED, RESOURCE_EXHAUSTED, ...), and its subclass ``NoEvidence`` for NOT_FOUND (a
   device of the former format; ours answer an empty window with its signed coverage).
+
+Every call takes ``timeout=`` (seconds; default the client's ``timeout``). ``governance/retry.py``
+(``ask_with_retry``) retries the transient ones within a deadline and classifies the failures for
+the judgement (unreachable, refused, incomplete, bad_evidence).
 """
 import dataclasses
 import os
@@ -52,6 +57,7 @@ DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_ANSWER_BYTES = 1280 << 20     # 20,000,000 records (915 MiB) + index + headers
 DEFAULT_MAX_ANSWER_SEGMENTS = 250_000     # 100,000 in full + 100,000 index entries + audits
 MAX_MESSAGE = 64 << 20          # a lone segment of 10^6 records is 48 MB
+MAX_RECONNECT_BACKOFF_MS = 4000  # a device back after an outage is dialled again within ~4 s
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                 grpc.StatusCode.CANCELLED)
 
@@ -82,12 +88,14 @@ class ClientError(Exception):
 
 class NodeUnreachable(ClientError):
     """No answer from the device: ``code`` the gRPC status (UNAVAILABLE, DEADLINE_EXCEEDED,
-    CANCELLED; UNAVAILABLE also when the device cannot read its store) and its ``details``."""
+    CANCELLED; UNAVAILABLE also when the device cannot read its store) and its ``details``;
+    ``chunks``: the checked chunks of the answer that had arrived before (0: none)."""
 
-    def __init__(self, message, code=None, details=None):
+    def __init__(self, message, code=None, details=None, chunks=0):
         super().__init__(message)
         self.code = code
         self.details = details
+        self.chunks = chunks
 
 
 class RequestRejected(ClientError):
@@ -148,7 +156,9 @@ class InterrogationClient:
         self.timeout = timeout
         creds = grpc.ssl_channel_credentials(_pem(ca, "ca"), _pem(key, "key"), _pem(cert, "cert"))
         options = [("grpc.max_receive_message_length", MAX_MESSAGE),
-                   ("grpc.max_send_message_length", 1 << 20)]
+                   ("grpc.max_send_message_length", 1 << 20),
+                   ("grpc.initial_reconnect_backoff_ms", 500),
+                   ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS)]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
         self.channel = grpc.secure_channel(endpoint, creds, options=options)
@@ -185,13 +195,14 @@ class InterrogationClient:
 
     # -- errors --
 
-    def _error(self, rpc, exc):
+    def _error(self, rpc, exc, chunks=0):
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         where = f"node {self.node_id} at {self.endpoint}: {rpc}"
         if code in _UNREACHABLE or code is None:
             name = code.name if code is not None else "error"
-            return NodeUnreachable(f"{where}: {name}: {details}", code, details)
+            after = f" (after {chunks} chunks of the answer)" if chunks else ""
+            return NodeUnreachable(f"{where}: {name}{after}: {details}", code, details, chunks)
         if code == grpc.StatusCode.NOT_FOUND:
             return NoEvidence(f"{where}: NOT_FOUND: {details}", code, details)
         return RequestRejected(f"{where}: {code.name}: {details}", code, details)
@@ -233,18 +244,21 @@ class InterrogationClient:
                     call.cancel()
                     raise
         except grpc.RpcError as exc:
-            raise self._error(rpc, exc) from None
+            raise self._error(rpc, exc, reader.chunks) from None
         reader.finish()
         reader.bytes = total
         return items
 
+    def _timeout(self, timeout):
+        return self.timeout if timeout is None else timeout
+
     # -- calls --
 
-    def node_info(self):
+    def node_info(self, timeout=None):
         """The device's NodeInfo (unsigned, not evidence); WrongNode when it names another
         node_id than the one dialled."""
         try:
-            info = self.stub.GetNodeInfo(pb.NodeInfoRequest(), timeout=self.timeout)
+            info = self.stub.GetNodeInfo(pb.NodeInfoRequest(), timeout=self._timeout(timeout))
         except grpc.RpcError as exc:
             raise self._error("GetNodeInfo", exc) from None
         if info.node_id != self.node_id:
@@ -252,7 +266,7 @@ class InterrogationClient:
                             f"{self.node_id}")
         return info
 
-    def proof_answer(self, from_ns, to_ns, flow_tags=()):
+    def proof_answer(self, from_ns, to_ns, flow_tags=(), timeout=None):
         """The whole proof segments with records in [from_ns, to_ns] (holding one of
         ``flow_tags`` when given), each with its anchor ref, and the signed coverage that ends
         the answer: a ``SegmentsAnswer``. An empty window is an answer too (no segment, the
@@ -263,17 +277,17 @@ class InterrogationClient:
                               nonce)
         req = pb.ProofSegmentsRequest(from_ns=from_ns, to_ns=to_ns, flow_tags=list(tags),
                                       nonce=nonce)
-        call = self.stub.GetProofSegments(req, timeout=self.timeout)
+        call = self.stub.GetProofSegments(req, timeout=self._timeout(timeout))
         reader = ev.AnswerReader(self.pubkey, self.node_id, ev.KIND_SEGMENTS, Q)
         segments = self._stream("GetProofSegments", call, reader)
         return SegmentsAnswer(segments, reader.coverage, from_ns, to_ns, tags, (),
                               reader.chunks, reader.bytes)
 
-    def proof_segments(self, from_ns, to_ns, flow_tags=()):
+    def proof_segments(self, from_ns, to_ns, flow_tags=(), timeout=None):
         """``proof_answer(...).segments``: ``list[Segment]``, seg_seq order."""
-        return self.proof_answer(from_ns, to_ns, flow_tags).segments
+        return self.proof_answer(from_ns, to_ns, flow_tags, timeout).segments
 
-    def get_segments(self, seg_seqs):
+    def get_segments(self, seg_seqs, timeout=None):
         """The segments named (GetSegments: an audit of index entries) in full, and the signed
         coverage of the ring after them (no index): a ``SegmentsAnswer``. A named segment the
         ring no longer holds is absent (the coverage's ``ring_oldest_seq`` says why);
@@ -282,7 +296,7 @@ class InterrogationClient:
         seqs = ev.normalise_seg_seqs(seg_seqs)
         Q = ev.segments_request_digest(self.hash_name, seqs, nonce)
         req = pb.SegmentsRequest(seg_seqs=list(seqs), nonce=nonce)
-        call = self.stub.GetSegments(req, timeout=self.timeout)
+        call = self.stub.GetSegments(req, timeout=self._timeout(timeout))
         reader = ev.AnswerReader(self.pubkey, self.node_id, ev.KIND_SEGMENTS, Q)
         segments = self._stream("GetSegments", call, reader)
         asked = set(seqs)
@@ -297,13 +311,13 @@ class InterrogationClient:
         return SegmentsAnswer(segments, reader.coverage, seg_seqs=seqs, chunks=reader.chunks,
                               bytes=reader.bytes)
 
-    def counter_report(self):
+    def counter_report(self, timeout=None):
         """The device's packet counters, signed: ``list[Counter]`` by (prev_id, next_id)."""
         nonce = self._new_nonce()
         Q = ev.request_digest(self.hash_name, ev.KIND_COUNTERS, 0, 0, (), None, None, nonce)
         try:
             chunk = self.stub.GetCounterReport(pb.CounterReportRequest(nonce=nonce),
-                                               timeout=self.timeout)
+                                               timeout=self._timeout(timeout))
         except grpc.RpcError as exc:
             raise self._error("GetCounterReport", exc) from None
         reader = ev.AnswerReader(self.pubkey, self.node_id, ev.KIND_COUNTERS, Q)
@@ -312,7 +326,7 @@ class InterrogationClient:
         reader.finish()
         return items
 
-    def receipts(self, from_ns, to_ns, src, dst):
+    def receipts(self, from_ns, to_ns, src, dst, timeout=None):
         """The receipts of flow (src, dst) (16 bytes each) with epoch_ns in [from_ns, to_ns]:
         ``list[Receipt]`` by (epoch_ns, role); WrongAnswer for one of another flow."""
         nonce = self._new_nonce()
@@ -320,7 +334,7 @@ class InterrogationClient:
                               nonce)
         req = pb.ReceiptsRequest(from_ns=from_ns, to_ns=to_ns, src=bytes(src), dst=bytes(dst),
                                  nonce=nonce)
-        call = self.stub.GetReceipts(req, timeout=self.timeout)
+        call = self.stub.GetReceipts(req, timeout=self._timeout(timeout))
         reader = ev.AnswerReader(self.pubkey, self.node_id, ev.KIND_RECEIPTS, Q)
         items = self._stream("GetReceipts", call, reader)
         for r in items:

@@ -275,9 +275,10 @@ _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 5.0
 
 
 def _with_retry(call, retry_s, sleep=time.sleep, clock=time.monotonic):
-    """``call()``, again with backoff while the device is unreachable or busy, for at most
-    ``retry_s``; ``(result, attempts)`` or the last error raised."""
-    from .client import NodeUnreachable, RequestRejected
+    """``call()``, again with backoff while the device is unreachable or busy
+    (``governance.retry.classify``), for at most ``retry_s``; ``(result, attempts)`` or the last
+    error raised. An attempt is never cut short: a long answer takes its own timeout."""
+    from .retry import classify
 
     deadline = clock() + retry_s
     delay = _RETRY_FIRST_S
@@ -286,9 +287,8 @@ def _with_retry(call, retry_s, sleep=time.sleep, clock=time.monotonic):
         attempts += 1
         try:
             return call(), attempts
-        except (NodeUnreachable, RequestRejected) as exc:
-            busy = getattr(getattr(exc, "code", None), "name", "") == "RESOURCE_EXHAUSTED"
-            if not (isinstance(exc, NodeUnreachable) or busy) or clock() + delay > deadline:
+        except Exception as exc:  # noqa: BLE001 (classify raises what is not about the device)
+            if not classify(exc).retry or clock() + delay > deadline:
                 raise
         sleep(delay)
         delay = min(_RETRY_MAX_S, delay * 2)
@@ -332,21 +332,23 @@ def _node_evidence(node_id, hash_name, check, receipts, counters, ledger, anchor
 
 
 def _classified(node_id, call):
-    """``call()``'s result, or the NodeEvidence its error makes: an incomplete answer or bad
-    evidence (MISSING), anything else (unreachable, refused requests) not judged."""
-    from beat_rpc.evidence import EvidenceError, IncompleteAnswer
+    """``call()``'s result, or the NodeEvidence its error makes (``governance.retry.classify``):
+    an incomplete answer or bad evidence is MISSING (only the device, inside its TLS session, can
+    have sent it); unreachable, busy or a refused request is not judged (someone else can cause
+    the first two; an honest device refuses a request beyond its documented limits)."""
+    from beat_rpc.evidence import EvidenceError
 
     from .client import ClientError
+    from .retry import BAD_EVIDENCE, INCOMPLETE, classify
     try:
         return call(), None
-    except IncompleteAnswer as exc:
-        return None, NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}",
-                                            STATUS_INCOMPLETE)
-    except EvidenceError as exc:
-        return None, NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}",
-                                            STATUS_BAD_EVIDENCE)
-    except ClientError as exc:
-        return None, NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}")
+    except (ClientError, EvidenceError) as exc:
+        kind = classify(exc).classification
+        if isinstance(exc, EvidenceError) and kind is None:
+            kind = BAD_EVIDENCE                 # e.g. AnswerTooLarge: beyond the caps
+        status = {INCOMPLETE: STATUS_INCOMPLETE,
+                  BAD_EVIDENCE: STATUS_BAD_EVIDENCE}.get(kind, STATUS_UNREACHABLE)
+        return None, NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}", status)
 
 
 def _ask(node_id, ledger, cfg, hash_name, sla, ft, from_ns, to_ns, anchors):

@@ -125,11 +125,11 @@ def judge_it(net, book, f=1, window=WINDOW, **kw):
                   hash_name=HASH, max_hop_delay_ns=MAX_HOP, skew_ns=SKEW, **kw)
 
 
-def reference_of(net, book, f=1, window=WINDOW, owners=None):
+def reference_of(net, book, f=1, window=WINDOW, owners=None, asked=None):
     ev = book if isinstance(book, dict) and not isinstance(book, Book) else book.evidence()
     return reference(net.sla(), *window, ev, topology=net.links,
                      owners=net.owners if owners is None else owners, f=f, hash_name=HASH,
-                     lo=LO, hi=HI)
+                     lo=LO, hi=HI, asked=asked)
 
 
 def verdicts(j):

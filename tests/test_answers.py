@@ -504,3 +504,32 @@ def test_an_index_that_breaks_its_own_rule(device, liar):
     last = chk.coverage.index[-1].seg_seq
     named(chk, WITHHELD, f"index entry {last}", f"outside the ring the coverage declares "
                                                 f"(0..{last - 1})")
+
+
+def test_an_honest_device_whose_proof_left_while_answering_says_ask_again(device, tmp_path):
+    """The ring wraps (or the store prunes) between the plan of an answer and its coverage: the
+    anchor proof of an anchored segment of the index is gone. The device must not send that
+    entry as not anchored (the governance would read it as withheld): it refuses the answer as
+    UNAVAILABLE, which the governance retries, and the next answer is whole."""
+    from governance.client import NodeUnreachable
+
+    s = InterrogationServer(device.store, device.key, ca=device.pki / "ca.crt",
+                            cert=device.pki / f"device-{NODE}.crt",
+                            private_key=device.pki / f"device-{NODE}.key",
+                            listen="127.0.0.1:0", threshold_ns=3600 * 10**9).start()
+    endpoint = f"127.0.0.1:{s.port}"
+    index = s.evidence.index
+    real = index.segment_leaf
+    lost = overlapping(device, WINDOW[0] - MARGIN, WINDOW[1] + MARGIN)[0]
+    assert lost < device.anchored
+    try:
+        index.segment_leaf = lambda q: None if q == lost else real(q)
+        with device.client(endpoint) as c, pytest.raises(NodeUnreachable,
+                                                         match=f"segment {lost}.*ask again"):
+            c.proof_answer(WINDOW[0] - MARGIN, WINDOW[1] + MARGIN, (FT_A,))
+        index.segment_leaf = real
+        chk, _ = ask(device, endpoint)
+        assert chk.withheld == [] and chk.tampered == []
+    finally:
+        index.segment_leaf = real
+        s.stop(0)

@@ -3,8 +3,8 @@
 Certificates: made, 0600 keys, chains that verify (and do not against another CA), roles in SAN
 URIs, nothing overwritten without --force, errors naming the file or option. gRPC on 127.0.0.1: the
 governance certificate is served; a certificate of another CA, no certificate at all, or a server
-of another CA fail the TLS handshake; a device-role (or role-less) certificate may ask for
-GetNodeInfo but gets PERMISSION_DENIED, naming its role, for every evidence call.
+of another CA fail the TLS handshake; a device-role (or role-less) certificate may ask for health
+but gets PERMISSION_DENIED, naming its role, for GetNodeInfo and every evidence call.
 """
 import argparse
 import datetime
@@ -13,6 +13,7 @@ import stat
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -207,11 +208,22 @@ def test_no_client_certificate_fails_the_handshake(server, pki):
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_device_role_gets_permission_denied_on_evidence(server, pki):
+def _health(srv, pki, cert_dir, name):
+    """Health.Check with that certificate: what any certificate of the domain may ask."""
+    creds = grpc.ssl_channel_credentials((pki / "ca" / "ca.crt").read_bytes(),
+                                         (cert_dir / f"{name}.key").read_bytes(),
+                                         (cert_dir / f"{name}.crt").read_bytes())
+    with grpc.secure_channel(f"127.0.0.1:{srv.port}", creds) as ch:
+        return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
+                                                    timeout=10).status
+
+
+def test_device_role_gets_permission_denied_beyond_health(server, pki):
     srv, key = server
+    assert _health(srv, pki, pki, f"device-{NODE + 1}") == health_pb2.HealthCheckResponse.SERVING
     with _client(srv, key, pki, pki, f"device-{NODE + 1}") as c:
-        assert c.node_info().node_id == NODE                  # any authenticated peer
-        calls = {"GetProofSegments": lambda: c.proof_segments(1, 2),
+        calls = {"GetNodeInfo": c.node_info,
+                 "GetProofSegments": lambda: c.proof_segments(1, 2),
                  "GetCounterReport": c.counter_report,
                  "GetReceipts": lambda: c.receipts(1, 2, bytes(16), bytes(16))}
         for rpc, call in calls.items():
@@ -245,12 +257,14 @@ def _roleless(pki, out):
 def test_certificate_without_role_gets_permission_denied(server, pki, tmp_path):
     srv, key = server
     _roleless(pki, tmp_path)
+    assert _health(srv, pki, tmp_path, "roleless") == health_pb2.HealthCheckResponse.SERVING
     with _client(srv, key, pki, tmp_path, "roleless") as c:
-        assert c.node_info().node_id == NODE
-        with pytest.raises(RequestRejected) as e:
-            c.counter_report()
-    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
-    assert "the client certificate has no role (no urn:beat:role:... SAN URI)" in e.value.details
+        for call in (c.node_info, c.counter_report):
+            with pytest.raises(RequestRejected) as e:
+                call()
+            assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
+            assert e.value.details.endswith("needs the governance role; the client certificate "
+                                            "has no role (no urn:beat:role:... SAN URI)")
 
 
 def test_client_argument_errors(pki, tmp_path):

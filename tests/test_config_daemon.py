@@ -82,6 +82,14 @@ def test_parse_listen(listen, want):
     ({"daemon": {"neighbour_refresh": "yes"}},
      'daemon.neighbour_refresh: "yes" is not true or false'),
     ({"daemon": {"verbose": True}}, "daemon.verbose: unknown key"),
+    ({"governance": {"max_receipts_per_epoch": 0}},
+     "governance.max_receipts_per_epoch: 0 must be more than 0"),
+    ({"governance": {"max_receipts_per_epoch": 2.5}},
+     "governance.max_receipts_per_epoch: 2.5 is not an integer"),
+    ({"governance": {"max_receipts_per_epoch": "many"}},
+     'governance.max_receipts_per_epoch: "many" is not an integer'),
+    ({"governance": {"max_receipts_per_epoch": (1 << 24) + 1}},
+     f"governance.max_receipts_per_epoch: {(1 << 24) + 1} is more than {1 << 24}"),
     ({"neighbours": [{"node_id": 2}]}, "neighbours[0].mac: missing"),
     ({"neighbours": [{"mac": "02:00:00:00:00:02"}]}, "neighbours[0].node_id: missing"),
     ({"neighbours": [{"node_id": 2, "ip": "10.0.0.300"}]},
@@ -118,6 +126,27 @@ def test_example_configuration_is_valid():
     c = load(os.path.join(here, "packaging", "beatd.toml"))
     assert c.node_id is not None and c.store_path == "/var/lib/beatd"
     assert c.control_socket == "/run/beatd/control.sock"
+
+
+def test_receipt_cap_reaches_the_pipeline_and_sizes_the_default_map():
+    c = from_dict({"node_id": 1})
+    assert c.max_receipts_per_epoch == 1024
+    assert c.pipeline_kwargs()["max_receipts_per_epoch"] == 1024
+    c = from_dict({"node_id": 1, "store": {"ring_size": "16MiB"},
+                   "governance": {"max_receipts_per_epoch": 50_000, "threshold_s": 600}})
+    assert c.pipeline_kwargs()["max_receipts_per_epoch"] == 50_000
+    # the default map holds the ring four times, 1 GiB, and what the cap lets through in the
+    # threshold (two roles, the overflow receipt included, plus the pruning lag) at 256 B each
+    by_cap = 2 * 50_001 * (600 + 3 * 10) * 256
+    assert c.receipts_bound_bytes == by_cap
+    assert c.effective_map_size == 4 * (16 << 20) + (1 << 30) + by_cap
+    # a small cap: the receipts the ring's records can give bound it instead
+    c = from_dict({"node_id": 1, "store": {"ring_size": "16MiB"},
+                   "governance": {"max_receipts_per_epoch": 1, "threshold_s": 10}})
+    assert c.receipts_bound_bytes == 2 * ((16 << 20) // 56) * 256
+    # a map given is taken as it is
+    c = from_dict({"node_id": 1, "store": {"ring_size": "16MiB", "map_size": "64MiB"}})
+    assert c.effective_map_size == 64 << 20
 
 
 # -- where a neighbour is: its interface, from the configuration or the kernel's table ----------------

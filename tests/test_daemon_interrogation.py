@@ -49,6 +49,8 @@ def test_config_needs_the_tls_files_and_checks_them(tmp_path, pki):
     assert c.interrogation_signing_key == str(tmp_path / "s" / "device.ed25519")
     assert (c.interrogation_max_window_s, c.interrogation_max_streams) == (3600.0, 4)
     assert (c.interrogation_max_index_entries, c.interrogation_max_seg_seqs) == (100_000, 1024)
+    assert (c.interrogation_max_peer_rpcs, c.interrogation_max_device_rpcs,
+            c.interrogation_max_call_s) == (4, 8, 60.0)
     cases = [
         ({"listen": "127.0.0.1:9478", "cert": pki["cert"], "key": pki["key"]},
          "interrogation.ca: missing"),
@@ -61,6 +63,13 @@ def test_config_needs_the_tls_files_and_checks_them(tmp_path, pki):
         ({"max_streams": 0}, "interrogation.max_streams: 0 must be more than 0"),
         ({"max_index_entries": 0}, "interrogation.max_index_entries: 0 must be more than 0"),
         ({"max_seg_seqs": 1.5}, "interrogation.max_seg_seqs: 1.5 is not an integer"),
+        ({"max_peer_rpcs": 0}, "interrogation.max_peer_rpcs: 0 must be more than 0"),
+        ({"max_peer_rpcs": 2.5}, "interrogation.max_peer_rpcs: 2.5 is not an integer"),
+        ({"max_device_rpcs": 2000}, "interrogation.max_device_rpcs: 2000 is more than 1024"),
+        ({"max_peer_rpcs": 9}, "interrogation.max_peer_rpcs: 9 is more than "
+                               "interrogation.max_device_rpcs (8): one certificate cannot have "
+                               "more calls than all of them together"),
+        ({"max_call_s": -1}, "interrogation.max_call_s: -1 must be more than 0"),
         ({"plaintext": True}, "interrogation.plaintext: unknown key"),
     ]
     for raw, message in cases:
@@ -114,6 +123,13 @@ def test_daemon_serves_signed_evidence(tmp_path, pki):
             from governance.client import RequestRejected
             with pytest.raises(RequestRejected, match="to_ns is before from_ns"):
                 client.proof_segments(window[1], window[0])
+        # a device certificate (here the daemon's own) may ask for health only: refused before
+        # the handler, counted by code and by reason
+        with InterrogationClient(f"127.0.0.1:{port}", pki["ca"], pki["cert"], pki["key"],
+                                 HASH, 1, key.public) as client:
+            with pytest.raises(RequestRejected, match="GetNodeInfo needs the governance role; "
+                                                      "the client certificate has device:1"):
+                client.node_info()
         # the service's metrics (the stream's slot is freed by gRPC's done callback, which may
         # run just after the client got the last chunk)
         import urllib.request
@@ -127,11 +143,18 @@ def test_daemon_serves_signed_evidence(tmp_path, pki):
         assert metrics["beat_interrogation_active_streams"] == 0, metrics
         assert any(k.startswith("beat_interrogation_refused_total{code=") and "INVALID_ARGUMENT"
                    in k and v == 1 for k, v in metrics.items()), metrics
+        assert metrics['beat_interrogation_refused_total{code="PERMISSION_DENIED"}'] == 1, metrics
+        assert metrics['beat_interrogation_refused_reasons_total{reason="role"}'] == 1, metrics
+        assert metrics['beat_interrogation_calls{role="governance"}'] == 0, metrics
+        assert metrics['beat_interrogation_calls{role="others"}'] == 0, metrics
+        assert metrics['beat_interrogation_cancelled_total{limit="max_call_s"}'] == 0, metrics
         # and `beatd status` says the same
         from beatd.cli import format_status
         text = format_status(request(str(tmp_path / "c.sock")))
         assert f"interrogate  port {port}: 0 answers running" in text, text
         assert "INVALID_ARGUMENT 1" in text, text
+        assert ("PERMISSION_DENIED 1 (before the handler: role 1); calls running: governance 0, "
+                "others 0") in text, text
         # the wrong public key: every chunk is refused by the client
         from beat_rpc.evidence import BadSignature
         with InterrogationClient(f"127.0.0.1:{port}", pki["ca"], pki["gov_cert"], pki["gov_key"],

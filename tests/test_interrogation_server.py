@@ -923,6 +923,62 @@ def test_wrapped_ring_and_small_scan_batches(tmp_path, pki, monkeypatch):
         store.close()
 
 
+def test_a_pruned_store_answers_from_its_base(tmp_path, pki, monkeypatch):
+    """Store.prune dropped the oldest anchored batches (their outbox leaves, receipts, segment
+    commitments, tree levels): a server that indexed the outbox before and one started after
+    answer the same, every segment of the ring and every receipt still held proven."""
+    from beatd import interrogation
+    monkeypatch.setattr(interrogation, "SCAN_LEAVES", 8)      # outbox indexed 8 leaves a txn
+    store = Store(tmp_path / "s", NODE, H, 32 << 10)          # ~40 segments of 16 records
+    _replay_all(store, H)
+    gov, dev = DeviceKey.generate(), DeviceKey.generate()
+    led = LocalLedger(str(tmp_path / "l.mdb"), hash_name=H, governance_pubkey=gov)
+    led.register_node(Node(NODE, "op", dev.public, None), signer=gov)
+    b = Batcher(store, led, NODE, H, dev, 10.0, max_leaves=40)
+    while b.build() is not None:
+        pass
+    b.submit()
+    before = Served(store, dev, pki, NODE, WIDE, threshold_ns=NONE >> 1)
+    after = None
+    try:
+        with before.client() as c:
+            c.node_info()                                     # indexes the whole outbox
+        receipts_before = store.receipts()
+        done = store.prune(1 << 63, 0, max_leaves=1 << 20)
+        assert done["batches"] and done["receipts"] and store.verify() == []
+        base = store.meta()["outbox_base"]
+        held = store.segments()
+        stored = store.receipts()
+        assert len(stored) < len(receipts_before)
+        after = Served(store, dev, pki, NODE, WIDE, threshold_ns=NONE >> 1)
+        flows = sorted({(r[2], r[3]) for r in receipts_before})
+        for served in (before, after):
+            with served.client() as c:
+                segs = c.proof_segments(0, NONE - 1)
+                assert [(x.seg_seq, x.records) for x in segs] == [(q, r) for q, _, _, r in held]
+                for x in segs:
+                    a = led.get_anchor(NODE, x.anchor.batch_seq)
+                    assert merkle.verify_inclusion(H, x.leaf, x.anchor.leaf_index, a.tree_size,
+                                                   list(x.anchor.path), a.root)
+                got = [x for src, dst in flows for x in c.receipts(0, NONE - 1, src, dst)]
+                assert sorted((x.epoch_ns, x.role, x.R) for x in got) == \
+                    sorted((r[0], r[1], r[6]) for r in stored)
+                for x in got:
+                    a = led.get_anchor(NODE, x.anchor.batch_seq)
+                    assert merkle.verify_inclusion(H, x.leaf, x.anchor.leaf_index, a.tree_size,
+                                                   list(x.anchor.path), a.root)
+                c.node_info()
+            assert served.server.evidence.index.next_leaf == store.outbox()[-1][0] + 1
+            assert all(leaf >= base for leaf in served.server.evidence.index._rc_leaf) or \
+                served is before
+    finally:
+        before.stop()
+        if after is not None:
+            after.stop()
+        led.close()
+        store.close()
+
+
 def test_signatures_are_the_device_keys_and_answers_run_side_by_side(real, wide):
     assert wide.server.servicer.signer.impl == "openssl"
     nonce = os.urandom(16)

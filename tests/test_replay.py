@@ -167,7 +167,8 @@ def test_config_defaults_and_pipeline_kwargs():
     kw = c.pipeline_kwargs()
     assert kw == {"node_id": 3, "hash_name": "sha3-256", "own_macs": (), "neighbours": {},
                   "join_window_ns": 50_000_000, "receipt_epoch_ns": 1_000_000_000,
-                  "segment_records": 1024, "anchor_period_ns": 10_000_000_000}
+                  "segment_records": 1024, "anchor_period_ns": 10_000_000_000,
+                  "max_receipts_per_epoch": 1024}
     import fastpath
     fastpath.Pipeline(**kw)            # accepted as it is
 

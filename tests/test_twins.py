@@ -236,7 +236,8 @@ CONFIGS = [
                                  anchor_period_ns=10_000_000_000, max_pending=1 << 18),
      0, None),
     (32_000, "sha3-256", dict(node_id=1, join_window_ns=20_000, receipt_epoch_ns=2_000_000,
-                              segment_records=64, anchor_period_ns=7_000_000, max_pending=64),
+                              segment_records=64, anchor_period_ns=7_000_000, max_pending=64,
+                              max_receipts_per_epoch=3),
      5_000_000_000, dict(next_seg_seq=1000, closed_before=4_000_000_000)),
 ]
 
@@ -264,7 +265,7 @@ def run_pair(mods, cfg, seed, max_batch=600, restart_at=None):
             p.resume(**resume)
     seen = {"records": 0, "segments": 0, "receipts": 0, "joined": 0, "join_overflow": 0,
             "receipt_late": 0, "egress_only": 0, "ingress_only": 0, "unknown_mac": 0,
-            "neighbour_wrong_interface": 0}
+            "neighbour_wrong_interface": 0, "receipt_overflow": 0}
     wrong_listed = 0
     brng = random.Random(seed + 1)
     frames_before_restart = 0
@@ -332,6 +333,8 @@ def test_twins_random_frames(native):
             assert seen[s] > 0, (i, s)
         if cfg[2]["max_pending"] <= 64:
             assert seen["join_overflow"] > 0
+        # the receipt cap (3 per role and epoch) is reached, and the restart carries it
+        assert (seen["receipt_overflow"] > 0) == ("max_receipts_per_epoch" in cfg[2]), i
         for r in ("non_ip", "unsupported_linktype", "runt", "truncated", "bad_version",
                   "bad_ihl", "bad_length", "vlan_depth"):
             assert totals[r] > 0, (i, r)
@@ -409,13 +412,14 @@ def test_no_second_receipt_for_a_closed_epoch(impl):
 
 class Model:
     def __init__(self, node_id, hash_name, own_macs, neighbours, join_window_ns, receipt_epoch_ns,
-                 segment_records, anchor_period_ns, max_pending):
+                 segment_records, anchor_period_ns, max_pending, max_receipts_per_epoch=1024):
         self.node, self.h, self.own = node_id, hash_name, set(own_macs)
         # {mac: (id, slots)}: slots None = every interface
         self.nb = {m: (v, None) if isinstance(v, int) else (v[0], set(v[1]))
                    for m, v in neighbours.items()}
         self.W, self.E, self.SR, self.A, self.MP = (join_window_ns, receipt_epoch_ns,
                                                     segment_records, anchor_period_ns, max_pending)
+        self.RC_MAX = max_receipts_per_epoch
         self.fifo, self.clock, self.closed_before = [], 0, 0
         self.rc, self.seg, self.seg_seq = {}, [], 0
         self.stats = dict.fromkeys(STATS, 0)
@@ -507,10 +511,18 @@ class Model:
             if yes:
                 if epoch < self.closed_before:
                     st["receipt_late"] += 1
-                else:
-                    r = self.rc.setdefault((epoch, role, e["sd"]), [0, 0])
-                    r[0] += 1
-                    r[1] += e["ip_len"]
+                    continue
+                # "Releasing": a flow gets a receipt of its own while the epoch holds fewer than
+                # max_receipts_per_epoch of the role; beyond, the overflow receipt (src = dst = 0)
+                key = (epoch, role, e["sd"])
+                own = sum(1 for k in self.rc if k[:2] == (epoch, role) and k[2] != OVERFLOW_SD)
+                if key not in self.rc and (e["sd"] == OVERFLOW_SD or own >= self.RC_MAX):
+                    key = (epoch, role, OVERFLOW_SD)
+                if key[2] == OVERFLOW_SD:
+                    st["receipt_overflow"] += 1
+                r = self.rc.setdefault(key, [0, 0])
+                r[0] += 1
+                r[1] += e["ip_len"]
         if self.seg and e["t"] // self.A != self.seg_first // self.A:
             self.close_segment()
         if not self.seg:
@@ -565,7 +577,8 @@ class Model:
 STATS = ("frames", "ip", "non_ip", "unsupported_linktype", "runt", "truncated", "bad_version",
          "bad_ihl", "bad_length", "vlan_depth", "ingress", "egress", "joined", "ingress_only",
          "egress_only", "unknown_mac", "neighbour_wrong_interface", "join_overflow", "receipt_late",
-         "records", "segments", "receipts")
+         "records", "segments", "receipts", "receipt_overflow")
+OVERFLOW_SD = bytes(32)
 
 
 def model_events(rng, n, t_start, q=1):
@@ -614,6 +627,10 @@ MODEL_CONFIGS = [
      1_600_000_000_000_000_000),
     ("sha3-256", dict(node_id=23, join_window_ns=20_000, receipt_epoch_ns=100_000,
                       segment_records=9, anchor_period_ns=200_000, max_pending=32), 10_000_000),
+    # a receipt cap of 2 per role and epoch: the other flows go to the overflow receipts
+    ("sha3-256", dict(node_id=24, join_window_ns=40_000, receipt_epoch_ns=2_000_000,
+                      segment_records=13, anchor_period_ns=5_000_000, max_pending=16,
+                      max_receipts_per_epoch=2), 0),
 ]
 
 
@@ -649,7 +666,8 @@ def test_pipeline_against_doc_model(impl, cfg):
     st = model.stats
     for s in ("joined", "receipts", "segments", "egress_only", "ingress_only", "unknown_mac",
               "neighbour_wrong_interface") + \
-            (("join_overflow", "receipt_late") if cfg != 1 else ()):
+            (("join_overflow", "receipt_late") if cfg != 1 else ()) + \
+            (("receipt_overflow",) if "max_receipts_per_epoch" in params else ()):
         assert st[s] > 0, s
 
 

@@ -4,13 +4,15 @@
  * in the payload, so no two frames have the same packet digest. Prints what it sent as JSON.
  *
  *   beat_send IFACE DST_MAC SRC_MAC [--rate PPS] [--duration S | --count N] [--flows N]
- *             [--src-ip A.B.C.D] [--dst-ip A.B.C.D] [--seq-start N]
+ *             [--src-ip A.B.C.D] [--dst-ip A.B.C.D] [--seq-start N] [--random-src SEED]
  *   --rate 0 (default) sends as fast as possible; otherwise batches are paced with clock_nanosleep.
  *   Flow f is 10.0.f.1 -> 10.1.f.1, UDP sport 10000 + f; --src-ip / --dst-ip fix the source /
  *   destination address of every flow (the flows then differ by source port only), e.g. one
  *   tenant's flow between two lab hosts: --src-ip H1 --dst-ip H2 --flows 1. --seq-start N starts
  *   the sequence (IP id, payload) at N (default 0): runs that must not repeat a packet digest of an
- *   earlier run give each its own range. */
+ *   earlier run give each its own range. --random-src SEED gives every frame a source address
+ *   drawn at random from the whole IPv4 space (xorshift64* seeded with SEED, so a run can be
+ *   repeated): a spoofed-source flood, a new (src, dst) flow per packet. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -61,6 +63,18 @@ static double now_s(void)
 /* --src-ip / --dst-ip (network order), when given */
 static int fixed_src, fixed_dst;
 static uint8_t src_ip[4], dst_ip[4];
+/* --random-src: the generator's state (0: off) */
+static uint64_t random_src;
+
+static uint32_t next_random(void)
+{
+    uint64_t x = random_src;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    random_src = x;
+    return (uint32_t)((x * 0x2545F4914F6CDD1DULL) >> 32);
+}
 
 /* Ethernet, IPv4 (10.0.f.1 -> 10.1.f.1 unless fixed), UDP, 18 bytes of payload starting with the
  * sequence. */
@@ -79,6 +93,11 @@ static void build(uint8_t *f, const uint8_t *dst, const uint8_t *src, uint32_t f
     ip[16] = 10; ip[17] = 1; ip[18] = (uint8_t)(flow >> 8); ip[19] = (uint8_t)flow;
     if (fixed_src) memcpy(ip + 12, src_ip, 4);
     if (fixed_dst) memcpy(ip + 16, dst_ip, 4);
+    if (random_src) {
+        uint32_t a = next_random();
+        ip[12] = (uint8_t)(a >> 24); ip[13] = (uint8_t)(a >> 16);
+        ip[14] = (uint8_t)(a >> 8); ip[15] = (uint8_t)a;
+    }
     uint8_t *udp = ip + 20;
     uint16_t sp = htons((uint16_t)(10000 + flow)), dp = htons(9);
     memcpy(udp, &sp, 2);
@@ -103,7 +122,8 @@ int main(int argc, char **argv)
 {
     if (argc < 4) {
         fprintf(stderr, "usage: %s IFACE DST_MAC SRC_MAC [--rate PPS] [--duration S | --count N] "
-                "[--flows N] [--src-ip A.B.C.D] [--dst-ip A.B.C.D] [--seq-start N]\n", argv[0]);
+                "[--flows N] [--src-ip A.B.C.D] [--dst-ip A.B.C.D] [--seq-start N] "
+                "[--random-src SEED]\n", argv[0]);
         return 2;
     }
     const char *ifname = argv[1];
@@ -122,6 +142,11 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--count")) count = strtoull(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--flows")) flows = (uint32_t)atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--seq-start")) seq_start = strtoull(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--random-src")) {
+            /* any seed; 0 would stop the generator, so it is mixed with a constant */
+            random_src = strtoull(argv[i + 1], NULL, 10) ^ 0x9E3779B97F4A7C15ULL;
+            if (!random_src) random_src = 1;
+        }
         else if (!strcmp(argv[i], "--src-ip") || !strcmp(argv[i], "--dst-ip")) {
             int is_src = argv[i][2] == 's';
             if (inet_pton(AF_INET, argv[i + 1], is_src ? src_ip : dst_ip) != 1) {
@@ -199,8 +224,9 @@ int main(int argc, char **argv)
     double secs = now_s() - t0;
     printf("{\"interface\": \"%s\", \"sent\": %llu, \"seconds\": %.6f, \"pps\": %.1f, "
            "\"rate_requested\": %.1f, \"flows\": %u, \"frame_size\": %d, \"enobufs\": %llu, "
-           "\"errors\": %llu}\n", ifname, (unsigned long long)sent, secs, secs > 0 ? sent / secs : 0,
-           rate, flows, FRAME, (unsigned long long)enobufs, (unsigned long long)errors);
+           "\"errors\": %llu, \"random_src\": %s}\n", ifname, (unsigned long long)sent, secs,
+           secs > 0 ? sent / secs : 0, rate, flows, FRAME, (unsigned long long)enobufs,
+           (unsigned long long)errors, random_src ? "true" : "false");
     close(fd);
     return 0;
 }

@@ -586,19 +586,23 @@ class Lab:
         """SIGTERM ``router``'s daemon (it flushes, commits and makes its last anchor attempt),
         wait, SIGKILL it if late. Returns its exit code, "killed", or None when none ran."""
         pid = self._read_state().get("daemons", {}).get(router)
-        proc = self._procs.pop(router, None)
+        proc = self._procs.get(router)
         if proc is None and not pid:
             return None
         pid = pid or proc.pid
         if _pid_alive(pid) and "beatd" in _cmdline(pid):
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if (proc.poll() is not None) if proc is not None else not _pid_alive(pid):
-                break
+        return self._reap(router, pid, proc, time.monotonic() + timeout)
+
+    def _reap(self, router, pid, proc, deadline):
+        """Wait until ``deadline`` for a daemon told to stop, SIGKILL it if late, forget it.
+        Returns its exit code, "exited" (not our child) or "killed"."""
+        def alive():
+            return proc.poll() is None if proc is not None else _pid_alive(pid)
+
+        while alive() and time.monotonic() < deadline:
             time.sleep(0.05)
-        result = proc.returncode if proc is not None else "exited"
-        if (proc.poll() is None) if proc is not None else _pid_alive(pid):
+        if alive():
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -606,6 +610,9 @@ class Lab:
             if proc is not None:
                 proc.wait(5)
             result = "killed"
+        else:
+            result = proc.returncode if proc is not None else "exited"
+        self._procs.pop(router, None)
         self._set_pid(router, None)
         return result
 
@@ -745,33 +752,11 @@ class Lab:
         pids = dict(self._read_state().get("daemons", {}))
         for r, proc in self._procs.items():
             pids.setdefault(r, proc.pid)
-        result = {}
         for r, pid in pids.items():
             if _pid_alive(pid) and "beatd" in _cmdline(pid):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for r, pid in pids.items():
-            proc = self._procs.get(r)
-            while time.monotonic() < deadline:
-                if proc is not None:
-                    if proc.poll() is not None:
-                        break
-                elif not _pid_alive(pid):
-                    break
-                time.sleep(0.05)
-            if proc is not None and proc.poll() is None or proc is None and _pid_alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                if proc is not None:
-                    proc.wait(5)
-                result[r] = "killed"
-            else:
-                result[r] = proc.returncode if proc is not None else "exited"
-            self._procs.pop(r, None)
-            self._set_pid(r, None)
-        return result
+        return {r: self._reap(r, pid, self._procs.get(r), deadline) for r, pid in pids.items()}
 
     # ------------------------------------------------------------------ up / down
     def clear_leftovers(self):

@@ -49,9 +49,12 @@ typedef struct {
     size_t len, cap;
 } beat_buf;
 
+/* max_receipts_per_epoch: receipts of their own per role and epoch; the flows beyond share the
+ * epoch's overflow receipt of the role (src = dst = 16 zero bytes). */
 beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
                          uint64_t receipt_epoch_ns, uint32_t segment_records,
-                         uint64_t anchor_period_ns, uint32_t max_pending);
+                         uint64_t anchor_period_ns, uint32_t max_pending,
+                         uint32_t max_receipts_per_epoch);
 void beat_pipe_free(beat_pipe *p);
 /* The pipeline is not thread-safe by itself: callers that share one (capture workers feeding, a
  * committer taking) hold this lock around every other call. */
@@ -74,6 +77,9 @@ int beat_pipe_close_segment(beat_pipe *p);
 /* Move the clock to now_ns (if later) without a frame: release what the join window let go and
  * close receipt epochs, as a frame at now_ns would before being observed. */
 int beat_pipe_advance(beat_pipe *p, uint64_t now_ns);
+/* Replaces the open segment, the open receipts, seg_seq and closed_before (the FIFO, the clock and
+ * the outputs not taken yet stay). -2: n_rec not below segment_records, or a receipt role other
+ * than 1 or 2 (nothing changed); -1: out of memory. */
 int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_records, size_t n_rec,
                      const uint8_t *open_receipts, size_t n_rc, uint64_t closed_before);
 

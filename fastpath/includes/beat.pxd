@@ -62,7 +62,8 @@ cdef extern from "beat_pipe.h" nogil:
         BEAT_WRONG_IF_MAX
     beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
                              uint64_t receipt_epoch_ns, uint32_t segment_records,
-                             uint64_t anchor_period_ns, uint32_t max_pending)
+                             uint64_t anchor_period_ns, uint32_t max_pending,
+                             uint32_t max_receipts_per_epoch)
     void beat_pipe_free(beat_pipe *p)
     void beat_pipe_lock(beat_pipe *p)
     void beat_pipe_unlock(beat_pipe *p)

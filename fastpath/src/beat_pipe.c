@@ -58,11 +58,21 @@ typedef struct {
     uint8_t used;
 } ctr_slot;
 
+/* An open receipt; `used` is RC_OWN for a flow's own receipt, RC_OVERFLOW for the epoch's
+ * overflow receipt of its role (src = dst = 16 zero bytes). */
+enum { RC_FREE, RC_OWN, RC_OVERFLOW };
 typedef struct {
     uint8_t key[RC_KEY];
     uint8_t used;
     uint64_t packets, bytes;
 } rc_slot;
+
+/* Per open epoch: how many flows of each role hold a receipt of their own (at most rc_max). */
+typedef struct {
+    uint64_t epoch;
+    uint32_t own[2];
+    uint8_t used;
+} rcn_slot;
 
 struct beat_pipe {
     uint64_t node_id, window, epoch, period, seed;
@@ -84,6 +94,8 @@ struct beat_pipe {
     uint32_t ctr_mask, ctr_n;
     rc_slot *rc;
     uint32_t rc_mask, rc_n;
+    rcn_slot *rcn;
+    uint32_t rcn_mask, rcn_n, rc_max;
     uint64_t closed_before;
     uint64_t seg_seq, seg_first_t;
     uint32_t seg_count;
@@ -424,7 +436,7 @@ static int ctr_add(beat_pipe *p, uint64_t prev, uint64_t next, uint32_t len, uin
 }
 
 static int rc_insert_into(uint64_t seed, rc_slot *t, uint32_t mask, const uint8_t *key,
-                          uint64_t packets, uint64_t bytes)
+                          uint64_t packets, uint64_t bytes, uint8_t kind)
 {
     uint32_t i = (uint32_t)bytes_hash(seed, key, RC_KEY) & mask;
     for (;; i = (i + 1) & mask) {
@@ -435,12 +447,75 @@ static int rc_insert_into(uint64_t seed, rc_slot *t, uint32_t mask, const uint8_
         }
         if (!t[i].used) {
             memcpy(t[i].key, key, RC_KEY);
-            t[i].used = 1;
+            t[i].used = kind;
             t[i].packets = packets;
             t[i].bytes = bytes;
             return 1;
         }
     }
+}
+
+static rc_slot *rc_find(const beat_pipe *p, const uint8_t *key)
+{
+    uint32_t i = (uint32_t)bytes_hash(p->seed, key, RC_KEY) & p->rc_mask;
+    for (;; i = (i + 1) & p->rc_mask) {
+        rc_slot *s = &p->rc[i];
+        if (!s->used)
+            return NULL;
+        if (memcmp(s->key, key, RC_KEY) == 0)
+            return s;
+    }
+}
+
+/* The per-epoch counts of receipts of their own: a small table keyed by epoch_ns (a few epochs are
+ * open at a time), rebuilt without the closed epochs whenever receipts are finalised. */
+static rcn_slot *rcn_lookup(rcn_slot *t, uint32_t mask, uint64_t epoch, int insert)
+{
+    for (uint32_t i = (uint32_t)mix64(epoch) & mask;; i = (i + 1) & mask) {
+        if (t[i].used && t[i].epoch == epoch)
+            return &t[i];
+        if (!t[i].used) {
+            if (!insert)
+                return NULL;
+            t[i].used = 1;
+            t[i].epoch = epoch;
+            t[i].own[0] = t[i].own[1] = 0;
+            return &t[i];
+        }
+    }
+}
+
+static int rcn_rebuild(beat_pipe *p, uint32_t cap, uint64_t drop_before)
+{
+    rcn_slot *t = calloc(cap, sizeof(rcn_slot));
+    if (!t)
+        return -1;
+    uint32_t n = 0;
+    for (uint32_t j = 0; j <= p->rcn_mask; j++) {
+        const rcn_slot *o = &p->rcn[j];
+        if (o->used && o->epoch >= drop_before) {
+            rcn_slot *c = rcn_lookup(t, cap - 1, o->epoch, 1);
+            c->own[0] = o->own[0];
+            c->own[1] = o->own[1];
+            n++;
+        }
+    }
+    free(p->rcn);
+    p->rcn = t;
+    p->rcn_mask = cap - 1;
+    p->rcn_n = n;
+    return 0;
+}
+
+static rcn_slot *rcn_get(beat_pipe *p, uint64_t epoch)
+{
+    rcn_slot *c = rcn_lookup(p->rcn, p->rcn_mask, epoch, 0);
+    if (c)
+        return c;
+    if ((p->rcn_n + 1) * 2 > p->rcn_mask + 1 && rcn_rebuild(p, (p->rcn_mask + 1) * 2, 0))
+        return NULL;
+    p->rcn_n++;
+    return rcn_lookup(p->rcn, p->rcn_mask, epoch, 1);
 }
 
 static int rc_rebuild(beat_pipe *p, uint32_t cap, uint64_t drop_before)
@@ -450,8 +525,9 @@ static int rc_rebuild(beat_pipe *p, uint32_t cap, uint64_t drop_before)
         return -1;
     uint32_t n = 0;
     for (uint32_t j = 0; j <= p->rc_mask; j++) {
-        if (p->rc[j].used && rd64be(p->rc[j].key) >= drop_before)
-            n += rc_insert_into(p->seed, t, cap - 1, p->rc[j].key, p->rc[j].packets, p->rc[j].bytes);
+        const rc_slot *o = &p->rc[j];
+        if (o->used && rd64be(o->key) >= drop_before)
+            n += rc_insert_into(p->seed, t, cap - 1, o->key, o->packets, o->bytes, o->used);
     }
     free(p->rc);
     p->rc = t;
@@ -460,6 +536,17 @@ static int rc_rebuild(beat_pipe *p, uint32_t cap, uint64_t drop_before)
     return 0;
 }
 
+static int is_zero32(const uint8_t *b)
+{
+    uint64_t x = 0;
+    for (int i = 0; i < 32; i += 8)
+        x |= rd64le(b + i);
+    return x == 0;
+}
+
+/* Count a released packet in its flow's receipt of this epoch and role; a flow without one gets
+ * one while the epoch has fewer than rc_max of that role, else the packet goes into the epoch's
+ * overflow receipt of the role (src = dst = 16 zero bytes; docs/fastpath.md, "Releasing"). */
 static int rc_add(beat_pipe *p, uint8_t role, const entry *e, uint64_t epoch)
 {
     uint8_t key[RC_KEY];
@@ -467,7 +554,33 @@ static int rc_add(beat_pipe *p, uint8_t role, const entry *e, uint64_t epoch)
     key[8] = role;
     memcpy(key + 9, e->src, 16);
     memcpy(key + 25, e->dst, 16);
-    p->rc_n += rc_insert_into(p->seed, p->rc, p->rc_mask, key, 1, e->ip_len);
+    rc_slot *s = rc_find(p, key);
+    if (s && s->used == RC_OWN) {
+        s->packets++;
+        s->bytes += e->ip_len;
+        return 0;
+    }
+    uint8_t kind = RC_OVERFLOW;
+    if (!s && !is_zero32(key + 9)) {
+        rcn_slot *c = rcn_get(p, epoch);
+        if (!c)
+            return -1;
+        if (c->own[role - 1] < p->rc_max) {
+            c->own[role - 1]++;
+            kind = RC_OWN;
+        } else {
+            memset(key + 9, 0, 32);
+            s = rc_find(p, key);
+        }
+    }
+    if (kind == RC_OVERFLOW)
+        count(p, ST_RECEIPT_OVERFLOW);
+    if (s) {
+        s->packets++;
+        s->bytes += e->ip_len;
+        return 0;
+    }
+    p->rc_n += rc_insert_into(p->seed, p->rc, p->rc_mask, key, 1, e->ip_len, kind);
     if (p->rc_n * 2 > p->rc_mask + 1)
         return rc_rebuild(p, (p->rc_mask + 1) * 2, 0);
     return 0;
@@ -515,6 +628,8 @@ static int close_receipts(beat_pipe *p, uint64_t target)
     qsort(p->out_receipts.d + start, n, BEAT_RECEIPT_SIZE, cmp_receipt);
     p->stats[ST_RECEIPTS] += n;
     p->totals[ST_RECEIPTS] += n;
+    if (rcn_rebuild(p, p->rcn_mask + 1, target))
+        return -1;
     return rc_rebuild(p, p->rc_mask + 1, target);
 }
 
@@ -945,6 +1060,11 @@ int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_re
 {
     if (n_rec >= p->seg_records) /* a full segment would have been closed */
         return -2;
+    for (size_t i = 0; i < n_rc; i++) {
+        uint8_t role = open_receipts[i * BEAT_OPEN_RECEIPT_SIZE + 8];
+        if (role != 1 && role != 2)
+            return -2;
+    }
     p->seg_seq = next_seg_seq;
     p->seg_count = (uint32_t)n_rec;
     if (n_rec) {
@@ -952,9 +1072,22 @@ int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_re
         p->seg_first_t = rd64be(open_records);
     }
     p->closed_before = closed_before;
+    /* the open receipts are replaced (not added to), and the per-epoch counts with them */
+    memset(p->rc, 0, (size_t)(p->rc_mask + 1) * sizeof(rc_slot));
+    p->rc_n = 0;
+    memset(p->rcn, 0, (size_t)(p->rcn_mask + 1) * sizeof(rcn_slot));
+    p->rcn_n = 0;
     for (size_t i = 0; i < n_rc; i++) {
         const uint8_t *r = open_receipts + i * BEAT_OPEN_RECEIPT_SIZE;
-        p->rc_n += rc_insert_into(p->seed, p->rc, p->rc_mask, r, rd64be(r + 41), rd64be(r + 49));
+        uint8_t kind = is_zero32(r + 9) ? RC_OVERFLOW : RC_OWN;
+        if (kind == RC_OWN) {
+            rcn_slot *c = rcn_get(p, rd64be(r));
+            if (!c)
+                return -1;
+            c->own[r[8] - 1]++;
+        }
+        p->rc_n += rc_insert_into(p->seed, p->rc, p->rc_mask, r, rd64be(r + 41), rd64be(r + 49),
+                                  kind);
         if (p->rc_n * 2 > p->rc_mask + 1 && rc_rebuild(p, (p->rc_mask + 1) * 2, 0))
             return -1;
     }
@@ -1094,6 +1227,7 @@ void beat_pipe_free(beat_pipe *p)
     free(p->ftc);
     free(p->ctr);
     free(p->rc);
+    free(p->rcn);
     free(p->seg_buf);
     free(p->out_records.d);
     free(p->out_segments.d);
@@ -1124,7 +1258,8 @@ static uint64_t pipe_seed(const beat_pipe *p)
 
 beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
                          uint64_t receipt_epoch_ns, uint32_t segment_records,
-                         uint64_t anchor_period_ns, uint32_t max_pending)
+                         uint64_t anchor_period_ns, uint32_t max_pending,
+                         uint32_t max_receipts_per_epoch)
 {
     beat_pipe *p = calloc(1, sizeof *p);
     if (!p)
@@ -1143,13 +1278,16 @@ beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
     p->pdt_mask = PDT_MIN - 1;
     p->ctr_mask = 63;
     p->rc_mask = 1023;
+    p->rcn_mask = 15;
+    p->rc_max = max_receipts_per_epoch;
     p->fifo = malloc(sizeof(entry) * (p->fifo_mask + 1));
     p->pdt = calloc(PDT_MIN, sizeof(pd_slot));
     p->ftc = calloc(1u << FT_CACHE_BITS, sizeof(ft_slot));
     p->ctr = calloc(p->ctr_mask + 1, sizeof(ctr_slot));
     p->rc = calloc(p->rc_mask + 1, sizeof(rc_slot));
+    p->rcn = calloc(p->rcn_mask + 1, sizeof(rcn_slot));
     p->seg_buf = malloc((size_t)segment_records * BEAT_RECORD_SIZE);
-    if (!p->fifo || !p->pdt || !p->ftc || !p->ctr || !p->rc || !p->seg_buf ||
+    if (!p->fifo || !p->pdt || !p->ftc || !p->ctr || !p->rc || !p->rcn || !p->seg_buf ||
         beat_pipe_set_neighbours(p, NULL, NULL, NULL, 0)) {
         beat_pipe_free(p);
         return NULL;
