@@ -238,7 +238,8 @@ def format_status(st):
         f"  rates        {st['rates']['frames_per_s']} frames/s, "
         f"{st['rates']['records_per_s']} records/s",
         f"  totals       {t['frames']} frames, {t['records']} records, {t['segments']} segments, "
-        f"{t['receipts']} receipts, {t['unknown_mac']} unknown MACs",
+        f"{t['receipts']} receipts, {t['unknown_mac']} unknown MACs, "
+        f"{t.get('neighbour_wrong_interface', 0)} neighbour MACs on a wrong interface",
         f"  dropped      {sum(st['drops'].values())} by the fast path, {st['kernel_drops']} by "
         f"the kernel",
     ]
@@ -269,8 +270,10 @@ def format_status(st):
     age = lc.get("age_s")
     lines.append(f"  last commit  " + (f"{age} s ago, took {lc['seconds'] * 1000:.1f} ms, "
                                        f"{lc['commits']} commits" if age is not None else "none"))
-    lines.append(f"  neighbours   " + (", ".join(f"{m} -> {n}" for m, n in
-                                                  st["neighbours"].items()) or "none"))
+    ifs = st.get("neighbour_interfaces") or {}
+    lines.append(f"  neighbours   " + (", ".join(
+        f"{m} -> {n} on " + (", ".join(ifs[m]) if ifs.get(m) is not None else "any interface")
+        for m, n in st["neighbours"].items()) or "none"))
     an = st.get("anchor")
     if an:
         last = an.get("last_anchored_batch_seq")

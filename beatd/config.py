@@ -13,7 +13,7 @@ import stat
 
 from .tomlfile import read_toml
 
-from fastpath.output import (DEFAULT_MAX_RECEIPTS_PER_EPOCH, HASH_NAMES,
+from fastpath.output import (DEFAULT_MAX_RECEIPTS_PER_EPOCH, HASH_NAMES, MAX_SLOT,
                              MAX_RECEIPTS_PER_EPOCH_LIMIT, RECORD_SIZE)
 
 __all__ = ["ConfigError", "Config", "Neighbour", "load", "from_dict", "parse_size", "parse_mac",
@@ -159,10 +159,14 @@ def format_mac(mac):
 @dataclasses.dataclass(frozen=True)
 class Neighbour:
     """A neighbour's node_id and its MAC, its IP (the daemon learns the MAC from the kernel's
-    neighbour table), or both; a MAC given here always wins over the kernel's."""
+    neighbour table), or both; a MAC given here always wins over the kernel's. ``interface``: the
+    captured interface on whose link the neighbour is; its MAC names it only there. Without it, a
+    MAC learned from the kernel names it on the interface the kernel's entry is on, and a MAC given
+    here names it on every interface (``beatd run`` warns)."""
     node_id: int
     mac: bytes | None
     ip: str | None = None
+    interface: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +355,7 @@ def from_dict(raw):
         raise ConfigError(f"own_macs: {_show(top['own_macs'])} is not a list of MAC addresses")
     own = tuple(parse_mac(m, f"own_macs[{i}]") for i, m in enumerate(top["own_macs"]))
 
+    interfaces = _interfaces(top["interfaces"])
     if not isinstance(top["neighbours"], list):
         raise ConfigError(f"neighbours: {_show(top['neighbours'])} is not an array of tables")
     neighbours = []
@@ -358,7 +363,7 @@ def from_dict(raw):
     seen_ip = {}
     for i, n in enumerate(top["neighbours"]):
         p = f"neighbours[{i}]."
-        n = _table(n, {"node_id": None, "mac": None, "ip": None}, p)
+        n = _table(n, {"node_id": None, "mac": None, "ip": None, "interface": None}, p)
         if n["node_id"] is None:
             raise ConfigError(f"{p}node_id: missing")
         if n["mac"] is None and n["ip"] is None:
@@ -382,7 +387,13 @@ def from_dict(raw):
                 raise ConfigError(f"{p}ip: {_show(n['ip'])} is already "
                                   f"neighbours[{seen_ip[ip]}].ip")
             seen_ip[ip] = i
-        neighbours.append(Neighbour(nid, mac, ip))
+        iface = n["interface"]
+        if iface is not None:
+            _ifname(iface, p + "interface")
+            if top["interfaces"] and iface not in top["interfaces"]:
+                raise ConfigError(f"{p}interface: {_show(iface)} is not one of interfaces "
+                                  f"({', '.join(str(x) for x in top['interfaces'])})")
+        neighbours.append(Neighbour(nid, mac, ip, iface))
 
     st = _table(top["store"], DEFAULTS["store"], "store.")
     if not isinstance(st["path"], str) or not st["path"]:
@@ -408,7 +419,6 @@ def from_dict(raw):
     if ring_size < 2 * (seg * 48 + 48):
         raise ConfigError(f"store.ring_size: {_show(st['ring_size'])} cannot hold two segments of "
                           f"governance.segment_records = {seg} records ({2 * (seg * 48 + 48)} bytes)")
-    interfaces = _interfaces(top["interfaces"])
     capture = _capture(top["capture"])
     daemon = _daemon(top["daemon"])
     ledger = _ledger(top["ledger"], st["path"])
@@ -427,16 +437,23 @@ def from_dict(raw):
     )
 
 
+def _ifname(name, key):
+    if (not isinstance(name, str) or not name or len(name) >= IFNAMSIZ or "/" in name
+            or any(c.isspace() for c in name) or name in (".", "..")):
+        raise ConfigError(f"{key}: {_show(name)} is not an interface name (1 to "
+                          f"{IFNAMSIZ - 1} characters, no '/' or space)")
+
+
 def _interfaces(value):
     if not isinstance(value, list):
         raise ConfigError(f"interfaces: {_show(value)} is not a list of interface names")
+    if len(value) > MAX_SLOT:
+        raise ConfigError(f"interfaces: {len(value)} names, at most {MAX_SLOT} (each frame carries "
+                          "the slot of its interface to the fast path: docs/fastpath.md)")
     seen = {}
     for i, name in enumerate(value):
         key = f"interfaces[{i}]"
-        if (not isinstance(name, str) or not name or len(name) >= IFNAMSIZ or "/" in name
-                or any(c.isspace() for c in name) or name in (".", "..")):
-            raise ConfigError(f"{key}: {_show(name)} is not an interface name (1 to "
-                              f"{IFNAMSIZ - 1} characters, no '/' or space)")
+        _ifname(name, key)
         if name in seen:
             raise ConfigError(f"{key}: {_show(name)} is already interfaces[{seen[name]}]")
         seen[name] = i

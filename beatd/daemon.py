@@ -68,7 +68,7 @@ import fastpath
 from . import __version__
 from .config import format_mac
 from .logs import event
-from .neighbours import NeighbourMap
+from .neighbours import NeighbourMap, pipeline_map, unbound
 from .store import PRUNE_LEAVES, Store, StoreError, StoreFullError, no_room
 
 __all__ = ["Daemon", "DaemonError", "ring_sources", "list_interfaces"]
@@ -83,6 +83,7 @@ FINAL_ANCHOR_TIMEOUT_S = 1.0
 CAPTURE_ALIVE_INTERVAL_S = 1.0        # capture_alive_t_ns is written at least this often
 DRAIN_S = 0.5                         # at stop, reading what the capture rings still hold
 ANCHOR_POLL_MAX_S = 1.0
+WRONG_IF_LOG_INTERVAL_S = 10.0        # one log message per (MAC, interface, direction) at most
 IFF_LOOPBACK = 0x8
 FULL_LOG_INTERVAL_S = 10.0            # a full store is logged once, then at most this often
 PRUNE_LEAVES_FULL = 256               # per call while full: small transactions find free pages
@@ -214,6 +215,9 @@ class Daemon:
         self._anchor_stats = None
         self._ledger_where = None
         self._ledger_log_routed = False
+        self.slots = {}                 # {ifname: slot}: the interface each frame was captured on
+        self._wrong_if_log = {}         # (mac, slot, dir) -> [monotonic time logged, frames since]
+        self._warned_uncaptured = set()
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -254,16 +258,24 @@ class Daemon:
             self.workers.append((None, sources))
             sources.extend(self.source_factory(self.interfaces, k, group, cfg))
         first = per_worker[0][0] if per_worker and per_worker[0] else None
+        self.slots = self._capture_slots(per_worker)
         event(log, logging.INFO, "capture rings open", workers=nworkers,
               interfaces=list(self.interfaces), rings=[getattr(s, "ifname", "?") for s in
                                                        per_worker[0]],
               fanout_mode=cfg.fanout_mode, fanout_group=group,
-              geometry=getattr(first, "geometry", None))
+              geometry=getattr(first, "geometry", None), slots=self.slots)
 
         self._start_capture_gaps()
 
+        self._check_neighbour_interfaces(cfg.neighbours)
+        for n in unbound(cfg.neighbours):
+            event(log, logging.WARNING, "neighbour without an interface: its MAC names it on "
+                  "every captured interface, so a frame carrying it on another link is taken as "
+                  "from (or to) it; give its interface in [[neighbours]]", node_id=n.node_id,
+                  mac=format_mac(n.mac), interfaces=list(self.interfaces))
+        # the capture threads start below: the bound map is in the pipeline before any frame
         self.neighbours = NeighbourMap(cfg.neighbours, cfg.neighbour_refresh,
-                                       on_change=self.pipeline.set_neighbours)
+                                       on_change=self._set_neighbours)
         self.neighbours.start()
 
         if cfg.metrics_address is not None:
@@ -307,6 +319,69 @@ class Daemon:
             self.workers.append((t, sources))
             t.start()
         event(log, logging.INFO, "running", node_id=cfg.node_id)
+
+    # -- neighbours and interfaces --------------------------------------------------------------
+
+    def _capture_slots(self, per_worker):
+        """``{ifname: slot}``: the slot each frame carries for the interface it was captured on
+        (docs/fastpath.md): the configured interfaces in order from 1, as every Ring numbers its
+        interface filter. A source that says otherwise (``slots``) stops the start."""
+        slots = {name: i + 1 for i, name in enumerate(self.interfaces)}
+        for k, sources in enumerate(per_worker):
+            for s in sources:
+                got = getattr(s, "slots", None)
+                if got is None:
+                    continue
+                for name, slot in dict(got).items():
+                    if slots.get(name) != slot:
+                        raise DaemonError(f"capture worker {k}: ring {getattr(s, 'ifname', '?')} "
+                                          f"gives interface {name} slot {slot}, the daemon "
+                                          f"expects {slots.get(name)} (interfaces: "
+                                          f"{', '.join(self.interfaces)})")
+        return slots
+
+    def _check_neighbour_interfaces(self, neighbours):
+        """Every ``[[neighbours]]`` interface is a captured one (DaemonError naming the key)."""
+        for i, n in enumerate(neighbours):
+            if n.interface is not None and n.interface not in self.slots:
+                raise DaemonError(f'neighbours[{i}].interface: "{n.interface}" is not a captured '
+                                  f"interface (interfaces: {', '.join(self.interfaces)})")
+
+    def _set_neighbours(self, bindings):
+        """The neighbour map changed (start, SIGHUP, netlink): into the pipeline, with slots."""
+        for mac, (nid, ifs) in bindings.items():
+            if ifs is not None and not any(i in self.slots for i in ifs) and \
+                    (mac, ifs) not in self._warned_uncaptured:
+                self._warned_uncaptured.add((mac, ifs))
+                event(log, logging.WARNING, "neighbour on an interface that is not captured: "
+                      "frames carrying its MAC on the captured interfaces are recorded as from "
+                      "(or to) outside; give its interface in [[neighbours]] if it is the one of "
+                      "a captured port (a bridge or bond above them)", node_id=nid,
+                      mac=format_mac(mac), on=list(ifs), interfaces=list(self.interfaces))
+        self.pipeline.set_neighbours(pipeline_map(bindings, self.slots))
+
+    def _log_wrong_interface(self, force=False):
+        """The committer: frames whose neighbour MAC came (or went) on an interface where that
+        neighbour is not, logged at most once per WRONG_IF_LOG_INTERVAL_S for each MAC, interface
+        and direction (the frames in between are added to the next message; ``force``, the last
+        commit at stop: every count not logged yet)."""
+        now = time.monotonic()
+        names = {slot: name for name, slot in self.slots.items()}
+        for mac, slot, d, nid, frames in self.pipeline.take_wrong_interface():
+            st = self._wrong_if_log.setdefault((mac, slot, d), [None, 0, nid])
+            st[1] += frames
+            st[2] = nid
+        for (mac, slot, d), st in self._wrong_if_log.items():
+            if st[1] and (force or st[0] is None or now - st[0] >= WRONG_IF_LOG_INTERVAL_S):
+                event(log, logging.WARNING,
+                      ("frames from a neighbour's MAC on an interface where that neighbour is "
+                       "not: recorded as from outside (prev_id 0)") if d == 1 else
+                      ("frames to a neighbour's MAC on an interface where that neighbour is not: "
+                       "recorded as to outside (next_id 0)"),
+                      mac=format_mac(mac), interface=names.get(slot, f"slot {slot}"),
+                      neighbour=st[2], direction="ingress" if d == 1 else "egress",
+                      frames=st[1], since_s=None if st[0] is None else round(now - st[0], 3))
+                st[0], st[1] = now, 0
 
     # -- capture gaps -------------------------------------------------------------------------
 
@@ -751,6 +826,7 @@ class Daemon:
             lag_ns = (self.cfg.block_timeout_ms + self.cfg.commit_interval_ms) * 1_000_000
             self.pipeline.advance(max(0, time.time_ns() - lag_ns))
             out = self.pipeline.take()
+            self._log_wrong_interface(force=force_status)
             if self.testing_lies is not None:       # TEST ONLY (--testing-lie)
                 self.testing_lies.apply(out)
             if not _empty(out):
@@ -931,6 +1007,17 @@ class Daemon:
                 if ignored:
                     event(log, logging.WARNING, "reload: these changes need a restart",
                           keys=ignored)
+                try:
+                    self._check_neighbour_interfaces(new.neighbours)
+                except DaemonError as exc:
+                    event(log, logging.ERROR, "reload: configuration rejected, neighbours "
+                          "unchanged", error=str(exc))
+                    new = None
+            if new is not None:
+                for n in unbound(new.neighbours):
+                    event(log, logging.WARNING, "neighbour without an interface: its MAC names "
+                          "it on every captured interface; give its interface in [[neighbours]]",
+                          node_id=n.node_id, mac=format_mac(n.mac))
                 self.neighbours.set_config(new.neighbours)
         self.neighbours.reload_kernel()
         if self.batcher is not None and self.batcher.halted is not None:
@@ -1073,6 +1160,11 @@ class Daemon:
                             "commits": self.commits},
             "neighbours": {format_mac(m): n for m, n in
                            (neighbours.current().items() if neighbours else ())},
+            # where each neighbour's MAC names it (null: on every interface)
+            "neighbour_interfaces": {format_mac(m): (list(ifs) if ifs is not None else None)
+                                     for m, (_, ifs) in
+                                     (neighbours.bindings().items() if neighbours else ())},
+            "neighbour_wrong_interface": totals["neighbour_wrong_interface"],
             "reloads": self.reloads,
             "anchor": self.anchor_status(),
             "interrogation": (self.interrogation.stats() if self.interrogation is not None

@@ -23,8 +23,9 @@ NAMES = ("beat_frames_total", "beat_bytes_total", "beat_records_total", "beat_dr
          "beat_kernel_drops_total", "beat_kernel_packets_total", "beat_ring_wraps_total",
          "beat_oldest_proof_age_seconds", "beat_ring_short", "beat_batches_written_total",
          "beat_segments_total", "beat_receipts_total", "beat_unknown_mac_total",
-         "beat_join_overflow_total", "beat_commit_seconds", "beat_receipt_overflow_total",
-         "beat_store_full", "beat_store_dropped_total", "beat_store_pruned_total")
+         "beat_neighbour_wrong_interface_total", "beat_join_overflow_total",
+         "beat_commit_seconds", "beat_receipt_overflow_total", "beat_store_full",
+         "beat_store_dropped_total", "beat_store_pruned_total")
 
 
 def _counter(name, doc, value, labels=None):
@@ -80,6 +81,9 @@ class Collector:
         yield _counter("beat_receipts_total", "Receipts finalised since start", t["receipts"])
         yield _counter("beat_unknown_mac_total", "Observations whose MAC is not a neighbour",
                        t["unknown_mac"])
+        yield _counter("beat_neighbour_wrong_interface_total", "Observations carrying a "
+                       "neighbour's MAC on an interface where that neighbour is not, recorded as "
+                       "from or to outside (0)", t["neighbour_wrong_interface"])
         yield _counter("beat_join_overflow_total", "Observations released early: join FIFO full",
                        t["join_overflow"])
         last = s.get("commit_seconds")

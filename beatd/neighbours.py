@@ -1,21 +1,29 @@
-"""The neighbour map ``{mac: node_id}`` the pipeline looks prev_id/next_id up in.
+"""The neighbour map the pipeline looks prev_id/next_id up in: ``{mac: (node_id, interfaces)}``,
+``interfaces`` the names of the interfaces where that neighbour is (its MAC names it only on them;
+a frame carrying it on another interface came from somewhere the device cannot name), or ``None``
+for a neighbour named by its MAC on every interface.
 
-It is made of the configuration's neighbours (their ``mac``) and, with ``daemon.neighbour_refresh``,
-of the kernel's neighbour table (ARP/NDP, read with pyroute2's IPRoute): a configured neighbour that
-gives an ``ip`` but no ``mac`` takes the MAC the kernel has for that IP. The table is read at start
-and on ``reload_kernel()`` (SIGHUP), and followed in a thread through netlink RTM_NEWNEIGH /
-RTM_DELNEIGH events. A MAC given in the configuration always wins: a neighbour with a ``mac`` never
-takes the kernel's, and a MAC learned from the kernel never displaces a configured one.
-``on_change(map)`` is called (from whichever thread saw the change) only when the map changes.
+It is made of the configuration's neighbours (their ``mac``, and ``interface``) and, with
+``daemon.neighbour_refresh``, of the kernel's neighbour table (ARP/NDP, read with pyroute2's
+IPRoute), which gives each entry's interface: a configured neighbour that gives an ``ip`` but no
+``mac`` takes the MAC the kernel has for that IP, on the interface of the kernel's entry (or on its
+configured ``interface``). A neighbour given by its ``mac`` without an ``interface`` is named by
+that MAC on every interface (``beatd run`` warns about each). The table is read at start and on
+``reload_kernel()`` (SIGHUP), and followed in a thread through netlink RTM_NEWNEIGH / RTM_DELNEIGH
+events. A MAC given in the configuration always wins: a neighbour with a ``mac`` never takes the
+kernel's, and a MAC learned from the kernel never displaces a configured one. ``on_change(map)`` is
+called (from whichever thread saw the change) only when the map changes. ``pipeline_map(map,
+slots)`` turns it into the pipeline's form (docs/fastpath.md "Neighbour ids").
 """
 import ipaddress
 import logging
 import select
+import socket
 import threading
 
 from .logs import event
 
-__all__ = ["NeighbourMap", "compute_map", "kernel_table"]
+__all__ = ["NeighbourMap", "compute_map", "kernel_table", "pipeline_map", "unbound"]
 
 log = logging.getLogger("beatd.neighbours")
 
@@ -30,9 +38,19 @@ def _norm_ip(ip):
         return None
 
 
+def _ifname(ifindex):
+    """The name of interface ``ifindex`` in this namespace (``"#N"`` when it has none now)."""
+    try:
+        return socket.if_indextoname(int(ifindex))
+    except (OSError, TypeError, ValueError):
+        return f"#{ifindex}"
+
+
 def _entry(msg):
-    """``(ip, mac or None)`` of one RTM_*NEIGH message; mac None when the entry has none (yet)."""
+    """``(ip, ifname, mac or None)`` of one RTM_*NEIGH message; mac None when the entry has none
+    (yet)."""
     ip = _norm_ip(msg.get("NDA_DST"))
+    ifname = _ifname(msg.get("ifindex"))
     lladdr = msg.get("NDA_LLADDR")
     mac = None
     if lladdr and msg.get("state", 0) & (NUD_INCOMPLETE | NUD_FAILED) == 0:
@@ -42,28 +60,51 @@ def _entry(msg):
             mac = None
         if mac is not None and (len(mac) != 6 or mac == _NO_MAC):
             mac = None
-    return ip, mac
+    return ip, ifname, mac
 
 
 def kernel_table(ipr):
-    """``{ip: mac}`` of the kernel's neighbour table (entries with a usable MAC only)."""
+    """``{ip: {ifname: mac}}`` of the kernel's neighbour table (entries with a usable MAC only)."""
     table = {}
     for msg in ipr.get_neighbours():
-        ip, mac = _entry(msg)
+        ip, ifname, mac = _entry(msg)
         if ip is not None and mac is not None:
-            table[ip] = mac
+            table.setdefault(ip, {})[ifname] = mac
     return table
 
 
 def compute_map(neighbours, kernel):
-    """``{mac: node_id}`` from the configured neighbours and the kernel's ``{ip: mac}``."""
-    out = {n.mac: n.node_id for n in neighbours if n.mac is not None}
+    """``{mac: (node_id, interfaces)}`` from the configured neighbours and the kernel's
+    ``{ip: {ifname: mac}}``; ``interfaces`` a sorted tuple of names, or None (every interface)."""
+    out = {n.mac: (n.node_id, None if n.interface is None else (n.interface,))
+           for n in neighbours if n.mac is not None}
+    learned = {}
     for n in neighbours:
         if n.mac is None and n.ip is not None:
-            mac = kernel.get(n.ip)
-            if mac is not None and mac not in out:
-                out[mac] = n.node_id
+            for ifname, mac in sorted(kernel.get(n.ip, {}).items()):
+                if mac in out:
+                    continue
+                nid, ifs = learned.setdefault(mac, (n.node_id, set()))
+                if nid == n.node_id:
+                    ifs.add(n.interface if n.interface is not None else ifname)
+    for mac, (nid, ifs) in learned.items():
+        out[mac] = (nid, tuple(sorted(ifs)))
     return out
+
+
+def unbound(neighbours):
+    """The configured neighbours whose MAC names them on every interface (a ``mac`` without an
+    ``interface``): frames from any captured interface carrying it are taken as theirs."""
+    return [n for n in neighbours if n.mac is not None and n.interface is None]
+
+
+def pipeline_map(bindings, slots):
+    """The pipeline's neighbour map (docs/fastpath.md "Neighbour ids") of ``bindings`` (as
+    ``compute_map``), with ``slots`` ``{ifname: slot}`` of the capture: ``node_id`` for a
+    neighbour on every interface, ``(node_id, slots)`` for one bound to interfaces (those not
+    captured have no slot: a neighbour only there is named by no captured frame)."""
+    return {mac: nid if ifs is None else (nid, tuple(sorted(slots[i] for i in ifs if i in slots)))
+            for mac, (nid, ifs) in bindings.items()}
 
 
 class NeighbourMap:
@@ -85,6 +126,11 @@ class NeighbourMap:
     # -- state ----------------------------------------------------------------------------------
 
     def current(self):
+        """``{mac: node_id}`` now."""
+        return {mac: nid for mac, (nid, _) in self.bindings().items()}
+
+    def bindings(self):
+        """``{mac: (node_id, interfaces or None)}`` now."""
         with self._lock:
             return compute_map(self._neighbours, self._kernel)
 
@@ -98,7 +144,9 @@ class NeighbourMap:
                 return False
             self._sent = m
         event(log, logging.INFO, "neighbour map", reason=reason, size=len(m),
-              map={":".join(f"{b:02x}" for b in mac): nid for mac, nid in m.items()})
+              map={":".join(f"{b:02x}" for b in mac): nid for mac, (nid, _) in m.items()},
+              interfaces={":".join(f"{b:02x}" for b in mac): list(ifs) if ifs is not None
+                          else "any" for mac, (_, ifs) in m.items()})
         if self._on_change is not None:
             self._on_change(dict(m))
         return True
@@ -183,13 +231,16 @@ class NeighbourMap:
                 if kind not in ("RTM_NEWNEIGH", "RTM_DELNEIGH"):
                     continue
                 self.events_seen += 1
-                ip, mac = _entry(msg)
+                ip, ifname, mac = _entry(msg)
                 if ip not in wanted:
                     continue
+                on = self._kernel.get(ip, {})
                 if kind == "RTM_DELNEIGH" or mac is None:
-                    changed |= self._kernel.pop(ip, None) is not None
-                elif self._kernel.get(ip) != mac:
-                    self._kernel[ip] = mac
+                    changed |= on.pop(ifname, None) is not None
+                    if not on:
+                        self._kernel.pop(ip, None)
+                elif on.get(ifname) != mac:
+                    self._kernel.setdefault(ip, {})[ifname] = mac
                     changed = True
         if changed:
             self._publish("netlink event")

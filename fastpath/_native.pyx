@@ -10,7 +10,7 @@ from fastpath.includes.beat cimport *
 
 from .output import (COUNTER_SIZE, DEFAULT_MAX_RECEIPTS_PER_EPOCH, DESC_FORMAT, DESC_SIZE,
                      HASH_NAMES, MAX_RECEIPTS_PER_EPOCH_LIMIT, NONE, OPEN_RECEIPT_SIZE,
-                     RECEIPT_SIZE, RECORD_SIZE, STAT_NAMES, Output)
+                     RECEIPT_SIZE, RECORD_SIZE, STAT_NAMES, Output, neighbour_binding, pack_desc)
 
 _DESC = struct.Struct(DESC_FORMAT)
 _SEG_HEAD = struct.Struct(">QQ32s")
@@ -50,10 +50,6 @@ def _mac(name, mac):
     if len(mac) != 6:
         raise ValueError(f"{name} must be 6 bytes, got {len(mac)} ({mac.hex()})")
     return mac
-
-
-def pack_desc(t_ns, offset, caplen, wirelen, linktype, dir=0, vlan_stripped=0):
-    return _DESC.pack(t_ns, offset, caplen, wirelen, linktype, dir, vlan_stripped)
 
 
 def t_range(records):
@@ -122,21 +118,28 @@ cdef class Pipeline:
         self.p = NULL
 
     def set_neighbours(self, neighbours):
+        """``{mac: node_id}`` (the neighbour on every interface) or ``{mac: (node_id, slots)}``
+        (only on the interfaces of those slots; docs/fastpath.md "Neighbour ids")."""
         macs = []
         ids = []
-        for mac, node in dict(neighbours or {}).items():
+        masks = []
+        for mac, value in dict(neighbours or {}).items():
             macs.append(_mac("neighbour MAC", mac))
+            node, mask = neighbour_binding(mac, value)
             _check_id(f"neighbour id of {bytes(mac).hex(':')}", node)
             ids.append(struct.pack("=Q", node))
+            masks.append(struct.pack("=Q", mask))
         cdef bytes mb = b"".join(macs)
         cdef bytes ib = b"".join(ids)
+        cdef bytes sb = b"".join(masks)
         cdef int rc
         cdef int n = len(macs)
         cdef const uint8_t *mp = mb
         cdef const uint64_t *ip = <const uint64_t *><const uint8_t *>ib
+        cdef const uint64_t *sp = <const uint64_t *><const uint8_t *>sb
         with nogil:
             beat_pipe_lock(self.p)
-            rc = beat_pipe_set_neighbours(self.p, mp, ip, n)
+            rc = beat_pipe_set_neighbours(self.p, mp, ip, sp, n)
             beat_pipe_unlock(self.p)
         if rc:
             raise MemoryError("fast path: cannot allocate the neighbour map")
@@ -157,9 +160,6 @@ cdef class Pipeline:
             t, off, cap, wl, lt, dr, fl = _DESC.unpack_from(desc, bad * DESC_SIZE)
             if dr > 2:
                 raise ValueError(f"descriptor {bad}: dir must be 0, 1 or 2, got {dr}")
-            if fl > 3:
-                raise ValueError(f"descriptor {bad}: flags must be 0..3 (VLAN tags the capture "
-                                 f"stripped), got {fl}")
             raise ValueError(f"descriptor {bad}: offset {off} + caplen {cap} = {off + cap} exceeds "
                              f"len(buf) {buflen}")
         with nogil:
@@ -308,6 +308,19 @@ cdef class Pipeline:
                      open_receipts, beat_pipe_closed_before(self.p))
         beat_pipe_reset_outputs(self.p)
         return out
+
+    def take_wrong_interface(self):
+        """The frames since the previous call whose neighbour MAC was on an interface where that
+        neighbour is not: ``[(mac, slot, dir, node_id, frames)]`` by (MAC, slot, dir) in first-seen
+        order, at most BEAT_WRONG_IF_MAX = 16 (later ones are only counted in the stats)."""
+        cdef beat_wrong_if w[BEAT_WRONG_IF_MAX]
+        cdef size_t n, i
+        with nogil:
+            beat_pipe_lock(self.p)
+            n = beat_pipe_take_wrong_interface(self.p, w, BEAT_WRONG_IF_MAX)
+            beat_pipe_unlock(self.p)
+        return [(bytes(w[i].mac[:6]), w[i].slot, w[i].dir, w[i].node_id, w[i].frames)
+                for i in range(n)]
 
     def totals(self):
         cdef const uint64_t *st

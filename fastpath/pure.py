@@ -9,7 +9,8 @@ Readings of docs/fastpath.md where the text leaves a choice (the native twin mus
   ``next_id = 0`` and no ``unknown_mac``; ``dir == 1`` on SLL/SLL2 uses the SLL address as usual.
 - ``desc`` whose length is not a multiple of 24 is a ``ValueError`` (as the native twin does). A
   descriptor with ``dir > 2`` raises ``ValueError`` (like an out-of-range one, before any frame of
-  the batch is processed).
+  the batch is processed). Every ``flags`` byte is valid (bits 0-1 VLAN tags stripped, 0..3;
+  bits 2-7 the interface slot, 0..63).
 - ``take().receipts`` is sorted over the whole take by the full 89-byte entry (= by the 41-byte
   key, ties, possible only after ``flush()`` re-opened a key, broken by the rest of the entry).
 - ``flush()``, after finalising every open receipt, moves ``closed_before`` to the end of the
@@ -35,7 +36,8 @@ from collections import deque
 from .hashes import constructor
 from .output import (COUNTER_SIZE, DEFAULT_MAX_RECEIPTS_PER_EPOCH, DESC_FORMAT, DESC_SIZE,
                      HASH_NAMES, MAX_RECEIPTS_PER_EPOCH_LIMIT, NONE, OPEN_RECEIPT_SIZE,
-                     OVERFLOW_ADDR, REASON_CLASS, RECEIPT_SIZE, RECORD_SIZE, STAT_NAMES, Output)
+                     OVERFLOW_ADDR, REASON_CLASS, RECEIPT_SIZE, RECORD_SIZE, SLOT_SHIFT,
+                     STAT_NAMES, VLAN_MASK, WRONG_IF_MAX, Output, neighbour_binding, pack_desc)
 
 __all__ = ["Pipeline", "pd_ft", "fp_many", "segment_value", "receipt_value", "pack_desc", "NONE",
            "DESC_FORMAT", "DESC_SIZE", "RECORD_SIZE", "RECEIPT_SIZE", "OPEN_RECEIPT_SIZE",
@@ -110,6 +112,8 @@ def _mac(name, value):
 
 
 def _neighbours(neighbours):
+    """``{mac: (node_id, slots mask)}`` of ``{mac: node_id}`` (every interface) or
+    ``{mac: (node_id, slots)}`` (docs/fastpath.md "Neighbour ids")."""
     if neighbours is None:
         return {}
     try:
@@ -118,12 +122,13 @@ def _neighbours(neighbours):
         raise ValueError(f"neighbours must be a mapping {{mac: node_id}}, "
                          f"got {type(neighbours).__name__}") from None
     out = {}
-    for mac, nid in items:
+    for mac, value in items:
         mac = _mac("neighbours", mac)
+        nid, mask = neighbour_binding(mac, value)
         _int(f"neighbours[{mac.hex()}]", nid)
         if not 1 <= nid <= _MAX_ID:
             raise ValueError(f"neighbours[{mac.hex()}] id must be in 1..2^64-2, got {nid}")
-        out[mac] = nid
+        out[mac] = (nid, mask)
     return out
 
 
@@ -137,11 +142,6 @@ def _records(name, records):
 
 # ----------------------------------------------------------------------------------------------
 # module functions
-
-def pack_desc(t_ns, offset, caplen, wirelen, linktype, dir=0, vlan_stripped=0):
-    """One 24-byte descriptor (docs/fastpath.md, "Frames in")."""
-    return _DESC.pack(t_ns, offset, caplen, wirelen, linktype, dir, vlan_stripped)
-
 
 def t_range(records):
     """(min t_ns, max t_ns) of 48-byte records, (0, 0) when there are none."""
@@ -472,6 +472,7 @@ class Pipeline:
         self._o_counters = {}           # (prev, next) -> [packets, bytes, first, last]
         self._st = dict.fromkeys(STAT_NAMES, 0)     # totals since creation
         self._st_taken = dict.fromkeys(STAT_NAMES, 0)
+        self._wrong = {}                # (mac, slot, dir) -> [node_id, frames], first-seen order
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -605,6 +606,14 @@ class Pipeline:
         if len(seg) == self._seg_max:
             self._close_seg()
 
+    def _wrong_interface(self, mac, slot, d, nid):
+        """A neighbour's MAC on an interface where that neighbour is not (kept for the log)."""
+        w = self._wrong.get((mac, slot, d))
+        if w is not None:
+            w[1] += 1
+        elif len(self._wrong) < WRONG_IF_MAX:
+            self._wrong[(mac, slot, d)] = [nid, 1]
+
     def _rc_new(self, d, ep, role, sd):
         """The receipt a packet counts in when its flow has none of its own in this epoch and
         role: a new one while the epoch has fewer than max_receipts_per_epoch of the role, else
@@ -672,9 +681,6 @@ class Pipeline:
                                  f"exceeds len(buf) {blen}")
             if dr > 2:
                 raise ValueError(f"descriptor {i}: dir must be 0, 1 or 2, got {dr}")
-            if fl > 3:
-                raise ValueError(f"descriptor {i}: flags must be 0..3 (VLAN tags the capture "
-                                 f"stripped), got {fl}")
 
         H = self._H
         st = self._st
@@ -690,13 +696,13 @@ class Pipeline:
         pop_head = self._pop_head
         frame = _frame
         clock = self._clock
-        n_frames = n_ip = n_in = n_eg = n_join = n_unk = n_ovf = 0
+        n_frames = n_ip = n_in = n_eg = n_join = n_unk = n_ovf = n_wif = 0
         try:
             for t, off, cap, _wl, lt, dr, fl in descs:
                 if t > clock:
                     clock = self._clock = t
                 n_frames += 1
-                r = frame(buf, off, off + cap, lt, H, fl)
+                r = frame(buf, off, off + cap, lt, H, fl & VLAN_MASK)
                 if type(r) is str:
                     st[r] += 1
                 else:
@@ -725,12 +731,16 @@ class Pipeline:
                         if len(fifo) >= maxp:       # step 3: overflow
                             pop_head()
                             n_ovf += 1
-                        if mackind == 0:
-                            prev = 0
-                        else:
-                            prev = nb.get(smac, 0) if smac is not None else 0
-                            if not prev:
+                        prev = 0
+                        if mackind != 0:
+                            v = nb.get(smac) if smac is not None else None
+                            if v is None:
                                 n_unk += 1
+                            elif v[1] >> (fl >> SLOT_SHIFT) & 1:
+                                prev = v[0]
+                            else:       # a neighbour's MAC where it is not: not from it
+                                n_wif += 1
+                                self._wrong_interface(smac, fl >> SLOT_SHIFT, 1, v[0])
                         e = [t, prev, NONE, pd, c[0], c[1], iplen, False]
                         fifo.append(e)
                         # pend[pd]: the entry itself, or a deque when there are several
@@ -744,9 +754,15 @@ class Pipeline:
                     else:
                         n_eg += 1
                         if mackind == 1:
-                            nxt = nb.get(dmac, 0)
-                            if not nxt:
+                            nxt = 0
+                            v = nb.get(dmac)
+                            if v is None:
                                 n_unk += 1
+                            elif v[1] >> (fl >> SLOT_SHIFT) & 1:
+                                nxt = v[0]
+                            else:       # a neighbour's MAC where it is not: not to it
+                                n_wif += 1
+                                self._wrong_interface(dmac, fl >> SLOT_SHIFT, 2, v[0])
                         else:
                             nxt = 0
                             if mackind == 2:
@@ -797,6 +813,7 @@ class Pipeline:
             st["egress"] += n_eg
             st["joined"] += n_join
             st["unknown_mac"] += n_unk
+            st["neighbour_wrong_interface"] += n_wif
             st["join_overflow"] += n_ovf
 
     def flush(self):
@@ -845,6 +862,14 @@ class Pipeline:
         open_rc.sort()
         return Output(records, segments, receipts, counters, stats, self._seg_seq,
                       b"".join(self._seg), b"".join(open_rc), self._closed_before)
+
+    def take_wrong_interface(self):
+        """The frames since the previous call whose neighbour MAC was on an interface where that
+        neighbour is not: ``[(mac, slot, dir, node_id, frames)]`` by (MAC, slot, dir) in first-seen
+        order, at most WRONG_IF_MAX (later ones are only counted in the stats)."""
+        out = [(mac, slot, d, nid, n) for (mac, slot, d), (nid, n) in self._wrong.items()]
+        self._wrong = {}
+        return out
 
     def totals(self):
         return {name: self._st[name] for name in STAT_NAMES}

@@ -56,6 +56,7 @@ cdef class Ring:
     cdef int reading
     cdef bint closing
     cdef dict _geometry
+    cdef dict _slots
 
     def __cinit__(self):
         self.r.fd = -1
@@ -104,6 +105,8 @@ cdef class Ring:
         self._geometry["fanout_group"] = fanout_group
         self._geometry["fanout_mode"] = fanout_mode if fanout_group is not None else None
         self._geometry["interfaces"] = [k.decode() for k in keep] if keep else None
+        slot_names = [k.decode() for k in keep] if keep else [self.ifname]
+        self._slots = {slot_names[i]: i + 1 for i in range(self.r.n_slots)}
 
     def __dealloc__(self):
         beat_ring_close(&self.r)
@@ -128,6 +131,14 @@ cdef class Ring:
     @property
     def closed(self):
         return self.r.fd < 0 or self.closing
+
+    @property
+    def slots(self):
+        """``{ifname: slot}``: the slot each frame carries to the pipeline for the interface it
+        was captured on (docs/fastpath.md): the filter's interfaces in their order from 1, or 1
+        for a ring bound to one interface; empty for an "any" ring without a filter (slot 0,
+        unknown)."""
+        return dict(self._slots) if self._slots is not None else {}
 
     @property
     def geometry(self):

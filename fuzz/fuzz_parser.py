@@ -1,7 +1,7 @@
 """Atheris target: arbitrary bytes through both fast-path twins; any difference or exception crashes.
 
-The first bytes choose the hash, the frames (linktype, dir, time step, a valid seed frame to start
-from or raw bytes) and how the frames are split into batches. Each frame goes through `pd_ft` of both
+The first bytes choose the hash, the frames (linktype, dir, capture interface slot, time step, a
+valid seed frame to start from or raw bytes) and how the frames are split into batches. Each frame goes through `pd_ft` of both
 twins, and the whole input through a native and a pure `Pipeline` (small windows, epochs and
 segments), whose take() Outputs must be equal field by field, before and after flush().
 
@@ -25,7 +25,8 @@ import fastpath._native as native  # noqa: E402
 LINKTYPES = (1, 113, 276, 101, 12, 14, 228, 229, 0, 108, 104, 9, 50, 2, 147)
 HASHES = ("sha3-256", "blake2b-256")
 OWN = bytes.fromhex("020000000002")
-NEIGH = {bytes.fromhex("020000000001"): 5, bytes.fromhex("020000000003"): 6}
+# one neighbour on every interface, one bound to the interface of slot 1
+NEIGH = {bytes.fromhex("020000000001"): 5, bytes.fromhex("020000000003"): (6, (1,))}
 FIELDS = ("records", "segments", "receipts", "counters", "stats", "open_seg_seq", "open_records",
           "open_receipts", "closed_before")
 
@@ -79,6 +80,7 @@ def TestOneInput(data):
         mode = fdp.ConsumeIntInRange(0, 3)
         lt_pick = fdp.ConsumeIntInRange(0, len(LINKTYPES))
         d = fdp.ConsumeIntInRange(0, 2)
+        slot = fdp.ConsumeIntInRange(0, 2)
         t = max(0, t + fdp.ConsumeIntInRange(-3000, 20000))
         if mode == 0:                                     # raw bytes
             lt = LINKTYPES[lt_pick] if lt_pick < len(LINKTYPES) else fdp.ConsumeIntInRange(0, 65535)
@@ -94,9 +96,9 @@ def TestOneInput(data):
             frame = bytes(frame)
             if mode == 2 and lt_pick < len(LINKTYPES):
                 lt = LINKTYPES[lt_pick]
-        frames.append((t, frame, lt, d))
+        frames.append((t, frame, lt, d, slot))
 
-    for _, frame, lt, _ in frames:
+    for _, frame, lt, _, _ in frames:
         a, b = pure.pd_ft(frame, lt, h), native.pd_ft(frame, lt, h)
         if norm(tuple(a)) != norm(tuple(b)):
             raise AssertionError(f"pd_ft differ on {frame.hex()} linktype {lt}: {a} vs {b}")
@@ -108,13 +110,15 @@ def TestOneInput(data):
     while i < len(frames):
         k = fdp.ConsumeIntInRange(1, len(frames))
         buf, desc = b"", b""
-        for t, frame, lt, d in frames[i:i + k]:
-            desc += pure.pack_desc(t, len(buf), len(frame), len(frame), lt, d)
+        for t, frame, lt, d, slot in frames[i:i + k]:
+            desc += pure.pack_desc(t, len(buf), len(frame), len(frame), lt, d, 0, slot)
             buf += frame
         i += k
         for p in pipes:
             p.feed(buf, desc)
         compare(pipes[0].take(), pipes[1].take(), "take")
+        if pipes[0].take_wrong_interface() != pipes[1].take_wrong_interface():
+            raise AssertionError("take_wrong_interface differ")
     for p in pipes:
         p.flush()
     compare(pipes[0].take(), pipes[1].take(), "flush")

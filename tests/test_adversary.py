@@ -740,58 +740,79 @@ def _eth(dst, src, ip):
         (MAC.get(src, src) if isinstance(src, int) else src) + b"\x08\x00" + ip
 
 
-def _fast_path(node, net, frames):
-    """The records an honest device's fast path (fastpath.pure; both directions on one Ethernet
-    capture, direction from the source MAC) writes of ``frames`` [(t, frame)]: (t, prev, next,
-    pd) of the flow."""
+def _slots(node, net):
+    """The interface slots of ``node``, as its capture ring numbers them: one per registered link
+    (its neighbours in order, from 1), then the link to the outside (hosts)."""
+    slots = {m: k + 1 for k, m in enumerate(sorted(net.adj[node]))}
+    slots[HOST] = len(slots) + 1
+    return slots
+
+
+def _fast_path(node, net, frames, live=True):
+    """What an honest device's fast path (fastpath.pure) records of ``frames`` [(t, frame, dir,
+    slot)] and its stats: ([(t, prev, next, pd)] of the flow, stats). ``live``: as its capture ring
+    hands them over, with the direction from the packet type (1 in, 2 out) and the slot of the
+    interface each frame was captured on; each neighbour's MAC is bound to its link's interface.
+    ``live=False``: as a replayed Ethernet pcap without packet types (docs/threat-model.md, "Where
+    the guarantee ends"): direction from the source MAC (dir 0), interface unknown (slot 0)."""
+    slots = _slots(node, net)
     p = fastpath_pure.Pipeline(node, "sha3-256", own_macs=(MAC[node],),
-                               neighbours={MAC[m]: m for m in net.adj[node]},
+                               neighbours={MAC[m]: (m, (slots[m],)) for m in net.adj[node]},
                                join_window_ns=MAX_HOP)
     buf, desc = bytearray(), bytearray()
-    for t, data in sorted(frames):
-        desc += fastpath_pure.pack_desc(t, len(buf), len(data), len(data), 1, 0)
+    for t, data, d, slot in sorted(frames):
+        desc += fastpath_pure.pack_desc(t, len(buf), len(data), len(data), 1, d if live else 0, 0,
+                                        slot if live else 0)
         buf += data
     p.feed(bytes(buf), bytes(desc))
     p.flush()
-    out = p.take().records
-    recs = [struct.unpack_from(">QQQ16s8s", out, o) for o in range(0, len(out), 48)]
-    return sorted((t, a, b, d) for t, a, b, d, ft in recs if ft == FT)
+    out = p.take()
+    recs = [struct.unpack_from(">QQQ16s8s", out.records, o) for o in range(0, len(out.records), 48)]
+    return sorted((t, a, b, d) for t, a, b, d, ft in recs if ft == FT), out.stats
 
 
 class _Wire:
     """The frames each honest device captures; ``hop`` sends one packet from ``a`` (a device, or
-    HOST: from outside) to ``b`` (HOST: outside) at ``t``: egress at a, ingress at b 10 ns later."""
+    HOST: from outside) to ``b`` (HOST: outside) at ``t``: egress at a on its interface to b,
+    ingress at b 10 ns later on its interface to a (the link the frame travels on)."""
 
     def __init__(self, net):
-        self.net, self.frames = net, {}
+        self.net, self.frames, self.stats = net, {}, {}
+
+    def slot(self, x, y):
+        """The slot of ``x``'s interface on its link to ``y`` (HOST: to the outside)."""
+        return _slots(x, self.net)[y]
 
     def hop(self, t, a, b, ip, src_mac=None):
         src = src_mac or (HOST if a == HOST else MAC[a])
         if a != HOST:
-            self.frames.setdefault(a, []).append((t, _eth(b if b != HOST else HOST, src, ip)))
+            self.frames.setdefault(a, []).append((t, _eth(b if b != HOST else HOST, src, ip), 2,
+                                                  self.slot(a, b)))
         if b != HOST:
-            self.frames.setdefault(b, []).append((t + 10, _eth(b, src, ip)))
+            self.frames.setdefault(b, []).append((t + 10, _eth(b, src, ip), 1, self.slot(b, a)))
 
     def path(self, t, nodes, ip, hop=HOP):
         nodes = [HOST] + list(nodes) + [HOST]
         for k in range(len(nodes) - 1):
             self.hop(t + k * hop, nodes[k], nodes[k + 1], ip)
 
-    def book(self, honest):
+    def book(self, honest, live=True):
         book = Book()
         for x in self.net.nodes:
             book.of(x)
             if x in honest:
-                for t, p, q, d in _fast_path(x, self.net, self.frames.get(x, [])):
+                recs, self.stats[x] = _fast_path(x, self.net, self.frames.get(x, []), live)
+                for t, p, q, d in recs:
                     book.of(x).add(t, p, q, d)
         return book
 
 
-@pytest.mark.xfail(strict=True, reason="recording layer: the fast path names the previous hop by "
-                   "the frame's source MAC, not by the link it came in on; r4 (a lone coalition "
-                   "device) sends packets of the flow to r1 and r3 with r2's MAC as source: "
-                   "honest r1 and r3 record them as coming from r2, and honest r2 is named")
-def test_spoofed_neighbour_mac_frames_an_honest_route_device():
+def test_spoofed_neighbour_mac_frames_nobody_when_the_interface_names_the_neighbour():
+    """r4 (a lone coalition device) sends packets of the flow to r1 and r3 with r2's MAC as the
+    source. A capture that names the previous hop by the source MAC alone made honest r1 and r3
+    record them as coming from r2, and honest r2 was named FABRICATED. The frames come in on r1's
+    and r3's links to r4, where r2 is not: they record them as from outside (0), count them as
+    neighbour_wrong_interface, and nobody honest is named."""
     wire = _Wire(PAPER)
     for i in range(3):                                     # honest traffic r1 -> r2 -> r3
         wire.path(MID + i * 3 * HI, (1, 2, 3), _ipv4(i))
@@ -804,27 +825,47 @@ def test_spoofed_neighbour_mac_frames_an_honest_route_device():
     wire.hop(t, 4, 3, ip, src_mac=MAC[2])
     wire.hop(t + HOP, 3, HOST, ip)
     book = wire.book(honest=(1, 2, 3))                     # r4 hands over nothing of the flow
-    assert any(r[1:3] == (2, 2) for r in book[1].records)
+    # the spoofed packets (the last of each list): from outside, not from r2
+    assert [r[1:3] for r in book[1].records] == [(OUTSIDE, 2)] * 3 + [(OUTSIDE, 2)]
+    assert [r[1:3] for r in book[3].records] == [(2, OUTSIDE)] * 4 + [(OUTSIDE, OUTSIDE)]
+    assert (wire.stats[1]["neighbour_wrong_interface"],
+            wire.stats[3]["neighbour_wrong_interface"]) == (1, 1)
     j = check(PAPER, book)
     assert set(j.faulty) <= {4}, f"honest devices named: {verdicts(j)}"
 
+    # the same frames replayed without interfaces (slot 0) and directions: the attack works
+    replayed = wire.book(honest=(1, 2, 3), live=False)
+    assert (2, 2) in {r[1:3] for r in replayed[1].records}
+    assert 2 in set(check(PAPER, replayed).faulty)
 
-@pytest.mark.xfail(strict=True, reason="recording layer: with both directions on one capture the "
-                   "fast path takes a frame whose source MAC is the device's own for its egress; "
-                   "r1 (coalition) sends r2 a copy of a packet with r2's own MAC as source: r2's "
-                   "fast path joins the copy to the packet's ingress (next hop 0, outside), its "
-                   "real egress becomes an egress-only record, and honest r2 is named")
-def test_spoofed_own_mac_makes_an_honest_device_record_a_deviation():
+
+def test_spoofed_own_mac_cannot_pass_for_the_devices_egress_on_a_live_capture():
+    """r1 (coalition) sends r2 a copy of a packet with r2's own MAC as the source; r2, a router,
+    routes it on to r3 like any packet it is sent. Taking the direction from the source MAC (dir 0:
+    a replayed Ethernet pcap without packet types), r2's fast path takes the copy for the packet's
+    egress (next hop 0, outside) and its real egress for an egress-only record, and honest r2 is
+    named. A live ring knows the packet type: the copy comes in (dir 1) on r2's link to r1 and
+    cannot pass for an egress; r2 records the packet's passage 1 -> 3 and the copy's passage from
+    outside (its own MAC names no neighbour) to 3, and nobody honest is named."""
     wire = _Wire(PAPER)
     for i in range(3):
         t, ip = MID + i * 3 * HI, _ipv4(i)
         wire.path(t, (1, 2, 3), ip)
         if i == 1:                                  # r1's spoofed copy, as r2 captures it
-            wire.frames[2].append((t + HOP + 15, _eth(2, 2, ip)))
+            wire.frames[2].append((t + HOP + 15, _eth(2, 2, ip), 1, wire.slot(2, 1)))
+            wire.hop(t + HOP + 25, 2, 3, ip)        # routed on by r2, and by r3
+            wire.hop(t + HOP + 35, 3, HOST, ip)
     book = wire.book(honest=(1, 2, 3))
-    assert (1, OUTSIDE) in {r[1:3] for r in book[2].records}
+    recs = sorted(r[1:3] for r in book[2].records)
+    assert recs == sorted([(1, 3)] * 3 + [(OUTSIDE, 3)]), recs
+    assert wire.stats[2]["unknown_mac"] == 1        # its own MAC is no neighbour's
     j = check(PAPER, book)
     assert set(j.faulty) <= {1}, f"honest devices named: {verdicts(j)}"
+
+    # the limit (docs/threat-model.md): replayed without packet types, the copy is egress
+    replayed = wire.book(honest=(1, 2, 3), live=False)
+    assert (1, OUTSIDE) in {r[1:3] for r in replayed[2].records}
+    assert 2 in set(check(PAPER, replayed).faulty)
 
 
 @pytest.mark.xfail(strict=True, reason="a documented limit (docs/threat-model.md, 'Drops a "

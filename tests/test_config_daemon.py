@@ -96,6 +96,14 @@ def test_parse_listen(listen, want):
      'neighbours[0].ip: "10.0.0.300" is not an IP address'),
     ({"neighbours": [{"node_id": 2, "ip": "10.0.0.2"}, {"node_id": 3, "ip": "10.0.0.2"}]},
      'neighbours[1].ip: "10.0.0.2" is already neighbours[0].ip'),
+    ({"neighbours": [{"node_id": 2, "ip": "10.0.0.2", "interface": "eth 0"}]},
+     'neighbours[0].interface: "eth 0" is not an interface name'),
+    ({"neighbours": [{"node_id": 2, "ip": "10.0.0.2", "interface": 3}]},
+     "neighbours[0].interface: 3 is not an interface name"),
+    ({"interfaces": ["eth0", "eth1"],
+      "neighbours": [{"node_id": 2, "mac": "02:00:00:00:00:02", "interface": "eth2"}]},
+     'neighbours[0].interface: "eth2" is not one of interfaces (eth0, eth1)'),
+    ({"interfaces": [f"e{i}" for i in range(64)]}, "interfaces: 64 names, at most 63"),
 ])
 def test_errors_name_key_and_value(raw, message):
     with pytest.raises(ConfigError) as e:
@@ -139,3 +147,40 @@ def test_receipt_cap_reaches_the_pipeline_and_sizes_the_default_map():
     # a map given is taken as it is
     c = from_dict({"node_id": 1, "store": {"ring_size": "16MiB", "map_size": "64MiB"}})
     assert c.effective_map_size == 64 << 20
+
+
+# -- where a neighbour is: its interface, from the configuration or the kernel's table ----------------
+
+A, B, C = (bytes.fromhex(f"02000000000{i}") for i in "abc")
+
+
+def test_neighbour_interface_is_optional():
+    c = from_dict({"node_id": 1, "interfaces": ["eth0", "eth1"], "neighbours": [
+        {"node_id": 2, "mac": "02:00:00:00:00:0a", "interface": "eth1"},
+        {"node_id": 3, "mac": "02:00:00:00:00:0b"}]})
+    assert [n.interface for n in c.neighbours] == ["eth1", None]
+    # replay has no interfaces: the MAC names the neighbour, as before
+    assert c.neighbour_map() == {A: 2, B: 3}
+    # without interfaces (every one, found at start) the daemon checks the name at start
+    c = from_dict({"node_id": 1, "neighbours": [{"node_id": 2, "ip": "10.0.0.2",
+                                                  "interface": "eth7"}]})
+    assert c.neighbours[0].interface == "eth7"
+
+
+def test_compute_map_binds_each_mac_to_where_its_neighbour_is():
+    from beatd.config import Neighbour
+    from beatd.neighbours import compute_map, pipeline_map, unbound
+    neighbours = [Neighbour(2, A, None, "eth1"),          # configured MAC and interface
+                  Neighbour(3, B),                        # configured MAC only: every interface
+                  Neighbour(4, None, "10.0.0.4"),         # IP only: the kernel's MAC and interface
+                  Neighbour(5, None, "10.0.0.5", "br0"),  # IP and interface: the kernel's MAC there
+                  Neighbour(6, None, "10.0.0.6")]         # the kernel has a configured MAC for it
+    kernel = {"10.0.0.4": {"eth2": C, "eth3": C}, "10.0.0.5": {"eth9": bytes.fromhex("02000000000d")},
+              "10.0.0.6": {"eth1": A}, "10.0.0.7": {"eth1": bytes.fromhex("02000000000e")}}
+    m = compute_map(neighbours, kernel)
+    assert m == {A: (2, ("eth1",)), B: (3, None), C: (4, ("eth2", "eth3")),
+                 bytes.fromhex("02000000000d"): (5, ("br0",))}
+    assert unbound(neighbours) == [neighbours[1]]
+    slots = {"eth0": 1, "eth1": 2, "eth2": 3}
+    assert pipeline_map(m, slots) == {A: (2, (2,)), B: 3, C: (4, (3,)),
+                                      bytes.fromhex("02000000000d"): (5, ())}

@@ -81,12 +81,13 @@ class StandIn:
         self.frames = self.bytes = 0
         self.closed = False
 
-    def push(self, frames):
+    def push(self, frames, slot=0):
+        """Frames captured coming in, on the interface of ``slot`` (0: unknown)."""
         buf = b"".join(frames)
         desc, off = [], 0
         t = time.time_ns()
         for i, f in enumerate(frames):
-            desc.append(fastpath.pack_desc(t + i * 1000, off, len(f), len(f), 1, 1))
+            desc.append(fastpath.pack_desc(t + i * 1000, off, len(f), len(f), 1, 1, 0, slot))
             off += len(f)
         with self.lock:
             self.batches.append((buf, b"".join(desc), len(frames)))
@@ -209,6 +210,90 @@ def test_daemon_store_failure_is_named(tmp_path):
     d.serve(tick_s=0.02)            # returns on its own: the worker failed
     d.shutdown()
     assert "capture worker 0" in d.failure and "device gone" in d.failure
+
+
+OTHER = bytes.fromhex("02aa00000008")
+
+
+def test_daemon_binds_neighbours_to_their_interfaces(tmp_path, caplog, monkeypatch):
+    """Stand-in sources hand over frames with the slot of their interface (as the Ring does, in
+    the order of ``interfaces``). The peer is configured on stand0: its MAC on stand1 is from
+    outside, counted, and logged at most once per interval (the rest at stop); a neighbour
+    without an interface is named at start."""
+    import logging
+    monkeypatch.setattr(bdaemon, "WRONG_IF_LOG_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(logging.getLogger("beatd"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="beatd")
+    store, sock = tmp_path / "store", tmp_path / "control.sock"
+    cfg_path = tmp_path / "beatd.toml"
+    cfg_path.write_text(config_text(store, sock, interfaces=("stand0", "stand1"), metrics="")
+                        .replace(f'mac = "{mac_str(PEER)}"',
+                                 f'mac = "{mac_str(PEER)}"\ninterface = "stand0"\n'
+                                 f'[[neighbours]]\nnode_id = 9\nmac = "{mac_str(OTHER)}"'))
+    cfg = bconfig.load(cfg_path)
+    sources = []
+    d = Daemon(cfg, config_path=str(cfg_path), source_factory=stand_in_factory(sources))
+    d.start()
+    main = threading.Thread(target=d.serve, kwargs={"tick_s": 0.02})
+    main.start()
+    try:
+        assert d.slots == {"stand0": 1, "stand1": 2}
+        src = sources[0]
+        src.push([udp_frame(PEER, OWN, i, 1) for i in range(10)], slot=1)
+        src.push([udp_frame(PEER, OWN, 100 + i, 2) for i in range(6)], slot=2)
+        wait_for(lambda: d.pipeline.totals()["frames"] == 16, timeout=SLOW_S, what="16 frames")
+        wait_for(lambda: any("where that neighbour is not" in r.getMessage()
+                             for r in caplog.records), timeout=SLOW_S, what="the first message")
+        src.push([udp_frame(PEER, OWN, 200 + i, 2) for i in range(4)], slot=2)
+        wait_for(lambda: d.pipeline.totals()["frames"] == 20, timeout=SLOW_S, what="20 frames")
+        st = request(str(sock), timeout=SLOW_S)
+        assert st["totals"]["neighbour_wrong_interface"] == 10
+        assert st["neighbour_interfaces"] == {mac_str(PEER): ["stand0"], mac_str(OTHER): None}
+    finally:
+        d.request_stop()
+        main.join(timeout=SLOW_S)
+        d.shutdown()
+    assert d.failure is None
+    fields = [getattr(r, "fields", {}) for r in caplog.records]
+    assert [f["node_id"] for f, r in zip(fields, caplog.records)
+            if r.getMessage().startswith("neighbour without an interface")] == [9]
+    logged = [(f["mac"], f["interface"], f["direction"], f["neighbour"], f["frames"])
+              for f, r in zip(fields, caplog.records) if "where that neighbour is not" in
+              r.getMessage()]
+    assert logged == [(mac_str(PEER), "stand1", "ingress", 7, 6),
+                      (mac_str(PEER), "stand1", "ingress", 7, 4)], logged
+    counters, records, problems = counters_of(store)
+    assert problems == []
+    assert counters[(7, NONE)][0] == 10 and counters[(0, NONE)][0] == 10
+
+
+def test_daemon_refuses_a_source_numbering_interfaces_otherwise(tmp_path):
+    cfg_path = tmp_path / "beatd.toml"
+    cfg_path.write_text(config_text(tmp_path / "store", "", interfaces=("stand0", "stand1"),
+                                    metrics=""))
+    cfg = bconfig.load(cfg_path)
+
+    def factory(interfaces, worker, group, config):
+        s = StandIn("any")
+        s.slots = {"stand0": 2, "stand1": 1}
+        return [s]
+
+    d = Daemon(cfg, source_factory=factory)
+    with pytest.raises(bdaemon.DaemonError, match="ring any gives interface stand0 slot 2, the "
+                       "daemon expects 1"):
+        d.start()
+
+
+def test_daemon_refuses_a_neighbour_on_an_interface_it_does_not_capture(tmp_path):
+    from beatd.config import Neighbour
+    cfg_path = tmp_path / "beatd.toml"
+    cfg_path.write_text(config_text(tmp_path / "store", "", metrics=""))
+    d = Daemon(bconfig.load(cfg_path), source_factory=stand_in_factory([]))
+    d.interfaces, d.slots = ("stand0",), {"stand0": 1}
+    with pytest.raises(bdaemon.DaemonError, match=r'neighbours\[1\].interface: "eth9" is not a '
+                       r"captured interface \(interfaces: stand0\)"):
+        d._check_neighbour_interfaces([Neighbour(2, PEER, None, "stand0"),
+                                       Neighbour(3, OTHER, None, "eth9")])
 
 
 def beatd(*args, timeout=20, ns=None, **kw):
@@ -430,32 +515,199 @@ def neigh(verb, mac=None):
 neigh("add", "02:11:22:33:44:55")
 got = []
 m = NeighbourMap([Neighbour(9, None, "10.250.0.9"), Neighbour(3, bytes.fromhex("021122334466"))],
-                 True, on_change=lambda x: got.append({k.hex(): v for k, v in x.items()}))
+                 True, on_change=lambda x: got.append({k.hex(): list(v) if v[1] is None else
+                                                       [v[0], list(v[1])] for k, v in x.items()}))
 m.start()
 def settle(want):
     end = time.monotonic() + 3
     while time.monotonic() < end and got[-1] != want:
         time.sleep(0.02)
     return got[-1]
-out = [settle({"021122334466": 3, "021122334455": 9})]
+CFG, KER = [3, None], [9, [ifname]]     # a configured MAC: every interface; learned: the kernel's
+out = [settle({"021122334466": CFG, "021122334455": KER})]
 neigh("replace", "02:11:22:33:44:66")       # the MAC of neighbour 3 in the config: config wins
-out.append(settle({"021122334466": 3}))
+out.append(settle({"021122334466": CFG}))
 neigh("replace", "02:11:22:33:44:77")
-out.append(settle({"021122334466": 3, "021122334477": 9}))
+out.append(settle({"021122334466": CFG, "021122334477": KER}))
 neigh("del")
-out.append(settle({"021122334466": 3}))
+out.append(settle({"021122334466": CFG}))
 m.stop()
 print(json.dumps(out))
 """
 
 
 def test_neighbours_follow_the_kernel_table(netns_pair):
-    """Configured IPs take the kernel's MAC, follow RTM_NEWNEIGH/DELNEIGH; config MACs win."""
+    """Configured IPs take the kernel's MAC on the kernel entry's interface, follow
+    RTM_NEWNEIGH/DELNEIGH; config MACs win (on every interface: no interface configured)."""
     d_ns, d_if, _, _ = netns_pair
     r = subprocess.run(["ip", "netns", "exec", d_ns, sys.executable, "-c", NEIGH_SCRIPT, d_if],
                        capture_output=True, text=True, timeout=20, cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": ROOT})
     assert r.returncode == 0, r.stderr
+    cfg, ker = [3, None], [9, [d_if]]
     assert json.loads(r.stdout.splitlines()[-1]) == [
-        {"021122334466": 3, "021122334455": 9}, {"021122334466": 3},
-        {"021122334466": 3, "021122334477": 9}, {"021122334466": 3}]
+        {"021122334466": cfg, "021122334455": ker}, {"021122334466": cfg},
+        {"021122334466": cfg, "021122334477": ker}, {"021122334466": cfg}]
+
+
+# -- root: a neighbour's MAC names it only on its own link ------------------------------------------
+
+R_A, R_B = bytes.fromhex("02bb00000001"), bytes.fromhex("02bb00000002")    # the router's ports
+NB_A, NB_B = bytes.fromhex("02bb0000000a"), bytes.fromhex("02bb0000000b")  # its neighbours
+NB_C = bytes.fromhex("02bb0000000c")      # a neighbour configured without an interface
+NB_B_IP = "10.99.0.11"
+
+
+@pytest.fixture
+def netns_router():
+    """A router namespace with two veth links, to neighbour namespaces A and B:
+    (router ns, its interface to A, its interface to B, A ns, A ifname, B ns, B ifname)."""
+    require_root()
+    try:
+        import fastpath._native as native
+        native.Ring  # noqa: B018
+    except (ImportError, AttributeError) as exc:
+        pytest.fail(f"fastpath._native.Ring is missing: {exc}")
+    tag = uuid.uuid4().hex[:6]
+    r_ns, a_ns, b_ns = f"btw-r-{tag}", f"btw-a-{tag}", f"btw-b-{tag}"
+    r_a, r_b, a_if, b_if = f"btwra{tag}", f"btwrb{tag}", f"btwa{tag}", f"btwb{tag}"
+    made = []
+    try:
+        for ns in (r_ns, a_ns, b_ns):
+            sh("ip", "netns", "add", ns)
+            made.append(ns)
+        for ri, rmac, ns, pi, pmac in ((r_a, R_A, a_ns, a_if, NB_A), (r_b, R_B, b_ns, b_if, NB_B)):
+            sh("ip", "link", "add", ri, "netns", r_ns, "address", mac_str(rmac), "type", "veth",
+               "peer", "name", pi, "netns", ns, "address", mac_str(pmac))
+            for n, i in ((r_ns, ri), (ns, pi)):
+                sh("ip", "netns", "exec", n, "sysctl", "-q", "-w",
+                   f"net.ipv6.conf.{i}.disable_ipv6=1")
+                sh("ip", "-n", n, "link", "set", i, "arp", "off", "up")
+        for ns in made:
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        yield r_ns, r_a, r_b, a_ns, a_if, b_ns, b_if
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def send_frames(ns, ifname, src, dst, first, n, tag):
+    sh("ip", "netns", "exec", ns, sys.executable, "-c", SENDER, ifname, src.hex(), dst.hex(),
+       str(first), str(n), str(tag))
+
+
+def flow_tag(tag):
+    """The FT of the SENDER's frames with this tag (10.77.tag.1 -> 10.78.0.2)."""
+    return fastpath.pd_ft(udp_frame(NB_A, R_A, 0, tag), 1)[2].hex()
+
+
+def test_run_a_neighbours_mac_on_another_link_is_from_outside(tmp_path, netns_router):
+    """A real beatd on a router with a link to A (neighbour 10, configured with its interface) and
+    a link to B (neighbour 11, given by its IP: its MAC and interface from the kernel's neighbour
+    table). A sends frames with its own MAC (from 10), frames carrying B's MAC (not from B: B is not
+    on that link; from outside, 0, counted), and frames carrying the MAC of C (neighbour 12, given
+    without an interface: named on every interface, as beatd says at start); B sends with its own
+    MAC (from 11); the router sends frames to B's MAC out of its link to A (to outside, 0,
+    counted). Status, metrics and the log (MAC and interface) show the count."""
+    r_ns, r_a, r_b, a_ns, a_if, b_ns, b_if = netns_router
+    sh("ip", "-n", r_ns, "neigh", "add", NB_B_IP, "lladdr", mac_str(NB_B), "dev", r_b,
+       "nud", "permanent")
+    store, sock = tmp_path / "store", tmp_path / "control.sock"
+    cfg = tmp_path / "beatd.toml"
+    cfg.write_text(f"""
+node_id = 1
+own_macs = ["{mac_str(R_A)}", "{mac_str(R_B)}"]
+interfaces = ["{r_a}", "{r_b}"]
+[[neighbours]]
+node_id = 10
+mac = "{mac_str(NB_A)}"
+interface = "{r_a}"
+[[neighbours]]
+node_id = 11
+ip = "{NB_B_IP}"
+[[neighbours]]
+node_id = 12
+mac = "{mac_str(NB_C)}"
+[store]
+path = "{store}"
+ring_size = "16MiB"
+map_size = "256MiB"
+[capture]
+workers = 1
+block_size = "256KiB"
+block_count = 4
+[daemon]
+commit_interval_ms = 20
+metrics_listen = "127.0.0.1:9479"
+control_socket = "{sock}"
+log_format = "json"
+neighbour_refresh = true
+[ledger]
+backend = "none"
+""")
+    proc = subprocess.Popen(["ip", "netns", "exec", r_ns, sys.executable, "-m", "beatd", "run",
+                             "--config", str(cfg)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        def status():
+            try:
+                return request(str(sock))
+            except Exception:  # noqa: BLE001
+                return None
+        wait_for(lambda: proc.poll() is not None or status() is not None, timeout=SLOW_S,
+                 what="the daemon's control socket")
+        assert proc.poll() is None, proc.stderr.read()
+        st = status()
+        assert st["neighbours"] == {mac_str(NB_A): 10, mac_str(NB_B): 11, mac_str(NB_C): 12}
+        assert st["neighbour_interfaces"] == {mac_str(NB_A): [r_a], mac_str(NB_B): [r_b],
+                                              mac_str(NB_C): None}
+        send_frames(a_ns, a_if, NB_A, R_A, 0, 20, 1)         # A, itself
+        send_frames(a_ns, a_if, NB_B, R_A, 100, 15, 2)       # A, with B's MAC
+        send_frames(a_ns, a_if, NB_C, R_A, 200, 5, 3)        # A, with C's (unbound) MAC
+        send_frames(b_ns, b_if, NB_B, R_B, 300, 10, 4)       # B, itself
+        send_frames(r_ns, r_a, R_A, NB_B, 400, 7, 5)         # the router, to B's MAC, on A's link
+        wait_for(lambda: status()["totals"]["frames"] >= 57, timeout=SLOW_S,
+                 what="57 frames captured")
+        st = status()
+        assert st["totals"]["neighbour_wrong_interface"] == 22 == st["neighbour_wrong_interface"]
+        assert st["totals"]["unknown_mac"] == 0
+        r = beatd("status", "--socket", str(sock))
+        assert r.returncode == 0 and "22 neighbour MACs on a wrong interface" in r.stdout, r.stdout
+        assert f"{mac_str(NB_C)} -> 12 on any interface" in r.stdout
+        metrics = subprocess.run(
+            ["ip", "netns", "exec", r_ns, sys.executable, "-c",
+             "import urllib.request;print(urllib.request.urlopen("
+             "'http://127.0.0.1:9479/metrics', timeout=30).read().decode())"],
+            capture_output=True, text=True, timeout=60).stdout
+        values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
+                  if line and not line.startswith("#")}
+        assert values["beat_neighbour_wrong_interface_total"] == 22
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=shutdown_bound_s() + 20.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read()
+    assert rc == 0, err
+    logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    unbound = [x for x in logs if x["msg"].startswith("neighbour without an interface")]
+    assert [(x["node_id"], x["mac"]) for x in unbound] == [(12, mac_str(NB_C))]
+    wrong = {}
+    for x in logs:
+        if "on an interface where that neighbour is not" in x["msg"]:
+            key = (x["mac"], x["interface"], x["direction"], x["neighbour"])
+            wrong[key] = wrong.get(key, 0) + x["frames"]
+    assert wrong == {(mac_str(NB_B), r_a, "ingress", 11): 15,
+                     (mac_str(NB_B), r_a, "egress", 11): 7}, wrong
+
+    r = beatd("dump", "--config", str(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in r.stdout.splitlines()][:-1]
+    by_tag = {}
+    for tag in range(1, 6):
+        by_tag[tag] = sorted({(x["prev_id"], x["next_id"]) for x in rows
+                              if x["ft"] == flow_tag(tag)})
+    assert by_tag == {1: [(10, NONE)], 2: [(0, NONE)], 3: [(12, NONE)], 4: [(11, NONE)],
+                      5: [(NONE, 0)]}, by_tag
+    assert len(rows) == 57

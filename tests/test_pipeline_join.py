@@ -778,9 +778,21 @@ def test_vlan_tags_stripped_by_the_capture_count_toward_two(impl, inband, stripp
         assert st[reason] == 1 and st["ip"] == 0
 
 
-def test_descriptor_flags_above_3_are_refused(impl):
-    f = bytes(60)
-    p = impl.Pipeline(1)
-    with pytest.raises(ValueError, match="descriptor 0: flags must be 0..3"):
-        p.feed(f, impl.pack_desc(1000, 0, 60, 60, 1, 0, 4))
-    assert p.take().stats["frames"] == 0
+def test_descriptor_flags_carry_the_vlan_count_and_the_interface_slot(impl):
+    """Byte 23 of a descriptor: bits 0-1 the VLAN tags the capture stripped, bits 2-7 the slot of
+    the interface the frame was captured on (docs/fastpath.md); every value is valid."""
+    import struct as _struct
+    from scapy.all import IP, UDP, Ether, raw
+    nb = bytes.fromhex("020000000005")
+    f = raw(Ether(src="02:00:00:00:00:05", dst="02:00:00:00:00:06") /
+            IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"payload")
+    p = impl.Pipeline(1, neighbours={nb: (7, (15,))})
+    for t, flags in ((1000, 15 << 2), (2000, 14 << 2), (3000, 15 << 2 | 3), (4000, 0), (5000, 255)):
+        p.feed(f, _struct.pack("<QIIIHBB", t, 0, len(f), len(f), 1, 1, flags))
+    p.flush()
+    out = p.take()
+    prevs = [_struct.unpack_from(">Q", out.records, i + 8)[0] for i in range(0, len(out.records), 48)]
+    # slot 15: neighbour 7; slot 14: not it; 3 VLAN tags stripped: vlan_depth; slot 0: unknown,
+    # the MAC names it; 255 = slot 63 with 3 tags: vlan_depth
+    assert prevs == [7, 0, 7]
+    assert out.stats["vlan_depth"] == 2 and out.stats["neighbour_wrong_interface"] == 1

@@ -407,3 +407,43 @@ def test_any_ring_keeps_only_the_named_interfaces(n, pair):
         got_veth = drain(only_veth, p2, 20)
         assert only_veth.kernel_stats()["packets"] == 20
     assert (got_all, got_veth) == (40, 20)
+
+
+MAC_C, MAC_R2 = "02:be:a7:00:00:0c", "02:be:a7:00:01:02"
+
+
+def test_each_frame_carries_the_slot_of_its_interface(n, lab):
+    """r has a link to a (r0) and one to c (r2); one "any" ring filtered to (r0, r2) numbers them
+    slots 1 and 2 and hands each frame over with its interface's slot, in both directions. A
+    pipeline that binds a's MAC to slot 1 names a by it there only: a's MAC coming in (or going
+    out) on r2 is from (or to) outside, 0, counted as neighbour_wrong_interface."""
+    a, c, r = lab.ns("a"), lab.ns("c"), lab.ns("r")
+    ia, ic, ir0, ir2 = (lab.tag + s for s in ("a0", "c0", "r0", "r2"))
+    lab.veth(a, ia, MAC_A, r, ir0, MAC_R0)
+    lab.veth(c, ic, MAC_C, r, ir2, MAC_R2)
+    with netns(r):
+        ring = n.Ring("any", block_timeout_ms=5, interfaces=(ir0, ir2))
+        one = n.Ring(ir2, block_timeout_ms=5)
+        every = n.Ring("any", block_timeout_ms=5)
+    assert ring.slots == {ir0: 1, ir2: 2} and one.slots == {ir2: 1} and every.slots == {}
+    A, C = 11, 12
+    pipe = n.Pipeline(3, neighbours={mac(MAC_A): (A, (1,)), mac(MAC_C): (C, (2,))},
+                      join_window_ns=10**9)
+    with ring, one, every, sender(a, ia) as sa, sender(c, ic) as sc_, sender(r, ir2) as sr:
+        send_all(sa, [udp_frame(MAC_R0, MAC_A, i, flow=1) for i in range(10)])     # a, on r0
+        send_all(sc_, [udp_frame(MAC_R2, MAC_A, i, flow=2) for i in range(6)])     # a's MAC on r2
+        send_all(sc_, [udp_frame(MAC_R2, MAC_C, i, flow=3) for i in range(5)])     # c, on r2
+        send_all(sr, [udp_frame(MAC_A, MAC_R2, i, flow=4) for i in range(4)])      # to a's MAC, r2
+        time.sleep(0.05)
+        assert drain(ring, pipe, 25) == 25
+        pipe.flush()
+        out = pipe.take()
+        wrong = pipe.take_wrong_interface()
+    flows = {}
+    for _, p, q, _, ft in records(out):
+        flows.setdefault(ft, set()).add((p, q))
+    ft = {k: n.pd_ft(udp_frame(MAC_B, MAC_A, 0, flow=k), 1)[2] for k in (1, 2, 3, 4)}
+    assert {k: flows.get(ft[k]) for k in ft} == {1: {(A, NONE)}, 2: {(0, NONE)}, 3: {(C, NONE)},
+                                                 4: {(NONE, 0)}}
+    assert out.stats["neighbour_wrong_interface"] == 10 and out.stats["unknown_mac"] == 0
+    assert wrong == [(mac(MAC_A), 2, 1, A, 6), (mac(MAC_A), 2, 2, A, 4)]

@@ -2,7 +2,9 @@
 
 Deterministic (seeded). Frames start from valid scapy-built packets in every link type and are
 mutated (byte flips, truncations, extensions, random ethertypes/linktypes/lengths) or replaced by
-random bytes; MACs are drawn from own/neighbour/unknown so ingress, egress and joins happen;
+random bytes; MACs are drawn from own/neighbour/unknown so ingress, egress and joins happen, and
+frames carry interface slots while neighbours are bound to some (a neighbour's MAC on another
+interface is recorded as from or to outside, counted as neighbour_wrong_interface);
 timestamps jitter, repeat, go back and jump over epochs and anchor periods. Small windows, epochs,
 segments and FIFOs make every path of the join / receipt / segment logic run. Every take() Output
 is compared field by field, then flush() and totals().
@@ -16,6 +18,7 @@ from scapy.all import ICMP, IP, TCP, UDP, IPOption_NOP, IPv6, IPv6ExtHdrFragment
     IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, Raw, fragment, raw
 
 import fastpath.pure as pure_mod
+from fastpath.output import WRONG_IF_MAX
 import spec_ref
 from spec_ref import NONE
 
@@ -182,7 +185,9 @@ def batches(rng, mod, stream, max_batch):
         for t, f, lt, d, wl in stream[i:i + n]:
             # VLAN tags a live capture stripped: a property of the frame, the same for both twins
             vl = (0, 0, 0, 0, 0, 1, 1, 2, 3)[(t + len(f)) % 9]
-            desc += mod.pack_desc(t, len(buf), len(f), wl, lt, d, vl)
+            # and the interface it was captured on (0: unknown), a property of the frame too
+            slot = (0, 1, 1, 2, 3, 63)[(t // 7 + len(f)) % 6]
+            desc += mod.pack_desc(t, len(buf), len(f), wl, lt, d, vl, slot)
             buf += f
             buf += rng.randbytes(rng.choice((0, 0, 1, 7)))
         kind = rng.randrange(3)
@@ -237,18 +242,31 @@ CONFIGS = [
 ]
 
 
+# Neighbours on every interface (an id) and bound to interface slots ((id, slots)); NB[3] is on none
+# of the captured interfaces: it matches only where the interface is unknown (slot 0).
+NEIGH = {NB[0]: 1, NB[1]: (2, (1,)), NB[2]: (3, [2, 3, 63]), NB[3]: (4, ())}
+
+
+def random_neighbours(rng):
+    """A new map (SIGHUP): each neighbour kept or not, on every interface or on some."""
+    return {m: (rng.randrange(1, 1 << 20) if rng.random() < 0.4 else
+                (rng.randrange(1, 1 << 20), tuple(rng.sample((1, 2, 3, 63), rng.randrange(4)))))
+            for m in NB if rng.random() < 0.6}
+
+
 def run_pair(mods, cfg, seed, max_batch=600, restart_at=None):
     n, h, params, t_start, resume = cfg
     rng = random.Random(seed)
     stream = gen_stream(rng, n, t_start)
-    neigh = {m: i + 1 for i, m in enumerate(NB[:4])}
+    neigh = NEIGH
     pipes = [m.Pipeline(hash_name=h, own_macs=tuple(OWN), neighbours=neigh, **params) for m in mods]
     if resume:
         for p in pipes:
             p.resume(**resume)
     seen = {"records": 0, "segments": 0, "receipts": 0, "joined": 0, "join_overflow": 0,
             "receipt_late": 0, "egress_only": 0, "ingress_only": 0, "unknown_mac": 0,
-            "receipt_overflow": 0}
+            "neighbour_wrong_interface": 0, "receipt_overflow": 0}
+    wrong_listed = 0
     brng = random.Random(seed + 1)
     frames_before_restart = 0
     for k, (buf, desc) in enumerate(batches(brng, mods[0], stream, max_batch)):
@@ -274,13 +292,17 @@ def run_pair(mods, cfg, seed, max_batch=600, restart_at=None):
             for p in pipes:
                 p.close_segment()
         elif a < 0.05:
-            new = {m: brng.randrange(1, 1 << 20) for m in NB if brng.random() < 0.6}
+            new = random_neighbours(brng)
             for p in pipes:
                 p.set_neighbours(new)
         if brng.random() < 0.8:
             outs = [p.take() for p in pipes]
             for o in outs[1:]:
                 diff(outs[0], o, f"seed {seed} batch {k}")
+            wrong = [p.take_wrong_interface() for p in pipes]
+            assert all(w == wrong[0] for w in wrong[1:]), \
+                f"seed {seed} batch {k}: take_wrong_interface differs: {wrong}"
+            wrong_listed += sum(x[4] for x in wrong[0])
             for s in seen:
                 seen[s] += outs[0].stats[s]
     for p in pipes:
@@ -293,6 +315,7 @@ def run_pair(mods, cfg, seed, max_batch=600, restart_at=None):
     totals = [p.totals() for p in pipes]
     assert all(t == totals[0] for t in totals[1:])
     assert totals[0]["frames"] + frames_before_restart == n
+    assert wrong_listed > 0, "no wrong-interface frame was listed for the log"
     return seen, totals[0]
 
 
@@ -305,7 +328,8 @@ def test_twins_random_frames(native):
                                 restart_at=None if i == 1 else 60)
         total += cfg[0]             # run_pair checked that every frame was counted
         # the stream exercises what it is meant to
-        for s in ("records", "segments", "receipts", "joined", "unknown_mac"):
+        for s in ("records", "segments", "receipts", "joined", "unknown_mac",
+                  "neighbour_wrong_interface"):
             assert seen[s] > 0, (i, s)
         if cfg[2]["max_pending"] <= 64:
             assert seen["join_overflow"] > 0
@@ -389,7 +413,10 @@ def test_no_second_receipt_for_a_closed_epoch(impl):
 class Model:
     def __init__(self, node_id, hash_name, own_macs, neighbours, join_window_ns, receipt_epoch_ns,
                  segment_records, anchor_period_ns, max_pending, max_receipts_per_epoch=1024):
-        self.node, self.h, self.own, self.nb = node_id, hash_name, set(own_macs), dict(neighbours)
+        self.node, self.h, self.own = node_id, hash_name, set(own_macs)
+        # {mac: (id, slots)}: slots None = every interface
+        self.nb = {m: (v, None) if isinstance(v, int) else (v[0], set(v[1]))
+                   for m, v in neighbours.items()}
         self.W, self.E, self.SR, self.A, self.MP = (join_window_ns, receipt_epoch_ns,
                                                     segment_records, anchor_period_ns, max_pending)
         self.RC_MAX = max_receipts_per_epoch
@@ -405,24 +432,33 @@ class Model:
     def H(self, data):
         return spec_ref.H(self.h, data)
 
-    def frame(self, t, ip, kind, src_mac, dst_mac, pkttype, arphrd, d):
+    def neighbour(self, mac, slot):
+        """docs/fastpath.md "Neighbour ids": the id of the neighbour with this MAC when it is at
+        the frame's interface (slot 0: unknown, anywhere), else 0 (counted)."""
+        if mac not in self.nb:
+            self.stats["unknown_mac"] += 1
+            return 0
+        nid, slots = self.nb[mac]
+        if slots is None or slot == 0 or slot in slots:
+            return nid
+        self.stats["neighbour_wrong_interface"] += 1
+        return 0
+
+    def frame(self, t, ip, kind, src_mac, dst_mac, pkttype, arphrd, d, slot):
         st = self.stats
         self.clock = max(self.clock, t)
         st["frames"] += 1
         st["ip"] += 1
         if kind == "eth":
             egress = d == 2 or (d == 0 and src_mac in self.own)
-            mac = dst_mac if egress else src_mac
-            nid = self.nb.get(mac, 0)
-            st["unknown_mac"] += mac not in self.nb
+            nid = self.neighbour(dst_mac if egress else src_mac, slot)
         elif kind == "sll":
             egress = d == 2 or (d == 0 and pkttype == 4)
             if egress or arphrd != 1:
                 nid = 0
                 st["unknown_mac"] += 1
             else:
-                nid = self.nb.get(src_mac, 0)
-                st["unknown_mac"] += src_mac not in self.nb
+                nid = self.neighbour(src_mac, slot)
         else:                                   # raw: no MACs
             egress, nid = d == 2, 0
         pd, ft = spec_ref.pd_ft(ip, self.h)
@@ -540,14 +576,16 @@ class Model:
 
 STATS = ("frames", "ip", "non_ip", "unsupported_linktype", "runt", "truncated", "bad_version",
          "bad_ihl", "bad_length", "vlan_depth", "ingress", "egress", "joined", "ingress_only",
-         "egress_only", "unknown_mac", "join_overflow", "receipt_late", "records", "segments",
-         "receipts", "receipt_overflow")
+         "egress_only", "unknown_mac", "neighbour_wrong_interface", "join_overflow", "receipt_late",
+         "records", "segments", "receipts", "receipt_overflow")
 OVERFLOW_SD = bytes(32)
 
 
 def model_events(rng, n, t_start, q=1):
-    """[(t, ip, kind, src_mac, dst_mac, pkttype, arphrd, dir)], with forwarded copies for joins.
-    Times are multiples of q (q > 1 makes ties with the window and epoch bounds frequent)."""
+    """[(t, ip, kind, src_mac, dst_mac, pkttype, arphrd, dir, slot)], with forwarded copies for
+    joins. Times are multiples of q (q > 1 makes ties with the window and epoch bounds frequent);
+    slot is the capture interface (0: unknown)."""
+    slot = lambda: rng.choice((0, 1, 1, 2, 3))          # noqa: E731
     out, t = [], t_start
     while len(out) < n:
         s = rng.random()
@@ -559,21 +597,21 @@ def model_events(rng, n, t_start, q=1):
         d = 0 if rng.random() < 0.9 else rng.choice((1, 2))
         k = rng.random()
         if k < 0.6:
-            out.append((t, ip, "eth", mac(rng), rng.choice(OWN), 0, 1, d))
+            out.append((t, ip, "eth", mac(rng), rng.choice(OWN), 0, 1, d, slot()))
             for _ in range(rng.choice((0, 1, 1, 1, 2))):      # 0, 1 or 2 copies sent on
                 te = max(0, t + rng.randrange(-5_000, 80_000))
                 out.append((te - te % q, forwarded(ip), "eth",
-                            rng.choice(OWN), mac(rng), 0, 1, 0))
+                            rng.choice(OWN), mac(rng), 0, 1, 0, slot()))
         elif k < 0.85:
             out.append((t, ip, "sll", mac(rng), None, rng.choice((0, 4, 1)),
-                        1 if rng.random() < 0.85 else 772, d))
+                        1 if rng.random() < 0.85 else 772, d, slot()))
         else:
-            out.append((t, ip, "raw", None, None, 0, 1, d))
+            out.append((t, ip, "raw", None, None, 0, 1, d, slot()))
     return out[:n]
 
 
 def model_frame(ev):
-    t, ip, kind, src, dst, pkttype, arphrd, d = ev
+    t, ip, kind, src, dst, pkttype, arphrd, d, _slot = ev
     if kind == "eth":
         return spec_ref.link_ether(ip, dst=dst, src=src)
     if kind == "sll":
@@ -601,7 +639,8 @@ def test_pipeline_against_doc_model(impl, cfg):
     h, params, t_start = MODEL_CONFIGS[cfg]
     rng = random.Random(99 + cfg)
     events = model_events(rng, 8000, t_start, q=10_000 if cfg == 2 else 1)
-    neigh = {m: i + 1 for i, m in enumerate(NB[:3])}
+    # on every interface, on slot 1 only, on slots 2 and 3
+    neigh = {NB[0]: 1, NB[1]: (2, (1,)), NB[2]: (3, (2, 3))}
     model = Model(hash_name=h, own_macs=OWN, neighbours=neigh, **params)
     p = impl.Pipeline(hash_name=h, own_macs=tuple(OWN), neighbours=neigh, **params)
     i, k = 0, 0
@@ -610,7 +649,7 @@ def test_pipeline_against_doc_model(impl, cfg):
         buf, desc = b"", b""
         for ev in events[i:i + n]:
             f, lt = model_frame(ev)
-            desc += impl.pack_desc(ev[0], len(buf), len(f), len(f), lt, ev[7])
+            desc += impl.pack_desc(ev[0], len(buf), len(f), len(f), lt, ev[7], 0, ev[8])
             buf += f
             model.frame(*ev)
         p.feed(buf, desc)
@@ -625,7 +664,8 @@ def test_pipeline_against_doc_model(impl, cfg):
     exp = model.take()
     _check_model(p.take(), exp, "flush")
     st = model.stats
-    for s in ("joined", "receipts", "segments", "egress_only", "ingress_only", "unknown_mac") + \
+    for s in ("joined", "receipts", "segments", "egress_only", "ingress_only", "unknown_mac",
+              "neighbour_wrong_interface") + \
             (("join_overflow", "receipt_late") if cfg != 1 else ()) + \
             (("receipt_overflow",) if "max_receipts_per_epoch" in params else ()):
         assert st[s] > 0, s
@@ -681,3 +721,131 @@ def test_window_bounds(impl):
     outs = run([(10_000, i_frame), (11_000, arp), (11_001, arp)])   # release on the clock
     assert outs[1].records == b"" and outs[1].stats["non_ip"] == 1
     assert outs[2].records == struct.pack(">QQQ", 10_000, 1, NONE) + pd + ft
+
+
+# --- a neighbour's MAC names it only on its own interface (docs/fastpath.md "Neighbour ids") -----
+
+def _binding_run(impl, neighbours, hops, window=1000):
+    """Each hop ``(src, in_slot, dst, out_slot)`` is one packet: its ingress frame from ``src``
+    captured on ``in_slot`` and, 100 ns later, its egress frame to ``dst`` on ``out_slot``, the
+    directions a live ring gives (1, 2). Returns (records [(prev, next)], stats, the list for the
+    log)."""
+    p = impl.Pipeline(5, own_macs=(OWN[0],), neighbours=neighbours, join_window_ns=window)
+    buf, desc = b"", b""
+    for k, (src, in_slot, dst, out_slot) in enumerate(hops):
+        ip = raw(IP(src="10.0.0.1", dst="10.1.0.1", id=k) / UDP() / Raw(b"b" * 10))
+        t = 1_000_000 + k * 10 * window
+        for f, d, slot, tt in ((spec_ref.link_ether(ip, dst=OWN[0], src=src)[0], 1, in_slot, t),
+                               (spec_ref.link_ether(forwarded(ip), dst=dst, src=OWN[0])[0], 2,
+                                out_slot, t + 100)):
+            desc += impl.pack_desc(tt, len(buf), len(f), len(f), 1, d, 0, slot)
+            buf += f
+    p.feed(buf, desc)
+    p.flush()
+    out = p.take()
+    recs = [struct.unpack_from(">QQQ", out.records, i)[1:] for i in range(0, len(out.records), 48)]
+    return recs, out.stats, p.take_wrong_interface()
+
+
+def test_a_neighbour_mac_names_the_neighbour_only_on_its_interface(impl):
+    """Neighbour 1 is on the interface of slot 1, neighbour 2 on slots 2 and 3, neighbour 3 on
+    every interface. A frame carrying a bound neighbour's MAC on another interface is not from (or
+    to) that neighbour: recorded as outside (0), counted as neighbour_wrong_interface (not as
+    unknown_mac) and listed with the MAC, slot, direction and neighbour for the log. Where the
+    interface is unknown (slot 0: a replayed capture) the MAC names the neighbour as before."""
+    A, B, ANYWHERE, STRANGER = NB[0], NB[1], NB[2], bytes.fromhex("0e0000000099")
+    neighbours = {A: (1, (1,)), B: (2, [2, 3]), ANYWHERE: 3}
+    recs, st, wrong = _binding_run(impl, neighbours, [
+        (A, 1, B, 2),                   # both on their own interfaces
+        (A, 2, B, 3),                   # A's MAC on B's interface: from outside
+        (A, 0, B, 1),                   # interface unknown: A; B's MAC on A's link: to outside
+        (B, 3, ANYWHERE, 1),            # B on its second interface; the unbound one anywhere
+        (ANYWHERE, 63, A, 1),
+        (STRANGER, 1, STRANGER, 2),     # no neighbour's MAC: outside, unknown_mac
+        (A, 2, A, 3),                   # A's MAC again on slot 2 (same log entry), and egress
+    ])
+    assert recs == [(1, 2), (0, 2), (1, 0), (2, 3), (3, 1), (0, 0), (0, 0)]
+    assert st["neighbour_wrong_interface"] == 4 and st["unknown_mac"] == 2
+    assert st["joined"] == 7 and st["records"] == 7
+    assert wrong == [(A, 2, 1, 1, 2), (B, 1, 2, 2, 1), (A, 3, 2, 1, 1)]
+
+
+def test_without_bindings_or_interface_the_mac_alone_names_the_neighbour(impl):
+    """Today's behaviour is kept where nothing tells the interface: a neighbour given as an id
+    alone matches on every slot, and every neighbour matches a frame of slot 0."""
+    A, B = NB[0], NB[1]
+    recs, st, wrong = _binding_run(impl, {A: 1, B: (2, (2,))},
+                                   [(A, 1, B, 0), (A, 7, B, 0), (B, 0, A, 63)])
+    assert recs == [(1, 2), (1, 2), (2, 1)]
+    assert st["neighbour_wrong_interface"] == 0 and wrong == []
+
+
+def test_a_neighbour_on_none_of_the_captured_interfaces_names_nothing_captured(impl):
+    """``(id, ())``: a neighbour the kernel knows on an interface that is not captured; frames
+    with its MAC on any captured interface are not from it."""
+    A = NB[0]
+    recs, st, wrong = _binding_run(impl, {A: (1, ())}, [(A, 1, A, 2), (A, 0, A, 0)])
+    assert recs == [(0, 0), (1, 1)]
+    assert st["neighbour_wrong_interface"] == 2
+    assert wrong == [(A, 1, 1, 1, 1), (A, 2, 2, 1, 1)]
+
+
+def test_the_log_list_keeps_the_first_distinct_ones_and_the_stats_count_all(impl):
+    A = NB[0]
+    hops = [(A, s, OWN[1], 1) for s in range(2, 22)] + [(A, 2, OWN[1], 1)]
+    recs, st, wrong = _binding_run(impl, {A: (1, (1,))}, hops)
+    assert st["neighbour_wrong_interface"] == 21
+    assert wrong == [(A, 2, 1, 1, 2)] + [(A, s, 1, 1, 1) for s in range(3, 18)]
+    assert len(wrong) == 16 == WRONG_IF_MAX
+
+
+def test_set_neighbours_rebinds(impl):
+    """SIGHUP: the new bindings apply to the frames after it; the list for the log is drained by
+    each take_wrong_interface()."""
+    A = NB[0]
+    p = impl.Pipeline(5, neighbours={A: (1, (1,))})
+    ip = raw(IP(src="10.0.0.1", dst="10.1.0.1") / UDP())
+    f = spec_ref.link_ether(ip, dst=OWN[0], src=A)[0]
+    p.feed(f, impl.pack_desc(1000, 0, len(f), len(f), 1, 1, 0, 2))
+    assert p.take_wrong_interface() == [(A, 2, 1, 1, 1)] and p.take_wrong_interface() == []
+    p.set_neighbours({A: (1, (1, 2))})
+    p.feed(f, impl.pack_desc(2000, 0, len(f), len(f), 1, 1, 0, 2))
+    p.flush()
+    out = p.take()
+    assert [struct.unpack_from(">QQ", out.records, i)[1] for i in (0, 48)] == [0, 1]
+    assert p.totals()["neighbour_wrong_interface"] == 1 and p.take_wrong_interface() == []
+
+
+@pytest.mark.parametrize("value, match", [
+    ((1, (0,)), r"neighbours\[02:00:00:00:00:01\]: interface slot must be an integer in 1..63, "
+                r"got 0"),
+    ((1, (64,)), r"interface slot must be an integer in 1..63, got 64"),
+    ((1, ("eth0",)), r"interface slot must be an integer in 1..63, got 'eth0'"),
+    ((1, (True,)), r"interface slot must be an integer in 1..63, got True"),
+    ((1, 5), r"neighbours\[02:00:00:00:00:01\]: slots must be an iterable of interface slots"),
+    ((1, "eth0"), r"slots must be an iterable of interface slots \(1..63\), got 'eth0'"),
+    ((1, (2,), 3), r"neighbours\[02:00:00:00:00:01\] must be node_id or \(node_id, slots\)"),
+    ((0, (1,)), r"1..2\^64-2"),
+])
+def test_neighbour_bindings_are_checked(impl, value, match):
+    with pytest.raises(ValueError, match=match):
+        impl.Pipeline(1, neighbours={NB[0]: value})
+    p = impl.Pipeline(1)
+    with pytest.raises(ValueError, match=match):
+        p.set_neighbours({NB[0]: value})
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(slot=64), "slot must be an integer in 0..63, got 64"),
+    (dict(slot=-1), "slot must be an integer in 0..63, got -1"),
+    (dict(vlan_stripped=4), "vlan_stripped must be an integer in 0..3, got 4"),
+])
+def test_pack_desc_checks_the_flags(impl, kw, match):
+    with pytest.raises(ValueError, match=match):
+        impl.pack_desc(1, 0, 60, 60, 1, 1, **kw)
+
+
+def test_the_flags_byte_holds_the_vlan_count_and_the_slot(impl):
+    """docs/fastpath.md "Frames in": flags = vlan_stripped | slot << 2, byte 23 of the descriptor."""
+    assert impl.pack_desc(1, 2, 3, 4, 1, 2, 3, 63)[22:] == bytes((2, 0xFF))
+    assert impl.pack_desc(1, 2, 3, 4, 1, 1, 1, 5)[23] == 0b010101

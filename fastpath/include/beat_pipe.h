@@ -14,6 +14,13 @@
 #define BEAT_OPEN_RECEIPT_SIZE 57
 #define BEAT_COUNTER_SIZE 48
 #define BEAT_MAX_OWN 64
+/* The descriptor's flags byte: bits 0-1 the VLAN tags the capture stripped, bits 2-7 the capture
+ * interface's slot (1..63; 0 = unknown, e.g. a replayed pcap). */
+#define BEAT_FLAGS_VLAN_MASK 3u
+#define BEAT_FLAGS_SLOT_SHIFT 2
+#define BEAT_MAX_SLOT 63
+#define BEAT_SLOTS_ANY 0xFFFFFFFFFFFFFFFFULL /* a neighbour matched on every interface */
+#define BEAT_WRONG_IF_MAX 16 /* distinct (MAC, slot, dir) kept between two take_wrong_interface */
 
 typedef struct beat_pipe beat_pipe;
 
@@ -25,7 +32,17 @@ typedef struct {
     uint16_t linktype;
     uint8_t dir;
     uint8_t vlan_stripped; /* VLAN tags the capture removed (TP_STATUS_VLAN_VALID): 0 or 1 */
+    uint8_t slot;          /* the capture interface's slot, 1..63; 0 unknown (docs/fastpath.md) */
 } beat_frame;
+
+/* A frame whose neighbour MAC was on an interface where that neighbour is not (recorded as from or
+ * to outside, 0): what the daemon logs. */
+typedef struct {
+    uint64_t frames;
+    uint64_t node_id;   /* the neighbour whose MAC it carried */
+    uint8_t mac[6];
+    uint8_t slot, dir;  /* dir 1 ingress (source MAC), 2 egress (destination MAC) */
+} beat_wrong_if;
 
 typedef struct {
     uint8_t *d;
@@ -44,10 +61,13 @@ void beat_pipe_free(beat_pipe *p);
 void beat_pipe_lock(beat_pipe *p);
 void beat_pipe_unlock(beat_pipe *p);
 int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n);           /* n * 6 bytes */
-int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *ids, int n);
+/* slots[j]: bit s set when neighbour j is at the interface of slot s (bit 0, unknown interface,
+ * always counts as set); BEAT_SLOTS_ANY for a neighbour matched on every interface. */
+int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *ids,
+                             const uint64_t *slots, int n);
 
 /* Returns -1 when every descriptor fits in the buffer and has a valid dir (0, 1, 2), else the index
- * of the first that does not. Call before feed_desc. */
+ * of the first that does not (every flags byte is valid). Call before feed_desc. */
 long beat_pipe_check_desc(const uint8_t *desc, size_t n, size_t buflen);
 /* 0, or -1 when memory ran out (the batch is then partly processed). */
 int beat_pipe_feed_desc(beat_pipe *p, const uint8_t *buf, const uint8_t *desc, size_t n);
@@ -72,6 +92,10 @@ int beat_pipe_open_receipts(beat_pipe *p, beat_buf *out);
 const uint8_t *beat_pipe_open_records(beat_pipe *p, size_t *n, uint64_t *seg_seq);
 const uint64_t *beat_pipe_stats(beat_pipe *p);       /* deltas, ST_COUNT long */
 const uint64_t *beat_pipe_totals(beat_pipe *p);
+/* The wrong-interface frames since the previous call, by (MAC, slot, dir) in first-seen order (at
+ * most BEAT_WRONG_IF_MAX distinct; later ones are only counted in the stats): copies up to max
+ * into out, returns how many, and forgets them. */
+size_t beat_pipe_take_wrong_interface(beat_pipe *p, beat_wrong_if *out, size_t max);
 uint64_t beat_pipe_closed_before(beat_pipe *p);
 void beat_pipe_reset_outputs(beat_pipe *p);
 

@@ -13,7 +13,7 @@
 #define BEAT_RING_MAX_BYTES (1ULL << 30)   /* total ring memory: block_size * block_count */
 #define BEAT_RING_BATCH 256                /* frames handed to the pipeline per lock */
 #define BEAT_RING_ERRLEN 256
-#define BEAT_RING_MAX_IFACES 64            /* interface filter of an "any" ring */
+#define BEAT_RING_MAX_IFACES BEAT_MAX_SLOT /* interface filter of an "any" ring: one slot each */
 
 enum { BEAT_FANOUT_NONE = -1 };
 
@@ -35,6 +35,11 @@ typedef struct {
     int fd;
     int ifindex;
     char ifname[IF_NAMESIZE];
+    /* Each frame is handed over with the slot of the interface it was captured on: slot k + 1 is
+     * slot_ifindex[k] (the filter's interfaces in their order, or the one interface of a ring bound
+     * to it); an "any" ring without a filter hands over slot 0 (unknown). */
+    int slot_ifindex[BEAT_RING_MAX_IFACES];
+    int n_slots;
     uint8_t *map;
     size_t map_len;
     beat_ring_geom g;
@@ -54,7 +59,7 @@ int beat_ring_open(beat_ring *r, const char *ifname, const beat_ring_geom *g, in
 
 /* Same, keeping only the frames of the n_if interfaces ifnames (n_if 0: no filter). The filter is
  * a classic BPF program on the frame's ifindex, attached before bind: other interfaces' frames
- * never enter the ring and count in no kernel statistic. */
+ * never enter the ring and count in no kernel statistic. ifnames[k] is slot k + 1. */
 int beat_ring_open_filtered(beat_ring *r, const char *ifname, const beat_ring_geom *g,
                             int fanout_group, int fanout_mode, const char *const *ifnames,
                             int n_if);

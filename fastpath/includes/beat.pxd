@@ -50,9 +50,16 @@ cdef extern from "beat_pipe.h" nogil:
         uint16_t linktype
         uint8_t dir
         uint8_t vlan_stripped
+        uint8_t slot
+    ctypedef struct beat_wrong_if:
+        uint64_t frames
+        uint64_t node_id
+        uint8_t mac[6]
+        uint8_t slot, dir
     enum:
         ST_COUNT
         BEAT_MAX_OWN
+        BEAT_WRONG_IF_MAX
     beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
                              uint64_t receipt_epoch_ns, uint32_t segment_records,
                              uint64_t anchor_period_ns, uint32_t max_pending,
@@ -61,7 +68,8 @@ cdef extern from "beat_pipe.h" nogil:
     void beat_pipe_lock(beat_pipe *p)
     void beat_pipe_unlock(beat_pipe *p)
     int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n)
-    int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *ids, int n)
+    int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *ids,
+                                 const uint64_t *slots, int n)
     long beat_pipe_check_desc(const uint8_t *desc, size_t n, size_t buflen)
     int beat_pipe_feed_desc(beat_pipe *p, const uint8_t *buf, const uint8_t *desc, size_t n)
     int beat_pipe_feed_frames(beat_pipe *p, const beat_frame *frames, size_t n)
@@ -79,6 +87,7 @@ cdef extern from "beat_pipe.h" nogil:
     const uint8_t *beat_pipe_open_records(beat_pipe *p, size_t *n, uint64_t *seg_seq)
     const uint64_t *beat_pipe_stats(beat_pipe *p)
     const uint64_t *beat_pipe_totals(beat_pipe *p)
+    size_t beat_pipe_take_wrong_interface(beat_pipe *p, beat_wrong_if *out, size_t max)
     uint64_t beat_pipe_closed_before(beat_pipe *p)
     void beat_pipe_reset_outputs(beat_pipe *p)
     void beat_fp_many(int alg, uint64_t node_id, const uint8_t *records, size_t n, uint8_t *out)

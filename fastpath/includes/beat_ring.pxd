@@ -25,6 +25,7 @@ cdef extern from "beat_ring.h" nogil:
     ctypedef struct beat_ring:
         int fd
         int ifindex
+        int n_slots
         beat_ring_geom g
         beat_ring_counters c
         beat_ring_kstats k

@@ -50,6 +50,7 @@ typedef struct {
 
 typedef struct {
     uint64_t key, id;  /* key = mac_key | 1 << 63 when used */
+    uint64_t slots;    /* bit s: the neighbour is at the interface of slot s (bit 0 always set) */
 } nb_slot;
 
 typedef struct {
@@ -81,6 +82,8 @@ struct beat_pipe {
     beat_macset ownset;
     nb_slot *nb;
     uint32_t nb_mask;
+    beat_wrong_if wrong[BEAT_WRONG_IF_MAX];   /* since the last take_wrong_interface */
+    uint32_t n_wrong;
     entry *fifo;
     uint64_t head, tail;
     pd_slot *pdt;
@@ -177,22 +180,56 @@ static uint32_t pow2_at_least(uint64_t n)
 
 /* ---- neighbours ------------------------------------------------------------------------- */
 
-static uint64_t nb_lookup(const beat_pipe *p, const uint8_t *mac, int *found)
+enum { NB_UNKNOWN, NB_FOUND, NB_ELSEWHERE };
+
+/* The neighbour of `mac` seen on the interface of `slot`: NB_FOUND (its id in *id), NB_UNKNOWN (no
+ * neighbour has this MAC) or NB_ELSEWHERE (a neighbour's MAC on an interface where that neighbour
+ * is not: not from it; its id in *id for the log). Slot 0 (interface unknown) matches anywhere. */
+static int nb_lookup(const beat_pipe *p, const uint8_t *mac, uint8_t slot, uint64_t *id)
 {
     uint64_t key = mac_key(mac) | (1ULL << 63);
     for (uint32_t i = (uint32_t)mix64(key) & p->nb_mask;; i = (i + 1) & p->nb_mask) {
         if (p->nb[i].key == key) {
-            *found = 1;
-            return p->nb[i].id;
+            *id = p->nb[i].id;
+            return (p->nb[i].slots >> slot) & 1 ? NB_FOUND : NB_ELSEWHERE;
         }
-        if (p->nb[i].key == 0) {
-            *found = 0;
-            return 0;
-        }
+        if (p->nb[i].key == 0)
+            return NB_UNKNOWN;
     }
 }
 
-int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *ids, int n)
+/* Kept for the daemon's log: the first BEAT_WRONG_IF_MAX distinct (MAC, slot, dir) since the last
+ * take_wrong_interface, with their frame counts. Runs only for such frames. */
+static void note_wrong_interface(beat_pipe *p, const uint8_t *mac, uint8_t slot, uint8_t dir,
+                                 uint64_t id)
+{
+    for (uint32_t i = 0; i < p->n_wrong; i++) {
+        beat_wrong_if *w = &p->wrong[i];
+        if (w->slot == slot && w->dir == dir && memcmp(w->mac, mac, 6) == 0) {
+            w->frames++;
+            return;
+        }
+    }
+    if (p->n_wrong == BEAT_WRONG_IF_MAX)
+        return;
+    beat_wrong_if *w = &p->wrong[p->n_wrong++];
+    memcpy(w->mac, mac, 6);
+    w->slot = slot;
+    w->dir = dir;
+    w->node_id = id;
+    w->frames = 1;
+}
+
+size_t beat_pipe_take_wrong_interface(beat_pipe *p, beat_wrong_if *out, size_t max)
+{
+    size_t n = p->n_wrong < max ? p->n_wrong : max;
+    memcpy(out, p->wrong, n * sizeof *out);
+    p->n_wrong = 0;
+    return n;
+}
+
+int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *ids,
+                             const uint64_t *slots, int n)
 {
     uint32_t cap = pow2_at_least((uint64_t)n * 2 + 1);
     nb_slot *nb = calloc(cap, sizeof(nb_slot));
@@ -205,6 +242,7 @@ int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *
             i = (i + 1) & (cap - 1);
         nb[i].key = key;
         nb[i].id = ids[j];
+        nb[i].slots = slots[j] | 1u;   /* an unknown interface (replay) matches as before */
     }
     free(p->nb);
     p->nb = nb;
@@ -777,14 +815,18 @@ static entry *append(beat_pipe *p)
     return &p->fifo[p->tail++ & p->fifo_mask];
 }
 
-static int observe(beat_pipe *p, beat_obs *o, uint64_t t)
+static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot)
 {
     uint64_t id = 0;
     if (o->mac_state == BEAT_MAC_PRESENT) {
-        int found;
-        id = nb_lookup(p, o->mac, &found);
-        if (!found)
+        int found = nb_lookup(p, o->mac, slot, &id);
+        if (found == NB_UNKNOWN) {
             count(p, ST_UNKNOWN_MAC);
+        } else if (found == NB_ELSEWHERE) {   /* from (or to) somewhere we cannot name */
+            count(p, ST_NEIGHBOUR_WRONG_INTERFACE);
+            note_wrong_interface(p, o->mac, slot, o->dir, id);
+            id = 0;
+        }
     } else if (o->mac_state == BEAT_MAC_MISSING) {
         count(p, ST_UNKNOWN_MAC);
     }
@@ -933,7 +975,7 @@ static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
             count(p, obs[i].reason);
         } else {
             count(p, ST_IP);
-            if (release_ready(p) || observe(p, &obs[i], t))
+            if (release_ready(p) || observe(p, &obs[i], t, fr[i].slot))
                 return -1;
         }
         if (release_ready(p) || close_epochs(p))
@@ -958,7 +1000,7 @@ long beat_pipe_check_desc(const uint8_t *desc, size_t n, size_t buflen)
     for (size_t i = 0; i < n; i++) {
         const uint8_t *d = desc + i * BEAT_DESC_SIZE;
         uint64_t end = (uint64_t)rd32le(d + 8) + rd32le(d + 12);
-        if (end > buflen || d[22] > 2 || d[23] > 3)
+        if (end > buflen || d[22] > 2)
             return (long)i;
     }
     return -1;
@@ -976,7 +1018,8 @@ int beat_pipe_feed_desc(beat_pipe *p, const uint8_t *buf, const uint8_t *desc, s
             fr[j].caplen = rd32le(d + 12);
             fr[j].linktype = (uint16_t)(d[20] | (d[21] << 8));
             fr[j].dir = d[22];
-            fr[j].vlan_stripped = d[23];
+            fr[j].vlan_stripped = d[23] & BEAT_FLAGS_VLAN_MASK;
+            fr[j].slot = (uint8_t)(d[23] >> BEAT_FLAGS_SLOT_SHIFT);
         }
         if (run_chunk(p, fr, m)) {
             p->oom = 1;
@@ -1245,7 +1288,7 @@ beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
     p->rcn = calloc(p->rcn_mask + 1, sizeof(rcn_slot));
     p->seg_buf = malloc((size_t)segment_records * BEAT_RECORD_SIZE);
     if (!p->fifo || !p->pdt || !p->ftc || !p->ctr || !p->rc || !p->rcn || !p->seg_buf ||
-        beat_pipe_set_neighbours(p, NULL, NULL, 0)) {
+        beat_pipe_set_neighbours(p, NULL, NULL, NULL, 0)) {
         beat_pipe_free(p);
         return NULL;
     }
