@@ -263,7 +263,8 @@ def plan(topology=None, name=None, secrets=None):
         for l in links:
             peer = topo.node(l.peer(r.name))
             if peer.kind == "router":
-                neigh.append(f"{peer.node_id}={mac(peer.name, l)}@{l.addr(peer.name)}")
+                neigh.append(f"{peer.node_id}={mac(peer.name, l)}@{l.addr(peer.name)}"
+                             f"%{ifname(r.name, l)}")
         routes = []
         for pfx, nxt in route_plan[r.name].items():
             l = topo.link_between(r.name, nxt)

@@ -146,8 +146,11 @@ def test_router_from_the_project_environment(tmp_path, paper):
     assert cfg.interfaces == ("eth0", "eth1", "eth2")           # not the management eth3
     assert [beatd_config.format_mac(m) for m in cfg.own_macs] == [
         "02:be:00:02:00:00", "02:be:00:02:00:01", "02:be:00:02:00:02"]
-    neigh = {n.node_id: (beatd_config.format_mac(n.mac), n.ip) for n in cfg.neighbours}
-    assert neigh == {2: ("02:be:00:03:00:00", "10.77.2.2"), 4: ("02:be:00:05:00:00", "10.77.5.2")}
+    neigh = {n.node_id: (beatd_config.format_mac(n.mac), n.ip, n.interface)
+             for n in cfg.neighbours}
+    # each neighbour's MAC names it on r1's interface on their link only
+    assert neigh == {2: ("02:be:00:03:00:00", "10.77.2.2", "eth1"),
+                     4: ("02:be:00:05:00:00", "10.77.5.2", "eth2")}
     assert cfg.store_path == box.store
     assert cfg.ledger_backend == "ethereum"
     assert cfg.ledger_url == "http://10.199.0.1:8545"
@@ -210,6 +213,8 @@ def test_gns3_max_ethernet_and_a_missing_interface(tmp_path, paper):
 @pytest.mark.parametrize("var,value,message", [
     ("BEAT_NEIGHBOURS", "2=zz:00:00:00:00:00@10.77.2.2", "BEAT_NEIGHBOURS: 'zz:00:00:00:00:00' is "
                                                          "not a MAC address"),
+    ("BEAT_NEIGHBOURS", "2=02:be:00:03:00:00@10.77.2.2%wlan0",
+     "BEAT_NEIGHBOURS: 'wlan0' is not an interface name eth0..eth99"),
     ("BEAT_NODE_ID", "", "BEAT_NODE_ID: missing"),
     ("BEAT_LEDGER", "ethereum:http://x", "BEAT_LEDGER: 'ethereum:http://x' is not none"),
     ("BEAT_ROUTES", "10.77.3.0/24", "BEAT_ROUTES: '10.77.3.0/24' is not PREFIX=GATEWAY"),

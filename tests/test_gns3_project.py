@@ -77,7 +77,10 @@ def test_plan_links_adapters_macs_and_neighbours_agree(plan):
             if env["BEAT_ROLE"] == "router" and plan.node(peer).kind == "router":
                 nid = plan.node(peer).env["BEAT_NODE_ID"]
                 neigh = dict(_env(env["BEAT_NEIGHBOURS"]))
-                assert neigh[nid] == f"{mac_of(peer, pa)}@{ipaddress.IPv4Interface(peer_addr).ip}"
+                # the neighbour's MAC @ IP % this router's own interface on that link: its MAC
+                # names it there only
+                assert neigh[nid] == (f"{mac_of(peer, pa)}@{ipaddress.IPv4Interface(peer_addr).ip}"
+                                      f"%eth{ma}")
     # management: router's last adapter <-> governance adapter i, same /24
     gov = dict(_env(plan.node("gov").env["BEAT_MGMT_IFACES"]))
     for link in plan.links:

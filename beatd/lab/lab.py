@@ -497,9 +497,9 @@ class Lab:
         if "interfaces" in known:
             ifs = [ifname for ifname, *_ in self.net.interfaces(router)]
             lines.append("interfaces = [" + ", ".join(_toml_str(i) for i in ifs) + "]")
-        for nid, mac, ip in self.net.neighbour_routers(router):
+        for nid, mac, ip, ifname in self.net.neighbour_routers(router):
             lines += ["", "[[neighbours]]", f"node_id = {nid}", f"mac = {_toml_str(mac)}",
-                      f"ip = {_toml_str(ip)}"]
+                      f"ip = {_toml_str(ip)}", f"interface = {_toml_str(ifname)}"]
         lines += ["", "[store]", f"path = {_toml_str(os.path.join(d, 'store'))}",
                   f"ring_size = {_toml_str(self.ring_sizes.get(router, self.ring_size))}",
                   'sync = "periodic"']

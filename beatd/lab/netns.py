@@ -92,12 +92,15 @@ class Net:
         return [mac for _, mac, _, _ in self.interfaces(node)]
 
     def neighbour_routers(self, router):
-        """[(node_id, mac, ip)] of the routers adjacent to ``router`` (hosts are outside)."""
+        """[(node_id, mac, ip, interface)] of the routers adjacent to ``router`` (hosts are
+        outside); ``interface``: ``router``'s own interface on that link (the only one where the
+        neighbour's MAC names it)."""
         out = []
         for l in self.topo.links_of(router):
             peer = self.topo.node(l.peer(router))
             if peer.kind == "router":
-                out.append((peer.node_id, self.mac(peer.name, l), str(l.addr(peer.name))))
+                out.append((peer.node_id, self.mac(peer.name, l), str(l.addr(peer.name)),
+                            self.ifname(router, peer.name)))
         return out
 
     # ------------------------------------------------------------------ commands

@@ -23,7 +23,7 @@ Environment (``beatd gns3 project`` writes all of it):
 | ``BEAT_NODE_ID`` | the router's node id |
 | ``BEAT_IFACES`` | ``eth0=10.77.1.2/24@02:be:00:02:00:00,eth1=...``: the captured interfaces (MAC optional) |
 | ``BEAT_MGMT`` | ``eth3=10.199.1.2/24[@MAC]``: the management interface (not captured) |
-| ``BEAT_NEIGHBOURS`` | ``2=02:be:00:03:00:00@10.77.2.2,4=...``: neighbour node id = MAC @ IP (MAC or IP may be left out: ``2=@10.77.2.2``) |
+| ``BEAT_NEIGHBOURS`` | ``2=02:be:00:03:00:00@10.77.2.2%eth1,4=...``: neighbour node id = MAC @ IP % this router's interface on that link (MAC or IP may be left out: ``2=@10.77.2.2``; without ``%IFACE`` the MAC names the neighbour on every interface) |
 | ``BEAT_ROUTES`` | ``10.77.3.0/24=10.77.2.2,...``; ``default=GW`` |
 | ``BEAT_LEDGER`` | ``none``, ``local:/path/ledger.mdb`` or ``ethereum:URL#CONTRACT`` (default ``none``) |
 | ``BEAT_DEVICE_KEY`` | the device's Ed25519 key, PEM in base64 (else beatd makes one in the store, local only) |
@@ -119,7 +119,10 @@ def parse_neighbours(var="BEAT_NEIGHBOURS"):
     for item in _items(var):
         nid, sep, rest = item.partition("=")
         if not sep or not nid.isdigit() or not 1 <= int(nid) <= (1 << 64) - 2:
-            raise ConfigError(f"{var}: {item!r} is not NODE_ID=MAC@IP")
+            raise ConfigError(f"{var}: {item!r} is not NODE_ID=MAC@IP[%IFACE]")
+        rest, _, iface = rest.partition("%")
+        if iface:
+            iface = _ifname(iface, var)
         mac, _, ip = rest.partition("@")
         if mac:
             mac = _mac(mac, var)
@@ -130,7 +133,7 @@ def parse_neighbours(var="BEAT_NEIGHBOURS"):
                 raise ConfigError(f"{var}: {item!r}: {ip!r} is not an IP address") from None
         if not mac and not ip:
             raise ConfigError(f"{var}: {item!r}: give the MAC, the IP or both")
-        out.append((int(nid), mac or None, ip or None))
+        out.append((int(nid), mac or None, ip or None, iface or None))
     return out
 
 
@@ -357,12 +360,14 @@ def beatd_toml(cfg, sysfs, store, keys, control_socket):
              f"node_id = {cfg['node_id']}", f"hash = {_toml(cfg['hash'])}",
              "own_macs = [" + ", ".join(_toml(m) for m in macs) + "]",
              "interfaces = [" + ", ".join(_toml(n) for n, _, _ in cfg["ifaces"]) + "]"]
-    for nid, mac, ip in cfg["neighbours"]:
+    for nid, mac, ip, iface in cfg["neighbours"]:
         lines += ["", "[[neighbours]]", f"node_id = {nid}"]
         if mac:
             lines.append(f"mac = {_toml(mac)}")
         if ip:
             lines.append(f"ip = {_toml(ip)}")
+        if iface:
+            lines.append(f"interface = {_toml(iface)}")   # its MAC names it only there
     lines += ["", "[store]", f"path = {_toml(store)}", f"ring_size = {_toml(cfg['ring_size'])}"]
     if cfg["anchor_period_s"]:
         lines += ["", "[governance]", f"anchor_period_s = {cfg['anchor_period_s']}"]
