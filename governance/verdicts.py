@@ -424,8 +424,9 @@ class _Follow:
         self.own_examples = {}
 
     def run(self, obs):
-        """Every PD: the clean-chain short path inline, the rest through ``general``."""
-        answered, paths, clean = self.answered, self.paths, self.clean
+        """Every PD: the clean-chain short path inline (counted by its shape in ``clean``, the
+        paths made of it in ``finish``), the rest through ``general``."""
+        answered, clean = self.answered, self.clean
         unanchored, allow_union = self.unanchored, self.allow_union
         from_ns, to_ns, lo, hi = self.from_ns, self.to_ns, self.lo, self.hi
         n_ex = self.n_examples
@@ -445,36 +446,27 @@ class _Follow:
             ok = True
             for t1, n1, p1, q1 in recs[1:]:
                 d = t1 - t
-                if q != n1 or p1 != n or d < lo or d > hi:
+                # a device twice in one chain: its pattern may hold more links than the shape's
+                if q != n1 or p1 != n or d < lo or d > hi or n1 in nodes:
                     ok = False
                     break
                 nodes.append(n1)
                 ds.append(d)
                 t, n, q = t1, n1, q1
             if not ok or q in answered or pd in unanchored or t0 < from_ns or t > to_ns or (
-                    len(nodes) > 2 and len(set(nodes)) != len(nodes)) or (
                     allow_union and _overlaps(allow_union, t0 - hi, t + hi)):
                 general(pd, recs)
                 continue
-            nodes = tuple(nodes)
-            key = (nodes, (), p0, q)
-            e = paths.get(key)
+            key = (tuple(nodes), p0, q)
+            e = clean.get(key)
             if e is None:
-                paths[key] = [1, [(pd, recs)], [array("q", (d,)) for d in ds]]
+                clean[key] = [1, [(pd, recs)], [array("q", (d,)) for d in ds]]
             else:
                 e[0] += 1
                 if len(e[1]) < n_ex:
                     e[1].append((pd, recs))
                 for k, d in enumerate(ds):
                     e[2][k].append(d)
-            key = (nodes, p0, q)
-            e = clean.get(key)
-            if e is None:
-                clean[key] = [1, [(pd, recs)]]
-            else:
-                e[0] += 1
-                if len(e[1]) < n_ex:
-                    e[1].append((pd, recs))
 
     def _count(self, node, kind, pd=None, recs=None):
         c = self.counts.setdefault(node, {})
@@ -605,9 +597,18 @@ class _Follow:
                 self._own_count(x, _MAY_HAVE_RECEIVED, 1)
 
     def finish(self):
-        """The clean chains' patterns and own facts, by their shape."""
+        """The clean chains' paths, patterns and own facts, by their shape."""
         succ, neighbours = self.succ, self.neighbours
-        for (nodes, p0, q), (c, exs) in self.clean.items():
+        for (nodes, p0, q), (c, exs, delays) in self.clean.items():
+            key = (nodes, (), p0, q)
+            e = self.paths.get(key)
+            if e is None:
+                self.paths[key] = [c, list(exs), delays]
+            else:
+                e[0] += c
+                e[1].extend(exs[:self.n_examples - len(e[1])])
+                for k, d in enumerate(delays):
+                    e[2][k].extend(d)
             key = explain.chain_pattern(nodes, p0, q)
             e = self.patterns.get(key)
             if e is None:
