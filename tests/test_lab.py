@@ -411,3 +411,30 @@ def test_beatd_lab_cli_demo(tmp_path):
         subprocess.run([sys.executable, "-m", "beatd", "lab", "--prefix", prefix,
                         "--state-dir", state, "down"], capture_output=True, cwd=REPO, timeout=60)
     assert not [ns for ns in _namespaces() if ns.startswith(prefix)]
+
+
+def test_daemons_restarted_side_by_side_keep_the_state_file_whole(tmp_path):
+    """Threads that start and stop daemons at once (the attack scenarios restart two liars side by
+    side) each change the lab's state file: no change is lost and none fails on another's
+    temporary file (it did: FileNotFoundError in one of them, CI run of issue 12)."""
+    import threading
+
+    from beatd.lab.lab import Lab
+
+    lab = Lab(prefix="beat-race-", state_root=str(tmp_path))
+    errors = []
+
+    def churn(router):
+        try:
+            for i in range(200):
+                lab._set_pid(router, 1000 + i)
+        except Exception as exc:  # noqa: BLE001 (collected, asserted below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn, args=(f"r{k}",)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert lab._read_state()["daemons"] == {f"r{k}": 1199 for k in range(8)}

@@ -32,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from .netns import IP, Net, NetError, link_stats, list_namespaces
@@ -98,6 +99,7 @@ class Lab:
         self.python = python or sys.executable
         self.ring_size = ring_size
         self._procs = {}
+        self._state_lock = threading.RLock()   # the state file: threads restart daemons at once
         self._devnode = None
         # TEST ONLY: routers whose beatd runs with --testing-allow-inject (misbehaviour scenarios)
         self.testing_inject = set()
@@ -468,19 +470,21 @@ class Lab:
 
     def _write_state(self, state):
         os.makedirs(self.state_dir, exist_ok=True)
-        tmp = self.state_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(state, f, indent=1)
-        os.replace(tmp, self.state_file)
+        tmp = f"{self.state_file}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with self._state_lock:
+            with open(tmp, "w") as f:
+                json.dump(state, f, indent=1)
+            os.replace(tmp, self.state_file)
 
     def _set_pid(self, router, pid):
-        st = self._read_state()
-        st.setdefault("daemons", {})
-        if pid is None:
-            st["daemons"].pop(router, None)
-        else:
-            st["daemons"][router] = pid
-        self._write_state(st)
+        with self._state_lock:          # read, change, write: one router's change at a time
+            st = self._read_state()
+            st.setdefault("daemons", {})
+            if pid is None:
+                st["daemons"].pop(router, None)
+            else:
+                st["daemons"][router] = pid
+            self._write_state(st)
 
     # ------------------------------------------------------------------ configs
     def daemon_config(self, router):
