@@ -10,13 +10,14 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# shared/ sits beside the clone (locally and in CI); BEAT_SHARED points elsewhere when needed.
-SHARED = os.environ.get("BEAT_SHARED") or os.path.join(os.path.dirname(REPO), "shared")
+# the real-world captures travel with the repository (tests/data/pcaps); BEAT_SHARED=DIR reads
+# DIR/pcaps/real instead
+SHARED = os.environ.get("BEAT_SHARED") or os.path.join(REPO, "tests", "data")
 REAL_PCAP_DIR = os.path.join(SHARED, "pcaps", "real")
 
 
 def real_pcaps():
-    """The real-world captures of shared/pcaps/real (an empty list when they are missing: the
+    """The real-world captures of tests/data/pcaps/real (an empty list when they are missing: the
     tests that need them then fail through require_real_pcaps, never skip)."""
     if not os.path.isdir(REAL_PCAP_DIR):
         return []
@@ -26,8 +27,7 @@ def real_pcaps():
 
 def require_real_pcaps():
     paths = real_pcaps()
-    assert paths, (f"no captures in {REAL_PCAP_DIR}: shared/ must sit beside the repository "
-                   "(or set BEAT_SHARED)")
+    assert paths, f"no captures in {REAL_PCAP_DIR} (tests/data/pcaps/real, or BEAT_SHARED)"
     return paths
 
 
