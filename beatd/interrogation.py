@@ -939,32 +939,30 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
             return ev.encode_chunk(ev.KIND_COVERAGE, self.node_id, Q, chunk_seq, last,
                                    self.clock(), coverage)
 
-        chunks = self.evidence.segment_chunks(selected, segment_body, final=False, sent=sent)
-        while True:
-            try:
-                body = self._store_call("reading segments", next, chunks, None)
-            except RequestError as exc:
-                self._refuse(context, exc)
-            if body is None:
-                break
-            yield self._sign(body)
-            chunk_seq += 1
+        def signed(chunks, what):
+            """Sign and yield the bodies ``chunks`` makes (a store that cannot be read refuses
+            the rest of the answer)."""
+            nonlocal chunk_seq
+            while True:
+                try:
+                    body = self._store_call(what, next, chunks, None)
+                except RequestError as exc:
+                    self._refuse(context, exc)
+                if body is None:
+                    return
+                yield self._sign(body)
+                chunk_seq += 1
+
+        yield from signed(self.evidence.segment_chunks(selected, segment_body, final=False,
+                                                        sent=sent), "reading segments")
         if plan is None:
             try:
                 ring = self._store_call("coverage", self.evidence.ring_fields, self.threshold_ns)
             except RequestError as exc:
                 self._refuse(context, exc)
             plan = AnswerPlan([], 0, 0, ring, [])
-        chunks = self.evidence.coverage_chunks(plan, entries, sent, coverage_body)
-        while True:
-            try:
-                body = self._store_call("coverage", next, chunks, None)
-            except RequestError as exc:
-                self._refuse(context, exc)
-            if body is None:
-                break
-            yield self._sign(body)
-            chunk_seq += 1
+        yield from signed(self.evidence.coverage_chunks(plan, entries, sent, coverage_body),
+                          "coverage")
         self._answered()
 
     def GetSegments(self, request, context):

@@ -54,7 +54,7 @@ from fastpath.output import NONE, RECORD_SIZE
 
 from . import archive, verify
 from .verdicts import (STATUS_BAD_EVIDENCE, STATUS_INCOMPLETE, STATUS_UNREACHABLE, Coverage,
-                       NodeEvidence, adjacency, flow_tag, judge)
+                       NodeEvidence, adjacency, check_route, flow_tag, judge)
 
 __all__ = ["GovernanceConfig", "ConfigError", "NotJudgeable", "Interrogation", "load_config",
            "parse_time", "topology_of", "collect", "interrogate", "replay", "verdict_digest",
@@ -493,10 +493,10 @@ def interrogate(ledger, sla_id, from_ns, to_ns, cfg, *, receipt_epoch_ns=10**9,
     hash_name = ledger.hash_name
     f = cfg.f if f is None else f
     topology = topology_of(ledger, cfg)
-    _judge(sla, from_ns, to_ns, {}, topology, {}, {"f": f, "margin_ns": 0, "skew_ns": skew_ns,
-                                                 "max_hop_delay_ns": max_hop_delay_ns,
-                                                 "receipt_epoch_ns": receipt_epoch_ns},
-           hash_name)                  # the route checked before anyone is asked anything
+    try:                                # before anyone is asked anything
+        check_route(sla.route, topology)
+    except ValueError as exc:
+        raise NotJudgeable(f"SLA {sla.sla_id}: {exc}") from None
     evidence, info, topology, owners, recordings = collect(ledger, sla, from_ns, to_ns, cfg,
                                                            hash_name, topology=topology)
     margin = int(cfg.margin_s * 1e9)

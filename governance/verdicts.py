@@ -72,7 +72,7 @@ from . import explain, verify
 __all__ = ["CONSISTENT", "DEVIATED", "FABRICATED", "MISSING", "TAMPERED", "DROPPED", "AMBIGUOUS",
            "UNREACHABLE", "NOT_INTERROGATED", "RING_SHORT", "PRIORITY", "FAULTS", "VERDICTS",
            "KINDS", "ANSWERED", "STATUSES", "Coverage", "NodeEvidence", "DeviceJudgement", "Hop",
-           "ObservedPath", "Judgement", "flow_tag", "judge", "adjacency"]
+           "ObservedPath", "Judgement", "flow_tag", "judge", "adjacency", "check_route"]
 
 CONSISTENT, DEVIATED, FABRICATED = "CONSISTENT", "DEVIATED", "FABRICATED"
 MISSING, TAMPERED, DROPPED = "MISSING", "TAMPERED", "DROPPED"
@@ -929,6 +929,21 @@ def adjacency(topology):
     return {a: frozenset(ns) for a, ns in adj.items()}
 
 
+def check_route(route, neighbours):
+    """ValueError for an agreed route no honest device can follow: one that visits a device
+    twice, or (``neighbours`` the registered adjacency, or None) a step that is not a link."""
+    route = tuple(route)
+    twice = sorted({x for x in route if route.count(x) > 1})
+    if twice:
+        raise ValueError(f"the agreed route {list(route)} visits node {twice[0]} twice: no "
+                         "device can forward to two successors")
+    if neighbours is not None:
+        for a, b in zip(route, route[1:]):
+            if b not in neighbours.get(a, ()):
+                raise ValueError(f"the agreed route {list(route)} goes from node {a} to node "
+                                 f"{b}, which are not registered neighbours")
+
+
 def _missing_intervals(ev):
     """Where a device may have missed packets, as two lists of inclusive ``(lo, hi)``: its
     capture gaps (they excuse its own drops too), and the rest (outside its ring, not closed or
@@ -963,16 +978,18 @@ def _coverage_contradiction(ev, tolerance):
     cov = ev.coverage
     if cov is None or not (ev.records or ev.unanchored_records):
         return ""
-    lo = min(fastpath.t_range(b)[0] for b in (ev.records, ev.unanchored_records) if b)
-    hi = max(fastpath.t_range(b)[1] for b in (ev.records, ev.unanchored_records) if b)
+    ranges = {name: fastpath.t_range(b) for name, b in (("proven", ev.records),
+                                                        ("unanchored", ev.unanchored_records)) if b}
+    lo = min(r[0] for r in ranges.values())
+    hi = max(r[1] for r in ranges.values())
     if cov.empty:
         return "it says its ring is empty"
     if cov.oldest_t_ns > lo + tolerance:
         return f"it says its oldest record is at {cov.oldest_t_ns}, it gave one at {lo}"
     if hi > cov.newest_t_ns + tolerance and cov.newest_t_ns < NONE:
         return f"it says it holds records up to {cov.newest_t_ns}, it gave one at {hi}"
-    if ev.records and cov.anchored_until_t_ns < NONE:
-        proven_hi = fastpath.t_range(ev.records)[1]
+    if "proven" in ranges and cov.anchored_until_t_ns < NONE:
+        proven_hi = ranges["proven"][1]
         if proven_hi > cov.anchored_until_t_ns + tolerance:
             return (f"it says its records are anchored up to {cov.anchored_until_t_ns}, it gave "
                     f"an anchored one at {proven_hi}")
@@ -1058,18 +1075,10 @@ def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
         if node != ev.node_id:
             raise ValueError(f"evidence[{node}] is the evidence of node {ev.node_id}")
     route = tuple(sla.route)
-    twice = sorted({x for x in route if route.count(x) > 1})
-    if twice:
-        raise ValueError(f"the agreed route {list(route)} visits node {twice[0]} twice: no "
-                         "device can forward to two successors")
+    neighbours = adjacency(topology)
+    check_route(route, neighbours)
     route_next = {x: route[k + 1] if k + 1 < len(route) else _OUTSIDE
                   for k, x in enumerate(route)}
-    neighbours = adjacency(topology)
-    if neighbours is not None:
-        for a, b in zip(route, route[1:]):
-            if b not in neighbours.get(a, ()):
-                raise ValueError(f"the agreed route {list(route)} goes from node {a} to node "
-                                 f"{b}, which are not registered neighbours")
     owners = owners or {}
     owners = {n: owners[n] if n in owners else f"node {n}" for n in set(evidence) | set(route)}
     ft = flow_tag(hash_name, sla.src, sla.dst)

@@ -178,3 +178,17 @@ def test_a_window_older_than_the_threshold_is_not_judged(tmp_path):
         itg.interrogate(Ledger(sla=sla), 1, now - 61 * 10**9, now, cfg, now_ns=now)
     with pytest.raises(LookupError, match="SLA 9: not on the ledger"):
         itg.interrogate(Ledger(), 9, now - 10, now, cfg, now_ns=now)
+
+
+def test_a_route_no_honest_device_can_follow_is_not_judged(tmp_path, monkeypatch):
+    """Refused before any device is asked: a route that visits a device twice, or a step that is
+    not a registered link."""
+    monkeypatch.setattr(itg, "_ask", lambda *a: pytest.fail("a device was asked"))
+    cfg = cfg_with(tmp_path)
+    now = 10_000 * 10**9
+    for route, message in (((1, 2, 1), "visits node 1 twice"),
+                           ((1, 3), "from node 1 to node 3, which are not registered")):
+        sla = SLA(1, "t", SRC, DST, route)
+        with pytest.raises(itg.NotJudgeable, match=message):
+            itg.interrogate(Ledger(links=[(1, 2), (2, 3)], sla=sla), 1, now - 10, now, cfg,
+                            now_ns=now)
