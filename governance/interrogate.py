@@ -271,27 +271,13 @@ def topology_of(ledger, cfg):
     return adjacency(links)
 
 
-_RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 5.0
-
-
-def _with_retry(call, retry_s, sleep=time.sleep, clock=time.monotonic):
-    """``call()``, again with backoff while the device is unreachable or busy
-    (``governance.retry.classify``), for at most ``retry_s``; ``(result, attempts)`` or the last
-    error raised. An attempt is never cut short: a long answer takes its own timeout."""
-    from .retry import classify
-
-    deadline = clock() + retry_s
-    delay = _RETRY_FIRST_S
-    attempts = 0
-    while True:
-        attempts += 1
-        try:
-            return call(), attempts
-        except Exception as exc:  # noqa: BLE001 (classify raises what is not about the device)
-            if not classify(exc).retry or clock() + delay > deadline:
-                raise
-        sleep(delay)
-        delay = min(_RETRY_MAX_S, delay * 2)
+def _with_retry(fetch, retry_s, **kw):
+    """``fetch()`` asked again while the device is unreachable or busy, new attempts starting for
+    ``retry_s`` (governance/retry.py's backoff and classification; an attempt itself takes the
+    client's own timeout, so that a long answer is never cut short). Its result, or
+    ``retry.InterrogationFailed`` naming how the device failed."""
+    from .retry import ask_with_retry
+    return ask_with_retry(lambda _timeout: fetch(), max(retry_s, 0.001), **kw)
 
 
 def _fetch(client, node_id, ledger, hash_name, sla, ft, from_ns, to_ns, margin, anchors, seed):
@@ -339,16 +325,18 @@ def _classified(node_id, call):
     from beat_rpc.evidence import EvidenceError
 
     from .client import ClientError
-    from .retry import BAD_EVIDENCE, INCOMPLETE, classify
+    from .retry import BAD_EVIDENCE, INCOMPLETE, InterrogationFailed, classify
     try:
         return call(), None
+    except InterrogationFailed as exc:
+        kind, why = exc.classification, f"{type(exc).__name__}: {exc}"
     except (ClientError, EvidenceError) as exc:
-        kind = classify(exc).classification
+        kind, why = classify(exc).classification, f"{type(exc).__name__}: {exc}"
         if isinstance(exc, EvidenceError) and kind is None:
             kind = BAD_EVIDENCE                 # e.g. AnswerTooLarge: beyond the caps
-        status = {INCOMPLETE: STATUS_INCOMPLETE,
-                  BAD_EVIDENCE: STATUS_BAD_EVIDENCE}.get(kind, STATUS_UNREACHABLE)
-        return None, NodeEvidence.no_answer(node_id, f"{type(exc).__name__}: {exc}", status)
+    status = {INCOMPLETE: STATUS_INCOMPLETE,
+              BAD_EVIDENCE: STATUS_BAD_EVIDENCE}.get(kind, STATUS_UNREACHABLE)
+    return None, NodeEvidence.no_answer(node_id, why, status)
 
 
 def _ask(node_id, ledger, cfg, hash_name, sla, ft, from_ns, to_ns, anchors):
@@ -386,7 +374,8 @@ def _ask(node_id, ledger, cfg, hash_name, sla, ft, from_ns, to_ns, anchors):
 
     t0 = time.monotonic()
 
-    got, failed = _classified(node_id, lambda: _with_retry(fetch, cfg.retry_s)[0])
+    got, failed = _classified(node_id, lambda: _with_retry(fetch, cfg.retry_s,
+                                                           what=f"node {node_id}"))
     answers = recording[0].answers if recording else []
     if failed is not None:
         return failed, info, answers

@@ -130,7 +130,14 @@ def test_collect_asks_the_route_its_neighbours_then_registered_names(tmp_path, m
     assert sorted(ev) == [1, 2, 3, 4] and info["capped"] == [5]
 
 
-def test_retry_with_backoff_then_the_last_error():
+def test_retry_with_backoff_then_what_the_failure_makes():
+    """A device is asked again while it is unreachable (governance/retry.py's backoff); what is
+    left unreachable, or refuses, is not judged; an answer cut short or badly signed is MISSING
+    (incomplete, bad_evidence)."""
+    import grpc
+
+    from beat_rpc.evidence import BadSignature, IncompleteAnswer
+
     clock = [0.0]
     slept = []
 
@@ -138,15 +145,16 @@ def test_retry_with_backoff_then_the_last_error():
         slept.append(s)
         clock[0] += s
 
+    timing = {"sleep": sleep, "clock": lambda: clock[0], "jitter": 0.0}
     calls = []
 
     def down():
         calls.append(clock[0])
         raise NodeUnreachable("node 3 at x: UNAVAILABLE: refused")
 
-    with pytest.raises(NodeUnreachable, match="UNAVAILABLE"):
-        itg._with_retry(down, 10.0, sleep=sleep, clock=lambda: clock[0])
-    assert slept == [0.5, 1.0, 2.0, 4.0] and len(calls) == 5
+    got, ev = itg._classified(3, lambda: itg._with_retry(down, 10.0, **timing))
+    assert got is None and ev.status == "unreachable" and "UNAVAILABLE" in ev.error
+    assert slept == [0.25, 0.5, 1.0, 2.0, 4.0] and len(calls) == 6
     # a device that comes back is used; one that refuses is not asked again
     state = {"n": 0}
 
@@ -156,18 +164,22 @@ def test_retry_with_backoff_then_the_last_error():
             raise NodeUnreachable("down")
         return "evidence"
 
-    assert itg._with_retry(flaky, 10.0, sleep=sleep, clock=lambda: clock[0]) == ("evidence", 3)
+    assert itg._classified(3, lambda: itg._with_retry(flaky, 10.0, **timing)) == \
+        ("evidence", None)
 
-    import grpc
+    def fails(exc):
+        def call():
+            state["n"] += 1
+            raise exc
+        state["n"] = 0
+        got, ev = itg._classified(3, lambda: itg._with_retry(call, 10.0, **timing))
+        assert got is None and state["n"] == 1           # asked once: not transient
+        return ev.status
 
-    def refuses():
-        state["n"] += 1
-        raise RequestRejected("PERMISSION_DENIED", grpc.StatusCode.PERMISSION_DENIED, "no")
-
-    state["n"] = 0
-    with pytest.raises(RequestRejected):
-        itg._with_retry(refuses, 10.0, sleep=sleep, clock=lambda: clock[0])
-    assert state["n"] == 1
+    assert fails(RequestRejected("PERMISSION_DENIED", grpc.StatusCode.PERMISSION_DENIED,
+                                 "no")) == "unreachable"
+    assert fails(IncompleteAnswer("node 3: no last chunk")) == "incomplete"
+    assert fails(BadSignature("node 3: chunk 0")) == "bad_evidence"
 
 
 def test_a_window_older_than_the_threshold_is_not_judged(tmp_path):
