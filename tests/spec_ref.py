@@ -88,6 +88,57 @@ def record(t_ns, prev_id, next_id, ip, hash_name):
     return struct.pack(">QQQ", t_ns, prev_id, next_id) + p + f
 
 
+def fp(node_id, record48, hash_name):
+    """SPEC "Forwarding proof": H("BEAT-FP-v1" || node_id || prev_id || next_id || PD || t_ns)."""
+    t_ns, prev_id, next_id = struct.unpack(">QQQ", record48[:24])
+    return H(hash_name, b"BEAT-FP-v1" + struct.pack(">QQQ", node_id, prev_id, next_id)
+             + record48[24:40] + struct.pack(">Q", t_ns))
+
+
+def receipt(node_id, role, src16, dst16, epoch_ns, packets, nbytes, hash_name):
+    """SPEC "Receipts": H("BEAT-RC-v1" || node_id || role || src || dst || epoch_ns || packets || bytes)."""
+    return H(hash_name, b"BEAT-RC-v1" + struct.pack(">QB", node_id, role) + src16 + dst16
+             + struct.pack(">QQQ", epoch_ns, packets, nbytes))
+
+
+def segment(node_id, seg_seq, records, hash_name):
+    """SPEC "Proof segments": H("BEAT-SG-v1" || node_id || seg_seq || count || records)."""
+    return H(hash_name, b"BEAT-SG-v1" + struct.pack(">QQQ", node_id, seg_seq, len(records))
+             + b"".join(records))
+
+
+def leaf(kind, value32):
+    """SPEC "Anchors" leaf data: type(1) || value(32); type 1 receipt, 2 segment."""
+    return bytes([kind]) + value32
+
+
+def _split(n):
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return k
+
+
+def mth(leaves, hash_name):
+    """RFC 9162 2.1 Merkle tree hash over leaf data."""
+    if not leaves:
+        return H(hash_name, b"")
+    if len(leaves) == 1:
+        return H(hash_name, b"\x00" + leaves[0])
+    k = _split(len(leaves))
+    return H(hash_name, b"\x01" + mth(leaves[:k], hash_name) + mth(leaves[k:], hash_name))
+
+
+def inclusion_path(leaves, m, hash_name):
+    """RFC 9162 2.1.3.1 PATH(m, D[n]), leaf first."""
+    if len(leaves) <= 1:
+        return []
+    k = _split(len(leaves))
+    if m < k:
+        return inclusion_path(leaves[:k], m, hash_name) + [mth(leaves[k:], hash_name)]
+    return inclusion_path(leaves[k:], m - k, hash_name) + [mth(leaves[:k], hash_name)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Link layers (docs/fastpath.md, "Link layers"). Each returns (frame, linktype).
 
