@@ -104,8 +104,11 @@ LEDGER_BACKENDS = ("none", "local", "ethereum")
 FANOUT_MODES = ("cpu", "hash", "lb")
 LOG_FORMATS = ("json", "text")
 IFNAMSIZ = 16
-PAGE_SIZE = 4096
-TPACKET_ALIGNMENT = 16
+# the [capture] keys that make the capture ring's geometry: checked by the ring's own C check
+# (fastpath/src/beat_ring.c, beat_ring_check_geometry), whose messages start with the field at fault
+RING_GEOMETRY_KEYS = ("block_size", "block_count", "frame_size", "block_timeout_ms")
+_GEOMETRY_MSG_RE = re.compile(r"^(%s)(?: (\d+))? (.*)$" % "|".join(RING_GEOMETRY_KEYS), re.S)
+_GEOMETRY_NAME_RE = re.compile(r"\b(%s)\b" % "|".join(RING_GEOMETRY_KEYS))
 SYNC_MODES = ("periodic", "always", "never")
 NODE_ID_MAX = (1 << 64) - 2
 # LMDB pages per receipt until it is pruned: 225 B measured (the receipt 106, its outbox leaf 53,
@@ -466,28 +469,47 @@ def _capture(raw):
     if workers < 0 or workers > 1024:
         raise ConfigError(f"capture.workers: {workers} is not in 0..1024 (0 = one per CPU)")
     block_size = parse_size(c["block_size"], "capture.block_size")
-    if block_size % PAGE_SIZE or block_size & (block_size - 1):
-        raise ConfigError(f"capture.block_size: {_show(c['block_size'])} ({block_size} bytes) "
-                          f"is not a power of two multiple of the page size {PAGE_SIZE}")
     block_count = _number(c, "block_count", "capture.", integer=True)
     frame_size = _number(c, "frame_size", "capture.", integer=True)
-    if frame_size < 128 or frame_size % TPACKET_ALIGNMENT:
-        raise ConfigError(f"capture.frame_size: {frame_size} is not a multiple of "
-                          f"{TPACKET_ALIGNMENT} of at least 128")
-    if frame_size > block_size:
-        raise ConfigError(f"capture.frame_size: {frame_size} is more than capture.block_size "
-                          f"({block_size} bytes)")
-    if block_size * block_count > 1 << 34:
-        raise ConfigError(f"capture.block_count: {block_count} blocks of {block_size} bytes is "
-                          "more than 16 GiB per ring")
     timeout = _number(c, "block_timeout_ms", "capture.", integer=True)
-    if timeout > 60_000:
-        raise ConfigError(f"capture.block_timeout_ms: {timeout} is more than 60000")
+    _check_ring_geometry(c, {"block_size": block_size, "block_count": block_count,
+                             "frame_size": frame_size, "block_timeout_ms": timeout})
     if c["fanout_mode"] not in FANOUT_MODES:
         raise ConfigError(f"capture.fanout_mode: {_show(c['fanout_mode'])} is not one of "
                           f"{', '.join(FANOUT_MODES)}")
     return {"workers": workers, "block_size": block_size, "block_count": block_count,
             "frame_size": frame_size, "block_timeout_ms": timeout, "fanout_mode": c["fanout_mode"]}
+
+
+def _ring_geometry_check():
+    """The capture ring's geometry check (``fastpath._native.ring_geometry``, the C rule the ring
+    applies when it opens), or None when the native fast path is not built: then no ring can be
+    opened either (``beatd run`` says so), and nothing here second-guesses the rule."""
+    try:
+        from fastpath._native import ring_geometry
+    except (ImportError, AttributeError):
+        return None
+    return ring_geometry
+
+
+def _check_ring_geometry(table, geometry):
+    """The ring's C check on ``geometry`` (the numbers); its refusal as a ConfigError naming the
+    [capture] key at fault and its value as written in ``table``."""
+    check = _ring_geometry_check()
+    if check is None:
+        return
+    try:
+        check(**geometry)
+    except OSError as exc:                  # fastpath._native.RingError
+        message = exc.strerror or str(exc)
+        m = _GEOMETRY_MSG_RE.match(message)
+        if m is None:
+            raise ConfigError(f"capture: the ring geometry is refused: {message}") from None
+        field, _, reason = m.groups()
+        value = table[field]
+        shown = _show(value) + (f" ({geometry[field]} bytes)" if isinstance(value, str) else "")
+        reason = _GEOMETRY_NAME_RE.sub(r"capture.\1", reason)
+        raise ConfigError(f"capture.{field}: {shown} {reason}") from None
 
 
 def parse_listen(value, key="daemon.metrics_listen"):
