@@ -17,7 +17,8 @@ from fastpath.output import (DEFAULT_MAX_RECEIPTS_PER_EPOCH, HASH_NAMES, MAX_SLO
                              MAX_RECEIPTS_PER_EPOCH_LIMIT, RECORD_SIZE)
 
 __all__ = ["ConfigError", "Config", "Neighbour", "load", "from_dict", "parse_size", "parse_mac",
-           "parse_listen", "format_mac", "DEFAULTS"]
+           "parse_listen", "format_mac", "DEFAULTS", "TOML_KEYS", "RELOADABLE_KEYS", "ReloadPlan",
+           "reload_plan"]
 
 # The defaults, in one place. ``None`` for map_size means "derived from ring_size" (see Config).
 DEFAULTS = {
@@ -302,6 +303,16 @@ class Config:
                 "ring_size": self.ring_size, "map_size": self.effective_map_size,
                 "sync": self.sync, "sync_interval_s": self.sync_interval_s}
 
+    def value_of(self, key):
+        """The value of a TOML key (``"capture.frame_size"``, ``"neighbours"``)."""
+        return getattr(self, _FIELD_OF_KEY[key])
+
+    def with_keys(self, other, keys):
+        """A copy with the values of the TOML ``keys`` taken from ``other`` (a reload applies
+        what it can, the running configuration keeps the rest)."""
+        return dataclasses.replace(self, **{_FIELD_OF_KEY[k]: getattr(other, _FIELD_OF_KEY[k])
+                                            for k in keys})
+
     def replace(self, **changes):
         """A copy with some fields changed, validated again (for command-line overrides)."""
         new = dataclasses.replace(self, **changes)
@@ -309,6 +320,57 @@ class Config:
         if new.hash not in HASH_NAMES:
             raise ConfigError(f"hash: {_show(new.hash)} is not one of {', '.join(HASH_NAMES)}")
         return new
+
+
+# -- reload: which keys a running daemon takes from a new configuration ------------------------
+
+# The TOML key of every Config field (one place: docs/operations.md, "Reload", uses these names).
+# The top-level keys keep their names; store.path is store_path; [ledger] and [interrogation] keys
+# carry their table's name as a prefix; the other tables' keys are the field names.
+_FIELD_PREFIX = {"store": "", "governance": "", "capture": "", "daemon": "", "ledger": "ledger_",
+                 "interrogation": "interrogation_"}
+TOML_KEYS = {}
+for _table_name, _default in DEFAULTS.items():
+    if isinstance(_default, dict):
+        for _key in _default:
+            _field = ("store_path" if (_table_name, _key) == ("store", "path")
+                      else _FIELD_PREFIX[_table_name] + _key)
+            TOML_KEYS[_field] = f"{_table_name}.{_key}"
+    else:
+        TOML_KEYS[_table_name] = _table_name
+del _table_name, _default, _key, _field
+# fields derived from others, not keys of their own (ledger.path and ledger.key say it)
+_DERIVED_FIELDS = ("ledger_path_default", "ledger_key_default")
+
+# The keys a reload (SIGHUP) applies to the running daemon; a change of any other key is logged
+# by its name ("capture.frame_size changed: needs a restart") and takes effect at the next start.
+RELOADABLE_KEYS = frozenset({"neighbours"})
+
+
+@dataclasses.dataclass(frozen=True)
+class ReloadPlan:
+    """What a new configuration changes against the running one, by TOML key: the keys a reload
+    applies (``apply``) and those that need a restart (``restart``), each in DEFAULTS order."""
+    apply: tuple = ()
+    restart: tuple = ()
+
+    @property
+    def changed(self):
+        return bool(self.apply or self.restart)
+
+
+def reload_plan(running, new):
+    """Compare the whole of ``new`` with ``running``, key by key, against RELOADABLE_KEYS."""
+    changed = [key for field, key in TOML_KEYS.items()
+               if getattr(running, field) != getattr(new, field)]
+    return ReloadPlan(apply=tuple(k for k in changed if k in RELOADABLE_KEYS),
+                      restart=tuple(k for k in changed if k not in RELOADABLE_KEYS))
+
+
+_FIELD_OF_KEY = {key: field for field, key in TOML_KEYS.items()}
+if {f.name for f in dataclasses.fields(Config)} != set(TOML_KEYS) | set(_DERIVED_FIELDS):
+    raise AssertionError("every Config field is a TOML key (TOML_KEYS) or derived from one "
+                         "(_DERIVED_FIELDS)")
 
 
 def _check_node_id(value, key, optional=True):
