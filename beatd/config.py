@@ -17,7 +17,8 @@ from fastpath.output import (DEFAULT_MAX_RECEIPTS_PER_EPOCH, HASH_NAMES, MAX_SLO
                              MAX_RECEIPTS_PER_EPOCH_LIMIT, RECORD_SIZE)
 
 __all__ = ["ConfigError", "Config", "Neighbour", "load", "from_dict", "parse_size", "parse_mac",
-           "parse_listen", "format_mac", "DEFAULTS"]
+           "parse_listen", "format_mac", "DEFAULTS", "TOML_KEYS", "RELOADABLE_KEYS", "ReloadPlan",
+           "reload_plan"]
 
 # The defaults, in one place. ``None`` for map_size means "derived from ring_size" (see Config).
 DEFAULTS = {
@@ -104,8 +105,11 @@ LEDGER_BACKENDS = ("none", "local", "ethereum")
 FANOUT_MODES = ("cpu", "hash", "lb")
 LOG_FORMATS = ("json", "text")
 IFNAMSIZ = 16
-PAGE_SIZE = 4096
-TPACKET_ALIGNMENT = 16
+# the [capture] keys that make the capture ring's geometry: checked by the ring's own C check
+# (fastpath/src/beat_ring.c, beat_ring_check_geometry), whose messages start with the field at fault
+RING_GEOMETRY_KEYS = ("block_size", "block_count", "frame_size", "block_timeout_ms")
+_GEOMETRY_MSG_RE = re.compile(r"^(%s)(?: (\d+))? (.*)$" % "|".join(RING_GEOMETRY_KEYS), re.S)
+_GEOMETRY_NAME_RE = re.compile(r"\b(%s)\b" % "|".join(RING_GEOMETRY_KEYS))
 SYNC_MODES = ("periodic", "always", "never")
 NODE_ID_MAX = (1 << 64) - 2
 # LMDB pages per receipt until it is pruned: 225 B measured (the receipt 106, its outbox leaf 53,
@@ -299,6 +303,16 @@ class Config:
                 "ring_size": self.ring_size, "map_size": self.effective_map_size,
                 "sync": self.sync, "sync_interval_s": self.sync_interval_s}
 
+    def value_of(self, key):
+        """The value of a TOML key (``"capture.frame_size"``, ``"neighbours"``)."""
+        return getattr(self, _FIELD_OF_KEY[key])
+
+    def with_keys(self, other, keys):
+        """A copy with the values of the TOML ``keys`` taken from ``other`` (a reload applies
+        what it can, the running configuration keeps the rest)."""
+        return dataclasses.replace(self, **{_FIELD_OF_KEY[k]: getattr(other, _FIELD_OF_KEY[k])
+                                            for k in keys})
+
     def replace(self, **changes):
         """A copy with some fields changed, validated again (for command-line overrides)."""
         new = dataclasses.replace(self, **changes)
@@ -306,6 +320,57 @@ class Config:
         if new.hash not in HASH_NAMES:
             raise ConfigError(f"hash: {_show(new.hash)} is not one of {', '.join(HASH_NAMES)}")
         return new
+
+
+# -- reload: which keys a running daemon takes from a new configuration ------------------------
+
+# The TOML key of every Config field (one place: docs/operations.md, "Reload", uses these names).
+# The top-level keys keep their names; store.path is store_path; [ledger] and [interrogation] keys
+# carry their table's name as a prefix; the other tables' keys are the field names.
+_FIELD_PREFIX = {"store": "", "governance": "", "capture": "", "daemon": "", "ledger": "ledger_",
+                 "interrogation": "interrogation_"}
+TOML_KEYS = {}
+for _table_name, _default in DEFAULTS.items():
+    if isinstance(_default, dict):
+        for _key in _default:
+            _field = ("store_path" if (_table_name, _key) == ("store", "path")
+                      else _FIELD_PREFIX[_table_name] + _key)
+            TOML_KEYS[_field] = f"{_table_name}.{_key}"
+    else:
+        TOML_KEYS[_table_name] = _table_name
+del _table_name, _default, _key, _field
+# fields derived from others, not keys of their own (ledger.path and ledger.key say it)
+_DERIVED_FIELDS = ("ledger_path_default", "ledger_key_default")
+
+# The keys a reload (SIGHUP) applies to the running daemon; a change of any other key is logged
+# by its name ("capture.frame_size changed: needs a restart") and takes effect at the next start.
+RELOADABLE_KEYS = frozenset({"neighbours"})
+
+
+@dataclasses.dataclass(frozen=True)
+class ReloadPlan:
+    """What a new configuration changes against the running one, by TOML key: the keys a reload
+    applies (``apply``) and those that need a restart (``restart``), each in DEFAULTS order."""
+    apply: tuple = ()
+    restart: tuple = ()
+
+    @property
+    def changed(self):
+        return bool(self.apply or self.restart)
+
+
+def reload_plan(running, new):
+    """Compare the whole of ``new`` with ``running``, key by key, against RELOADABLE_KEYS."""
+    changed = [key for field, key in TOML_KEYS.items()
+               if getattr(running, field) != getattr(new, field)]
+    return ReloadPlan(apply=tuple(k for k in changed if k in RELOADABLE_KEYS),
+                      restart=tuple(k for k in changed if k not in RELOADABLE_KEYS))
+
+
+_FIELD_OF_KEY = {key: field for field, key in TOML_KEYS.items()}
+if {f.name for f in dataclasses.fields(Config)} != set(TOML_KEYS) | set(_DERIVED_FIELDS):
+    raise AssertionError("every Config field is a TOML key (TOML_KEYS) or derived from one "
+                         "(_DERIVED_FIELDS)")
 
 
 def _check_node_id(value, key, optional=True):
@@ -466,28 +531,47 @@ def _capture(raw):
     if workers < 0 or workers > 1024:
         raise ConfigError(f"capture.workers: {workers} is not in 0..1024 (0 = one per CPU)")
     block_size = parse_size(c["block_size"], "capture.block_size")
-    if block_size % PAGE_SIZE or block_size & (block_size - 1):
-        raise ConfigError(f"capture.block_size: {_show(c['block_size'])} ({block_size} bytes) "
-                          f"is not a power of two multiple of the page size {PAGE_SIZE}")
     block_count = _number(c, "block_count", "capture.", integer=True)
     frame_size = _number(c, "frame_size", "capture.", integer=True)
-    if frame_size < 128 or frame_size % TPACKET_ALIGNMENT:
-        raise ConfigError(f"capture.frame_size: {frame_size} is not a multiple of "
-                          f"{TPACKET_ALIGNMENT} of at least 128")
-    if frame_size > block_size:
-        raise ConfigError(f"capture.frame_size: {frame_size} is more than capture.block_size "
-                          f"({block_size} bytes)")
-    if block_size * block_count > 1 << 34:
-        raise ConfigError(f"capture.block_count: {block_count} blocks of {block_size} bytes is "
-                          "more than 16 GiB per ring")
     timeout = _number(c, "block_timeout_ms", "capture.", integer=True)
-    if timeout > 60_000:
-        raise ConfigError(f"capture.block_timeout_ms: {timeout} is more than 60000")
+    _check_ring_geometry(c, {"block_size": block_size, "block_count": block_count,
+                             "frame_size": frame_size, "block_timeout_ms": timeout})
     if c["fanout_mode"] not in FANOUT_MODES:
         raise ConfigError(f"capture.fanout_mode: {_show(c['fanout_mode'])} is not one of "
                           f"{', '.join(FANOUT_MODES)}")
     return {"workers": workers, "block_size": block_size, "block_count": block_count,
             "frame_size": frame_size, "block_timeout_ms": timeout, "fanout_mode": c["fanout_mode"]}
+
+
+def _ring_geometry_check():
+    """The capture ring's geometry check (``fastpath._native.ring_geometry``, the C rule the ring
+    applies when it opens), or None when the native fast path is not built: then no ring can be
+    opened either (``beatd run`` says so), and nothing here second-guesses the rule."""
+    try:
+        from fastpath._native import ring_geometry
+    except (ImportError, AttributeError):
+        return None
+    return ring_geometry
+
+
+def _check_ring_geometry(table, geometry):
+    """The ring's C check on ``geometry`` (the numbers); its refusal as a ConfigError naming the
+    [capture] key at fault and its value as written in ``table``."""
+    check = _ring_geometry_check()
+    if check is None:
+        return
+    try:
+        check(**geometry)
+    except OSError as exc:                  # fastpath._native.RingError
+        message = exc.strerror or str(exc)
+        m = _GEOMETRY_MSG_RE.match(message)
+        if m is None:
+            raise ConfigError(f"capture: the ring geometry is refused: {message}") from None
+        field, _, reason = m.groups()
+        value = table[field]
+        shown = _show(value) + (f" ({geometry[field]} bytes)" if isinstance(value, str) else "")
+        reason = _GEOMETRY_NAME_RE.sub(r"capture.\1", reason)
+        raise ConfigError(f"capture.{field}: {shown} {reason}") from None
 
 
 def parse_listen(value, key="daemon.metrics_listen"):

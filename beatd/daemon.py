@@ -41,14 +41,19 @@ A capture source is anything with the Ring API (``read(pipeline, timeout_ms) -> 
 ``source_factory(interfaces, worker, fanout_group, config)`` returns worker k's list of sources,
 ``ring_sources`` by default (tests inject stand-ins).
 
-Ledger anchoring (``[ledger]``, docs/ledger.md): when a backend is configured, the anchor thread
-runs ``ledger_client.batcher.Batcher`` on the store: every ``ledger.anchor_period_s`` the waiting
-outbox leaves become one Merkle tree, its leaf proofs and pending anchor are stored, and the pending
-anchors are submitted in order (``Unavailable``: retried with backoff; a refusal such as
-``PermissionDenied`` halts submission until SIGHUP or a restart; building goes on, nothing is
-lost). Capture never waits for it; the committer only shares LMDB's writer lock with it for the
-short transaction that stores a batch. At shutdown, after the final commit, one last tick builds
-what is left and makes one submission attempt (bounded by ``FINAL_ANCHOR_TIMEOUT_S``).
+Ledger anchoring (``[ledger]``, docs/ledger.md): when a backend is configured, ``beatd.anchoring``
+opens it and runs the anchor thread (``Anchoring``: ``ledger_client.batcher.Batcher`` on the store,
+every ``ledger.anchor_period_s``). Capture never waits for it. At shutdown, after the final commit,
+one last tick builds what is left and makes one submission attempt (bounded by
+``FINAL_ANCHOR_TIMEOUT_S``).
+
+What goes wrong is a typed value (``beatd.failures.Failure``): ``fault`` is the one that stopped the
+daemon (capture, store; ``failure`` its line), ``failures()`` every one holding now (also the store
+full, the ledger down or refusing), for ``beatd status`` and the ``beat_failure`` metric.
+
+Reload (SIGHUP, ``reload()``): the configuration file is compared key by key with the running one
+(``config.reload_plan``); the keys in ``config.RELOADABLE_KEYS`` are applied, each other changed key
+is logged by its TOML name as needing a restart.
 
 ``backend = "ethereum"``: ``url`` (the JSON-RPC node), ``contract`` (the Beat contract's address)
 and ``key`` = the device's Ethereum account key (``device.eth`` from ``beatd keygen --ethereum``),
@@ -56,6 +61,7 @@ which signs the anchor transactions; ``device_key`` (optional) = the device's Ed
 (``device.ed25519``), its identity for evidence signatures, kept separate: at start the daemon
 checks that the node is registered with both (account and public key) and warns otherwise.
 """
+import dataclasses
 import logging
 import os
 import select
@@ -67,9 +73,10 @@ import fastpath
 
 from . import __version__
 from .config import format_mac
+from .failures import Failure, Kind
 from .logs import event
 from .neighbours import NeighbourMap, pipeline_map, unbound
-from .store import PRUNE_LEAVES, Store, StoreError, StoreFullError, no_room
+from .store import PRUNE_LEAVES, Store, StoreError, StoreFullError
 
 __all__ = ["Daemon", "DaemonError", "ring_sources", "list_interfaces"]
 
@@ -82,7 +89,6 @@ RING_STATUS_INTERVAL_S = 1.0
 FINAL_ANCHOR_TIMEOUT_S = 1.0
 CAPTURE_ALIVE_INTERVAL_S = 1.0        # capture_alive_t_ns is written at least this often
 DRAIN_S = 0.5                         # at stop, reading what the capture rings still hold
-ANCHOR_POLL_MAX_S = 1.0
 WRONG_IF_LOG_INTERVAL_S = 10.0        # one log message per (MAC, interface, direction) at most
 IFF_LOOPBACK = 0x8
 FULL_LOG_INTERVAL_S = 10.0            # a full store is logged once, then at most this often
@@ -141,6 +147,17 @@ def _quietly(fn):
         pass
 
 
+def _shown(value):
+    """A configuration value for a log line (MACs and neighbours readable)."""
+    if isinstance(value, bytes):
+        return format_mac(value) if len(value) == 6 else value.hex()
+    if isinstance(value, tuple):
+        return [_shown(v) for v in value]
+    if dataclasses.is_dataclass(value):
+        return {k: _shown(v) for k, v in dataclasses.asdict(value).items()}
+    return value
+
+
 def _empty(out):
     return not (out.records or out.segments or out.receipts or out.counters
                 or any(out.stats.values()))
@@ -163,7 +180,7 @@ class Daemon:
                 raise DaemonError(str(exc)) from None
         self.config_path = config_path
         self.source_factory = source_factory or ring_sources
-        self.failure = None             # why the daemon stopped on its own (exit code 1)
+        self.fault = None               # why the daemon stopped on its own (a fatal Failure)
         self.store = None
         self.pipeline = None
         self.neighbours = None
@@ -189,31 +206,26 @@ class Daemon:
         self._ring_status_at = 0.0
         self.commits = 0
         # a full store: since when (None: not full), why, and what it could not record since start
-        self._full_since = None
-        self._full_error = None
+        self._full = None               # the store_full Failure while the store is full
         self._full_logged = -FULL_LOG_INTERVAL_S
         self._full_logged_state = (False, 0)     # (full, episodes) as the last line said
         self._full_episodes = 0
         self.store_dropped = dict.fromkeys(STORE_DROPPED, 0)
         self._prune_error_logged = 0.0
-        self._anchor_full_logged = 0.0
         self._store_status = {}
         self.commit_seconds = None
         self.last_commit_time = None
         self.reloads = 0
+        self.last_reload = None         # what the last reload applied and what needs a restart
         self.started = None
         self._rates = {"frames_per_s": 0.0, "records_per_s": 0.0}
         self._rate_prev = None
         self.ledger = None              # the ledger backend, when [ledger] is configured
         self.batcher = None
+        self.anchoring = None           # the anchor thread around the batcher (beatd.anchoring)
         self.device_key = None          # ethereum: the device's Ed25519 key (ledger.device_key)
         self._evidence_key = None       # the DeviceKey that signs evidence (already loaded)
         self.interrogation = None       # the gRPC Interrogation server, when configured
-        self._anchor_thread = None
-        self._anchor_stop = threading.Event()
-        self._anchor_lock = threading.Lock()    # one tick at a time
-        self._anchor_stats = None
-        self._ledger_where = None
         self._ledger_log_routed = False
         self.slots = {}                 # {ifname: slot}: the interface each frame was captured on
         self._wrong_if_log = {}         # (mac, slot, dir) -> [monotonic time logged, frames since]
@@ -279,7 +291,7 @@ class Daemon:
         self.neighbours.start()
 
         if cfg.metrics_address is not None:
-            from .metrics import MetricsServer
+            from .metrics import AnchorCollector, InterrogationCollector, MetricsServer
             try:
                 self.metrics = MetricsServer(cfg.metrics_address, self.snapshot)
             except OSError as exc:
@@ -308,10 +320,8 @@ class Daemon:
         self._committer = threading.Thread(target=self._commit_loop, name="beatd-commit",
                                            daemon=True)
         self._committer.start()
-        if self.batcher is not None:
-            self._anchor_thread = threading.Thread(target=self._anchor_loop, name="beatd-anchor",
-                                                   daemon=True)
-            self._anchor_thread.start()
+        if self.anchoring is not None:
+            self.anchoring.start()
         self.workers = []
         for k, sources in enumerate(per_worker):
             t = threading.Thread(target=self._capture_loop, args=(k, sources),
@@ -490,115 +500,35 @@ class Daemon:
     # -- ledger -------------------------------------------------------------------------------
 
     def _open_ledger(self):
-        """The backend, the device's signer and the batcher (DaemonError naming the key)."""
+        """The backend, the device's signer, the batcher and its thread (``beatd.anchoring``;
+        DaemonError naming the key)."""
+        from ledger_client.batcher import Batcher
+
+        from .anchoring import Anchoring, AnchoringError, check_registration, open_ledger
         cfg = self.cfg
         self._route_ledger_logs()
-        if cfg.ledger_backend == "local":
-            from ledger_client.errors import LedgerError
-            from ledger_client.keys import DeviceKey, KeyFileError
-            from ledger_client.local import LocalLedger
-            from ledger_client.local import AwaitedLocalLedger
-            path = cfg.ledger_path
-            if not os.path.exists(path) and not cfg.ledger_path_default:
-                raise DaemonError(f'ledger.path: "{path}": no such ledger (the governance creates '
-                                  "it: beatctl --ledger local:PATH --key GOV_KEY register-node ...)")
-            signer = self._local_device_key(DeviceKey, KeyFileError)
-            if cfg.interrogation_signing_key in (None, cfg.ledger_key):
-                self._evidence_key = signer
-            if not os.path.exists(path):
-                # the default ledger the governance has not created yet: anchors wait
-                self.ledger = AwaitedLocalLedger(path, cfg.hash)
-                event(log, logging.WARNING, "ledger: no local ledger yet; batches wait in the "
-                      "outbox until the governance creates it", path=path)
-            else:
-                try:
-                    self.ledger = LocalLedger(path, hash_name=None)
-                except LedgerError as exc:
-                    raise DaemonError(f'ledger.path: "{path}": {exc}') from None
-            self._ledger_where = path
-        elif cfg.ledger_backend == "ethereum":
-            try:
-                from ledger_client import ethereum
-                EthereumLedger, Account = ethereum.EthereumLedger, ethereum.Account
-            except (ImportError, AttributeError) as exc:
-                raise DaemonError(f'ledger.backend: "ethereum" is not available yet in this '
-                                  f"build (ledger_client.ethereum: {exc}); use \"local\" or "
-                                  f"\"none\"") from None
-            try:
-                signer = Account.from_file(cfg.ledger_key)
-            except Exception as exc:  # noqa: BLE001 (named, exit 2)
-                raise DaemonError(f'ledger.key: "{cfg.ledger_key}": not an Ethereum account key '
-                                  f"(device.eth from `beatd keygen --ethereum`): {exc}") from None
-            if cfg.ledger_device_key is not None:
-                from ledger_client.keys import DeviceKey, KeyFileError
-                try:
-                    self.device_key = DeviceKey.load(cfg.ledger_device_key)
-                except KeyFileError as exc:
-                    raise DaemonError(f"ledger.device_key: {exc}") from None
-                if cfg.interrogation_signing_key in (None, cfg.ledger_device_key):
-                    self._evidence_key = self.device_key
-            try:
-                self.ledger = EthereumLedger(cfg.ledger_url, cfg.ledger_contract, cfg.hash)
-            except Exception as exc:  # noqa: BLE001 (named, exit 2)
-                raise DaemonError(f'ledger.url: "{cfg.ledger_url}": {type(exc).__name__}: '
-                                  f"{exc}") from None
-            self._ledger_where = cfg.ledger_url
-        else:  # pragma: no cover (config.py rejects it)
-            raise DaemonError(f'ledger.backend: "{cfg.ledger_backend}": unknown')
-        from ledger_client.batcher import Batcher
         try:
-            self.batcher = Batcher(self.store, self.ledger, cfg.node_id, cfg.hash, signer=signer,
+            setup = open_ledger(cfg)
+        except AnchoringError as exc:
+            raise DaemonError(str(exc)) from None
+        self.ledger, self.device_key = setup.backend, setup.device_key
+        if setup.evidence_key is not None:
+            self._evidence_key = setup.evidence_key
+        try:
+            self.batcher = Batcher(self.store, self.ledger, cfg.node_id, cfg.hash,
+                                   signer=setup.signer,
                                    anchor_period_s=cfg.effective_ledger_anchor_period_s,
                                    max_leaves=cfg.ledger_max_leaves)
         except ValueError as exc:
-            raise DaemonError(f'ledger: "{self._ledger_where}": {exc}') from None
-        registered = None
-        try:
-            node = self.ledger.get_node(cfg.node_id)
-            if cfg.ledger_backend == "ethereum":
-                # the account signs the anchors; the Ed25519 key (when given) is the identity
-                registered = (node is not None and bytes(node.account or b"") ==
-                              signer.address_bytes and (self.device_key is None or
-                                                        node.pubkey == self.device_key.public))
-            else:
-                registered = node is not None and bytes(node.pubkey or b"") == bytes(
-                    getattr(signer, "public", b"") or b"")
-        except Exception as exc:  # noqa: BLE001 (only a hint: the submission says it for sure)
-            event(log, logging.WARNING, "ledger: cannot look the node up", error=str(exc))
-        self._anchor_stats = self._stamped(self.batcher.stats)
-        event(log, logging.INFO, "ledger", backend=cfg.ledger_backend, where=self._ledger_where,
+            raise DaemonError(f'ledger: "{setup.where}": {exc}') from None
+        self.anchoring = Anchoring(self.batcher, cfg, where=setup.where,
+                                   map_size=lambda: getattr(self.store, "map_size", None))
+        st = self.anchoring.stats
+        event(log, logging.INFO, "ledger", backend=cfg.ledger_backend, where=setup.where,
               anchor_period_s=cfg.effective_ledger_anchor_period_s,
-              next_batch_seq=self._anchor_stats["next_batch_seq"],
-              pending_anchors=self._anchor_stats["pending_anchors"],
-              leaves_waiting=self._anchor_stats["leaves_waiting"])
-        if registered is False:
-            who = ({"account": signer.address} if cfg.ledger_backend == "ethereum"
-                   else {"pubkey": signer.public.hex()})
-            if self.device_key is not None:
-                who["pubkey"] = self.device_key.public.hex()
-            event(log, logging.WARNING, "ledger: this node is not registered with this key; the "
-                  "ledger will refuse its anchors until the governance registers it "
-                  "(beatctl register-node), then SIGHUP or restart", node_id=cfg.node_id, **who)
-
-    def _local_device_key(self, DeviceKey, KeyFileError):
-        """The device's Ed25519 key; the default one (STORE/device.ed25519) is made at the first
-        start, 0600, and its public key logged for the governance to register."""
-        cfg = self.cfg
-        if cfg.ledger_key_default and not os.path.exists(cfg.ledger_key):
-            key = DeviceKey.generate()
-            try:
-                key.save(cfg.ledger_key)
-            except (OSError, KeyFileError) as exc:
-                raise DaemonError(f'ledger.key: "{cfg.ledger_key}": cannot make the device key: '
-                                  f"{exc}") from None
-            event(log, logging.WARNING, "ledger: made this device's key; the governance registers "
-                  "it with beatctl register-node", key=cfg.ledger_key, node_id=cfg.node_id,
-                  pubkey=key.public.hex())
-            return key
-        try:
-            return DeviceKey.load(cfg.ledger_key)
-        except KeyFileError as exc:
-            raise DaemonError(f"ledger.key: {exc}") from None
+              next_batch_seq=st["next_batch_seq"], pending_anchors=st["pending_anchors"],
+              leaves_waiting=st["leaves_waiting"])
+        check_registration(cfg, setup)
 
     def _route_ledger_logs(self):
         """The batcher logs under ``beat.ledger``: through beatd's handlers, in beatd's format."""
@@ -611,108 +541,14 @@ class Daemon:
             child.propagate = False
             self._ledger_log_routed = True
 
-    def _anchor_loop(self):
-        period = self.cfg.effective_ledger_anchor_period_s
-        poll = min(ANCHOR_POLL_MAX_S, max(0.05, period / 4))
-        while not self._anchor_stop.wait(poll):
-            self._anchor_tick()
-
-    def _anchor_tick(self, final=False):
-        b = self.batcher
-        with self._anchor_lock:
-            try:
-                if final:
-                    b.build()
-                    if b.halted is None:
-                        b._next_try = 0.0       # one attempt now, backoff or not
-                    b.submit()
-                else:
-                    b.tick()
-            except Exception as exc:  # noqa: BLE001 (kept and shown; the loop goes on)
-                b.last_error = f"tick: {type(exc).__name__}: {exc}"
-                if no_room(exc, self.cfg.store_path):
-                    # no room for a new batch's tree levels: a smaller batch may fit, and the
-                    # batches built are still submitted (once anchored and older than the
-                    # threshold, pruning frees their room)
-                    self._anchor_no_room(b.last_error)
-                    try:
-                        self._build_smaller(b)
-                        b.submit()
-                    except Exception as exc2:  # noqa: BLE001 (as above)
-                        b.last_error = f"submit: {type(exc2).__name__}: {exc2}"
-                        if no_room(exc2, self.cfg.store_path):  # not even room to mark
-                            self._anchor_no_room(b.last_error)
-                        else:
-                            event(log, logging.ERROR, "anchor submission failed",
-                                  error=b.last_error)
-                else:
-                    event(log, logging.ERROR, "anchor tick failed", error=b.last_error)
-            try:
-                self._anchor_stats = self._stamped(b.stats)
-            except Exception:  # noqa: BLE001 (the store closing under a late tick)
-                pass
-
-    def _build_smaller(self, b):
-        """Build a batch of fewer leaves than are waiting (halving, down to one) when a full store
-        has no room for the tree levels of them all: otherwise a store filled within one anchor
-        period would hold only unbatched leaves, nothing to anchor, nothing to prune, for good."""
-        keep = b.max_leaves
-        n = min(keep, b.stats()["leaves_waiting"]) // 2
-        try:
-            while n >= 1:
-                b.max_leaves = n
-                try:
-                    return b.build()
-                except Exception as exc:  # noqa: BLE001 (only the lack of room is retried)
-                    if not no_room(exc, self.cfg.store_path):
-                        raise
-                n //= 2
-        finally:
-            b.max_leaves = keep
-        return None
-
-    def _anchor_no_room(self, error):
-        now = time.monotonic()
-        if now - self._anchor_full_logged >= FULL_LOG_INTERVAL_S:
-            self._anchor_full_logged = now
-            event(log, logging.WARNING, "store full: no new batch can be built; the batches "
-                  "built are still submitted", path=self.cfg.store_path,
-                  map_size=getattr(self.store, "map_size", None), error=error)
-
-    @staticmethod
-    def _stamped(read_stats):
-        """``read_stats()`` with ``as_of``: a time before the outbox was read (a status reader
-        that saw a segment closed at time T knows its leaf is counted once ``as_of`` >= T)."""
-        as_of = time.time()
-        stats = read_stats()
-        stats["as_of"] = as_of
-        return stats
-
     def _final_anchor(self):
-        """After the final commit: build what is left, one submission attempt, bounded."""
-        if self._anchor_thread is not None:
-            self._anchor_thread.join(timeout=FINAL_ANCHOR_TIMEOUT_S)
-        t = threading.Thread(target=self._anchor_tick, kwargs={"final": True},
-                             name="beatd-anchor-final", daemon=True)
-        t.start()
-        t.join(timeout=FINAL_ANCHOR_TIMEOUT_S)
-        st = self._anchor_stats or {}
-        if t.is_alive():
-            event(log, logging.WARNING, "final anchor submission did not finish in time; the "
-                  "pending anchors are submitted at the next start",
-                  timeout_s=FINAL_ANCHOR_TIMEOUT_S)
-        event(log, logging.INFO, "anchors at stop", pending_anchors=st.get("pending_anchors"),
-              last_anchored_batch_seq=st.get("last_anchored_batch_seq"),
-              leaves_waiting=st.get("leaves_waiting"), last_error=st.get("last_error"))
+        """After the final commit: build what is left, one submission attempt, bounded by
+        ``FINAL_ANCHOR_TIMEOUT_S`` (read at call time)."""
+        self.anchoring.final(FINAL_ANCHOR_TIMEOUT_S)
 
     def anchor_status(self):
         """The anchor state (status and metrics), or None without a ledger."""
-        if self.batcher is None:
-            return None
-        st = dict(self._anchor_stats or {})
-        st.update(backend=self.cfg.ledger_backend, ledger=self._ledger_where,
-                  anchor_period_s=self.cfg.effective_ledger_anchor_period_s)
-        return st
+        return self.anchoring.status() if self.anchoring is not None else None
 
     def _resolve_interfaces(self):
         names = self.cfg.interfaces
@@ -759,7 +595,7 @@ class Daemon:
                     next_stats = now + RING_STATS_INTERVAL_S
             self._drain(sources)
         except Exception as exc:  # noqa: BLE001 (any failure stops the daemon, named)
-            self._fail(f"capture worker {k}: {exc}", exc)
+            self._fail(Failure.of(Kind.CAPTURE, f"capture worker {k}", exc))
         finally:
             try:
                 self._snapshot_rings(k, sources)
@@ -814,7 +650,7 @@ class Daemon:
             try:
                 self.commit()
             except StoreError as exc:
-                self._fail(f"store: {exc}", exc)
+                self._fail(Failure.of(Kind.STORE, "store", exc))
                 return
 
     def commit(self, force_status=False):
@@ -839,7 +675,7 @@ class Daemon:
                     self.commit_seconds = time.perf_counter() - t0
                     self.commits += 1
                     self.last_commit_time = time.time()
-                    if self._full_since is not None:
+                    if self._full is not None:
                         self._store_has_room()
             self._write_capture_gaps(force=force_status)
             self._log_full()        # a line the rate limit held back, or "store still full"
@@ -870,13 +706,15 @@ class Daemon:
         lost.update(bytes(since.open_receipts[i:i + 41])
                     for i in range(0, len(since.open_receipts), ork))
         n["receipts"] += len(lost - kept)
-        self._full_error = str(exc)
-        if self._full_since is None:
-            self._full_since = time.time()
+        if self._full is None:
+            self._full = Failure.of(Kind.STORE_FULL, "store", exc)
             self._full_episodes += 1
+        else:                           # the same episode: its latest error, since its start
+            self._full = dataclasses.replace(self._full, error=str(exc),
+                                             exc_type=type(exc).__name__)
 
     def _store_has_room(self):
-        self._full_since = None
+        self._full = None
 
     def _log_full(self):
         """The full store's log lines, at most one every FULL_LOG_INTERVAL_S whatever the
@@ -884,7 +722,7 @@ class Daemon:
         full" (an error) when it became full since the last line, "store still full" while it
         stays, "store has room again" once it has (also when that came between two lines)."""
         now = time.monotonic()
-        full = self._full_since is not None
+        full = self._full is not None
         if now - self._full_logged < FULL_LOG_INTERVAL_S or \
                 (not full and self._full_logged_state == (False, self._full_episodes)):
             return
@@ -894,10 +732,10 @@ class Daemon:
         if full and (not was_full or episodes != self._full_episodes):
             event(log, logging.ERROR, "store full: the batches that do not fit are dropped and "
                   "counted; capture, the Interrogation service and anchoring go on, pruning "
-                  "frees what it may", **where, error=self._full_error, **dropped)
+                  "frees what it may", **where, error=self._full.error, **dropped)
         elif full:
             event(log, logging.WARNING, "store still full", **where,
-                  full_for_s=round(time.time() - self._full_since, 1), **dropped)
+                  full_for_s=round(time.time() - self._full.since, 1), **dropped)
         else:
             event(log, logging.INFO, "store has room again: recording resumed", **where,
                   episodes=self._full_episodes, **dropped)
@@ -911,7 +749,7 @@ class Daemon:
             return
         try:
             self.store.prune(time.time_ns(), self.cfg.threshold_ns,
-                             PRUNE_LEAVES if self._full_since is None else PRUNE_LEAVES_FULL)
+                             PRUNE_LEAVES if self._full is None else PRUNE_LEAVES_FULL)
         except StoreError as exc:
             now = time.monotonic()
             if now - self._prune_error_logged >= FULL_LOG_INTERVAL_S:
@@ -932,10 +770,10 @@ class Daemon:
     def store_status(self):
         """The store's state for ``beatd status`` and the metrics: its map, whether it is full
         (since when, why), what a full store made the daemon drop since start, what was pruned."""
-        full = self._full_since is not None
+        full = self._full
         return {"path": self.cfg.store_path, "map_size": self.store.map_size if self.store else
-                None, "full": full, "full_since": self._full_since,
-                "full_error": self._full_error if full else None,
+                None, "full": full is not None, "full_since": full.since if full else None,
+                "full_error": full.error if full else None,
                 "full_episodes": self._full_episodes, "dropped": dict(self.store_dropped),
                 "pruned": dict(self._store_status)}
 
@@ -949,11 +787,28 @@ class Daemon:
         """Signal-safe: the main loop reloads the neighbours at its next tick."""
         self._hup = True
 
-    def _fail(self, why, exc=None):
-        if self.failure is None:
-            self.failure = why
-            event(log, logging.ERROR, "stopping on a failure", error=why,
-                  exc_type=type(exc).__name__ if exc else None)
+    @property
+    def failure(self):
+        """Why the daemon stopped on its own, as the line ``beatd run`` and ``beatd status``
+        print ("capture worker 0: ..."), or None; ``fault`` is the typed value."""
+        return str(self.fault) if self.fault is not None else None
+
+    def failures(self):
+        """Every problem now, as ``Failure`` values (beatd.failures): the one that stopped the
+        daemon, the store full, what keeps anchors off the ledger."""
+        out = [f for f in (self.fault, self._full) if f is not None]
+        if self.anchoring is not None:
+            f = self.anchoring.failure()
+            if f is not None:
+                out.append(f)
+        return out
+
+    def _fail(self, failure):
+        """A fatal failure (``Failure``, kind capture or store): the daemon stops (exit code 1)."""
+        if self.fault is None:
+            self.fault = failure
+            event(log, logging.ERROR, "stopping on a failure", error=str(failure),
+                  kind=failure.kind.value, exc_type=failure.exc_type)
         self._stop.set()
 
     def serve(self, tick_s=0.1):
@@ -985,33 +840,36 @@ class Daemon:
         self._rate_prev = (mono, t["frames"], t["records"])
 
     def reload(self):
-        """SIGHUP: the neighbours from the configuration file again, and the kernel's table."""
-        from .config import ConfigError, load
+        """SIGHUP: the configuration file again, compared key by key with the running one
+        (``config.reload_plan``): the keys a reload applies (``config.RELOADABLE_KEYS``: the
+        neighbours) are applied, each other changed key is logged by its TOML name as needing a
+        restart; then the kernel's neighbour table again, and a halted anchor submission resumes.
+        Returns ``{"applied": [...], "restart": [...], "error": ...}`` (also ``last_reload`` in
+        ``status()``)."""
+        from .config import ConfigError, load, reload_plan
         self.reloads += 1
+        result = {"applied": [], "restart": [], "error": None}
         if self.config_path:
             try:
                 new = load(self.config_path)
             except ConfigError as exc:
                 event(log, logging.ERROR, "reload: configuration rejected, neighbours unchanged",
                       error=str(exc))
+                result["error"] = str(exc)
                 new = None
             if new is not None:
-                ignored = sorted(k for k in ("node_id", "hash", "own_macs", "store_path",
-                                             "interfaces", "workers", "metrics_listen",
-                                             "control_socket", "ring_size",
-                                             "ledger_backend", "ledger_path", "ledger_key",
-                                             "ledger_device_key",
-                                             "ledger_url", "ledger_contract",
-                                             "ledger_anchor_period_s", "ledger_max_leaves")
-                                 if getattr(new, k) != getattr(self.cfg, k))
-                if ignored:
-                    event(log, logging.WARNING, "reload: these changes need a restart",
-                          keys=ignored)
+                plan = reload_plan(self.cfg, new)
+                result["restart"] = list(plan.restart)
+                for key in plan.restart:
+                    event(log, logging.WARNING, f"reload: {key} changed: needs a restart",
+                          key=key, running=_shown(self.cfg.value_of(key)),
+                          new=_shown(new.value_of(key)))
                 try:
                     self._check_neighbour_interfaces(new.neighbours)
                 except DaemonError as exc:
                     event(log, logging.ERROR, "reload: configuration rejected, neighbours "
                           "unchanged", error=str(exc))
+                    result["error"] = str(exc)
                     new = None
             if new is not None:
                 for n in unbound(new.neighbours):
@@ -1019,12 +877,18 @@ class Daemon:
                           "it on every captured interface; give its interface in [[neighbours]]",
                           node_id=n.node_id, mac=format_mac(n.mac))
                 self.neighbours.set_config(new.neighbours)
+                # the running configuration takes what was applied, and keeps the rest: a key
+                # that needs a restart is reported again at the next reload
+                self.cfg = self.cfg.with_keys(new, plan.apply)
+                result["applied"] = list(plan.apply)
         self.neighbours.reload_kernel()
-        if self.batcher is not None and self.batcher.halted is not None:
-            event(log, logging.INFO, "anchor submission resumed", was=self.batcher.halted)
-            self.batcher.resume()
+        if self.anchoring is not None:
+            self.anchoring.resume()
+        self.last_reload = result
         event(log, logging.INFO, "reloaded", reloads=self.reloads,
-              neighbours=len(self.neighbours.current()))
+              neighbours=len(self.neighbours.current()), applied=result["applied"],
+              restart=result["restart"])
+        return result
 
     # -- stop -----------------------------------------------------------------------------------
 
@@ -1032,7 +896,8 @@ class Daemon:
         """Stop capture, commit everything, flush, commit, close the store and the servers."""
         t0 = time.monotonic()
         self._capture_stop.set()
-        self._anchor_stop.set()
+        if self.anchoring is not None:
+            self.anchoring.request_stop()
         for t, _ in self.workers:
             if t is not None:
                 t.join(timeout=1.0)
@@ -1042,7 +907,7 @@ class Daemon:
         if self._committer is not None:
             self._committer.join(timeout=1.0)
         committed = False
-        store_failed = (self.failure or "").startswith("store")
+        store_failed = self.fault is not None and self.fault.kind is Kind.STORE
         if self.store is not None and self.pipeline is not None and not store_failed:
             try:
                 self.commit()
@@ -1050,9 +915,10 @@ class Daemon:
                 self.commit(force_status=True)
                 committed = True
             except StoreError as exc:
-                self.failure = self.failure or f"store: {exc}"
+                if self.fault is None:
+                    self.fault = Failure.of(Kind.STORE, "store", exc)
                 event(log, logging.ERROR, "final commit failed", error=str(exc))
-        if committed and self.batcher is not None:
+        if committed and self.anchoring is not None:
             self._final_anchor()
         totals = self.pipeline.totals() if self.pipeline is not None else {}
         self._close_all()
@@ -1064,9 +930,8 @@ class Daemon:
     def _close_all(self):
         self._capture_stop.set()
         self._commit_stop.set()
-        self._anchor_stop.set()
-        if self._anchor_thread is not None:
-            self._anchor_thread.join(timeout=FINAL_ANCHOR_TIMEOUT_S)
+        if self.anchoring is not None:
+            self.anchoring.stop(FINAL_ANCHOR_TIMEOUT_S)
         for _, sources in self.workers:
             for s in sources:
                 try:
@@ -1126,7 +991,8 @@ class Daemon:
         return {"totals": self.pipeline.totals(), "capture": total, "kernel": kernel,
                 "ring": self._ring_status, "commits": self.commits,
                 "commit_seconds": self.commit_seconds, "anchor": self.anchor_status(),
-                "store": self.store_status()}
+                "store": self.store_status(),
+                "failures": sorted({f.kind.value for f in self.failures()})}
 
     def status(self):
         """The state ``beatd status`` prints (JSON-able)."""
@@ -1170,102 +1036,10 @@ class Daemon:
             "interrogation": (self.interrogation.stats() if self.interrogation is not None
                               else None),
             "failure": self.failure,
+            "failures": [f.as_dict() for f in self.failures()],
+            "last_reload": self.last_reload,
             "testing": ({"allow_inject": self.testing_allow_inject,
                          **(self.testing_lies.status() if self.testing_lies else {"lies": []})}
                         if self.testing_allow_inject or self.testing_lies else None),
         }
 
-
-ANCHOR_METRICS = ("beat_anchor_leaves_waiting", "beat_anchor_pending", "beat_anchor_last_batch_seq",
-                  "beat_anchor_retries_total", "beat_anchors_total")
-
-
-class AnchorCollector:
-    """The anchor metrics (only when a ledger is configured): leaves waiting, pending anchors,
-    last anchored batch_seq (-1: none yet), failed submission attempts and anchors on the ledger
-    (both since start)."""
-
-    def __init__(self, anchor_status):
-        self._status = anchor_status
-
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        st = self._status()
-        if not st:
-            return
-        last = st.get("last_anchored_batch_seq")
-        for name, doc, value in (
-                ("beat_anchor_leaves_waiting", "Outbox leaves not in a batch yet",
-                 st.get("leaves_waiting", 0)),
-                ("beat_anchor_pending", "Batches built and not yet on the ledger",
-                 st.get("pending_anchors", 0)),
-                ("beat_anchor_last_batch_seq", "The last batch_seq on the ledger (-1: none)",
-                 -1 if last is None else last)):
-            m = GaugeMetricFamily(name, doc)
-            m.add_metric([], value)
-            yield m
-        for name, doc, value in (
-                ("beat_anchor_retries_total", "Failed anchor submissions (ledger unavailable) "
-                 "since start", st.get("retries", 0)),
-                ("beat_anchors_total", "Anchors that reached the ledger since start",
-                 st.get("anchors_submitted", 0))):
-            m = CounterMetricFamily(name[:-len("_total")], doc)
-            m.add_metric([], value)
-            yield m
-
-
-INTERROGATION_METRICS = ("beat_interrogation_active_streams", "beat_interrogation_answers_total",
-                         "beat_interrogation_refused_total",
-                         "beat_interrogation_refused_reasons_total", "beat_interrogation_calls",
-                         "beat_interrogation_cancelled_total")
-
-
-class InterrogationCollector:
-    """The Interrogation service's metrics (only when it runs): evidence answers running now,
-    answers given and requests refused by gRPC status code (both since start); the guard's
-    refusals by reason, calls running by role (governance, others), calls cancelled by the
-    watchdog by limit (max_stream_s, max_call_s)."""
-
-    def __init__(self, server):
-        self._server = server
-
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        srv = self._server()
-        if srv is None:
-            return
-        st = srv.stats()
-        m = GaugeMetricFamily("beat_interrogation_active_streams",
-                              "Evidence answers (proof segments, receipts) running now")
-        m.add_metric([], st.get("active_streams", 0))
-        yield m
-        m = CounterMetricFamily("beat_interrogation_answers", "Answers given since start")
-        m.add_metric([], st.get("answers", 0))
-        yield m
-        m = CounterMetricFamily("beat_interrogation_refused",
-                                "Requests refused since start, by gRPC status code",
-                                labels=["code"])
-        for code, n in sorted((st.get("refused") or {}).items()):
-            m.add_metric([str(code)], n)
-        yield m
-        m = CounterMetricFamily("beat_interrogation_refused_reasons",
-                                "Calls refused before their handler since start, by reason (role, "
-                                "max_peer_rpcs, max_device_rpcs)", labels=["reason"])
-        for reason, n in sorted((st.get("refused_reasons") or {}).items()):
-            m.add_metric([str(reason)], n)
-        yield m
-        m = GaugeMetricFamily("beat_interrogation_calls",
-                              "Calls running now, by the client certificate's role (governance, "
-                              "others)", labels=["role"])
-        for role, n in sorted((st.get("calls") or {}).items()):
-            m.add_metric([str(role)], n)
-        yield m
-        m = CounterMetricFamily("beat_interrogation_cancelled",
-                                "Calls cancelled by the watchdog since start, by limit "
-                                "(max_stream_s: evidence answers, max_call_s: the others)",
-                                labels=["limit"])
-        for limit, n in sorted((st.get("cancelled") or {}).items()):
-            m.add_metric([str(limit)], n)
-        yield m

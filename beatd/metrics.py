@@ -17,7 +17,10 @@ from prometheus_client.core import CollectorRegistry, CounterMetricFamily, Gauge
 
 from fastpath.output import REASON_CLASS
 
-__all__ = ["MetricsServer", "Collector", "NAMES"]
+from .failures import Kind
+
+__all__ = ["MetricsServer", "Collector", "AnchorCollector", "InterrogationCollector", "NAMES",
+           "ANCHOR_METRICS", "INTERROGATION_METRICS"]
 
 NAMES = ("beat_frames_total", "beat_bytes_total", "beat_records_total", "beat_dropped_total",
          "beat_kernel_drops_total", "beat_kernel_packets_total", "beat_ring_wraps_total",
@@ -25,7 +28,7 @@ NAMES = ("beat_frames_total", "beat_bytes_total", "beat_records_total", "beat_dr
          "beat_segments_total", "beat_receipts_total", "beat_unknown_mac_total",
          "beat_neighbour_wrong_interface_total", "beat_join_overflow_total",
          "beat_commit_seconds", "beat_receipt_overflow_total", "beat_store_full",
-         "beat_store_dropped_total", "beat_store_pruned_total")
+         "beat_store_dropped_total", "beat_store_pruned_total", "beat_failure")
 
 
 def _counter(name, doc, value, labels=None):
@@ -103,6 +106,104 @@ class Collector:
                        "the threshold), by kind: batches, segments, receipts",
                        {k: pruned.get(k, 0) for k in ("batches", "segments", "receipts")},
                        labels=("what",))
+        now = set(s.get("failures") or ())
+        m = GaugeMetricFamily("beat_failure", "1 while a failure of this kind holds (capture, "
+                              "store: the daemon stops; store_full, ledger_down, "
+                              "ledger_refused, anchor: it goes on), else 0", labels=["kind"])
+        for kind in Kind:
+            m.add_metric([kind.value], 1 if kind.value in now else 0)
+        yield m
+
+
+ANCHOR_METRICS = ("beat_anchor_leaves_waiting", "beat_anchor_pending", "beat_anchor_last_batch_seq",
+                  "beat_anchor_retries_total", "beat_anchors_total")
+
+
+class AnchorCollector:
+    """The anchor metrics (only when a ledger is configured): leaves waiting, pending anchors,
+    last anchored batch_seq (-1: none yet), failed submission attempts and anchors on the ledger
+    (both since start)."""
+
+    def __init__(self, anchor_status):
+        self._status = anchor_status
+
+    def collect(self):
+        st = self._status()
+        if not st:
+            return
+        last = st.get("last_anchored_batch_seq")
+        for name, doc, value in (
+                ("beat_anchor_leaves_waiting", "Outbox leaves not in a batch yet",
+                 st.get("leaves_waiting", 0)),
+                ("beat_anchor_pending", "Batches built and not yet on the ledger",
+                 st.get("pending_anchors", 0)),
+                ("beat_anchor_last_batch_seq", "The last batch_seq on the ledger (-1: none)",
+                 -1 if last is None else last)):
+            m = GaugeMetricFamily(name, doc)
+            m.add_metric([], value)
+            yield m
+        for name, doc, value in (
+                ("beat_anchor_retries_total", "Failed anchor submissions (ledger unavailable) "
+                 "since start", st.get("retries", 0)),
+                ("beat_anchors_total", "Anchors that reached the ledger since start",
+                 st.get("anchors_submitted", 0))):
+            m = CounterMetricFamily(name[:-len("_total")], doc)
+            m.add_metric([], value)
+            yield m
+
+
+INTERROGATION_METRICS = ("beat_interrogation_active_streams", "beat_interrogation_answers_total",
+                         "beat_interrogation_refused_total",
+                         "beat_interrogation_refused_reasons_total", "beat_interrogation_calls",
+                         "beat_interrogation_cancelled_total")
+
+
+class InterrogationCollector:
+    """The Interrogation service's metrics (only when it runs): evidence answers running now,
+    answers given and requests refused by gRPC status code (both since start); the guard's
+    refusals by reason, calls running by role (governance, others), calls cancelled by the
+    watchdog by limit (max_stream_s, max_call_s)."""
+
+    def __init__(self, server):
+        self._server = server
+
+    def collect(self):
+        srv = self._server()
+        if srv is None:
+            return
+        st = srv.stats()
+        m = GaugeMetricFamily("beat_interrogation_active_streams",
+                              "Evidence answers (proof segments, receipts) running now")
+        m.add_metric([], st.get("active_streams", 0))
+        yield m
+        m = CounterMetricFamily("beat_interrogation_answers", "Answers given since start")
+        m.add_metric([], st.get("answers", 0))
+        yield m
+        m = CounterMetricFamily("beat_interrogation_refused",
+                                "Requests refused since start, by gRPC status code",
+                                labels=["code"])
+        for code, n in sorted((st.get("refused") or {}).items()):
+            m.add_metric([str(code)], n)
+        yield m
+        m = CounterMetricFamily("beat_interrogation_refused_reasons",
+                                "Calls refused before their handler since start, by reason (role, "
+                                "max_peer_rpcs, max_device_rpcs)", labels=["reason"])
+        for reason, n in sorted((st.get("refused_reasons") or {}).items()):
+            m.add_metric([str(reason)], n)
+        yield m
+        m = GaugeMetricFamily("beat_interrogation_calls",
+                              "Calls running now, by the client certificate's role (governance, "
+                              "others)", labels=["role"])
+        for role, n in sorted((st.get("calls") or {}).items()):
+            m.add_metric([str(role)], n)
+        yield m
+        m = CounterMetricFamily("beat_interrogation_cancelled",
+                                "Calls cancelled by the watchdog since start, by limit "
+                                "(max_stream_s: evidence answers, max_call_s: the others)",
+                                labels=["limit"])
+        for limit, n in sorted((st.get("cancelled") or {}).items()):
+            m.add_metric([str(limit)], n)
+        yield m
 
 
 class MetricsServer:

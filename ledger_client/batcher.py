@@ -20,7 +20,8 @@ does) does two things:
    ``max_backoff_s`` = 30 s, then a uniform draw in [delay/2, delay]); nothing is lost, batches keep
    being built meanwhile and wait in order. ``ConflictError``, ``OrderError``, ``PermissionDenied``
    or any other ``LedgerError``: a real problem -- logged, kept as ``last_error``, and submission
-   stops (``halted``) until ``resume()`` or a restart; building goes on.
+   stops (``halted``) until ``resume()`` or a restart; building goes on. ``retry_now()``: the next
+   ``submit()`` tries at once, whatever the backoff (a halt stays): one last attempt at shutdown.
 
 Restart-safe: all state is in the store (``anchors``, ``leaf_proofs``: the batches' levels); a new Batcher on the same
 store continues with the next batch_seq and the next leaf, and resubmits the pending anchors (an
@@ -101,9 +102,13 @@ class Batcher:
         done = last.end_leaf_seq if last is not None else 0
         return max(0, self.outbox.next_leaf_seq() - done)
 
-    def build(self):
-        """Build one batch now from the waiting leaves (at most ``max_leaves``); the new
-        ``BatchRecord``, or ``None`` when no leaf is waiting."""
+    def build(self, max_leaves=None):
+        """Build one batch now from the waiting leaves (at most ``max_leaves``, by default the
+        batcher's); the new ``BatchRecord``, or ``None`` when no leaf is waiting."""
+        if max_leaves is None:
+            max_leaves = self.max_leaves
+        elif not isinstance(max_leaves, int) or max_leaves < 1:
+            raise ValueError(f"max_leaves: {max_leaves!r} must be a positive integer")
         last = self.outbox.last_batch()
         if last is None:
             batch_seq, first_leaf, seg_before = 0, 0, 0
@@ -111,7 +116,7 @@ class Batcher:
             batch_seq, first_leaf, seg_before = (last.batch_seq + 1, last.end_leaf_seq,
                                                  last.seg_leaves_end)
         now = self.clock.time()
-        leaves = self.outbox.leaves(first_leaf, self.max_leaves)
+        leaves = self.outbox.leaves(first_leaf, max_leaves)
         self._last_built = now
         if not leaves:
             return None
@@ -186,6 +191,17 @@ class Batcher:
         self.last_error = f"anchor {self.node_id}/{rec.batch_seq}: {type(exc).__name__}: {exc}"
         log.warning("node %d: %s; retry in %.1f s", self.node_id, self.last_error, delay)
 
+    def retry_now(self):
+        """The next ``submit()`` tries at once, whatever the backoff (a halt stays halted; the
+        backoff grows on from where it is if that attempt fails too)."""
+        self._next_try = 0.0
+
+    def failed(self, where, exc):
+        """A failure around the batcher (``where``: "tick", "submit", ...) kept as ``last_error``
+        (stats, status); returns the text."""
+        self.last_error = f"{where}: {type(exc).__name__}: {exc}"
+        return self.last_error
+
     def resume(self):
         """Clear a halt (once the operator fixed the cause) and the backoff: submit next tick."""
         self.halted = None
@@ -200,7 +216,7 @@ class Batcher:
             try:
                 self.tick()
             except Exception as exc:
-                self.last_error = f"tick: {type(exc).__name__}: {exc}"
+                self.failed("tick", exc)
                 log.exception("node %d: batcher tick failed", self.node_id)
             stop_event.wait(poll_s)
 
@@ -232,5 +248,6 @@ class Batcher:
             "retries": self.retries,
             "last_error": self.last_error,
             "halted": self.halted is not None,
+            "failures": self._failures,     # consecutive failed attempts (the backoff's)
             "next_retry_in_s": max(0.0, self._next_try - now) if self._next_try else 0.0,
         }

@@ -591,3 +591,50 @@ def test_levels_stored_once_per_batch_and_former_per_leaf_proofs_still_read(tmp_
             assert merkle.verify_inclusion(h, bytes([kind]) + value, index, anchor.tree_size,
                                            proof, anchor.root)
         assert b.proof(n) is None
+
+
+def test_retry_now_skips_the_backoff_but_not_a_halt(tmp_path, h):
+    """The public retry (the daemon's last attempt at shutdown): the next submit() tries at once,
+    whatever the backoff; a halted batcher stays halted until resume()."""
+    ledger, clock = MemLedger(h), Clock()
+    with open_store(tmp_path / "s", h) as store:
+        feed = Feed(store, h)
+        b = make(store, ledger, clock, h)
+        feed.commit(6, 1)
+        ledger.down = True
+        assert b.build() is not None and b.submit() == []
+        st = b.stats()
+        assert st["failures"] == 1 and st["next_retry_in_s"] > 0
+        ledger.down = False
+        calls = ledger.calls
+        assert b.submit() == [] and ledger.calls == calls       # backing off: no attempt
+        b.retry_now()
+        assert b.submit() == [0] and b.stats()["failures"] == 0
+        feed.commit(3)
+        ledger.fail_with = ConflictError("another root")
+        assert b.build() is not None and b.submit() == [] and b.halted is not None
+        ledger.fail_with = None
+        b.retry_now()
+        calls = ledger.calls
+        assert b.submit() == [] and ledger.calls == calls       # halted: no attempt
+        b.resume()
+        assert b.submit() == [1]
+        check_all_anchored(store, ledger, h, feed)
+
+
+def test_build_takes_fewer_leaves_when_asked(tmp_path, h):
+    ledger, clock = MemLedger(h), Clock()
+    with open_store(tmp_path / "s", h) as store:
+        feed = Feed(store, h)
+        b = make(store, ledger, clock, h, max_leaves=100)
+        feed.commit(30, 4)
+        waiting = b.stats()["leaves_waiting"]
+        rec = b.build(max_leaves=3)
+        assert rec.tree_size == 3 and b.max_leaves == 100
+        assert b.stats()["leaves_waiting"] == waiting - 3
+        for bad in (0, -1, 2.5):
+            with pytest.raises(ValueError, match="max_leaves"):
+                b.build(max_leaves=bad)
+        assert b.build().tree_size == waiting - 3
+        error = b.failed("tick", OSError("no room"))
+        assert error == "tick: OSError: no room" == b.stats()["last_error"]

@@ -119,6 +119,50 @@ def test_load_prefixes_the_file(tmp_path):
     assert str(e.value).startswith(f"{p}: capture.fanout_mode")
 
 
+# -- the capture ring's geometry: the ring's own C check, at load time, naming the key ---------------
+
+def _capture_config(tmp_path, capture_lines):
+    p = tmp_path / "beatd.toml"
+    p.write_text("node_id = 1\n[capture]\n" + "".join(f"{line}\n" for line in capture_lines))
+    return p
+
+
+@pytest.mark.parametrize("lines,message", [
+    # 128 is a multiple of 16 but cannot hold the TPACKET_V3 header and a minimum frame
+    (["frame_size = 128"], "capture.frame_size: 128 must be at least 132 (TPACKET3_HDRLEN"),
+    # 5 s: the kernel's block retire timeout is refused by the ring beyond 1 s
+    (["block_timeout_ms = 5000"], "capture.block_timeout_ms: 5000 must be in 1..1000"),
+    # 4 GiB of ring memory per ring: more than the ring's 1 GiB
+    (['block_size = "1GiB"', "block_count = 4"],
+     "capture.block_count: 4 exceeds 1073741824 bytes (1 GiB) of ring: 4 blocks of "
+     "capture.block_size 1073741824 bytes"),
+    (['block_size = "256MiB"', "block_count = 16"], "capture.block_count: 16 exceeds"),
+])
+def test_ring_geometry_refused_by_the_c_check_names_the_key(tmp_path, lines, message):
+    from fastpath import _native as fastpath_native
+    p = _capture_config(tmp_path, lines)
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    assert str(e.value).startswith(f"{p}: {message}"), str(e.value)
+    # the same numbers are refused by the ring itself (one rule): the C check says the same thing
+    c = {"block_size": 1 << 20, "block_count": 16, "frame_size": 2048, "block_timeout_ms": 10}
+    for line in lines:
+        k, v = (x.strip() for x in line.split("="))
+        c[k] = {'"1GiB"': 1 << 30, '"256MiB"': 256 << 20}.get(v) or int(v)
+    with pytest.raises(fastpath_native.RingError):
+        fastpath_native.ring_geometry(**c)
+
+
+def test_ring_geometry_accepted(tmp_path):
+    c = load(_capture_config(tmp_path, ['block_size = "4MiB"', "block_count = 64",
+                                        "frame_size = 144", "block_timeout_ms = 1000"]))
+    assert (c.block_size, c.block_count, c.frame_size, c.block_timeout_ms) == (4 << 20, 64, 144,
+                                                                               1000)
+    from fastpath._native import ring_geometry
+    assert ring_geometry(**{k: v for k, v in c.ring_kwargs().items()
+                            if k != "fanout_mode"})["ring_bytes"] == 256 << 20
+
+
 def test_example_configuration_is_valid():
     """packaging/beatd.toml, the example shipped with the unit, loads."""
     import os

@@ -18,7 +18,8 @@ import pytest
 import beatd.daemon
 from beatd import config as bconfig
 from beatd.control import request
-from beatd.daemon import ANCHOR_METRICS, Daemon, DaemonError
+from beatd.daemon import Daemon, DaemonError
+from beatd.metrics import ANCHOR_METRICS
 from beatd.store import Store
 from ledger_client import merkle
 from ledger_client.keys import DeviceKey

@@ -261,11 +261,11 @@ def test_geometry_errors_carry_the_numbers(n):
     require_root()
     g = n.ring_geometry(1 << 20, 16, 2048)
     assert g["frames_per_block"] == 512 and g["ring_bytes"] == 16 << 20
-    cases = [((1000, 16, 2048), "block_size 1000 must be a positive multiple of the page size"),
-             ((3 * 4096, 16, 2048), "block_size 12288 must be a power of two"),
-             ((1 << 20, 16, 2050), "frame_size 2050 must be a multiple of TPACKET_ALIGNMENT 16"),
+    cases = [((1000, 16, 2048), "block_size 1000 is not a power of two multiple of the page size"),
+             ((3 * 4096, 16, 2048), "block_size 12288 is not a power of two"),
+             ((1 << 20, 16, 2050), "frame_size 2050 is not a multiple of 16 (TPACKET_ALIGNMENT)"),
              ((1 << 20, 16, 64), "frame_size 64 must be at least"),
-             ((4096, 16, 8192), "block_size 4096 must be at least frame_size 8192"),
+             ((4096, 16, 8192), "frame_size 8192 is more than block_size (4096 bytes)"),
              ((1 << 20, 0, 2048), "block_count 0 must be at least 1"),
              ((1 << 20, 1025, 2048), "block_count 1025 exceeds 1073741824 bytes"),
              ((1 << 20, 16, 2048, 0), "block_timeout_ms 0 must be in 1..1000"),

@@ -339,8 +339,8 @@ def test_a_full_store_still_builds_a_smaller_batch(tmp_path):
     assert waiting > 1000
     with pytest.raises(lmdb.MapFullError):
         b.build()
-    d = Daemon(cfg)
-    rec = d._build_smaller(b)
+    from beatd.anchoring import build_smaller
+    rec = build_smaller(b, cfg.store_path)
     assert rec is not None and 1 <= rec.tree_size < waiting and rec.first_leaf_seq == 0
     assert b.max_leaves == cfg.ledger_max_leaves and b.stats()["leaves_waiting"] == \
         waiting - rec.tree_size

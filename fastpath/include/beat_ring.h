@@ -49,7 +49,8 @@ typedef struct {
     char err[BEAT_RING_ERRLEN];
 } beat_ring;
 
-/* 0 when the geometry is usable, else -EINVAL with a message carrying the numbers in err. */
+/* 0 when the geometry is usable, else -EINVAL with a message carrying the numbers in err:
+ * "<field> <value> <reason>", the field at fault first (beatd's configuration names its key). */
 int beat_ring_check_geometry(const beat_ring_geom *g, char *err, size_t errlen);
 
 /* ifname "any" binds to every interface of the namespace (ifindex 0). Opens, binds, maps and (fanout_group >= 0) joins fanout group fanout_group with fanout_mode

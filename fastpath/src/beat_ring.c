@@ -38,28 +38,30 @@ static int fail(beat_ring *r, int e, const char *fmt, ...)
 
 int beat_ring_check_geometry(const beat_ring_geom *g, char *err, size_t errlen)
 {
+    /* Every message is "<field> <value> <reason>": the field at fault first (the members of
+     * beat_ring_geom are also the [capture] keys of beatd's configuration, which names the key
+     * from it: beatd/config.py). */
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
 #define BAD(...) do { snprintf(err, errlen, __VA_ARGS__); return -EINVAL; } while (0)
-    if (g->block_size == 0 || g->block_size % page)
-        BAD("block_size %llu must be a positive multiple of the page size %llu",
+    if (g->block_size == 0 || g->block_size % page || g->block_size & (g->block_size - 1))
+        BAD("block_size %llu is not a power of two multiple of the page size %llu",
             (unsigned long long)g->block_size, (unsigned long long)page);
-    if (g->block_size & (g->block_size - 1))
-        BAD("block_size %llu must be a power of two", (unsigned long long)g->block_size);
     if (g->frame_size % TPACKET_ALIGNMENT)
-        BAD("frame_size %llu must be a multiple of TPACKET_ALIGNMENT %d",
+        BAD("frame_size %llu is not a multiple of %d (TPACKET_ALIGNMENT)",
             (unsigned long long)g->frame_size, TPACKET_ALIGNMENT);
     if (g->frame_size < MIN_FRAME_SIZE)
         BAD("frame_size %llu must be at least %zu (TPACKET3_HDRLEN %zu + 64)",
             (unsigned long long)g->frame_size, (size_t)MIN_FRAME_SIZE, (size_t)TPACKET3_HDRLEN_);
-    if (g->block_size < g->frame_size)
-        BAD("block_size %llu must be at least frame_size %llu", (unsigned long long)g->block_size,
-            (unsigned long long)g->frame_size);
+    if (g->frame_size > g->block_size)
+        BAD("frame_size %llu is more than block_size (%llu bytes)",
+            (unsigned long long)g->frame_size, (unsigned long long)g->block_size);
     if (g->block_count < 1)
         BAD("block_count %llu must be at least 1", (unsigned long long)g->block_count);
     if (g->block_count > BEAT_RING_MAX_BYTES / g->block_size)
-        BAD("ring of block_size %llu * block_count %llu exceeds %llu bytes (1 GiB)",
-            (unsigned long long)g->block_size, (unsigned long long)g->block_count,
-            (unsigned long long)BEAT_RING_MAX_BYTES);
+        BAD("block_count %llu exceeds %llu bytes (1 GiB) of ring: %llu blocks of block_size "
+            "%llu bytes", (unsigned long long)g->block_count,
+            (unsigned long long)BEAT_RING_MAX_BYTES, (unsigned long long)g->block_count,
+            (unsigned long long)g->block_size);
     if (g->block_timeout_ms < 1 || g->block_timeout_ms > 1000)
         BAD("block_timeout_ms %llu must be in 1..1000", (unsigned long long)g->block_timeout_ms);
 #undef BAD
