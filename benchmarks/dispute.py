@@ -35,10 +35,11 @@ import threading
 import time
 
 from benchmarks.results_file import cpu_model, write_results
+from beat_lab.data import topology_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-TOPOLOGY = os.path.join(REPO, "topologies", "line4.toml")
+TOPOLOGY = topology_path("line4")
 TARGET_S = 10.0
 PREFIX = "beat-bd-"
 
@@ -330,7 +331,7 @@ def main(argv=None):
     if os.geteuid() != 0:
         sys.exit("bench: dispute needs root (network namespaces, AF_PACKET)")
 
-    from beatd.lab.lab import LAB_ANCHOR_PERIOD_S, Lab
+    from beat_lab.lab import LAB_ANCHOR_PERIOD_S, Lab
 
     refs = references()
     print("reference rates here: " + ", ".join(f"{k} {v}" for k, v in refs.items()))

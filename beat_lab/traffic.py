@@ -88,7 +88,11 @@ print(json.dumps({"sent": sent, "errors": errors, "flows": min(flows, sent),
 def known_packets(src, dst, n=10, sport=40000, dport=7, tag=b"beat-lab"):
     """``n`` distinct UDP/IPv4 packets ``src -> dst`` (scapy), as bytes; each carries its index
     in the payload and the IP id, so that each has its own packet digest."""
-    from scapy.layers.inet import IP, UDP  # scapy is slow to import: only when needed
+    try:
+        from scapy.layers.inet import IP, UDP  # scapy is slow to import: only when needed
+    except ImportError as exc:
+        raise ImportError(f"the lab's exact packets are built with scapy, which is not installed "
+                          f"({exc}): pip install 'beat[lab]'") from None
 
     out = []
     for i in range(n):
