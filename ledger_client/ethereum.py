@@ -23,9 +23,9 @@ try:
                                  TimeExhausted, Web3RPCError)
     from web3.middleware import ExtraDataToPOAMiddleware
 except ImportError as _exc:    # the router install without the extra: say which one
-    raise ImportError(f"the ethereum ledger backend needs web3, which is not installed "
-                      f"({_exc.name or _exc}): pip install 'beat[ethereum]'",
-                      name=_exc.name) from _exc
+    raise ImportError(f"the ethereum ledger backend needs web3 and its eth-* packages, not "
+                      f"installed here (no module {_exc.name or _exc!s}): pip install "
+                      f"'beat[ethereum]'", name=_exc.name) from _exc
 
 from .errors import (ConflictError, LedgerError, NotFound, OrderError, PermissionDenied,
                      Unavailable)
