@@ -145,6 +145,8 @@ def _lab(args):
                       f"  ip netns exec {lab.net.ledger_ns} "
                       f"{' '.join(lab.beatctl_argv('anchors')[4:])}")
         elif cmd == "demo":
+            from .traffic import require_scapy
+            require_scapy()         # before anything is built: the extra it needs is named
             try:
                 # with --down the state dir goes: the dispute's report and picture stay here
                 report_dir = tempfile.mkdtemp(prefix="beat-dispute-") if args.down else None

@@ -111,12 +111,19 @@ def test_bundled_topologies_are_package_data(tmp_path):
         data_path("topologies", "nope.toml")
 
 
-def test_scapy_missing_names_the_extra(monkeypatch):
+def test_scapy_missing_names_the_extra(monkeypatch, capsys, tmp_path):
     from beat_lab import traffic
 
     monkeypatch.setitem(sys.modules, "scapy.layers.inet", None)
     with pytest.raises(ImportError, match=r"pip install 'beat\[lab\]'"):
         traffic.known_packets("10.0.0.1", "10.0.0.2", 1)
+    # the lab demo says so before it builds anything
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert cli.main(["--prefix", PREFIX, "--state-dir", str(tmp_path), "demo"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("beat-lab: demo: the lab's exact packets are built with scapy") and \
+        err.rstrip().endswith("pip install 'beat[lab]'"), err
+    assert os.listdir(tmp_path) == []
 
 
 def test_dump_through_the_command_line(tmp_path):
