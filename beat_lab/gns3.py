@@ -1,4 +1,4 @@
-"""``beat-lab gns3``: the lab topology as a GNS3 project, and the appliance files of the BEAT images.
+"""``beat-lab gns3``: the lab topology as a GNS3 project, and the BEAT images' appliance files.
 
     beat-lab gns3 project [--topology F] [--out DIR | --out FILE.gns3project] [--name NAME]
     beat-lab gns3 project [--topology F] --server URL [--user U] [--password P] [--name NAME]

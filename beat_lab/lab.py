@@ -393,7 +393,8 @@ class Lab:
     @staticmethod
     def _env():
         env = dict(os.environ)
-        env["PYTHONPATH"] = IMPORT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        extra = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = IMPORT_ROOT + (os.pathsep + extra if extra else "")
         return env
 
     def stop_chain(self, timeout=10.0):

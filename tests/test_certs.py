@@ -101,7 +101,8 @@ def test_existing_files_are_kept_without_force(tmp_path):
     lab_ca.make_ca(tmp_path / "ca")
     first = _load(tmp_path / "ca" / "ca.crt").serial_number
     lab_ca.make_governance(tmp_path / "ca", tmp_path)
-    with pytest.raises(lab_ca.CertError, match=r"ca\.crt: already there; use --force to replace it"):
+    with pytest.raises(lab_ca.CertError,
+                       match=r"ca\.crt: already there; use --force to replace it"):
         lab_ca.make_ca(tmp_path / "ca")
     with pytest.raises(lab_ca.CertError, match=r"governance\.crt: already there"):
         lab_ca.make_governance(tmp_path / "ca", tmp_path)

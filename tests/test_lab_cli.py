@@ -165,6 +165,7 @@ def test_dump_through_the_command_line(tmp_path):
                    for l in lines)
         bad = _run(*base, "h1", "--json")
         assert bad.returncode == 2
-        assert bad.stderr.strip() == "beat-lab: dump: 'h1' is not a router of paper (r1, r2, r3, r4)"
+        assert bad.stderr.strip() == \
+            "beat-lab: dump: 'h1' is not a router of paper (r1, r2, r3, r4)"
     finally:
         lab.down()

@@ -166,7 +166,8 @@ def test_the_lab_install_runs_the_lab_and_replays_the_bundled_capture(lab_venv, 
     env = _clean_env()
     p = _run([py, "-c", "import scapy.layers.inet; from ledger_client.ethereum import Account; "
                         "import beat_lab.data as d; print(d.data_path('capture', 'r2.pcap')); "
-                        "print(d.data_path('capture', 'r2.toml')); print(Account.generate().address)"],
+                        "print(d.data_path('capture', 'r2.toml')); "
+                        "print(Account.generate().address)"],
              cwd=tmp_path, env=env)
     pcap, toml, address = p.stdout.split()
     assert pcap.startswith(str(lab_venv)) and address.startswith("0x")
