@@ -27,9 +27,10 @@ pytestmark = pytest.mark.slow
 
 PREFIX = f"beat-w{os.getpid() % 10000}-"
 # what a copy of the checkout leaves out: virtualenvs, npm, build products, caches
+# (.gitignore's, plus .git: what a fresh clone would not have)
 NOT_COPIED = shutil.ignore_patterns(".venv*", "node_modules", ".git", "build", "dist",
-                                    "*.egg-info", "__pycache__", "*.so", ".pytest_cache",
-                                    ".hypothesis", ".benchmarks")
+                                    "*.egg-info", "__pycache__", "*.so", "*.o", ".pytest_cache",
+                                    ".hypothesis", ".benchmarks", "corpus", "tmp")
 ROLES = ("fastpath", "beatd", "ledger_client", "governance", "beat_rpc", "beat_lab")
 PIP_TIMEOUT_S = 600
 
