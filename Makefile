@@ -14,7 +14,7 @@ $(VPY):
 	./scripts/bootstrap-system
 	$(PYTHON) -m venv $(VENV)
 
-$(DEPS): requirements.txt requirements-dev.txt | $(VPY)
+$(DEPS): requirements.txt requirements-lab.txt requirements-ethereum.txt requirements-dev.txt | $(VPY)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements-dev.txt
 	touch $@
@@ -52,18 +52,19 @@ contracts: $(NPM_DEPS) $(DEPS)
 test: $(NATIVE) $(NPM_DEPS) $(GNS3_VENV)
 	$(VPY) -m pytest -q -ra tests
 
-# The lab needs root (network namespaces); elsewhere, say so and replay router r2's capture.
+# The lab (beat-lab) needs root (network namespaces); elsewhere, say so and replay router r2's
+# bundled capture.
 demo: $(NATIVE)
 	@if [ "$$(id -u)" -eq 0 ]; then \
-		$(VPY) -m beatd lab demo --down; \
+		$(VPY) -m beat_lab demo --down; \
 	else \
 		echo "make demo: the namespace lab needs root; showing the offline demo instead"; \
-		$(VPY) -m beatd.demo; \
+		$(VPY) -m beat_lab demo --offline; \
 	fi
 
 # Router r2's bundled capture through the whole pipeline (no root needed).
 demo-offline: $(NATIVE)
-	$(VPY) -m beatd.demo
+	$(VPY) -m beat_lab demo --offline
 
 bench: $(NATIVE) $(NPM_DEPS)
 	$(VPY) -m benchmarks.run

@@ -1,6 +1,11 @@
 """Build of BEAT: the Python packages and the native fast path (Cython + C).
 
 Cython is pinned here and only here (CYTHON_VERSION); `pip install .` builds the extension.
+
+`pip install .` is the router install: beatd, beatctl and beat-lab (the lab CA, the GNS3 writer,
+the offline demo), neither scapy nor web3. Extras: `beat[lab]` (the namespace lab's packets:
+scapy), `beat[ethereum]` (the `ethereum` ledger backend: web3). The pins of all of them are in
+requirements*.txt (requirements-dev.txt takes everything); here are the ranges.
 """
 import os
 import shutil
@@ -14,6 +19,9 @@ from setuptools.command.build_ext import build_ext
 
 CYTHON_VERSION = "3.0.11"
 HERE = os.path.dirname(os.path.abspath(__file__))
+# the installed packages, one per role: the router daemon and its fast path, the ledger client,
+# the governance, the gRPC stubs, the testbed. Not installed: benchmarks, tests, tools, scripts.
+PACKAGES = ("fastpath", "beatd", "ledger_client", "governance", "beat_rpc", "beat_lab")
 
 
 def _check_toolchain():
@@ -66,17 +74,28 @@ setup(
     name="beat",
     version="0.1.0",
     description="BEAT: accountable and transparent infrastructure sharing (router agent)",
-    packages=find_packages(include=["fastpath", "beatd", "beatd.*", "ledger_client",
-                                    "ledger_client.*", "governance", "governance.*",
-                                    "beat_rpc", "benchmarks"]),
+    # each role's package and its subpackages (beatd.store, ...), nothing else
+    packages=find_packages(include=[q for p in PACKAGES for q in (p, p + ".*")]),
     package_data={"fastpath": ["*.pyx", "*.pxi", "*.pxd", "includes/*.pxd", "include/*.h", "src/*.c"],
-                  "ledger_client": ["contracts/Beat.json", "contracts/Beat.sol"]},
+                  "ledger_client": ["contracts/Beat.json", "contracts/Beat.sol"],
+                  "beat_rpc": ["*.pyi"],
+                  # read at run time with importlib.resources (beat_lab/data.py)
+                  "beat_lab": ["topologies/*.toml", "topologies/README.md", "capture/r2.pcap",
+                               "capture/r2.toml", "capture/make_capture.py"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExt},
     python_requires=">=3.11",
-    install_requires=["lmdb>=1.4", "scapy>=2.5", "pycryptodome>=3.19,<4", "pyroute2>=0.7",
+    install_requires=["lmdb>=1.4", "pycryptodome>=3.19,<4", "pyroute2>=0.7",
                       "prometheus-client>=0.20", "grpcio>=1.85.1",
                       "grpcio-health-checking>=1.85.1", "grpcio-reflection>=1.85.1",
                       "protobuf>=7.35.1", "cryptography>=50"],
-    entry_points={"console_scripts": ["beatd = beatd.cli:main", "beatctl = governance.cli:main"]},
+    extras_require={
+        # the namespace lab (beat-lab up|demo): exact packets built with scapy
+        "lab": ["scapy>=2.5"],
+        # the ethereum ledger backend (ledger_client/ethereum.py imports these four directly)
+        "ethereum": ["web3>=7,<9", "eth-abi>=5", "eth-account>=0.13", "eth-utils>=5",
+                     "requests>=2.31"],
+    },
+    entry_points={"console_scripts": ["beatd = beatd.cli:main", "beatctl = governance.cli:main",
+                                      "beat-lab = beat_lab.cli:main"]},
 )

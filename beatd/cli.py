@@ -1,4 +1,8 @@
-"""The ``beatd`` command line: ``run`` (the live daemon), ``status``, ``dump``, ``replay``, ``lab``.
+"""The ``beatd`` command line: ``run`` (the live daemon), ``status``, ``dump``, ``replay``,
+``keygen``.
+
+The testbed is not the router's: the namespace lab, the GNS3 project writer and the lab CA are
+``beat-lab`` (beat_lab/); ``beatd lab|gns3|certs`` say so and exit 2 (``MOVED``).
 
 Errors a user can fix (a missing or bad capture, a bad configuration, a store that belongs to another
 node or is full) print one line on stderr naming the thing and exit with code 2, no traceback.
@@ -19,10 +23,16 @@ from .config import Config, ConfigError, load
 
 EXIT_USAGE = 2
 ENV_BATCH = "BEAT_REPLAY_BATCH"
+# commands that moved to the testbed's own command, beat-lab (what to run instead)
+MOVED = {"lab": "beat-lab up|demo|dump NODE|down (the namespace lab; pip install 'beat[lab]')",
+         "gns3": "beat-lab gns3 project|appliances",
+         "certs": "beat-lab certs ca|device|governance"}
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="beatd", description="BEAT router daemon")
+    p = argparse.ArgumentParser(prog="beatd", description="BEAT router daemon",
+                                epilog="The namespace lab, the GNS3 project writer and the lab CA "
+                                       "are beat-lab's (beat-lab --help).")
     p.add_argument("--version", action="version", version=f"beatd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("replay", help="run a pcap/pcapng file through the fast path into a store",
@@ -71,18 +81,9 @@ def _parser():
     u.add_argument("--json", action="store_true",
                    help="one JSON object per proof record, then one {\"summary\": ...} line")
 
-    # the lab's own arguments are parsed by beatd.lab.cli, imported only when `beatd lab` runs
-    lab = sub.add_parser("lab", help="the network-namespace lab (up, demo, dump NODE, down)",
-                         add_help=False, prefix_chars="\0")
-    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
-
     from . import keygen
     k = sub.add_parser("keygen", help="generate the device's Ed25519 key (mode 0600)")
     keygen.add_arguments(k)
-    from . import certs
-    certs.add_parser(sub)
-    from . import gns3
-    gns3.add_parser(sub)
     return p
 
 
@@ -381,19 +382,12 @@ def _dump(args):
     return 0
 
 
-def _lab(args):
-    try:
-        from .lab import cli as lab_cli
-    except ImportError as exc:
-        return _fail(f"lab: the namespace lab is not available in this build (beatd.lab.cli: "
-                     f"{exc})")
-    p = argparse.ArgumentParser(prog="beatd lab", description="The network-namespace lab.")
-    lab_cli.add_arguments(p)
-    return lab_cli.main(p.parse_args(args.lab_args))
-
-
 def main(argv=None):
     """Entry point of the ``beatd`` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in MOVED:
+        return _fail(f"{argv[0]}: the testbed is not part of the router daemon any more: run "
+                     f"{MOVED[argv[0]]}")
     args = _parser().parse_args(argv)
     if args.command == "replay":
         return _replay(args)
@@ -403,17 +397,9 @@ def main(argv=None):
         return _status(args)
     if args.command == "dump":
         return _dump(args)
-    if args.command == "lab":
-        return _lab(args)
     if args.command == "keygen":
         from . import keygen
         return keygen.main(args)
-    if args.command == "certs":
-        from . import certs
-        return certs.main(args)
-    if args.command == "gns3":
-        from . import gns3
-        return gns3.main(args)
     return _fail(f"unknown command {args.command}")  # pragma: no cover (argparse rejects it)
 
 

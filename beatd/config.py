@@ -81,7 +81,7 @@ DEFAULTS = {
     # is ""; on, cert/key/ca are required (no plaintext fallback exists)
     "interrogation": {
         "listen": "",               # e.g. "0.0.0.0:50051"
-        "cert": None,               # this device's TLS certificate (PEM; beatd certs)
+        "cert": None,               # this device's TLS certificate (PEM; beat-lab certs)
         "key": None,                # its TLS private key (PEM, 0600)
         "ca": None,                 # the governance CA: only clients it signed connect
         "signing_key": None,        # the Ed25519 key that signs evidence; default: the
@@ -730,7 +730,7 @@ def _interrogation(raw, ledger):
     for name in ("cert", "key", "ca"):
         if it[name] is None:
             raise ConfigError(f"interrogation.{name}: missing (needed when interrogation.listen "
-                              "is set: the service speaks mutual TLS only; `beatd certs` makes "
+                              "is set: the service speaks mutual TLS only; `beat-lab certs` makes "
                               "a lab CA)")
         if name == "key":
             check_key_file(it[name], "interrogation.key")

@@ -1151,7 +1151,7 @@ class InterrogationServer:
 
     ``store``: the daemon's ``beatd.store.Store``; ``key``: the device's Ed25519 ``DeviceKey``
     (the one registered on the ledger: it signs every chunk); ``ca``/``cert``/``private_key``: PEM
-    paths (``beatd certs``); ``listen``: ``"host:port"`` (port 0: any free one, see ``port``);
+    paths (``beat-lab certs``); ``listen``: ``"host:port"`` (port 0: any free one, see ``port``);
     ``neighbours``: a callable giving the current neighbours (``{mac: node_id}`` as
     ``NeighbourMap.current``, or ``[(node_id, mac, interface)]``); ``threshold_ns``: the
     governance's threshold time. There is no plaintext port.

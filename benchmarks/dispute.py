@@ -1,7 +1,7 @@
 """`python -m benchmarks.dispute`: a dispute over one minute of 10 kpps tenant traffic (root only).
 
 Issue 5's target: "Interrogating one minute of 10 kpps tenant traffic over four routers takes
-<= 10 s end to end." The lab ``topologies/line4.toml`` (h1 - r1 - r2 - r3 - r4 - h2, node ids 1..4,
+<= 10 s end to end." The lab topology ``line4`` (h1 - r1 - r2 - r3 - r4 - h2, node ids 1..4,
 real beatd daemons capturing with AF_PACKET, a local ledger, anchors every lab second) carries the
 tenant's flow exactly as the lab's SLA names it (src = h1's address, dst = h2's: one flow tag),
 sent by tools/beat_send from h1's namespace at ``--rate`` packets/s for ``--duration`` s. Once
@@ -35,10 +35,11 @@ import threading
 import time
 
 from benchmarks.results_file import cpu_model, write_results
+from beat_lab.data import topology_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-TOPOLOGY = os.path.join(REPO, "topologies", "line4.toml")
+TOPOLOGY = topology_path("line4")
 TARGET_S = 10.0
 PREFIX = "beat-bd-"
 
@@ -330,7 +331,7 @@ def main(argv=None):
     if os.geteuid() != 0:
         sys.exit("bench: dispute needs root (network namespaces, AF_PACKET)")
 
-    from beatd.lab.lab import LAB_ANCHOR_PERIOD_S, Lab
+    from beat_lab.lab import LAB_ANCHOR_PERIOD_S, Lab
 
     refs = references()
     print("reference rates here: " + ", ".join(f"{k} {v}" for k, v in refs.items()))

@@ -4,7 +4,7 @@ A device store of ``--records`` records (the synthetic edge traffic of benchmark
 through fastpath.Pipeline + Store.commit, 1024 records per segment), every segment anchored on a
 local ledger (so each segment travels with its inclusion path). The device's InterrogationServer
 runs in its own process; the governance's client in this one; mutual TLS on 127.0.0.1 (ECDSA
-P-256 lab certificates from beatd.certs). Rows, best of ``--repeat``:
+P-256 lab certificates from beat_lab.ca). Rows, best of ``--repeat``:
 
 1. **client, verified**: ``InterrogationClient.proof_segments`` over the whole window -- every
    chunk's Ed25519 signature checked (ledger_client.keys.verify), header, Q and sequence checked,
@@ -123,7 +123,7 @@ def main(argv=None):
 
     from beat_rpc import evidence as ev
     from beat_rpc import interrogation_pb2 as pb
-    from beatd import certs
+    from beat_lab import ca as certs
     from governance.client import InterrogationClient
     from ledger_client.keys import DeviceKey
 

@@ -18,7 +18,7 @@ docs/threat-model.md).
    decision (verdict digest, the faulty devices of the route) recorded -- unless a device stayed
    unreachable (then the dispute is left open: interrogate again).
 
-The governance's own configuration (``--config``, TOML; ``beatd lab up`` writes one)::
+The governance's own configuration (``--config``, TOML; ``beat-lab up`` writes one)::
 
     [interrogation]
     ca = "/etc/beat/governance/ca.crt"       # the domain CA

@@ -13,14 +13,19 @@ import json
 import os
 import threading
 
-import eth_abi
-import requests
-from eth_account import Account as _EthAccount
-from eth_utils import keccak, to_checksum_address
-from web3 import HTTPProvider, Web3
-from web3.exceptions import (ContractCustomError, ContractLogicError, ContractPanicError,
-                             TimeExhausted, Web3RPCError)
-from web3.middleware import ExtraDataToPOAMiddleware
+try:
+    import eth_abi
+    import requests
+    from eth_account import Account as _EthAccount
+    from eth_utils import keccak, to_checksum_address
+    from web3 import HTTPProvider, Web3
+    from web3.exceptions import (ContractCustomError, ContractLogicError, ContractPanicError,
+                                 TimeExhausted, Web3RPCError)
+    from web3.middleware import ExtraDataToPOAMiddleware
+except ImportError as _exc:    # the router install without the extra: say which one
+    raise ImportError(f"the ethereum ledger backend needs web3 and its eth-* packages, not "
+                      f"installed here (no module {_exc.name or _exc!s}): pip install "
+                      f"'beat[ethereum]'", name=_exc.name) from _exc
 
 from .errors import (ConflictError, LedgerError, NotFound, OrderError, PermissionDenied,
                      Unavailable)

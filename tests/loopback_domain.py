@@ -15,7 +15,7 @@ import struct
 import time
 
 import fastpath
-from beatd import certs
+from beat_lab import ca as certs
 from beatd.interrogation import InterrogationServer
 from beatd.store import Store
 from ledger_client.batcher import Batcher

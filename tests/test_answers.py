@@ -31,7 +31,7 @@ import pytest
 import fastpath
 from beat_rpc import evidence as ev
 from beat_rpc import interrogation_pb2_grpc as pb_grpc
-from beatd import certs
+from beat_lab import ca as certs
 from beatd.interrogation import (EvidenceStore, InterrogationServer, InterrogationServicer,
                                  Limits, server_credentials)
 from beatd.store import Store

@@ -1,4 +1,5 @@
-"""beatd/certs.py (``beatd certs``) and mutual TLS on the real Interrogation server.
+"""The lab CA (beat_lab/ca.py, ``beat-lab certs``), the roles beatd reads (beatd/certs.py), and
+mutual TLS on the real Interrogation server.
 
 Certificates: made, 0600 keys, chains that verify (and do not against another CA), roles in SAN
 URIs, nothing overwritten without --force, errors naming the file or option. gRPC on 127.0.0.1: the
@@ -6,7 +7,6 @@ governance certificate is served; a certificate of another CA, no certificate at
 of another CA fail the TLS handshake; a device-role (or role-less) certificate may ask for health
 but gets PERMISSION_DENIED, naming its role, for GetNodeInfo and every evidence call.
 """
-import argparse
 import datetime
 import os
 import stat
@@ -21,6 +21,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from beat_rpc import interrogation_pb2 as pb
 from beat_rpc import interrogation_pb2_grpc as pb_grpc
+from beat_lab import ca as lab_ca
+from beat_lab import cli as lab_cli
 from beatd import certs
 from beatd.interrogation import InterrogationServer
 from beatd.store import Store
@@ -44,14 +46,14 @@ def _mode(path):
 def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
     ca = d / "ca"
-    certs.make_ca(ca)
-    certs.make_device(ca, d, NODE, dns=["localhost"], ips=["127.0.0.1", "::1"])
-    certs.make_device(ca, d, NODE + 1, ips=["127.0.0.1"])
-    certs.make_governance(ca, d)
+    lab_ca.make_ca(ca)
+    lab_ca.make_device(ca, d, NODE, dns=["localhost"], ips=["127.0.0.1", "::1"])
+    lab_ca.make_device(ca, d, NODE + 1, ips=["127.0.0.1"])
+    lab_ca.make_governance(ca, d)
     other = d / "other-ca"
-    certs.make_ca(other, "another CA")
-    certs.make_governance(other, d / "other")
-    certs.make_device(other, d / "other", NODE, ips=["127.0.0.1"])
+    lab_ca.make_ca(other, "another CA")
+    lab_ca.make_governance(other, d / "other")
+    lab_ca.make_device(other, d / "other", NODE, ips=["127.0.0.1"])
     return d
 
 
@@ -96,64 +98,62 @@ def test_role_uris():
 
 
 def test_existing_files_are_kept_without_force(tmp_path):
-    certs.make_ca(tmp_path / "ca")
+    lab_ca.make_ca(tmp_path / "ca")
     first = _load(tmp_path / "ca" / "ca.crt").serial_number
-    certs.make_governance(tmp_path / "ca", tmp_path)
-    with pytest.raises(certs.CertError, match=r"ca\.crt: already there; use --force to replace it"):
-        certs.make_ca(tmp_path / "ca")
-    with pytest.raises(certs.CertError, match=r"governance\.crt: already there"):
-        certs.make_governance(tmp_path / "ca", tmp_path)
+    lab_ca.make_governance(tmp_path / "ca", tmp_path)
+    with pytest.raises(lab_ca.CertError,
+                       match=r"ca\.crt: already there; use --force to replace it"):
+        lab_ca.make_ca(tmp_path / "ca")
+    with pytest.raises(lab_ca.CertError, match=r"governance\.crt: already there"):
+        lab_ca.make_governance(tmp_path / "ca", tmp_path)
     assert _load(tmp_path / "ca" / "ca.crt").serial_number == first
     assert certs.verify_issued_by(_load(tmp_path / "governance.crt"),
                                   _load(tmp_path / "ca" / "ca.crt"))
-    certs.make_ca(tmp_path / "ca", force=True)
+    lab_ca.make_ca(tmp_path / "ca", force=True)
     assert _load(tmp_path / "ca" / "ca.crt").serial_number != first
     assert _mode(tmp_path / "ca" / "ca.key") == 0o600
     # the governance certificate of the replaced CA no longer chains to the new one
     assert not certs.verify_issued_by(_load(tmp_path / "governance.crt"),
                                       _load(tmp_path / "ca" / "ca.crt"))
-    certs.make_governance(tmp_path / "ca", tmp_path, force=True)
+    lab_ca.make_governance(tmp_path / "ca", tmp_path, force=True)
     assert certs.verify_issued_by(_load(tmp_path / "governance.crt"),
                                   _load(tmp_path / "ca" / "ca.crt"))
     assert _mode(tmp_path / "governance.key") == 0o600
 
 
 def test_errors_name_the_option_or_file(tmp_path):
-    with pytest.raises(certs.CertError, match=r"ca\.crt: cannot read the CA certificate: No such "
-                                              r"file.*beatd certs ca"):
-        certs.make_governance(tmp_path / "nope", tmp_path)
-    certs.make_ca(tmp_path / "ca")
-    with pytest.raises(certs.CertError, match="give at least one --dns or --ip"):
-        certs.make_device(tmp_path / "ca", tmp_path, 3)
-    with pytest.raises(certs.CertError, match=r"--ip: '10\.0\.0\.300' is not an IP address"):
-        certs.make_device(tmp_path / "ca", tmp_path, 3, ips=["10.0.0.300"])
-    with pytest.raises(certs.CertError, match=r"--node-id: 0 is not in 1\.\.2\^64-2"):
-        certs.make_device(tmp_path / "ca", tmp_path, 0, ips=["127.0.0.1"])
-    with pytest.raises(certs.CertError, match="--days: 0 must be at least 1"):
-        certs.make_ca(tmp_path / "ca2", days=0)
-    certs.make_ca(tmp_path / "ca2")
+    with pytest.raises(lab_ca.CertError, match=r"ca\.crt: cannot read the CA certificate: No such "
+                                              r"file.*beat-lab certs ca"):
+        lab_ca.make_governance(tmp_path / "nope", tmp_path)
+    lab_ca.make_ca(tmp_path / "ca")
+    with pytest.raises(lab_ca.CertError, match="give at least one --dns or --ip"):
+        lab_ca.make_device(tmp_path / "ca", tmp_path, 3)
+    with pytest.raises(lab_ca.CertError, match=r"--ip: '10\.0\.0\.300' is not an IP address"):
+        lab_ca.make_device(tmp_path / "ca", tmp_path, 3, ips=["10.0.0.300"])
+    with pytest.raises(lab_ca.CertError, match=r"--node-id: 0 is not in 1\.\.2\^64-2"):
+        lab_ca.make_device(tmp_path / "ca", tmp_path, 0, ips=["127.0.0.1"])
+    with pytest.raises(lab_ca.CertError, match="--days: 0 must be at least 1"):
+        lab_ca.make_ca(tmp_path / "ca2", days=0)
+    lab_ca.make_ca(tmp_path / "ca2")
     os.replace(tmp_path / "ca2" / "ca.key", tmp_path / "ca" / "ca.key")
-    with pytest.raises(certs.CertError, match=r"ca\.key: this key does not belong to .*ca\.crt"):
-        certs.make_governance(tmp_path / "ca", tmp_path)
+    with pytest.raises(lab_ca.CertError, match=r"ca\.key: this key does not belong to .*ca\.crt"):
+        lab_ca.make_governance(tmp_path / "ca", tmp_path)
 
 
 def test_command_line(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="beatd")
-    sub = parser.add_subparsers(dest="command", required=True)
-    certs.add_parser(sub)
-    ca = str(tmp_path / "ca")
-    assert certs.main(parser.parse_args(["certs", "ca", "--out", ca])) == 0
-    assert capsys.readouterr().out.split() == [f"{ca}/ca.crt", f"{ca}/ca.key"]
-    args = parser.parse_args(["certs", "device", "--ca", ca, "--node-id", "5", "--out",
-                              str(tmp_path), "--ip", "127.0.0.1", "--dns", "r5.lab"])
-    assert certs.main(args) == 0
+    ca_dir = str(tmp_path / "ca")
+    assert lab_cli.main(["certs", "ca", "--out", ca_dir]) == 0
+    assert capsys.readouterr().out.split() == [f"{ca_dir}/ca.crt", f"{ca_dir}/ca.key"]
+    args = ["certs", "device", "--ca", ca_dir, "--node-id", "5", "--out", str(tmp_path), "--ip",
+            "127.0.0.1", "--dns", "r5.lab"]
+    assert lab_cli.main(args) == 0
     assert capsys.readouterr().out.split()[0].endswith("device-5.crt")
-    assert certs.main(args) == 2
+    assert lab_cli.main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert err.startswith("beatd: certs device: ") and "device-5.crt: already there" in err
-    assert certs.main(parser.parse_args(["certs", "governance", "--ca", ca, "--out",
-                                         str(tmp_path), "--name", "gov-a"])) == 0
+    assert err.startswith("beat-lab: certs device: ") and "device-5.crt: already there" in err
+    assert lab_cli.main(["certs", "governance", "--ca", ca_dir, "--out", str(tmp_path), "--name",
+                         "gov-a"]) == 0
     assert certs.roles_of(_load(tmp_path / "gov-a.crt")) == [certs.Role("governance")]
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from beatd import certs
+from beat_lab import ca as certs
 from beatd import config as bconfig
 from beatd.control import request
 from beatd.daemon import Daemon

@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from beatd import gns3
+from beat_lab import gns3
 from test_gns3_support import REPO, gns3_server, in_gns3, require_gns3_venv
 
 APPL = os.path.join(REPO, "gns3", "appliances")
@@ -34,7 +34,7 @@ def test_the_committed_files_are_what_beatd_writes(tmp_path):
         for f in FILES:
             with open(os.path.join(APPL, sub, f)) as a, open(os.path.join(tmp_path, sub, f)) as b:
                 assert a.read() == b.read(), (f"gns3/appliances/{sub}/{f} is stale: run "
-                                              "beatd gns3 appliances --out gns3/appliances")
+                                              "beat-lab gns3 appliances --out gns3/appliances")
 
 
 GUI_CHECK = r"""
@@ -139,7 +139,7 @@ def test_a_real_server_loads_and_installs_them(tmp_path):
             assert t["template_type"] == "docker"
             for k in ("image", "adapters", "environment", "extra_volumes", "category"):
                 assert t[k] == want[k], k
-        # `beatd gns3 project --server` finds them rather than making its own
+        # `beat-lab gns3 project --server` finds them rather than making its own
         assert gns3.ensure_templates(client) == {
             "router": templates[gns3.ROUTER_TEMPLATE]["template_id"],
             "governance": templates[gns3.GOVERNANCE_TEMPLATE]["template_id"]}

@@ -1,6 +1,6 @@
 """The BEAT router image's entrypoint (gns3/router/entrypoint.py), outside Docker: a fake
 /sys/class/net whose interfaces appear late, fake ``ip``/FRR/beatd commands that record their
-arguments, and the environment that ``beatd gns3 project`` writes for the paper's routers."""
+arguments, and the environment that ``beat-lab gns3 project`` writes for the paper's routers."""
 import base64
 import json
 import os
@@ -13,7 +13,7 @@ import time
 import pytest
 
 from beatd import config as beatd_config
-from beatd import gns3
+from beat_lab import gns3
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRYPOINT = os.path.join(REPO, "gns3", "router", "entrypoint.py")

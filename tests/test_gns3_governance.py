@@ -1,5 +1,5 @@
 """The BEAT governance image's entrypoint (gns3/governance/entrypoint.py), outside Docker: a fake
-sysfs and ``ip``, the environment ``beatd gns3 project`` writes (the chain moved to 127.0.0.1 and
+sysfs and ``ip``, the environment ``beat-lab gns3 project`` writes (the chain moved to 127.0.0.1 and
 a free port), and a real development chain (ganache from the project's npm packages): the contract
 lands at the address the routers were given, every router and the SLA are registered, the
 routers' accounts funded; a restart on the same chain only checks; SIGTERM stops the chain."""
@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from beatd import gns3
+from beat_lab import gns3
 from conftest import free_port, require_ganache
 from test_gns3_entrypoint import Box
 

@@ -1,4 +1,4 @@
-"""``beatd gns3 project``: the plan of the paper's testbed, the portable project loaded by GNS3's
+"""``beat-lab gns3 project``: the plan of the paper's testbed, the portable project loaded by GNS3's
 own topology loader, and a real GNS3 server (3.x, on 127.0.0.1) that the project is created on
 through its REST API (``--server``) or imported into.
 
@@ -14,10 +14,11 @@ import zipfile
 
 import pytest
 
-from beatd import gns3
+from beat_lab import gns3
 from test_gns3_support import REPO, gns3_server, in_gns3, require_gns3_venv
+from beat_lab.data import topology_path
 
-PAPER = os.path.join(REPO, "topologies", "paper.toml")
+PAPER = topology_path("paper")
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +278,7 @@ def test_create_on_a_real_server(tmp_path, plan):
 
 def test_cli_server_and_import_of_the_portable_project(tmp_path, capsys):
     with gns3_server(tmp_path / "srv") as srv:
-        # beatd gns3 project --server URL (the command line, its own plan)
+        # beat-lab gns3 project --server URL (the command line, its own plan)
         rc = gns3.main(_args(server=srv.url, password=srv.password, name="paper-cli"))
         out = capsys.readouterr()
         assert rc == 0, out.err

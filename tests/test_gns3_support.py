@@ -203,7 +203,7 @@ default_admin_password = {self.password}
         self.stub = self.proc = None
 
     def start(self, timeout=120):
-        from beatd import gns3
+        from beat_lab import gns3
 
         images = {gns3.ROUTER_IMAGE: dockerfile_image_config(
                       os.path.join(REPO, "gns3", "router", "Dockerfile")),

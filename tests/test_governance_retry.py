@@ -210,7 +210,7 @@ def test_arguments_are_checked(kw, match):
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    from beatd import certs
+    from beat_lab import ca as certs
     d = tmp_path_factory.mktemp("pki")
     certs.make_ca(d)
     certs.make_device(d, d, 3, ips=["127.0.0.1"])

@@ -33,7 +33,7 @@ import fastpath
 from beat_rpc import evidence as ev
 from beat_rpc import interrogation_pb2 as pb
 from beat_rpc import interrogation_pb2_grpc as pb_grpc
-from beatd import certs
+from beat_lab import ca as certs
 from beatd import config as bconfig
 from beatd.interrogation import InterrogationServer, Limits
 from beatd.replay import replay

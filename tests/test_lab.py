@@ -1,4 +1,4 @@
-"""The namespace lab (beatd/lab): topology validation, the network, and beatd on every router.
+"""The namespace lab (beat_lab/): topology validation, the network, and beatd on every router.
 
 The network tests need root (namespaces); the daemon tests also need `beatd run`: when it is missing
 they FAIL and say so (they never skip silently). Each test run uses its own namespace prefix
@@ -17,10 +17,11 @@ import pytest
 
 from conftest import REPO, require_root
 
-from beatd.lab import topology as topo_mod
-from beatd.lab.topology import TopologyError
+from beat_lab import topology as topo_mod
+from beat_lab.topology import TopologyError
+from beat_lab.data import topology_path
 
-PAPER = os.path.join(REPO, "topologies", "paper.toml")
+PAPER = topology_path("paper")
 PREFIX = f"beat-t{os.getpid()}-"
 NONE = (1 << 64) - 1
 
@@ -109,14 +110,14 @@ def test_router_links_are_the_topology_without_its_hosts():
     assert [(l.a, l.b) for l in t.router_links()] == [("r1", "r2"), ("r2", "r3"), ("r1", "r4"),
                                                        ("r4", "r3")]
     assert t.router_link_ids() == [(1, 2), (1, 4), (2, 3), (3, 4)]
-    line = topo_mod.load(os.path.join(REPO, "topologies", "line4.toml"))
+    line = topo_mod.load(topology_path("line4"))
     assert line.router_link_ids() == [(1, 2), (2, 3), (3, 4)]
 
 
 def test_lab_registers_owners_and_links(tmp_path):
     """The lab's ledger and governance configuration (no namespaces needed): every router with
     its owner, every router-router link on the ledger and in governance.toml's [[links]]."""
-    from beatd.lab.lab import Lab
+    from beat_lab.lab import Lab
     from ledger_client.local import LocalLedger
 
     raw = _paper_raw()
@@ -189,7 +190,7 @@ def _procs_mentioning(text):
 @pytest.fixture
 def lab(tmp_path):
     require_root()
-    from beatd.lab.lab import Lab
+    from beat_lab.lab import Lab
 
     lb = Lab(PAPER, prefix=PREFIX, state_root=str(tmp_path / "state"))
     yield lb
@@ -206,7 +207,7 @@ def _delta(before, after):
 
 
 def _stats(lab):
-    from beatd.lab.netns import link_stats
+    from beat_lab.netns import link_stats
 
     return {n: link_stats(lab.net, n) for n in lab.topo.nodes}
 
@@ -238,7 +239,7 @@ def test_up_down_network_leaves_nothing(lab):
 
 
 def test_up_clears_a_crashed_run(lab):
-    from beatd.lab.lab import Lab
+    from beat_lab.lab import Lab
 
     lab.up(daemons=False)
     # a second Lab (as after a crash of the first process) finds and replaces it
@@ -250,7 +251,7 @@ def test_up_clears_a_crashed_run(lab):
 
 
 def test_forwarding_agreed_path_then_detour(lab):
-    from beatd.lab import traffic
+    from beat_lab import traffic
 
     lab.up(daemons=False)
     t, net = lab.topo, lab.net
@@ -280,7 +281,7 @@ def test_forwarding_agreed_path_then_detour(lab):
 
 
 def test_load_generator_1000_flows(lab):
-    from beatd.lab import traffic
+    from beat_lab import traffic
 
     lab.up(daemons=False)
     s0 = _stats(lab)
@@ -291,7 +292,7 @@ def test_load_generator_1000_flows(lab):
 
 
 def test_bounded_load_stops_by_time(lab):
-    from beatd.lab import traffic
+    from beat_lab import traffic
 
     lab.up(daemons=False)
     t0 = time.monotonic()
@@ -320,7 +321,7 @@ def _records_by_router(lab):
 
 
 def test_known_packets_recorded_on_every_router(lab):
-    from beatd.lab import traffic
+    from beat_lab import traffic
 
     _require_daemon(lab)
     lab.up()
@@ -356,7 +357,7 @@ def test_known_packets_recorded_on_every_router(lab):
 
 
 def test_route_moved_to_detour_shows_in_records(lab):
-    from beatd.lab import traffic
+    from beat_lab import traffic
 
     _require_daemon(lab)
     lab.up()
@@ -388,12 +389,12 @@ def test_route_moved_to_detour_shows_in_records(lab):
     assert not [x for x in recs["r2"] if x["t_ns"] >= t_move]
 
 
-def test_beatd_lab_cli_demo(tmp_path):
-    """`beatd lab demo --down` end to end through the beatd command line."""
+def test_beat_lab_cli_demo(tmp_path):
+    """`beat-lab demo --down` end to end through the beat-lab command line."""
     require_root()
     state = str(tmp_path / "state")
     prefix = f"beat-c{os.getpid()}-"
-    p = subprocess.run([sys.executable, "-m", "beatd", "lab", "--prefix", prefix, "--state-dir",
+    p = subprocess.run([sys.executable, "-m", "beat_lab", "--prefix", prefix, "--state-dir",
                         state, "demo", "--known", "5", "--load", "2000", "--down"],
                        capture_output=True, text=True, cwd=REPO, timeout=180)
     try:
@@ -408,7 +409,7 @@ def test_beatd_lab_cli_demo(tmp_path):
         assert os.path.exists(kept)          # kept after --down
         shutil.rmtree(os.path.dirname(kept))
     finally:
-        subprocess.run([sys.executable, "-m", "beatd", "lab", "--prefix", prefix,
+        subprocess.run([sys.executable, "-m", "beat_lab", "--prefix", prefix,
                         "--state-dir", state, "down"], capture_output=True, cwd=REPO, timeout=60)
     assert not [ns for ns in _namespaces() if ns.startswith(prefix)]
 
@@ -419,7 +420,7 @@ def test_daemons_restarted_side_by_side_keep_the_state_file_whole(tmp_path):
     temporary file (it did: FileNotFoundError in one of them, CI run of issue 12)."""
     import threading
 
-    from beatd.lab.lab import Lab
+    from beat_lab.lab import Lab
 
     lab = Lab(prefix="beat-race-", state_root=str(tmp_path))
     errors = []

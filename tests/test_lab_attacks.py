@@ -26,8 +26,9 @@ import pytest
 from conftest import REPO, require_root
 from test_lab_scenarios import (ALL_CONSISTENT, FAULTS, N, _anchored, _check, _devices, _judge,
                                 _restore_route, _send, _verdicts)
+from beat_lab.data import topology_path
 
-PAPER = os.path.join(REPO, "topologies", "paper.toml")
+PAPER = topology_path("paper")
 PREFIX = f"beat-a{os.getpid() % 10000}-"
 SMALL_RING = "128KiB"              # r2's ring in the flood scenario: ~2,700 records
 FLOOD_BURST = 6000                 # junk packets per burst through r2
@@ -43,7 +44,7 @@ HARDENED = os.path.exists(os.path.join(REPO, "beatd", "rpc_guard.py"))
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     require_root()
-    from beatd.lab.lab import Lab
+    from beat_lab.lab import Lab
 
     lb = Lab(PAPER, prefix=PREFIX, state_root=str(tmp_path_factory.mktemp("attacks")))
     lb.up()
@@ -256,7 +257,7 @@ def test_e_honest_router_flooded_until_its_ring_wraps(lab, tmp_path):
     packets through r2 accuse nobody; nobody is named. (r2's ring goes back to its size after;
     its store keeps the count of its wraps, so its coverage says "wrapped" from then on: later
     windows are still held, and judged as before.)"""
-    from beatd.lab import traffic
+    from beat_lab import traffic
 
     lab.ring_sizes["r2"] = SMALL_RING
     try:

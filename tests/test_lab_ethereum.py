@@ -1,4 +1,4 @@
-"""The paper lab on an ``ethereum`` ledger (root): ``beatd lab up --ledger ethereum`` starts a
+"""The paper lab on an ``ethereum`` ledger (root): ``beat-lab up --ledger ethereum`` starts a
 JSON-RPC node (ganache, ledger_client.devnode) in the lab's ledger namespace, deploys the contract,
 registers every router (its own owner; its account funded at genesis) and every router-router
 link, and runs every beatd with ``[ledger] backend = "ethereum"``, reaching the node over its
@@ -6,7 +6,7 @@ management link. Known packets h1 -> h2 (the demo: the agreed path, then the det
 ``beatctl --ledger ethereum:URL#CONTRACT anchors --json`` (run inside the ledger namespace), and
 no tenant packet crossed a management link (the ledger namespace's kernel counters: only TCP to
 the node arrived there). The demo's dispute is decided on the chain (r1 DEVIATED).
-``beatd lab down`` stops the node and removes everything."""
+``beat-lab down`` stops the node and removes everything."""
 import io
 import json
 import os
@@ -15,13 +15,14 @@ import sys
 import time
 
 from conftest import REPO, require_root
+from beat_lab.data import topology_path
 
-PAPER = os.path.join(REPO, "topologies", "paper.toml")
+PAPER = topology_path("paper")
 PREFIX = f"beat-e{os.getpid()}-"
 
 
 def _lab_cli(state, *args, timeout=180):
-    return subprocess.run([sys.executable, "-m", "beatd", "lab", "--topology", PAPER, "--prefix",
+    return subprocess.run([sys.executable, "-m", "beat_lab", "--topology", PAPER, "--prefix",
                            PREFIX, "--state-dir", str(state), *args],
                           capture_output=True, text=True, cwd=REPO, timeout=timeout)
 
@@ -33,8 +34,8 @@ def _namespaces():
 
 def test_lab_up_ethereum_anchors_every_router(tmp_path):
     require_root()
-    from beatd.lab.lab import Lab, _pid_alive
-    from beatd.lab.netns import MGMT_IF, management_stats
+    from beat_lab.lab import Lab, _pid_alive
+    from beat_lab.netns import MGMT_IF, management_stats
     from ledger_client.ethereum import Account
 
     state = tmp_path / "state"

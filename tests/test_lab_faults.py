@@ -11,8 +11,9 @@ import pytest
 
 from conftest import REPO, require_root
 from test_lab import _arrived, _stats
+from beat_lab.data import topology_path
 
-PAPER = os.path.join(REPO, "topologies", "paper.toml")
+PAPER = topology_path("paper")
 PREFIX = f"beat-f{os.getpid()}-"
 
 # Frames injected from r1 onto its link to r2, each with the drop reason it must be counted under.
@@ -42,7 +43,7 @@ print("sent")
 @pytest.fixture
 def lab(tmp_path):
     require_root()
-    from beatd.lab.lab import Lab
+    from beat_lab.lab import Lab
 
     lb = Lab(PAPER, prefix=PREFIX, state_root=str(tmp_path / "state"))
     ok, why = lb.daemon_available()
@@ -69,7 +70,7 @@ def _records_by_pair(lab, router):
 
 
 def test_malformed_frames_on_a_link_are_counted_and_change_nothing(lab):
-    from beatd.lab import traffic
+    from beat_lab import traffic
 
     lab.up()
     r1_if, r2_if = lab.net.ifname("r1", "r2"), lab.net.ifname("r2", "r1")
@@ -107,7 +108,7 @@ def test_malformed_frames_on_a_link_are_counted_and_change_nothing(lab):
 
 
 def test_sigkill_and_restart_under_traffic_leave_stores_consistent(lab):
-    from beatd.lab import traffic
+    from beat_lab import traffic
 
     lab.up()
     rng = random.Random(os.getpid())
@@ -154,8 +155,8 @@ def test_a_ten_router_chain_from_the_same_file_format(tmp_path):
     - h2, each router with its own beatd; every router records each known packet once, with its
     neighbours' node ids (0 at the edges) and t_ns increasing along the chain."""
     require_root()
-    from beatd.lab import traffic
-    from beatd.lab.lab import Lab
+    from beat_lab import traffic
+    from beat_lab.lab import Lab
 
     n_routers = 10
     lines = ['[lab]', 'name = "chain"', 'subnet = "10.78.0.0/16"', 'site_base = 210',

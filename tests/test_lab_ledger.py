@@ -11,15 +11,16 @@ import sys
 import pytest
 
 from conftest import REPO, require_root
+from beat_lab.data import topology_path
 
-PAPER = os.path.join(REPO, "topologies", "paper.toml")
+PAPER = topology_path("paper")
 PREFIX = f"beat-l{os.getpid()}-"
 
 
 @pytest.fixture
 def lab(tmp_path):
     require_root()
-    from beatd.lab.lab import Lab
+    from beat_lab.lab import Lab
 
     lb = Lab(PAPER, prefix=PREFIX, state_root=str(tmp_path / "state"))
     yield lb
@@ -79,7 +80,7 @@ def test_lab_demo_anchors_every_router(lab):
 
 def test_lab_ledger_none(tmp_path):
     require_root()
-    from beatd.lab.lab import Lab, LabError
+    from beat_lab.lab import Lab, LabError
 
     lb = Lab(PAPER, prefix=PREFIX, state_root=str(tmp_path / "state"), ledger="none")
     try:

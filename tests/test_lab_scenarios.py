@@ -20,8 +20,9 @@ import time
 import pytest
 
 from conftest import REPO, require_root
+from beat_lab.data import topology_path
 
-PAPER = os.path.join(REPO, "topologies", "paper.toml")
+PAPER = topology_path("paper")
 PREFIX = f"beat-s{os.getpid() % 10000}-"
 N = 200                                    # known packets per scenario
 NONE = (1 << 64) - 1
@@ -31,7 +32,7 @@ ANCHOR_TIMEOUT_S = 60.0
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     require_root()
-    from beatd.lab.lab import Lab
+    from beat_lab.lab import Lab
 
     lb = Lab(PAPER, prefix=PREFIX, state_root=str(tmp_path_factory.mktemp("scenarios")))
     lb.testing_inject = {"r2"}
@@ -41,7 +42,7 @@ def lab(tmp_path_factory):
 
 
 def _send(lab, tag, sport=40000):
-    from beatd.lab import traffic
+    from beat_lab import traffic
 
     topo = lab.topo
     packets = traffic.known_packets(topo.host_addr(topo.src), topo.host_addr(topo.dst), N,
@@ -135,7 +136,7 @@ def test_2_deviation_via_r4(lab, tmp_path):
 def _fabricated_pcap(lab, packets, tmp_path):
     """What r2 'claims': each packet received from r1 and sent to r3, 40 and 80 us after r1 saw
     it (r1's own record time, from r1's store)."""
-    from beatd.lab import traffic
+    from beat_lab import traffic
     from test_capfile import write_pcap
 
     pds = {traffic.expected_pd(pk): pk for pk in packets}
@@ -248,7 +249,7 @@ def test_wait_anchored_names_the_router_that_is_behind(lab):
     """Lab.wait_anchored waits on each router's own status: a daemon that cannot answer (r2
     stopped) is named with the reason once the timeout passes while the others are anchored;
     after SIGCONT it catches up."""
-    from beatd.lab.lab import _pid_alive
+    from beat_lab.lab import _pid_alive
 
     _anchored(lab, time.time_ns())      # r2 idle (nothing to anchor) when it is stopped
     pid = lab._read_state()["daemons"]["r2"]
@@ -272,7 +273,7 @@ def test_6_silent_router_unreachable_not_judged(lab, tmp_path):
     """r3's daemon killed: the governance retries it, then reports it UNREACHABLE (not judged:
     silence accuses nobody, and nobody is accused by it) and decides nothing (exit 4): the
     dispute stays open to be interrogated again."""
-    from beatd.lab.lab import _pid_alive
+    from beat_lab.lab import _pid_alive
 
     _, t0, t1 = _send(lab, b"silent")
     _anchored(lab, t1)                  # r3 recorded and anchored its part, then goes silent

@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import fastpath
 from beat_rpc import interrogation_pb2 as pb
 from beat_rpc import interrogation_pb2_grpc as pb_grpc
-from beatd import certs
+from beat_lab import ca as certs
 from beatd.interrogation import InterrogationServer, Limits
 from beatd.store import Store
 from benchmarks.pipeline import NEXT, OWN, build_frames

@@ -15,7 +15,7 @@ were given in advance), register every router (its Ed25519 key and its account),
 SLA and send each router's account some ether for its anchors. A restart finds the contract and
 only checks it. Then it waits for the chain (SIGTERM stops it).
 
-Environment (``beatd gns3 project`` writes it):
+Environment (``beat-lab gns3 project`` writes it):
 
 | variable | what |
 |---|---|

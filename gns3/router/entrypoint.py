@@ -15,7 +15,7 @@ late), so this waits for them, then configures the node from its environment and
    routes set with ``ip route`` when FRR is absent; then ``exec beatd run``. A host: its routes,
    then ``exec`` its command (the image's CMD: a shell on the GNS3 console).
 
-Environment (``beatd gns3 project`` writes all of it):
+Environment (``beat-lab gns3 project`` writes all of it):
 
 | variable | what |
 |---|---|

@@ -1,22 +1,22 @@
-"""`make demo` until the namespace lab exists: router r2's capture through the whole pipeline.
+"""``beat-lab demo --offline`` (``make demo`` without root): router r2's capture through the whole
+pipeline.
 
-Replays demo/r2.pcap (what r2 of the paper's path h1-r1-r2-r3-h2 saw; see demo/make_capture.py)
-with demo/r2.toml into a temporary store, then shows what r2 would hand the governance: the proof
+Replays the bundled capture ``beat_lab/capture/r2.pcap`` (what r2 of the paper's path
+h1-r1-r2-r3-h2 saw; see ``beat_lab/capture/make_capture.py``) with ``capture/r2.toml`` into a
+temporary store, then shows what r2 would hand the governance: the proof
 records with their FP, the counters per neighbour pair, the segment commitments, and the store's own
 consistency check.
 """
-import os
-import struct
 import sys
 import tempfile
 
 import fastpath
 
-from .config import load
-from .replay import format_summary, json_records, replay
-from .store import Store
+from beatd.config import load
+from beatd.replay import format_summary, json_records, replay
+from beatd.store import Store
 
-DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo")
+from .data import data_path
 
 
 def _id(v):
@@ -24,8 +24,8 @@ def _id(v):
 
 
 def main():
-    cfg = load(os.path.join(DEMO, "r2.toml"))
-    capture = os.path.join(DEMO, "r2.pcap")
+    cfg = load(data_path("capture", "r2.toml"))
+    capture = data_path("capture", "r2.pcap")
     with tempfile.TemporaryDirectory(prefix="beat-demo-") as tmp:
         store = Store(tmp, **{k: v for k, v in cfg.store_kwargs().items() if k != "path"})
         first = []

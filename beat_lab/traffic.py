@@ -10,7 +10,8 @@ import json
 import subprocess
 import sys
 
-__all__ = ["known_packets", "send_packets", "send_load", "expected_pd", "TrafficError"]
+__all__ = ["known_packets", "send_packets", "send_load", "expected_pd", "require_scapy",
+           "TrafficError"]
 
 
 class TrafficError(Exception):
@@ -85,10 +86,21 @@ print(json.dumps({"sent": sent, "errors": errors, "flows": min(flows, sent),
 """
 
 
+def require_scapy():
+    """scapy's ``(IP, UDP)`` (slow to import: only when needed); ImportError naming the extra to
+    install when scapy is missing."""
+    try:
+        from scapy.layers.inet import IP, UDP
+    except ImportError as exc:
+        raise ImportError(f"the lab's exact packets are built with scapy, which is not installed "
+                          f"({exc}): pip install 'beat[lab]'") from None
+    return IP, UDP
+
+
 def known_packets(src, dst, n=10, sport=40000, dport=7, tag=b"beat-lab"):
     """``n`` distinct UDP/IPv4 packets ``src -> dst`` (scapy), as bytes; each carries its index
     in the payload and the IP id, so that each has its own packet digest."""
-    from scapy.layers.inet import IP, UDP  # scapy is slow to import: only when needed
+    IP, UDP = require_scapy()
 
     out = []
     for i in range(n):

@@ -35,14 +35,17 @@ import sys
 import threading
 import time
 
+from .data import topology_path
 from .netns import IP, Net, NetError, link_stats, list_namespaces
 from .topology import load as load_topology
 from . import traffic
 
 __all__ = ["Lab", "LabError", "DEFAULT_TOPOLOGY", "STATE_ROOT"]
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_TOPOLOGY = os.path.join(REPO, "topologies", "paper.toml")
+# where beat_lab, beatd, governance, ... are imported from (a checkout, or site-packages): the
+# processes the lab starts (beatd, beatctl) run from there, with it first on their PYTHONPATH
+IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_TOPOLOGY = topology_path()
 STATE_ROOT = os.environ.get("BEAT_LAB_STATE", "/run/beat-lab")
 LEDGERS = ("local", "none", "ethereum")
 LAB_ANCHOR_PERIOD_S = 1.0
@@ -91,7 +94,7 @@ class Lab:
         if ledger not in LEDGERS:
             raise LabError(f"ledger: {ledger!r} is not one of {', '.join(LEDGERS)}")
         self.ledger = ledger
-        self.topology_path = os.path.abspath(topology or DEFAULT_TOPOLOGY)
+        self.topology_path = topology_path(topology)
         self.topo = load_topology(self.topology_path)
         self.net = Net(self.topo, prefix)
         self.prefix = prefix
@@ -151,9 +154,9 @@ class Lab:
         raise LabError(f"{router}: not a router of the lab")
 
     def setup_pki(self):
-        """A lab CA (``beatd certs``), each router's device certificate for its management
+        """A lab CA (``beat-lab certs``), each router's device certificate for its management
         address, the governance's client certificate, and the governance's config file."""
-        from beatd import certs
+        from . import ca as certs
 
         ca = os.path.join(self.pki_dir, "ca")
         certs.make_ca(ca, common_name=f"BEAT lab CA ({self.prefix})", force=True)
@@ -163,7 +166,7 @@ class Lab:
                               dns=[r.name], force=True)
         certs.make_governance(ca, os.path.join(self.pki_dir, "governance"), force=True)
         gov = os.path.join(self.pki_dir, "governance")
-        lines = [f"# written by `beatd lab up` ({self.topology_path})", "[interrogation]",
+        lines = [f"# written by `beat-lab up` ({self.topology_path})", "[interrogation]",
                  f"ca = {_toml_str(os.path.join(ca, 'ca.crt'))}",
                  f"cert = {_toml_str(os.path.join(gov, 'governance.crt'))}",
                  f"key = {_toml_str(os.path.join(gov, 'governance.key'))}",
@@ -330,9 +333,9 @@ class Lab:
                        sla.max_loss_ppm, sla.max_delay_us, sla.loss_budget_ppm,
                        sla.penalty_per_violation]}
         p = subprocess.run(self.net_ledger_argv([self.python, "-c",
-                                                 "from beatd.lab.lab import _ethereum_setup; "
+                                                 "from beat_lab.lab import _ethereum_setup; "
                                                  "_ethereum_setup()"]),
-                           input=json.dumps(job), capture_output=True, text=True, cwd=REPO,
+                           input=json.dumps(job), capture_output=True, text=True, cwd=IMPORT_ROOT,
                            env=self._env(), timeout=timeout + 60)
         if p.returncode != 0:
             raise LabError(f"--ledger ethereum: deploying the contract and registering the routers "
@@ -384,13 +387,14 @@ class Lab:
                            "against")
         return subprocess.run(self.interrogate_argv(from_ns, to_ns, json_path, svg_path, record,
                                                     dispute, f),
-                              capture_output=True, text=True, cwd=REPO, env=self._env(),
+                              capture_output=True, text=True, cwd=IMPORT_ROOT, env=self._env(),
                               timeout=timeout)
 
     @staticmethod
     def _env():
         env = dict(os.environ)
-        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        extra = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = IMPORT_ROOT + (os.pathsep + extra if extra else "")
         return env
 
     def stop_chain(self, timeout=10.0):
@@ -441,7 +445,7 @@ class Lab:
         if not self.contract:
             return {}
         p = subprocess.run(self.beatctl_argv("anchors", "--json"), capture_output=True, text=True,
-                           cwd=REPO, env=self._env(), timeout=120)
+                           cwd=IMPORT_ROOT, env=self._env(), timeout=120)
         if p.returncode != 0:
             raise LabError(f"beatctl anchors on {self.ledger_spec}: exit {p.returncode}: "
                            f"{p.stderr.strip()}")
@@ -495,7 +499,7 @@ class Lab:
         node = self.topo.node(router)
         d = self.router_dir(router)
         known = beatd_config.DEFAULTS
-        lines = [f"# written by `beatd lab up` for {router} ({self.topology_path})",
+        lines = [f"# written by `beat-lab up` for {router} ({self.topology_path})",
                  f"node_id = {node.node_id}",
                  "own_macs = [" + ", ".join(_toml_str(m) for m in self.net.own_macs(router)) + "]"]
         if "interfaces" in known:
@@ -566,7 +570,7 @@ class Lab:
     def daemon_available(self):
         """(True, "") when ``beatd run`` exists, else (False, why)."""
         p = subprocess.run(self._beatd("run", "--help"), capture_output=True, text=True,
-                           cwd=REPO, timeout=60)
+                           cwd=IMPORT_ROOT, timeout=60)
         if p.returncode != 0:
             return False, (p.stderr.strip().splitlines() or ["?"])[-1]
         return True, ""
@@ -580,7 +584,7 @@ class Lab:
                                                       *extra))
         env = self._env()
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=REPO, env=env, start_new_session=True)
+                                cwd=IMPORT_ROOT, env=env, start_new_session=True)
         log.close()
         self._procs[router] = proc
         self._set_pid(router, proc.pid)
@@ -824,9 +828,9 @@ class Lab:
         self.topo.node(router)
         cfg = self.config_path(router)
         if not os.path.exists(cfg):
-            raise LabError(f"{router}: no config at {cfg}: is the lab up (`beatd lab up`)?")
+            raise LabError(f"{router}: no config at {cfg}: is the lab up (`beat-lab up`)?")
         p = subprocess.run(self._beatd("dump", "--config", cfg, "--json"), capture_output=True,
-                           text=True, cwd=REPO, timeout=120)
+                           text=True, cwd=IMPORT_ROOT, timeout=120)
         if p.returncode != 0:
             raise LabError(f"beatd dump for {router}: exit {p.returncode}: {p.stderr.strip()}")
         records, other = [], []
@@ -978,7 +982,7 @@ class Lab:
                           f"{self.ledger_spec} anchors)\n")
             else:
                 out.write(f"  (beatctl --ledger local:{self.ledger_path} anchors)\n")
-        out.write("\n(`beatd lab dump NODE` shows a router's records; `beatd lab down` removes "
+        out.write("\n(`beat-lab dump NODE` shows a router's records; `beat-lab down` removes "
                   "the lab)\n")
         return report
 

@@ -1,7 +1,8 @@
-"""Writes demo/r2.pcap: what router r2 (node 2) of the paper's path h1-r1-r2-r3-h2 captures.
+"""Writes beat_lab/capture/r2.pcap (the offline demo's capture, package data): what router r2
+(node 2) of the paper's path h1-r1-r2-r3-h2 captures.
 
 Deterministic (fixed timestamps and payloads), so the committed file can be regenerated:
-    .venv/bin/python demo/make_capture.py
+    .venv/bin/python beat_lab/capture/make_capture.py
 Traffic: h1 -> h2 packets arriving from r1 and leaving to r3 30 us later; replies h2 -> h1 the other
 way; a few packets r2 drops (seen arriving only); and odd frames a real link carries (ARP, a runt,
 a truncated IPv4 header, IHL below 5, three VLAN tags), which must be counted, not crash anything.

@@ -10,7 +10,7 @@ path if it is on it, along the detour if it is inside the detour, else along a s
 have a default route through their router. ``route_via`` moves a route mid-run. Neighbour entries
 are permanent (no ARP on the wire), IPv6 is off, rp_filter is off.
 
-Management network (``create_management``, for ``beatd lab up --ledger ethereum``): one more
+Management network (``create_management``, for ``beat-lab up --ledger ethereum``): one more
 namespace ``<prefix>ledger`` holding the JSON-RPC node, a veth from it to every router (``m-<router>``
 on the ledger side, ``mgmt`` in the router) on its own ``10.N.0.0/16`` (``management_subnet``: the
 first of 10.199, 10.198, ... that overlaps no lab link nor site; router i's link is

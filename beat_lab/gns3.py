@@ -1,10 +1,10 @@
-"""``beatd gns3``: the lab topology as a GNS3 project, and the appliance files of the BEAT images.
+"""``beat-lab gns3``: the lab topology as a GNS3 project, and the BEAT images' appliance files.
 
-    beatd gns3 project [--topology F] [--out DIR | --out FILE.gns3project] [--name NAME]
-    beatd gns3 project [--topology F] --server URL [--user U] [--password P] [--name NAME]
-    beatd gns3 appliances --out DIR
+    beat-lab gns3 project [--topology F] [--out DIR | --out FILE.gns3project] [--name NAME]
+    beat-lab gns3 project [--topology F] --server URL [--user U] [--password P] [--name NAME]
+    beat-lab gns3 appliances --out DIR
 
-``project`` turns a lab topology (the format of ``beatd lab``, ``topologies/paper.toml`` by
+``project`` turns a lab topology (the format of ``beat-lab``, ``beat_lab/topologies/paper.toml`` by
 default) into a GNS3 project: one Docker node per host and router, on the BEAT router image
 (``ROUTER_IMAGE``; hosts run it with ``BEAT_ROLE=host``), one governance node on the governance
 image (``GOVERNANCE_IMAGE``: the ledger's chain and ``beatctl``), a link per topology link between
@@ -12,7 +12,7 @@ the right adapters, and a management link from every router's last adapter to on
 governance node. Everything a node needs is in its environment (``gns3/README.md`` lists the
 variables): addresses, deterministic MACs, neighbours, static routes (the lab's routing plan:
 the agreed path, the detour), the ledger endpoint, the governance CA, and the lab's keys and
-certificates, made here (a lab PKI as ``beatd lab``'s, a device key and an Ethereum account per
+certificates, made here (a lab PKI as ``beat-lab``'s, a device key and an Ethereum account per
 router, the governance's account). They are lab keys: anyone holding the project holds them.
 
 Output: ``--out FILE.gns3project`` (the default is ``<name>.gns3project``) is the portable zip GNS3
@@ -21,7 +21,7 @@ directory GNS3 opens as it is. ``--server URL`` creates the project through the 
 API (v3, token authentication): the templates of the BEAT images when missing, the nodes from
 them, their names, positions and environments, the links; it prints the project id.
 
-Addressing (as ``beatd lab``): topology link ``i`` is ``<subnet>.<i+1>.0/24``; the management
+Addressing (as ``beat-lab``): topology link ``i`` is ``<subnet>.<i+1>.0/24``; the management
 network is the lab's (``Net.management_subnet()``): router ``i``'s management link
 ``10.N.<i+1>.0/24`` (governance side ``.1``, router ``.2``), the chain on ``10.N.0.1:8545``, each
 router's Interrogation service on ``<its management address>:9478``. Node ``k`` (hosts first, then
@@ -44,9 +44,8 @@ import zipfile
 
 __all__ = ["ROUTER_IMAGE", "GOVERNANCE_IMAGE", "ROUTER_TEMPLATE", "GOVERNANCE_TEMPLATE",
            "GNS3Error", "Plan", "plan", "topology_json", "write_project", "appliances",
-           "GNS3Client", "create_on_server", "add_parser", "main"]
+           "GNS3Client", "create_on_server", "add_arguments", "main"]
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUTER_IMAGE = "beat-router:latest"
 GOVERNANCE_IMAGE = "beat-governance:latest"
 ROUTER_TEMPLATE = "BEAT router"
@@ -174,7 +173,7 @@ def create_address(sender, nonce=0):
 
 def _secrets(topo, mgmt_ips):
     """The lab's keys, made now: {"ca": PEM, "routers": {name: {...}}, "governance": {...}}."""
-    from beatd import certs
+    from . import ca as certs
     from ledger_client.keys import DeviceKey
 
     out = {"routers": {}}
@@ -203,14 +202,15 @@ def _secrets(topo, mgmt_ips):
 def plan(topology=None, name=None, secrets=None):
     """The GNS3 plan of a lab topology file (default: the paper's). ``secrets`` (tests) replaces
     the keys made here."""
-    from beatd.lab import lab as lab_mod
-    from beatd.lab.netns import Net, NetError
-    from beatd.lab.topology import TopologyError, load
+    from . import lab as lab_mod
+    from .data import DataError, topology_path
+    from .netns import Net, NetError
+    from .topology import TopologyError, load
 
-    path = os.path.abspath(topology or lab_mod.DEFAULT_TOPOLOGY)
     try:
+        path = topology_path(topology)
         topo = load(path)
-    except TopologyError as exc:
+    except (DataError, TopologyError) as exc:
         raise GNS3Error(str(exc)) from None
     net = Net(topo, "beat-")
     try:
@@ -619,16 +619,14 @@ def create_on_server(plan_, client):
 # ---------------------------------------------------------------------------------------------
 # command line
 
-def add_parser(subparsers):
-    """Add ``gns3`` (with ``project`` and ``appliances``) to beatd's subcommands."""
-    p = subparsers.add_parser("gns3", help="the lab topology as a GNS3 project; the appliances",
-                              description="GNS3: the BEAT images' appliances and a lab "
-                                          "topology as a GNS3 project (gns3/README.md).")
+def add_arguments(p):
+    """The arguments of ``beat-lab gns3`` (``project``, ``appliances``) on parser ``p``."""
     sub = p.add_subparsers(dest="gns3_command", required=True, metavar="ACTION")
     pr = sub.add_parser("project", help="write a portable GNS3 project, or create it on a "
                                         "GNS3 server (--server)")
     pr.add_argument("--topology", metavar="F", default=None,
-                    help="lab topology TOML (default: topologies/paper.toml)")
+                    help="lab topology TOML, or a bundled one by name (default: paper, "
+                         "the paper's testbed)")
     pr.add_argument("--name", default=None, help="project name (default: the topology's "
                                                  "lab.name)")
     pr.add_argument("--out", metavar="DIR|FILE.gns3project", default=None,
@@ -648,7 +646,7 @@ def add_parser(subparsers):
 
 
 def main(args):
-    """Run ``beatd gns3 ...``; returns the exit code (0; 2 bad input; 1 the server refused)."""
+    """Run ``beat-lab gns3 ...``; returns the exit code (0; 2 bad input; 1 the server refused)."""
     try:
         if args.gns3_command == "appliances":
             for path in write_appliances(args.out):
@@ -662,7 +660,7 @@ def main(args):
                 client = GNS3Client(args.server, args.user, args.password)
                 proj = create_on_server(p, client)
             except GNS3Error as exc:
-                print(f"beatd: gns3 project: {exc}", file=sys.stderr)
+                print(f"beat-lab: gns3 project: {exc}", file=sys.stderr)
                 return EXIT_SERVER
             print(proj["project_id"])
             return 0
@@ -670,15 +668,9 @@ def main(args):
         print(path)
         return 0
     except GNS3Error as exc:
-        print(f"beatd: gns3 {args.gns3_command}: {exc}", file=sys.stderr)
+        print(f"beat-lab: gns3 {args.gns3_command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
-        print(f"beatd: gns3 {args.gns3_command}: {exc.filename or ''}: "
+        print(f"beat-lab: gns3 {args.gns3_command}: {exc.filename or ''}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
-
-
-if __name__ == "__main__":          # python -m beatd.gns3 ... (until beatd/cli.py wires it)
-    _p = argparse.ArgumentParser(prog="beatd")
-    add_parser(_p.add_subparsers(dest="command", required=True))
-    sys.exit(main(_p.parse_args()))

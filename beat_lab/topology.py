@@ -1,9 +1,9 @@
 """Lab topology files (TOML): hosts, routers with node ids and owners, links, the agreed path and
 a detour.
 
-The format is described in ``topologies/README.md``. ``load(path)`` / ``from_dict(raw)`` return a
-validated ``Topology``; anything wrong raises ``TopologyError`` whose message names the key, e.g.
-``links[2].b: "r9" is not a host or router``.
+The format is described in ``beat_lab/topologies/README.md``. ``load(path)`` /
+``from_dict(raw)`` return a validated ``Topology``; anything wrong raises ``TopologyError`` whose
+message names the key, e.g. ``links[2].b: "r9" is not a host or router``.
 
 Addressing is derived, never written by hand: link ``i`` (0-based, in file order) gets the subnet
 ``<subnet>.<i+1>.0/24`` (side ``a`` is ``.1``, side ``b`` is ``.2``), and host ``j`` gets a routed
