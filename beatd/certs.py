@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from beat_common.spec import NODE_ID_MAX
 from ledger_client.keys import write_new_file
 
 __all__ = ["Role", "CertError", "ROLE_GOVERNANCE", "ROLE_DEVICE", "ROLE_URI_PREFIX", "make_ca",
@@ -40,7 +41,6 @@ ROLE_DEVICE = "device"
 CA_DAYS = 3650
 LEAF_DAYS = 825
 EXIT_USAGE = 2
-NODE_ID_MAX = (1 << 64) - 2
 
 
 class CertError(Exception):

@@ -11,10 +11,12 @@ import os
 import re
 import stat
 
-from .tomlfile import read_toml
-
+from beat_common.spec import NODE_ID_MAX
+from beat_common.tomlfile import read_toml
 from fastpath.output import (DEFAULT_MAX_RECEIPTS_PER_EPOCH, HASH_NAMES, MAX_SLOT,
                              MAX_RECEIPTS_PER_EPOCH_LIMIT, RECORD_SIZE)
+
+from .store.layout import SYNC_MODES
 
 __all__ = ["ConfigError", "Config", "Neighbour", "load", "from_dict", "parse_size", "parse_mac",
            "parse_listen", "format_mac", "DEFAULTS"]
@@ -106,8 +108,6 @@ LOG_FORMATS = ("json", "text")
 IFNAMSIZ = 16
 PAGE_SIZE = 4096
 TPACKET_ALIGNMENT = 16
-SYNC_MODES = ("periodic", "always", "never")
-NODE_ID_MAX = (1 << 64) - 2
 # LMDB pages per receipt until it is pruned: 225 B measured (the receipt 106, its outbox leaf 53,
 # its share of the batch's tree levels 66), rounded up for half-filled pages
 RECEIPT_STORE_BYTES = 256

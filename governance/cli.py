@@ -42,7 +42,8 @@ import json
 import os
 import sys
 
-from beatd.tomlfile import read_toml
+from beat_common.spec import is_node_id
+from beat_common.tomlfile import read_toml
 
 from ledger_client.errors import LedgerError
 from ledger_client.keys import DeviceKey, KeyFileError, parse_public
@@ -386,7 +387,7 @@ def _register_sla(args):
 def _link(args):
     for side in ("a", "b"):
         v = getattr(args, side)
-        if not 1 <= v <= (1 << 64) - 2:
+        if not is_node_id(v):
             raise UsageError(f"--{side} {v}: not a node id (1..2^64-2)")
     if args.a == args.b:
         raise UsageError(f"--a {args.a} --b {args.b}: a link joins two different nodes")
