@@ -354,7 +354,7 @@ def _dump(args):
             records = b"".join(store.iter_records())
             counters = store.counters()
             stats = store.stats()
-            ring = store.ring_status(0, 0)
+            ring = store.proof_ring_status(0, 0)
         finally:
             store.close()
         rows = json_records(SimpleNamespace(records=records), cfg.node_id, cfg.hash)

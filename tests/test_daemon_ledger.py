@@ -23,7 +23,7 @@ from beatd.store import Store
 from ledger_client import merkle
 from ledger_client.keys import DeviceKey
 from ledger_client.local import LocalLedger
-from ledger_client.outbox import Outbox
+from beatd.store import Outbox
 from ledger_client.types import Node
 
 from conftest import wait_for
