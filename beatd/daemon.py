@@ -496,8 +496,7 @@ class Daemon:
         if cfg.ledger_backend == "local":
             from ledger_client.errors import LedgerError
             from ledger_client.keys import DeviceKey, KeyFileError
-            from ledger_client.local import LocalLedger
-            from ledger_client.local import AwaitedLocalLedger
+            from ledger_client.backend import BackendSpec, open_backend
             path = cfg.ledger_path
             if not os.path.exists(path) and not cfg.ledger_path_default:
                 raise DaemonError(f'ledger.path: "{path}": no such ledger (the governance creates '
@@ -507,19 +506,20 @@ class Daemon:
                 self._evidence_key = signer
             if not os.path.exists(path):
                 # the default ledger the governance has not created yet: anchors wait
-                self.ledger = AwaitedLocalLedger(path, cfg.hash)
+                self.ledger = open_backend(BackendSpec("local", path=path), hash_name=cfg.hash,
+                                           missing="await")
                 event(log, logging.WARNING, "ledger: no local ledger yet; batches wait in the "
                       "outbox until the governance creates it", path=path)
             else:
                 try:
-                    self.ledger = LocalLedger(path, hash_name=None)
+                    self.ledger = open_backend(BackendSpec("local", path=path))
                 except LedgerError as exc:
                     raise DaemonError(f'ledger.path: "{path}": {exc}') from None
             self._ledger_where = path
         elif cfg.ledger_backend == "ethereum":
             try:
-                from ledger_client import ethereum
-                EthereumLedger, Account = ethereum.EthereumLedger, ethereum.Account
+                from ledger_client.backend import BackendSpec, open_backend
+                from ledger_client.ethereum import Account
             except (ImportError, AttributeError) as exc:
                 raise DaemonError(f'ledger.backend: "ethereum" is not available yet in this '
                                   f"build (ledger_client.ethereum: {exc}); use \"local\" or "
@@ -538,7 +538,9 @@ class Daemon:
                 if cfg.interrogation_signing_key in (None, cfg.ledger_device_key):
                     self._evidence_key = self.device_key
             try:
-                self.ledger = EthereumLedger(cfg.ledger_url, cfg.ledger_contract, cfg.hash)
+                self.ledger = open_backend(BackendSpec("ethereum", url=cfg.ledger_url,
+                                                       contract=cfg.ledger_contract),
+                                           hash_name=cfg.hash)
             except Exception as exc:  # noqa: BLE001 (named, exit 2)
                 raise DaemonError(f'ledger.url: "{cfg.ledger_url}": {type(exc).__name__}: '
                                   f"{exc}") from None
