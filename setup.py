@@ -66,7 +66,7 @@ setup(
     name="beat",
     version="0.1.0",
     description="BEAT: accountable and transparent infrastructure sharing (router agent)",
-    packages=find_packages(include=["fastpath", "beatd", "beatd.*", "ledger_client",
+    packages=find_packages(include=["beat_common", "fastpath", "beatd", "beatd.*", "ledger_client",
                                     "ledger_client.*", "governance", "governance.*",
                                     "beat_rpc", "benchmarks"]),
     package_data={"fastpath": ["*.pyx", "*.pxi", "*.pxd", "includes/*.pxd", "include/*.h", "src/*.c"],
