@@ -249,7 +249,7 @@ def format_status(st):
                      f"kernel {i['kernel_packets']} packets / {i['kernel_drops']} drops")
     if ring:
         lines.append(f"  store        {st['store']['path']}: {ring.get('segments')} segments, "
-                     f"{ring.get('bytes')} of {ring.get('ring_size')} bytes, wraps "
+                     f"{ring.get('bytes')} of {ring.get('ring_size')} bytes (proof ring), wraps "
                      f"{ring.get('wraps')}" + (" (SHORT of the threshold)" if ring.get("short")
                                                 else ""))
     gs = st.get("capture_gaps")

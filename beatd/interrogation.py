@@ -410,10 +410,11 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
                                                         sent=sent), "reading segments")
         if plan is None:
             try:
-                ring = self._store_call("coverage", self.evidence.ring_fields, self.threshold_ns)
+                proof_ring = self._store_call("coverage", self.evidence.proof_ring_fields,
+                                              self.threshold_ns)
             except RequestError as exc:
                 self._refuse(context, exc)
-            plan = AnswerPlan([], 0, 0, ring, [])
+            plan = AnswerPlan([], 0, 0, proof_ring, [])
         yield from signed(self.evidence.coverage_chunks(plan, entries, sent, coverage_body),
                           "coverage")
         self._answered()

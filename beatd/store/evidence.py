@@ -85,7 +85,7 @@ class OutboxIndex:
 
     def refresh(self, keep_from_seg=None):
         """Index the leaves written since the last call; drop segment entries below
-        ``keep_from_seg`` (the ring's oldest seg_seq) when many are there, and the entries of
+        ``keep_from_seg`` (the proof ring's oldest seg_seq) when many are there, and the entries of
         leaves the store pruned."""
         with self._lock:
             base = 0
@@ -123,8 +123,8 @@ class OutboxIndex:
                             break
                 if n < SCAN_LEAVES:
                     break
-            # segments below the ring are trimmed only SCAN_LEAVES behind it: an answer that
-            # planned its index on an older ring still finds its segments' leaves
+            # segments below the proof ring are trimmed only SCAN_LEAVES behind it: an answer that
+            # planned its index on an older proof ring still finds its segments' leaves
             if keep_from_seg is not None and keep_from_seg - self.seg_base > 2 * SCAN_LEAVES:
                 drop = min(keep_from_seg - SCAN_LEAVES, self.next_seg) - self.seg_base
                 del self._seg_leaf[:drop]
@@ -204,13 +204,13 @@ class AnchorIndex:
 
 class AnswerPlan:
     """What a GetProofSegments answer holds (``EvidenceStore.plan_answer``)."""
-    __slots__ = ("selected", "first_seq", "count", "ring", "gaps")
+    __slots__ = ("selected", "first_seq", "count", "proof_ring", "gaps")
 
-    def __init__(self, selected, first_seq, count, ring, gaps):
+    def __init__(self, selected, first_seq, count, proof_ring, gaps):
         self.selected = selected
         self.first_seq = first_seq
         self.count = count
-        self.ring = ring
+        self.proof_ring = proof_ring
         self.gaps = gaps
 
 
@@ -226,7 +226,7 @@ class EvidenceStore:
         self.outbox = store.ledger_outbox()   # opens (creates if missing) anchors, leaf_proofs
         self.index = OutboxIndex(self.env, self.db[OUTBOX], self.path, self.db[META])
         self.anchors = AnchorIndex(self.env, self.outbox.db_anchors)
-        self.wrapped_during_answer = 0        # segments dropped by the ring while being answered
+        self.wrapped_during_answer = 0        # segments dropped by the proof ring while being answered
 
     def refresh(self):
         """Bring the indexes up to the store's latest commit."""
@@ -336,7 +336,7 @@ class EvidenceStore:
         body (chunk_seq counts the chunks yielded, from 0); it is called inside the chunk's read
         transaction (the records are views into the map, copied once into the body), and the
         transaction is closed before the body is yielded. A selected segment no longer in the
-        ring is left out (and counted); a chunk left empty by that is skipped, unless last.
+        proof ring is left out (and counted); a chunk left empty by that is skipped, unless last.
         ``final`` False: the answer goes on after these chunks (the coverage): no chunk is last
         and none is empty. ``sent``: a set the seg_seqs sent are added to."""
         groups, group, size = [], [], 0
@@ -356,9 +356,9 @@ class EvidenceStore:
                 segs = []
                 for seq in seqs:
                     v = txn.get(p64(seq), db=self.db[PROOFS])
-                    if v is None:              # the ring wrapped past it since the selection
+                    if v is None:              # the proof ring wrapped past it since the selection
                         self.wrapped_during_answer += 1
-                        log.warning("%s: segment %d left the ring while being answered",
+                        log.warning("%s: segment %d left the proof ring while being answered",
                                     self.path, seq)
                         continue
                     ref = self._anchor_ref(txn, self.index.segment_leaf(seq))
@@ -374,8 +374,8 @@ class EvidenceStore:
 
     # -- coverage: what the device holds for a request (docs/interrogation.md, kind 4) --
 
-    def ring_fields(self, threshold_ns):
-        """The coverage's ring fields now (all but ``index_first_seq``): a dict."""
+    def proof_ring_fields(self, threshold_ns):
+        """The coverage's proof ring fields now (all but ``index_first_seq``): a dict."""
         with self.env.begin() as txn:
             meta = self.db[META]
             ring_oldest = u64(txn.get(M_PROOF_RING_OLDEST_SEQ, db=meta))
@@ -403,10 +403,10 @@ class EvidenceStore:
         overlapping the window and, with a filter, holding one of its flow tags), the index
         (``first_seq`` and ``count``: every segment held from the first to the last that
         overlaps the window; empty, ``first_seq`` is the first held segment that starts after
-        the window, or ``next_seg_seq``), the ring fields and the capture gaps of the window.
+        the window, or ``next_seg_seq``), the proof ring fields and the capture gaps of the window.
         The index's entries are read by ``index_entries`` once the limits passed."""
-        ring = self.ring_fields(threshold_ns)
-        seq, end = ring["ring_oldest_seq"], ring["next_seg_seq"]
+        proof_ring = self.proof_ring_fields(threshold_ns)
+        seq, end = proof_ring["ring_oldest_seq"], proof_ring["next_seg_seq"]
         overlapping = []
         after = None                           # the first held segment starting after to_ns
         while seq < end:
@@ -439,12 +439,12 @@ class EvidenceStore:
         if flow_filter is not None and overlapping:
             selected = self._holding(overlapping, flow_filter)
         gaps = [ev.CaptureGap(*g) for g in self.store.capture_gaps(from_ns, to_ns)]
-        return AnswerPlan(selected, first_seq, count, ring, gaps)
+        return AnswerPlan(selected, first_seq, count, proof_ring, gaps)
 
     def index_entries(self, first_seq, count):
         """``[(seg_seq, count, first_t_ns, last_t_ns, S, leaf_seq or None)]`` of segments
         first_seq .. first_seq + count - 1, from the commitments (or, for one whose commitment
-        is gone, the ring), in short read transactions. The outbox leaf is taken now: the
+        is gone, the proof ring), in short read transactions. The outbox leaf is taken now: the
         index's anchor refs are read from it when the coverage chunk is made."""
         out = []
         seq, end = first_seq, first_seq + count
@@ -471,11 +471,11 @@ class EvidenceStore:
         return out
 
     def coverage_chunks(self, plan, entries, sent, make_body):
-        """Yield the coverage chunk bodies of an answer: the ring fields, the index entries
+        """Yield the coverage chunk bodies of an answer: the proof ring fields, the index entries
         (``sent``: the seg_seqs sent in full) about 1 MiB per chunk, the capture gaps in the last
         one. ``make_body(k, coverage, last)`` builds the k-th coverage chunk's body. Anchor refs
         are read in a short transaction per ``SCAN_KEYS`` entries, closed before a yield."""
-        fixed = dict(plan.ring, index_first_seq=plan.first_seq)
+        fixed = dict(plan.proof_ring, index_first_seq=plan.first_seq)
         part, size, k = [], 0, 0
         i = 0
         while True:
@@ -487,7 +487,7 @@ class EvidenceStore:
             for e, ref in zip(batch, refs if batch else ()):
                 seq, c, first, last, S, _ = e
                 if seq < fixed["anchored_segments"] and not ref.anchored:
-                    # its proof left the index or the store while answering (the ring wrapped,
+                    # its proof left the index or the store while answering (the proof ring wrapped,
                     # the store pruned): an honest answer must not contradict its own coverage
                     raise StoreError(f"{self.path}: the anchor proof of segment {seq} (anchored) "
                                      "is gone since this answer began; ask again")
@@ -501,7 +501,7 @@ class EvidenceStore:
         yield make_body(k, ev.Coverage(**fixed, index=tuple(part), gaps=tuple(plan.gaps)), True)
 
     def held_segments(self, seg_seqs):
-        """``[(seg_seq, count)]`` of the named segments the ring holds, in seg_seq order."""
+        """``[(seg_seq, count)]`` of the named segments the proof ring holds, in seg_seq order."""
         out = []
         seqs = list(seg_seqs)
         for i in range(0, len(seqs), SCAN_KEYS):
