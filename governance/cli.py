@@ -197,10 +197,10 @@ def _open(args, create_with=None):
     kind, where = _ledger_spec(args)
     spec = (BackendSpec("local", path=where) if kind == "local" else
             BackendSpec("ethereum", url=where[0], contract=where[1]))
+    create = create_with is not None and kind == "local"
     try:
-        led = open_backend(spec, hash_name=args.hash,
-                           missing="error" if create_with is None else "create",
-                           governance_pubkey=None if create_with is None else create_with.public)
+        led = open_backend(spec, hash_name=args.hash, missing="create" if create else "error",
+                           governance_pubkey=create_with.public if create else None)
     except NotFound as exc:
         raise UsageError(str(exc)) from None
     return led if hasattr(led, "__enter__") else contextlib.nullcontext(led)
