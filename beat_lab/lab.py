@@ -35,6 +35,8 @@ import sys
 import threading
 import time
 
+from beat_common.tomlfile import toml_str as _toml_str
+
 from .data import topology_path
 from .netns import IP, Net, NetError, link_stats, list_namespaces
 from .topology import load as load_topology
@@ -60,10 +62,6 @@ ETH = 10 ** 18
 
 class LabError(Exception):
     """Something the lab cannot do; the message says what and where to look."""
-
-
-def _toml_str(s):
-    return json.dumps(str(s))
 
 
 def _pid_alive(pid):
@@ -264,14 +262,15 @@ class Lab:
             # no ledger: the device keys still sign the evidence of the Interrogation service
             return {r.name: self._device_keys(r.name)[0].public_hex for r in self.topo.routers}
         from ledger_client.keys import DeviceKey
-        from ledger_client.local import LocalLedger
+        from ledger_client.backend import open_backend
         from ledger_client.types import Node
 
         os.makedirs(self.state_dir, exist_ok=True)
         gov = DeviceKey.generate()
         gov.save(self.governance_key_path, overwrite=True)
         pubs = {}
-        with LocalLedger(self.ledger_path, hash_name=self._hash(), governance_pubkey=gov) as led:
+        with open_backend(f"local:{self.ledger_path}", hash_name=self._hash(), missing="create",
+                          governance_pubkey=gov) as led:
             for r in self.topo.routers:
                 key, _ = self._device_keys(r.name)
                 led.register_node(Node(r.node_id, r.owner, key.public, None), signer=gov)
@@ -435,8 +434,8 @@ class Lab:
             return self._ethereum_anchors()
         if self.ledger != "local" or not os.path.exists(self.ledger_path):
             return {}
-        from ledger_client.local import LocalLedger
-        with LocalLedger(self.ledger_path, hash_name=None) as led:
+        from ledger_client.backend import open_backend
+        with open_backend(f"local:{self.ledger_path}") as led:
             return {r.name: led.anchors(r.node_id) for r in self.topo.routers}
 
     def _ethereum_anchors(self):
@@ -461,8 +460,8 @@ class Lab:
 
     def verify_ledger(self):
         """The local ledger's ``verify_chain()`` problems (an empty list: sound)."""
-        from ledger_client.local import LocalLedger
-        with LocalLedger(self.ledger_path, hash_name=None) as led:
+        from ledger_client.backend import open_backend
+        with open_backend(f"local:{self.ledger_path}") as led:
             return led.verify_chain()
 
     def _read_state(self):

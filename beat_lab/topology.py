@@ -14,7 +14,8 @@ import dataclasses
 import ipaddress
 import re
 
-from beatd.tomlfile import read_toml
+from beat_common.spec import NODE_ID_MAX
+from beat_common.tomlfile import read_toml
 
 __all__ = ["TopologyError", "Topology", "Node", "Link", "load", "from_dict", "MAX_ROUTERS"]
 
@@ -23,7 +24,6 @@ MAX_HOSTS = 8
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 MAX_OWNER = 64
 DEFAULT_OWNER = "operator-{name}"   # one owner per router unless the file groups them
-NODE_ID_MAX = (1 << 64) - 2
 
 
 class TopologyError(Exception):

@@ -22,6 +22,7 @@ kind-4 chunks, the last of which carries the last flag.
 import dataclasses
 import struct
 
+from beat_common.spec import NONE, RECORD_SIZE
 from fastpath.hashes import digest_function
 from ledger_client.keys import verify as _ed25519_verify
 
@@ -35,9 +36,7 @@ __all__ = ["NONE", "RECORD_SIZE", "KIND_SEGMENTS", "KIND_COUNTERS", "KIND_RECEIP
            "normalise_seg_seqs", "encode_anchor_ref", "encode_chunk", "decode_header",
            "decode_chunk", "sign_body", "verify_signature", "open_chunk", "AnswerReader"]
 
-NONE = (1 << 64) - 1
 U64_MAX = NONE
-RECORD_SIZE = 48
 FT_SIZE = 8
 ADDR_SIZE = 16
 NONCE_SIZE = 16

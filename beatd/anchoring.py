@@ -59,8 +59,7 @@ def open_ledger(cfg):
     if cfg.ledger_backend == "local":
         from ledger_client.errors import LedgerError
         from ledger_client.keys import DeviceKey, KeyFileError
-        from ledger_client.local import LocalLedger
-        from ledger_client.local import AwaitedLocalLedger
+        from ledger_client.backend import BackendSpec, open_backend
         path = cfg.ledger_path
         if not os.path.exists(path) and not cfg.ledger_path_default:
             raise AnchoringError(f'ledger.path: "{path}": no such ledger (the governance creates '
@@ -69,23 +68,23 @@ def open_ledger(cfg):
         evidence_key = signer if cfg.interrogation_signing_key in (None, cfg.ledger_key) else None
         if not os.path.exists(path):
             # the default ledger the governance has not created yet: anchors wait
-            backend = AwaitedLocalLedger(path, cfg.hash)
+            backend = open_backend(BackendSpec("local", path=path), hash_name=cfg.hash,
+                                   missing="await")
             event(log, logging.WARNING, "ledger: no local ledger yet; batches wait in the "
                   "outbox until the governance creates it", path=path)
         else:
             try:
-                backend = LocalLedger(path, hash_name=None)
+                backend = open_backend(BackendSpec("local", path=path))
             except LedgerError as exc:
                 raise AnchoringError(f'ledger.path: "{path}": {exc}') from None
         return LedgerSetup(backend, signer, None, evidence_key, path)
     if cfg.ledger_backend == "ethereum":
+        from ledger_client.backend import BackendSpec, open_backend
         try:
-            from ledger_client import ethereum
-            EthereumLedger, Account = ethereum.EthereumLedger, ethereum.Account
+            from ledger_client.ethereum import Account
         except (ImportError, AttributeError) as exc:
-            raise AnchoringError(f'ledger.backend: "ethereum" is not available yet in this '
-                                 f"build (ledger_client.ethereum: {exc}); use \"local\" or "
-                                 f"\"none\"") from None
+            hint = "" if "beat[ethereum]" in str(exc) else "; pip install 'beat[ethereum]'"
+            raise AnchoringError(f'ledger.backend: "ethereum" is not installed: {exc}{hint}') from None
         try:
             signer = Account.from_file(cfg.ledger_key)
         except Exception as exc:  # noqa: BLE001 (named, exit 2)
@@ -101,7 +100,8 @@ def open_ledger(cfg):
             if cfg.interrogation_signing_key in (None, cfg.ledger_device_key):
                 evidence_key = device_key
         try:
-            backend = EthereumLedger(cfg.ledger_url, cfg.ledger_contract, cfg.hash)
+            backend = open_backend(BackendSpec("ethereum", url=cfg.ledger_url,
+                                               contract=cfg.ledger_contract), hash_name=cfg.hash)
         except Exception as exc:  # noqa: BLE001 (named, exit 2)
             raise AnchoringError(f'ledger.url: "{cfg.ledger_url}": {type(exc).__name__}: '
                                  f"{exc}") from None

@@ -15,13 +15,14 @@ import dataclasses
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from beat_common.spec import NODE_ID_MAX
+
 __all__ = ["Role", "ROLE_GOVERNANCE", "ROLE_DEVICE", "ROLE_URI_PREFIX", "NODE_ID_MAX",
            "parse_role_uri", "peer_role", "roles_of", "verify_issued_by"]
 
 ROLE_URI_PREFIX = "urn:beat:role:"
 ROLE_GOVERNANCE = "governance"
 ROLE_DEVICE = "device"
-NODE_ID_MAX = (1 << 64) - 2
 
 
 @dataclasses.dataclass(frozen=True)

@@ -250,7 +250,7 @@ def format_status(st):
                      f"kernel {i['kernel_packets']} packets / {i['kernel_drops']} drops")
     if ring:
         lines.append(f"  store        {st['store']['path']}: {ring.get('segments')} segments, "
-                     f"{ring.get('bytes')} of {ring.get('ring_size')} bytes, wraps "
+                     f"{ring.get('bytes')} of {ring.get('ring_size')} bytes (proof ring), wraps "
                      f"{ring.get('wraps')}" + (" (SHORT of the threshold)" if ring.get("short")
                                                 else ""))
     gs = st.get("capture_gaps")
@@ -355,7 +355,7 @@ def _dump(args):
             records = b"".join(store.iter_records())
             counters = store.counters()
             stats = store.stats()
-            ring = store.ring_status(0, 0)
+            ring = store.proof_ring_status(0, 0)
         finally:
             store.close()
         rows = json_records(SimpleNamespace(records=records), cfg.node_id, cfg.hash)

@@ -11,10 +11,12 @@ import os
 import re
 import stat
 
-from .tomlfile import read_toml
-
+from beat_common.spec import NODE_ID_MAX
+from beat_common.tomlfile import read_toml
 from fastpath.output import (DEFAULT_MAX_RECEIPTS_PER_EPOCH, HASH_NAMES, MAX_SLOT,
                              MAX_RECEIPTS_PER_EPOCH_LIMIT, RECORD_SIZE)
+
+from .store.layout import SYNC_MODES
 
 __all__ = ["ConfigError", "Config", "Neighbour", "load", "from_dict", "parse_size", "parse_mac",
            "parse_listen", "format_mac", "DEFAULTS", "TOML_KEYS", "RELOADABLE_KEYS", "ReloadPlan",
@@ -110,8 +112,6 @@ IFNAMSIZ = 16
 RING_GEOMETRY_KEYS = ("block_size", "block_count", "frame_size", "block_timeout_ms")
 _GEOMETRY_MSG_RE = re.compile(r"^(%s)(?: (\d+))? (.*)$" % "|".join(RING_GEOMETRY_KEYS), re.S)
 _GEOMETRY_NAME_RE = re.compile(r"\b(%s)\b" % "|".join(RING_GEOMETRY_KEYS))
-SYNC_MODES = ("periodic", "always", "never")
-NODE_ID_MAX = (1 << 64) - 2
 # LMDB pages per receipt until it is pruned: 225 B measured (the receipt 106, its outbox leaf 53,
 # its share of the batch's tree levels 66), rounded up for half-filled pages
 RECEIPT_STORE_BYTES = 256

@@ -403,7 +403,7 @@ class Daemon:
         self._capture_started_ns = now
         prev = self.store.capture_alive_t_ns()
         if prev is None:                # a store written before capture gaps: its newest record
-            st = self.store.ring_status(now, self.cfg.threshold_ns)
+            st = self.store.proof_ring_status(now, self.cfg.threshold_ns)
             prev = st.get("newest_t_ns") or None
         if prev is None:                # a new store: nothing was captured before this start
             prev = 0
@@ -761,7 +761,7 @@ class Daemon:
         now = time.monotonic()
         if force or now - self._ring_status_at >= RING_STATUS_INTERVAL_S:
             as_of = time.time()             # the store is read after this (status readers wait on it)
-            st = self.store.ring_status(time.time_ns(), self.cfg.threshold_ns)
+            st = self.store.proof_ring_status(time.time_ns(), self.cfg.threshold_ns)
             st["as_of"] = as_of
             self._ring_status = st
             self._store_status = self.store.prune_status()

@@ -19,9 +19,9 @@ import tempfile
 import time
 
 import fastpath
-from beatd.store import PRUNE_LEAVES, Store
+from beatd.store import PRUNE_LEAVES, Outbox, Store
 from benchmarks.pipeline import NEXT, OWN, build_frames
-from ledger_client.outbox import BatchRecord, Outbox
+from ledger_client.outbox import BatchRecord
 
 FRAMES = 1 << 19
 BATCH = 8192

@@ -6,10 +6,10 @@ constants both twins and the store share, so there is one definition of each.
 
 import struct
 
-NONE = 0xFFFFFFFFFFFFFFFF
+from beat_common.spec import NODE_ID_MAX, NONE, RECORD_SIZE  # noqa: F401 (defined there once)
+
 DESC_FORMAT = "<QIIIHBB"
 DESC_SIZE = 24
-RECORD_SIZE = 48
 RECEIPT_SIZE = 89       # epoch_ns(8) role(1) src(16) dst(16) packets(8) bytes(8) R(32)
 OPEN_RECEIPT_SIZE = 57  # the same without R
 COUNTER_SIZE = 48       # prev_id(8) next_id(8) packets(8) bytes(8) first_t_ns(8) last_t_ns(8)

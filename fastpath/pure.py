@@ -34,6 +34,7 @@ import struct
 from collections import deque
 
 from .hashes import constructor
+from .output import NODE_ID_MAX
 from .output import (COUNTER_SIZE, DEFAULT_MAX_RECEIPTS_PER_EPOCH, DESC_FORMAT, DESC_SIZE,
                      HASH_NAMES, MAX_RECEIPTS_PER_EPOCH_LIMIT, NONE, OPEN_RECEIPT_SIZE,
                      OVERFLOW_ADDR, REASON_CLASS, RECEIPT_SIZE, RECORD_SIZE, SLOT_SHIFT,
@@ -53,7 +54,7 @@ _RC_KEY = struct.Struct(">QB")
 _QQ = struct.Struct(">QQ")
 _OPEN_RC = struct.Struct(">QB32sQQ")
 
-_MAX_ID = (1 << 64) - 2
+_MAX_ID = NODE_ID_MAX
 _U64 = (1 << 64) - 1
 _V4MAP = b"\x00" * 10 + b"\xff\xff"
 _PD4 = b"BEAT-PD-v1\x04"

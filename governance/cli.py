@@ -42,9 +42,11 @@ import json
 import os
 import sys
 
-from beatd.tomlfile import read_toml
+from beat_common.spec import is_node_id
+from beat_common.tomlfile import read_toml
 
-from ledger_client.errors import LedgerError
+from ledger_client.backend import BackendSpec, open_backend
+from ledger_client.errors import LedgerError, NotFound
 from ledger_client.keys import DeviceKey, KeyFileError, parse_public
 from ledger_client.types import SLA, Node
 
@@ -189,26 +191,19 @@ def _eth_key(path):
         raise UsageError(f"{path}: not an Ethereum account key (64 hex digits): {exc}") from None
 
 
-def _open_ethereum(args, url, addr):
-    from ledger_client.ethereum import EthereumLedger
-    led = EthereumLedger(url, addr, args.hash or "sha3-256")
-    if args.hash is None:       # the contract's own hash
-        if not led._rpc("open", lambda: led.w3.eth.get_code(led.address)):
-            raise LedgerError(f"open: no contract at {led.address} on {url}")
-        led.hash_name = led._rpc("open", led.contract.functions.hashName().call)
-    return contextlib.nullcontext(led)
-
-
 def _open(args, create_with=None):
-    from ledger_client.local import LocalLedger
+    """The ledger of ``--ledger`` (``ledger_client.backend.open_backend``), as a context manager;
+    with ``create_with`` (the governance's key) a local ledger that does not exist is created."""
     kind, where = _ledger_spec(args)
-    if kind == "ethereum":
-        return _open_ethereum(args, *where)
-    path = where
-    if create_with is None and not os.path.exists(path):
-        raise UsageError(f"{path}: no such ledger")
-    return LocalLedger(path, hash_name=args.hash,
-                       governance_pubkey=None if create_with is None else create_with.public)
+    spec = (BackendSpec("local", path=where) if kind == "local" else
+            BackendSpec("ethereum", url=where[0], contract=where[1]))
+    create = create_with is not None and kind == "local"
+    try:
+        led = open_backend(spec, hash_name=args.hash, missing="create" if create else "error",
+                           governance_pubkey=create_with.public if create else None)
+    except NotFound as exc:
+        raise UsageError(str(exc)) from None
+    return led if hasattr(led, "__enter__") else contextlib.nullcontext(led)
 
 
 def _address(name, v):
@@ -386,7 +381,7 @@ def _register_sla(args):
 def _link(args):
     for side in ("a", "b"):
         v = getattr(args, side)
-        if not 1 <= v <= (1 << 64) - 2:
+        if not is_node_id(v):
             raise UsageError(f"--{side} {v}: not a node id (1..2^64-2)")
     if args.a == args.b:
         raise UsageError(f"--a {args.a} --b {args.b}: a link joins two different nodes")

@@ -49,7 +49,7 @@ import time
 from array import array
 from datetime import datetime, timezone
 
-from beatd.tomlfile import read_toml
+from beat_common.tomlfile import read_toml
 from fastpath.output import NONE, RECORD_SIZE
 
 from . import archive, verify

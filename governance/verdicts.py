@@ -65,6 +65,7 @@ from array import array
 
 import fastpath
 from fastpath.hashes import constructor
+from beat_common.spec import is_node_id
 from fastpath.output import NONE, RECORD_SIZE
 
 from . import explain, verify
@@ -199,7 +200,7 @@ class NodeEvidence:
     receipts: tuple = ()
 
     def __post_init__(self):
-        if isinstance(self.node_id, bool) or not 1 <= self.node_id <= NONE - 1:
+        if not is_node_id(self.node_id):
             raise ValueError(f"node_id must be in 1..2^64-2, got {self.node_id}")
         if self.status not in STATUSES:
             raise ValueError(f"node {self.node_id}: status {self.status!r} is not one of "

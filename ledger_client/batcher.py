@@ -36,7 +36,7 @@ import fastpath
 
 from . import merkle
 from .errors import LedgerError, Unavailable
-from .outbox import BatchRecord, Outbox
+from .outbox import BatchRecord, as_outbox
 
 log = logging.getLogger("beat.ledger.batcher")
 
@@ -72,7 +72,7 @@ class Batcher:
         self.base_backoff_s = base_backoff_s
         self.max_backoff_s = max_backoff_s
         self._rng = rng or random.Random()
-        self.outbox = Outbox(store)
+        self.outbox = as_outbox(store)
         last = self.outbox.last_batch()
         # the first period starts now when nothing was built before
         self._last_built = last.built_at if last is not None else clock.time()

@@ -190,6 +190,13 @@ class EthereumLedger:
         self._governance = None
         self._deployed_at = None
 
+    def adopt_contract_hash(self):
+        """Take the contract's own domain hash (LedgerError when no contract is there)."""
+        if not self._rpc("open", lambda: self.w3.eth.get_code(self.address)):
+            raise LedgerError(f"open: no contract at {self.address} on {self.url}")
+        self.hash_name = self._rpc("open", self.contract.functions.hashName().call)
+        return self.hash_name
+
     # ------------------------------------------------------------------ plumbing
     def _unavailable(self, op, exc):
         return Unavailable(f"{op}: the ledger at {self.url} is unreachable: "

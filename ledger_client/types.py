@@ -3,6 +3,8 @@ import dataclasses
 import json
 from typing import Optional
 
+from beat_common.spec import is_node_id
+
 DISPUTE_STATES = ("opened", "evidence", "decided", "settled")
 
 
@@ -14,7 +16,7 @@ class Node:
     account: Optional[bytes] = None    # 20-byte Ethereum address (ethereum backend)
 
     def __post_init__(self):
-        if not 1 <= self.node_id <= (1 << 64) - 2:
+        if not is_node_id(self.node_id):
             raise ValueError(f"node_id must be in 1..2^64-2, got {self.node_id}")
         if len(self.pubkey) != 32:
             raise ValueError(f"node {self.node_id}: pubkey must be 32 bytes, got {len(self.pubkey)}")
@@ -41,7 +43,7 @@ class SLA:
     def __post_init__(self):
         if len(self.src) != 16 or len(self.dst) != 16:
             raise ValueError(f"sla {self.sla_id}: src and dst must be 16 bytes")
-        if not self.route or any(not 1 <= n <= (1 << 64) - 2 for n in self.route):
+        if not self.route or any(not is_node_id(n) for n in self.route):
             raise ValueError(f"sla {self.sla_id}: route must be a non-empty list of node ids, "
                              f"got {self.route!r}")
         if self.valid_from_ns > self.valid_to_ns:

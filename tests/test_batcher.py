@@ -17,7 +17,8 @@ from fastpath.output import NONE, STAT_NAMES, Output
 from ledger_client import merkle
 from ledger_client.batcher import Batcher
 from ledger_client.errors import ConflictError, OrderError, PermissionDenied, Unavailable
-from ledger_client.outbox import ANCHORED, ANCHORS_DB, LEAF_PROOFS_DB, PENDING
+from beatd.store.layout import ANCHORS_DB, LEAF_PROOFS_DB
+from ledger_client.outbox import ANCHORED, PENDING
 
 NODE = 7
 PERIOD = 10.0

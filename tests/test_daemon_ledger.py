@@ -24,7 +24,7 @@ from beatd.store import Store
 from ledger_client import merkle
 from ledger_client.keys import DeviceKey
 from ledger_client.local import LocalLedger
-from ledger_client.outbox import Outbox
+from beatd.store import Outbox
 from ledger_client.types import Node
 
 from conftest import wait_for
@@ -150,7 +150,8 @@ def test_ethereum_not_available_is_named(tmp_path, monkeypatch):
     d = Daemon(cfg, source_factory=stand_in_factory([]))
     with pytest.raises(DaemonError) as e:
         d.start()
-    assert 'ledger.backend: "ethereum" is not available yet' in str(e.value)
+    assert 'ledger.backend: "ethereum" is not installed' in str(e.value)
+    assert "pip install 'beat[ethereum]'" in str(e.value)
     assert d.store is None       # everything opened was closed again
 
 

@@ -178,7 +178,7 @@ def test_daemon_anchors_on_ethereum(chain, tmp_path, caplog, monkeypatch):
 
     from beatd.control import request
     from ledger_client import merkle
-    from ledger_client.outbox import Outbox
+    from beatd.store import Outbox
     from ledger_client.types import Node
     from beatd.store import Store
     from test_daemon_ledger import (HASH, LEDGER_WAIT_S, NODE, _cfg, _push_rounds, _run, _stop,

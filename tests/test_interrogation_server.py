@@ -859,12 +859,13 @@ def test_unreachable_node(pki):
 
 def test_wrapped_ring_and_small_scan_batches(tmp_path, pki, monkeypatch):
     from beatd import interrogation
-    monkeypatch.setattr(interrogation, "SCAN_LEAVES", 8)      # outbox indexed 8 leaves a txn
-    monkeypatch.setattr(interrogation, "SCAN_KEYS", 3)        # commitments, receipts: 3 a txn
+    from beatd.store import evidence
+    monkeypatch.setattr(evidence, "SCAN_LEAVES", 8)           # outbox indexed 8 leaves a txn
+    monkeypatch.setattr(evidence, "SCAN_KEYS", 3)             # commitments, receipts: 3 a txn
     monkeypatch.setattr(interrogation, "RECEIPTS_PER_CHUNK", 1)
     store = Store(tmp_path / "s", NODE, H, 32 << 10)          # ~40 segments of 16 records
     _replay_all(store, H)
-    ring = store.ring_status(0, 0)
+    ring = store.proof_ring_status(0, 0)
     assert ring["wraps"] > 0 and store.verify() == []
     gov, dev = DeviceKey.generate(), DeviceKey.generate()
     led = LocalLedger(str(tmp_path / "l.mdb"), hash_name=H, governance_pubkey=gov)
@@ -927,8 +928,8 @@ def test_a_pruned_store_answers_from_its_base(tmp_path, pki, monkeypatch):
     """Store.prune dropped the oldest anchored batches (their outbox leaves, receipts, segment
     commitments, tree levels): a server that indexed the outbox before and one started after
     answer the same, every segment of the ring and every receipt still held proven."""
-    from beatd import interrogation
-    monkeypatch.setattr(interrogation, "SCAN_LEAVES", 8)      # outbox indexed 8 leaves a txn
+    from beatd.store import evidence
+    monkeypatch.setattr(evidence, "SCAN_LEAVES", 8)           # outbox indexed 8 leaves a txn
     store = Store(tmp_path / "s", NODE, H, 32 << 10)          # ~40 segments of 16 records
     _replay_all(store, H)
     gov, dev = DeviceKey.generate(), DeviceKey.generate()

@@ -684,3 +684,59 @@ def test_local_and_the_contract_agree(led):
     assert [n.node_id for n in led.nodes()] == [n.node_id for n in evm.led.nodes()] == [1, 2, 3]
     assert led.get_sla(7) == evm.led.get_sla(7) == sla(ppv=5)
     assert led.verify_chain() == []
+
+
+# -- open_backend: the one place that picks a backend -------------------------------------------
+
+def test_open_backend_local_missing_error_create_await(tmp_path):
+    from ledger_client.backend import BackendSpec, open_backend
+    from ledger_client.local import AwaitedLocalLedger
+    H = "sha3-256"
+    p = str(tmp_path / "ledger.lmdb")
+    with pytest.raises(NotFound, match=r"ledger\.lmdb: no such ledger"):
+        open_backend(f"local:{p}")
+    awaited = open_backend(BackendSpec("local", path=p), hash_name=H, missing="await")
+    assert isinstance(awaited, AwaitedLocalLedger)
+    awaited.close()
+    with pytest.raises(ValueError, match="needs the domain's hash"):
+        open_backend(f"local:{p}", missing="await")
+    gov = key(0)
+    with open_backend(f"local:{p}", hash_name=H, missing="create", governance_pubkey=gov.public) \
+            as led:
+        assert isinstance(led, LocalLedger)
+        led.register_node(Node(1, "op", key(1).public), signer=gov)
+    with open_backend(f"local:{p}") as led:                   # the file's own hash
+        assert led.hash_name == H and [n.node_id for n in led.nodes()] == [1]
+
+
+def test_backend_spec_parses_and_names_what_is_wrong():
+    from ledger_client.backend import BackendSpec
+    assert BackendSpec.parse("local:/x/y") == BackendSpec("local", path="/x/y")
+    e = BackendSpec.parse("ethereum:http://h:8545#0x" + "ab" * 20)
+    assert (e.url, e.contract) == ("http://h:8545", "0x" + "ab" * 20)
+    assert str(e) == "ethereum:http://h:8545#0x" + "ab" * 20
+    for bad in ("", "local:", "ftp:x", "ethereum:"):
+        with pytest.raises(ValueError, match="not local:PATH nor ethereum"):
+            BackendSpec.parse(bad)
+    with pytest.raises(ValueError, match="'chain' is not one of local, ethereum"):
+        BackendSpec("chain", path="x")
+
+
+def test_open_backend_imports_web3_only_for_ethereum():
+    """Without web3 (beat[ethereum] not installed) the local backend opens, and the ethereum one
+    says what to install; ledger_client.backend never imports web3 itself."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["web3"] = None                  # as if not installed
+        from ledger_client.backend import BackendUnavailable, open_backend
+        assert "web3" not in [m for m in sys.modules if sys.modules[m] is not None]
+        try:
+            open_backend("ethereum:http://127.0.0.1:1#0x" + "00" * 20)
+        except BackendUnavailable as exc:
+            print(exc)
+        """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr
+    assert 'ledger backend "ethereum" needs web3' in r.stdout
+    assert "pip install 'beat[ethereum]'" in r.stdout

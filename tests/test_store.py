@@ -65,7 +65,7 @@ def test_fresh_store_is_empty_and_consistent(tmp_path):
         assert s.resume_state() == {"next_seg_seq": 0, "open_records": b"", "open_receipts": b"",
                                     "closed_before": 0}
         assert list(s.iter_records()) == [] and s.counters() == {} and s.outbox() == []
-        st = s.ring_status(10**18, 1)
+        st = s.proof_ring_status(10**18, 1)
         assert st["segments"] == 0 and st["wraps"] == 0 and not st["short"]
         assert st["open_records"] == 0 and st["open_oldest_t_ns"] is None
 
@@ -85,7 +85,7 @@ def test_commit_and_read_back(tmp_path):
         assert s.counters() == {(0, NONE): (10, 1000, 1_000_000_000, 1_009_000_000)}
         assert s.stats()["records"] == 10
         # the two records of the open segment: counted, the older one's time given
-        st = s.ring_status(10**18, 1)
+        st = s.proof_ring_status(10**18, 1)
         open_t = [struct.unpack_from(">Q", out.records, 48 * i)[0] for i in (8, 9)]
         assert st["open_records"] == 2 and st["open_oldest_t_ns"] == min(open_t)
 
@@ -95,12 +95,12 @@ def test_ring_wrap(tmp_path):
     ring = 3 * SEG_BYTES(4)             # holds three segments
     with open_store(tmp_path / "s", ring_size=ring) as s:
         s.commit(g.output(12))          # 3 segments: full, no wrap
-        st = s.ring_status(g.t, 10**12)
+        st = s.proof_ring_status(g.t, 10**12)
         assert st["wraps"] == 0 and st["segments"] == 3 and not st["short"]
         oldest = st["oldest_t_ns"]
         for i in range(5):
             s.commit(g.output(4))       # one segment each: the oldest goes
-            st = s.ring_status(g.t, 10**12)
+            st = s.proof_ring_status(g.t, 10**12)
             assert st["bytes"] <= ring and st["segments"] == 3
             assert st["wraps"] == i + 1 and st["oldest_seg_seq"] == i + 1
             assert st["oldest_t_ns"] > oldest
@@ -111,8 +111,8 @@ def test_ring_wrap(tmp_path):
         assert len([leaf for leaf in s.outbox() if leaf[1] == 2]) == 8
         # short: the ring wrapped and covers less than the threshold
         covered = g.t - st["oldest_t_ns"]
-        assert s.ring_status(g.t, covered + 1)["short"]
-        assert not s.ring_status(g.t, covered)["short"]
+        assert s.proof_ring_status(g.t, covered + 1)["short"]
+        assert not s.proof_ring_status(g.t, covered)["short"]
         assert st["oldest_t_ns"] == s.commitments()[5][3]     # first t_ns of segment 5
 
 
@@ -122,7 +122,7 @@ def test_ring_never_holds_more_than_ring_size(tmp_path):
     with open_store(tmp_path / "s", ring_size=ring) as s:
         for _ in range(7):
             s.commit(g.output(23))
-            assert s.ring_status(g.t, 1)["bytes"] <= ring
+            assert s.proof_ring_status(g.t, 1)["bytes"] <= ring
             assert s.verify() == []
 
 
@@ -313,7 +313,7 @@ def test_capture_gaps_stay_bounded(tmp_path):
         s.record_capture(alive_t_ns=T + 100, threshold_ns=50)
         assert [g[:2] for g in s.capture_gaps()] == [(T - 300, T + 5), (T + 10, T + 20)]
         s.commit(gen.output(40))                             # the ring wraps past T + 5
-        assert s.ring_status(0, 0)["oldest_t_ns"] > T + 20
+        assert s.proof_ring_status(0, 0)["oldest_t_ns"] > T + 20
         s.record_capture(alive_t_ns=T + 100, threshold_ns=10**15)
         assert len(s.capture_gaps()) == 2                    # within the threshold: kept
         s.record_capture(alive_t_ns=T + 10**9, threshold_ns=10**6)

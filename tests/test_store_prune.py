@@ -12,10 +12,10 @@ import struct
 import pytest
 
 import fastpath
-from beatd.interrogation import EvidenceStore
-from beatd.store import PRUNE_LEAVES, Store
+from beatd.store import PRUNE_LEAVES, Outbox, Store
+from beatd.store.evidence import EvidenceStore
 from ledger_client.batcher import Batcher
-from ledger_client.outbox import ANCHORED, Outbox
+from ledger_client.outbox import ANCHORED
 from test_batcher import Clock, MemLedger
 
 NODE = 7
@@ -78,7 +78,7 @@ class Router:
 def may_go(store, rec, cutoff):
     """The rule, from the store's own readers: anchored, older than the cutoff, segments out of
     the ring."""
-    ring = store.ring_status(0, 0)
+    ring = store.proof_ring_status(0, 0)
     oldest = ring["oldest_seg_seq"] if ring["segments"] else store.meta()["next_seg_seq"]
     return rec.status == ANCHORED and rec.last_t_ns < cutoff and rec.seg_leaves_end <= oldest
 
@@ -100,9 +100,9 @@ def test_only_anchored_batches_older_than_the_threshold_go(tmp_path):
     r.store.commit(r.pipe.take())
     batches = r.batches()
     assert [b.status for b in batches] == [ANCHORED] * 6 + [0] * 6
-    assert r.store.ring_status(0, 0)["wraps"] > 0
+    assert r.store.proof_ring_status(0, 0)["wraps"] > 0
     # pending batches whose segments have left the ring: only being pending keeps them
-    oldest = r.store.ring_status(0, 0)["oldest_seg_seq"]
+    oldest = r.store.proof_ring_status(0, 0)["oldest_seg_seq"]
     assert [b.batch_seq for b in batches[6:] if b.seg_leaves_end <= oldest][:2] == [6, 7]
     before = snapshot(r.store)
     threshold = 3600 * SEC
@@ -153,7 +153,7 @@ def test_batches_whose_segments_are_in_the_ring_stay(tmp_path):
     """Their anchor proofs serve the segments the ring still holds."""
     r = Router(tmp_path / "s", ring_segments=10_000)
     r.run(5)
-    assert r.store.ring_status(0, 0)["wraps"] == 0
+    assert r.store.proof_ring_status(0, 0)["wraps"] == 0
     before = snapshot(r.store)
     assert r.store.prune(1 << 63, 0)["leaves"] == 0
     assert snapshot(r.store) == before
@@ -204,8 +204,8 @@ def test_pruning_survives_a_restart(tmp_path):
 
 
 def test_the_outbox_index_starts_at_the_pruned_base(tmp_path, monkeypatch):
-    from beatd import interrogation
-    monkeypatch.setattr(interrogation, "SCAN_LEAVES", 8)
+    from beatd.store import evidence
+    monkeypatch.setattr(evidence, "SCAN_LEAVES", 8)
     r = Router(tmp_path / "s")
     r.run(5)
     early = EvidenceStore(r.store)             # indexed from leaf 0, before any pruning
