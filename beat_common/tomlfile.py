@@ -65,6 +65,9 @@ def toml_value(v):
         return repr(v)
     if isinstance(v, str):
         return toml_str(v)
+    if isinstance(v, datetime.time) and v.tzinfo is not None:
+        # TOML has local times only: "01:02:03+00:00" would not read back
+        raise TypeError(f"TOML: a time of day with an offset cannot be written: {v!r}")
     if isinstance(v, (datetime.datetime, datetime.date, datetime.time)):
         return v.isoformat()
     if isinstance(v, (list, tuple)):
@@ -98,6 +101,13 @@ def _emit(lines, path, table):
                 _emit(lines, name, item)
 
 
+def _comment(line):
+    """One comment line's text: TOML allows no control character but tab in a comment, so each
+    other one is shown escaped (the file must still read)."""
+    return "".join(ch if ch == "\t" or not (ord(ch) < 0x20 or ord(ch) == 0x7F)
+                   else f"\\u{ord(ch):04x}" for ch in line)
+
+
 def dumps(doc, header=None):
     """The TOML text of ``doc`` (a dict): its scalar values first, then its tables (``dict``) and
     arrays of tables (a list of dicts), recursively. ``None`` values are left out. ``header``: a
@@ -106,7 +116,7 @@ def dumps(doc, header=None):
         return {k: (strip(v) if isinstance(v, dict) else
                     [strip(x) for x in v] if _is_table_array(v) else v)
                 for k, v in d.items() if v is not None}
-    lines = [f"# {line}" if line else "#" for line in (header or "").splitlines()]
+    lines = [f"# {_comment(line)}" if line else "#" for line in (header or "").splitlines()]
     _emit(lines, [], strip(doc))
     return "\n".join(lines) + "\n"
 
