@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 
-from beat_common.tomlfile import toml_str as _toml_str
+from beat_common.tomlfile import toml_comment, toml_str as _toml_str
 
 from .data import topology_path
 from .netns import IP, Net, NetError, link_stats, list_namespaces
@@ -164,7 +164,8 @@ class Lab:
                               dns=[r.name], force=True)
         certs.make_governance(ca, os.path.join(self.pki_dir, "governance"), force=True)
         gov = os.path.join(self.pki_dir, "governance")
-        lines = [f"# written by `beat-lab up` ({self.topology_path})", "[interrogation]",
+        lines = [toml_comment(f"written by `beat-lab up` ({self.topology_path})"),
+                 "[interrogation]",
                  f"ca = {_toml_str(os.path.join(ca, 'ca.crt'))}",
                  f"cert = {_toml_str(os.path.join(gov, 'governance.crt'))}",
                  f"key = {_toml_str(os.path.join(gov, 'governance.key'))}",
@@ -498,7 +499,7 @@ class Lab:
         node = self.topo.node(router)
         d = self.router_dir(router)
         known = beatd_config.DEFAULTS
-        lines = [f"# written by `beat-lab up` for {router} ({self.topology_path})",
+        lines = [toml_comment(f"written by `beat-lab up` for {router} ({self.topology_path})"),
                  f"node_id = {node.node_id}",
                  "own_macs = [" + ", ".join(_toml_str(m) for m in self.net.own_macs(router)) + "]"]
         if "interfaces" in known:

@@ -149,6 +149,18 @@ def parse_size(value, key="size"):
     return n
 
 
+def check_not_self(neighbours, node_id, own_macs):
+    """ConfigError when a neighbour is this device itself (its node_id, or a MAC of own_macs): the
+    device would record itself as the previous or next hop, records that convict it. Checked at
+    load and, on a reload, against the running node_id and own_macs."""
+    for i, n in enumerate(neighbours):
+        if node_id is not None and n.node_id == node_id:
+            raise ConfigError(f"neighbours[{i}].node_id: {n.node_id} is this device's own node_id")
+        if n.mac is not None and n.mac in own_macs:
+            raise ConfigError(f"neighbours[{i}].mac: {format_mac(n.mac)} is one of own_macs "
+                              "(this device's own interfaces, not a neighbour)")
+
+
 def parse_mac(value, key="mac"):
     """6 bytes from ``"aa:bb:cc:dd:ee:ff"`` (or with dashes)."""
     if not isinstance(value, str) or not _MAC_RE.match(value):
@@ -459,6 +471,7 @@ def from_dict(raw):
                 raise ConfigError(f"{p}interface: {_show(iface)} is not one of interfaces "
                                   f"({', '.join(str(x) for x in top['interfaces'])})")
         neighbours.append(Neighbour(nid, mac, ip, iface))
+    check_not_self(neighbours, node_id, own)
 
     st = _table(top["store"], DEFAULTS["store"], "store.")
     if not isinstance(st["path"], str) or not st["path"]:

@@ -846,7 +846,7 @@ class Daemon:
         restart; then the kernel's neighbour table again, and a halted anchor submission resumes.
         Returns ``{"applied": [...], "restart": [...], "error": ...}`` (also ``last_reload`` in
         ``status()``)."""
-        from .config import ConfigError, load, reload_plan
+        from .config import ConfigError, check_not_self, load, reload_plan
         self.reloads += 1
         result = {"applied": [], "restart": [], "error": None}
         if self.config_path:
@@ -866,7 +866,9 @@ class Daemon:
                           new=_shown(new.value_of(key)))
                 try:
                     self._check_neighbour_interfaces(new.neighbours)
-                except DaemonError as exc:
+                    # against the running identity: a changed node_id waits for a restart
+                    check_not_self(new.neighbours, self.cfg.node_id, self.cfg.own_macs)
+                except (DaemonError, ConfigError) as exc:
                     event(log, logging.ERROR, "reload: configuration rejected, neighbours "
                           "unchanged", error=str(exc))
                     result["error"] = str(exc)

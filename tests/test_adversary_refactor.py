@@ -232,11 +232,6 @@ def _config(tmp_path, neighbours):
     return config.load(str(p))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="FINDING (beatd/config.py, not fixed here): a neighbour with the "
-                          "device's own node_id, or whose MAC is one of own_macs, is accepted at "
-                          "load and applied by a reload; the device then records itself as "
-                          "prev/next, and a record naming itself convicts it (FABRICATED)")
 def test_a_neighbour_that_is_the_device_itself_is_refused(tmp_path):
     from beatd.config import ConfigError
     try:

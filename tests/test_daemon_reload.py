@@ -105,6 +105,34 @@ def test_a_rejected_configuration_changes_nothing(tmp_path, caplog, monkeypatch)
         d.shutdown()
 
 
+def test_a_reload_never_makes_the_device_its_own_neighbour(tmp_path):
+    """A new file whose node_id changed (needs a restart) and whose neighbours name the running
+    node_id, or a neighbour MAC that is one of own_macs: the device would record itself as prev/next
+    hop, records that convict it. Refused, the neighbours unchanged."""
+    store, sock = tmp_path / "store", tmp_path / "control.sock"
+    cfg_path = tmp_path / "beatd.toml"
+    cfg_path.write_text(config_text(store, sock, metrics=""))
+    d = Daemon(bconfig.load(cfg_path), config_path=str(cfg_path),
+               source_factory=stand_in_factory([]))
+    d.start()
+    try:
+        # node_id 1 -> 9 (valid on its own: the neighbour 1 is not the new file's node_id)
+        cfg_path.write_text(config_text(store, sock, metrics="", node_mac_id=1)
+                            .replace("node_id = 1\n", "node_id = 9\n", 1))
+        result = d.reload()
+        assert result["applied"] == [] and "neighbours[0].node_id: 1 is this device's own" \
+            in result["error"]
+        assert d.neighbours.current() == {PEER: 7}
+        # at load the same mistake is refused outright
+        with pytest.raises(bconfig.ConfigError, match=r"neighbours\[0\]\.node_id: 1 is this"):
+            bconfig.from_dict({"node_id": 1, "neighbours": [{"node_id": 1, "mac": mac_str(PEER)}]})
+        with pytest.raises(bconfig.ConfigError, match=r"neighbours\[0\]\.mac: .* one of own_macs"):
+            bconfig.from_dict({"node_id": 1, "own_macs": [mac_str(OWN)],
+                               "neighbours": [{"node_id": 2, "mac": mac_str(OWN)}]})
+    finally:
+        d.shutdown()
+
+
 @pytest.mark.parametrize("field,key", sorted(bconfig.TOML_KEYS.items()))
 def test_every_key_is_compared(field, key):
     """A change of any key is seen by its TOML name: applied by a reload, or reported as needing
