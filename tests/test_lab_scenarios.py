@@ -137,7 +137,7 @@ def _fabricated_pcap(lab, packets, tmp_path):
     """What r2 'claims': each packet received from r1 and sent to r3, 40 and 80 us after r1 saw
     it (r1's own record time, from r1's store)."""
     from beat_lab import traffic
-    from test_capfile import write_pcap
+    from capture_files import write_pcap
 
     pds = {traffic.expected_pd(pk): pk for pk in packets}
     times = {}

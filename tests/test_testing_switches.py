@@ -12,7 +12,7 @@ from beatd.control import request
 from beatd.daemon import Daemon
 from beatd.store import Store
 
-from test_capfile import write_pcap
+from capture_files import write_pcap
 from conftest import wait_for
 from test_daemon import OWN, PEER, ROOT, config_text, stand_in_factory, udp_frame
 
