@@ -2,7 +2,7 @@
 defined here once: the fast path, the store, the Interrogation Protocol, the ledger client, the
 governance and the testbed import them from here.
 
-The test reference modules (tests/spec_ref.py, tests/judge_reference.py) keep their own copies on
+The test reference modules (tests/fastpath/spec_ref.py, tests/governance/judge_reference.py) keep their own copies on
 purpose: they check this code against the SPEC, not against itself.
 """
 

@@ -1,6 +1,6 @@
 """TEST ONLY: a beatd that lies in its own proof records (``beatd run --testing-lie SPEC``).
 
-The lab's attack scenarios (tests/test_lab_attacks.py) need routers that lie the way a dishonest
+The lab's attack scenarios (tests/lab/test_lab_attacks.py) need routers that lie the way a dishonest
 operator would: in the records it keeps and anchors, not after the fact. This module rewrites what
 the pipeline produced (``fastpath.Output``) before the daemon commits it to the store, and
 recomputes the segment commitment ``S`` of every segment it changed

@@ -1,9 +1,16 @@
 """Shared test fixtures and helpers: the two fast-path twins, the rule that CI never skips silently
-(require_root, require_real_pcaps, require_ganache), waiting for a condition, a free port."""
+(require_root, require_real_pcaps, require_ganache), waiting for a condition, a free port.
+
+The tests live in one folder per subsystem (fastpath/, daemon/, store/, ledger/, governance/, lab/,
+common/); their module names are unique across folders. A few test doubles are shared across
+folders by module name (test_daemon's stand-in capture source and configuration, test_batcher's
+in-memory ledger, test_daemon_ledger's daemon-with-a-ledger set-up), so every folder is on the
+import path from the start, whichever file pytest collects first."""
 import importlib
 import os
 import shutil
 import socket
+import sys
 import time
 
 import pytest
@@ -14,6 +21,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # DIR/pcaps/real instead
 SHARED = os.environ.get("BEAT_SHARED") or os.path.join(REPO, "tests", "data")
 REAL_PCAP_DIR = os.path.join(SHARED, "pcaps", "real")
+TESTS = os.path.dirname(os.path.abspath(__file__))
+SUBSYSTEMS = ("fastpath", "daemon", "store", "ledger", "governance", "lab", "common")
+for _folder in SUBSYSTEMS:
+    if os.path.join(TESTS, _folder) not in sys.path:
+        sys.path.append(os.path.join(TESTS, _folder))
 
 
 def real_pcaps():

@@ -3,7 +3,7 @@ of every key and value, in one place (docs/store.md, "Layout").
 
 Every module that reads or writes the environment (the commit path, pruning, the capture gaps, the
 ledger outbox, the evidence reader) takes the names and encodings from here; no other module spells
-a database name or a meta key (tests/test_store_layout.py checks it). Every integer key is a
+a database name or a meta key (tests/store/test_store_layout.py checks it). Every integer key is a
 big-endian u64 so that LMDB's byte order is numeric order.
 
 Two rings: "the ring" is the capture ring (AF_PACKET, ``[capture]``); the store's bounded database

@@ -1,8 +1,10 @@
-"""Writes beat-v1.json, the golden vectors of the BEAT record formats v1, from tests/spec_ref.py.
+"""Writes beat-v1.json, the golden vectors of the BEAT record formats v1, from
+tests/fastpath/spec_ref.py.
 
 The values come from the reference written from the SPEC text, never from the product's code.
-The file is committed; tests/test_golden_vectors.py checks that the reference still computes every
-value in it and that both fast-path twins, the Merkle code and the evidence checks agree with it.
+The file is committed; tests/fastpath/test_golden_vectors.py checks that the reference still
+computes every value in it and that both fast-path twins and the ledger client's Merkle code agree
+with it.
 Regenerate only when the SPEC changes (then the format version changes too):
 
     .venv/bin/python tests/data/vectors/generate.py
@@ -13,7 +15,7 @@ import struct
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))      # tests/, for spec_ref
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "fastpath"))  # spec_ref
 
 import spec_ref  # noqa: E402
 
@@ -169,8 +171,8 @@ def trees():
 def vectors():
     return {
         "format": "BEAT record formats v1",
-        "about": "Golden vectors computed from the SPEC text (tests/spec_ref.py). Integers are "
-                 "decimal, bytes are hex. Every frame of a digest row carries the same IP packet "
+        "about": "Golden vectors computed from the SPEC text (tests/fastpath/spec_ref.py). "
+                 "Integers are decimal, bytes are hex. Every frame of a digest row carries the same IP packet "
                  "and must give the row's PD and FT.",
         "hashes": list(HASHES),
         "digests": digests(),

@@ -1,0 +1,230 @@
+"""beatctl end to end on a temporary local ledger."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from governance.cli import main
+from ledger_client.keys import DeviceKey
+from ledger_client.local import LocalLedger
+from ledger_client.types import Anchor
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SLA_TOML = """
+sla_id = 7
+tenant = "acme"
+src = "10.0.0.1"
+dst = "2001:db8::2"
+route = [1, 2]
+max_loss_ppm = 100
+max_delay_us = 5000
+penalty_per_violation = 3
+tenant_pubkey = "{tenant}"
+
+[qm_terms]
+min_throughput_kbps = 1000
+"""
+
+
+@pytest.fixture
+def env(tmp_path, capsys):
+    gov = tmp_path / "gov.ed25519"
+    assert main(["keygen", "--out", str(gov)]) == 0
+    gov_pub = capsys.readouterr().out.strip()
+    led = f"local:{tmp_path / 'ledger.mdb'}"
+    return {"tmp": tmp_path, "gov": str(gov), "gov_pub": gov_pub, "led": led,
+            "path": str(tmp_path / "ledger.mdb")}
+
+
+def run(env, *argv, key=True):
+    base = ["--ledger", env["led"]] + (["--key", env["gov"]] if key else [])
+    return main(base + list(argv))
+
+
+def test_end_to_end(env, capsys):
+    n1, n2, tenant = DeviceKey.generate(), DeviceKey.generate(), DeviceKey.generate()
+    (env["tmp"] / "n2.pub").write_text(n2.public_hex + "\n")
+    assert run(env, "register-node", "--node-id", "1", "--owner", "isp-a",
+               "--pubkey", n1.public_hex) == 0
+    assert run(env, "register-node", "--node-id", "2", "--owner", "isp-b",
+               "--pubkey-file", str(env["tmp"] / "n2.pub"), "--account", "0x" + "ab" * 20) == 0
+    sla = env["tmp"] / "sla.toml"
+    sla.write_text(SLA_TOML.format(tenant=tenant.public_hex))
+    assert run(env, "register-sla", "--file", str(sla)) == 0
+    capsys.readouterr()
+
+    assert run(env, "nodes", "--json", key=False) == 0
+    nodes = json.loads(capsys.readouterr().out)
+    assert nodes == [{"node_id": 1, "owner": "isp-a", "pubkey": n1.public_hex, "account": None},
+                     {"node_id": 2, "owner": "isp-b", "pubkey": n2.public_hex,
+                      "account": "ab" * 20}]
+    assert run(env, "nodes", key=False) == 0
+    assert "isp-b" in capsys.readouterr().out
+
+    assert run(env, "slas", "--json", key=False) == 0
+    (s,) = json.loads(capsys.readouterr().out)
+    assert (s["sla_id"], s["src"], s["dst"], s["route"], s["penalty_per_violation"]) == \
+        (7, "10.0.0.1", "2001:db8::2", [1, 2], 3)
+    assert s["qm_terms"] == {"min_throughput_kbps": 1000}
+    assert s["tenant_pubkey"] == tenant.public_hex
+
+    with LocalLedger(env["path"]) as led:
+        assert led.governance_pubkey.hex() == env["gov_pub"]
+        for seq in range(3):
+            led.anchor(Anchor(1, seq, 4, bytes([seq]) * 32, seq, seq + 1), signer=n1)
+        led.anchor(Anchor(2, 0, 1, b"\x09" * 32, 5, 6), signer=n2)
+    assert run(env, "anchors", "--json", key=False) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(r["node_id"], r["batch_seq"]) for r in rows] == [(1, 0), (1, 1), (1, 2), (2, 0)]
+    assert rows[3]["root"] == "09" * 32 and rows[3]["ref"] == "6"
+    assert run(env, "anchors", "--node-id", "1", "--from-seq", "1", key=False) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[:2] for line in out] == [["1", "1"], ["1", "2"]]
+    assert run(env, "verify", "--json", key=False) == 0
+    assert json.loads(capsys.readouterr().out) == {"entries": 7, "problems": []}
+
+
+def test_refusals_exit_1(env, capsys, tmp_path):
+    k = DeviceKey.generate()
+    assert run(env, "register-node", "--node-id", "1", "--owner", "a", "--pubkey",
+               k.public_hex) == 0
+    capsys.readouterr()
+    # the identical node again: a no-op, as on the contract
+    assert run(env, "register-node", "--node-id", "1", "--owner", "a", "--pubkey",
+               k.public_hex) == 0
+    capsys.readouterr()
+    # another node under the same id: the ledger refuses
+    assert run(env, "register-node", "--node-id", "1", "--owner", "b", "--pubkey",
+               k.public_hex) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "register_node 1" in err
+    # another governance key: refused
+    other = tmp_path / "other.ed25519"
+    DeviceKey.generate().save(other)
+    assert main(["--ledger", env["led"], "--key", str(other), "register-node", "--node-id", "2",
+                 "--owner", "b", "--pubkey", DeviceKey.generate().public_hex]) == 1
+    assert "governance key" in capsys.readouterr().err
+
+
+def test_links(env, capsys):
+    for i in (1, 2, 3):
+        assert run(env, "register-node", "--node-id", str(i), "--owner", f"isp-{i}", "--pubkey",
+                   DeviceKey.generate().public_hex) == 0
+    capsys.readouterr()
+    assert run(env, "register-link", "--a", "2", "--b", "1") == 0
+    assert capsys.readouterr().out == "registered link 1-2\n"
+    assert run(env, "register-link", "--a", "1", "--b", "2") == 0     # again: a no-op
+    assert run(env, "register-link", "--a", "3", "--b", "2") == 0
+    capsys.readouterr()
+    assert run(env, "links", key=False) == 0
+    assert capsys.readouterr().out == "1\t2\n2\t3\n"
+    assert run(env, "links", "--json", key=False) == 0
+    assert json.loads(capsys.readouterr().out) == [{"a": 1, "b": 2}, {"a": 2, "b": 3}]
+    with LocalLedger(env["path"]) as led:
+        assert led.neighbours(2) == [1, 3] and led.entry_count() == 5
+    # refused by the ledger (exit 1): an unknown node, another key than the governance's
+    assert run(env, "register-link", "--a", "1", "--b", "9") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "register_link 1-9: node 9 is not registered" in err
+    other = env["tmp"] / "other.ed25519"
+    DeviceKey.generate().save(other)
+    assert main(["--ledger", env["led"], "--key", str(other), "register-link", "--a", "1",
+                 "--b", "3"]) == 1
+    assert "not the governance" in capsys.readouterr().err
+    # bad input (exit 2): a node to itself, not a node id, no key
+    for argv, needle in ((["--a", "2", "--b", "2"], "two different nodes"),
+                         (["--a", "0", "--b", "2"], "--a 0")):
+        assert run(env, "register-link", *argv) == 2
+        assert needle in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:                  # argparse's own usage error
+        run(env, "register-link", "--a", "x", "--b", "2")
+    assert info.value.code == 2 and "--a" in capsys.readouterr().err
+    assert run(env, "register-link", "--a", "1", "--b", "3", key=False) == 2
+    assert "--key" in capsys.readouterr().err
+    # retire-link
+    assert run(env, "retire-link", "--a", "2", "--b", "3") == 0
+    assert capsys.readouterr().out == "retired link 2-3\n"
+    assert run(env, "retire-link", "--a", "1", "--b", "3") == 1
+    assert "no such link" in capsys.readouterr().err
+    assert run(env, "links", key=False) == 0
+    assert capsys.readouterr().out == "1\t2\n"
+    assert run(env, "verify", key=False) == 0
+
+
+def test_links_need_an_existing_ledger(env, capsys):
+    assert run(env, "register-link", "--a", "1", "--b", "2") == 2
+    assert "no such ledger" in capsys.readouterr().err
+    assert not os.path.exists(env["path"])
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["register-node", "--node-id", "1", "--owner", "a", "--pubkey", "xyz"], "--pubkey"),
+    (["register-node", "--node-id", "1", "--owner", "a", "--pubkey", "00" * 31], "32 bytes"),
+    (["register-node", "--node-id", "0", "--owner", "a", "--pubkey", "11" * 32], "node_id"),
+    (["register-node", "--node-id", "1", "--owner", "a", "--pubkey", "11" * 32,
+      "--account", "abcd"], "account"),
+    (["register-node", "--node-id", "1", "--owner", "a", "--pubkey-file", "/nonexistent/p"],
+     "/nonexistent/p"),
+    (["register-sla", "--file", "/nonexistent/sla.toml"], "/nonexistent/sla.toml"),
+])
+def test_bad_input_exit_2(env, capsys, argv, needle):
+    assert run(env, *argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err
+    assert not os.path.exists(env["path"])
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("sla_id = 1\n", "missing"),
+    ('sla_id = 1\ntenant = "t"\nsrc = "1.2.3.4"\ndst = "nope"\nroute = [1]\n', "dst"),
+    ('sla_id = 1\ntenant = "t"\nsrc = "1.2.3.4"\ndst = "1.2.3.5"\nroute = [1]\ncolour = 1\n',
+     "colour"),
+    ('sla_id = 1\ntenant = "t"\nsrc = "1.2.3.4"\ndst = "1.2.3.5"\nroute = []\n', "route"),
+    ('sla_id = 1\ntenant = "t"\nsrc = "1.2.3.4"\ndst = "1.2.3.5"\nroute = [1]\n'
+     'tenant_pubkey = "00"\n', "32 bytes"),
+    ("sla_id = [", "TOML"),
+])
+def test_bad_sla_file(env, capsys, body, needle):
+    f = env["tmp"] / "sla.toml"
+    f.write_text(body)
+    assert run(env, "register-sla", "--file", str(f)) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "sla.toml" in err
+
+
+def test_key_and_ledger_errors(env, capsys):
+    os.chmod(env["gov"], 0o644)
+    assert run(env, "register-node", "--node-id", "1", "--owner", "a",
+               "--pubkey", "11" * 32) == 2
+    err = capsys.readouterr().err
+    assert env["gov"] in err and "0644" in err
+    assert run(env, "nodes", key=False) == 2
+    assert "no such ledger" in capsys.readouterr().err
+    assert main(["--ledger", "ethereum:http://x", "nodes"]) == 2
+    assert "local:PATH" in capsys.readouterr().err
+    assert main(["keygen", "--out", env["gov"]]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_console_entry_point_runs():
+    r = subprocess.run([sys.executable, "-m", "governance.cli", "--help"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "register-node" in r.stdout
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(env, capsys):
+    """`beatctl anchors | head -1`: the pipe closes early; beatctl exits without a traceback."""
+    node = DeviceKey.generate()
+    assert run(env, "register-node", "--node-id", "1", "--owner", "isp-a",
+               "--pubkey", node.public_hex) == 0
+    with LocalLedger(env["path"]) as led:
+        for seq in range(1500):
+            led.anchor(Anchor(1, seq, 1, bytes([seq % 256]) * 32, seq, seq), signer=node)
+    cmd = (f"{sys.executable} -m governance.cli --ledger {env['led']} anchors --json | head -c 100")
+    r = subprocess.run(["bash", "-c", "set -o pipefail; " + cmd], capture_output=True, text=True,
+                       cwd=REPO, timeout=60)
+    assert len(r.stdout) == 100
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
