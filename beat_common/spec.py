@@ -2,8 +2,8 @@
 defined here once: the fast path, the store, the Interrogation Protocol, the ledger client, the
 governance and the testbed import them from here.
 
-The test reference modules (tests/fastpath/spec_ref.py, tests/governance/judge_reference.py) keep their own copies on
-purpose: they check this code against the SPEC, not against itself.
+The test reference modules (tests/fastpath/spec_ref.py, tests/governance/judge_reference.py) keep
+their own copies on purpose: they check this code against the SPEC, not against itself.
 """
 
 NONE = (1 << 64) - 1            # prev_id/next_id of a packet without that side (u64 all ones)

@@ -5,7 +5,7 @@ valid seed frame to start from or raw bytes) and how the frames are split into b
 twins, and the whole input through a native and a pure `Pipeline` (small windows, epochs and
 segments), whose take() Outputs must be equal field by field, before and after flush().
 
-    python fuzz/fuzz_parser.py -runs=20000              # short run (tests/fastpath/test_fuzz_short.py)
+    python fuzz/fuzz_parser.py -runs=20000              # short run (tests/fastpath/...)
     python fuzz/fuzz_parser.py -max_total_time=3600 fuzz/corpus   # long run (make fuzz)
 """
 import os

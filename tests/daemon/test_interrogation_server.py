@@ -1,7 +1,7 @@
 """beatd/interrogation.py against real stores, real gRPC over mutual TLS on 127.0.0.1.
 
-Two stores written by the real pipeline: ``real`` (every capture of tests/data/pcaps/real replayed by
-beatd.replay, 16 records per segment, anchored on a LocalLedger by the Batcher: the first batches
+Two stores written by the real pipeline: ``real`` (every capture of tests/data/pcaps/real replayed
+by beatd.replay, 16 records per segment, anchored on a LocalLedger by the Batcher: the first batches
 anchored, one batch pending, the newest leaves in no batch) and ``big`` (half a million records of
 synthetic edge traffic through fastpath.Pipeline + Store.commit, 1024 per segment).
 

@@ -11,8 +11,8 @@ Targets, each written against a change of beat_pipe.c:
 - the cached epoch and anchor-period starts: times exactly on, one before and one after epoch and
   period edges, time going back over an edge, huge jumps, times near 2^64.
 
-Every Output of ``take()`` is compared field by field (tests/fastpath/test_twins.py's ``diff``), then the
-totals. They pass against both the merged main and i13-replay unless the report says otherwise.
+Every Output of ``take()`` is compared field by field (tests/fastpath/test_twins.py's ``diff``),
+then the totals. They pass against both the merged main and i13-replay unless the report says otherwise.
 """
 import random
 import struct

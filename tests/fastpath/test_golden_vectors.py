@@ -2,8 +2,8 @@
 and against the product.
 
 The file is what another vendor's device can check itself against. Two directions:
-- the SPEC reference (tests/fastpath/spec_ref.py) still computes every value in the file, so neither the file
-  nor the reference drifts unnoticed;
+- the SPEC reference (tests/fastpath/spec_ref.py) still computes every value in the file, so neither
+  the file nor the reference drifts unnoticed;
 - both fast-path twins (whose `segment_value` the governance's segment check uses) and the Merkle
   code of the ledger client (the governance's inclusion check) give the file's values byte for byte.
 """

@@ -3,8 +3,8 @@
 A ``Net`` is a registered topology (an agreed route of devices, off-route devices, links, owners);
 ``Book`` holds what every interrogated device hands over (its records of the SLA's flow, proven or
 unanchored, its signed coverage, how its answer ended). ``judge_it`` runs the engine
-(governance/verdicts.judge), ``reference_of`` the brute-force reference (tests/governance/judge_reference.py),
-both on the same evidence and the same parameters.
+(governance/verdicts.judge), ``reference_of`` the brute-force reference
+(tests/governance/judge_reference.py), both on the same evidence and the same parameters.
 
 Times are small integers: a hop takes at most ``MAX_HOP`` ns, clocks agree within ``SKEW`` ns; the
 rule's bounds are then ``LO = -SKEW`` and ``HI = MAX_HOP + SKEW`` (governance/verdicts.judge).

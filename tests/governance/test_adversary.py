@@ -22,8 +22,8 @@ Checked on every example, for f = 1 and f = 2:
 - completeness of own evidence: every device its own evidence convicts (recomputed here from the
   definitions, tests/governance/adversary_lab.py) is named, for any f;
 - agreement: the engine (governance.verdicts.judge) names exactly the devices the brute-force
-  reference (tests/governance/judge_reference.py) names, and says the same about whether an explanation with
-  at most f owners exists; the short path and the full rules give the same verdicts;
+  reference (tests/governance/judge_reference.py) names, and says the same about whether an
+  explanation with at most f owners exists; the short path and the full rules give the same verdicts;
 - beyond f (more coalition owners than f), what the engine still holds: an honest device is named
   only through the explanations (never its own evidence), only when an explanation with at most f
   owners exists and makes it faulty in every minimal one, and only when one of its registered

@@ -1,7 +1,7 @@
 """The attacks issue 12 reproduced against the former judgement, on the paper's topology
-(tests/governance/test_verdicts.py draws it), each judged by governance/verdicts.py and by the brute-force
-reference of the rule (tests/governance/judge_reference.py): the liar named where the guarantee says so
-(docs/threat-model.md), no honest device ever.
+(tests/governance/test_verdicts.py draws it), each judged by governance/verdicts.py and by the
+brute-force reference of the rule (tests/governance/judge_reference.py): the liar named where the
+guarantee says so (docs/threat-model.md), no honest device ever.
 
 Owners: every router its own owner unless the test says otherwise; f = 1 unless it says otherwise.
 """

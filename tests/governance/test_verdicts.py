@@ -9,8 +9,8 @@ packets through ``fastpath.pd_ft``, 48-byte records), hands them to ``judge`` (t
 topology above, every router its own owner, f = 1) and checks every device's verdict: the one at
 fault is named, and no honest device is ever accused. Each scenario runs with synchronised clocks
 and with clocks a few ms apart, and each also through the full rules only (no short path), which
-must give the same judgement; the brute-force reference of the rule (tests/governance/judge_reference.py)
-names the same devices.
+must give the same judgement; the brute-force reference of the rule
+(tests/governance/judge_reference.py) names the same devices.
 """
 import dataclasses
 import struct

@@ -1,6 +1,6 @@
 """The evidence archive and ``beatctl verify-decision`` (governance/archive.py), end to end on a
-loopback domain (tests/governance/loopback_domain.py: real stores, anchors on a real local ledger, real
-Interrogation servers over mutual TLS): the paper's topology, r1 sending the flow via r4.
+loopback domain (tests/governance/loopback_domain.py: real stores, anchors on a real local ledger,
+real Interrogation servers over mutual TLS): the paper's topology, r1 sending the flow via r4.
 
 - ``beatctl interrogate --evidence DIR`` keeps every signed chunk; the evidence digest recorded on
   the ledger is the archive's, and the verdict digest binds it;

@@ -553,7 +553,8 @@ def _RevertDataProvider():
 
 class EvmLedger:
     """The ethereum backend (its client-side no-ops included) on eth-tester running the committed
-    Beat.json, as tests/ledger/test_contract_evm.py does, with funded keys for its raw transactions."""
+    Beat.json, as tests/ledger/test_contract_evm.py does, with funded keys for its raw
+    transactions."""
 
     def __init__(self):
         import warnings

@@ -1,6 +1,6 @@
 """A device's store and everything the Interrogation service would serve from it, for the
-differential tests of tests/store/test_adversary_refactor.py. Runs under ANY tree of the project (the
-evidence reader moved from beatd/interrogation.py to beatd/store/evidence.py in issue 13): the
+differential tests of tests/store/test_adversary_refactor.py. Runs under ANY tree of the project
+(the evidence reader moved from beatd/interrogation.py to beatd/store/evidence.py in issue 13): the
 caller puts that tree first on PYTHONPATH (and its tests/ for MemLedger).
 
 ``python adv_evidence_scenario.py build STORE_DIR``: a store written by the pipeline (transit and
