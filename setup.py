@@ -21,7 +21,7 @@ CYTHON_VERSION = "3.0.11"
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the installed packages, one per role: the router daemon and its fast path, the ledger client,
 # the governance, the gRPC stubs, the testbed. Not installed: benchmarks, tests, tools, scripts.
-PACKAGES = ("fastpath", "beatd", "ledger_client", "governance", "beat_rpc", "beat_lab")
+PACKAGES = ("beat_common", "fastpath", "beatd", "ledger_client", "governance", "beat_rpc", "beat_lab")
 
 
 def _check_toolchain():

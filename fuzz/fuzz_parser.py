@@ -14,7 +14,7 @@ import sys
 import atheris
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "tests")]
+sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "tests", "fastpath")]
 
 # The pure twin is instrumented (coverage guidance for the parser logic); the native module is C
 # and just runs.
