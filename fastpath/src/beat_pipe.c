@@ -22,24 +22,28 @@
 #define PDT_MIN 2048u
 #define RC_KEY 41 /* epoch_ns(8) role(1) src(16) dst(16) */
 
+/* A FIFO entry. The hot part (what a release reads) comes first; the digest input, kept for the
+ * join index's equality check, last. */
+#define IN_MAX 64
 typedef struct {
     uint64_t t_ns, prev, next;
     uint64_t key;      /* index key of the digest input, while indexed */
+    uint64_t fh;       /* the flow's table hash (src || dst): receipts are found by it */
     uint8_t pd[16], ft[8], src[16], dst[16];
     uint32_t ip_len;
     uint32_t pnext;    /* next entry with the same digest input, while indexed */
-    uint8_t done, indexed;
+    uint8_t done, indexed, in_len;
+    uint8_t in[IN_MAX]; /* the digest input (family || input), while indexed */
 } entry;
 
 /* The join index: digest input -> queue of unjoined ingress entries, in FIFO order. It is keyed
  * by the digest *input* (family || input, SPEC "Packet digest"), not by PD: equal inputs have
- * equal PDs, and an egress frame that joins then needs no hash of its own. */
-#define IN_MAX 64
+ * equal PDs, and an egress frame that joins then needs no hash of its own. A slot is 16 bytes (four
+ * to a cache line, the whole index of 2^16 pending entries in 2 MiB): the input itself is checked
+ * against the queue's first entry, only when the 64-bit keys are equal. first == NIL: free. */
 typedef struct {
     uint64_t key;
     uint32_t first, last;
-    uint8_t used, len;
-    uint8_t in[IN_MAX];
 } pd_slot;
 
 typedef struct {
@@ -262,31 +266,40 @@ int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n)
 
 /* ---- join index: linear probing with backward-shift deletion ----------------------------- */
 
+static inline int pd_used(const pd_slot *q) { return q->first != NIL; }
+
+static inline int pd_same(const beat_pipe *p, const pd_slot *q, uint64_t key, const uint8_t *in,
+                          uint32_t len)
+{
+    if (q->key != key)
+        return 0;
+    const entry *e = &p->fifo[q->first];
+    return e->in_len == len && memcmp(e->in, in, len) == 0;
+}
+
 static uint32_t pd_find(const beat_pipe *p, uint64_t key, const uint8_t *in, uint32_t len)
 {
     for (uint32_t i = (uint32_t)key & p->pdt_mask;; i = (i + 1) & p->pdt_mask) {
         const pd_slot *q = &p->pdt[i];
-        if (!q->used)
+        if (!pd_used(q))
             return NIL;
-        if (q->key == key && q->len == len && memcmp(q->in, in, len) == 0)
+        if (pd_same(p, q, key, in, len))
             return i;
     }
 }
 
+/* The slot of this input's queue, or a free slot for it (*fresh = 1, key set, queue empty). */
 static uint32_t pd_insert(beat_pipe *p, uint64_t key, const uint8_t *in, uint32_t len, int *fresh)
 {
     for (uint32_t i = (uint32_t)key & p->pdt_mask;; i = (i + 1) & p->pdt_mask) {
         pd_slot *q = &p->pdt[i];
-        if (!q->used) {
+        if (!pd_used(q)) {
             q->key = key;
-            q->len = (uint8_t)len;
-            memcpy(q->in, in, len);
-            q->used = 1;
             p->pdt_n++;
             *fresh = 1;
             return i;
         }
-        if (q->key == key && q->len == len && memcmp(q->in, in, len) == 0) {
+        if (pd_same(p, q, key, in, len)) {
             *fresh = 0;
             return i;
         }
@@ -296,7 +309,7 @@ static uint32_t pd_insert(beat_pipe *p, uint64_t key, const uint8_t *in, uint32_
 static void pd_delete(beat_pipe *p, uint32_t i)
 {
     uint32_t m = p->pdt_mask;
-    for (uint32_t j = (i + 1) & m; p->pdt[j].used; j = (j + 1) & m) {
+    for (uint32_t j = (i + 1) & m; pd_used(&p->pdt[j]); j = (j + 1) & m) {
         uint32_t home = (uint32_t)p->pdt[j].key & m;
         /* move j back into the hole i when its home is not in (i, j] cyclically */
         if (((j - home) & m) >= ((j - i) & m)) {
@@ -304,21 +317,29 @@ static void pd_delete(beat_pipe *p, uint32_t i)
             i = j;
         }
     }
-    p->pdt[i].used = 0;
+    p->pdt[i].first = p->pdt[i].last = NIL;
     p->pdt_n--;
+}
+
+static pd_slot *pdt_alloc(uint32_t cap)
+{
+    pd_slot *t = malloc(sizeof(pd_slot) * cap);
+    if (t)
+        memset(t, 0xFF, sizeof(pd_slot) * cap);   /* first = NIL: free */
+    return t;
 }
 
 static int pdt_grow(beat_pipe *p)
 {
     uint32_t cap = (p->pdt_mask + 1) * 2;
-    pd_slot *t = calloc(cap, sizeof(pd_slot));
+    pd_slot *t = pdt_alloc(cap);
     if (!t)
         return -1;
     for (uint32_t j = 0; j <= p->pdt_mask; j++) {
-        if (!p->pdt[j].used)
+        if (!pd_used(&p->pdt[j]))
             continue;
         uint32_t i = (uint32_t)p->pdt[j].key & (cap - 1);
-        while (t[i].used)
+        while (pd_used(&t[i]))
             i = (i + 1) & (cap - 1);
         t[i] = p->pdt[j];
     }
@@ -346,7 +367,7 @@ static int fifo_grow(beat_pipe *p)
             e->pnext = REMAP(e->pnext);
     }
     for (uint32_t j = 0; j <= p->pdt_mask; j++) {
-        if (p->pdt[j].used) {
+        if (pd_used(&p->pdt[j])) {
             p->pdt[j].first = REMAP(p->pdt[j].first);
             p->pdt[j].last = REMAP(p->pdt[j].last);
         }
@@ -364,7 +385,7 @@ static void pd_unlink(beat_pipe *p, uint32_t idx)
 {
     entry *e = &p->fifo[idx];
     e->indexed = 0;
-    for (uint32_t s = (uint32_t)e->key & p->pdt_mask; p->pdt[s].used; s = (s + 1) & p->pdt_mask) {
+    for (uint32_t s = (uint32_t)e->key & p->pdt_mask; pd_used(&p->pdt[s]); s = (s + 1) & p->pdt_mask) {
         pd_slot *q = &p->pdt[s];
         if (q->key != e->key)
             continue;
@@ -435,10 +456,23 @@ static int ctr_add(beat_pipe *p, uint64_t prev, uint64_t next, uint32_t len, uin
     }
 }
 
+/* Table index of a receipt key: the flow's hash (src || dst, seeded, the one the FT cache uses)
+ * mixed with the epoch and role, so that a release finds its receipt from the entry's `fh` without
+ * hashing 41 bytes (and can fetch the slot ahead). */
+static inline uint64_t rc_hash_flow(uint64_t fh, uint64_t epoch, uint8_t role)
+{
+    return mix64(fh ^ (epoch * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)role << 56));
+}
+
+static inline uint64_t rc_hash_key(uint64_t seed, const uint8_t *key)
+{
+    return rc_hash_flow(bytes_hash(seed, key + 9, 32), rd64be(key), key[8]);
+}
+
 static int rc_insert_into(uint64_t seed, rc_slot *t, uint32_t mask, const uint8_t *key,
                           uint64_t packets, uint64_t bytes, uint8_t kind)
 {
-    uint32_t i = (uint32_t)bytes_hash(seed, key, RC_KEY) & mask;
+    uint32_t i = (uint32_t)rc_hash_key(seed, key) & mask;
     for (;; i = (i + 1) & mask) {
         if (t[i].used && memcmp(t[i].key, key, RC_KEY) == 0) {
             t[i].packets += packets;
@@ -455,9 +489,9 @@ static int rc_insert_into(uint64_t seed, rc_slot *t, uint32_t mask, const uint8_
     }
 }
 
-static rc_slot *rc_find(const beat_pipe *p, const uint8_t *key)
+static rc_slot *rc_find(const beat_pipe *p, const uint8_t *key, uint64_t h)
 {
-    uint32_t i = (uint32_t)bytes_hash(p->seed, key, RC_KEY) & p->rc_mask;
+    uint32_t i = (uint32_t)h & p->rc_mask;
     for (;; i = (i + 1) & p->rc_mask) {
         rc_slot *s = &p->rc[i];
         if (!s->used)
@@ -554,7 +588,7 @@ static int rc_add(beat_pipe *p, uint8_t role, const entry *e, uint64_t epoch)
     key[8] = role;
     memcpy(key + 9, e->src, 16);
     memcpy(key + 25, e->dst, 16);
-    rc_slot *s = rc_find(p, key);
+    rc_slot *s = rc_find(p, key, rc_hash_flow(e->fh, epoch, role));
     if (s && s->used == RC_OWN) {
         s->packets++;
         s->bytes += e->ip_len;
@@ -570,7 +604,7 @@ static int rc_add(beat_pipe *p, uint8_t role, const entry *e, uint64_t epoch)
             kind = RC_OWN;
         } else {
             memset(key + 9, 0, 32);
-            s = rc_find(p, key);
+            s = rc_find(p, key, rc_hash_key(p->seed, key));
         }
     }
     if (kind == RC_OVERFLOW)
@@ -762,9 +796,25 @@ static int release(beat_pipe *p, entry *e)
     return 0;
 }
 
+/* Entries are released in FIFO order: fetch the index slot of the one RELEASE_AHEAD places
+ * behind the head now, so that unlinking it later does not wait for memory. */
+#define RELEASE_AHEAD 16
+
 static int release_head(beat_pipe *p)
 {
     entry *e = &p->fifo[p->head & p->fifo_mask];
+    if (p->tail - p->head > RELEASE_AHEAD) {
+        const entry *a = &p->fifo[(p->head + RELEASE_AHEAD) & p->fifo_mask];
+        if (a->indexed)
+            __builtin_prefetch(&p->pdt[(uint32_t)a->key & p->pdt_mask]);
+        if (a->prev == 0 || a->next == 0) {
+            uint64_t epoch = a->t_ns - a->t_ns % p->epoch;
+            if (a->prev == 0)
+                __builtin_prefetch(&p->rc[rc_hash_flow(a->fh, epoch, 1) & p->rc_mask]);
+            if (a->next == 0)
+                __builtin_prefetch(&p->rc[rc_hash_flow(a->fh, epoch, 2) & p->rc_mask]);
+        }
+    }
     if (e->indexed)
         pd_unlink(p, (uint32_t)(p->head & p->fifo_mask));
     p->head++;
@@ -785,12 +835,14 @@ static int release_ready(beat_pipe *p)
 
 /* ---- observations ----------------------------------------------------------------------- */
 
-static void flow_tag(beat_pipe *p, const beat_obs *o, uint8_t ft[8])
+/* FT of the observation into ft; returns the flow's table hash (entry.fh). */
+static uint64_t flow_tag(beat_pipe *p, const beat_obs *o, uint8_t ft[8])
 {
     uint8_t key[32];
     memcpy(key, o->src, 16);
     memcpy(key + 16, o->dst, 16);
-    ft_slot *s = &p->ftc[bytes_hash(p->seed, key, 32) & ((1u << FT_CACHE_BITS) - 1)];
+    uint64_t fh = bytes_hash(p->seed, key, 32);
+    ft_slot *s = &p->ftc[fh & ((1u << FT_CACHE_BITS) - 1)];
     if (!s->used || memcmp(s->key, key, 32) != 0) {
         uint8_t m[42], h[32];
         memcpy(m, FT_TAG, 10);
@@ -801,6 +853,7 @@ static void flow_tag(beat_pipe *p, const beat_obs *o, uint8_t ft[8])
         s->used = 1;
     }
     memcpy(ft, s->ft, 8);
+    return fh;
 }
 
 static entry *append(beat_pipe *p)
@@ -870,7 +923,7 @@ static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot)
         e->done = 1;
         e->indexed = 0;
         memcpy(e->pd, o->digest, 16);
-        flow_tag(p, o, e->ft);
+        e->fh = flow_tag(p, o, e->ft);
         memcpy(e->src, o->src, 16);
         memcpy(e->dst, o->dst, 16);
         e->ip_len = o->ip_len;
@@ -888,8 +941,10 @@ static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot)
     e->indexed = 1;
     e->pnext = NIL;
     e->key = o->key;
+    e->in_len = (uint8_t)in_len;
+    memcpy(e->in, in, in_len);
     memcpy(e->pd, o->digest, 16);
-    flow_tag(p, o, e->ft);
+    e->fh = flow_tag(p, o, e->ft);
     memcpy(e->src, o->src, 16);
     memcpy(e->dst, o->dst, 16);
     e->ip_len = o->ip_len;
@@ -956,6 +1011,7 @@ static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
         if (r)
             continue;
         o->key = bytes_hash(p->seed, o->msg + 10, o->msg_len - 10u);
+        __builtin_prefetch(&p->pdt[(uint32_t)o->key & p->pdt_mask]);   /* for observe() */
         if (o->dir == BEAT_DIR_EGRESS && predict_join(p, obs, i))
             continue;
         memcpy(hmsg[nh], o->msg, o->msg_len);
@@ -1281,7 +1337,7 @@ beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
     p->rcn_mask = 15;
     p->rc_max = max_receipts_per_epoch;
     p->fifo = malloc(sizeof(entry) * (p->fifo_mask + 1));
-    p->pdt = calloc(PDT_MIN, sizeof(pd_slot));
+    p->pdt = pdt_alloc(PDT_MIN);
     p->ftc = calloc(1u << FT_CACHE_BITS, sizeof(ft_slot));
     p->ctr = calloc(p->ctr_mask + 1, sizeof(ctr_slot));
     p->rc = calloc(p->rc_mask + 1, sizeof(rc_slot));
