@@ -1,6 +1,7 @@
 """Offline replay: a capture file through the fast path into a store, as the live daemon would.
 
-``replay(path, config, store, ...)`` reads the capture in batches, feeds the pipeline (resumed from
+``replay(path, config, store, ...)`` reads the capture in batches (``CaptureReader``: C reads the
+mapped file and feeds a native pipeline directly), feeds the pipeline (resumed from
 the store, so a replay into an existing store continues it), commits every ``take()`` in one store
 transaction, flushes at the end and commits that too. It returns a summary dict; with ``emit`` given,
 it calls ``emit(output)`` after each commit (the CLI writes JSON lines from it).
@@ -23,8 +24,7 @@ def replay(path, config, store, batch_frames=4096, emit=None, pipeline_cls=None)
     pipe = (pipeline_cls or fastpath.Pipeline)(**config.pipeline_kwargs())
     pipe.resume(**store.resume_state())
     started = time.monotonic()
-    for buf, desc in reader:
-        pipe.feed(buf, desc)
+    for _ in reader.feeds(pipe):        # a native pipeline gets the frames straight from C
         out = pipe.take()
         store.commit(out)
         if emit is not None:
