@@ -22,9 +22,10 @@
 #define PDT_MIN 2048u
 #define RC_KEY 41 /* epoch_ns(8) role(1) src(16) dst(16) */
 
-/* A FIFO entry. The hot part (what a release reads) comes first; the digest input, kept for the
- * join index's equality check, last. */
+/* A FIFO entry: what a release reads. The digest input of an indexed entry, for the join index's
+ * equality check, is beside it in fin[] (same position), read only when two keys are equal. */
 #define IN_MAX 64
+typedef uint8_t fin_t[IN_MAX];
 typedef struct {
     uint64_t t_ns, prev, next;
     uint64_t key;      /* index key of the digest input, while indexed */
@@ -32,8 +33,7 @@ typedef struct {
     uint8_t pd[16], ft[8], src[16], dst[16];
     uint32_t ip_len;
     uint32_t pnext;    /* next entry with the same digest input, while indexed */
-    uint8_t done, indexed, in_len;
-    uint8_t in[IN_MAX]; /* the digest input (family || input), while indexed */
+    uint8_t done, indexed, in_len; /* in_len: of the digest input in fin[], while indexed */
 } entry;
 
 /* The join index: digest input -> queue of unjoined ingress entries, in FIFO order. It is keyed
@@ -50,6 +50,7 @@ typedef struct {
     uint8_t key[32];   /* src || dst */
     uint8_t ft[8];
     uint8_t used;
+    uint8_t pad[23];   /* one slot, one cache line (the table is 64-byte aligned) */
 } ft_slot;
 
 typedef struct {
@@ -89,6 +90,7 @@ struct beat_pipe {
     beat_wrong_if wrong[BEAT_WRONG_IF_MAX];   /* since the last take_wrong_interface */
     uint32_t n_wrong;
     entry *fifo;
+    fin_t *fin;        /* the digest inputs (family || input) of the FIFO's entries */
     uint64_t head, tail;
     pd_slot *pdt;
     uint32_t pdt_mask, pdt_n;
@@ -273,8 +275,7 @@ static inline int pd_same(const beat_pipe *p, const pd_slot *q, uint64_t key, co
 {
     if (q->key != key)
         return 0;
-    const entry *e = &p->fifo[q->first];
-    return e->in_len == len && memcmp(e->in, in, len) == 0;
+    return p->fifo[q->first].in_len == len && memcmp(p->fin[q->first], in, len) == 0;
 }
 
 static uint32_t pd_find(const beat_pipe *p, uint64_t key, const uint8_t *in, uint32_t len)
@@ -355,10 +356,16 @@ static int fifo_grow(beat_pipe *p)
 {
     uint32_t oc = p->fifo_mask + 1, nc = oc * 2;
     entry *f = malloc(sizeof(entry) * nc);
-    if (!f)
+    fin_t *fi = malloc(sizeof(fin_t) * nc);
+    if (!f || !fi) {
+        free(f);
+        free(fi);
         return -1;
-    for (uint64_t q = p->head; q != p->tail; q++)
+    }
+    for (uint64_t q = p->head; q != p->tail; q++) {
         f[q & (nc - 1)] = p->fifo[q & (oc - 1)];
+        memcpy(fi[q & (nc - 1)], p->fin[q & (oc - 1)], sizeof(fin_t));
+    }
     uint32_t h = (uint32_t)(p->head & (oc - 1));
 #define REMAP(i) ((i) == NIL ? NIL : (uint32_t)((p->head + (((i) - h) & (oc - 1))) & (nc - 1)))
     for (uint64_t q = p->head; q != p->tail; q++) {
@@ -374,7 +381,9 @@ static int fifo_grow(beat_pipe *p)
     }
 #undef REMAP
     free(p->fifo);
+    free(p->fin);
     p->fifo = f;
+    p->fin = fi;
     p->fifo_mask = nc - 1;
     return 0;
 }
@@ -835,13 +844,21 @@ static int release_ready(beat_pipe *p)
 
 /* ---- observations ----------------------------------------------------------------------- */
 
-/* FT of the observation into ft; returns the flow's table hash (entry.fh). */
-static uint64_t flow_tag(beat_pipe *p, const beat_obs *o, uint8_t ft[8])
+/* The flow's table hash (src || dst): the FT cache's index and the receipts' (entry.fh). */
+static inline uint64_t flow_hash(const beat_pipe *p, const beat_obs *o)
 {
     uint8_t key[32];
     memcpy(key, o->src, 16);
     memcpy(key + 16, o->dst, 16);
-    uint64_t fh = bytes_hash(p->seed, key, 32);
+    return bytes_hash(p->seed, key, 32);
+}
+
+/* FT of the observation (flow hash fh) into ft. */
+static void flow_tag(beat_pipe *p, const beat_obs *o, uint64_t fh, uint8_t ft[8])
+{
+    uint8_t key[32];
+    memcpy(key, o->src, 16);
+    memcpy(key + 16, o->dst, 16);
     ft_slot *s = &p->ftc[fh & ((1u << FT_CACHE_BITS) - 1)];
     if (!s->used || memcmp(s->key, key, 32) != 0) {
         uint8_t m[42], h[32];
@@ -853,7 +870,6 @@ static uint64_t flow_tag(beat_pipe *p, const beat_obs *o, uint8_t ft[8])
         s->used = 1;
     }
     memcpy(ft, s->ft, 8);
-    return fh;
 }
 
 static entry *append(beat_pipe *p)
@@ -868,7 +884,7 @@ static entry *append(beat_pipe *p)
     return &p->fifo[p->tail++ & p->fifo_mask];
 }
 
-static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot)
+static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot, uint64_t fh)
 {
     uint64_t id = 0;
     if (o->mac_state == BEAT_MAC_PRESENT) {
@@ -913,6 +929,7 @@ static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot)
         if (!o->hashed) { /* predicted to join, and did not: hash it now */
             beat_hash(p->alg, o->msg, o->msg_len, o->digest);
             o->hashed = 1;
+            fh = flow_hash(p, o);
         }
         entry *e = append(p);
         if (!e)
@@ -923,7 +940,7 @@ static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot)
         e->done = 1;
         e->indexed = 0;
         memcpy(e->pd, o->digest, 16);
-        e->fh = flow_tag(p, o, e->ft);
+        flow_tag(p, o, e->fh = fh, e->ft);
         memcpy(e->src, o->src, 16);
         memcpy(e->dst, o->dst, 16);
         e->ip_len = o->ip_len;
@@ -942,9 +959,9 @@ static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot)
     e->pnext = NIL;
     e->key = o->key;
     e->in_len = (uint8_t)in_len;
-    memcpy(e->in, in, in_len);
+    memcpy(p->fin[idx], in, in_len);
     memcpy(e->pd, o->digest, 16);
-    e->fh = flow_tag(p, o, e->ft);
+    flow_tag(p, o, e->fh = fh, e->ft);
     memcpy(e->src, o->src, 16);
     memcpy(e->dst, o->dst, 16);
     e->ip_len = o->ip_len;
@@ -994,6 +1011,7 @@ static int predict_join(const beat_pipe *p, const beat_obs *obs, size_t i)
 static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
 {
     beat_obs obs[CHUNK];
+    uint64_t fh[CHUNK];
     uint8_t hmsg[CHUNK][BEAT_PD_MSG_MAX], hout[CHUNK][32];
     uint16_t hlen[CHUNK];
     uint8_t hidx[CHUNK];
@@ -1014,6 +1032,8 @@ static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
         __builtin_prefetch(&p->pdt[(uint32_t)o->key & p->pdt_mask]);   /* for observe() */
         if (o->dir == BEAT_DIR_EGRESS && predict_join(p, obs, i))
             continue;
+        fh[i] = flow_hash(p, o);                                        /* it will need its FT */
+        __builtin_prefetch(&p->ftc[fh[i] & ((1u << FT_CACHE_BITS) - 1)]);
         memcpy(hmsg[nh], o->msg, o->msg_len);
         hlen[nh] = o->msg_len;
         hidx[nh++] = (uint8_t)i;
@@ -1031,7 +1051,7 @@ static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
             count(p, obs[i].reason);
         } else {
             count(p, ST_IP);
-            if (release_ready(p) || observe(p, &obs[i], t, fr[i].slot))
+            if (release_ready(p) || observe(p, &obs[i], t, fr[i].slot, fh[i]))
                 return -1;
         }
         if (release_ready(p) || close_epochs(p))
@@ -1279,6 +1299,7 @@ void beat_pipe_free(beat_pipe *p)
         return;
     free(p->nb);
     free(p->fifo);
+    free(p->fin);
     free(p->pdt);
     free(p->ftc);
     free(p->ctr);
@@ -1337,13 +1358,16 @@ beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
     p->rcn_mask = 15;
     p->rc_max = max_receipts_per_epoch;
     p->fifo = malloc(sizeof(entry) * (p->fifo_mask + 1));
+    p->fin = malloc(sizeof(fin_t) * (p->fifo_mask + 1));
     p->pdt = pdt_alloc(PDT_MIN);
-    p->ftc = calloc(1u << FT_CACHE_BITS, sizeof(ft_slot));
+    p->ftc = aligned_alloc(64, sizeof(ft_slot) << FT_CACHE_BITS);
+    if (p->ftc)
+        memset(p->ftc, 0, sizeof(ft_slot) << FT_CACHE_BITS);
     p->ctr = calloc(p->ctr_mask + 1, sizeof(ctr_slot));
     p->rc = calloc(p->rc_mask + 1, sizeof(rc_slot));
     p->rcn = calloc(p->rcn_mask + 1, sizeof(rcn_slot));
     p->seg_buf = malloc((size_t)segment_records * BEAT_RECORD_SIZE);
-    if (!p->fifo || !p->pdt || !p->ftc || !p->ctr || !p->rc || !p->rcn || !p->seg_buf ||
+    if (!p->fifo || !p->fin || !p->pdt || !p->ftc || !p->ctr || !p->rc || !p->rcn || !p->seg_buf ||
         beat_pipe_set_neighbours(p, NULL, NULL, NULL, 0)) {
         beat_pipe_free(p);
         return NULL;
