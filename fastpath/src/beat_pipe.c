@@ -859,9 +859,18 @@ static void flow_tag(beat_pipe *p, const beat_obs *o, uint64_t fh, uint8_t ft[8]
     uint8_t key[32];
     memcpy(key, o->src, 16);
     memcpy(key + 16, o->dst, 16);
-    ft_slot *s = &p->ftc[fh & ((1u << FT_CACHE_BITS) - 1)];
-    if (!s->used || memcmp(s->key, key, 32) != 0) {
+    /* two ways (slots i and i ^ 1, 128 aligned bytes): two flows of one set do not evict each
+     * other on every packet, as they would direct-mapped; a miss replaces the way fh chooses */
+    ft_slot *set = &p->ftc[fh & ((1u << FT_CACHE_BITS) - 2)];
+    ft_slot *s = set;
+    if (!(s->used && memcmp(s->key, key, 32) == 0)) {
+        s = set + 1;
+        if (!(s->used && memcmp(s->key, key, 32) == 0))
+            s = NULL;
+    }
+    if (!s) {
         uint8_t m[42], h[32];
+        s = !set[0].used ? set : !set[1].used ? set + 1 : set + ((fh >> 40) & 1);
         memcpy(m, FT_TAG, 10);
         memcpy(m + 10, key, 32);
         beat_hash(p->alg, m, sizeof m, h);
@@ -1033,7 +1042,8 @@ static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
         if (o->dir == BEAT_DIR_EGRESS && predict_join(p, obs, i))
             continue;
         fh[i] = flow_hash(p, o);                                        /* it will need its FT */
-        __builtin_prefetch(&p->ftc[fh[i] & ((1u << FT_CACHE_BITS) - 1)]);
+        __builtin_prefetch(&p->ftc[fh[i] & ((1u << FT_CACHE_BITS) - 2)]);
+        __builtin_prefetch(&p->ftc[(fh[i] & ((1u << FT_CACHE_BITS) - 2)) + 1]);
         memcpy(hmsg[nh], o->msg, o->msg_len);
         hlen[nh] = o->msg_len;
         hidx[nh++] = (uint8_t)i;
@@ -1360,7 +1370,7 @@ beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
     p->fifo = malloc(sizeof(entry) * (p->fifo_mask + 1));
     p->fin = malloc(sizeof(fin_t) * (p->fifo_mask + 1));
     p->pdt = pdt_alloc(PDT_MIN);
-    p->ftc = aligned_alloc(64, sizeof(ft_slot) << FT_CACHE_BITS);
+    p->ftc = aligned_alloc(128, sizeof(ft_slot) << FT_CACHE_BITS);
     if (p->ftc)
         memset(p->ftc, 0, sizeof(ft_slot) << FT_CACHE_BITS);
     p->ctr = calloc(p->ctr_mask + 1, sizeof(ctr_slot));
