@@ -104,6 +104,9 @@ struct beat_pipe {
     uint32_t rcn_mask, rcn_n, rc_max;
     uint64_t closed_before;
     uint64_t seg_seq, seg_first_t;
+    uint64_t seg_period;           /* start of the anchor period of seg_first_t */
+    uint64_t ep_rel, ep_close;     /* epoch starts last computed (releases, closing): a division
+                                    * only when the time leaves that epoch */
     uint32_t seg_count;
     uint8_t *seg_buf;
     beat_buf out_records, out_segments, out_receipts;
@@ -768,6 +771,21 @@ static int finish_segments(beat_pipe *p)
 
 /* ---- release ---------------------------------------------------------------------------- */
 
+/* t - t % epoch, with the division only when t is not in the epoch *last (which it updates):
+ * times move slowly, and a 64-bit division per frame costs more than the rest of a release. */
+static inline uint64_t epoch_start(uint64_t epoch, uint64_t *last, uint64_t t)
+{
+    if (t - *last < epoch)   /* t >= *last (else the difference wraps) and in that epoch */
+        return *last;
+    return *last = t - t % epoch;
+}
+
+static inline void seg_first(beat_pipe *p, uint64_t t)
+{
+    p->seg_first_t = t;
+    p->seg_period = t - t % p->period;
+}
+
 static int release(beat_pipe *p, entry *e)
 {
     uint8_t rec[BEAT_RECORD_SIZE];
@@ -785,7 +803,7 @@ static int release(beat_pipe *p, entry *e)
         count(p, ST_EGRESS_ONLY);
     if (ctr_add(p, e->prev, e->next, e->ip_len, e->t_ns))
         return -1;
-    uint64_t epoch = e->t_ns - e->t_ns % p->epoch;
+    uint64_t epoch = epoch_start(p->epoch, &p->ep_rel, e->t_ns);
     for (uint8_t role = 1; role <= 2; role++) {
         if ((role == 1 ? e->prev : e->next) != 0)
             continue;
@@ -794,11 +812,11 @@ static int release(beat_pipe *p, entry *e)
         else if (rc_add(p, role, e, epoch))
             return -1;
     }
-    if (p->seg_count > 0 && e->t_ns / p->period != p->seg_first_t / p->period)
+    if (p->seg_count > 0 && e->t_ns - p->seg_period >= p->period)   /* another anchor period */
         if (seg_close(p))
             return -1;
     if (p->seg_count == 0)
-        p->seg_first_t = e->t_ns;
+        seg_first(p, e->t_ns);
     memcpy(p->seg_buf + (size_t)p->seg_count * BEAT_RECORD_SIZE, rec, sizeof rec);
     if (++p->seg_count == p->seg_records)
         return seg_close(p);
@@ -817,7 +835,7 @@ static int release_head(beat_pipe *p)
         if (a->indexed)
             __builtin_prefetch(&p->pdt[(uint32_t)a->key & p->pdt_mask]);
         if (a->prev == 0 || a->next == 0) {
-            uint64_t epoch = a->t_ns - a->t_ns % p->epoch;
+            uint64_t epoch = epoch_start(p->epoch, &p->ep_rel, a->t_ns);
             if (a->prev == 0)
                 __builtin_prefetch(&p->rc[rc_hash_flow(a->fh, epoch, 1) & p->rc_mask]);
             if (a->next == 0)
@@ -989,7 +1007,7 @@ static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot, uint64_t
 static int close_epochs(beat_pipe *p)
 {
     uint64_t target = p->clock > p->window ? p->clock - p->window : 0;
-    target -= target % p->epoch;
+    target = epoch_start(p->epoch, &p->ep_close, target);
     if (target > p->closed_before) {
         if (close_receipts(p, target))
             return -1;
@@ -1155,7 +1173,7 @@ int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_re
     p->seg_count = (uint32_t)n_rec;
     if (n_rec) {
         memcpy(p->seg_buf, open_records, n_rec * BEAT_RECORD_SIZE);
-        p->seg_first_t = rd64be(open_records);
+        seg_first(p, rd64be(open_records));
     }
     p->closed_before = closed_before;
     /* the open receipts are replaced (not added to), and the per-epoch counts with them */
