@@ -205,15 +205,16 @@ def test_batches_are_safe_to_keep(tmp_path):
     assert got == [bytes(x) for x in pkts]
 
 
-def test_feeding_a_native_pipeline_directly_equals_feeding_batches(tmp_path, native):
-    """replay's path (frames from C straight into the pipeline) against (buf, desc) batches."""
+def test_feeding_a_native_pipeline_directly_equals_feeding_batches(tmp_path, native, pure):
+    """replay's path (frames from C straight into the pipeline) against (buf, desc) batches, and
+    against the pure twin fed the C reader's batches (memoryviews of the mapping)."""
     paths = require_real_pcaps()[:40]
     kw = dict(own_macs=[bytes.fromhex("020000000001")], join_window_ns=1000,
               receipt_epoch_ns=10_000, segment_records=7)
     for path in paths:
         outs = []
-        for direct in (True, False):
-            pipe = native.Pipeline(3, **kw)
+        for direct, twin in ((True, native), (False, native), (True, pure)):
+            pipe = twin.Pipeline(3, **kw)
             r = CaptureReader(path, batch_frames=16)
             takes = []
             if direct:
@@ -226,8 +227,9 @@ def test_feeding_a_native_pipeline_directly_equals_feeding_batches(tmp_path, nat
                     takes.append(pipe.take())
             pipe.flush()
             takes.append(pipe.take())
-            outs.append(([[getattr(o, k) for k in o.__slots__] for o in takes], pipe.totals(), r.frames, r.errors))
-        assert outs[0] == outs[1], path
+            outs.append(([[getattr(o, k) for k in o.__slots__] for o in takes], pipe.totals(),
+                         r.frames, r.errors))
+        assert outs[0] == outs[1] == outs[2], path
 
 
 def test_reference_reader_when_the_fast_path_is_pure(tmp_path, monkeypatch):
