@@ -68,6 +68,8 @@ demo-offline: $(NATIVE)
 
 bench: $(NATIVE) $(NPM_DEPS)
 	$(VPY) -m benchmarks.run
+	@./scripts/bootstrap-bench || echo "make bench: the replay benchmark runs without the missing tools"
+	$(VPY) -m benchmarks.replay
 	@if [ "$$(id -u)" -eq 0 ]; then $(VPY) -m benchmarks.capture; \
 	else echo "make bench: the capture benchmark needs root (namespaces), skipped"; fi
 	$(VPY) -m benchmarks.anchoring
@@ -75,11 +77,14 @@ bench: $(NATIVE) $(NPM_DEPS)
 	@if [ "$$(id -u)" -eq 0 ]; then $(VPY) -m benchmarks.dispute; \
 	else echo "make bench: the dispute benchmark needs root (namespaces), skipped"; fi
 
-# A long fuzz run of the parser (the test suite runs a short one).
+# Long fuzz runs of the parser and of the capture reader (the test suite runs short ones).
 fuzz: $(NATIVE)
 	mkdir -p fuzz/corpus
 	$(VPY) fuzz/fuzz_parser.py -max_total_time=3600 -max_len=4096 -timeout=10 -rss_limit_mb=4096 \
 		-artifact_prefix=fuzz/ fuzz/corpus
+	mkdir -p fuzz/corpus-capfile
+	$(VPY) fuzz/fuzz_capfile.py -max_total_time=1800 -max_len=8192 -timeout=10 -rss_limit_mb=4096 \
+		-artifact_prefix=fuzz/ fuzz/corpus-capfile
 
 clean:
 	rm -rf build *.egg-info fastpath/_native.c fastpath/*.so $(NATIVE)

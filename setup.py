@@ -60,7 +60,8 @@ def extensions():
     ext = Extension(
         "fastpath._native",
         sources=["fastpath/_native.pyx", "fastpath/src/beat_hash.c", "fastpath/src/beat_parse.c",
-                 "fastpath/src/beat_pipe.c", "fastpath/src/beat_ring.c", "fastpath/src/beat_merkle.c"],
+                 "fastpath/src/beat_pipe.c", "fastpath/src/beat_ring.c", "fastpath/src/beat_merkle.c",
+                 "fastpath/src/beat_capfile.c"],
         include_dirs=["fastpath/include"],
         extra_compile_args=["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall",
                             "-Wno-unused-function"],

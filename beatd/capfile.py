@@ -1,20 +1,29 @@
 """Capture files (pcap, pcapng) read as fast-path batches: ``(buf, desc)`` per docs/fastpath.md.
 
-The file is read in large chunks; a batch's ``buf`` is the chunk itself (an immutable ``bytes``,
-safe to keep) and its descriptors point into it, so frames are never copied one by one. A batch ends
-after ``batch_frames`` frames or where the next chunk must be read.
+Two readers, one behaviour (frames, times, damage and its wording):
+
+- ``CaptureReader``: the file mapped into memory and read by C (``fastpath._native.CaptureFile``,
+  fastpath/src/beat_capfile.c), no Python object per frame; a batch's ``buf`` is a read-only
+  memoryview of the mapping (safe to keep: it keeps the mapping alive) and its descriptors point
+  into it. ``feeds(pipeline)`` hands the frames to a native pipeline without any descriptor. Where
+  the native fast path is not in use (``fastpath.IMPL == "py"``), it is the reference reader.
+- ``ReferenceCaptureReader``: the same in Python, the file read in large chunks; a batch's ``buf``
+  is the chunk itself (an immutable ``bytes``) and ends after ``batch_frames`` frames or where the
+  next chunk must be read. tests/test_capfile_c.py holds the C reader to it.
 
 A file that is not a capture raises ``CaptureError`` at once. A capture that ends inside a record, or
 holds a corrupt block length, is read up to that point; the problem is counted
 (``reader.capture_truncated``) and described (``reader.errors``), never raised: a damaged capture
 must not stop a replay.
 """
+import mmap
 import os
 import struct
 
+import fastpath
 from fastpath.output import DESC_FORMAT, DESC_SIZE
 
-__all__ = ["CaptureError", "CaptureReader", "read_batches"]
+__all__ = ["CaptureError", "CaptureReader", "ReferenceCaptureReader", "read_batches"]
 
 CHUNK_SIZE = 16 << 20          # bytes read at a time
 MAX_RECORD = 256 << 20         # a single record larger than this is a corrupt length, not a frame
@@ -65,13 +74,14 @@ class _Interface:
         return t if 0 <= t < 1 << 64 else (0 if t < 0 else (1 << 64) - 1)
 
 
-class CaptureReader:
-    """Iterate over a capture file's frames as ``(buf, desc)`` batches.
+class ReferenceCaptureReader:
+    """Iterate over a capture file's frames as ``(buf, desc)`` batches (in Python: the reference).
 
     ``format`` is ``"pcap"`` or ``"pcapng"``; after (or during) iteration, ``frames`` counts the
     frames yielded, ``capture_truncated`` the damaged places found (0 or 1: reading stops at the
     first), ``errors`` describes them.
     """
+    impl = "py"
 
     def __init__(self, path, batch_frames=4096, chunk_size=CHUNK_SIZE):
         if batch_frames < 1:
@@ -99,6 +109,13 @@ class CaptureReader:
             self.format = "pcapng"
         else:
             raise CaptureError(f"{self.path}: not a pcap or pcapng file (magic 0x{magic:08x})")
+
+    def feeds(self, pipeline):
+        """Feed ``pipeline`` batch by batch; yields the number of frames of each batch after
+        feeding it (the caller takes and commits between batches)."""
+        for buf, desc in self:
+            pipeline.feed(buf, desc)
+            yield len(desc) // DESC_SIZE
 
     def __iter__(self):
         with open(self.path, "rb") as f:
@@ -326,6 +343,89 @@ class CaptureReader:
                 if n == bf:
                     yield self._batch(desc, n)
                     n = 0
+
+
+def _native():
+    """fastpath._native when the native fast path is the one in use, else None."""
+    if fastpath.IMPL != "c":
+        return None
+    from fastpath import _native as native
+    return native
+
+
+def _map(path):
+    """The file's bytes: a read-only mapping, or (a file that cannot be mapped) read whole."""
+    try:
+        with open(path, "rb") as f:
+            try:
+                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (ValueError, OSError):      # not a regular file
+                return f.read()
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        m.madvise(mmap.MADV_SEQUENTIAL)
+    except (AttributeError, OSError):
+        pass
+    return m
+
+
+class CaptureReader(ReferenceCaptureReader):
+    """``ReferenceCaptureReader``'s batches, counts and errors, read by C from the mapped file.
+    ``chunk_size`` is accepted and not used. ``impl`` says which reader runs: ``"c"``, or
+    ``"py"`` (the reference) when the native fast path is not in use."""
+
+    def __init__(self, path, batch_frames=4096, chunk_size=CHUNK_SIZE):
+        super().__init__(path, batch_frames, chunk_size)
+        self._native = _native()
+        self.impl = "c" if self._native is not None else "py"
+
+    def _open(self):
+        data = _map(self.path)
+        try:
+            return data, self._native.CaptureFile(data)
+        except ValueError as exc:           # changed since __init__ looked at it
+            raise CaptureError(f"{self.path}: {exc}") from None
+
+    def _done(self, data, cf):
+        if cf.error:
+            self._truncated(cf.error)
+        del cf
+        if isinstance(data, mmap.mmap):
+            try:
+                data.close()
+            except BufferError:             # batches still held: unmapped once they are gone
+                pass
+
+    def __iter__(self):
+        if self.impl != "c":
+            yield from super().__iter__()
+            return
+        data, cf = self._open()
+        bf = self.batch_frames
+        while True:
+            batch = cf.read(bf)
+            if batch is None:
+                break
+            self.frames += len(batch[1]) // DESC_SIZE
+            yield batch
+        self._done(data, cf)
+
+    def feeds(self, pipeline):
+        """As ``ReferenceCaptureReader.feeds``; a native pipeline gets the frames straight from C
+        (no descriptor, no Python object per batch but the count)."""
+        if self.impl != "c" or not isinstance(pipeline, self._native.Pipeline):
+            yield from super().feeds(pipeline)
+            return
+        data, cf = self._open()
+        bf = self.batch_frames
+        while True:
+            n = cf.feed(pipeline, bf)
+            if not n:
+                break
+            self.frames += n
+            yield n
+        self._done(data, cf)
 
 
 def read_batches(path, batch_frames=4096):

@@ -20,6 +20,7 @@ from fastpath.output import HASH_NAMES
 from . import __version__
 from .capfile import CaptureError
 from .config import Config, ConfigError, load
+from .replay import DEFAULT_BATCH as REPLAY_BATCH
 
 EXIT_USAGE = 2
 ENV_BATCH = "BEAT_REPLAY_BATCH"
@@ -48,7 +49,8 @@ def _parser():
                    help="one JSON object per proof record, then one {\"summary\": ...} line")
     r.add_argument("--hash", choices=HASH_NAMES, help="hash (overrides the config)")
     r.add_argument("--batch-frames", type=int, default=None, metavar="N",
-                   help=f"frames per batch and store transaction (default 4096, or ${ENV_BATCH})")
+                   help=f"frames per batch and store transaction (default {REPLAY_BATCH}, or "
+                   f"${ENV_BATCH})")
 
     d = sub.add_parser("run", help="run the live daemon in the foreground",
                        description="Capture on the configured interfaces into the store until "
@@ -109,7 +111,7 @@ def _replay(args):
         cfg = cfg.replace(**changes)
         if cfg.node_id is None:
             return _fail("replay: node_id: not set (give --node-id or node_id in --config)")
-        batch = args.batch_frames or int(os.environ.get(ENV_BATCH) or 4096)
+        batch = args.batch_frames or int(os.environ.get(ENV_BATCH) or REPLAY_BATCH)
         if batch < 1:
             return _fail(f"replay: --batch-frames: {batch} must be at least 1")
     except ConfigError as exc:

@@ -423,3 +423,4 @@ def merkle_levels(hash_name, leaves):
 
 
 include "ring.pxi"
+include "capfile.pxi"

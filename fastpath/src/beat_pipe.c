@@ -22,30 +22,35 @@
 #define PDT_MIN 2048u
 #define RC_KEY 41 /* epoch_ns(8) role(1) src(16) dst(16) */
 
+/* A FIFO entry: what a release reads. The digest input of an indexed entry, for the join index's
+ * equality check, is beside it in fin[] (same position), read only when two keys are equal. */
+#define IN_MAX 64
+typedef uint8_t fin_t[IN_MAX];
 typedef struct {
     uint64_t t_ns, prev, next;
     uint64_t key;      /* index key of the digest input, while indexed */
+    uint64_t fh;       /* the flow's table hash (src || dst): receipts are found by it */
     uint8_t pd[16], ft[8], src[16], dst[16];
     uint32_t ip_len;
     uint32_t pnext;    /* next entry with the same digest input, while indexed */
-    uint8_t done, indexed;
+    uint8_t done, indexed, in_len; /* in_len: of the digest input in fin[], while indexed */
 } entry;
 
 /* The join index: digest input -> queue of unjoined ingress entries, in FIFO order. It is keyed
  * by the digest *input* (family || input, SPEC "Packet digest"), not by PD: equal inputs have
- * equal PDs, and an egress frame that joins then needs no hash of its own. */
-#define IN_MAX 64
+ * equal PDs, and an egress frame that joins then needs no hash of its own. A slot is 16 bytes (four
+ * to a cache line, the whole index of 2^16 pending entries in 2 MiB): the input itself is checked
+ * against the queue's first entry, only when the 64-bit keys are equal. first == NIL: free. */
 typedef struct {
     uint64_t key;
     uint32_t first, last;
-    uint8_t used, len;
-    uint8_t in[IN_MAX];
 } pd_slot;
 
 typedef struct {
     uint8_t key[32];   /* src || dst */
     uint8_t ft[8];
     uint8_t used;
+    uint8_t pad[23];   /* one slot, one cache line (the table is 64-byte aligned) */
 } ft_slot;
 
 typedef struct {
@@ -85,6 +90,7 @@ struct beat_pipe {
     beat_wrong_if wrong[BEAT_WRONG_IF_MAX];   /* since the last take_wrong_interface */
     uint32_t n_wrong;
     entry *fifo;
+    fin_t *fin;        /* the digest inputs (family || input) of the FIFO's entries */
     uint64_t head, tail;
     pd_slot *pdt;
     uint32_t pdt_mask, pdt_n;
@@ -98,6 +104,9 @@ struct beat_pipe {
     uint32_t rcn_mask, rcn_n, rc_max;
     uint64_t closed_before;
     uint64_t seg_seq, seg_first_t;
+    uint64_t seg_period;           /* start of the anchor period of seg_first_t */
+    uint64_t ep_rel, ep_close;     /* epoch starts last computed (releases, closing): a division
+                                    * only when the time leaves that epoch */
     uint32_t seg_count;
     uint8_t *seg_buf;
     beat_buf out_records, out_segments, out_receipts;
@@ -262,31 +271,39 @@ int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n)
 
 /* ---- join index: linear probing with backward-shift deletion ----------------------------- */
 
+static inline int pd_used(const pd_slot *q) { return q->first != NIL; }
+
+static inline int pd_same(const beat_pipe *p, const pd_slot *q, uint64_t key, const uint8_t *in,
+                          uint32_t len)
+{
+    if (q->key != key)
+        return 0;
+    return p->fifo[q->first].in_len == len && memcmp(p->fin[q->first], in, len) == 0;
+}
+
 static uint32_t pd_find(const beat_pipe *p, uint64_t key, const uint8_t *in, uint32_t len)
 {
     for (uint32_t i = (uint32_t)key & p->pdt_mask;; i = (i + 1) & p->pdt_mask) {
         const pd_slot *q = &p->pdt[i];
-        if (!q->used)
+        if (!pd_used(q))
             return NIL;
-        if (q->key == key && q->len == len && memcmp(q->in, in, len) == 0)
+        if (pd_same(p, q, key, in, len))
             return i;
     }
 }
 
+/* The slot of this input's queue, or a free slot for it (*fresh = 1, key set, queue empty). */
 static uint32_t pd_insert(beat_pipe *p, uint64_t key, const uint8_t *in, uint32_t len, int *fresh)
 {
     for (uint32_t i = (uint32_t)key & p->pdt_mask;; i = (i + 1) & p->pdt_mask) {
         pd_slot *q = &p->pdt[i];
-        if (!q->used) {
+        if (!pd_used(q)) {
             q->key = key;
-            q->len = (uint8_t)len;
-            memcpy(q->in, in, len);
-            q->used = 1;
             p->pdt_n++;
             *fresh = 1;
             return i;
         }
-        if (q->key == key && q->len == len && memcmp(q->in, in, len) == 0) {
+        if (pd_same(p, q, key, in, len)) {
             *fresh = 0;
             return i;
         }
@@ -296,7 +313,7 @@ static uint32_t pd_insert(beat_pipe *p, uint64_t key, const uint8_t *in, uint32_
 static void pd_delete(beat_pipe *p, uint32_t i)
 {
     uint32_t m = p->pdt_mask;
-    for (uint32_t j = (i + 1) & m; p->pdt[j].used; j = (j + 1) & m) {
+    for (uint32_t j = (i + 1) & m; pd_used(&p->pdt[j]); j = (j + 1) & m) {
         uint32_t home = (uint32_t)p->pdt[j].key & m;
         /* move j back into the hole i when its home is not in (i, j] cyclically */
         if (((j - home) & m) >= ((j - i) & m)) {
@@ -304,21 +321,29 @@ static void pd_delete(beat_pipe *p, uint32_t i)
             i = j;
         }
     }
-    p->pdt[i].used = 0;
+    p->pdt[i].first = p->pdt[i].last = NIL;
     p->pdt_n--;
+}
+
+static pd_slot *pdt_alloc(uint32_t cap)
+{
+    pd_slot *t = malloc(sizeof(pd_slot) * cap);
+    if (t)
+        memset(t, 0xFF, sizeof(pd_slot) * cap);   /* first = NIL: free */
+    return t;
 }
 
 static int pdt_grow(beat_pipe *p)
 {
     uint32_t cap = (p->pdt_mask + 1) * 2;
-    pd_slot *t = calloc(cap, sizeof(pd_slot));
+    pd_slot *t = pdt_alloc(cap);
     if (!t)
         return -1;
     for (uint32_t j = 0; j <= p->pdt_mask; j++) {
-        if (!p->pdt[j].used)
+        if (!pd_used(&p->pdt[j]))
             continue;
         uint32_t i = (uint32_t)p->pdt[j].key & (cap - 1);
-        while (t[i].used)
+        while (pd_used(&t[i]))
             i = (i + 1) & (cap - 1);
         t[i] = p->pdt[j];
     }
@@ -334,10 +359,16 @@ static int fifo_grow(beat_pipe *p)
 {
     uint32_t oc = p->fifo_mask + 1, nc = oc * 2;
     entry *f = malloc(sizeof(entry) * nc);
-    if (!f)
+    fin_t *fi = malloc(sizeof(fin_t) * nc);
+    if (!f || !fi) {
+        free(f);
+        free(fi);
         return -1;
-    for (uint64_t q = p->head; q != p->tail; q++)
+    }
+    for (uint64_t q = p->head; q != p->tail; q++) {
         f[q & (nc - 1)] = p->fifo[q & (oc - 1)];
+        memcpy(fi[q & (nc - 1)], p->fin[q & (oc - 1)], sizeof(fin_t));
+    }
     uint32_t h = (uint32_t)(p->head & (oc - 1));
 #define REMAP(i) ((i) == NIL ? NIL : (uint32_t)((p->head + (((i) - h) & (oc - 1))) & (nc - 1)))
     for (uint64_t q = p->head; q != p->tail; q++) {
@@ -346,14 +377,16 @@ static int fifo_grow(beat_pipe *p)
             e->pnext = REMAP(e->pnext);
     }
     for (uint32_t j = 0; j <= p->pdt_mask; j++) {
-        if (p->pdt[j].used) {
+        if (pd_used(&p->pdt[j])) {
             p->pdt[j].first = REMAP(p->pdt[j].first);
             p->pdt[j].last = REMAP(p->pdt[j].last);
         }
     }
 #undef REMAP
     free(p->fifo);
+    free(p->fin);
     p->fifo = f;
+    p->fin = fi;
     p->fifo_mask = nc - 1;
     return 0;
 }
@@ -364,7 +397,7 @@ static void pd_unlink(beat_pipe *p, uint32_t idx)
 {
     entry *e = &p->fifo[idx];
     e->indexed = 0;
-    for (uint32_t s = (uint32_t)e->key & p->pdt_mask; p->pdt[s].used; s = (s + 1) & p->pdt_mask) {
+    for (uint32_t s = (uint32_t)e->key & p->pdt_mask; pd_used(&p->pdt[s]); s = (s + 1) & p->pdt_mask) {
         pd_slot *q = &p->pdt[s];
         if (q->key != e->key)
             continue;
@@ -435,10 +468,23 @@ static int ctr_add(beat_pipe *p, uint64_t prev, uint64_t next, uint32_t len, uin
     }
 }
 
+/* Table index of a receipt key: the flow's hash (src || dst, seeded, the one the FT cache uses)
+ * mixed with the epoch and role, so that a release finds its receipt from the entry's `fh` without
+ * hashing 41 bytes (and can fetch the slot ahead). */
+static inline uint64_t rc_hash_flow(uint64_t fh, uint64_t epoch, uint8_t role)
+{
+    return mix64(fh ^ (epoch * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)role << 56));
+}
+
+static inline uint64_t rc_hash_key(uint64_t seed, const uint8_t *key)
+{
+    return rc_hash_flow(bytes_hash(seed, key + 9, 32), rd64be(key), key[8]);
+}
+
 static int rc_insert_into(uint64_t seed, rc_slot *t, uint32_t mask, const uint8_t *key,
                           uint64_t packets, uint64_t bytes, uint8_t kind)
 {
-    uint32_t i = (uint32_t)bytes_hash(seed, key, RC_KEY) & mask;
+    uint32_t i = (uint32_t)rc_hash_key(seed, key) & mask;
     for (;; i = (i + 1) & mask) {
         if (t[i].used && memcmp(t[i].key, key, RC_KEY) == 0) {
             t[i].packets += packets;
@@ -455,9 +501,9 @@ static int rc_insert_into(uint64_t seed, rc_slot *t, uint32_t mask, const uint8_
     }
 }
 
-static rc_slot *rc_find(const beat_pipe *p, const uint8_t *key)
+static rc_slot *rc_find(const beat_pipe *p, const uint8_t *key, uint64_t h)
 {
-    uint32_t i = (uint32_t)bytes_hash(p->seed, key, RC_KEY) & p->rc_mask;
+    uint32_t i = (uint32_t)h & p->rc_mask;
     for (;; i = (i + 1) & p->rc_mask) {
         rc_slot *s = &p->rc[i];
         if (!s->used)
@@ -554,7 +600,7 @@ static int rc_add(beat_pipe *p, uint8_t role, const entry *e, uint64_t epoch)
     key[8] = role;
     memcpy(key + 9, e->src, 16);
     memcpy(key + 25, e->dst, 16);
-    rc_slot *s = rc_find(p, key);
+    rc_slot *s = rc_find(p, key, rc_hash_flow(e->fh, epoch, role));
     if (s && s->used == RC_OWN) {
         s->packets++;
         s->bytes += e->ip_len;
@@ -570,7 +616,7 @@ static int rc_add(beat_pipe *p, uint8_t role, const entry *e, uint64_t epoch)
             kind = RC_OWN;
         } else {
             memset(key + 9, 0, 32);
-            s = rc_find(p, key);
+            s = rc_find(p, key, rc_hash_key(p->seed, key));
         }
     }
     if (kind == RC_OVERFLOW)
@@ -725,6 +771,21 @@ static int finish_segments(beat_pipe *p)
 
 /* ---- release ---------------------------------------------------------------------------- */
 
+/* t - t % epoch, with the division only when t is not in the epoch *last (which it updates):
+ * times move slowly, and a 64-bit division per frame costs more than the rest of a release. */
+static inline uint64_t epoch_start(uint64_t epoch, uint64_t *last, uint64_t t)
+{
+    if (t - *last < epoch)   /* t >= *last (else the difference wraps) and in that epoch */
+        return *last;
+    return *last = t - t % epoch;
+}
+
+static inline void seg_first(beat_pipe *p, uint64_t t)
+{
+    p->seg_first_t = t;
+    p->seg_period = t - t % p->period;
+}
+
 static int release(beat_pipe *p, entry *e)
 {
     uint8_t rec[BEAT_RECORD_SIZE];
@@ -742,7 +803,7 @@ static int release(beat_pipe *p, entry *e)
         count(p, ST_EGRESS_ONLY);
     if (ctr_add(p, e->prev, e->next, e->ip_len, e->t_ns))
         return -1;
-    uint64_t epoch = e->t_ns - e->t_ns % p->epoch;
+    uint64_t epoch = epoch_start(p->epoch, &p->ep_rel, e->t_ns);
     for (uint8_t role = 1; role <= 2; role++) {
         if ((role == 1 ? e->prev : e->next) != 0)
             continue;
@@ -751,20 +812,36 @@ static int release(beat_pipe *p, entry *e)
         else if (rc_add(p, role, e, epoch))
             return -1;
     }
-    if (p->seg_count > 0 && e->t_ns / p->period != p->seg_first_t / p->period)
+    if (p->seg_count > 0 && e->t_ns - p->seg_period >= p->period)   /* another anchor period */
         if (seg_close(p))
             return -1;
     if (p->seg_count == 0)
-        p->seg_first_t = e->t_ns;
+        seg_first(p, e->t_ns);
     memcpy(p->seg_buf + (size_t)p->seg_count * BEAT_RECORD_SIZE, rec, sizeof rec);
     if (++p->seg_count == p->seg_records)
         return seg_close(p);
     return 0;
 }
 
+/* Entries are released in FIFO order: fetch the index slot of the one RELEASE_AHEAD places
+ * behind the head now, so that unlinking it later does not wait for memory. */
+#define RELEASE_AHEAD 16
+
 static int release_head(beat_pipe *p)
 {
     entry *e = &p->fifo[p->head & p->fifo_mask];
+    if (p->tail - p->head > RELEASE_AHEAD) {
+        const entry *a = &p->fifo[(p->head + RELEASE_AHEAD) & p->fifo_mask];
+        if (a->indexed)
+            __builtin_prefetch(&p->pdt[(uint32_t)a->key & p->pdt_mask]);
+        if (a->prev == 0 || a->next == 0) {
+            uint64_t epoch = epoch_start(p->epoch, &p->ep_rel, a->t_ns);
+            if (a->prev == 0)
+                __builtin_prefetch(&p->rc[rc_hash_flow(a->fh, epoch, 1) & p->rc_mask]);
+            if (a->next == 0)
+                __builtin_prefetch(&p->rc[rc_hash_flow(a->fh, epoch, 2) & p->rc_mask]);
+        }
+    }
     if (e->indexed)
         pd_unlink(p, (uint32_t)(p->head & p->fifo_mask));
     p->head++;
@@ -785,14 +862,33 @@ static int release_ready(beat_pipe *p)
 
 /* ---- observations ----------------------------------------------------------------------- */
 
-static void flow_tag(beat_pipe *p, const beat_obs *o, uint8_t ft[8])
+/* The flow's table hash (src || dst): the FT cache's index and the receipts' (entry.fh). */
+static inline uint64_t flow_hash(const beat_pipe *p, const beat_obs *o)
 {
     uint8_t key[32];
     memcpy(key, o->src, 16);
     memcpy(key + 16, o->dst, 16);
-    ft_slot *s = &p->ftc[bytes_hash(p->seed, key, 32) & ((1u << FT_CACHE_BITS) - 1)];
-    if (!s->used || memcmp(s->key, key, 32) != 0) {
+    return bytes_hash(p->seed, key, 32);
+}
+
+/* FT of the observation (flow hash fh) into ft. */
+static void flow_tag(beat_pipe *p, const beat_obs *o, uint64_t fh, uint8_t ft[8])
+{
+    uint8_t key[32];
+    memcpy(key, o->src, 16);
+    memcpy(key + 16, o->dst, 16);
+    /* two ways (slots i and i ^ 1, 128 aligned bytes): two flows of one set do not evict each
+     * other on every packet, as they would direct-mapped; a miss replaces the way fh chooses */
+    ft_slot *set = &p->ftc[fh & ((1u << FT_CACHE_BITS) - 2)];
+    ft_slot *s = set;
+    if (!(s->used && memcmp(s->key, key, 32) == 0)) {
+        s = set + 1;
+        if (!(s->used && memcmp(s->key, key, 32) == 0))
+            s = NULL;
+    }
+    if (!s) {
         uint8_t m[42], h[32];
+        s = !set[0].used ? set : !set[1].used ? set + 1 : set + ((fh >> 40) & 1);
         memcpy(m, FT_TAG, 10);
         memcpy(m + 10, key, 32);
         beat_hash(p->alg, m, sizeof m, h);
@@ -815,7 +911,7 @@ static entry *append(beat_pipe *p)
     return &p->fifo[p->tail++ & p->fifo_mask];
 }
 
-static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot)
+static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot, uint64_t fh)
 {
     uint64_t id = 0;
     if (o->mac_state == BEAT_MAC_PRESENT) {
@@ -860,6 +956,7 @@ static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot)
         if (!o->hashed) { /* predicted to join, and did not: hash it now */
             beat_hash(p->alg, o->msg, o->msg_len, o->digest);
             o->hashed = 1;
+            fh = flow_hash(p, o);
         }
         entry *e = append(p);
         if (!e)
@@ -870,7 +967,7 @@ static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot)
         e->done = 1;
         e->indexed = 0;
         memcpy(e->pd, o->digest, 16);
-        flow_tag(p, o, e->ft);
+        flow_tag(p, o, e->fh = fh, e->ft);
         memcpy(e->src, o->src, 16);
         memcpy(e->dst, o->dst, 16);
         e->ip_len = o->ip_len;
@@ -888,8 +985,10 @@ static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot)
     e->indexed = 1;
     e->pnext = NIL;
     e->key = o->key;
+    e->in_len = (uint8_t)in_len;
+    memcpy(p->fin[idx], in, in_len);
     memcpy(e->pd, o->digest, 16);
-    flow_tag(p, o, e->ft);
+    flow_tag(p, o, e->fh = fh, e->ft);
     memcpy(e->src, o->src, 16);
     memcpy(e->dst, o->dst, 16);
     e->ip_len = o->ip_len;
@@ -908,7 +1007,7 @@ static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot)
 static int close_epochs(beat_pipe *p)
 {
     uint64_t target = p->clock > p->window ? p->clock - p->window : 0;
-    target -= target % p->epoch;
+    target = epoch_start(p->epoch, &p->ep_close, target);
     if (target > p->closed_before) {
         if (close_receipts(p, target))
             return -1;
@@ -939,6 +1038,7 @@ static int predict_join(const beat_pipe *p, const beat_obs *obs, size_t i)
 static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
 {
     beat_obs obs[CHUNK];
+    uint64_t fh[CHUNK];
     uint8_t hmsg[CHUNK][BEAT_PD_MSG_MAX], hout[CHUNK][32];
     uint16_t hlen[CHUNK];
     uint8_t hidx[CHUNK];
@@ -956,8 +1056,12 @@ static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
         if (r)
             continue;
         o->key = bytes_hash(p->seed, o->msg + 10, o->msg_len - 10u);
+        __builtin_prefetch(&p->pdt[(uint32_t)o->key & p->pdt_mask]);   /* for observe() */
         if (o->dir == BEAT_DIR_EGRESS && predict_join(p, obs, i))
             continue;
+        fh[i] = flow_hash(p, o);                                        /* it will need its FT */
+        __builtin_prefetch(&p->ftc[fh[i] & ((1u << FT_CACHE_BITS) - 2)]);
+        __builtin_prefetch(&p->ftc[(fh[i] & ((1u << FT_CACHE_BITS) - 2)) + 1]);
         memcpy(hmsg[nh], o->msg, o->msg_len);
         hlen[nh] = o->msg_len;
         hidx[nh++] = (uint8_t)i;
@@ -975,7 +1079,7 @@ static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
             count(p, obs[i].reason);
         } else {
             count(p, ST_IP);
-            if (release_ready(p) || observe(p, &obs[i], t, fr[i].slot))
+            if (release_ready(p) || observe(p, &obs[i], t, fr[i].slot, fh[i]))
                 return -1;
         }
         if (release_ready(p) || close_epochs(p))
@@ -1069,7 +1173,7 @@ int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_re
     p->seg_count = (uint32_t)n_rec;
     if (n_rec) {
         memcpy(p->seg_buf, open_records, n_rec * BEAT_RECORD_SIZE);
-        p->seg_first_t = rd64be(open_records);
+        seg_first(p, rd64be(open_records));
     }
     p->closed_before = closed_before;
     /* the open receipts are replaced (not added to), and the per-epoch counts with them */
@@ -1223,6 +1327,7 @@ void beat_pipe_free(beat_pipe *p)
         return;
     free(p->nb);
     free(p->fifo);
+    free(p->fin);
     free(p->pdt);
     free(p->ftc);
     free(p->ctr);
@@ -1281,13 +1386,16 @@ beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
     p->rcn_mask = 15;
     p->rc_max = max_receipts_per_epoch;
     p->fifo = malloc(sizeof(entry) * (p->fifo_mask + 1));
-    p->pdt = calloc(PDT_MIN, sizeof(pd_slot));
-    p->ftc = calloc(1u << FT_CACHE_BITS, sizeof(ft_slot));
+    p->fin = malloc(sizeof(fin_t) * (p->fifo_mask + 1));
+    p->pdt = pdt_alloc(PDT_MIN);
+    p->ftc = aligned_alloc(128, sizeof(ft_slot) << FT_CACHE_BITS);
+    if (p->ftc)
+        memset(p->ftc, 0, sizeof(ft_slot) << FT_CACHE_BITS);
     p->ctr = calloc(p->ctr_mask + 1, sizeof(ctr_slot));
     p->rc = calloc(p->rc_mask + 1, sizeof(rc_slot));
     p->rcn = calloc(p->rcn_mask + 1, sizeof(rcn_slot));
     p->seg_buf = malloc((size_t)segment_records * BEAT_RECORD_SIZE);
-    if (!p->fifo || !p->pdt || !p->ftc || !p->ctr || !p->rc || !p->rcn || !p->seg_buf ||
+    if (!p->fifo || !p->fin || !p->pdt || !p->ftc || !p->ctr || !p->rc || !p->rcn || !p->seg_buf ||
         beat_pipe_set_neighbours(p, NULL, NULL, NULL, 0)) {
         beat_pipe_free(p);
         return NULL;
