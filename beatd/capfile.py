@@ -9,7 +9,7 @@ Two readers, one behaviour (frames, times, damage and its wording):
   the native fast path is not in use (``fastpath.IMPL == "py"``), it is the reference reader.
 - ``ReferenceCaptureReader``: the same in Python, the file read in large chunks; a batch's ``buf``
   is the chunk itself (an immutable ``bytes``) and ends after ``batch_frames`` frames or where the
-  next chunk must be read. tests/test_capfile_c.py holds the C reader to it.
+  next chunk must be read. tests/fastpath/test_capfile_c.py holds the C reader to it.
 
 A file that is not a capture raises ``CaptureError`` at once. A capture that ends inside a record, or
 holds a corrupt block length, is read up to that point; the problem is counted

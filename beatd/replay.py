@@ -49,7 +49,7 @@ def summarise(totals, reader, store, config, elapsed):
     for name, cls in REASON_CLASS.items():
         by_class[cls] += stats[name]
     # offline, "now" is the newest record's time: does the ring cover the threshold before it?
-    ring_now = store.ring_status(0, 0)["newest_t_ns"] or 0
+    ring_now = store.proof_ring_status(0, 0)["newest_t_ns"] or 0
     return {
         "file": reader.path,
         "format": reader.format,
@@ -73,7 +73,7 @@ def summarise(totals, reader, store, config, elapsed):
         "store": store.path,
         "store_totals": {k: v for k, v in store.stats().items() if k in ("records", "segments",
                                                                           "receipts", "frames")},
-        "ring": store.ring_status(ring_now, config.threshold_ns),
+        "ring": store.proof_ring_status(ring_now, config.threshold_ns),
         "seconds": round(elapsed, 3),
     }
 

@@ -6,7 +6,7 @@ is the file. ``fastpath._native.CaptureFile`` and ``beatd.capfile.ReferenceCaptu
 give the same frames (time, bytes, wirelen, linktype, dir), the same count and the same error, or
 both refuse the file with the same message.
 
-    python fuzz/fuzz_capfile.py -runs=20000          # short run (tests/test_fuzz_capfile.py)
+    python fuzz/fuzz_capfile.py -runs=20000          # short run (tests/fastpath/test_fuzz_capfile.py)
     python fuzz/fuzz_capfile.py -max_total_time=3600 fuzz/corpus-capfile   # long run (make fuzz)
 """
 import os

@@ -579,7 +579,6 @@ class Store:
             "open_oldest_t_ns": open_lo,
         }
 
-    ring_status = proof_ring_status        # the former name (callers not renamed yet)
 
     # -- checking -------------------------------------------------------------------------------
 

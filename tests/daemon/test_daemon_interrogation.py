@@ -101,7 +101,7 @@ def test_daemon_serves_signed_evidence(tmp_path, pki):
         frames = [udp_frame(PEER, OWN, i, 1) for i in range(200)]
         sources[0].push(frames)
         wait_for(lambda: d.pipeline.totals()["frames"] == 200, what="200 frames fed")
-        wait_for(lambda: d.store.ring_status(0, 0)["segments"] >= 1, timeout=5,
+        wait_for(lambda: d.store.proof_ring_status(0, 0)["segments"] >= 1, timeout=5,
                  what="a closed segment")
         now = time.time_ns()
         window = (now - 600 * 10**9, now + 10**9)

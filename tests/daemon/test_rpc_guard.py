@@ -65,7 +65,7 @@ def store(tmp_path_factory):
     for i in range(0, len(desc) // fastpath.DESC_SIZE, 8192):
         pipe.feed(buf, mv[i * fastpath.DESC_SIZE:(i + 8192) * fastpath.DESC_SIZE])
         s.commit(pipe.take())
-    assert s.ring_status(0, 0)["segments"] >= 1
+    assert s.proof_ring_status(0, 0)["segments"] >= 1
     yield s
     s.close()
 

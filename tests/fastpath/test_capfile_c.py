@@ -9,7 +9,7 @@ import pytest
 from beatd.capfile import CaptureError, CaptureReader, ReferenceCaptureReader
 from conftest import require_real_pcaps
 from fastpath.output import DESC_FORMAT, DESC_SIZE
-from test_capfile import epb, idb, pb, sample_packets, shb, spb, unknown, write_pcap, _block, _opt
+from capture_files import _block, _opt, epb, idb, pb, sample_packets, shb, spb, unknown, write_pcap
 
 pytestmark = pytest.mark.usefixtures("native")
 

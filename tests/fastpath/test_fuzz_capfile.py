@@ -7,7 +7,7 @@ import sys
 import atheris  # noqa: F401  (installed in the venv: missing means fail, not skip)
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.slow
