@@ -31,7 +31,7 @@ PREFIX = f"beat-w{os.getpid() % 10000}-"
 NOT_COPIED = shutil.ignore_patterns(".venv*", "node_modules", ".git", "build", "dist",
                                     "*.egg-info", "__pycache__", "*.so", "*.o", ".pytest_cache",
                                     ".hypothesis", ".benchmarks", "corpus", "tmp")
-ROLES = ("fastpath", "beatd", "ledger_client", "governance", "beat_rpc", "beat_lab")
+ROLES = ("beat_common", "fastpath", "beatd", "ledger_client", "governance", "beat_rpc", "beat_lab")
 PIP_TIMEOUT_S = 600
 
 
