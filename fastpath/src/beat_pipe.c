@@ -832,8 +832,10 @@ static int release_head(beat_pipe *p)
     entry *e = &p->fifo[p->head & p->fifo_mask];
     if (p->tail - p->head > RELEASE_AHEAD) {
         const entry *a = &p->fifo[(p->head + RELEASE_AHEAD) & p->fifo_mask];
-        if (a->indexed)
+        if (a->indexed) {   /* its slot, and the next line: pd_delete reads the slot after it */
             __builtin_prefetch(&p->pdt[(uint32_t)a->key & p->pdt_mask]);
+            __builtin_prefetch(&p->pdt[((uint32_t)a->key + 4) & p->pdt_mask]);
+        }
         if (a->prev == 0 || a->next == 0) {
             uint64_t epoch = epoch_start(p->epoch, &p->ep_rel, a->t_ns);
             if (a->prev == 0)
