@@ -397,19 +397,21 @@ class CaptureReader(ReferenceCaptureReader):
             except BufferError:             # batches still held: unmapped once they are gone
                 pass
 
+    def _run(self, step, count):
+        """Map the file, then yield ``step(cf)`` until it returns nothing, counting the frames of
+        each (``count``); the damage is noted and the mapping let go at the end."""
+        data, cf = self._open()
+        while r := step(cf):
+            self.frames += count(r)
+            yield r
+        self._done(data, cf)
+
     def __iter__(self):
         if self.impl != "c":
             yield from super().__iter__()
             return
-        data, cf = self._open()
         bf = self.batch_frames
-        while True:
-            batch = cf.read(bf)
-            if batch is None:
-                break
-            self.frames += len(batch[1]) // DESC_SIZE
-            yield batch
-        self._done(data, cf)
+        yield from self._run(lambda cf: cf.read(bf), lambda batch: len(batch[1]) // DESC_SIZE)
 
     def feeds(self, pipeline):
         """As ``ReferenceCaptureReader.feeds``; a native pipeline gets the frames straight from C
@@ -417,15 +419,8 @@ class CaptureReader(ReferenceCaptureReader):
         if self.impl != "c" or not isinstance(pipeline, self._native.Pipeline):
             yield from super().feeds(pipeline)
             return
-        data, cf = self._open()
         bf = self.batch_frames
-        while True:
-            n = cf.feed(pipeline, bf)
-            if not n:
-                break
-            self.frames += n
-            yield n
-        self._done(data, cf)
+        yield from self._run(lambda cf: cf.feed(pipeline, bf), lambda n: n)
 
 
 def read_batches(path, batch_frames=4096):
