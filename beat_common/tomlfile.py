@@ -11,8 +11,7 @@ import math
 import os
 import tomllib
 
-__all__ = ["read_toml", "loads", "dumps", "write_toml", "toml_value", "toml_str", "toml_key",
-           "toml_comment"]
+__all__ = ["read_toml", "loads", "dumps", "write_toml", "toml_value", "toml_str", "toml_key"]
 
 loads = tomllib.loads
 
@@ -107,12 +106,6 @@ def _comment(line):
     other one is shown escaped (the file must still read)."""
     return "".join(ch if ch == "\t" or not (ord(ch) < 0x20 or ord(ch) == 0x7F)
                    else f"\\u{ord(ch):04x}" for ch in line)
-
-
-def toml_comment(text):
-    """``text`` as one comment line: a newline or other control character in it is shown escaped,
-    so it can neither end the comment nor add a key."""
-    return "# " + _comment(text)
 
 
 def dumps(doc, header=None):

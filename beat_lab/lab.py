@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 
-from beat_common.tomlfile import toml_comment, toml_str as _toml_str
+from beat_common.tomlfile import dumps
 
 from .data import topology_path
 from .netns import IP, Net, NetError, link_stats, list_namespaces
@@ -164,21 +164,18 @@ class Lab:
                               dns=[r.name], force=True)
         certs.make_governance(ca, os.path.join(self.pki_dir, "governance"), force=True)
         gov = os.path.join(self.pki_dir, "governance")
-        lines = [toml_comment(f"written by `beat-lab up` ({self.topology_path})"),
-                 "[interrogation]",
-                 f"ca = {_toml_str(os.path.join(ca, 'ca.crt'))}",
-                 f"cert = {_toml_str(os.path.join(gov, 'governance.crt'))}",
-                 f"key = {_toml_str(os.path.join(gov, 'governance.key'))}",
-                 "retry_s = 5.0                 # a lab router that does not answer: not judged"]
-        for r in self.topo.routers:
-            lines += ["", "[[endpoints]]", f"node_id = {r.node_id}",
-                      f"address = {_toml_str(self.grpc_endpoint(r.name))}",
-                      f"name = {_toml_str(r.name)}"]
-        # the adjacency, as on the ledger: the governance's own, never the devices' claims
-        for a, b in self.topo.router_link_ids():
-            lines += ["", "[[links]]", f"a = {a}", f"b = {b}"]
+        doc = {
+            "interrogation": {"ca": os.path.join(ca, "ca.crt"),
+                              "cert": os.path.join(gov, "governance.crt"),
+                              "key": os.path.join(gov, "governance.key"),
+                              "retry_s": 5.0},      # a lab router that does not answer: not judged
+            "endpoints": [{"node_id": r.node_id, "address": self.grpc_endpoint(r.name),
+                           "name": r.name} for r in self.topo.routers],
+            # the adjacency, as on the ledger: the governance's own, never the devices' claims
+            "links": [{"a": a, "b": b} for a, b in self.topo.router_link_ids()],
+        }
         with open(self.governance_config_path, "w") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write(dumps(doc, header=f"written by `beat-lab up` ({self.topology_path})"))
 
     @property
     def governance_key_path(self):
@@ -494,61 +491,47 @@ class Lab:
     def daemon_config(self, router):
         """The beatd TOML of ``router``: its node id, its interfaces' MACs, its neighbour routers
         (MAC, node id, IP), a small store and ring, a control socket in the state dir."""
-        from beatd import config as beatd_config
-
         node = self.topo.node(router)
         d = self.router_dir(router)
-        known = beatd_config.DEFAULTS
-        lines = [toml_comment(f"written by `beat-lab up` for {router} ({self.topology_path})"),
-                 f"node_id = {node.node_id}",
-                 "own_macs = [" + ", ".join(_toml_str(m) for m in self.net.own_macs(router)) + "]"]
-        if "interfaces" in known:
-            ifs = [ifname for ifname, *_ in self.net.interfaces(router)]
-            lines.append("interfaces = [" + ", ".join(_toml_str(i) for i in ifs) + "]")
-        for nid, mac, ip, ifname in self.net.neighbour_routers(router):
-            lines += ["", "[[neighbours]]", f"node_id = {nid}", f"mac = {_toml_str(mac)}",
-                      f"ip = {_toml_str(ip)}", f"interface = {_toml_str(ifname)}"]
-        lines += ["", "[store]", f"path = {_toml_str(os.path.join(d, 'store'))}",
-                  f"ring_size = {_toml_str(self.ring_sizes.get(router, self.ring_size))}",
-                  'sync = "periodic"']
-        # segments close at least once per anchor period: the lab anchors every second, so its
-        # segments must close every second too (the governance parameter, set by the lab here)
-        lines += ["", "[governance]", f"anchor_period_s = {LAB_ANCHOR_PERIOD_S}"]
-        if "capture" in known:
-            cap = {"workers": 1, "block_size": '"256KiB"', "block_count": 8,
-                   "block_timeout_ms": 10}
-            lines += ["", "[capture]"] + [f"{k} = {v}" for k, v in cap.items()
-                                          if k in known["capture"]]
-        if "daemon" in known:
-            dm = {"commit_interval_ms": 50, "metrics_listen": '""',
-                  "control_socket": _toml_str(self.control_socket(router)),
-                  "log_format": '"text"'}
-            lines += ["", "[daemon]"] + [f"{k} = {v}" for k, v in dm.items()
-                                         if k in known["daemon"]]
-        if self.ledger == "local" and "ledger" in known:
-            lines += ["", "[ledger]", 'backend = "local"',
-                      f"path = {_toml_str(self.ledger_path)}",
-                      f"key = {_toml_str(self.device_key_path(router))}",
-                      f"anchor_period_s = {LAB_ANCHOR_PERIOD_S}"]
-        if self.ledger == "none":
-            lines += ["", "[ledger]", 'backend = "none"']
-        if "interrogation" in known and os.path.exists(os.path.join(self.pki_dir, "ca", "ca.crt")):
+        doc = {
+            "node_id": node.node_id,
+            "own_macs": list(self.net.own_macs(router)),
+            "interfaces": [ifname for ifname, *_ in self.net.interfaces(router)],
+            "neighbours": [{"node_id": nid, "mac": mac, "ip": ip, "interface": ifname}
+                           for nid, mac, ip, ifname in self.net.neighbour_routers(router)],
+            "store": {"path": os.path.join(d, "store"),
+                      "ring_size": self.ring_sizes.get(router, self.ring_size),
+                      "sync": "periodic"},
+            # segments close at least once per anchor period: the lab anchors every second, so
+            # its segments must close every second too (the governance parameter, set here)
+            "governance": {"anchor_period_s": LAB_ANCHOR_PERIOD_S},
+            "capture": {"workers": 1, "block_size": "256KiB", "block_count": 8,
+                        "block_timeout_ms": 10},
+            "daemon": {"commit_interval_ms": 50, "metrics_listen": "",
+                       "control_socket": self.control_socket(router), "log_format": "text"},
+        }
+        if self.ledger == "local":
+            doc["ledger"] = {"backend": "local", "path": self.ledger_path,
+                             "key": self.device_key_path(router),
+                             "anchor_period_s": LAB_ANCHOR_PERIOD_S}
+        elif self.ledger == "ethereum":
+            doc["ledger"] = {"backend": "ethereum", "url": self.chain_url,
+                             "contract": self.contract or "0x" + "00" * 20,
+                             "key": self.device_eth_path(router),
+                             "device_key": self.device_key_path(router),
+                             "anchor_period_s": LAB_ANCHOR_PERIOD_S}
+        elif self.ledger == "none":
+            doc["ledger"] = {"backend": "none"}
+        if os.path.exists(os.path.join(self.pki_dir, "ca", "ca.crt")):
             tls = os.path.join(self.router_dir(router), "tls")
-            lines += ["", "[interrogation]",
-                      f"listen = {_toml_str(self.grpc_endpoint(router))}",
-                      f"ca = {_toml_str(os.path.join(self.pki_dir, 'ca', 'ca.crt'))}",
-                      f"cert = {_toml_str(os.path.join(tls, f'device-{node.node_id}.crt'))}",
-                      f"key = {_toml_str(os.path.join(tls, f'device-{node.node_id}.key'))}"]
-            if self.ledger == "none":       # nothing else holds the device's Ed25519 key
-                lines.append(f"signing_key = {_toml_str(self.device_key_path(router))}")
-        if self.ledger == "ethereum" and "ledger" in known:
-            lines += ["", "[ledger]", 'backend = "ethereum"',
-                      f"url = {_toml_str(self.chain_url)}",
-                      f"contract = {_toml_str(self.contract or '0x' + '00' * 20)}",
-                      f"key = {_toml_str(self.device_eth_path(router))}",
-                      f"device_key = {_toml_str(self.device_key_path(router))}",
-                      f"anchor_period_s = {LAB_ANCHOR_PERIOD_S}"]
-        return "\n".join(lines) + "\n"
+            doc["interrogation"] = {
+                "listen": self.grpc_endpoint(router),
+                "ca": os.path.join(self.pki_dir, "ca", "ca.crt"),
+                "cert": os.path.join(tls, f"device-{node.node_id}.crt"),
+                "key": os.path.join(tls, f"device-{node.node_id}.key"),
+                # with no ledger, nothing else holds the device's Ed25519 key
+                "signing_key": self.device_key_path(router) if self.ledger == "none" else None}
+        return dumps(doc, header=f"written by `beat-lab up` for {router} ({self.topology_path})")
 
     def write_configs(self, routers=None):
         from beatd import config as beatd_config
