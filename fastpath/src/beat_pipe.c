@@ -1095,7 +1095,13 @@ static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
                            &p->ownset, o);
         o->reason = (uint8_t)r;
         o->hashed = 0;
-        if (r)
+    }
+    /* A second pass: the digest inputs are written by the parser in pieces of 1 to 8 bytes, and
+     * reading them back at once as 8-byte words (the key) or vectors (the hash's copy) stalls on
+     * store forwarding; a chunk later, those stores have reached the cache. */
+    for (size_t i = 0; i < n; i++) {
+        beat_obs *o = &obs[i];
+        if (o->reason)
             continue;
         o->key = bytes_hash(p->seed, o->msg + 10, o->msg_len - 10u);
         __builtin_prefetch(&p->pdt[(uint32_t)o->key & p->pdt_mask]);   /* for observe() */
