@@ -865,7 +865,10 @@ static int release(beat_pipe *p, entry *e)
 
 /* Entries are released in FIFO order: fetch the index slot of the one RELEASE_AHEAD places
  * behind the head now, so that unlinking it later does not wait for memory. */
-#define RELEASE_AHEAD 16
+/* Six, not more: a frame's work between two releases touches enough memory that lines fetched
+ * sixteen releases ahead were evicted again before use (ingress only: 6 is ~3% faster than 16;
+ * joined traffic the same). */
+#define RELEASE_AHEAD 6
 
 static int release_head(beat_pipe *p)
 {
