@@ -501,43 +501,68 @@ static inline void sha3_unpack_lane(const uint64_t *lanes, int W, int i, uint8_t
  * iteration and shifts only), the same as XKCP's best AVX2 build (u6) measured beside it
  * (benchmarks/keccak.c): 184 vector operations a round on four vector pipes, ~1,100 cycles, is
  * the bound of this instruction set. */
-__attribute__((target("avx2"))) static void keccak_x4_permute(__m256i s[25])
+__attribute__((target("avx2"))) static inline __attribute__((always_inline)) void
+keccak_x4_permute_inline(__m256i s[25])
 {
     K_PERMUTE6(s);
 }
 
-/* n <= 4 messages; lanes n..3 are dummies. */
+__attribute__((target("avx2"))) static void keccak_x4_permute(__m256i s[25])
+{
+    keccak_x4_permute_inline(s);
+}
+
+/* Word j of a short message's padded block (the 0x06 domain byte included, the final 0x80 not),
+ * read from the message itself: a block assembled in memory with stores of other sizes and read
+ * back as words or vectors stalls on store forwarding. */
+static inline uint64_t sha3_block_word(const uint8_t *m, size_t len, size_t j)
+{
+    size_t off = 8 * j;
+    if (off + 8 <= len)
+        return ld64(m + off);
+    if (off > len)
+        return 0;
+    uint64_t w = 0;
+    for (size_t b = 0; off + b < len; b++)
+        w |= (uint64_t)m[off + b] << (8 * b);
+    return w | (0x06ULL << (8 * (len - off)));
+}
+
+/* n <= 4 messages; lanes n..3 are dummies (the empty message, as sha3_pack_lane). */
 __attribute__((target("avx2"))) static void sha3_x4(const uint8_t *const msg[4],
                                                     const size_t len[4], uint8_t *const out[4],
                                                     int n)
 {
-    /* The blocks are mostly zero (short messages): zero the lanes with vector stores, then write
-     * only the words that hold message bytes or the 0x06 byte; 0x80 goes into the last lane of
-     * all four at once. Same blocks as sha3_pack_lane. */
-    uint64_t lanes[SHA3_LANES * 4] __attribute__((aligned(32)));
+    /* The state is built in registers, word by word, from the messages: only the words that hold
+     * message bytes or the 0x06 byte are read, the rest is zero; 0x80 goes into the last word of
+     * the block of all four at once. Same blocks as sha3_pack_lane. */
+    const uint8_t *m[4];
+    size_t l[4], words = 1;
+    uint64_t lanes[4 * 4] __attribute__((aligned(32)));
     __m256i s[25];
-    for (int j = 0; j < SHA3_LANES; j++)
-        _mm256_store_si256((__m256i *)(lanes + 4 * j), _mm256_setzero_si256());
     for (int i = 0; i < 4; i++) {
-        const uint8_t *m = i < n ? msg[i] : NULL;
-        size_t l = i < n ? len[i] : 0;
-        uint8_t blk[SHA3_RATE];
-        if (m == NULL || l >= SHA3_RATE)
-            l = 0;
-        size_t words = l / 8 + 1;            /* the words holding message bytes and the 0x06 */
-        memcpy(blk, m ? m : blk, l);
-        memset(blk + l, 0, 8 * words - l);
-        blk[l] = 0x06;
-        for (size_t j = 0; j < words; j++)
-            lanes[j * 4 + i] = ld64(blk + 8 * j);
+        m[i] = i < n ? msg[i] : NULL;
+        l[i] = i < n ? len[i] : 0;
+        if (m[i] == NULL || l[i] >= SHA3_RATE)
+            l[i] = 0;
+        if (l[i] / 8 + 1 > words)
+            words = l[i] / 8 + 1;
     }
-    for (int j = 0; j < SHA3_LANES; j++)
-        s[j] = _mm256_load_si256((const __m256i *)(lanes + 4 * j));
-    s[SHA3_LANES - 1] = _mm256_xor_si256(s[SHA3_LANES - 1],
-                                         _mm256_set1_epi64x((long long)0x8000000000000000ULL));
+    /* every word set once, with constant indices: the state stays in registers (the permutation
+     * is inlined here), no memset of the array */
+#define W_(j) (j) < words ? _mm256_set_epi64x((long long)sha3_block_word(m[3], l[3], (j)),        \
+                                              (long long)sha3_block_word(m[2], l[2], (j)),        \
+                                              (long long)sha3_block_word(m[1], l[1], (j)),        \
+                                              (long long)sha3_block_word(m[0], l[0], (j)))        \
+                          : _mm256_setzero_si256()
+    s[0] = W_(0); s[1] = W_(1); s[2] = W_(2); s[3] = W_(3); s[4] = W_(4); s[5] = W_(5);
+    s[6] = W_(6); s[7] = W_(7); s[8] = W_(8); s[9] = W_(9); s[10] = W_(10); s[11] = W_(11);
+    s[12] = W_(12); s[13] = W_(13); s[14] = W_(14); s[15] = W_(15);
+    s[16] = _mm256_xor_si256(W_(16), _mm256_set1_epi64x((long long)0x8000000000000000ULL));
+#undef W_
     for (int j = SHA3_LANES; j < 25; j++)
         s[j] = _mm256_setzero_si256();
-    keccak_x4_permute(s);
+    keccak_x4_permute_inline(s);
     for (int j = 0; j < 4; j++)
         _mm256_store_si256((__m256i *)(lanes + 4 * j), s[j]);
     for (int i = 0; i < n; i++)
