@@ -24,8 +24,9 @@ from fastpath.output import COUNTER_SIZE, HASH_NAMES, RECEIPT_SIZE, STAT_NAMES
 from ledger_client.outbox import ANCHORED
 
 from . import gaps as gap_ops
-from .errors import StoreCorruptError, StoreDiskError, StoreMismatchError, translated
+from .errors import StoreCorruptError, StoreDiskError, StoreError, StoreMismatchError, translated
 from .gaps import GAP_KERNEL_DROPS, MAX_CAPTURE_GAPS
+from .lock import take_lock
 from .layout import (CAPTURE_GAPS, COMMIT, COMMITMENTS, COUNTER, COUNTER_KEY, COUNTERS,
                      FORMAT_VERSION, GAP_KEY, GAP_VAL, LEAF_PROOFS, LEAF_RECEIPT, LEAF_SEGMENT,
                      ANCHORS, M_CAPTURE_ALIVE_T_NS, M_CLOSED_BEFORE, M_FORMAT_VERSION, M_HASH,
@@ -55,8 +56,11 @@ class Store:
     """
 
     def __init__(self, path, node_id, hash_name, ring_size, map_size=None, sync="periodic",
-                 sync_interval_s=1.0):
+                 sync_interval_s=1.0, lock=True, readonly=False):
         self.path = os.fspath(path)
+        self.readonly = bool(readonly)
+        self._lock = None
+        self._pinned = None
         if hash_name not in HASH_NAMES:
             raise ValueError(f"hash_name: {hash_name!r} is not one of {', '.join(HASH_NAMES)}")
         if sync not in SYNC_MODES:
@@ -73,10 +77,25 @@ class Store:
         self.sync_interval_s = sync_interval_s
         self._last_sync = time.monotonic()
         self.env = None
+        self.db_anchors = self.db_leaf_proofs = None
+        self._outbox = None
+        if self.readonly:
+            self._open_readonly()
+            return
+        # one process at a time (beatd.store.lock): before anything is made or written
+        self._lock = take_lock(self.path, lock)
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self):
+        sync = self.sync_mode
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as exc:
-            raise StoreDiskError(f"{self.path}: cannot create the store directory: "
+            raise StoreDiskError(f"store.path ({self.path}): cannot create the store directory: "
                                  f"{exc.strerror or exc}") from None
         with self._errors("opening"):
             self.env = lmdb.open(self.path, map_size=self.map_size, max_dbs=MAX_DBS,
@@ -87,8 +106,27 @@ class Store:
                 for name in STORE_DBS:
                     self.db[name] = self.env.open_db(db_name(name), txn=txn, create=True)
                 self._check_or_init(txn)
-        self.db_anchors = self.db_leaf_proofs = None
-        self._outbox = None
+        self._open_ledger_dbs()
+
+    def _open_readonly(self):
+        """A reader beside the store's one writer: LMDB read-only (nothing is created or written;
+        LMDB's readers see committed transactions only), no store lock. The store must exist and
+        be this node's."""
+        if not os.path.isfile(os.path.join(self.path, "data.mdb")):
+            raise StoreError(f"{self.path}: no store there")
+        with self._errors("opening read-only"):
+            self.env = lmdb.open(self.path, map_size=self.map_size, max_dbs=MAX_DBS, subdir=True,
+                                 readonly=True, lock=True, readahead=False)
+            self.db = {}
+            try:
+                for name in STORE_DBS:
+                    self.db[name] = self.env.open_db(db_name(name), create=False)
+            except lmdb.NotFoundError:
+                self.close()
+                raise StoreCorruptError(f"{self.path}: not a beatd store (its database {name} "
+                                        "is missing)") from None
+            with self.env.begin() as txn:
+                self._check_or_init(txn)
         self._open_ledger_dbs()
 
     # -- errors ---------------------------------------------------------------------------------
@@ -109,9 +147,13 @@ class Store:
                 with self.env.begin() as txn:     # named databases are keys of the main one
                     if any(txn.get(db_name(name)) is None for name in OUTBOX_DBS):
                         return False
-            with self.env.begin(write=True) as txn:
-                opened = {name: self.env.open_db(db_name(name), txn=txn, create=create)
+            if self.readonly:
+                opened = {name: self.env.open_db(db_name(name), create=False)
                           for name in OUTBOX_DBS}
+            else:
+                with self.env.begin(write=True) as txn:
+                    opened = {name: self.env.open_db(db_name(name), txn=txn, create=create)
+                              for name in OUTBOX_DBS}
         self.db.update(opened)
         self.db_anchors, self.db_leaf_proofs = opened[ANCHORS], opened[LEAF_PROOFS]
         return True
@@ -128,6 +170,8 @@ class Store:
         meta = self.db[META]
         version = txn.get(M_FORMAT_VERSION, db=meta)
         if version is None:
+            if self.readonly:
+                raise StoreCorruptError(f"{self.path}: not a beatd store (no format version)")
             for key, value in initial_meta(self.node_id, self.hash_name, STAT_NAMES):
                 txn.put(key, value, db=meta)
             return
@@ -146,12 +190,28 @@ class Store:
     # -- life cycle -----------------------------------------------------------------------------
 
     def close(self):
+        """Sync (``periodic``), close the environment, then release the store's lock."""
         if self.env is not None:
-            if self.sync_mode == "periodic":
+            if self.sync_mode == "periodic" and not self.readonly:
                 with contextlib.suppress(lmdb.Error, OSError):
                     self.env.sync(True)
             self.env.close()
             self.env = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        """Every reader inside reads one read transaction: one consistent state of the store
+        (``beatd dump --live`` reads a store a daemon writes). One thread at a time."""
+        with self._errors("reading"):
+            with self.env.begin() as txn:
+                self._pinned = txn
+                try:
+                    yield self
+                finally:
+                    self._pinned = None
 
     def __enter__(self):
         return self
@@ -468,6 +528,9 @@ class Store:
 
     @contextlib.contextmanager
     def _read(self):
+        if self._pinned is not None:
+            yield self._pinned
+            return
         with self._errors("reading"):
             with self.env.begin() as txn:
                 yield txn
