@@ -24,7 +24,8 @@ from fastpath.output import COUNTER_SIZE, HASH_NAMES, RECEIPT_SIZE, STAT_NAMES
 from ledger_client.outbox import ANCHORED
 
 from . import gaps as gap_ops
-from .errors import StoreCorruptError, StoreDiskError, StoreError, StoreMismatchError, translated
+from .errors import (StoreCorruptError, StoreDiskError, StoreError, StoreMismatchError, translated,
+                     where)
 from .gaps import GAP_KERNEL_DROPS, MAX_CAPTURE_GAPS
 from .lock import take_lock
 from .layout import (CAPTURE_GAPS, COMMIT, COMMITMENTS, COUNTER, COUNTER_KEY, COUNTERS,
@@ -44,6 +45,22 @@ log = logging.getLogger("beatd.store")
 # a few milliseconds, and twenty calls a second prune ~40,000 leaves/s, far more than the cap
 # lets the store make (2 x 1,025 receipts per epoch and the segments)
 PRUNE_LEAVES = 2048
+
+
+def _allocate(path):
+    """Give LMDB's lock file (mapped; made sparse) its blocks now: a page of it first touched
+    through the mapping on a full disk would be a SIGBUS, not an error. A full disk now: left
+    as it is (a store that ran before has touched what it uses)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class Store:
@@ -76,6 +93,7 @@ class Store:
         self.sync_mode = sync
         self.sync_interval_s = sync_interval_s
         self._last_sync = time.monotonic()
+        self.sync_error = None
         self.env = None
         self.db_anchors = self.db_leaf_proofs = None
         self._outbox = None
@@ -101,6 +119,7 @@ class Store:
             self.env = lmdb.open(self.path, map_size=self.map_size, max_dbs=MAX_DBS,
                                  subdir=True, sync=(sync == "always"), metasync=(sync == "always"),
                                  readahead=False)
+            _allocate(os.path.join(self.path, "lock.mdb"))
             self.db = {}
             with self.env.begin(write=True) as txn:
                 for name in STORE_DBS:
@@ -113,7 +132,7 @@ class Store:
         LMDB's readers see committed transactions only), no store lock. The store must exist and
         be this node's."""
         if not os.path.isfile(os.path.join(self.path, "data.mdb")):
-            raise StoreError(f"{self.path}: no store there")
+            raise StoreError(f"{where(self.path)}: no store there")
         with self._errors("opening read-only"):
             self.env = lmdb.open(self.path, map_size=self.map_size, max_dbs=MAX_DBS, subdir=True,
                                  readonly=True, lock=True, readahead=False)
@@ -123,8 +142,8 @@ class Store:
                     self.db[name] = self.env.open_db(db_name(name), create=False)
             except lmdb.NotFoundError:
                 self.close()
-                raise StoreCorruptError(f"{self.path}: not a beatd store (its database {name} "
-                                        "is missing)") from None
+                raise StoreCorruptError(f"{where(self.path)}: not a beatd store (its database "
+                                        f"{name} is missing)") from None
             with self.env.begin() as txn:
                 self._check_or_init(txn)
         self._open_ledger_dbs()
@@ -171,21 +190,24 @@ class Store:
         version = txn.get(M_FORMAT_VERSION, db=meta)
         if version is None:
             if self.readonly:
-                raise StoreCorruptError(f"{self.path}: not a beatd store (no format version)")
+                raise StoreCorruptError(f"{where(self.path)}: not a beatd store (no format "
+                                        "version)")
             for key, value in initial_meta(self.node_id, self.hash_name, STAT_NAMES):
                 txn.put(key, value, db=meta)
             return
         if u64(version) != FORMAT_VERSION:
-            raise StoreMismatchError(f"{self.path}: store format version {u64(version)}, this beatd "
-                                     f"reads version {FORMAT_VERSION}")
+            raise StoreMismatchError(f"{where(self.path)}: a store of format version "
+                                     f"{u64(version)}; this beatd reads version "
+                                     f"{FORMAT_VERSION}: use the beatd that wrote it, or another "
+                                     "store.path")
         stored_node = u64(txn.get(M_NODE_ID, db=meta))
         if stored_node != self.node_id:
-            raise StoreMismatchError(f"{self.path}: this store belongs to node_id {stored_node}, not "
-                                     f"{self.node_id}; use another store path")
+            raise StoreMismatchError(f"{where(self.path)}: this store belongs to node_id "
+                                     f"{stored_node}, not {self.node_id}: use another store.path")
         stored_hash = bytes(txn.get(M_HASH, db=meta)).decode()
         if stored_hash != self.hash_name:
-            raise StoreMismatchError(f"{self.path}: this store was written with hash {stored_hash}, "
-                                     f"not {self.hash_name}; use another store path")
+            raise StoreMismatchError(f"{where(self.path)}: this store was written with hash "
+                                     f"{stored_hash}, not {self.hash_name}: use another store.path")
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -228,14 +250,27 @@ class Store:
     # -- writing --------------------------------------------------------------------------------
 
     def commit(self, output):
-        """Write one ``fastpath.Output`` in one transaction (all of it, or nothing)."""
+        """Write one ``fastpath.Output`` in one transaction (all of it, or nothing). A
+        ``StoreError`` means nothing of it was written: a periodic sync that fails after the
+        transaction committed does not raise (the batch is in the store; a crash of the process
+        loses nothing of it): it is logged, kept in ``sync_error`` and tried again at the next
+        interval."""
         with self._errors("committing a batch"):
             with self.env.begin(write=True) as txn:
                 self._commit(txn, output)
         if self.sync_mode == "periodic":
             now = time.monotonic()
             if now - self._last_sync >= self.sync_interval_s:
-                self.sync()
+                try:
+                    self.sync()
+                    self.sync_error = None
+                except StoreError as exc:
+                    self._last_sync = now
+                    if self.sync_error is None:
+                        log.warning("%s (committed, but not flushed to the disk yet: a power cut "
+                                    "could lose it; tried again every %s s)", exc,
+                                    self.sync_interval_s)
+                    self.sync_error = str(exc)
 
     def _commit(self, txn, out):
         db = self.db
@@ -255,11 +290,14 @@ class Store:
         for seg_seq, count, value, records in out.segments:
             if seg_seq != next_seg:
                 raise StoreCorruptError(
-                    f"{self.path}: segment {seg_seq} does not follow the stored ones (expected "
-                    f"{next_seg}): was the pipeline resumed from Store.resume_state()?")
+                    f"{where(self.path)}: the store moved on without this process (segment "
+                    f"{seg_seq} does not follow the stored ones: {next_seg} expected): another "
+                    f"program wrote the store meanwhile; nothing of this batch was written: "
+                    f"restart beatd (it resumes from the store)")
             if len(records) != count * RECORD_SIZE or len(value) != 32:
-                raise StoreCorruptError(f"{self.path}: segment {seg_seq}: count {count} does not "
-                                        f"match {len(records)} bytes of records")
+                raise StoreCorruptError(f"{where(self.path)}: a batch to commit is malformed "
+                                        f"(segment {seg_seq}: count {count} for {len(records)} "
+                                        "bytes of records): nothing of it was written")
             first_t, last_t = fastpath.t_range(records)
             key = p64(seg_seq)
             txn.put(key, p64(count) + value + records, db=db[PROOFS], append=True)
@@ -272,8 +310,10 @@ class Store:
             next_seg += 1
         if out.open_seg_seq != next_seg:
             raise StoreCorruptError(
-                f"{self.path}: the open segment is {out.open_seg_seq} but the store expects "
-                f"{next_seg}: was the pipeline resumed from Store.resume_state()?")
+                f"{where(self.path)}: the store moved on without this process (the open segment "
+                f"is {out.open_seg_seq}, the store expects {next_seg}): another program wrote the "
+                f"store meanwhile; nothing of this batch was written: restart beatd (it resumes "
+                f"from the store)")
 
         # the ring wraps: drop the oldest segments while it holds more than ring_size bytes
         if ring_bytes > self.ring_size:
@@ -470,8 +510,10 @@ class Store:
                     c = txn.get(p64(seg), db=db[COMMITMENTS])
                     if c is None or bytes(c[:32]) != bytes(leaf[1:]):
                         raise StoreCorruptError(
-                            f"{self.path}: outbox leaf {u64(cur.key())} is segment {seg}'s, but "
-                            "commitments do not hold that S: not pruning (check with verify())")
+                            f"{where(self.path)}: not pruning: the ledger outbox and the "
+                            f"segment commitments disagree (outbox leaf {u64(cur.key())} is "
+                            f"segment {seg}'s, whose S is not held): the store is damaged; "
+                            "restore it from a backup")
                     state["pruned_records"] += COMMIT.unpack(c)[1]
                     txn.delete(p64(seg), db=db[COMMITMENTS])
                     seg += 1
