@@ -39,12 +39,12 @@ HELD_PID_UNKNOWN = -1           # lock_holder(): held, by a process whose pid ca
 class StoreLockedError(StoreError):
     """The store is held by another process (``pid``, ``what``: what it said it is)."""
 
-    def __init__(self, path, pid, what):
+    def __init__(self, path, pid, what, hint=None):
         self.path, self.pid, self.what = os.fspath(path), pid, what
         who = f"pid {pid}" if pid and pid > 0 else "another process (pid unknown)"
         super().__init__(f"store {self.path} in use by {who}" + (f" ({what})" if what else "") +
-                         ": a store has one user at a time; stop that process first, or use "
-                         "another store path")
+                         ": " + (hint or "a store has one user at a time; stop that process "
+                                 "first, or use another store path"))
 
 
 def lock_path(path):
