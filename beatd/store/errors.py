@@ -6,7 +6,8 @@ import os
 import lmdb
 
 __all__ = ["StoreError", "StoreFullError", "StoreDiskError", "StoreDiskFullError",
-           "StoreMismatchError", "StoreCorruptError", "no_room", "translated"]
+           "StoreMismatchError", "StoreCorruptError", "no_room", "translated", "no_space_message",
+           "DISK_FULL_FREE_BYTES"]
 
 
 class StoreError(Exception):
@@ -38,12 +39,26 @@ class StoreCorruptError(StoreError):
 DISK_FULL_FREE_BYTES = 1 << 20
 
 
-def _disk_nearly_full(path):
+def _free_bytes(path):
     try:
         st = os.statvfs(path)
     except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < DISK_FULL_FREE_BYTES
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _disk_nearly_full(path):
+    free = _free_bytes(path)
+    return free is not None and free < DISK_FULL_FREE_BYTES
+
+
+def no_space_message(store_path, free_bytes=None):
+    """The operator's line for a full disk: "no space left on the device of store.path (P): N
+    bytes free" (N read now unless given)."""
+    if free_bytes is None:
+        free_bytes = _free_bytes(store_path)
+    return (f"no space left on the device of store.path ({os.fspath(store_path)}): "
+            f"{'?' if free_bytes is None else free_bytes} bytes free")
 
 
 def no_room(exc, path=None):
@@ -65,40 +80,67 @@ def no_room(exc, path=None):
                                     _disk_nearly_full(path))
 
 
-# py-lmdb exceptions -> (our exception, what to do about it). Checked in order (subclasses first).
+# py-lmdb exceptions -> (our exception, what is wrong and what to do). Checked in order
+# (subclasses first). Every message reads "store.path (P): <what is wrong> (<doing>): <what to do>
+# (LMDB's own words)": an operator's sentence; LMDB's words last, for a bug report.
 _ERROR_TABLE = (
     (lmdb.MapFullError, StoreFullError,
-     "the LMDB map is full ({map_size} bytes): raise store.map_size"),
+     "the store's map is full (store.map_size = {map_size} bytes): raise store.map_size and "
+     "restart; meanwhile pruning frees what the ledger holds"),
     (lmdb.MapResizedError, StoreFullError,
-     "another process grew the LMDB map: reopen the store"),
-    (lmdb.DiskError, StoreDiskError, "disk error: check the disk and free space"),
-    (lmdb.CorruptedError, StoreCorruptError, "the LMDB files are corrupted: restore or remove them"),
-    (lmdb.InvalidError, StoreCorruptError, "not an LMDB environment: remove it or choose another path"),
-    (lmdb.VersionMismatchError, StoreCorruptError, "written by another LMDB version"),
-    (lmdb.ReadersFullError, StoreError, "too many readers of the store"),
-    (lmdb.DbsFullError, StoreCorruptError, "too many named databases: not a beatd store"),
-    (lmdb.Error, StoreError, "LMDB error"),
+     "another program changed the store's size while beatd had it open: restart beatd, and "
+     "let no other program write the store"),
+    (lmdb.PanicError, StoreDiskError,
+     "a write to the disk failed and the store refuses further writes until it is reopened: "
+     "check the disk (dmesg) and its free space, then restart beatd"),
+    (lmdb.DiskError, StoreDiskError,
+     "the disk reported an error: check the disk (dmesg) and its free space"),
+    (lmdb.CorruptedError, StoreCorruptError,
+     "the store's files are damaged: restore the store from a backup, or move it away to start "
+     "a new one (its evidence is then gone)"),
+    (lmdb.InvalidError, StoreCorruptError,
+     "not a store (these files are not an LMDB environment): choose another store.path, or move "
+     "these files away"),
+    (lmdb.VersionMismatchError, StoreCorruptError,
+     "written by another version of LMDB: open it with the beatd that wrote it"),
+    (lmdb.ReadersFullError, StoreError,
+     "too many readers of the store at once: stop the other readers (beatd dump --live)"),
+    (lmdb.DbsFullError, StoreCorruptError,
+     "not a beatd store (too many named databases): choose another store.path"),
+    (lmdb.ReadonlyError, StoreError,
+     "opened read-only: nothing can be written through it"),
+    (lmdb.Error, StoreError, "the store failed: check the disk; restart beatd"),
 )
+
+
+def where(path):
+    """How a message names the store: "store.path (P)"."""
+    return f"store.path ({os.fspath(path)})"
 
 
 @contextlib.contextmanager
 def translated(path, doing, map_size=None):
     """Raise what fails inside as a ``StoreError`` naming ``path``, what was being done and what
-    to change (a StoreError passes as it is)."""
+    to do (a StoreError passes as it is). A full disk (ENOSPC, or an I/O error while the disk
+    is nearly full) is ``StoreDiskFullError``: "no space left on the device of store.path (P):
+    N bytes free"."""
     try:
         yield
     except StoreError:
         raise
     except lmdb.Error as exc:
         if not isinstance(exc, lmdb.MapFullError) and no_room(exc, path):
-            raise StoreDiskFullError(f"{path}: {doing}: the disk is full: free space "
-                                     f"({exc})") from None
+            raise StoreDiskFullError(f"{no_space_message(path)} ({doing}): free space on that "
+                                     f"filesystem ({exc})") from None
         for lmdb_cls, cls, advice in _ERROR_TABLE:
             if isinstance(exc, lmdb_cls):
-                raise cls(f"{path}: {doing}: {advice.format(map_size=map_size)} ({exc})") from None
+                raise cls(f"{where(path)}: {advice.format(map_size=map_size)} ({doing}: "
+                          f"{exc})") from None
         raise  # pragma: no cover (lmdb.Error is the last row)
     except OSError as exc:
         if no_room(exc, path):
-            raise StoreDiskFullError(f"{path}: {doing}: the disk is full: free space "
-                                     f"({exc})") from None
-        raise StoreDiskError(f"{path}: {doing}: disk error ({exc})") from None
+            raise StoreDiskFullError(f"{no_space_message(path)} ({doing}): free space on that "
+                                     f"filesystem ({exc.strerror or exc})") from None
+        raise StoreDiskError(f"{where(path)}: the disk refused it ({doing}): "
+                             f"{exc.strerror or exc}: check the disk and the store's "
+                             "permissions") from None

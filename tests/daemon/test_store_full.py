@@ -284,7 +284,7 @@ for k in range(200):
         p.rewind(**s.resume_state())
         break
 assert isinstance(err, StoreDiskFullError), repr(err)
-assert "the disk is full" in str(err) and d in str(err), str(err)
+assert "no space left on the device of store.path" in str(err) and d in str(err), str(err)
 assert s.verify() == [] and s.stats()["records"] == committed > 0
 s.close()
 s = Store(os.path.join(d, "s"), 1, "sha3-256", 4096, map_size=64 << 20)
