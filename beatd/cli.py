@@ -1,4 +1,5 @@
 """The ``beatd`` command line: ``run`` (the live daemon), ``status``, ``dump``, ``replay``,
+``check-config`` (every start-time check, without capturing: beatd.check_config),
 ``keygen``.
 
 The testbed is not the router's: the namespace lab, the GNS3 project writer and the lab CA are
@@ -85,6 +86,15 @@ def _parser():
     u.add_argument("--live", action="store_true",
                    help="read a store a running beatd holds: one consistent read-only snapshot "
                         "(without it, a store in use is refused naming its pid)")
+
+    c = sub.add_parser("check-config", help="every start-time check, without capturing",
+                       description="The checks `beatd run` makes at start, without capturing: "
+                                   "the configuration, interfaces, capture permission, ring "
+                                   "memory, ports, control socket, store (writable, lock, "
+                                   "node, disk), certificates, ledger. One line per check, "
+                                   "ok or FAIL naming the key and value; exit 0 when all are "
+                                   "ok, 2 otherwise.")
+    c.add_argument("file", metavar="F", help="beatd TOML configuration")
 
     from . import keygen
     k = sub.add_parser("keygen", help="generate the device's Ed25519 key (mode 0600)")
@@ -441,6 +451,9 @@ def main(argv=None):
         return _status(args)
     if args.command == "dump":
         return _dump(args)
+    if args.command == "check-config":
+        from . import check_config
+        return check_config.main(args)
     if args.command == "keygen":
         from . import keygen
         return keygen.main(args)
