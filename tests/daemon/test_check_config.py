@@ -316,3 +316,42 @@ def test_as_an_unprivileged_user(tmp_path, netns_pair, nobody_dir):
                                  caps=("net_raw",), sandbox=False, workdir=nobody_dir),
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_registering_as_root_leaves_a_ledger_the_daemons_user_can_open(tmp_path, netns_pair,
+                                                                      nobody_dir):
+    """The docs' step: the governance registers the node as root on the default local ledger in
+    the daemon's store directory (owned by the daemon's user): the new ledger's files go to that
+    user, and check-config run as that user finds the ledger and the node registered."""
+    require_root()
+    d_ns, d_if, _, _ = netns_pair
+    from ledger_client.keys import DeviceKey
+    store = os.path.join(nobody_dir, "store")
+    os.makedirs(store)
+    os.chown(store, NOBODY, NOBODY)
+    dev = DeviceKey.generate()
+    dev.save(os.path.join(store, "device.ed25519"))
+    os.chown(os.path.join(store, "device.ed25519"), NOBODY, NOBODY)
+    gov = tmp_path / "gov.ed25519"
+    DeviceKey.generate().save(gov)
+    led = os.path.join(store, "ledger.lmdb")
+    r = subprocess.run([sys.executable, "-c", "import sys; from governance.cli import main; "
+                        "sys.exit(main())", "--ledger", f"local:{led}", "--key",
+                        str(gov), "register-node", "--node-id", str(NODE), "--owner", "isp-a",
+                        "--pubkey", dev.public_hex], capture_output=True, text=True, timeout=60,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert f"given to uid {NOBODY}" in r.stderr
+    for f in (led, led + "-lock"):
+        assert os.stat(f).st_uid == NOBODY, f
+    cfg = os.path.join(nobody_dir, "beatd.toml")
+    with open(cfg, "w") as f:
+        f.write(config_text(store, os.path.join(nobody_dir, "c.sock"), interfaces=[d_if],
+                            metrics=""))      # [ledger] by default: local, beside the store
+    os.chmod(cfg, 0o644)
+    r = subprocess.run(sandboxed(d_ns, [sys.executable, "-m", "beatd", "check-config", cfg],
+                                 caps=("net_raw",), sandbox=False, workdir=nobody_dir),
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ("ok", f"local {led} reachable, node {NODE} registered with this key") in \
+        lines_of(r)["ledger"], r.stdout
