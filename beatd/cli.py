@@ -206,8 +206,12 @@ def _run(args):
         daemon.start()
     except (ConfigError, DaemonError, StoreError, ControlError, OSError) as exc:
         # RingError is an OSError whose message names the interface and the errno
-        logs.event(log, logging.ERROR, "cannot start", error=str(exc))
-        return _fail(str(exc))
+        msg = str(exc)
+        if getattr(exc, "errno", None) in (1, 13) and "AF_PACKET" in msg:     # EPERM, EACCES
+            msg += ("; capture needs CAP_NET_RAW: run beatd through its systemd unit, as root, or "
+                    "with setpriv --ambient-caps=+net_raw (docs/operations.md, \"Privileges\")")
+        logs.event(log, logging.ERROR, "cannot start", error=msg)
+        return _fail(msg)
     try:
         daemon.serve()
     finally:

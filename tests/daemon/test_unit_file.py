@@ -318,4 +318,5 @@ def test_without_cap_net_raw_the_start_is_refused(netns_pair, nobody_dir):
                        capture_output=True, text=True, timeout=60, cwd=REPO)
     assert r.returncode == 2, r.stderr
     assert "Operation not permitted" in r.stderr, r.stderr
+    assert "capture needs CAP_NET_RAW" in r.stderr, r.stderr
     assert d_if in r.stderr or '"any"' in r.stderr or "any:" in r.stderr, r.stderr
