@@ -178,7 +178,7 @@ class StoreLock:
         try:
             os.makedirs(self.path, exist_ok=True)
             # never O_TRUNC: a refused process must not touch the holder's file
-            fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StoreError(f"{self.file}: cannot open the store's lock file: "
                              f"{exc.strerror or exc}") from None
