@@ -813,8 +813,8 @@ class Lab:
         cfg = self.config_path(router)
         if not os.path.exists(cfg):
             raise LabError(f"{router}: no config at {cfg}: is the lab up (`beat-lab up`)?")
-        p = subprocess.run(self._beatd("dump", "--config", cfg, "--json", "--live"), capture_output=True,
-                           text=True, cwd=IMPORT_ROOT, timeout=120)
+        p = subprocess.run(self._beatd("dump", "--config", cfg, "--json", "--live"),
+                           capture_output=True, text=True, cwd=IMPORT_ROOT, timeout=120)
         if p.returncode != 0:
             raise LabError(f"beatd dump for {router}: exit {p.returncode}: {p.stderr.strip()}")
         records, other = [], []

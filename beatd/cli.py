@@ -264,6 +264,9 @@ def format_status(st):
         f"  dropped      {sum(st['drops'].values())} by the fast path, {st['kernel_drops']} by "
         f"the kernel",
     ]
+    if st.get("state"):         # running, or degraded / failed and why
+        lines.insert(1, f"  state        {st['state']}" +
+                     (f" ({st['state_reason']})" if st.get("state_reason") else ""))
     lines.append(f"  interfaces   {', '.join(st['interfaces'])}")
     for i in st["rings"]:
         lines.append(f"  ring {i['name']:<7} {i.get('frames', 0)} frames, {i.get('bytes', 0)} bytes, "
@@ -334,6 +337,9 @@ def _store_lines(store):
     lines = []
     dropped = store.get("dropped") or {}
     map_size = store.get("map_size")
+    if store.get("free_bytes") is not None:
+        lines.append(f"  disk         store {store.get('bytes')} bytes, {store['free_bytes']} bytes "
+                     "free on its filesystem")
     if store.get("full"):
         since = store.get("full_since")
         lines.append(f"  STORE FULL   since {time.strftime('%H:%M:%S', time.localtime(since))} "

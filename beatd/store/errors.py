@@ -68,16 +68,35 @@ def no_room(exc, path=None):
     is (nearly) full."""
     if isinstance(exc, (StoreFullError, lmdb.MapFullError)):
         return True
+    code = _os_errno(exc)
+    return code in (errno.ENOSPC, errno.EDQUOT) or (code == errno.EIO and path is not None and
+                                                    _disk_nearly_full(path))
+
+
+# the OS errors py-lmdb reports as a plain lmdb.Error with the OS's text, and what to do
+_OS_ADVICE = {
+    errno.EIO: "the disk reported an I/O error: check the disk (dmesg) and its free space",
+    errno.EROFS: "the filesystem is read-only: remount it read-write, or choose another "
+                 "store.path",
+    errno.EACCES: "permission denied: give the user beatd runs as (beatd) the store's directory "
+                  "and files",
+    errno.EPERM: "permission denied: give the user beatd runs as (beatd) the store's directory "
+                 "and files",
+    errno.EDQUOT: "the disk quota of beatd's user is exhausted: raise it or free space",
+}
+
+
+def _os_errno(exc):
+    """The OS error behind ``exc`` (an OSError, or an lmdb.Error carrying the OS's text)."""
     if isinstance(exc, OSError):
-        code = exc.errno
-    elif isinstance(exc, lmdb.Error):
+        return exc.errno
+    if isinstance(exc, lmdb.Error):
         text = str(exc)
-        code = (errno.ENOSPC if os.strerror(errno.ENOSPC) in text else
-                errno.EIO if os.strerror(errno.EIO) in text else None)
-    else:
-        return False
-    return code == errno.ENOSPC or (code == errno.EIO and path is not None and
-                                    _disk_nearly_full(path))
+        for code in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES,
+                     errno.EPERM):
+            if os.strerror(code) in text:
+                return code
+    return None
 
 
 # py-lmdb exceptions -> (our exception, what is wrong and what to do). Checked in order
@@ -132,6 +151,9 @@ def translated(path, doing, map_size=None):
         if not isinstance(exc, lmdb.MapFullError) and no_room(exc, path):
             raise StoreDiskFullError(f"{no_space_message(path)} ({doing}): free space on that "
                                      f"filesystem ({exc})") from None
+        code = _os_errno(exc)
+        if type(exc) is lmdb.Error and code in _OS_ADVICE:
+            raise StoreDiskError(f"{where(path)}: {_OS_ADVICE[code]} ({doing}: {exc})") from None
         for lmdb_cls, cls, advice in _ERROR_TABLE:
             if isinstance(exc, lmdb_cls):
                 raise cls(f"{where(path)}: {advice.format(map_size=map_size)} ({doing}: "
@@ -141,6 +163,6 @@ def translated(path, doing, map_size=None):
         if no_room(exc, path):
             raise StoreDiskFullError(f"{no_space_message(path)} ({doing}): free space on that "
                                      f"filesystem ({exc.strerror or exc})") from None
-        raise StoreDiskError(f"{where(path)}: the disk refused it ({doing}): "
-                             f"{exc.strerror or exc}: check the disk and the store's "
-                             "permissions") from None
+        advice = _OS_ADVICE.get(exc.errno, "the disk refused it: check the disk and the "
+                                           "store's permissions")
+        raise StoreDiskError(f"{where(path)}: {advice} ({doing}: {exc.strerror or exc})") from None

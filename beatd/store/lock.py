@@ -177,11 +177,11 @@ class StoreLock:
             return self
         try:
             os.makedirs(self.path, exist_ok=True)
-            # never O_TRUNC: a refused process must not touch the holder's file
-            fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._open()
         except OSError as exc:
             raise StoreError(f"{self.file}: cannot open the store's lock file: "
-                             f"{exc.strerror or exc}") from None
+                             f"{exc.strerror or exc}: give the user beatd runs as the store's "
+                             "directory and files") from None
         deadline = time.monotonic() + RETRY_S
         while True:
             try:
@@ -204,11 +204,32 @@ class StoreLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n{self.what}\n".encode(), 0)
         except OSError:
-            # a full disk may refuse even these few bytes: the lock holds all the same (the
-            # refusal of a second process then names the pid from the kernel's table)
+            # a full disk may refuse even these few bytes (or the file is another user's, open
+            # read-only): the lock holds all the same (the refusal of a second process then
+            # names the pid from the kernel's table)
             pass
         self.fd = fd
         return self
+
+    def _open(self):
+        """The lock file, opened for writing (never truncated: a refused process must not touch
+        the holder's file). Made here: mode 0600, owned like the store's directory (root running
+        ``beatd dump`` on a stopped daemon's store must not leave a file its user cannot open).
+        One another user made: locked read-only (an flock needs no write access), pid unwritten."""
+        try:
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            try:
+                return os.open(self.file, os.O_RDWR | os.O_CLOEXEC)
+            except PermissionError:
+                return os.open(self.file, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.stat(self.path)
+            if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+                os.fchown(fd, st.st_uid, st.st_gid)
+        except OSError:
+            pass
+        return fd
 
     def release(self):
         """Drop the lock (the file stays, emptied: no pid in it names a holder)."""

@@ -126,6 +126,10 @@ def test_a_full_disk_degrades_serves_restarts_and_recovers(tmp_path, small_disk,
         assert want in st["state_reason"] and re.search(r"\d+ bytes free", st["state_reason"])
         assert st["store"]["full"] and want in st["store"]["full_error"]
         assert st["failure"] is None and proc.poll() is None
+        from beatd.cli import format_status
+        text = format_status(st)
+        assert f"  state        degraded: store full ({want}" in text, text
+        assert re.search(r"  disk         store \d+ bytes, \d+ bytes free", text), text
         # what it cannot record is counted
         dropped = st["store"]["dropped"]["records"]
         send(p_ns, p_if, sent, 1000, 1)

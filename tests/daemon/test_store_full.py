@@ -141,6 +141,8 @@ def test_a_full_map_degrades_and_a_restart_works(tmp_path, pki, caplog):  # noqa
         assert st["store"]["dropped"]["records"] > 0 and "map is full" in st["store"]["full_error"]
         text = format_status(st)
         assert "STORE FULL" in text and "dropped      for a full store" in text, text
+        assert st["state"] == "degraded: store full" and "map is full" in st["state_reason"]
+        assert "  state        degraded: store full (" in text, text
         # the metrics too
         m = {}
 

@@ -166,3 +166,42 @@ def test_a_killed_holder_frees_the_store(tmp_path):
     t0 = time.monotonic()
     with StoreLock(d, "next"):
         assert time.monotonic() - t0 < 5
+
+
+def test_a_lock_file_made_by_root_belongs_to_the_stores_owner(tmp_path):
+    """Root running a dump on a stopped daemon's store makes the lock file: it belongs to the
+    store directory's owner (the daemon's user), who can take the lock afterwards."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from conftest import require_root
+    require_root()
+    top = Path(tempfile.mkdtemp(prefix="beat-lock-"))      # reachable by the other user
+    try:
+        os.chmod(top, 0o755)
+        _root_made_lock_file(top / "store")
+    finally:
+        shutil.rmtree(top)
+
+
+def _root_made_lock_file(d):
+    d.mkdir()
+    os.chown(d, 65534, 65534)             # the store's user (nobody, here)
+    with StoreLock(d, "beatd dump"):
+        st = os.stat(d / LOCK_FILE)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o600)
+    code = ("import sys; from beatd.store.lock import StoreLock, lock_holder\n"
+            "l = StoreLock(sys.argv[1], 'beatd run').acquire(); print(lock_holder(sys.argv[1]))")
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        sys.executable, "-c", code, str(d)], capture_output=True, text=True,
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) > 0
+    # a file of another user the holder cannot write: locked read-only all the same
+    os.chown(d / LOCK_FILE, 0, 0)
+    os.chmod(d / LOCK_FILE, 0o644)
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        sys.executable, "-c", code, str(d)], capture_output=True, text=True,
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, timeout=60)
+    assert r.returncode == 0, r.stderr
