@@ -133,19 +133,22 @@ def unit_allow_list():
 
 
 def blocked_paths():
-    """Directories on the way to this interpreter that user nobody cannot enter (a pyenv under
-    /root): exposed again in the sandbox's mount namespace, read-only, by bind mounts."""
+    """``[(blocked, target)]``: the directories this interpreter and the checkout need (``target``)
+    below a directory that user nobody cannot enter (``blocked``: a pyenv or a clone under
+    /root). In the sandbox's mount namespace each blocked directory is covered by an empty tmpfs
+    (mode 0755) and each target bound back at its path, so that nobody reaches exactly these."""
     out = []
-    for target in {os.path.realpath(sys.executable), sys.base_prefix, REPO}:
-        d = os.path.dirname(target) if os.path.isfile(target) else target
-        parts = d.split(os.sep)
-        for i in range(2, len(parts) + 1):
+    targets = {sys.base_prefix, REPO, os.path.dirname(os.path.realpath(sys.executable))}
+    for target in sorted(targets):
+        parts = target.split(os.sep)
+        for i in range(2, len(parts)):
             p = os.sep.join(parts[:i])
-            if os.path.isdir(p) and not os.stat(p).st_mode & 0o001:
-                child = os.sep.join(parts[:i + 1])
-                out.append((p, child))
+            if not os.stat(p).st_mode & 0o001:
+                out.append((p, target))
                 break
-    return sorted(set(out))
+    # a target inside another target is bound back with it
+    return [(b, t) for b, t in out
+            if not any(t != u and t.startswith(u + os.sep) for _, u in out)]
 
 
 def sandboxed(ns, argv, caps=("net_raw",), sandbox=True, workdir=None):
@@ -155,13 +158,15 @@ def sandboxed(ns, argv, caps=("net_raw",), sandbox=True, workdir=None):
     with open(allow_file, "w") as f:
         f.write("\n".join(names) + "\n")
     os.chmod(allow_file, 0o644)
-    prep = []
-    for i, (blocked, child) in enumerate(blocked_paths()):
+    prep, binds, covered = [], [], []
+    for i, (blocked, target) in enumerate(blocked_paths()):
         keep = os.path.join(workdir, f"keep{i}")
         os.makedirs(keep, exist_ok=True)
-        prep += [f"mount --bind {child} {keep}",
-                 f"mount -t tmpfs -o mode=0755 tmpfs {blocked}",
-                 f"mkdir -p {child}", f"mount --bind -o ro {keep} {child}"]
+        prep.append(f"mount --bind {_q(target)} {_q(keep)}")      # before anything is covered
+        if blocked not in covered:
+            covered.append(blocked)
+        binds += [f"mkdir -p {_q(target)}", f"mount --bind {_q(keep)} {_q(target)}"]
+    prep += [f"mount -t tmpfs -o mode=0755 tmpfs {_q(b)}" for b in covered] + binds
     prep.append("mount -t proc -o hidepid=invisible,subset=pid proc /proc")
     capset = ",".join(f"+{c}" for c in caps)
     priv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
