@@ -338,8 +338,8 @@ def _store_lines(store):
     dropped = store.get("dropped") or {}
     map_size = store.get("map_size")
     if store.get("free_bytes") is not None:
-        lines.append(f"  disk         store {store.get('bytes')} bytes, {store['free_bytes']} bytes "
-                     "free on its filesystem")
+        lines.append(f"  disk         store {store.get('bytes')} bytes, "
+                     f"{store['free_bytes']} bytes free on its filesystem")
     if store.get("full"):
         since = store.get("full_since")
         lines.append(f"  STORE FULL   since {time.strftime('%H:%M:%S', time.localtime(since))} "

@@ -10,7 +10,6 @@ removed it records again by itself; nothing committed is lost."""
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,8 +18,7 @@ import pytest
 
 from beatd.store import Store
 from conftest import wait_for
-from test_daemon import (ROOT, SLOW_S, config_text, netns_pair, send,  # noqa: F401
-                         shutdown_bound_s)
+from test_daemon import ROOT, SLOW_S, config_text, netns_pair, send  # noqa: F401
 from test_daemon_interrogation import _section, pki  # noqa: F401 (the pki fixture)
 from test_daemon_ledger import _ledger
 from test_store_exclusive import _kill, _start, _status, _stop, _wait_up

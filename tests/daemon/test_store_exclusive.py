@@ -18,8 +18,8 @@ from beatd.control import request
 from beatd.store import Store, lock_holder
 from capture_files import write_pcap
 from conftest import wait_for
-from test_daemon import (NONE, OWN, PEER, ROOT, SLOW_S, beatd, config_text, netns_pair,  # noqa: F401
-                         send, shutdown_bound_s, udp_frame)
+from test_daemon import (NONE, OWN, PEER, ROOT, SLOW_S, beatd, config_text,  # noqa: F401
+                         netns_pair, send, shutdown_bound_s, udp_frame)
 
 HASH = "sha3-256"
 
