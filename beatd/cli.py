@@ -1,4 +1,5 @@
 """The ``beatd`` command line: ``run`` (the live daemon), ``status``, ``dump``, ``replay``,
+``check-config`` (every start-time check, without capturing: beatd.check_config),
 ``keygen``.
 
 The testbed is not the router's: the namespace lab, the GNS3 project writer and the lab CA are
@@ -85,6 +86,15 @@ def _parser():
     u.add_argument("--live", action="store_true",
                    help="read a store a running beatd holds: one consistent read-only snapshot "
                         "(without it, a store in use is refused naming its pid)")
+
+    c = sub.add_parser("check-config", help="every start-time check, without capturing",
+                       description="The checks `beatd run` makes at start, without capturing: "
+                                   "the configuration, interfaces, capture permission, ring "
+                                   "memory, ports, control socket, store (writable, lock, "
+                                   "node, disk), certificates, ledger. One line per check, "
+                                   "ok or FAIL naming the key and value; exit 0 when all are "
+                                   "ok, 2 otherwise.")
+    c.add_argument("file", metavar="F", help="beatd TOML configuration")
 
     from . import keygen
     k = sub.add_parser("keygen", help="generate the device's Ed25519 key (mode 0600)")
@@ -196,8 +206,12 @@ def _run(args):
         daemon.start()
     except (ConfigError, DaemonError, StoreError, ControlError, OSError) as exc:
         # RingError is an OSError whose message names the interface and the errno
-        logs.event(log, logging.ERROR, "cannot start", error=str(exc))
-        return _fail(str(exc))
+        msg = str(exc)
+        if getattr(exc, "errno", None) in (1, 13) and "AF_PACKET" in msg:     # EPERM, EACCES
+            msg += ("; capture needs CAP_NET_RAW: run beatd through its systemd unit, as root, or "
+                    "with setpriv --ambient-caps=+net_raw (docs/operations.md, \"Privileges\")")
+        logs.event(log, logging.ERROR, "cannot start", error=msg)
+        return _fail(msg)
     try:
         daemon.serve()
     finally:
@@ -447,6 +461,9 @@ def main(argv=None):
         return _status(args)
     if args.command == "dump":
         return _dump(args)
+    if args.command == "check-config":
+        from . import check_config
+        return check_config.main(args)
     if args.command == "keygen":
         from . import keygen
         return keygen.main(args)

@@ -216,8 +216,11 @@ class Daemon:
         self._disk = None               # beatd.store.space.usage() of the store, every second
         self.commit_seconds = None
         self.last_commit_time = None
+        from .metrics import Durations
+        self.commit_durations = Durations()     # beat_store_commit_seconds
         self.reloads = 0
         self.last_reload = None         # what the last reload applied and what needs a restart
+        self.last_reload_time = None    # the start, then each SIGHUP (beat_config_last_reload_*)
         self.started = None
         self._rates = {"frames_per_s": 0.0, "records_per_s": 0.0}
         self._rate_prev = None
@@ -294,7 +297,7 @@ class Daemon:
         if cfg.metrics_address is not None:
             from .metrics import AnchorCollector, InterrogationCollector, MetricsServer
             try:
-                self.metrics = MetricsServer(cfg.metrics_address, self.snapshot)
+                self.metrics = MetricsServer(cfg.metrics_address, self.snapshot, ops=self.ops)
             except OSError as exc:
                 raise DaemonError(f'daemon.metrics_listen: "{cfg.metrics_listen}": cannot listen: '
                                   f"{exc.strerror or exc}") from None
@@ -319,7 +322,7 @@ class Daemon:
                   "before they are committed and anchored); never in production",
                   lies=self.testing_lies.specs)
 
-        self.started = time.time()
+        self.started = self.last_reload_time = time.time()
         self._committer = threading.Thread(target=self._commit_loop, name="beatd-commit",
                                            daemon=True)
         self._committer.start()
@@ -750,6 +753,7 @@ class Daemon:
                     self._store_full(out, exc)
                 else:
                     self.commit_seconds = time.perf_counter() - t0
+                    self.commit_durations.observe(self.commit_seconds)
                     self.commits += 1
                     self.last_commit_time = time.time()
                     if self._full is not None:
@@ -967,6 +971,7 @@ class Daemon:
         if self.anchoring is not None:
             self.anchoring.resume()
         self.last_reload = result
+        self.last_reload_time = time.time()
         event(log, logging.INFO, "reloaded", reloads=self.reloads,
               neighbours=len(self.neighbours.current()), applied=result["applied"],
               restart=result["restart"])
@@ -1075,6 +1080,14 @@ class Daemon:
                 "commit_seconds": self.commit_seconds, "anchor": self.anchor_status(),
                 "store": self.store_status(),
                 "failures": sorted({f.kind.value for f in self.failures()})}
+
+    def ops(self):
+        """What the operator's metrics are made of (``beatd.metrics.OpsCollector``)."""
+        return {"commit_durations": self.commit_durations,
+                "last_anchor_time": (self.anchoring.last_anchor_time
+                                     if self.anchoring is not None else None),
+                "reload": {"success": (self.last_reload or {}).get("error") is None,
+                           "time": self.last_reload_time}}
 
     def status(self):
         """The state ``beatd status`` prints (JSON-able)."""
