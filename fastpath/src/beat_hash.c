@@ -483,7 +483,7 @@ static inline void sha3_unpack_lane(const uint64_t *lanes, int W, int i, uint8_t
 #define KXOR(a, b) _mm256_xor_si256((a), (b))
 #define KXOR5(a, b, c, d, e) KXOR(KXOR(KXOR(a, b), KXOR(c, d)), (e))
 /* Rotations by 8 and 56 move whole bytes: one byte shuffle instead of two shifts and an or (as
- * in XKCP's KeccakP-1600-times4-SIMD256); n is a constant, so the choice is made at compile time. */
+ * in XKCP's KeccakP-1600-times4-SIMD256); n is a constant: the choice is made at compile time. */
 #define KROL_SHIFT(a, n) \
     _mm256_or_si256(_mm256_slli_epi64((a), (n)), _mm256_srli_epi64((a), 64 - (n)))
 #define KROL_BYTES(a, b0, b1, b2, b3, b4, b5, b6, b7)                                           \
