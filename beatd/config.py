@@ -63,6 +63,8 @@ DEFAULTS = {
         "control_socket": "/run/beatd/control.sock",
         "log_format": "json",
         "neighbour_refresh": True,
+        "neighbour_resync_s": 30.0,     # the kernel's neighbour table read again this often (a
+                                        # backstop for a missed netlink event)
     },
     # the device's ledger anchoring (docs/ledger.md): "local" by default; "none" keeps the daemon
     # off the ledger
@@ -214,6 +216,7 @@ class Config:
     control_socket: str = DEFAULTS["daemon"]["control_socket"]
     log_format: str = DEFAULTS["daemon"]["log_format"]
     neighbour_refresh: bool = DEFAULTS["daemon"]["neighbour_refresh"]
+    neighbour_resync_s: float = DEFAULTS["daemon"]["neighbour_resync_s"]
     ledger_backend: str = DEFAULTS["ledger"]["backend"]
     ledger_path: str | None = None
     ledger_key: str | None = None
@@ -626,8 +629,13 @@ def _daemon(raw):
     if not isinstance(d["neighbour_refresh"], bool):
         raise ConfigError(f"daemon.neighbour_refresh: {_show(d['neighbour_refresh'])} is not "
                           "true or false")
+    resync = _number(d, "neighbour_resync_s", "daemon.")
+    if not 0.1 <= resync <= 86400:
+        raise ConfigError(f"daemon.neighbour_resync_s: {resync} is not in 0.1..86400 seconds "
+                          "(how often the kernel's neighbour table is read again)")
     return {"commit_interval_ms": interval, "metrics_listen": listen, "control_socket": sock,
-            "log_format": d["log_format"], "neighbour_refresh": d["neighbour_refresh"]}
+            "log_format": d["log_format"], "neighbour_refresh": d["neighbour_refresh"],
+            "neighbour_resync_s": float(resync)}
 
 
 def check_key_file(path, key="ledger.key"):

@@ -287,7 +287,8 @@ class Daemon:
                   mac=format_mac(n.mac), interfaces=list(self.interfaces))
         # the capture threads start below: the bound map is in the pipeline before any frame
         self.neighbours = NeighbourMap(cfg.neighbours, cfg.neighbour_refresh,
-                                       on_change=self._set_neighbours)
+                                       on_change=self._set_neighbours,
+                                       resync_s=cfg.neighbour_resync_s, own_macs=cfg.own_macs)
         self.neighbours.start()
 
         if cfg.metrics_address is not None:
@@ -1033,6 +1034,8 @@ class Daemon:
                                      for m, (_, ifs) in
                                      (neighbours.bindings().items() if neighbours else ())},
             "neighbour_wrong_interface": totals["neighbour_wrong_interface"],
+            # the neighbours given by their ip: what the kernel taught, the follower's counters
+            "neighbour_kernel": neighbours.status() if neighbours else None,
             "reloads": self.reloads,
             "anchor": self.anchor_status(),
             "interrogation": (self.interrogation.stats() if self.interrogation is not None
