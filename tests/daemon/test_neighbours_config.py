@@ -118,3 +118,19 @@ def test_a_reload_refuses_a_contradiction_and_keeps_the_neighbours(tmp_path):
             assert d.neighbours.current() == before
     finally:
         d.shutdown()
+
+
+def test_the_resync_interval():
+    assert bconfig.from_dict({}).neighbour_resync_s == 30.0
+    assert bconfig.from_dict({"daemon": {"neighbour_resync_s": 5}}).neighbour_resync_s == 5.0
+    for bad, msg in ((0, "daemon.neighbour_resync_s: 0 must be more than 0"),
+                     (0.01, "daemon.neighbour_resync_s: 0.01 is not in 0.1..86400 seconds"),
+                     (10 ** 6, "daemon.neighbour_resync_s: 1000000 is not in 0.1..86400"),
+                     ("30s", 'daemon.neighbour_resync_s: "30s" is not a number')):
+        with pytest.raises(bconfig.ConfigError) as e:
+            bconfig.from_dict({"daemon": {"neighbour_resync_s": bad}})
+        assert msg in str(e.value)
+    # a change needs a restart (the follower's interval is set at start)
+    plan = bconfig.reload_plan(bconfig.from_dict({}),
+                               bconfig.from_dict({"daemon": {"neighbour_resync_s": 5}}))
+    assert plan.restart == ("daemon.neighbour_resync_s",) and plan.apply == ()
