@@ -212,3 +212,107 @@ def test_an_overrun_of_the_event_socket_reads_the_table_again(netns):
     assert out["overruns"] >= 1 and out["errors"] >= out["overruns"], out
     assert out["healed"] and out["map"] == {"021122334455": 9}, out
     assert out["resyncs"] == 0, out
+
+
+# -- what each kernel entry teaches (the map's rules, without a kernel) -------------------------
+
+IFX = 90001                     # an ifindex no interface has here: named "#90001"
+MAC2 = bytes.fromhex("02aabbccdd02")
+OWN_MAC = bytes.fromhex("02aabbccdd99")
+
+
+def follower(neighbours, caplog=None, monkeypatch=None):
+    from beatd.neighbours import NeighbourMap
+    if caplog is not None:
+        import logging
+        monkeypatch.setattr(logging.getLogger("beatd"), "propagate", True)
+        caplog.set_level(logging.INFO, logger="beatd")
+    maps = []
+    m = NeighbourMap(neighbours, refresh=False, on_change=maps.append, own_macs=(OWN_MAC,))
+    m.start()               # no kernel: the configuration's map, published
+    return m, maps
+
+
+def entry(state, mac=MAC, deleted=False, ip="10.0.0.2", ifindex=IFX):
+    return nl.NeighEntry(deleted, ip, ifindex, state, mac)
+
+
+def test_a_learned_mac_is_kept_through_deletion_failure_and_incomplete():
+    from beatd.config import Neighbour
+    m, maps = follower([Neighbour(9, None, "10.0.0.2")])
+    here = (9, (f"#{IFX}",))
+    m._apply([entry(nl.NUD_REACHABLE)], "test")
+    assert m.bindings() == {MAC: here}
+    for e in (entry(nl.NUD_STALE, deleted=True), entry(nl.NUD_FAILED, None),
+              entry(nl.NUD_INCOMPLETE, None), entry(0, MAC), entry(nl.NUD_NOARP, OWN_MAC)):
+        assert not m._apply([e], "test")
+        assert m.bindings() == {MAC: here}
+    st = m.status()
+    assert st["learned"] == [{"node_id": 9, "ip": "10.0.0.2", "interface": f"#{IFX}",
+                              "mac": mac_str(MAC), "kernel": "gone: last known MAC kept",
+                              "since": st["learned"][0]["since"]}]
+    # a full table read without the entry: still kept
+    assert not m._apply([], "test", full=True) and m.bindings() == {MAC: here}
+    # the kernel learns another MAC for the IP: it replaces the kept one, counted
+    assert m._apply([entry(nl.NUD_STALE, MAC2)], "test")
+    assert m.bindings() == {MAC2: here} and m.mac_changes == 1
+    assert m.status()["learned"][0]["kernel"] == "stale"
+    assert [list(x) for x in maps] == [[], [MAC], [MAC2]]
+
+
+def mac_str(mac):
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+@pytest.mark.parametrize("e", [
+    entry(nl.NUD_NOARP, OWN_MAC),                   # an interface without ARP: the own MAC
+    entry(nl.NUD_NOARP, MAC),
+    entry(nl.NUD_PERMANENT, OWN_MAC),               # one of own_macs, whatever the state
+    entry(nl.NUD_REACHABLE, bytes.fromhex("01005e000001")),
+    entry(nl.NUD_FAILED, MAC),
+    entry(nl.NUD_INCOMPLETE, None),
+    entry(nl.NUD_REACHABLE, MAC, ip="10.0.0.3"),    # another IP
+])
+def test_entries_that_teach_nothing(e):
+    from beatd.config import Neighbour
+    m, maps = follower([Neighbour(9, None, "10.0.0.2")])
+    assert not m._apply([e], "test")
+    assert m.bindings() == {} and m.status()["missing"] == [{"node_id": 9, "ip": "10.0.0.2"}]
+
+
+def test_a_mac_change_is_logged_with_both_macs(caplog, monkeypatch):
+    from beatd.config import Neighbour
+    m, _ = follower([Neighbour(9, None, "10.0.0.2")], caplog, monkeypatch)
+    m._apply([entry(nl.NUD_REACHABLE)], "test")
+    m._apply([entry(nl.NUD_REACHABLE, MAC2)], "test")
+    changed = [r for r in caplog.records if "MAC changed" in r.getMessage()]
+    assert len(changed) == 1 and changed[0].fields["old_mac"] == mac_str(MAC) and \
+        changed[0].fields["mac"] == mac_str(MAC2) and changed[0].fields["node_id"] == 9
+
+
+def test_a_configured_mac_the_kernel_contradicts_is_logged_once_and_wins(caplog, monkeypatch):
+    from beatd.config import Neighbour
+    m, _ = follower([Neighbour(9, MAC, "10.0.0.2")], caplog, monkeypatch)
+    for _ in range(3):
+        m._apply([entry(nl.NUD_REACHABLE, MAC2)], "test")
+    m._apply([entry(nl.NUD_REACHABLE, MAC)], "test")        # agrees: nothing to say
+    said = [r for r in caplog.records if "contradicts" in r.getMessage()]
+    assert len(said) == 1 and said[0].fields["kernel_mac"] == mac_str(MAC2) and \
+        said[0].fields["neighbour"] == "neighbours[0]"
+    assert m.bindings() == {MAC: (9, None)}
+
+
+def test_a_deleted_interface_and_a_changed_entry_forget_the_learned_mac():
+    from beatd.config import Neighbour
+    n = Neighbour(9, None, "10.0.0.2")
+    m, _ = follower([n, Neighbour(8, None, "10.0.0.8")])
+    m._apply([entry(nl.NUD_REACHABLE), entry(nl.NUD_REACHABLE, MAC2, ip="10.0.0.8",
+                                             ifindex=IFX + 1)], "test")
+    assert set(m.current()) == {MAC, MAC2}
+    m._forget_link(IFX + 1)
+    assert m.current() == {MAC: 9}
+    # the same entry again keeps it; a changed one (another node_id for that IP) forgets it
+    m.set_config([n])
+    assert m.current() == {MAC: 9}
+    m.set_config([Neighbour(7, None, "10.0.0.2")])
+    assert m.current() == {}
