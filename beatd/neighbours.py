@@ -114,6 +114,9 @@ class NeighbourMap:
     def __init__(self, neighbours, refresh=True, on_change=None, resync_s=DEFAULT_RESYNC_S,
                  own_macs=()):
         self._lock = threading.Lock()
+        # one publication at a time, in order: two threads (the follower, SIGHUP) that each saw a
+        # change must not hand the pipeline the older map last
+        self._publishing = threading.Lock()
         self._neighbours = tuple(neighbours)
         self._refresh = refresh
         self._on_change = on_change
@@ -188,18 +191,19 @@ class NeighbourMap:
                 "mac_changes": self.mac_changes}
 
     def _publish(self, reason):
-        with self._lock:
-            m = compute_map(self._neighbours, self._kernel_view())
-            if m == self._sent:
-                return False
-            self._sent = m
-        event(log, logging.INFO, "neighbour map", reason=reason, size=len(m),
-              map={_mac(mac): nid for mac, (nid, _) in m.items()},
-              interfaces={_mac(mac): list(ifs) if ifs is not None else "any"
-                          for mac, (_, ifs) in m.items()})
-        if self._on_change is not None:
-            self._on_change(dict(m))
-        return True
+        with self._publishing:
+            with self._lock:
+                m = compute_map(self._neighbours, self._kernel_view())
+                if m == self._sent:
+                    return False
+                self._sent = m
+            event(log, logging.INFO, "neighbour map", reason=reason, size=len(m),
+                  map={_mac(mac): nid for mac, (nid, _) in m.items()},
+                  interfaces={_mac(mac): list(ifs) if ifs is not None else "any"
+                              for mac, (_, ifs) in m.items()})
+            if self._on_change is not None:
+                self._on_change(dict(m))
+            return True
 
     def set_config(self, neighbours):
         """New configured neighbours (SIGHUP); returns whether the map changed. What was learned
