@@ -76,8 +76,8 @@ from .config import format_mac
 from .failures import Failure, Kind
 from .logs import event
 from .neighbours import NeighbourMap, pipeline_map, unbound
-from .unknown_macs import UnknownMacs
 from .store import PRUNE_LEAVES, Store, StoreError, StoreFullError
+from .unknown_macs import UnknownMacs
 
 __all__ = ["Daemon", "DaemonError", "ring_sources", "list_interfaces"]
 
