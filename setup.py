@@ -7,6 +7,7 @@ the offline demo), neither scapy nor web3. Extras: `beat[lab]` (the namespace la
 scapy), `beat[ethereum]` (the `ethereum` ledger backend: web3). The pins of all of them are in
 requirements*.txt (requirements-dev.txt takes everything); here are the ranges.
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -83,6 +84,11 @@ setup(
                   # read at run time with importlib.resources (beat_lab/data.py)
                   "beat_lab": ["topologies/*.toml", "topologies/README.md", "capture/r2.pcap",
                                "capture/r2.toml", "capture/make_capture.py"]},
+    # the documents, installed beside the programs (<prefix>/share/doc/beatd: in the unit's venv
+    # /opt/beatd/venv/share/doc/beatd, which its Documentation= names)
+    data_files=[("share/doc/beatd", ["README.md"] + sorted(glob.glob("docs/*.md"))),
+                ("share/doc/beatd/packaging", ["packaging/README.md", "packaging/beatd.service",
+                                               "packaging/beatd.toml"])],
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExt},
     python_requires=">=3.11",

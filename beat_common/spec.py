@@ -1,4 +1,4 @@
-"""The SPEC's constants that more than one role needs (SPEC.md, BEAT record formats v1), each
+"""The SPEC's constants that more than one role needs (docs/formats.md, BEAT record formats v1), each
 defined here once: the fast path, the store, the Interrogation Protocol, the ledger client, the
 governance and the testbed import them from here.
 

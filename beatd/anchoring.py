@@ -194,6 +194,7 @@ class Anchoring:
         self._full_logged = -FULL_LOG_INTERVAL_S
         self._tick_failure = None           # the last tick's failure (None: it went through)
         self.stats = _stamped(batcher.stats)
+        self.last_anchor_time = None        # when an anchor last reached the ledger (metrics)
 
     # -- the thread -----------------------------------------------------------------------------
 
@@ -253,10 +254,13 @@ class Anchoring:
                     failure = Failure.of(Kind.ANCHOR, "anchor", exc)
                     event(log, logging.ERROR, "anchor tick failed", error=error)
             self._tick_failure = failure
+            before = (self.stats or {}).get("anchors_submitted", 0)
             try:
                 self.stats = _stamped(b.stats)
             except Exception:  # noqa: BLE001 (the store closing under a late tick)
                 pass
+            if (self.stats or {}).get("anchors_submitted", 0) > before:
+                self.last_anchor_time = time.time()
 
     def _no_room(self, error):
         now = time.monotonic()

@@ -5,7 +5,9 @@ reads the daemon's ``snapshot()`` at scrape time (the pipeline's totals since st
 counters, the kernel drop counters, the store's ring status cached by the committer), so the capture
 path does no metrics work at all. prometheus_client does the format and the HTTP server (a thread).
 """
+import bisect
 import math
+import platform
 import socket
 import time
 
@@ -13,14 +15,18 @@ import threading
 from wsgiref.simple_server import make_server
 
 from prometheus_client import make_wsgi_app
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
+from prometheus_client.process_collector import ProcessCollector
 
 from fastpath.output import REASON_CLASS
 
 from .failures import Kind
 
 __all__ = ["MetricsServer", "Collector", "AnchorCollector", "InterrogationCollector", "NAMES",
-           "ANCHOR_METRICS", "INTERROGATION_METRICS", "NeighbourCollector", "NEIGHBOUR_METRICS"]
+           "ANCHOR_METRICS", "INTERROGATION_METRICS", "OPS_METRICS", "PROCESS_METRICS",
+           "Durations", "BuildInfoCollector", "OpsCollector", "build_info", "StoreSpaceCollector",
+           "STORE_SPACE_METRICS", "NeighbourCollector", "NEIGHBOUR_METRICS"]
 
 NAMES = ("beat_frames_total", "beat_bytes_total", "beat_records_total", "beat_dropped_total",
          "beat_kernel_drops_total", "beat_kernel_packets_total", "beat_ring_wraps_total",
@@ -113,6 +119,28 @@ class Collector:
         for kind in Kind:
             m.add_metric([kind.value], 1 if kind.value in now else 0)
         yield m
+
+
+STORE_SPACE_METRICS = ("beat_store_bytes", "beat_store_free_bytes")
+
+
+class StoreSpaceCollector:
+    """The store's bytes on disk and the free bytes of its filesystem, read at scrape time
+    (``beatd.store.space.usage``: a statvfs and three stats)."""
+
+    def __init__(self, store_path):
+        self._path = store_path
+
+    def collect(self):
+        from .store.space import usage
+        try:
+            use = usage(self._path)
+        except OSError:
+            return
+        yield _gauge("beat_store_bytes", "Bytes the store's files take on disk (allocated)",
+                     use["store_bytes"])
+        yield _gauge("beat_store_free_bytes", "Bytes free for the store on its filesystem",
+                     use["free_bytes"])
 
 
 ANCHOR_METRICS = ("beat_anchor_leaves_waiting", "beat_anchor_pending", "beat_anchor_last_batch_seq",
@@ -241,12 +269,131 @@ class NeighbourCollector:
             yield _counter(name, doc, nk.get(key, 0))
 
 
+# -- what an operator expects beside the evidence: build, process, commit times, anchor, reload --
+
+OPS_METRICS = ("beat_build_info", "beat_store_commit_seconds", "beat_last_anchor_timestamp_seconds",
+               "beat_config_last_reload_success", "beat_config_last_reload_timestamp_seconds")
+# prometheus_client's standard process metrics (read from /proc/self)
+PROCESS_METRICS = ("process_cpu_seconds_total", "process_resident_memory_bytes",
+                   "process_virtual_memory_bytes", "process_open_fds", "process_max_fds",
+                   "process_start_time_seconds")
+# a store commit (one LMDB transaction) takes ~0.2 ms with sync, more under load or on a slow disk
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Durations:
+    """A histogram kept by the one thread that observes (the committer, once per commit): counts
+    per bucket (``le``), their sum and count; ``snapshot()`` for the scrape (a lock: both sides
+    take it for microseconds)."""
+
+    def __init__(self, buckets=COMMIT_BUCKETS):
+        self.buckets = tuple(sorted(buckets))
+        self._counts = [0] * (len(self.buckets) + 1)        # the last one: above every bucket
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds):
+        i = bisect.bisect_left(self.buckets, seconds)
+        with self._lock:
+            self._counts[i] += 1
+            self._sum += seconds
+
+    def snapshot(self):
+        """``([(le, cumulative count)...,("+Inf", count)], sum)``, the exposition's form."""
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        out, acc = [], 0
+        for le, n in zip(self.buckets, counts):
+            acc += n
+            out.append((repr(float(le)), acc))
+        out.append(("+Inf", acc + counts[-1]))
+        return out, total
+
+
+def build_info():
+    """``{"version", "python", "simd"}``: beatd's version, the interpreter's, and the fast path's
+    hash SIMD level (``avx512``, ``avx2``, ``scalar``; ``pure-python`` for the pure twin)."""
+    from . import __version__
+    simd = "pure-python"
+    try:
+        import fastpath
+        if fastpath.IMPL == "c":
+            from fastpath._native import simd as native_simd
+            simd = native_simd()
+    except (ImportError, AttributeError):
+        pass
+    return {"version": __version__, "python": platform.python_version(), "simd": simd}
+
+
+class BuildInfoCollector:
+    """``beat_build_info{version,python,simd} 1``."""
+
+    def __init__(self):
+        self._info = build_info()
+
+    def collect(self):
+        m = GaugeMetricFamily("beat_build_info", "beatd's version, Python's version and the fast "
+                              "path's SIMD level, as labels (the value is always 1)",
+                              labels=list(self._info))
+        m.add_metric(list(self._info.values()), 1)
+        yield m
+
+
+class OpsCollector:
+    """The commit-duration histogram, the last anchor's time and the last reload's outcome, from
+    ``ops()``: ``{"commit_durations": Durations, "last_anchor_time": float or None,
+    "reload": {"success": bool, "time": float}}``."""
+
+    def __init__(self, ops):
+        self._ops = ops
+
+    def collect(self):
+        o = self._ops()
+        buckets, total = o["commit_durations"].snapshot()
+        yield HistogramMetricFamily("beat_store_commit_seconds", "Duration of the store commits "
+                                    "(one LMDB transaction each) since start",
+                                    buckets=buckets, sum_value=total)
+        last = o.get("last_anchor_time")
+        yield _gauge("beat_last_anchor_timestamp_seconds", "When the last anchor reached the "
+                     "ledger (Unix time, as this daemon saw it; 0: none since start or no ledger)",
+                     last or 0)
+        rl = o.get("reload") or {}
+        yield _gauge("beat_config_last_reload_success", "1 when the last configuration load (the "
+                     "start, or the last SIGHUP) was accepted, 0 when it was rejected",
+                     1 if rl.get("success", True) else 0)
+        yield _gauge("beat_config_last_reload_timestamp_seconds", "When the configuration was "
+                     "last loaded (the start, or the last SIGHUP; Unix time)", rl.get("time") or 0)
+
+
+class ProcessMetrics(ProcessCollector):
+    """prometheus_client's process collector (cpu seconds, resident and virtual memory, open and
+    maximum fds, start time, all from /proc/self) that also works where /proc shows the process's
+    own files only (the unit's ProcSubset=pid hides /proc/stat): the boot time is then the wall
+    clock minus CLOCK_BOOTTIME."""
+
+    def __init__(self):
+        super().__init__(registry=None)
+
+    def _boot_time(self):
+        try:
+            got = super()._boot_time()
+        except OSError:
+            got = None
+        if got:
+            return got
+        return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 class MetricsServer:
     """The HTTP server on ``(host, port)`` (port 0: any; ``.port`` says which)."""
 
-    def __init__(self, address, snapshot):
+    def __init__(self, address, snapshot, ops=None):
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(Collector(snapshot))
+        self.registry.register(BuildInfoCollector())
+        self.registry.register(ProcessMetrics())
+        if ops is not None:
+            self.registry.register(OpsCollector(ops))
         host, port = address
         from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 

@@ -90,7 +90,8 @@ def main(argv=None):
 
 
 def references(native, n=200_000):
-    """This machine's hash rates, to read the results against LIMITS.md's reference points."""
+    """This machine's hash rates, to read the results against the reference machine's (README,
+    "Speed")."""
     import hashlib
     import time
     msg = bytes(48)

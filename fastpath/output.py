@@ -37,7 +37,7 @@ STAT_NAMES = (
     "records", "segments", "receipts", "receipt_overflow",
 )
 
-# The drop reasons, grouped into SPEC.md's three classes.
+# The drop reasons, grouped into docs/formats.md's three classes.
 REASON_CLASS = {
     "non_ip": "non-IP", "unsupported_linktype": "non-IP",
     "runt": "truncated", "truncated": "truncated",

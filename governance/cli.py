@@ -198,12 +198,32 @@ def _open(args, create_with=None):
     spec = (BackendSpec("local", path=where) if kind == "local" else
             BackendSpec("ethereum", url=where[0], contract=where[1]))
     create = create_with is not None and kind == "local"
+    made = create and not os.path.exists(where)
     try:
         led = open_backend(spec, hash_name=args.hash, missing="create" if create else "error",
                            governance_pubkey=create_with.public if create else None)
     except NotFound as exc:
         raise UsageError(str(exc)) from None
+    if made:
+        _give_to_directory_owner(where)
     return led if hasattr(led, "__enter__") else contextlib.nullcontext(led)
+
+
+def _give_to_directory_owner(path):
+    """A local ledger just made by root in a directory another user owns (the device's store,
+    /var/lib/beatd, owned by user beatd): its files (PATH, PATH-lock) go to that directory's owner
+    and group, so that the daemon, which opens the ledger read-write as that user, can. Said on
+    stderr; any other case is left as it is (docs/operations.md says what to chown)."""
+    if os.geteuid() != 0:
+        return
+    st = os.stat(os.path.dirname(os.path.abspath(path)))
+    if st.st_uid == 0:
+        return
+    for f in (path, path + "-lock"):
+        if os.path.exists(f):
+            os.chown(f, st.st_uid, st.st_gid)
+    print(f"beatctl: {path}: made, and given to uid {st.st_uid} gid {st.st_gid} (the owner of its "
+          "directory), who opens it read-write", file=sys.stderr)
 
 
 def _address(name, v):

@@ -1,4 +1,4 @@
-"""``beatctl interrogate``: the Interrogation Protocol end to end (ARCHITECTURE.md,
+"""``beatctl interrogate``: the Interrogation Protocol end to end (docs/architecture.md,
 docs/threat-model.md).
 
 1. the SLA's agreed route and flow (src, dst) from the ledger, the flow tag ``FT`` from them; the

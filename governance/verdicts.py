@@ -1,4 +1,4 @@
-"""The Interrogation Protocol's judgement (ARCHITECTURE.md "The Interrogation Protocol";
+"""The Interrogation Protocol's judgement (docs/architecture.md "The Interrogation Protocol";
 docs/threat-model.md): from the checked evidence of every interrogated device, the path every
 packet of the SLA's flow really took, hop by hop, and one verdict per device.
 

@@ -1,4 +1,4 @@
-"""Check a device's evidence against its commitments on the ledger (SPEC.md "Proof segments",
+"""Check a device's evidence against its commitments on the ledger (docs/formats.md "Proof segments",
 "Receipts", "Anchors"; docs/interrogation.md).
 
 The input is already authenticated (signatures, node_id, request digest: governance/client.py);

@@ -1,4 +1,4 @@
-"""Ed25519 keys of devices and of the governance (SPEC.md, "Signatures"; docs/ledger.md).
+"""Ed25519 keys of devices and of the governance (docs/formats.md, "Signatures"; docs/ledger.md).
 
 A ``DeviceKey`` holds an Ed25519 private key (pycryptodome, RFC 8032 "pure" Ed25519).
 

@@ -1,4 +1,4 @@
-"""Merkle trees of RFC 9162 section 2.1 with the domain's hash (SPEC.md "Anchors", docs/ledger.md).
+"""Merkle trees of RFC 9162 section 2.1 with the domain's hash (docs/formats.md "Anchors", docs/ledger.md).
 
 - leaf hash ``H(0x00 || leaf)``, node hash ``H(0x01 || left || right)``, split at the largest power
   of two smaller than ``n``, empty tree ``H()``;

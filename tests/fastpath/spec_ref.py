@@ -1,6 +1,6 @@
-"""An independent reference of SPEC.md "Packet digest PD" and "Flow tag FT", for the tests.
+"""An independent reference of docs/formats.md "Packet digest PD" and "Flow tag FT", for the tests.
 
-Written from the SPEC text only (shared/SPEC.md), never from fastpath/: the tests compare both
+Written from the format text only (docs/formats.md), never from fastpath/: the tests compare both
 twins against these few lines. The input is the IP packet as scapy built it, starting at the IP
 header (no link layer); anything after the announced length (Ethernet padding) is ignored.
 

@@ -1,7 +1,7 @@
 """Behaviour of the fast-path pipeline (docs/fastpath.md): the join, release order, counters,
 receipts, segments, resume, batching and validation, on both twins.
 
-Every expected value is computed here from SPEC.md's formulas with hashlib, never taken from an
+Every expected value is computed here from docs/formats.md's formulas with hashlib, never taken from an
 implementation's output.
 """
 import hashlib

@@ -53,7 +53,7 @@ def receipts(out):
 
 
 def spec_r(role, src, dst, epoch, packets, nbytes, hash_name="sha3-256"):
-    """SPEC.md's receipt formula, written out here (not the fast path's receipt_value)."""
+    """docs/formats.md's receipt formula, written out here (not the fast path's receipt_value)."""
     return spec_ref.H(hash_name, b"BEAT-RC-v1" + struct.pack(">QB", NODE, role) + src + dst
                       + struct.pack(">QQQ", epoch, packets, nbytes))
 

@@ -1,4 +1,4 @@
-"""SPEC.md conformance of the packet digest PD and the flow tag FT, on both twins.
+"""docs/formats.md conformance of the packet digest PD and the flow tag FT, on both twins.
 
 Every packet is built with scapy, wrapped in every link type of docs/fastpath.md and digested by
 `pd_ft` and by a `Pipeline`; the expected values come from tests/fastpath/spec_ref.py, which follows

@@ -90,7 +90,9 @@ def test_the_wheel_holds_one_package_per_role_and_the_data(wheel):
         names = z.namelist()
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         entry = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt")))
-    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    # (the wheel's .data directory holds the documents: share/doc/beatd, below)
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info",
+                                                                            ".data"))}
     assert tops == set(ROLES), tops
     # every package of the checkout's roles (subpackages too) is in it
     for role in ROLES:
@@ -113,6 +115,23 @@ def test_the_wheel_holds_one_package_per_role_and_the_data(wheel):
     for line in ("beatd = beatd.cli:main", "beatctl = governance.cli:main",
                  "beat-lab = beat_lab.cli:main"):
         assert line in scripts, scripts
+
+
+def test_the_units_documentation_is_installed(router_venv):
+    """packaging/beatd.service's Documentation= names files under /opt/beatd/venv (the venv its
+    ExecStart runs): the wheel installs them there (share/doc/beatd), the documents of docs/."""
+    from test_systemd_unit import parse
+    docs = [u for v in parse()["Unit"]["Documentation"] for u in v.split()]
+    assert docs
+    for url in docs:
+        assert url.startswith("file:///opt/beatd/venv/"), url
+        path = router_venv / url[len("file:///opt/beatd/venv/"):]
+        assert path.is_file(), f"{url}: not installed by the wheel ({path})"
+    share = router_venv / "share" / "doc" / "beatd"
+    for doc in glob.glob(os.path.join(REPO, "docs", "*.md")):
+        assert (share / os.path.basename(doc)).is_file(), doc
+    assert (share / "packaging" / "beatd.service").read_text() == \
+        open(os.path.join(REPO, "packaging", "beatd.service")).read()
 
 
 def test_the_router_install_needs_neither_scapy_nor_web3(router_venv, tmp_path):
