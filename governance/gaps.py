@@ -14,7 +14,7 @@ there is not a drop). A record is honoured when all of these hold:
 - it does not end after the ledger took it, or after the interrogation asked (``premature``: a
   device cannot declare blindness ahead of time);
 - a kernel-drops record spans at most ``max_drop_span_ns`` (``too long``: beatd writes one per
-  interface and second);
+  interface and second) and counts at least one frame dropped (``no drops``);
 - a capture-stopped record is not contradicted by the device itself: no record of its own and no
   anchor of its own taken by the ledger inside the time it says it was not capturing
   (``contradicted``).
@@ -32,14 +32,15 @@ from fastpath.output import NONE
 from ledger_client.merkle import verify_inclusion
 
 __all__ = ["HONOURED", "PENDING", "BACK_DATED", "UNANCHORED", "FORGED", "UNTIMED", "PREMATURE",
-           "TOO_LONG", "CONTRADICTED", "STATUSES", "DEFAULT_ANCHOR_DELAY_NS",
+           "TOO_LONG", "CONTRADICTED", "NO_DROPS", "STATUSES", "DEFAULT_ANCHOR_DELAY_NS",
            "DEFAULT_MAX_DROP_SPAN_NS", "DeclaredGap", "check_gap_records", "describe"]
 
 HONOURED, PENDING = "honoured", "pending"
 BACK_DATED, UNANCHORED, FORGED, UNTIMED = "back-dated", "unanchored", "forged", "untimed"
 PREMATURE, TOO_LONG, CONTRADICTED = "premature", "too long", "contradicted"
+NO_DROPS = "no drops"
 STATUSES = (HONOURED, PENDING, BACK_DATED, UNANCHORED, FORGED, UNTIMED, PREMATURE, TOO_LONG,
-            CONTRADICTED)
+            CONTRADICTED, NO_DROPS)
 DEFAULT_ANCHOR_DELAY_NS = 120 * 10**9      # a few anchor periods (10 s) and retries
 DEFAULT_MAX_DROP_SPAN_NS = 10 * 10**9      # beatd's records span about a second
 SKEW_NS = 50_000_000                       # the clock difference tolerated (as the judgement's)
@@ -107,6 +108,9 @@ def _check(node_id, hash_name, g, anchors, asked_at_ns, delay, max_span, own_rec
     if g.to_ns > asked_at_ns + SKEW_NS:
         return PREMATURE, (f"it ends at {g.to_ns}, after the interrogation asked "
                            f"({asked_at_ns}): blindness cannot be declared ahead"), None, None
+    if g.reason == GAP_KERNEL_DROPS and g.frames_dropped == 0:
+        return NO_DROPS, ("a kernel-drops record of 0 frames dropped: no blindness stated"), \
+            None, None
     if g.reason == GAP_KERNEL_DROPS and g.to_ns - g.from_ns > max_span:
         return TOO_LONG, (f"a kernel-drops record of {_s(g.to_ns - g.from_ns)} (at most "
                           f"{_s(max_span)}: a device states drops as they happen)"), None, None
