@@ -14,7 +14,8 @@ import json
 import struct
 
 from beat_common.gap_record import GAP_RECORD_SIZE  # noqa: F401
-from beat_common.spec import LEAF_GAP, LEAF_RECEIPT, LEAF_SEGMENT, LEAF_SIZE, RECORD_SIZE  # noqa: F401
+from beat_common.spec import (LEAF_GAP, LEAF_RECEIPT, LEAF_SEGMENT, LEAF_SIZE,  # noqa: F401
+                              RECORD_SIZE)
 from beat_rpc.evidence import GAP_CAPTURE_STOPPED, GAP_KERNEL_DROPS  # noqa: F401
 from ledger_client.outbox import BatchRecord
 

@@ -22,9 +22,9 @@ index(8) proof``); such entries, in a store written before, are still read.
 
 Time span of a batch (``first_t_ns``/``last_t_ns``): the min/max over its leaves of the segment
 commitments' ``first_t_ns``/``last_t_ns``, of the receipts' ``epoch_ns`` and of the gap records'
-``to_ns`` (when the statement was made; its ``from_ns`` may be long before, 0 for a new store). A leaf whose time
-cannot be found (it should not happen) is left out of the span and logged; a batch with no time at
-all gets 0, 0.
+``to_ns`` (when the statement was made; its ``from_ns`` may be long before, 0 for a new store). A
+leaf whose time cannot be found (it should not happen) is left out of the span and logged; a batch
+with no time at all gets 0, 0.
 
 The ledger client (``ledger_client.batcher``) uses it through the interface
 ``ledger_client.outbox.Outbox`` and never imports this module.
@@ -37,7 +37,8 @@ from operator import itemgetter
 from ledger_client.outbox import ANCHORED, PENDING
 
 from .layout import (ANCHORS, COMMIT, COMMITMENTS, LEAF_GAP, LEAF_PROOFS,
-                     LEAF_RECEIPT, LEAF_SEGMENT, M_NEXT_LEAF_SEQ, META, OUTBOX, PROOF_HEAD, RECEIPTS, levels_key, p64,
+                     LEAF_RECEIPT, LEAF_SEGMENT, M_NEXT_LEAF_SEQ, META, OUTBOX, PROOF_HEAD,
+                     RECEIPTS, levels_key, p64,
                      pack_batch, u64, unpack_batch)
 
 __all__ = ["Outbox"]
