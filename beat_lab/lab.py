@@ -806,14 +806,15 @@ class Lab:
 
     # ------------------------------------------------------------------ reading the routers
     def dump(self, router):
-        """``beatd dump --config <router's config> --json``: {"records": [...], "other": [...]}
-        (``other``: every JSON line that is not a record, e.g. the summary)."""
+        """``beatd dump --config <router's config> --json --live``: {"records": [...], "other":
+        [...]} (``other``: every JSON line that is not a record, e.g. the summary). ``--live``:
+        the router's daemon may be running (a read-only snapshot beside it)."""
         self.topo.node(router)
         cfg = self.config_path(router)
         if not os.path.exists(cfg):
             raise LabError(f"{router}: no config at {cfg}: is the lab up (`beat-lab up`)?")
-        p = subprocess.run(self._beatd("dump", "--config", cfg, "--json"), capture_output=True,
-                           text=True, cwd=IMPORT_ROOT, timeout=120)
+        p = subprocess.run(self._beatd("dump", "--config", cfg, "--json", "--live"),
+                           capture_output=True, text=True, cwd=IMPORT_ROOT, timeout=120)
         if p.returncode != 0:
             raise LabError(f"beatd dump for {router}: exit {p.returncode}: {p.stderr.strip()}")
         records, other = [], []

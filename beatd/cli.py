@@ -82,6 +82,9 @@ def _parser():
     u.add_argument("--store", metavar="DIR", help="store directory (overrides store.path)")
     u.add_argument("--json", action="store_true",
                    help="one JSON object per proof record, then one {\"summary\": ...} line")
+    u.add_argument("--live", action="store_true",
+                   help="read a store a running beatd holds: one consistent read-only snapshot "
+                        "(without it, a store in use is refused naming its pid)")
 
     from . import keygen
     k = sub.add_parser("keygen", help="generate the device's Ed25519 key (mode 0600)")
@@ -127,7 +130,8 @@ def _replay(args):
         tmp = store_dir = tempfile.mkdtemp(prefix="beatd-replay-")
     out = sys.stdout
     try:
-        store = Store(store_dir, **{k: v for k, v in cfg.store_kwargs().items() if k != "path"})
+        store = Store(store_dir, **{k: v for k, v in cfg.store_kwargs().items() if k != "path"},
+                      lock="beatd replay")
         try:
             emit = None
             if args.json:
@@ -246,6 +250,9 @@ def format_status(st):
         f"  dropped      {sum(st['drops'].values())} by the fast path, {st['kernel_drops']} by "
         f"the kernel",
     ]
+    if st.get("state"):         # running, or degraded / failed and why
+        lines.insert(1, f"  state        {st['state']}" +
+                     (f" ({st['state_reason']})" if st.get("state_reason") else ""))
     lines.append(f"  interfaces   {', '.join(st['interfaces'])}")
     for i in st["rings"]:
         lines.append(f"  ring {i['name']:<7} {i.get('frames', 0)} frames, {i.get('bytes', 0)} bytes, "
@@ -316,6 +323,9 @@ def _store_lines(store):
     lines = []
     dropped = store.get("dropped") or {}
     map_size = store.get("map_size")
+    if store.get("free_bytes") is not None:
+        lines.append(f"  disk         store {store.get('bytes')} bytes, "
+                     f"{store['free_bytes']} bytes free on its filesystem")
     if store.get("full"):
         since = store.get("full_since")
         lines.append(f"  STORE FULL   since {time.strftime('%H:%M:%S', time.localtime(since))} "
@@ -337,7 +347,7 @@ def _dump(args):
     from types import SimpleNamespace
 
     from .replay import json_records
-    from .store import Store, StoreError
+    from .store import StoreError
 
     try:
         cfg = load(args.config)
@@ -352,12 +362,13 @@ def _dump(args):
         return _fail(f"{kw['path']}: no store there (store.path)")
     out = sys.stdout
     try:
-        store = Store(**kw)
+        store = _open_for_reading(kw, args.live)
         try:
-            records = b"".join(store.iter_records())
-            counters = store.counters()
-            stats = store.stats()
-            ring = store.proof_ring_status(0, 0)
+            with store.snapshot():          # one read transaction: one state of the store
+                records = b"".join(store.iter_records())
+                counters = store.counters()
+                stats = store.stats()
+                ring = store.proof_ring_status(0, 0)
         finally:
             store.close()
         rows = json_records(SimpleNamespace(records=records), cfg.node_id, cfg.hash)
@@ -382,6 +393,43 @@ def _dump(args):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 0
+
+
+def _open_for_reading(kw, live):
+    """The store for ``dump``: refused while another process holds it (a daemon, a replay),
+    naming its pid, unless ``live``: then read-only beside it (LMDB readers see committed
+    transactions only; nothing is written). A store nobody holds is opened read-only too, under
+    its lock (no daemon may start writing it meanwhile)."""
+    from .store import Store, StoreLock, StoreLockedError
+
+    lock = None
+    if not live:
+        try:
+            lock = StoreLock(kw["path"], "beatd dump").acquire()
+        except StoreLockedError as exc:
+            raise StoreLockedError(exc.path, exc.pid, exc.what, hint=(
+                "beatd dump --live reads a snapshot of it; or stop that process first")) from None
+    try:
+        return _Locked(Store(**kw, readonly=True), lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+class _Locked:
+    """A read-only store and the lock held while it is read (released at close)."""
+
+    def __init__(self, store, lock):
+        self._store, self._lock = store, lock
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def close(self):
+        self._store.close()
+        if self._lock is not None:
+            self._lock.release()
 
 
 def main(argv=None):

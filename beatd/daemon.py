@@ -217,6 +217,7 @@ class Daemon:
         self.store_dropped = dict.fromkeys(STORE_DROPPED, 0)
         self._prune_error_logged = 0.0
         self._store_status = {}
+        self._disk = None               # beatd.store.space.usage() of the store, every second
         self.commit_seconds = None
         self.last_commit_time = None
         self.reloads = 0
@@ -255,7 +256,7 @@ class Daemon:
         event(log, logging.INFO, "starting", version=__version__, node_id=cfg.node_id,
               impl=fastpath.IMPL, interfaces=list(self.interfaces), workers=nworkers,
               store=cfg.store_path, config=self.config_path)
-        self.store = Store(**cfg.store_kwargs())
+        self.store = self._open_store(nworkers)
         self.pipeline = fastpath.Pipeline(**cfg.pipeline_kwargs())
         resume = self.store.resume_state()
         self.pipeline.resume(**resume)
@@ -303,6 +304,8 @@ class Daemon:
                                   f"{exc.strerror or exc}") from None
             self.metrics.registry.register(AnchorCollector(self.anchor_status))
             self.metrics.registry.register(InterrogationCollector(lambda: self.interrogation))
+            from .metrics import StoreSpaceCollector
+            self.metrics.registry.register(StoreSpaceCollector(self.cfg.store_path))
             event(log, logging.INFO, "metrics", listen=f"{self.metrics.host}:{self.metrics.port}")
         if cfg.interrogation_listen:
             self._start_interrogation()
@@ -332,7 +335,81 @@ class Daemon:
                                  name=f"beatd-capture-{k}", daemon=True)
             self.workers.append((t, sources))
             t.start()
-        event(log, logging.INFO, "running", node_id=cfg.node_id)
+        state = self.state()
+        if state == "running":
+            event(log, logging.INFO, "running", node_id=cfg.node_id)
+        else:
+            event(log, logging.WARNING, f"running, {state}", node_id=cfg.node_id,
+                  reason=self.state_reason())
+
+    # -- the store and its disk (beatd.store.lock, beatd.store.space) ----------------------------
+
+    def _open_store(self, nworkers):
+        """The store, exclusively: its lock first (a second daemon, a replay or a dump on it is
+        refused naming this pid, and this daemon is refused likewise), then the disk checked
+        (``space.check``: a new store without room refuses the start, the rest are warnings), then
+        the store opened. A store on a full disk opens: the daemon starts degraded, reporting the
+        store full until a batch fits again."""
+        from .store import StoreLock, space
+        cfg = self.cfg
+        lock = StoreLock(cfg.store_path, "beatd run").acquire()
+        try:
+            ring_bytes = cfg.block_size * cfg.block_count * max(1, nworkers)
+            problems, warnings, use = space.check(cfg.store_path, cfg.effective_map_size,
+                                                  ring_bytes)
+            if problems:
+                raise DaemonError("; ".join(problems))
+            for w in warnings:
+                event(log, logging.WARNING, "store: " + w, path=cfg.store_path)
+            store = Store(**cfg.store_kwargs(), lock=lock)
+        except BaseException:
+            lock.release()
+            raise
+        self._disk = use
+        if use is not None and use["free_bytes"] < space.DISK_FULL_FREE_BYTES:
+            self._full = Failure(Kind.STORE_FULL, "store",
+                                 space.no_space_message(cfg.store_path, use["free_bytes"]),
+                                 "StoreDiskFullError", time.time())
+            self._full_episodes += 1
+        return store
+
+    def _refresh_disk(self):
+        """The store's bytes and its filesystem's free bytes (status, metrics, state)."""
+        from .store import space
+        try:
+            self._disk = space.usage(self.cfg.store_path)
+        except OSError:
+            self._disk = None
+
+    def _disk_full(self):
+        from .store import space
+        disk = self._disk
+        return disk is not None and disk["free_bytes"] < space.DISK_FULL_FREE_BYTES
+
+    def state(self):
+        """``running``; ``degraded: store full`` (batches that do not fit are dropped: the map
+        or the disk is full) or ``degraded: disk full`` (the store's filesystem has less than
+        ``DISK_FULL_FREE_BYTES`` free: the next batch may not fit); ``failed``, ``stopping``."""
+        if self.fault is not None:
+            return "failed"
+        if self._stop.is_set():
+            return "stopping"
+        if self._full is not None:
+            return "degraded: store full"
+        if self._disk_full():
+            return "degraded: disk full"
+        return "running"
+
+    def state_reason(self):
+        """Why the state is not ``running`` (an operator's line), or None."""
+        from .store import space
+        if self.fault is not None:
+            return str(self.fault)
+        if self._full is not None:
+            return self._full.error
+        if self._disk_full():
+            return space.no_space_message(self.cfg.store_path, self._disk["free_bytes"])
+        return None
 
     # -- neighbours and interfaces --------------------------------------------------------------
 
@@ -767,6 +844,7 @@ class Daemon:
             st["as_of"] = as_of
             self._ring_status = st
             self._store_status = self.store.prune_status()
+            self._refresh_disk()
             self._ring_status_at = now
 
     def store_status(self):
@@ -777,7 +855,9 @@ class Daemon:
                 None, "full": full is not None, "full_since": full.since if full else None,
                 "full_error": full.error if full else None,
                 "full_episodes": self._full_episodes, "dropped": dict(self.store_dropped),
-                "pruned": dict(self._store_status)}
+                "pruned": dict(self._store_status),
+                "bytes": (self._disk or {}).get("store_bytes"),
+                "free_bytes": (self._disk or {}).get("free_bytes")}
 
     # -- main thread ----------------------------------------------------------------------------
 
@@ -1010,6 +1090,8 @@ class Daemon:
         from fastpath.output import REASON_CLASS
         return {
             "node_id": self.cfg.node_id,
+            "state": self.state(),
+            "state_reason": self.state_reason(),
             "version": __version__,
             "pid": os.getpid(),
             "impl": fastpath.IMPL,

@@ -20,7 +20,7 @@ from fastpath.output import REASON_CLASS
 from .failures import Kind
 
 __all__ = ["MetricsServer", "Collector", "AnchorCollector", "InterrogationCollector", "NAMES",
-           "ANCHOR_METRICS", "INTERROGATION_METRICS"]
+           "ANCHOR_METRICS", "INTERROGATION_METRICS", "StoreSpaceCollector", "STORE_SPACE_METRICS"]
 
 NAMES = ("beat_frames_total", "beat_bytes_total", "beat_records_total", "beat_dropped_total",
          "beat_kernel_drops_total", "beat_kernel_packets_total", "beat_ring_wraps_total",
@@ -113,6 +113,28 @@ class Collector:
         for kind in Kind:
             m.add_metric([kind.value], 1 if kind.value in now else 0)
         yield m
+
+
+STORE_SPACE_METRICS = ("beat_store_bytes", "beat_store_free_bytes")
+
+
+class StoreSpaceCollector:
+    """The store's bytes on disk and the free bytes of its filesystem, read at scrape time
+    (``beatd.store.space.usage``: a statvfs and three stats)."""
+
+    def __init__(self, store_path):
+        self._path = store_path
+
+    def collect(self):
+        from .store.space import usage
+        try:
+            use = usage(self._path)
+        except OSError:
+            return
+        yield _gauge("beat_store_bytes", "Bytes the store's files take on disk (allocated)",
+                     use["store_bytes"])
+        yield _gauge("beat_store_free_bytes", "Bytes free for the store on its filesystem",
+                     use["free_bytes"])
 
 
 ANCHOR_METRICS = ("beat_anchor_leaves_waiting", "beat_anchor_pending", "beat_anchor_last_batch_seq",

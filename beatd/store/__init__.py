@@ -6,13 +6,16 @@
 - ``outbox``: the ledger outbox (``Store.ledger_outbox()``; what ``ledger_client``'s batcher uses
   through the interface ``ledger_client.outbox.Outbox``);
 - ``evidence``: the evidence the Interrogation Protocol's answers read (``EvidenceStore``);
-- ``errors``: ``StoreError`` and its kinds.
+- ``errors``: ``StoreError`` and its kinds;
+- ``lock``: one process at a time per store (``StoreLock``, ``lock_holder``);
+- ``space``: the disk under the store (``start_check``, ``usage``).
 
 docs/store.md describes the layout and the rules.
 """
 from .errors import (StoreCorruptError, StoreDiskError, StoreDiskFullError, StoreError,
                      StoreFullError, StoreMismatchError, no_room)
 from .gaps import GAP_CAPTURE_STOPPED, GAP_KERNEL_DROPS, MAX_CAPTURE_GAPS
+from .lock import StoreLock, StoreLockedError, lock_holder
 from .layout import (DB_NAMES, FORMAT_VERSION, LEAF_RECEIPT, LEAF_SEGMENT, PRUNE_META,
                      RECEIPT_KEY_SIZE, SEG_HEAD, SYNC_MODES)
 from .outbox import Outbox
@@ -22,4 +25,4 @@ __all__ = ["Store", "StoreError", "StoreFullError", "StoreDiskError", "StoreDisk
            "StoreMismatchError", "StoreCorruptError", "FORMAT_VERSION", "SYNC_MODES",
            "PRUNE_LEAVES", "no_room", "Outbox", "GAP_KERNEL_DROPS", "GAP_CAPTURE_STOPPED",
            "MAX_CAPTURE_GAPS", "DB_NAMES", "LEAF_RECEIPT", "LEAF_SEGMENT", "PRUNE_META",
-           "RECEIPT_KEY_SIZE", "SEG_HEAD"]
+           "RECEIPT_KEY_SIZE", "SEG_HEAD", "StoreLock", "StoreLockedError", "lock_holder"]

@@ -6,7 +6,8 @@ import os
 import lmdb
 
 __all__ = ["StoreError", "StoreFullError", "StoreDiskError", "StoreDiskFullError",
-           "StoreMismatchError", "StoreCorruptError", "no_room", "translated"]
+           "StoreMismatchError", "StoreCorruptError", "no_room", "translated", "no_space_message",
+           "DISK_FULL_FREE_BYTES"]
 
 
 class StoreError(Exception):
@@ -38,12 +39,26 @@ class StoreCorruptError(StoreError):
 DISK_FULL_FREE_BYTES = 1 << 20
 
 
-def _disk_nearly_full(path):
+def _free_bytes(path):
     try:
         st = os.statvfs(path)
     except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < DISK_FULL_FREE_BYTES
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _disk_nearly_full(path):
+    free = _free_bytes(path)
+    return free is not None and free < DISK_FULL_FREE_BYTES
+
+
+def no_space_message(store_path, free_bytes=None):
+    """The operator's line for a full disk: "no space left on the device of store.path (P): N
+    bytes free" (N read now unless given)."""
+    if free_bytes is None:
+        free_bytes = _free_bytes(store_path)
+    return (f"no space left on the device of store.path ({os.fspath(store_path)}): "
+            f"{'?' if free_bytes is None else free_bytes} bytes free")
 
 
 def no_room(exc, path=None):
@@ -53,52 +68,101 @@ def no_room(exc, path=None):
     is (nearly) full."""
     if isinstance(exc, (StoreFullError, lmdb.MapFullError)):
         return True
+    code = _os_errno(exc)
+    return code in (errno.ENOSPC, errno.EDQUOT) or (code == errno.EIO and path is not None and
+                                                    _disk_nearly_full(path))
+
+
+# the OS errors py-lmdb reports as a plain lmdb.Error with the OS's text, and what to do
+_OS_ADVICE = {
+    errno.EIO: "the disk reported an I/O error: check the disk (dmesg) and its free space",
+    errno.EROFS: "the filesystem is read-only: remount it read-write, or choose another "
+                 "store.path",
+    errno.EACCES: "permission denied: give the user beatd runs as (beatd) the store's directory "
+                  "and files",
+    errno.EPERM: "permission denied: give the user beatd runs as (beatd) the store's directory "
+                 "and files",
+    errno.EDQUOT: "the disk quota of beatd's user is exhausted: raise it or free space",
+}
+
+
+def _os_errno(exc):
+    """The OS error behind ``exc`` (an OSError, or an lmdb.Error carrying the OS's text)."""
     if isinstance(exc, OSError):
-        code = exc.errno
-    elif isinstance(exc, lmdb.Error):
+        return exc.errno
+    if isinstance(exc, lmdb.Error):
         text = str(exc)
-        code = (errno.ENOSPC if os.strerror(errno.ENOSPC) in text else
-                errno.EIO if os.strerror(errno.EIO) in text else None)
-    else:
-        return False
-    return code == errno.ENOSPC or (code == errno.EIO and path is not None and
-                                    _disk_nearly_full(path))
+        for code in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES,
+                     errno.EPERM):
+            if os.strerror(code) in text:
+                return code
+    return None
 
 
-# py-lmdb exceptions -> (our exception, what to do about it). Checked in order (subclasses first).
+# py-lmdb exceptions -> (our exception, what is wrong and what to do). Checked in order
+# (subclasses first). Every message reads "store.path (P): <what is wrong> (<doing>): <what to do>
+# (LMDB's own words)": an operator's sentence; LMDB's words last, for a bug report.
 _ERROR_TABLE = (
     (lmdb.MapFullError, StoreFullError,
-     "the LMDB map is full ({map_size} bytes): raise store.map_size"),
+     "the store's map is full (store.map_size = {map_size} bytes): raise store.map_size and "
+     "restart; meanwhile pruning frees what the ledger holds"),
     (lmdb.MapResizedError, StoreFullError,
-     "another process grew the LMDB map: reopen the store"),
-    (lmdb.DiskError, StoreDiskError, "disk error: check the disk and free space"),
-    (lmdb.CorruptedError, StoreCorruptError, "the LMDB files are corrupted: restore or remove them"),
-    (lmdb.InvalidError, StoreCorruptError, "not an LMDB environment: remove it or choose another path"),
-    (lmdb.VersionMismatchError, StoreCorruptError, "written by another LMDB version"),
-    (lmdb.ReadersFullError, StoreError, "too many readers of the store"),
-    (lmdb.DbsFullError, StoreCorruptError, "too many named databases: not a beatd store"),
-    (lmdb.Error, StoreError, "LMDB error"),
+     "another program changed the store's size while beatd had it open: restart beatd, and "
+     "let no other program write the store"),
+    (lmdb.PanicError, StoreDiskError,
+     "a write to the disk failed and the store refuses further writes until it is reopened: "
+     "check the disk (dmesg) and its free space, then restart beatd"),
+    (lmdb.DiskError, StoreDiskError,
+     "the disk reported an error: check the disk (dmesg) and its free space"),
+    (lmdb.CorruptedError, StoreCorruptError,
+     "the store's files are damaged: restore the store from a backup, or move it away to start "
+     "a new one (its evidence is then gone)"),
+    (lmdb.InvalidError, StoreCorruptError,
+     "not a store (these files are not an LMDB environment): choose another store.path, or move "
+     "these files away"),
+    (lmdb.VersionMismatchError, StoreCorruptError,
+     "written by another version of LMDB: open it with the beatd that wrote it"),
+    (lmdb.ReadersFullError, StoreError,
+     "too many readers of the store at once: stop the other readers (beatd dump --live)"),
+    (lmdb.DbsFullError, StoreCorruptError,
+     "not a beatd store (too many named databases): choose another store.path"),
+    (lmdb.ReadonlyError, StoreError,
+     "opened read-only: nothing can be written through it"),
+    (lmdb.Error, StoreError, "the store failed: check the disk; restart beatd"),
 )
+
+
+def where(path):
+    """How a message names the store: "store.path (P)"."""
+    return f"store.path ({os.fspath(path)})"
 
 
 @contextlib.contextmanager
 def translated(path, doing, map_size=None):
     """Raise what fails inside as a ``StoreError`` naming ``path``, what was being done and what
-    to change (a StoreError passes as it is)."""
+    to do (a StoreError passes as it is). A full disk (ENOSPC, or an I/O error while the disk
+    is nearly full) is ``StoreDiskFullError``: "no space left on the device of store.path (P):
+    N bytes free"."""
     try:
         yield
     except StoreError:
         raise
     except lmdb.Error as exc:
         if not isinstance(exc, lmdb.MapFullError) and no_room(exc, path):
-            raise StoreDiskFullError(f"{path}: {doing}: the disk is full: free space "
-                                     f"({exc})") from None
+            raise StoreDiskFullError(f"{no_space_message(path)} ({doing}): free space on that "
+                                     f"filesystem ({exc})") from None
+        code = _os_errno(exc)
+        if type(exc) is lmdb.Error and code in _OS_ADVICE:
+            raise StoreDiskError(f"{where(path)}: {_OS_ADVICE[code]} ({doing}: {exc})") from None
         for lmdb_cls, cls, advice in _ERROR_TABLE:
             if isinstance(exc, lmdb_cls):
-                raise cls(f"{path}: {doing}: {advice.format(map_size=map_size)} ({exc})") from None
+                raise cls(f"{where(path)}: {advice.format(map_size=map_size)} ({doing}: "
+                          f"{exc})") from None
         raise  # pragma: no cover (lmdb.Error is the last row)
     except OSError as exc:
         if no_room(exc, path):
-            raise StoreDiskFullError(f"{path}: {doing}: the disk is full: free space "
-                                     f"({exc})") from None
-        raise StoreDiskError(f"{path}: {doing}: disk error ({exc})") from None
+            raise StoreDiskFullError(f"{no_space_message(path)} ({doing}): free space on that "
+                                     f"filesystem ({exc.strerror or exc})") from None
+        advice = _OS_ADVICE.get(exc.errno, "the disk refused it: check the disk and the "
+                                           "store's permissions")
+        raise StoreDiskError(f"{where(path)}: {advice} ({doing}: {exc.strerror or exc})") from None

@@ -26,10 +26,12 @@ from ledger_client.outbox import ANCHORED
 from beat_common.gap_record import gap_value, pack_gap_record
 
 from . import gaps as gap_ops
-from .errors import StoreCorruptError, StoreDiskError, StoreMismatchError, translated
+from .errors import (StoreCorruptError, StoreDiskError, StoreError, StoreMismatchError, translated,
+                     where)
 from .gaps import GAP_CAPTURE_STOPPED, GAP_KERNEL_DROPS, MAX_CAPTURE_GAPS
-from .layout import (CAPTURE_GAPS, GAP_RECORDS, LEAF_GAP, COMMIT,
-                     COMMITMENTS, COUNTER, COUNTER_KEY, COUNTERS,
+from .lock import take_lock
+from .layout import (CAPTURE_GAPS, GAP_RECORDS, LEAF_GAP, COMMIT, COMMITMENTS, COUNTER,
+                     COUNTER_KEY, COUNTERS,
                      FORMAT_VERSION, GAP_KEY, GAP_VAL, LEAF_PROOFS, LEAF_RECEIPT, LEAF_SEGMENT,
                      ANCHORS, M_CAPTURE_ALIVE_T_NS, M_CLOSED_BEFORE, M_FORMAT_VERSION, M_HASH,
                      M_NEXT_LEAF_SEQ, M_NEXT_SEG_SEQ, M_NODE_ID, M_OPEN_RECEIPTS, M_OPEN_RECORDS,
@@ -48,6 +50,22 @@ log = logging.getLogger("beatd.store")
 PRUNE_LEAVES = 2048
 
 
+def _allocate(path):
+    """Give LMDB's lock file (mapped; made sparse) its blocks now: a page of it first touched
+    through the mapping on a full disk would be a SIGBUS, not an error. A full disk now: left
+    as it is (a store that ran before has touched what it uses)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class Store:
     """A device's LMDB store. ``commit(output)`` per batch; readers for tools, tests and gRPC.
 
@@ -58,8 +76,11 @@ class Store:
     """
 
     def __init__(self, path, node_id, hash_name, ring_size, map_size=None, sync="periodic",
-                 sync_interval_s=1.0):
+                 sync_interval_s=1.0, lock=True, readonly=False):
         self.path = os.fspath(path)
+        self.readonly = bool(readonly)
+        self._lock = None
+        self._pinned = None
         if hash_name not in HASH_NAMES:
             raise ValueError(f"hash_name: {hash_name!r} is not one of {', '.join(HASH_NAMES)}")
         if sync not in SYNC_MODES:
@@ -75,24 +96,61 @@ class Store:
         self.sync_mode = sync
         self.sync_interval_s = sync_interval_s
         self._last_sync = time.monotonic()
+        self.sync_error = None
         self.env = None
+        self.db_anchors = self.db_leaf_proofs = None
+        self.db_gap_records = None
+        self._outbox = None
+        if self.readonly:
+            self._open_readonly()
+            return
+        # one process at a time (beatd.store.lock): before anything is made or written
+        self._lock = take_lock(self.path, lock)
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self):
+        sync = self.sync_mode
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as exc:
-            raise StoreDiskError(f"{self.path}: cannot create the store directory: "
+            raise StoreDiskError(f"store.path ({self.path}): cannot create the store directory: "
                                  f"{exc.strerror or exc}") from None
         with self._errors("opening"):
             self.env = lmdb.open(self.path, map_size=self.map_size, max_dbs=MAX_DBS,
                                  subdir=True, sync=(sync == "always"), metasync=(sync == "always"),
                                  readahead=False)
+            _allocate(os.path.join(self.path, "lock.mdb"))
             self.db = {}
             with self.env.begin(write=True) as txn:
                 for name in STORE_DBS:
                     self.db[name] = self.env.open_db(db_name(name), txn=txn, create=True)
                 self._check_or_init(txn)
-        self.db_anchors = self.db_leaf_proofs = None
-        self.db_gap_records = None
-        self._outbox = None
+        self._open_ledger_dbs()
+        self.gap_db()
+
+    def _open_readonly(self):
+        """A reader beside the store's one writer: LMDB read-only (nothing is created or written;
+        LMDB's readers see committed transactions only), no store lock. The store must exist and
+        be this node's."""
+        if not os.path.isfile(os.path.join(self.path, "data.mdb")):
+            raise StoreError(f"{where(self.path)}: no store there")
+        with self._errors("opening read-only"):
+            self.env = lmdb.open(self.path, map_size=self.map_size, max_dbs=MAX_DBS, subdir=True,
+                                 readonly=True, lock=True, readahead=False)
+            self.db = {}
+            try:
+                for name in STORE_DBS:
+                    self.db[name] = self.env.open_db(db_name(name), create=False)
+            except lmdb.NotFoundError:
+                self.close()
+                raise StoreCorruptError(f"{where(self.path)}: not a beatd store (its database "
+                                        f"{name} is missing)") from None
+            with self.env.begin() as txn:
+                self._check_or_init(txn)
         self._open_ledger_dbs()
         self.gap_db()
 
@@ -114,9 +172,13 @@ class Store:
                 with self.env.begin() as txn:     # named databases are keys of the main one
                     if any(txn.get(db_name(name)) is None for name in OUTBOX_DBS):
                         return False
-            with self.env.begin(write=True) as txn:
-                opened = {name: self.env.open_db(db_name(name), txn=txn, create=create)
+            if self.readonly:
+                opened = {name: self.env.open_db(db_name(name), create=False)
                           for name in OUTBOX_DBS}
+            else:
+                with self.env.begin(write=True) as txn:
+                    opened = {name: self.env.open_db(db_name(name), txn=txn, create=create)
+                              for name in OUTBOX_DBS}
         self.db.update(opened)
         self.db_anchors, self.db_leaf_proofs = opened[ANCHORS], opened[LEAF_PROOFS]
         return True
@@ -132,8 +194,11 @@ class Store:
                 with self.env.begin() as txn:
                     if txn.get(name) is None:
                         return None
-            with self.env.begin(write=True) as txn:
-                handle = self.env.open_db(name, txn=txn, create=create)
+            if self.readonly:
+                handle = self.env.open_db(name, create=False)
+            else:
+                with self.env.begin(write=True) as txn:
+                    handle = self.env.open_db(name, txn=txn, create=create)
         self.db[GAP_RECORDS] = self.db_gap_records = handle
         return handle
 
@@ -149,30 +214,51 @@ class Store:
         meta = self.db[META]
         version = txn.get(M_FORMAT_VERSION, db=meta)
         if version is None:
+            if self.readonly:
+                raise StoreCorruptError(f"{where(self.path)}: not a beatd store (no format "
+                                        "version)")
             for key, value in initial_meta(self.node_id, self.hash_name, STAT_NAMES):
                 txn.put(key, value, db=meta)
             return
         if u64(version) != FORMAT_VERSION:
-            raise StoreMismatchError(f"{self.path}: store format version {u64(version)}, this beatd "
-                                     f"reads version {FORMAT_VERSION}")
+            raise StoreMismatchError(f"{where(self.path)}: a store of format version "
+                                     f"{u64(version)}; this beatd reads version "
+                                     f"{FORMAT_VERSION}: use the beatd that wrote it, or another "
+                                     "store.path")
         stored_node = u64(txn.get(M_NODE_ID, db=meta))
         if stored_node != self.node_id:
-            raise StoreMismatchError(f"{self.path}: this store belongs to node_id {stored_node}, not "
-                                     f"{self.node_id}; use another store path")
+            raise StoreMismatchError(f"{where(self.path)}: this store belongs to node_id "
+                                     f"{stored_node}, not {self.node_id}: use another store.path")
         stored_hash = bytes(txn.get(M_HASH, db=meta)).decode()
         if stored_hash != self.hash_name:
-            raise StoreMismatchError(f"{self.path}: this store was written with hash {stored_hash}, "
-                                     f"not {self.hash_name}; use another store path")
+            raise StoreMismatchError(f"{where(self.path)}: this store was written with hash "
+                                     f"{stored_hash}, not {self.hash_name}: use another store.path")
 
     # -- life cycle -----------------------------------------------------------------------------
 
     def close(self):
+        """Sync (``periodic``), close the environment, then release the store's lock."""
         if self.env is not None:
-            if self.sync_mode == "periodic":
+            if self.sync_mode == "periodic" and not self.readonly:
                 with contextlib.suppress(lmdb.Error, OSError):
                     self.env.sync(True)
             self.env.close()
             self.env = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        """Every reader inside reads one read transaction: one consistent state of the store
+        (``beatd dump --live`` reads a store a daemon writes). One thread at a time."""
+        with self._errors("reading"):
+            with self.env.begin() as txn:
+                self._pinned = txn
+                try:
+                    yield self
+                finally:
+                    self._pinned = None
 
     def __enter__(self):
         return self
@@ -189,14 +275,27 @@ class Store:
     # -- writing --------------------------------------------------------------------------------
 
     def commit(self, output):
-        """Write one ``fastpath.Output`` in one transaction (all of it, or nothing)."""
+        """Write one ``fastpath.Output`` in one transaction (all of it, or nothing). A
+        ``StoreError`` means nothing of it was written: a periodic sync that fails after the
+        transaction committed does not raise (the batch is in the store; a crash of the process
+        loses nothing of it): it is logged, kept in ``sync_error`` and tried again at the next
+        interval."""
         with self._errors("committing a batch"):
             with self.env.begin(write=True) as txn:
                 self._commit(txn, output)
         if self.sync_mode == "periodic":
             now = time.monotonic()
             if now - self._last_sync >= self.sync_interval_s:
-                self.sync()
+                try:
+                    self.sync()
+                    self.sync_error = None
+                except StoreError as exc:
+                    self._last_sync = now
+                    if self.sync_error is None:
+                        log.warning("%s (committed, but not flushed to the disk yet: a power cut "
+                                    "could lose it; tried again every %s s)", exc,
+                                    self.sync_interval_s)
+                    self.sync_error = str(exc)
 
     def _commit(self, txn, out):
         db = self.db
@@ -216,11 +315,14 @@ class Store:
         for seg_seq, count, value, records in out.segments:
             if seg_seq != next_seg:
                 raise StoreCorruptError(
-                    f"{self.path}: segment {seg_seq} does not follow the stored ones (expected "
-                    f"{next_seg}): was the pipeline resumed from Store.resume_state()?")
+                    f"{where(self.path)}: the store moved on without this process (segment "
+                    f"{seg_seq} does not follow the stored ones: {next_seg} expected): another "
+                    f"program wrote the store meanwhile; nothing of this batch was written: "
+                    f"restart beatd (it resumes from the store)")
             if len(records) != count * RECORD_SIZE or len(value) != 32:
-                raise StoreCorruptError(f"{self.path}: segment {seg_seq}: count {count} does not "
-                                        f"match {len(records)} bytes of records")
+                raise StoreCorruptError(f"{where(self.path)}: a batch to commit is malformed "
+                                        f"(segment {seg_seq}: count {count} for {len(records)} "
+                                        "bytes of records): nothing of it was written")
             first_t, last_t = fastpath.t_range(records)
             key = p64(seg_seq)
             txn.put(key, p64(count) + value + records, db=db[PROOFS], append=True)
@@ -233,8 +335,10 @@ class Store:
             next_seg += 1
         if out.open_seg_seq != next_seg:
             raise StoreCorruptError(
-                f"{self.path}: the open segment is {out.open_seg_seq} but the store expects "
-                f"{next_seg}: was the pipeline resumed from Store.resume_state()?")
+                f"{where(self.path)}: the store moved on without this process (the open segment "
+                f"is {out.open_seg_seq}, the store expects {next_seg}): another program wrote the "
+                f"store meanwhile; nothing of this batch was written: restart beatd (it resumes "
+                f"from the store)")
 
         # the ring wraps: drop the oldest segments while it holds more than ring_size bytes
         if ring_bytes > self.ring_size:
@@ -468,8 +572,10 @@ class Store:
                     c = txn.get(p64(seg), db=db[COMMITMENTS])
                     if c is None or bytes(c[:32]) != bytes(leaf[1:]):
                         raise StoreCorruptError(
-                            f"{self.path}: outbox leaf {u64(cur.key())} is segment {seg}'s, but "
-                            "commitments do not hold that S: not pruning (check with verify())")
+                            f"{where(self.path)}: not pruning: the ledger outbox and the "
+                            f"segment commitments disagree (outbox leaf {u64(cur.key())} is "
+                            f"segment {seg}'s, whose S is not held): the store is damaged; "
+                            "restore it from a backup")
                     state["pruned_records"] += COMMIT.unpack(c)[1]
                     txn.delete(p64(seg), db=db[COMMITMENTS])
                     seg += 1
@@ -528,6 +634,9 @@ class Store:
 
     @contextlib.contextmanager
     def _read(self):
+        if self._pinned is not None:
+            yield self._pinned
+            return
         with self._errors("reading"):
             with self.env.begin() as txn:
                 yield txn

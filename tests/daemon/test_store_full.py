@@ -141,6 +141,8 @@ def test_a_full_map_degrades_and_a_restart_works(tmp_path, pki, caplog):  # noqa
         assert st["store"]["dropped"]["records"] > 0 and "map is full" in st["store"]["full_error"]
         text = format_status(st)
         assert "STORE FULL" in text and "dropped      for a full store" in text, text
+        assert st["state"] == "degraded: store full" and "map is full" in st["state_reason"]
+        assert "  state        degraded: store full (" in text, text
         # the metrics too
         m = {}
 
@@ -284,7 +286,7 @@ for k in range(200):
         p.rewind(**s.resume_state())
         break
 assert isinstance(err, StoreDiskFullError), repr(err)
-assert "the disk is full" in str(err) and d in str(err), str(err)
+assert "no space left on the device of store.path" in str(err) and d in str(err), str(err)
 assert s.verify() == [] and s.stats()["records"] == committed > 0
 s.close()
 s = Store(os.path.join(d, "s"), 1, "sha3-256", 4096, map_size=64 << 20)

@@ -179,7 +179,7 @@ def test_out_of_order_segment_is_refused_and_nothing_written(tmp_path):
         s.commit(g.output(4))
         before = (s.meta(), s.outbox())
         g.seg_seq = 0                   # a pipeline that was not resumed
-        with pytest.raises(StoreCorruptError, match="resume_state"):
+        with pytest.raises(StoreCorruptError, match="segment 0 does not follow the stored ones"):
             s.commit(g.output(4))
         assert (s.meta(), s.outbox()) == before and s.verify() == []
 
