@@ -21,7 +21,9 @@ kernel drops); the committer writes the gaps, and at least once a second ``captu
 (``CAPTURE_ALIVE_INTERVAL_S``). At start, once the rings are open, the previous run's
 ``capture_alive_t_ns`` (its last commit; or, for a store without it, its newest record) to now is
 a gap "capture stopped". Gaps are pruned with the threshold like the ring's records
-(``Store.record_capture``).
+(``Store.record_capture``). Every gap written is also an immutable gap record, anchored like
+receipts (docs/gap-records.md): ``beatd.gap_journal`` coalesces the snapshots into one record per
+interface and second, logs drops rate-limited and summarises them at stop.
 
 ``shutdown()`` stops the workers (within one read timeout), commits what the pipeline holds, then
 flushes it (every pending observation released, the open segment and receipts closed), commits
@@ -74,6 +76,7 @@ import fastpath
 from . import __version__
 from .config import format_mac
 from .failures import Failure, Kind
+from .gap_journal import GapJournal
 from .logs import event
 from .neighbours import NeighbourMap, pipeline_map, unbound
 from .store import PRUNE_LEAVES, Store, StoreError, StoreFullError
@@ -204,6 +207,7 @@ class Daemon:
         self._capture_ended_ns = None
         self._alive_written = 0.0       # monotonic time capture_alive_t_ns was last written
         self._gap_status = None         # Store.capture_gap_status(), after each write
+        self.gap_journal = GapJournal(log)   # pieces -> gap records, drops logged, the summary
         self._ring_status_at = 0.0
         self.commits = 0
         # a full store: since when (None: not full), why, and what it could not record since start
@@ -509,8 +513,7 @@ class Daemon:
         try:
             self.store.record_capture(gaps, alive_t_ns=now, threshold_ns=self.cfg.threshold_ns)
         except StoreFullError as exc:           # written with a later commit, when there is room
-            with self._gaps_lock:
-                self._pending_gaps[:0] = gaps
+            self.gap_journal.requeue(gaps)
             event(log, logging.WARNING, "capture gap kept in memory: the store is full",
                   error=str(exc))
         self._alive_written = time.monotonic()
@@ -529,29 +532,28 @@ class Daemon:
         self._drops_seen[(k, ifname)] = (t_ns, drops)
 
     def _write_capture_gaps(self, force=False):
-        """The committer: pending gaps and capture_alive_t_ns, at least once a second."""
+        """The committer: pending gaps (as gap records: beatd.gap_journal, one per interface and
+        second at most) and capture_alive_t_ns, at least once a second."""
         mono = time.monotonic()
         with self._gaps_lock:
-            gaps, self._pending_gaps = self._pending_gaps, []
+            pieces, self._pending_gaps = self._pending_gaps, []
+        self.gap_journal.add(pieces)
+        gaps = self.gap_journal.due(force=force)
         if not gaps and not force and mono - self._alive_written < CAPTURE_ALIVE_INTERVAL_S:
             return
         alive = self._capture_ended_ns or time.time_ns()
         try:
             self.store.record_capture(gaps, alive_t_ns=alive, threshold_ns=self.cfg.threshold_ns)
         except StoreFullError:
-            with self._gaps_lock:               # not lost: written once there is room again
-                self._pending_gaps[:0] = gaps
+            self.gap_journal.requeue(gaps)      # not lost: written once there is room again
             return
         except BaseException:
-            with self._gaps_lock:               # not lost: written with the next commit
-                self._pending_gaps[:0] = gaps
+            self.gap_journal.requeue(gaps)      # not lost: written with the next commit
             raise
         self._alive_written = mono
         if gaps:
             self._gap_status = self.store.capture_gap_status()
-            for g in gaps:
-                event(log, logging.WARNING, "capture gap: kernel drops", interface=g[4],
-                      frames=g[2], from_ns=g[0], to_ns=g[1])
+            self.gap_journal.written(gaps)
 
     # -- the Interrogation service ----------------------------------------------------------
 
@@ -1044,6 +1046,7 @@ class Daemon:
                 event(log, logging.ERROR, "final commit failed", error=str(exc))
         if committed and self.anchoring is not None:
             self._final_anchor()
+        self.gap_journal.log_summary()
         totals = self.pipeline.totals() if self.pipeline is not None else {}
         self._close_all()
         dropped = {f"dropped_{k}": v for k, v in self.store_dropped.items() if v}
