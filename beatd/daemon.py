@@ -21,7 +21,9 @@ kernel drops); the committer writes the gaps, and at least once a second ``captu
 (``CAPTURE_ALIVE_INTERVAL_S``). At start, once the rings are open, the previous run's
 ``capture_alive_t_ns`` (its last commit; or, for a store without it, its newest record) to now is
 a gap "capture stopped". Gaps are pruned with the threshold like the ring's records
-(``Store.record_capture``).
+(``Store.record_capture``). Every gap written is also an immutable gap record, anchored like
+receipts (docs/gap-records.md): ``beatd.gap_journal`` coalesces the snapshots into one record per
+interface and second, logs drops rate-limited and summarises them at stop.
 
 ``shutdown()`` stops the workers (within one read timeout), commits what the pipeline holds, then
 flushes it (every pending observation released, the open segment and receipts closed), commits
