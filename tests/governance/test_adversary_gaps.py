@@ -255,9 +255,6 @@ def test_a_gap_never_anchored_excuses_nothing(liar):
     assert any("NOT honoured (unanchored)" in n for n in j.notes), j.notes
 
 
-@pytest.mark.xfail(strict=True, reason="finding G2: a 'capture stopped' record served unanchored "
-                   "with its end at the interrogation is 'pending' whatever its start: it reaches "
-                   "back over the window, and a pending gap lets the device lack records there")
 def test_a_pending_capture_stopped_gap_reaching_back_over_the_window_excuses_nothing():
     """r2 dropped the flow minutes ago; its segments of that time are anchored (anchored_until
     is past the drop). Asked now, it serves "capture stopped from before the drop to now", not
@@ -272,10 +269,6 @@ def test_a_pending_capture_stopped_gap_reaching_back_over_the_window_excuses_not
     assert j.faulty == [2], (verdicts(j), [x.status for x in d])
 
 
-@pytest.mark.xfail(strict=True, reason="finding G3: a kernel-drops record served unanchored is "
-                   "'pending' even when the device has anchored segments of later records (its "
-                   "anchored_until is past the gap): an honest device's gap leaf precedes them in "
-                   "its outbox, so it would be anchored too")
 def test_a_pending_drops_gap_older_than_the_devices_anchored_records_excuses_nothing():
     ledger = Ledger()
     asked = DROP_HI + 60 * SEC          # a fresh dispute: within the anchor delay of the drop
