@@ -968,9 +968,20 @@ def _missing_intervals(ev):
         first = min(t for (t,) in struct.iter_unpack(">Q40x", ev.unanchored_records))
         other.append((first, NONE))
     # gap records not anchored yet (their anchor period may not have passed): like records not
-    # anchored yet, it may lack records there; they excuse no drop of its own
-    other += [(g.from_ns, g.to_ns) for g in ev.declared_gaps if g.status == "pending"]
+    # anchored yet, it may lack records there; they excuse no drop of its own. An honest
+    # device's gap record precedes in its outbox the segments closed after it (the batcher
+    # anchors a prefix): a pending one speaks only of the last PENDING_REACH_NS before what the
+    # device has anchored (a record reaching further back would have been anchored with them)
+    until = NONE if cov is None else min(cov.anchored_until_t_ns, cov.newest_t_ns)
+    for g in ev.declared_gaps:
+        if g.status == "pending":
+            lo = g.from_ns if until >= NONE else max(g.from_ns, until - PENDING_REACH_NS, 0)
+            if lo <= g.to_ns:
+                other.append((lo, g.to_ns))
     return gaps, other
+
+
+PENDING_REACH_NS = 15 * 10**9   # a drops record spans <= 10 s and is written ~1 s after its end
 
 
 def _name(n):
