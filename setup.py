@@ -92,7 +92,7 @@ setup(
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExt},
     python_requires=">=3.11",
-    install_requires=["lmdb>=1.4", "pycryptodome>=3.19,<4", "pyroute2>=0.7",
+    install_requires=["lmdb>=1.4", "pycryptodome>=3.19,<4",
                       "prometheus-client>=0.20", "grpcio>=1.85.1",
                       "grpcio-health-checking>=1.85.1", "grpcio-reflection>=1.85.1",
                       "protobuf>=7.35.1", "cryptography>=50"],

@@ -16,6 +16,8 @@ NODE_ID_MAX = (1 << 64) - 2
 # a ledger leaf (the outbox's value, what the Merkle tree hashes): type(1) || value(32)
 LEAF_RECEIPT = 1                # value: a receipt's R
 LEAF_SEGMENT = 2                # value: a segment commitment's S
+LEAF_GAP = 3                    # value: a gap record's G (docs/gap-records.md; not in SPEC v1:
+#                                 a verifier of v1 anchors needs no type-3 leaf)
 LEAF_SIZE = 33
 
 

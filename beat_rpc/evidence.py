@@ -22,6 +22,8 @@ kind-4 chunks, the last of which carries the last flag.
 import dataclasses
 import struct
 
+from beat_common.gap_record import (GAP_CAPTURE_STOPPED, GAP_KERNEL_DROPS, GAP_REASONS,
+                                    IFNAME_SIZE, gap_leaf, pack_gap_record)
 from beat_common.spec import NONE, RECORD_SIZE
 from fastpath.hashes import digest_function
 from ledger_client.keys import verify as _ed25519_verify
@@ -31,6 +33,7 @@ __all__ = ["NONE", "RECORD_SIZE", "KIND_SEGMENTS", "KIND_COUNTERS", "KIND_RECEIP
            "CHUNK_RECORD_BYTES", "COVERAGE_FIXED_SIZE", "INDEX_ENTRY_SIZE", "GAP_SIZE",
            "GAP_KERNEL_DROPS", "GAP_CAPTURE_STOPPED", "GAP_REASONS", "AnchorRef", "UNANCHORED",
            "Segment", "Counter", "Receipt", "IndexEntry", "CaptureGap", "Coverage", "ChunkHeader",
+           "KIND_GAP_RECORDS", "GapRecord",
            "EvidenceError", "MalformedEvidence", "BadSignature", "WrongAnswer", "IncompleteAnswer",
            "request_digest", "segments_request_digest", "normalise_flow_tags",
            "normalise_seg_seqs", "encode_anchor_ref", "encode_chunk", "decode_header",
@@ -45,13 +48,14 @@ SIGNATURE_SIZE = 64
 KIND_SEGMENTS, KIND_COUNTERS, KIND_RECEIPTS = 1, 2, 3
 KIND_COVERAGE = 4                   # a chunk kind only: what the device holds for the request
 KIND_GET_SEGMENTS = 5               # a request kind only: GetSegments (segments named by seg_seq)
+KIND_GAP_RECORDS = 6                # chunk and request kind: gap records (docs/gap-records.md)
 KIND_NAMES = {KIND_SEGMENTS: "proof segments", KIND_COUNTERS: "counter report",
-              KIND_RECEIPTS: "receipts", KIND_COVERAGE: "coverage"}          # chunk kinds
+              KIND_RECEIPTS: "receipts", KIND_COVERAGE: "coverage",
+              KIND_GAP_RECORDS: "gap records"}                               # chunk kinds
 REQUEST_KIND_NAMES = {KIND_SEGMENTS: "proof segments", KIND_COUNTERS: "counter report",
-                      KIND_RECEIPTS: "receipts", KIND_GET_SEGMENTS: "segments by seg_seq"}
-GAP_KERNEL_DROPS, GAP_CAPTURE_STOPPED = 1, 2
-GAP_REASONS = {GAP_KERNEL_DROPS: "kernel drops", GAP_CAPTURE_STOPPED: "capture stopped"}
-IFNAME_SIZE = 16                    # IFNAMSIZ: a capture gap's interface, zero padded
+                      KIND_RECEIPTS: "receipts", KIND_GET_SEGMENTS: "segments by seg_seq",
+                      KIND_GAP_RECORDS: "gap records"}
+# the gap reasons and the interface field: the gap records' (beat_common.gap_record)
 ROLES = (1, 2)                      # receipts: 1 ingress, 2 egress (docs/formats.md)
 MAGIC = b"BEAT-EV-v1"
 REQUEST_TAG = b"BEAT-RQ-v1"
@@ -203,6 +207,35 @@ class CaptureGap:
     @property
     def reason_name(self):
         return GAP_REASONS.get(self.reason, str(self.reason))
+
+    def overlaps(self, from_ns, to_ns):
+        return self.from_ns <= to_ns and self.to_ns >= from_ns
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GapRecord:
+    """A gap record (docs/gap-records.md) as served: the device's immutable statement that it
+    was blind in ``[from_ns, to_ns]``, with its leaf's place in an anchor (chunk kind 6)."""
+    from_ns: int
+    to_ns: int
+    frames_dropped: int
+    reason: int
+    interface: str
+    anchor: AnchorRef
+
+    @property
+    def reason_name(self):
+        return GAP_REASONS.get(self.reason, str(self.reason))
+
+    @property
+    def record(self):
+        """The 41-byte record."""
+        return pack_gap_record(self.from_ns, self.to_ns, self.frames_dropped, self.reason,
+                               self.interface)
+
+    def leaf(self, hash_name, node_id):
+        """The anchored leaf data ``0x03 || G``."""
+        return gap_leaf(hash_name, node_id, self.record)
 
     def overlaps(self, from_ns, to_ns):
         return self.from_ns <= to_ns and self.to_ns >= from_ns
@@ -410,8 +443,13 @@ def _coverage_parts(cov, parts):
     parts.extend(encode_gap(g) for g in cov.gaps)
 
 
+def _gap_record_parts(g, parts):
+    parts.append(encode_gap(g))
+    parts.append(encode_anchor_ref(g.anchor))
+
+
 _ENCODERS = {KIND_SEGMENTS: _segment_parts, KIND_COUNTERS: _counter_parts,
-             KIND_RECEIPTS: _receipt_parts}
+             KIND_RECEIPTS: _receipt_parts, KIND_GAP_RECORDS: _gap_record_parts}
 
 
 def encode_chunk(kind, node_id, Q, chunk_seq, last, t_ns, items):
@@ -600,8 +638,31 @@ def _decode_coverage(body, off, count):
     return Coverage(*fixed, index=tuple(index), gaps=tuple(gaps)), off
 
 
+def gap_record_key(g):
+    """The order of gap records in an answer: (from_ns, to_ns, reason, interface,
+    frames_dropped), strictly increasing (a device states one gap once)."""
+    return (g.from_ns, g.to_ns, g.reason, g.interface, g.frames_dropped)
+
+
+def _decode_gap_records(body, off, count):
+    out = []
+    for i in range(count):
+        gap, off2 = _decode_gap(body, off, i)
+        g_what = f"gap record {i} [{gap.from_ns}, {gap.to_ns}]"
+        anchor, off2 = _anchor_ref(body, off2, g_what)
+        g = GapRecord(gap.from_ns, gap.to_ns, gap.frames_dropped, gap.reason, gap.interface,
+                      anchor)
+        if out and gap_record_key(g) <= gap_record_key(out[-1]):
+            raise MalformedEvidence(f"{g_what}: not after gap record {i - 1} (sorted by from_ns, "
+                                    f"to_ns, reason, interface, frames_dropped) (offset {off})")
+        out.append(g)
+        off = off2
+    return out, off
+
+
 _DECODERS = {KIND_SEGMENTS: _decode_segments, KIND_COUNTERS: _decode_counters,
-             KIND_RECEIPTS: _decode_receipts, KIND_COVERAGE: _decode_coverage}
+             KIND_RECEIPTS: _decode_receipts, KIND_COVERAGE: _decode_coverage,
+             KIND_GAP_RECORDS: _decode_gap_records}
 
 
 def decode_chunk(body):
@@ -745,6 +806,8 @@ class AnswerReader:
             return item.seg_seq
         if self.kind == KIND_COUNTERS:
             return (item.prev_id, item.next_id)
+        if self.kind == KIND_GAP_RECORDS:
+            return gap_record_key(item)
         return (item.epoch_ns, item.role)
 
     def finish(self):

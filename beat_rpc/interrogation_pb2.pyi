@@ -88,6 +88,16 @@ class ReceiptsRequest(_message.Message):
     nonce: bytes
     def __init__(self, from_ns: _Optional[int] = ..., to_ns: _Optional[int] = ..., src: _Optional[bytes] = ..., dst: _Optional[bytes] = ..., nonce: _Optional[bytes] = ...) -> None: ...
 
+class GapRecordsRequest(_message.Message):
+    __slots__ = ("from_ns", "to_ns", "nonce")
+    FROM_NS_FIELD_NUMBER: _ClassVar[int]
+    TO_NS_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    from_ns: int
+    to_ns: int
+    nonce: bytes
+    def __init__(self, from_ns: _Optional[int] = ..., to_ns: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
 class SignedChunk(_message.Message):
     __slots__ = ("body", "signature")
     BODY_FIELD_NUMBER: _ClassVar[int]

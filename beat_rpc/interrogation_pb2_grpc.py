@@ -59,6 +59,11 @@ class InterrogationStub:
                 request_serializer=beat_dot_v1_dot_interrogation__pb2.ReceiptsRequest.SerializeToString,
                 response_deserializer=beat_dot_v1_dot_interrogation__pb2.SignedChunk.FromString,
                 _registered_method=True)
+        self.GetGapRecords = channel.unary_stream(
+                '/beat.v1.Interrogation/GetGapRecords',
+                request_serializer=beat_dot_v1_dot_interrogation__pb2.GapRecordsRequest.SerializeToString,
+                response_deserializer=beat_dot_v1_dot_interrogation__pb2.SignedChunk.FromString,
+                _registered_method=True)
 
 
 class InterrogationServicer:
@@ -108,6 +113,16 @@ class InterrogationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetGapRecords(self, request, context):
+        """The gap records (docs/gap-records.md) overlapping [from_ns, to_ns]: the device's immutable
+        statements that its capture was blind, each with its inclusion proof in its anchor (chunk
+        kind 6, sorted; an empty answer is one chunk of none). Governance role only. A device
+        without it (UNIMPLEMENTED) serves no gap records: its declared gaps are not honoured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InterrogationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +149,11 @@ def add_InterrogationServicer_to_server(servicer, server):
             'GetReceipts': grpc.unary_stream_rpc_method_handler(
                     servicer.GetReceipts,
                     request_deserializer=beat_dot_v1_dot_interrogation__pb2.ReceiptsRequest.FromString,
+                    response_serializer=beat_dot_v1_dot_interrogation__pb2.SignedChunk.SerializeToString,
+            ),
+            'GetGapRecords': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetGapRecords,
+                    request_deserializer=beat_dot_v1_dot_interrogation__pb2.GapRecordsRequest.FromString,
                     response_serializer=beat_dot_v1_dot_interrogation__pb2.SignedChunk.SerializeToString,
             ),
     }
@@ -271,6 +291,33 @@ class Interrogation:
             target,
             '/beat.v1.Interrogation/GetReceipts',
             beat_dot_v1_dot_interrogation__pb2.ReceiptsRequest.SerializeToString,
+            beat_dot_v1_dot_interrogation__pb2.SignedChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGapRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/beat.v1.Interrogation/GetGapRecords',
+            beat_dot_v1_dot_interrogation__pb2.GapRecordsRequest.SerializeToString,
             beat_dot_v1_dot_interrogation__pb2.SignedChunk.FromString,
             options,
             channel_credentials,

@@ -267,7 +267,8 @@ def format_status(st):
     if st.get("state"):         # running, or degraded / failed and why
         lines.insert(1, f"  state        {st['state']}" +
                      (f" ({st['state_reason']})" if st.get("state_reason") else ""))
-    lines.append(f"  interfaces   {', '.join(st['interfaces'])}")
+    lines.append(f"  interfaces   {', '.join(st['interfaces'])}"
+                 + (f" ({st['interfaces_from']})" if st.get("interfaces_from") else ""))
     for i in st["rings"]:
         lines.append(f"  ring {i['name']:<7} {i.get('frames', 0)} frames, {i.get('bytes', 0)} bytes, "
                      f"kernel {i['kernel_packets']} packets / {i['kernel_drops']} drops")
@@ -298,6 +299,7 @@ def format_status(st):
     lines.append(f"  neighbours   " + (", ".join(
         f"{m} -> {n} on " + (", ".join(ifs[m]) if ifs.get(m) is not None else "any interface")
         for m, n in st["neighbours"].items()) or "none"))
+    lines.extend(neighbour_lines(st))
     an = st.get("anchor")
     if an:
         last = an.get("last_anchored_batch_seq")
@@ -330,6 +332,33 @@ def format_status(st):
     if st.get("failure"):
         lines.append(f"  FAILURE      {st['failure']}")
     return "\n".join(lines)
+
+
+def neighbour_lines(st):
+    """``beatd status``'s lines on the neighbours given by their ip (what the kernel taught, the
+    ones without a MAC yet) and on the busiest MACs that are no neighbour's."""
+    lines = []
+    nk = st.get("neighbour_kernel") or {}
+    for x in nk.get("learned") or ():
+        lines.append(f"  learned      {x['node_id']} ({x['ip']}): {x['mac']} on {x['interface']}, "
+                     f"kernel {x['kernel']}")
+    for x in nk.get("missing") or ():
+        lines.append(f"  NO MAC YET   {x['node_id']} ({x['ip']}): not in the kernel's neighbour "
+                     "table; its frames are recorded as from (to) outside")
+    if nk.get("follow"):
+        lines.append(f"  kernel table {nk.get('events', 0)} events, {nk.get('resyncs', 0)} re-syncs "
+                     f"every {nk.get('resync_s')} s ({nk.get('resync_repairs', 0)} repaired a "
+                     f"missed event), {nk.get('overruns', 0)} overruns, {nk.get('mac_changes', 0)} "
+                     "MAC changes")
+    um = st.get("unknown_macs") or {}
+    if um.get("top"):
+        lines.append(f"  unknown MACs {um['distinct']} MACs that are no configured neighbour "
+                     f"(frames recorded as from/to outside), the busiest:")
+        for m in um["top"]:
+            ifs = ", ".join(f"{i} {n}" for i, n in sorted(m["interfaces"].items()))
+            lines.append(f"    {m['mac']}  {m['frames']} frames ({m['ingress']} in, "
+                         f"{m['egress']} out) on {ifs}")
+    return lines
 
 
 def _store_lines(store):

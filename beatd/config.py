@@ -63,6 +63,8 @@ DEFAULTS = {
         "control_socket": "/run/beatd/control.sock",
         "log_format": "json",
         "neighbour_refresh": True,
+        "neighbour_resync_s": 30.0,     # the kernel's neighbour table read again this often (a
+                                        # backstop for a missed netlink event)
     },
     # the device's ledger anchoring (docs/ledger.md): "local" by default; "none" keeps the daemon
     # off the ledger
@@ -161,6 +163,45 @@ def check_not_self(neighbours, node_id, own_macs):
                               "(this device's own interfaces, not a neighbour)")
 
 
+def check_neighbour_mac(mac, key):
+    """ConfigError when ``mac`` cannot be one neighbour's interface: the all-zero MAC, the
+    broadcast MAC, or a multicast (group) MAC, which name no single device."""
+    if mac == bytes(6):
+        raise ConfigError(f"{key}: {format_mac(mac)} is the all-zero MAC, no device's")
+    if mac == b"\xff" * 6:
+        raise ConfigError(f"{key}: {format_mac(mac)} is the broadcast MAC, no single device's")
+    if mac[0] & 1:
+        raise ConfigError(f"{key}: {format_mac(mac)} is a multicast (group) MAC, no single "
+                          "device's")
+
+
+def check_links(neighbours):
+    """ConfigError when two entries give one node_id where it would be named twice on one link.
+    One neighbour may have several links to this device, so several entries with its node_id:
+    one per link, each with its own ``interface`` (a MAC, or an IP, per link). Two entries with one
+    node_id on the same interface, or one of them without an interface (named on every
+    interface), contradict each other: which MAC is that neighbour's on the shared link?"""
+    first = {}
+    for i, n in enumerate(neighbours):
+        if n.node_id not in first:
+            first[n.node_id] = [(i, n)]
+            continue
+        for j, m in first[n.node_id]:
+            if n.interface is None or m.interface is None:
+                which = f"neighbours[{j}]" if m.interface is None else f"neighbours[{i}]"
+                raise ConfigError(
+                    f"neighbours[{i}].node_id: {n.node_id} is already neighbours[{j}].node_id, "
+                    f"and {which} has no interface: a neighbour with several links is given "
+                    "once per link, each entry with its own interface")
+            if n.interface == m.interface:
+                raise ConfigError(
+                    f"neighbours[{i}].node_id: {n.node_id} is already neighbours[{j}].node_id on "
+                    f"the same interface {_show(n.interface)}: one neighbour, two MACs on one "
+                    "link (a wrong node_id?); a neighbour with several links is given once per "
+                    "link, each entry with its own interface")
+        first[n.node_id].append((i, n))
+
+
 def parse_mac(value, key="mac"):
     """6 bytes from ``"aa:bb:cc:dd:ee:ff"`` (or with dashes)."""
     if not isinstance(value, str) or not _MAC_RE.match(value):
@@ -214,6 +255,7 @@ class Config:
     control_socket: str = DEFAULTS["daemon"]["control_socket"]
     log_format: str = DEFAULTS["daemon"]["log_format"]
     neighbour_refresh: bool = DEFAULTS["daemon"]["neighbour_refresh"]
+    neighbour_resync_s: float = DEFAULTS["daemon"]["neighbour_resync_s"]
     ledger_backend: str = DEFAULTS["ledger"]["backend"]
     ledger_path: str | None = None
     ledger_key: str | None = None
@@ -450,6 +492,7 @@ def from_dict(raw):
         mac = None
         if n["mac"] is not None:
             mac = parse_mac(n["mac"], p + "mac")
+            check_neighbour_mac(mac, p + "mac")
             if mac in seen:
                 raise ConfigError(f"{p}mac: {_show(n['mac'])} is already "
                                   f"neighbours[{seen[mac]}].mac")
@@ -460,6 +503,13 @@ def from_dict(raw):
                 ip = str(ipaddress.ip_address(ip))
             except ValueError:
                 raise ConfigError(f"{p}ip: {_show(ip)} is not an IP address") from None
+            a = ipaddress.ip_address(ip)
+            kind = ("a multicast" if a.is_multicast else "a loopback" if a.is_loopback else
+                    "an unspecified" if a.is_unspecified else
+                    "the broadcast" if ip == "255.255.255.255" else None)
+            if kind:
+                raise ConfigError(f"{p}ip: {_show(n['ip'])} is {kind} address, never one "
+                                  "neighbour's")
             if ip in seen_ip:
                 raise ConfigError(f"{p}ip: {_show(n['ip'])} is already "
                                   f"neighbours[{seen_ip[ip]}].ip")
@@ -472,6 +522,7 @@ def from_dict(raw):
                                   f"({', '.join(str(x) for x in top['interfaces'])})")
         neighbours.append(Neighbour(nid, mac, ip, iface))
     check_not_self(neighbours, node_id, own)
+    check_links(neighbours)
 
     st = _table(top["store"], DEFAULTS["store"], "store.")
     if not isinstance(st["path"], str) or not st["path"]:
@@ -626,8 +677,13 @@ def _daemon(raw):
     if not isinstance(d["neighbour_refresh"], bool):
         raise ConfigError(f"daemon.neighbour_refresh: {_show(d['neighbour_refresh'])} is not "
                           "true or false")
+    resync = _number(d, "neighbour_resync_s", "daemon.")
+    if not 0.1 <= resync <= 86400:
+        raise ConfigError(f"daemon.neighbour_resync_s: {resync} is not in 0.1..86400 seconds "
+                          "(how often the kernel's neighbour table is read again)")
     return {"commit_interval_ms": interval, "metrics_listen": listen, "control_socket": sock,
-            "log_format": d["log_format"], "neighbour_refresh": d["neighbour_refresh"]}
+            "log_format": d["log_format"], "neighbour_refresh": d["neighbour_refresh"],
+            "neighbour_resync_s": float(resync)}
 
 
 def check_key_file(path, key="ledger.key"):

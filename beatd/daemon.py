@@ -21,7 +21,9 @@ kernel drops); the committer writes the gaps, and at least once a second ``captu
 (``CAPTURE_ALIVE_INTERVAL_S``). At start, once the rings are open, the previous run's
 ``capture_alive_t_ns`` (its last commit; or, for a store without it, its newest record) to now is
 a gap "capture stopped". Gaps are pruned with the threshold like the ring's records
-(``Store.record_capture``).
+(``Store.record_capture``). Every gap written is also an immutable gap record, anchored like
+receipts (docs/gap-records.md): ``beatd.gap_journal`` coalesces the snapshots into one record per
+interface and second, logs drops rate-limited and summarises them at stop.
 
 ``shutdown()`` stops the workers (within one read timeout), commits what the pipeline holds, then
 flushes it (every pending observation released, the open segment and receipts closed), commits
@@ -74,9 +76,11 @@ import fastpath
 from . import __version__
 from .config import format_mac
 from .failures import Failure, Kind
+from .gap_journal import GapJournal
 from .logs import event
 from .neighbours import NeighbourMap, pipeline_map, unbound
 from .store import PRUNE_LEAVES, Store, StoreError, StoreFullError
+from .unknown_macs import UnknownMacs
 
 __all__ = ["Daemon", "DaemonError", "ring_sources", "list_interfaces"]
 
@@ -203,6 +207,7 @@ class Daemon:
         self._capture_ended_ns = None
         self._alive_written = 0.0       # monotonic time capture_alive_t_ns was last written
         self._gap_status = None         # Store.capture_gap_status(), after each write
+        self.gap_journal = GapJournal(log)   # pieces -> gap records, drops logged, the summary
         self._ring_status_at = 0.0
         self.commits = 0
         # a full store: since when (None: not full), why, and what it could not record since start
@@ -233,6 +238,7 @@ class Daemon:
         self._ledger_log_routed = False
         self.slots = {}                 # {ifname: slot}: the interface each frame was captured on
         self._wrong_if_log = {}         # (mac, slot, dir) -> [monotonic time logged, frames since]
+        self.unknown_macs = UnknownMacs(log)    # MACs that are no neighbour's: log and status
         self._warned_uncaptured = set()
 
     # -- start ----------------------------------------------------------------------------------
@@ -251,6 +257,7 @@ class Daemon:
         if cfg.node_id is None:
             raise DaemonError("node_id: not set in the configuration")
         self.interfaces = self._resolve_interfaces()
+        self._log_interface_set()
         nworkers = cfg.workers or os.cpu_count() or 1
         event(log, logging.INFO, "starting", version=__version__, node_id=cfg.node_id,
               impl=fastpath.IMPL, interfaces=list(self.interfaces), workers=nworkers,
@@ -291,11 +298,13 @@ class Daemon:
                   mac=format_mac(n.mac), interfaces=list(self.interfaces))
         # the capture threads start below: the bound map is in the pipeline before any frame
         self.neighbours = NeighbourMap(cfg.neighbours, cfg.neighbour_refresh,
-                                       on_change=self._set_neighbours)
+                                       on_change=self._set_neighbours,
+                                       resync_s=cfg.neighbour_resync_s, own_macs=cfg.own_macs)
         self.neighbours.start()
 
         if cfg.metrics_address is not None:
-            from .metrics import AnchorCollector, InterrogationCollector, MetricsServer
+            from .metrics import (AnchorCollector, InterrogationCollector, MetricsServer,
+                                  NeighbourCollector)
             try:
                 self.metrics = MetricsServer(cfg.metrics_address, self.snapshot, ops=self.ops)
             except OSError as exc:
@@ -303,6 +312,7 @@ class Daemon:
                                   f"{exc.strerror or exc}") from None
             self.metrics.registry.register(AnchorCollector(self.anchor_status))
             self.metrics.registry.register(InterrogationCollector(lambda: self.interrogation))
+            self.metrics.registry.register(NeighbourCollector(self.neighbour_status))
             from .metrics import StoreSpaceCollector
             self.metrics.registry.register(StoreSpaceCollector(self.cfg.store_path))
             event(log, logging.INFO, "metrics", listen=f"{self.metrics.host}:{self.metrics.port}")
@@ -473,6 +483,13 @@ class Daemon:
                       frames=st[1], since_s=None if st[0] is None else round(now - st[0], 3))
                 st[0], st[1] = now, 0
 
+    def _note_unknown_macs(self, force=False):
+        """The committer: the pipeline's MACs that are no neighbour's, into the table that logs
+        them (rate-limited) and shows the busiest in the status."""
+        listed, unlisted = self.pipeline.take_unknown_macs()
+        self.unknown_macs.add(listed, unlisted, {slot: name for name, slot in self.slots.items()})
+        self.unknown_macs.log_due(force=force)
+
     # -- capture gaps -------------------------------------------------------------------------
 
     def _start_capture_gaps(self):
@@ -496,8 +513,7 @@ class Daemon:
         try:
             self.store.record_capture(gaps, alive_t_ns=now, threshold_ns=self.cfg.threshold_ns)
         except StoreFullError as exc:           # written with a later commit, when there is room
-            with self._gaps_lock:
-                self._pending_gaps[:0] = gaps
+            self.gap_journal.requeue(gaps)
             event(log, logging.WARNING, "capture gap kept in memory: the store is full",
                   error=str(exc))
         self._alive_written = time.monotonic()
@@ -516,29 +532,28 @@ class Daemon:
         self._drops_seen[(k, ifname)] = (t_ns, drops)
 
     def _write_capture_gaps(self, force=False):
-        """The committer: pending gaps and capture_alive_t_ns, at least once a second."""
+        """The committer: pending gaps (as gap records: beatd.gap_journal, one per interface and
+        second at most) and capture_alive_t_ns, at least once a second."""
         mono = time.monotonic()
         with self._gaps_lock:
-            gaps, self._pending_gaps = self._pending_gaps, []
+            pieces, self._pending_gaps = self._pending_gaps, []
+        self.gap_journal.add(pieces)
+        gaps = self.gap_journal.due(force=force)
         if not gaps and not force and mono - self._alive_written < CAPTURE_ALIVE_INTERVAL_S:
             return
         alive = self._capture_ended_ns or time.time_ns()
         try:
             self.store.record_capture(gaps, alive_t_ns=alive, threshold_ns=self.cfg.threshold_ns)
         except StoreFullError:
-            with self._gaps_lock:               # not lost: written once there is room again
-                self._pending_gaps[:0] = gaps
+            self.gap_journal.requeue(gaps)      # not lost: written once there is room again
             return
         except BaseException:
-            with self._gaps_lock:               # not lost: written with the next commit
-                self._pending_gaps[:0] = gaps
+            self.gap_journal.requeue(gaps)      # not lost: written with the next commit
             raise
         self._alive_written = mono
         if gaps:
             self._gap_status = self.store.capture_gap_status()
-            for g in gaps:
-                event(log, logging.WARNING, "capture gap: kernel drops", interface=g[4],
-                      frames=g[2], from_ns=g[0], to_ns=g[1])
+            self.gap_journal.written(gaps)
 
     # -- the Interrogation service ----------------------------------------------------------
 
@@ -629,6 +644,29 @@ class Daemon:
     def anchor_status(self):
         """The anchor state (status and metrics), or None without a ledger."""
         return self.anchoring.status() if self.anchoring is not None else None
+
+    def neighbour_status(self):
+        """The neighbours' part of the status (metrics): the follower's, the unknown MACs'."""
+        nb = self.neighbours
+        return {"neighbour_kernel": nb.status() if nb is not None else None,
+                "unknown_macs": self.unknown_macs.status(top=0)}
+
+    def interface_set(self):
+        """Where the captured interfaces come from, as ``beatd status`` says it."""
+        return ("configuration (interfaces)" if self.cfg.interfaces else
+                "all interfaces: interfaces = [] in the configuration")
+
+    def _log_interface_set(self):
+        """The interface set, stated at start: every interface found (management ports
+        included) when the configuration lists none."""
+        if self.cfg.interfaces:
+            event(log, logging.INFO, "capturing on the configured interfaces",
+                  interfaces=list(self.interfaces))
+        else:
+            event(log, logging.WARNING, "capturing on all interfaces: interfaces = [] in the "
+                  "configuration (every non-loopback interface found now, management ports "
+                  "included; list the ports to capture in interfaces)",
+                  interfaces=list(self.interfaces))
 
     def _resolve_interfaces(self):
         names = self.cfg.interfaces
@@ -743,6 +781,7 @@ class Daemon:
             self.pipeline.advance(max(0, time.time_ns() - lag_ns))
             out = self.pipeline.take()
             self._log_wrong_interface(force=force_status)
+            self._note_unknown_macs(force=force_status)
             if self.testing_lies is not None:       # TEST ONLY (--testing-lie)
                 self.testing_lies.apply(out)
             if not _empty(out):
@@ -1007,6 +1046,7 @@ class Daemon:
                 event(log, logging.ERROR, "final commit failed", error=str(exc))
         if committed and self.anchoring is not None:
             self._final_anchor()
+        self.gap_journal.log_summary()
         totals = self.pipeline.totals() if self.pipeline is not None else {}
         self._close_all()
         dropped = {f"dropped_{k}": v for k, v in self.store_dropped.items() if v}
@@ -1110,6 +1150,7 @@ class Daemon:
             "uptime_s": round(now - self.started, 3) if self.started else 0,
             "workers": len(self.workers),
             "interfaces": list(self.interfaces),
+            "interfaces_from": self.interface_set(),
             "rings": rings,
             "rates": dict(self._rates),
             "totals": totals,
@@ -1128,6 +1169,10 @@ class Daemon:
                                      for m, (_, ifs) in
                                      (neighbours.bindings().items() if neighbours else ())},
             "neighbour_wrong_interface": totals["neighbour_wrong_interface"],
+            # the neighbours given by their ip: what the kernel taught, the follower's counters
+            "neighbour_kernel": neighbours.status() if neighbours else None,
+            # frames from (to) MACs that are no neighbour's, recorded as from (to) outside
+            "unknown_macs": self.unknown_macs.status(),
             "reloads": self.reloads,
             "anchor": self.anchor_status(),
             "interrogation": (self.interrogation.stats() if self.interrogation is not None

@@ -47,7 +47,8 @@ log = logging.getLogger("beatd.interrogation")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Interrogation"].full_name   # beat.v1.Interrogation
 OPEN_METHODS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")   # any peer
-EVIDENCE_METHODS = (f"/{SERVICE_NAME}/GetProofSegments", f"/{SERVICE_NAME}/GetReceipts")
+EVIDENCE_METHODS = (f"/{SERVICE_NAME}/GetProofSegments", f"/{SERVICE_NAME}/GetReceipts",
+                    f"/{SERVICE_NAME}/GetGapRecords")
 FORMAT_VERSION = 1
 DEFAULT_MAX_WINDOW_S = 3600.0        # = governance.threshold_s's default: what the ring must cover
 DEFAULT_MAX_RECORDS = 4_000_000      # ~192 MB of records per answer, ~4 s at 1M records/s
@@ -62,6 +63,7 @@ DEFAULT_MAX_CALL_S = 60.0            # any other call (Health.Watch, reflection)
 GOVERNANCE_SPARE_WORKERS = 4         # workers for the governance beyond max_streams
 QUEUED_RPCS = 16                     # calls gRPC queues beyond its workers before refusing
 RECEIPTS_PER_CHUNK = 4096            # ~0.5-1 MiB of receipts with their paths
+GAP_RECORDS_PER_CHUNK = 4096         # ~0.4-1 MiB of gap records with their paths
 MAX_MESSAGE = 64 << 20               # a lone segment of segment_records = 10^6 is 48 MB
 
 _FT_OFFSET = 40
@@ -475,6 +477,29 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
                   for i in range(0, len(receipts), RECEIPTS_PER_CHUNK)] or [[]]
         for seq, group in enumerate(groups):
             body = ev.encode_chunk(ev.KIND_RECEIPTS, self.node_id, Q, seq,
+                                   seq == len(groups) - 1, self.clock(), group)
+            yield self._sign(body)
+        self._answered()
+
+    def GetGapRecords(self, request, context):
+        """The gap records overlapping the window, each with its inclusion proof (chunk kind 6,
+        docs/gap-records.md); an empty answer is one chunk of none."""
+        try:
+            self._governance_only(context, "GetGapRecords")
+            self._nonce(request.nonce)
+            _window(self.limits, request.from_ns, request.to_ns)
+            Q = ev.request_digest(self.hash_name, ev.KIND_GAP_RECORDS, request.from_ns,
+                                  request.to_ns, (), None, None, request.nonce)
+            self._acquire(context)
+            self._store_call("indexing", self.evidence.refresh)
+            records = self._store_call("gap records", self.evidence.gap_records,
+                                       request.from_ns, request.to_ns)
+        except RequestError as exc:
+            self._refuse(context, exc)
+        groups = [records[i:i + GAP_RECORDS_PER_CHUNK]
+                  for i in range(0, len(records), GAP_RECORDS_PER_CHUNK)] or [[]]
+        for seq, group in enumerate(groups):
+            body = ev.encode_chunk(ev.KIND_GAP_RECORDS, self.node_id, Q, seq,
                                    seq == len(groups) - 1, self.clock(), group)
             yield self._sign(body)
         self._answered()

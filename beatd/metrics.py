@@ -26,7 +26,7 @@ from .failures import Kind
 __all__ = ["MetricsServer", "Collector", "AnchorCollector", "InterrogationCollector", "NAMES",
            "ANCHOR_METRICS", "INTERROGATION_METRICS", "OPS_METRICS", "PROCESS_METRICS",
            "Durations", "BuildInfoCollector", "OpsCollector", "build_info", "StoreSpaceCollector",
-           "STORE_SPACE_METRICS"]
+           "STORE_SPACE_METRICS", "NeighbourCollector", "NEIGHBOUR_METRICS"]
 
 NAMES = ("beat_frames_total", "beat_bytes_total", "beat_records_total", "beat_dropped_total",
          "beat_kernel_drops_total", "beat_kernel_packets_total", "beat_ring_wraps_total",
@@ -232,6 +232,41 @@ class InterrogationCollector:
         for limit, n in sorted((st.get("cancelled") or {}).items()):
             m.add_metric([str(limit)], n)
         yield m
+
+
+NEIGHBOUR_METRICS = ("beat_unknown_macs", "beat_neighbours_without_mac",
+                     "beat_neighbour_resyncs_total", "beat_neighbour_resync_repairs_total",
+                     "beat_neighbour_event_overruns_total", "beat_neighbour_mac_changes_total")
+
+
+class NeighbourCollector:
+    """The neighbours' metrics, from ``status()`` (the daemon's status dict, or None): MACs that
+    are no neighbour's, neighbours given by their ip without a MAC yet, the follower's re-syncs
+    with the kernel table (and those that repaired a missed event), overruns, MAC changes."""
+
+    def __init__(self, status):
+        self._status = status
+
+    def collect(self):
+        st = self._status()
+        if st is None:
+            return
+        um, nk = st.get("unknown_macs") or {}, st.get("neighbour_kernel") or {}
+        yield _gauge("beat_unknown_macs", "Distinct MACs that are no configured neighbour's seen "
+                     "since start (frames recorded as from/to outside; bounded table)",
+                     um.get("distinct", 0))
+        yield _gauge("beat_neighbours_without_mac", "Neighbours given by their ip whose MAC the "
+                     "kernel's neighbour table has not given yet", len(nk.get("missing") or ()))
+        for name, key, doc in (
+                ("beat_neighbour_resyncs_total", "resyncs",
+                 "Periodic re-reads of the kernel's neighbour table (daemon.neighbour_resync_s)"),
+                ("beat_neighbour_resync_repairs_total", "resync_repairs",
+                 "Re-reads that changed the neighbour map: a netlink event had been missed"),
+                ("beat_neighbour_event_overruns_total", "overruns",
+                 "Neighbour events the kernel dropped (ENOBUFS): the table was read again"),
+                ("beat_neighbour_mac_changes_total", "mac_changes",
+                 "Neighbours given by their ip whose MAC the kernel replaced by another")):
+            yield _counter(name, doc, nk.get(key, 0))
 
 
 # -- what an operator expects beside the evidence: build, process, commit times, anchor, reload --

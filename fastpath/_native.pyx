@@ -320,6 +320,21 @@ cdef class Pipeline:
         return [(bytes(w[i].mac[:6]), w[i].slot, w[i].dir, w[i].node_id, w[i].frames)
                 for i in range(n)]
 
+    def take_unknown_macs(self):
+        """The frames since the previous call whose neighbour MAC is no neighbour's (recorded as
+        from or to outside): ``([(mac, slot, dir, frames)], unlisted)``, by (MAC, slot, dir) in
+        first-seen order, at most BEAT_UNKNOWN_MAC_MAX = 64; ``unlisted`` the frames of later
+        ones."""
+        cdef beat_unknown_mac u[BEAT_UNKNOWN_MAC_MAX]
+        cdef size_t n, i
+        cdef uint64_t unlisted = 0
+        with nogil:
+            beat_pipe_lock(self.p)
+            n = beat_pipe_take_unknown_macs(self.p, u, BEAT_UNKNOWN_MAC_MAX, &unlisted)
+            beat_pipe_unlock(self.p)
+        return ([(bytes(u[i].mac[:6]), u[i].slot, u[i].dir, u[i].frames) for i in range(n)],
+                unlisted)
+
     def totals(self):
         cdef const uint64_t *st
         with nogil:

@@ -28,6 +28,7 @@ SLOT_SHIFT = 2
 MAX_SLOT = 63
 SLOTS_ANY = (1 << 64) - 1     # a neighbour matched on every interface
 WRONG_IF_MAX = 16             # distinct (MAC, slot, dir) listed per take_wrong_interface()
+UNKNOWN_MAC_MAX = 64          # distinct (MAC, slot, dir) listed per take_unknown_macs()
 
 STAT_NAMES = (
     "frames", "ip", "non_ip", "unsupported_linktype", "runt", "truncated", "bad_version",

@@ -38,7 +38,7 @@ from .output import NODE_ID_MAX
 from .output import (COUNTER_SIZE, DEFAULT_MAX_RECEIPTS_PER_EPOCH, DESC_FORMAT, DESC_SIZE,
                      HASH_NAMES, MAX_RECEIPTS_PER_EPOCH_LIMIT, NONE, OPEN_RECEIPT_SIZE,
                      OVERFLOW_ADDR, REASON_CLASS, RECEIPT_SIZE, RECORD_SIZE, SLOT_SHIFT,
-                     STAT_NAMES, VLAN_MASK, WRONG_IF_MAX, Output, neighbour_binding, pack_desc)
+                     STAT_NAMES, UNKNOWN_MAC_MAX, VLAN_MASK, WRONG_IF_MAX, Output, neighbour_binding, pack_desc)
 
 __all__ = ["Pipeline", "pd_ft", "fp_many", "segment_value", "receipt_value", "pack_desc", "NONE",
            "DESC_FORMAT", "DESC_SIZE", "RECORD_SIZE", "RECEIPT_SIZE", "OPEN_RECEIPT_SIZE",
@@ -474,6 +474,8 @@ class Pipeline:
         self._st = dict.fromkeys(STAT_NAMES, 0)     # totals since creation
         self._st_taken = dict.fromkeys(STAT_NAMES, 0)
         self._wrong = {}                # (mac, slot, dir) -> [node_id, frames], first-seen order
+        self._unknown = {}              # (mac, slot, dir) -> frames, first-seen order
+        self._unknown_unlisted = 0      # frames of (mac, slot, dir) beyond UNKNOWN_MAC_MAX
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -615,6 +617,16 @@ class Pipeline:
         elif len(self._wrong) < WRONG_IF_MAX:
             self._wrong[(mac, slot, d)] = [nid, 1]
 
+    def _unknown_mac(self, mac, slot, d):
+        """A MAC that is no neighbour's (kept for the log and the status)."""
+        k = (mac, slot, d)
+        if k in self._unknown:
+            self._unknown[k] += 1
+        elif len(self._unknown) < UNKNOWN_MAC_MAX:
+            self._unknown[k] = 1
+        else:
+            self._unknown_unlisted += 1
+
     def _rc_new(self, d, ep, role, sd):
         """The receipt a packet counts in when its flow has none of its own in this epoch and
         role: a new one while the epoch has fewer than max_receipts_per_epoch of the role, else
@@ -737,6 +749,8 @@ class Pipeline:
                             v = nb.get(smac) if smac is not None else None
                             if v is None:
                                 n_unk += 1
+                                if smac is not None:
+                                    self._unknown_mac(smac, fl >> SLOT_SHIFT, 1)
                             elif v[1] >> (fl >> SLOT_SHIFT) & 1:
                                 prev = v[0]
                             else:       # a neighbour's MAC where it is not: not from it
@@ -759,6 +773,7 @@ class Pipeline:
                             v = nb.get(dmac)
                             if v is None:
                                 n_unk += 1
+                                self._unknown_mac(dmac, fl >> SLOT_SHIFT, 2)
                             elif v[1] >> (fl >> SLOT_SHIFT) & 1:
                                 nxt = v[0]
                             else:       # a neighbour's MAC where it is not: not to it
@@ -871,6 +886,15 @@ class Pipeline:
         out = [(mac, slot, d, nid, n) for (mac, slot, d), (nid, n) in self._wrong.items()]
         self._wrong = {}
         return out
+
+    def take_unknown_macs(self):
+        """The frames since the previous call whose neighbour MAC is no neighbour's (recorded as
+        from or to outside): ``([(mac, slot, dir, frames)], unlisted)``, by (MAC, slot, dir) in
+        first-seen order, at most UNKNOWN_MAC_MAX; ``unlisted`` the frames of later ones."""
+        out = [(mac, slot, d, n) for (mac, slot, d), n in self._unknown.items()]
+        unlisted = self._unknown_unlisted
+        self._unknown, self._unknown_unlisted = {}, 0
+        return out, unlisted
 
     def totals(self):
         return {name: self._st[name] for name in STAT_NAMES}

@@ -74,7 +74,7 @@ class Recorder:
     """Wraps a gRPC stub: every evidence call is forwarded and every chunk it returns kept, in
     order (``answers``: ``[(request dict, [(body, signature)])]``)."""
 
-    STREAMS = ("GetProofSegments", "GetSegments", "GetReceipts")
+    STREAMS = ("GetProofSegments", "GetSegments", "GetReceipts", "GetGapRecords")
     UNARY = ("GetCounterReport",)
 
     def __init__(self, stub):
@@ -196,6 +196,11 @@ def read(path):
     return Archive(path, manifest, chunks)
 
 
+class NotRecorded(ArchiveError):
+    """A call the archive has no answer to because the interrogation did not make it (gap
+    records, in an archive written before them): taken as a device that serves none."""
+
+
 class _ArchivedStub:
     """Answers a client's calls from one device's recorded answers, in the recorded order; a
     call that is not the next recorded one (another rpc or request) is refused."""
@@ -207,6 +212,10 @@ class _ArchivedStub:
 
     def _take(self, rpc, req):
         from .client import NodeUnreachable
+        if rpc == "GetGapRecords" and (self._next >= len(self._answers) or
+                                       self._answers[self._next][0]["rpc"] != rpc):
+            raise NotRecorded(f"node {self.node}: archive: no gap records were asked (an "
+                              "archive written before gap records)")
         if self._next >= len(self._answers):
             raise NodeUnreachable(f"node {self.node}: archive: no recorded answer to {rpc}")
         request, chunks = self._answers[self._next]

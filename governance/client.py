@@ -326,6 +326,23 @@ class InterrogationClient:
         reader.finish()
         return items
 
+    def gap_records(self, from_ns, to_ns, timeout=None):
+        """The device's gap records overlapping [from_ns, to_ns] (docs/gap-records.md), each
+        with its anchor ref: ``list[GapRecord]``, sorted; WrongAnswer for one outside the window.
+        A device without GetGapRecords refuses it (RequestRejected, UNIMPLEMENTED)."""
+        nonce = self._new_nonce()
+        Q = ev.request_digest(self.hash_name, ev.KIND_GAP_RECORDS, from_ns, to_ns, (), None,
+                              None, nonce)
+        req = pb.GapRecordsRequest(from_ns=from_ns, to_ns=to_ns, nonce=nonce)
+        call = self.stub.GetGapRecords(req, timeout=self._timeout(timeout))
+        reader = ev.AnswerReader(self.pubkey, self.node_id, ev.KIND_GAP_RECORDS, Q)
+        items = self._stream("GetGapRecords", call, reader)
+        for g in items:
+            if not g.overlaps(from_ns, to_ns):
+                raise WrongAnswer(f"node {self.node_id}: gap record [{g.from_ns}, {g.to_ns}] in "
+                                  f"the answer for [{from_ns}, {to_ns}], which it does not meet")
+        return items
+
     def receipts(self, from_ns, to_ns, src, dst, timeout=None):
         """The receipts of flow (src, dst) (16 bytes each) with epoch_ns in [from_ns, to_ns]:
         ``list[Receipt]`` by (epoch_ns, role); WrongAnswer for one of another flow."""

@@ -30,6 +30,7 @@ The governance's own configuration (``--config``, TOML; ``beat-lab up`` writes o
     [judgement]
     f = 1                                    # lying owners the verdicts withstand
     threshold_s = 3600                       # older windows are not judgeable
+    gap_anchor_delay_s = 120                 # a gap record anchored later is back-dated
     max_devices = 64                         # devices interrogated at most
     [[endpoints]]
     node_id = 1
@@ -52,7 +53,7 @@ from datetime import datetime, timezone
 from beat_common.tomlfile import read_toml
 from fastpath.output import NONE, RECORD_SIZE
 
-from . import archive, verify
+from . import archive, gaps, verify
 from .verdicts import (STATUS_BAD_EVIDENCE, STATUS_INCOMPLETE, STATUS_UNREACHABLE, Coverage,
                        NodeEvidence, adjacency, check_route, flow_tag, judge)
 
@@ -91,6 +92,7 @@ class GovernanceConfig:
     f: int = DEFAULT_F
     threshold_s: float = DEFAULT_THRESHOLD_S
     max_devices: int = DEFAULT_MAX_DEVICES
+    gap_anchor_delay_s: float = gaps.DEFAULT_ANCHOR_DELAY_NS / 1e9
 
 
 def _number(path, where, v, *, integer=False, least=0.0, above=False):
@@ -140,11 +142,14 @@ def load_config(path):
     ju = raw.get("judgement", {})
     if not isinstance(ju, dict):
         raise ConfigError(f"{path}: judgement: not a table")
-    bad = sorted(set(ju) - {"f", "threshold_s", "max_devices"})
+    bad = sorted(set(ju) - {"f", "threshold_s", "max_devices", "gap_anchor_delay_s"})
     if bad:
-        raise ConfigError(f"{path}: judgement.{bad[0]}: unknown key (known: f, max_devices, "
-                          "threshold_s)")
+        raise ConfigError(f"{path}: judgement.{bad[0]}: unknown key (known: f, "
+                          "gap_anchor_delay_s, max_devices, threshold_s)")
     nums["f"] = _number(path, "judgement.f", ju.get("f", DEFAULT_F), integer=True)
+    nums["gap_anchor_delay_s"] = _number(
+        path, "judgement.gap_anchor_delay_s",
+        ju.get("gap_anchor_delay_s", gaps.DEFAULT_ANCHOR_DELAY_NS / 1e9), above=True)
     nums["threshold_s"] = _number(path, "judgement.threshold_s",
                                   ju.get("threshold_s", DEFAULT_THRESHOLD_S), above=True)
     nums["max_devices"] = _number(path, "judgement.max_devices",
@@ -283,7 +288,8 @@ def _with_retry(fetch, retry_s, **kw):
 def _fetch(client, node_id, ledger, hash_name, sla, ft, from_ns, to_ns, margin, anchors, seed):
     """Ask one device (a live ``InterrogationClient`` or an archived one) and check its segments
     answer against its coverage, with the audit chosen by ``seed``: ``(AnswerCheck, receipts,
-    counters)``. The client's errors go up (an audit's too)."""
+    counters, gap records)`` (gap records None: the device serves none). The client's errors go
+    up (an audit's too)."""
     from .client import NoEvidence
 
     lo, hi = max(0, from_ns - margin), to_ns + margin
@@ -293,16 +299,42 @@ def _fetch(client, node_id, ledger, hash_name, sla, ft, from_ns, to_ns, margin, 
                                 audit=client.get_segments, rng=random.Random(seed))
     if check.audit_error is not None:
         raise check.audit_error
+    gap_records = _gap_records(client, lo, hi)
     try:
         receipts = client.receipts(lo, hi, sla.src, sla.dst)
     except NoEvidence:
         receipts = []
-    return check, receipts, client.counter_report()
+    return check, receipts, client.counter_report(), gap_records
 
 
-def _node_evidence(node_id, hash_name, check, receipts, counters, ledger, anchors, info):
-    """The judgement's NodeEvidence of a checked answer (``info`` gets the numbers)."""
+def _gap_records(client, lo, hi):
+    """The device's gap records (docs/gap-records.md), or None when it serves none: a device
+    without GetGapRecords, or an archive written before gap records (where the next recorded
+    answer is another call's: it is left for that call)."""
+    import grpc
+
+    from .client import RequestRejected
+    try:
+        return client.gap_records(lo, hi)
+    except RequestRejected as exc:
+        if exc.code == grpc.StatusCode.UNIMPLEMENTED:
+            return None
+        raise
+    except archive.NotRecorded:
+        return None
+
+
+def _node_evidence(node_id, hash_name, check, receipts, counters, gap_records, ledger, anchors,
+                   info, gap_params):
+    """The judgement's NodeEvidence of a checked answer (``info`` gets the numbers);
+    ``gap_params``: ``{"asked_at_ns", "gap_anchor_delay_ns"}`` (governance/gaps.py)."""
     rc_check = verify.verify_receipts(node_id, hash_name, receipts, ledger, anchors)
+    declared = gaps.check_gap_records(
+        node_id, hash_name, gap_records or (), anchors, asked_at_ns=gap_params["asked_at_ns"],
+        anchor_delay_ns=gap_params["gap_anchor_delay_ns"],
+        own_records=check.records + check.unanchored)
+    info.update(gap_records=None if gap_records is None else len(gap_records),
+                gaps_honoured=sum(g.honoured for g in declared))
     problems = list(check.problems) + list(rc_check.problems)
     info.update(segments=check.segments, receipts=len(receipts),
                 records=len(check.records) // RECORD_SIZE,
@@ -313,8 +345,10 @@ def _node_evidence(node_id, hash_name, check, receipts, counters, ledger, anchor
                         tampered=tuple(p for p in problems if p.kind == verify.TAMPERED),
                         withheld=tuple(p for p in problems if p.kind == verify.WITHHELD),
                         unanchored=sum(p.kind == verify.UNANCHORED for p in problems),
-                        coverage=coverage_of(check.coverage), counters=tuple(counters),
-                        receipts=tuple(rc_check.receipts + rc_check.unproven))
+                        coverage=coverage_of(check.coverage, declared),
+                        counters=tuple(counters),
+                        receipts=tuple(rc_check.receipts + rc_check.unproven),
+                        declared_gaps=tuple(declared))
 
 
 def _classified(node_id, call):
@@ -339,7 +373,7 @@ def _classified(node_id, call):
     return None, NodeEvidence.no_answer(node_id, why, status)
 
 
-def _ask(node_id, ledger, cfg, hash_name, sla, ft, from_ns, to_ns, anchors):
+def _ask(node_id, ledger, cfg, hash_name, sla, ft, from_ns, to_ns, anchors, gap_params):
     """One device's evidence, checked: ``(NodeEvidence, info, recording)``. A device the
     governance cannot reach (after retries), or that refuses the request, is not judged
     (``unreachable``); one whose answer stops before its last chunk (``incomplete``) or is not
@@ -380,12 +414,15 @@ def _ask(node_id, ledger, cfg, hash_name, sla, ft, from_ns, to_ns, anchors):
     if failed is not None:
         return failed, info, answers
     info["seconds"] = round(time.monotonic() - t0, 3)
-    return _node_evidence(node_id, hash_name, *got, ledger, anchors, info), info, answers
+    return (_node_evidence(node_id, hash_name, *got, ledger, anchors, info, gap_params), info,
+            answers)
 
 
-def coverage_of(cov):
+def coverage_of(cov, declared=None):
     """The judgement's ``Coverage`` from a device's signed coverage (``beat_rpc.evidence``):
-    what it holds and its capture gaps. It answered every record it made up to the open
+    what it holds, and as its capture gaps the gap records the governance honours
+    (``declared``: governance/gaps.py's DeclaredGap; None: the signed coverage's own gaps, as
+    before gap records). It answered every record it made up to the open
     segment's first one, or, with no open segment, up to the time of its answer (``t_ns``, the
     coverage chunk's clock); every one of them is anchored when every closed segment is and none
     is open."""
@@ -399,11 +436,13 @@ def coverage_of(cov):
                     anchored_until_t_ns=min(anchored, held), ring_short=cov.ring_short,
                     threshold_ns=cov.threshold_ns,
                     gaps=tuple((g.from_ns, g.to_ns, g.frames_dropped, g.reason)
-                               for g in cov.gaps),
+                               for g in (cov.gaps if declared is None else
+                                         [d for d in declared if d.honoured])),
                     empty=cov.oldest_t_ns == 0, wrapped=cov.ring_wraps > 0)
 
 
-def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8, topology=None):
+def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8, topology=None,
+            asked_at_ns=None):
     """Every device's checked evidence: the route's and every registered neighbour of one, then
     the registered neighbours the records name, round by round (at most ``MAX_ROUNDS`` rounds
     and ``cfg.max_devices`` devices). Returns ``({node_id: NodeEvidence}, {node_id: {"endpoint",
@@ -412,6 +451,8 @@ def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8, topology=Non
         topology = topology_of(ledger, cfg)
     ft = flow_tag(hash_name, sla.src, sla.dst)
     anchors = verify.AnchorCache(ledger)
+    gap_params = {"asked_at_ns": time.time_ns() if asked_at_ns is None else asked_at_ns,
+                  "gap_anchor_delay_ns": int(cfg.gap_anchor_delay_s * 1e9)}
     evidence, info, recordings = {}, {}, {}
     todo = list(dict.fromkeys(sla.route))
     for x in sla.route:
@@ -423,7 +464,7 @@ def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8, topology=Non
             if not todo:
                 break
             futures = {n: pool.submit(_ask, n, ledger, cfg, hash_name, sla, ft, from_ns, to_ns,
-                                      anchors) for n in todo}
+                                      anchors, gap_params) for n in todo}
             named = set()
             for n, fut in futures.items():
                 evidence[n], info[n], recordings[n] = fut.result()
@@ -473,7 +514,8 @@ def interrogate(ledger, sla_id, from_ns, to_ns, cfg, *, receipt_epoch_ns=10**9,
     sla = ledger.get_sla(sla_id)
     if sla is None:
         raise LookupError(f"SLA {sla_id}: not on the ledger")
-    now = time.time_ns() if now_ns is None else now_ns
+    asked = time.time_ns()              # when the devices are asked (gap records' timeliness)
+    now = asked if now_ns is None else now_ns
     threshold = int(cfg.threshold_s * 1e9)
     if from_ns < now - threshold:
         raise NotJudgeable(f"window [{from_ns}, {to_ns}] starts {(now - from_ns) / 1e9:.1f} s "
@@ -487,10 +529,12 @@ def interrogate(ledger, sla_id, from_ns, to_ns, cfg, *, receipt_epoch_ns=10**9,
     except ValueError as exc:
         raise NotJudgeable(f"SLA {sla.sla_id}: {exc}") from None
     evidence, info, topology, owners, recordings = collect(ledger, sla, from_ns, to_ns, cfg,
-                                                           hash_name, topology=topology)
+                                                           hash_name, topology=topology,
+                                                           asked_at_ns=asked)
     margin = int(cfg.margin_s * 1e9)
     params = {"f": f, "margin_ns": margin, "skew_ns": skew_ns,
-              "max_hop_delay_ns": max_hop_delay_ns, "receipt_epoch_ns": receipt_epoch_ns}
+              "max_hop_delay_ns": max_hop_delay_ns, "receipt_epoch_ns": receipt_epoch_ns,
+              "asked_at_ns": asked, "gap_anchor_delay_ns": int(cfg.gap_anchor_delay_s * 1e9)}
     judgement = _judge(sla, from_ns, to_ns, evidence, topology, owners, params, hash_name)
     links = sorted({(min(a, b), max(a, b)) for a, ns in topology.items() for b in ns})
     manifest = {"format": archive.FORMAT, "hash": hash_name, "sla_id": sla.sla_id,
@@ -535,8 +579,11 @@ def replay(arch, ledger):
         got, failed = _classified(node, lambda: _fetch(
             client, node, ledger, hash_name, sla, ft, from_ns, to_ns, p["margin_ns"], anchors,
             dev["audit_seed"]))
+        gap_params = {"asked_at_ns": p.get("asked_at_ns", NONE),
+                      "gap_anchor_delay_ns": p.get("gap_anchor_delay_ns",
+                                                   gaps.DEFAULT_ANCHOR_DELAY_NS)}
         evidence[node] = failed if failed is not None else _node_evidence(
-            node, hash_name, *got, ledger, anchors, {})
+            node, hash_name, *got, ledger, anchors, {}, gap_params)
     judgement = _judge(sla, from_ns, to_ns, evidence, [tuple(lk) for lk in m["links"]],
                        {int(k): v for k, v in m["owners"].items()}, p, hash_name)
     return judgement, evidence

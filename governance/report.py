@@ -49,7 +49,7 @@ def _device(d):
         "node_id": d.node_id, "verdict": d.verdict, "applies": list(d.applies),
         "reasons": list(d.reasons), "on_route": d.on_route, "answered": d.answered,
         "error": d.error, "counts": dict(d.counts), "owner": d.owner, "status": d.status,
-        "basis": d.basis, "at_fault": d.at_fault,
+        "basis": d.basis, "at_fault": d.at_fault, "gaps": list(d.gaps),
         "examples": {kind: [{"pd": pd.hex(), "records": [_record(r) for r in recs]}
                             for pd, recs in exs]
                      for kind, exs in d.examples.items() if exs},

@@ -120,10 +120,11 @@ OWN_RECEIVED = "own_received"      # passages its records show (the drop budget'
 IMPOSSIBLE = "impossible_records"  # records naming itself, a non-neighbour, or no hop at all
 NEEDS_LIE = "needs_lie"            # judged packets whose evidence has no world with it truthful
 DEVIATED_BY_NEIGHBOUR = "deviated_by_neighbour"  # truthful neighbours got the flow from it
+BLIND = "blind"                    # packets in its honoured capture gaps it cannot show
 KINDS = (RECEIVED, FORWARDED, DROPS, DEVIATIONS, FAB_PREV, FAB_NEXT, MISSING_PACKETS, RECEIPT_GAP,
          UNCONFIRMED, ABSENT, DISPUTED, UNVERIFIABLE, EGRESS_UNSEEN, JOIN_MISSED, TAMPERED_ITEMS,
          UNANCHORED_ITEMS, UNPROVEN_RECORDS, WITHHELD_ITEMS, OWN_DEVIATIONS, OWN_DROPS,
-         OWN_RECEIVED, IMPOSSIBLE, NEEDS_LIE, DEVIATED_BY_NEIGHBOUR)
+         OWN_RECEIVED, IMPOSSIBLE, NEEDS_LIE, DEVIATED_BY_NEIGHBOUR, BLIND)
 
 _REC = struct.Struct(">QQQ16s8s")
 _OUTSIDE = 0
@@ -198,6 +199,9 @@ class NodeEvidence:
     coverage: Coverage = None
     counters: tuple = ()
     receipts: tuple = ()
+    # its served gap records as the governance checked them (governance/gaps.py DeclaredGap):
+    # the honoured ones are its coverage's gaps, the pending ones count like unanchored records
+    declared_gaps: tuple = ()
 
     def __post_init__(self):
         if not is_node_id(self.node_id):
@@ -255,6 +259,7 @@ class DeviceJudgement:
     owner: str = ""         # its owner on the ledger (devices of one owner are one adversary)
     status: str = ANSWERED  # how its answer ended (NodeEvidence.status)
     basis: str = ""         # named: "own evidence" or "every explanation (f = N)"
+    gaps: list = dataclasses.field(default_factory=list)   # its declared gaps in the window
 
     @property
     def at_fault(self):
@@ -593,9 +598,12 @@ class _Follow:
             drops = sum(from_ns <= t <= to_ns and i not in joined_ins for i, t in enumerate(ins))
             if x not in allow and drops:
                 self._own_count(x, OWN_DROPS, drops, pd, cl)
+            elif drops:                     # blind: its egress copy may be what it missed
+                self._own_count(x, BLIND, drops, pd, cl)
         for x in allow:
             if x not in by:                 # it may have passed this packet unseen
                 self._own_count(x, _MAY_HAVE_RECEIVED, 1)
+                self._own_count(x, BLIND, 1)
 
     def finish(self):
         """The clean chains' paths, patterns and own facts, by their shape."""
@@ -959,7 +967,21 @@ def _missing_intervals(ev):
     if ev.unanchored_records:
         first = min(t for (t,) in struct.iter_unpack(">Q40x", ev.unanchored_records))
         other.append((first, NONE))
+    # gap records not anchored yet (their anchor period may not have passed): like records not
+    # anchored yet, it may lack records there; they excuse no drop of its own. An honest
+    # device's gap record precedes in its outbox the segments closed after it (the batcher
+    # anchors a prefix): a pending one speaks only of the last PENDING_REACH_NS before what the
+    # device has anchored (a record reaching further back would have been anchored with them)
+    until = NONE if cov is None else min(cov.anchored_until_t_ns, cov.newest_t_ns)
+    for g in ev.declared_gaps:
+        if g.status == "pending":
+            lo = g.from_ns if until >= NONE else max(g.from_ns, until - PENDING_REACH_NS, 0)
+            if lo <= g.to_ns:
+                other.append((lo, g.to_ns))
     return gaps, other
+
+
+PENDING_REACH_NS = 15 * 10**9   # a drops record spans <= 10 s and is written ~1 s after its end
 
 
 def _name(n):
@@ -1180,11 +1202,18 @@ def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
         counters = [tuple(getattr(k, fld) for fld in ("prev_id", "next_id", "packets", "bytes",
                                                       "first_t_ns", "last_t_ns"))
                     for k in (ev.counters if ev is not None else ())]
+        declared = [g for g in (ev.declared_gaps if ev is not None else ())
+                    if g.from_ns <= to_ns + hi and g.to_ns >= from_ns - hi]
+        reasons += _gap_reasons(declared, c[BLIND])
         devices_out[node] = DeviceJudgement(
             node, verdict, applies, reasons, node in route_next,
             ev is not None and ev.answered, "" if ev is None else ev.error, c,
             exs.get(node, {}), receipts.get(node, {}), counters, owners.get(node, ""),
-            ev.status if ev is not None else "", basis)
+            ev.status if ev is not None else "", basis, [g.as_dict() for g in declared])
+        notes += [gap_text(g) for g in declared[:MAX_GAP_NOTES]]
+        if len(declared) > MAX_GAP_NOTES:
+            notes.append(f"node {node}: {len(declared) - MAX_GAP_NOTES} more declared gap(s) in "
+                         "the window (in the report's data)")
         if c[UNANCHORED_ITEMS]:
             notes.append(f"node {node}: {c[UNANCHORED_ITEMS]} segment(s)/receipt(s) not "
                          f"anchored (yet): their records are signed but unproven, and accuse "
@@ -1243,6 +1272,38 @@ def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
                       "receipt_epoch_ns": receipt_epoch_ns, "loss_budget_ppm": sla.loss_budget_ppm,
                       "examples": examples, "f": f, "patterns": len(patterns)},
                      f, bool(sets), explanations, owners_needed, candidates, owners)
+
+
+MAX_GAP_NOTES = 5       # declared gaps named in the notes per device (all are in its data)
+
+
+def gap_text(g):
+    from .gaps import describe
+    return describe(g)
+
+
+def _gap_reasons(declared, blind):
+    """The lines that tell "this device was blind then" from "this device lost packets"."""
+    out = []
+    honoured = [g for g in declared if g.honoured]
+    if honoured:
+        span = sum(g.to_ns - g.from_ns for g in honoured) / 1e9
+        out.append(f"blind: {len(honoured)} declared capture gap(s) anchored in time "
+                   f"({span:.3f} s, {sum(g.frames_dropped for g in honoured)} frames dropped "
+                   f"by the kernel): {blind} packet(s) of the flow fall in them, which its "
+                   f"records cannot show; it was blind then (neither at fault nor cleared for "
+                   f"them)")
+    rejected = [g for g in declared if g.status not in ("honoured", "pending")]
+    if rejected:
+        kinds = sorted({g.status for g in rejected})
+        out.append(f"gaps: {len(rejected)} declared capture gap(s) NOT honoured "
+                   f"({', '.join(kinds)}): its packets there count as any others; first: "
+                   f"[{rejected[0].from_ns}, {rejected[0].to_ns}]: {rejected[0].why}")
+    pending = [g for g in declared if g.status == "pending"]
+    if pending:
+        out.append(f"gaps: {len(pending)} declared capture gap(s) not anchored yet (signed, "
+                   f"not proven): treated like its records not anchored yet")
+    return out
 
 
 def _short(ev, from_ns):

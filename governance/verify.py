@@ -141,6 +141,10 @@ class AnchorCache:
             n = self._next[node_id] = get(node_id) if get is not None else NONE
         return n
 
+    def known(self, node_id):
+        """The anchors of ``node_id`` read so far (those on the ledger), by batch_seq."""
+        return [a for (n, b), a in sorted(self._anchors.items()) if n == node_id and a is not None]
+
     def get(self, node_id, batch_seq):
         key = (node_id, batch_seq)
         try:

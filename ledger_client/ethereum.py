@@ -442,7 +442,9 @@ class EthereumLedger:
         if not exists:
             return None
         ref = self._rpc(op, lambda: self._anchor_ref(node_id, batch_seq, block))
-        return Anchor(node_id, batch_seq, size, bytes(root), first, last, ref)
+        ts = self._rpc(op, lambda: self.w3.eth.get_block(block)["timestamp"])
+        return Anchor(node_id, batch_seq, size, bytes(root), first, last, ref,
+                      int(ts) * 1_000_000_000)
 
     def anchors(self, node_id=None, from_seq=0):
         op = f"anchors({node_id}, {from_seq})"

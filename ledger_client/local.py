@@ -20,6 +20,7 @@ Backend protocol: undirected links between registered nodes, kept as (a, b) with
 import json
 import os
 import struct
+import time
 
 import lmdb
 
@@ -117,7 +118,7 @@ def _anchor_body(a):
 
 def _anchor_of(d, ref=None):
     return Anchor(d["node_id"], d["batch_seq"], d["tree_size"], _unhex(d["root"]),
-                  d["first_t_ns"], d["last_t_ns"], ref)
+                  d["first_t_ns"], d["last_t_ns"], ref, d.get("ledger_t_ns"))
 
 
 def _dispute_of(d):
@@ -494,7 +495,8 @@ class LocalLedger:
                 raise ConflictError(f"anchor node {a.node_id} batch {a.batch_seq}: already "
                                     f"anchored at entry {old['entry']} with other content "
                                     f"(root {old['root']})")
-            return _anchor_body(a)
+            # the ledger's time of the anchor (docs/gap-records.md: what makes a gap timely)
+            return dict(_anchor_body(a), ledger_t_ns=time.time_ns())
 
         r = self._write(K_ANCHOR, build, signer)
         return r if r == "exists" else "anchored"

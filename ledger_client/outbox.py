@@ -9,7 +9,8 @@ prefix of the batch_seqs) and each batch's Merkle tree levels, from which a leaf
 is computed on request.
 
 A batch's time span (``first_t_ns``/``last_t_ns``) is the min/max over its leaves of the segment
-commitments' ``first_t_ns``/``last_t_ns`` and the receipts' ``epoch_ns`` (``Outbox.span``); its
+commitments' ``first_t_ns``/``last_t_ns``, the receipts' ``epoch_ns`` and the gap records'
+``to_ns`` (``Outbox.span``; a leaf's type is the outbox's business, the batcher hashes any); its
 ``seg_leaves_end`` counts the segment leaves up to its end, which maps the next segment leaf to its
 ``seg_seq``.
 """

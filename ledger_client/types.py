@@ -67,6 +67,9 @@ class Anchor:
     first_t_ns: int
     last_t_ns: int
     ref: Optional[str] = None          # where it lives: local entry number, or tx hash@block
+    # when the ledger took it (ns since the epoch): the local ledger's clock at the write, the
+    # block's timestamp on ethereum; None when the ledger does not say (written before it did)
+    ledger_t_ns: Optional[int] = dataclasses.field(default=None, compare=False)
 
     def content(self):
         """What idempotency compares: the SPEC's anchor tuple, without where it landed."""

@@ -512,6 +512,23 @@ class EvidenceStore:
                         out.append((seq, u64(bytes(v[:8]))))
         return out
 
+    # -- gap records --
+
+    def gap_records(self, from_ns, to_ns):
+        """The gap records overlapping [from_ns, to_ns] (docs/gap-records.md), each with its
+        anchor ref, sorted as an answer holds them (``ev.gap_record_key``), each statement once."""
+        from beat_common.gap_record import unpack_gap_record
+        found = self.store.gap_records(from_ns, to_ns)
+        out = {}
+        with self.env.begin() as txn:
+            for leaf_seq, rec in found:
+                f, t, n, reason, iface = unpack_gap_record(rec)
+                g = ev.GapRecord(f, t, n, reason, iface, self._anchor_ref(txn, leaf_seq))
+                key = ev.gap_record_key(g)
+                if key not in out or (not out[key].anchor.anchored and g.anchor.anchored):
+                    out[key] = g
+        return [out[k] for k in sorted(out)]
+
     # -- counters and receipts --
 
     def counters(self):

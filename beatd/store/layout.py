@@ -13,7 +13,9 @@ of proof segments is "the proof ring" (``[store] ring_size``). Its meta keys kee
 import json
 import struct
 
-from beat_common.spec import LEAF_RECEIPT, LEAF_SEGMENT, LEAF_SIZE, RECORD_SIZE  # noqa: F401
+from beat_common.gap_record import GAP_RECORD_SIZE  # noqa: F401
+from beat_common.spec import (LEAF_GAP, LEAF_RECEIPT, LEAF_SEGMENT, LEAF_SIZE,  # noqa: F401
+                              RECORD_SIZE)
 from beat_rpc.evidence import GAP_CAPTURE_STOPPED, GAP_KERNEL_DROPS  # noqa: F401
 from ledger_client.outbox import BatchRecord
 
@@ -30,13 +32,17 @@ RECEIPTS = "receipts"          # epoch_ns(8) role(1) src(16) dst(16) -> packets(
 OUTBOX = "outbox"              # leaf_seq -> type(1) value(32): the ledger leaves, in order
 META = "meta"                  # the meta keys below -> their values
 CAPTURE_GAPS = "capture_gaps"  # from_ns(8) reason(1) interface(16) -> to_ns(8) frames_dropped(8)
+#                                (the merged view, for status; not evidence)
+GAP_RECORDS = "gap_records"    # leaf_seq(8) -> a gap record (41 bytes, docs/gap-records.md): the
+#                                immutable statements, each with its outbox leaf 3 || G
 ANCHORS = "anchors"            # batch_seq -> a BatchRecord (pack_batch)
 LEAF_PROOFS = "leaf_proofs"    # b"L" batch_seq -> the batch's tree levels; (former) leaf_seq ->
 #                                batch_seq(8) index(8) proof
 
 STORE_DBS = (PROOFS, COMMITMENTS, COUNTERS, RECEIPTS, OUTBOX, META, CAPTURE_GAPS)  # made at open
 OUTBOX_DBS = (ANCHORS, LEAF_PROOFS)    # made by the ledger outbox (a full store must still open)
-DB_NAMES = STORE_DBS + OUTBOX_DBS
+GAP_DBS = (GAP_RECORDS,)               # made with the first gap record
+DB_NAMES = STORE_DBS + OUTBOX_DBS + GAP_DBS
 MAX_DBS = len(DB_NAMES)                # the environment's max_dbs: no other database fits
 ANCHORS_DB, LEAF_PROOFS_DB = ANCHORS.encode(), LEAF_PROOFS.encode()   # as LMDB names them
 

@@ -21,9 +21,10 @@ sibling hashes are read. The environment has room for exactly the layout's datab
 index(8) proof``); such entries, in a store written before, are still read.
 
 Time span of a batch (``first_t_ns``/``last_t_ns``): the min/max over its leaves of the segment
-commitments' ``first_t_ns``/``last_t_ns`` and of the receipts' ``epoch_ns``. A leaf whose time
-cannot be found (it should not happen) is left out of the span and logged; a batch with no time at
-all gets 0, 0.
+commitments' ``first_t_ns``/``last_t_ns``, of the receipts' ``epoch_ns`` and of the gap records'
+``to_ns`` (when the statement was made; its ``from_ns`` may be long before, 0 for a new store). A
+leaf whose time cannot be found (it should not happen) is left out of the span and logged; a batch
+with no time at all gets 0, 0.
 
 The ledger client (``ledger_client.batcher``) uses it through the interface
 ``ledger_client.outbox.Outbox`` and never imports this module.
@@ -35,8 +36,9 @@ from operator import itemgetter
 
 from ledger_client.outbox import ANCHORED, PENDING
 
-from .layout import (ANCHORS, COMMIT, COMMITMENTS, LEAF_PROOFS, LEAF_RECEIPT, LEAF_SEGMENT,
-                     M_NEXT_LEAF_SEQ, META, OUTBOX, PROOF_HEAD, RECEIPTS, levels_key, p64,
+from .layout import (ANCHORS, COMMIT, COMMITMENTS, LEAF_GAP, LEAF_PROOFS,
+                     LEAF_RECEIPT, LEAF_SEGMENT, M_NEXT_LEAF_SEQ, META, OUTBOX, PROOF_HEAD,
+                     RECEIPTS, levels_key, p64,
                      pack_batch, u64, unpack_batch)
 
 __all__ = ["Outbox"]
@@ -149,6 +151,15 @@ class Outbox:
                         log.warning("%s: outbox leaf %d: no segment commitment with this S; "
                                     "left out of the batch's time span", self.path, leaf_seq)
                     seg_seq += 1
+                elif kind == LEAF_GAP:
+                    db_gaps = self.store.gap_db()
+                    g = None if db_gaps is None else txn.get(p64(leaf_seq), db=db_gaps)
+                    if g is not None:
+                        to_ns = u64(bytes(g[8:16]))
+                        times += (to_ns, to_ns)
+                    else:
+                        log.warning("%s: outbox leaf %d: no gap record; left out of the batch's "
+                                    "time span", self.path, leaf_seq)
                 else:
                     log.warning("%s: outbox leaf %d has type %d", self.path, leaf_seq, kind)
             if receipts:

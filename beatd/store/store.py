@@ -23,12 +23,15 @@ from beat_common.spec import is_node_id
 from fastpath.output import COUNTER_SIZE, HASH_NAMES, RECEIPT_SIZE, STAT_NAMES
 from ledger_client.outbox import ANCHORED
 
+from beat_common.gap_record import gap_value, pack_gap_record
+
 from . import gaps as gap_ops
 from .errors import (StoreCorruptError, StoreDiskError, StoreError, StoreMismatchError, translated,
                      where)
-from .gaps import GAP_KERNEL_DROPS, MAX_CAPTURE_GAPS
+from .gaps import GAP_CAPTURE_STOPPED, GAP_KERNEL_DROPS, MAX_CAPTURE_GAPS
 from .lock import take_lock
-from .layout import (CAPTURE_GAPS, COMMIT, COMMITMENTS, COUNTER, COUNTER_KEY, COUNTERS,
+from .layout import (CAPTURE_GAPS, GAP_RECORDS, LEAF_GAP, COMMIT, COMMITMENTS, COUNTER,
+                     COUNTER_KEY, COUNTERS,
                      FORMAT_VERSION, GAP_KEY, GAP_VAL, LEAF_PROOFS, LEAF_RECEIPT, LEAF_SEGMENT,
                      ANCHORS, M_CAPTURE_ALIVE_T_NS, M_CLOSED_BEFORE, M_FORMAT_VERSION, M_HASH,
                      M_NEXT_LEAF_SEQ, M_NEXT_SEG_SEQ, M_NODE_ID, M_OPEN_RECEIPTS, M_OPEN_RECORDS,
@@ -96,6 +99,7 @@ class Store:
         self.sync_error = None
         self.env = None
         self.db_anchors = self.db_leaf_proofs = None
+        self.db_gap_records = None
         self._outbox = None
         if self.readonly:
             self._open_readonly()
@@ -126,6 +130,7 @@ class Store:
                     self.db[name] = self.env.open_db(db_name(name), txn=txn, create=True)
                 self._check_or_init(txn)
         self._open_ledger_dbs()
+        self.gap_db()
 
     def _open_readonly(self):
         """A reader beside the store's one writer: LMDB read-only (nothing is created or written;
@@ -147,6 +152,7 @@ class Store:
             with self.env.begin() as txn:
                 self._check_or_init(txn)
         self._open_ledger_dbs()
+        self.gap_db()
 
     # -- errors ---------------------------------------------------------------------------------
 
@@ -176,6 +182,25 @@ class Store:
         self.db.update(opened)
         self.db_anchors, self.db_leaf_proofs = opened[ANCHORS], opened[LEAF_PROOFS]
         return True
+
+    def gap_db(self, create=False):
+        """The ``gap_records`` database's handle, or None while no gap record was ever written
+        (made with the first one, ``create``; it then joins ``self.db``)."""
+        if self.db_gap_records is not None:
+            return self.db_gap_records
+        name = db_name(GAP_RECORDS)
+        with self._errors("opening the gap records"):
+            if not create:
+                with self.env.begin() as txn:
+                    if txn.get(name) is None:
+                        return None
+            if self.readonly:
+                handle = self.env.open_db(name, create=False)
+            else:
+                with self.env.begin(write=True) as txn:
+                    handle = self.env.open_db(name, txn=txn, create=create)
+        self.db[GAP_RECORDS] = self.db_gap_records = handle
+        return handle
 
     def ledger_outbox(self):
         """The ledger outbox in this store (``beatd.store.outbox.Outbox``, the batcher's
@@ -378,7 +403,7 @@ class Store:
     # -- capture gaps ---------------------------------------------------------------------------
 
     def record_capture(self, gaps=(), alive_t_ns=None, threshold_ns=None,
-                       max_gaps=MAX_CAPTURE_GAPS):
+                       max_gaps=MAX_CAPTURE_GAPS, records=True):
         """Record capture gaps and that capture ran until ``alive_t_ns``, in one transaction.
 
         ``gaps``: ``(from_ns, to_ns, frames_dropped, reason, interface)`` each, reason
@@ -388,13 +413,35 @@ class Store:
         "capture stopped" gap begins there). With ``threshold_ns``, gaps that ended before both
         ``alive_t_ns - threshold_ns`` and the ring's oldest record are pruned; beyond ``max_gaps``
         the oldest gap is merged into the next one (the result covers both: a coarser statement,
-        never a missing one)."""
+        never a missing one).
+
+        Each gap is also written as it is given, once and for ever, as a gap record
+        (docs/gap-records.md) in ``gap_records`` under the leaf_seq of its ledger leaf
+        ``3 || G``, appended to the outbox in the same transaction: the merged view is for
+        status, the records are the evidence (anchored, served, never changed; pruned with
+        their anchored batch like receipts). ``records=False``: the merged view only (what a
+        store written before gap records holds; for comparisons with it)."""
+        for from_ns, to_ns, _, reason, _ in gaps:             # ValueError before any write
+            if reason not in (GAP_KERNEL_DROPS, GAP_CAPTURE_STOPPED) or from_ns > to_ns:
+                raise ValueError(f"capture gap [{from_ns}, {to_ns}] reason {reason}: not a gap")
+        records = [pack_gap_record(*gap) for gap in gaps] if records else []
+        if records:
+            self.gap_db(create=True)
         with self._errors("recording capture gaps"):
             with self.env.begin(write=True) as txn:
                 db = self.db[CAPTURE_GAPS]
                 for gap in gaps:
                     gap_ops.add(txn, db, *gap)
                 meta = self.db[META]
+                if records:
+                    leaf = u64(txn.get(M_NEXT_LEAF_SEQ, db=meta))
+                    for rec in records:
+                        G = gap_value(self.hash_name, self.node_id, rec)
+                        txn.put(p64(leaf), rec, db=self.db[GAP_RECORDS], append=True)
+                        txn.put(p64(leaf), pack_leaf(LEAF_GAP, G), db=self.db[OUTBOX],
+                                append=True)
+                        leaf += 1
+                    txn.put(M_NEXT_LEAF_SEQ, p64(leaf), db=meta)
                 if alive_t_ns is not None:
                     txn.put(M_CAPTURE_ALIVE_T_NS, p64(alive_t_ns), db=meta)
                 if threshold_ns is not None and alive_t_ns is not None:
@@ -421,6 +468,20 @@ class Store:
                     out.append((g_from, g_to, frames, reason,
                                 iface.rstrip(b"\x00").decode("ascii", "replace")))
         out.sort(key=lambda g: (g[0], g[1], g[3], g[4]))
+        return out
+
+    def gap_records(self, from_ns=0, to_ns=(1 << 64) - 1):
+        """The gap records overlapping [from_ns, to_ns], in the order written: ``(leaf_seq,
+        record)`` each (the 41-byte record; ``beat_common.gap_record.unpack_gap_record``)."""
+        out = []
+        db = self.gap_db()
+        if db is None:
+            return out
+        with self._read() as txn:
+            for k, v in txn.cursor(db=db):
+                g_from, g_to = GAP_VAL.unpack_from(v, 0)     # from_ns(8) to_ns(8) lead the record
+                if g_from <= to_ns and g_to >= from_ns:
+                    out.append((u64(k), bytes(v)))
         return out
 
     def capture_gap_status(self):
@@ -468,6 +529,7 @@ class Store:
         with self._read() as txn:
             if self._prunable(txn, cutoff) is None:
                 return done
+        self.gap_db()                   # the handle opened before the write transaction
         with self._errors("pruning"):
             with self.env.begin(write=True) as txn:
                 self._prune(txn, cutoff, max_leaves, done)
@@ -520,6 +582,8 @@ class Store:
                     done["segments"] += 1
                 elif leaf[0] == LEAF_RECEIPT:
                     receipts.add(bytes(leaf[1:]))
+                elif leaf[0] == LEAF_GAP:
+                    txn.delete(bytes(cur.key()), db=db[GAP_RECORDS])
                 done["leaves"] += 1
                 ok = cur.delete() and bool(cur.key())
             state["pruned_segments"] = seg

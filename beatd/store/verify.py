@@ -4,7 +4,9 @@ from fastpath.output import OPEN_RECEIPT_SIZE
 
 from ledger_client.outbox import ANCHORED
 
-from .layout import (COMMIT, COMMITMENTS, COUNTER, COUNTERS, LEAF_RECEIPT,
+from beat_common.gap_record import gap_value
+
+from .layout import (COMMIT, COMMITMENTS, COUNTER, COUNTERS, LEAF_GAP, LEAF_RECEIPT,
                      LEAF_SEGMENT, M_NEXT_LEAF_SEQ, M_NEXT_SEG_SEQ, M_OPEN_RECEIPTS,
                      M_OPEN_RECORDS, M_PROOF_RING_BYTES, M_PROOF_RING_OLDEST_SEQ,
                      M_PROOF_RING_OLDEST_T_NS, M_PROOF_RING_SEGMENTS, M_PROOF_RING_WRAPS, M_STATS,
@@ -23,6 +25,9 @@ def verify(store):
         commits = {u64(k): COMMIT.unpack(v)
                    for k, v in txn.cursor(db=store.db[COMMITMENTS])}
         leaves = [(u64(k), bytes(v)) for k, v in txn.cursor(db=store.db[OUTBOX])]
+        gap_db = store.gap_db()
+        gap_records = {} if gap_db is None else {u64(k): bytes(v)
+                                                 for k, v in txn.cursor(db=gap_db)}
         receipts = [(bytes(k), RECEIPT_VAL.unpack(v))
                     for k, v in txn.cursor(db=store.db[RECEIPTS])]
         counter_packets = sum(COUNTER.unpack(v)[0]
@@ -79,6 +84,13 @@ def verify(store):
                         "gap")
     seg_leaves, rc_leaves = {}, {}
     for seq, v in leaves:
+        if v[0] == LEAF_GAP and len(v) == 33:
+            rec = gap_records.pop(seq, None)
+            if rec is None:
+                problems.append(f"outbox[{seq}]: a gap leaf without its gap record")
+            elif gap_value(store.hash_name, store.node_id, rec) != v[1:]:
+                problems.append(f"gap_records[{seq}]: its G is not the outbox leaf's")
+            continue
         target = {LEAF_SEGMENT: seg_leaves, LEAF_RECEIPT: rc_leaves}.get(v[0])
         if target is None or len(v) != 33:
             problems.append(f"outbox[{seq}]: bad leaf type {v[0]} or length {len(v)}")
@@ -94,6 +106,9 @@ def verify(store):
             problems.append(f"receipts[{key.hex()}]: not exactly one outbox leaf")
     if rc_leaves:
         problems.append(f"outbox: {len(rc_leaves)} receipt leaves with no receipt")
+    if gap_records:
+        problems.append(f"gap_records: {len(gap_records)} record(s) without their outbox leaf "
+                        f"(first at leaf_seq {min(gap_records)})")
     # pruning: only leaves of anchored batches, a prefix of them, with the segments they held
     for rec in batches:
         if rec.first_leaf_seq >= base:

@@ -21,6 +21,7 @@
 #define BEAT_MAX_SLOT 63
 #define BEAT_SLOTS_ANY 0xFFFFFFFFFFFFFFFFULL /* a neighbour matched on every interface */
 #define BEAT_WRONG_IF_MAX 16 /* distinct (MAC, slot, dir) kept between two take_wrong_interface */
+#define BEAT_UNKNOWN_MAC_MAX 64 /* distinct (MAC, slot, dir) kept between two take_unknown_macs */
 
 typedef struct beat_pipe beat_pipe;
 
@@ -43,6 +44,14 @@ typedef struct {
     uint8_t mac[6];
     uint8_t slot, dir;  /* dir 1 ingress (source MAC), 2 egress (destination MAC) */
 } beat_wrong_if;
+
+/* Frames whose neighbour MAC is no neighbour's (recorded as from or to outside, 0): what the
+ * daemon logs and shows. */
+typedef struct {
+    uint64_t frames;
+    uint8_t mac[6];
+    uint8_t slot, dir;  /* dir 1 ingress (source MAC), 2 egress (destination MAC) */
+} beat_unknown_mac;
 
 typedef struct {
     uint8_t *d;
@@ -96,6 +105,11 @@ const uint64_t *beat_pipe_totals(beat_pipe *p);
  * most BEAT_WRONG_IF_MAX distinct; later ones are only counted in the stats): copies up to max
  * into out, returns how many, and forgets them. */
 size_t beat_pipe_take_wrong_interface(beat_pipe *p, beat_wrong_if *out, size_t max);
+/* The frames with a MAC that is no neighbour's since the previous call, by (MAC, slot, dir) in
+ * first-seen order (at most BEAT_UNKNOWN_MAC_MAX distinct; the frames of later ones are added to
+ * *unlisted): copies up to max into out, returns how many, and forgets them. */
+size_t beat_pipe_take_unknown_macs(beat_pipe *p, beat_unknown_mac *out, size_t max,
+                                   uint64_t *unlisted);
 uint64_t beat_pipe_closed_before(beat_pipe *p);
 void beat_pipe_reset_outputs(beat_pipe *p);
 

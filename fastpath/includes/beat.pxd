@@ -59,10 +59,15 @@ cdef extern from "beat_pipe.h" nogil:
         uint64_t node_id
         uint8_t mac[6]
         uint8_t slot, dir
+    ctypedef struct beat_unknown_mac:
+        uint64_t frames
+        uint8_t mac[6]
+        uint8_t slot, dir
     enum:
         ST_COUNT
         BEAT_MAX_OWN
         BEAT_WRONG_IF_MAX
+        BEAT_UNKNOWN_MAC_MAX
     beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
                              uint64_t receipt_epoch_ns, uint32_t segment_records,
                              uint64_t anchor_period_ns, uint32_t max_pending,
@@ -91,6 +96,8 @@ cdef extern from "beat_pipe.h" nogil:
     const uint64_t *beat_pipe_stats(beat_pipe *p)
     const uint64_t *beat_pipe_totals(beat_pipe *p)
     size_t beat_pipe_take_wrong_interface(beat_pipe *p, beat_wrong_if *out, size_t max)
+    size_t beat_pipe_take_unknown_macs(beat_pipe *p, beat_unknown_mac *out, size_t max,
+                                       uint64_t *unlisted)
     uint64_t beat_pipe_closed_before(beat_pipe *p)
     void beat_pipe_reset_outputs(beat_pipe *p)
     void beat_fp_many(int alg, uint64_t node_id, const uint8_t *records, size_t n, uint8_t *out)

@@ -79,6 +79,8 @@ typedef struct {
     uint8_t used;
 } rcn_slot;
 
+#define UNK_SLOTS (2 * BEAT_UNKNOWN_MAC_MAX)   /* at most half full: a probe always ends */
+
 struct beat_pipe {
     uint64_t node_id, window, epoch, period, seed;
     int alg;
@@ -89,6 +91,10 @@ struct beat_pipe {
     uint32_t nb_mask;
     beat_wrong_if wrong[BEAT_WRONG_IF_MAX];   /* since the last take_wrong_interface */
     uint32_t n_wrong;
+    beat_unknown_mac unk[BEAT_UNKNOWN_MAC_MAX];   /* since the last take_unknown_macs */
+    uint8_t unk_idx[UNK_SLOTS];    /* 1 + index into unk, 0 free: found by a hash of the key */
+    uint32_t n_unk;
+    uint64_t unk_unlisted;         /* frames of (MAC, slot, dir) beyond BEAT_UNKNOWN_MAC_MAX */
     entry *fifo;
     fin_t *fin;        /* the digest inputs (family || input) of the FIFO's entries */
     uint64_t head, tail;
@@ -240,6 +246,48 @@ size_t beat_pipe_take_wrong_interface(beat_pipe *p, beat_wrong_if *out, size_t m
     size_t n = p->n_wrong < max ? p->n_wrong : max;
     memcpy(out, p->wrong, n * sizeof *out);
     p->n_wrong = 0;
+    return n;
+}
+
+/* Kept for the daemon's log and status: the first BEAT_UNKNOWN_MAC_MAX distinct (MAC, slot, dir)
+ * with a MAC that is no neighbour's since the last take_unknown_macs, with their frame counts.
+ * Runs only for such frames: a seeded hash and a short probe in a fixed table, no allocation. */
+static void note_unknown_mac(beat_pipe *p, const uint8_t *mac, uint8_t slot, uint8_t dir)
+{
+    uint64_t key = mac_key(mac) | (uint64_t)slot << 48 | (uint64_t)dir << 56;
+    for (uint32_t i = (uint32_t)mix64(key ^ p->seed) & (UNK_SLOTS - 1);;
+         i = (i + 1) & (UNK_SLOTS - 1)) {
+        uint8_t k = p->unk_idx[i];
+        if (k == 0) {
+            if (p->n_unk == BEAT_UNKNOWN_MAC_MAX) {
+                p->unk_unlisted++;
+                return;
+            }
+            beat_unknown_mac *u = &p->unk[p->n_unk++];
+            memcpy(u->mac, mac, 6);
+            u->slot = slot;
+            u->dir = dir;
+            u->frames = 1;
+            p->unk_idx[i] = (uint8_t)p->n_unk;
+            return;
+        }
+        beat_unknown_mac *u = &p->unk[k - 1];
+        if (u->slot == slot && u->dir == dir && memcmp(u->mac, mac, 6) == 0) {
+            u->frames++;
+            return;
+        }
+    }
+}
+
+size_t beat_pipe_take_unknown_macs(beat_pipe *p, beat_unknown_mac *out, size_t max,
+                                   uint64_t *unlisted)
+{
+    size_t n = p->n_unk < max ? p->n_unk : max;
+    memcpy(out, p->unk, n * sizeof *out);
+    *unlisted = p->unk_unlisted;
+    p->n_unk = 0;
+    p->unk_unlisted = 0;
+    memset(p->unk_idx, 0, sizeof p->unk_idx);
     return n;
 }
 
@@ -963,6 +1011,7 @@ static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot, uint64_t
         int found = nb_lookup(p, o->mac, slot, &id);
         if (found == NB_UNKNOWN) {
             count(p, ST_UNKNOWN_MAC);
+            note_unknown_mac(p, o->mac, slot, o->dir);
         } else if (found == NB_ELSEWHERE) {   /* from (or to) somewhere we cannot name */
             count(p, ST_NEIGHBOUR_WRONG_INTERFACE);
             note_wrong_interface(p, o->mac, slot, o->dir, id);

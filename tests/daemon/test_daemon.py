@@ -529,8 +529,12 @@ neigh("replace", "02:11:22:33:44:66")       # the MAC of neighbour 3 in the conf
 out.append(settle({"021122334466": CFG}))
 neigh("replace", "02:11:22:33:44:77")
 out.append(settle({"021122334466": CFG, "021122334477": KER}))
-neigh("del")
-out.append(settle({"021122334466": CFG}))
+neigh("del")       # the entry gone (a flush, a link down): the last known MAC is kept
+time.sleep(0.5)
+out.append({k.hex(): list(v) if v[1] is None else [v[0], list(v[1])]
+            for k, v in m.bindings().items()})
+neigh("add", "02:11:22:33:44:88")        # the kernel learns another MAC: it replaces the kept one
+out.append(settle({"021122334466": CFG, "021122334488": KER}))
 m.stop()
 print(json.dumps(out))
 """
@@ -538,7 +542,9 @@ print(json.dumps(out))
 
 def test_neighbours_follow_the_kernel_table(netns_pair):
     """Configured IPs take the kernel's MAC on the kernel entry's interface, follow
-    RTM_NEWNEIGH/DELNEIGH; config MACs win (on every interface: no interface configured)."""
+    RTM_NEWNEIGH/DELNEIGH; config MACs win (on every interface: no interface configured). A
+    deleted entry keeps its last known MAC (docs/daemon.md, "Neighbours given by their IP") until
+    the kernel gives the IP another."""
     d_ns, d_if, _, _ = netns_pair
     r = subprocess.run(["ip", "netns", "exec", d_ns, sys.executable, "-c", NEIGH_SCRIPT, d_if],
                        capture_output=True, text=True, timeout=20, cwd=ROOT,
@@ -547,7 +553,8 @@ def test_neighbours_follow_the_kernel_table(netns_pair):
     cfg, ker = [3, None], [9, [d_if]]
     assert json.loads(r.stdout.splitlines()[-1]) == [
         {"021122334466": cfg, "021122334455": ker}, {"021122334466": cfg},
-        {"021122334466": cfg, "021122334477": ker}, {"021122334466": cfg}]
+        {"021122334466": cfg, "021122334477": ker}, {"021122334466": cfg, "021122334477": ker},
+        {"021122334466": cfg, "021122334488": ker}]
 
 
 # -- root: a neighbour's MAC names it only on its own link ------------------------------------------

@@ -90,7 +90,7 @@ def test_request_digest_is_the_documented_bytes(hash_name):
     ((1, 0, 1, (), None, None, bytes(15)), r"nonce: 15 bytes .*must be 16"),
     ((3, 0, 1, (), b"\x01" * 4, bytes(16), bytes(16)), r"src: 4 bytes \(01010101\), must be 16"),
     ((3, 0, 1, (), bytes(16), b"", bytes(16)), r"dst: 0 bytes \(empty\), must be 16"),
-    ((4, 0, 1, (), None, None, bytes(16)), r"kind: 4 is not one of \[1, 2, 3, 5\]"),
+    ((4, 0, 1, (), None, None, bytes(16)), r"kind: 4 is not one of \[1, 2, 3, 5, 6\]"),
     ((1, -1, 1, (), None, None, bytes(16)), r"from_ns: -1 is not a u64"),
     ((1, 0, 1 << 64, (), None, None, bytes(16)), r"to_ns: 18446744073709551616 is not a u64"),
     ((1, 0, 1, ["abcdefgh"], None, None, bytes(16)), r"flow_tags\[0\]: str is not bytes"),
@@ -249,8 +249,8 @@ def _with(body, off, data):
 
 @pytest.mark.parametrize("mutate, match", [
     (lambda b: _with(b, 0, b"BEAT-EV-v2"), r"magic b'BEAT-EV-v2', expected b'BEAT-EV-v1'"),
-    (lambda b: _with(b, 10, b"\x07"), r"kind 7 is not one of \[1, 2, 3, 4\]"),
-    (lambda b: _with(b, 10, b"\x05"), r"kind 5 is not one of \[1, 2, 3, 4\]"),
+    (lambda b: _with(b, 10, b"\x07"), r"kind 7 is not one of \[1, 2, 3, 4, 6\]"),
+    (lambda b: _with(b, 10, b"\x05"), r"kind 5 is not one of \[1, 2, 3, 4, 6\]"),
     (lambda b: _with(b, 55, b"\x03"), r"flags 0x03 has bits other than bit 0"),
     (lambda b: _with(b, 64, (3).to_bytes(4, "big")), r"segment 2: needs 44 bytes"),
     (lambda b: _with(b, 68 + 44, b"\xff" * 8 + (1).to_bytes(8, "big")),

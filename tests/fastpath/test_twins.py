@@ -303,6 +303,9 @@ def run_pair(mods, cfg, seed, max_batch=600, restart_at=None):
             assert all(w == wrong[0] for w in wrong[1:]), \
                 f"seed {seed} batch {k}: take_wrong_interface differs: {wrong}"
             wrong_listed += sum(x[4] for x in wrong[0])
+            unknown = [p.take_unknown_macs() for p in pipes]
+            assert all(u == unknown[0] for u in unknown[1:]), \
+                f"seed {seed} batch {k}: take_unknown_macs differs: {unknown}"
             for s in seen:
                 seen[s] += outs[0].stats[s]
     for p in pipes:

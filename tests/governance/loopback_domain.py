@@ -87,7 +87,11 @@ class Domain:
             self.t += STEP_NS
         return first, self.t - STEP_NS
 
-    def start(self):
+    def start(self, gaps=None, late_gaps=None):
+        """``gaps``: ``{node: [(from_ns, to_ns, frames, reason, interface)]}`` gap records a
+        router writes before it anchors (anchored with its records); ``late_gaps``: the same,
+        written after its anchors (never anchored)."""
+        gaps, late_gaps = gaps or {}, late_gaps or {}
         led = LocalLedger(self.ledger_path, hash_name=H, governance_pubkey=self.gov.public)
         for n in self.nodes:
             led.register_node(Node(n, self.owners[n], self.keys[n].public), signer=self.gov)
@@ -112,10 +116,14 @@ class Domain:
             store.commit(pipe.take())
             pipe.flush()
             store.commit(pipe.take())
+            if gaps.get(n):
+                store.record_capture(gaps[n])
             b = Batcher(store, led, n, H, self.keys[n], 1.0)
             while b.build() is not None:
                 pass
             b.submit()
+            if late_gaps.get(n):
+                store.record_capture(late_gaps[n])
             self.stores[n] = store
             self.servers[n] = InterrogationServer(
                 store, self.keys[n], ca=self.pki / "ca.crt", cert=self.pki / f"device-{n}.crt",

@@ -63,5 +63,5 @@ def test_stubs_import_from_the_package():
     assert service.full_name == "beat.v1.Interrogation"
     assert [m.name for m in service.methods] == ["GetNodeInfo", "GetProofSegments",
                                                  "GetSegments", "GetCounterReport",
-                                                 "GetReceipts"]
+                                                 "GetReceipts", "GetGapRecords"]
     assert hasattr(interrogation_pb2_grpc, "InterrogationStub")

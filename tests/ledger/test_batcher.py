@@ -542,8 +542,8 @@ def test_bad_parameters(tmp_path):
 
 
 def test_uses_only_two_extra_databases(tmp_path):
-    """The store opens its environment with max_dbs = len(DB_NAMES) + 2: anchors and
-    leaf_proofs fit; the store's own databases are untouched."""
+    """The store opens its environment with max_dbs = len(DB_NAMES): anchors, leaf_proofs (and
+    gap_records, with the first gap record) fit; the store's own databases are untouched."""
     h = "sha3-256"
     ledger, clock = MemLedger(h), Clock()
     with open_store(tmp_path / "s", h) as store:
@@ -557,6 +557,9 @@ def test_uses_only_two_extra_databases(tmp_path):
             names = sorted(bytes(k) for k, _ in txn.cursor())
         assert names == sorted([b"anchors", b"capture_gaps", b"commitments", b"counters",
                                 b"leaf_proofs", b"meta", b"outbox", b"proofs", b"receipts"])
+        store.record_capture([(1, 2, 3, 1, "eth0")])     # the gap records' database: the last
+        with store.env.begin() as txn:
+            assert b"gap_records" in {bytes(k) for k, _ in txn.cursor()}
         with pytest.raises(lmdb.DbsFullError):
             store.env.open_db(b"one_more", create=True)
 

@@ -13,6 +13,7 @@ windows (edges on and beside segment edges, before, after, across everything) an
 the answer plan, the index entries, every segment chunk and every coverage chunk as built by the
 reader, the held segments, the counters, every flow's receipts with their anchor refs, NodeInfo's
 store fields, the proof ring status, the prune status, the meta and verify()."""
+import inspect
 import json
 import os
 import random
@@ -103,9 +104,13 @@ def build(path):
             pipe.close_segment()
         store.commit(pipe.take())
         if second % 5 == 3:
+            # the merged view only, as before gap records (issue 14) made gaps ledger leaves: the
+            # commit path is compared byte for byte with the former one's
+            extra = {"records": False} if "records" in inspect.signature(
+                store.record_capture).parameters else {}
             store.record_capture([(t + SEC // 4, t + SEC // 3, 12, 1, "eth0"),
                                   (t + SEC // 2, t + SEC // 2, 0, 2, "")],
-                                 alive_t_ns=t + SEC, threshold_ns=THRESHOLD_NS)
+                                 alive_t_ns=t + SEC, threshold_ns=THRESHOLD_NS, **extra)
         clock.t += 1.0
         if second < seconds - 2:                     # the last batches stay pending / unbatched
             batcher.tick()

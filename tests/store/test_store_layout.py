@@ -46,6 +46,10 @@ def test_a_store_holds_exactly_the_layouts_databases(tmp_path):
         s.ledger_outbox()
         with s.env.begin() as txn:
             names = sorted(bytes(k).decode() for k, _ in txn.cursor())
+        assert names == sorted(layout.STORE_DBS + layout.OUTBOX_DBS)
+        s.record_capture([(1, 2, 3, layout.GAP_KERNEL_DROPS, "eth0")])   # the first gap record
+        with s.env.begin() as txn:
+            names = sorted(bytes(k).decode() for k, _ in txn.cursor())
         assert names == sorted(layout.DB_NAMES)
         assert set(s.db) == set(layout.DB_NAMES)
         assert layout.MAX_DBS == len(layout.DB_NAMES)
