@@ -64,9 +64,7 @@ def t_range(records):
     with nogil:
         i = 0
         while i < n:
-            t = 0
-            for k in range(8):
-                t = (t << 8) | r[i + k]
+            t = rd64be(&r[i])
             if i == 0 or t < lo:
                 lo = t
             if i == 0 or t > hi:

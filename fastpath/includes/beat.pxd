@@ -2,6 +2,9 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 
+cdef extern from "beat_bytes.h" nogil:
+    uint64_t rd64be(const uint8_t *p)
+
 cdef extern from "beat_hash.h" nogil:
     enum:
         BEAT_HASH_SHA3_256

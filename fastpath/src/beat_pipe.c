@@ -134,18 +134,24 @@ static const uint8_t RC_TAG[10] = {'B', 'E', 'A', 'T', '-', 'R', 'C', '-', 'v', 
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
+/* Room for len more bytes (doubling). */
+static int buf_grow(beat_buf *b, size_t len)
+{
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + len)
+        cap *= 2;
+    uint8_t *d = realloc(b->d, cap);
+    if (!d)
+        return -1;
+    b->d = d;
+    b->cap = cap;
+    return 0;
+}
+
 static int buf_put(beat_buf *b, const void *data, size_t len)
 {
-    if (b->len + len > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + len)
-            cap *= 2;
-        uint8_t *d = realloc(b->d, cap);
-        if (!d)
-            return -1;
-        b->d = d;
-        b->cap = cap;
-    }
+    if (b->len + len > b->cap && buf_grow(b, len))
+        return -1;
     memcpy(b->d + b->len, data, len);
     b->len += len;
     return 0;
@@ -641,19 +647,40 @@ static int is_zero32(const uint8_t *b)
 /* Count a released packet in its flow's receipt of this epoch and role; a flow without one gets
  * one while the epoch has fewer than rc_max of that role, else the packet goes into the epoch's
  * overflow receipt of the role (src = dst = 16 zero bytes; docs/fastpath.md, "Releasing"). */
+/* rc_find for the key (epoch, role, e->src, e->dst), compared in place: a key built on the stack
+ * and read back in 8-byte words across its differently sized stores stalls store forwarding. */
+static rc_slot *rc_find_flow(const beat_pipe *p, const entry *e, uint64_t epoch, uint8_t role)
+{
+    uint8_t eb[8];
+    uint64_t ebe;
+    wr64be(eb, epoch);
+    memcpy(&ebe, eb, 8);   /* the key's first 8 bytes, as stored */
+    uint32_t i = (uint32_t)rc_hash_flow(e->fh, epoch, role) & p->rc_mask;
+    for (;; i = (i + 1) & p->rc_mask) {
+        rc_slot *s = &p->rc[i];
+        if (!s->used)
+            return NULL;
+        uint64_t k0;
+        memcpy(&k0, s->key, 8);
+        if (k0 == ebe && s->key[8] == role && memcmp(s->key + 9, e->src, 16) == 0 &&
+            memcmp(s->key + 25, e->dst, 16) == 0)
+            return s;
+    }
+}
+
 static int rc_add(beat_pipe *p, uint8_t role, const entry *e, uint64_t epoch)
 {
-    uint8_t key[RC_KEY];
-    wr64be(key, epoch);
-    key[8] = role;
-    memcpy(key + 9, e->src, 16);
-    memcpy(key + 25, e->dst, 16);
-    rc_slot *s = rc_find(p, key, rc_hash_flow(e->fh, epoch, role));
+    rc_slot *s = rc_find_flow(p, e, epoch, role);
     if (s && s->used == RC_OWN) {
         s->packets++;
         s->bytes += e->ip_len;
         return 0;
     }
+    uint8_t key[RC_KEY];
+    wr64be(key, epoch);
+    key[8] = role;
+    memcpy(key + 9, e->src, 16);
+    memcpy(key + 25, e->dst, 16);
     uint8_t kind = RC_OVERFLOW;
     if (!s && !is_zero32(key + 9)) {
         rcn_slot *c = rcn_get(p, epoch);
@@ -834,16 +861,29 @@ static inline void seg_first(beat_pipe *p, uint64_t t)
     p->seg_period = t - t % p->period;
 }
 
+/* The record of a released entry (SPEC "Proof record"), written straight where it goes in 8-byte
+ * words: a record built on the stack and copied with vector loads stalls on store forwarding. */
+static inline void put_record(uint8_t *d, const entry *e)
+{
+    uint64_t pd0, pd1, ft;
+    memcpy(&pd0, e->pd, 8);
+    memcpy(&pd1, e->pd + 8, 8);
+    memcpy(&ft, e->ft, 8);
+    wr64be(d, e->t_ns);
+    wr64be(d + 8, e->prev);
+    wr64be(d + 16, e->next);
+    memcpy(d + 24, &pd0, 8);
+    memcpy(d + 32, &pd1, 8);
+    memcpy(d + 40, &ft, 8);
+}
+
 static int release(beat_pipe *p, entry *e)
 {
-    uint8_t rec[BEAT_RECORD_SIZE];
-    wr64be(rec, e->t_ns);
-    wr64be(rec + 8, e->prev);
-    wr64be(rec + 16, e->next);
-    memcpy(rec + 24, e->pd, 16);
-    memcpy(rec + 40, e->ft, 8);
-    if (buf_put(&p->out_records, rec, sizeof rec))
+    beat_buf *out = &p->out_records;
+    if (out->len + BEAT_RECORD_SIZE > out->cap && buf_grow(out, BEAT_RECORD_SIZE))
         return -1;
+    put_record(out->d + out->len, e);
+    out->len += BEAT_RECORD_SIZE;
     count(p, ST_RECORDS);
     if (e->next == BEAT_NONE)
         count(p, ST_INGRESS_ONLY);
@@ -865,7 +905,7 @@ static int release(beat_pipe *p, entry *e)
             return -1;
     if (p->seg_count == 0)
         seg_first(p, e->t_ns);
-    memcpy(p->seg_buf + (size_t)p->seg_count * BEAT_RECORD_SIZE, rec, sizeof rec);
+    put_record(p->seg_buf + (size_t)p->seg_count * BEAT_RECORD_SIZE, e);
     if (++p->seg_count == p->seg_records)
         return seg_close(p);
     return 0;
@@ -873,7 +913,10 @@ static int release(beat_pipe *p, entry *e)
 
 /* Entries are released in FIFO order: fetch the index slot of the one RELEASE_AHEAD places
  * behind the head now, so that unlinking it later does not wait for memory. */
-#define RELEASE_AHEAD 16
+/* Six, not more: a frame's work between two releases touches enough memory that lines fetched
+ * sixteen releases ahead were evicted again before use (ingress only: 6 is ~3% faster than 16;
+ * joined traffic the same). */
+#define RELEASE_AHEAD 6
 
 static int release_head(beat_pipe *p)
 {
@@ -1104,7 +1147,13 @@ static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
                            &p->ownset, o);
         o->reason = (uint8_t)r;
         o->hashed = 0;
-        if (r)
+    }
+    /* A second pass: the digest inputs are written by the parser in pieces of 1 to 8 bytes, and
+     * reading them back at once as 8-byte words (the key) or vectors (the hash's copy) stalls on
+     * store forwarding; a chunk later, those stores have reached the cache. */
+    for (size_t i = 0; i < n; i++) {
+        beat_obs *o = &obs[i];
+        if (o->reason)
             continue;
         o->key = bytes_hash(p->seed, o->msg + 10, o->msg_len - 10u);
         __builtin_prefetch(&p->pdt[(uint32_t)o->key & p->pdt_mask]);   /* for observe() */
