@@ -8,16 +8,28 @@ there is not a drop). A record is honoured when all of these hold:
 
 - its leaf ``0x03 || G`` is proven in the anchor the ledger holds (else ``forged``: not what it
   anchored);
-- the ledger took that anchor in time (its ``ledger_t_ns``, the ledger's time, never the
-  device's): at most ``anchor_delay_ns`` after the gap ended, and not after the interrogation
-  asked (else ``back-dated``; a ledger that does not say when: ``untimed``);
+- the ledger took that anchor before the interrogation asked (else ``back-dated``; a ledger
+  that does not say when: ``untimed``);
 - it does not end after the ledger took it, or after the interrogation asked (``premature``: a
   device cannot declare blindness ahead of time);
 - a kernel-drops record spans at most ``max_drop_span_ns`` (``too long``: beatd writes one per
   interface and second) and counts at least one frame dropped (``no drops``);
-- a capture-stopped record is not contradicted by the device itself: no record of its own and no
-  anchor of its own taken by the ledger inside the time it says it was not capturing
-  (``contradicted``).
+- a capture-stopped record is not contradicted by the device itself: no record of its own, no
+  segment its index lists, no content of its anchors before the record, and no anchor of its own
+  taken by the ledger, inside ``(from_ns + T, to_ns - min(1 s, T))`` (``contradicted``);
+- it is not back-dated by the device's own anchor sequence (findings G1/G6): no batch of the
+  device before the record's leaf (nor a segment of its index before the leaf in its batch) was
+  taken by the ledger after ``to_ns + T`` while anchoring content after ``to_ns + T`` (its
+  anchor's ``first_t_ns``/``last_t_ns``, its index's segment times) (``back-dated``). An honest
+  device writes a gap record into its outbox about a second after its end, before any leaf of
+  what it records later: a ledger outage delays when the ledger takes it, never this order. The
+  ledger takes a node's anchors in batch_seq order, so the batches taken after a time are a run
+  ending before the record: found by a binary search, ``MAX_SEQUENCE_READS`` read at each end.
+
+T is ``tolerance_ns`` (``[judgement] gap_tolerance_s``, default 10 s). The judgement
+(governance/verdicts.py) further bounds the honoured kernel-drops gaps by their frames dropped
+(``exceeded``: more passages it cannot show than frames). What is left to a liar, and the known
+limits: docs/threat-model.md, "Declared capture loss".
 
 A record not anchored (yet) whose anchor period may not have passed (the interrogation asked
 within ``anchor_delay_ns`` of its end) is ``pending``: treated like records not anchored yet (the
@@ -211,9 +223,9 @@ def _later_content(node_id, anchors, ref, limit, own_index):
 def _contradiction(node_id, anchors, ref, g, tol, own_records, own_index):
     """Why a capture-stopped record contradicts its device: a record of its own, a segment of
     its index or content it anchored (before this record), or an anchor the ledger took from
-    it, inside ``(from_ns + T, to_ns - EDGE_NS)`` (records: ``(from_ns + T, to_ns - EDGE_NS)``
-    too: the last commit before a crash may follow the last "alive" mark by a second, and the
-    rings open just before a start's record ends); "" when none."""
+    it, inside ``(from_ns + T, to_ns - min(EDGE_NS, T))`` (the last commit before a crash may
+    follow the last "alive" mark by a second, the final anchor may be taken a second after the
+    stop, and the rings open just before a start's record ends); "" when none."""
     lo, hi = g.from_ns + tol, g.to_ns - min(EDGE_NS, tol)
     if lo >= hi:
         return ""
