@@ -135,3 +135,15 @@ def test_a_gap_not_anchored_yet_is_like_records_not_anchored_yet(tmp_path):
     assert g["status"] == "pending" and "signed, not proven" in g["why"]
     assert r2["verdict"] == "DROPPED" and report["faulty"] == [2]
     assert any("not anchored yet (signed, not proven)" in r for r in r2["reasons"])
+
+
+def test_a_gap_anchored_after_the_delay_with_nothing_newer_before_it_is_honoured(tmp_path):
+    """The same gap, taken by the ledger more than gap_anchor_delay_s after it ended (the
+    routers anchored 30 s late, as after a ledger outage), but nothing r2 recorded after the gap
+    + T is anchored before it: honoured (findings G6), r2 blind, not named."""
+    report, text = _run(tmp_path, gaps="drops", delay_s=5)
+    r2 = _devices(report)[2]
+    (g,) = r2["gaps"]
+    assert g["status"] == "honoured", g
+    assert g["ledger_t_ns"] - g["to_ns"] > 5 * 10**9
+    assert r2["verdict"] == "CONSISTENT" and report["faulty"] == [], (r2["reasons"], text)
