@@ -407,7 +407,8 @@ class _Follow:
     the full rules find, per node."""
 
     def __init__(self, answered, from_ns, to_ns, lo, hi, n_examples, *, unanchored=None,
-                 allow=None, gaps=None, succ=None, neighbours=None, bounded=None):
+                 allow=None, gaps=None, succ=None, neighbours=None, bounded=None,
+                 owners=None):
         self.answered = answered
         self.from_ns, self.to_ns = from_ns, to_ns
         self.lo, self.hi = lo, hi
@@ -425,11 +426,12 @@ class _Follow:
         # the frames bound (finding G5): {node: (its kernel-drops gaps, its other missing
         # intervals)}, merged; ``bound_counts`` {node: [witnessed, ingress_only]}: the passages
         # of clusters that meet its drops gaps and no other missing interval of it, which it
-        # cannot show (no record, yet a device before it and one after it name it), and its
+        # cannot show (no record, yet devices of two owners name it before and after), and its
         # ingress-only records there (each a drop or a missed egress frame)
         self.bounded = {n: (_merge_intervals(d), _merge_intervals(o))
                         for n, (d, o) in (bounded or {}).items() if d}
         self.bound_counts = {}
+        self.owners = owners or {}
         self.succ = succ or {}
         self.neighbours = neighbours
         self.clean = {}                 # (nodes, entry prev_id, exit next_id) -> [packets, exs]
@@ -580,6 +582,14 @@ class _Follow:
             return None
         return self.bound_counts.setdefault(x, [0, 0])
 
+    def _witnessed(self, x, cl):
+        """A device before ``x`` (naming it next) and one after it (naming it previous), of two
+        owners: one owner cannot make up a passage both sides of it."""
+        owner = self.owners.get
+        before = {owner(r[1], r[1]) for r in cl if r[3] == x}
+        after = {owner(r[1], r[1]) for r in cl if r[2] == x}
+        return bool(before and after) and len(before | after) > 1
+
     def _own(self, pd, cl, allow, t_lo=0, t_hi=NONE):
         """What each device's own records of one cluster say about itself (module doc): the
         passages, records no truthful device writes, deviations, drops outside its capture gaps
@@ -626,7 +636,7 @@ class _Follow:
                 self._own_count(x, _MAY_HAVE_RECEIVED, 1)
                 self._own_count(x, BLIND, 1)
                 bc = self._bound(x, t_lo, t_hi)
-                if bc is not None and any(r[3] == x for r in cl) and any(r[2] == x for r in cl):
+                if bc is not None and self._witnessed(x, cl):
                     bc[0] += 1
 
     def finish(self):
@@ -1155,7 +1165,7 @@ def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
         obs, unanchored, edge_counts = _group(evidence, ft, rc_epochs, receipt_epoch_ns)
         follow = _Follow(answered, from_ns, to_ns, lo, hi, examples, unanchored=unanchored,
                          allow=missing_iv, gaps=gaps_iv, succ=route_next,
-                         neighbours=neighbours, bounded=bounded)
+                         neighbours=neighbours, bounded=bounded, owners=owners)
         follow.run(obs)
         follow.finish()
         del obs
@@ -1333,7 +1343,7 @@ def _frames_bound(follow, frames):
     honoured kernel-drops gaps excuse at most as many passages as the frames they say the kernel
     dropped (each lost frame hides at most one passage: an honest device never exceeds it).
     ``({node: (witnessed, frames)}, {node: [report lines]})``: the devices whose passages that
-    neighbours on both sides saw and it cannot show exceed the frames (their drops gaps then
+    devices of two owners saw on both sides and it cannot show exceed the frames (their drops gaps then
     excuse nothing: judged again without them), and for the others, those of their
     ingress-only records in the gaps beyond what the frames left, moved from "blind" to their
     own drops (``follow.own`` changed in place)."""

@@ -295,8 +295,10 @@ def reference(sla, from_ns, to_ns, evidence, *, topology, owners, f, hash_name, 
         for x in gap:
             if x not in {r[1] for r in cl}:
                 received[x] = received.get(x, 0) + 1
-                if (bounded(x, cl[0][0] - hi, cl[-1][0] + hi) and any(r[3] == x for r in cl)
-                        and any(r[2] == x for r in cl)):
+                before = {owners.get(r[1], f"node {r[1]}") for r in cl if r[3] == x}
+                after = {owners.get(r[1], f"node {r[1]}") for r in cl if r[2] == x}
+                if (bounded(x, cl[0][0] - hi, cl[-1][0] + hi) and before and after
+                        and len(before | after) > 1):
                     witnessed[x] = witnessed.get(x, 0) + 1
     over_frames = {x for x, g in dgaps.items() if witnessed.get(x, 0) > sum(k for *_, k in g)}
     if over_frames and not _frames_checked:

@@ -751,3 +751,27 @@ def test_an_accomplice_hiding_its_side_frames_no_honest_device():
     d = declare(book, 2, served, ledger, asked_at=DROP_HI + 60 * SEC)
     j = judged(book, {2: d}, net=net)
     assert not set(j.faulty) & {1, 3, 4}, verdicts(j)
+
+
+@pytest.mark.parametrize("who", ["alone", "with_detour"])
+def test_one_owner_making_up_both_sides_cannot_push_an_honest_device_beyond_its_frames(who):
+    """r2 honest and blind to 6 passages, its gap says 6 frames. One owner makes up 20 passages
+    through r2 in the gap, both sides: r1 alone ("sent to r2" and "got back from r2"), or r1
+    with its detour r5 (same owner: "r1 -> r2", "r2 -> r5"). Passages are counted against the
+    frames only when two owners saw them: r2's gap still excuses its 6 real misses (which r1 and
+    the honest r3 saw pass it) and r2 is not named."""
+    ledger = Ledger()
+    net = Net(LONG.route, LONG.links, owners={1: "A", 5: "A"} if who == "with_detour" else None)
+    served = anchor_gaps(ledger, 2, [drops_gap(frames=N_PACKETS)], DROP_HI + 10 * SEC)
+    book = honest_blind()
+    for i in range(20):
+        t = MID + (i % N_PACKETS) * 3 * HI + HI // 3 + i
+        book.of(1).add(t, OUTSIDE, 2, pd(600 + i))
+        if who == "alone":
+            book.of(1).add(t + 2 * HOP, 2, OUTSIDE, pd(600 + i))
+        else:
+            book.of(5).add(t + 2 * HOP, 2, 4, pd(600 + i))
+    d = declare(book, 2, served, ledger, asked_at=DROP_HI + 60 * SEC)
+    j = judged(book, {2: d}, net=net)
+    assert 2 not in j.faulty, verdicts(j)
+    assert [g["status"] for g in j.devices[2].gaps] == [G.HONOURED]
