@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 
+from beat_common.procs import pid_alive as _pid_alive
 from beat_common.tomlfile import dumps
 
 from .data import topology_path
@@ -62,20 +63,6 @@ ETH = 10 ** 18
 
 class LabError(Exception):
     """Something the lab cannot do; the message says what and where to look."""
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _cmdline(pid):

@@ -112,22 +112,12 @@ def ring_bytes(cfg):
     return cfg.block_size * cfg.block_count * _workers(cfg)
 
 
-def _mem_available():
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def check_ring(cfg):
     total = ring_bytes(cfg)
     text = (f"capture.block_size {cfg.block_size} x capture.block_count {cfg.block_count} x "
             f"{_workers(cfg)} workers = {total} bytes, capture.frame_size {cfg.frame_size}")
-    avail = _mem_available()
+    from .store.space import mem_available
+    avail = mem_available()
     if avail is not None and total > avail:
         return [Line("capture rings", FAIL, f"{text}: more than the {avail} bytes of memory "
                      "available; lower capture.block_count, capture.block_size or "

@@ -23,6 +23,8 @@ import fcntl
 import os
 import time
 
+from beat_common.procs import pid_alive as _pid_alive
+
 from .errors import StoreError
 
 __all__ = ["LOCK_FILE", "StoreLock", "StoreLockedError", "lock_holder", "lock_path", "take_lock",
@@ -92,16 +94,6 @@ def _kernel_holders(st):
         if key == want:
             pids.append(pid)
     return pids
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def lock_holder(path):

@@ -22,7 +22,7 @@ import os
 
 from .errors import DISK_FULL_FREE_BYTES, no_space_message
 
-__all__ = ["usage", "start_check", "start_warnings", "check", "no_space_message",
+__all__ = ["usage", "start_check", "start_warnings", "check", "mem_available", "no_space_message",
            "NEW_STORE_BYTES", "STORE_FILES", "MEMORY_FILESYSTEMS"]
 
 # what a new store needs at least: LMDB's two meta pages, the lock file and the first pages of
@@ -84,7 +84,8 @@ def filesystem_type(path):
     return kind
 
 
-def _mem_available():
+def mem_available():
+    """MemAvailable of /proc/meminfo in bytes, None where it cannot be read."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -119,7 +120,7 @@ def check(store_path, map_size, ring_bytes=0):
                         f"{free} bytes are free): the disk will fill before the map; free space "
                         "or lower store.map_size")
     if ring_bytes and filesystem_type(path) in MEMORY_FILESYSTEMS:
-        avail = _mem_available()
+        avail = mem_available()
         if avail is not None and ring_bytes + min(map_size or 0, free) > avail:
             warnings.append(f"store.path ({path}) is on a memory filesystem: the store's pages "
                             f"and the capture rings ({ring_bytes} bytes, pinned) share the "
