@@ -784,6 +784,10 @@ class Daemon:
             self._note_unknown_macs(force=force_status)
             if self.testing_lies is not None:       # TEST ONLY (--testing-lie)
                 self.testing_lies.apply(out)
+            # gap records first: a gap record precedes in the outbox every leaf of what is
+            # recorded after it, also one kept in memory while the store was full (the
+            # governance reads back-dating from that order: docs/gap-records.md)
+            self._write_capture_gaps(force=force_status)
             if not _empty(out):
                 t0 = time.perf_counter()
                 try:
@@ -797,7 +801,6 @@ class Daemon:
                     self.last_commit_time = time.time()
                     if self._full is not None:
                         self._store_has_room()
-            self._write_capture_gaps(force=force_status)
             self._log_full()        # a line the rate limit held back, or "store still full"
             self._prune()
             self._refresh_ring_status(force=force_status)

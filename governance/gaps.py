@@ -8,16 +8,28 @@ there is not a drop). A record is honoured when all of these hold:
 
 - its leaf ``0x03 || G`` is proven in the anchor the ledger holds (else ``forged``: not what it
   anchored);
-- the ledger took that anchor in time (its ``ledger_t_ns``, the ledger's time, never the
-  device's): at most ``anchor_delay_ns`` after the gap ended, and not after the interrogation
-  asked (else ``back-dated``; a ledger that does not say when: ``untimed``);
+- the ledger took that anchor before the interrogation asked (else ``back-dated``; a ledger
+  that does not say when: ``untimed``);
 - it does not end after the ledger took it, or after the interrogation asked (``premature``: a
   device cannot declare blindness ahead of time);
 - a kernel-drops record spans at most ``max_drop_span_ns`` (``too long``: beatd writes one per
   interface and second) and counts at least one frame dropped (``no drops``);
-- a capture-stopped record is not contradicted by the device itself: no record of its own and no
-  anchor of its own taken by the ledger inside the time it says it was not capturing
-  (``contradicted``).
+- a capture-stopped record is not contradicted by the device itself: no record of its own, no
+  segment its index lists, no content of its anchors before the record, and no anchor of its own
+  taken by the ledger, inside ``(from_ns + T, to_ns - min(1 s, T))`` (``contradicted``);
+- it is not back-dated by the device's own anchor sequence (findings G1/G6): no batch of the
+  device before the record's leaf (nor a segment of its index before the leaf in its batch) was
+  taken by the ledger after ``to_ns + T`` while anchoring content after ``to_ns + T`` (its
+  anchor's ``first_t_ns``/``last_t_ns``, its index's segment times) (``back-dated``). An honest
+  device writes a gap record into its outbox about a second after its end, before any leaf of
+  what it records later: a ledger outage delays when the ledger takes it, never this order. The
+  ledger takes a node's anchors in batch_seq order, so the batches taken after a time are a run
+  ending before the record: found by a binary search, ``MAX_SEQUENCE_READS`` read at each end.
+
+T is ``tolerance_ns`` (``[judgement] gap_tolerance_s``, default 10 s). The judgement
+(governance/verdicts.py) further bounds the honoured kernel-drops gaps by their frames dropped
+(``exceeded``: more passages it cannot show than frames). What is left to a liar, and the known
+limits: docs/threat-model.md, "Declared capture loss".
 
 A record not anchored (yet) whose anchor period may not have passed (the interrogation asked
 within ``anchor_delay_ns`` of its end) is ``pending``: treated like records not anchored yet (the
@@ -32,18 +44,23 @@ from fastpath.output import NONE
 from ledger_client.merkle import verify_inclusion
 
 __all__ = ["HONOURED", "PENDING", "BACK_DATED", "UNANCHORED", "FORGED", "UNTIMED", "PREMATURE",
-           "TOO_LONG", "CONTRADICTED", "NO_DROPS", "STATUSES", "DEFAULT_ANCHOR_DELAY_NS",
+           "TOO_LONG", "CONTRADICTED", "NO_DROPS", "EXCEEDED", "STATUSES",
+           "DEFAULT_ANCHOR_DELAY_NS", "DEFAULT_TOLERANCE_NS",
            "DEFAULT_MAX_DROP_SPAN_NS", "DeclaredGap", "check_gap_records", "describe"]
 
 HONOURED, PENDING = "honoured", "pending"
 BACK_DATED, UNANCHORED, FORGED, UNTIMED = "back-dated", "unanchored", "forged", "untimed"
 PREMATURE, TOO_LONG, CONTRADICTED = "premature", "too long", "contradicted"
 NO_DROPS = "no drops"
+EXCEEDED = "exceeded"       # set by the judgement: more passages in them than frames dropped
 STATUSES = (HONOURED, PENDING, BACK_DATED, UNANCHORED, FORGED, UNTIMED, PREMATURE, TOO_LONG,
-            CONTRADICTED, NO_DROPS)
-DEFAULT_ANCHOR_DELAY_NS = 120 * 10**9      # a few anchor periods (10 s) and retries
+            CONTRADICTED, NO_DROPS, EXCEEDED)
+DEFAULT_ANCHOR_DELAY_NS = 120 * 10**9      # unanchored after it: not pending any more
+DEFAULT_TOLERANCE_NS = 10 * 10**9          # T: an honest record is in the outbox ~1 s after
+MAX_SEQUENCE_READS = 32                    # own anchors read at each end of a late record's run
 DEFAULT_MAX_DROP_SPAN_NS = 10 * 10**9      # beatd's records span about a second
 SKEW_NS = 50_000_000                       # the clock difference tolerated (as the judgement's)
+EDGE_NS = 10**9                            # a capture-stopped record's end looked at less
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,24 +104,30 @@ def _own_records_inside(records, lo, hi):
 
 def check_gap_records(node_id, hash_name, records, anchors, *, asked_at_ns,
                       anchor_delay_ns=DEFAULT_ANCHOR_DELAY_NS,
-                      max_drop_span_ns=DEFAULT_MAX_DROP_SPAN_NS, own_records=b""):
+                      max_drop_span_ns=DEFAULT_MAX_DROP_SPAN_NS, own_records=b"",
+                      tolerance_ns=DEFAULT_TOLERANCE_NS, own_index=()):
     """``[DeclaredGap]`` of the gap records ``records`` (``beat_rpc.evidence.GapRecord``) that
     ``node_id`` served. ``anchors``: a ``governance.verify.AnchorCache`` (the ledger's anchors);
     ``asked_at_ns``: when the interrogation asked (recorded with it, so that a replay decides the
     same); ``own_records``: the device's records that the governance holds (any flow, proven or
-    not), against which a capture-stopped record is checked."""
+    not), against which a capture-stopped record is checked; ``own_index``: ``(batch_seq,
+    leaf_index, first_t_ns, last_t_ns)`` of the segments its signed index lists (anchored ones:
+    what it anchored, and where); ``tolerance_ns``: T (module doc)."""
+    own_index = tuple(own_index)
     out = []
     for g in records:
         base = dict(node_id=node_id, from_ns=g.from_ns, to_ns=g.to_ns,
                     frames_dropped=g.frames_dropped, reason=g.reason, interface=g.interface)
         status, why, when, batch = _check(node_id, hash_name, g, anchors, asked_at_ns,
-                                          anchor_delay_ns, max_drop_span_ns, own_records)
+                                          anchor_delay_ns, max_drop_span_ns, own_records,
+                                          tolerance_ns, own_index)
         out.append(DeclaredGap(**base, status=status, why=why, ledger_t_ns=when,
                                batch_seq=batch))
     return out
 
 
-def _check(node_id, hash_name, g, anchors, asked_at_ns, delay, max_span, own_records):
+def _check(node_id, hash_name, g, anchors, asked_at_ns, delay, max_span, own_records, tol,
+           own_index):
     if g.to_ns > asked_at_ns + SKEW_NS:
         return PREMATURE, (f"it ends at {g.to_ns}, after the interrogation asked "
                            f"({asked_at_ns}): blindness cannot be declared ahead"), None, None
@@ -136,23 +159,96 @@ def _check(node_id, hash_name, g, anchors, asked_at_ns, delay, max_span, own_rec
     if when > asked_at_ns + SKEW_NS:
         return BACK_DATED, (f"anchored at {when}, after the interrogation asked "
                             f"({asked_at_ns})"), when, ref.batch_seq
-    if when > g.to_ns + delay:
-        return BACK_DATED, (f"anchored {_s(when - g.to_ns)} after it ended (at most "
-                            f"{_s(delay)})"), when, ref.batch_seq
     if g.to_ns > when + SKEW_NS:
         return PREMATURE, (f"it ends at {g.to_ns}, after the ledger took its anchor ({when}): "
                            "blindness cannot be declared ahead"), when, ref.batch_seq
     if g.reason == GAP_CAPTURE_STOPPED:
-        t = _own_records_inside(own_records, g.from_ns, g.to_ns) if own_records else None
-        if t is not None:
-            return CONTRADICTED, (f"it says it was not capturing, yet it holds a record of its "
-                                  f"own at {t}"), when, ref.batch_seq
-        for other in anchors.known(node_id):
-            w = getattr(other, "ledger_t_ns", None)
-            if w is not None and _inside(w, g.from_ns + delay, g.to_ns):
-                return CONTRADICTED, (f"it says it was not capturing, yet it anchored batch "
-                                      f"{other.batch_seq} at {w}"), when, ref.batch_seq
+        why = _contradiction(node_id, anchors, ref, g, tol, own_records, own_index)
+        if why:
+            return CONTRADICTED, f"it says it was not capturing, yet {why}", when, ref.batch_seq
+    limit = g.to_ns + tol
+    if when > limit:
+        later = _later_content(node_id, anchors, ref, limit, own_index)
+        if later is not None:
+            return BACK_DATED, (f"anchored {_s(when - g.to_ns)} after it ended, after {later} "
+                                f"(content more than {_s(tol)} after its end: an honest gap "
+                                "record precedes what its device recorded later)"), \
+                when, ref.batch_seq
     return HONOURED, "", when, ref.batch_seq
+
+
+def _first_taken_after(node_id, anchors, below, t_ns):
+    """The first batch_seq < ``below`` of the node's anchors that the ledger took after ``t_ns``
+    (``below`` when none): the ledger takes a node's anchors in batch_seq order, so its times
+    rise with batch_seq (a binary search: a few reads)."""
+    lo, hi = 0, below
+    while lo < hi:
+        mid = (lo + hi) // 2
+        a = anchors.get(node_id, mid)
+        w = getattr(a, "ledger_t_ns", None) if a is not None else None
+        if w is not None and w > t_ns:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _run_ends(first, below):
+    """The batch_seqs looked at in ``[first, below)``: ``MAX_SEQUENCE_READS`` at each end."""
+    head = range(first, min(below, first + MAX_SEQUENCE_READS))
+    tail = range(max(first + MAX_SEQUENCE_READS, below - MAX_SEQUENCE_READS), below)
+    return list(head) + list(tail)
+
+
+def _later_content(node_id, anchors, ref, limit, own_index):
+    """What the node anchored before the gap record's leaf, taken by the ledger after ``limit``
+    (the record's end + T), holding content after ``limit``: its description, or None."""
+    b = ref.batch_seq
+    for seq in _run_ends(_first_taken_after(node_id, anchors, b, limit), b):
+        a = anchors.get(node_id, seq)
+        w = getattr(a, "ledger_t_ns", None) if a is not None else None
+        if w is not None and w > limit and max(a.first_t_ns, a.last_t_ns) > limit:
+            return (f"its batch {seq} (taken by the ledger at {w}) anchored content up to "
+                    f"{max(a.first_t_ns, a.last_t_ns)}")
+    for bs, li, first, last in own_index:
+        if (bs, li) < (b, ref.leaf_index) and max(first, last) > limit:
+            a = anchors.get(node_id, bs)
+            w = getattr(a, "ledger_t_ns", None) if a is not None else None
+            if w is not None and w > limit:
+                return (f"its segment of records up to {max(first, last)}, anchored before it "
+                        f"(batch {bs}, leaf {li})")
+    return None
+
+
+def _contradiction(node_id, anchors, ref, g, tol, own_records, own_index):
+    """Why a capture-stopped record contradicts its device: a record of its own, a segment of
+    its index or content it anchored (before this record), or an anchor the ledger took from
+    it, inside ``(from_ns + T, to_ns - min(EDGE_NS, T))`` (the last commit before a crash may
+    follow the last "alive" mark by a second, the final anchor may be taken a second after the
+    stop, and the rings open just before a start's record ends); "" when none."""
+    lo, hi = g.from_ns + tol, g.to_ns - min(EDGE_NS, tol)
+    if lo >= hi:
+        return ""
+    t = _own_records_inside(own_records, lo, hi) if own_records else None
+    if t is not None:
+        return f"it holds a record of its own at {t}"
+    for bs, li, first, last in own_index:
+        for x in (first, last):
+            if lo < x < hi:
+                return f"its index lists a segment with a record at {x} (batch {bs})"
+    b = ref.batch_seq
+    for seq in _run_ends(_first_taken_after(node_id, anchors, b, lo), b):
+        a = anchors.get(node_id, seq)
+        if a is None:
+            continue
+        for x in (a.first_t_ns, a.last_t_ns):
+            if lo < x < hi:
+                return f"it anchored content of {x} (batch {seq})"
+    for other in anchors.known(node_id):
+        w = getattr(other, "ledger_t_ns", None)
+        if w is not None and _inside(w, lo, hi):
+            return f"it anchored batch {other.batch_seq} at {w}"
+    return ""
 
 
 def describe(gap, names=None):

@@ -30,7 +30,8 @@ The governance's own configuration (``--config``, TOML; ``beat-lab up`` writes o
     [judgement]
     f = 1                                    # lying owners the verdicts withstand
     threshold_s = 3600                       # older windows are not judgeable
-    gap_anchor_delay_s = 120                 # a gap record anchored later is back-dated
+    gap_anchor_delay_s = 120                 # a gap record not anchored later: unanchored
+    gap_tolerance_s = 10                     # T: >= 2 anchor periods (docs/threat-model.md)
     max_devices = 64                         # devices interrogated at most
     [[endpoints]]
     node_id = 1
@@ -93,6 +94,7 @@ class GovernanceConfig:
     threshold_s: float = DEFAULT_THRESHOLD_S
     max_devices: int = DEFAULT_MAX_DEVICES
     gap_anchor_delay_s: float = gaps.DEFAULT_ANCHOR_DELAY_NS / 1e9
+    gap_tolerance_s: float = gaps.DEFAULT_TOLERANCE_NS / 1e9
 
 
 def _number(path, where, v, *, integer=False, least=0.0, above=False):
@@ -142,14 +144,18 @@ def load_config(path):
     ju = raw.get("judgement", {})
     if not isinstance(ju, dict):
         raise ConfigError(f"{path}: judgement: not a table")
-    bad = sorted(set(ju) - {"f", "threshold_s", "max_devices", "gap_anchor_delay_s"})
+    bad = sorted(set(ju) - {"f", "threshold_s", "max_devices", "gap_anchor_delay_s",
+                            "gap_tolerance_s"})
     if bad:
         raise ConfigError(f"{path}: judgement.{bad[0]}: unknown key (known: f, "
-                          "gap_anchor_delay_s, max_devices, threshold_s)")
+                          "gap_anchor_delay_s, gap_tolerance_s, max_devices, threshold_s)")
     nums["f"] = _number(path, "judgement.f", ju.get("f", DEFAULT_F), integer=True)
     nums["gap_anchor_delay_s"] = _number(
         path, "judgement.gap_anchor_delay_s",
         ju.get("gap_anchor_delay_s", gaps.DEFAULT_ANCHOR_DELAY_NS / 1e9), above=True)
+    nums["gap_tolerance_s"] = _number(
+        path, "judgement.gap_tolerance_s",
+        ju.get("gap_tolerance_s", gaps.DEFAULT_TOLERANCE_NS / 1e9), above=True)
     nums["threshold_s"] = _number(path, "judgement.threshold_s",
                                   ju.get("threshold_s", DEFAULT_THRESHOLD_S), above=True)
     nums["max_devices"] = _number(path, "judgement.max_devices",
@@ -327,12 +333,17 @@ def _gap_records(client, lo, hi):
 def _node_evidence(node_id, hash_name, check, receipts, counters, gap_records, ledger, anchors,
                    info, gap_params):
     """The judgement's NodeEvidence of a checked answer (``info`` gets the numbers);
-    ``gap_params``: ``{"asked_at_ns", "gap_anchor_delay_ns"}`` (governance/gaps.py)."""
+    ``gap_params``: ``{"asked_at_ns", "gap_anchor_delay_ns", "gap_tolerance_ns"}``
+    (governance/gaps.py)."""
     rc_check = verify.verify_receipts(node_id, hash_name, receipts, ledger, anchors)
+    index = getattr(check.coverage, "index", None) or ()
     declared = gaps.check_gap_records(
         node_id, hash_name, gap_records or (), anchors, asked_at_ns=gap_params["asked_at_ns"],
         anchor_delay_ns=gap_params["gap_anchor_delay_ns"],
-        own_records=check.records + check.unanchored)
+        tolerance_ns=gap_params.get("gap_tolerance_ns", gaps.DEFAULT_TOLERANCE_NS),
+        own_records=check.records + check.unanchored,
+        own_index=[(e.anchor.batch_seq, e.anchor.leaf_index, e.first_t_ns, e.last_t_ns)
+                   for e in index if e.anchor.anchored and e.count])
     info.update(gap_records=None if gap_records is None else len(gap_records),
                 gaps_honoured=sum(g.honoured for g in declared))
     problems = list(check.problems) + list(rc_check.problems)
@@ -452,7 +463,8 @@ def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8, topology=Non
     ft = flow_tag(hash_name, sla.src, sla.dst)
     anchors = verify.AnchorCache(ledger)
     gap_params = {"asked_at_ns": time.time_ns() if asked_at_ns is None else asked_at_ns,
-                  "gap_anchor_delay_ns": int(cfg.gap_anchor_delay_s * 1e9)}
+                  "gap_anchor_delay_ns": int(cfg.gap_anchor_delay_s * 1e9),
+                  "gap_tolerance_ns": int(cfg.gap_tolerance_s * 1e9)}
     evidence, info, recordings = {}, {}, {}
     todo = list(dict.fromkeys(sla.route))
     for x in sla.route:
@@ -534,7 +546,8 @@ def interrogate(ledger, sla_id, from_ns, to_ns, cfg, *, receipt_epoch_ns=10**9,
     margin = int(cfg.margin_s * 1e9)
     params = {"f": f, "margin_ns": margin, "skew_ns": skew_ns,
               "max_hop_delay_ns": max_hop_delay_ns, "receipt_epoch_ns": receipt_epoch_ns,
-              "asked_at_ns": asked, "gap_anchor_delay_ns": int(cfg.gap_anchor_delay_s * 1e9)}
+              "asked_at_ns": asked, "gap_anchor_delay_ns": int(cfg.gap_anchor_delay_s * 1e9),
+              "gap_tolerance_ns": int(cfg.gap_tolerance_s * 1e9)}
     judgement = _judge(sla, from_ns, to_ns, evidence, topology, owners, params, hash_name)
     links = sorted({(min(a, b), max(a, b)) for a, ns in topology.items() for b in ns})
     manifest = {"format": archive.FORMAT, "hash": hash_name, "sla_id": sla.sla_id,
@@ -581,7 +594,9 @@ def replay(arch, ledger):
             dev["audit_seed"]))
         gap_params = {"asked_at_ns": p.get("asked_at_ns", NONE),
                       "gap_anchor_delay_ns": p.get("gap_anchor_delay_ns",
-                                                   gaps.DEFAULT_ANCHOR_DELAY_NS)}
+                                                   gaps.DEFAULT_ANCHOR_DELAY_NS),
+                      "gap_tolerance_ns": p.get("gap_tolerance_ns",
+                                                gaps.DEFAULT_TOLERANCE_NS)}
         evidence[node] = failed if failed is not None else _node_evidence(
             node, hash_name, *got, ledger, anchors, {}, gap_params)
     judgement = _judge(sla, from_ns, to_ns, evidence, [tuple(lk) for lk in m["links"]],

@@ -65,6 +65,7 @@ from array import array
 
 import fastpath
 from fastpath.hashes import constructor
+from beat_common.gap_record import GAP_KERNEL_DROPS
 from beat_common.spec import is_node_id
 from fastpath.output import NONE, RECORD_SIZE
 
@@ -406,7 +407,8 @@ class _Follow:
     the full rules find, per node."""
 
     def __init__(self, answered, from_ns, to_ns, lo, hi, n_examples, *, unanchored=None,
-                 allow=None, gaps=None, succ=None, neighbours=None):
+                 allow=None, gaps=None, succ=None, neighbours=None, bounded=None,
+                 owners=None):
         self.answered = answered
         self.from_ns, self.to_ns = from_ns, to_ns
         self.lo, self.hi = lo, hi
@@ -421,6 +423,15 @@ class _Follow:
         self.allow = {n: _merge_intervals(ivs) for n, ivs in raw.items()}
         self.allow_union = _merge_intervals([iv for ivs in raw.values() for iv in ivs])
         self.gaps = {n: _merge_intervals(ivs) for n, ivs in (gaps or {}).items() if ivs}
+        # the frames bound (finding G5): {node: (its kernel-drops gaps, its other missing
+        # intervals)}, merged; ``bound_counts`` {node: [witnessed, ingress_only]}: the passages
+        # of clusters that meet its drops gaps and no other missing interval of it, which it
+        # cannot show (no record, yet devices of two owners name it before and after), and its
+        # ingress-only records there (each a drop or a missed egress frame)
+        self.bounded = {n: (_merge_intervals(d), _merge_intervals(o))
+                        for n, (d, o) in (bounded or {}).items() if d}
+        self.bound_counts = {}
+        self.owners = owners or {}
         self.succ = succ or {}
         self.neighbours = neighbours
         self.clean = {}                 # (nodes, entry prev_id, exit next_id) -> [packets, exs]
@@ -529,7 +540,8 @@ class _Follow:
         hi = self.hi
         t_lo, t_hi = cl[0][0] - hi, cl[-1][0] + hi
         allow = {x for x, ivs in self.allow.items() if _overlaps(ivs, t_lo, t_hi)}
-        self._own(pd, cl, {x for x, ivs in self.gaps.items() if _overlaps(ivs, t_lo, t_hi)})
+        self._own(pd, cl, {x for x, ivs in self.gaps.items() if _overlaps(ivs, t_lo, t_hi)},
+                  t_lo, t_hi)
         if len(cl) > explain.MAX_CLUSTER_RECORDS:
             self.oversized += 1             # left out of the explanations (module doc)
             return
@@ -562,7 +574,23 @@ class _Follow:
             if len(ex) < self.n_examples:
                 ex.append((pd, recs))
 
-    def _own(self, pd, cl, allow):
+    def _bound(self, x, t_lo, t_hi):
+        """Its counts for the frames bound when the cluster ``[t_lo, t_hi]`` meets only its
+        kernel-drops gaps among its missing intervals (None otherwise)."""
+        b = self.bounded.get(x)
+        if b is None or not _overlaps(b[0], t_lo, t_hi) or (b[1] and _overlaps(b[1], t_lo, t_hi)):
+            return None
+        return self.bound_counts.setdefault(x, [0, 0])
+
+    def _witnessed(self, x, cl):
+        """A device before ``x`` (naming it next) and one after it (naming it previous), of two
+        owners: one owner cannot make up a passage both sides of it."""
+        owner = self.owners.get
+        before = {owner(r[1], r[1]) for r in cl if r[3] == x}
+        after = {owner(r[1], r[1]) for r in cl if r[2] == x}
+        return bool(before and after) and len(before | after) > 1
+
+    def _own(self, pd, cl, allow, t_lo=0, t_hi=NONE):
         """What each device's own records of one cluster say about itself (module doc): the
         passages, records no truthful device writes, deviations, drops outside its capture gaps
         (``allow``: the devices with a gap near the cluster)."""
@@ -600,10 +628,16 @@ class _Follow:
                 self._own_count(x, OWN_DROPS, drops, pd, cl)
             elif drops:                     # blind: its egress copy may be what it missed
                 self._own_count(x, BLIND, drops, pd, cl)
+                bc = self._bound(x, t_lo, t_hi)
+                if bc is not None:
+                    bc[1] += drops
         for x in allow:
             if x not in by:                 # it may have passed this packet unseen
                 self._own_count(x, _MAY_HAVE_RECEIVED, 1)
                 self._own_count(x, BLIND, 1)
+                bc = self._bound(x, t_lo, t_hi)
+                if bc is not None and self._witnessed(x, cl):
+                    bc[0] += 1
 
     def finish(self):
         """The clean chains' paths, patterns and own facts, by their shape."""
@@ -1064,7 +1098,7 @@ def _own_faults(node, ev, own, counts, succ, budget_ppm, hi):
 
 def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
           hash_name="sha3-256", max_hop_delay_ns=1_000_000_000, skew_ns=50_000_000,
-          receipt_epoch_ns=1_000_000_000, examples=5, asked=None):
+          receipt_epoch_ns=1_000_000_000, examples=5, asked=None, _frames_checked=False):
     """Judge the SLA's flow in ``[from_ns, to_ns]`` (inclusive) from ``evidence``: one
     ``NodeEvidence`` per interrogated device (a mapping by node_id, or an iterable). Returns a
     ``Judgement``.
@@ -1114,10 +1148,16 @@ def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
             beyond.append((0, asked[0] - 1))
         if asked[1] < NONE:
             beyond.append((asked[1] + 1, NONE))
+    bounded, frames = {}, {}             # the frames bound (finding G5; _frames_bound)
     for n, ev in evidence.items():
         if ev.answered:
             g, other = _missing_intervals(ev)
             gaps_iv[n], missing_iv[n] = g, g + other + beyond
+            drops = _drops_gaps(ev, from_ns - 2 * hi, to_ns + 2 * hi)
+            if drops:
+                ivs = [(lo_, hi_) for lo_, hi_, _ in drops]
+                bounded[n] = (ivs, [iv for iv in g if iv not in ivs] + other + beyond)
+                frames[n] = sum(k for _, _, k in drops)
     notes = []
 
     rc_epochs = _receipt_epochs(evidence, sla, from_ns, to_ns, receipt_epoch_ns)
@@ -1125,10 +1165,20 @@ def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
         obs, unanchored, edge_counts = _group(evidence, ft, rc_epochs, receipt_epoch_ns)
         follow = _Follow(answered, from_ns, to_ns, lo, hi, examples, unanchored=unanchored,
                          allow=missing_iv, gaps=gaps_iv, succ=route_next,
-                         neighbours=neighbours)
+                         neighbours=neighbours, bounded=bounded, owners=owners)
         follow.run(obs)
         follow.finish()
         del obs
+    exceeded, bound_notes = _frames_bound(follow, frames)
+    if exceeded and not _frames_checked:
+        # judged again without the kernel-drops gaps that excuse more than their frames
+        evidence = {n: _without_drops_gaps(ev, from_ns - 2 * hi, to_ns + 2 * hi, *exceeded[n])
+                    if n in exceeded else ev for n, ev in evidence.items()}
+        return judge(sla, from_ns, to_ns, evidence, topology=topology, owners=owners, f=f,
+                     hash_name=hash_name, max_hop_delay_ns=max_hop_delay_ns, skew_ns=skew_ns,
+                     receipt_epoch_ns=receipt_epoch_ns, examples=examples, asked=asked,
+                     _frames_checked=True)
+    with _no_gc():
         counts, exs, hops, paths = _tally(follow.paths, route_next, answered, examples)
     _merge(counts, exs, follow.counts, follow.examples, examples)
     _merge(counts, exs, follow.own, follow.own_examples, examples)
@@ -1204,7 +1254,7 @@ def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
                     for k in (ev.counters if ev is not None else ())]
         declared = [g for g in (ev.declared_gaps if ev is not None else ())
                     if g.from_ns <= to_ns + hi and g.to_ns >= from_ns - hi]
-        reasons += _gap_reasons(declared, c[BLIND])
+        reasons += _gap_reasons(declared, c[BLIND]) + bound_notes.get(node, [])
         devices_out[node] = DeviceJudgement(
             node, verdict, applies, reasons, node in route_next,
             ev is not None and ev.answered, "" if ev is None else ev.error, c,
@@ -1275,6 +1325,65 @@ def judge(sla, from_ns, to_ns, evidence, *, topology=None, owners=None, f=1,
 
 
 MAX_GAP_NOTES = 5       # declared gaps named in the notes per device (all are in its data)
+
+
+def _drops_gaps(ev, lo, hi):
+    """``[(from_ns, to_ns, frames_dropped)]`` of a device's honoured kernel-drops gaps (its
+    coverage's gaps of reason 1) that meet ``[lo, hi]``."""
+    cov = ev.coverage
+    if cov is None:
+        return []
+    return [(min(g[0], g[1]), max(g[0], g[1]), g[2]) for g in cov.gaps
+            if len(g) >= 4 and g[3] == GAP_KERNEL_DROPS and min(g[0], g[1]) <= hi
+            and max(g[0], g[1]) >= lo]
+
+
+def _frames_bound(follow, frames):
+    """The frames bound (finding G5; docs/threat-model.md, "Declared capture loss"): a device's
+    honoured kernel-drops gaps excuse at most as many passages as the frames they say the kernel
+    dropped (each lost frame hides at most one passage: an honest device never exceeds it).
+    ``({node: (witnessed, frames)}, {node: [report lines]})``: the devices whose passages that
+    devices of two owners saw on both sides and it cannot show exceed the frames (their drops gaps then
+    excuse nothing: judged again without them), and for the others, those of their
+    ingress-only records in the gaps beyond what the frames left, moved from "blind" to their
+    own drops (``follow.own`` changed in place)."""
+    exceeded, lines = {}, {}
+    for node, budget in frames.items():
+        witnessed, ingress_only = follow.bound_counts.get(node, (0, 0))
+        if witnessed > budget:
+            exceeded[node] = (witnessed, budget)
+            continue
+        over = ingress_only - (budget - witnessed)
+        if over > 0:
+            own = follow.own.setdefault(node, {})
+            own[BLIND] = own.get(BLIND, 0) - over
+            own[OWN_DROPS] = own.get(OWN_DROPS, 0) + over
+            lines[node] = [f"gaps: its kernel-drops gaps state {budget} frame(s) dropped; "
+                           f"{witnessed} passage(s) it cannot show and {ingress_only} record(s) "
+                           f"of a packet arriving and not leaving fall in them: {over} of these "
+                           f"records count as its own drops (each lost frame hides at most one "
+                           f"passage)"]
+    return exceeded, lines
+
+
+def _without_drops_gaps(ev, lo, hi, witnessed, budget):
+    """``ev`` without its honoured kernel-drops gaps that meet ``[lo, hi]``: their declared
+    gaps marked ``exceeded`` (governance/gaps.py) with why."""
+    from .gaps import EXCEEDED
+    cov = ev.coverage
+    drops = set(_drops_gaps(ev, lo, hi))
+    gaps = tuple(g for g in cov.gaps
+                 if (min(g[0], g[1]), max(g[0], g[1]), g[2]) not in drops or len(g) < 4
+                 or g[3] != GAP_KERNEL_DROPS)
+    why = (f"{witnessed} passage(s) of the flow in its kernel-drops gaps, which devices before "
+           f"and after it saw and it cannot show, are more than the {budget} frame(s) these gaps "
+           f"say the kernel dropped (each lost frame hides at most one passage): its drops gaps "
+           f"excuse nothing here")
+    declared = tuple(dataclasses.replace(g, status=EXCEEDED, why=why)
+                     if g.honoured and g.reason == GAP_KERNEL_DROPS and g.from_ns <= hi
+                     and g.to_ns >= lo else g for g in ev.declared_gaps)
+    return dataclasses.replace(ev, coverage=dataclasses.replace(cov, gaps=gaps),
+                               declared_gaps=declared)
 
 
 def gap_text(g):

@@ -169,8 +169,18 @@ def _all_records(ev):
     return out
 
 
+def _drops_gaps(ev, a, b):
+    """A device's kernel-drops gaps (reason 1) of its coverage that meet ``[a, b]``:
+    ``[(lo, hi, frames)]``."""
+    cov = ev.coverage
+    if cov is None or ev.status != "answered":
+        return []
+    return [(min(g[0], g[1]), max(g[0], g[1]), g[2]) for g in cov.gaps
+            if len(g) >= 4 and g[3] == 1 and min(g[0], g[1]) <= b and max(g[0], g[1]) >= a]
+
+
 def reference(sla, from_ns, to_ns, evidence, *, topology, owners, f, hash_name, lo, hi,
-              receipt_gap=None, asked=None):
+              receipt_gap=None, asked=None, _frames_checked=False):
     """``(named, explained)``: the set of devices the rule names and whether some liar set of at
     most f owners explains the evidence. ``receipt_gap``: devices whose receipts count more than
     their records (computed by the caller; default none); ``asked``: the interval every device
@@ -194,6 +204,10 @@ def reference(sla, from_ns, to_ns, evidence, *, topology, owners, f, hash_name, 
             if b not in adj.get(a, set()):
                 raise ValueError(f"the agreed route {route}: {a} -> {b} is not a link")
     region = set(evidence)
+    # the frames bound: a device's kernel-drops gaps near the window, and their frames
+    near = (from_ns - 2 * hi, to_ns + 2 * hi)
+    dgaps = {n: _drops_gaps(ev, *near) for n, ev in evidence.items()}
+    dgaps = {n: g for n, g in dgaps.items() if g}
     free = {n for n, ev in evidence.items() if ev.status == "unreachable"}
     devices = [n for n in sorted(evidence) if n not in free]
     owner = {n: owners.get(n, f"node {n}") for n in devices}
@@ -230,6 +244,17 @@ def reference(sla, from_ns, to_ns, evidence, *, topology, owners, f, hash_name, 
         allow |= {r[1] for r in cl if not r[5]}
         judged.append((cl, allow, gap))
 
+    def bounded(x, a, b):
+        """In this cluster, x's missing intervals that meet it are its drops gaps only."""
+        mine = [(g_lo, g_hi) for g_lo, g_hi, _ in dgaps.get(x, ())]
+        if not any(g_lo <= b and g_hi >= a for g_lo, g_hi in mine):
+            return False
+        others = [iv for iv in missing[x][0] if iv not in mine] + [
+            iv for iv in missing[x][1][len(missing[x][0]):]]
+        return not any(o_lo <= b and o_hi >= a for o_lo, o_hi in others)
+
+    witnessed, ingress_only = {}, {}
+
     # the devices' own evidence
     forced, self_faulty = set(), set()
     received, drops = {}, {}
@@ -255,9 +280,11 @@ def reference(sla, from_ns, to_ns, evidence, *, topology, owners, f, hash_name, 
             joined_out = {k for _, k in pairs}
             received[x] = received.get(x, 0) + sum(inside(r[0]) for r in mine) - sum(
                 inside(outs[k]) for k in joined_out)
+            unjoined = sum(inside(ins[i]) for i in range(len(ins)) if i not in joined_in)
             if x not in gap:
-                drops[x] = drops.get(x, 0) + sum(inside(ins[i]) for i in range(len(ins))
-                                                 if i not in joined_in)
+                drops[x] = drops.get(x, 0) + unjoined
+            elif bounded(x, cl[0][0] - hi, cl[-1][0] + hi):
+                ingress_only[x] = ingress_only.get(x, 0) + unjoined
             for t, _, p, q, _, _ in mine:
                 if not inside(t):
                     continue
@@ -268,6 +295,30 @@ def reference(sla, from_ns, to_ns, evidence, *, topology, owners, f, hash_name, 
         for x in gap:
             if x not in {r[1] for r in cl}:
                 received[x] = received.get(x, 0) + 1
+                before = {owners.get(r[1], f"node {r[1]}") for r in cl if r[3] == x}
+                after = {owners.get(r[1], f"node {r[1]}") for r in cl if r[2] == x}
+                if (bounded(x, cl[0][0] - hi, cl[-1][0] + hi) and before and after
+                        and len(before | after) > 1):
+                    witnessed[x] = witnessed.get(x, 0) + 1
+    over_frames = {x for x, g in dgaps.items() if witnessed.get(x, 0) > sum(k for *_, k in g)}
+    if over_frames and not _frames_checked:
+        import dataclasses
+        stripped = {}
+        for n, ev in evidence.items():
+            if n in over_frames:
+                drop = {(g_lo, g_hi) for g_lo, g_hi, _ in dgaps[n]}
+                gaps = tuple(g for g in ev.coverage.gaps if not (
+                    len(g) >= 4 and g[3] == 1 and (min(g[0], g[1]), max(g[0], g[1])) in drop))
+                ev = dataclasses.replace(ev, coverage=dataclasses.replace(ev.coverage,
+                                                                          gaps=gaps))
+            stripped[n] = ev
+        return reference(sla, from_ns, to_ns, stripped, topology=topology, owners=owners, f=f,
+                         hash_name=hash_name, lo=lo, hi=hi, receipt_gap=receipt_gap,
+                         asked=asked, _frames_checked=True)
+    for x, g in dgaps.items():
+        over = ingress_only.get(x, 0) - (sum(k for *_, k in g) - witnessed.get(x, 0))
+        if over > 0:
+            drops[x] = drops.get(x, 0) + over
     for x in succ:
         d = drops.get(x, 0)
         if d and d * 1_000_000 > sla.loss_budget_ppm * received.get(x, 0):

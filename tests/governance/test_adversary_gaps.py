@@ -72,6 +72,19 @@ def anchor_gaps(ledger, node, records, at_ns, *, leaf_node=None, extra_leaves=()
             for i, g in enumerate(records)]
 
 
+def keep_anchoring(ledger, node, lo, hi, every=10 * SEC):
+    """``node``'s ordinary batches from ``lo`` to ``hi``: one every ``every`` (as its batcher
+    builds them), each a segment leaf of the records of its last period, taken by the ledger
+    at once (``ledger_t_ns`` its clock); the anchor's span is the records' times."""
+    t, k = lo, 0
+    while t <= hi:
+        ledger.now = t
+        seq = ledger.next_batch_seq(node)
+        leaf = b"\x02" + (node * 1000 + k).to_bytes(32, "big")
+        ledger.anchor(Anchor(node, seq, 1, merkle.root(HASH, [leaf]), max(0, t - every), t))
+        t, k = t + every, k + 1
+
+
 def unanchored(records):
     return [GapRecord(*g, anchor=UNANCHORED) for g in records]
 
@@ -174,9 +187,15 @@ def test_a_timely_gap_makes_the_liar_blind_and_the_report_names_the_gap(liar):
 @pytest.mark.parametrize("liar", LIARS)
 @pytest.mark.parametrize("late", ["after_delay", "after_asked"])
 def test_a_back_dated_gap_excuses_nothing_and_is_named_back_dated(late, liar):
+    """The liar kept running and anchoring (a batch every 10 s) after the drop, then wrote a
+    gap record over it and anchored it (after the old 120 s delay, or after it was asked): its
+    own batches before the record, taken by the ledger after the record's end + T, anchor what
+    it recorded after that end (findings G1/G6: back-dating is shown by its own anchor
+    sequence, not by the wall-clock delay alone)."""
     ledger = Ledger()
     asked = DROP_HI + 10 * DELAY
     at = DROP_HI + DELAY + SEC if late == "after_delay" else asked + SEC
+    keep_anchoring(ledger, 2, DROP_HI + 10 * SEC, at - SEC)
     served = anchor_gaps(ledger, 2, [drops_gap()], at)
     book = dropping_liar(liar)
     d = declare(book, 2, served, ledger, asked_at=asked)
@@ -188,9 +207,6 @@ def test_a_back_dated_gap_excuses_nothing_and_is_named_back_dated(late, liar):
 
 
 @pytest.mark.parametrize("liar", LIARS)
-@pytest.mark.xfail(strict=True, reason="finding G1: a 'capture stopped' record written a minute "
-                   "after the drop, ending at the present, is honoured: anchors the ledger took "
-                   "inside it are looked for only after from + the anchor delay (120 s)")
 def test_a_gap_written_after_the_drop_with_its_end_moved_to_the_present_is_back_dated(liar):
     """The liar writes, a minute after the drop (and just before it is asked), a "capture
     stopped" record from before the drop to now, and anchors it at once: its end is within the
@@ -216,10 +232,6 @@ def test_a_gap_written_after_the_drop_with_its_end_moved_to_the_present_is_back_
     assert j.faulty == [2]
 
 
-@pytest.mark.xfail(strict=True, reason="finding G1: a short 'capture stopped' record back-dated "
-                   "within the anchor delay is honoured: the contradiction check only looks at "
-                   "anchors the ledger took in (from + delay, to), empty when the gap is shorter "
-                   "than the delay, and at the records sent in full")
 def test_a_short_capture_stopped_gap_back_dated_within_the_delay_is_not_honoured():
     """r2 drops at DROP_LO..DROP_HI, keeps running and anchoring every 10 s (its batches hold
     segments with records of other flows inside the drop time: their first/last t_ns say so),
@@ -371,8 +383,6 @@ def test_a_kernel_drops_gap_of_zero_frames_excuses_nothing(liar):
 
 
 @pytest.mark.parametrize("liar", LIARS)
-@pytest.mark.xfail(strict=True, reason="finding G5: frames_dropped does not bound what a "
-                   "kernel-drops gap excuses: 1 frame dropped excuses every packet of its span")
 def test_a_kernel_drops_gap_excuses_no_more_passages_than_frames_dropped(liar):
     """r2 drops 6 packets (12 frames unseen if it really missed them: each passage is an
     ingress and an egress frame) and declares a timely gap of 1 frame."""
@@ -480,9 +490,6 @@ def test_an_honest_device_whose_gap_is_not_anchored_yet_is_not_named():
     assert 2 not in j.faulty, verdicts(j)
 
 
-@pytest.mark.xfail(strict=True, reason="finding G6: an honest device whose gap was anchored late "
-                   "because the ledger (or its path to it) was down longer than the anchor delay "
-                   "is named MISSING for packets its honest neighbours saw pass it")
 def test_an_honest_blind_device_whose_anchor_waited_for_the_ledger_is_not_named():
     ledger = Ledger()
     served = anchor_gaps(ledger, 2, [drops_gap(frames=2 * N_PACKETS)], DROP_HI + DELAY + 60 * SEC)
@@ -490,3 +497,281 @@ def test_an_honest_blind_device_whose_anchor_waited_for_the_ledger_is_not_named(
     d = declare(book, 2, served, ledger, asked_at=DROP_HI + DELAY + 600 * SEC)
     j = judged(book, {2: d})
     assert 2 not in j.faulty, (verdicts(j), [x.status for x in d])
+
+
+# -- the rules that close G1, G5 and G6, attacked --------------------------------------------------
+# Back-dating is shown by the device's own anchor sequence (governance/gaps.py): a record is
+# back-dated when a batch of its device before the record's leaf, taken by the ledger after the
+# record's end + T, anchors content after that time; a capture-stopped record is contradicted by
+# content of its own more than T inside it. The ledger's times are MemLedger's clock (``now``).
+
+T = G.DEFAULT_TOLERANCE_NS
+PERIOD = 10 * SEC
+
+
+def batch(ledger, node, span, at, leaves=1):
+    """One batch of ``node`` (``leaves`` segment leaves) whose content spans ``span``, taken by
+    the ledger at ``at``."""
+    ledger.now = at
+    seq = ledger.next_batch_seq(node)
+    ls = [b"\x02" + (seq * 1000 + i).to_bytes(32, "big") for i in range(leaves)]
+    ledger.anchor(Anchor(node, seq, len(ls), merkle.root(HASH, ls), *span))
+    return seq
+
+
+def check(served, ledger, asked, **kw):
+    return G.check_gap_records(2, HASH, served, AnchorCache(ledger), asked_at_ns=asked, **kw)
+
+
+def test_an_honest_blind_device_after_a_long_ledger_outage_is_not_named():
+    """G6 on the ledger's own clock: r2 (honest) built a batch every 10 s while the ledger was
+    down (15 min); its gap record entered its outbox ~1 s after the gap, before anything it
+    recorded later. When the ledger came back it took them all at once, in order: the batches
+    before the record hold older content only, so the record is honoured and r2 not named."""
+    ledger = Ledger()
+    back = DROP_HI + 900 * SEC
+    t = DROP_LO - 300 * SEC
+    while t < DROP_LO:
+        batch(ledger, 2, (t, t + PERIOD - 1), back)
+        t += PERIOD
+    batch(ledger, 2, (DROP_LO - PERIOD, DROP_HI), back)     # the segment around the drop
+    served = anchor_gaps(ledger, 2, [drops_gap(frames=2 * N_PACKETS)], back)
+    for k in range(1, 60):                                  # what it recorded after, queued
+        batch(ledger, 2, (DROP_HI + (k - 1) * PERIOD, DROP_HI + k * PERIOD), back)
+    book = honest_blind()
+    d = declare(book, 2, served, ledger, asked_at=back + 60 * SEC)
+    assert [x.status for x in d] == [G.HONOURED], [x.why for x in d]
+    j = judged(book, {2: d})
+    assert j.faulty == [] and verdicts(j)[2] in (CONSISTENT, AMBIGUOUS), verdicts(j)
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_an_honest_restart_is_not_contradicted(crash):
+    """r2 (honest) stopped at ``stop`` and started again 5 min later: its final anchor (records
+    up to the stop) was taken a second after the stop; after a crash its last commit follows
+    its last "alive" mark (the record's start) by up to a second, so it holds records just
+    inside the record; its first anchor after the start holds a receipt epoch begun just before
+    the start. None of these contradicts "capture stopped [stop, start]"."""
+    ledger = Ledger()
+    stop, start = DROP_LO, DROP_LO + 300 * SEC
+    batch(ledger, 2, (stop - PERIOD, stop + (SEC if crash else 0)), stop + SEC)
+    served = anchor_gaps(ledger, 2, [(stop, start, 0, GAP_CAPTURE_STOPPED, "")], start + 2 * SEC)
+    batch(ledger, 2, (start - SEC // 2, start + PERIOD), start + 12 * SEC)
+    own = b""
+    if crash:
+        own = b"".join(int(stop + SEC // 2 + i).to_bytes(8, "big") + bytes(40) for i in range(3))
+    d = check(served, ledger, start + 60 * SEC, own_records=own,
+              own_index=[(0, 0, stop - PERIOD, stop + (SEC if crash else 0)),
+                         (2, 0, start - SEC // 2, start + PERIOD)])
+    assert [x.status for x in d] == [G.HONOURED], [x.why for x in d]
+
+
+@pytest.mark.parametrize("written_after", [2 * SEC, T + 3 * PERIOD], ids=["within_T", "beyond"])
+def test_a_liar_that_kept_anchoring_back_dates_at_most_T_and_a_period(written_after):
+    """The stated bound (docs/threat-model.md): r2 drops, keeps anchoring every 10 s, and writes
+    a drops record over the drop ``written_after`` its end, anchored by its next batch. Within
+    T (plus the period its batch takes) the record is honoured: the residual retroactive
+    blindness; beyond, its batches taken before the record hold later content: back-dated and
+    named."""
+    ledger = Ledger()
+    t = DROP_HI
+    while t + PERIOD <= DROP_HI + written_after:
+        batch(ledger, 2, (t, t + PERIOD), t + PERIOD)
+        t += PERIOD
+    at = t + PERIOD
+    served = anchor_gaps(ledger, 2, [drops_gap(frames=2 * N_PACKETS)], at)
+    book = dropping_liar("deviates")
+    d = declare(book, 2, served, ledger, asked_at=at + 60 * SEC)
+    if written_after <= T:
+        assert [x.status for x in d] == [G.HONOURED]
+        assert judged(book, {2: d}).faulty == []
+    else:
+        assert [x.status for x in d] == [G.BACK_DATED], [x.why for x in d]
+        assert "an honest gap record precedes what its device recorded later" in d[0].why
+        assert judged(book, {2: d}).faulty == [2]
+
+
+def test_filler_batches_of_old_content_do_not_hide_the_later_content():
+    """r2 kept anchoring after the drop (6 batches), then anchors 40 batches of old content
+    (fillers) so that the batches just before its late record look like an honest outage's
+    queue: the first batches taken after the record's end + T still show the later content."""
+    ledger = Ledger()
+    for k in range(1, 7):
+        batch(ledger, 2, (DROP_HI + (k - 1) * PERIOD, DROP_HI + k * PERIOD),
+              DROP_HI + k * PERIOD + SEC)
+    for k in range(40):
+        batch(ledger, 2, (DROP_LO - 2 * SEC, DROP_LO - SEC), DROP_HI + 70 * SEC + k)
+    served = anchor_gaps(ledger, 2, [drops_gap(frames=2 * N_PACKETS)], DROP_HI + 80 * SEC)
+    d = check(served, ledger, DROP_HI + 100 * SEC)
+    assert [x.status for x in d] == [G.BACK_DATED], [x.why for x in d]
+
+
+def test_a_liar_that_stopped_anchoring_is_honoured_only_with_its_record_first():
+    """The residual (docs/threat-model.md): r2 anchored nothing for 5 min after the drop, then
+    anchors the record first and its later records after it, as an honest device after a
+    ledger outage would: honoured. Had it put its later segments before the record in the same
+    batch (its served index says where each segment is), the record is back-dated."""
+    ledger = Ledger()
+    at = DROP_HI + 300 * SEC
+    seg_later = (DROP_HI + 5 * SEC, DROP_HI + 200 * SEC)
+    raw = [pack_gap_record(*drops_gap(frames=2 * N_PACKETS))]
+    for order in ("record_first", "segments_first"):
+        ledger = Ledger()
+        gap = gap_leaf(HASH, 2, raw[0])
+        segs = [b"\x02" + bytes([i]) * 32 for i in range(2)]
+        leaves = [gap] + segs if order == "record_first" else segs + [gap]
+        seq = ledger.next_batch_seq(2)
+        ledger.now = at
+        ledger.anchor(Anchor(2, seq, 3, merkle.root(HASH, leaves), DROP_LO, seg_later[1]))
+        i = leaves.index(gap)
+        served = [GapRecord(*drops_gap(frames=2 * N_PACKETS),
+                            anchor=AnchorRef(seq, i, 3, tuple(merkle.inclusion_proof(
+                                HASH, leaves, i))))]
+        index = [(seq, leaves.index(s), *seg_later) for s in segs]
+        d = check(served, ledger, at + 60 * SEC, own_index=index)
+        want = G.HONOURED if order == "record_first" else G.BACK_DATED
+        assert [x.status for x in d] == [want], (order, [x.why for x in d])
+
+
+def test_a_capture_stopped_record_longer_than_T_over_own_content_is_contradicted():
+    """r2 says it was not capturing for 3 minutes and anchored it at once, but its own batches
+    before the record anchor content of that time, and its served index lists a segment there."""
+    ledger = Ledger()
+    lo, hi = DROP_LO, DROP_LO + 180 * SEC
+    batch(ledger, 2, (lo - PERIOD, lo), lo + SEC)
+    served = anchor_gaps(ledger, 2, [(lo, hi, 0, GAP_CAPTURE_STOPPED, "")], hi + SEC)
+    d = check(served, ledger, hi + 60 * SEC, own_index=[(0, 0, lo + 30 * SEC, lo + 40 * SEC)])
+    assert [x.status for x in d] == [G.CONTRADICTED] and "its index lists" in d[0].why
+    ledger = Ledger()
+    batch(ledger, 2, (lo - PERIOD, lo), lo + SEC)
+    batch(ledger, 2, (lo + 50 * SEC, lo + 60 * SEC), lo + 61 * SEC)
+    served = anchor_gaps(ledger, 2, [(lo, hi, 0, GAP_CAPTURE_STOPPED, "")], hi + SEC)
+    d = check(served, ledger, hi + 60 * SEC)
+    assert [x.status for x in d] == [G.CONTRADICTED] and "it anchored" in d[0].why
+
+
+def test_the_anchor_sequence_of_another_node_cannot_back_date_an_honest_record():
+    """A neighbour (r1, or r3) anchoring fresh content every second cannot make r2's late
+    (ledger outage) record back-dated: only r2's own anchors count."""
+    ledger = Ledger()
+    for k in range(30):
+        batch(ledger, 1, (DROP_HI + k * SEC, DROP_HI + (k + 1) * SEC), DROP_HI + (k + 1) * SEC)
+        batch(ledger, 3, (DROP_HI + k * SEC, DROP_HI + (k + 1) * SEC), DROP_HI + (k + 1) * SEC)
+    batch(ledger, 2, (DROP_LO - PERIOD, DROP_HI), DROP_HI + 600 * SEC)
+    served = anchor_gaps(ledger, 2, [drops_gap(frames=2 * N_PACKETS)], DROP_HI + 600 * SEC)
+    book = honest_blind()
+    d = declare(book, 2, served, ledger, asked_at=DROP_HI + 700 * SEC)
+    assert [x.status for x in d] == [G.HONOURED]
+    assert 2 not in judged(book, {2: d}).faulty
+
+
+# G5: passages it cannot show (no record, seen by a device before it and one after it) and its
+# ingress-only records in its kernel-drops gaps, against their frames_dropped
+
+def test_an_honest_blind_device_missing_as_many_passages_as_frames_is_not_named():
+    ledger = Ledger()
+    served = anchor_gaps(ledger, 2, [drops_gap(frames=N_PACKETS)], DROP_HI + 10 * SEC)
+    book = honest_blind()
+    d = declare(book, 2, served, ledger, asked_at=DROP_HI + 60 * SEC)
+    j = judged(book, {2: d})
+    assert j.faulty == [] and j.devices[2].counts["blind"] >= N_PACKETS
+    assert not any("count as its own drops" in r for r in j.devices[2].reasons)
+
+
+@pytest.mark.parametrize("liar", [1, 3])
+def test_a_lying_neighbour_cannot_push_an_honest_device_beyond_its_frames(liar):
+    """r2 honest and blind to 6 passages, its gap says 6 frames; r1 claims 20 more packets sent
+    to r2 in the gap (or r3, with r4, 20 more received from r2): one side's claims are not
+    passages r2 cannot show, so its gap still excuses the 6, and r2 is not named."""
+    ledger = Ledger()
+    served = anchor_gaps(ledger, 2, [drops_gap(frames=N_PACKETS)], DROP_HI + 10 * SEC)
+    book = honest_blind()
+    for i in range(20):
+        t = MID + (i % N_PACKETS) * 3 * HI + HI // 3 + i
+        if liar == 1:
+            book.of(1).add(t, OUTSIDE, 2, pd(400 + i))
+        else:
+            book.of(3).add(t + HOP, 2, 4, pd(500 + i))
+            book.of(4).add(t + 2 * HOP, 3, OUTSIDE, pd(500 + i))
+    d = declare(book, 2, served, ledger, asked_at=DROP_HI + 60 * SEC)
+    j = judged(book, {2: d})
+    assert 2 not in j.faulty and verdicts(j)[2] != DROPPED, verdicts(j)
+    assert set(j.faulty) <= {liar}
+    assert [g["status"] for g in j.devices[2].gaps] == [G.HONOURED]
+
+
+def test_a_drops_liar_beyond_its_frames_has_the_rest_counted_as_its_own_drops():
+    """r2's own records show 6 packets arrive and not leave; its gap says 2 frames: at most 2
+    of them are missed egress frames, the other 4 are its own drops (and named)."""
+    ledger = Ledger()
+    served = anchor_gaps(ledger, 2, [drops_gap(frames=2)], DROP_HI + 10 * SEC)
+    book = dropping_liar("drops")
+    d = declare(book, 2, served, ledger, asked_at=DROP_HI + 60 * SEC)
+    j = judged(book, {2: d})
+    assert j.faulty == [2] and verdicts(j)[2] == DROPPED
+    assert j.devices[2].counts["blind"] == 2 and j.devices[2].counts["own_drops"] == 4
+    assert any("4 of these records count as its own drops" in r for r in j.devices[2].reasons)
+
+
+def test_a_deviating_liar_beyond_its_frames_has_its_drops_gaps_not_honoured():
+    ledger = Ledger()
+    served = anchor_gaps(ledger, 2, [drops_gap(frames=N_PACKETS - 1)], DROP_HI + 10 * SEC)
+    book = dropping_liar("deviates")
+    d = declare(book, 2, served, ledger, asked_at=DROP_HI + 60 * SEC)
+    j = judged(book, {2: d})
+    assert j.faulty == [2] and verdicts(j)[2] == MISSING
+    (g,) = j.devices[2].gaps
+    assert g["status"] == G.EXCEEDED and "more than the 5 frame(s)" in g["why"], g
+    assert any("NOT honoured (exceeded)" in n for n in j.notes), j.notes
+    assert j.devices[2].counts["blind"] == 0
+
+
+def test_a_capture_stopped_gap_is_not_bounded_by_frames():
+    """A capture-stopped record says nothing of frames (0 = unknown): an honest device stopped
+    for the drop's time is not named however many passages it missed."""
+    ledger = Ledger()
+    stopped = (DROP_LO, DROP_HI, 0, GAP_CAPTURE_STOPPED, "")
+    served = anchor_gaps(ledger, 2, [stopped], DROP_HI + 2 * SEC)
+    book = honest_blind()
+    d = declare(book, 2, served, ledger, asked_at=DROP_HI + 60 * SEC)
+    assert [x.status for x in d] == [G.HONOURED]
+    assert judged(book, {2: d}).faulty == []
+
+
+def test_an_accomplice_hiding_its_side_frames_no_honest_device():
+    """r2 sends the flow via its accomplice r5 (same owner), which keeps no record of it: r2's
+    passages have a witness on one side only, so its 1-frame gap is not exceeded; r1 and r4
+    (honest) are never named."""
+    ledger = Ledger()
+    net = Net(LONG.route, LONG.links, owners={2: "A", 5: "A"})
+    book = dropping_liar("deviates")
+    for x in (5,):
+        book[x].records = []
+    served = anchor_gaps(ledger, 2, [drops_gap(frames=1)], DROP_HI + 10 * SEC)
+    d = declare(book, 2, served, ledger, asked_at=DROP_HI + 60 * SEC)
+    j = judged(book, {2: d}, net=net)
+    assert not set(j.faulty) & {1, 3, 4}, verdicts(j)
+
+
+@pytest.mark.parametrize("who", ["alone", "with_detour"])
+def test_one_owner_making_up_both_sides_cannot_push_an_honest_device_beyond_its_frames(who):
+    """r2 honest and blind to 6 passages, its gap says 6 frames. One owner makes up 20 passages
+    through r2 in the gap, both sides: r1 alone ("sent to r2" and "got back from r2"), or r1
+    with its detour r5 (same owner: "r1 -> r2", "r2 -> r5"). Passages are counted against the
+    frames only when two owners saw them: r2's gap still excuses its 6 real misses (which r1 and
+    the honest r3 saw pass it) and r2 is not named."""
+    ledger = Ledger()
+    net = Net(LONG.route, LONG.links, owners={1: "A", 5: "A"} if who == "with_detour" else None)
+    served = anchor_gaps(ledger, 2, [drops_gap(frames=N_PACKETS)], DROP_HI + 10 * SEC)
+    book = honest_blind()
+    for i in range(20):
+        t = MID + (i % N_PACKETS) * 3 * HI + HI // 3 + i
+        book.of(1).add(t, OUTSIDE, 2, pd(600 + i))
+        if who == "alone":
+            book.of(1).add(t + 2 * HOP, 2, OUTSIDE, pd(600 + i))
+        else:
+            book.of(5).add(t + 2 * HOP, 2, 4, pd(600 + i))
+    d = declare(book, 2, served, ledger, asked_at=DROP_HI + 60 * SEC)
+    j = judged(book, {2: d}, net=net)
+    assert 2 not in j.faulty, verdicts(j)
+    assert [g["status"] for g in j.devices[2].gaps] == [G.HONOURED]

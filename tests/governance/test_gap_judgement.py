@@ -8,15 +8,17 @@ dropped them; loss budget 0). What changes between the cases is only what r2 dec
 - a kernel-drops gap covering them, anchored with its records: honoured; r2 is not named, the
   report says it was blind then (not "lost packets"), naming the gap; the gap record is served
   with its inclusion proof;
-- the same gap with the governance's gap_anchor_delay_s shorter than the time between the gap
-  and its anchor: back-dated, not honoured, r2 DROPPED and the report says why;
+- the same gap with the governance's gap_tolerance_s (T) shorter than the time between the
+  gap's end and the last packets r2 recorded and anchored before it (in its outbox before the
+  gap record): back-dated, not honoured, r2 DROPPED and the report says why;
 - the same gap written after r2 anchored (never anchored): pending while its anchor period may
   not have passed (like records not anchored yet: it excuses no drop of r2's own records), then
   unanchored; DROPPED either way;
 - a gap record changed in the store after its leaf was anchored (a widened gap served): forged,
   DROPPED;
 - a gap that ends in the future (declared ahead): premature, DROPPED;
-- "capture stopped" over a time where r2 holds records of its own: contradicted, DROPPED;
+- "capture stopped" over a time where r2 holds records of its own (more than T after its
+  start): contradicted, DROPPED;
 - no gap at all: DROPPED (the lone liar is caught).
 r1 and r3, honest, are never named.
 """
@@ -32,7 +34,8 @@ LINKS = [(1, 2), (2, 3)]
 PAD = 5_000_000          # the gap reaches a little beyond the packets on each side
 
 
-def _run(tmp_path, gaps=None, late_gaps=None, delay_s=None, tamper=None, future=False):
+def _run(tmp_path, gaps=None, late_gaps=None, delay_s=None, tamper=None, future=False,
+         tolerance_s=None):
     d = Domain(tmp_path, LINKS)
     d.send((1, 2, 3), 20, tag=1)
     lo, hi = d.send((1, 2, 3), 40, tag=1, drop_at=2)
@@ -56,9 +59,12 @@ def _run(tmp_path, gaps=None, late_gaps=None, delay_s=None, tamper=None, future=
             widened = pack_gap_record(lo - 2 * 10**9, g_to, 80, GAP_KERNEL_DROPS, "eth1")
             with st.env.begin(write=True) as txn:
                 txn.put(layout.p64(seq), widened, db=st.gap_db())
-        if delay_s is not None:
+        judgement = "".join(f"{k} = {v}\n" for k, v in (("gap_anchor_delay_s", delay_s),
+                                                        ("gap_tolerance_s", tolerance_s))
+                            if v is not None)
+        if judgement:
             with open(d.config, "a") as f:
-                f.write(f"[judgement]\ngap_anchor_delay_s = {delay_s}\n")
+                f.write(f"[judgement]\n{judgement}")
         out = tmp_path / "report.json"
         code, stdout, stderr = d.interrogate(lo, hi, "--json", out)
         assert code in (0, 3), stderr
@@ -98,11 +104,12 @@ def test_no_gap_the_lone_liar_is_caught(tmp_path):
 
 
 @pytest.mark.parametrize("case, status, says", [
-    ({"gaps": "drops", "delay_s": 5}, "back-dated", "after it ended (at most 5.0 s)"),
+    ({"gaps": "drops", "tolerance_s": 0.001}, "back-dated",
+     "an honest gap record precedes what its device recorded later"),
     ({"late_gaps": True, "delay_s": 5}, "unanchored", "not anchored, "),
     ({"gaps": "drops", "tamper": True}, "forged", "not what it anchored"),
     ({"gaps": "drops", "future": True}, "premature", "blindness cannot be declared ahead"),
-    ({"gaps": "stopped"}, "contradicted", "it holds a record of its own"),
+    ({"gaps": "stopped", "tolerance_s": 0.001}, "contradicted", "it holds a record of its own"),
 ], ids=["back-dated", "unanchored", "forged", "premature", "contradicted"])
 def test_a_gap_not_honoured_excuses_nothing_and_is_named(tmp_path, case, status, says):
     report, text = _run(tmp_path, **case)
@@ -128,3 +135,15 @@ def test_a_gap_not_anchored_yet_is_like_records_not_anchored_yet(tmp_path):
     assert g["status"] == "pending" and "signed, not proven" in g["why"]
     assert r2["verdict"] == "DROPPED" and report["faulty"] == [2]
     assert any("not anchored yet (signed, not proven)" in r for r in r2["reasons"])
+
+
+def test_a_gap_anchored_after_the_delay_with_nothing_newer_before_it_is_honoured(tmp_path):
+    """The same gap, taken by the ledger more than gap_anchor_delay_s after it ended (the
+    routers anchored 30 s late, as after a ledger outage), but nothing r2 recorded after the gap
+    + T is anchored before it: honoured (findings G6), r2 blind, not named."""
+    report, text = _run(tmp_path, gaps="drops", delay_s=5)
+    r2 = _devices(report)[2]
+    (g,) = r2["gaps"]
+    assert g["status"] == "honoured", g
+    assert g["ledger_t_ns"] - g["to_ns"] > 5 * 10**9
+    assert r2["verdict"] == "CONSISTENT" and report["faulty"] == [], (r2["reasons"], text)

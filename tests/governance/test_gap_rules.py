@@ -59,7 +59,12 @@ def test_in_time_and_proven_is_honoured():
 
 
 @pytest.mark.parametrize("make, status, says", [
-    (lambda an: an.anchor(0, [drops()], T + 300 * S), gaps.BACK_DATED, "after it ended"),
+    # late by its own anchor sequence: its batch 0, taken 101 s after the gap, anchored content
+    # 100 s after it; the record came in batch 1 (an honest record precedes such content)
+    (lambda an: (an.a.__setitem__((NODE, 0), Anchor(NODE, 0, 1, bytes(32), T + 90 * S,
+                                                    T + 100 * S, None, T + 101 * S)),
+                 an.anchor(1, [drops()], T + 300 * S))[1], gaps.BACK_DATED,
+     "after it ended, after its batch 0"),
     (lambda an: an.anchor(0, [drops()], T + 4000 * S), gaps.BACK_DATED,
      "after the interrogation asked"),
     (lambda an: an.anchor(0, [drops()], None), gaps.UNTIMED, "does not say when"),

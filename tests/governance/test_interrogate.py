@@ -49,6 +49,7 @@ b = 3
     assert (cfg.f, cfg.threshold_s, cfg.max_devices) == (2, 600.0, 5)
     assert cfg.links == ((1, 2), (2, 3))
     assert (cfg.retry_s, cfg.margin_s) == (itg.DEFAULT_RETRY_S, itg.DEFAULT_MARGIN_S)
+    assert cfg.gap_tolerance_s == 10.0
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -59,7 +60,10 @@ b = 3
     ("[judgement]\nf = 1.5", r"judgement\.f: 1\.5 is not an integer"),
     ("[judgement]\nmax_devices = 0", r"judgement\.max_devices: 0 is not an integer >= 1"),
     ("[judgement]\nthreshold_s = 0", r"judgement\.threshold_s: 0 is not a number of seconds > 0"),
-    ("[judgement]\nfoo = 1", r"judgement\.foo: unknown key"),
+    ("[judgement]\ngap_tolerance_s = 0", r"judgement\.gap_tolerance_s: 0 is not a number of "
+                                         r"seconds > 0"),
+    ("[judgement]\ngap_tolerance_s = \"10\"", r"judgement\.gap_tolerance_s: '10' is not"),
+    ("[judgement]\nfoo = 1", r"judgement\.foo: unknown key.*gap_tolerance_s"),
     ("[routes]\nx = 1", r"routes: unknown key"),
 ])
 def test_config_errors_name_the_key_and_value(tmp_path, extra, message):
