@@ -57,7 +57,7 @@ STATUSES = (HONOURED, PENDING, BACK_DATED, UNANCHORED, FORGED, UNTIMED, PREMATUR
             CONTRADICTED, NO_DROPS, EXCEEDED)
 DEFAULT_ANCHOR_DELAY_NS = 120 * 10**9      # unanchored after it: not pending any more
 DEFAULT_TOLERANCE_NS = 10 * 10**9          # T: an honest record is in the outbox ~1 s after
-MAX_SEQUENCE_READS = 32                    # own anchors read at each end of a late record's run
+MAX_SEQUENCE_READS = 50_000   # own anchors read at each end of a late record's run (the whole run, short of a flood)
 DEFAULT_MAX_DROP_SPAN_NS = 10 * 10**9      # beatd's records span about a second
 SKEW_NS = 50_000_000                       # the clock difference tolerated (as the judgement's)
 EDGE_NS = 10**9                            # a capture-stopped record's end looked at less

@@ -606,6 +606,25 @@ def test_filler_batches_of_old_content_do_not_hide_the_later_content():
     assert [x.status for x in d] == [G.BACK_DATED], [x.why for x in d]
 
 
+def test_filler_batches_on_both_sides_do_not_hide_the_later_content():
+    """r2 buries its later content in the middle of its run: 40 filler batches of old content
+    taken just after the record's end + T, then the batches of its later content, then 40 more
+    fillers before its late record. The governance reads the whole run (up to
+    MAX_SEQUENCE_READS batches at each end), so the later content is found."""
+    ledger = Ledger()
+    t = DROP_HI + 20 * SEC
+    for k in range(40):
+        batch(ledger, 2, (DROP_LO - 2 * SEC, DROP_LO - SEC), t + k)
+    for k in range(1, 7):
+        batch(ledger, 2, (DROP_HI + k * PERIOD, DROP_HI + (k + 1) * PERIOD),
+              DROP_HI + (k + 1) * PERIOD + SEC)
+    for k in range(40):
+        batch(ledger, 2, (DROP_LO - 2 * SEC, DROP_LO - SEC), DROP_HI + 90 * SEC + k)
+    served = anchor_gaps(ledger, 2, [drops_gap(frames=2 * N_PACKETS)], DROP_HI + 140 * SEC)
+    d = check(served, ledger, DROP_HI + 200 * SEC)
+    assert [x.status for x in d] == [G.BACK_DATED], [x.why for x in d]
+
+
 def test_a_liar_that_stopped_anchoring_is_honoured_only_with_its_record_first():
     """The residual (docs/threat-model.md): r2 anchored nothing for 5 min after the drop, then
     anchors the record first and its later records after it, as an honest device after a
