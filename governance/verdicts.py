@@ -631,10 +631,12 @@ class _Follow:
                 bc = self._bound(x, t_lo, t_hi)
                 if bc is not None:
                     bc[1] += drops
+        named = {r[2] for r in cl} | {r[3] for r in cl}
         for x in allow:
             if x not in by:                 # it may have passed this packet unseen
                 self._own_count(x, _MAY_HAVE_RECEIVED, 1)
-                self._own_count(x, BLIND, 1)
+                if x in named:              # blind to a packet a neighbour says passed it
+                    self._own_count(x, BLIND, 1)
                 bc = self._bound(x, t_lo, t_hi)
                 if bc is not None and self._witnessed(x, cl):
                     bc[0] += 1
@@ -1396,12 +1398,22 @@ def _gap_reasons(declared, blind):
     out = []
     honoured = [g for g in declared if g.honoured]
     if honoured:
-        span = sum(g.to_ns - g.from_ns for g in honoured) / 1e9
+        kinds = []
+        drops = [g for g in honoured if g.reason == GAP_KERNEL_DROPS]
+        if drops:
+            span = sum(g.to_ns - g.from_ns for g in drops) / 1e9
+            kinds.append(f"kernel drops over {span:.3f} s, "
+                         f"{sum(g.frames_dropped for g in drops)} frames dropped by the kernel")
+        stopped = [g for g in honoured if g.reason != GAP_KERNEL_DROPS]
+        if stopped:
+            kinds.append(f"capture stopped {len(stopped)} time(s), the last until "
+                         f"{max(g.to_ns for g in stopped)}")
+        seen = (f"{blind} packet(s) of the flow that a neighbour says passed it fall in them, "
+                f"which its records cannot show; it was blind then (neither at fault nor cleared "
+                f"for them)" if blind else "no packet of the flow that a neighbour says passed "
+                f"it falls in them")
         out.append(f"blind: {len(honoured)} declared capture gap(s) anchored in time "
-                   f"({span:.3f} s, {sum(g.frames_dropped for g in honoured)} frames dropped "
-                   f"by the kernel): {blind} packet(s) of the flow fall in them, which its "
-                   f"records cannot show; it was blind then (neither at fault nor cleared for "
-                   f"them)")
+                   f"({'; '.join(kinds)}): {seen}")
     rejected = [g for g in declared if g.status not in ("honoured", "pending")]
     if rejected:
         kinds = sorted({g.status for g in rejected})

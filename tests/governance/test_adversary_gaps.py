@@ -182,6 +182,32 @@ def test_a_timely_gap_makes_the_liar_blind_and_the_report_names_the_gap(liar):
                for r in j.devices[2].reasons), j.devices[2].reasons
 
 
+def test_blind_counts_only_packets_a_neighbour_says_passed_the_device():
+    """The report's "blind" line counts the packets a device cannot show that a neighbour's
+    record says passed it: r2 (deviates, no record; r1 says it handed them to r2) is blind to
+    the N packets; r4, off every path of the flow, with a timely gap over the same window, is
+    blind to none (it was counted blind for every packet in its gap, as if it had been on the
+    path: seen in the lab demo, where a router off the agreed route was "blind" to 20)."""
+    ledger = Ledger()
+    book = dropping_liar("drops")
+    d2 = declare(book, 2, anchor_gaps(ledger, 2, [drops_gap()], DROP_HI + 10 * SEC), ledger,
+                 asked_at=DROP_HI + 60 * SEC)
+    d4 = declare(book, 4, anchor_gaps(ledger, 4, [drops_gap()], DROP_HI + 10 * SEC), ledger,
+                 asked_at=DROP_HI + 60 * SEC)
+    j = judged(book, {2: d2, 4: d4})
+    assert [x.status for x in d2 + d4] == [G.HONOURED, G.HONOURED]
+    r4 = [r for r in j.devices[4].reasons if r.startswith("blind:")]
+    assert r4 and "no packet of the flow that a neighbour says passed it falls in them" in r4[0]
+    ledger = Ledger()
+    book = dropping_liar("deviates")
+    d2 = declare(book, 2, anchor_gaps(ledger, 2, [drops_gap()], DROP_HI + 10 * SEC), ledger,
+                 asked_at=DROP_HI + 60 * SEC)
+    j = judged(book, {2: d2})
+    assert [x.status for x in d2] == [G.HONOURED]
+    r2 = [r for r in j.devices[2].reasons if r.startswith("blind:")]
+    assert r2 and f"{N_PACKETS} packet(s) of the flow that a neighbour says passed it" in r2[0], r2
+
+
 # -- (b) back-dated ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("liar", LIARS)
