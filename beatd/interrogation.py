@@ -379,6 +379,16 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
             self._refuse(context, exc)
         yield from self._segments_answer(context, Q, selected, plan, entries)
 
+    def _chunked_answer(self, kind, Q, items, per_chunk):
+        """The signed chunks of a list answer (receipts, gap records): ``per_chunk`` items each,
+        one empty chunk for none, the last flagged; then the session is answered."""
+        groups = [items[i:i + per_chunk] for i in range(0, len(items), per_chunk)] or [[]]
+        for seq, group in enumerate(groups):
+            body = ev.encode_chunk(kind, self.node_id, Q, seq, seq == len(groups) - 1,
+                                   self.clock(), group)
+            yield self._sign(body)
+        self._answered()
+
     def _segments_answer(self, context, Q, selected, plan=None, entries=()):
         """The chunks of a segments answer: the selected segments in full (kind 1), then the
         coverage (kind 4, the last flag on its last chunk). ``plan`` None (GetSegments): the
@@ -473,13 +483,7 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
                                         request.to_ns, request.src, request.dst)
         except RequestError as exc:
             self._refuse(context, exc)
-        groups = [receipts[i:i + RECEIPTS_PER_CHUNK]
-                  for i in range(0, len(receipts), RECEIPTS_PER_CHUNK)] or [[]]
-        for seq, group in enumerate(groups):
-            body = ev.encode_chunk(ev.KIND_RECEIPTS, self.node_id, Q, seq,
-                                   seq == len(groups) - 1, self.clock(), group)
-            yield self._sign(body)
-        self._answered()
+        yield from self._chunked_answer(ev.KIND_RECEIPTS, Q, receipts, RECEIPTS_PER_CHUNK)
 
     def GetGapRecords(self, request, context):
         """The gap records overlapping the window, each with its inclusion proof (chunk kind 6,
@@ -496,13 +500,7 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
                                        request.from_ns, request.to_ns)
         except RequestError as exc:
             self._refuse(context, exc)
-        groups = [records[i:i + GAP_RECORDS_PER_CHUNK]
-                  for i in range(0, len(records), GAP_RECORDS_PER_CHUNK)] or [[]]
-        for seq, group in enumerate(groups):
-            body = ev.encode_chunk(ev.KIND_GAP_RECORDS, self.node_id, Q, seq,
-                                   seq == len(groups) - 1, self.clock(), group)
-            yield self._sign(body)
-        self._answered()
+        yield from self._chunked_answer(ev.KIND_GAP_RECORDS, Q, records, GAP_RECORDS_PER_CHUNK)
 
 
 # -- health -------------------------------------------------------------------------------------
