@@ -24,7 +24,9 @@ DEFAULT_BATCH = 16384
 def replay(path, config, store, batch_frames=DEFAULT_BATCH, emit=None, pipeline_cls=None):
     """Replay the capture at ``path``; ``config`` is a ``beatd.config.Config`` with a node_id."""
     reader = CaptureReader(path, batch_frames)      # CaptureError here: not a capture at all
-    pipe = (pipeline_cls or fastpath.Pipeline)(**config.pipeline_kwargs())
+    # the store reads segments, not the records output: it is made only for emit (JSON lines)
+    pipe = (pipeline_cls or fastpath.Pipeline)(**config.pipeline_kwargs(),
+                                                records_out=emit is not None)
     pipe.resume(**store.resume_state())
     started = time.monotonic()
     for _ in reader.feeds(pipe):        # a native pipeline gets the frames straight from C

@@ -82,8 +82,10 @@ cdef class Pipeline:
     def __cinit__(self, node_id, hash_name="sha3-256", own_macs=(), neighbours=None,
                   join_window_ns=50_000_000, receipt_epoch_ns=1_000_000_000,
                   segment_records=1024, anchor_period_ns=10_000_000_000, max_pending=1 << 16,
-                  max_receipts_per_epoch=DEFAULT_MAX_RECEIPTS_PER_EPOCH):
+                  max_receipts_per_epoch=DEFAULT_MAX_RECEIPTS_PER_EPOCH, records_out=True):
         _check_id("node_id", node_id)
+        if not isinstance(records_out, bool):
+            raise ValueError(f"records_out must be True or False, got {records_out!r}")
         self.alg = _alg(hash_name)
         _check_positive("join_window_ns", join_window_ns)
         _check_positive("receipt_epoch_ns", receipt_epoch_ns)
@@ -109,6 +111,7 @@ cdef class Pipeline:
             raise MemoryError("fast path: cannot allocate the pipeline "
                               f"(max_pending={max_pending}, segment_records={segment_records})")
         beat_pipe_set_own(self.p, own, len(own) // 6)
+        beat_pipe_set_records_out(self.p, records_out)
         self.set_neighbours(neighbours or {})
 
     def __dealloc__(self):

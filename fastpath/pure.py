@@ -427,8 +427,11 @@ class Pipeline:
     def __init__(self, node_id, hash_name="sha3-256", own_macs=(), neighbours=None,
                  join_window_ns=50_000_000, receipt_epoch_ns=1_000_000_000,
                  segment_records=1024, anchor_period_ns=10_000_000_000, max_pending=1 << 16,
-                 max_receipts_per_epoch=DEFAULT_MAX_RECEIPTS_PER_EPOCH):
+                 max_receipts_per_epoch=DEFAULT_MAX_RECEIPTS_PER_EPOCH, records_out=True):
         self._node_id = _node_id("node_id", node_id)
+        if not isinstance(records_out, bool):
+            raise ValueError(f"records_out must be True or False, got {records_out!r}")
+        self._records_out = records_out
         self._hash_name = hash_name
         self._H = constructor(hash_name)
         if own_macs is None:
@@ -558,7 +561,8 @@ class Pipeline:
                 if not q:
                     del self._pend[pd]
         rec = _REC_HEAD.pack(t, prev, nxt) + pd + ft
-        self._o_records.append(rec)
+        if self._records_out:
+            self._o_records.append(rec)
         st = self._st
         st["records"] += 1
         if nxt == NONE:

@@ -70,6 +70,9 @@ void beat_pipe_free(beat_pipe *p);
 void beat_pipe_lock(beat_pipe *p);
 void beat_pipe_unlock(beat_pipe *p);
 int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n);           /* n * 6 bytes */
+/* on = 0: released records are not copied to the records output (beat_pipe_records stays empty);
+ * segments, counters, receipts and stats are the same. For consumers that never read it. */
+void beat_pipe_set_records_out(beat_pipe *p, int on);
 /* slots[j]: bit s set when neighbour j is at the interface of slot s (bit 0, unknown interface,
  * always counts as set); BEAT_SLOTS_ANY for a neighbour matched on every interface. */
 int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *ids,

@@ -76,6 +76,7 @@ cdef extern from "beat_pipe.h" nogil:
     void beat_pipe_lock(beat_pipe *p)
     void beat_pipe_unlock(beat_pipe *p)
     int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n)
+    void beat_pipe_set_records_out(beat_pipe *p, int on)
     int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *ids,
                                  const uint64_t *slots, int n)
     long beat_pipe_check_desc(const uint8_t *desc, size_t n, size_t buflen)

@@ -114,13 +114,15 @@ struct beat_pipe {
     uint64_t ep_rel, ep_close;     /* epoch starts last computed (releases, closing): a division
                                     * only when the time leaves that epoch */
     uint32_t seg_count;
-    uint8_t *seg_buf;
     beat_buf out_records, out_segments, out_receipts;
+    /* out_segments: the closed segments of this batch (len bytes), then the open segment in place,
+     * its 48-byte header left free and its records after it (open_at()): records are released
+     * straight to where their segment is handed out, and closing one is writing its header. The
+     * buffer always has room for a full open segment (seg_room()). */
     beat_buf seg_pending;          /* offsets (size_t) into out_segments of segments whose S is due */
-    uint8_t *seg_scratch;          /* contiguous messages for the multi-lane segment hash */
-    size_t seg_scratch_cap;
     uint64_t stats[ST_COUNT], totals[ST_COUNT];
     int oom;
+    int records_out;               /* 0: released records go to segments only (nothing reads them) */
     pthread_mutex_t lock;  /* capture workers feed, the committer takes */
 };
 
@@ -312,6 +314,8 @@ int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *
     p->nb_mask = cap - 1;
     return 0;
 }
+
+void beat_pipe_set_records_out(beat_pipe *p, int on) { p->records_out = on != 0; }
 
 int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n)
 {
@@ -771,73 +775,85 @@ void beat_segment_value(int alg, uint64_t node_id, uint64_t seg_seq, const uint8
     beat_hash_final(&c, out);
 }
 
-/* Closing a segment queues it: S is computed in finish_segments(), for all the segments of a call
- * at once, so several sponges run side by side in the SIMD lanes. */
+/* The open segment's records: after the closed segments and a 48-byte header left free. */
+static inline uint8_t *open_at(const beat_pipe *p)
+{
+    return p->out_segments.d + p->out_segments.len + 48;
+}
+
+/* Room after the closed segments for a full open segment (header and records). */
+static int seg_room(beat_pipe *p)
+{
+    size_t need = 48 + (size_t)p->seg_records * BEAT_RECORD_SIZE;
+    if (p->out_segments.len + need <= p->out_segments.cap)
+        return 0;
+    return buf_grow(&p->out_segments, need);   /* realloc: the open records move with it */
+}
+
+/* Closing a segment writes its header before its records and queues it: S is computed in
+ * finish_segments(), for all the segments of a call at once, so several sponges run side by side
+ * in the SIMD lanes. */
 static int seg_close(beat_pipe *p)
 {
     if (p->seg_count == 0)
         return 0;
-    uint8_t h[48];
     size_t off = p->out_segments.len;
+    uint8_t *h = p->out_segments.d + off;
     wr64be(h, p->seg_seq);
     wr64be(h + 8, p->seg_count);
     memset(h + 16, 0, 32);
-    if (buf_put(&p->out_segments, h, sizeof h) ||
-        buf_put(&p->out_segments, p->seg_buf, (size_t)p->seg_count * BEAT_RECORD_SIZE) ||
-        buf_put(&p->seg_pending, &off, sizeof off))
+    if (buf_put(&p->seg_pending, &off, sizeof off))
+        return -1;
+    p->out_segments.len += 48 + (size_t)p->seg_count * BEAT_RECORD_SIZE;
+    p->seg_count = 0;   /* the next open segment is empty: growing moves nothing of it */
+    if (seg_room(p))
         return -1;
     count(p, ST_SEGMENTS);
     p->seg_seq++;
-    p->seg_count = 0;
     return 0;
 }
 
 #define SEG_LANES 8
 #define SEG_HEAD 34 /* "BEAT-SG-v1" node_id seg_seq count */
+#define SEG_MSG_AT (48 - SEG_HEAD) /* the message head written just before the records */
 
-static void seg_message(const beat_pipe *p, const uint8_t *seg, uint8_t *m)
-{
-    memcpy(m, SG_TAG, 10);
-    wr64be(m + 10, p->node_id);
-    memcpy(m + 18, seg, 16); /* seg_seq, count */
-    memcpy(m + SEG_HEAD, seg + 48, rd64be(seg + 8) * BEAT_RECORD_SIZE);
-}
-
-/* S of every queued segment: runs of equal length go through the lanes together. */
+/* S of every queued segment, hashed straight from the segment buffer: a segment's 48-byte header
+ * (seg_seq count S) is overwritten for the hash by the message head ("BEAT-SG-v1" node_id seg_seq
+ * count, 34 bytes) right before its records, and written back after it. Runs of equal length go
+ * through the lanes together. */
 static int finish_segments(beat_pipe *p)
 {
     size_t n = p->seg_pending.len / sizeof(size_t);
     const size_t *offs = (const size_t *)p->seg_pending.d;
     size_t i = 0;
     while (i < n) {
-        uint8_t *seg = p->out_segments.d + offs[i];
-        uint64_t count = rd64be(seg + 8);
+        uint64_t count = rd64be(p->out_segments.d + offs[i] + 8);
         size_t len = SEG_HEAD + count * BEAT_RECORD_SIZE;
         size_t w = 1;
         while (w < SEG_LANES && i + w < n &&
                rd64be(p->out_segments.d + offs[i + w] + 8) == count)
             w++;
-        if (w == 1 || len > (4u << 20)) {
-            beat_segment_value(p->alg, p->node_id, rd64be(seg), seg + 48, count, seg + 16);
-            i++;
-            continue;
-        }
-        if (p->seg_scratch_cap < w * len) {
-            free(p->seg_scratch);
-            p->seg_scratch = malloc(w * len);
-            p->seg_scratch_cap = p->seg_scratch ? w * len : 0;
-            if (!p->seg_scratch)
-                return -1;
-        }
         const uint8_t *msgs[SEG_LANES];
         uint8_t *outs[SEG_LANES];
+        uint8_t s[SEG_LANES][32];
+        uint64_t seq[SEG_LANES];
         for (size_t k = 0; k < w; k++) {
             uint8_t *sk = p->out_segments.d + offs[i + k];
-            seg_message(p, sk, p->seg_scratch + k * len);
-            msgs[k] = p->seg_scratch + k * len;
-            outs[k] = sk + 16;
+            seq[k] = rd64be(sk);
+            memcpy(sk + SEG_MSG_AT, SG_TAG, 10);
+            wr64be(sk + SEG_MSG_AT + 10, p->node_id);
+            wr64be(sk + SEG_MSG_AT + 18, seq[k]);
+            wr64be(sk + SEG_MSG_AT + 26, count);
+            msgs[k] = sk + SEG_MSG_AT;
+            outs[k] = s[k];
         }
         beat_hash_many_equal(p->alg, msgs, len, w, outs);
+        for (size_t k = 0; k < w; k++) {
+            uint8_t *sk = p->out_segments.d + offs[i + k];
+            wr64be(sk, seq[k]);
+            wr64be(sk + 8, count);
+            memcpy(sk + 16, s[k], 32);
+        }
         i += w;
     }
     p->seg_pending.len = 0;
@@ -879,11 +895,13 @@ static inline void put_record(uint8_t *d, const entry *e)
 
 static int release(beat_pipe *p, entry *e)
 {
-    beat_buf *out = &p->out_records;
-    if (out->len + BEAT_RECORD_SIZE > out->cap && buf_grow(out, BEAT_RECORD_SIZE))
-        return -1;
-    put_record(out->d + out->len, e);
-    out->len += BEAT_RECORD_SIZE;
+    if (p->records_out) {
+        beat_buf *out = &p->out_records;
+        if (out->len + BEAT_RECORD_SIZE > out->cap && buf_grow(out, BEAT_RECORD_SIZE))
+            return -1;
+        put_record(out->d + out->len, e);
+        out->len += BEAT_RECORD_SIZE;
+    }
     count(p, ST_RECORDS);
     if (e->next == BEAT_NONE)
         count(p, ST_INGRESS_ONLY);
@@ -905,7 +923,7 @@ static int release(beat_pipe *p, entry *e)
             return -1;
     if (p->seg_count == 0)
         seg_first(p, e->t_ns);
-    put_record(p->seg_buf + (size_t)p->seg_count * BEAT_RECORD_SIZE, e);
+    put_record(open_at(p) + (size_t)p->seg_count * BEAT_RECORD_SIZE, e);
     if (++p->seg_count == p->seg_records)
         return seg_close(p);
     return 0;
@@ -1272,7 +1290,7 @@ int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_re
     p->seg_seq = next_seg_seq;
     p->seg_count = (uint32_t)n_rec;
     if (n_rec) {
-        memcpy(p->seg_buf, open_records, n_rec * BEAT_RECORD_SIZE);
+        memcpy(open_at(p), open_records, n_rec * BEAT_RECORD_SIZE);
         seg_first(p, rd64be(open_records));
     }
     p->closed_before = closed_before;
@@ -1372,13 +1390,26 @@ const uint8_t *beat_pipe_open_records(beat_pipe *p, size_t *n, uint64_t *seg_seq
 {
     *n = p->seg_count;
     *seg_seq = p->seg_seq;
-    return p->seg_buf;
+    return open_at(p);
 }
 
 void beat_pipe_reset_outputs(beat_pipe *p)
 {
+    beat_buf *sg = &p->out_segments;
+    size_t open_len = (size_t)p->seg_count * BEAT_RECORD_SIZE;
+    if (sg->len) {   /* the open segment moves to the front */
+        memmove(sg->d + 48, sg->d + sg->len + 48, open_len);
+        sg->len = 0;
+    }
+    if (sg->cap > (64u << 20) && sg->cap > 2 * (48 + (size_t)p->seg_records * BEAT_RECORD_SIZE)) {
+        beat_buf small = {NULL, 0, 0};   /* shrink to one segment's room, open records kept */
+        if (buf_grow(&small, 48 + (size_t)p->seg_records * BEAT_RECORD_SIZE) == 0) {
+            memcpy(small.d + 48, sg->d + 48, open_len);
+            free(sg->d);
+            *sg = small;
+        }
+    }
     p->out_records.len = 0;
-    p->out_segments.len = 0;
     p->out_receipts.len = 0;
     memset(p->stats, 0, sizeof p->stats);
     if (p->ctr_n) {
@@ -1386,8 +1417,8 @@ void beat_pipe_reset_outputs(beat_pipe *p)
         p->ctr_n = 0;
     }
     /* keep buffers that grew large from pinning memory forever */
-    beat_buf *bufs[3] = {&p->out_records, &p->out_segments, &p->out_receipts};
-    for (int i = 0; i < 3; i++) {
+    beat_buf *bufs[2] = {&p->out_records, &p->out_receipts};
+    for (int i = 0; i < 2; i++) {
         if (bufs[i]->cap > (64u << 20)) {
             free(bufs[i]->d);
             bufs[i]->d = NULL;
@@ -1433,12 +1464,10 @@ void beat_pipe_free(beat_pipe *p)
     free(p->ctr);
     free(p->rc);
     free(p->rcn);
-    free(p->seg_buf);
     free(p->out_records.d);
     free(p->out_segments.d);
     free(p->out_receipts.d);
     free(p->seg_pending.d);
-    free(p->seg_scratch);
     pthread_mutex_destroy(&p->lock);
     free(p);
 }
@@ -1478,6 +1507,7 @@ beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
     p->period = anchor_period_ns;
     p->seg_records = segment_records;
     p->max_pending = max_pending;
+    p->records_out = 1;
     p->fifo_mask = (max_pending < FIFO_MIN ? max_pending : FIFO_MIN) - 1;
     p->ownset.own = p->own;
     p->pdt_mask = PDT_MIN - 1;
@@ -1494,8 +1524,7 @@ beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
     p->ctr = calloc(p->ctr_mask + 1, sizeof(ctr_slot));
     p->rc = calloc(p->rc_mask + 1, sizeof(rc_slot));
     p->rcn = calloc(p->rcn_mask + 1, sizeof(rcn_slot));
-    p->seg_buf = malloc((size_t)segment_records * BEAT_RECORD_SIZE);
-    if (!p->fifo || !p->fin || !p->pdt || !p->ftc || !p->ctr || !p->rc || !p->rcn || !p->seg_buf ||
+    if (!p->fifo || !p->fin || !p->pdt || !p->ftc || !p->ctr || !p->rc || !p->rcn || seg_room(p) ||
         beat_pipe_set_neighbours(p, NULL, NULL, NULL, 0)) {
         beat_pipe_free(p);
         return NULL;
