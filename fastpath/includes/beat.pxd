@@ -90,6 +90,7 @@ cdef extern from "beat_pipe.h" nogil:
                          uint64_t closed_before)
     const beat_buf *beat_pipe_records(beat_pipe *p)
     const beat_buf *beat_pipe_segments(beat_pipe *p)
+    int beat_pipe_swap_segments(beat_pipe *p, beat_buf *io)
     const beat_buf *beat_pipe_receipts(beat_pipe *p)
     int beat_pipe_counters(beat_pipe *p, beat_buf *out)
     int beat_pipe_open_receipts(beat_pipe *p, beat_buf *out)

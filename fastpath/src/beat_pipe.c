@@ -1406,6 +1406,25 @@ int beat_pipe_open_receipts(beat_pipe *p, beat_buf *out)
     return 0;
 }
 
+int beat_pipe_swap_segments(beat_pipe *p, beat_buf *io)
+{
+    finish_segments(p);   /* a batch cut short by running out of memory may have left S to do */
+    beat_buf nb = *io;
+    nb.len = 0;
+    size_t need = 48 + (size_t)p->seg_records * BEAT_RECORD_SIZE;
+    if (nb.cap < need) {
+        uint8_t *d = realloc(nb.d, need);
+        if (!d)
+            return -1;
+        nb.d = d;
+        nb.cap = need;
+    }
+    memcpy(nb.d + 48, open_at(p), (size_t)p->seg_count * BEAT_RECORD_SIZE);
+    *io = p->out_segments;
+    p->out_segments = nb;
+    return 0;
+}
+
 const uint8_t *beat_pipe_open_records(beat_pipe *p, size_t *n, uint64_t *seg_seq)
 {
     *n = p->seg_count;
