@@ -109,6 +109,12 @@ struct beat_pipe {
     uint32_t rc_mask, rc_n;
     rcn_slot *rcn;
     uint32_t rcn_mask, rcn_n, rc_max;
+    /* The open receipts' slots in key order, as beat_pipe_open_receipts last sorted them: kept
+     * while no slot is added and the table is not rebuilt (only counts change between most
+     * batches), so each batch does not sort every flow of the epoch again. */
+    uint32_t *rc_order;
+    uint32_t rc_order_n, rc_order_cap;
+    int rc_order_ok;
     uint64_t closed_before;
     uint64_t seg_seq, seg_first_t;
     uint64_t seg_period;           /* start of the anchor period of seg_first_t */
@@ -644,6 +650,7 @@ static rcn_slot *rcn_get(beat_pipe *p, uint64_t epoch)
 
 static int rc_rebuild(beat_pipe *p, uint32_t cap, uint64_t drop_before)
 {
+    p->rc_order_ok = 0;
     rc_slot *t = calloc(cap, sizeof(rc_slot));
     if (!t)
         return -1;
@@ -726,6 +733,7 @@ static int rc_add(beat_pipe *p, uint8_t role, const entry *e, uint64_t epoch)
         return 0;
     }
     p->rc_n += rc_insert_into(p->seed, p->rc, p->rc_mask, key, 1, e->ip_len, kind);
+    p->rc_order_ok = 0;
     if (p->rc_n * 2 > p->rc_mask + 1)
         return rc_rebuild(p, (p->rc_mask + 1) * 2, 0);
     return 0;
@@ -1317,6 +1325,7 @@ int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_re
     /* the open receipts are replaced (not added to), and the per-epoch counts with them */
     memset(p->rc, 0, (size_t)(p->rc_mask + 1) * sizeof(rc_slot));
     p->rc_n = 0;
+    p->rc_order_ok = 0;
     memset(p->rcn, 0, (size_t)(p->rcn_mask + 1) * sizeof(rcn_slot));
     p->rcn_n = 0;
     for (size_t i = 0; i < n_rc; i++) {
@@ -1373,15 +1382,20 @@ static int cmp_slot_ptr(const void *a, const void *b)
     return memcmp((*(const rc_slot *const *)a)->key, (*(const rc_slot *const *)b)->key, RC_KEY);
 }
 
-/* Every open receipt, sorted by key: the slots are sorted through pointers (8 bytes moved per
- * swap, not 57), since this runs once per batch over every flow of the epoch. */
-int beat_pipe_open_receipts(beat_pipe *p, beat_buf *out)
+/* rc_order: the used slots' indices in key order (sorted through pointers: 8 bytes moved per
+ * swap, not 57), sorted again only after a slot was added or the table rebuilt. */
+static int rc_sort(beat_pipe *p)
 {
-    out->d = NULL;
-    out->len = out->cap = 0;
-    if (p->rc_n == 0)
+    if (p->rc_order_ok)
         return 0;
-    const rc_slot **ptr = malloc(sizeof *ptr * p->rc_n);
+    if (p->rc_order_cap < p->rc_n) {
+        uint32_t *o = realloc(p->rc_order, sizeof *o * p->rc_n);
+        if (!o)
+            return -1;
+        p->rc_order = o;
+        p->rc_order_cap = p->rc_n;
+    }
+    const rc_slot **ptr = malloc(sizeof *ptr * (p->rc_n ? p->rc_n : 1));
     if (!ptr)
         return -1;
     size_t n = 0;
@@ -1389,20 +1403,36 @@ int beat_pipe_open_receipts(beat_pipe *p, beat_buf *out)
         if (p->rc[j].used)
             ptr[n++] = &p->rc[j];
     qsort(ptr, n, sizeof *ptr, cmp_slot_ptr);
+    for (size_t k = 0; k < n; k++)
+        p->rc_order[k] = (uint32_t)(ptr[k] - p->rc);
+    free(ptr);
+    p->rc_order_n = (uint32_t)n;
+    p->rc_order_ok = 1;
+    return 0;
+}
+
+/* Every open receipt, sorted by key: runs once per batch over every flow of the epoch. */
+int beat_pipe_open_receipts(beat_pipe *p, beat_buf *out)
+{
+    out->d = NULL;
+    out->len = out->cap = 0;
+    if (p->rc_n == 0)
+        return 0;
+    if (rc_sort(p))
+        return -1;
+    size_t n = p->rc_order_n;
     out->cap = n * BEAT_OPEN_RECEIPT_SIZE;
     out->d = malloc(out->cap);
-    if (!out->d) {
-        free(ptr);
+    if (!out->d)
         return -1;
-    }
     for (size_t k = 0; k < n; k++) {
+        const rc_slot *s = &p->rc[p->rc_order[k]];
         uint8_t *v = out->d + k * BEAT_OPEN_RECEIPT_SIZE;
-        memcpy(v, ptr[k]->key, RC_KEY);
-        wr64be(v + 41, ptr[k]->packets);
-        wr64be(v + 49, ptr[k]->bytes);
+        memcpy(v, s->key, RC_KEY);
+        wr64be(v + 41, s->packets);
+        wr64be(v + 49, s->bytes);
     }
     out->len = out->cap;
-    free(ptr);
     return 0;
 }
 
@@ -1503,6 +1533,7 @@ void beat_pipe_free(beat_pipe *p)
     free(p->ctr);
     free(p->rc);
     free(p->rcn);
+    free(p->rc_order);
     free(p->out_records.d);
     free(p->out_segments.d);
     free(p->out_receipts.d);
