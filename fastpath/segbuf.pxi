@@ -55,6 +55,9 @@ cdef class SegmentBuffer:
         self.d = NULL
         self.n = self.cap = 0
 
+    def __init__(self):
+        raise TypeError("a SegmentBuffer is made by Pipeline.take() only")
+
     def __dealloc__(self):
         if self.d != NULL:
             if self.spares is not None:
