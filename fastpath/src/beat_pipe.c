@@ -96,6 +96,13 @@ struct beat_pipe {
     uint8_t unk_idx[UNK_SLOTS];    /* 1 + index into unk, 0 free: found by a hash of the key */
     uint32_t n_unk;
     uint64_t unk_unlisted;         /* frames of (MAC, slot, dir) beyond BEAT_UNKNOWN_MAC_MAX */
+    /* The last (MAC, slot, dir) looked up (mac_key | slot << 48 | dir << 56 | 1 << 63; 0: none)
+     * and what it was: frames come in runs of one host's or neighbour's MAC, and a repeat skips
+     * the neighbour lookup and the unknown-MAC list's probe. Forgotten when the neighbours change
+     * and when the unknown-MAC list is taken. */
+    uint64_t memo_key, memo_id;
+    int memo_found;                /* NB_FOUND or NB_UNKNOWN (NB_ELSEWHERE is never kept) */
+    int memo_unk;                  /* NB_UNKNOWN: its index in unk, -1 when it is unlisted */
     entry *fifo;
     fin_t *fin;        /* the digest inputs (family || input) of the FIFO's entries */
     uint64_t head, tail;
@@ -280,7 +287,8 @@ size_t beat_pipe_take_wrong_interface(beat_pipe *p, beat_wrong_if *out, size_t m
 /* Kept for the daemon's log and status: the first BEAT_UNKNOWN_MAC_MAX distinct (MAC, slot, dir)
  * with a MAC that is no neighbour's since the last take_unknown_macs, with their frame counts.
  * Runs only for such frames: a seeded hash and a short probe in a fixed table, no allocation. */
-static void note_unknown_mac(beat_pipe *p, const uint8_t *mac, uint8_t slot, uint8_t dir)
+/* Returns the entry's index in unk, -1 when the list is full (counted in unk_unlisted). */
+static int note_unknown_mac(beat_pipe *p, const uint8_t *mac, uint8_t slot, uint8_t dir)
 {
     uint64_t key = mac_key(mac) | (uint64_t)slot << 48 | (uint64_t)dir << 56;
     for (uint32_t i = (uint32_t)mix64(key ^ p->seed) & (UNK_SLOTS - 1);;
@@ -289,7 +297,7 @@ static void note_unknown_mac(beat_pipe *p, const uint8_t *mac, uint8_t slot, uin
         if (k == 0) {
             if (p->n_unk == BEAT_UNKNOWN_MAC_MAX) {
                 p->unk_unlisted++;
-                return;
+                return -1;
             }
             beat_unknown_mac *u = &p->unk[p->n_unk++];
             memcpy(u->mac, mac, 6);
@@ -297,12 +305,12 @@ static void note_unknown_mac(beat_pipe *p, const uint8_t *mac, uint8_t slot, uin
             u->dir = dir;
             u->frames = 1;
             p->unk_idx[i] = (uint8_t)p->n_unk;
-            return;
+            return (int)p->n_unk - 1;
         }
         beat_unknown_mac *u = &p->unk[k - 1];
         if (u->slot == slot && u->dir == dir && memcmp(u->mac, mac, 6) == 0) {
             u->frames++;
-            return;
+            return k - 1;
         }
     }
 }
@@ -316,6 +324,7 @@ size_t beat_pipe_take_unknown_macs(beat_pipe *p, beat_unknown_mac *out, size_t m
     p->n_unk = 0;
     p->unk_unlisted = 0;
     memset(p->unk_idx, 0, sizeof p->unk_idx);
+    p->memo_key = 0;
     return n;
 }
 
@@ -338,6 +347,7 @@ int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *
     free(p->nb);
     p->nb = nb;
     p->nb_mask = cap - 1;
+    p->memo_key = 0;
     return 0;
 }
 
@@ -1054,11 +1064,30 @@ static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot, uint64_t
 {
     uint64_t id = 0;
     if (o->mac_state == BEAT_MAC_PRESENT) {
+        uint64_t mk = mac_key(o->mac) | (uint64_t)slot << 48 | (uint64_t)o->dir << 56 | 1ULL << 63;
+        if (mk == p->memo_key) {   /* the same MAC, interface and direction as the frame before */
+            id = p->memo_id;
+            if (p->memo_found == NB_UNKNOWN) {
+                count(p, ST_UNKNOWN_MAC);
+                if (p->memo_unk >= 0)
+                    p->unk[p->memo_unk].frames++;
+                else
+                    p->unk_unlisted++;
+            }
+            goto named;
+        }
         int found = nb_lookup(p, o->mac, slot, &id);
         if (found == NB_UNKNOWN) {
             count(p, ST_UNKNOWN_MAC);
-            note_unknown_mac(p, o->mac, slot, o->dir);
-        } else if (found == NB_ELSEWHERE) {   /* from (or to) somewhere we cannot name */
+            p->memo_unk = note_unknown_mac(p, o->mac, slot, o->dir);
+            p->memo_key = mk;
+            p->memo_found = NB_UNKNOWN;
+            p->memo_id = id = 0;
+        } else if (found == NB_FOUND) {
+            p->memo_key = mk;
+            p->memo_found = NB_FOUND;
+            p->memo_id = id;
+        } else {   /* NB_ELSEWHERE: from (or to) somewhere we cannot name */
             count(p, ST_NEIGHBOUR_WRONG_INTERFACE);
             note_wrong_interface(p, o->mac, slot, o->dir, id);
             id = 0;
@@ -1066,6 +1095,7 @@ static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot, uint64_t
     } else if (o->mac_state == BEAT_MAC_MISSING) {
         count(p, ST_UNKNOWN_MAC);
     }
+named:;
     const uint8_t *in = o->msg + 10;
     uint32_t in_len = o->msg_len - 10u;
     if (o->dir == BEAT_DIR_EGRESS) {

@@ -222,3 +222,36 @@ def test_open_receipts_stay_sorted_as_flows_come_and_epochs_close():
         if step % 4 == 0:       # a take with nothing new: the same receipts again
             assert a.take().open_receipts == x.open_receipts
     assert a.totals()["receipts"] > 0
+
+
+@pytest.mark.parametrize("impl", [pure, native], ids=["py", "c"])
+def test_runs_of_one_mac_after_the_neighbours_change_and_the_list_is_taken(impl):
+    """The native twin remembers the last MAC's lookup for runs of frames: a run that continues
+    after take_unknown_macs() is listed again, and after set_neighbours() a MAC that became a
+    neighbour's is named (and one that stopped being is from outside)."""
+    p = impl.Pipeline(**KW)
+
+    def feed(src, n, t0):
+        buf, desc = bytearray(), bytearray()
+        for i in range(n):
+            f = frame(src, OWN, 1, t0 + i)
+            desc += pack_desc(t0 * 1000 + i * 1000, len(buf), len(f), len(f), 1)
+            buf += f
+        p.feed(bytes(buf), bytes(desc))
+
+    feed(HOST, 5, 10_000)
+    assert p.take_unknown_macs() == ([(HOST, 0, 1, 5)], 0)
+    feed(HOST, 3, 20_000)
+    assert p.take_unknown_macs() == ([(HOST, 0, 1, 3)], 0)
+    feed(HOST, 2, 30_000)
+    p.set_neighbours({NB_A: 2, HOST: 7})
+    feed(HOST, 4, 40_000)
+    feed(NB_A, 1, 50_000)
+    p.set_neighbours({NB_A: 2})
+    feed(NB_A, 2, 60_000)
+    feed(HOST, 1, 70_000)
+    assert p.take_unknown_macs() == ([(HOST, 0, 1, 3)], 0)
+    p.flush()
+    records = p.take().records
+    prevs = [int.from_bytes(records[i + 8:i + 16], "big") for i in range(0, len(records), 48)]
+    assert prevs == [0] * 5 + [0] * 3 + [0] * 2 + [7] * 4 + [2] + [2] * 2 + [0]
