@@ -228,3 +228,86 @@ def test_a_reader_that_leaves_early_is_not_an_error(env, capsys):
                        cwd=REPO, timeout=60)
     assert len(r.stdout) == 100
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+
+
+# -- the committee (docs/ledger.md, "The committee") --------------------------------------------
+
+def test_committee_commands(tmp_path, capsys):
+    from ledger_client.types import Node
+    keys = {}
+    for r in ("m1", "m2", "m3", "stranger", "tenant"):
+        keys[r] = str(tmp_path / f"{r}.ed25519")
+        assert main(["keygen", "--out", keys[r]]) == 0
+    pubs = {r: v.strip() for r, v in zip(keys, capsys.readouterr().out.split())}
+    led = f"local:{tmp_path / 'ledger.mdb'}"
+
+    def bc(role, *argv):
+        return main(["--ledger", led] + (["--key", keys[role]] if role else []) + list(argv))
+
+    assert bc("m1", "create", "--member", pubs["m1"], "--member", pubs["m2"],
+              "--member", pubs["m3"], "--threshold", "2", "--ttl", "3600") == 0
+    assert "a committee of 3, k = 2" in capsys.readouterr().out
+    assert bc("m1", "create", "--member", pubs["m1"], "--threshold", "1") == 2      # exists
+    assert "exists" in capsys.readouterr().err
+    assert bc(None, "committee", "--json") == 0
+    c = json.loads(capsys.readouterr().out)
+    assert (c["k"], c["epoch"], c["ttl_s"], [m["pubkey"] for m in c["members"]]) == (
+        2, 0, 3600, [pubs["m1"], pubs["m2"], pubs["m3"]])
+    n1 = DeviceKey.generate()
+    # register-node is a proposal when k > 1
+    assert bc("m1", "register-node", "--node-id", "1", "--owner", "isp-a",
+              "--pubkey", n1.public_hex) == 0
+    assert capsys.readouterr().out.strip() == "proposal 1: 1 of 2 approvals"
+    assert bc(None, "nodes", "--json") == 0 and json.loads(capsys.readouterr().out) == []
+    assert bc(None, "pending", "--json") == 0
+    p = json.loads(capsys.readouterr().out)
+    assert [(x["proposal"], x["act"], x["args"]["node_id"], x["approvals"], x["k"], x["state"])
+            for x in p] == [(1, "register_node", 1, [pubs["m1"]], 2, "open")]
+    # a stranger may not approve; m1 again counts once
+    assert bc("stranger", "approve", "1") == 1
+    assert "not a member" in capsys.readouterr().err
+    assert bc("m1", "approve", "1", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["approvals"] == [pubs["m1"]]
+    assert bc("m2", "approve", "1") == 0
+    assert "proposal 1: 2 approvals (register_node): executed" in capsys.readouterr().out
+    assert bc(None, "nodes", "--json") == 0
+    assert [n["node_id"] for n in json.loads(capsys.readouterr().out)] == [1]
+    assert bc("m3", "approve", "1") == 1                                  # executed already
+    assert "executed" in capsys.readouterr().err
+    # a dispute, decided with one dissenting member (k = 2)
+    sla = tmp_path / "sla.toml"
+    sla.write_text(SLA_TOML.format(tenant=pubs["tenant"]).replace("route = [1, 2]",
+                                                                   "route = [1]"))
+    for r in ("m1", "m2", "m3"):
+        assert bc(r, "register-sla", "--file", str(sla)) == 0
+    assert "executed" in capsys.readouterr().out
+    with LocalLedger(str(tmp_path / "ledger.mdb")) as lg:
+        tenant = DeviceKey.load(keys["tenant"])
+        assert lg.open_dispute(7, 0, 10, signer=tenant) == 1
+        ev, va, vb = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+        lg.approve_decision(1, ev, va, [1], signer=DeviceKey.load(keys["m1"]))
+        lg.approve_decision(1, ev, vb, [], signer=DeviceKey.load(keys["m2"]))
+        lg.approve_decision(1, ev, va, [1], signer=DeviceKey.load(keys["m3"]))
+        assert lg.get_node(1) == Node(1, "isp-a", n1.public)
+    assert bc(None, "dissent", "1", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"member": pubs["m2"], "verdict_digest": vb.hex(), "evidence_digest": ev.hex()}]
+    assert bc(None, "dissent", "9") == 2
+    capsys.readouterr()
+    assert bc("tenant", "disputes", "--tenant", "--json") == 0
+    d = json.loads(capsys.readouterr().out)
+    assert [(x["dispute"], x["state"], x["evidence_digest"], x["faulty"], x["penalty"])
+            for x in d] == [(1, "settled", ev.hex(), [1], 3)]
+    assert bc("stranger", "disputes", "--tenant", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == []
+    # membership commands
+    assert bc("m1", "propose", "set-threshold", "--k", "4") == 1
+    assert "k must be in 1..n = 3" in capsys.readouterr().err
+    assert bc("m1", "propose", "set-threshold", "--k", "3") == 0
+    assert capsys.readouterr().out.strip() == "proposal 3: 1 of 2 approvals"
+    assert bc("m3", "propose", "set-threshold", "--k", "3") == 0
+    assert "proposal 3: 2 approvals: executed: k = 3" in capsys.readouterr().out
+    assert bc("m1", "propose", "remove-member", "--pubkey", pubs["m3"]) == 1   # 2 < k = 3
+    assert "fewer than k = 3" in capsys.readouterr().err
+    assert bc("m1", "propose", "add-member", "--pubkey", pubs["tenant"][:10]) == 2   # bad key
+    capsys.readouterr()
