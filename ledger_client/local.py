@@ -746,8 +746,8 @@ class LocalLedger:
             txn.put(b"next_entry", _k64(0), db=meta)
             if genesis is not None:
                 txn.put(b"genesis", _canon(genesis), db=meta)
-            txn.put(b"head", self._genesis_hash(hash_name, bytes(gov), txn.get(b"genesis", db=meta)),
-                    db=meta)
+            txn.put(b"head", self._genesis_hash(hash_name, bytes(gov),
+                                                txn.get(b"genesis", db=meta)), db=meta)
             self.hash_name, self.governance_pubkey = hash_name, bytes(gov)
             self.genesis = genesis_of(bytes(gov), txn.get(b"genesis", db=meta))
             return
