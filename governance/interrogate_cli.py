@@ -157,6 +157,47 @@ def _write(path, text, UsageError):
         print(f"wrote {path}", file=sys.stderr)
 
 
+def decide(args, open_ledger, gov_key, UsageError):
+    """``beatctl decide DISPUTE --evidence DIR``: judge the archived evidence again (as
+    verify-decision: deterministic) and approve that decision as this committee member."""
+    from . import archive
+    from . import interrogate as itg
+
+    try:
+        arch = archive.read(args.evidence)
+    except archive.ArchiveError as exc:
+        raise UsageError(str(exc)) from None
+    signer = gov_key(args)
+    with open_ledger(args) as led:
+        d = led.get_dispute(args.dispute)
+        if d is None:
+            raise UsageError(f"dispute {args.dispute}: not on the ledger")
+        if arch.manifest["sla_id"] != d.sla_id:
+            raise UsageError(f"{args.evidence}: evidence of sla {arch.manifest['sla_id']}, "
+                             f"dispute {args.dispute} is on sla {d.sla_id}")
+        try:
+            j, _ = itg.replay(arch, led)
+        except (LookupError, ValueError, archive.ArchiveError) as exc:
+            raise UsageError(f"{args.evidence}: {exc}") from None
+        vd = itg.verdict_digest(j, arch.digest)
+        route = set(j.sla.route)
+        faulty = sorted(n for n in j.faulty if n in route)
+        d = led.approve_decision(args.dispute, arch.digest, vd, faulty, signer=signer)
+        votes = led.dispute_votes(args.dispute)
+        k = led.committee().k
+    out = {"dispute": args.dispute, "evidence_digest": arch.digest.hex(),
+           "verdict_digest": vd.hex(), "faulty": faulty, "state": d.state,
+           "approvals": sum(1 for v in votes if v.verdict_digest == vd
+                            and v.evidence_digest == arch.digest), "k": k,
+           "penalty": d.penalty}
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+    else:
+        print(f"dispute {args.dispute}: approved verdict {vd.hex()[:16]}..., faulty "
+              f"{faulty or 'none'}: {out['approvals']} of {k} approvals, {d.state}")
+    return 0
+
+
 def verify_decision(args, open_ledger, UsageError):
     """``beatctl verify-decision DISPUTE --evidence DIR`` (see ``add_verify_parser``)."""
     from . import archive
