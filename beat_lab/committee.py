@@ -190,13 +190,16 @@ def approve(led, job):
 
 def view(led, job):
     """What the demo shows and the tests check: the balances of ``job["who"]`` ({name: key
-    file}), the deposits of ``job["nodes"]``, the dispute ``job["dispute_id"]`` (if any) with its
+    file}), every node's operator (key hex / address), the deposits of ``job["nodes"]``, the
+    dispute ``job["dispute_id"]`` (if any) with its
     approvals, the open proposals, the committee."""
     ethereum = any(p.endswith(".eth") for p in job.get("who", {}).values())
     out = {"balances": {}, "deposits": {}, "pending": [], "dispute": None, "votes": []}
     for name, path in job.get("who", {}).items():
         s = _load(path)
         out["balances"][name] = led.balance(s.address if ethereum else s.public)
+    out["operators"] = {str(n.node_id): (("0x" if ethereum else "") + n.operator.hex()
+                                         if n.operator else None) for n in led.nodes()}
     for node_id in job.get("nodes", []):
         d = led.deposit_of(node_id)
         out["deposits"][str(node_id)] = {"amount": d.amount, "debt": d.debt,
