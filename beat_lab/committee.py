@@ -34,7 +34,7 @@ class Money:
 
     def fmt(self, amount):
         if self.unit == "wei":
-            return f"{amount} wei ({amount / ETH:.4g} ETH)"
+            return f"{amount} wei ({amount / ETH:.4f} ETH)"
         return f"{amount} {self.unit}"
 
 

@@ -5,22 +5,29 @@ State lives under ``<state_root>/<lab key>/`` (default ``/run/beat-lab/beat/``):
 ``control.sock``, ``beatd.log``. ``up`` first clears what a crashed run left (namespaces of this
 prefix and topology, daemons recorded in the state file), so it can always be run again.
 
-Ledger (``ledger="local"``, the default): ``up`` also makes a governance key
-(``governance.ed25519``) and a ``local`` ledger (``ledger.mdb``) in the state dir, a device key per
-router (``<router>/keys/device.ed25519``, as ``beatd keygen``), registers every router as a node
-with its owner (the topology's ``owner``, default ``operator-<router>``: one owner per router) and
-every router-router link of the topology, and gives each beatd a ``[ledger]`` section with a short
-anchor period (``LAB_ANCHOR_PERIOD_S``). ``ledger="none"`` leaves the ledger out. Whatever the
+Ledger (``ledger="local"``, the default): ``up`` also makes the committee's keys (three member
+organisations by default, ``members/m1.ed25519`` and ``m1.eth``, ...; k = 2), one key per operator
+(the topology's ``owner``, default ``operator-<router>``: ``operators/<owner>.ed25519``) and the
+tenant's (``tenant.ed25519``), creates a ``local`` ledger (``ledger.mdb``) with the committee and
+the operators' and tenant's balances, a device key per router (``<router>/keys/device.ed25519``, as
+``beatd keygen``); member 1 proposes and member 2 approves every router as a node with its owner
+and operator, every router-router link of the topology and the SLA (price, penalty); each
+operator deposits for its routers (``committee.py``); each beatd gets a ``[ledger]`` section with
+a short anchor period (``LAB_ANCHOR_PERIOD_S``). The demo's dispute goes through the committee
+(``_demo_dispute``). ``ledger="none"`` leaves the ledger out. Whatever the
 ledger, the governance's configuration (``governance.toml``) lists the same links (``[[links]]``).
 
 ``ledger="ethereum"``: a JSON-RPC node (``ledger_client.devnode.DevNode``: ganache, a development
 chain) runs in the namespace ``<prefix>ledger``, reached by every router over its own management
 link (``Net.create_management``: a separate 10.N.0.0/16 that carries no tenant traffic), at
-``http://<ledger address>:8545``. ``up`` makes the governance's account (``governance.eth``) and, per
-router, ``<router>/keys/device.ed25519`` and ``device.eth`` (as ``beatd keygen --ethereum``), funds
-every account at genesis, deploys the Beat contract and registers every router (its owner, its
-Ed25519 key and its account) and every router-router link from inside the ledger namespace, and gives each beatd ``[ledger] backend =
-"ethereum"``. The chain's database and log are in the state dir (``chain/``, ``chain.log``); the
+``http://<ledger address>:8545``. ``up`` makes the deployer's account (``governance.eth``), the
+committee's, operators' and tenant's keys as on local, and, per router,
+``<router>/keys/device.ed25519`` and ``device.eth`` (as ``beatd keygen --ethereum``), funds the
+deployer and the routers at genesis, deploys the Beat contract with the committee, funds the
+members, operators and tenant from the deployer, registers through the committee every router (its
+owner, Ed25519 key, account and operator's account), every router-router link and the SLA, the
+operators' deposits (wei), all from inside the ledger namespace, and gives each beatd ``[ledger]
+backend = "ethereum"``. The chain's database and log are in the state dir (``chain/``, ``chain.log``); the
 state file records the URL, the contract and the node's pid; ``down`` stops the node and deletes the
 ledger namespace with the others. From the host, the node is reached through the namespace:
 ``ip netns exec <prefix>ledger beatctl --ledger ethereum:URL#CONTRACT anchors``.
@@ -1073,8 +1080,9 @@ class Lab:
             out.write(f"beatctl pending failed (exit {p.returncode}): {p.stderr}\n")
         where = (f"ip netns exec {self.net.ledger_ns} beatctl --ledger {self.ledger_spec}"
                  if self.ledger == "ethereum" else f"beatctl --ledger {self.ledger_spec}")
+        bal = "balances --account ADDR" if self.ledger == "ethereum" else "balances"
         out.write(f"   (every step on the ledger: {where} disputes | dissent {did} | deposits"
-                  " | balances)\n\n")
+                  f" | {bal})\n\n")
 
     def demo(self, known=20, flows=1000, load_packets=20000, rate=20000.0, out=None,
              report_dir=None):
