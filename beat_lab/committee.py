@@ -8,10 +8,10 @@ act of the set-up (a node with its operator, a link, the SLA with its price and 
 proposed by member 1 and approved by member 2 (executed at k = 2); each operator then locks a
 deposit for each of its routers.
 
-The functions ``register``, ``open_dispute``, ``approve``, ``view`` and ``fund`` take an open ledger
-(``ledger_client``'s local or ethereum backend) and a JSON-able job; ``run`` runs one of them
-in-process (local) or inside the lab's ledger namespace (ethereum: the chain is reachable only
-there) and returns its JSON-able result.
+The functions ``register``, ``fund``, ``open_dispute``, ``approve``, ``settle`` and ``view`` take
+an open ledger (``ledger_client``'s local or ethereum backend) and a JSON-able job; ``run`` runs
+one of them in-process (local) or inside the lab's ledger namespace (ethereum: the chain is
+reachable only there) and returns its JSON-able result.
 """
 import json
 import os
@@ -188,6 +188,13 @@ def approve(led, job):
     return {"state": d.state}
 
 
+def settle(led, job):
+    """A decided dispute settled by a member (a committee of one: decide and settle are two
+    acts; with k > 1 the k-th approval settles)."""
+    led.settle(job["dispute_id"], signer=_load(job["member"]))
+    return {"state": led.get_dispute(job["dispute_id"]).state}
+
+
 def view(led, job):
     """What the demo shows and the tests check: the balances of ``job["who"]`` ({name: key
     file}), every node's operator (key hex / address), the deposits of ``job["nodes"]``, the
@@ -225,7 +232,7 @@ def view(led, job):
 
 
 JOBS = {"register": register, "fund": fund, "open_dispute": open_dispute, "approve": approve,
-        "view": view}
+        "settle": settle, "view": view}
 
 
 def _open(spec):

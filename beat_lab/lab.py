@@ -27,9 +27,9 @@ deployer and the routers at genesis, deploys the Beat contract with the committe
 members, operators and tenant from the deployer, registers through the committee every router (its
 owner, Ed25519 key, account and operator's account), every router-router link and the SLA, the
 operators' deposits (wei), all from inside the ledger namespace, and gives each beatd ``[ledger]
-backend = "ethereum"``. The chain's database and log are in the state dir (``chain/``, ``chain.log``); the
-state file records the URL, the contract and the node's pid; ``down`` stops the node and deletes the
-ledger namespace with the others. From the host, the node is reached through the namespace:
+backend = "ethereum"``. The chain's database and log are in the state dir (``chain/``,
+``chain.log``); the state file records the URL, the contract and the node's pid; ``down`` stops
+the node and deletes the ledger namespace with the others. From the host, the node is reached through the namespace:
 ``ip netns exec <prefix>ledger beatctl --ledger ethereum:URL#CONTRACT anchors``.
 """
 import concurrent.futures
@@ -990,13 +990,14 @@ class Lab:
         spath = os.path.join(report_dir, "dispute.svg")
         evidence = os.path.join(report_dir, "evidence")
         shutil.rmtree(evidence, ignore_errors=True)
-        money, n, k = self.money, self.committee_n, self.committee_k
+        n, k = self.committee_n, self.committee_k
         rel = os.path.relpath
         did = self.open_dispute(from_ns, to_ns)
         out.write(f"\n== the tenant disputes SLA {LAB_SLA_ID}: dispute {did} opened on the ledger "
                   f"with the tenant's key ({rel(self.tenant_key_path, self.state_dir)})\n")
         before = self.ledger_view(did)
-        out.write(f"\n== the committee ({n} member organisations, k = {k}) decides it. Member 1 "
+        out.write(f"\n== the committee ({n} member organisation{'s' if n > 1 else ''}, k = {k}) "
+                  "decides it. Member 1 "
                   "interrogates the routers\n")
         out.write("   (" + " ".join(self.interrogate_argv(
             from_ns, to_ns, jpath, spath, dispute=did, evidence=evidence)[4:]) + ")\n\n")
@@ -1033,6 +1034,12 @@ class Lab:
                       f"{got['faulty'] or 'none'}: {got['approvals']} of {got['k']} approvals, "
                       f"{got['state']}\n")
         after = self.ledger_view(did)
+        if after["dispute"] and after["dispute"]["state"] == "decided":
+            # a committee of one decided alone (k = 1: decide and settle are two acts)
+            out.write(f"\n== member 1 settles dispute {did} (k = 1)\n")
+            committee_mod.run(self, "settle", {"member": self.member_key_path(1),
+                                               "dispute_id": did})
+            after = self.ledger_view(did)
         self._print_decision(out, did, before, after)
         return {"exit": p.returncode, "verdicts": verdicts, "json": jpath, "svg": spath,
                 "evidence": evidence, "dispute_id": did,
@@ -1047,6 +1054,9 @@ class Lab:
         names = {r.node_id: r.name for r in self.topo.routers}
         d = after["dispute"] or {}
         out.write(f"\n== the committee's approvals of dispute {did} (k = {self.committee_k})\n")
+        if not after["votes"]:
+            out.write("   none recorded: a committee of one (k = 1) decides alone, as a single "
+                      "governance key\n")
         for v in after["votes"]:
             who = members.get(v["member"].lower(), v["member"])
             out.write(f"   {who}: evidence {v['evidence_digest'][:16]}..., verdict "
@@ -1059,7 +1069,9 @@ class Lab:
         if d.get("state") in ("decided", "settled"):
             out.write(f"\n== the decision: dispute {did} decided: faulty {faulty}: "
                       f"{named or 'nobody'}; penalty {money.fmt(d['penalty'])}, "
-                      f"{d['state']} in the same step as the k-th approval\n")
+                      f"{d['state']}"
+                      + (" in the same step as the k-th approval" if self.committee_k > 1
+                         else "") + "\n")
         else:
             out.write(f"\n== no decision yet: dispute {did} is {d.get('state')} (fewer than "
                       f"k = {self.committee_k} approvals of one content)\n")
