@@ -157,9 +157,10 @@ def _write(path, text, UsageError):
         print(f"wrote {path}", file=sys.stderr)
 
 
-def decide(args, open_ledger, gov_key, UsageError):
-    """``beatctl decide DISPUTE --evidence DIR``: judge the archived evidence again (as
-    verify-decision: deterministic) and approve that decision as this committee member."""
+def _rejudge(args, led, UsageError):
+    """The archive at ``--evidence`` judged again against the ledger (deterministic): the dispute
+    on the ledger, the judgement, its verdict digest and the faulty devices of the agreed route
+    (ascending). Shared by ``decide`` and ``verify-decision``."""
     from . import archive
     from . import interrogate as itg
 
@@ -167,21 +168,27 @@ def decide(args, open_ledger, gov_key, UsageError):
         arch = archive.read(args.evidence)
     except archive.ArchiveError as exc:
         raise UsageError(str(exc)) from None
+    d = led.get_dispute(args.dispute)
+    if d is None:
+        raise UsageError(f"dispute {args.dispute}: not on the ledger")
+    try:
+        j, _ = itg.replay(arch, led)
+    except (LookupError, ValueError, archive.ArchiveError) as exc:
+        raise UsageError(f"{args.evidence}: {exc}") from None
+    vd = itg.verdict_digest(j, arch.digest)
+    route = set(j.sla.route)
+    return arch, d, j, vd, sorted(n for n in j.faulty if n in route)
+
+
+def decide(args, open_ledger, gov_key, UsageError):
+    """``beatctl decide DISPUTE --evidence DIR``: judge the archived evidence again (as
+    verify-decision: deterministic) and approve that decision as this committee member."""
     signer = gov_key(args)
     with open_ledger(args) as led:
-        d = led.get_dispute(args.dispute)
-        if d is None:
-            raise UsageError(f"dispute {args.dispute}: not on the ledger")
+        arch, d, j, vd, faulty = _rejudge(args, led, UsageError)
         if arch.manifest["sla_id"] != d.sla_id:
             raise UsageError(f"{args.evidence}: evidence of sla {arch.manifest['sla_id']}, "
                              f"dispute {args.dispute} is on sla {d.sla_id}")
-        try:
-            j, _ = itg.replay(arch, led)
-        except (LookupError, ValueError, archive.ArchiveError) as exc:
-            raise UsageError(f"{args.evidence}: {exc}") from None
-        vd = itg.verdict_digest(j, arch.digest)
-        route = set(j.sla.route)
-        faulty = sorted(n for n in j.faulty if n in route)
         d = led.approve_decision(args.dispute, arch.digest, vd, faulty, signer=signer)
         votes = led.dispute_votes(args.dispute)
         k = led.committee().k
@@ -200,24 +207,8 @@ def decide(args, open_ledger, gov_key, UsageError):
 
 def verify_decision(args, open_ledger, UsageError):
     """``beatctl verify-decision DISPUTE --evidence DIR`` (see ``add_verify_parser``)."""
-    from . import archive
-    from . import interrogate as itg
-
-    try:
-        arch = archive.read(args.evidence)
-    except archive.ArchiveError as exc:
-        raise UsageError(str(exc)) from None
     with open_ledger(args) as led:
-        d = led.get_dispute(args.dispute)
-        if d is None:
-            raise UsageError(f"dispute {args.dispute}: not on the ledger")
-        try:
-            j, _ = itg.replay(arch, led)
-        except (LookupError, ValueError, archive.ArchiveError) as exc:
-            raise UsageError(f"{args.evidence}: {exc}") from None
-    vd = itg.verdict_digest(j, arch.digest)
-    route = set(j.sla.route)
-    faulty = [n for n in j.faulty if n in route]
+        arch, d, j, vd, faulty = _rejudge(args, led, UsageError)
     checks = {
         "sla": (arch.manifest["sla_id"], d.sla_id),
         "window": ([j.from_ns, j.to_ns], [d.from_ns, d.to_ns]),
