@@ -30,15 +30,16 @@ except ImportError as _exc:    # the router install without the extra: say which
 from .errors import (ConflictError, LedgerError, NotFound, OrderError, PermissionDenied,
                      Unavailable)
 from .keys import WeakKeyError, check_public
-from .types import (ACTS, DEFAULT_TTL_S, DISPUTE_STATES, SLA, Anchor, Committee, Dispute, Member,
-                    Node, Proposal, Vote)
+from .types import (ACTS, DEFAULT_NOTICE_S, DEFAULT_TTL_S, DISPUTE_STATES, SLA, Anchor, Committee,
+                    Debt, Deposit, Dispute, Member, Node, Proposal, Vote)
 
 ARTIFACT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "contracts", "Beat.json")
 ZERO_ADDRESS = "0x" + "00" * 20
 LINK_ACTIVE, LINK_RETIRED = 1, 2        # the contract's linkState
 # the contract's ACT_* codes (1-based, in types.ACTS order) and their argument types
 ACT_CODES = {name: i + 1 for i, name in enumerate(ACTS)}
-SLA_ABI = "(uint64,string,address,bytes16,bytes16,uint64[],uint64,uint64,uint64,uint256,uint64,uint64,string)"
+SLA_ABI = ("(uint64,string,address,bytes16,bytes16,uint64[],uint64,uint64,uint64,uint256,uint64,"
+           "uint64,string,uint256)")
 ACT_TYPES = {"register_node": ["uint64", "string", "bytes32", "address", "address"],
              "retire_node": ["uint64"], "register_sla": [SLA_ABI],
              "register_link": ["uint64", "uint64"], "retire_link": ["uint64", "uint64"],
@@ -73,6 +74,11 @@ ERROR_CLASSES = {
     "UnknownAct": LedgerError,
     "InvalidCommittee": LedgerError,
     "DecisionConflict": ConflictError,
+    "NotOperator": PermissionDenied,
+    "WithdrawalNotDue": OrderError,
+    "DepositFrozen": OrderError,
+    "DepositInDebt": OrderError,
+    "Reentrant": LedgerError,
 }
 
 _artifact_cache = None
@@ -331,10 +337,12 @@ class EthereumLedger:
 
     # ------------------------------------------------------------------ deployment
     @classmethod
-    def deploy(cls, url, governance_account, hash_name, timeout=10.0, committee=None, **kwargs):
+    def deploy(cls, url, governance_account, hash_name, timeout=10.0, committee=None,
+               notice_s=None, **kwargs):
         """Deploy Beat.json from `governance_account`; returns the ledger. `committee`: a
         ``types.Committee`` (members with accounts; k; ttl_s); None: a committee of one, the
-        deployer, k = 1 (the single governance of before)."""
+        deployer, k = 1 (the single governance of before). `notice_s`: a deposit's withdrawal
+        notice (>= the ttl; default the larger of 14 days and the ttl)."""
         if hash_name not in ("sha3-256", "blake2b-256"):
             raise ValueError(f"unknown hash {hash_name!r}")
         if committee is None:
@@ -352,7 +360,8 @@ class EthereumLedger:
             ctor = factory.constructor(
                 hash_name, [to_checksum_address(m.account) for m in committee.members],
                 [m.pubkey or bytes(32) for m in committee.members], committee.k,
-                committee.ttl_s)
+                committee.ttl_s, notice_s if notice_s is not None else max(DEFAULT_NOTICE_S,
+                                                                            committee.ttl_s))
             gas = ctor.estimate_gas({"from": governance_account.address})
             tx = ctor.build_transaction({
                 "from": governance_account.address,
@@ -421,7 +430,8 @@ class EthereumLedger:
         tenant = _address(tenant_account, default=sla.tenant)
         terms = (sla.sla_id, sla.tenant, tenant, sla.src, sla.dst, list(sla.route),
                  sla.max_loss_ppm, sla.max_delay_us, sla.loss_budget_ppm,
-                 sla.penalty_per_violation, sla.valid_from_ns, sla.valid_to_ns, sla.qm_json())
+                 sla.penalty_per_violation, sla.valid_from_ns, sla.valid_to_ns, sla.qm_json(),
+                 sla.price)
         return self._act(op, "register_sla", "registerSLA", (terms,), signer)
 
     # ------------------------------------------------------------------ the topology
@@ -527,9 +537,9 @@ class EthereumLedger:
         if not exists:
             return None
         (sid, tenant, _tenant_account, src, dst, route, max_loss, max_delay, budget, ppv,
-         valid_from, valid_to, qm) = s
+         valid_from, valid_to, qm, price) = s
         return SLA(sid, tenant, bytes(src), bytes(dst), tuple(route), max_loss, max_delay, budget,
-                   ppv, valid_from, valid_to, json.loads(qm) if qm else {})
+                   ppv, valid_from, valid_to, json.loads(qm) if qm else {}, price)
 
     def sla_tenant_account(self, sla_id):
         """The address allowed to open disputes on the SLA (None: the governance only)."""
@@ -694,6 +704,65 @@ class EthereumLedger:
 
     def tenant_of(self, sla_id):
         return self.sla_tenant_account(sla_id)
+
+    # ------------------------------------------------------------------ the money
+    def deposit(self, node_id, amount, *, signer):
+        """The node's operator locks ``amount`` wei for it (its debts are paid first)."""
+        fn = self.contract.functions.deposit(node_id)
+        self._transact_value(f"deposit(node {node_id}, {amount} wei)", fn, signer, amount)
+        return self.deposit_of(node_id)
+
+    def request_withdrawal(self, node_id, *, signer):
+        self._transact(f"request_withdrawal(node {node_id})",
+                       self.contract.functions.requestWithdrawal(node_id), signer)
+        return self.deposit_of(node_id)
+
+    def withdraw(self, node_id, *, signer):
+        """The whole deposit to the operator, once the notice passed (OrderError before, with
+        a debt, or while a dispute on a route holding the node is open)."""
+        before = self.deposit_of(node_id).amount
+        self._transact(f"withdraw(node {node_id})", self.contract.functions.withdraw(node_id),
+                       signer)
+        return before
+
+    def withdraw_credit(self, *, signer):
+        self._transact("withdraw_credit", self.contract.functions.withdrawCredit(), signer)
+
+    def deposit_of(self, node_id):
+        f = self.contract.functions
+        amount = self._call("deposit_of", f.depositOf(node_id))
+        due = self._call("deposit_of", f.withdrawalDue(node_id))
+        debt = self._call("deposit_of", f.debtOf(node_id))
+        frozen = self._call("deposit_of", f.frozenBy(node_id))
+        return Deposit(node_id, amount, due * 10**9 if due else None, debt, frozen or None)
+
+    def debts(self, node_id=None):
+        ids = [node_id] if node_id is not None else [n.node_id for n in self.nodes()]
+        out = []
+        for i in ids:
+            for did, tenant, amount in self._call("debts", self.contract.functions.debts(i)):
+                out.append(Debt(i, tenant, amount, did))
+        return out
+
+    def balance(self, who):
+        """The account's balance on the chain (eth_getBalance), wei."""
+        return self._rpc("balance", lambda: self.w3.eth.get_balance(_address(who)))
+
+    def credit_of(self, who):
+        return self._call("credit", self.contract.functions.credit(_address(who)))
+
+    def _transact_value(self, op, fn, signer, value):
+        """_transact with a value: the same path, the value added to the transaction."""
+        orig = fn.build_transaction, fn.estimate_gas
+
+        def build(tx):
+            return orig[0](dict(tx, value=value))
+
+        def estimate(tx):
+            return orig[1](dict(tx, value=value))
+
+        fn.build_transaction, fn.estimate_gas = build, estimate
+        return self._transact(op, fn, signer)
 
 
 def _abi_args(act, args):

@@ -30,7 +30,7 @@ from .errors import (ConflictError, LedgerError, NotFound, OrderError, Permissio
                      Unavailable)
 from .keys import WeakKeyError, check_public
 from .keys import verify as ed25519_verify
-from .types import (ACTS, DEFAULT_TTL_S, DISPUTE_STATES, SLA, Anchor, Committee, Dispute, Member,
+from .types import (ACTS, DEFAULT_NOTICE_S, DEFAULT_TTL_S, DISPUTE_STATES, Debt, Deposit, SLA, Anchor, Committee, Dispute, Member,
                     Node, Proposal, Vote)
 
 FORMAT_VERSION = 1
@@ -49,12 +49,17 @@ LINK_KINDS = (K_LINK, K_UNLINK)
 # the committee (docs/ledger.md, "The committee"): a proposal (the proposer's approval), an
 # approval, a member's approval of a dispute decision
 K_PROPOSE, K_APPROVE, K_VOTE = 11, 12, 13
-TIMED_KINDS = (K_OPEN, K_PROPOSE, K_APPROVE, K_VOTE)   # bodies carry t_ns (the entry's time)
+# the money (docs/ledger.md, "Settlement"): an operator's deposit for its node, its request to
+# withdraw it, the withdrawal
+K_DEPOSIT, K_REQUEST_WITHDRAWAL, K_WITHDRAW = 14, 15, 16
+MONEY_KINDS = (K_DEPOSIT, K_REQUEST_WITHDRAWAL, K_WITHDRAW)
+TIMED_KINDS = (K_OPEN, K_PROPOSE, K_APPROVE, K_VOTE, *MONEY_KINDS)   # bodies carry t_ns
 KIND_NAMES = {K_NODE: "register_node", K_SLA: "register_sla", K_ANCHOR: "anchor",
               K_OPEN: "open_dispute", K_EVIDENCE: "record_evidence", K_DECIDE: "decide",
               K_SETTLE: "settle", K_DECIDE_ROUTE: "decide", K_LINK: "register_link",
               K_UNLINK: "retire_link", K_PROPOSE: "propose", K_APPROVE: "approve",
-              K_VOTE: "approve_decision"}
+              K_VOTE: "approve_decision", K_DEPOSIT: "deposit",
+              K_REQUEST_WITHDRAWAL: "request_withdrawal", K_WITHDRAW: "withdraw"}
 # a proposal's act -> the entry kind that does it at k = 1 (None: proposals only)
 ACT_KINDS = {"register_node": K_NODE, "register_sla": K_SLA, "register_link": K_LINK,
              "retire_link": K_UNLINK, "retire_node": None, "add_member": None,
@@ -64,7 +69,7 @@ HEAD = 33            # prev_hash(32) kind(1)
 TAIL = 32 + 64       # signer_pubkey(32) signature(64)
 
 DB_NAMES = ("meta", "entries", "nodes", "node_by_key", "slas", "anchors", "next_seq", "disputes",
-            "links", "state", "proposals", "votes")
+            "links", "state", "proposals", "votes", "money")
 INDEX_DBS = DB_NAMES[2:]
 
 
@@ -116,14 +121,14 @@ def _sla_body(s, tenant_pubkey):
             "loss_budget_ppm": s.loss_budget_ppm,
             "penalty_per_violation": s.penalty_per_violation, "valid_from_ns": s.valid_from_ns,
             "valid_to_ns": s.valid_to_ns, "qm_terms": json.loads(s.qm_json()),
-            "tenant_pubkey": _hex(tenant_pubkey)}
+            "tenant_pubkey": _hex(tenant_pubkey), **({"price": s.price} if s.price else {})}
 
 
 def _sla_of(d):
     return SLA(d["sla_id"], d["tenant"], _unhex(d["src"]), _unhex(d["dst"]), tuple(d["route"]),
                d["max_loss_ppm"], d["max_delay_us"], d["loss_budget_ppm"],
                d["penalty_per_violation"], d["valid_from_ns"], d["valid_to_ns"],
-               dict(d["qm_terms"]))
+               dict(d["qm_terms"]), d.get("price", 0))
 
 
 def _anchor_body(a):
@@ -195,6 +200,113 @@ def genesis_of(gov, genesis_json=None):
             "ttl_s": DEFAULT_TTL_S}
 
 
+# -- the money: balances (the local stand-in for money), deposits, debts ----------------------
+
+def _balance(st, genesis, pub_hex):
+    v = st.get("money", b"B" + bytes.fromhex(pub_hex))
+    if v is None:
+        return int(genesis.get("balances", {}).get(pub_hex, 0))
+    return struct.unpack(">Q", v)[0]
+
+
+def _credit(st, genesis, pub_hex, delta):
+    b = _balance(st, genesis, pub_hex) + delta
+    if not _is_u64(b):
+        raise LedgerError(f"balance of key {pub_hex[:16]}... would be {b}")
+    st.put("money", b"B" + bytes.fromhex(pub_hex), _k64(b))
+
+
+def _deposit_rec(st, node_id):
+    return _jget(st, "money", b"D" + _k64(node_id)) or {"amount": 0, "due_ns": None}
+
+
+def _debts_of(st, node_id):
+    return _jget(st, "money", b"X" + _k64(node_id)) or []
+
+
+def _frozen_by(st, genesis, node_id, t_ns):
+    """The open dispute on a route holding the node that freezes its deposit now, or None: one
+    not settled and opened less than a ttl ago (undecided for longer, it freezes no more)."""
+    ttl = genesis["ttl_s"] * 1_000_000_000
+    for did in _jget(st, "money", b"F" + _k64(node_id)) or []:
+        d = _jget(st, "disputes", _k64(did))
+        if d["state"] != "settled" and t_ns < d.get("opened_t_ns", -ttl) + ttl:
+            return did
+    return None
+
+
+def _settle_effect(st, genesis, d):
+    """The penalty of each faulty node from its operator's deposit to the tenant's balance; what
+    the deposit can not cover is a debt (node, tenant, amount). Nothing moves for a node without
+    an operator or an SLA without a tenant key."""
+    sla = _jget(st, "slas", _k64(d["sla_id"]))
+    tenant, ppv = sla.get("tenant_pubkey"), sla["penalty_per_violation"]
+    if tenant is None or ppv == 0:
+        return
+    for node_id in d["faulty"]:
+        node = _jget(st, "nodes", _k64(node_id))
+        if node is None or node.get("operator") is None:
+            continue
+        dep = _deposit_rec(st, node_id)
+        take = min(dep["amount"], ppv)
+        dep["amount"] -= take
+        st.put("money", b"D" + _k64(node_id), _canon(dep))
+        _credit(st, genesis, tenant, take)
+        if ppv > take:
+            st.put("money", b"X" + _k64(node_id), _canon(_debts_of(st, node_id) + [
+                {"dispute_id": d["dispute_id"], "tenant": tenant, "amount": ppv - take}]))
+
+
+def _apply_money(st, genesis, n, kind, body, signer):
+    nid, t = body["node_id"], body["t_ns"]
+    op = KIND_NAMES[kind]
+    node = _jget(st, "nodes", _k64(nid))
+    if node is None:
+        raise NotFound(f"{op} node {nid}: no such node")
+    if node.get("operator") != signer.hex():
+        raise PermissionDenied(f"{op} node {nid}: {_signer_name(signer)} is not the node's "
+                               f"operator ({(node.get('operator') or 'none')[:16]})")
+    me = signer.hex()
+    dep = _deposit_rec(st, nid)
+    if kind == K_DEPOSIT:
+        amount = body["amount"]
+        if not _is_u64(amount) or amount == 0:
+            raise ValueError(f"deposit node {nid}: amount must be 1..2^64-1, got {amount!r}")
+        have = _balance(st, genesis, me)
+        if have < amount:
+            raise LedgerError(f"deposit node {nid}: {amount} is more than the balance {have} of "
+                              f"{_signer_name(signer)}")
+        _credit(st, genesis, me, -amount)
+        left, debts = amount, _debts_of(st, nid)
+        for x in debts:                        # the node's debts first, oldest first
+            pay = min(x["amount"], left)
+            x["amount"] -= pay
+            left -= pay
+            _credit(st, genesis, x["tenant"], pay)
+        st.put("money", b"X" + _k64(nid), _canon([x for x in debts if x["amount"] > 0]))
+        dep["amount"] += left
+    elif kind == K_REQUEST_WITHDRAWAL:
+        dep["due_ns"] = t + genesis.get("notice_s", DEFAULT_NOTICE_S) * 1_000_000_000
+    else:
+        if dep["due_ns"] is None or t < dep["due_ns"]:
+            raise OrderError(f"withdraw node {nid}: not due (the notice ends at "
+                             f"{dep['due_ns']}, now {t})")
+        owed = sum(x["amount"] for x in _debts_of(st, nid))
+        if owed:
+            raise OrderError(f"withdraw node {nid}: the node owes {owed} (debts are paid "
+                             "first)")
+        f = _frozen_by(st, genesis, nid, t)
+        if f is not None:
+            raise OrderError(f"withdraw node {nid}: dispute {f} is open on a route holding it")
+        if body.get("amount") != dep["amount"]:
+            raise ConflictError(f"withdraw node {nid}: amount {body.get('amount')}, the "
+                                f"deposit is {dep['amount']}")
+        _credit(st, genesis, me, dep["amount"])
+        dep = {"amount": 0, "due_ns": None}
+        st.put("money", b"F" + _k64(nid), _canon([]))
+    st.put("money", b"D" + _k64(nid), _canon(dep))
+
+
 def _committee(st, genesis):
     c = _jget(st, "state", b"committee")
     if c is None:
@@ -240,13 +352,15 @@ def _apply(st, genesis, n, kind, body, signer):
     if kind == K_SETTLE and not member:
         raise PermissionDenied(f"settle {body.get('dispute_id')}: {who} is not the governance "
                                "(not a member of the committee)")
+    if kind in MONEY_KINDS:
+        return _apply_money(st, genesis, n, kind, body, signer)
     if kind in (K_PROPOSE, K_APPROVE, K_VOTE):
         if not member:
             raise PermissionDenied(f"{op}: {who} is not a member of the committee")
         if kind == K_VOTE:
             return _apply_vote(st, genesis, c, n, body, signer)
         return _apply_proposal(st, genesis, c, n, kind, body, signer)
-    _effect(st, n, kind, body, signer, who, is_gov or member)
+    _effect(st, genesis, n, kind, body, signer, who, is_gov or member)
 
 
 def _content(act, args):
@@ -301,11 +415,11 @@ def _check_act(c, act, args):
             raise LedgerError(f"set_threshold {k}: k must be in 1..n = {len(pubs)}")
 
 
-def _execute(st, c, n, act, args, signer):
+def _execute(st, genesis, c, n, act, args, signer):
     _check_act(c, act, args)
     kind = ACT_KINDS[act]
     if kind is not None:
-        return _effect(st, n, kind, args, signer, "the committee", True)
+        return _effect(st, genesis, n, kind, args, signer, "the committee", True)
     if act == "retire_node":
         nid = args["node_id"]
         if st.get("nodes", _k64(nid)) is None:
@@ -355,7 +469,7 @@ def _apply_proposal(st, genesis, c, n, kind, body, signer):
     p["entries"].append(n)
     if len(p["approvals"]) >= c["k"]:
         p["executed"] = True
-        _execute(st, c, n, p["act"], p["args"], signer)
+        _execute(st, genesis, c, n, p["act"], p["args"], signer)
     st.put("proposals", _k64(pid), _canon(p))
 
 
@@ -403,6 +517,7 @@ def _apply_vote(st, genesis, c, n, body, signer):
         d["state"] = "evidence"
         _decide_effect(st, d, did, vd, faulty, K_DECIDE_ROUTE, "approve_decision")
         d["state"] = "settled"
+        _settle_effect(st, genesis, d)
         rec["decided"] = content
     d["entries"].append(n)
     st.put("disputes", _k64(did), _canon(d))
@@ -424,7 +539,7 @@ def _decide_effect(st, d, did, vd, faulty, kind, op):
     return penalty
 
 
-def _effect(st, n, kind, body, signer, who, is_gov):
+def _effect(st, genesis, n, kind, body, signer, who, is_gov):
     """What a legacy kind (or an executed proposal of that act) does to the state."""
     op = KIND_NAMES[kind]
     if kind == K_NODE:
@@ -518,6 +633,9 @@ def _effect(st, n, kind, body, signer, who, is_gov):
                "verdict_digest": None, "faulty": [], "penalty": 0, "entries": [n]}
         if "t_ns" in body:
             rec["opened_t_ns"] = body["t_ns"]
+            for x in set(sla["route"]):           # the deposits it may freeze
+                key = b"F" + _k64(x)
+                st.put("money", key, _canon((_jget(st, "money", key) or []) + [did]))
         st.put("disputes", _k64(did), _canon(rec))
         st.put("meta", b"next_dispute", _k64(did + 1))
     else:
@@ -539,6 +657,8 @@ def _effect(st, n, kind, body, signer, who, is_gov):
                 raise ConflictError(f"decide dispute {did}: penalty {body['penalty']}, the SLA "
                                     f"gives {penalty}")
         d["state"] = DISPUTE_STATES[DISPUTE_STATES.index(need) + 1]
+        if kind == K_SETTLE:
+            _settle_effect(st, genesis, d)
         d["entries"].append(n)
         st.put("disputes", _k64(did), _canon(d))
 
@@ -550,11 +670,14 @@ class LocalLedger:
     its own hash (or ``hash_name=None``), else ``LedgerMismatch``."""
 
     def __init__(self, path, hash_name="sha3-256", governance_pubkey=None, map_size=None,
-                 committee=None, clock=None):
+                 committee=None, clock=None, balances=None, notice_s=None):
         """``committee``: a new ledger's founding ``types.Committee`` (members with their
         Ed25519 keys; k; ttl_s) instead of ``governance_pubkey`` (a committee of one, k = 1, as
         before committees); an existing ledger's must match. ``clock``: ns since the epoch
-        (default time.time_ns), the time new entries carry."""
+        (default time.time_ns), the time new entries carry. ``balances`` ({Ed25519 public key:
+        amount}) and ``notice_s`` (a deposit's withdrawal notice, >= the ttl; default the larger
+        of 14 days and the ttl): a new committee ledger's money, the local stand-in for it (no
+        entry mints any more later)."""
         self.path = os.fspath(path)
         self.clock = clock or time.time_ns
         genesis = None
@@ -568,7 +691,17 @@ class LocalLedger:
                 raise ValueError("committee: a key is listed twice")
             genesis = {"members": [{"pubkey": _hex(m.pubkey), "account": _hex(m.account)}
                                    for m in committee.members],
-                       "k": committee.k, "ttl_s": committee.ttl_s}
+                       "k": committee.k, "ttl_s": committee.ttl_s,
+                       "notice_s": (notice_s if notice_s is not None
+                                    else max(DEFAULT_NOTICE_S, committee.ttl_s)),
+                       "balances": {bytes(k).hex(): int(v) for k, v in (balances or {}).items()}}
+            if genesis["notice_s"] < committee.ttl_s:
+                raise ValueError(f"the withdrawal notice ({genesis['notice_s']} s) must be at "
+                                 f"least the proposal ttl ({committee.ttl_s} s)")
+            for k, v in genesis["balances"].items():
+                if len(k) != 64 or not _is_u64(v):
+                    raise ValueError(f"balances: {k[:16]}...: a 32-byte key and an amount in "
+                                     "0..2^64-1")
             governance_pubkey = governance_pubkey or committee.members[0].pubkey
         if hash_name is not None:
             hasher(hash_name)
@@ -918,6 +1051,68 @@ class LocalLedger:
 
     def disputes(self):
         return [_dispute_of(d) for d in self._all("disputes")]
+
+    # -- the money ------------------------------------------------------------------------------
+
+    def _money(self, kind, node_id, signer, **extra):
+        _need_u64("node_id", node_id)
+
+        def build(st, pub):
+            body = {"node_id": node_id, "t_ns": self._now(st), **extra}
+            if kind == K_WITHDRAW:
+                body["amount"] = _deposit_rec(st, node_id)["amount"]
+            return body
+
+        self._write(kind, build, signer)
+
+    def deposit(self, node_id, amount, *, signer):
+        """The node's operator locks ``amount`` of its balance for the node (its debts are paid
+        first, to their tenants). Returns the Deposit."""
+        self._money(K_DEPOSIT, node_id, signer, amount=amount)
+        return self.deposit_of(node_id)
+
+    def request_withdrawal(self, node_id, *, signer):
+        self._money(K_REQUEST_WITHDRAWAL, node_id, signer)
+        return self.deposit_of(node_id)
+
+    def withdraw(self, node_id, *, signer):
+        """The whole deposit back to the operator's balance once the notice passed; refused
+        (OrderError) before, with a debt, or while a dispute on a route holding the node is open
+        (for at most a ttl after it was opened). Returns the amount."""
+        amount = self.deposit_of(node_id).amount
+        self._money(K_WITHDRAW, node_id, signer)
+        return amount
+
+    def deposit_of(self, node_id):
+        with self.env.begin() as txn:
+            st = _TxnState(txn, self.dbs)
+            dep = _deposit_rec(st, node_id)
+            return Deposit(node_id, dep["amount"], dep["due_ns"],
+                           sum(x["amount"] for x in _debts_of(st, node_id)),
+                           _frozen_by(st, self.genesis, node_id, self._now(st)))
+
+    def debts(self, node_id=None):
+        with self.env.begin() as txn:
+            st = _TxnState(txn, self.dbs)
+            ids = [node_id] if node_id is not None else [
+                struct.unpack(">Q", bytes(k))[0] for k, _ in txn.cursor(db=self.dbs["nodes"])]
+            return [Debt(i, _unhex(x["tenant"]), x["amount"], x["dispute_id"])
+                    for i in ids for x in _debts_of(st, i)]
+
+    def balance(self, pubkey):
+        """The key's balance: the local stand-in for money (genesis balances, then entries)."""
+        pub = pubkey.public if hasattr(pubkey, "public") else pubkey
+        with self.env.begin() as txn:
+            return _balance(_TxnState(txn, self.dbs), self.genesis, bytes(pub).hex())
+
+    def balances(self):
+        out = dict(self.genesis.get("balances", {}))
+        with self.env.begin() as txn:
+            for k, v in txn.cursor(db=self.dbs["money"]):
+                k = bytes(k)
+                if k[:1] == b"B":
+                    out[k[1:].hex()] = struct.unpack(">Q", bytes(v))[0]
+        return {bytes.fromhex(k): v for k, v in sorted(out.items())}
 
     def tenant_of(self, sla_id):
         return self.tenant_pubkey(sla_id)

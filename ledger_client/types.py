@@ -45,6 +45,7 @@ class SLA:
     valid_from_ns: int = 0
     valid_to_ns: int = (1 << 64) - 1
     qm_terms: dict = dataclasses.field(default_factory=dict)   # QM-SLA terms: name -> integer
+    price: int = 0                     # what the tenant pays for the service (recorded)
 
     def __post_init__(self):
         if len(self.src) != 16 or len(self.dst) != 16:
@@ -168,3 +169,22 @@ class Vote:
     verdict_digest: bytes
     epoch: int
     dissent: bool = False
+
+
+# -- the money (docs/ledger.md, "Settlement") ------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Deposit:
+    node_id: int
+    amount: int                    # locked now
+    due_ns: Optional[int]          # a withdrawal requested: when it may be made; None: none
+    debt: int                      # unpaid debts in total
+    frozen_by: Optional[int]       # the open dispute that freezes it now, None: none
+
+
+@dataclasses.dataclass(frozen=True)
+class Debt:
+    node_id: int
+    tenant: object                 # the tenant's account ("0x...") or Ed25519 key (bytes)
+    amount: int
+    dispute_id: int

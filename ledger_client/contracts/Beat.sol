@@ -38,6 +38,12 @@ contract Beat {
     error UnknownAct(uint8 act);                       // LedgerError
     error InvalidCommittee(string why);                // LedgerError: k out of 1..n, a member twice, ...
     error DecisionConflict(uint64 disputeId, address member, bytes32 approvedContent); // Conflict
+    // Money
+    error NotOperator(uint64 nodeId, address caller, address operator);      // Permission
+    error WithdrawalNotDue(uint64 nodeId, uint64 dueAt);                     // Order
+    error DepositFrozen(uint64 nodeId, uint64 disputeId);                    // Order: a dispute open
+    error DepositInDebt(uint64 nodeId, uint256 debt);                        // Order
+    error Reentrant();
     // Bad arguments (LedgerError)
     error InvalidNode(uint64 nodeId, string why);
     error InvalidLink(uint64 a, uint64 b, string why);
@@ -68,6 +74,18 @@ contract Beat {
                            bytes32 evidenceDigest, bytes32 verdictDigest, uint64[] faulty,
                            uint64 approvals);
     event Dissent(uint64 indexed disputeId, address indexed member, bytes32 verdictDigest);
+    // the money: every movement
+    event Deposited(uint64 indexed nodeId, address indexed from, uint256 amount, uint256 deposit);
+    event PenaltyPaid(uint64 indexed disputeId, uint64 indexed nodeId, address indexed tenant,
+                      uint256 amount);
+    event DebtRecorded(uint64 indexed disputeId, uint64 indexed nodeId, address indexed tenant,
+                       uint256 amount);
+    event DebtPaid(uint64 indexed disputeId, uint64 indexed nodeId, address indexed tenant,
+                   uint256 amount);
+    event Credited(address indexed to, uint256 amount);     // a push that failed: pull it
+    event CreditWithdrawn(address indexed to, uint256 amount);
+    event WithdrawalRequested(uint64 indexed nodeId, uint64 dueAt);
+    event Withdrawn(uint64 indexed nodeId, address indexed to, uint256 amount);
 
     // ---------------------------------------------------------------- types
     struct NodeRec {
@@ -116,6 +134,7 @@ contract Beat {
         uint64 validFromNs;
         uint64 validToNs;
         string qmTerms;
+        uint256 price;         // what the tenant pays for the service (wei; recorded)
     }
 
     struct AnchorRec {
@@ -188,10 +207,34 @@ contract Beat {
     mapping(uint64 => mapping(address => uint256)) private _voteOf;   // index + 1
     mapping(uint64 => bytes32) private _decided;      // dispute -> the content decided
 
+    // the money (docs/ledger.md, "Settlement"): deposits per node, debts, pull credits
+    struct Debt {
+        uint64 disputeId;
+        address tenant;
+        uint256 amount;
+    }
+    uint64 public immutable withdrawalNotice;          // seconds, >= proposalTtl
+    mapping(uint64 => uint256) public depositOf;       // node -> its locked deposit (wei)
+    mapping(uint64 => uint64) public withdrawalDue;    // node -> when it may withdraw (0: none)
+    mapping(uint64 => Debt[]) private _debts;
+    mapping(uint64 => uint256) private _debtHead;      // the first unpaid debt
+    mapping(uint64 => uint256) public debtOf;          // node -> its unpaid debts, in total
+    mapping(address => uint256) public credit;         // failed pushes, to pull
+    mapping(uint64 => uint64[]) private _nodeDisputes; // node -> disputes on a route holding it
+    mapping(uint64 => uint64) public openedAt;         // dispute -> block.timestamp
+    bool private _entered;
+
+    modifier nonReentrant() {
+        if (_entered) revert Reentrant();
+        _entered = true;
+        _;
+        _entered = false;
+    }
+
     /// @param accounts the members' accounts, @param pubkeys their Ed25519 keys (data only),
     /// @param k the threshold (1..n), @param ttl the proposals' lifetime in seconds (> 0).
     constructor(string memory hashName_, address[] memory accounts, bytes32[] memory pubkeys,
-                uint64 k, uint64 ttl)
+                uint64 k, uint64 ttl, uint64 notice)
     {
         governance = msg.sender;
         deployedAt = uint64(block.number);
@@ -200,8 +243,10 @@ contract Beat {
         if (ttl == 0) revert InvalidCommittee("the proposal ttl must be > 0");
         for (uint256 i = 0; i < accounts.length; i++) _addMember(accounts[i], pubkeys[i]);
         if (k == 0 || k > accounts.length) revert InvalidCommittee("k must be in 1..n");
+        if (notice < ttl) revert InvalidCommittee("the withdrawal notice must be >= the ttl");
         threshold = k;
         proposalTtl = ttl;
+        withdrawalNotice = notice;
         emit CommitteeChanged(0, k, _members);
     }
 
@@ -444,6 +489,9 @@ contract Beat {
         d.toNs = toNs;
         d.state = OPENED;
         d.opener = msg.sender;
+        openedAt[disputeId] = uint64(block.timestamp);
+        uint64[] storage route = _slas[slaId].route;
+        for (uint256 i = 0; i < route.length; i++) _nodeDisputes[route[i]].push(disputeId);
         emit DisputeOpened(disputeId, slaId, fromNs, toNs, msg.sender);
     }
 
@@ -490,13 +538,131 @@ contract Beat {
     }
 
     /// Settle a decided dispute (any member: the decision fixed what it does).
-    function settle(uint64 disputeId) external onlyMember {
+    function settle(uint64 disputeId) external onlyMember nonReentrant {
         _settle(_dispute(disputeId, DECIDED));
     }
 
+    /// The penalty of each faulty node goes from its operator's deposit to the tenant; what the
+    /// deposit can not cover is the node's debt. Nothing moves for a node without an operator
+    /// or an SLA without a tenant account. State first, transfers last (a failed one: credit).
     function _settle(DisputeRec storage d) private {
         d.state = SETTLED;
+        SLATerms storage s = _slas[d.slaId];
+        address tenant = s.tenantAccount;
+        uint256 ppv = s.penaltyPerViolation;
+        uint256 total = 0;
+        if (tenant != address(0) && ppv > 0) {
+            for (uint256 i = 0; i < d.faulty.length; i++) {
+                uint64 node = d.faulty[i];
+                if (_nodes[node].operator == address(0)) continue;
+                uint256 take = depositOf[node] < ppv ? depositOf[node] : ppv;
+                depositOf[node] -= take;
+                total += take;
+                if (take > 0) emit PenaltyPaid(d.disputeId, node, tenant, take);
+                if (ppv > take) {
+                    _debts[node].push(Debt(d.disputeId, tenant, ppv - take));
+                    debtOf[node] += ppv - take;
+                    emit DebtRecorded(d.disputeId, node, tenant, ppv - take);
+                }
+            }
+        }
         emit Settled(d.disputeId, d.slaId, d.penalty);
+        _pay(tenant, total);
+    }
+
+    /// Send `amount` to `to` (last, after every state change); a transfer that fails does not
+    /// block what called it: the amount is credited to `to`, who pulls it (withdrawCredit).
+    function _pay(address to, uint256 amount) private {
+        if (amount == 0) return;
+        (bool ok, ) = to.call{value: amount, gas: 50000}("");
+        if (!ok) {
+            credit[to] += amount;
+            emit Credited(to, amount);
+        }
+    }
+
+    function withdrawCredit() external nonReentrant {
+        uint256 amount = credit[msg.sender];
+        credit[msg.sender] = 0;
+        emit CreditWithdrawn(msg.sender, amount);
+        (bool ok, ) = msg.sender.call{value: amount}("");
+        require(ok);
+    }
+
+    function _operator(uint64 nodeId) private view returns (address op) {
+        op = _nodes[nodeId].operator;
+        if (!_nodes[nodeId].exists) revert UnknownNode(nodeId);
+        if (op == address(0) || msg.sender != op) revert NotOperator(nodeId, msg.sender, op);
+    }
+
+    /// The operator locks value for its node; the node's debts are paid first, oldest first.
+    function deposit(uint64 nodeId) external payable nonReentrant {
+        _operator(nodeId);
+        uint256 left = msg.value;
+        Debt[] storage ds = _debts[nodeId];
+        uint256 h = _debtHead[nodeId];
+        address[] memory to = new address[](ds.length - h);
+        uint256[] memory amt = new uint256[](ds.length - h);
+        uint256 m = 0;
+        while (h < ds.length && left > 0) {
+            Debt storage x = ds[h];
+            uint256 pay = x.amount < left ? x.amount : left;
+            x.amount -= pay;
+            left -= pay;
+            debtOf[nodeId] -= pay;
+            emit DebtPaid(x.disputeId, nodeId, x.tenant, pay);
+            to[m] = x.tenant;
+            amt[m++] = pay;
+            if (x.amount == 0) h++;
+        }
+        _debtHead[nodeId] = h;
+        depositOf[nodeId] += left;
+        emit Deposited(nodeId, msg.sender, msg.value, depositOf[nodeId]);
+        for (uint256 i = 0; i < m; i++) _pay(to[i], amt[i]);
+    }
+
+    function requestWithdrawal(uint64 nodeId) external {
+        _operator(nodeId);
+        uint64 due = uint64(block.timestamp) + withdrawalNotice;
+        withdrawalDue[nodeId] = due;
+        emit WithdrawalRequested(nodeId, due);
+    }
+
+    /// The whole deposit to the operator, after the notice; refused while the node has a debt or
+    /// a dispute is open on an SLA whose route holds it (a dispute undecided for a ttl after it
+    /// was opened no longer freezes: the committee had that long to decide it).
+    function withdraw(uint64 nodeId) external nonReentrant {
+        address op = _operator(nodeId);
+        uint64 due = withdrawalDue[nodeId];
+        if (due == 0 || block.timestamp < due) revert WithdrawalNotDue(nodeId, due);
+        if (debtOf[nodeId] > 0) revert DepositInDebt(nodeId, debtOf[nodeId]);
+        uint64 f = frozenBy(nodeId);
+        if (f != 0) revert DepositFrozen(nodeId, f);
+        delete _nodeDisputes[nodeId];      // none of them freezes any more
+        uint256 amount = depositOf[nodeId];
+        depositOf[nodeId] = 0;
+        withdrawalDue[nodeId] = 0;
+        emit Withdrawn(nodeId, op, amount);
+        (bool ok, ) = op.call{value: amount}("");
+        require(ok);
+    }
+
+    /// The open dispute that freezes the node's deposit (0: none).
+    function frozenBy(uint64 nodeId) public view returns (uint64) {
+        uint64[] storage ds = _nodeDisputes[nodeId];
+        for (uint256 i = 0; i < ds.length; i++) {
+            uint64 id = ds[i];
+            if (_disputes[id].state < SETTLED && block.timestamp < openedAt[id] + proposalTtl) return id;
+        }
+        return 0;
+    }
+
+    /// The node's unpaid debts, oldest first.
+    function debts(uint64 nodeId) external view returns (Debt[] memory out) {
+        Debt[] storage ds = _debts[nodeId];
+        uint256 h = _debtHead[nodeId];
+        out = new Debt[](ds.length - h);
+        for (uint256 i = h; i < ds.length; i++) out[i - h] = ds[i];
     }
 
     /// A member approves the decision it computed: (evidence digest, verdict digest, faulty,
@@ -504,7 +670,7 @@ contract Beat {
     /// dispute is decided and settled in this transaction. An approval of another content is
     /// dissent (kept, visible after the decision); a member approves one content per dispute.
     function approveDecision(uint64 disputeId, bytes32 evidenceDigest, bytes32 verdictDigest,
-                             uint64[] calldata faulty) external onlyMember
+                             uint64[] calldata faulty) external onlyMember nonReentrant
     {
         DisputeRec storage d = _disputes[disputeId];
         if (d.state == 0) revert UnknownDispute(disputeId);

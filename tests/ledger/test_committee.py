@@ -15,7 +15,7 @@ from ledger_client.types import SLA, Committee, Member, Node
 TTL_S = 3600
 V4 = bytes(10) + b"\xff\xff"
 EV, VA, VB = b"\xee" * 32, b"\xaa" * 32, b"\xbb" * 32
-ROLES = ("m1", "m2", "m3", "m4", "tenant", "stranger", "n1", "n2")
+ROLES = ("m1", "m2", "m3", "m4", "tenant", "stranger", "n1", "n2", "op1", "op2")
 
 
 def ed(i):
@@ -224,14 +224,16 @@ def _members(accounts):
             for i, r in enumerate(("m1", "m2", "m3", "m4"))}
 
 
-def local_side(tmp_path):
+def local_side(tmp_path, **money):
     from ledger_client.local import LocalLedger
     members = _members(None)
     now = [1_700_000_000 * 10**9]
+    signers = {r: ed(i) for i, r in enumerate(ROLES)}
+    if "balances" in money:
+        money["balances"] = {signers[r].public: v for r, v in money["balances"].items()}
     led = LocalLedger(str(tmp_path / "committee.mdb"), clock=lambda: now[0],
                       committee=Committee(tuple(members[r] for r in ("m1", "m2", "m3")), 2,
-                                          ttl_s=TTL_S))
-    signers = {r: ed(i) for i, r in enumerate(ROLES)}
+                                          ttl_s=TTL_S), **money)
     signers["n1"], signers["n2"] = ed(11), ed(12)
 
     def advance(s):
@@ -240,6 +242,9 @@ def local_side(tmp_path):
     side = Side(led, signers, members, advance, {"tenant_pubkey": signers["tenant"].public},
                 lambda i: None)
     side.kind = "local"
+    side.operator = lambda r: signers[r].public
+    side.balance = lambda r: led.balance(signers[r].public)
+    side.held = lambda: sum(led.deposit_of(i).amount for i in (1, 2))
     return side
 
 
@@ -255,12 +260,13 @@ def chain(tmp_path):
     node.stop()
 
 
-def chain_side(node, accounts):
+def chain_side(node, accounts, notice_s=None):
     from ledger_client.ethereum import EthereumLedger
     members = _members(accounts)
     led = EthereumLedger.deploy(node.url, accounts["m1"], "sha3-256", timeout=30,
                                 committee=Committee(tuple(members[r] for r in
-                                                          ("m1", "m2", "m3")), 2, ttl_s=TTL_S))
+                                                          ("m1", "m2", "m3")), 2, ttl_s=TTL_S),
+                                notice_s=notice_s)
 
     def advance(s):
         led.w3.provider.make_request("evm_increaseTime", [s])
@@ -269,6 +275,9 @@ def chain_side(node, accounts):
     side = Side(led, accounts, members, advance, {"tenant_account": accounts["tenant"]},
                 lambda i: accounts[f"n{i}"].address_bytes)
     side.kind = "ethereum"
+    side.operator = lambda r: accounts[r].address_bytes
+    side.balance = lambda r: led.balance(accounts[r].address)      # eth_getBalance, wei
+    side.held = lambda: led.balance(led.address)                    # the contract's wei
     return side
 
 

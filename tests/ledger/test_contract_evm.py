@@ -29,7 +29,7 @@ class Chain:
         factory = self.w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
         # a committee of one, k = 1: the deployer, the single governance of before
         r = self.receipt(factory.constructor("sha3-256", [self.gov], [bytes(32)], 1,
-                                             7 * 86400).transact({"from": self.gov}))
+                                             7 * 86400, 14 * 86400).transact({"from": self.gov}))
         self.c = self.w3.eth.contract(address=r["contractAddress"], abi=art["abi"])
         self.deploy_block = r["blockNumber"]
 
@@ -63,7 +63,7 @@ class Chain:
 
     def sla(self, sla_id=7, tenant_account=None, route=(1, 2, 3), ppv=7, valid=(0, U64MAX)):
         terms = (sla_id, "tenant-a", tenant_account or ZERO, b"\x0a" * 16, b"\x0b" * 16,
-                 list(route), 1000, 5000, 2000, ppv, valid[0], valid[1], '{"k":1}')
+                 list(route), 1000, 5000, 2000, ppv, valid[0], valid[1], '{"k":1}', 0)
         return terms
 
 
@@ -112,7 +112,8 @@ def test_register_node_governance_only(ch):
     assert f.getNode(1).call() == [True, "op-a", R1, ch.n1, 0, ZERO, False]
     assert f.getNode(2).call()[0] is False
     assert f.nodeIds().call() == [1]
-    assert ch.reverts("NodeExists", f.registerNode(1, "op-a", R1, ch.n1, ZERO), ch.gov) == {"nodeId": 1}
+    assert ch.reverts("NodeExists", f.registerNode(1, "op-a", R1, ch.n1, ZERO),
+                      ch.gov) == {"nodeId": 1}
     ch.reverts("InvalidNode", f.registerNode(2, "op", R1, ZERO, ZERO), ch.gov)
     ch.reverts("InvalidNode", f.registerNode(0, "op", R1, ch.n2, ZERO), ch.gov)
     ch.reverts("InvalidNode", f.registerNode(U64MAX, "op", R1, ch.n2, ZERO), ch.gov)
@@ -176,7 +177,7 @@ def test_register_sla_governance_only(ch):
         {"slaId": 7, "tenant": "tenant-a", "tenantAccount": ch.tenant}]
     exists, got = f.getSLA(7).call()
     assert exists and tuple(got) == (7, "tenant-a", ch.tenant, b"\x0a" * 16, b"\x0b" * 16,
-                                     [1, 2, 3], 1000, 5000, 2000, 7, 0, U64MAX, '{"k":1}')
+                                     [1, 2, 3], 1000, 5000, 2000, 7, 0, U64MAX, '{"k":1}', 0)
     assert f.getSLA(8).call()[0] is False
     assert f.slaIds().call() == [7]
     ch.reverts("SLAExists", f.registerSLA(terms), ch.gov)
