@@ -636,3 +636,25 @@ def test_an_expired_decision_approval_can_be_renewed(side):
         pass
     d = S.led.approve_decision(did, EV, VA, [1], signer=S.s("m2"))  # honest, late
     assert d.state == "settled", d     # m3 (the faulty operator's friend) never approves
+
+
+@pytest.mark.xfail(strict=True, reason="finding C10: local act arguments are compared as written: "
+                   "an existing member's key in upper-case hex passes the 'already a member' check "
+                   "and adds a phantom member (n grows, nobody can sign as it)")
+def test_local_member_key_in_another_hex_case_is_the_same_member(tmp_path):
+    from ledger_client.local import K_PROPOSE
+    S = local_side(tmp_path)
+    upper = S.s("m3").public.hex().upper()
+
+    def build(st, pub):
+        return {"proposal_id": 1, "act": "add_member",
+                "args": {"pubkey": upper, "account": None}, "t_ns": T0}
+
+    try:
+        S.led._write(K_PROPOSE, build, S.s("m1"))       # m1's client writes the act as it likes
+        S.led.approve(1, signer=S.s("m2"))               # m2 approves "a new member"
+    except LedgerError:
+        pass
+    c = S.led.committee()
+    assert len({m.pubkey for m in c.members}) == len(c.members) == 3, c
+    S.led.close()
