@@ -31,6 +31,14 @@
     beatctl --ledger L [--key TENANT] disputes [--tenant] [--json]
             the disputes (with --tenant: those of the --key's SLAs), state and evidence digest
 
+    The money (docs/ledger.md, "Settlement"): --key is the node's operator's key.
+    beatctl --ledger L --key OPERATOR deposit --node-id N --amount A    lock A for node N
+    beatctl --ledger L --key OPERATOR withdraw --node-id N [--request]  ask, then (after the
+            notice) take the node's deposit back
+    beatctl --ledger L deposits|debts [--json]          every node's deposit / unpaid debts
+    beatctl --ledger L balances [--account ADDR ...] [--json]
+            local: every key's balance; ethereum: these accounts' wei and pull credits
+
     beatctl keygen --ethereum --out GOV.eth [--force]  an Ethereum account key (hex, 0600)
     beatctl --ledger ethereum:URL --key GOV.eth deploy [--hash H]   deploys the Beat contract
             (GOV.eth's account is its governance) and prints its address
@@ -113,6 +121,28 @@ def _parser():
     c.add_argument("--threshold", type=int, required=True, metavar="K")
     c.add_argument("--ttl", type=int, default=None, metavar="S",
                    help="a proposal's lifetime in seconds (default 7 days)")
+    c.add_argument("--notice", type=int, default=None, metavar="S",
+                   help="a deposit's withdrawal notice in seconds (>= --ttl; default 14 days)")
+    c.add_argument("--balance", action="append", default=[], metavar="PUB=AMOUNT",
+                   help="a key's starting balance (the local stand-in for money); repeat")
+    mo = sub.add_parser("deposit", help="lock an amount for a node (its operator)")
+    mo.add_argument("--node-id", type=int, required=True, metavar="N")
+    mo.add_argument("--amount", type=int, required=True, metavar="A",
+                    help="wei on ethereum, balance units on local")
+    mo.add_argument("--json", action="store_true")
+    wi = sub.add_parser("withdraw", help="take a node's deposit back (its operator): --request "
+                                         "first, then after the notice")
+    wi.add_argument("--node-id", type=int, required=True, metavar="N")
+    wi.add_argument("--request", action="store_true", help="ask (the notice starts now)")
+    wi.add_argument("--json", action="store_true")
+    for name, helptext in (("deposits", "every node's deposit, pending withdrawal, debt, "
+                                        "freezing dispute"),
+                           ("debts", "the nodes' unpaid debts")):
+        x = sub.add_parser(name, help=helptext)
+        x.add_argument("--json", action="store_true")
+    ba = sub.add_parser("balances", help="balances (local: every key's; ethereum: --account's)")
+    ba.add_argument("--account", action="append", default=[], metavar="ADDR")
+    ba.add_argument("--json", action="store_true")
     ap = sub.add_parser("approve", help="approve a proposal (a committee member)")
     ap.add_argument("proposal", type=int, metavar="P")
     ap.add_argument("--json", action="store_true")
@@ -138,6 +168,8 @@ def _parser():
     dp.add_argument("--threshold", type=int, default=None, metavar="K")
     dp.add_argument("--ttl", type=int, default=None, metavar="S",
                     help="a proposal's lifetime in seconds (default 7 days)")
+    dp.add_argument("--notice", type=int, default=None, metavar="S",
+                    help="a deposit's withdrawal notice in seconds (>= the ttl)")
     from . import interrogate_cli
     interrogate_cli.add_parser(sub)
     interrogate_cli.add_verify_parser(sub)
@@ -560,8 +592,16 @@ def _create(args):
     members = _parse_members(args.member, account_first=False)
     committee = _committee_of(args, members)
     from ledger_client.local import LocalLedger
+    balances = {}
+    for b in args.balance:
+        pub, _, amount = b.partition("=")
+        try:
+            balances[parse_public(pub)] = int(amount)
+        except ValueError as exc:
+            raise UsageError(f"--balance {b}: PUB=AMOUNT ({exc})") from None
     try:
-        with LocalLedger(path, hash_name=args.hash or "sha3-256", committee=committee):
+        with LocalLedger(path, hash_name=args.hash or "sha3-256", committee=committee,
+                         balances=balances, notice_s=args.notice):
             pass
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -682,6 +722,95 @@ def _disputes(args):
     return 0
 
 
+# -- the money ----------------------------------------------------------------------------------
+
+def _deposit_json(d):
+    return {"node_id": d.node_id, "amount": d.amount, "withdrawal_due_ns": d.due_ns,
+            "debt": d.debt, "frozen_by": d.frozen_by}
+
+
+def _deposit_line(d):
+    due = f"withdrawal due {d.due_ns}" if d.due_ns else "no withdrawal asked"
+    frozen = f", frozen by dispute {d.frozen_by}" if d.frozen_by else ""
+    return f"node {d.node_id}: deposit {d.amount}, debt {d.debt}, {due}{frozen}"
+
+
+def _deposit(args):
+    if args.amount <= 0:
+        raise UsageError(f"--amount {args.amount}: must be more than 0")
+    key = _gov_key(args)
+    with _open(args) as led:
+        d = led.deposit(args.node_id, args.amount, signer=key)
+    print(json.dumps(_deposit_json(d)) if args.json else _deposit_line(d))
+    return 0
+
+
+def _withdraw(args):
+    key = _gov_key(args)
+    with _open(args) as led:
+        if args.request:
+            d = led.request_withdrawal(args.node_id, signer=key)
+            out = _deposit_json(d)
+            line = _deposit_line(d)
+        else:
+            amount = led.withdraw(args.node_id, signer=key)
+            out = {"node_id": args.node_id, "withdrawn": amount}
+            line = f"node {args.node_id}: withdrew {amount}"
+    print(json.dumps(out) if args.json else line)
+    return 0
+
+
+def _deposits(args):
+    with _open(args) as led:
+        rows = [led.deposit_of(n.node_id) for n in led.nodes()]
+    if args.json:
+        print(json.dumps([_deposit_json(d) for d in rows]))
+    else:
+        for d in rows:
+            print(_deposit_line(d))
+    return 0
+
+
+def _who(t):
+    return t if isinstance(t, str) else t.hex()
+
+
+def _debts(args):
+    with _open(args) as led:
+        rows = led.debts()
+    if args.json:
+        print(json.dumps([{"node_id": x.node_id, "tenant": _who(x.tenant), "amount": x.amount,
+                           "dispute": x.dispute_id} for x in rows]))
+    else:
+        for x in rows:
+            print(f"node {x.node_id} owes {x.amount} to {_who(x.tenant)} (dispute "
+                  f"{x.dispute_id})")
+    return 0
+
+
+def _balances(args):
+    ethereum = _ledger_spec(args)[0] == "ethereum"
+    with _open(args) as led:
+        if ethereum:
+            if not args.account:
+                raise UsageError("balances: an ethereum ledger needs --account ADDR (repeat)")
+            for a in args.account:
+                if not _is_address(a):
+                    raise UsageError(f"--account {a}: not an Ethereum address")
+            rows = {a: {"balance": led.balance(a), "credit": led.credit_of(a)}
+                    for a in args.account}
+            rows[led.address] = {"balance": led.balance(led.address), "credit": 0}
+        else:
+            rows = {k.hex(): {"balance": v} for k, v in led.balances().items()}
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+    else:
+        for who, v in rows.items():
+            print(f"{who}\t{v['balance']}" + (f"\tcredit {v['credit']}" if v.get("credit")
+                                              else ""))
+    return 0
+
+
 def _decide(args):
     from . import interrogate_cli
     return interrogate_cli.decide(args, _open, _gov_key, UsageError)
@@ -760,7 +889,11 @@ def _deploy(args):
     elif args.threshold not in (None, 1):
         raise UsageError(f"--threshold {args.threshold}: a committee of one (no --member) has "
                          "k = 1")
-    led = EthereumLedger.deploy(where[0], gov, hash_name, committee=committee)
+    try:
+        led = EthereumLedger.deploy(where[0], gov, hash_name, committee=committee,
+                                    notice_s=args.notice)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps({"contract": led.address, "governance": gov.address, "hash": hash_name,
                           "ledger": f"ethereum:{where[0]}#{led.address}"}))
@@ -801,7 +934,8 @@ COMMANDS = {"interrogate": _interrogate, "verify-decision": _verify_decision, "k
             "nodes": _nodes, "slas": _slas, "anchors": _anchors, "verify": _verify,
             "create": _create, "propose": _propose, "approve": _approve, "pending": _pending,
             "committee": _committee, "dissent": _dissent, "disputes": _disputes,
-            "decide": _decide}
+            "decide": _decide, "deposit": _deposit, "withdraw": _withdraw,
+            "deposits": _deposits, "debts": _debts, "balances": _balances}
 
 
 def main(argv=None):

@@ -311,3 +311,96 @@ def test_committee_commands(tmp_path, capsys):
     assert "fewer than k = 3" in capsys.readouterr().err
     assert bc("m1", "propose", "add-member", "--pubkey", pubs["tenant"][:10]) == 2   # bad key
     capsys.readouterr()
+
+
+def test_money_commands(tmp_path, capsys):
+    """deposit, withdraw --request / withdraw, deposits, debts, balances on a local committee
+    ledger: exit codes and JSON; a decision's penalty moves the deposit to the tenant."""
+    keys = {}
+    for r in ("m1", "op", "tenant", "stranger"):
+        keys[r] = str(tmp_path / f"{r}.ed25519")
+        assert main(["keygen", "--out", keys[r]]) == 0
+    pubs = {r: v.strip() for r, v in zip(keys, capsys.readouterr().out.split())}
+    led = f"local:{tmp_path / 'ledger.mdb'}"
+
+    def bc(role, *argv):
+        return main(["--ledger", led] + (["--key", keys[role]] if role else []) + list(argv))
+
+    assert bc("m1", "create", "--member", pubs["m1"], "--threshold", "1", "--ttl", "3600",
+              "--notice", "1000", "--balance", f"{pubs['op']}=100") == 2    # notice < ttl
+    assert "notice" in capsys.readouterr().err
+    assert bc("m1", "create", "--member", pubs["m1"], "--threshold", "1", "--ttl", "3600",
+              "--notice", "7200", "--balance", f"{pubs['op']}=100") == 0
+    n1 = DeviceKey.generate()
+    assert bc("m1", "register-node", "--node-id", "1", "--owner", "isp", "--pubkey",
+              n1.public_hex, "--operator", pubs["op"]) == 0
+    sla = tmp_path / "sla.toml"
+    sla.write_text(SLA_TOML.format(tenant=pubs["tenant"]).replace("route = [1, 2]",
+                                                                   "route = [1]"))
+    assert bc("m1", "register-sla", "--file", str(sla)) == 0
+    capsys.readouterr()
+    assert bc("op", "deposit", "--node-id", "1", "--amount", "500") == 1      # balance 100
+    assert "more than the balance 100" in capsys.readouterr().err
+    assert bc("stranger", "deposit", "--node-id", "1", "--amount", "5") == 1
+    assert "not the node's operator" in capsys.readouterr().err
+    assert bc("op", "deposit", "--node-id", "1", "--amount", "0") == 2
+    capsys.readouterr()
+    assert bc("op", "deposit", "--node-id", "1", "--amount", "40", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "node_id": 1, "amount": 40, "withdrawal_due_ns": None, "debt": 0, "frozen_by": None}
+    assert bc("op", "withdraw", "--node-id", "1") == 1                        # not asked
+    assert "not due" in capsys.readouterr().err
+    assert bc("op", "withdraw", "--node-id", "1", "--request", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["withdrawal_due_ns"] is not None
+    assert bc("op", "withdraw", "--node-id", "1") == 1                        # the notice
+    assert "not due" in capsys.readouterr().err
+    # a decision: penalty 3 per faulty device, from node 1's deposit to the tenant
+    with LocalLedger(str(tmp_path / "ledger.mdb")) as lg:
+        did = lg.open_dispute(7, 0, 10, signer=DeviceKey.load(keys["tenant"]))
+        lg.approve_decision(did, b"\x01" * 32, b"\x02" * 32, [1],
+                            signer=DeviceKey.load(keys["m1"]))
+    assert bc(None, "deposits", "--json") == 0
+    assert json.loads(capsys.readouterr().out)[0]["amount"] == 37
+    assert bc(None, "balances", "--json") == 0
+    b = json.loads(capsys.readouterr().out)
+    assert (b[pubs["op"]]["balance"], b[pubs["tenant"]]["balance"]) == (60, 3)
+    assert bc(None, "debts", "--json") == 0 and json.loads(capsys.readouterr().out) == []
+    assert bc(None, "deposits") == 0
+    assert "node 1: deposit 37, debt 0, withdrawal due" in capsys.readouterr().out
+
+
+def test_decide_approves_what_the_archived_evidence_gives(tmp_path_factory):
+    """``beatctl decide DISPUTE --evidence DIR`` on the loopback domain's real interrogation
+    archive: it re-judges the archive (as verify-decision), approves that content; with a committee
+    of one (k = 1) the decision executes at once, and verify-decision then finds it identical. A
+    dispute of another SLA than the archive's is bad input (exit 2); an approval by a key that is
+    not a member is refused (exit 1)."""
+    from loopback_domain import Domain
+    d = Domain(tmp_path_factory.mktemp("domain"), [(1, 2), (2, 3), (1, 4), (4, 3)])
+    lo, hi = d.send((1, 4, 3), 60, tag=2)
+    d.start()
+    try:
+        ev = tmp_path_factory.mktemp("decide") / "evidence"
+        code, out, err = d.interrogate(lo, hi, "--evidence", ev, "--no-record")
+        assert code == 3, err
+        with d.ledger() as led:
+            did = led.open_dispute(1, lo, hi, signer=d.gov)
+            assert led.get_dispute(did).state == "opened"
+        code, out, err = d.beatctl("decide", did, "--evidence", ev, "--json")
+        assert code == 0, err
+        r = json.loads(out)
+        assert (r["dispute"], r["faulty"], r["state"], r["approvals"], r["k"]) == (
+            did, [1], "settled", 1, 1)
+        code, out, err = d.beatctl("verify-decision", did, "--evidence", ev, key=False)
+        assert code == 0, out + err
+        stranger = tmp_path_factory.mktemp("k") / "stranger.key"
+        DeviceKey.generate().save(str(stranger))
+        from governance.cli import main as beatctl
+        with d.ledger() as led:
+            did2 = led.open_dispute(1, lo, hi, signer=d.gov)
+        assert beatctl(["--ledger", f"local:{d.ledger_path}", "--key", str(stranger), "decide",
+                        str(did2), "--evidence", str(ev)]) == 1
+        code, out, err = d.beatctl("decide", 99, "--evidence", ev)
+        assert code == 2 and "dispute 99: not on the ledger" in err
+    finally:
+        d.stop()

@@ -156,3 +156,35 @@ def test_notice_shorter_than_the_ttl_is_refused(tmp_path):
     with pytest.raises(ValueError, match="notice .* must be at least the proposal ttl"):
         LocalLedger(str(tmp_path / "l.mdb"), committee=Committee(
             (Member(ed(1).public),), 1, ttl_s=TTL_S), notice_s=TTL_S - 1)
+
+
+# init code returning the runtime 60006000fd (PUSH1 0 PUSH1 0 REVERT): an account that refuses
+# every transfer
+REFUSER_INIT = bytes.fromhex("600580600b6000396000f3" + "60006000fd")
+
+
+def test_a_tenant_refusing_the_transfer_does_not_block_the_decision(chain):
+    """The tenant's account is a contract whose every call reverts: the decision still executes
+    and settles; the penalty is credited to the tenant, to pull (withdrawCredit)."""
+    S = chain_side(*chain, notice_s=NOTICE_S)
+    led, gov = S.led, S.s("m1")
+    tx = {"from": gov.address, "data": REFUSER_INIT, "nonce": led.w3.eth.get_transaction_count(
+        gov.address), "gas": 100_000, "gasPrice": led.w3.eth.gas_price,
+        "chainId": led.w3.eth.chain_id}
+    h = led.w3.eth.send_raw_transaction(gov.sign_transaction(tx).raw_transaction)
+    refuser = led.w3.eth.wait_for_transaction_receipt(h)["contractAddress"]
+    led._nonces.pop(gov.address, None)
+    for i, op in ((1, "op1"), (2, "op2")):
+        node = Node(i, f"isp-{i}", ed(10 + i).public, S.node_account(i), S.operator(op))
+        for m in ("m1", "m2"):
+            led.register_node(node, signer=S.s(m))
+    for m in ("m1", "m2"):
+        led.register_sla(sla(), signer=S.s(m), tenant_account=refuser)
+    led.deposit(1, 5000, signer=S.s("op1"))
+    did = led.open_dispute(7, 0, 10, signer=S.s("m3"))
+    held = led.balance(led.address)
+    led.approve_decision(did, EV, VA, [1], signer=S.s("m1"))
+    assert led.approve_decision(did, EV, VA, [1], signer=S.s("m2")).state == "settled"
+    assert led.balance(refuser) == 0 and led.credit_of(refuser) == P
+    assert led.balance(led.address) == held                 # still with the contract, owed
+    assert led.deposit_of(1).amount == 5000 - P
