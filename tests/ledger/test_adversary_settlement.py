@@ -19,6 +19,9 @@ from ledger_client.errors import LedgerError, OrderError, PermissionDenied
 from ledger_client.keys import DeviceKey
 from ledger_client.types import SLA, Committee, Member, Node
 
+# the tests simulate the passing of time with an injected clock: the local ledger trusts it
+# (a test that checks the host clock marks itself with its own)
+pytestmark = pytest.mark.ledger_host_clock("writer")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TTL_S = 3600
 NOTICE_S = 2 * TTL_S
@@ -251,9 +254,6 @@ def test_one_undecided_dispute_freezes_for_one_ttl_only(side):
     assert S.led.withdraw(3, signer=S.s("op3")) == 2000
 
 
-@pytest.mark.xfail(strict=True, reason="finding C4: a withdrawal request never lapses: once its "
-                   "notice passed, the operator withdraws at any later moment, before the tenant "
-                   "can open the dispute (the notice protects nothing)")
 def test_a_standing_withdrawal_request_front_runs_the_dispute(side):
     S = side
     setup(S)
@@ -271,8 +271,6 @@ def test_a_standing_withdrawal_request_front_runs_the_dispute(side):
     assert S.balance("tenant") - t0 == P, "the faulty operator escaped its penalty"
 
 
-@pytest.mark.xfail(strict=True, reason="finding C5: a tenant re-opening a dispute every ttl keeps "
-                   "every deposit on its SLA's route frozen for ever")
 def test_a_tenant_reopening_disputes_freezes_for_ever(side):
     S = side
     setup(S)
@@ -290,8 +288,6 @@ def test_a_tenant_reopening_disputes_freezes_for_ever(side):
     assert paid == 2000, "op3 (honest, never named) could never withdraw"
 
 
-@pytest.mark.xfail(strict=True, reason="finding C6: the penalty of a faulty node without an "
-                   "operator is recorded on the dispute but neither paid nor owed")
 def test_a_penalty_is_paid_or_owed_never_lost(side):
     S = side
     setup(S, operators=(True, False, True), deposits=(2000, 0, 2000))
@@ -303,10 +299,6 @@ def test_a_penalty_is_paid_or_owed_never_lost(side):
     assert S.balance("tenant") - t0 + owed == d.penalty
 
 
-@pytest.mark.xfail(strict=True, reason="finding C8: a penalty term whose total overflows is "
-                   "accepted at registration; on the chain every decision naming two devices "
-                   "then reverts (checked multiplication), on local it settles: the backends "
-                   "disagree and the chain's dispute can never be decided")
 def test_penalty_terms_that_overflow_are_refused_at_registration(side):
     S = side
     for i in (1, 2, 3):
@@ -319,8 +311,7 @@ def test_penalty_terms_that_overflow_are_refused_at_registration(side):
 
 # -- local: the writer's clock is the notice's clock -------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="finding C1: on local an operator whose clock runs ahead "
-                   "withdraws before the notice, and past an open dispute's freeze")
+@pytest.mark.ledger_host_clock(T0)
 def test_local_operator_clock_ahead_skips_notice_and_freeze(tmp_path):
     S = local_side(tmp_path)
     setup(S)
@@ -420,10 +411,6 @@ def test_chain_tenant_contract_can_neither_block_nor_double_the_payment(ganache,
     _tenant_contract_case(ganache, mode)
 
 
-@pytest.mark.xfail(strict=True, reason="finding C9: a tenant contract burning the gas of the push "
-                   "makes the decision's gas estimate exceed the block gas limit (ganache): the "
-                   "members' approve_decision is refused by the node; the operator's deposit (which "
-                   "pushes debts to the tenant) likewise")
 def test_chain_gas_burning_tenant_does_not_block_the_decision(ganache):
     _tenant_contract_case(ganache, 4)
 
@@ -449,9 +436,6 @@ def _tenant_contract_case(ganache, mode):
     assert S.led.credit_of(t.address) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="finding C7: withdraw walks every dispute ever opened on "
-                   "the node's routes (frozenBy): a tenant's cheap disputes raise its gas without "
-                   "bound until no block can hold it, freezing the deposit for ever")
 def test_chain_withdraw_gas_does_not_grow_with_old_disputes(ganache):
     S = chain_side(ganache)
     setup(S)
