@@ -52,8 +52,9 @@
 A ``local`` ledger that does not exist yet is created by the first register-* with the governance
 key given by ``--key``. The SLA file is TOML with the fields of ``ledger_client.types.SLA`` (``src``
 and ``dst`` as IP addresses or 32 hex digits, ``route`` a list of node ids, ``qm_terms`` a table of
-integers) and optionally ``tenant_pubkey`` (64 hex digits: the key the tenant opens disputes with,
-on a ``local`` ledger) or ``tenant_account`` (an Ethereum address, on an ``ethereum`` ledger).
+integers, ``price`` an integer: what the tenant pays, recorded) and optionally ``tenant_pubkey``
+(64 hex digits: the key the tenant opens disputes with, on a ``local`` ledger) or
+``tenant_account`` (an Ethereum address, on an ``ethereum`` ledger).
 
 Errors print one line on stderr naming the thing: exit 2 for bad input (arguments, files, keys),
 1 when the ledger refused (permission, conflict, order, not found).
@@ -77,9 +78,9 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 SLA_FIELDS = ("sla_id", "tenant", "src", "dst", "route", "max_loss_ppm", "max_delay_us",
               "loss_budget_ppm", "penalty_per_violation", "valid_from_ns", "valid_to_ns",
-              "qm_terms")
+              "qm_terms", "price")
 SLA_INTS = ("sla_id", "max_loss_ppm", "max_delay_us", "loss_budget_ppm", "penalty_per_violation",
-            "valid_from_ns", "valid_to_ns")
+            "valid_from_ns", "valid_to_ns", "price")
 
 
 class UsageError(Exception):

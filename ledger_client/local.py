@@ -259,12 +259,16 @@ def withdrawal_window_ns(genesis):
 def _settle_effect(st, genesis, d):
     """The penalty of each faulty node from its operator's deposit to the tenant's balance; what
     the deposit can not cover is a debt (node, tenant, amount). Nothing moves for a node without
-    an SLA without a tenant key; a node without an operator (or not registered) owes all of it."""
+    an SLA without a tenant key; a node without an operator (or not registered) owes all of it
+    (on a ledger made before settlement, with no money at all, nothing moves for it)."""
     sla = _jget(st, "slas", _k64(d["sla_id"]))
     tenant, ppv = sla.get("tenant_pubkey"), sla["penalty_per_violation"]
     if tenant is None or ppv == 0:
         return
     for node_id in d["faulty"]:
+        if "notice_s" not in genesis and (_jget(st, "nodes", _k64(node_id)) or {}).get(
+                "operator") is None:
+            continue          # a ledger made before settlement: no money, it replays unchanged
         dep = _deposit_rec(st, node_id)
         take = min(dep["amount"], ppv)
         dep["amount"] -= take
@@ -832,8 +836,8 @@ class LocalLedger:
             txn.put(b"next_entry", _k64(0), db=meta)
             if genesis is not None:
                 txn.put(b"genesis", _canon(genesis), db=meta)
-            txn.put(b"head", self._genesis_hash(hash_name, bytes(gov), txn.get(b"genesis", db=meta)),
-                    db=meta)
+            txn.put(b"head", self._genesis_hash(hash_name, bytes(gov),
+                                                txn.get(b"genesis", db=meta)), db=meta)
             self.hash_name, self.governance_pubkey = hash_name, bytes(gov)
             self.genesis = genesis_of(bytes(gov), txn.get(b"genesis", db=meta))
             return

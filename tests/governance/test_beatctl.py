@@ -336,9 +336,11 @@ def test_money_commands(tmp_path, capsys):
               n1.public_hex, "--operator", pubs["op"]) == 0
     sla = tmp_path / "sla.toml"
     sla.write_text(SLA_TOML.format(tenant=pubs["tenant"]).replace("route = [1, 2]",
-                                                                   "route = [1]"))
+                                                                   "route = [1]\nprice = 70"))
     assert bc("m1", "register-sla", "--file", str(sla)) == 0
     capsys.readouterr()
+    assert bc(None, "slas", "--json") == 0
+    assert json.loads(capsys.readouterr().out)[0]["price"] == 70
     assert bc("op", "deposit", "--node-id", "1", "--amount", "500") == 1      # balance 100
     assert "more than the balance 100" in capsys.readouterr().err
     assert bc("stranger", "deposit", "--node-id", "1", "--amount", "5") == 1

@@ -298,6 +298,53 @@ def test_committee_table_both_backends_agree(tmp_path, chain):
     assert local == _expected()
 
 
+def test_a_ledger_written_before_committees_opens_as_a_committee_of_one(tmp_path):
+    """A ledger file written by the code before committees (local.py at the parent of the commit
+    that brought them, from git) opens as a committee of one with k = 1: its chain verifies, the
+    governance key acts directly as before, and a stranger is refused."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    from ledger_client.local import LocalLedger
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # the commit that brought committees to local.py (K_PROPOSE): its parent has the old code
+    base = subprocess.run(["git", "-C", repo, "log", "--reverse", "--format=%H", "-S",
+                           "K_PROPOSE", "--", "ledger_client/local.py"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    if not base:
+        pytest.fail("the commit bringing committees to local.py is not in this history")
+    base = base[0]
+    src = subprocess.run(["git", "-C", repo, "show", f"{base}~1:ledger_client/local.py"],
+                         capture_output=True, text=True, check=True).stdout
+    mod_path = tmp_path / "ledger_client_old_local.py"
+    mod_path.write_text(src.replace("from .", "from ledger_client."))
+    spec = importlib.util.spec_from_file_location("ledger_client_old_local", mod_path)
+    old = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = old
+    spec.loader.exec_module(old)
+    gov, tenant = ed(1), ed(5)
+    path = str(tmp_path / "old.mdb")
+    with old.LocalLedger(path, governance_pubkey=gov.public) as lg:
+        lg.register_node(Node(1, "a", ed(11).public), signer=gov)
+        lg.register_node(Node(2, "b", ed(12).public), signer=gov)
+        lg.register_sla(sla(), signer=gov, tenant_pubkey=tenant.public)
+        did = lg.open_dispute(7, 0, 10, signer=tenant)
+        lg.record_evidence(did, EV, signer=gov)
+        lg.decide(did, VA, [1], signer=gov)
+        lg.settle(did, signer=gov)
+    with LocalLedger(path) as lg:
+        assert lg.verify_chain() == []
+        c = lg.committee()
+        assert (c.members, c.k, c.epoch) == ((Member(gov.public),), 1, 0)
+        assert lg.register_link(1, 2, signer=gov) is None          # direct, as before
+        assert lg.links() == [(1, 2)]
+        with pytest.raises(LedgerError, match="not the governance"):
+            lg.register_link(1, 2, signer=ed(6))
+        assert lg.get_dispute(did).state == "settled" and lg.debts() == []
+        assert lg.verify_chain() == []
+
 # -- local: entry times against the host's clock (findings C1, C2), canonical acts (C10) --------
 
 def test_local_entry_time_is_checked_against_the_host_clock(tmp_path):
