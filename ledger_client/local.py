@@ -54,6 +54,11 @@ K_PROPOSE, K_APPROVE, K_VOTE = 11, 12, 13
 K_DEPOSIT, K_REQUEST_WITHDRAWAL, K_WITHDRAW = 14, 15, 16
 MONEY_KINDS = (K_DEPOSIT, K_REQUEST_WITHDRAWAL, K_WITHDRAW)
 TIMED_KINDS = (K_OPEN, K_PROPOSE, K_APPROVE, K_VOTE, *MONEY_KINDS)   # bodies carry t_ns
+MEMBER_KINDS = (K_PROPOSE, K_APPROVE, K_VOTE)
+# A new entry's t_ns must be within MAX_SKEW_NS of the host's clock at write (findings C1, C2);
+# verify_chain names every entry stamped after the verifier's clock + MAX_SKEW_NS.
+MAX_SKEW_NS = 5 * 1_000_000_000
+HOST_CLOCK_ENV = "BEAT_LEDGER_HOST_CLOCK"   # tests: "writer" (no check) or a fixed ns
 KIND_NAMES = {K_NODE: "register_node", K_SLA: "register_sla", K_ANCHOR: "anchor",
               K_OPEN: "open_dispute", K_EVIDENCE: "record_evidence", K_DECIDE: "decide",
               K_SETTLE: "settle", K_DECIDE_ROUTE: "decide", K_LINK: "register_link",
@@ -174,6 +179,9 @@ class _TxnState:
     def put(self, db, key, value):
         self.txn.put(key, value, db=self.dbs[db])
 
+    def items(self, db):
+        return [(bytes(k), bytes(v)) for k, v in self.txn.cursor(db=self.dbs[db])]
+
 
 class _DictState:
     def __init__(self):
@@ -184,6 +192,9 @@ class _DictState:
 
     def put(self, db, key, value):
         self.d[db][key] = value
+
+    def items(self, db):
+        return sorted(self.d[db].items())
 
 
 def _jget(st, db, key):
@@ -225,28 +236,39 @@ def _debts_of(st, node_id):
 
 
 def _frozen_by(st, genesis, node_id, t_ns):
-    """The open dispute on a route holding the node that freezes its deposit now, or None: one
-    not settled and opened less than a ttl ago (undecided for longer, it freezes no more)."""
+    """The open dispute that freezes the node's deposit now, or None: the freezing dispute of an
+    SLA whose route holds the node (one per SLA), not settled and opened less than a ttl ago.
+    The loop is over the SLAs (registered by the committee), never over the disputes."""
     ttl = genesis["ttl_s"] * 1_000_000_000
-    for did in _jget(st, "money", b"F" + _k64(node_id)) or []:
-        d = _jget(st, "disputes", _k64(did))
-        if d["state"] != "settled" and t_ns < d.get("opened_t_ns", -ttl) + ttl:
+    for _, v in st.items("slas"):
+        sla = json.loads(v)
+        if node_id not in sla["route"]:
+            continue
+        did = _jget(st, "money", b"Z" + _k64(sla["sla_id"]))
+        d = None if did is None else _jget(st, "disputes", _k64(did))
+        if d is not None and d["state"] != "settled" and t_ns < d["opened_t_ns"] + ttl:
             return did
     return None
+
+
+def withdrawal_window_ns(genesis):
+    """A withdrawal request is good in [due, due + 2 ttl): then it lapses (findings C4)."""
+    return 2 * genesis["ttl_s"] * 1_000_000_000
 
 
 def _settle_effect(st, genesis, d):
     """The penalty of each faulty node from its operator's deposit to the tenant's balance; what
     the deposit can not cover is a debt (node, tenant, amount). Nothing moves for a node without
-    an operator or an SLA without a tenant key."""
+    an SLA without a tenant key; a node without an operator (or not registered) owes all of it
+    (on a ledger made before settlement, with no money at all, nothing moves for it)."""
     sla = _jget(st, "slas", _k64(d["sla_id"]))
     tenant, ppv = sla.get("tenant_pubkey"), sla["penalty_per_violation"]
     if tenant is None or ppv == 0:
         return
     for node_id in d["faulty"]:
-        node = _jget(st, "nodes", _k64(node_id))
-        if node is None or node.get("operator") is None:
-            continue
+        if "notice_s" not in genesis and (_jget(st, "nodes", _k64(node_id)) or {}).get(
+                "operator") is None:
+            continue          # a ledger made before settlement: no money, it replays unchanged
         dep = _deposit_rec(st, node_id)
         take = min(dep["amount"], ppv)
         dep["amount"] -= take
@@ -291,6 +313,10 @@ def _apply_money(st, genesis, n, kind, body, signer):
         if dep["due_ns"] is None or t < dep["due_ns"]:
             raise OrderError(f"withdraw node {nid}: not due (the notice ends at "
                              f"{dep['due_ns']}, now {t})")
+        if t >= dep["due_ns"] + withdrawal_window_ns(genesis):
+            raise OrderError(f"withdraw node {nid}: not due: the request lapsed at "
+                             f"{dep['due_ns'] + withdrawal_window_ns(genesis)} (now {t}); "
+                             "request the withdrawal again")
         owed = sum(x["amount"] for x in _debts_of(st, nid))
         if owed:
             raise OrderError(f"withdraw node {nid}: the node owes {owed} (debts are paid "
@@ -303,7 +329,6 @@ def _apply_money(st, genesis, n, kind, body, signer):
                                 f"deposit is {dep['amount']}")
         _credit(st, genesis, me, dep["amount"])
         dep = {"amount": 0, "due_ns": None}
-        st.put("money", b"F" + _k64(nid), _canon([]))
     st.put("money", b"D" + _k64(nid), _canon(dep))
 
 
@@ -335,11 +360,17 @@ def _apply(st, genesis, n, kind, body, signer):
     is_gov = member and c["k"] == 1           # the single governance of before
     who = "the governance" if is_gov else _signer_name(signer)
     if kind in TIMED_KINDS and "t_ns" in body:  # the entry's time: never before the last one
+        # A member's entry (proposal, approval, decision approval) is judged against the last
+        # member entry only: a tenant's or an operator's stamp does not move the clock the
+        # committee's deadlines use (findings C1). Other entries: against every entry.
         t = body["t_ns"]
-        last = _u64_of(st, "state", b"last_t_ns")
+        floor = b"last_member_t_ns" if kind in MEMBER_KINDS else b"last_t_ns"
+        last = _u64_of(st, "state", floor)
         if not _is_u64(t) or t < last:
             raise OrderError(f"{op}: entry time {t} is before the last entry's time {last}")
-        st.put("state", b"last_t_ns", _k64(t))
+        if kind in MEMBER_KINDS:
+            st.put("state", b"last_member_t_ns", _k64(t))
+        st.put("state", b"last_t_ns", _k64(max(t, _u64_of(st, "state", b"last_t_ns"))))
     if kind in (K_NODE, K_SLA, K_EVIDENCE, K_DECIDE, K_DECIDE_ROUTE,
                 *LINK_KINDS) and not is_gov:
         ids = (f"{body.get('a')}-{body.get('b')}" if kind in LINK_KINDS else
@@ -390,6 +421,38 @@ def _live_proposal(st, c, act, args, t_ns):
     return None
 
 
+def _check_penalty(sla_id, ppv, route):
+    """Penalty terms whose total can not be paid (balances are u64) are refused (C8)."""
+    if not _is_u64(ppv) or ppv * max(len(route), 1) >= (1 << 64):
+        raise LedgerError(f"register_sla {sla_id}: penalty_per_violation {ppv} x {len(route)} "
+                          "route nodes is above 2^64-1")
+
+
+def _canon_args(act, args):
+    """The act's arguments decoded and encoded again (hex lower case, ints as ints, no unknown
+    keys): what a proposal must carry, so that one content has one form (C10)."""
+    if not isinstance(args, dict):
+        raise LedgerError(f"propose {act}: the arguments are not an object")
+    try:
+        if act == "register_node":
+            return json.loads(_canon(_node_body(_node_of(args))))
+        if act == "register_sla":
+            return json.loads(_canon(_sla_body(_sla_of(args), _unhex(args.get("tenant_pubkey")))))
+        if act in ("register_link", "retire_link"):
+            return {"a": int(args["a"]), "b": int(args["b"])}
+        if act == "retire_node":
+            return {"node_id": int(args["node_id"])}
+        if act == "add_member":
+            return {"pubkey": _hex(_unhex(args["pubkey"])), "account": _hex(_unhex(args.get("account")))}
+        if act == "remove_member":
+            return {"pubkey": _hex(_unhex(args["pubkey"]))}
+        if act == "set_threshold":
+            return {"k": args["k"]}
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise LedgerError(f"propose {act}: bad arguments: {exc}") from None
+    return args
+
+
 def _check_act(c, act, args):
     """The committee acts' own rules, checked at proposal and at execution."""
     if act not in ACTS:
@@ -409,6 +472,9 @@ def _check_act(c, act, args):
         if len(pubs) - 1 < c["k"]:
             raise LedgerError(f"remove_member {pk[:16]}...: {len(pubs) - 1} members would be "
                               f"left, fewer than k = {c['k']} (lower k first)")
+    elif act == "register_sla":
+        _check_penalty(args.get("sla_id"), args.get("penalty_per_violation"),
+                       args.get("route") or [])
     elif act == "set_threshold":
         k = args.get("k")
         if not (_is_u64(k) and 1 <= k <= len(pubs)):
@@ -447,6 +513,9 @@ def _apply_proposal(st, genesis, c, n, kind, body, signer):
         if pid != expect:
             raise OrderError(f"propose: proposal id {pid}, expected {expect}")
         act, args = body["act"], body["args"]
+        if act in ACTS and _canon_args(act, args) != args:
+            raise LedgerError(f"propose {act}: the arguments are not in canonical form "
+                              f"(expected {_canon(_canon_args(act, args)).decode()[:120]})")
         _check_act(c, act, args)
         if _live_proposal(st, c, act, args, t) is not None:
             raise ConflictError(f"propose {act}: an identical proposal is open (approve it)")
@@ -494,7 +563,11 @@ def _apply_vote(st, genesis, c, n, body, signer):
     me = signer.hex()
     done = d["state"] in ("decided", "settled")
     mine = [v for v in rec["votes"] if v["member"] == me]
-    if mine:
+    ttl_ns = c["ttl_s"] * 1_000_000_000
+    if mine and mine[0]["content"] == content and mine[0]["epoch"] == c["epoch"] and not done \
+            and t >= mine[0]["t_ns"] + ttl_ns:
+        mine[0].update(t_ns=t, entry=n)       # an expired approval renewed (same content: C3)
+    elif mine:
         v = mine[0]
         if v["epoch"] == c["epoch"] or done:
             if v["content"] == content:
@@ -509,7 +582,6 @@ def _apply_vote(st, genesis, c, n, body, signer):
         rec["votes"].append({"member": me, "epoch": c["epoch"], "t_ns": t, "content": content,
                              "evidence_digest": ev, "verdict_digest": vd, "faulty": faulty,
                              "entry": n})
-    ttl_ns = c["ttl_s"] * 1_000_000_000
     count = sum(1 for v in rec["votes"] if v["content"] == content and v["epoch"] == c["epoch"]
                 and t < v["t_ns"] + ttl_ns)
     if not done and count >= c["k"]:
@@ -560,6 +632,7 @@ def _effect(st, genesis, n, kind, body, signer, who, is_gov):
             raise ValueError(f"register_sla {sla.sla_id}: tenant_pubkey must be 32 bytes")
         if st.get("slas", _k64(sla.sla_id)) is not None:
             raise ConflictError(f"register_sla {sla.sla_id}: already registered")
+        _check_penalty(sla.sla_id, body["penalty_per_violation"], body["route"])
         st.put("slas", _k64(sla.sla_id), _canon(_sla_body(sla, _unhex(tp))))
     elif kind == K_ANCHOR:
         a = _anchor_of(body)
@@ -633,9 +706,12 @@ def _effect(st, genesis, n, kind, body, signer, who, is_gov):
                "verdict_digest": None, "faulty": [], "penalty": 0, "entries": [n]}
         if "t_ns" in body:
             rec["opened_t_ns"] = body["t_ns"]
-            for x in set(sla["route"]):           # the deposits it may freeze
-                key = b"F" + _k64(x)
-                st.put("money", key, _canon((_jget(st, "money", key) or []) + [did]))
+            # one dispute per SLA freezes its route's deposits (a ttl at most); the next one
+            # freezes once that one is settled (an expired undecided one: decide it first)
+            key = b"Z" + _k64(sla_id)
+            f = _jget(st, "money", key)
+            if f is None or _jget(st, "disputes", _k64(f))["state"] == "settled":
+                st.put("money", key, _canon(did))
         st.put("disputes", _k64(did), _canon(rec))
         st.put("meta", b"next_dispute", _k64(did + 1))
     else:
@@ -670,16 +746,30 @@ class LocalLedger:
     its own hash (or ``hash_name=None``), else ``LedgerMismatch``."""
 
     def __init__(self, path, hash_name="sha3-256", governance_pubkey=None, map_size=None,
-                 committee=None, clock=None, balances=None, notice_s=None):
+                 committee=None, clock=None, balances=None, notice_s=None, host_clock=...):
         """``committee``: a new ledger's founding ``types.Committee`` (members with their
         Ed25519 keys; k; ttl_s) instead of ``governance_pubkey`` (a committee of one, k = 1, as
         before committees); an existing ledger's must match. ``clock``: ns since the epoch
         (default time.time_ns), the time new entries carry. ``balances`` ({Ed25519 public key:
         amount}) and ``notice_s`` (a deposit's withdrawal notice, >= the ttl; default the larger
         of 14 days and the ttl): a new committee ledger's money, the local stand-in for it (no
-        entry mints any more later)."""
+        entry mints any more later). ``host_clock``: the clock a new entry's time is checked
+        against (within MAX_SKEW_NS), default the host's real time (time.time_ns) even when
+        ``clock`` is injected; ``None`` opts out (the writer's clock is trusted), as does the
+        environment variable BEAT_LEDGER_HOST_CLOCK=writer (an integer there: a fixed host time,
+        for tests that simulate the passing of time)."""
         self.path = os.fspath(path)
         self.clock = clock or time.time_ns
+        if host_clock is ...:
+            env = os.environ.get(HOST_CLOCK_ENV, "")
+            if env == "writer":
+                host_clock = None
+            elif env.isdigit():
+                host_clock = (lambda v: lambda: v)(int(env))
+            else:
+                host_clock = time.time_ns
+        self.host_clock = host_clock
+        self._high_ns = 0        # the latest time this process read: its clock never goes back
         genesis = None
         if committee is not None:
             for m in committee.members:
@@ -815,6 +905,14 @@ class LocalLedger:
                     raise PermissionDenied(f"{KIND_NAMES[kind]}: the signature of "
                                            f"{_signer_name(pub)} does not verify")
                 _apply(st, self.genesis, n, kind, body, pub)
+                if kind in TIMED_KINDS and "t_ns" in body and self.host_clock is not None:
+                    host, t = int(self.host_clock()), body["t_ns"]
+                    if abs(t - host) > MAX_SKEW_NS:
+                        raise OrderError(
+                            f"{KIND_NAMES[kind]}: entry time {t} is {(t - host) / 1e9:+.0f} s "
+                            f"from the host's clock ({host}); more than "
+                            f"{MAX_SKEW_NS // 10**9} s is refused (a writer's clock is wrong, "
+                            "or the entry is back- or post-dated)")
                 entry = unsigned + sig
                 st.put("entries", _k64(n), entry)
                 st.put("meta", b"next_entry", _k64(n + 1))
@@ -836,9 +934,13 @@ class LocalLedger:
     def _member(self, st, pub):
         return _is_member(_committee(st, self.genesis), pub)
 
-    def _now(self, st):
-        """The time a new entry carries: the clock, never before the last entry's time."""
-        return max(int(self.clock()), _u64_of(st, "state", b"last_t_ns"))
+    def _now(self, st, member=True):
+        """The time a new entry carries: the clock (never back within this process), never
+        before the last member entry's time (a member's entry, and the committee's deadlines)
+        or the last entry's time (anyone else's)."""
+        self._high_ns = max(self._high_ns, int(self.clock()))
+        return max(self._high_ns, _u64_of(st, "state", b"last_member_t_ns"),
+                   0 if member else _u64_of(st, "state", b"last_t_ns"))
 
     def _act_build(self, act, args, legacy_kind, out):
         """build() of a governance act: the legacy entry (k = 1, or a signer who is not a
@@ -1027,10 +1129,13 @@ class LocalLedger:
             if rec is not None and d is not None and self._member(st, pub):
                 c = _committee(st, self.genesis)
                 content = _vote_content(dispute_id, ev, vd, faulty)
+                now = self._now(st)
                 for v in rec["votes"]:
+                    live = now < v["t_ns"] + c["ttl_s"] * 1_000_000_000
                     if v["member"] == pub.hex() and v["content"] == content and (
-                            v["epoch"] == c["epoch"] or d["state"] in ("decided", "settled")):
-                        return "exists"           # counted once
+                            (v["epoch"] == c["epoch"] and live)
+                            or d["state"] in ("decided", "settled")):
+                        return "exists"           # counted once (an expired one: renewed)
             return {"dispute_id": dispute_id, "evidence_digest": ev, "verdict_digest": vd,
                     "faulty": faulty, "t_ns": self._now(st)}
 
@@ -1058,7 +1163,7 @@ class LocalLedger:
         _need_u64("node_id", node_id)
 
         def build(st, pub):
-            body = {"node_id": node_id, "t_ns": self._now(st), **extra}
+            body = {"node_id": node_id, "t_ns": self._now(st, member=False), **extra}
             if kind == K_WITHDRAW:
                 body["amount"] = _deposit_rec(st, node_id)["amount"]
             return body
@@ -1087,9 +1192,11 @@ class LocalLedger:
         with self.env.begin() as txn:
             st = _TxnState(txn, self.dbs)
             dep = _deposit_rec(st, node_id)
-            return Deposit(node_id, dep["amount"], dep["due_ns"],
+            due = dep["due_ns"]
+            return Deposit(node_id, dep["amount"], due,
                            sum(x["amount"] for x in _debts_of(st, node_id)),
-                           _frozen_by(st, self.genesis, node_id, self._now(st)))
+                           _frozen_by(st, self.genesis, node_id, self._now(st)),
+                           None if due is None else due + withdrawal_window_ns(self.genesis))
 
     def debts(self, node_id=None):
         with self.env.begin() as txn:
@@ -1146,7 +1253,7 @@ class LocalLedger:
             nxt = st.get("meta", b"next_dispute")
             out["id"] = 1 if nxt is None else struct.unpack(">Q", nxt)[0]
             return {"dispute_id": out["id"], "sla_id": sla_id, "from_ns": from_ns,
-                    "to_ns": to_ns, "t_ns": self._now(st)}
+                    "to_ns": to_ns, "t_ns": self._now(st, member=False)}
 
         self._write(K_OPEN, build, signer)
         return out["id"]
@@ -1295,6 +1402,7 @@ class LocalLedger:
         problems, each naming the entry (or index) concerned; an empty list for a good ledger."""
         problems = []
         st = _DictState()
+        now = int((self.host_clock or self.clock)())
         with self.env.begin() as txn:
             meta = {bytes(k): bytes(v) for k, v in txn.cursor(db=self.dbs["meta"])}
             gov = meta[b"governance"]
@@ -1321,6 +1429,11 @@ class LocalLedger:
                 prev = self._h(v)
                 try:
                     body = json.loads(v[HEAD:-TAIL])
+                    t = body.get("t_ns") if isinstance(body, dict) else None
+                    if v[32] in TIMED_KINDS and isinstance(t, int) and t > now + MAX_SKEW_NS:
+                        problems.append(f"entry {n}: {KIND_NAMES.get(v[32], '?')} is stamped "
+                                        f"{t}, after this verifier's clock ({now}): a forged "
+                                        "time")
                     _apply(st, genesis, n, v[32], body, pub)
                 except (LedgerError, ValueError, KeyError, TypeError, AttributeError) as exc:
                     problems.append(f"entry {n}: {KIND_NAMES.get(v[32], '?')} breaks the "

@@ -180,6 +180,8 @@ class Deposit:
     due_ns: Optional[int]          # a withdrawal requested: when it may be made; None: none
     debt: int                      # unpaid debts in total
     frozen_by: Optional[int]       # the open dispute that freezes it now, None: none
+    lapses_ns: Optional[int] = None  # the request lapses then (due + 2 ttl): a pending
+    #                                withdrawal, visible to the tenants, in [due_ns, lapses_ns)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -84,7 +84,7 @@ contract Beat {
                    uint256 amount);
     event Credited(address indexed to, uint256 amount);     // a push that failed: pull it
     event CreditWithdrawn(address indexed to, uint256 amount);
-    event WithdrawalRequested(uint64 indexed nodeId, uint64 dueAt);
+    event WithdrawalRequested(uint64 indexed nodeId, uint64 dueAt, uint64 lapsesAt);
     event Withdrawn(uint64 indexed nodeId, address indexed to, uint256 amount);
 
     // ---------------------------------------------------------------- types
@@ -216,11 +216,13 @@ contract Beat {
     uint64 public immutable withdrawalNotice;          // seconds, >= proposalTtl
     mapping(uint64 => uint256) public depositOf;       // node -> its locked deposit (wei)
     mapping(uint64 => uint64) public withdrawalDue;    // node -> when it may withdraw (0: none)
+    // a request is good in [due, due + 2 ttl) only: then it lapses (findings C4)
     mapping(uint64 => Debt[]) private _debts;
     mapping(uint64 => uint256) private _debtHead;      // the first unpaid debt
     mapping(uint64 => uint256) public debtOf;          // node -> its unpaid debts, in total
     mapping(address => uint256) public credit;         // failed pushes, to pull
-    mapping(uint64 => uint64[]) private _nodeDisputes; // node -> disputes on a route holding it
+    mapping(uint64 => uint64[]) private _nodeSlas;     // node -> the SLAs whose route holds it
+    mapping(uint64 => uint64) public freezingDispute;  // SLA -> its one dispute that may freeze
     mapping(uint64 => uint64) public openedAt;         // dispute -> block.timestamp
     bool private _entered;
 
@@ -447,6 +449,9 @@ contract Beat {
         if (_slaExists[s.slaId]) revert SLAExists(s.slaId);
         if (s.route.length == 0) revert InvalidSLA(s.slaId, "route must not be empty");
         if (s.validFromNs > s.validToNs) revert InvalidSLA(s.slaId, "validFromNs after validToNs");
+        if (s.penaltyPerViolation > type(uint64).max / s.route.length)
+            revert InvalidSLA(s.slaId, "penalty x route length above 2^64-1");
+        for (uint256 i = 0; i < s.route.length; i++) _nodeSlas[s.route[i]].push(s.slaId);
         _slaExists[s.slaId] = true;
         _slas[s.slaId] = s;
         _slaIds.push(s.slaId);
@@ -490,8 +495,10 @@ contract Beat {
         d.state = OPENED;
         d.opener = msg.sender;
         openedAt[disputeId] = uint64(block.timestamp);
-        uint64[] storage route = _slas[slaId].route;
-        for (uint256 i = 0; i < route.length; i++) _nodeDisputes[route[i]].push(disputeId);
+        // one dispute per SLA freezes its route's deposits (for a ttl at most); the next one
+        // freezes only once that one is settled (an expired undecided one: decide it first)
+        uint64 f = freezingDispute[slaId];
+        if (f == 0 || _disputes[f].state == SETTLED) freezingDispute[slaId] = disputeId;
         emit DisputeOpened(disputeId, slaId, fromNs, toNs, msg.sender);
     }
 
@@ -543,8 +550,8 @@ contract Beat {
     }
 
     /// The penalty of each faulty node goes from its operator's deposit to the tenant; what the
-    /// deposit can not cover is the node's debt. Nothing moves for a node without an operator
-    /// or an SLA without a tenant account. State first, transfers last (a failed one: credit).
+    /// deposit can not cover is the node's debt (a node without an operator: all of it).
+    /// Nothing moves for an SLA without a tenant account. State first, transfers last (a failed one: credit).
     function _settle(DisputeRec storage d) private {
         d.state = SETTLED;
         SLATerms storage s = _slas[d.slaId];
@@ -554,7 +561,6 @@ contract Beat {
         if (tenant != address(0) && ppv > 0) {
             for (uint256 i = 0; i < d.faulty.length; i++) {
                 uint64 node = d.faulty[i];
-                if (_nodes[node].operator == address(0)) continue;
                 uint256 take = depositOf[node] < ppv ? depositOf[node] : ppv;
                 depositOf[node] -= take;
                 total += take;
@@ -625,7 +631,7 @@ contract Beat {
         _operator(nodeId);
         uint64 due = uint64(block.timestamp) + withdrawalNotice;
         withdrawalDue[nodeId] = due;
-        emit WithdrawalRequested(nodeId, due);
+        emit WithdrawalRequested(nodeId, due, due + 2 * proposalTtl);
     }
 
     /// The whole deposit to the operator, after the notice; refused while the node has a debt or
@@ -634,11 +640,11 @@ contract Beat {
     function withdraw(uint64 nodeId) external nonReentrant {
         address op = _operator(nodeId);
         uint64 due = withdrawalDue[nodeId];
-        if (due == 0 || block.timestamp < due) revert WithdrawalNotDue(nodeId, due);
+        if (due == 0 || block.timestamp < due || block.timestamp >= due + 2 * proposalTtl)
+            revert WithdrawalNotDue(nodeId, due);   // none, not yet, or lapsed
         if (debtOf[nodeId] > 0) revert DepositInDebt(nodeId, debtOf[nodeId]);
         uint64 f = frozenBy(nodeId);
         if (f != 0) revert DepositFrozen(nodeId, f);
-        delete _nodeDisputes[nodeId];      // none of them freezes any more
         uint256 amount = depositOf[nodeId];
         depositOf[nodeId] = 0;
         withdrawalDue[nodeId] = 0;
@@ -647,12 +653,15 @@ contract Beat {
         require(ok);
     }
 
-    /// The open dispute that freezes the node's deposit (0: none).
+    /// The open dispute that freezes the node's deposit (0: none): the freezing dispute of an
+    /// SLA whose route holds it, unsettled and opened less than a ttl ago. The loop is over the
+    /// node's SLAs (registered by the committee), never over disputes.
     function frozenBy(uint64 nodeId) public view returns (uint64) {
-        uint64[] storage ds = _nodeDisputes[nodeId];
-        for (uint256 i = 0; i < ds.length; i++) {
-            uint64 id = ds[i];
-            if (_disputes[id].state < SETTLED && block.timestamp < openedAt[id] + proposalTtl) return id;
+        uint64[] storage ss = _nodeSlas[nodeId];
+        for (uint256 i = 0; i < ss.length; i++) {
+            uint64 id = freezingDispute[ss[i]];
+            if (id != 0 && _disputes[id].state < SETTLED && block.timestamp < openedAt[id] + proposalTtl)
+                return id;
         }
         return 0;
     }
@@ -681,14 +690,19 @@ contract Beat {
         uint256 mine = _voteOf[disputeId][msg.sender];
         if (mine != 0) {
             Vote storage v = _votes[disputeId][mine - 1];
-            if (v.content == c && (v.epoch == epoch || d.state >= DECIDED)) return;  // counted once
-            if (v.epoch == epoch || d.state >= DECIDED)
-                revert DecisionConflict(disputeId, msg.sender, v.content);
-            v.epoch = epoch;               // a vote of an older epoch: cast anew
-            v.at = uint64(block.timestamp);
-            v.content = c;
-            v.evidenceDigest = evidenceDigest;
-            v.verdictDigest = verdictDigest;
+            if (v.content == c && d.state >= DECIDED) return;                  // counted once
+            if (v.content == c && v.epoch == epoch) {
+                if (block.timestamp < v.at + proposalTtl) return;             // counted once
+                v.at = uint64(block.timestamp);   // an expired approval renewed (same content)
+            } else {
+                if (v.epoch == epoch || d.state >= DECIDED)
+                    revert DecisionConflict(disputeId, msg.sender, v.content);
+                v.epoch = epoch;           // a vote of an older epoch: cast anew
+                v.at = uint64(block.timestamp);
+                v.content = c;
+                v.evidenceDigest = evidenceDigest;
+                v.verdictDigest = verdictDigest;
+            }
         } else {
             _votes[disputeId].push(Vote(msg.sender, epoch, uint64(block.timestamp), c,
                                         evidenceDigest, verdictDigest));

@@ -12,6 +12,9 @@ from ledger_client.errors import LedgerError
 from ledger_client.keys import DeviceKey
 from ledger_client.types import SLA, Committee, Member, Node
 
+# the local side simulates the passing of time with an injected clock: the ledger trusts it
+pytestmark = pytest.mark.ledger_host_clock("writer")
+
 TTL_S = 3600
 V4 = bytes(10) + b"\xff\xff"
 EV, VA, VB = b"\xee" * 32, b"\xaa" * 32, b"\xbb" * 32
@@ -242,6 +245,7 @@ def local_side(tmp_path, **money):
     side = Side(led, signers, members, advance, {"tenant_pubkey": signers["tenant"].public},
                 lambda i: None)
     side.kind = "local"
+    side.now = now
     side.operator = lambda r: signers[r].public
     side.balance = lambda r: led.balance(signers[r].public)
     side.held = lambda: sum(led.deposit_of(i).amount for i in (1, 2))
@@ -340,3 +344,54 @@ def test_a_ledger_written_before_committees_opens_as_a_committee_of_one(tmp_path
             lg.register_link(1, 2, signer=ed(6))
         assert lg.get_dispute(did).state == "settled" and lg.debts() == []
         assert lg.verify_chain() == []
+
+# -- local: entry times against the host's clock (findings C1, C2), canonical acts (C10) --------
+
+def test_local_entry_time_is_checked_against_the_host_clock(tmp_path):
+    """A writer whose clock is an hour ahead (or behind) of the host's real time is refused, even
+    with an injected clock; host_clock=None opts out explicitly, and an entry so written in the
+    future is named by verify_chain run on the real clock."""
+    import time
+    from ledger_client.errors import OrderError
+    from ledger_client.local import LocalLedger
+    from ledger_client.types import Committee, Member
+    path = str(tmp_path / "clock.mdb")
+    members = (Member(ed(0).public), Member(ed(1).public))
+    now = [time.time_ns()]
+    led = LocalLedger(path, committee=Committee(members, 2, ttl_s=TTL_S),
+                      clock=lambda: now[0], host_clock=time.time_ns)
+    led.register_node(Node(1, "isp-1", ed(11).public, None), signer=ed(0))   # on time: ok
+    led.close()
+    now[0] = time.time_ns() + 3600 * 10**9
+    with LocalLedger(path, clock=lambda: now[0], host_clock=time.time_ns) as led:
+        with pytest.raises(OrderError, match=r"\+3600 s from the host's clock"):
+            led.register_node(Node(2, "isp-2", ed(12).public, None), signer=ed(0))
+        assert [p.proposal_id for p in led.proposals()] == [1]
+    now[0] = time.time_ns() - 3600 * 10**9         # back-dated, on a ledger with no entry yet
+    with LocalLedger(str(tmp_path / "other.mdb"), committee=Committee(members, 2, ttl_s=TTL_S),
+                     clock=lambda: now[0], host_clock=time.time_ns) as other:
+        with pytest.raises(OrderError, match=r"-3600 s from the host's clock"):
+            other.register_node(Node(2, "isp-2", ed(12).public, None), signer=ed(0))
+    now[0] = time.time_ns() + 3600 * 10**9
+    with LocalLedger(path, clock=lambda: now[0], host_clock=None) as ahead:   # opted out
+        ahead.register_node(Node(2, "isp-2", ed(12).public, None), signer=ed(0))
+    with LocalLedger(path, host_clock=time.time_ns) as verifier:
+        problems = verifier.verify_chain()
+    assert len(problems) == 1 and "entry 1: propose is stamped" in problems[0], problems
+
+
+def test_local_act_arguments_must_be_canonical(tmp_path):
+    """The same act in another form is refused, not a new proposal: a member's key in upper
+    case, an unknown key, an integer written as a string."""
+    from ledger_client.local import K_PROPOSE
+    S = local_side(tmp_path)
+    m3 = S.members["m3"].pubkey.hex()
+    for args in ({"pubkey": m3.upper()}, {"pubkey": m3, "why": "x"}):
+        with pytest.raises(LedgerError, match="canonical"):
+            S.led._write(K_PROPOSE, lambda st, pub, a=args: {
+                "proposal_id": 1, "act": "remove_member", "args": a, "t_ns": S.now[0]}, S.s("m1"))
+    with pytest.raises(LedgerError, match="canonical"):
+        S.led._write(K_PROPOSE, lambda st, pub: {
+            "proposal_id": 1, "act": "register_link", "args": {"a": "1", "b": 2},
+            "t_ns": S.now[0]}, S.s("m1"))
+    assert S.led.proposals() == [] and S.led.verify_chain() == []

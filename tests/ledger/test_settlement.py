@@ -13,6 +13,9 @@ from test_committee import (EV, TTL_S, VA, V4, chain, chain_side, ed, local_side
                             outcome)
 from ledger_client.types import SLA, Node
 
+# the local side simulates the passing of time with an injected clock: the ledger trusts it
+pytestmark = pytest.mark.ledger_host_clock("writer")
+
 NOTICE_S = 2 * TTL_S
 P = 1000                         # the penalty per faulty device (wei on the chain)
 START = 10_000                   # the operators' local balances at creation
@@ -115,6 +118,48 @@ CASES = [
     ("no longer frozen", lambda S: dep(S, 2), (300, True, 0, None)),
     ("op2 withdraws: paid", lambda S: S.led.withdraw(2, signer=S.s("op2")), 300),
     ("nothing left with the ledger", lambda S: delta(S, "tenant")["held"], 0),
+    # one dispute per SLA freezes (findings C5): the next one only once that one is settled
+    ("op1 deposits 100 and asks to withdraw", lambda S: (
+        S.led.deposit(1, 100, signer=S.s("op1")),
+        dep(S, 1) if S.led.request_withdrawal(1, signer=S.s("op1")) else None)[-1],
+     (100, True, 0, None)),
+    ("the tenant opens dispute 3 (dispute 2 expired undecided)",
+     lambda S: S.led.open_dispute(7, 0, 10, signer=S.s("tenant")), 3),
+    ("dispute 3 freezes nothing while the sla's freezing dispute 2 is undecided",
+     lambda S: dep(S, 1), (100, True, 0, None)),
+    ("the committee decides dispute 2: no fault", lambda S: [S.led.approve_decision(
+        2, EV, VA, [], signer=S.s(m)).state for m in ("m1", "m2")], ["opened", "settled"]),
+    ("the tenant opens dispute 4: the sla freezes again",
+     lambda S: S.led.open_dispute(7, 0, 10, signer=S.s("tenant")), 4),
+    ("node 1 frozen by dispute 4", lambda S: dep(S, 1), (100, True, 0, 4)),
+    ("the tenant opens dispute 5 while 4 is open",
+     lambda S: S.led.open_dispute(7, 20, 30, signer=S.s("tenant")), 5),
+    ("the notice passes (and dispute 4's ttl)", lambda S: S.advance(NOTICE_S + 1), "ok"),
+    ("no dispute freezes node 1 (5 never froze)", lambda S: dep(S, 1), (100, True, 0, None)),
+    ("op1 withdraws: paid", lambda S: S.led.withdraw(1, signer=S.s("op1")), 100),
+    # a withdrawal request lapses 2 ttl after its due time (findings C4)
+    ("op1 deposits 100, asks, and waits the notice + 2 ttl", lambda S: (
+        S.led.deposit(1, 100, signer=S.s("op1")), S.led.request_withdrawal(1, signer=S.s("op1")),
+        S.advance(NOTICE_S + 2 * TTL_S))[-1], "ok"),
+    ("the request lapsed: shown", lambda S: (lambda d: d.lapses_ns - d.due_ns)(S.led.deposit_of(1)),
+     2 * TTL_S * 10**9),
+    ("op1 withdraws on the lapsed request", lambda S: S.led.withdraw(1, signer=S.s("op1")),
+     "OrderError"),
+    ("op1 asks again and withdraws at once", lambda S: (
+        S.led.request_withdrawal(1, signer=S.s("op1")),
+        S.led.withdraw(1, signer=S.s("op1")))[-1], "OrderError"),
+    ("a new notice later: paid", lambda S: (S.advance(NOTICE_S),
+                                            S.led.withdraw(1, signer=S.s("op1")))[-1], 100),
+    # an expired decision approval is renewed by its member, same content only (findings C3)
+    ("m1 approves dispute 5: faulty 2", lambda S: S.led.approve_decision(
+        5, EV, VA, [2], signer=S.s("m1")).state, "opened"),
+    ("a ttl passes: m1's approval expired", lambda S: S.advance(TTL_S + 1), "ok"),
+    ("m1 approves another content now", lambda S: S.led.approve_decision(
+        5, EV, VA, [1], signer=S.s("m1")), "ConflictError"),
+    ("m1 renews its approval", lambda S: S.led.approve_decision(
+        5, EV, VA, [2], signer=S.s("m1")).state, "opened"),
+    ("m2 approves it: decided; node 2 (deposit 0) owes P", lambda S: (S.led.approve_decision(
+        5, EV, VA, [2], signer=S.s("m2")).state, debts(S)), ("settled", [(2, P, 5)])),
 ]
 
 
