@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -50,6 +51,33 @@ void beat_hash(int alg, const void *data, size_t len, uint8_t out[32]);   /* one
  * are hashed by the scalar path, so any length is correct. BLAKE2b loops the scalar path. */
 void beat_hash_many(int alg, const uint8_t *msgs, size_t stride, const uint16_t *lens, size_t n,
                     uint8_t *out, size_t out_stride);
+
+/* beat_hash_many for short messages already padded in their buffers: every buffer is at least
+ * BEAT_PADDED_MSG bytes (msgs + i*stride, stride a multiple of 32 is best), holds the message
+ * (lens[i] < BEAT_PADDED_MSG), then the byte 0x06 at lens[i], then zeros to BEAT_PADDED_MSG
+ * (beat_padded_put writes one). SHA3-256 on AVX2 then loads the state with whole-vector loads and
+ * a 4x4 transpose; every other case is beat_hash_many (which ignores the padding). */
+#define BEAT_PADDED_MSG 96
+void beat_hash_many_padded(int alg, const uint8_t *msgs, size_t stride, const uint16_t *lens,
+                           size_t n, uint8_t *out, size_t out_stride);
+
+/* Word by word (fixed-size moves; a message length changes only which words are whole): reads
+ * msg[0..len) only, writes buf[0..BEAT_PADDED_MSG). */
+static inline void beat_padded_put(uint8_t *buf, const uint8_t *msg, size_t len)
+{
+    for (size_t off = 0; off < BEAT_PADDED_MSG; off += 8) {
+        if (off + 8 <= len) {
+            memcpy(buf + off, msg + off, 8);
+            continue;
+        }
+        uint8_t t[8] = {0};
+        for (size_t b = 0; off + b < len; b++)
+            t[b] = msg[off + b];
+        if (off <= len)
+            t[len - off] = 0x06;   /* SHA3's domain byte (FIPS 202: 01 || pad10*1) */
+        memcpy(buf + off, t, 8);
+    }
+}
 
 /* n messages of one length `len` (any length; proof segments), digest i to outs[i]: SHA3 runs
  * 4 or 8 sponges at once when the CPU has the lanes. */
