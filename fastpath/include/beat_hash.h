@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "beat_bytes.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -61,21 +63,29 @@ void beat_hash_many(int alg, const uint8_t *msgs, size_t stride, const uint16_t 
 void beat_hash_many_padded(int alg, const uint8_t *msgs, size_t stride, const uint16_t *lens,
                            size_t n, uint8_t *out, size_t out_stride);
 
-/* Word by word (fixed-size moves; a message length changes only which words are whole): reads
- * msg[0..len) only, writes buf[0..BEAT_PADDED_MSG). */
-static inline void beat_padded_put(uint8_t *buf, const uint8_t *msg, size_t len)
+/* Word by word, in registers (a word assembled in memory from byte stores and read back whole
+ * stalls store forwarding): reads msg[0..avail) (avail >= len: the readable bytes at msg; bytes
+ * past len are masked off), writes buf[0..BEAT_PADDED_MSG). */
+static inline void beat_padded_put(uint8_t *buf, const uint8_t *msg, size_t len, size_t avail)
 {
     for (size_t off = 0; off < BEAT_PADDED_MSG; off += 8) {
+        uint64_t w;
         if (off + 8 <= len) {
-            memcpy(buf + off, msg + off, 8);
-            continue;
+            w = rd64le(msg + off);
+        } else if (off > len) {
+            w = 0;
+        } else {
+            size_t k = len - off;   /* 0..7 message bytes in this word, then 0x06 */
+            if (off + 8 <= avail) {
+                w = k ? rd64le(msg + off) & (~0ULL >> (64 - 8 * k)) : 0;
+            } else {
+                w = 0;
+                for (size_t b = 0; b < k; b++)
+                    w |= (uint64_t)msg[off + b] << (8 * b);
+            }
+            w |= (uint64_t)0x06 << (8 * k);   /* SHA3's domain byte (FIPS 202: 01 || pad10*1) */
         }
-        uint8_t t[8] = {0};
-        for (size_t b = 0; off + b < len; b++)
-            t[b] = msg[off + b];
-        if (off <= len)
-            t[len - off] = 0x06;   /* SHA3's domain byte (FIPS 202: 01 || pad10*1) */
-        memcpy(buf + off, t, 8);
+        wr64le(buf + off, w);
     }
 }
 

@@ -901,7 +901,7 @@ static int simd_selftest(int level)
             size_t len = (size_t)(i * 33) % BEAT_PADDED_MSG;
             if (i == 3)
                 len = BEAT_PADDED_MSG - 1;
-            beat_padded_put(pad[i], buf[i], len);
+            beat_padded_put(pad[i], buf[i], len, len);
             bp[i] = pad[i];
             sha3_oneshot(buf[i], len, want[i]);
         }

@@ -1238,7 +1238,7 @@ static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
         fh[i] = flow_hash(p, o);                                        /* it will need its FT */
         __builtin_prefetch(&p->ftc[fh[i] & ((1u << FT_CACHE_BITS) - 2)]);
         __builtin_prefetch(&p->ftc[(fh[i] & ((1u << FT_CACHE_BITS) - 2)) + 1]);
-        beat_padded_put(hmsg[nh], o->msg, o->msg_len);
+        beat_padded_put(hmsg[nh], o->msg, o->msg_len, BEAT_PD_MSG_MAX);
         hlen[nh] = o->msg_len;
         hidx[nh++] = (uint8_t)i;
         o->hashed = 1;

@@ -104,6 +104,8 @@ static void cmd_padded(int alg, size_t ostride, char **tok, size_t n)
     size_t *len = calloc(n + 1, sizeof *len);
     for (size_t i = 0; i < n; i++) {
         len[i] = unhex(tok[i], &m[i]);
+        m[i] = realloc(m[i], len[i] + 8);   /* readable garbage past the message: masked off */
+        memset(m[i] + len[i], 0xA5, 8);
         if (len[i] > stride)
             stride = (len[i] + 31) / 32 * 32;
     }
@@ -114,7 +116,7 @@ static void cmd_padded(int alg, size_t ostride, char **tok, size_t n)
     memset(out, 0xAA, n * ostride + 1);
     for (size_t i = 0; i < n; i++) {
         if (len[i] < BEAT_PADDED_MSG)
-            beat_padded_put(msgs + i * stride, m[i], len[i]);
+            beat_padded_put(msgs + i * stride, m[i], len[i], (i & 1) ? len[i] : len[i] + 8);  /* both tails */
         else
             memcpy(msgs + i * stride, m[i], len[i]);
         lens[i] = (uint16_t)len[i];
