@@ -1156,7 +1156,7 @@ named:;
     e->pnext = NIL;
     e->key = o->key;
     e->in_len = (uint8_t)in_len;
-    memcpy(p->fin[idx], in, in_len);
+    memcpy(p->fin[idx], in, IN_MAX);   /* fixed size (in is o->msg + 10): bytes past in_len unused */
     memcpy(e->pd, o->digest, 16);
     flow_tag(p, o, e->fh = fh, e->ft);
     memcpy(e->src, o->src, 16);
@@ -1209,7 +1209,7 @@ static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
 {
     beat_obs obs[CHUNK];
     uint64_t fh[CHUNK];
-    uint8_t hmsg[CHUNK][BEAT_PD_MSG_MAX], hout[CHUNK][32];
+    uint8_t hmsg[CHUNK][BEAT_PADDED_MSG] __attribute__((aligned(32))), hout[CHUNK][32];
     uint16_t hlen[CHUNK];
     uint8_t hidx[CHUNK];
     size_t nh = 0;
@@ -1238,12 +1238,12 @@ static int run_chunk(beat_pipe *p, const beat_frame *fr, size_t n)
         fh[i] = flow_hash(p, o);                                        /* it will need its FT */
         __builtin_prefetch(&p->ftc[fh[i] & ((1u << FT_CACHE_BITS) - 2)]);
         __builtin_prefetch(&p->ftc[(fh[i] & ((1u << FT_CACHE_BITS) - 2)) + 1]);
-        memcpy(hmsg[nh], o->msg, o->msg_len);
+        beat_padded_put(hmsg[nh], o->msg, o->msg_len, BEAT_PD_MSG_MAX);
         hlen[nh] = o->msg_len;
         hidx[nh++] = (uint8_t)i;
         o->hashed = 1;
     }
-    beat_hash_many(p->alg, hmsg[0], BEAT_PD_MSG_MAX, hlen, nh, hout[0], 32);
+    beat_hash_many_padded(p->alg, hmsg[0], BEAT_PADDED_MSG, hlen, nh, hout[0], 32);
     for (size_t k = 0; k < nh; k++)
         memcpy(obs[hidx[k]].digest, hout[k], 16);
     for (size_t i = 0; i < n; i++) {
@@ -1631,3 +1631,6 @@ beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
     }
     return p;
 }
+
+_Static_assert(BEAT_PD_MSG_MAX < BEAT_PADDED_MSG, "a PD message and its 0x06 fit a padded buffer");
+_Static_assert(10 + IN_MAX <= BEAT_PD_MSG_MAX, "fin copies IN_MAX bytes from o->msg + 10");
