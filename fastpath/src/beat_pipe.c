@@ -137,6 +137,7 @@ struct beat_pipe {
     /* stats: this batch's counts (handed out and zeroed by take); the totals are totals_base (the
      * batches taken) + stats, added up when asked: one increment a count, not two */
     uint64_t stats[ST_COUNT], totals_base[ST_COUNT], totals[ST_COUNT];
+    uint32_t ctr_memo;             /* the counter slot ctr_add found last (checked before use) */
     int oom;
     int records_out;               /* 0: released records go to segments only (nothing reads them) */
     pthread_mutex_t lock;  /* capture workers feed, the committer takes */
@@ -537,10 +538,22 @@ static int ctr_grow(beat_pipe *p)
 
 static int ctr_add(beat_pipe *p, uint64_t prev, uint64_t next, uint32_t len, uint64_t t)
 {
+    /* the slot of the release before: most releases in a row count the same (prev, next) */
+    ctr_slot *m = &p->ctr[p->ctr_memo & p->ctr_mask];
+    if (m->used && m->prev == prev && m->next == next) {
+        m->packets++;
+        m->bytes += len;
+        if (t < m->first)
+            m->first = t;
+        if (t > m->last)
+            m->last = t;
+        return 0;
+    }
     uint32_t i = (uint32_t)mix64(prev * 31 + next) & p->ctr_mask;
     for (;; i = (i + 1) & p->ctr_mask) {
         ctr_slot *c = &p->ctr[i];
         if (c->used && c->prev == prev && c->next == next) {
+            p->ctr_memo = i;
             c->packets++;
             c->bytes += len;
             if (t < c->first)
@@ -550,6 +563,7 @@ static int ctr_add(beat_pipe *p, uint64_t prev, uint64_t next, uint32_t len, uin
             return 0;
         }
         if (!c->used) {
+            p->ctr_memo = i;
             c->used = 1;
             c->prev = prev;
             c->next = next;
