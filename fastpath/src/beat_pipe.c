@@ -134,7 +134,10 @@ struct beat_pipe {
      * straight to where their segment is handed out, and closing one is writing its header. The
      * buffer always has room for a full open segment (seg_room()). */
     beat_buf seg_pending;          /* offsets (size_t) into out_segments of segments whose S is due */
-    uint64_t stats[ST_COUNT], totals[ST_COUNT];
+    /* stats: this batch's counts (handed out and zeroed by take); the totals are totals_base (the
+     * batches taken) + stats, added up when asked: one increment a count, not two */
+    uint64_t stats[ST_COUNT], totals_base[ST_COUNT], totals[ST_COUNT];
+    uint32_t ctr_memo;             /* the counter slot ctr_add found last (checked before use) */
     int oom;
     int records_out;               /* 0: released records go to segments only (nothing reads them) */
     pthread_mutex_t lock;  /* capture workers feed, the committer takes */
@@ -195,7 +198,6 @@ static int buf_put(beat_buf *b, const void *data, size_t len)
 static inline void count(beat_pipe *p, int st)
 {
     p->stats[st]++;
-    p->totals[st]++;
 }
 
 static inline uint64_t mix64(uint64_t x)
@@ -536,10 +538,22 @@ static int ctr_grow(beat_pipe *p)
 
 static int ctr_add(beat_pipe *p, uint64_t prev, uint64_t next, uint32_t len, uint64_t t)
 {
+    /* the slot of the release before: most releases in a row count the same (prev, next) */
+    ctr_slot *m = &p->ctr[p->ctr_memo & p->ctr_mask];
+    if (m->used && m->prev == prev && m->next == next) {
+        m->packets++;
+        m->bytes += len;
+        if (t < m->first)
+            m->first = t;
+        if (t > m->last)
+            m->last = t;
+        return 0;
+    }
     uint32_t i = (uint32_t)mix64(prev * 31 + next) & p->ctr_mask;
     for (;; i = (i + 1) & p->ctr_mask) {
         ctr_slot *c = &p->ctr[i];
         if (c->used && c->prev == prev && c->next == next) {
+            p->ctr_memo = i;
             c->packets++;
             c->bytes += len;
             if (t < c->first)
@@ -549,6 +563,7 @@ static int ctr_add(beat_pipe *p, uint64_t prev, uint64_t next, uint32_t len, uin
             return 0;
         }
         if (!c->used) {
+            p->ctr_memo = i;
             c->used = 1;
             c->prev = prev;
             c->next = next;
@@ -790,7 +805,6 @@ static int close_receipts(beat_pipe *p, uint64_t target)
         return 0;
     qsort(p->out_receipts.d + start, n, BEAT_RECEIPT_SIZE, cmp_receipt);
     p->stats[ST_RECEIPTS] += n;
-    p->totals[ST_RECEIPTS] += n;
     if (rcn_rebuild(p, p->rcn_mask + 1, target))
         return -1;
     return rc_rebuild(p, p->rc_mask + 1, target);
@@ -1383,7 +1397,12 @@ const beat_buf *beat_pipe_records(beat_pipe *p) { return &p->out_records; }
 const beat_buf *beat_pipe_segments(beat_pipe *p) { return &p->out_segments; }
 const beat_buf *beat_pipe_receipts(beat_pipe *p) { return &p->out_receipts; }
 const uint64_t *beat_pipe_stats(beat_pipe *p) { return p->stats; }
-const uint64_t *beat_pipe_totals(beat_pipe *p) { return p->totals; }
+const uint64_t *beat_pipe_totals(beat_pipe *p)
+{
+    for (int i = 0; i < ST_COUNT; i++)
+        p->totals[i] = p->totals_base[i] + p->stats[i];
+    return p->totals;
+}
 uint64_t beat_pipe_closed_before(beat_pipe *p) { return p->closed_before; }
 
 int beat_pipe_counters(beat_pipe *p, beat_buf *out)
@@ -1512,6 +1531,8 @@ void beat_pipe_reset_outputs(beat_pipe *p)
     }
     p->out_records.len = 0;
     p->out_receipts.len = 0;
+    for (int i = 0; i < ST_COUNT; i++)
+        p->totals_base[i] += p->stats[i];
     memset(p->stats, 0, sizeof p->stats);
     if (p->ctr_n) {
         memset(p->ctr, 0, (size_t)(p->ctr_mask + 1) * sizeof(ctr_slot));
