@@ -536,17 +536,22 @@ static int ctr_grow(beat_pipe *p)
     return 0;
 }
 
+static inline void ctr_count(ctr_slot *c, uint32_t len, uint64_t t)
+{
+    c->packets++;
+    c->bytes += len;
+    if (t < c->first)
+        c->first = t;
+    if (t > c->last)
+        c->last = t;
+}
+
 static int ctr_add(beat_pipe *p, uint64_t prev, uint64_t next, uint32_t len, uint64_t t)
 {
     /* the slot of the release before: most releases in a row count the same (prev, next) */
     ctr_slot *m = &p->ctr[p->ctr_memo & p->ctr_mask];
     if (m->used && m->prev == prev && m->next == next) {
-        m->packets++;
-        m->bytes += len;
-        if (t < m->first)
-            m->first = t;
-        if (t > m->last)
-            m->last = t;
+        ctr_count(m, len, t);
         return 0;
     }
     uint32_t i = (uint32_t)mix64(prev * 31 + next) & p->ctr_mask;
@@ -554,12 +559,7 @@ static int ctr_add(beat_pipe *p, uint64_t prev, uint64_t next, uint32_t len, uin
         ctr_slot *c = &p->ctr[i];
         if (c->used && c->prev == prev && c->next == next) {
             p->ctr_memo = i;
-            c->packets++;
-            c->bytes += len;
-            if (t < c->first)
-                c->first = t;
-            if (t > c->last)
-                c->last = t;
+            ctr_count(c, len, t);
             return 0;
         }
         if (!c->used) {

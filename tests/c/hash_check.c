@@ -66,6 +66,17 @@ static void puthex(const uint8_t *d, size_t n)
     }
 }
 
+/* n digests at out + i*ostride on one line, space separated */
+static void put_digests(const uint8_t *out, size_t n, size_t ostride)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            putchar(' ');
+        puthex(out + i * ostride, 32);
+    }
+    putchar('\n');
+}
+
 static void cmd_many(int alg, size_t stride, size_t ostride, char **tok, size_t n)
 {
     uint8_t *msgs = calloc(n * stride + 1, 1);
@@ -86,12 +97,7 @@ static void cmd_many(int alg, size_t stride, size_t ostride, char **tok, size_t 
         free(m);
     }
     beat_hash_many(alg, msgs, stride, lens, n, out, ostride);
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            putchar(' ');
-        puthex(out + i * ostride, 32);
-    }
-    putchar('\n');
+    put_digests(out, n, ostride);
     free(msgs);
     free(out);
     free(lens);
@@ -123,12 +129,7 @@ static void cmd_padded(int alg, size_t ostride, char **tok, size_t n)
         free(m[i]);
     }
     beat_hash_many_padded(alg, msgs, stride, lens, n, out, ostride);
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            putchar(' ');
-        puthex(out + i * ostride, 32);
-    }
-    putchar('\n');
+    put_digests(out, n, ostride);
     free(msgs);
     free(out);
     free(lens);
