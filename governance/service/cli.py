@@ -31,6 +31,16 @@ def run(args, open_ledger, gov_key, UsageError):
     from .service import Service
     from .state import State
 
+    stopping = []
+
+    def stop(signum, _frame):
+        stopping.append(signum)
+        if service is not None:
+            logs.event(log, logging.INFO, "stopping", signal=signal.Signals(signum).name)
+            service.stop()
+    service = log = None
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         svc_cfg, gov_cfg = load(args.config)
     except ConfigError as exc:
@@ -48,12 +58,8 @@ def run(args, open_ledger, gov_key, UsageError):
             service.start()
         except OSError as exc:
             raise UsageError(f"service.listen {svc_cfg.listen}: {exc.strerror or exc}") from None
-
-        def stop(signum, _frame):
-            logs.event(log, logging.INFO, "stopping", signal=signal.Signals(signum).name)
+        if stopping:
             service.stop()
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
         print(f"beatctl serve: listening on {svc_cfg.host_port[0]}:{service.http.port}",
               file=sys.stderr, flush=True)
         try:

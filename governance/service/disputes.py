@@ -20,6 +20,7 @@ An interrogation with a device still unreachable decides nothing: the dispute st
 import logging
 import os
 import shutil
+import threading
 import time
 
 from .. import interrogate as itg
@@ -50,7 +51,8 @@ class DisputeDesk:
         self.gov = gov_cfg
         self.svc = svc_cfg
         self.signer = signer
-        self.metrics = metrics            # a dict of counters (service.Counters)
+        self.metrics = metrics            # service.Counters
+        self._steps = threading.Lock()    # one dispute step at a time (a job and the resume)
 
     # -- entries -------------------------------------------------------------------------------
     def entry(self, sla_id, from_ns, to_ns):
@@ -107,10 +109,13 @@ class DisputeDesk:
 
     def advance(self, e, sample=None):
         """Take one entry as far as it can go now (see the module doc)."""
+        with self._steps:
+            self._advance(e, sample)
+
+    def _advance(self, e, sample):
         if e["state"] == "opening":
             _crash_point("before-open")
             self._open(e)
-            _crash_point("after-open")
         if e["state"] in ("opened", "undecided"):
             if e["state"] == "undecided" and time.time_ns() < e.get("next_try_ns", 0):
                 return
@@ -145,11 +150,10 @@ class DisputeDesk:
             if did is None:
                 did = self.ledger.open_dispute(e["sla_id"], e["from_ns"], e["to_ns"],
                                                signer=self.signer)
-        self._save(e, state="opened", dispute_id=did, opened_ns=time.time_ns())
-        if not adopted:
-            with self.state.lock:
-                self.state.sla(e["sla_id"])["disputes_opened"] += 1
-                self.state.save()
+                _crash_point("after-open")       # opened on the ledger, its id not saved
+        with self.state.lock:       # opened by this service (adopted: before its crash)
+            self.state.sla(e["sla_id"])["disputes_opened"] += 1
+            self._save(e, state="opened", dispute_id=did, opened_ns=time.time_ns())
         _event(logging.WARNING, "dispute opened" if not adopted else
                "dispute found on the ledger (opened before a restart): adopted",
                sla=e["sla_id"], dispute=did, from_ns=e["from_ns"], to_ns=e["to_ns"],
