@@ -20,6 +20,7 @@ The file is the governance configuration of ``beatctl interrogate`` (``[interrog
     max_receipts_bytes = 4194304                # what one device may answer the monitor, at most
     series_epochs = 600                         # epochs kept per SLA for the API
     backfill_s = 0                              # at the first start, evaluate from this long ago
+    min_dispute_gap_s = 60                      # a window this soon after the last one: not disputed
 """
 import dataclasses
 import ipaddress
@@ -51,6 +52,7 @@ class ServiceConfig:
     max_receipts_bytes: int = 4 << 20
     series_epochs: int = 600
     backfill_s: float = 0.0
+    min_dispute_gap_s: float = 60.0
     log_format: str = "json"
 
     @property
@@ -70,7 +72,7 @@ _NUMBERS = {  # key: (type, least, above)
     "delay_sample_lag_s": (float, 0.0, False), "delay_percentile": (float, 0.0, True),
     "late_after_s": (float, 0.0, True), "retry_undecided_s": (float, 0.0, True),
     "max_receipts_bytes": (int, 1024, False), "series_epochs": (int, 1, False),
-    "backfill_s": (float, 0.0, False),
+    "backfill_s": (float, 0.0, False), "min_dispute_gap_s": (float, 0.0, False),
 }
 
 

@@ -88,6 +88,18 @@ class DisputeDesk:
         with self.state.lock:
             if self.overlaps(sla_id, from_ns, to_ns) is not None:
                 return None
+            gap = int(self.svc.min_dispute_gap_s * 1e9)
+            last = max((d["to_ns"] for d in self.state.data["disputes"].values()
+                        if d["sla_id"] == sla_id), default=None)
+            if last is not None and from_ns < last + gap:
+                # an ongoing fault is disputed once per min_dispute_gap_s, not every n epochs
+                self.state.sla(sla_id)["suppressed"] = \
+                    self.state.sla(sla_id).get("suppressed", 0) + 1
+                self.state.save()
+                _event(logging.INFO, "not disputing: too soon after this SLA's last dispute",
+                       sla=sla_id, from_ns=from_ns, to_ns=to_ns, last_to_ns=last,
+                       min_dispute_gap_s=self.svc.min_dispute_gap_s, reason=reason)
+                return None
             busy = self.unfinished(sla_id)
             if busy is not None:
                 # one dispute per SLA at a time: the next one once this one is filed (its
