@@ -213,3 +213,70 @@ def test_config(tmp_path):
             load(_conf(tmp_path, f'[service]\nstate_dir = "{tmp_path}/s"\n{bad}\n'))
     with pytest.raises(ConfigError, match="service: missing"):
         load(_conf(tmp_path, ""))
+
+
+def test_a_receipt_other_than_the_one_counted_is_an_equivocation(tmp_path):
+    """A device that gave the monitor one receipt and the interrogation another for the same
+    epoch and role (both signed): reported and counted, whatever the interrogation decides."""
+    from types import SimpleNamespace
+
+    from governance.service.service import Counters
+    from governance.service.state import State
+
+    st = State(str(tmp_path / "s"))
+    st.sla(1)
+    st.data["counted"] = {"1": {"3": {f"2:{5 * L}": "aa" * 32, f"2:{6 * L}": "bb" * 32}}}
+    c = Counters(st)
+    same = Rc(5 * L, 2, 10, bytes.fromhex("aa" * 32))
+    other = Rc(6 * L, 2, 10, bytes.fromhex("cc" * 32))
+    unseen = Rc(7 * L, 2, 10, bytes.fromhex("dd" * 32))
+    it = SimpleNamespace(evidence={3: SimpleNamespace(receipts=(same, other, unseen))})
+    assert c.equivocations(1, it) == 1
+    assert State(str(tmp_path / "s")).sla(1)["equivocations"] == 1      # saved
+
+
+def test_state_survives_a_reopen_and_refuses_another_format(tmp_path):
+    from governance.service.state import State
+
+    st = State(str(tmp_path / "s"))
+    st.sla(4)["next_epoch"] = 9 * L
+    st.save()
+    again = State(str(tmp_path / "s"))
+    assert again.sla(4)["next_epoch"] == 9 * L and again.data["started"] == 2
+    (tmp_path / "s" / "state.json").write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="format 'other'"):
+        State(str(tmp_path / "s"))
+
+
+def test_watcher_survives_a_ledger_outage_and_keeps_its_last_view():
+    import threading
+    import time as _time
+
+    from governance.service.watcher import Watcher
+    from ledger_client.errors import Unavailable
+
+    class Ledger:
+        down = False
+
+        def __getattr__(self, name):
+            if self.down:
+                raise Unavailable("ledger node unreachable")
+            return {"slas": lambda: [], "nodes": lambda: [], "disputes": lambda: [],
+                    "pending": lambda: [], "committee": lambda: None}[name]
+
+    led = Ledger()
+    w = Watcher(led, 0.02)
+    w.poll_once()
+    first = w.view
+    led.down = True
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    end = _time.monotonic() + 10
+    while w.errors < 3 and _time.monotonic() < end:
+        _time.sleep(0.01)
+    assert w.errors >= 3 and not w.up and w.view is first        # the last good view kept
+    led.down = False
+    while not w.up and _time.monotonic() < end:
+        _time.sleep(0.01)
+    w.stop()
+    assert w.up and w.view is not first
