@@ -1,0 +1,224 @@
+"""The service's HTTP server on a loopback port: ``/metrics`` (Prometheus) and the read-only JSON
+API (``/api/v1/...``; the shapes are documented in docs/governance-service.md). The standard
+library's WSGI server with one thread per request, at most ``MAX_CONCURRENT`` at once (beyond:
+503 at once), GET only, no request body read: a flood of this port costs a refusal each.
+"""
+import json
+import logging
+import re
+import socketserver
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .metrics import ServiceCollector
+
+__all__ = ["HttpServer", "App", "MAX_CONCURRENT"]
+
+log = logging.getLogger("beatd.governance.api")
+MAX_CONCURRENT = 16
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    request_queue_size = 64
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args):          # no access log on stderr (the metrics count)
+        pass
+
+
+def _hex(b):
+    return None if b is None else bytes(b).hex()
+
+
+def _addr(b):
+    import ipaddress
+    a = ipaddress.IPv6Address(bytes(b))
+    return str(a.ipv4_mapped) if a.ipv4_mapped else str(a)
+
+
+class App:
+    """The WSGI application (usable without the server, for tests)."""
+
+    def __init__(self, service):
+        self.service = service
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ServiceCollector(service))
+        self.sem = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self.routes = [(re.compile(r"^/api/v1/slas/?$"), self.slas),
+                       (re.compile(r"^/api/v1/slas/(\d+)$"), self.sla),
+                       (re.compile(r"^/api/v1/routers/?$"), self.routers),
+                       (re.compile(r"^/api/v1/disputes/?$"), self.disputes),
+                       (re.compile(r"^/api/v1/proposals/?$"), self.proposals),
+                       (re.compile(r"^/api/v1/health/?$"), self.health)]
+
+    def _refuse(self, start, status, text):
+        with self.service.counters.lock:
+            self.service.counters.api_refused += 1
+        body = json.dumps({"error": text}).encode()
+        start(status, [("Content-Type", "application/json"),
+                       ("Content-Length", str(len(body)))])
+        return [body]
+
+    def __call__(self, environ, start):
+        if not self.sem.acquire(blocking=False):
+            return self._refuse(start, "503 Service Unavailable",
+                                f"more than {MAX_CONCURRENT} requests at once")
+        try:
+            if environ.get("REQUEST_METHOD") != "GET":
+                return self._refuse(start, "405 Method Not Allowed", "read-only: GET only")
+            path = environ.get("PATH_INFO", "")
+            if path == "/metrics":
+                body = generate_latest(self.registry)
+                start("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
+                                 ("Content-Length", str(len(body)))])
+                return [body]
+            for rx, fn in self.routes:
+                m = rx.match(path)
+                if m:
+                    out = fn(*m.groups())
+                    if out is None:
+                        return self._refuse(start, "404 Not Found", f"{path}: not found")
+                    body = json.dumps(out, sort_keys=True).encode()
+                    start("200 OK", [("Content-Type", "application/json"),
+                                     ("Content-Length", str(len(body)))])
+                    return [body]
+            return self._refuse(start, "404 Not Found", f"{path}: not found (see "
+                                "docs/governance-service.md)")
+        finally:
+            self.sem.release()
+
+    # -- the JSON shapes (docs/governance-service.md, "JSON API") ------------------------------
+    def _view(self):
+        return self.service.watcher.view
+
+    def _sla_json(self, sla, st, series=True):
+        out = {"sla_id": sla.sla_id, "tenant": sla.tenant, "src": _addr(sla.src),
+               "dst": _addr(sla.dst), "route": list(sla.route),
+               "terms": {"max_loss_ppm": sla.max_loss_ppm, "max_delay_us": sla.max_delay_us,
+                         "loss_budget_ppm": sla.loss_budget_ppm},
+               "valid_from_ns": sla.valid_from_ns, "valid_to_ns": sla.valid_to_ns,
+               "epoch_ns": self.service.svc.epoch_ns,
+               "monitor": {k: st.get(k) for k in (
+                   "next_epoch", "epochs_evaluated", "violations", "unknown", "unknown_run",
+                   "refused_receipts", "disputes_opened", "equivocations", "samples")}
+               | {"streak": list(st.get("streak", ())),
+                  "consecutive": self.service.svc.consecutive},
+               "delay": st.get("last_delay")}
+        if series:
+            out["series"] = st.get("series", [])
+        return out
+
+    def slas(self):
+        view = self._view()
+        if view is None:
+            return []
+        snap = self.service.state.snapshot()["slas"]
+        return [self._sla_json(s, snap.get(str(s.sla_id), {}), series=True)
+                for _, s in sorted(view.slas.items())]
+
+    def sla(self, sid):
+        view = self._view()
+        s = view.slas.get(int(sid)) if view is not None else None
+        if s is None:
+            return None
+        return self._sla_json(s, self.service.state.snapshot()["slas"].get(sid, {}))
+
+    def routers(self):
+        view = self._view()
+        if view is None:
+            return []
+        names = self.service.gov.names
+        out = []
+        for n, node in sorted(view.nodes.items()):
+            a = view.anchors.get(n)
+            seen = self.service.watcher.seen.get((n, a.batch_seq)) if a is not None else None
+            out.append({
+                "node_id": n, "name": names.get(n, f"node {n}"), "owner": node.owner,
+                "endpoint": self.service.gov.endpoints.get(n),
+                "last_anchor": None if a is None else {
+                    "batch_seq": a.batch_seq, "tree_size": a.tree_size,
+                    "first_t_ns": a.first_t_ns, "last_t_ns": a.last_t_ns, "root": _hex(a.root),
+                    "seen_ns": seen},
+                "lag_s": None if a is None else round((view.t_ns - a.last_t_ns) / 1e9, 3)})
+        return out
+
+    def disputes(self):
+        view = self._view()
+        if view is None:
+            return []
+        mine = {}
+        for e in self.service.state.snapshot()["disputes"].values():
+            if e.get("dispute_id") is not None:
+                mine[e["dispute_id"]] = e
+        out = []
+        for did, d in sorted(view.disputes.items()):
+            steps = ["opened"] + [s for s in ("evidence", "decided", "settled")
+                                  if _reached(d.state, s, d)]
+            e = mine.get(did)
+            report = None
+            if e is not None and e.get("evidence_dir"):
+                report = {"verdicts": e.get("verdicts"), "faulty": e.get("faulty"),
+                          "named_at_fault": e.get("named_at_fault"),
+                          "evidence_digest": e.get("evidence_digest"),
+                          "verdict_digest": e.get("verdict_digest"),
+                          "report_path": e["evidence_dir"] + "/report.json"}
+            out.append({
+                "dispute_id": did, "sla_id": d.sla_id, "from_ns": d.from_ns, "to_ns": d.to_ns,
+                "state": d.state, "steps": steps, "evidence_digest": _hex(d.evidence_digest),
+                "verdict_digest": _hex(d.verdict_digest), "faulty": list(d.faulty or ()),
+                "penalty": d.penalty,
+                "votes": [{"member": v.member, "verdict_digest": _hex(v.verdict_digest),
+                           "evidence_digest": _hex(v.evidence_digest),
+                           "dissent": v.dissent} for v in view.votes.get(did, ())],
+                "service": None if e is None else {
+                    "state": e["state"], "reason": e["reason"], "attempts": e.get("attempts"),
+                    "unreachable": e.get("unreachable"), "report": report}})
+        return out
+
+    def proposals(self):
+        view = self._view()
+        if view is None:
+            return {"committee": None, "pending": []}
+        c = view.committee
+        return {"committee": None if c is None else {
+                    "k": c.k, "n": len(c.members), "epoch": c.epoch, "ttl_s": c.ttl_s},
+                "pending": [{"proposal_id": p.proposal_id, "act": p.act, "args": p.args,
+                             "approvals": list(p.approvals), "k": p.k, "expires_ns": p.expires_ns,
+                             "state": p.state} for p in view.pending]}
+
+    def health(self):
+        w = self.service.watcher
+        return {"ledger_up": w.up, "ledger_errors": w.errors, "polls": w.polls,
+                "rounds": self.service.rounds, "view_t_ns": w.view.t_ns if w.view else None}
+
+
+def _reached(state, step, d):
+    order = ["opened", "evidence", "decided", "settled"]
+    if step == "evidence" and d.evidence_digest is not None:
+        return True
+    return state in order and order.index(state) >= order.index(step)
+
+
+class HttpServer:
+    def __init__(self, service, host_port):
+        self.app = App(service)
+        host, port = host_port
+        self.server = make_server(host, port, self.app, server_class=_Server,
+                                  handler_class=_Quiet)
+        self.port = self.server.server_port
+        self._thread = None
+
+    def start(self):
+        self._thread = threading.Thread(target=self.server.serve_forever, name="gov-http",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
