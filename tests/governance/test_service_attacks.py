@@ -1,5 +1,5 @@
-"""The governance service (beatctl serve) against lying routers: the adversary's tests
-(/work/prompts/findings-service.md keeps the findings, one line each, by id S-<n>).
+"""The governance service (beatctl serve) against lying routers: the adversary's tests (each
+finding has an id S-<n>, named by its test's xfail reason while the service does not meet it).
 
 Every router's owner may lie: in the records and receipts it signs and anchors (a router whose
 fast path saw other frames than it says: its store written from the frames it claims), in what it
