@@ -100,16 +100,19 @@ class DisputeDesk:
                 return d
         return None
 
-    def _gap(self, sla_id, now):
-        """The SLA's last dispute here, when it named a device of the route at fault less than
-        ``min_dispute_gap_s`` ago (an ongoing fault is disputed once per gap); else None. A
-        dispute that named nobody (e.g. a decoy: an ambiguous hop) holds nothing up."""
+    def _gap(self, sla_id, now, from_ns=None):
+        """The SLA's last dispute here while it holds new ones up: for ``min_dispute_gap_s``
+        after it was requested (wall clock) and, for a window starting at ``from_ns``, when that
+        starts less than ``min_dispute_gap_s`` after the last one's window ends (an ongoing fault
+        is disputed once per gap, the windows in between queued); else None."""
+        gap = self.svc.min_dispute_gap_s * 1e9
         with self.state.lock:
             mine = [d for d in self.state.data["disputes"].values() if d["sla_id"] == sla_id]
         last = max(mine, key=lambda d: d.get("requested_ns", 0), default=None)
-        if last is None or not last.get("faulty"):
+        if last is None:
             return None
-        if now < last.get("requested_ns", 0) + self.svc.min_dispute_gap_s * 1e9:
+        if now < last.get("requested_ns", 0) + gap or \
+                (from_ns is not None and from_ns < last["to_ns"] + gap):
             return last
         return None
 
@@ -154,12 +157,26 @@ class DisputeDesk:
                 return None
             now = time.time_ns()
             busy = self._blocking(sla_id, now)
-            last = None if busy is not None else self._gap(sla_id, now)
+            last = None if busy is not None else self._gap(sla_id, now, from_ns)
+            if last is not None and sample is not None:
+                j = sample.judgement
+                named = {n for n in j.faulty if n in set(j.sla.route)}
+                if named <= set(last.get("faulty") or ()):
+                    # a sample is a probe: the same devices named again within the gap are the
+                    # fault already disputed; the next sample after the gap sees it if it goes on
+                    self.state.sla(sla_id)["suppressed"] = \
+                        self.state.sla(sla_id).get("suppressed", 0) + 1
+                    self.state.save()
+                    _event(logging.INFO, "not disputing: the SLA's last dispute named these "
+                           "devices less than min_dispute_gap_s ago", sla=sla_id,
+                           from_ns=from_ns, to_ns=to_ns, last=last.get("dispute_id"),
+                           faulty=sorted(named), reason=reason)
+                    return None
             if busy is not None or last is not None:
                 self._queue(sla_id, from_ns, to_ns, reason,
                             "a dispute of this SLA is in progress here" if busy is not None else
                             f"within min_dispute_gap_s {self.svc.min_dispute_gap_s:g} s of this "
-                            "SLA's last dispute, which named a device",
+                            "SLA's last dispute",
                             (busy or last).get("dispute_id"))
                 return None
             e = self._new(sla_id, from_ns, to_ns, reason)

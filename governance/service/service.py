@@ -1,7 +1,8 @@
 """``beatctl serve``: the governance service of one committee member (docs/governance-service.md).
 
-Threads: the ledger watcher (watcher.py), the evaluator (this module: every round, for every
-active SLA, the receipt epochs that have settled, monitor.py), a worker for the slow jobs (the
+Threads: the ledger watcher (watcher.py), the evaluators (this module: every round, for every
+active SLA, the receipt epochs that have settled, monitor.py; ``EVALUATORS`` SLAs at once, so a
+device that hangs holds up only its own SLAs), workers for the slow jobs (the
 delay samples and the disputes: interrogations take seconds) and the HTTP server (api.py:
 metrics and the read-only JSON API). State on disk: state.py.
 """
@@ -22,6 +23,8 @@ __all__ = ["Service"]
 
 log = logging.getLogger("beatd.governance.service")
 MAX_EPOCHS_PER_ROUND = 120
+EVALUATORS = 4                 # SLAs evaluated at once (a hanging device holds up only its SLAs)
+ROUND_WAIT_S = 2.0             # a round waits this long at most for its SLAs' evaluations
 
 
 def _event(level, msg, **fields):
@@ -81,7 +84,11 @@ class Service:
                                 self.counters)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2,
                                                           thread_name_prefix="gov-job")
+        # SLA evaluations: one at a time per SLA, EVALUATORS at once, apart from the slow jobs
+        self.evaluators = concurrent.futures.ThreadPoolExecutor(
+            max_workers=EVALUATORS, thread_name_prefix="gov-eval")
         self._jobs = {}               # (kind, sla) -> Future
+        self._jobs_lock = threading.Lock()
         self._stop = threading.Event()
         self.rounds = 0
         self.http = None
@@ -281,13 +288,14 @@ class Service:
         return s
 
     # -- the loop --------------------------------------------------------------------------------
-    def _submit(self, key, fn, *args):
-        fut = self._jobs.get(key)
-        if fut is not None and not fut.done():
-            return None
-        fut = self.pool.submit(self._guard, key, fn, *args)
-        self._jobs[key] = fut
-        return fut
+    def _submit(self, key, fn, *args, pool=None):
+        with self._jobs_lock:
+            fut = self._jobs.get(key)
+            if fut is not None and not fut.done():
+                return None
+            fut = (pool or self.pool).submit(self._guard, key, fn, *args)
+            self._jobs[key] = fut
+            return fut
 
     @staticmethod
     def _guard(key, fn, *args):
@@ -299,21 +307,28 @@ class Service:
             log.debug("job failed", exc_info=True)
             return None
 
+    def _evaluate(self, sla, view, now):
+        try:
+            self.evaluate_sla(sla, view, now)
+        except Exception as exc:  # noqa: BLE001 (the ledger, a bug: next round again)
+            _event(logging.ERROR, "evaluation failed; next round again", sla=sla.sla_id,
+                   error=f"{type(exc).__name__}: {exc}")
+            log.debug("evaluation failed", exc_info=True)
+
     def round(self):
-        """One round: every active SLA evaluated, samples and unfinished disputes scheduled."""
+        """One round: every active SLA's evaluation scheduled (on the evaluators: an SLA whose
+        evaluation of the last round still runs, e.g. waiting for a device that hangs, is
+        skipped; the others go on), samples and unfinished disputes scheduled."""
         view = self.watcher.view
         if view is None:
             return
         now = self.clock()
+        started = []
         for sla in sorted(view.slas.values(), key=lambda s: s.sla_id):
             if not self._active(sla, now):
                 continue
-            try:
-                self.evaluate_sla(sla, view, now)
-            except Exception as exc:  # noqa: BLE001 (the ledger, a bug: next round again)
-                _event(logging.ERROR, "evaluation failed; next round again", sla=sla.sla_id,
-                       error=f"{type(exc).__name__}: {exc}")
-                log.debug("evaluation failed", exc_info=True)
+            started.append(self._submit(("evaluate", sla.sla_id), self._evaluate, sla, view,
+                                        now, pool=self.evaluators))
             if self.svc.delay_sample_every_s > 0:
                 with self.state.lock:
                     st = self.state.sla(sla.sla_id)
@@ -322,8 +337,9 @@ class Service:
                         st["next_sample_ns"] = now + int(self.svc.delay_sample_every_s * 1e9)
                 if due:
                     self._submit(("sample", sla.sla_id), self._sample, sla)
-        if not any(k[0] == "resume" and not f.done() for k, f in self._jobs.items()):
-            self._submit(("resume", 0), self.desk.resume)
+        # the usual round: every evaluation done (and its disputes scheduled) when it returns
+        concurrent.futures.wait([f for f in started if f is not None], timeout=ROUND_WAIT_S)
+        self._submit(("resume", 0), self.desk.resume)
         self.rounds += 1
 
     def start(self):
@@ -351,4 +367,5 @@ class Service:
         if self.http is not None:
             self.http.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.evaluators.shutdown(wait=False, cancel_futures=True)
         _event(logging.INFO, "governance service stopped")
