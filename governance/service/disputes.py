@@ -342,14 +342,15 @@ class DisputeDesk:
             if os.path.exists(path):
                 shutil.rmtree(path)
             shutil.copytree(src, path)
-            self._report(e, path, j, arch.digest, vd, evidence, source=src)
+            self._report(e, path, j, arch.digest, vd, evidence, source=src,
+                         manifest=arch.manifest)
             _event(logging.WARNING, "another member's evidence judged again here: the same "
                    "verdict; approving that content", dispute=did, archive=src,
                    evidence_digest=arch.digest.hex()[:16], faulty=e["faulty"])
             return True
         return False
 
-    def _report(self, e, path, j, ev_digest, vd, evidence, source=None):
+    def _report(self, e, path, j, ev_digest, vd, evidence, source=None, manifest=None):
         """The judgement written beside its archive and saved for filing (state ``filing``)."""
         import json
         from types import SimpleNamespace
@@ -358,7 +359,8 @@ class DisputeDesk:
         faulty = sorted(n for n in j.faulty if n in route)
         with open(os.path.join(path, "report.json"), "w") as f:
             json.dump(to_dict(j), f, sort_keys=True)
-        self.metrics.equivocations(e["sla_id"], SimpleNamespace(evidence=evidence))
+        self.metrics.equivocations(e["sla_id"], SimpleNamespace(evidence=evidence,
+                                                                manifest=manifest))
         self._save(e, state="filing", evidence_dir=path, evidence_source=source,
                    evidence_digest=ev_digest.hex(), verdict_digest=vd.hex(),
                    faulty=faulty, verdicts={str(n): x.verdict for n, x in j.devices.items()},
@@ -402,7 +404,8 @@ class DisputeDesk:
             shutil.rmtree(path)                  # a run that died before "filing": not filed
         it.write_evidence(path)
         vd = itg.verdict_digest(it.judgement, it.evidence_digest)
-        self._report(e, path, it.judgement, it.evidence_digest, vd, it.evidence)
+        self._report(e, path, it.judgement, it.evidence_digest, vd, it.evidence,
+                     manifest=it.manifest)
 
     def _file(self, e):
         ev, vd = bytes.fromhex(e["evidence_digest"]), bytes.fromhex(e["verdict_digest"])

@@ -49,19 +49,35 @@ class Counters:
 
     def equivocations(self, sla_id, it):
         """The receipts a device gave the interrogation against those it gave the monitor (R
-        per node, role and epoch, kept in the state): another R is reported, never counted."""
+        per node, role and epoch, kept in the state): another R is reported, never counted; so is
+        a receipt the monitor counted of an epoch wholly inside the interrogation's window
+        (``it.manifest``) that the device, answering, left out of its answer (omission)."""
         with self.state.lock:
-            counted = self.state.data["counted"].get(str(sla_id), {})
+            counted = dict(self.state.data["counted"].get(str(sla_id), {}))
+        window = (getattr(it, "manifest", None) or {}).get("window")
+        L = getattr(self, "epoch_ns", None)
         found = 0
         for n, ev in it.evidence.items():
             mine = counted.get(str(n), {})
+            given = set()
             for rc in ev.receipts:
+                given.add(f"{rc.role}:{rc.epoch_ns}")
                 got = mine.get(f"{rc.role}:{rc.epoch_ns}")
                 if got is not None and got != bytes(rc.R).hex():
                     found += 1
                     _event(logging.ERROR, "a device gave the interrogation another receipt than "
                            "the monitor", sla=sla_id, node=n, epoch_ns=rc.epoch_ns,
                            role=rc.role, monitor_R=got, interrogation_R=bytes(rc.R).hex())
+            if window is None or L is None or not ev.answered:
+                continue
+            for key, R in sorted(mine.items()):
+                role, epoch = (int(x) for x in key.split(":"))
+                if window["from_ns"] <= epoch and epoch + L - 1 <= window["to_ns"] and \
+                        key not in given:
+                    found += 1
+                    _event(logging.ERROR, "a device left out of its answer to the interrogation "
+                           "a receipt the monitor counted", sla=sla_id, node=n, epoch_ns=epoch,
+                           role=role, monitor_R=R)
         if found:
             with self.state.lock:
                 self.state.sla(sla_id)["equivocations"] += found
@@ -80,6 +96,7 @@ class Service:
         self.ledger_lock = threading.RLock()
         self.watcher = Watcher(ledger, svc_cfg.poll_s, lock=self.ledger_lock)
         self.counters = Counters(state)
+        self.counters.epoch_ns = svc_cfg.epoch_ns      # the omission check's epochs
         self.desk = DisputeDesk(ledger, self.ledger_lock, state, gov_cfg, svc_cfg, signer,
                                 self.counters)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2,
@@ -106,11 +123,19 @@ class Service:
                                    timeout=min(self.gov.timeout_s, 10.0),
                                    max_answer_bytes=self.svc.max_receipts_bytes)
 
-    def _late(self, node_id, epoch_len):
+    def _late(self, node_id, epoch_len, anchors=None):
+        """``late(rc)`` for monitor.read_end: when the receipt's batch reached the ledger, the
+        later of the watcher's first sight of it and the ledger's own time of the write
+        (``Anchor.ledger_t_ns``, from ``anchors``: kept by the ledger, so known also for batches
+        anchored while the service was down)."""
         late_ns = int(self.svc.late_after_s * 1e9)
 
         def late(rc):
             seen = self.watcher.seen.get((node_id, rc.anchor.batch_seq))
+            a = anchors.get(node_id, rc.anchor.batch_seq) if anchors is not None else None
+            wrote = getattr(a, "ledger_t_ns", None)
+            if wrote is not None:
+                seen = wrote if seen is None else max(seen, wrote)
             if seen is not None and seen > rc.epoch_ns + epoch_len + late_ns:
                 return (f"back-dated: the receipt of epoch {rc.epoch_ns} is in batch "
                         f"{rc.anchor.batch_seq}, first on the ledger {(seen - rc.epoch_ns) / 1e9:.1f}"
@@ -140,7 +165,8 @@ class Service:
         a = view.anchors.get(node_id)
         problems = []
         out = monitor.read_end(checks[0], checks[1], role, epochs, L,
-                               a.last_t_ns if a is not None else 0, self._late(node_id, L),
+                               a.last_t_ns if a is not None else 0,
+                               self._late(node_id, L, anchors),
                                problems)
         for e, why in problems:
             self.counters.add(self.counters.refused, (sla.sla_id, node_id))

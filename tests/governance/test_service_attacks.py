@@ -386,9 +386,24 @@ def test_another_anchored_receipt_to_the_monitor_than_to_the_interrogation(tmp_p
         led.close()
 
 
-@pytest.mark.xfail(strict=True, reason="S-4: the equivocation check compares only the receipts "
-                   "present in both answers: a counted receipt withheld from the interrogation "
-                   "is not reported")
+def test_honest_devices_are_not_reported_as_equivocating(tmp_path, stop_after):
+    """The omission check (S-4) against honest devices: every receipt the monitor counted is in
+    what they give a sampled interrogation of two whole epochs: no equivocation reported."""
+    d = lying_domain(tmp_path, lambda d, lo, hi: None)
+    stop_after(d)
+    svc, led = service(d, tmp_path, consecutive=50)
+    try:
+        run_rounds(svc, lambda: epochs_of(*d.attack)[-1] in results(svc))
+        e = epochs_of(*d.attack)[0]
+        assert results(svc)[e]["egress"] == 1000
+        s = sample_at(svc, 1, e, e + 2 * L - 1)
+        assert not s.faulty and not s.unreachable, s.verdicts
+        assert svc.state.snapshot()["slas"]["1"]["equivocations"] == 0
+    finally:
+        svc.close()
+        led.close()
+
+
 def test_receipt_counted_by_the_monitor_withheld_from_the_interrogation(tmp_path, stop_after):
     """S-4. r3 answers the monitor with its inflated second receipt of epoch e and the
     interrogation with no receipt of e at all: the receipt the monitor counted is missing from
@@ -439,8 +454,6 @@ def test_receipt_anchored_long_after_its_epoch_is_refused(tmp_path, stop_after):
         led.close()
 
 
-@pytest.mark.xfail(strict=True, reason="S-5: first-seen times of batches are kept in memory "
-                   "only; Anchor.ledger_t_ns (the ledger's own time of the write) is not used")
 def test_back_dated_receipt_anchored_while_the_service_was_down(tmp_path, stop_after):
     """S-5. The same back-dated anchor, written while the service was stopped: after its restart
     the batch has no first-seen time (kept in memory only) and the receipt is counted, although
