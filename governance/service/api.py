@@ -2,12 +2,16 @@
 API (``/api/v1/...``; the shapes are documented in docs/governance-service.md). The standard
 library's WSGI server with one thread per request, at most ``MAX_CONCURRENT`` at once (beyond:
 503 at once), GET only, no request body read: a flood of this port costs a refusal each.
+Connections that have not sent their request yet: at most ``MAX_IDLE_CONNECTIONS`` (a new one
+beyond closes the oldest of them), each closed after ``IDLE_TIMEOUT_S``.
 """
 import json
 import logging
 import re
+import socket
 import socketserver
 import threading
+import time
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -19,16 +23,53 @@ __all__ = ["HttpServer", "App", "MAX_CONCURRENT"]
 
 log = logging.getLogger("beatd.governance.api")
 MAX_CONCURRENT = 16
+MAX_IDLE_CONNECTIONS = 32          # connections still to send their request line and headers
+IDLE_TIMEOUT_S = 10.0              # a connection silent this long is closed
 
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
     request_queue_size = 64
 
+    def __init__(self, *args, **kw):
+        self._idle = {}                    # socket -> accepted (monotonic): request not read yet
+        self._idle_lock = threading.Lock()
+        super().__init__(*args, **kw)
+
+    def process_request(self, request, client_address):
+        with self._idle_lock:
+            if len(self._idle) >= MAX_IDLE_CONNECTIONS:
+                oldest = min(self._idle, key=self._idle.get)
+                del self._idle[oldest]
+                try:
+                    oldest.shutdown(socket.SHUT_RDWR)     # its thread reads EOF and ends
+                except OSError:
+                    pass
+            self._idle[request] = time.monotonic()
+        super().process_request(request, client_address)
+
+    def request_read(self, request):
+        with self._idle_lock:
+            self._idle.pop(request, None)
+
+    def shutdown_request(self, request):
+        self.request_read(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address):
+        log.debug("HTTP connection failed", exc_info=True)   # timeouts, resets: nothing to say
+
 
 class _Quiet(WSGIRequestHandler):
+    timeout = IDLE_TIMEOUT_S
+
     def log_message(self, *args):          # no access log on stderr (the metrics count)
         pass
+
+    def parse_request(self):
+        ok = super().parse_request()           # the request line and headers read
+        self.server.request_read(self.request)
+        return ok
 
 
 def _hex(b):

@@ -587,8 +587,6 @@ def test_a_device_that_hangs_does_not_hold_up_the_other_slas(tmp_path, stop_afte
         led.close()
 
 
-@pytest.mark.xfail(strict=True, reason="S-7: the HTTP server starts a thread per connection, "
-                   "with no read timeout and no cap on connections")
 def test_idle_http_connections_are_bounded(tmp_path, stop_after):
     """S-7. 200 connections to the metrics/API port that never send a request: the service must
     still answer, and hold a bounded number of threads and sockets for them (the 16-request cap
