@@ -15,7 +15,11 @@ itself). A restart resumes each from its state:
   content from this member).
 
 An interrogation with a device still unreachable decides nothing: the dispute stays
-``undecided`` and is interrogated again after ``retry_undecided_s``.
+``undecided`` and is interrogated again after ``retry_undecided_s``; after ``stuck_after_s`` it
+no longer holds up the SLA's next disputes. Windows that cannot be disputed yet (one in progress,
+``min_dispute_gap_s``) are queued per SLA, merged, and disputed later (``drain``). With k >= 2,
+another member's approved content is approved here after judging its archive again
+(``peer_evidence``: ``_from_peers``). docs/governance-service.md, "Disputes, and restarts".
 """
 import logging
 import os
@@ -147,8 +151,8 @@ class DisputeDesk:
 
     def request(self, sla_id, from_ns, to_ns, reason, sample=None):
         """Open a dispute on ``sla_id`` for the window (unless this service already has one that
-        meets it) and try to decide it now; when another of the SLA is in progress here, or the
-        last one named a device less than ``min_dispute_gap_s`` ago, the window is queued
+        meets it) and try to decide it now; when another of the SLA is in progress here, or it is
+        within ``min_dispute_gap_s`` of the SLA's last one (``_gap``), the window is queued
         (``drain``). ``sample``: an Interrogation of exactly that window already done (the delay
         sample that found a fault), used as the dispute's. Returns the state entry (None when
         overlapping or queued)."""
@@ -308,7 +312,7 @@ class DisputeDesk:
         with self.lock:
             votes = list(getattr(self.ledger, "dispute_votes", lambda _d: [])(did))
             d = self.ledger.get_dispute(did)
-        approved = {bytes(v.evidence_digest): bytes(v.verdict_digest) for v in votes}
+        approved = {(bytes(v.evidence_digest), bytes(v.verdict_digest)) for v in votes}
         if not approved or d is None:
             return False
         for root in self.svc.peer_evidence:
@@ -317,7 +321,7 @@ class DisputeDesk:
                 continue
             try:
                 arch = archive.read(src)
-                if approved.get(arch.digest) is None:
+                if not any(ev == arch.digest for ev, _ in approved):
                     continue                     # not the archive of an approval on the ledger
                 m = arch.manifest
                 if (m["sla_id"], m["window"]["from_ns"], m["window"]["to_ns"]) != \
@@ -332,11 +336,13 @@ class DisputeDesk:
                        error=f"{type(exc).__name__}: {exc}")
                 continue
             vd = itg.verdict_digest(j, arch.digest)
-            if vd != approved[arch.digest]:
+            unreachable = sorted(n for n, x in evidence.items() if x.status == "unreachable")
+            if (arch.digest, vd) not in approved or unreachable:
                 _event(logging.ERROR, "another member approved a verdict its evidence archive "
-                       "does not give: judged by this service's own interrogation instead",
-                       dispute=did, archive=src, evidence_digest=arch.digest.hex(),
-                       approved_verdict=approved[arch.digest].hex(), rejudged_verdict=vd.hex())
+                       "does not give (or one with devices unreachable, which decides nothing): "
+                       "judged by this service's own interrogation instead", dispute=did,
+                       archive=src, evidence_digest=arch.digest.hex(), rejudged_verdict=vd.hex(),
+                       unreachable=unreachable)
                 continue
             path = os.path.join(self.state.dir, "evidence", f"d{did}")
             if os.path.exists(path):
