@@ -162,20 +162,18 @@ class DisputeDesk:
             now = time.time_ns()
             busy = self._blocking(sla_id, now)
             last = None if busy is not None else self._gap(sla_id, now, from_ns)
-            if last is not None and sample is not None:
-                j = sample.judgement
-                named = {n for n in j.faulty if n in set(j.sla.route)}
-                if named <= set(last.get("faulty") or ()):
-                    # a sample is a probe: the same devices named again within the gap are the
-                    # fault already disputed; the next sample after the gap sees it if it goes on
-                    self.state.sla(sla_id)["suppressed"] = \
-                        self.state.sla(sla_id).get("suppressed", 0) + 1
-                    self.state.save()
-                    _event(logging.INFO, "not disputing: the SLA's last dispute named these "
-                           "devices less than min_dispute_gap_s ago", sla=sla_id,
-                           from_ns=from_ns, to_ns=to_ns, last=last.get("dispute_id"),
-                           faulty=sorted(named), reason=reason)
-                    return None
+            if (busy is not None or last is not None) and sample is not None:
+                # a sample is a probe, not a record of every epoch: one held up is not queued
+                # (its interrogation would be stale by then); the next sample sees the fault
+                # if it goes on
+                self.state.sla(sla_id)["suppressed"] = \
+                    self.state.sla(sla_id).get("suppressed", 0) + 1
+                self.state.save()
+                _event(logging.INFO, "not disputing a sampled window: another dispute of this "
+                       "SLA is in progress here or less than min_dispute_gap_s old", sla=sla_id,
+                       from_ns=from_ns, to_ns=to_ns, other=(busy or last).get("dispute_id"),
+                       reason=reason)
+                return None
             if busy is not None or last is not None:
                 self._queue(sla_id, from_ns, to_ns, reason,
                             "a dispute of this SLA is in progress here" if busy is not None else
