@@ -15,8 +15,6 @@ and report by id are 404 (as an id that does not exist); a certificate of the CA
 listed is 403; one from another CA is refused at the handshake.
 """
 import json
-import os
-import shutil
 import ssl
 import threading
 import time
@@ -26,6 +24,7 @@ import urllib.request
 import pytest
 
 from conftest import IN_CI
+import page_browser
 from loopback_domain import V4, Domain
 
 from beat_lab import ca as certs
@@ -38,8 +37,6 @@ from governance.service.state import State
 from ledger_client.types import SLA
 
 L = 10**9
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 def epochs_of(lo, hi):
@@ -119,25 +116,11 @@ def filed(svc):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (CHROMIUM and CHROMEDRIVER):
-        msg = ("chromium and chromium-driver are not installed (make setup installs them: "
-               "scripts/bootstrap-system)")
+    if not (page_browser.CHROMIUM and page_browser.CHROMEDRIVER):
         if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    os.environ.setdefault("SE_OFFLINE", "true")        # never fetch a driver: Debian's
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,2000", "--no-first-run", "--disable-extensions"):
-        opts.add_argument(arg)
-    if os.geteuid() == 0:
-        opts.add_argument("--no-sandbox")              # Chromium refuses root with its sandbox
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=DriverService(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(30)
+            pytest.fail(page_browser.MISSING)
+        pytest.skip(page_browser.MISSING)
+    driver = page_browser.open_chromium()
     yield driver
     driver.quit()
 
@@ -162,10 +145,7 @@ def test_page_shows_the_slas_routers_and_the_dispute_with_its_report(domain, ser
         # the page updates by itself (no reload): the dispute, its verdict, its report
         did = filed(svc)[0]["dispute_id"]
         card = f'.dispute[data-dispute="{did}"]'
-        wait(lambda: js(browser, f"""const c = document.querySelector('{card}');
-            return c && c.querySelector('.report img.report-svg') &&
-                   c.querySelector('.report img.report-svg').complete &&
-                   c.querySelector('.report img.report-svg').naturalWidth > 0;"""), 30,
+        wait(lambda: page_browser.report_shown(browser, did), 30,
              "the dispute's report on the page")
     finally:
         svc.stop()
