@@ -233,10 +233,11 @@ def test_a_reader_that_leaves_early_is_not_an_error(env, capsys):
 
 # -- the committee (docs/ledger.md, "The committee") --------------------------------------------
 
-def test_committee_commands(tmp_path, capsys):
-    from ledger_client.types import Node
+def _beatctl_as(tmp_path, capsys, *roles):
+    """A key per role (keygen), their public keys, and bc(role, *argv): beatctl on a local ledger
+    in tmp_path with that role's --key (role None: no key)."""
     keys = {}
-    for r in ("m1", "m2", "m3", "stranger", "tenant"):
+    for r in roles:
         keys[r] = str(tmp_path / f"{r}.ed25519")
         assert main(["keygen", "--out", keys[r]]) == 0
     pubs = {r: v.strip() for r, v in zip(keys, capsys.readouterr().out.split())}
@@ -244,6 +245,12 @@ def test_committee_commands(tmp_path, capsys):
 
     def bc(role, *argv):
         return main(["--ledger", led] + (["--key", keys[role]] if role else []) + list(argv))
+    return keys, pubs, bc
+
+
+def test_committee_commands(tmp_path, capsys):
+    from ledger_client.types import Node
+    keys, pubs, bc = _beatctl_as(tmp_path, capsys, "m1", "m2", "m3", "stranger", "tenant")
 
     assert bc("m1", "create", "--member", pubs["m1"], "--member", pubs["m2"],
               "--member", pubs["m3"], "--threshold", "2", "--ttl", "3600") == 0
@@ -317,15 +324,7 @@ def test_committee_commands(tmp_path, capsys):
 def test_money_commands(tmp_path, capsys):
     """deposit, withdraw --request / withdraw, deposits, debts, balances on a local committee
     ledger: exit codes and JSON; a decision's penalty moves the deposit to the tenant."""
-    keys = {}
-    for r in ("m1", "op", "tenant", "stranger"):
-        keys[r] = str(tmp_path / f"{r}.ed25519")
-        assert main(["keygen", "--out", keys[r]]) == 0
-    pubs = {r: v.strip() for r, v in zip(keys, capsys.readouterr().out.split())}
-    led = f"local:{tmp_path / 'ledger.mdb'}"
-
-    def bc(role, *argv):
-        return main(["--ledger", led] + (["--key", keys[role]] if role else []) + list(argv))
+    keys, pubs, bc = _beatctl_as(tmp_path, capsys, "m1", "op", "tenant", "stranger")
 
     assert bc("m1", "create", "--member", pubs["m1"], "--threshold", "1", "--ttl", "3600",
               "--notice", "1000", "--balance", f"{pubs['op']}=100") == 2    # notice < ttl
@@ -382,15 +381,7 @@ def test_tenant_opens_a_dispute(tmp_path, capsys):
     """``beatctl open-dispute``: the SLA's tenant opens a dispute on a window and sees it with
     ``disputes --tenant``; a stranger is refused (exit 1), a bad window is bad input (exit 2), a
     dispute on an SLA that does not exist is refused."""
-    keys = {}
-    for r in ("m1", "tenant", "stranger"):
-        keys[r] = str(tmp_path / f"{r}.ed25519")
-        assert main(["keygen", "--out", keys[r]]) == 0
-    pubs = {r: v.strip() for r, v in zip(keys, capsys.readouterr().out.split())}
-    led = f"local:{tmp_path / 'ledger.mdb'}"
-
-    def bc(role, *argv):
-        return main(["--ledger", led] + (["--key", keys[role]] if role else []) + list(argv))
+    keys, pubs, bc = _beatctl_as(tmp_path, capsys, "m1", "tenant", "stranger")
 
     assert bc("m1", "create", "--member", pubs["m1"], "--threshold", "1") == 0
     n1 = DeviceKey.generate()
