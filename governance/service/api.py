@@ -138,6 +138,11 @@ class App:
     def report(self, did):
         return page.dispute_report(self.service, int(did))
 
+    def _visible(self, scope, did):
+        view = self._view()
+        d = view.disputes.get(did) if view is not None else None
+        return d is not None and scope.sla(d.sla_id)
+
     def __call__(self, environ, start):
         if not self.sem.acquire(blocking=False):
             return self._refuse(start, "503 Service Unavailable",
@@ -158,8 +163,11 @@ class App:
             got = page.static(path)
             if got is not None:
                 return self._send(start, *got)
-            m = re.match(r"^/api/v1/disputes/(\d+)/report\.svg$", path)
-            if m:
+            m = re.match(r"^/api/v1/disputes/(\d+)/report(\.svg)?$", path)
+            if m and not self._visible(scope, int(m.group(1))):
+                # another tenant's dispute: not even read (its answer would differ from 404)
+                return self._refuse(start, "404 Not Found", f"{path}: not found")
+            if m and m.group(2):
                 try:
                     got = scope.restrict("report_svg", _svg_out(self.service, int(m.group(1))))
                 except page.ReportError as exc:
