@@ -2,8 +2,12 @@
 API (``/api/v1/...``; the shapes are documented in docs/governance-service.md). The standard
 library's WSGI server with one thread per request, at most ``MAX_CONCURRENT`` at once (beyond:
 503 at once), GET only, no request body read: a flood of this port costs a refusal each.
-Connections that have not sent their request yet: at most ``MAX_IDLE_CONNECTIONS`` (a new one
-beyond closes the oldest of them), each closed after ``IDLE_TIMEOUT_S``.
+
+The web page (``/``, page.py) on the same port; with an ``[http]`` table the port speaks mutual
+TLS and each client sees what its certificate is allowed (access.py); at most
+``MAX_CONNECTIONS`` connections open at once, each with ``TIMEOUT_S`` to finish its handshake
+and request; of those, at most ``MAX_IDLE_CONNECTIONS`` that have not sent their request yet
+(a new one beyond closes the oldest of them: idle connections cannot keep a request out).
 """
 import json
 import logging
@@ -17,36 +21,82 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from . import access, page
 from .metrics import ServiceCollector
 
 __all__ = ["HttpServer", "App", "MAX_CONCURRENT"]
 
 log = logging.getLogger("beatd.governance.api")
 MAX_CONCURRENT = 16
-MAX_IDLE_CONNECTIONS = 32          # connections still to send their request line and headers
-IDLE_TIMEOUT_S = 10.0              # a connection silent this long is closed
+MAX_CONNECTIONS = 64
+MAX_IDLE_CONNECTIONS = 32          # of those, still to send their request line and headers
+TIMEOUT_S = 10.0
+NO_STORE = [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
+            ("Content-Security-Policy", page.CSP), ("Referrer-Policy", "no-referrer")]
 
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
     request_queue_size = 64
+    ssl_context = None              # mutual TLS (access.py), or plain HTTP on loopback
+    on_refused = None
+
+    def server_bind(self):
+        super().server_bind()
+        self.connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        if self.ssl_context is not None:    # the handshake in the request's thread (setup)
+            sock = self.ssl_context.wrap_socket(sock, server_side=True,
+                                                do_handshake_on_connect=False)
+        return sock, addr
+
+    def process_request(self, request, client_address):
+        self._evict_idle()
+        if not self.connections.acquire(blocking=False):
+            self._refused()
+            self.shutdown_request(request)
+            return
+        with self._idle_lock:
+            self._idle[request] = time.monotonic()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.connections.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
+
+    def handle_error(self, request, client_address):
+        self._refused()                     # a failed handshake, a client gone: counted
+        log.debug("HTTP connection from %s failed", client_address, exc_info=True)
+
+    def _refused(self):
+        if self.on_refused is not None:
+            self.on_refused()
 
     def __init__(self, *args, **kw):
         self._idle = {}                    # socket -> accepted (monotonic): request not read yet
         self._idle_lock = threading.Lock()
         super().__init__(*args, **kw)
 
-    def process_request(self, request, client_address):
+    def _evict_idle(self):
+        """At MAX_IDLE_CONNECTIONS connections without their request yet, the oldest is closed
+        (its thread reads EOF and ends): idle connections cannot keep a request out (S-7)."""
         with self._idle_lock:
-            if len(self._idle) >= MAX_IDLE_CONNECTIONS:
-                oldest = min(self._idle, key=self._idle.get)
-                del self._idle[oldest]
-                try:
-                    oldest.shutdown(socket.SHUT_RDWR)     # its thread reads EOF and ends
-                except OSError:
-                    pass
-            self._idle[request] = time.monotonic()
-        super().process_request(request, client_address)
+            if len(self._idle) < MAX_IDLE_CONNECTIONS:
+                return
+            oldest = min(self._idle, key=self._idle.get)
+            del self._idle[oldest]
+        try:
+            oldest.shutdown(socket.SHUT_RDWR)
+        except (OSError, ValueError):
+            pass
 
     def request_read(self, request):
         with self._idle_lock:
@@ -56,12 +106,20 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         self.request_read(request)
         super().shutdown_request(request)
 
-    def handle_error(self, request, client_address):
-        log.debug("HTTP connection failed", exc_info=True)   # timeouts, resets: nothing to say
-
 
 class _Quiet(WSGIRequestHandler):
-    timeout = IDLE_TIMEOUT_S
+    timeout = TIMEOUT_S
+
+    def setup(self):
+        super().setup()
+        if hasattr(self.connection, "do_handshake"):
+            self.connection.do_handshake()  # a certificate of client_ca, or an exception
+
+    def get_environ(self):
+        env = super().get_environ()
+        if hasattr(self.connection, "getpeercert"):
+            env["beat.peer_cert"] = self.connection.getpeercert(binary_form=True)
+        return env
 
     def log_message(self, *args):          # no access log on stderr (the metrics count)
         pass
@@ -83,27 +141,45 @@ def _addr(b):
 
 
 class App:
-    """The WSGI application (usable without the server, for tests)."""
+    """The WSGI application (usable without the server, for tests). ``http``: the access
+    configuration (access.HttpConfig; default the service's ``[http]``, None: loopback)."""
 
-    def __init__(self, service):
+    def __init__(self, service, http=access.LOCAL):
         self.service = service
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ServiceCollector(service))
         self.sem = threading.BoundedSemaphore(MAX_CONCURRENT)
-        self.routes = [(re.compile(r"^/api/v1/slas/?$"), self.slas),
-                       (re.compile(r"^/api/v1/slas/(\d+)$"), self.sla),
-                       (re.compile(r"^/api/v1/routers/?$"), self.routers),
-                       (re.compile(r"^/api/v1/disputes/?$"), self.disputes),
-                       (re.compile(r"^/api/v1/proposals/?$"), self.proposals),
-                       (re.compile(r"^/api/v1/health/?$"), self.health)]
+        self.http_cfg = getattr(service.svc, "http", None) if http is access.LOCAL else http
+        self.routes = [(re.compile(r"^/api/v1/slas/?$"), self.slas, "slas"),
+                       (re.compile(r"^/api/v1/slas/(\d+)$"), self.sla, "sla"),
+                       (re.compile(r"^/api/v1/routers/?$"), self.routers, "routers"),
+                       (re.compile(r"^/api/v1/disputes/?$"), self.disputes, "disputes"),
+                       (re.compile(r"^/api/v1/disputes/(\d+)/report$"), self.report, "report"),
+                       (re.compile(r"^/api/v1/proposals/?$"), self.proposals, "proposals"),
+                       (re.compile(r"^/api/v1/health/?$"), self.health, "health")]
 
-    def _refuse(self, start, status, text):
+    def count_refused(self):
         with self.service.counters.lock:
             self.service.counters.api_refused += 1
+
+    def _refuse(self, start, status, text):
+        self.count_refused()
         body = json.dumps({"error": text}).encode()
         start(status, [("Content-Type", "application/json"),
-                       ("Content-Length", str(len(body)))])
+                       ("Content-Length", str(len(body)))] + NO_STORE)
         return [body]
+
+    def _send(self, start, ctype, body):
+        start("200 OK", [("Content-Type", ctype), ("Content-Length", str(len(body)))] + NO_STORE)
+        return [body]
+
+    def report(self, did):
+        return page.dispute_report(self.service, int(did))
+
+    def _visible(self, scope, did):
+        view = self._view()
+        d = view.disputes.get(did) if view is not None else None
+        return d is not None and scope.sla(d.sla_id)
 
     def __call__(self, environ, start):
         if not self.sem.acquire(blocking=False):
@@ -113,21 +189,49 @@ class App:
             if environ.get("REQUEST_METHOD") != "GET":
                 return self._refuse(start, "405 Method Not Allowed", "read-only: GET only")
             path = environ.get("PATH_INFO", "")
+            client = access.identify(self.http_cfg, environ.get("beat.peer_cert"))
+            if not client.known:
+                return self._refuse(start, "403 Forbidden", "this client certificate is not "
+                                    "listed in [[http.clients]]")
+            scope = access.Scope(client, self._view())
             if path == "/metrics":
-                body = generate_latest(self.registry)
-                start("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
-                                 ("Content-Length", str(len(body)))])
-                return [body]
-            for rx, fn in self.routes:
+                if not client.member:
+                    return self._refuse(start, "403 Forbidden", "/metrics: members only")
+                return self._send(start, CONTENT_TYPE_LATEST, generate_latest(self.registry))
+            got = page.static(path)
+            if got is not None:
+                return self._send(start, *got)
+            m = re.match(r"^/api/v1/disputes/(\d+)/report(\.svg)?$", path)
+            if m and not self._visible(scope, int(m.group(1))):
+                # another tenant's dispute: not even read (its answer would differ from 404)
+                return self._refuse(start, "404 Not Found", f"{path}: not found")
+            if m and m.group(2):
+                try:
+                    got = scope.restrict("report_svg", _svg_out(self.service, int(m.group(1))))
+                except page.ReportError as exc:
+                    log.error("report unavailable: %s", exc)
+                    return self._refuse(start, "500 Internal Server Error",
+                                        f"{path}: the report cannot be read")
+                if got is None:
+                    return self._refuse(start, "404 Not Found", f"{path}: not found")
+                return self._send(start, "image/svg+xml", got["svg"])
+            if path == "/api/v1/access":
+                out = {"client": client.name, "tenant": client.tenant,
+                       "tls": self.http_cfg is not None}
+                return self._send(start, "application/json", json.dumps(out).encode())
+            for rx, fn, kind in self.routes:
                 m = rx.match(path)
                 if m:
-                    out = fn(*m.groups())
+                    try:
+                        out = scope.restrict(kind, fn(*m.groups()))
+                    except page.ReportError as exc:
+                        log.error("report unavailable: %s", exc)
+                        return self._refuse(start, "500 Internal Server Error",
+                                            f"{path}: the report cannot be read")
                     if out is None:
                         return self._refuse(start, "404 Not Found", f"{path}: not found")
-                    body = json.dumps(out, sort_keys=True).encode()
-                    start("200 OK", [("Content-Type", "application/json"),
-                                     ("Content-Length", str(len(body)))])
-                    return [body]
+                    return self._send(start, "application/json",
+                                      json.dumps(out, sort_keys=True).encode())
             return self._refuse(start, "404 Not Found", f"{path}: not found (see "
                                 "docs/governance-service.md)")
         finally:
@@ -238,6 +342,11 @@ class App:
                 "rounds": self.service.rounds, "view_t_ns": w.view.t_ns if w.view else None}
 
 
+def _svg_out(service, did):
+    got = page.dispute_svg(service, did)
+    return None if got is None else {"sla_id": got[0], "svg": got[1]}
+
+
 def _reached(state, step, d):
     order = ["opened", "evidence", "decided", "settled"]
     if step == "evidence" and d.evidence_digest is not None:
@@ -246,11 +355,15 @@ def _reached(state, step, d):
 
 
 class HttpServer:
-    def __init__(self, service, host_port):
-        self.app = App(service)
+    def __init__(self, service, host_port, http=access.LOCAL):
+        self.app = App(service, http)
         host, port = host_port
-        self.server = make_server(host, port, self.app, server_class=_Server,
-                                  handler_class=_Quiet)
+        cls = _Server
+        if self.app.http_cfg is not None:
+            cls = type("_TlsServer", (_Server,),
+                       {"ssl_context": access.server_context(self.app.http_cfg)})
+        self.server = make_server(host, port, self.app, server_class=cls, handler_class=_Quiet)
+        self.server.on_refused = self.app.count_refused
         self.port = self.server.server_port
         self._thread = None
 

@@ -24,6 +24,9 @@ The file is the governance configuration of ``beatctl interrogate`` (``[interrog
     peer_evidence = []                          # other members' evidence/ dirs (read-only)
     peer_wait_s = 30                            # a dispute opened by another: wait for its archive
     stuck_after_s = 120                         # an own dispute undecided this long: not blocking
+
+and an optional ``[http]`` table: the port behind mutual TLS, each client certificate mapped to a
+tenant or a member (access.py); ``listen`` may then be any address.
 """
 import dataclasses
 import ipaddress
@@ -33,6 +36,7 @@ import re
 from beat_common.tomlfile import read_toml
 
 from ..interrogate import ConfigError, load_config
+from .access import load_http
 
 __all__ = ["ServiceConfig", "load", "ConfigError"]
 
@@ -60,6 +64,7 @@ class ServiceConfig:
     peer_wait_s: float = 30.0
     stuck_after_s: float = 120.0
     log_format: str = "json"
+    http: object = None                 # access.HttpConfig: mutual TLS and tenants, or None
 
     @property
     def epoch_ns(self):
@@ -83,7 +88,7 @@ _NUMBERS = {  # key: (type, least, above)
 }
 
 
-def _service(path, raw):
+def _service(path, raw, tls=False):
     sv = raw.get("service")
     if not isinstance(sv, dict):
         raise ConfigError(f"{path}: service: missing ([service] with state_dir at least)")
@@ -138,10 +143,10 @@ def _service(path, raw):
             loop = ipaddress.ip_address(m.group(1)).is_loopback
         except ValueError:
             loop = m.group(1) == "localhost"
-        if not loop:
+        if not loop and not tls:
             raise ConfigError(f"{path}: service.listen: {listen!r} is not a loopback address "
                               "(the metrics and the API are for this host only: put a proxy in "
-                              "front to publish them)")
+                              "front to publish them, or give an [http] table: mutual TLS)")
         out["listen"] = listen
     return ServiceConfig(**out)
 
@@ -151,8 +156,9 @@ def load(path):
     if not os.path.isfile(path):
         raise ConfigError(f'{path}: no such file')
     raw = read_toml(path, ConfigError, "governance service configuration")
-    svc = _service(path, raw)
-    gov = load_config(path, extra=("service",))
+    http = load_http(path, raw)
+    svc = dataclasses.replace(_service(path, raw, tls=http is not None), http=http)
+    gov = load_config(path, extra=("service", "http"))
     if not gov.endpoints:
         raise ConfigError(f"{path}: endpoints: none ([[endpoints]] node_id, address: where each "
                           "device answers)")

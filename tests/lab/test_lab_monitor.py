@@ -8,7 +8,8 @@ in the management namespace (receipt epochs and anchors of 1 s, n = 2 consecutiv
 2. r2 drops every tenth packet (a kernel rule blackholing source port 41000, as the scenarios):
    the service opens a dispute within n epochs plus one anchor period (plus the time to settle
    the epochs), the interrogation names r2 DROPPED and member 1's approval is filed; member 2
-   judges the archived evidence again (beatctl decide) and the decision executes;
+   judges the archived evidence again (beatctl decide) and the decision executes; the service's
+   web page shows the dispute with its verdict and report (headless Chromium);
 3. r1 moves the flow onto the detour r4: a sampled interrogation finds r1 DEVIATED and the
    service disputes that window by itself;
 4. r3's Interrogation service unreachable for 10 s (a blackhole route in the management
@@ -136,6 +137,17 @@ log_format = "text"
         assert out.returncode == 0, out.stderr
         return out.stdout
 
+    def page(self, dispute_id):
+        """What the service's page shows of ``dispute_id`` (tests/governance/page_browser.py,
+        headless Chromium in the management namespace)."""
+        script = os.path.join(REPO, "tests", "governance", "page_browser.py")
+        argv = self.lab.net_ledger_argv([sys.executable, script, "http://127.0.0.1:19480/",
+                                         str(dispute_id), "60"])
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=180,
+                             env=dict(os.environ, PYTHONPATH=REPO))
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout)
+
     def logtext(self):
         self.log.flush()
         return (self.tmp / "serve.log").read_text()
@@ -220,6 +232,15 @@ def test_the_service_disputes_what_the_routers_do(lab, tmp_path):
         assert p.returncode == 0, p.stderr
         got = json.loads(p.stdout)
         assert got["faulty"] == [2] and got["state"] == "settled", got
+        # the service's web page shows it, in a real headless Chromium (run where the service
+        # listens: the management namespace)
+        shown = serve.page(d1["dispute_id"])
+        assert shown["verdicts"]["r2"] == "DROPPED" and shown["verdicts"]["r1"] == "CONSISTENT"
+        assert shown["steps"][:3] == ["opened", "evidence", "decided"] and "r2" in \
+            shown["decision"], shown
+        assert shown["evidence_digest"] == d1["evidence_digest"], shown
+        assert shown["slas"] == [1] and "violation" in " ".join(shown["loss_points"]["1"])
+        assert shown["routers"] == ["r1", "r2", "r3", "r4"] and shown["console_errors"] == []
         # the tenant sees it
         p = lab.beatctl("disputes", "--tenant", "--json", key=lab.tenant_key_path)
         assert p.returncode == 0, p.stderr
