@@ -63,11 +63,7 @@ def run(args, open_ledger, gov_key, UsageError):
         print(f"beatctl serve: listening on {svc_cfg.host_port[0]}:{service.http.port}",
               file=sys.stderr, flush=True)
         try:
-            while not service._stop.is_set():
-                service.watcher.changed.wait(svc_cfg.poll_s)
-                service.watcher.changed.clear()
-                service.round()
-                service._stop.wait(min(svc_cfg.poll_s, 0.5))
+            service.loop()
         finally:
             service.close()
     return 0

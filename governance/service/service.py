@@ -335,16 +335,13 @@ class Service:
                receipt_epoch_ms=self.svc.receipt_epoch_ms, start=self.state.data["started"])
         return self
 
-    def run(self):
-        self.start()
-        try:
-            while not self._stop.is_set():
-                self.watcher.changed.wait(self.svc.poll_s)
-                self.watcher.changed.clear()
-                self.round()
-                self._stop.wait(min(self.svc.poll_s, 0.5))
-        finally:
-            self.close()
+    def loop(self):
+        """Rounds until ``stop()``: after each ledger read (or ``poll_s``)."""
+        while not self._stop.is_set():
+            self.watcher.changed.wait(self.svc.poll_s)
+            self.watcher.changed.clear()
+            self.round()
+            self._stop.wait(min(self.svc.poll_s, 0.5))
 
     def stop(self):
         self._stop.set()
