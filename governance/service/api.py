@@ -6,13 +6,16 @@ library's WSGI server with one thread per request, at most ``MAX_CONCURRENT`` at
 The web page (``/``, page.py) on the same port; with an ``[http]`` table the port speaks mutual
 TLS and each client sees what its certificate is allowed (access.py); at most
 ``MAX_CONNECTIONS`` connections open at once, each with ``TIMEOUT_S`` to finish its handshake
-and request.
+and request; of those, at most ``MAX_IDLE_CONNECTIONS`` that have not sent their request yet
+(a new one beyond closes the oldest of them: idle connections cannot keep a request out).
 """
 import json
 import logging
 import re
+import socket
 import socketserver
 import threading
+import time
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -26,6 +29,7 @@ __all__ = ["HttpServer", "App", "MAX_CONCURRENT"]
 log = logging.getLogger("beatd.governance.api")
 MAX_CONCURRENT = 16
 MAX_CONNECTIONS = 64
+MAX_IDLE_CONNECTIONS = 32          # of those, still to send their request line and headers
 TIMEOUT_S = 10.0
 NO_STORE = [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
             ("Content-Security-Policy", page.CSP), ("Referrer-Policy", "no-referrer")]
@@ -49,10 +53,13 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         return sock, addr
 
     def process_request(self, request, client_address):
+        self._evict_idle()
         if not self.connections.acquire(blocking=False):
             self._refused()
             self.shutdown_request(request)
             return
+        with self._idle_lock:
+            self._idle[request] = time.monotonic()
         try:
             super().process_request(request, client_address)
         except BaseException:
@@ -73,6 +80,32 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         if self.on_refused is not None:
             self.on_refused()
 
+    def __init__(self, *args, **kw):
+        self._idle = {}                    # socket -> accepted (monotonic): request not read yet
+        self._idle_lock = threading.Lock()
+        super().__init__(*args, **kw)
+
+    def _evict_idle(self):
+        """At MAX_IDLE_CONNECTIONS connections without their request yet, the oldest is closed
+        (its thread reads EOF and ends): idle connections cannot keep a request out (S-7)."""
+        with self._idle_lock:
+            if len(self._idle) < MAX_IDLE_CONNECTIONS:
+                return
+            oldest = min(self._idle, key=self._idle.get)
+            del self._idle[oldest]
+        try:
+            oldest.shutdown(socket.SHUT_RDWR)
+        except (OSError, ValueError):
+            pass
+
+    def request_read(self, request):
+        with self._idle_lock:
+            self._idle.pop(request, None)
+
+    def shutdown_request(self, request):
+        self.request_read(request)
+        super().shutdown_request(request)
+
 
 class _Quiet(WSGIRequestHandler):
     timeout = TIMEOUT_S
@@ -90,6 +123,11 @@ class _Quiet(WSGIRequestHandler):
 
     def log_message(self, *args):          # no access log on stderr (the metrics count)
         pass
+
+    def parse_request(self):
+        ok = super().parse_request()           # the request line and headers read
+        self.server.request_read(self.request)
+        return ok
 
 
 def _hex(b):

@@ -20,7 +20,10 @@ The file is the governance configuration of ``beatctl interrogate`` (``[interrog
     max_receipts_bytes = 4194304                # what one device may answer the monitor, at most
     series_epochs = 600                         # epochs kept per SLA for the API
     backfill_s = 0                              # at the first start, evaluate from this long ago
-    min_dispute_gap_s = 60                      # a window this soon after the last one: not disputed
+    min_dispute_gap_s = 60                      # a window this soon after the last one: queued
+    peer_evidence = []                          # other members' evidence/ dirs (read-only)
+    peer_wait_s = 30                            # a dispute opened by another: wait for its archive
+    stuck_after_s = 120                         # an own dispute undecided this long: not blocking
 
 and an optional ``[http]`` table: the port behind mutual TLS, each client certificate mapped to a
 tenant or a member (access.py); ``listen`` may then be any address.
@@ -57,6 +60,9 @@ class ServiceConfig:
     series_epochs: int = 600
     backfill_s: float = 0.0
     min_dispute_gap_s: float = 60.0
+    peer_evidence: tuple = ()
+    peer_wait_s: float = 30.0
+    stuck_after_s: float = 120.0
     log_format: str = "json"
     http: object = None                 # access.HttpConfig: mutual TLS and tenants, or None
 
@@ -78,6 +84,7 @@ _NUMBERS = {  # key: (type, least, above)
     "late_after_s": (float, 0.0, True), "retry_undecided_s": (float, 0.0, True),
     "max_receipts_bytes": (int, 1024, False), "series_epochs": (int, 1, False),
     "backfill_s": (float, 0.0, False), "min_dispute_gap_s": (float, 0.0, False),
+    "peer_wait_s": (float, 0.0, False), "stuck_after_s": (float, 0.0, True),
 }
 
 
@@ -85,7 +92,8 @@ def _service(path, raw, tls=False):
     sv = raw.get("service")
     if not isinstance(sv, dict):
         raise ConfigError(f"{path}: service: missing ([service] with state_dir at least)")
-    known = set(_NUMBERS) | {"state_dir", "listen", "unknown_breaks", "log_format"}
+    known = set(_NUMBERS) | {"state_dir", "listen", "unknown_breaks", "log_format",
+                             "peer_evidence"}
     bad = sorted(set(sv) - known)
     if bad:
         raise ConfigError(f"{path}: service.{bad[0]}: unknown key (known: "
@@ -115,6 +123,12 @@ def _service(path, raw, tls=False):
             raise ConfigError(f"{path}: service.unknown_breaks: {sv['unknown_breaks']!r} is not "
                               "true or false")
         out["unknown_breaks"] = sv["unknown_breaks"]
+    if "peer_evidence" in sv:
+        pe = sv["peer_evidence"]
+        if not isinstance(pe, list) or not all(isinstance(x, str) and x for x in pe):
+            raise ConfigError(f"{path}: service.peer_evidence: {pe!r} is not a list of "
+                              "directories (other members' <state_dir>/evidence)")
+        out["peer_evidence"] = tuple(pe)
     if "log_format" in sv:
         if sv["log_format"] not in ("json", "text"):
             raise ConfigError(f"{path}: service.log_format: {sv['log_format']!r} is not json or "

@@ -123,9 +123,10 @@ def evaluate_epoch(epoch_ns, ingress, egress, *, max_loss_ppm, max_delay_us, epo
 class Streak:
     """Consecutive violating epochs. ``feed(result)`` returns the window ``(from_ns, to_ns)`` to
     dispute when the ``n``-th violation in a row comes (and starts a new streak), else None.
-    OK and IDLE end a streak; UNKNOWN ends it when ``unknown_breaks``, else is skipped (a device
-    that withholds every other epoch cannot keep a streak from completing). ``epochs``: the
-    violating epochs so far (kept in the service's state)."""
+    OK ends a streak; UNKNOWN and IDLE end it when ``unknown_breaks``, else are skipped (a device
+    that withholds every other epoch cannot keep a streak from completing; an IDLE epoch may be
+    an ingress withholding its receipt: 0 entered reads as idle). ``epochs``: the violating
+    epochs so far (kept in the service's state)."""
 
     def __init__(self, n, epoch_len_ns, unknown_breaks=False, epochs=()):
         if n < 1:
@@ -141,7 +142,7 @@ class Streak:
                 self.epochs = []
                 return window
             return None
-        if result.result in (OK, IDLE) or (result.result == UNKNOWN and self.unknown_breaks):
+        if result.result == OK or (result.result in (UNKNOWN, IDLE) and self.unknown_breaks):
             self.epochs = []
         return None
 

@@ -1,7 +1,8 @@
 """``beatctl serve``: the governance service of one committee member (docs/governance-service.md).
 
-Threads: the ledger watcher (watcher.py), the evaluator (this module: every round, for every
-active SLA, the receipt epochs that have settled, monitor.py), a worker for the slow jobs (the
+Threads: the ledger watcher (watcher.py), the evaluators (this module: every round, for every
+active SLA, the receipt epochs that have settled, monitor.py; ``EVALUATORS`` SLAs at once, so a
+device that hangs holds up only its own SLAs), workers for the slow jobs (the
 delay samples and the disputes: interrogations take seconds) and the HTTP server (api.py:
 metrics and the read-only JSON API). State on disk: state.py.
 """
@@ -22,6 +23,8 @@ __all__ = ["Service"]
 
 log = logging.getLogger("beatd.governance.service")
 MAX_EPOCHS_PER_ROUND = 120
+EVALUATORS = 4                 # SLAs evaluated at once (a hanging device holds up only its SLAs)
+ROUND_WAIT_S = 2.0             # a round waits this long at most for its SLAs' evaluations
 
 
 def _event(level, msg, **fields):
@@ -46,19 +49,35 @@ class Counters:
 
     def equivocations(self, sla_id, it):
         """The receipts a device gave the interrogation against those it gave the monitor (R
-        per node, role and epoch, kept in the state): another R is reported, never counted."""
+        per node, role and epoch, kept in the state): another R is reported, never counted; so is
+        a receipt the monitor counted of an epoch wholly inside the interrogation's window
+        (``it.manifest``) that the device, answering, left out of its answer (omission)."""
         with self.state.lock:
-            counted = self.state.data["counted"].get(str(sla_id), {})
+            counted = dict(self.state.data["counted"].get(str(sla_id), {}))
+        window = (getattr(it, "manifest", None) or {}).get("window")
+        L = getattr(self, "epoch_ns", None)
         found = 0
         for n, ev in it.evidence.items():
             mine = counted.get(str(n), {})
+            given = set()
             for rc in ev.receipts:
+                given.add(f"{rc.role}:{rc.epoch_ns}")
                 got = mine.get(f"{rc.role}:{rc.epoch_ns}")
                 if got is not None and got != bytes(rc.R).hex():
                     found += 1
                     _event(logging.ERROR, "a device gave the interrogation another receipt than "
                            "the monitor", sla=sla_id, node=n, epoch_ns=rc.epoch_ns,
                            role=rc.role, monitor_R=got, interrogation_R=bytes(rc.R).hex())
+            if window is None or L is None or not ev.answered:
+                continue
+            for key, R in sorted(mine.items()):
+                role, epoch = (int(x) for x in key.split(":"))
+                if window["from_ns"] <= epoch and epoch + L - 1 <= window["to_ns"] and \
+                        key not in given:
+                    found += 1
+                    _event(logging.ERROR, "a device left out of its answer to the interrogation "
+                           "a receipt the monitor counted", sla=sla_id, node=n, epoch_ns=epoch,
+                           role=role, monitor_R=R)
         if found:
             with self.state.lock:
                 self.state.sla(sla_id)["equivocations"] += found
@@ -77,11 +96,16 @@ class Service:
         self.ledger_lock = threading.RLock()
         self.watcher = Watcher(ledger, svc_cfg.poll_s, lock=self.ledger_lock)
         self.counters = Counters(state)
+        self.counters.epoch_ns = svc_cfg.epoch_ns      # the omission check's epochs
         self.desk = DisputeDesk(ledger, self.ledger_lock, state, gov_cfg, svc_cfg, signer,
                                 self.counters)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2,
                                                           thread_name_prefix="gov-job")
+        # SLA evaluations: one at a time per SLA, EVALUATORS at once, apart from the slow jobs
+        self.evaluators = concurrent.futures.ThreadPoolExecutor(
+            max_workers=EVALUATORS, thread_name_prefix="gov-eval")
         self._jobs = {}               # (kind, sla) -> Future
+        self._jobs_lock = threading.Lock()
         self._stop = threading.Event()
         self.rounds = 0
         self.http = None
@@ -99,11 +123,19 @@ class Service:
                                    timeout=min(self.gov.timeout_s, 10.0),
                                    max_answer_bytes=self.svc.max_receipts_bytes)
 
-    def _late(self, node_id, epoch_len):
+    def _late(self, node_id, epoch_len, anchors=None):
+        """``late(rc)`` for monitor.read_end: when the receipt's batch reached the ledger, the
+        later of the watcher's first sight of it and the ledger's own time of the write
+        (``Anchor.ledger_t_ns``, from ``anchors``: kept by the ledger, so known also for batches
+        anchored while the service was down)."""
         late_ns = int(self.svc.late_after_s * 1e9)
 
         def late(rc):
             seen = self.watcher.seen.get((node_id, rc.anchor.batch_seq))
+            a = anchors.get(node_id, rc.anchor.batch_seq) if anchors is not None else None
+            wrote = getattr(a, "ledger_t_ns", None)
+            if wrote is not None:
+                seen = wrote if seen is None else max(seen, wrote)
             if seen is not None and seen > rc.epoch_ns + epoch_len + late_ns:
                 return (f"back-dated: the receipt of epoch {rc.epoch_ns} is in batch "
                         f"{rc.anchor.batch_seq}, first on the ledger {(seen - rc.epoch_ns) / 1e9:.1f}"
@@ -133,7 +165,8 @@ class Service:
         a = view.anchors.get(node_id)
         problems = []
         out = monitor.read_end(checks[0], checks[1], role, epochs, L,
-                               a.last_t_ns if a is not None else 0, self._late(node_id, L),
+                               a.last_t_ns if a is not None else 0,
+                               self._late(node_id, L, anchors),
                                problems)
         for e, why in problems:
             self.counters.add(self.counters.refused, (sla.sla_id, node_id))
@@ -281,13 +314,14 @@ class Service:
         return s
 
     # -- the loop --------------------------------------------------------------------------------
-    def _submit(self, key, fn, *args):
-        fut = self._jobs.get(key)
-        if fut is not None and not fut.done():
-            return None
-        fut = self.pool.submit(self._guard, key, fn, *args)
-        self._jobs[key] = fut
-        return fut
+    def _submit(self, key, fn, *args, pool=None):
+        with self._jobs_lock:
+            fut = self._jobs.get(key)
+            if fut is not None and not fut.done():
+                return None
+            fut = (pool or self.pool).submit(self._guard, key, fn, *args)
+            self._jobs[key] = fut
+            return fut
 
     @staticmethod
     def _guard(key, fn, *args):
@@ -299,21 +333,28 @@ class Service:
             log.debug("job failed", exc_info=True)
             return None
 
+    def _evaluate(self, sla, view, now):
+        try:
+            self.evaluate_sla(sla, view, now)
+        except Exception as exc:  # noqa: BLE001 (the ledger, a bug: next round again)
+            _event(logging.ERROR, "evaluation failed; next round again", sla=sla.sla_id,
+                   error=f"{type(exc).__name__}: {exc}")
+            log.debug("evaluation failed", exc_info=True)
+
     def round(self):
-        """One round: every active SLA evaluated, samples and unfinished disputes scheduled."""
+        """One round: every active SLA's evaluation scheduled (on the evaluators: an SLA whose
+        evaluation of the last round still runs, e.g. waiting for a device that hangs, is
+        skipped; the others go on), samples and unfinished disputes scheduled."""
         view = self.watcher.view
         if view is None:
             return
         now = self.clock()
+        started = []
         for sla in sorted(view.slas.values(), key=lambda s: s.sla_id):
             if not self._active(sla, now):
                 continue
-            try:
-                self.evaluate_sla(sla, view, now)
-            except Exception as exc:  # noqa: BLE001 (the ledger, a bug: next round again)
-                _event(logging.ERROR, "evaluation failed; next round again", sla=sla.sla_id,
-                       error=f"{type(exc).__name__}: {exc}")
-                log.debug("evaluation failed", exc_info=True)
+            started.append(self._submit(("evaluate", sla.sla_id), self._evaluate, sla, view,
+                                        now, pool=self.evaluators))
             if self.svc.delay_sample_every_s > 0:
                 with self.state.lock:
                     st = self.state.sla(sla.sla_id)
@@ -322,8 +363,9 @@ class Service:
                         st["next_sample_ns"] = now + int(self.svc.delay_sample_every_s * 1e9)
                 if due:
                     self._submit(("sample", sla.sla_id), self._sample, sla)
-        if not any(k[0] == "resume" and not f.done() for k, f in self._jobs.items()):
-            self._submit(("resume", 0), self.desk.resume)
+        # the usual round: every evaluation done (and its disputes scheduled) when it returns
+        concurrent.futures.wait([f for f in started if f is not None], timeout=ROUND_WAIT_S)
+        self._submit(("resume", 0), self.desk.resume)
         self.rounds += 1
 
     def start(self):
@@ -351,4 +393,5 @@ class Service:
         if self.http is not None:
             self.http.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.evaluators.shutdown(wait=False, cancel_futures=True)
         _event(logging.INFO, "governance service stopped")

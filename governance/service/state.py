@@ -48,6 +48,10 @@ class State:
                 except ValueError as exc:
                     raise ValueError(f"{self.path}: not the service's state ({exc}); move it "
                                      "away to start afresh") from None
+            if not isinstance(data, dict):
+                raise ValueError(f"{self.path}: not the service's state (a JSON "
+                                 f"{type(data).__name__}, not an object); move it away to "
+                                 "start afresh")
             if data.get("format") != FORMAT:
                 raise ValueError(f"{self.path}: format {data.get('format')!r}, expected "
                                  f"{FORMAT!r}")

@@ -86,13 +86,25 @@ def test_streak_opens_after_n_consecutive_and_starts_again():
     assert s.feed(res(VIOLATION, 4)) is None and s.epochs == [4 * L]
 
 
-@pytest.mark.parametrize("breaker", [OK, IDLE])
-def test_a_good_epoch_breaks_the_streak(breaker):
+def test_a_good_epoch_breaks_the_streak():
     s = Streak(2, L)
     s.feed(res(VIOLATION, 1))
-    s.feed(res(breaker, 2))
+    s.feed(res(OK, 2))
     assert s.feed(res(VIOLATION, 3)) is None
     assert s.feed(res(VIOLATION, 4)) == (3 * L, 5 * L - 1)
+
+
+def test_idle_is_skipped_like_unknown_and_breaks_when_configured():
+    """S-3: an ingress that withholds its receipt reads 0 entered (idle): idle must not end a
+    streak, or a lone liar at the ingress hides a total drop by withholding every other epoch."""
+    s = Streak(2, L)
+    s.feed(res(VIOLATION, 1))
+    assert s.feed(res(IDLE, 2)) is None and s.epochs == [1 * L]
+    assert s.feed(res(VIOLATION, 3)) == (1 * L, 4 * L - 1)
+    s = Streak(2, L, unknown_breaks=True)
+    s.feed(res(VIOLATION, 1))
+    s.feed(res(IDLE, 2))
+    assert s.feed(res(VIOLATION, 3)) is None and s.epochs == [3 * L]
 
 
 def test_unknown_is_skipped_by_default_and_breaks_when_configured():
