@@ -845,24 +845,29 @@ def committee_of_two(tmp_path, stop_after, monkeypatch):
     stop_after(d)
     return d, m2
 
+def member_two_reading_member_one(d, m2, tmp_path, led, a):
+    """Member 2's service, reading member 1's evidence archives (docs: peer_evidence, e.g. a
+    read-only mount), starting at member 1's next epoch."""
+    from governance.interrogate import load_config
+    from governance.service.service import Service
+    from governance.service.state import State
+    from test_service_loopback import svc_config
+    cfg = svc_config(tmp_path / "m2", peer_evidence=(str(tmp_path / "m1" / "state" / "evidence"),))
+    b = Service(led, m2, cfg, load_config(str(d.config)), State(cfg.state_dir))
+    with b.state.lock:
+        b.state.sla(1)["next_epoch"] = a.state.sla(1)["next_epoch"]
+    return b
+
+
 
 def test_two_members_services_decide_a_dispute_together(tmp_path, stop_after, monkeypatch):
     """A committee of two members, k = 2, each running its own service (docs: one per member).
     Member 1's service disputes r2's drop; member 2's service finds that dispute on the ledger
     (same window: adopted), interrogates it and files its approval: the dispute must be decided
     (both name r2 on the same evidence), without anyone running beatctl decide by hand."""
-    from governance.interrogate import load_config
-    from governance.service.service import Service
-    from governance.service.state import State
-    from test_service_loopback import svc_config
-
     d, m2 = committee_of_two(tmp_path, stop_after, monkeypatch)
     a, led = service(d, tmp_path / "m1", min_dispute_gap_s=0)
-    # member 2 reads member 1's evidence archives (docs: peer_evidence, e.g. a read-only mount)
-    cfg = svc_config(tmp_path / "m2", peer_evidence=(str(tmp_path / "m1" / "state" / "evidence"),))
-    b = Service(led, m2, cfg, load_config(str(d.config)), State(cfg.state_dir))
-    with b.state.lock:
-        b.state.sla(1)["next_epoch"] = a.state.sla(1)["next_epoch"]
+    b = member_two_reading_member_one(d, m2, tmp_path, led, a)
     try:
         last = epochs_of(*d.after)[-1]
         run_rounds(a, lambda: last in results(a) and filed(a)(), timeout=90)
@@ -889,10 +894,6 @@ def test_a_member_lying_about_its_archive_does_not_get_its_content_approved(
     and never approves member 1's content: r1 is never named, the dispute stays undecided with
     two different contents (member 2's names r2, from its own judgement)."""
     import hashlib
-    from governance.interrogate import load_config
-    from governance.service.service import Service
-    from governance.service.state import State
-    from test_service_loopback import svc_config
 
     d, m2 = committee_of_two(tmp_path, stop_after, monkeypatch)
     a, led = service(d, tmp_path / "m1", min_dispute_gap_s=0)
@@ -904,10 +905,7 @@ def test_a_member_lying_about_its_archive_does_not_get_its_content_approved(
             e["verdict_digest"] = hashlib.sha3_256(b"another verdict").hexdigest()
         return honest_file(e)
     a.desk._file = lying_file
-    cfg = svc_config(tmp_path / "m2", peer_evidence=(str(tmp_path / "m1" / "state" / "evidence"),))
-    b = Service(led, m2, cfg, load_config(str(d.config)), State(cfg.state_dir))
-    with b.state.lock:
-        b.state.sla(1)["next_epoch"] = a.state.sla(1)["next_epoch"]
+    b = member_two_reading_member_one(d, m2, tmp_path, led, a)
     try:
         last = epochs_of(*d.after)[-1]
         run_rounds(a, lambda: last in results(a) and filed(a)(), timeout=90)
