@@ -56,7 +56,7 @@ contracts: $(NPM_DEPS) $(DEPS)
 	$(VPY) $(CONTRACTS)/compile.py
 
 test: $(NATIVE) $(NPM_DEPS) $(GNS3_VENV) $(SYSTEM)
-	$(VPY) -m pytest -q -ra tests
+	$(VPY) -m pytest -q -ra --durations=40 tests
 
 # The lab (beat-lab) needs root (network namespaces); elsewhere, say so and replay router r2's
 # bundled capture.
