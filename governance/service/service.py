@@ -304,10 +304,8 @@ class Service:
         def anchored(n):
             a = view.anchors.get(n)
             return a.last_t_ns if a is not None else 0
-        # nothing can settle yet: do not ask the devices. An epoch settles at an end when its
-        # receipt is anchored (the batch holding it reaches the epoch: its receipts' epoch_ns),
-        # or, without a receipt, when the device's anchors reach two epochs past it (read_end)
-        if min(anchored(first), anchored(last)) < start and now < start + L + final_ns:
+        # nothing can settle yet: do not ask the devices
+        if min(anchored(first), anchored(last)) < start + 2 * L and now < start + L + final_ns:
             return []
         if shared is None:
             shared = RoundReads(self.ledger)
