@@ -33,4 +33,6 @@ def test_benchmark_harness_sees_every_epoch_and_the_loss_built_in(tmp_path):
             assert got["ingress"] == got["egress"] == PACKETS and got["loss_ppm"] == 0
     # what the benchmark prints was measured: a latency per epoch, the service's CPU
     assert all(row["latency_s"] is not None for row in r["rows"])
-    assert r["cpu_us_per_sla_epoch"] is not None and r["cpu_us_per_sla_epoch"] > 0
+    # (per SLA-epoch it may read 0 here: on a loaded machine one round can finish the 3 epochs)
+    assert r["service_cpu_s"] > 0 and r["cpu_us_per_sla_epoch"] is not None
+    assert r["cpu_us_per_evaluation"] is not None and r["cpu_us_per_evaluation"] > 0
