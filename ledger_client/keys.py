@@ -166,7 +166,8 @@ class DeviceKey:
 # small-order component: a device that knows its key can make such signatures, which OpenSSL, Go's
 # crypto/ed25519 and libsodium refuse. One rule for every verifier BEAT runs (a governance member
 # and a tenant must never disagree on whether a device signed something), the strictest of the
-# common ones: an honest signer's signatures (R = [r]B) pass both. OpenSSL is also ~25x faster
+# common ones: an honest signer's signatures (R = [r]B) pass both. Like libsodium, a weak key
+# (``check_public``: small order, non-canonical) verifies nothing. OpenSSL is also ~25x faster
 # here (0.26 ms against 6.3 ms a signature, measured by the service benchmark).
 _PUBLIC_KEYS = {}          # 32 bytes -> Ed25519PublicKey: loading costs as much as a check
 _PUBLIC_KEYS_MAX = 4096
@@ -175,6 +176,10 @@ _PUBLIC_KEYS_MAX = 4096
 def _public_key(pub):
     key = _PUBLIC_KEYS.get(pub)
     if key is None:
+        # a key that binds nothing verifies nothing (WeakKeyError, a ValueError: False), also
+        # when it reached a ledger unchecked: OpenSSL accepts R = identity, S = 0 under the
+        # identity key for every message (tests/ledger/test_adv_verify_keys.py)
+        check_public(pub)
         key = Ed25519PublicKey.from_public_bytes(pub)
         if len(_PUBLIC_KEYS) >= _PUBLIC_KEYS_MAX:
             _PUBLIC_KEYS.clear()
