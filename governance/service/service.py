@@ -307,6 +307,9 @@ class Service:
                     windows.append(w)
                 st["next_epoch"] = e + L
             st["streak"] = list(streak.epochs)
+            # saved with the epochs that made them, until the desk has them: a stop or crash
+            # before the dispute job ran (queued behind interrogations) must not lose them
+            st.setdefault("undisputed", []).extend([list(w) for w in windows])
         windows = [(sla.sla_id, w) for w in windows]
         if batch is not None and not results:
             return results                              # nothing changed
@@ -317,8 +320,36 @@ class Service:
 
     def _dispute(self, windows):
         for sla_id, w in windows:
-            self._submit(("dispute", sla_id, w), self.desk.request, sla_id, w[0], w[1],
-                         f"{self.svc.consecutive} consecutive epochs violate the QM-SLA terms")
+            w = tuple(w)
+            self._submit(("dispute", sla_id, w), self._request, sla_id, w)
+
+    def _undisputed(self):
+        """The windows saved in the state not handed to the desk yet (a stop or a crash came
+        first), as ``(sla, window)``."""
+        with self.state.lock:
+            return [(int(k), tuple(w)) for k, st in sorted(self.state.data["slas"].items())
+                    for w in st.get("undisputed", ())]
+
+    def _request(self, sla_id, w):
+        """The window handed to the desk once: taken off the SLA's ``undisputed`` (saved by the
+        desk with the dispute's entry or queued window, and here), put back if the desk failed
+        before it took it."""
+        with self.state.lock:
+            pending = self.state.sla(sla_id).get("undisputed", [])
+            if list(w) not in pending:
+                return None                     # handed over already (another job, a restart)
+            pending.remove(list(w))
+        try:
+            out = self.desk.request(sla_id, w[0], w[1], f"{self.svc.consecutive} consecutive "
+                                    "epochs violate the QM-SLA terms")
+        except BaseException:
+            with self.state.lock:
+                if self.desk.entry(sla_id, w[0], w[1]) is None:
+                    self.state.sla(sla_id).setdefault("undisputed", []).append(list(w))
+            raise
+        with self.state.lock:
+            self.state.save()
+        return out
 
     def _record(self, sla_id, st, r, a, b, first, last):
         st["epochs_evaluated"] += 1
@@ -456,6 +487,7 @@ class Service:
         if changed:
             self.state.save()
         self._dispute(windows)
+        self._dispute(self._undisputed())       # left by a stop or a crash before their job
         self._submit(("resume", 0), self.desk.resume)
         self.rounds += 1
 
