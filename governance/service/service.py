@@ -11,6 +11,8 @@ import logging
 import threading
 import time
 
+from ledger_client.errors import LedgerError
+
 from .. import verify
 from ..client import InterrogationClient
 from . import monitor
@@ -221,6 +223,11 @@ class Service:
                 raise over
         except LookupError as exc:
             return {e: Reading(UNREACHABLE, reason=str(exc)) for e in epochs}
+        except LedgerError as exc:
+            # the anchors could not be read to check the answer: nothing the device did (not
+            # "refused"), asked again next round (unknown after final_after_s)
+            return {e: Reading(PENDING, reason=f"its receipts could not be checked: the ledger: "
+                               f"{exc}") for e in epochs}
         except Exception as exc:  # noqa: BLE001 (classified by monitor.read_end)
             self.counters.add(self.counters.fetch_errors, (sla.sla_id, node_id))
             checks = (exc, exc)

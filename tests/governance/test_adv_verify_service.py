@@ -172,3 +172,43 @@ def test_one_overflow_answer_serves_every_sla_of_the_device_alike():
         with pytest.raises(RuntimeError, match="node 3"):
             rr.overflow(4, 5 * L, 9 * L, boom)
     assert RoundReads(None).overflow(4, 5 * L, 9 * L, lambda: "answered") == "answered"
+
+
+def test_a_ledger_outage_while_checking_a_devices_answer_is_not_the_devices_fault(tmp_path,
+                                                                                   monkeypatch):
+    """The device answered (flow and overflow receipts, both shared by its SLAs); checking them
+    needs the ledger's anchors, and the ledger is down (Unavailable). Nothing the device did:
+    its receipts are not "refused" (no refused receipt counted against it, no epoch settled
+    as unknown for good), every SLA of the device waits for the next round."""
+    from governance import verify
+    from governance.service import service as service_mod
+    from governance.service.monitor import PENDING, REFUSED
+    from ledger_client.errors import Unavailable
+
+    svc, _ = _service(tmp_path / "s", [_sla(7), _sla(8, route=(1, 4))])
+    del svc.read_end                                     # the real one
+    svc.watcher.view.nodes = {n: SimpleNamespace(pubkey=bytes(32)) for n in (1, 2, 3, 4)}
+
+    class Device:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def receipts(self, lo, hi, src, dst):
+            return SimpleNamespace(receipts=(), answered=True)
+    monkeypatch.setattr(svc, "_client", lambda node_id, view: Device())
+
+    def ledger_down(*args, **kw):
+        raise Unavailable("get_anchor(1, 17): the ledger cannot be reached (connection refused)")
+    monkeypatch.setattr(verify, "verify_receipts", ledger_down)
+    assert service_mod.verify.verify_receipts is ledger_down
+    shared = RoundReads(svc.ledger)
+    epochs = [995 * L, 996 * L]
+    for sla in svc.watcher.view.slas.values():
+        got = svc.read_end(sla, 1, 1, epochs, svc.watcher.view, shared)
+        assert {r.status for r in got.values()} == {PENDING}, got
+        assert REFUSED not in {r.status for r in got.values()}
+        assert svc.state.sla(sla.sla_id)["refused_receipts"] == 0
+    svc.close()
