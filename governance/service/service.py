@@ -338,23 +338,18 @@ class Service:
                     for w in st.get("undisputed", ())]
 
     def _request(self, sla_id, w):
-        """The window handed to the desk once: taken off the SLA's ``undisputed`` (saved by the
-        desk with the dispute's entry or queued window, and here), put back if the desk failed
-        before it took it."""
+        """The window handed to the desk, then taken off the SLA's ``undisputed`` (saved). A stop
+        or crash in between hands it again after the restart: the desk then finds its dispute
+        (``overlaps``: nothing opened twice) or queues it again (the same window)."""
+        with self.state.lock:
+            if list(w) not in self.state.sla(sla_id).get("undisputed", []):
+                return None                     # handed over already (another job)
+        out = self.desk.request(sla_id, w[0], w[1], f"{self.svc.consecutive} consecutive "
+                                "epochs violate the QM-SLA terms")
         with self.state.lock:
             pending = self.state.sla(sla_id).get("undisputed", [])
-            if list(w) not in pending:
-                return None                     # handed over already (another job, a restart)
-            pending.remove(list(w))
-        try:
-            out = self.desk.request(sla_id, w[0], w[1], f"{self.svc.consecutive} consecutive "
-                                    "epochs violate the QM-SLA terms")
-        except BaseException:
-            with self.state.lock:
-                if self.desk.entry(sla_id, w[0], w[1]) is None:
-                    self.state.sla(sla_id).setdefault("undisputed", []).append(list(w))
-            raise
-        with self.state.lock:
+            if list(w) in pending:
+                pending.remove(list(w))
             self.state.save()
         return out
 
