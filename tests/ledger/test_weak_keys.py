@@ -1,7 +1,7 @@
 """Weak Ed25519 public keys are refused at registration (issue 12, item 8).
 
 Why: with a small-order public key one signature verifies for every message (shown below against
-the verifier BEAT uses), so a device registered with one could deny all its evidence. The check
+the common verifiers; BEAT's refuses it), so a device registered with one could deny all its evidence. The check
 (ledger_client.keys.check_public) is compared here with a reference that derives the curve's
 8 torsion points from scratch (affine Edwards arithmetic, no library), on every encoding of them
 (canonical, sign bit flipped, y + p) and on random keys; then each place that registers a key
@@ -160,15 +160,40 @@ def test_random_keys_pass_and_agree_with_the_reference():
     assert check_public((P - 2).to_bytes(32, "little"))
 
 
+def _cofactored(pub, msg, sig):
+    """pycryptodome's verifier (cofactored: what BEAT ran before OpenSSL)."""
+    from Crypto.Signature import eddsa
+    try:
+        eddsa.new(eddsa.import_public_key(pub), "rfc8032").verify(msg, sig)
+        return True
+    except (ValueError, TypeError):
+        return False
+
+
+def _openssl(pub, msg, sig):
+    """OpenSSL's verifier alone (cofactorless), without BEAT's key check."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    try:
+        Ed25519PublicKey.from_public_bytes(pub).verify(sig, msg)
+        return True
+    except (InvalidSignature, ValueError):
+        return False
+
+
 def test_the_attack_one_signature_for_every_message():
-    """Why the check exists: BEAT's verifier (pycryptodome, cofactored) accepts R = identity,
-    S = 0 as a signature of ANY message by the identity key and by every order-8 key."""
+    """Why the check exists: the common verifiers accept R = identity, S = 0 as a signature of
+    ANY message by the identity key (pycryptodome, cofactored: also by every order-8 key; OpenSSL
+    alone: by the identity key). BEAT's verify refuses every signature under a weak key (also one
+    that reached a ledger unchecked)."""
     forged = encode(IDENTITY) + bytes(32)
-    accepting = [enc for enc in WEAK if verify(enc, b"I forwarded packet 1", forged)]
+    accepting = [enc for enc in WEAK if _cofactored(enc, b"I forwarded packet 1", forged)]
     assert encode(IDENTITY) in accepting
     assert {TORSION[decode(e)] for e in accepting if decode(e)} >= {1, 8}
     for msg in (b"", b"I forwarded packet 1", b"I never saw packet 1", os.urandom(100)):
-        assert verify(encode(IDENTITY), msg, forged), msg
+        assert _cofactored(encode(IDENTITY), msg, forged), msg
+        assert _openssl(encode(IDENTITY), msg, forged), msg
+        assert not any(verify(enc, msg, forged) for enc in WEAK), msg
     # a real key: the same "signature" verifies nothing
     assert not verify(DeviceKey.generate().public, b"I forwarded packet 1", forged)
 
