@@ -208,6 +208,8 @@ class DisputeDesk:
             for d in sorted(view.disputes.values(), key=lambda d: d.dispute_id):
                 if d.state != "opened" or d.sla_id not in view.slas or d.dispute_id in mine:
                     continue
+                if d.to_ns + int(self.svc.final_after_s * 1e9) > now:
+                    continue                     # a window not over (and settled) yet: later
                 if any(str(v.member).lower() == me for v in view.votes.get(d.dispute_id, ())):
                     continue                     # approved already (beatctl decide, by hand)
                 key = dispute_key(d.sla_id, d.from_ns, d.to_ns)
