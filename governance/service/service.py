@@ -491,6 +491,7 @@ class Service:
         self._dispute(windows)
         self._dispute(self._undisputed())       # left by a stop or a crash before their job
         self._submit(("resume", 0), self.desk.resume)
+        self._submit(("adopt", 0), self.desk.adopt, view)
         self.rounds += 1
 
     def start(self):
