@@ -54,6 +54,7 @@ def _service(state_dir, slas, clock=lambda: NOW):
     asked = []
     svc.desk.request = lambda sla_id, f, t, reason, sample=None: asked.append((sla_id, f, t))
     svc.desk.resume = lambda: None
+    svc.desk.adopt = lambda view: None
     return svc, asked
 
 
