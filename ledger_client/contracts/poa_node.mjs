@@ -1,0 +1,196 @@
+// BEAT's launcher for one node of a proof-of-authority (Clique) network: the EthereumJS client
+// (@ethereumjs/client, pinned in package.json), its own command line (bin/cli.js, the same
+// arguments), with these changes made before it starts (ledger_client/poa_network.py runs it;
+// docs/ledger.md, "A network of ledger nodes", says why each is needed):
+//  - BEAT_POA_NODEKEY: the node's devp2p key (hex), so that its enode is known before it starts;
+//  - BEAT_POA_PEERS: static peers (enode URLs), dialled every 2 s while not connected, never banned;
+//  - BEAT_POA_SEAL_PEERS / BEAT_POA_SETTLE_MS: a sealer starts sealing only once it has that many
+//    peers and has had that long to catch up (a restarted sealer does not seal on a stale head);
+//    the first block's time then follows the head's timestamp, as on every other sealer;
+//  - BEAT_POA_OUT_OF_TURN_MIN_MS: an out-of-turn sealer waits that much more than EIP-225's random
+//    delay, so that the in-turn block reaches it first;
+//  - new blocks go whole to every peer, a block whose parent is known is put into the blockchain
+//    even off the head (the most difficulty wins: a reorganisation), a block whose parent is not
+//    known makes the node fetch the missing branch by hash, and every node offers its head to its
+//    peers every 2 s (after a partition no sealer may be allowed to seal: the heads still meet).
+// Unchanged: Clique itself (in-turn/out-of-turn, the signer limit, the seal), the EVM, JSON-RPC.
+import { bytesToHex, equalsBytes, hexToBytes } from '@ethereumjs/util'
+import { createBlockFromBytesArray } from '@ethereumjs/block'
+const base = new URL('./node_modules/@ethereumjs/client/dist/esm/', import.meta.url)
+const { Config } = await import(new URL('src/config.js', base))
+const { Miner } = await import(new URL('src/miner/miner.js', base))
+const { FullSynchronizer } = await import(new URL('src/sync/fullsync.js', base))
+const { RlpxServer } = await import(new URL('src/net/server/rlpxserver.js', base))
+const { PeerPool } = await import(new URL('src/net/peerpool.js', base))
+const env = process.env
+if (env.BEAT_POA_NODEKEY) {
+  const key = hexToBytes('0x' + env.BEAT_POA_NODEKEY.replace(/^0x/, ''))
+  Config.getClientKey = async () => key
+}
+const sealPeers = Number(env.BEAT_POA_SEAL_PEERS ?? '0')
+const settleMs = Number(env.BEAT_POA_SETTLE_MS ?? '3000')
+const outOfTurnMinMs = Number(env.BEAT_POA_OUT_OF_TURN_MIN_MS ?? '0')
+const origStart = Miner.prototype.start
+Miner.prototype.start = function () {
+  if (!this.config.mine || this.running || this._beatGate) return false
+  this._beatGate = true
+  const log = (m) => this.config.logger?.info(`BEAT: ${m}`)
+  log(`sealing waits for ${sealPeers} peer(s), then ${settleMs} ms of sync`)
+  const poll = () => {
+    const peers = this.service.pool.peers.length
+    if (peers < sealPeers) { setTimeout(poll, 250); return }
+    setTimeout(() => {
+      if (this.service.pool.peers.length < sealPeers) { setTimeout(poll, 250); return }
+      log(`${this.service.pool.peers.length} peer(s), head ${this.service.chain.headers.height}: sealing starts`)
+      origStart.call(this)
+      void this.chainUpdated()   // the next block's time from the head's timestamp, as every sealer
+    }, settleMs)
+  }
+  poll()
+  return true
+}
+const origQueue = Miner.prototype.queueNextAssembly
+Miner.prototype.queueNextAssembly = async function (timeout) {
+  if (outOfTurnMinMs > 0 && this.running) {
+    try {
+      const [signer] = this.config.accounts[0]
+      const number = this.service.chain.blocks.latest.header.number + 1n
+      const inTurn = await this.service.chain.blockchain.consensus.cliqueSignerInTurn(signer, number)
+      if (inTurn === false) timeout = (timeout ?? this.period) + outOfTurnMinMs
+    } catch (e) { /* let the client decide */ }
+  }
+  return origQueue.call(this, timeout)
+}
+
+// Block propagation for a small network of sealers: a new block goes whole to every peer (not to
+// sqrt(peers) with hashes to the rest), and a block whose parent we hold is put into the
+// blockchain even when its parent is not our head: the blockchain keeps the branch with the most
+// difficulty (Clique: in-turn blocks weigh 2, out-of-turn 1), so two sealers' sibling blocks
+// resolve the same way on every node instead of stalling each on its own branch.
+FullSynchronizer.prototype.handleNewBlock = async function (block, peer) {
+  if (peer) this.addToKnownByPeer(block.hash(), peer)
+  const number = block.header.number
+  let parentKnown = true
+  try { await this.chain.blockchain.getBlock(block.header.parentHash) } catch { parentKnown = false }
+  if (!parentKnown) {
+    // a gap or a branch we do not hold: fetch its missing ancestors from the peer, by hash
+    if (peer) void fetchBranch(this, block, peer)
+    else this.handleNewBlockHashes([[block.hash(), number]])
+    return
+  }
+  try {
+    await this.chain.blockchain.validateHeader(block.header)
+  } catch (err) {
+    this.config.logger?.debug(`BEAT: new block ${number} refused: ${err}`)
+    return
+  }
+  await this.sendNewBlock(block, this.pool.peers)
+  const head = this.chain.blocks.latest?.hash()
+  try {
+    await this.chain.putBlocks([block])
+  } catch (err) {
+    this.config.logger?.warn(`BEAT: new block ${number} not stored: ${err}`)
+    return
+  }
+  const now = this.chain.blocks.latest?.hash()
+  if (head !== undefined && now !== undefined && !equalsBytes(head, block.header.parentHash) &&
+      equalsBytes(now, block.hash())) {
+    this.config.logger?.info(`BEAT: reorganised to block ${number} ${bytesToHex(block.hash()).slice(0, 10)} (a branch with more difficulty)`)
+  }
+  if (this.config.syncTargetHeight === undefined || number > this.config.syncTargetHeight) {
+    this.config.syncTargetHeight = number
+  }
+}
+
+const known = async (sync, hash) => {
+  try { await sync.chain.blockchain.getBlock(hash); return true } catch { return false }
+}
+// The ancestors of `block` that we lack, up to 128 back, asked from `peer` by hash, then the
+// whole branch put into the blockchain (which keeps it if it carries more difficulty).
+async function fetchBranch(sync, block, peer) {
+  if (sync._beatFetching === true || peer.eth === undefined) return
+  sync._beatFetching = true
+  try {
+    const got = await peer.eth.getBlockHeaders({ block: block.header.parentHash, max: 128, reverse: true })
+    const headers = Array.isArray(got) ? got[1] : []
+    const branch = []
+    let joined = false
+    for (const h of headers) {
+      branch.push(h)
+      if (await known(sync, h.parentHash)) { joined = true; break }
+    }
+    if (!joined) {
+      sync.config.logger?.warn(`BEAT: block ${block.header.number} from ${peer.id.slice(0, 8)}: no common ancestor within ${headers.length} blocks`)
+      return
+    }
+    branch.reverse()
+    const bodies = await peer.eth.getBlockBodies({ hashes: branch.map((h) => h.hash()) })
+    if (!Array.isArray(bodies) || bodies[1].length !== branch.length) return
+    const blocks = branch.map((h, i) => {
+      const [txs, uncles, withdrawals] = bodies[1][i]
+      const values = [h.raw(), txs, uncles]
+      if (withdrawals !== undefined) values.push(withdrawals)
+      return createBlockFromBytesArray(values, { common: h.common })
+    })
+    blocks.push(block)
+    await sync.chain.putBlocks(blocks)
+    sync.config.logger?.info(`BEAT: fetched a branch of ${blocks.length} block(s) up to ${block.header.number} from ${peer.id.slice(0, 8)}; head ${sync.chain.headers.height}`)
+  } catch (err) {
+    sync.config.logger?.warn(`BEAT: fetching the branch of block ${block.header.number}: ${err}`)
+  } finally {
+    sync._beatFetching = false
+  }
+}
+// Every 2 s each node offers its head to the peers that do not know it yet: after a partition,
+// or a restart, the branches meet even when no sealer may seal (all "signed too recently").
+const origSyncOpen = FullSynchronizer.prototype.open
+FullSynchronizer.prototype.open = async function () {
+  const r = await origSyncOpen.call(this)
+  if (this._beatGossip === undefined) {
+    this._beatGossip = setInterval(() => {
+      const head = this.chain.blocks.latest
+      if (!head || head.header.number === 0n) return
+      for (const peer of this.pool.peers) {
+        if (!this.addToKnownByPeer(head.hash(), peer)) peer.eth?.send('NewBlock', [head, this.chain.blocks.td])
+      }
+    }, 2000)
+    this._beatGossip.unref()
+  }
+  return r
+}
+// Static peers (BEAT_POA_PEERS: enode URLs, comma-separated): dialled every 2 s while not
+// connected (also after they restart), never banned (a private network of known operators: a
+// fetch that failed during a fork must not cut a sealer off the only peer it has).
+const statics = (env.BEAT_POA_PEERS ?? '').split(',').filter((u) => u.startsWith('enode://')).map((u) => {
+  const m = /^enode:\/\/([0-9a-fA-F]{128})@\[?([^\]]+?)\]?:(\d+)$/.exec(u.trim())
+  if (!m) throw new Error(`BEAT_POA_PEERS: ${u} is not enode://<128 hex>@host:port`)
+  return { idHex: m[1].toLowerCase(), id: hexToBytes('0x' + m[1]), address: m[2], tcpPort: Number(m[3]) }
+})
+const staticIds = new Set(statics.map((p) => p.idHex))
+const origServerStart = RlpxServer.prototype.start
+RlpxServer.prototype.start = async function () {
+  const started = await origServerStart.call(this)
+  const server = this
+  if (statics.length > 0) {
+    const dial = () => {
+      const rlpx = server.rlpx
+      if (!rlpx || !server.started) return
+      for (const p of statics) {
+        if (rlpx._peers.has(p.idHex)) continue
+        rlpx.connect({ id: p.id, address: p.address, tcpPort: p.tcpPort }).catch(() => {})
+      }
+    }
+    setTimeout(dial, 200)
+    setInterval(dial, 2000).unref()
+  }
+  return started
+}
+const origBan = PeerPool.prototype.ban
+PeerPool.prototype.ban = function (peer, maxAge) {
+  if (staticIds.has(String(peer.id).replace(/^0x/, '').toLowerCase())) {
+    this.config.logger?.debug(`BEAT: not banning static peer ${String(peer.id).slice(0, 10)}`)
+    return
+  }
+  return origBan.call(this, peer, maxAge)
+}
+await import(new URL('bin/cli.js', base))
