@@ -170,7 +170,13 @@ class EthereumLedger:
     """The Backend over the Beat contract at `contract_address` on the node at `url`."""
 
     def __init__(self, url, contract_address, hash_name, timeout=10.0, receipt_timeout=None,
-                 poll_latency=0.05, gas_margin=1.25):
+                 poll_latency=0.05, gas_margin=1.25, confirmations=0, priority_fee_wei=0):
+        if not isinstance(confirmations, int) or isinstance(confirmations, bool) \
+                or confirmations < 0:
+            raise ValueError(f"confirmations: {confirmations!r} must be a whole number of blocks "
+                             ">= 0 (0: the chain's blocks are final, as QBFT or a dev chain)")
+        self.confirmations = confirmations
+        self.priority_fee_wei = int(priority_fee_wei)
         self.url = url
         self.hash_name = hash_name
         self.timeout = float(timeout)
@@ -266,7 +272,7 @@ class EthereumLedger:
                     tx = fn.build_transaction({
                         "from": signer.address, "nonce": nonce, "chainId": self._chain_id,
                         "gas": int(gas * self.gas_margin) + 10_000,
-                        "gasPrice": self.w3.eth.gas_price})
+                        **_fee_fields(self.w3, self.priority_fee_wei)})
                     signed = signer.sign_transaction(tx)
                     tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
                     self._nonces[signer.address] = nonce + 1
@@ -331,7 +337,7 @@ class EthereumLedger:
                 "from": governance_account.address,
                 "nonce": w3.eth.get_transaction_count(governance_account.address, "pending"),
                 "chainId": w3.eth.chain_id, "gas": int(gas * 1.2) + 50_000,
-                "gasPrice": w3.eth.gas_price})
+                **_fee_fields(w3, kwargs.get("priority_fee_wei", 0))})
             tx_hash = w3.eth.send_raw_transaction(
                 governance_account.sign_transaction(tx).raw_transaction)
             receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=3 * float(timeout),
@@ -463,6 +469,54 @@ class EthereumLedger:
         out.sort(key=lambda a: (a.node_id, a.batch_seq))
         return out
 
+    # ------------------------------------------------------------------ confirmations
+    def head(self):
+        """The node's head block number."""
+        return self._rpc("head", lambda: self.w3.eth.block_number)
+
+    def anchor_state(self, a: Anchor) -> str:
+        """Where the anchor ``a`` stands on this node's chain:
+
+        - ``"confirmed"``: in the contract's state at block ``head - confirmations`` (so at least
+          ``confirmations`` blocks deep; with 0, at the head);
+        - ``"sent"``: at the head but not that deep yet (a reorganisation may still take it away);
+        - ``"missing"``: not at the head: reorganised away, or its transaction dropped (a node
+          restarted without its pool): send it again (``anchor`` is idempotent, the contract
+          keeps one anchor per (node_id, batch_seq)).
+
+        A different root already there is ``ConflictError``. The cached nonces are forgotten on
+        ``"missing"``: the transaction that used one is gone."""
+        op = f"anchor_state(node {a.node_id}, batch {a.batch_seq})"
+        self._ensure(op)
+        fn = self.contract.functions.getAnchor(a.node_id, a.batch_seq)
+
+        def at(block):
+            exists, size, root, first, last, _block = fn.call(block_identifier=block)
+            if not exists:
+                return None
+            got = (size, bytes(root), first, last)
+            if got != (a.tree_size, bytes(a.root), a.first_t_ns, a.last_t_ns):
+                raise ConflictError(f"{op}: the ledger holds another anchor for this batch "
+                                    f"(root {bytes(root).hex()}, {size} leaves)")
+            return got
+
+        def state():
+            head = self.w3.eth.block_number
+            if at(head) is None:
+                return "missing"
+            if self.confirmations == 0:
+                return "confirmed"
+            deep = head - self.confirmations
+            if deep >= 0 and at(deep) is not None:
+                return "confirmed"
+            return "sent"
+
+        result = self._rpc(op, state)
+        if result == "missing":
+            with self._lock:
+                self._nonces.clear()
+        return result
+
     def next_batch_seq(self, node_id) -> int:
         return self._call(f"next_batch_seq({node_id})",
                           self.contract.functions.nextBatchSeq(node_id))
@@ -541,6 +595,20 @@ class EthereumLedger:
                        bytes(evidence) if state >= 2 else None,
                        bytes(verdict) if state >= 3 else None,
                        tuple(faulty), penalty)
+
+
+def _fee_fields(w3, priority_fee_wei=0):
+    """The fee fields of a transaction: EIP-1559 (type 2) with ``priority_fee_wei`` as the tip
+    when the chain has a base fee, else the node's gas price. The tip is 0 by default: on the
+    EthereumJS client's Clique chains a tip makes the sealer and the other nodes disagree on the
+    block's state (the sealer credits it before the block is signed, to no one; the others to the
+    signer: "invalid block stateRoot"), and a private ledger needs no tip."""
+    block = w3.eth.get_block("latest")
+    base = block.get("baseFeePerGas") if hasattr(block, "get") else None
+    if base is None:
+        return {"gasPrice": w3.eth.gas_price}
+    tip = int(priority_fee_wei)
+    return {"type": 2, "maxFeePerGas": 2 * int(base) + tip, "maxPriorityFeePerGas": tip}
 
 
 def _address(value, default=None):
