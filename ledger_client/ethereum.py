@@ -161,7 +161,14 @@ class Account:
         return f"Account({self.address})"
 
 
+# a node answering from a head block it has not executed yet (the EthereumJS client just after a
+# new block or a restart): the same as a node that cannot answer now; ask again later
+_NOT_READY = ("not found in db", "state trie does not contain state root")
+
+
 def _is_connection_error(exc):
+    if isinstance(exc, Web3RPCError) and any(m in str(exc).lower() for m in _NOT_READY):
+        return True
     return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                             ConnectionError, TimeoutError, OSError))
 
@@ -253,8 +260,11 @@ class EthereumLedger:
             n = self.w3.eth.get_transaction_count(address, "pending")
         return n
 
-    def _transact(self, op, fn, signer):
-        """Estimate, sign, send, await the receipt; returns the receipt (status 1)."""
+    def _transact(self, op, fn, signer, wait_depth=True):
+        """Estimate, sign, send, await the receipt; returns the receipt (status 1). With
+        ``confirmations`` > 0 (and ``wait_depth``) it also waits until the transaction is that many
+        blocks deep (a decision counts then); reorganised away meanwhile: ``Unavailable`` (the
+        caller sends it again; every operation is idempotent)."""
         self._ensure(op)
         op = f"{op} by {signer.address}"
         with self._lock:
@@ -280,6 +290,8 @@ class EthereumLedger:
                 except Web3RPCError as exc:
                     msg = str(exc).lower()
                     self._nonces.pop(signer.address, None)
+                    if _is_connection_error(exc):     # the node is not ready: later
+                        raise self._unavailable(op, exc) from exc
                     # "nonce too low" (geth), "the tx doesn't have the correct nonce" (ganache),
                     # "already known", "replacement transaction underpriced"
                     if ("nonce" in msg or "already known" in msg
@@ -316,7 +328,35 @@ class EthereumLedger:
                 pass
             raise LedgerError(f"{op}: transaction {tx_hash.hex()} reverted in block "
                               f"{receipt['blockNumber']}")
+        if self.confirmations > 0 and wait_depth:
+            self._await_depth(op, tx_hash, receipt)
         return receipt
+
+    def _await_depth(self, op, tx_hash, receipt):
+        """Wait until the receipt's transaction is ``confirmations`` blocks deep on the node's
+        canonical chain (``receipt_timeout`` at most)."""
+        import time
+        deadline = time.monotonic() + self.receipt_timeout
+        while True:
+            def look():
+                head = self.w3.eth.block_number
+                try:
+                    r = self.w3.eth.get_transaction_receipt(tx_hash)
+                except Exception:   # noqa: BLE001 - web3's TransactionNotFound: not canonical now
+                    r = None
+                return head, r
+            head, r = self._rpc(op, look)
+            if r is None:
+                with self._lock:
+                    self._nonces.clear()
+                raise Unavailable(f"{op}: transaction {tx_hash.hex()} is no longer on the chain "
+                                  f"of {self.url} (reorganised away): send it again")
+            if head - r["blockNumber"] >= self.confirmations:
+                return r
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"{op}: transaction {tx_hash.hex()} not {self.confirmations} "
+                                  f"blocks deep on {self.url} within {self.receipt_timeout:g}s")
+            time.sleep(max(self.poll_latency, 0.2))
 
     # ------------------------------------------------------------------ deployment
     @classmethod
@@ -425,11 +465,13 @@ class EthereumLedger:
         # (permission, conflict, gap) is the contract's to judge, through the gas estimate.
         exists, _owner, _pk, account, next_seq = self._call(op, fn.getNode(a.node_id))
         if exists and account == signer.address and a.batch_seq < next_seq:
-            current = self.get_anchor(a.node_id, a.batch_seq)
+            current = self.get_anchor(a.node_id, a.batch_seq, at_head=True)
             if current is not None and current.content() == a.content():
                 return "exists"
+        # not awaited to depth here: the batcher asks anchor_state() at each tick instead
         receipt = self._transact(op, fn.anchor(a.node_id, a.batch_seq, a.tree_size, a.root,
-                                               a.first_t_ns, a.last_t_ns), signer)
+                                               a.first_t_ns, a.last_t_ns), signer,
+                                 wait_depth=False)
         events = self.contract.events.Anchored().process_receipt(receipt, errors=_DISCARD)
         return "anchored" if events else "exists"
 
@@ -441,10 +483,21 @@ class EthereumLedger:
             return f"0x{bytes(logs[0]['transactionHash']).hex()}@{block}"
         return f"@{block}"
 
-    def get_anchor(self, node_id, batch_seq):
+    def _read_block(self, op):
+        """The block reads are made at: the head, or ``confirmations`` blocks below it (only what
+        is that deep counts)."""
+        if self.confirmations == 0:
+            return "latest"
+        return max(0, self._rpc(op, lambda: self.w3.eth.block_number) - self.confirmations)
+
+    def get_anchor(self, node_id, batch_seq, at_head=False):
+        """The anchor, if it is ``confirmations`` blocks deep (``at_head``: at the head)."""
         op = f"get_anchor({node_id}, {batch_seq})"
-        exists, size, root, first, last, block = self._call(
-            op, self.contract.functions.getAnchor(node_id, batch_seq))
+        self._ensure(op)
+        where = "latest" if at_head else self._read_block(op)
+        exists, size, root, first, last, block = self._rpc(
+            op, lambda: self.contract.functions.getAnchor(node_id, batch_seq).call(
+                block_identifier=where))
         if not exists:
             return None
         ref = self._rpc(op, lambda: self._anchor_ref(node_id, batch_seq, block))
@@ -456,8 +509,11 @@ class EthereumLedger:
         op = f"anchors({node_id}, {from_seq})"
         self._ensure(op)
         filters = {"nodeId": node_id} if node_id is not None else {}
+        to_block = self._read_block(op)
+        if to_block != "latest" and to_block < self._deployed_at:
+            return []
         logs = self._rpc(op, lambda: self.contract.events.Anchored.get_logs(
-            from_block=self._deployed_at, to_block="latest", argument_filters=filters))
+            from_block=self._deployed_at, to_block=to_block, argument_filters=filters))
         out = []
         for log in logs:
             e = log["args"]

@@ -339,6 +339,17 @@ class PoaNetwork:
                                    f"{timeout}s: heads {heads}; logs in {self.base_dir}")
             time.sleep(0.25)
 
+    def start_node(self, name, timeout=90):
+        """Start (or restart) one node and wait until it has caught up: its head at least where
+        the other running nodes' heads were when it started (its JSON-RPC answers before that,
+        from a stale state)."""
+        node = self.nodes[name]
+        others = [n for n in self.nodes.values() if n is not node and n.running]
+        target = max([h[0] for h in (n.head() for n in others) if h] or [0])
+        node.start(timeout=timeout)
+        self.wait_height(target, timeout=timeout, nodes=[name])
+        return node
+
     def heads(self):
         return {n.name: n.head() for n in self.nodes.values() if n.running}
 

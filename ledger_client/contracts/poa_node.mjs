@@ -7,6 +7,7 @@
 //  - BEAT_POA_SEAL_PEERS / BEAT_POA_SETTLE_MS: a sealer starts sealing only once it has that many
 //    peers and has had that long to catch up (a restarted sealer does not seal on a stale head);
 //    the first block's time then follows the head's timestamp, as on every other sealer;
+//  - a sealer builds on the head only once its state is executed (else the client exited);
 //  - BEAT_POA_OUT_OF_TURN_MIN_MS: an out-of-turn sealer waits that much more than EIP-225's random
 //    delay, so that the in-turn block reaches it first;
 //  - contract code runs at all on a Clique chain (the EVM gets the Clique signer function it
@@ -66,6 +67,9 @@ Miner.prototype.start = function () {
     if (peers < sealPeers) { setTimeout(poll, 250); return }
     setTimeout(() => {
       if (this.service.pool.peers.length < sealPeers) { setTimeout(poll, 250); return }
+      // behind what the peers announced (a restarted sealer): catch up first
+      const target = this.config.syncTargetHeight ?? 0n
+      if (this.service.chain.headers.height < target) { setTimeout(poll, 250); return }
       log(`${this.service.pool.peers.length} peer(s), head ${this.service.chain.headers.height}: sealing starts`)
       origStart.call(this)
       void this.chainUpdated()   // the next block's time from the head's timestamp, as every sealer
@@ -73,6 +77,27 @@ Miner.prototype.start = function () {
   }
   poll()
   return true
+}
+// The miner builds on the head as soon as it changes, but the head's state is made by the
+// execution, which may not have run that block yet ("State trie does not contain state root",
+// thrown from a timer: the process exits). Wait for the execution instead, and never let an
+// assembly error end the node.
+const origAssemble = Miner.prototype.assembleBlock
+Miner.prototype.assembleBlock = async function () {
+  if (!this.running || this.assembling) return
+  try {
+    const parent = this.service.chain.blocks.latest
+    if (!(await this.execution.vm.stateManager.hasStateRoot(parent.header.stateRoot))) {
+      this.config.logger?.debug(`BEAT: block ${parent.header.number} not executed yet: sealing waits`)
+      setTimeout(() => void this.assembleBlock(), 100)
+      return
+    }
+    return await origAssemble.call(this)
+  } catch (err) {
+    this.assembling = false
+    this.config.logger?.warn(`BEAT: assembling a block failed (${err.message}); trying again`)
+    if (this.running) setTimeout(() => void this.assembleBlock(), 250)
+  }
 }
 const origQueue = Miner.prototype.queueNextAssembly
 Miner.prototype.queueNextAssembly = async function (timeout) {
@@ -99,6 +124,9 @@ FullSynchronizer.prototype.handleNewBlock = async function (block, peer) {
   try { await this.chain.blockchain.getBlock(block.header.parentHash) } catch { parentKnown = false }
   if (!parentKnown) {
     // a gap or a branch we do not hold: fetch its missing ancestors from the peer, by hash
+    if (this.config.syncTargetHeight === undefined || number > this.config.syncTargetHeight) {
+      this.config.syncTargetHeight = number
+    }
     if (peer) void fetchBranch(this, block, peer)
     else this.handleNewBlockHashes([[block.hash(), number]])
     return
