@@ -95,7 +95,10 @@ class Batcher:
         self.batches_built = 0
         self.anchors_submitted = 0
         # anchors the backend took but not yet confirmed deep enough: {batch_seq: time sent}
-        self.confirmations = int(getattr(backend, "confirmations", 0) or 0)
+        try:        # (an awaited ledger answers every attribute with Unavailable: 0 then)
+            self.confirmations = int(getattr(backend, "confirmations", 0) or 0)
+        except Exception:      # noqa: BLE001
+            self.confirmations = 0
         self._sent = {}
         self.resent = 0               # anchors sent again (reorganised away or dropped)
         self.anchors_confirmed = 0

@@ -292,6 +292,12 @@ class EthereumLedger:
                     self._nonces.pop(signer.address, None)
                     if _is_connection_error(exc):     # the node is not ready: later
                         raise self._unavailable(op, exc) from exc
+                    if "already known" in msg or "already in the txpool" in msg:
+                        # this very transaction is pending there (sent before an answer was
+                        # lost): wait for its receipt like any other
+                        tx_hash = signed.hash
+                        self._nonces[signer.address] = nonce + 1
+                        break
                     # "nonce too low" (geth), "the tx doesn't have the correct nonce" (ganache),
                     # "already known", "replacement transaction underpriced"
                     if ("nonce" in msg or "already known" in msg

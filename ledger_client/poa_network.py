@@ -147,7 +147,7 @@ class PoaNode(DevNode):
         cmd = ["node", POA_LAUNCHER, "--gethGenesis", self.genesis_path,
                "--dataDir", self.db_path, "--port", str(self.p2p_port),
                "--rpc", "--rpcAddr", self.host, "--rpcPort", str(self.port),
-               "--discDns", "false", "--discV4", "false", "--logFile", "false",
+               "--discDns", "false", "--discV4", "false", "--no-logFile",
                "--logLevel", "info"]
         if self.sealer_key is not None:
             cmd += ["--mine", "--unlock", self.key_file]

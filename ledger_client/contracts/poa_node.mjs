@@ -166,16 +166,21 @@ async function fetchBranch(sync, block, peer) {
   if (sync._beatFetching === true || peer.eth === undefined) return
   sync._beatFetching = true
   try {
-    const got = await peer.eth.getBlockHeaders({ block: block.header.parentHash, max: 128, reverse: true })
-    const headers = Array.isArray(got) ? got[1] : []
+    // one header at a time, by hash, back to one whose parent we hold (the client answers a
+    // reverse request by hash with the first header only)
     const branch = []
     let joined = false
-    for (const h of headers) {
+    let hash = block.header.parentHash
+    for (let i = 0; i < 128; i++) {
+      const got = await peer.eth.getBlockHeaders({ block: hash, max: 1 })
+      const h = Array.isArray(got) ? got[1][0] : undefined
+      if (h === undefined) break
       branch.push(h)
       if (await known(sync, h.parentHash)) { joined = true; break }
+      hash = h.parentHash
     }
     if (!joined) {
-      sync.config.logger?.warn(`BEAT: block ${block.header.number} from ${peer.id.slice(0, 8)}: no common ancestor within ${headers.length} blocks`)
+      sync.config.logger?.warn(`BEAT: block ${block.header.number} from ${peer.id.slice(0, 8)}: no common ancestor within ${branch.length} blocks`)
       return
     }
     branch.reverse()
