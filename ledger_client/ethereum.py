@@ -292,6 +292,10 @@ class EthereumLedger:
                     self._nonces.pop(signer.address, None)
                     if _is_connection_error(exc):     # the node is not ready: later
                         raise self._unavailable(op, exc) from exc
+                    if "replacement" in msg and "too low" in msg:
+                        # an earlier transaction of ours with this nonce waits in the pool (the
+                        # same anchor, sent before the fees fell): let it land, ask again later
+                        raise self._unavailable(op, exc) from exc
                     if "already known" in msg or "already in the txpool" in msg:
                         # this very transaction is pending there (sent before an answer was
                         # lost): wait for its receipt like any other
