@@ -109,6 +109,20 @@ def format_dump(router, node_id, dumped):
     return "\n".join(lines) + "\n"
 
 
+def _committee_lines(lab):
+    """What ``beat-lab up`` says about the committee and the money."""
+    money = lab.money
+    keys = os.path.dirname(lab.member_key_path(1))
+    return (f"committee: {lab.committee_n} member organisations, k = {lab.committee_k} (keys in "
+            f"{keys}: m1..m{lab.committee_n}, .ed25519 and .eth); every router (with its "
+            f"operator), every router-router link and SLA {lab.sla().sla_id} (price "
+            f"{money.fmt(money.price)}, penalty {money.fmt(money.penalty)} per faulty device) "
+            f"proposed by member 1, approved by member 2; each operator deposited "
+            f"{money.fmt(money.deposit)} per router (operator keys in "
+            f"{os.path.dirname(lab.operator_key_path(lab.topo.routers[0].name))}, the tenant's "
+            f"{lab.tenant_key_path})")
+
+
 def _write(text):
     try:
         sys.stdout.write(text)
@@ -135,15 +149,14 @@ def _lab(args):
             print(f"lab {lab.topo.name} up: namespaces {' '.join(lab.net.namespaces())}; "
                   f"state in {lab.state_dir}")
             if lab.ledger == "local":
-                print(f"ledger: local:{lab.ledger_path} (governance key "
-                      f"{lab.governance_key_path}); every router registered with its owner, "
-                      "every router-router link registered")
+                print(f"ledger: local:{lab.ledger_path}")
             elif lab.ledger == "ethereum":
-                print(f"ledger: {lab.ledger_spec} in netns {lab.net.ledger_ns} (governance key "
-                      f"{lab.governance_eth_path}, chain log {lab.chain_log}); every router "
-                      "registered with its owner, every router-router link registered\n"
+                print(f"ledger: {lab.ledger_spec} in netns {lab.net.ledger_ns} (chain log "
+                      f"{lab.chain_log})\n"
                       f"  ip netns exec {lab.net.ledger_ns} "
                       f"{' '.join(lab.beatctl_argv('anchors')[4:])}")
+            if lab.ledger in ("local", "ethereum"):
+                print(_committee_lines(lab))
         elif cmd == "demo":
             from .traffic import require_scapy
             require_scapy()         # before anything is built: the extra it needs is named

@@ -5,24 +5,31 @@ State lives under ``<state_root>/<lab key>/`` (default ``/run/beat-lab/beat/``):
 ``control.sock``, ``beatd.log``. ``up`` first clears what a crashed run left (namespaces of this
 prefix and topology, daemons recorded in the state file), so it can always be run again.
 
-Ledger (``ledger="local"``, the default): ``up`` also makes a governance key
-(``governance.ed25519``) and a ``local`` ledger (``ledger.mdb``) in the state dir, a device key per
-router (``<router>/keys/device.ed25519``, as ``beatd keygen``), registers every router as a node
-with its owner (the topology's ``owner``, default ``operator-<router>``: one owner per router) and
-every router-router link of the topology, and gives each beatd a ``[ledger]`` section with a short
-anchor period (``LAB_ANCHOR_PERIOD_S``). ``ledger="none"`` leaves the ledger out. Whatever the
+Ledger (``ledger="local"``, the default): ``up`` also makes the committee's keys (three member
+organisations by default, ``members/m1.ed25519`` and ``m1.eth``, ...; k = 2), one key per operator
+(the topology's ``owner``, default ``operator-<router>``: ``operators/<owner>.ed25519``) and the
+tenant's (``tenant.ed25519``), creates a ``local`` ledger (``ledger.mdb``) with the committee and
+the operators' and tenant's balances, a device key per router (``<router>/keys/device.ed25519``, as
+``beatd keygen``); member 1 proposes and member 2 approves every router as a node with its owner
+and operator, every router-router link of the topology and the SLA (price, penalty); each
+operator deposits for its routers (``committee.py``); each beatd gets a ``[ledger]`` section with
+a short anchor period (``LAB_ANCHOR_PERIOD_S``). The demo's dispute goes through the committee
+(``_demo_dispute``). ``ledger="none"`` leaves the ledger out. Whatever the
 ledger, the governance's configuration (``governance.toml``) lists the same links (``[[links]]``).
 
 ``ledger="ethereum"``: a JSON-RPC node (``ledger_client.devnode.DevNode``: ganache, a development
 chain) runs in the namespace ``<prefix>ledger``, reached by every router over its own management
 link (``Net.create_management``: a separate 10.N.0.0/16 that carries no tenant traffic), at
-``http://<ledger address>:8545``. ``up`` makes the governance's account (``governance.eth``) and, per
-router, ``<router>/keys/device.ed25519`` and ``device.eth`` (as ``beatd keygen --ethereum``), funds
-every account at genesis, deploys the Beat contract and registers every router (its owner, its
-Ed25519 key and its account) and every router-router link from inside the ledger namespace, and gives each beatd ``[ledger] backend =
-"ethereum"``. The chain's database and log are in the state dir (``chain/``, ``chain.log``); the
-state file records the URL, the contract and the node's pid; ``down`` stops the node and deletes the
-ledger namespace with the others. From the host, the node is reached through the namespace:
+``http://<ledger address>:8545``. ``up`` makes the deployer's account (``governance.eth``), the
+committee's, operators' and tenant's keys as on local, and, per router,
+``<router>/keys/device.ed25519`` and ``device.eth`` (as ``beatd keygen --ethereum``), funds the
+deployer and the routers at genesis, deploys the Beat contract with the committee, funds the
+members, operators and tenant from the deployer, registers through the committee every router (its
+owner, Ed25519 key, account and operator's account), every router-router link and the SLA, the
+operators' deposits (wei), all from inside the ledger namespace, and gives each beatd ``[ledger]
+backend = "ethereum"``. The chain's database and log are in the state dir (``chain/``,
+``chain.log``); the state file records the URL, the contract and the node's pid; ``down`` stops
+the node and deletes the ledger namespace with the others. From the host, the node is reached through the namespace:
 ``ip netns exec <prefix>ledger beatctl --ledger ethereum:URL#CONTRACT anchors``.
 """
 import concurrent.futures
@@ -38,6 +45,8 @@ import time
 from beat_common.procs import pid_alive as _pid_alive
 from beat_common.tomlfile import dumps
 
+from . import committee as committee_mod
+from .committee import DEFAULT_K, DEFAULT_MEMBERS, MONEY, Parties
 from .data import topology_path
 from .netns import IP, Net, NetError, link_stats, list_namespaces
 from .topology import load as load_topology
@@ -75,10 +84,16 @@ def _cmdline(pid):
 
 class Lab:
     def __init__(self, topology=None, prefix="beat-", state_root=None, python=None,
-                 ring_size="16MiB", ledger="local"):
+                 ring_size="16MiB", ledger="local", committee=(DEFAULT_MEMBERS, DEFAULT_K)):
+        """``committee``: (n, k), the lab committee's members and threshold (``up`` makes their
+        keys; a running lab keeps the ones it was brought up with)."""
         if ledger not in LEDGERS:
             raise LabError(f"ledger: {ledger!r} is not one of {', '.join(LEDGERS)}")
+        n, k = committee
+        if not 1 <= k <= n:
+            raise LabError(f"committee: k = {k} is not in 1..n = {n} (the members)")
         self.ledger = ledger
+        self.committee_n, self.committee_k = n, k
         self.topology_path = topology_path(topology)
         self.topo = load_topology(self.topology_path)
         self.net = Net(self.topo, prefix)
@@ -165,8 +180,34 @@ class Lab:
             f.write(dumps(doc, header=f"written by `beat-lab up` ({self.topology_path})"))
 
     @property
+    def parties(self):
+        """The key files of the committee's members, the operators and the tenant."""
+        return Parties(self.state_dir, self.committee_n)
+
+    @property
+    def money(self):
+        """The lab's amounts (balances, deposit, price, penalty) in the ledger's unit."""
+        return MONEY["ethereum" if self.ledger == "ethereum" else "local"]
+
+    def member_key_path(self, i=1):
+        """Member ``i``'s key file for the lab's ledger (Ed25519 on local, .eth on ethereum)."""
+        if not 1 <= i <= self.committee_n:
+            raise LabError(f"member {i}: the lab's committee has members 1..{self.committee_n}")
+        return self.parties.member(i, ethereum=self.ledger == "ethereum")
+
+    @property
+    def tenant_key_path(self):
+        return self.parties.tenant(ethereum=self.ledger == "ethereum")
+
+    def operator_key_path(self, router):
+        """The key file of ``router``'s operator (its topology owner)."""
+        return self.parties.operator(self.topo.node(router).owner,
+                                     ethereum=self.ledger == "ethereum")
+
+    @property
     def governance_key_path(self):
-        return os.path.join(self.state_dir, "governance.ed25519")
+        """Member 1's Ed25519 key (the committee member who interrogates first)."""
+        return self.parties.member(1)
 
     def device_key_path(self, router):
         return os.path.join(self.router_dir(router), "keys", "device.ed25519")
@@ -237,37 +278,64 @@ class Lab:
         return key, acct
 
     def setup_ledger(self):
-        """``local``: the governance key, the ledger, a device key per router (``beatd keygen``'s
-        files), every router registered as a node with its owner, every router-router link
-        registered. Returns {router: public key hex}.
+        """``local``: the committee (``committee_mod.Parties``: each member's keys, the operators',
+        the tenant's), the ledger created with the committee and the balances, a device key per
+        router (``beatd keygen``'s files), then through the committee (member 1 proposes, the
+        next members approve up to k) every router as a node with its owner and operator, every
+        router-router link, the SLA; each operator's deposit for its routers. Returns {router:
+        public key hex}.
         ``ethereum``: see ``setup_ethereum``."""
         if self.ledger == "ethereum":
             return self.setup_ethereum()
         if self.ledger != "local":
             # no ledger: the device keys still sign the evidence of the Interrogation service
             return {r.name: self._device_keys(r.name)[0].public_hex for r in self.topo.routers}
-        from ledger_client.keys import DeviceKey
-        from ledger_client.backend import open_backend
-        from ledger_client.types import Node
+        from ledger_client.local import LocalLedger
 
         os.makedirs(self.state_dir, exist_ok=True)
-        gov = DeviceKey.generate()
-        gov.save(self.governance_key_path, overwrite=True)
-        pubs = {}
-        with open_backend(f"local:{self.ledger_path}", hash_name=self._hash(), missing="create",
-                          governance_pubkey=gov) as led:
-            for r in self.topo.routers:
-                key, _ = self._device_keys(r.name)
-                led.register_node(Node(r.node_id, r.owner, key.public, None), signer=gov)
-                pubs[r.name] = key.public_hex
-            for a, b in self.topo.router_link_ids():
-                led.register_link(a, b, signer=gov)
-            led.register_sla(self.sla(), signer=gov)
+        self._record_committee()
+        parties = self.parties
+        parties.make(r.owner for r in self.topo.routers)
+        holders = [parties.operator(r.owner) for r in self.topo.routers] + [parties.tenant()]
+        balances = {parties.signer(p).public: self.money.balance for p in holders}
+        with LocalLedger(self.ledger_path, hash_name=self._hash(),
+                         committee=parties.committee(self.committee_k), balances=balances):
+            pass
+        pubs, nodes = {}, []
+        for r in self.topo.routers:
+            key, _ = self._device_keys(r.name)
+            nodes.append([r.node_id, r.owner, key.public_hex, None, parties.operator(r.owner)])
+            pubs[r.name] = key.public_hex
+        committee_mod.run(self, "register", self.registration_job(nodes))
         return pubs
+
+    def _record_committee(self):
+        st = self._read_state()
+        st["committee"] = {"n": self.committee_n, "k": self.committee_k}
+        self._write_state(st)
+
+    def registration_job(self, nodes):
+        """The committee's set-up acts (``committee_mod.register``): ``nodes`` [[node_id, owner,
+        Ed25519 key hex, account or None, operator key file]], the topology's links, the SLA,
+        a deposit of ``money.deposit`` per router by its operator. Proposed by member 1,
+        approved by members 2..k."""
+        sla = self.sla()
+        return {"proposer": self.member_key_path(1),
+                "approvers": [self.member_key_path(i) for i in range(2, self.committee_k + 1)],
+                "nodes": nodes,
+                "links": [list(l) for l in self.topo.router_link_ids()],
+                "sla": {"sla_id": sla.sla_id, "tenant": sla.tenant, "src": sla.src.hex(),
+                        "dst": sla.dst.hex(), "route": list(sla.route),
+                        "max_loss_ppm": sla.max_loss_ppm, "max_delay_us": sla.max_delay_us,
+                        "loss_budget_ppm": sla.loss_budget_ppm,
+                        "penalty_per_violation": sla.penalty_per_violation,
+                        "price": sla.price, "tenant_key": self.tenant_key_path},
+                "deposits": [[r.node_id, self.operator_key_path(r.name), self.money.deposit]
+                             for r in self.topo.routers]}
 
     def sla(self):
         """The lab's RO-SLA (id ``LAB_SLA_ID``): the tenant's flow src -> dst over the agreed
-        route, 1 % loss budget."""
+        route, 1 % loss budget; its price and its penalty per faulty device (``money``)."""
         import ipaddress
 
         from ledger_client.types import SLA
@@ -278,11 +346,15 @@ class Lab:
         return SLA(LAB_SLA_ID, "lab-tenant", a16(self.topo.src), a16(self.topo.dst),
                    tuple(self.topo.node(r).node_id for r in self.topo.agreed),
                    max_loss_ppm=LAB_LOSS_BUDGET_PPM, max_delay_us=LAB_MAX_DELAY_US,
-                   loss_budget_ppm=LAB_LOSS_BUDGET_PPM, penalty_per_violation=100)
+                   loss_budget_ppm=LAB_LOSS_BUDGET_PPM,
+                   penalty_per_violation=self.money.penalty, price=self.money.price)
 
     def setup_ethereum(self, timeout=60.0):
         """The management network, the accounts, the chain (DevNode in the ledger namespace), the
-        contract, every router registered. Returns {router: account address}."""
+        contract deployed with the committee (members, k), the members, operators and tenant
+        funded from the deployer's account, then through the committee every router registered
+        (its operator's account), every link, the SLA; the operators' deposits
+        (``registration_job``). Returns {router: account address}."""
         from ledger_client.devnode import DevNode, DevNodeError
         from ledger_client.ethereum import Account
 
@@ -291,10 +363,13 @@ class Lab:
             self.net.create_management()
         gov = Account.generate()
         gov.save(self.governance_eth_path)
+        self._record_committee()
+        self.parties.make(r.owner for r in self.topo.routers)
         nodes, accounts = [], {}
         for r in self.topo.routers:
             key, acct = self._device_keys(r.name, ethereum=True)
-            nodes.append([r.node_id, r.owner, key.public_hex, acct.address])
+            nodes.append([r.node_id, r.owner, key.public_hex, acct.address,
+                          self.operator_key_path(r.name)])
             accounts[r.name] = acct
         node = DevNode(self.chain_db, host=str(self.net.ledger_address()), port=LAB_CHAIN_PORT,
                        accounts=[(gov.private_key_hex(), 1000 * ETH)] +
@@ -310,17 +385,18 @@ class Lab:
                           "governance": gov.address}
         self._write_state(st)
         # deploy and register from inside the ledger namespace (the node is reachable there)
-        sla = self.sla()
-        job = {"url": url, "key": self.governance_eth_path, "hash": self._hash(), "nodes": nodes,
-               "links": [list(l) for l in self.topo.router_link_ids()],
-               "sla": [sla.sla_id, sla.tenant, sla.src.hex(), sla.dst.hex(), list(sla.route),
-                       sla.max_loss_ppm, sla.max_delay_us, sla.loss_budget_ppm,
-                       sla.penalty_per_violation]}
+        parties = self.parties
+        job = {"url": url, "key": self.governance_eth_path, "hash": self._hash(),
+               "state_dir": self.state_dir, "n": self.committee_n, "k": self.committee_k,
+               "fund": [parties.member(i, True) for i in range(1, self.committee_n + 1)] +
+                       sorted({self.operator_key_path(r.name) for r in self.topo.routers}) +
+                       [self.tenant_key_path],
+               "amount": self.money.balance, "register": self.registration_job(nodes)}
         p = subprocess.run(self.net_ledger_argv([self.python, "-c",
                                                  "from beat_lab.lab import _ethereum_setup; "
                                                  "_ethereum_setup()"]),
                            input=json.dumps(job), capture_output=True, text=True, cwd=IMPORT_ROOT,
-                           env=self._env(), timeout=timeout + 60)
+                           env=self._env(), timeout=timeout + 240)
         if p.returncode != 0:
             raise LabError(f"--ledger ethereum: deploying the contract and registering the routers "
                            f"failed: {p.stderr.strip()[-2000:]}")
@@ -334,17 +410,27 @@ class Lab:
         """``argv`` run inside the ledger namespace (where the lab's chain is reachable)."""
         return [IP, "netns", "exec", self.net.ledger_ns] + list(argv)
 
-    def beatctl_argv(self, *args):
-        """``beatctl --ledger <the lab's ledger> ARGS``, inside the ledger namespace on ethereum."""
-        argv = [self.python, "-m", "governance.cli", "--ledger", self.ledger_spec, *args]
+    def beatctl_argv(self, *args, key=None):
+        """``beatctl --ledger <the lab's ledger> [--key KEY] ARGS``, inside the ledger namespace
+        on ethereum."""
+        argv = [self.python, "-m", "governance.cli", "--ledger", self.ledger_spec]
+        if key is not None:
+            argv += ["--key", key]
+        argv += list(args)
         return self.net_ledger_argv(argv) if self.ledger == "ethereum" else argv
 
+    def beatctl(self, *args, key=None, timeout=300):
+        """Run ``beatctl_argv(*args, key=key)``: the CompletedProcess."""
+        return subprocess.run(self.beatctl_argv(*args, key=key), capture_output=True, text=True,
+                              cwd=IMPORT_ROOT, env=self._env(), timeout=timeout)
+
     def interrogate_argv(self, from_ns, to_ns, json_path=None, svg_path=None, record=True,
-                         dispute=None, f=None):
+                         dispute=None, f=None, member=1, evidence=None):
         """``beatctl interrogate`` for the lab's SLA, run in the management namespace (where the
-        routers' Interrogation services are reachable), as the governance."""
-        key = (self.governance_eth_path if self.ledger == "ethereum" else
-               self.governance_key_path)
+        routers' Interrogation services are reachable), as committee member ``member``
+        (``record``: its approval of the decision; with k = 1 the decision itself);
+        ``evidence``: the directory the signed answers are kept in (``beatctl decide``)."""
+        key = self.member_key_path(member)
         argv = [self.python, "-m", "governance.cli", "--ledger", self.ledger_spec]
         if record:
             argv += ["--key", key]
@@ -358,19 +444,21 @@ class Lab:
             argv += ["--dispute", str(dispute)]
         if f is not None:
             argv += ["--f", str(f)]
+        if evidence is not None:
+            argv += ["--evidence", evidence]
         if not record:
             argv.append("--no-record")
         return self.net_ledger_argv(argv)
 
     def interrogate(self, from_ns, to_ns, json_path=None, svg_path=None, record=True,
-                    dispute=None, timeout=300, f=None):
+                    dispute=None, timeout=300, f=None, member=1, evidence=None):
         """Run ``beatctl interrogate`` (see ``interrogate_argv``; ``f``: its ``--f``, how many
         owners may lie together): the CompletedProcess."""
         if self.ledger_spec is None:
             raise LabError("the lab runs without a ledger (--ledger none): nothing to interrogate "
                            "against")
         return subprocess.run(self.interrogate_argv(from_ns, to_ns, json_path, svg_path, record,
-                                                    dispute, f),
+                                                    dispute, f, member, evidence),
                               capture_output=True, text=True, cwd=IMPORT_ROOT, env=self._env(),
                               timeout=timeout)
 
@@ -788,6 +876,14 @@ class Lab:
         shutil.rmtree(self.state_dir, ignore_errors=True)
         return stopped
 
+    def adopt_state(self):
+        """Take the ledger and the committee a running lab was brought up with."""
+        st = self._read_state()
+        self.ledger = st.get("ledger", self.ledger)
+        c = st.get("committee")
+        if c:
+            self.committee_n, self.committee_k = c["n"], c["k"]
+
     def is_up(self):
         return bool(self.net.exists())
 
@@ -832,9 +928,56 @@ class Lab:
         return out
 
     # ------------------------------------------------------------------ the demo
+    # ------------------------------------------------------------------ the committee's dispute
+    def open_dispute(self, from_ns, to_ns):
+        """The tenant (its key, ``tenant_key_path``) opens a dispute on the lab's SLA for the
+        window ``from_ns``..``to_ns``: the dispute's id."""
+        return committee_mod.run(self, "open_dispute", {
+            "tenant": self.tenant_key_path, "sla_id": LAB_SLA_ID, "from_ns": int(from_ns),
+            "to_ns": int(to_ns)})["dispute_id"]
+
+    def decide(self, dispute, evidence, member, timeout=300):
+        """``beatctl decide DISPUTE --evidence DIR --json`` as committee member ``member``: it
+        judges the archived evidence again (deterministic) and approves that decision. The
+        CompletedProcess."""
+        return self.beatctl("decide", str(dispute), "--evidence", evidence, "--json",
+                            key=self.member_key_path(member), timeout=timeout)
+
+    def approve_decision(self, member, dispute, evidence_digest, verdict_digest, faulty):
+        """Member ``member``'s approval of a decision's content (digests as hex), straight on
+        the ledger: what a member who judged otherwise (or lies) sends. Returns the state."""
+        return committee_mod.run(self, "approve", {
+            "member": self.member_key_path(member), "dispute_id": dispute,
+            "evidence_digest": evidence_digest, "verdict_digest": verdict_digest,
+            "faulty": list(faulty)})["state"]
+
+    def ledger_view(self, dispute=None):
+        """The ledger as the demo shows it: {"balances": {"tenant": .., "<owner>": ..},
+        "deposits": {node_id (str): {"amount", "debt", "frozen_by"}}, "dispute": .. (with
+        ``dispute``), "votes": [{"member", "verdict_digest", "evidence_digest", "dissent"}],
+        "pending": [[proposal, act, approvals, k]], "committee": {..}} (and on ethereum
+        "contract_balance": the wei the contract holds)."""
+        who = {"tenant": self.tenant_key_path}
+        for r in self.topo.routers:
+            who[r.owner] = self.operator_key_path(r.name)
+        return committee_mod.run(self, "view", {
+            "who": who, "nodes": [r.node_id for r in self.topo.routers], "dispute_id": dispute})
+
+    def member_names(self):
+        """{how the ledger names a member (key hex / address, lower case): "member i"}."""
+        out = {}
+        for i in range(1, self.committee_n + 1):
+            for eth in (False, True):
+                out[self.parties.identity(self.parties.member(i, eth)).lower()] = f"member {i}"
+        return out
+
     def _demo_dispute(self, from_ns, to_ns, out, report_dir):
-        """The tenant disputes the window: the governance interrogates the routers (beatctl
-        interrogate, recorded on the ledger) and prints the verdict. Returns the report (or
+        """The tenant disputes the window; the committee decides: member 1 interrogates the
+        routers (beatctl interrogate --dispute D --evidence DIR: its approval), members 2..k
+        judge member 1's archived evidence again (beatctl decide D --evidence DIR) and approve
+        the same content; at the k-th approval the decision executes and the penalty moves from
+        the faulty operator's deposit to the tenant. Prints each step, the approvals, the
+        decision, the balances before and after and the open proposals. Returns the report (or
         None without a ledger)."""
         if self.ledger_spec is None:
             out.write("\n(no ledger: no dispute)\n")
@@ -845,24 +988,113 @@ class Lab:
             out.write(f"  {r}: not anchored yet: {why}; its evidence counts as signed, unproven\n")
         jpath = os.path.join(report_dir, "dispute.json")
         spath = os.path.join(report_dir, "dispute.svg")
-        out.write(f"\n== the tenant disputes SLA {LAB_SLA_ID}; the governance interrogates the "
-                  "routers\n")
-        out.write("   (" + " ".join(self.interrogate_argv(from_ns, to_ns, jpath, spath)[4:]) +
-                  ")\n\n")
-        p = self.interrogate(from_ns, to_ns, jpath, spath)
+        evidence = os.path.join(report_dir, "evidence")
+        shutil.rmtree(evidence, ignore_errors=True)
+        n, k = self.committee_n, self.committee_k
+        rel = os.path.relpath
+        did = self.open_dispute(from_ns, to_ns)
+        out.write(f"\n== the tenant disputes SLA {LAB_SLA_ID}: dispute {did} opened on the ledger "
+                  f"with the tenant's key ({rel(self.tenant_key_path, self.state_dir)})\n")
+        before = self.ledger_view(did)
+        out.write(f"\n== the committee ({n} member organisation{'s' if n > 1 else ''}, k = {k}) "
+                  "decides it. Member 1 "
+                  "interrogates the routers\n")
+        out.write("   (" + " ".join(self.interrogate_argv(
+            from_ns, to_ns, jpath, spath, dispute=did, evidence=evidence)[4:]) + ")\n\n")
+        p = self.interrogate(from_ns, to_ns, jpath, spath, dispute=did, evidence=evidence)
         out.write(p.stdout)
         if p.returncode not in (0, 3):
             out.write(f"beatctl interrogate failed (exit {p.returncode}): {p.stderr}\n")
-            return {"exit": p.returncode, "error": p.stderr, "not_anchored": late}
+            return {"exit": p.returncode, "error": p.stderr, "not_anchored": late,
+                    "dispute_id": did}
         with open(jpath) as f:
             data = json.load(f)
         names = {r.node_id: r.name for r in self.topo.routers}
         verdicts = {names.get(d["node_id"], str(d["node_id"])): d["verdict"]
                     for d in data["devices"]}
         out.write(f"\nverdict: {', '.join(f'{n} {v}' for n, v in verdicts.items())} "
-                  f"(beatctl exit {p.returncode}); report {jpath}, picture {spath}\n\n")
+                  f"(beatctl exit {p.returncode}); report {jpath}, picture {spath}\n")
+        if k > 1:
+            out.write(f"(that is member 1's approval of this verdict: 1 of k = {k}; nothing is "
+                      "decided and no value moves before the k-th)\n")
+        decides = []
+        for i in range(2, k + 1):
+            out.write(f"\n== member {i} judges member 1's archived evidence again (the same "
+                      "checks, deterministic) and approves what it finds\n")
+            out.write(f"   (beatctl --key {rel(self.member_key_path(i), self.state_dir)} decide "
+                      f"{did} --evidence {evidence})\n")
+            q = self.decide(did, evidence, i)
+            if q.returncode != 0:
+                out.write(f"beatctl decide failed (exit {q.returncode}): {q.stderr}\n")
+                return {"exit": q.returncode, "error": q.stderr, "not_anchored": late,
+                        "dispute_id": did, "verdicts": verdicts}
+            got = json.loads(q.stdout)
+            decides.append(got)
+            out.write(f"   member {i}: verdict digest {got['verdict_digest'][:16]}..., faulty "
+                      f"{got['faulty'] or 'none'}: {got['approvals']} of {got['k']} approvals, "
+                      f"{got['state']}\n")
+        after = self.ledger_view(did)
+        if after["dispute"] and after["dispute"]["state"] == "decided":
+            # a committee of one decided alone (k = 1: decide and settle are two acts)
+            out.write(f"\n== member 1 settles dispute {did} (k = 1)\n")
+            committee_mod.run(self, "settle", {"member": self.member_key_path(1),
+                                               "dispute_id": did})
+            after = self.ledger_view(did)
+        self._print_decision(out, did, before, after)
         return {"exit": p.returncode, "verdicts": verdicts, "json": jpath, "svg": spath,
-                "decision": data.get("decision"), "not_anchored": late}
+                "evidence": evidence, "dispute_id": did,
+                "decision": dict(after["dispute"] or {}, dispute_id=did),
+                "votes": after["votes"], "decides": decides, "before": before, "after": after,
+                "not_anchored": late}
+
+    def _print_decision(self, out, did, before, after):
+        """The committee's approvals, the decision, the money before -> after, the open
+        proposals (beatctl pending)."""
+        money, members = self.money, self.member_names()
+        names = {r.node_id: r.name for r in self.topo.routers}
+        d = after["dispute"] or {}
+        out.write(f"\n== the committee's approvals of dispute {did} (k = {self.committee_k})\n")
+        if not after["votes"]:
+            out.write("   none recorded: a committee of one (k = 1) decides alone, as a single "
+                      "governance key\n")
+        for v in after["votes"]:
+            who = members.get(v["member"].lower(), v["member"])
+            out.write(f"   {who}: evidence {v['evidence_digest'][:16]}..., verdict "
+                      f"{v['verdict_digest'][:16]}..."
+                      + ("  DISSENT (another verdict than the one decided)" if v["dissent"]
+                         else "") + "\n")
+        faulty = d.get("faulty") or []
+        named = ", ".join(f"{names.get(x, x)} (node {x}, {self.topo.node(names[x]).owner})"
+                          if x in names else str(x) for x in faulty)
+        if d.get("state") in ("decided", "settled"):
+            out.write(f"\n== the decision: dispute {did} decided: faulty {faulty}: "
+                      f"{named or 'nobody'}; penalty {money.fmt(d['penalty'])}, "
+                      f"{d['state']}"
+                      + (" in the same step as the k-th approval" if self.committee_k > 1
+                         else "") + "\n")
+        else:
+            out.write(f"\n== no decision yet: dispute {did} is {d.get('state')} (fewer than "
+                      f"k = {self.committee_k} approvals of one content)\n")
+        out.write("\n== the money (the ledger's balances, before the decision -> after)\n")
+        for x in faulty or [r.node_id for r in self.topo.routers if r.name in self.topo.agreed]:
+            if x not in names:
+                continue
+            b, a = before["deposits"][str(x)], after["deposits"][str(x)]
+            out.write(f"   {names[x]}'s deposit ({self.topo.node(names[x]).owner}): "
+                      f"{money.fmt(b['amount'])} -> {money.fmt(a['amount'])}"
+                      + (f", debt {money.fmt(a['debt'])}" if a["debt"] else "") + "\n")
+        out.write(f"   the tenant's balance: {money.fmt(before['balances']['tenant'])} -> "
+                  f"{money.fmt(after['balances']['tenant'])}\n")
+        p = self.beatctl("pending")
+        out.write("\n== open proposals (beatctl pending): "
+                  + (("\n" + p.stdout) if p.stdout.strip() else "none\n"))
+        if p.returncode != 0:
+            out.write(f"beatctl pending failed (exit {p.returncode}): {p.stderr}\n")
+        where = (f"ip netns exec {self.net.ledger_ns} beatctl --ledger {self.ledger_spec}"
+                 if self.ledger == "ethereum" else f"beatctl --ledger {self.ledger_spec}")
+        bal = "balances --account ADDR" if self.ledger == "ethereum" else "balances"
+        out.write(f"   (every step on the ledger: {where} disputes | dissent {did} | deposits"
+                  f" | {bal})\n\n")
 
     def demo(self, known=20, flows=1000, load_packets=20000, rate=20000.0, out=None,
              report_dir=None):
@@ -873,8 +1105,8 @@ class Lab:
         topo, net = self.topo, self.net
         if not self.is_up():
             self.up()
-        else:       # the ledger the running lab was brought up with
-            self.ledger = self._read_state().get("ledger", self.ledger)
+        else:       # the ledger (and committee) the running lab was brought up with
+            self.adopt_state()
         src, dst = topo.src, topo.dst
         a_src, a_dst = topo.host_addr(src), topo.host_addr(dst)
         phase1 = traffic.known_packets(a_src, a_dst, known, sport=40000, tag=b"agreed")
@@ -960,24 +1192,16 @@ class Lab:
 
 def _ethereum_setup():
     """Run inside the ledger namespace by ``Lab.setup_ethereum``: a JSON job on stdin (url, the
-    governance key file, hash, nodes [[node_id, owner, pubkey hex, address]], links [[a, b]],
-    sla); deploys the Beat contract, registers every node and link and the SLA, prints
+    deployer's key file, hash, the state dir with the committee's key files, n, k, the accounts to
+    fund and the amount, the registration job); deploys the Beat contract with the committee,
+    funds the accounts, registers through the committee (``committee.register``), prints
     {"contract": address}."""
     from ledger_client.ethereum import Account, EthereumLedger
-    from ledger_client.types import Node
 
     job = json.load(sys.stdin)
     gov = Account.from_file(job["key"])
-    led = EthereumLedger.deploy(job["url"], gov, job["hash"])
-    for node_id, owner, pub, address in job["nodes"]:
-        led.register_node(Node(node_id, owner, bytes.fromhex(pub), bytes.fromhex(address[2:])),
-                          signer=gov)
-    for a, b in job.get("links", []):
-        led.register_link(a, b, signer=gov)
-    if job.get("sla"):
-        from ledger_client.types import SLA
-        sid, tenant, src, dst, route, max_loss, max_delay, budget, penalty = job["sla"]
-        led.register_sla(SLA(sid, tenant, bytes.fromhex(src), bytes.fromhex(dst), tuple(route),
-                             max_loss_ppm=max_loss, max_delay_us=max_delay,
-                             loss_budget_ppm=budget, penalty_per_violation=penalty), signer=gov)
+    committee = Parties(job["state_dir"], job["n"]).committee(job["k"])
+    led = EthereumLedger.deploy(job["url"], gov, job["hash"], committee=committee)
+    committee_mod.fund(led, {"from": job["key"], "to": job["fund"], "amount": job["amount"]})
+    committee_mod.register(led, job["register"])
     json.dump({"contract": led.address}, sys.stdout)

@@ -24,7 +24,12 @@ DEFAULT_BATCH = 16384
 def replay(path, config, store, batch_frames=DEFAULT_BATCH, emit=None, pipeline_cls=None):
     """Replay the capture at ``path``; ``config`` is a ``beatd.config.Config`` with a node_id."""
     reader = CaptureReader(path, batch_frames)      # CaptureError here: not a capture at all
-    pipe = (pipeline_cls or fastpath.Pipeline)(**config.pipeline_kwargs())
+    # The store reads segments, not the records output: that is made only for emit (JSON lines).
+    # Without emit, the store is the only reader of the segments: their records come as read-only
+    # views of the pipeline's own buffer (no copy; docs/fastpath.md "Outputs").
+    pipe = (pipeline_cls or fastpath.Pipeline)(**config.pipeline_kwargs(),
+                                                records_out=emit is not None,
+                                                segment_views=emit is None)
     pipe.resume(**store.resume_state())
     started = time.monotonic()
     for _ in reader.feeds(pipe):        # a native pipeline gets the frames straight from C

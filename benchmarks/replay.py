@@ -198,7 +198,8 @@ def replay_parts(path, repeat, tmp):
         store_dir = os.path.join(tmp, f"parts-{r}")
         store = Store(store_dir, **{k: v for k, v in cfg.store_kwargs().items() if k != "path"})
         reader = CaptureReader(path, DEFAULT_BATCH)
-        pipe = fastpath.Pipeline(**cfg.pipeline_kwargs())
+        pipe = fastpath.Pipeline(**cfg.pipeline_kwargs(), records_out=False,
+                                 segment_views=True)   # as replay makes it
         pipe.resume(**store.resume_state())
         spent = dict.fromkeys(("feed", "take", "commit"), 0.0)
         clock = time.thread_time

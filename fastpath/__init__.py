@@ -31,9 +31,11 @@ segment_value = _impl.segment_value
 receipt_value = _impl.receipt_value
 pack_desc = _impl.pack_desc
 t_range = _impl.t_range
+proofs_value = _impl.proofs_value
 merkle_levels = _impl.merkle_levels
 
 __all__ = ["Pipeline", "pd_ft", "fp_many", "segment_value", "receipt_value", "pack_desc", "t_range",
+           "proofs_value",
            "merkle_levels", "IMPL",
            "NONE", "DESC_FORMAT", "DESC_SIZE", "RECORD_SIZE", "RECEIPT_SIZE", "OPEN_RECEIPT_SIZE",
            "COUNTER_SIZE", "HASH_NAMES", "STAT_NAMES", "REASON_CLASS", "Output",

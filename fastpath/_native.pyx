@@ -5,6 +5,7 @@ import struct
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free
+from libc.string cimport memcmp
 
 from fastpath.includes.beat cimport *
 
@@ -13,8 +14,9 @@ from .output import (COUNTER_SIZE, DEFAULT_MAX_RECEIPTS_PER_EPOCH, DESC_FORMAT, 
                      RECEIPT_SIZE, RECORD_SIZE, STAT_NAMES, Output, neighbour_binding, pack_desc)
 
 _DESC = struct.Struct(DESC_FORMAT)
-_SEG_HEAD = struct.Struct(">QQ32s")
 _MAX_ID = (1 << 64) - 2
+
+include "segbuf.pxi"
 
 
 def simd():
@@ -56,18 +58,22 @@ def t_range(records):
     """(min t_ns, max t_ns) of 48-byte records, (0, 0) when there are none."""
     cdef const uint8_t[::1] r = memoryview(records).cast("B") if len(records) else b"\0"
     cdef size_t n = len(records)
-    cdef size_t i, k
+    cdef size_t i
     cdef uint64_t t, lo = 0, hi = 0
+    cdef const uint8_t *q = &r[0]
     cdef size_t rs = RECORD_SIZE
     if n % RECORD_SIZE:
         raise ValueError(f"records length {n} is not a multiple of {RECORD_SIZE}")
-    with nogil:
-        i = 0
+    if n == 0:
+        return 0, 0
+    with nogil:   # by pointer: a bounds-checked index per record cost more than the loads
+        lo = hi = rd64be(q)
+        i = rs
         while i < n:
-            t = rd64be(&r[i])
-            if i == 0 or t < lo:
+            t = rd64be(q + i)
+            if t < lo:
                 lo = t
-            if i == 0 or t > hi:
+            if t > hi:
                 hi = t
             i += rs
     return lo, hi
@@ -78,12 +84,18 @@ cdef class Pipeline:
     cdef int alg
     cdef uint64_t node_id
     cdef uint32_t segment_records
+    cdef _Spares spares
+    cdef bint segment_views
 
     def __cinit__(self, node_id, hash_name="sha3-256", own_macs=(), neighbours=None,
                   join_window_ns=50_000_000, receipt_epoch_ns=1_000_000_000,
                   segment_records=1024, anchor_period_ns=10_000_000_000, max_pending=1 << 16,
-                  max_receipts_per_epoch=DEFAULT_MAX_RECEIPTS_PER_EPOCH):
+                  max_receipts_per_epoch=DEFAULT_MAX_RECEIPTS_PER_EPOCH, records_out=True,
+                  segment_views=False):
         _check_id("node_id", node_id)
+        for name, flag in (("records_out", records_out), ("segment_views", segment_views)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
         self.alg = _alg(hash_name)
         _check_positive("join_window_ns", join_window_ns)
         _check_positive("receipt_epoch_ns", receipt_epoch_ns)
@@ -102,6 +114,8 @@ cdef class Pipeline:
             raise ValueError(f"own_macs holds {len(own) // 6} MACs, at most {BEAT_MAX_OWN}")
         self.node_id = node_id
         self.segment_records = segment_records
+        self.spares = _Spares()
+        self.segment_views = segment_views
         self.p = beat_pipe_new(node_id, self.alg, join_window_ns, receipt_epoch_ns,
                                segment_records, anchor_period_ns, max_pending,
                                max_receipts_per_epoch)
@@ -109,6 +123,7 @@ cdef class Pipeline:
             raise MemoryError("fast path: cannot allocate the pipeline "
                               f"(max_pending={max_pending}, segment_records={segment_records})")
         beat_pipe_set_own(self.p, own, len(own) // 6)
+        beat_pipe_set_records_out(self.p, records_out)
         self.set_neighbours(neighbours or {})
 
     def __dealloc__(self):
@@ -272,6 +287,7 @@ cdef class Pipeline:
     cdef object _take_locked(self):
         cdef const beat_buf *rec = beat_pipe_records(self.p)
         cdef const beat_buf *seg = beat_pipe_segments(self.p)
+        cdef beat_buf given
         cdef const beat_buf *rcp = beat_pipe_receipts(self.p)
         cdef beat_buf ctr
         cdef beat_buf orc
@@ -283,12 +299,28 @@ cdef class Pipeline:
         segments = []
         cdef size_t off = 0
         cdef size_t s_len
-        while off < seg.len:  # one copy per segment, straight from the C buffer
-            s_seq, s_count, s_value = _SEG_HEAD.unpack(seg.d[off:off + 48])
-            off += 48
-            s_len = s_count * RECORD_SIZE
-            segments.append((s_seq, s_count, s_value, seg.d[off:off + s_len]))
-            off += s_len
+        cdef uint64_t s_count
+        cdef SegmentBuffer sb
+        if seg.len and not self.segment_views:   # one copy per segment, from the C buffer
+            while off < seg.len:
+                s_count = rd64be(seg.d + off + 8)
+                s_len = s_count * RECORD_SIZE
+                segments.append((rd64be(seg.d + off), s_count, seg.d[off + 16:off + 48],
+                                 seg.d[off + 48:off + 48 + s_len]))
+                off += 48 + s_len
+        elif seg.len:   # the buffer itself, no copy: each segment's records a view of it
+            given = self.spares.pop()
+            if beat_pipe_swap_segments(self.p, &given):
+                free(given.d)
+                raise MemoryError("fast path: out of memory while handing out segments")
+            sb = _segment_buffer(given, self.spares)
+            view = memoryview(sb)
+            while off < sb.n:
+                s_count = rd64be(sb.d + off + 8)
+                s_len = s_count * RECORD_SIZE
+                segments.append((rd64be(sb.d + off), s_count, sb.d[off + 16:off + 48],
+                                 view[off + 48:off + 48 + s_len]))
+                off += 48 + s_len
         if beat_pipe_counters(self.p, &ctr):
             free(ctr.d)
             raise MemoryError("fast path: out of memory while reporting counters")

@@ -164,6 +164,11 @@ def fp_many(records, node_id, hash_name="sha3-256"):
     return b"".join(out)
 
 
+def proofs_value(count, value, records):
+    """The proof ring's value of a segment, ``count(8) S(32) records`` (docs/store.md)."""
+    return b"".join((_Q.pack(count), value, records))
+
+
 def segment_value(hash_name, node_id, seg_seq, records):
     """S = H("BEAT-SG-v1" || node_id || seg_seq || count || records)."""
     H = constructor(hash_name)
@@ -427,8 +432,14 @@ class Pipeline:
     def __init__(self, node_id, hash_name="sha3-256", own_macs=(), neighbours=None,
                  join_window_ns=50_000_000, receipt_epoch_ns=1_000_000_000,
                  segment_records=1024, anchor_period_ns=10_000_000_000, max_pending=1 << 16,
-                 max_receipts_per_epoch=DEFAULT_MAX_RECEIPTS_PER_EPOCH):
+                 max_receipts_per_epoch=DEFAULT_MAX_RECEIPTS_PER_EPOCH, records_out=True,
+                 segment_views=False):
         self._node_id = _node_id("node_id", node_id)
+        for name, flag in (("records_out", records_out), ("segment_views", segment_views)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        # segment_views: the native twin's take() may then hand out views; bytes are buffers too
+        self._records_out = records_out
         self._hash_name = hash_name
         self._H = constructor(hash_name)
         if own_macs is None:
@@ -558,7 +569,8 @@ class Pipeline:
                 if not q:
                     del self._pend[pd]
         rec = _REC_HEAD.pack(t, prev, nxt) + pd + ft
-        self._o_records.append(rec)
+        if self._records_out:
+            self._o_records.append(rec)
         st = self._st
         st["records"] += 1
         if nxt == NONE:

@@ -16,6 +16,29 @@
     beatctl --ledger L verify-decision DISPUTE --evidence DIR [--json]
             re-check a decision from its evidence archive: exit 0 identical, 3 different
 
+    The committee (docs/ledger.md, "The committee"): --key is a member's key.
+    beatctl --ledger local:PATH --key MEMBER create --member PUB[@ACCOUNT] ... --threshold K
+            [--ttl S]                                  a new local ledger governed by a committee
+    beatctl --ledger L --key MEMBER propose register-node|register-sla|register-link|
+            retire-link|retire-node|add-member|remove-member|set-threshold ...
+            (register-* above are the same: executed at once when k = 1, else a proposal:
+            "proposal P: 1 of k approvals")
+    beatctl --ledger L --key MEMBER approve P           approve proposal P
+    beatctl --ledger L pending|committee [--json]       open proposals; the members and k
+    beatctl --ledger L --key MEMBER decide DISPUTE --evidence DIR [--json]
+            re-judge the archived evidence (as verify-decision) and approve that decision
+    beatctl --ledger L dissent DISPUTE [--json]         members who approved another decision
+    beatctl --ledger L [--key TENANT] disputes [--tenant] [--json]
+            the disputes (with --tenant: those of the --key's SLAs), state and evidence digest
+
+    The money (docs/ledger.md, "Settlement"): --key is the node's operator's key.
+    beatctl --ledger L --key OPERATOR deposit --node-id N --amount A    lock A for node N
+    beatctl --ledger L --key OPERATOR withdraw --node-id N [--request]  ask, then (after the
+            notice) take the node's deposit back
+    beatctl --ledger L deposits|debts [--json]          every node's deposit / unpaid debts
+    beatctl --ledger L balances [--account ADDR ...] [--json]
+            local: every key's balance; ethereum: these accounts' wei and pull credits
+
     beatctl keygen --ethereum --out GOV.eth [--force]  an Ethereum account key (hex, 0600)
     beatctl --ledger ethereum:URL --key GOV.eth deploy [--hash H]   deploys the Beat contract
             (GOV.eth's account is its governance) and prints its address
@@ -29,8 +52,9 @@
 A ``local`` ledger that does not exist yet is created by the first register-* with the governance
 key given by ``--key``. The SLA file is TOML with the fields of ``ledger_client.types.SLA`` (``src``
 and ``dst`` as IP addresses or 32 hex digits, ``route`` a list of node ids, ``qm_terms`` a table of
-integers) and optionally ``tenant_pubkey`` (64 hex digits: the key the tenant opens disputes with,
-on a ``local`` ledger) or ``tenant_account`` (an Ethereum address, on an ``ethereum`` ledger).
+integers, ``price`` an integer: what the tenant pays, recorded) and optionally ``tenant_pubkey``
+(64 hex digits: the key the tenant opens disputes with, on a ``local`` ledger) or
+``tenant_account`` (an Ethereum address, on an ``ethereum`` ledger).
 
 Errors print one line on stderr naming the thing: exit 2 for bad input (arguments, files, keys),
 1 when the ledger refused (permission, conflict, order, not found).
@@ -54,9 +78,9 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 SLA_FIELDS = ("sla_id", "tenant", "src", "dst", "route", "max_loss_ppm", "max_delay_us",
               "loss_budget_ppm", "penalty_per_violation", "valid_from_ns", "valid_to_ns",
-              "qm_terms")
+              "qm_terms", "price")
 SLA_INTS = ("sla_id", "max_loss_ppm", "max_delay_us", "loss_budget_ppm", "penalty_per_violation",
-            "valid_from_ns", "valid_to_ns")
+            "valid_from_ns", "valid_to_ns", "price")
 
 
 class UsageError(Exception):
@@ -90,6 +114,78 @@ def _parser():
                                        "account becomes the governance; prints the address")
     dp.add_argument("--json", action="store_true", help="JSON output")
 
+    _act_parsers(sub)
+    _parser_rest(sub)
+    pr = sub.add_parser("propose", help="propose a governance act (a committee member): "
+                                        "executes at the k-th approval")
+    _act_parsers(pr.add_subparsers(dest="act", required=True, metavar="ACT"), committee=True)
+    c = sub.add_parser("create", help="create a local ledger governed by a committee")
+    c.add_argument("--member", action="append", required=True, metavar="PUB[@ACCOUNT]",
+                   help="a member: its Ed25519 public key (hex), optionally @ its Ethereum "
+                        "address; repeat per member")
+    c.add_argument("--threshold", type=int, required=True, metavar="K")
+    c.add_argument("--ttl", type=int, default=None, metavar="S",
+                   help="a proposal's lifetime in seconds (default 7 days)")
+    c.add_argument("--notice", type=int, default=None, metavar="S",
+                   help="a deposit's withdrawal notice in seconds (>= --ttl; default 14 days)")
+    c.add_argument("--balance", action="append", default=[], metavar="PUB=AMOUNT",
+                   help="a key's starting balance (the local stand-in for money); repeat")
+    mo = sub.add_parser("deposit", help="lock an amount for a node (its operator)")
+    mo.add_argument("--node-id", type=int, required=True, metavar="N")
+    mo.add_argument("--amount", type=int, required=True, metavar="A",
+                    help="wei on ethereum, balance units on local")
+    mo.add_argument("--json", action="store_true")
+    wi = sub.add_parser("withdraw", help="take a node's deposit back (its operator): --request "
+                                         "first, then after the notice")
+    wi.add_argument("--node-id", type=int, required=True, metavar="N")
+    wi.add_argument("--request", action="store_true", help="ask (the notice starts now)")
+    wi.add_argument("--json", action="store_true")
+    for name, helptext in (("deposits", "every node's deposit, pending withdrawal, debt, "
+                                        "freezing dispute"),
+                           ("debts", "the nodes' unpaid debts")):
+        x = sub.add_parser(name, help=helptext)
+        x.add_argument("--json", action="store_true")
+    ba = sub.add_parser("balances", help="balances (local: every key's; ethereum: --account's)")
+    ba.add_argument("--account", action="append", default=[], metavar="ADDR")
+    ba.add_argument("--json", action="store_true")
+    ap = sub.add_parser("approve", help="approve a proposal (a committee member)")
+    ap.add_argument("proposal", type=int, metavar="P")
+    ap.add_argument("--json", action="store_true")
+    for name, helptext in (("pending", "the open proposals and their approvals"),
+                           ("committee", "the committee: members, k, epoch, ttl")):
+        x = sub.add_parser(name, help=helptext)
+        x.add_argument("--json", action="store_true")
+    ds = sub.add_parser("dissent", help="the members who approved another decision")
+    ds.add_argument("dispute", type=int, metavar="DISPUTE")
+    ds.add_argument("--json", action="store_true")
+    de = sub.add_parser("decide", help="re-judge a dispute's archived evidence and approve that "
+                                       "decision (a committee member)")
+    de.add_argument("dispute", type=int, metavar="DISPUTE")
+    de.add_argument("--evidence", required=True, metavar="DIR")
+    de.add_argument("--json", action="store_true")
+    dl = sub.add_parser("disputes", help="the disputes: state, evidence digest, faulty")
+    dl.add_argument("--tenant", action="store_true",
+                    help="only the disputes of the SLAs whose tenant is --key")
+    dl.add_argument("--json", action="store_true")
+    dp.add_argument("--member", action="append", metavar="ACCOUNT[@PUB]",
+                    help="a committee member: its address, optionally @ its Ed25519 key (hex); "
+                         "repeat; default: the --key account alone")
+    dp.add_argument("--threshold", type=int, default=None, metavar="K")
+    dp.add_argument("--ttl", type=int, default=None, metavar="S",
+                    help="a proposal's lifetime in seconds (default 7 days)")
+    dp.add_argument("--notice", type=int, default=None, metavar="S",
+                    help="a deposit's withdrawal notice in seconds (>= the ttl)")
+    from . import interrogate_cli
+    interrogate_cli.add_parser(sub)
+    interrogate_cli.add_verify_parser(sub)
+    a = sub.add_parser("anchors", help="list the anchors")
+    a.add_argument("--node-id", type=int, metavar="N", help="only this node's")
+    a.add_argument("--from-seq", type=int, default=0, metavar="S", help="from this batch_seq")
+    a.add_argument("--json", action="store_true", help="one JSON object per anchor")
+    return p
+
+
+def _act_parsers(sub, committee=False):
     r = sub.add_parser("register-node", help="register a device (governance)")
     r.add_argument("--node-id", type=int, required=True, metavar="N")
     r.add_argument("--owner", required=True, metavar="O")
@@ -99,6 +195,8 @@ def _parser():
                    help="a file holding it (hex, as beatd keygen's device.ed25519.pub, or PEM)")
     r.add_argument("--account", metavar="HEX", help="the device's 20-byte Ethereum address "
                    "(required on ethereum)")
+    r.add_argument("--operator", metavar="HEX", help="the operator who locks the node's deposit: "
+                   "an Ethereum address on ethereum, an Ed25519 public key on local")
 
     s = sub.add_parser("register-sla", help="register an SLA from a TOML file (governance)")
     s.add_argument("--file", required=True, metavar="sla.toml")
@@ -112,20 +210,25 @@ def _parser():
         x = sub.add_parser(name, help=helptext)
         x.add_argument("--a", type=int, required=True, metavar="N", help="one end's node id")
         x.add_argument("--b", type=int, required=True, metavar="M", help="the other end's")
+    if not committee:
+        return
+    x = sub.add_parser("retire-node", help="the node anchors no more")
+    x.add_argument("--node-id", type=int, required=True, metavar="N")
+    for name in ("add-member", "remove-member"):
+        x = sub.add_parser(name, help=f"{name.replace('-', ' ')} (a membership change: a new "
+                                      "epoch voids the open proposals)")
+        x.add_argument("--pubkey", metavar="HEX", help="the member's Ed25519 public key")
+        x.add_argument("--account", metavar="ADDR", help="the member's Ethereum address")
+    x = sub.add_parser("set-threshold", help="change k (1 <= k <= n)")
+    x.add_argument("--k", type=int, required=True, metavar="K")
 
+
+def _parser_rest(sub):
     for name, helptext in (("nodes", "list the registered nodes"), ("slas", "list the SLAs"),
                            ("links", "list the registered links (a < b, sorted)"),
                            ("verify", "re-check the ledger's hash chain and signatures")):
         x = sub.add_parser(name, help=helptext)
         x.add_argument("--json", action="store_true", help="JSON output")
-    from . import interrogate_cli
-    interrogate_cli.add_parser(sub)
-    interrogate_cli.add_verify_parser(sub)
-    a = sub.add_parser("anchors", help="list the anchors")
-    a.add_argument("--node-id", type=int, metavar="N", help="only this node's")
-    a.add_argument("--from-seq", type=int, default=0, metavar="S", help="from this batch_seq")
-    a.add_argument("--json", action="store_true", help="one JSON object per anchor")
-    return p
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -370,8 +473,14 @@ def _register_node(args):
             account = bytes.fromhex(args.account.removeprefix("0x"))
         except ValueError:
             raise UsageError(f"--account {args.account}: not hex") from None
+    operator = None
+    if getattr(args, "operator", None) is not None:
+        try:
+            operator = bytes.fromhex(args.operator.removeprefix("0x"))
+        except ValueError:
+            raise UsageError(f"--operator {args.operator}: not hex") from None
     try:
-        node = Node(args.node_id, args.owner, pub, account)
+        node = Node(args.node_id, args.owner, pub, account, operator)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if _ledger_spec(args)[0] == "ethereum" and account is None:
@@ -379,8 +488,17 @@ def _register_node(args):
                          "address: beatd keygen --ethereum prints it)")
     gov = _gov_key(args)
     with _open(args, create_with=gov) as led:
-        led.register_node(node, signer=gov)
-    print(f"registered node {node.node_id} ({node.owner}) with key {pub.hex()}")
+        r = led.register_node(node, signer=gov)
+    return _done(r, f"registered node {node.node_id} ({node.owner}) with key {pub.hex()}")
+
+
+def _done(result, done_line):
+    """What a governance act printed: done at once (k = 1, or already there), or the proposal it
+    made or approved ("proposal P: n of k approvals", and "executed" at the k-th)."""
+    if result is None:
+        print(done_line)
+    else:
+        print(result.line() + (f": executed: {done_line}" if result.state == "executed" else ""))
     return 0
 
 
@@ -401,11 +519,11 @@ def _register_sla(args):
     gov = _gov_key(args)
     with _open(args, create_with=gov) as led:
         if ethereum:
-            led.register_sla(sla, signer=gov, tenant_account=tenant_account)
+            r = led.register_sla(sla, signer=gov, tenant_account=tenant_account)
         else:
-            led.register_sla(sla, signer=gov, tenant_pubkey=tenant_pubkey)
-    print(f"registered sla {sla.sla_id} ({sla.tenant}), route {' '.join(map(str, sla.route))}")
-    return 0
+            r = led.register_sla(sla, signer=gov, tenant_pubkey=tenant_pubkey)
+    return _done(r, f"registered sla {sla.sla_id} ({sla.tenant}), route "
+                    f"{' '.join(map(str, sla.route))}")
 
 
 def _link(args):
@@ -417,13 +535,296 @@ def _link(args):
         raise UsageError(f"--a {args.a} --b {args.b}: a link joins two different nodes")
     gov = _gov_key(args)
     with _open(args) as led:
-        if args.command == "register-link":
-            led.register_link(args.a, args.b, signer=gov)
+        if _what(args) == "register-link":
+            r = led.register_link(args.a, args.b, signer=gov)
         else:
-            led.retire_link(args.a, args.b, signer=gov)
+            r = led.retire_link(args.a, args.b, signer=gov)
     a, b = sorted((args.a, args.b))
-    print(f"{'registered' if args.command == 'register-link' else 'retired'} link {a}-{b}")
+    return _done(r, f"{'registered' if _what(args) == 'register-link' else 'retired'} link "
+                    f"{a}-{b}")
+
+
+def _what(args):
+    return args.act if args.command == "propose" else args.command
+
+
+# -- the committee ------------------------------------------------------------------------------
+
+def _proposal_json(p):
+    return {"proposal": p.proposal_id, "act": p.act, "args": p.args, "epoch": p.epoch,
+            "created_ns": p.created_ns, "expires_ns": p.expires_ns,
+            "approvals": list(p.approvals), "k": p.k, "state": p.state}
+
+
+def _member_arg(args, what):
+    from ledger_client.types import Member
+    pub = acct = None
+    try:
+        if args.pubkey:
+            pub = parse_public(args.pubkey)
+        if args.account:
+            if not _is_address(args.account):
+                raise ValueError(f"--account {args.account}: not an Ethereum address")
+            acct = bytes.fromhex(args.account.removeprefix("0x"))
+        return Member(pub, acct)
+    except ValueError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+
+
+def _parse_members(values, account_first):
+    from ledger_client.types import Member
+    out = []
+    for v in values:
+        first, _, second = v.partition("@")
+        acct, pub = (first, second) if account_first else (second, first)
+        try:
+            if acct and not _is_address(acct):
+                raise ValueError(f"{acct!r} is not an Ethereum address")
+            out.append(Member(parse_public(pub) if pub else None,
+                              bytes.fromhex(acct.removeprefix("0x")) if acct else None))
+        except ValueError as exc:
+            raise UsageError(f"--member {v}: {exc}") from None
+    return out
+
+
+def _committee_of(args, members):
+    from ledger_client.types import DEFAULT_TTL_S, Committee
+    try:
+        return Committee(tuple(members), args.threshold if args.threshold is not None else 1,
+                         ttl_s=args.ttl if args.ttl is not None else DEFAULT_TTL_S)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _create(args):
+    path = _ledger_path(args)
+    if os.path.exists(path):
+        raise UsageError(f"{path}: exists; a committee is fixed when the ledger is created")
+    members = _parse_members(args.member, account_first=False)
+    committee = _committee_of(args, members)
+    from ledger_client.local import LocalLedger
+    balances = {}
+    for b in args.balance:
+        pub, _, amount = b.partition("=")
+        try:
+            balances[parse_public(pub)] = int(amount)
+        except ValueError as exc:
+            raise UsageError(f"--balance {b}: PUB=AMOUNT ({exc})") from None
+    try:
+        with LocalLedger(path, hash_name=args.hash or "sha3-256", committee=committee,
+                         balances=balances, notice_s=args.notice):
+            pass
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"created {path}: a committee of {len(members)}, k = {committee.k}, proposals "
+          f"expire after {committee.ttl_s} s")
     return 0
+
+
+def _propose(args):
+    act = args.act
+    if act == "register-node":
+        return _register_node(args)
+    if act == "register-sla":
+        return _register_sla(args)
+    if act in ("register-link", "retire-link"):
+        return _link(args)
+    gov = _gov_key(args)
+    with _open(args) as led:
+        if act == "retire-node":
+            r = led.retire_node(args.node_id, signer=gov)
+            line = f"retired node {args.node_id}"
+        elif act == "add-member":
+            r = led.add_member(_member_arg(args, act), signer=gov)
+            line = "member added"
+        elif act == "remove-member":
+            r = led.remove_member(_member_arg(args, act), signer=gov)
+            line = "member removed"
+        else:
+            r = led.set_threshold(args.k, signer=gov)
+            line = f"k = {args.k}"
+    return _done(r, line)
+
+
+def _approve(args):
+    gov = _gov_key(args)
+    with _open(args) as led:
+        p = led.approve(args.proposal, signer=gov)
+    if args.json:
+        print(json.dumps(_proposal_json(p)))
+    else:
+        print(p.line() + f" ({p.act}): {p.state}")
+    return 0
+
+
+def _pending(args):
+    with _open(args) as led:
+        rows = led.pending()
+    if args.json:
+        print(json.dumps([_proposal_json(p) for p in rows]))
+    else:
+        for p in rows:
+            print(f"{p.proposal_id}\t{p.act}\t{json.dumps(p.args, sort_keys=True)}\t"
+                  f"{len(p.approvals)} of {p.k}\t{', '.join(p.approvals)}")
+    return 0
+
+
+def _committee(args):
+    with _open(args) as led:
+        c = led.committee()
+    members = [{"pubkey": m.pubkey.hex() if m.pubkey else None,
+                "account": "0x" + m.account.hex() if m.account else None} for m in c.members]
+    if args.json:
+        print(json.dumps({"members": members, "k": c.k, "epoch": c.epoch, "ttl_s": c.ttl_s}))
+    else:
+        for m in members:
+            print(f"{m['pubkey'] or '-'}\t{m['account'] or '-'}")
+        print(f"k = {c.k} of n = {len(members)}, epoch {c.epoch}, proposals expire after "
+              f"{c.ttl_s} s")
+    return 0
+
+
+def _dissent(args):
+    with _open(args) as led:
+        if led.get_dispute(args.dispute) is None:
+            raise UsageError(f"dispute {args.dispute}: not on the ledger")
+        rows = led.dispute_dissent(args.dispute)
+    if args.json:
+        print(json.dumps([{"member": v.member, "verdict_digest": v.verdict_digest.hex(),
+                           "evidence_digest": v.evidence_digest.hex()} for v in rows]))
+    else:
+        for v in rows:
+            print(f"{v.member}\tverdict {v.verdict_digest.hex()}")
+        print(f"dispute {args.dispute}: {len(rows)} dissenting member(s)")
+    return 0
+
+
+def _dispute_json(d):
+    return {"dispute": d.dispute_id, "sla": d.sla_id, "from_ns": d.from_ns, "to_ns": d.to_ns,
+            "state": d.state,
+            "evidence_digest": d.evidence_digest.hex() if d.evidence_digest else None,
+            "verdict_digest": d.verdict_digest.hex() if d.verdict_digest else None,
+            "faulty": list(d.faulty), "penalty": d.penalty}
+
+
+def _disputes(args):
+    me = None
+    if args.tenant:
+        key = _gov_key(args)
+        me = key.address.lower() if hasattr(key, "address") else key.public
+    with _open(args) as led:
+        rows = led.disputes()
+        if me is not None:
+            mine = {}
+            for d in rows:
+                if d.sla_id not in mine:
+                    t = led.tenant_of(d.sla_id)
+                    mine[d.sla_id] = t is not None and (t.lower() if isinstance(t, str)
+                                                        else t) == me
+            rows = [d for d in rows if mine[d.sla_id]]
+    if args.json:
+        print(json.dumps([_dispute_json(d) for d in rows]))
+    else:
+        for d in rows:
+            j = _dispute_json(d)
+            print(f"{d.dispute_id}\tsla {d.sla_id}\t{d.state}\tevidence "
+                  f"{j['evidence_digest'] or '-'}\tfaulty {j['faulty'] or 'none'}\tpenalty "
+                  f"{d.penalty}")
+    return 0
+
+
+# -- the money ----------------------------------------------------------------------------------
+
+def _deposit_json(d):
+    return {"node_id": d.node_id, "amount": d.amount, "withdrawal_due_ns": d.due_ns,
+            "debt": d.debt, "frozen_by": d.frozen_by}
+
+
+def _deposit_line(d):
+    due = f"withdrawal due {d.due_ns}" if d.due_ns else "no withdrawal asked"
+    frozen = f", frozen by dispute {d.frozen_by}" if d.frozen_by else ""
+    return f"node {d.node_id}: deposit {d.amount}, debt {d.debt}, {due}{frozen}"
+
+
+def _deposit(args):
+    if args.amount <= 0:
+        raise UsageError(f"--amount {args.amount}: must be more than 0")
+    key = _gov_key(args)
+    with _open(args) as led:
+        d = led.deposit(args.node_id, args.amount, signer=key)
+    print(json.dumps(_deposit_json(d)) if args.json else _deposit_line(d))
+    return 0
+
+
+def _withdraw(args):
+    key = _gov_key(args)
+    with _open(args) as led:
+        if args.request:
+            d = led.request_withdrawal(args.node_id, signer=key)
+            out = _deposit_json(d)
+            line = _deposit_line(d)
+        else:
+            amount = led.withdraw(args.node_id, signer=key)
+            out = {"node_id": args.node_id, "withdrawn": amount}
+            line = f"node {args.node_id}: withdrew {amount}"
+    print(json.dumps(out) if args.json else line)
+    return 0
+
+
+def _deposits(args):
+    with _open(args) as led:
+        rows = [led.deposit_of(n.node_id) for n in led.nodes()]
+    if args.json:
+        print(json.dumps([_deposit_json(d) for d in rows]))
+    else:
+        for d in rows:
+            print(_deposit_line(d))
+    return 0
+
+
+def _who(t):
+    return t if isinstance(t, str) else t.hex()
+
+
+def _debts(args):
+    with _open(args) as led:
+        rows = led.debts()
+    if args.json:
+        print(json.dumps([{"node_id": x.node_id, "tenant": _who(x.tenant), "amount": x.amount,
+                           "dispute": x.dispute_id} for x in rows]))
+    else:
+        for x in rows:
+            print(f"node {x.node_id} owes {x.amount} to {_who(x.tenant)} (dispute "
+                  f"{x.dispute_id})")
+    return 0
+
+
+def _balances(args):
+    ethereum = _ledger_spec(args)[0] == "ethereum"
+    with _open(args) as led:
+        if ethereum:
+            if not args.account:
+                raise UsageError("balances: an ethereum ledger needs --account ADDR (repeat)")
+            for a in args.account:
+                if not _is_address(a):
+                    raise UsageError(f"--account {a}: not an Ethereum address")
+            rows = {a: {"balance": led.balance(a), "credit": led.credit_of(a)}
+                    for a in args.account}
+            rows[led.address] = {"balance": led.balance(led.address), "credit": 0}
+        else:
+            rows = {k.hex(): {"balance": v} for k, v in led.balances().items()}
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+    else:
+        for who, v in rows.items():
+            print(f"{who}\t{v['balance']}" + (f"\tcredit {v['credit']}" if v.get("credit")
+                                              else ""))
+    return 0
+
+
+def _decide(args):
+    from . import interrogate_cli
+    return interrogate_cli.decide(args, _open, _gov_key, UsageError)
 
 
 def _links(args):
@@ -491,7 +892,19 @@ def _deploy(args):
                          "created by its first register-*)")
     gov = _gov_key(args)
     hash_name = args.hash or "sha3-256"
-    led = EthereumLedger.deploy(where[0], gov, hash_name)
+    committee = None
+    if args.member:
+        committee = _committee_of(args, _parse_members(args.member, account_first=True))
+        if any(m.account is None for m in committee.members):
+            raise UsageError("--member: every member needs its Ethereum address")
+    elif args.threshold not in (None, 1):
+        raise UsageError(f"--threshold {args.threshold}: a committee of one (no --member) has "
+                         "k = 1")
+    try:
+        led = EthereumLedger.deploy(where[0], gov, hash_name, committee=committee,
+                                    notice_s=args.notice)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps({"contract": led.address, "governance": gov.address, "hash": hash_name,
                           "ledger": f"ethereum:{where[0]}#{led.address}"}))
@@ -529,7 +942,11 @@ def _verify_decision(args):
 COMMANDS = {"interrogate": _interrogate, "verify-decision": _verify_decision, "keygen": _keygen,
             "deploy": _deploy, "register-node": _register_node, "register-sla": _register_sla,
             "register-link": _link, "retire-link": _link, "links": _links,
-            "nodes": _nodes, "slas": _slas, "anchors": _anchors, "verify": _verify}
+            "nodes": _nodes, "slas": _slas, "anchors": _anchors, "verify": _verify,
+            "create": _create, "propose": _propose, "approve": _approve, "pending": _pending,
+            "committee": _committee, "dissent": _dissent, "disputes": _disputes,
+            "decide": _decide, "deposit": _deposit, "withdraw": _withdraw,
+            "deposits": _deposits, "debts": _debts, "balances": _balances}
 
 
 def main(argv=None):

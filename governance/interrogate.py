@@ -638,20 +638,28 @@ def verdict_digest(judgement, evidence_digest):
 
 
 def record_decision(ledger, judgement, evidence_digest, signer, dispute_id=None):
-    """Open the dispute (unless ``dispute_id`` names one already opened), record the evidence
-    digest and decide: the verdict digest and the faulty devices of the agreed route (the ledger
-    accepts only those; others named faulty are in the report). Returns a dict of what was
-    written."""
+    """Open the dispute (unless ``dispute_id`` names one already opened) and decide it: the
+    evidence digest, the verdict digest and the faulty devices of the agreed route (the ledger
+    accepts only those; others named faulty are in the report). A committee of one (k = 1)
+    records the evidence and decides, as before; with k > 1 this is the signer's approval of that
+    content (docs/ledger.md, "The committee"): the decision executes, and settles, at the k-th
+    member approving the same content. Returns a dict of what was written."""
     sla = judgement.sla
     if dispute_id is None:
         dispute_id = ledger.open_dispute(sla.sla_id, judgement.from_ns, judgement.to_ns,
                                          signer=signer)
-    ledger.record_evidence(dispute_id, evidence_digest, signer=signer)
     route = set(sla.route)
     faulty = tuple(n for n in judgement.faulty if n in route)
     vd = verdict_digest(judgement, evidence_digest)
-    ledger.decide(dispute_id, vd, faulty, signer=signer)
+    committee = getattr(ledger, "committee", None)
+    k = committee().k if committee is not None else 1
+    if k == 1:
+        ledger.record_evidence(dispute_id, evidence_digest, signer=signer)
+        ledger.decide(dispute_id, vd, faulty, signer=signer)
+    else:
+        ledger.approve_decision(dispute_id, evidence_digest, vd, faulty, signer=signer)
     d = ledger.get_dispute(dispute_id)
     return {"dispute_id": dispute_id, "evidence_digest": evidence_digest.hex(),
             "verdict_digest": vd.hex(), "faulty": list(faulty),
-            "state": getattr(d, "state", None), "penalty": getattr(d, "penalty", None)}
+            "state": getattr(d, "state", None), "penalty": getattr(d, "penalty", None),
+            "threshold": k}

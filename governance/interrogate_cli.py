@@ -157,8 +157,10 @@ def _write(path, text, UsageError):
         print(f"wrote {path}", file=sys.stderr)
 
 
-def verify_decision(args, open_ledger, UsageError):
-    """``beatctl verify-decision DISPUTE --evidence DIR`` (see ``add_verify_parser``)."""
+def _rejudge(args, led, UsageError):
+    """The archive at ``--evidence`` judged again against the ledger (deterministic): the dispute
+    on the ledger, the judgement, its verdict digest and the faulty devices of the agreed route
+    (ascending). Shared by ``decide`` and ``verify-decision``."""
     from . import archive
     from . import interrogate as itg
 
@@ -166,17 +168,47 @@ def verify_decision(args, open_ledger, UsageError):
         arch = archive.read(args.evidence)
     except archive.ArchiveError as exc:
         raise UsageError(str(exc)) from None
-    with open_ledger(args) as led:
-        d = led.get_dispute(args.dispute)
-        if d is None:
-            raise UsageError(f"dispute {args.dispute}: not on the ledger")
-        try:
-            j, _ = itg.replay(arch, led)
-        except (LookupError, ValueError, archive.ArchiveError) as exc:
-            raise UsageError(f"{args.evidence}: {exc}") from None
+    d = led.get_dispute(args.dispute)
+    if d is None:
+        raise UsageError(f"dispute {args.dispute}: not on the ledger")
+    try:
+        j, _ = itg.replay(arch, led)
+    except (LookupError, ValueError, archive.ArchiveError) as exc:
+        raise UsageError(f"{args.evidence}: {exc}") from None
     vd = itg.verdict_digest(j, arch.digest)
     route = set(j.sla.route)
-    faulty = [n for n in j.faulty if n in route]
+    return arch, d, j, vd, sorted(n for n in j.faulty if n in route)
+
+
+def decide(args, open_ledger, gov_key, UsageError):
+    """``beatctl decide DISPUTE --evidence DIR``: judge the archived evidence again (as
+    verify-decision: deterministic) and approve that decision as this committee member."""
+    signer = gov_key(args)
+    with open_ledger(args) as led:
+        arch, d, j, vd, faulty = _rejudge(args, led, UsageError)
+        if arch.manifest["sla_id"] != d.sla_id:
+            raise UsageError(f"{args.evidence}: evidence of sla {arch.manifest['sla_id']}, "
+                             f"dispute {args.dispute} is on sla {d.sla_id}")
+        d = led.approve_decision(args.dispute, arch.digest, vd, faulty, signer=signer)
+        votes = led.dispute_votes(args.dispute)
+        k = led.committee().k
+    out = {"dispute": args.dispute, "evidence_digest": arch.digest.hex(),
+           "verdict_digest": vd.hex(), "faulty": faulty, "state": d.state,
+           "approvals": sum(1 for v in votes if v.verdict_digest == vd
+                            and v.evidence_digest == arch.digest), "k": k,
+           "penalty": d.penalty}
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+    else:
+        print(f"dispute {args.dispute}: approved verdict {vd.hex()[:16]}..., faulty "
+              f"{faulty or 'none'}: {out['approvals']} of {k} approvals, {d.state}")
+    return 0
+
+
+def verify_decision(args, open_ledger, UsageError):
+    """``beatctl verify-decision DISPUTE --evidence DIR`` (see ``add_verify_parser``)."""
+    with open_ledger(args) as led:
+        arch, d, j, vd, faulty = _rejudge(args, led, UsageError)
     checks = {
         "sla": (arch.manifest["sla_id"], d.sla_id),
         "window": ([j.from_ns, j.to_ns], [d.from_ns, d.to_ns]),

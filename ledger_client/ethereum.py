@@ -30,11 +30,21 @@ except ImportError as _exc:    # the router install without the extra: say which
 from .errors import (ConflictError, LedgerError, NotFound, OrderError, PermissionDenied,
                      Unavailable)
 from .keys import WeakKeyError, check_public
-from .types import DISPUTE_STATES, SLA, Anchor, Dispute, Node
+from .types import (ACTS, DEFAULT_NOTICE_S, DEFAULT_TTL_S, DISPUTE_STATES, SLA, Anchor, Committee,
+                    Debt, Deposit, Dispute, Member, Node, Proposal, Vote)
 
 ARTIFACT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "contracts", "Beat.json")
 ZERO_ADDRESS = "0x" + "00" * 20
 LINK_ACTIVE, LINK_RETIRED = 1, 2        # the contract's linkState
+# the contract's ACT_* codes (1-based, in types.ACTS order) and their argument types
+ACT_CODES = {name: i + 1 for i, name in enumerate(ACTS)}
+SLA_ABI = ("(uint64,string,address,bytes16,bytes16,uint64[],uint64,uint64,uint64,uint256,uint64,"
+           "uint64,string,uint256)")
+ACT_TYPES = {"register_node": ["uint64", "string", "bytes32", "address", "address"],
+             "retire_node": ["uint64"], "register_sla": [SLA_ABI],
+             "register_link": ["uint64", "uint64"], "retire_link": ["uint64", "uint64"],
+             "add_member": ["address", "bytes32"], "remove_member": ["address"],
+             "set_threshold": ["uint64"]}
 
 # The contract's custom errors -> the ledger's exceptions.
 ERROR_CLASSES = {
@@ -56,6 +66,19 @@ ERROR_CLASSES = {
     "InvalidRange": LedgerError,
     "FaultyNotOnRoute": LedgerError,
     "FaultyDuplicate": LedgerError,
+    "NeedsProposal": PermissionDenied,
+    "UnknownProposal": NotFound,
+    "ProposalExpired": OrderError,
+    "ProposalStale": OrderError,
+    "ProposalDone": OrderError,
+    "UnknownAct": LedgerError,
+    "InvalidCommittee": LedgerError,
+    "DecisionConflict": ConflictError,
+    "NotOperator": PermissionDenied,
+    "WithdrawalNotDue": OrderError,
+    "DepositFrozen": OrderError,
+    "DepositInDebt": OrderError,
+    "Reentrant": LedgerError,
 }
 
 _artifact_cache = None
@@ -370,10 +393,19 @@ class EthereumLedger:
 
     # ------------------------------------------------------------------ deployment
     @classmethod
-    def deploy(cls, url, governance_account, hash_name, timeout=10.0, **kwargs):
-        """Deploy Beat.json with `governance_account` as the governance; returns the ledger."""
+    def deploy(cls, url, governance_account, hash_name, timeout=10.0, committee=None,
+               notice_s=None, **kwargs):
+        """Deploy Beat.json from `governance_account`; returns the ledger. `committee`: a
+        ``types.Committee`` (members with accounts; k; ttl_s); None: a committee of one, the
+        deployer, k = 1 (the single governance of before). `notice_s`: a deposit's withdrawal
+        notice (>= the ttl; default the larger of 14 days and the ttl)."""
         if hash_name not in ("sha3-256", "blake2b-256"):
             raise ValueError(f"unknown hash {hash_name!r}")
+        if committee is None:
+            committee = Committee((Member(None, governance_account.address_bytes),), 1)
+        for m in committee.members:
+            if m.account is None:
+                raise ValueError("deploy: every committee member needs an account")
         art = artifact()
         w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": float(timeout)},
                                exception_retry_configuration=None))
@@ -381,7 +413,11 @@ class EthereumLedger:
         op = f"deploy by {governance_account.address}"
         factory = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
         try:
-            ctor = factory.constructor(hash_name)
+            ctor = factory.constructor(
+                hash_name, [to_checksum_address(m.account) for m in committee.members],
+                [m.pubkey or bytes(32) for m in committee.members], committee.k,
+                committee.ttl_s, notice_s if notice_s is not None else max(DEFAULT_NOTICE_S,
+                                                                            committee.ttl_s))
             gas = ctor.estimate_gas({"from": governance_account.address})
             tx = ctor.build_transaction({
                 "from": governance_account.address,
@@ -412,14 +448,29 @@ class EthereumLedger:
             check_public(node.pubkey)
         except WeakKeyError as exc:
             raise WeakKeyError(f"{op}: {exc}") from None
+        if node.operator is not None and len(node.operator) != 20:
+            raise LedgerError(f"{op}: the ethereum backend needs the operator's account address "
+                              "(20 bytes)")
         existing = self.get_node(node.node_id)
-        if existing is not None and signer.address == self.governance:
+        if existing is not None and self.is_member(signer.address):
             if existing == node:
                 return       # already there (a retry after Unavailable): nothing to do
             raise ConflictError(f"{op} by {signer.address}: node {node.node_id} is already "
                                 f"registered with other data")
-        self._transact(op, self.contract.functions.registerNode(
-            node.node_id, node.owner, node.pubkey, to_checksum_address(node.account)), signer)
+        args = (node.node_id, node.owner, node.pubkey, to_checksum_address(node.account),
+                _address(node.operator))
+        return self._act(op, "register_node", "registerNode", args, signer)
+
+    def retire_node(self, node_id, *, signer):
+        """The node anchors no more (its anchors stay); idempotent. Committee act."""
+        op = f"retire_node({node_id})"
+        if self.node_retired(node_id) and self.is_member(signer.address):
+            return
+        return self._act(op, "retire_node", "retireNode", (node_id,), signer)
+
+    def node_retired(self, node_id):
+        return bool(self._call(f"get_node({node_id})",
+                               self.contract.functions.getNode(node_id))[6])
 
     def register_sla(self, sla: SLA, *, signer, tenant_account=None) -> None:
         """`tenant_account`: the address allowed to open disputes on this SLA (an `Account`,
@@ -427,7 +478,7 @@ class EthereumLedger:
         governance)."""
         op = f"register_sla({sla.sla_id})"
         existing = self.get_sla(sla.sla_id)
-        if existing is not None and signer.address == self.governance:
+        if existing is not None and self.is_member(signer.address):
             if existing == sla:
                 return
             raise ConflictError(f"{op} by {signer.address}: SLA {sla.sla_id} is already "
@@ -435,28 +486,29 @@ class EthereumLedger:
         tenant = _address(tenant_account, default=sla.tenant)
         terms = (sla.sla_id, sla.tenant, tenant, sla.src, sla.dst, list(sla.route),
                  sla.max_loss_ppm, sla.max_delay_us, sla.loss_budget_ppm,
-                 sla.penalty_per_violation, sla.valid_from_ns, sla.valid_to_ns, sla.qm_json())
-        self._transact(op, self.contract.functions.registerSLA(terms), signer)
+                 sla.penalty_per_violation, sla.valid_from_ns, sla.valid_to_ns, sla.qm_json(),
+                 sla.price)
+        return self._act(op, "register_sla", "registerSLA", (terms,), signer)
 
     # ------------------------------------------------------------------ the topology
     def register_link(self, a, b, *, signer) -> None:
         """The undirected link a-b between registered nodes (governance; idempotent). Unknown
         node: NotFound (UnknownNode); a == b: LedgerError (InvalidLink)."""
-        self._link("register_link", "registerLink", LINK_ACTIVE, a, b, signer)
+        return self._link("register_link", "registerLink", LINK_ACTIVE, a, b, signer)
 
     def retire_link(self, a, b, *, signer) -> None:
         """The link a-b no longer exists (governance; idempotent). Never registered: NotFound."""
-        self._link("retire_link", "retireLink", LINK_RETIRED, a, b, signer)
+        return self._link("retire_link", "retireLink", LINK_RETIRED, a, b, signer)
 
     def _link(self, name, function, done, a, b, signer):
         op = f"{name}({a}, {b})"
         fn = self.contract.functions
         # spare a transaction when it is already done (a retry after Unavailable); the contract
         # is idempotent too, and judges everything else (permission, unknown nodes, a == b)
-        if a != b and signer.address == self.governance:
+        if a != b and self.is_member(signer.address):
             if self._call(op, fn.linkState(a, b)) == done:
                 return
-        self._transact(op, getattr(fn, function)(a, b), signer)
+        return self._act(op, name, function, (a, b), signer)
 
     def links(self):
         """Every active link, as sorted (a, b) pairs with a < b."""
@@ -473,7 +525,7 @@ class EthereumLedger:
         fn = self.contract.functions
         # Spare a transaction when the identical anchor is already there; everything else
         # (permission, conflict, gap) is the contract's to judge, through the gas estimate.
-        exists, _owner, _pk, account, next_seq = self._call(op, fn.getNode(a.node_id))
+        exists, _owner, _pk, account, next_seq, _op, _ret = self._call(op, fn.getNode(a.node_id))
         if exists and account == signer.address and a.batch_seq < next_seq:
             current = self.get_anchor(a.node_id, a.batch_seq, at_head=True)
             if current is not None and current.content() == a.content():
@@ -589,11 +641,12 @@ class EthereumLedger:
 
     # ------------------------------------------------------------------ reads
     def get_node(self, node_id):
-        exists, owner, pubkey, account, _next = self._call(
+        exists, owner, pubkey, account, _next, operator, _retired = self._call(
             f"get_node({node_id})", self.contract.functions.getNode(node_id))
         if not exists:
             return None
-        return Node(node_id, owner, bytes(pubkey), bytes.fromhex(account[2:]))
+        return Node(node_id, owner, bytes(pubkey), bytes.fromhex(account[2:]),
+                    None if operator == ZERO_ADDRESS else bytes.fromhex(operator[2:]))
 
     def nodes(self):
         ids = self._call("nodes()", self.contract.functions.nodeIds())
@@ -604,9 +657,9 @@ class EthereumLedger:
         if not exists:
             return None
         (sid, tenant, _tenant_account, src, dst, route, max_loss, max_delay, budget, ppv,
-         valid_from, valid_to, qm) = s
+         valid_from, valid_to, qm, price) = s
         return SLA(sid, tenant, bytes(src), bytes(dst), tuple(route), max_loss, max_delay, budget,
-                   ppv, valid_from, valid_to, json.loads(qm) if qm else {})
+                   ppv, valid_from, valid_to, json.loads(qm) if qm else {}, price)
 
     def sla_tenant_account(self, sla_id):
         """The address allowed to open disputes on the SLA (None: the governance only)."""
@@ -629,7 +682,7 @@ class EthereumLedger:
         op = f"record_evidence(dispute {dispute_id})"
         d = self.get_dispute(dispute_id)
         if (d is not None and d.evidence_digest == bytes(evidence_digest)
-                and signer.address == self.governance):
+                and self.is_member(signer.address)):
             return           # already recorded (a retry after Unavailable)
         self._transact(op, self.contract.functions.recordEvidence(dispute_id, evidence_digest),
                        signer)
@@ -638,7 +691,7 @@ class EthereumLedger:
         op = f"decide(dispute {dispute_id}, faulty {list(faulty)})"
         d = self.get_dispute(dispute_id)
         if (d is not None and d.verdict_digest == bytes(verdict_digest)
-                and d.faulty == tuple(faulty) and signer.address == self.governance):
+                and d.faulty == tuple(faulty) and self.is_member(signer.address)):
             return
         self._transact(op, self.contract.functions.decide(dispute_id, verdict_digest,
                                                           list(faulty)), signer)
@@ -646,7 +699,7 @@ class EthereumLedger:
     def settle(self, dispute_id, *, signer) -> None:
         op = f"settle(dispute {dispute_id})"
         d = self.get_dispute(dispute_id)
-        if d is not None and d.state == "settled" and signer.address == self.governance:
+        if d is not None and d.state == "settled" and self.is_member(signer.address):
             return
         self._transact(op, self.contract.functions.settle(dispute_id), signer)
 
@@ -661,6 +714,230 @@ class EthereumLedger:
                        bytes(evidence) if state >= 2 else None,
                        bytes(verdict) if state >= 3 else None,
                        tuple(faulty), penalty)
+
+    # ------------------------------------------------------------------ the committee
+    def committee(self):
+        accounts, pubkeys, k, epoch, ttl = self._call("committee()",
+                                                      self.contract.functions.committee())
+        members = tuple(Member(None if bytes(pk) == bytes(32) else bytes(pk),
+                               bytes.fromhex(a[2:])) for a, pk in zip(accounts, pubkeys))
+        return Committee(members, k, epoch, ttl)
+
+    def is_member(self, address):
+        return any(m.account == bytes.fromhex(address[2:]) for m in self.committee().members)
+
+    def _act(self, op, act, function, args, signer):
+        """A governance act: direct (the function) for a committee with k = 1, as before;
+        else a proposal (propose-or-approve the identical open one): returns its Proposal."""
+        fn = self.contract.functions
+        if self.committee().k == 1 and self.is_member(signer.address):
+            self._transact(op, getattr(fn, function)(*args), signer)
+            return None
+        encoded = eth_abi.encode(ACT_TYPES[act], list(_abi_args(act, args)))
+        receipt = self._transact(f"propose {op}", fn.propose(ACT_CODES[act], encoded), signer)
+        return self.proposal(self._proposal_of(receipt, ACT_CODES[act], encoded))
+
+    def _proposal_of(self, receipt, code, encoded):
+        for e in self.contract.events.Approved().process_receipt(receipt, errors=_DISCARD):
+            return e["args"]["proposalId"]
+        # approved before (a no-op): the latest proposal of this content
+        for pid in range(self._call("proposals", self.contract.functions.proposalCount()), 0,
+                         -1):
+            p = self._call("proposal", self.contract.functions.getProposal(pid))
+            if p[0] == code and bytes(p[5]) == encoded:
+                return pid
+        raise LedgerError("propose: no proposal of this content found")
+
+    def propose(self, act, args, *, signer):
+        """Propose ``act`` (types.ACTS) with ``args`` (the contract's argument tuple)."""
+        encoded = eth_abi.encode(ACT_TYPES[act], list(_abi_args(act, args)))
+        receipt = self._transact(f"propose {act}", self.contract.functions.propose(
+            ACT_CODES[act], encoded), signer)
+        return self.proposal(self._proposal_of(receipt, ACT_CODES[act], encoded))
+
+    def add_member(self, member, *, signer):
+        if member.account is None:
+            raise LedgerError("add_member: the ethereum backend needs the member's account")
+        return self.propose("add_member", (member.account, member.pubkey or bytes(32)),
+                            signer=signer)
+
+    def remove_member(self, member, *, signer):
+        acct = member.account if isinstance(member, Member) else member
+        if acct is None:
+            raise LedgerError("remove_member: the ethereum backend needs the member's account")
+        return self.propose("remove_member", (acct,), signer=signer)
+
+    def set_threshold(self, k, *, signer):
+        return self.propose("set_threshold", (k,), signer=signer)
+
+    def approve(self, proposal_id, *, signer):
+        self._transact(f"approve({proposal_id})", self.contract.functions.approve(proposal_id),
+                       signer)
+        return self.proposal(proposal_id)
+
+    def proposal(self, proposal_id):
+        p = self._call(f"proposal({proposal_id})",
+                       self.contract.functions.getProposal(proposal_id))
+        code, executed, epoch, created, approvers, args = p
+        if code == 0:
+            return None
+        c = self.committee()
+        act = ACTS[code - 1]
+        now = self._rpc("proposal", lambda: self.w3.eth.get_block("latest")["timestamp"])
+        expires = created + c.ttl_s
+        state = ("executed" if executed else "stale" if epoch != c.epoch else
+                 "expired" if now >= expires else "open")
+        values = eth_abi.decode(ACT_TYPES[act], bytes(args))
+        return Proposal(proposal_id, act, _args_json(act, values), epoch,
+                        created * 10**9, expires * 10**9, tuple(approvers), state, c.k)
+
+    def pending(self):
+        """The open (this epoch, unexpired, not executed) proposals with their approvals."""
+        n = self._call("pending()", self.contract.functions.proposalCount())
+        out = [self.proposal(i) for i in range(1, n + 1)]
+        return [p for p in out if p.state == "open"]
+
+    def approve_decision(self, dispute_id, evidence_digest, verdict_digest, faulty, *, signer):
+        """This member's approval of the decision (evidence digest, verdict digest, faulty);
+        executes (decides and settles) at the k-th approval of one content. Returns the
+        dispute."""
+        faulty = sorted(int(x) for x in faulty)
+        fn = self.contract.functions.approveDecision(
+            dispute_id, bytes(evidence_digest), bytes(verdict_digest), faulty)
+        _cap_gas(fn, DECISION_GAS + PUSH_GAS * len(faulty))
+        self._transact(f"approve_decision(dispute {dispute_id}, faulty {faulty})", fn, signer)
+        return self.get_dispute(dispute_id)
+
+    def dispute_votes(self, dispute_id):
+        votes, decided = self._call(f"dispute_votes({dispute_id})",
+                                    self.contract.functions.disputeVotes(dispute_id))
+        decided = bytes(decided)
+        return [Vote(m, bytes(ev), bytes(vd), ep, decided != bytes(32) and bytes(c) != decided)
+                for (m, ep, _at, c, ev, vd) in votes]
+
+    def dispute_dissent(self, dispute_id):
+        return [v for v in self.dispute_votes(dispute_id) if v.dissent]
+
+    def disputes(self):
+        n = self._call("disputes()", self.contract.functions.disputeCount())
+        return [self.get_dispute(i) for i in range(1, n + 1)]
+
+    def tenant_of(self, sla_id):
+        return self.sla_tenant_account(sla_id)
+
+    # ------------------------------------------------------------------ the money
+    def deposit(self, node_id, amount, *, signer):
+        """The node's operator locks ``amount`` wei for it (its debts are paid first)."""
+        fn = self.contract.functions.deposit(node_id)
+        _cap_gas(fn, DEPOSIT_GAS + PUSH_GAS * len(self.debts(node_id)), value=amount)
+        self._transact_value(f"deposit(node {node_id}, {amount} wei)", fn, signer, amount)
+        return self.deposit_of(node_id)
+
+    def request_withdrawal(self, node_id, *, signer):
+        self._transact(f"request_withdrawal(node {node_id})",
+                       self.contract.functions.requestWithdrawal(node_id), signer)
+        return self.deposit_of(node_id)
+
+    def withdraw(self, node_id, *, signer):
+        """The whole deposit to the operator, once the notice passed (OrderError before, with
+        a debt, or while a dispute on a route holding the node is open)."""
+        before = self.deposit_of(node_id).amount
+        self._transact(f"withdraw(node {node_id})", self.contract.functions.withdraw(node_id),
+                       signer)
+        return before
+
+    def withdraw_credit(self, *, signer):
+        self._transact("withdraw_credit", self.contract.functions.withdrawCredit(), signer)
+
+    def deposit_of(self, node_id):
+        f = self.contract.functions
+        amount = self._call("deposit_of", f.depositOf(node_id))
+        due = self._call("deposit_of", f.withdrawalDue(node_id))
+        debt = self._call("deposit_of", f.debtOf(node_id))
+        frozen = self._call("deposit_of", f.frozenBy(node_id))
+        ttl = self._call("deposit_of", f.proposalTtl())
+        return Deposit(node_id, amount, due * 10**9 if due else None, debt, frozen or None,
+                       (due + 2 * ttl) * 10**9 if due else None)
+
+    def debts(self, node_id=None):
+        ids = [node_id] if node_id is not None else [n.node_id for n in self.nodes()]
+        out = []
+        for i in ids:
+            for did, tenant, amount in self._call("debts", self.contract.functions.debts(i)):
+                out.append(Debt(i, tenant, amount, did))
+        return out
+
+    def balance(self, who):
+        """The account's balance on the chain (eth_getBalance), wei."""
+        return self._rpc("balance", lambda: self.w3.eth.get_balance(_address(who)))
+
+    def credit_of(self, who):
+        return self._call("credit", self.contract.functions.credit(_address(who)))
+
+    def _transact_value(self, op, fn, signer, value):
+        """_transact with a value: the same path, the value added to the transaction."""
+        orig = fn.build_transaction, fn.estimate_gas
+
+        def build(tx):
+            return orig[0](dict(tx, value=value))
+
+        def estimate(tx):
+            return orig[1](dict(tx, value=value))
+
+        fn.build_transaction, fn.estimate_gas = build, estimate
+        return self._transact(op, fn, signer)
+
+
+# The gas a decision or a deposit can need, at most: its own work plus, per transfer to a tenant,
+# the 50,000 gas stipend of the push (Beat.sol _pay) and the call around it. A tenant contract
+# that burns the stipend makes ganache's eth_estimateGas answer near the block gas limit (findings
+# C9): the estimate is capped here, so that no tenant can make the decision unestimable (the
+# contract credits a failed push for a pull).
+DECISION_GAS = 1_000_000
+DEPOSIT_GAS = 400_000
+PUSH_GAS = 120_000
+
+
+def _cap_gas(fn, cap, value=0):
+    """fn.estimate_gas, capped at ``cap`` (the estimate itself still reverts as before)."""
+    orig = fn.estimate_gas
+
+    def estimate(tx=None, *a, **kw):
+        tx = dict(tx or {})
+        if value:
+            tx["value"] = value
+        gas = orig(tx, *a, **kw)
+        return min(gas, int(cap / 1.3))     # _transact adds its margin on top
+
+    fn.estimate_gas = estimate
+
+
+def _abi_args(act, args):
+    out = []
+    for t, v in zip(ACT_TYPES[act], args):
+        if t == "address":
+            v = _address(v)
+        out.append(v)
+    return out
+
+
+def _args_json(act, values):
+    def j(v):
+        if isinstance(v, bytes):
+            return v.hex()
+        if isinstance(v, (list, tuple)):
+            return [j(x) for x in v]
+        return v
+    if act == "register_sla":
+        names = ("sla_id", "tenant", "tenant_account", "src", "dst", "route", "max_loss_ppm",
+                 "max_delay_us", "loss_budget_ppm", "penalty_per_violation", "valid_from_ns",
+                 "valid_to_ns", "qm_terms")
+        return dict(zip(names, j(list(values[0]))))
+    names = {"register_node": ("node_id", "owner", "pubkey", "account", "operator"),
+             "retire_node": ("node_id",), "register_link": ("a", "b"),
+             "retire_link": ("a", "b"), "add_member": ("account", "pubkey"),
+             "remove_member": ("account",), "set_threshold": ("k",)}[act]
+    return dict(zip(names, j(list(values))))
 
 
 def _fee_fields(w3, priority_fee_wei=0):

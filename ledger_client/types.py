@@ -14,6 +14,9 @@ class Node:
     owner: str
     pubkey: bytes                      # Ed25519 public key, 32 bytes
     account: Optional[bytes] = None    # 20-byte Ethereum address (ethereum backend)
+    # who locks the node's deposit and is paid its withdrawals: an account (20 bytes) on
+    # ethereum, an Ed25519 public key (32 bytes) on local; None: no operator (no deposit)
+    operator: Optional[bytes] = None
 
     def __post_init__(self):
         if not is_node_id(self.node_id):
@@ -23,6 +26,9 @@ class Node:
         if self.account is not None and len(self.account) != 20:
             raise ValueError(f"node {self.node_id}: account must be 20 bytes, got "
                              f"{len(self.account)}")
+        if self.operator is not None and len(self.operator) not in (20, 32):
+            raise ValueError(f"node {self.node_id}: operator must be an account (20 bytes) or an "
+                             f"Ed25519 key (32 bytes), got {len(self.operator)} bytes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +45,7 @@ class SLA:
     valid_from_ns: int = 0
     valid_to_ns: int = (1 << 64) - 1
     qm_terms: dict = dataclasses.field(default_factory=dict)   # QM-SLA terms: name -> integer
+    price: int = 0                     # what the tenant pays for the service (recorded)
 
     def __post_init__(self):
         if len(self.src) != 16 or len(self.dst) != 16:
@@ -88,3 +95,98 @@ class Dispute:
     verdict_digest: Optional[bytes] = None
     faulty: tuple = ()
     penalty: int = 0
+
+
+# -- the committee (docs/ledger.md, "The committee") ---------------------------------------------
+
+ACTS = ("register_node", "retire_node", "register_sla", "register_link", "retire_link",
+        "add_member", "remove_member", "set_threshold")
+DEFAULT_TTL_S = 7 * 24 * 3600          # a proposal's lifetime
+DEFAULT_NOTICE_S = 14 * 24 * 3600      # a deposit's withdrawal notice
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """A member organisation of the committee: its Ed25519 key (signs on local) and its Ethereum
+    account (signs on ethereum); each backend keeps the other as data (None when not given)."""
+    pubkey: Optional[bytes] = None
+    account: Optional[bytes] = None
+
+    def __post_init__(self):
+        if self.pubkey is not None and len(self.pubkey) != 32:
+            raise ValueError(f"member: pubkey must be 32 bytes, got {len(self.pubkey)}")
+        if self.account is not None and len(self.account) != 20:
+            raise ValueError(f"member: account must be 20 bytes, got {len(self.account)}")
+        if self.pubkey is None and self.account is None:
+            raise ValueError("member: needs a pubkey or an account")
+
+    def name(self):
+        """How messages and beatctl name the member: its account (0x...) or key (hex)."""
+        if self.account is not None:
+            return "0x" + self.account.hex()
+        return self.pubkey.hex()
+
+
+@dataclasses.dataclass(frozen=True)
+class Committee:
+    members: tuple                 # Member, in order of admission
+    k: int                         # approvals needed, 1 <= k <= len(members)
+    epoch: int = 0                 # bumped by every membership or threshold change
+    ttl_s: int = DEFAULT_TTL_S     # a proposal expires ttl_s after it was made
+
+    def __post_init__(self):
+        object.__setattr__(self, "members", tuple(self.members))
+        if not 1 <= self.k <= len(self.members):
+            raise ValueError(f"committee: k = {self.k} is not in 1..n = {len(self.members)}")
+        if self.ttl_s <= 0:
+            raise ValueError(f"committee: the proposal ttl must be > 0 s, got {self.ttl_s}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Proposal:
+    proposal_id: int
+    act: str                       # one of ACTS
+    args: dict                     # the act's arguments (JSON-like)
+    epoch: int
+    created_ns: int
+    expires_ns: int
+    approvals: tuple               # the approving members' names (Member.name()), in order
+    state: str                     # "open", "executed", "expired" or "stale" (an older epoch)
+    k: int = 0                     # the committee's threshold when read
+
+    def line(self):
+        if self.state == "executed":      # k may have changed since (a threshold change)
+            return f"proposal {self.proposal_id}: {len(self.approvals)} approvals"
+        return f"proposal {self.proposal_id}: {len(self.approvals)} of {self.k} approvals"
+
+
+@dataclasses.dataclass(frozen=True)
+class Vote:
+    """A member's approval of a dispute decision; ``dissent`` when its content is not the one
+    decided (known once the decision executed)."""
+    member: str                    # Member.name()
+    evidence_digest: bytes
+    verdict_digest: bytes
+    epoch: int
+    dissent: bool = False
+
+
+# -- the money (docs/ledger.md, "Settlement") ------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Deposit:
+    node_id: int
+    amount: int                    # locked now
+    due_ns: Optional[int]          # a withdrawal requested: when it may be made; None: none
+    debt: int                      # unpaid debts in total
+    frozen_by: Optional[int]       # the open dispute that freezes it now, None: none
+    lapses_ns: Optional[int] = None  # the request lapses then (due + 2 ttl): a pending
+    #                                withdrawal, visible to the tenants, in [due_ns, lapses_ns)
+
+
+@dataclasses.dataclass(frozen=True)
+class Debt:
+    node_id: int
+    tenant: object                 # the tenant's account ("0x...") or Ed25519 key (bytes)
+    amount: int
+    dispute_id: int

@@ -123,3 +123,13 @@ def require_root():
         if IN_CI:
             pytest.fail("this test needs root, and CI runs as root: something is wrong")
         pytest.skip("needs root")
+
+
+@pytest.fixture(autouse=True)
+def _ledger_host_clock(request, monkeypatch):
+    """A test marked ledger_host_clock(value) runs with BEAT_LEDGER_HOST_CLOCK=value (its child
+    processes too): the local ledger checks entry times against that host clock instead of the
+    real time (ledger_client.local.MAX_SKEW_NS). Unmarked tests: the real time."""
+    mark = request.node.get_closest_marker("ledger_host_clock")
+    if mark is not None:
+        monkeypatch.setenv("BEAT_LEDGER_HOST_CLOCK", str(mark.args[0]))

@@ -325,7 +325,8 @@ class Store:
                                         "bytes of records): nothing of it was written")
             first_t, last_t = fastpath.t_range(records)
             key = p64(seg_seq)
-            txn.put(key, p64(count) + value + records, db=db[PROOFS], append=True)
+            # count(8) S(32) records: a view of the pipeline's own segment bytes when it can be
+            txn.put(key, fastpath.proofs_value(count, value, records), db=db[PROOFS], append=True)
             txn.put(key, COMMIT.pack(value, count, first_t, last_t), db=db[COMMITMENTS],
                     append=True)
             txn.put(p64(leaf), pack_leaf(LEAF_SEGMENT, value), db=db[OUTBOX], append=True)

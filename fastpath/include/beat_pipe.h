@@ -70,6 +70,9 @@ void beat_pipe_free(beat_pipe *p);
 void beat_pipe_lock(beat_pipe *p);
 void beat_pipe_unlock(beat_pipe *p);
 int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n);           /* n * 6 bytes */
+/* on = 0: released records are not copied to the records output (beat_pipe_records stays empty);
+ * segments, counters, receipts and stats are the same. For consumers that never read it. */
+void beat_pipe_set_records_out(beat_pipe *p, int on);
 /* slots[j]: bit s set when neighbour j is at the interface of slot s (bit 0, unknown interface,
  * always counts as set); BEAT_SLOTS_ANY for a neighbour matched on every interface. */
 int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *ids,
@@ -95,6 +98,11 @@ int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_re
 /* Outputs since the last beat_pipe_reset_outputs(); see docs/fastpath.md "Outputs". */
 const beat_buf *beat_pipe_records(beat_pipe *p);
 const beat_buf *beat_pipe_segments(beat_pipe *p);   /* seg_seq(8) count(8) S(32) records, repeated */
+/* Hands the segments buffer over: *io (any malloc'ed buffer, or d = NULL, cap = 0) becomes the
+ * pipeline's segments buffer (the open segment copied into it) and receives the one that held the
+ * closed segments (its len bytes: beat_pipe_segments' layout; the caller frees it or hands it back
+ * in a later call). -1: out of memory, nothing changed. */
+int beat_pipe_swap_segments(beat_pipe *p, beat_buf *io);
 const beat_buf *beat_pipe_receipts(beat_pipe *p);   /* sorted at close */
 int beat_pipe_counters(beat_pipe *p, beat_buf *out); /* sorted deltas into out (caller frees out->d) */
 int beat_pipe_open_receipts(beat_pipe *p, beat_buf *out);

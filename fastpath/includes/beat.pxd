@@ -76,6 +76,7 @@ cdef extern from "beat_pipe.h" nogil:
     void beat_pipe_lock(beat_pipe *p)
     void beat_pipe_unlock(beat_pipe *p)
     int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n)
+    void beat_pipe_set_records_out(beat_pipe *p, int on)
     int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *ids,
                                  const uint64_t *slots, int n)
     long beat_pipe_check_desc(const uint8_t *desc, size_t n, size_t buflen)
@@ -89,6 +90,7 @@ cdef extern from "beat_pipe.h" nogil:
                          uint64_t closed_before)
     const beat_buf *beat_pipe_records(beat_pipe *p)
     const beat_buf *beat_pipe_segments(beat_pipe *p)
+    int beat_pipe_swap_segments(beat_pipe *p, beat_buf *io)
     const beat_buf *beat_pipe_receipts(beat_pipe *p)
     int beat_pipe_counters(beat_pipe *p, beat_buf *out)
     int beat_pipe_open_receipts(beat_pipe *p, beat_buf *out)

@@ -3,6 +3,7 @@
  * Everything lives in preallocated tables; only the output buffers and the receipt/counter tables
  * grow (amortised, never per packet in the steady state). */
 #include <pthread.h>
+#include <sys/mman.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,6 +96,13 @@ struct beat_pipe {
     uint8_t unk_idx[UNK_SLOTS];    /* 1 + index into unk, 0 free: found by a hash of the key */
     uint32_t n_unk;
     uint64_t unk_unlisted;         /* frames of (MAC, slot, dir) beyond BEAT_UNKNOWN_MAC_MAX */
+    /* The last (MAC, slot, dir) looked up (mac_key | slot << 48 | dir << 56 | 1 << 63; 0: none)
+     * and what it was: frames come in runs of one host's or neighbour's MAC, and a repeat skips
+     * the neighbour lookup and the unknown-MAC list's probe. Forgotten when the neighbours change
+     * and when the unknown-MAC list is taken. */
+    uint64_t memo_key, memo_id;
+    int memo_found;                /* NB_FOUND or NB_UNKNOWN (NB_ELSEWHERE is never kept) */
+    int memo_unk;                  /* NB_UNKNOWN: its index in unk, -1 when it is unlisted */
     entry *fifo;
     fin_t *fin;        /* the digest inputs (family || input) of the FIFO's entries */
     uint64_t head, tail;
@@ -108,19 +116,27 @@ struct beat_pipe {
     uint32_t rc_mask, rc_n;
     rcn_slot *rcn;
     uint32_t rcn_mask, rcn_n, rc_max;
+    /* The open receipts' slots in key order, as beat_pipe_open_receipts last sorted them: kept
+     * while no slot is added and the table is not rebuilt (only counts change between most
+     * batches), so each batch does not sort every flow of the epoch again. */
+    uint32_t *rc_order;
+    uint32_t rc_order_n, rc_order_cap;
+    int rc_order_ok;
     uint64_t closed_before;
     uint64_t seg_seq, seg_first_t;
     uint64_t seg_period;           /* start of the anchor period of seg_first_t */
     uint64_t ep_rel, ep_close;     /* epoch starts last computed (releases, closing): a division
                                     * only when the time leaves that epoch */
     uint32_t seg_count;
-    uint8_t *seg_buf;
     beat_buf out_records, out_segments, out_receipts;
+    /* out_segments: the closed segments of this batch (len bytes), then the open segment in place,
+     * its 48-byte header left free and its records after it (open_at()): records are released
+     * straight to where their segment is handed out, and closing one is writing its header. The
+     * buffer always has room for a full open segment (seg_room()). */
     beat_buf seg_pending;          /* offsets (size_t) into out_segments of segments whose S is due */
-    uint8_t *seg_scratch;          /* contiguous messages for the multi-lane segment hash */
-    size_t seg_scratch_cap;
     uint64_t stats[ST_COUNT], totals[ST_COUNT];
     int oom;
+    int records_out;               /* 0: released records go to segments only (nothing reads them) */
     pthread_mutex_t lock;  /* capture workers feed, the committer takes */
 };
 
@@ -146,6 +162,25 @@ static int buf_grow(beat_buf *b, size_t len)
     b->d = d;
     b->cap = cap;
     return 0;
+}
+
+/* A table that grew large (the join index, the FIFO and its digest inputs, the FT cache): 2 MiB
+ * aligned and backed by huge pages where the kernel allows it (MADV_HUGEPAGE; a hint, without
+ * effect elsewhere). Their entries are reached at random, and with 4 KiB pages most lookups missed
+ * the TLB as well as the cache. free() releases it. */
+#define HUGE_PAGE (2u << 20)
+static void *table_alloc(size_t size)
+{
+    if (size < (HUGE_PAGE >> 1))
+        return malloc(size);
+    size_t len = (size + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
+    void *t = NULL;
+    if (posix_memalign(&t, HUGE_PAGE, len))
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(t, len, MADV_HUGEPAGE);
+#endif
+    return t;
 }
 
 static int buf_put(beat_buf *b, const void *data, size_t len)
@@ -252,7 +287,8 @@ size_t beat_pipe_take_wrong_interface(beat_pipe *p, beat_wrong_if *out, size_t m
 /* Kept for the daemon's log and status: the first BEAT_UNKNOWN_MAC_MAX distinct (MAC, slot, dir)
  * with a MAC that is no neighbour's since the last take_unknown_macs, with their frame counts.
  * Runs only for such frames: a seeded hash and a short probe in a fixed table, no allocation. */
-static void note_unknown_mac(beat_pipe *p, const uint8_t *mac, uint8_t slot, uint8_t dir)
+/* Returns the entry's index in unk, -1 when the list is full (counted in unk_unlisted). */
+static int note_unknown_mac(beat_pipe *p, const uint8_t *mac, uint8_t slot, uint8_t dir)
 {
     uint64_t key = mac_key(mac) | (uint64_t)slot << 48 | (uint64_t)dir << 56;
     for (uint32_t i = (uint32_t)mix64(key ^ p->seed) & (UNK_SLOTS - 1);;
@@ -261,7 +297,7 @@ static void note_unknown_mac(beat_pipe *p, const uint8_t *mac, uint8_t slot, uin
         if (k == 0) {
             if (p->n_unk == BEAT_UNKNOWN_MAC_MAX) {
                 p->unk_unlisted++;
-                return;
+                return -1;
             }
             beat_unknown_mac *u = &p->unk[p->n_unk++];
             memcpy(u->mac, mac, 6);
@@ -269,12 +305,12 @@ static void note_unknown_mac(beat_pipe *p, const uint8_t *mac, uint8_t slot, uin
             u->dir = dir;
             u->frames = 1;
             p->unk_idx[i] = (uint8_t)p->n_unk;
-            return;
+            return (int)p->n_unk - 1;
         }
         beat_unknown_mac *u = &p->unk[k - 1];
         if (u->slot == slot && u->dir == dir && memcmp(u->mac, mac, 6) == 0) {
             u->frames++;
-            return;
+            return k - 1;
         }
     }
 }
@@ -288,6 +324,7 @@ size_t beat_pipe_take_unknown_macs(beat_pipe *p, beat_unknown_mac *out, size_t m
     p->n_unk = 0;
     p->unk_unlisted = 0;
     memset(p->unk_idx, 0, sizeof p->unk_idx);
+    p->memo_key = 0;
     return n;
 }
 
@@ -310,8 +347,11 @@ int beat_pipe_set_neighbours(beat_pipe *p, const uint8_t *macs, const uint64_t *
     free(p->nb);
     p->nb = nb;
     p->nb_mask = cap - 1;
+    p->memo_key = 0;
     return 0;
 }
+
+void beat_pipe_set_records_out(beat_pipe *p, int on) { p->records_out = on != 0; }
 
 int beat_pipe_set_own(beat_pipe *p, const uint8_t *macs, int n)
 {
@@ -381,7 +421,7 @@ static void pd_delete(beat_pipe *p, uint32_t i)
 
 static pd_slot *pdt_alloc(uint32_t cap)
 {
-    pd_slot *t = malloc(sizeof(pd_slot) * cap);
+    pd_slot *t = table_alloc(sizeof(pd_slot) * cap);
     if (t)
         memset(t, 0xFF, sizeof(pd_slot) * cap);   /* first = NIL: free */
     return t;
@@ -412,8 +452,8 @@ static int pdt_grow(beat_pipe *p)
 static int fifo_grow(beat_pipe *p)
 {
     uint32_t oc = p->fifo_mask + 1, nc = oc * 2;
-    entry *f = malloc(sizeof(entry) * nc);
-    fin_t *fi = malloc(sizeof(fin_t) * nc);
+    entry *f = table_alloc(sizeof(entry) * nc);
+    fin_t *fi = table_alloc(sizeof(fin_t) * nc);
     if (!f || !fi) {
         free(f);
         free(fi);
@@ -620,6 +660,7 @@ static rcn_slot *rcn_get(beat_pipe *p, uint64_t epoch)
 
 static int rc_rebuild(beat_pipe *p, uint32_t cap, uint64_t drop_before)
 {
+    p->rc_order_ok = 0;
     rc_slot *t = calloc(cap, sizeof(rc_slot));
     if (!t)
         return -1;
@@ -702,6 +743,7 @@ static int rc_add(beat_pipe *p, uint8_t role, const entry *e, uint64_t epoch)
         return 0;
     }
     p->rc_n += rc_insert_into(p->seed, p->rc, p->rc_mask, key, 1, e->ip_len, kind);
+    p->rc_order_ok = 0;
     if (p->rc_n * 2 > p->rc_mask + 1)
         return rc_rebuild(p, (p->rc_mask + 1) * 2, 0);
     return 0;
@@ -771,73 +813,85 @@ void beat_segment_value(int alg, uint64_t node_id, uint64_t seg_seq, const uint8
     beat_hash_final(&c, out);
 }
 
-/* Closing a segment queues it: S is computed in finish_segments(), for all the segments of a call
- * at once, so several sponges run side by side in the SIMD lanes. */
+/* The open segment's records: after the closed segments and a 48-byte header left free. */
+static inline uint8_t *open_at(const beat_pipe *p)
+{
+    return p->out_segments.d + p->out_segments.len + 48;
+}
+
+/* Room after the closed segments for a full open segment (header and records). */
+static int seg_room(beat_pipe *p)
+{
+    size_t need = 48 + (size_t)p->seg_records * BEAT_RECORD_SIZE;
+    if (p->out_segments.len + need <= p->out_segments.cap)
+        return 0;
+    return buf_grow(&p->out_segments, need);   /* realloc: the open records move with it */
+}
+
+/* Closing a segment writes its header before its records and queues it: S is computed in
+ * finish_segments(), for all the segments of a call at once, so several sponges run side by side
+ * in the SIMD lanes. */
 static int seg_close(beat_pipe *p)
 {
     if (p->seg_count == 0)
         return 0;
-    uint8_t h[48];
     size_t off = p->out_segments.len;
+    uint8_t *h = p->out_segments.d + off;
     wr64be(h, p->seg_seq);
     wr64be(h + 8, p->seg_count);
     memset(h + 16, 0, 32);
-    if (buf_put(&p->out_segments, h, sizeof h) ||
-        buf_put(&p->out_segments, p->seg_buf, (size_t)p->seg_count * BEAT_RECORD_SIZE) ||
-        buf_put(&p->seg_pending, &off, sizeof off))
+    if (buf_put(&p->seg_pending, &off, sizeof off))
+        return -1;
+    p->out_segments.len += 48 + (size_t)p->seg_count * BEAT_RECORD_SIZE;
+    p->seg_count = 0;   /* the next open segment is empty: growing moves nothing of it */
+    if (seg_room(p))
         return -1;
     count(p, ST_SEGMENTS);
     p->seg_seq++;
-    p->seg_count = 0;
     return 0;
 }
 
 #define SEG_LANES 8
 #define SEG_HEAD 34 /* "BEAT-SG-v1" node_id seg_seq count */
+#define SEG_MSG_AT (48 - SEG_HEAD) /* the message head written just before the records */
 
-static void seg_message(const beat_pipe *p, const uint8_t *seg, uint8_t *m)
-{
-    memcpy(m, SG_TAG, 10);
-    wr64be(m + 10, p->node_id);
-    memcpy(m + 18, seg, 16); /* seg_seq, count */
-    memcpy(m + SEG_HEAD, seg + 48, rd64be(seg + 8) * BEAT_RECORD_SIZE);
-}
-
-/* S of every queued segment: runs of equal length go through the lanes together. */
+/* S of every queued segment, hashed straight from the segment buffer: a segment's 48-byte header
+ * (seg_seq count S) is overwritten for the hash by the message head ("BEAT-SG-v1" node_id seg_seq
+ * count, 34 bytes) right before its records, and written back after it. Runs of equal length go
+ * through the lanes together. */
 static int finish_segments(beat_pipe *p)
 {
     size_t n = p->seg_pending.len / sizeof(size_t);
     const size_t *offs = (const size_t *)p->seg_pending.d;
     size_t i = 0;
     while (i < n) {
-        uint8_t *seg = p->out_segments.d + offs[i];
-        uint64_t count = rd64be(seg + 8);
+        uint64_t count = rd64be(p->out_segments.d + offs[i] + 8);
         size_t len = SEG_HEAD + count * BEAT_RECORD_SIZE;
         size_t w = 1;
         while (w < SEG_LANES && i + w < n &&
                rd64be(p->out_segments.d + offs[i + w] + 8) == count)
             w++;
-        if (w == 1 || len > (4u << 20)) {
-            beat_segment_value(p->alg, p->node_id, rd64be(seg), seg + 48, count, seg + 16);
-            i++;
-            continue;
-        }
-        if (p->seg_scratch_cap < w * len) {
-            free(p->seg_scratch);
-            p->seg_scratch = malloc(w * len);
-            p->seg_scratch_cap = p->seg_scratch ? w * len : 0;
-            if (!p->seg_scratch)
-                return -1;
-        }
         const uint8_t *msgs[SEG_LANES];
         uint8_t *outs[SEG_LANES];
+        uint8_t s[SEG_LANES][32];
+        uint64_t seq[SEG_LANES];
         for (size_t k = 0; k < w; k++) {
             uint8_t *sk = p->out_segments.d + offs[i + k];
-            seg_message(p, sk, p->seg_scratch + k * len);
-            msgs[k] = p->seg_scratch + k * len;
-            outs[k] = sk + 16;
+            seq[k] = rd64be(sk);
+            memcpy(sk + SEG_MSG_AT, SG_TAG, 10);
+            wr64be(sk + SEG_MSG_AT + 10, p->node_id);
+            wr64be(sk + SEG_MSG_AT + 18, seq[k]);
+            wr64be(sk + SEG_MSG_AT + 26, count);
+            msgs[k] = sk + SEG_MSG_AT;
+            outs[k] = s[k];
         }
         beat_hash_many_equal(p->alg, msgs, len, w, outs);
+        for (size_t k = 0; k < w; k++) {
+            uint8_t *sk = p->out_segments.d + offs[i + k];
+            wr64be(sk, seq[k]);
+            wr64be(sk + 8, count);
+            memcpy(sk + 16, s[k], 32);
+        }
         i += w;
     }
     p->seg_pending.len = 0;
@@ -879,11 +933,13 @@ static inline void put_record(uint8_t *d, const entry *e)
 
 static int release(beat_pipe *p, entry *e)
 {
-    beat_buf *out = &p->out_records;
-    if (out->len + BEAT_RECORD_SIZE > out->cap && buf_grow(out, BEAT_RECORD_SIZE))
-        return -1;
-    put_record(out->d + out->len, e);
-    out->len += BEAT_RECORD_SIZE;
+    if (p->records_out) {
+        beat_buf *out = &p->out_records;
+        if (out->len + BEAT_RECORD_SIZE > out->cap && buf_grow(out, BEAT_RECORD_SIZE))
+            return -1;
+        put_record(out->d + out->len, e);
+        out->len += BEAT_RECORD_SIZE;
+    }
     count(p, ST_RECORDS);
     if (e->next == BEAT_NONE)
         count(p, ST_INGRESS_ONLY);
@@ -905,7 +961,7 @@ static int release(beat_pipe *p, entry *e)
             return -1;
     if (p->seg_count == 0)
         seg_first(p, e->t_ns);
-    put_record(p->seg_buf + (size_t)p->seg_count * BEAT_RECORD_SIZE, e);
+    put_record(open_at(p) + (size_t)p->seg_count * BEAT_RECORD_SIZE, e);
     if (++p->seg_count == p->seg_records)
         return seg_close(p);
     return 0;
@@ -1008,11 +1064,30 @@ static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot, uint64_t
 {
     uint64_t id = 0;
     if (o->mac_state == BEAT_MAC_PRESENT) {
+        uint64_t mk = mac_key(o->mac) | (uint64_t)slot << 48 | (uint64_t)o->dir << 56 | 1ULL << 63;
+        if (mk == p->memo_key) {   /* the same MAC, interface and direction as the frame before */
+            id = p->memo_id;
+            if (p->memo_found == NB_UNKNOWN) {
+                count(p, ST_UNKNOWN_MAC);
+                if (p->memo_unk >= 0)
+                    p->unk[p->memo_unk].frames++;
+                else
+                    p->unk_unlisted++;
+            }
+            goto named;
+        }
         int found = nb_lookup(p, o->mac, slot, &id);
         if (found == NB_UNKNOWN) {
             count(p, ST_UNKNOWN_MAC);
-            note_unknown_mac(p, o->mac, slot, o->dir);
-        } else if (found == NB_ELSEWHERE) {   /* from (or to) somewhere we cannot name */
+            p->memo_unk = note_unknown_mac(p, o->mac, slot, o->dir);
+            p->memo_key = mk;
+            p->memo_found = NB_UNKNOWN;
+            p->memo_id = id = 0;
+        } else if (found == NB_FOUND) {
+            p->memo_key = mk;
+            p->memo_found = NB_FOUND;
+            p->memo_id = id;
+        } else {   /* NB_ELSEWHERE: from (or to) somewhere we cannot name */
             count(p, ST_NEIGHBOUR_WRONG_INTERFACE);
             note_wrong_interface(p, o->mac, slot, o->dir, id);
             id = 0;
@@ -1020,6 +1095,7 @@ static int observe(beat_pipe *p, beat_obs *o, uint64_t t, uint8_t slot, uint64_t
     } else if (o->mac_state == BEAT_MAC_MISSING) {
         count(p, ST_UNKNOWN_MAC);
     }
+named:;
     const uint8_t *in = o->msg + 10;
     uint32_t in_len = o->msg_len - 10u;
     if (o->dir == BEAT_DIR_EGRESS) {
@@ -1272,13 +1348,14 @@ int beat_pipe_resume(beat_pipe *p, uint64_t next_seg_seq, const uint8_t *open_re
     p->seg_seq = next_seg_seq;
     p->seg_count = (uint32_t)n_rec;
     if (n_rec) {
-        memcpy(p->seg_buf, open_records, n_rec * BEAT_RECORD_SIZE);
+        memcpy(open_at(p), open_records, n_rec * BEAT_RECORD_SIZE);
         seg_first(p, rd64be(open_records));
     }
     p->closed_before = closed_before;
     /* the open receipts are replaced (not added to), and the per-epoch counts with them */
     memset(p->rc, 0, (size_t)(p->rc_mask + 1) * sizeof(rc_slot));
     p->rc_n = 0;
+    p->rc_order_ok = 0;
     memset(p->rcn, 0, (size_t)(p->rcn_mask + 1) * sizeof(rcn_slot));
     p->rcn_n = 0;
     for (size_t i = 0; i < n_rc; i++) {
@@ -1335,15 +1412,20 @@ static int cmp_slot_ptr(const void *a, const void *b)
     return memcmp((*(const rc_slot *const *)a)->key, (*(const rc_slot *const *)b)->key, RC_KEY);
 }
 
-/* Every open receipt, sorted by key: the slots are sorted through pointers (8 bytes moved per
- * swap, not 57), since this runs once per batch over every flow of the epoch. */
-int beat_pipe_open_receipts(beat_pipe *p, beat_buf *out)
+/* rc_order: the used slots' indices in key order (sorted through pointers: 8 bytes moved per
+ * swap, not 57), sorted again only after a slot was added or the table rebuilt. */
+static int rc_sort(beat_pipe *p)
 {
-    out->d = NULL;
-    out->len = out->cap = 0;
-    if (p->rc_n == 0)
+    if (p->rc_order_ok)
         return 0;
-    const rc_slot **ptr = malloc(sizeof *ptr * p->rc_n);
+    if (p->rc_order_cap < p->rc_n) {
+        uint32_t *o = realloc(p->rc_order, sizeof *o * p->rc_n);
+        if (!o)
+            return -1;
+        p->rc_order = o;
+        p->rc_order_cap = p->rc_n;
+    }
+    const rc_slot **ptr = malloc(sizeof *ptr * (p->rc_n ? p->rc_n : 1));
     if (!ptr)
         return -1;
     size_t n = 0;
@@ -1351,20 +1433,55 @@ int beat_pipe_open_receipts(beat_pipe *p, beat_buf *out)
         if (p->rc[j].used)
             ptr[n++] = &p->rc[j];
     qsort(ptr, n, sizeof *ptr, cmp_slot_ptr);
+    for (size_t k = 0; k < n; k++)
+        p->rc_order[k] = (uint32_t)(ptr[k] - p->rc);
+    free(ptr);
+    p->rc_order_n = (uint32_t)n;
+    p->rc_order_ok = 1;
+    return 0;
+}
+
+/* Every open receipt, sorted by key: runs once per batch over every flow of the epoch. */
+int beat_pipe_open_receipts(beat_pipe *p, beat_buf *out)
+{
+    out->d = NULL;
+    out->len = out->cap = 0;
+    if (p->rc_n == 0)
+        return 0;
+    if (rc_sort(p))
+        return -1;
+    size_t n = p->rc_order_n;
     out->cap = n * BEAT_OPEN_RECEIPT_SIZE;
     out->d = malloc(out->cap);
-    if (!out->d) {
-        free(ptr);
+    if (!out->d)
         return -1;
-    }
     for (size_t k = 0; k < n; k++) {
+        const rc_slot *s = &p->rc[p->rc_order[k]];
         uint8_t *v = out->d + k * BEAT_OPEN_RECEIPT_SIZE;
-        memcpy(v, ptr[k]->key, RC_KEY);
-        wr64be(v + 41, ptr[k]->packets);
-        wr64be(v + 49, ptr[k]->bytes);
+        memcpy(v, s->key, RC_KEY);
+        wr64be(v + 41, s->packets);
+        wr64be(v + 49, s->bytes);
     }
     out->len = out->cap;
-    free(ptr);
+    return 0;
+}
+
+int beat_pipe_swap_segments(beat_pipe *p, beat_buf *io)
+{
+    finish_segments(p);   /* a batch cut short by running out of memory may have left S to do */
+    beat_buf nb = *io;
+    nb.len = 0;
+    size_t need = 48 + (size_t)p->seg_records * BEAT_RECORD_SIZE;
+    if (nb.cap < need) {
+        uint8_t *d = realloc(nb.d, need);
+        if (!d)
+            return -1;
+        nb.d = d;
+        nb.cap = need;
+    }
+    memcpy(nb.d + 48, open_at(p), (size_t)p->seg_count * BEAT_RECORD_SIZE);
+    *io = p->out_segments;
+    p->out_segments = nb;
     return 0;
 }
 
@@ -1372,13 +1489,26 @@ const uint8_t *beat_pipe_open_records(beat_pipe *p, size_t *n, uint64_t *seg_seq
 {
     *n = p->seg_count;
     *seg_seq = p->seg_seq;
-    return p->seg_buf;
+    return open_at(p);
 }
 
 void beat_pipe_reset_outputs(beat_pipe *p)
 {
+    beat_buf *sg = &p->out_segments;
+    size_t open_len = (size_t)p->seg_count * BEAT_RECORD_SIZE;
+    if (sg->len) {   /* the open segment moves to the front */
+        memmove(sg->d + 48, sg->d + sg->len + 48, open_len);
+        sg->len = 0;
+    }
+    if (sg->cap > (64u << 20) && sg->cap > 2 * (48 + (size_t)p->seg_records * BEAT_RECORD_SIZE)) {
+        beat_buf small = {NULL, 0, 0};   /* shrink to one segment's room, open records kept */
+        if (buf_grow(&small, 48 + (size_t)p->seg_records * BEAT_RECORD_SIZE) == 0) {
+            memcpy(small.d + 48, sg->d + 48, open_len);
+            free(sg->d);
+            *sg = small;
+        }
+    }
     p->out_records.len = 0;
-    p->out_segments.len = 0;
     p->out_receipts.len = 0;
     memset(p->stats, 0, sizeof p->stats);
     if (p->ctr_n) {
@@ -1386,8 +1516,8 @@ void beat_pipe_reset_outputs(beat_pipe *p)
         p->ctr_n = 0;
     }
     /* keep buffers that grew large from pinning memory forever */
-    beat_buf *bufs[3] = {&p->out_records, &p->out_segments, &p->out_receipts};
-    for (int i = 0; i < 3; i++) {
+    beat_buf *bufs[2] = {&p->out_records, &p->out_receipts};
+    for (int i = 0; i < 2; i++) {
         if (bufs[i]->cap > (64u << 20)) {
             free(bufs[i]->d);
             bufs[i]->d = NULL;
@@ -1433,12 +1563,11 @@ void beat_pipe_free(beat_pipe *p)
     free(p->ctr);
     free(p->rc);
     free(p->rcn);
-    free(p->seg_buf);
+    free(p->rc_order);
     free(p->out_records.d);
     free(p->out_segments.d);
     free(p->out_receipts.d);
     free(p->seg_pending.d);
-    free(p->seg_scratch);
     pthread_mutex_destroy(&p->lock);
     free(p);
 }
@@ -1478,6 +1607,7 @@ beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
     p->period = anchor_period_ns;
     p->seg_records = segment_records;
     p->max_pending = max_pending;
+    p->records_out = 1;
     p->fifo_mask = (max_pending < FIFO_MIN ? max_pending : FIFO_MIN) - 1;
     p->ownset.own = p->own;
     p->pdt_mask = PDT_MIN - 1;
@@ -1485,17 +1615,16 @@ beat_pipe *beat_pipe_new(uint64_t node_id, int alg, uint64_t join_window_ns,
     p->rc_mask = 1023;
     p->rcn_mask = 15;
     p->rc_max = max_receipts_per_epoch;
-    p->fifo = malloc(sizeof(entry) * (p->fifo_mask + 1));
-    p->fin = malloc(sizeof(fin_t) * (p->fifo_mask + 1));
+    p->fifo = table_alloc(sizeof(entry) * (p->fifo_mask + 1));
+    p->fin = table_alloc(sizeof(fin_t) * (p->fifo_mask + 1));
     p->pdt = pdt_alloc(PDT_MIN);
-    p->ftc = aligned_alloc(128, sizeof(ft_slot) << FT_CACHE_BITS);
+    p->ftc = table_alloc(sizeof(ft_slot) << FT_CACHE_BITS);   /* 1 MiB: 2 MiB aligned */
     if (p->ftc)
         memset(p->ftc, 0, sizeof(ft_slot) << FT_CACHE_BITS);
     p->ctr = calloc(p->ctr_mask + 1, sizeof(ctr_slot));
     p->rc = calloc(p->rc_mask + 1, sizeof(rc_slot));
     p->rcn = calloc(p->rcn_mask + 1, sizeof(rcn_slot));
-    p->seg_buf = malloc((size_t)segment_records * BEAT_RECORD_SIZE);
-    if (!p->fifo || !p->fin || !p->pdt || !p->ftc || !p->ctr || !p->rc || !p->rcn || !p->seg_buf ||
+    if (!p->fifo || !p->fin || !p->pdt || !p->ftc || !p->ctr || !p->rc || !p->rcn || seg_room(p) ||
         beat_pipe_set_neighbours(p, NULL, NULL, NULL, 0)) {
         beat_pipe_free(p);
         return NULL;

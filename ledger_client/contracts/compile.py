@@ -20,8 +20,8 @@ ARTIFACT = os.path.join(HERE, "Beat.json")
 SOLCJS = os.path.join(HERE, "node_modules", "solc", "solc.js")
 CONTRACT = "Beat"
 SETTINGS = {
-    "optimizer": {"enabled": True, "runs": 200},
-    "evmVersion": "paris",
+    "optimizer": {"enabled": True, "runs": 1},
+    "evmVersion": "paris", "viaIR": True,
     "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}},
 }
 

@@ -249,3 +249,36 @@ def test_parse_size():
 
 def test_none_is_never_an_id():
     assert NONE == (1 << 64) - 1
+
+
+def test_replay_without_json_stores_the_same_as_with_it(tmp_path, capsys):
+    """Without --json replay asks the pipeline for no records output and for its segments as
+    views (no copies): the store, the summary and the JSON lines' records are the same as with
+    --json, on every real capture and on a capture of many segments."""
+    from capture_files import write_pcap
+    many = tmp_path / "many.pcap"
+    frame = bytes.fromhex("020000000001" "02000000aa01" "0800")
+    recs = []
+    for i in range(5000):
+        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 46, i & 0xFFFF, 0, 64, 17, 0,
+                         bytes((10, 0, 0, i % 7)), bytes((10, 1, 0, 1))) + bytes(26)
+        recs.append((1_700_000_000 + i // 1000, (i % 1000) * 1000, frame + ip, 60))
+    write_pcap(many, recs)
+    dumps = {}
+    for i, path in enumerate([many] + list(REAL)):
+        for json_out in (False, True):
+            store = tmp_path / f"s{i}-{json_out}"
+            rc, out, err = run(capsys, path, "--node-id", NODE, "--store", store,
+                               "--batch-frames", 256, *(["--json"] if json_out else []))
+            assert rc == 0, (path, err)
+            with Store(store, NODE, "sha3-256", 256 << 20) as st:
+                assert st.verify() == []
+                dumps[json_out] = (st.stats(), st.segments(), st.commitments(),
+                                   list(st.iter_records()), st.receipts(), st.counters(),
+                                   st.resume_state())
+            if json_out:
+                rows, _ = parse_json(out)
+                assert [record_bytes(r) for r in rows] == dumps[True][3]
+        assert dumps[False] == dumps[True], path
+        if path == many:
+            assert len(dumps[True][1]) == 5   # segments across batches

@@ -228,3 +228,181 @@ def test_a_reader_that_leaves_early_is_not_an_error(env, capsys):
                        cwd=REPO, timeout=60)
     assert len(r.stdout) == 100
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+
+
+# -- the committee (docs/ledger.md, "The committee") --------------------------------------------
+
+def test_committee_commands(tmp_path, capsys):
+    from ledger_client.types import Node
+    keys = {}
+    for r in ("m1", "m2", "m3", "stranger", "tenant"):
+        keys[r] = str(tmp_path / f"{r}.ed25519")
+        assert main(["keygen", "--out", keys[r]]) == 0
+    pubs = {r: v.strip() for r, v in zip(keys, capsys.readouterr().out.split())}
+    led = f"local:{tmp_path / 'ledger.mdb'}"
+
+    def bc(role, *argv):
+        return main(["--ledger", led] + (["--key", keys[role]] if role else []) + list(argv))
+
+    assert bc("m1", "create", "--member", pubs["m1"], "--member", pubs["m2"],
+              "--member", pubs["m3"], "--threshold", "2", "--ttl", "3600") == 0
+    assert "a committee of 3, k = 2" in capsys.readouterr().out
+    assert bc("m1", "create", "--member", pubs["m1"], "--threshold", "1") == 2      # exists
+    assert "exists" in capsys.readouterr().err
+    assert bc(None, "committee", "--json") == 0
+    c = json.loads(capsys.readouterr().out)
+    assert (c["k"], c["epoch"], c["ttl_s"], [m["pubkey"] for m in c["members"]]) == (
+        2, 0, 3600, [pubs["m1"], pubs["m2"], pubs["m3"]])
+    n1 = DeviceKey.generate()
+    # register-node is a proposal when k > 1
+    assert bc("m1", "register-node", "--node-id", "1", "--owner", "isp-a",
+              "--pubkey", n1.public_hex) == 0
+    assert capsys.readouterr().out.strip() == "proposal 1: 1 of 2 approvals"
+    assert bc(None, "nodes", "--json") == 0 and json.loads(capsys.readouterr().out) == []
+    assert bc(None, "pending", "--json") == 0
+    p = json.loads(capsys.readouterr().out)
+    assert [(x["proposal"], x["act"], x["args"]["node_id"], x["approvals"], x["k"], x["state"])
+            for x in p] == [(1, "register_node", 1, [pubs["m1"]], 2, "open")]
+    # a stranger may not approve; m1 again counts once
+    assert bc("stranger", "approve", "1") == 1
+    assert "not a member" in capsys.readouterr().err
+    assert bc("m1", "approve", "1", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["approvals"] == [pubs["m1"]]
+    assert bc("m2", "approve", "1") == 0
+    assert "proposal 1: 2 approvals (register_node): executed" in capsys.readouterr().out
+    assert bc(None, "nodes", "--json") == 0
+    assert [n["node_id"] for n in json.loads(capsys.readouterr().out)] == [1]
+    assert bc("m3", "approve", "1") == 1                                  # executed already
+    assert "executed" in capsys.readouterr().err
+    # a dispute, decided with one dissenting member (k = 2)
+    sla = tmp_path / "sla.toml"
+    sla.write_text(SLA_TOML.format(tenant=pubs["tenant"]).replace("route = [1, 2]",
+                                                                   "route = [1]"))
+    for r in ("m1", "m2", "m3"):
+        assert bc(r, "register-sla", "--file", str(sla)) == 0
+    assert "executed" in capsys.readouterr().out
+    with LocalLedger(str(tmp_path / "ledger.mdb")) as lg:
+        tenant = DeviceKey.load(keys["tenant"])
+        assert lg.open_dispute(7, 0, 10, signer=tenant) == 1
+        ev, va, vb = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+        lg.approve_decision(1, ev, va, [1], signer=DeviceKey.load(keys["m1"]))
+        lg.approve_decision(1, ev, vb, [], signer=DeviceKey.load(keys["m2"]))
+        lg.approve_decision(1, ev, va, [1], signer=DeviceKey.load(keys["m3"]))
+        assert lg.get_node(1) == Node(1, "isp-a", n1.public)
+    assert bc(None, "dissent", "1", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"member": pubs["m2"], "verdict_digest": vb.hex(), "evidence_digest": ev.hex()}]
+    assert bc(None, "dissent", "9") == 2
+    capsys.readouterr()
+    assert bc("tenant", "disputes", "--tenant", "--json") == 0
+    d = json.loads(capsys.readouterr().out)
+    assert [(x["dispute"], x["state"], x["evidence_digest"], x["faulty"], x["penalty"])
+            for x in d] == [(1, "settled", ev.hex(), [1], 3)]
+    assert bc("stranger", "disputes", "--tenant", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == []
+    # membership commands
+    assert bc("m1", "propose", "set-threshold", "--k", "4") == 1
+    assert "k must be in 1..n = 3" in capsys.readouterr().err
+    assert bc("m1", "propose", "set-threshold", "--k", "3") == 0
+    assert capsys.readouterr().out.strip() == "proposal 3: 1 of 2 approvals"
+    assert bc("m3", "propose", "set-threshold", "--k", "3") == 0
+    assert "proposal 3: 2 approvals: executed: k = 3" in capsys.readouterr().out
+    assert bc("m1", "propose", "remove-member", "--pubkey", pubs["m3"]) == 1   # 2 < k = 3
+    assert "fewer than k = 3" in capsys.readouterr().err
+    assert bc("m1", "propose", "add-member", "--pubkey", pubs["tenant"][:10]) == 2   # bad key
+    capsys.readouterr()
+
+
+def test_money_commands(tmp_path, capsys):
+    """deposit, withdraw --request / withdraw, deposits, debts, balances on a local committee
+    ledger: exit codes and JSON; a decision's penalty moves the deposit to the tenant."""
+    keys = {}
+    for r in ("m1", "op", "tenant", "stranger"):
+        keys[r] = str(tmp_path / f"{r}.ed25519")
+        assert main(["keygen", "--out", keys[r]]) == 0
+    pubs = {r: v.strip() for r, v in zip(keys, capsys.readouterr().out.split())}
+    led = f"local:{tmp_path / 'ledger.mdb'}"
+
+    def bc(role, *argv):
+        return main(["--ledger", led] + (["--key", keys[role]] if role else []) + list(argv))
+
+    assert bc("m1", "create", "--member", pubs["m1"], "--threshold", "1", "--ttl", "3600",
+              "--notice", "1000", "--balance", f"{pubs['op']}=100") == 2    # notice < ttl
+    assert "notice" in capsys.readouterr().err
+    assert bc("m1", "create", "--member", pubs["m1"], "--threshold", "1", "--ttl", "3600",
+              "--notice", "7200", "--balance", f"{pubs['op']}=100") == 0
+    n1 = DeviceKey.generate()
+    assert bc("m1", "register-node", "--node-id", "1", "--owner", "isp", "--pubkey",
+              n1.public_hex, "--operator", pubs["op"]) == 0
+    sla = tmp_path / "sla.toml"
+    sla.write_text(SLA_TOML.format(tenant=pubs["tenant"]).replace("route = [1, 2]",
+                                                                   "route = [1]\nprice = 70"))
+    assert bc("m1", "register-sla", "--file", str(sla)) == 0
+    capsys.readouterr()
+    assert bc(None, "slas", "--json") == 0
+    assert json.loads(capsys.readouterr().out)[0]["price"] == 70
+    assert bc("op", "deposit", "--node-id", "1", "--amount", "500") == 1      # balance 100
+    assert "more than the balance 100" in capsys.readouterr().err
+    assert bc("stranger", "deposit", "--node-id", "1", "--amount", "5") == 1
+    assert "not the node's operator" in capsys.readouterr().err
+    assert bc("op", "deposit", "--node-id", "1", "--amount", "0") == 2
+    capsys.readouterr()
+    assert bc("op", "deposit", "--node-id", "1", "--amount", "40", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "node_id": 1, "amount": 40, "withdrawal_due_ns": None, "debt": 0, "frozen_by": None}
+    assert bc("op", "withdraw", "--node-id", "1") == 1                        # not asked
+    assert "not due" in capsys.readouterr().err
+    assert bc("op", "withdraw", "--node-id", "1", "--request", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["withdrawal_due_ns"] is not None
+    assert bc("op", "withdraw", "--node-id", "1") == 1                        # the notice
+    assert "not due" in capsys.readouterr().err
+    # a decision: penalty 3 per faulty device, from node 1's deposit to the tenant
+    with LocalLedger(str(tmp_path / "ledger.mdb")) as lg:
+        did = lg.open_dispute(7, 0, 10, signer=DeviceKey.load(keys["tenant"]))
+        lg.approve_decision(did, b"\x01" * 32, b"\x02" * 32, [1],
+                            signer=DeviceKey.load(keys["m1"]))
+    assert bc(None, "deposits", "--json") == 0
+    assert json.loads(capsys.readouterr().out)[0]["amount"] == 37
+    assert bc(None, "balances", "--json") == 0
+    b = json.loads(capsys.readouterr().out)
+    assert (b[pubs["op"]]["balance"], b[pubs["tenant"]]["balance"]) == (60, 3)
+    assert bc(None, "debts", "--json") == 0 and json.loads(capsys.readouterr().out) == []
+    assert bc(None, "deposits") == 0
+    assert "node 1: deposit 37, debt 0, withdrawal due" in capsys.readouterr().out
+
+
+def test_decide_approves_what_the_archived_evidence_gives(tmp_path_factory):
+    """``beatctl decide DISPUTE --evidence DIR`` on the loopback domain's real interrogation
+    archive: it re-judges the archive (as verify-decision), approves that content; with a committee
+    of one (k = 1) the decision executes at once, and verify-decision then finds it identical. A
+    dispute of another SLA than the archive's is bad input (exit 2); an approval by a key that is
+    not a member is refused (exit 1)."""
+    from loopback_domain import Domain
+    d = Domain(tmp_path_factory.mktemp("domain"), [(1, 2), (2, 3), (1, 4), (4, 3)])
+    lo, hi = d.send((1, 4, 3), 60, tag=2)
+    d.start()
+    try:
+        ev = tmp_path_factory.mktemp("decide") / "evidence"
+        code, out, err = d.interrogate(lo, hi, "--evidence", ev, "--no-record")
+        assert code == 3, err
+        with d.ledger() as led:
+            did = led.open_dispute(1, lo, hi, signer=d.gov)
+            assert led.get_dispute(did).state == "opened"
+        code, out, err = d.beatctl("decide", did, "--evidence", ev, "--json")
+        assert code == 0, err
+        r = json.loads(out)
+        assert (r["dispute"], r["faulty"], r["state"], r["approvals"], r["k"]) == (
+            did, [1], "settled", 1, 1)
+        code, out, err = d.beatctl("verify-decision", did, "--evidence", ev, key=False)
+        assert code == 0, out + err
+        stranger = tmp_path_factory.mktemp("k") / "stranger.key"
+        DeviceKey.generate().save(str(stranger))
+        from governance.cli import main as beatctl
+        with d.ledger() as led:
+            did2 = led.open_dispute(1, lo, hi, signer=d.gov)
+        assert beatctl(["--ledger", f"local:{d.ledger_path}", "--key", str(stranger), "decide",
+                        str(did2), "--evidence", str(ev)]) == 1
+        code, out, err = d.beatctl("decide", 99, "--evidence", ev)
+        assert code == 2 and "dispute 99: not on the ledger" in err
+    finally:
+        d.stop()

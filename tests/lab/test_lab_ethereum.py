@@ -65,7 +65,14 @@ def test_lab_up_ethereum_anchors_every_router(tmp_path):
         for l in lab.topo.links:
             assert not l.network.overlaps(mgmt_net)
 
-        # every router registered with its Ed25519 key and its account
+        # the committee: three members (their accounts), k = 2; nothing left open by up
+        p = subprocess.run(lab.beatctl_argv("committee", "--json"), capture_output=True,
+                           text=True, cwd=REPO, env=lab._env(), timeout=60)
+        assert p.returncode == 0, p.stderr
+        c = json.loads(p.stdout)
+        assert c["k"] == 2 and [m["account"].lower() for m in c["members"]] == [
+            Account.from_file(lab.parties.member(i, True)).address.lower() for i in (1, 2, 3)]
+        # every router registered with its Ed25519 key, its account and its operator's
         p = subprocess.run(lab.beatctl_argv("nodes", "--json"), capture_output=True, text=True,
                            cwd=REPO, env=lab._env(), timeout=60)
         assert p.returncode == 0, p.stderr
@@ -75,6 +82,12 @@ def test_lab_up_ethereum_anchors_every_router(tmp_path):
             acct = Account.from_file(lab.device_eth_path(r.name))
             assert nodes[r.node_id]["account"] == acct.address_bytes.hex()
             assert nodes[r.node_id]["owner"] == f"operator-{r.name}"
+        # each router's operator (its own account), who locked the lab's deposit for it
+        view = lab.ledger_view()
+        for r in lab.topo.routers:
+            assert view["operators"][str(r.node_id)] == Account.from_file(
+                lab.operator_key_path(r.name)).address.lower()
+            assert view["deposits"][str(r.node_id)]["amount"] == lab.money.deposit
         # every router-router link of the topology, on the chain
         p = subprocess.run(lab.beatctl_argv("links", "--json"), capture_output=True, text=True,
                            cwd=REPO, env=lab._env(), timeout=60)
@@ -98,8 +111,16 @@ def test_lab_up_ethereum_anchors_every_router(tmp_path):
         assert d["not_anchored"] == {}, out.getvalue()
         assert d["verdicts"] == {"r1": "DEVIATED", "r2": "CONSISTENT", "r3": "CONSISTENT",
                                  "r4": "CONSISTENT"}, out.getvalue()
-        assert d["decision"]["state"] == "decided" and d["decision"]["faulty"] == [1]
-        assert d["decision"]["penalty"] > 0
+        # ... by the committee (member 1 interrogated, member 2 re-judged the archive): decided
+        # and settled at k = 2; the penalty (wei) went from r1's deposit to the tenant's account
+        assert d["decision"]["state"] == "settled" and d["decision"]["faulty"] == [1]
+        assert d["decision"]["penalty"] == lab.money.penalty > 0
+        assert [v["dissent"] for v in d["votes"]] == [False, False]
+        b, a = d["before"], d["after"]
+        assert a["deposits"]["1"]["amount"] == b["deposits"]["1"]["amount"] - lab.money.penalty
+        assert a["balances"]["tenant"] == b["balances"]["tenant"] + lab.money.penalty
+        assert a["contract_balance"] == b["contract_balance"] - lab.money.penalty
+        assert a["pending"] == [] and "open proposals (beatctl pending): none" in out.getvalue()
 
         # every router's anchors on the chain, listed by beatctl (in the ledger namespace)
         p = subprocess.run(lab.beatctl_argv("anchors", "--json"), capture_output=True, text=True,

@@ -42,6 +42,24 @@ def test_lab_demo_anchors_every_router(lab):
         r.node_id: f"operator-{r.name}" for r in lab.topo.routers}
     with LocalLedger(lab.ledger_path, hash_name=None) as led:
         assert led.links() == lab.topo.router_link_ids() == [(1, 2), (1, 4), (2, 3), (3, 4)]
+        # the committee: members 1..3 (their Ed25519 keys), k = 2; every act of the set-up
+        # proposed by member 1 and executed at member 2's approval; nothing left open
+        c = led.committee()
+        from ledger_client.keys import DeviceKey
+        assert c.k == 2 and [m.pubkey for m in c.members] == [
+            DeviceKey.load(lab.parties.member(i)).public for i in (1, 2, 3)]
+        ps = led.proposals()
+        assert len(ps) == len(nodes) + 4 + 1 and led.pending() == []
+        m12 = [DeviceKey.load(lab.parties.member(i)).public.hex() for i in (1, 2)]
+        assert all(p.state == "executed" and list(p.approvals) == m12 for p in ps), ps
+        # each node's operator (the owner's key) locked the deposit; the operators and the
+        # tenant hold the rest of their balance
+        for r in lab.topo.routers:
+            op = DeviceKey.load(lab.operator_key_path(r.name)).public
+            assert led.get_node(r.node_id).operator == op
+            assert led.deposit_of(r.node_id).amount == lab.money.deposit
+            assert led.balance(op) == lab.money.balance - lab.money.deposit
+        assert led.balance(DeviceKey.load(lab.tenant_key_path)) == lab.money.balance
     for r in lab.topo.routers:
         text = open(lab.config_path(r.name)).read()
         assert '[ledger]\nbackend = "local"' in text and lab.device_key_path(r.name) in text
@@ -53,6 +71,14 @@ def test_lab_demo_anchors_every_router(lab):
     assert all(v == 0 for v in report["stopped"].values()), report["stopped"]
     assert f"ledger {lab.ledger_path}" in out.getvalue()
     assert report["dispute"]["not_anchored"] == {}, out.getvalue()
+    # the tenant's dispute, decided by the committee at k = 2: the penalty moved
+    d = report["dispute"]
+    assert d["decision"]["state"] == "settled" and d["decision"]["faulty"] == [1]
+    assert d["after"]["balances"]["tenant"] == d["before"]["balances"]["tenant"] + \
+        lab.money.penalty
+    assert d["after"]["deposits"]["1"]["amount"] == lab.money.deposit - lab.money.penalty
+    assert "r1's deposit (operator-r1): 500 units -> 400 units" in out.getvalue()
+    assert "the tenant's balance: 10000 units -> 10100 units" in out.getvalue()
 
     anchors = lab.anchors()
     for r in lab.topo.routers:

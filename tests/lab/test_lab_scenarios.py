@@ -34,7 +34,10 @@ def lab(tmp_path_factory):
     require_root()
     from beat_lab.lab import Lab
 
-    lb = Lab(PAPER, prefix=PREFIX, state_root=str(tmp_path_factory.mktemp("scenarios")))
+    lb = Lab(PAPER, prefix=PREFIX, state_root=str(tmp_path_factory.mktemp("scenarios")),
+             # these scenarios judge the devices: a committee of one (k = 1) decides at once, as
+             # the single governance key did (the committee's own rules: test_lab_committee.py)
+             committee=(1, 1))
     lb.testing_inject = {"r2"}
     lb.up()
     yield lb

@@ -27,7 +27,9 @@ class Chain:
         self.gov, self.n1, self.n2, self.tenant, self.stranger = acc[:5]
         art = artifact()
         factory = self.w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
-        r = self.receipt(factory.constructor("sha3-256").transact({"from": self.gov}))
+        # a committee of one, k = 1: the deployer, the single governance of before
+        r = self.receipt(factory.constructor("sha3-256", [self.gov], [bytes(32)], 1,
+                                             7 * 86400, 14 * 86400).transact({"from": self.gov}))
         self.c = self.w3.eth.contract(address=r["contractAddress"], abi=art["abi"])
         self.deploy_block = r["blockNumber"]
 
@@ -57,11 +59,11 @@ class Chain:
 
     def node(self, node_id, account, owner="op"):
         return self.send(self.c.functions.registerNode(node_id, owner, bytes([node_id]) * 32,
-                                                       account), self.gov)
+                                                       account, ZERO), self.gov)
 
     def sla(self, sla_id=7, tenant_account=None, route=(1, 2, 3), ppv=7, valid=(0, U64MAX)):
         terms = (sla_id, "tenant-a", tenant_account or ZERO, b"\x0a" * 16, b"\x0b" * 16,
-                 list(route), 1000, 5000, 2000, ppv, valid[0], valid[1], '{"k":1}')
+                 list(route), 1000, 5000, 2000, ppv, valid[0], valid[1], '{"k":1}', 0)
         return terms
 
 
@@ -102,18 +104,19 @@ def test_every_contract_error_is_mapped():
 def test_register_node_governance_only(ch):
     f = ch.c.functions
     for who in (ch.stranger, ch.n1, ch.tenant):
-        args = ch.reverts("NotGovernance", f.registerNode(1, "op", R1, ch.n1), who)
+        args = ch.reverts("NotGovernance", f.registerNode(1, "op", R1, ch.n1, ZERO), who)
         assert args["caller"] == who
-    r = ch.send(f.registerNode(1, "op-a", R1, ch.n1), ch.gov)
+    r = ch.send(f.registerNode(1, "op-a", R1, ch.n1, ZERO), ch.gov)
     assert ch.events("NodeRegistered", r) == [
         {"nodeId": 1, "owner": "op-a", "pubkey": R1, "account": ch.n1}]
-    assert f.getNode(1).call() == [True, "op-a", R1, ch.n1, 0]
+    assert f.getNode(1).call() == [True, "op-a", R1, ch.n1, 0, ZERO, False]
     assert f.getNode(2).call()[0] is False
     assert f.nodeIds().call() == [1]
-    assert ch.reverts("NodeExists", f.registerNode(1, "op-a", R1, ch.n1), ch.gov) == {"nodeId": 1}
-    ch.reverts("InvalidNode", f.registerNode(2, "op", R1, ZERO), ch.gov)
-    ch.reverts("InvalidNode", f.registerNode(0, "op", R1, ch.n2), ch.gov)
-    ch.reverts("InvalidNode", f.registerNode(U64MAX, "op", R1, ch.n2), ch.gov)
+    assert ch.reverts("NodeExists", f.registerNode(1, "op-a", R1, ch.n1, ZERO),
+                      ch.gov) == {"nodeId": 1}
+    ch.reverts("InvalidNode", f.registerNode(2, "op", R1, ZERO, ZERO), ch.gov)
+    ch.reverts("InvalidNode", f.registerNode(0, "op", R1, ch.n2, ZERO), ch.gov)
+    ch.reverts("InvalidNode", f.registerNode(U64MAX, "op", R1, ch.n2, ZERO), ch.gov)
 
 
 def test_links_governance_only_undirected_idempotent(ch):
@@ -174,7 +177,7 @@ def test_register_sla_governance_only(ch):
         {"slaId": 7, "tenant": "tenant-a", "tenantAccount": ch.tenant}]
     exists, got = f.getSLA(7).call()
     assert exists and tuple(got) == (7, "tenant-a", ch.tenant, b"\x0a" * 16, b"\x0b" * 16,
-                                     [1, 2, 3], 1000, 5000, 2000, 7, 0, U64MAX, '{"k":1}')
+                                     [1, 2, 3], 1000, 5000, 2000, 7, 0, U64MAX, '{"k":1}', 0)
     assert f.getSLA(8).call()[0] is False
     assert f.slaIds().call() == [7]
     ch.reverts("SLAExists", f.registerSLA(terms), ch.gov)

@@ -571,7 +571,7 @@ class EvmLedger:
                                      "value": 10 ** 20})
         gov, art = self.keys["gov"], artifact()
         tx = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"]).constructor(
-            "sha3-256").build_transaction({"from": gov.address, "nonce": 0,
+            "sha3-256", [gov.address], [bytes(32)], 1, 7 * 86400, 14 * 86400).build_transaction({"from": gov.address, "nonce": 0,
                                            "chainId": w3.eth.chain_id,
                                            "gasPrice": w3.eth.gas_price})
         h = w3.eth.send_raw_transaction(gov.sign_transaction(tx).raw_transaction)
