@@ -35,6 +35,7 @@ from .types import (ACTS, DEFAULT_NOTICE_S, DEFAULT_TTL_S, DISPUTE_STATES, SLA, 
 
 ARTIFACT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "contracts", "Beat.json")
 ZERO_ADDRESS = "0x" + "00" * 20
+LOG_WINDOW = 2000          # blocks per eth_getLogs request (the EthereumJS client refuses > 2,500)
 LINK_ACTIVE, LINK_RETIRED = 1, 2        # the contract's linkState
 # the contract's ACT_* codes (1-based, in types.ACTS order) and their argument types
 ACT_CODES = {name: i + 1 for i, name in enumerate(ACTS)}
@@ -538,12 +539,27 @@ class EthereumLedger:
         return "anchored" if events else "exists"
 
     def _anchor_ref(self, node_id, batch_seq, block):
-        logs = self.contract.events.Anchored.get_logs(
-            from_block=block, to_block=block,
-            argument_filters={"nodeId": node_id, "batchSeq": batch_seq})
+        logs = self._anchored_logs(block, block, {"nodeId": node_id, "batchSeq": batch_seq})
         if logs:
             return f"0x{bytes(logs[0]['transactionHash']).hex()}@{block}"
         return f"@{block}"
+
+    def _anchored_logs(self, from_block, to_block, filters):
+        """The ``Anchored`` events of blocks ``from_block..to_block`` matching ``filters``,
+        asked in windows of ``LOG_WINDOW`` blocks (a node may refuse a longer range: the
+        EthereumJS client above 2,500) and checked here again: a node's filter is not trusted
+        (the EthereumJS client used to ignore every topic after the first) and a log marked
+        ``removed`` (its block reorganised away) is dropped."""
+        out = []
+        start = from_block
+        while start <= to_block:
+            end = min(to_block, start + LOG_WINDOW - 1)
+            logs = self.contract.events.Anchored.get_logs(from_block=start, to_block=end,
+                                                          argument_filters=filters or None)
+            out += [log for log in logs if not log.get("removed", False)
+                    and all(log["args"][k] == v for k, v in filters.items())]
+            start = end + 1
+        return out
 
     def _read_block(self, op):
         """The block reads are made at: the head, or ``confirmations`` blocks below it (only what
@@ -572,18 +588,32 @@ class EthereumLedger:
         self._ensure(op)
         filters = {"nodeId": node_id} if node_id is not None else {}
         to_block = self._read_block(op)
-        if to_block != "latest" and to_block < self._deployed_at:
+        if to_block == "latest":
+            to_block = self._rpc(op, lambda: self.w3.eth.block_number)
+        if to_block < self._deployed_at:
             return []
-        logs = self._rpc(op, lambda: self.contract.events.Anchored.get_logs(
-            from_block=self._deployed_at, to_block=to_block, argument_filters=filters))
-        out = []
+        logs = self._rpc(op, lambda: self._anchored_logs(self._deployed_at, to_block, filters))
+        by_key = {}
         for log in logs:
             e = log["args"]
             if e["batchSeq"] < from_seq:
                 continue
             ref = f"0x{bytes(log['transactionHash']).hex()}@{log['blockNumber']}"
-            out.append(Anchor(e["nodeId"], e["batchSeq"], e["treeSize"], bytes(e["root"]),
-                              e["firstTNs"], e["lastTNs"], ref))
+            a = Anchor(e["nodeId"], e["batchSeq"], e["treeSize"], bytes(e["root"]),
+                       e["firstTNs"], e["lastTNs"], ref)
+            by_key.setdefault((a.node_id, a.batch_seq), []).append(a)
+        out = []
+        for (nid, seq), found in by_key.items():
+            if len(found) > 1:
+                # the contract emits one Anchored per (node_id, batch_seq): two logs for one key
+                # come from a node showing blocks off its canonical chain; the contract's state
+                # at the same block decides which one holds
+                held = self._rpc(op, lambda: self.contract.functions.getAnchor(nid, seq).call(
+                    block_identifier=to_block))
+                found = [a for a in found if held[0] and (a.tree_size, a.root, a.first_t_ns,
+                                                          a.last_t_ns) ==
+                         (held[1], bytes(held[2]), held[3], held[4])][:1]
+            out += found
         out.sort(key=lambda a: (a.node_id, a.batch_seq))
         return out
 

@@ -38,6 +38,8 @@ DEFAULT_CHAIN_ID = 4242
 DEFAULT_PERIOD = 1               # Clique's block period, whole seconds
 DEFAULT_RPC_PORT = 8545
 DEFAULT_P2P_PORT = 30303
+# what the client logs when a block its chain database should hold is not there
+DAMAGE_MARKERS = ("not found in DB", "Missing node in DB")
 
 
 def _address(account):
@@ -106,6 +108,7 @@ class PoaNode(DevNode):
         self.settle_ms = int(settle_ms)
         self.out_of_turn_min_ms = int(out_of_turn_min_ms)
         self.name = name or os.path.basename(self.db_path)
+        self.resyncs = 0          # times the node was started again from a fresh database
 
     @property
     def enode(self):
@@ -137,6 +140,7 @@ class PoaNode(DevNode):
     def _popen_env(self):
         env = dict(os.environ)
         env.update({"BEAT_POA_NODEKEY": self.node_key,
+                    "BEAT_POA_NODEID": node_key_enode_id(self.node_key),
                     "BEAT_POA_PEERS": ",".join(self.peers),
                     "BEAT_POA_SEAL_PEERS": str(self.seal_peers),
                     "BEAT_POA_SETTLE_MS": str(self.settle_ms),
@@ -215,6 +219,98 @@ except Exception:
     def restart(self, timeout=60):
         self.stop()
         return self.start(timeout=timeout)
+
+    # -- a damaged chain database ----------------------------------------------------------
+    @property
+    def chain_dir(self):
+        """The client's databases (chain, state, meta): ``<db_path>/beat-poa``."""
+        return os.path.join(self.db_path, CHAIN_NAME)
+
+    def _this_run(self):
+        """The log lines since the last start (the launcher's ``--- devnode start`` line)."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                lines = f.readlines()
+        except OSError:
+            return []
+        for i in range(len(lines) - 1, -1, -1):
+            if lines[i].startswith("--- devnode start"):
+                return lines[i + 1:]
+        return lines
+
+    def damage_seen(self):
+        """The log lines of this run that show a damaged chain database: the node could not
+        store blocks (a branch or a new block) because a block its database should hold is
+        missing ("... not found in DB"), as after a SIGKILL that cut a write short."""
+        return [line.rstrip() for line in self._this_run()
+                if "BEAT:" in line and ("not stored" in line or "fetching the branch" in line)
+                and any(m in line for m in DAMAGE_MARKERS)]
+
+    def resync(self, timeout=90, why="its chain database is damaged"):
+        """What an operator does with a node whose chain database is damaged: stop it, move the
+        database aside (``<db_path>/beat-poa.damaged-<time>``, kept for a look, never read
+        again) and start it from the genesis with the same node key (the same enode: its peers
+        know it) and the same sealer key; it then syncs the chain from its peers (a sealer seals
+        again once it has caught up: the launcher's gate). Returns the URL."""
+        self.stop()
+        moved = None
+        if os.path.isdir(self.chain_dir):
+            moved = f"{self.chain_dir}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{self.resyncs}"
+            os.rename(self.chain_dir, moved)
+        self.resyncs += 1
+        try:
+            with open(self.log_path, "a") as f:
+                f.write(f"--- beat: node {self.name}: {why}; chain database moved to {moved}; "
+                        f"syncing again from the peers with the same keys\n")
+        except OSError:
+            pass
+        return DevNode.start(self, timeout=timeout)
+
+    def start(self, timeout=60):
+        """Start the node on its chain database; if the client exits at start while a database
+        is there (it could not open it), ``resync`` (once) and start from its peers instead.
+        Returns the URL."""
+        try:
+            return super().start(timeout=timeout)
+        except DevNodeError as exc:
+            if "exited at start" not in str(exc) or not os.path.isdir(self.chain_dir) \
+                    or not self.peers:
+                raise
+            return self.resync(timeout=timeout, why=f"the client exited at start ({exc})"
+                               .replace("\n", " ")[:400])
+
+    def catch_up(self, target, timeout=90, stall_s=20.0, heads=None):
+        """Wait until this node's head is at ``target`` or more. When the node shows a damaged
+        chain database (``damage_seen``) while behind, or its head has not moved for
+        ``stall_s`` while behind, ``resync`` it (once) and wait again. DevNodeError after
+        ``timeout``. Returns the head (number, hash)."""
+        deadline = time.monotonic() + timeout
+        resynced = False
+        last, moved_at = None, time.monotonic()
+        while True:
+            if not self.running:
+                raise DevNodeError(f"node {self.name} exited while catching up; last lines of "
+                                   f"{self.log_path}:\n{self.log_tail()}")
+            h = self.head()
+            if h is not None and h[0] >= target:
+                return h
+            now = time.monotonic()
+            if h != last:
+                last, moved_at = h, now
+            if not resynced and self.peers:
+                damage = self.damage_seen()
+                if damage or now - moved_at >= stall_s:
+                    why = (f"its chain database is damaged ({damage[-1][-200:]})" if damage
+                           else f"its head {h} stayed behind block {target} for {stall_s:g}s")
+                    self.resync(timeout=max(10.0, deadline - now), why=why)
+                    resynced = True
+                    last, moved_at = None, time.monotonic()
+                    continue
+            if now >= deadline:
+                raise DevNodeError(f"node {self.name} did not catch up to block {target} within "
+                                   f"{timeout}s (head {h}); last lines of {self.log_path}:\n"
+                                   f"{self.log_tail()}")
+            time.sleep(0.25)
 
 
 @dataclasses.dataclass
@@ -339,15 +435,19 @@ class PoaNetwork:
                                    f"{timeout}s: heads {heads}; logs in {self.base_dir}")
             time.sleep(0.25)
 
-    def start_node(self, name, timeout=90):
+    def start_node(self, name, timeout=90, stall_s=20.0):
         """Start (or restart) one node and wait until it has caught up: its head at least where
         the other running nodes' heads were when it started (its JSON-RPC answers before that,
-        from a stale state)."""
+        from a stale state). A node whose chain database turns out damaged (after a SIGKILL:
+        it cannot store the blocks it fetches, or never moves) is started again from a fresh
+        database with its keys and syncs from its peers (``PoaNode.catch_up``)."""
         node = self.nodes[name]
         others = [n for n in self.nodes.values() if n is not node and n.running]
         target = max([h[0] for h in (n.head() for n in others) if h] or [0])
+        t0 = time.monotonic()
         node.start(timeout=timeout)
-        self.wait_height(target, timeout=timeout, nodes=[name])
+        node.catch_up(target, timeout=max(10.0, timeout - (time.monotonic() - t0)),
+                      stall_s=stall_s)
         return node
 
     def heads(self):

@@ -3,7 +3,8 @@
 // arguments), with these changes made before it starts (ledger_client/poa_network.py runs it;
 // docs/ledger.md, "A network of ledger nodes", says why each is needed):
 //  - BEAT_POA_NODEKEY: the node's devp2p key (hex), so that its enode is known before it starts;
-//  - BEAT_POA_PEERS: static peers (enode URLs), dialled every 2 s while not connected, never banned;
+//  - BEAT_POA_PEERS: static peers (enode URLs), dialled every second while not connected (the
+//    node with the higher id, BEAT_POA_NODEID, lets the other dial first), never banned;
 //  - BEAT_POA_SEAL_PEERS / BEAT_POA_SETTLE_MS: a sealer starts sealing only once it has that many
 //    peers and has had that long to catch up (a restarted sealer does not seal on a stale head);
 //    the first block's time then follows the head's timestamp, as on every other sealer;
@@ -13,6 +14,7 @@
 //  - contract code runs at all on a Clique chain (the EVM gets the Clique signer function it
 //    requires), and eth_estimateGas works there (its scratch block has no extraData);
 //  - transactions go whole to every peer (announcements by hash did not reach the sealers);
+//  - eth_getLogs filters on every topic given (it checked the first one only);
 //  - new blocks go whole to every peer, a block whose parent is known is put into the blockchain
 //    even off the head (the most difficulty wins: a reorganisation), a block whose parent is not
 //    known makes the node fetch the missing branch by hash, and every node offers its head to its
@@ -28,6 +30,7 @@ const { RlpxServer } = await import(new URL('src/net/server/rlpxserver.js', base
 const { PeerPool } = await import(new URL('src/net/peerpool.js', base))
 const { VMExecution } = await import(new URL('src/execution/vmexecution.js', base))
 const { TxPool } = await import(new URL('src/service/txpool.js', base))
+const { ReceiptsManager } = await import(new URL('src/execution/receipt.js', base))
 const env = process.env
 // eth_estimateGas runs the transaction in a scratch block whose header has no extraData, which a
 // Clique chain's header check refuses ("extraData must be 97 bytes"): every estimate failed.
@@ -48,6 +51,39 @@ const origFormat = BlockHeader.prototype._consensusFormatValidation
 BlockHeader.prototype._consensusFormatValidation = function () {
   if (this.extraData.length === 0 && this.common.consensusAlgorithm() === 'clique') return
   return origFormat.call(this)
+}
+// eth_getLogs checked only a filter's first topic (its loop returns after one): a filter on an
+// indexed argument (Anchored's nodeId, batchSeq) returned every event of the kind, so a device's
+// anchors came back with every other device's. Each given topic position is checked here; the
+// rest of the method (canonical blocks by number, limits) is the client's.
+ReceiptsManager.prototype.getLogs = async function (from, to, addresses, topics = []) {
+  const matches = (logTopics) => topics.every((t, i) => {
+    if (t === null || t === undefined) return true
+    const got = logTopics[i]
+    if (got === undefined) return false
+    return Array.isArray(t) ? (t.length === 0 || t.some((x) => equalsBytes(x, got))) : equalsBytes(t, got)
+  })
+  const out = []
+  let size = 0
+  for (let i = from.header.number; i <= to.header.number; i++) {
+    const block = await this.chain.getBlock(i)
+    const receipts = await this.getReceipts(block.hash())
+    if (receipts.length === 0) continue
+    const logs = []
+    let logIndex = 0
+    for (const [receiptIndex, receipt] of receipts.entries()) {
+      for (const log of receipt.logs) {
+        const entry = { log, block, tx: block.transactions[receiptIndex], txIndex: receiptIndex, logIndex: logIndex++ }
+        if (addresses && addresses.length > 0 && !addresses.some((a) => equalsBytes(a, log[0]))) continue
+        if (!matches(log[1])) continue
+        logs.push(entry)
+      }
+    }
+    out.push(...logs)
+    size += logs.reduce((n, l) => n + l.log[2].length + 32 * l.log[1].length + 200, 0)
+    if (out.length >= this.GET_LOGS_LIMIT || size >= this.GET_LOGS_LIMIT_MEGABYTES * 1048576) break
+  }
+  return out
 }
 if (env.BEAT_POA_NODEKEY) {
   const key = hexToBytes('0x' + env.BEAT_POA_NODEKEY.replace(/^0x/, ''))
@@ -250,7 +286,7 @@ TxPool.prototype.handleAnnouncedTxs = async function (txs, peer, peerPool) {
   }
   this.sendTransactions(added, peerPool.peers)
 }
-// Static peers (BEAT_POA_PEERS: enode URLs, comma-separated): dialled every 2 s while not
+// Static peers (BEAT_POA_PEERS: enode URLs, comma-separated): dialled every second while not
 // connected (also after they restart), never banned (a private network of known operators: a
 // fetch that failed during a fork must not cut a sealer off the only peer it has).
 const statics = (env.BEAT_POA_PEERS ?? '').split(',').filter((u) => u.startsWith('enode://')).map((u) => {
@@ -259,21 +295,30 @@ const statics = (env.BEAT_POA_PEERS ?? '').split(',').filter((u) => u.startsWith
   return { idHex: m[1].toLowerCase(), id: hexToBytes('0x' + m[1]), address: m[2], tcpPort: Number(m[3]) }
 })
 const staticIds = new Set(statics.map((p) => p.idHex))
+const ownId = (env.BEAT_POA_NODEID ?? '').replace(/^0x/, '').toLowerCase()
 const origServerStart = RlpxServer.prototype.start
 RlpxServer.prototype.start = async function () {
   const started = await origServerStart.call(this)
   const server = this
   if (statics.length > 0) {
+    // Two nodes dialling each other at once both drop one connection as a duplicate, and the
+    // drop removes the peer kept by the other (devp2p keys both by the node id): they churned for
+    // half a minute before holding one. So the node with the higher id lets the lower one dial
+    // first, and dials itself only when no connection came within 4 s.
+    const since = new Map()
     const dial = () => {
       const rlpx = server.rlpx
       if (!rlpx || !server.started) return
+      const now = Date.now()
       for (const p of statics) {
-        if (rlpx._peers.has(p.idHex)) continue
+        if (rlpx._peers.has(p.idHex)) { since.delete(p.idHex); continue }
+        if (!since.has(p.idHex)) since.set(p.idHex, now)
+        if (ownId !== '' && ownId > p.idHex && now - since.get(p.idHex) < 4000) continue
         rlpx.connect({ id: p.id, address: p.address, tcpPort: p.tcpPort }).catch(() => {})
       }
     }
     setTimeout(dial, 200)
-    setInterval(dial, 2000).unref()
+    setInterval(dial, 1000).unref()
   }
   return started
 }
