@@ -190,6 +190,27 @@ class Account:
 _NOT_READY = ("not found in db", "state trie does not contain state root")
 
 
+class _Provider(HTTPProvider):
+    """JSON-RPC over HTTP, asking again (up to ``NOT_READY_TRIES`` times, 0.2 s apart) when the
+    node answers that it is not ready (``_NOT_READY``: the EthereumJS client answers so for a
+    moment after each new block, while it executes it). A request it refused that way did
+    nothing (no transaction was taken), so asking again is safe. Still not ready after that:
+    the error goes to the caller (``Unavailable``)."""
+
+    NOT_READY_TRIES = 8
+
+    def make_request(self, method, params):
+        import time
+        for attempt in range(self.NOT_READY_TRIES):
+            response = super().make_request(method, params)
+            err = response.get("error") if isinstance(response, dict) else None
+            msg = str(err.get("message", "")).lower() if isinstance(err, dict) else ""
+            if not any(m in msg for m in _NOT_READY) or attempt == self.NOT_READY_TRIES - 1:
+                return response
+            time.sleep(0.2)
+        return response
+
+
 def _is_connection_error(exc):
     if isinstance(exc, Web3RPCError) and any(m in str(exc).lower() for m in _NOT_READY):
         return True
@@ -215,7 +236,7 @@ class EthereumLedger:
         self.poll_latency = poll_latency
         self.gas_margin = gas_margin
         # No retries inside web3: the outbox retries, and an unreachable node must fail fast.
-        self.w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": self.timeout},
+        self.w3 = Web3(_Provider(url, request_kwargs={"timeout": self.timeout},
                                     exception_retry_configuration=None))
         self.w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
         self.address = to_checksum_address(contract_address)
@@ -408,7 +429,7 @@ class EthereumLedger:
             if m.account is None:
                 raise ValueError("deploy: every committee member needs an account")
         art = artifact()
-        w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": float(timeout)},
+        w3 = Web3(_Provider(url, request_kwargs={"timeout": float(timeout)},
                                exception_retry_configuration=None))
         w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
         op = f"deploy by {governance_account.address}"

@@ -141,6 +141,7 @@ class PoaNode(DevNode):
         env = dict(os.environ)
         env.update({"BEAT_POA_NODEKEY": self.node_key,
                     "BEAT_POA_NODEID": node_key_enode_id(self.node_key),
+                    "BEAT_POA_LISTEN": self.host,
                     "BEAT_POA_PEERS": ",".join(self.peers),
                     "BEAT_POA_SEAL_PEERS": str(self.seal_peers),
                     "BEAT_POA_SETTLE_MS": str(self.settle_ms),

@@ -3,6 +3,7 @@
 // arguments), with these changes made before it starts (ledger_client/poa_network.py runs it;
 // docs/ledger.md, "A network of ledger nodes", says why each is needed):
 //  - BEAT_POA_NODEKEY: the node's devp2p key (hex), so that its enode is known before it starts;
+//  - BEAT_POA_LISTEN: the one address it listens on for peers (the client's is 0.0.0.0);
 //  - BEAT_POA_PEERS: static peers (enode URLs), dialled every second while not connected (the
 //    node with the higher id, BEAT_POA_NODEID, lets the other dial first), never banned;
 //  - BEAT_POA_SEAL_PEERS / BEAT_POA_SETTLE_MS: a sealer starts sealing only once it has that many
@@ -22,6 +23,7 @@
 // Unchanged: Clique itself (in-turn/out-of-turn, the signer limit, the seal), the EVM, JSON-RPC.
 import { bytesToHex, createZeroAddress, equalsBytes, hexToBytes } from '@ethereumjs/util'
 import { BlockHeader, cliqueSigner, createBlockFromBytesArray } from '@ethereumjs/block'
+import { RLPx } from '@ethereumjs/devp2p'
 const base = new URL('./node_modules/@ethereumjs/client/dist/esm/', import.meta.url)
 const { Config } = await import(new URL('src/config.js', base))
 const { Miner } = await import(new URL('src/miner/miner.js', base))
@@ -84,6 +86,14 @@ ReceiptsManager.prototype.getLogs = async function (from, to, addresses, topics 
     if (out.length >= this.GET_LOGS_LIMIT || size >= this.GET_LOGS_LIMIT_MEGABYTES * 1048576) break
   }
   return out
+}
+// The client listens for peers on every address (0.0.0.0): BEAT_POA_LISTEN binds it to one (in
+// the lab, the router's management address: nothing on the tenant's links reaches the node).
+if (env.BEAT_POA_LISTEN) {
+  const origListen = RLPx.prototype.listen
+  RLPx.prototype.listen = function (port, _host, ...rest) {
+    return origListen.call(this, port, env.BEAT_POA_LISTEN, ...rest)
+  }
 }
 if (env.BEAT_POA_NODEKEY) {
   const key = hexToBytes('0x' + env.BEAT_POA_NODEKEY.replace(/^0x/, ''))
