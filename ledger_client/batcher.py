@@ -30,8 +30,9 @@ blocks deep) marks it anchored; ``"sent"`` waits (the next batches are sent mean
 ``"missing"`` (reorganised away, or its transaction dropped) sends it again (``resent`` counts
 them; the contract keeps one anchor per (node_id, batch_seq), "exists" counts as sent). With 0
 confirmations (ganache, QBFT, ``local``) an anchor is confirmed as soon as the backend takes it,
-as before. The sent state is kept in memory: after a restart the pending anchors are submitted
-again, come back "exists" and wait for their depth again.
+as before, once the contract's state shows it (a backend with ``anchor_state``: the receipt of
+the node alone does not count). The sent state is kept in memory: after a restart the pending
+anchors are submitted again, come back "exists" and wait for their depth again.
 
 Restart-safe: all state is in the store (``anchors``, ``leaf_proofs``: the batches' levels); a new Batcher on the same
 store continues with the next batch_seq and the next leaf, and resubmits the pending anchors (an
@@ -199,9 +200,27 @@ class Batcher:
                                                  f"backend answered {result!r}")
                 log.error("node %d: submission stopped: %s", self.node_id, self.last_error)
                 break
+            self.anchors_submitted += 1
+            if self.confirmations == 0 and hasattr(self.backend, "anchor_state"):
+                # the node said "anchored"/"exists": done only when the contract's state shows
+                # it (a node that claims a receipt for a transaction it withheld is not believed)
+                try:
+                    state = self.backend.anchor_state(a)
+                except Unavailable as exc:
+                    self._backoff(rec, exc)
+                    break
+                except LedgerError as exc:
+                    self.last_error = self.halted = (f"anchor {self.node_id}/{rec.batch_seq}: "
+                                                     f"{type(exc).__name__}: {exc}")
+                    log.error("node %d: submission stopped: %s", self.node_id, self.last_error)
+                    break
+                if state != "confirmed":
+                    self._backoff(rec, Unavailable(
+                        f"the ledger's node answered {result!r} but the contract does not hold "
+                        f"the anchor ({state}): sending it again later"))
+                    break
             self._failures = 0
             self._next_try = 0.0
-            self.anchors_submitted += 1
             if self.confirmations > 0:
                 waiting = True
                 self._sent[rec.batch_seq] = self.clock.time()
