@@ -109,6 +109,7 @@ class PoaNode(DevNode):
         self.out_of_turn_min_ms = int(out_of_turn_min_ms)
         self.name = name or os.path.basename(self.db_path)
         self.resyncs = 0          # times the node was started again from a fresh database
+        self.fresh = False        # this run started from a fresh database (resync)
 
     @property
     def enode(self):
@@ -259,6 +260,7 @@ except Exception:
             moved = f"{self.chain_dir}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{self.resyncs}"
             os.rename(self.chain_dir, moved)
         self.resyncs += 1
+        self.fresh = True
         try:
             with open(self.log_path, "a") as f:
                 f.write(f"--- beat: node {self.name}: {why}; chain database moved to {moved}; "
@@ -271,6 +273,8 @@ except Exception:
         """Start the node on its chain database; if the client exits at start while a database
         is there (it could not open it), ``resync`` (once) and start from its peers instead.
         Returns the URL."""
+        if not self.running:
+            self.fresh = False            # set by resync: this start began a fresh database
         try:
             return super().start(timeout=timeout)
         except DevNodeError as exc:
@@ -280,13 +284,14 @@ except Exception:
             return self.resync(timeout=timeout, why=f"the client exited at start ({exc})"
                                .replace("\n", " ")[:400])
 
-    def catch_up(self, target, timeout=90, stall_s=20.0, heads=None):
+    def catch_up(self, target, timeout=90, stall_s=20.0):
         """Wait until this node's head is at ``target`` or more. When the node shows a damaged
         chain database (``damage_seen``) while behind, or its head has not moved for
-        ``stall_s`` while behind, ``resync`` it (once) and wait again. DevNodeError after
-        ``timeout``. Returns the head (number, hash)."""
+        ``stall_s`` while behind, ``resync`` it (once per start; never a node that started from
+        a fresh database already) and wait again. DevNodeError after ``timeout``. Returns the
+        head (number, hash)."""
         deadline = time.monotonic() + timeout
-        resynced = False
+        resynced = self.fresh             # a fresh database already: nothing more to move aside
         last, moved_at = None, time.monotonic()
         while True:
             if not self.running:

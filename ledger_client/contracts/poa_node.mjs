@@ -10,6 +10,10 @@
 //    peers and has had that long to catch up (a restarted sealer does not seal on a stale head);
 //    the first block's time then follows the head's timestamp, as on every other sealer;
 //  - a sealer builds on the head only once its state is executed (else the client exited);
+//  - an answer to a header or body request is checked against what was asked (a late answer to
+//    a request that timed out was taken for the next one: "value for 0x.. not found in DB");
+//  - a block whose execution failed is executed again on cleared state caches (a reorganisation
+//    left the losing branch's state in them: the node stopped executing for good);
 //  - BEAT_POA_OUT_OF_TURN_MIN_MS: an out-of-turn sealer waits that much more than EIP-225's random
 //    delay, so that the in-turn block reaches it first;
 //  - contract code runs at all on a Clique chain (the EVM gets the Clique signer function it
@@ -20,6 +24,7 @@
 //    even off the head (the most difficulty wins: a reorganisation), a block whose parent is not
 //    known makes the node fetch the missing branch by hash, and every node offers its head to its
 //    peers every 2 s (after a partition no sealer may be allowed to seal: the heads still meet).
+// BEAT_POA_DEBUG=1 logs the branches it puts and the stack of a failed fetch.
 // Unchanged: Clique itself (in-turn/out-of-turn, the signer limit, the seal), the EVM, JSON-RPC.
 import { bytesToHex, createZeroAddress, equalsBytes, hexToBytes } from '@ethereumjs/util'
 import { BlockHeader, cliqueSigner, createBlockFromBytesArray } from '@ethereumjs/block'
@@ -46,6 +51,35 @@ VMExecution.prototype.setupMerkleVM = async function () {
   const opts = this.merkleVM?.evm?._optsCached
   if (opts !== undefined && opts.cliqueSigner === undefined) {
     opts.cliqueSigner = (header) => header.extraData.length >= 97 ? cliqueSigner(header) : createZeroAddress()
+  }
+  return r
+}
+// After a reorganisation a sealer could not execute the winning block: "the tx doesn't have the
+// correct nonce. account has nonce of: 1 tx has nonce of: 0" -- the transaction was in the block
+// it had sealed itself on the losing branch, the account state of that block was still in the
+// execution's state cache (the miner's copy of the VM shares it), and the execution, finding
+// the state root of the parent unchanged, did not clear it. The block was then held invalid and
+// the node never executed another one (its JSON-RPC answered "State trie does not contain state
+// root" for good). When an execution fails, the caches are cleared and the execution runs again
+// (at most 5 times for one block: a block that fails on a clean state stays invalid).
+const origRun = VMExecution.prototype.run
+VMExecution.prototype.run = async function (...args) {
+  if (this._beatRetry !== undefined) {
+    this.vm?.stateManager?.clearCaches?.()
+  }
+  const r = await origRun.apply(this, args)
+  const st = this.chainStatus
+  if (st !== null && st !== undefined && st.status === 'INVALID') {
+    const key = bytesToHex(st.hash)
+    const n = this._beatRetry?.key === key ? this._beatRetry.n + 1 : 1
+    if (n <= 5) {
+      this._beatRetry = { key, n }
+      this.chainStatus = null
+      this.config.logger?.warn(`BEAT: execution of block ${st.height} failed: state caches cleared, executing it again (${n}/5)`)
+      setTimeout(() => { void this.run(true).catch(() => {}) }, 200 * n)
+    }
+  } else if (this._beatRetry !== undefined && r !== 0) {
+    this._beatRetry = undefined
   }
   return r
 }
@@ -206,43 +240,109 @@ FullSynchronizer.prototype.handleNewBlock = async function (block, peer) {
 const known = async (sync, hash) => {
   try { await sync.chain.blockchain.getBlock(hash); return true } catch { return false }
 }
-// The ancestors of `block` that we lack, up to 128 back, asked from `peer` by hash, then the
-// whole branch put into the blockchain (which keeps it if it carries more difficulty).
+// The ancestors of `block` that we lack, asked from `peer`, then the whole branch put into the
+// blockchain (which keeps it if it carries more difficulty). A short gap (a sibling branch) is
+// walked back one header at a time by hash (the client answers a reverse request by hash with
+// the first header only), up to 128; a long one (a node far behind: restarted, or resynced from
+// a fresh database) is asked by number, 128 headers a request, from a little below our head.
+// The client matches an answer to the oldest request of its kind still waiting, so the late
+// answer to a request that timed out (a loaded machine) is taken as the answer to the next one:
+// a request for header 31 got header 1. Every answer is checked against what was asked (and
+// asked again, 3 times at most).
+async function headerByHash(peer, hash) {
+  for (let i = 0; i < 3; i++) {
+    const got = await peer.eth.getBlockHeaders({ block: hash, max: 1 })
+    const h = (Array.isArray(got) ? got[1] : []).find((x) => equalsBytes(x.hash(), hash))
+    if (h !== undefined) return h
+  }
+  return undefined
+}
+async function headersByNumber(peer, from, max) {
+  for (let i = 0; i < 3; i++) {
+    const got = await peer.eth.getBlockHeaders({ block: from, max })
+    const hs = Array.isArray(got) ? got[1] : []
+    if (hs.length > 0 && hs.every((h, j) => h.number === from + BigInt(j))) return hs
+  }
+  return []
+}
+async function headersBack(sync, block, peer) {
+  const branch = []
+  let hash = block.header.parentHash
+  for (let i = 0; i < 128; i++) {
+    const h = await headerByHash(peer, hash)
+    if (h === undefined) return undefined
+    branch.push(h)
+    if (await known(sync, h.parentHash)) return branch.reverse()
+    hash = h.parentHash
+  }
+  return undefined
+}
+async function headersForward(sync, block, peer) {
+  const ours = sync.chain.headers.height
+  let from = ours > 8n ? ours - 8n : 1n
+  const all = []
+  while (from < block.header.number) {
+    const left = block.header.number - from
+    const hs = await headersByNumber(peer, from, Number(left < 128n ? left : 128n))
+    if (hs.length === 0) return undefined
+    all.push(...hs)
+    from += BigInt(hs.length)
+  }
+  // from the first header whose parent we hold, each the parent of the next, up to the block
+  let start = -1
+  for (let i = 0; i < all.length; i++) {
+    if (await known(sync, all[i].parentHash)) { start = i; break }
+  }
+  if (start < 0) return undefined
+  const branch = all.slice(start)
+  for (let i = 1; i < branch.length; i++) {
+    if (!equalsBytes(branch[i].parentHash, branch[i - 1].hash())) return undefined
+  }
+  if (branch.length === 0 || !equalsBytes(branch[branch.length - 1].hash(), block.header.parentHash)) return undefined
+  return branch
+}
 async function fetchBranch(sync, block, peer) {
   if (sync._beatFetching === true || peer.eth === undefined) return
   sync._beatFetching = true
   try {
-    // one header at a time, by hash, back to one whose parent we hold (the client answers a
-    // reverse request by hash with the first header only)
-    const branch = []
-    let joined = false
-    let hash = block.header.parentHash
-    for (let i = 0; i < 128; i++) {
-      const got = await peer.eth.getBlockHeaders({ block: hash, max: 1 })
-      const h = Array.isArray(got) ? got[1][0] : undefined
-      if (h === undefined) break
-      branch.push(h)
-      if (await known(sync, h.parentHash)) { joined = true; break }
-      hash = h.parentHash
-    }
-    if (!joined) {
-      sync.config.logger?.warn(`BEAT: block ${block.header.number} from ${peer.id.slice(0, 8)}: no common ancestor within ${branch.length} blocks`)
+    let branch
+    if (block.header.number - sync.chain.headers.height > 8n) branch = await headersForward(sync, block, peer)
+    if (branch === undefined) branch = await headersBack(sync, block, peer)
+    if (branch === undefined) {
+      sync.config.logger?.warn(`BEAT: block ${block.header.number} from ${peer.id.slice(0, 8)}: no common ancestor found`)
       return
     }
-    branch.reverse()
-    const bodies = await peer.eth.getBlockBodies({ hashes: branch.map((h) => h.hash()) })
-    if (!Array.isArray(bodies) || bodies[1].length !== branch.length) return
-    const blocks = branch.map((h, i) => {
-      const [txs, uncles, withdrawals] = bodies[1][i]
-      const values = [h.raw(), txs, uncles]
-      if (withdrawals !== undefined) values.push(withdrawals)
-      return createBlockFromBytesArray(values, { common: h.common })
-    })
+    const blocks = []
+    for (let i = 0; i < branch.length; i += 64) {
+      const part = branch.slice(i, i + 64)
+      let made
+      for (let attempt = 0; attempt < 3 && made === undefined; attempt++) {
+        const bodies = await peer.eth.getBlockBodies({ hashes: part.map((h) => h.hash()) })
+        if (!Array.isArray(bodies) || bodies[1].length !== part.length) continue
+        try {
+          made = []
+          for (const [j, h] of part.entries()) {
+            const [txs, uncles, withdrawals] = bodies[1][j]
+            const values = [h.raw(), txs, uncles]
+            if (withdrawals !== undefined) values.push(withdrawals)
+            const b = createBlockFromBytesArray(values, { common: h.common })
+            if (!(await b.transactionsTrieIsValid())) throw new Error('a body that is not this block\'s')
+            made.push(b)
+          }
+        } catch (err) {
+          made = undefined      // an answer to another request: ask again
+        }
+      }
+      if (made === undefined) return
+      blocks.push(...made)
+    }
     blocks.push(block)
+    if (process.env.BEAT_POA_DEBUG) sync.config.logger?.warn(`BEAT: putting ${blocks.map((b) => `${b.header.number}:${bytesToHex(b.hash()).slice(0, 8)}<${bytesToHex(b.header.parentHash).slice(0, 8)}`).join(' ')} finalized=${sync.chain.headers.finalized?.number} height=${sync.chain.headers.height}`)
     await sync.chain.putBlocks(blocks)
     sync.config.logger?.info(`BEAT: fetched a branch of ${blocks.length} block(s) up to ${block.header.number} from ${peer.id.slice(0, 8)}; head ${sync.chain.headers.height}`)
   } catch (err) {
     sync.config.logger?.warn(`BEAT: fetching the branch of block ${block.header.number}: ${err}`)
+    if (process.env.BEAT_POA_DEBUG) sync.config.logger?.warn(`BEAT: ${err.stack}`)
   } finally {
     sync._beatFetching = false
   }
