@@ -10,8 +10,9 @@
 //    peers and has had that long to catch up (a restarted sealer does not seal on a stale head);
 //    the first block's time then follows the head's timestamp, as on every other sealer;
 //  - a sealer builds on the head only once its state is executed (else the client exited);
-//  - an answer to a header or body request is checked against what was asked (a late answer to
-//    a request that timed out was taken for the next one: "value for 0x.. not found in DB");
+//  - the branch fetch asks headers and bodies with its own request ids and takes only the answers
+//    that carry them, checked against what was asked (the client took the late answer to a
+//    request that timed out for the next one: "value for 0x.. not found in DB");
 //  - a block whose execution failed is executed again on cleared state caches (a reorganisation
 //    left the losing branch's state in them: the node stopped executing for good);
 //  - BEAT_POA_OUT_OF_TURN_MIN_MS: an out-of-turn sealer waits that much more than EIP-225's random
@@ -38,6 +39,7 @@ const { PeerPool } = await import(new URL('src/net/peerpool.js', base))
 const { VMExecution } = await import(new URL('src/execution/vmexecution.js', base))
 const { TxPool } = await import(new URL('src/service/txpool.js', base))
 const { ReceiptsManager } = await import(new URL('src/execution/receipt.js', base))
+const { BoundProtocol } = await import(new URL('src/net/protocol/boundprotocol.js', base))
 const env = process.env
 // eth_estimateGas runs the transaction in a scratch block whose header has no extraData, which a
 // Clique chain's header check refuses ("extraData must be 97 bytes"): every estimate failed.
@@ -245,22 +247,58 @@ const known = async (sync, hash) => {
 // walked back one header at a time by hash (the client answers a reverse request by hash with
 // the first header only), up to 128; a long one (a node far behind: restarted, or resynced from
 // a fresh database) is asked by number, 128 headers a request, from a little below our head.
-// The client matches an answer to the oldest request of its kind still waiting, so the late
-// answer to a request that timed out (a loaded machine) is taken as the answer to the next one:
-// a request for header 31 got header 1. Every answer is checked against what was asked (and
-// asked again, 3 times at most).
+// The client matches an answer to the request of its kind that waits, whatever its request id:
+// the late answer to a request that had timed out (a loaded machine) was taken as the answer to
+// the next one (a request for header 31 got header 1), and from then on every answer was one
+// behind. The branch fetch below asks with its own request ids and takes only the answer that
+// carries its id (the client's own requests are left as they are); every answer is also checked
+// against what was asked.
+const BEAT_ANSWERS = new Set(['BlockHeaders', 'BlockBodies'])
+const origHandle = BoundProtocol.prototype.handle
+BoundProtocol.prototype.handle = function (incoming) {
+  const mine = this._beatPending
+  if (mine !== undefined && mine.size > 0) {
+    const message = this.protocol.messages.find((m) => m.code === incoming.code)
+    if (message !== undefined && BEAT_ANSWERS.has(message.name)) {
+      let data
+      try { data = this.protocol.decode(message, incoming.payload) } catch { data = undefined }
+      const waiting = data !== undefined ? mine.get(`${message.name}:${data[0]}`) : undefined
+      if (waiting !== undefined) {
+        mine.delete(`${message.name}:${data[0]}`)
+        clearTimeout(waiting.timer)
+        waiting.resolve(data[1])
+        return
+      }
+    }
+  }
+  return origHandle.call(this, incoming)
+}
+let beatReqId = BigInt(Date.now()) * 1000n
+function ask(peer, name, args, answer, timeoutMs = 8000) {
+  const eth = peer.eth
+  if (eth === undefined) return Promise.resolve(undefined)
+  if (eth._beatPending === undefined) eth._beatPending = new Map()
+  const reqId = ++beatReqId
+  const key = `${answer}:${reqId}`
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => { eth._beatPending.delete(key); resolve(undefined) }, timeoutMs)
+    eth._beatPending.set(key, { resolve, timer })
+    try { eth.send(name, { ...args, reqId }) } catch (err) {
+      clearTimeout(timer); eth._beatPending.delete(key); resolve(undefined)
+    }
+  })
+}
 async function headerByHash(peer, hash) {
   for (let i = 0; i < 3; i++) {
-    const got = await peer.eth.getBlockHeaders({ block: hash, max: 1 })
-    const h = (Array.isArray(got) ? got[1] : []).find((x) => equalsBytes(x.hash(), hash))
+    const hs = await ask(peer, 'GetBlockHeaders', { block: hash, max: 1 }, 'BlockHeaders')
+    const h = (hs ?? []).find((x) => equalsBytes(x.hash(), hash))
     if (h !== undefined) return h
   }
   return undefined
 }
 async function headersByNumber(peer, from, max) {
   for (let i = 0; i < 3; i++) {
-    const got = await peer.eth.getBlockHeaders({ block: from, max })
-    const hs = Array.isArray(got) ? got[1] : []
+    const hs = (await ask(peer, 'GetBlockHeaders', { block: from, max }, 'BlockHeaders')) ?? []
     if (hs.length > 0 && hs.every((h, j) => h.number === from + BigInt(j))) return hs
   }
   return []
@@ -317,8 +355,9 @@ async function fetchBranch(sync, block, peer) {
       const part = branch.slice(i, i + 64)
       let made
       for (let attempt = 0; attempt < 3 && made === undefined; attempt++) {
-        const bodies = await peer.eth.getBlockBodies({ hashes: part.map((h) => h.hash()) })
-        if (!Array.isArray(bodies) || bodies[1].length !== part.length) continue
+        const got = await ask(peer, 'GetBlockBodies', { hashes: part.map((h) => h.hash()) }, 'BlockBodies')
+        const bodies = [undefined, got]
+        if (!Array.isArray(got) || got.length !== part.length) continue
         try {
           made = []
           for (const [j, h] of part.entries()) {
