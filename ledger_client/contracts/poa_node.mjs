@@ -40,6 +40,7 @@ const { VMExecution } = await import(new URL('src/execution/vmexecution.js', bas
 const { TxPool } = await import(new URL('src/service/txpool.js', base))
 const { ReceiptsManager } = await import(new URL('src/execution/receipt.js', base))
 const { BoundProtocol } = await import(new URL('src/net/protocol/boundprotocol.js', base))
+const SYNC_EXECUTION_VM_ERROR = (await import(new URL('src/types.js', base))).Event.SYNC_EXECUTION_VM_ERROR
 const env = process.env
 // eth_estimateGas runs the transaction in a scratch block whose header has no extraData, which a
 // Clique chain's header check refuses ("extraData must be 97 bytes"): every estimate failed.
@@ -391,6 +392,9 @@ async function fetchBranch(sync, block, peer) {
 const origSyncOpen = FullSynchronizer.prototype.open
 FullSynchronizer.prototype.open = async function () {
   const r = await origSyncOpen.call(this)
+  // the client stops synchronising for good at a block's failed execution (every node that
+  // failed one stopped, and the chain with them); the execution is run again instead (above)
+  this.config.events.removeListener(SYNC_EXECUTION_VM_ERROR, this.stop)
   if (this._beatGossip === undefined) {
     this._beatGossip = setInterval(() => {
       this.txPool.checkRunState()
