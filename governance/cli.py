@@ -28,6 +28,8 @@
     beatctl --ledger L --key MEMBER decide DISPUTE --evidence DIR [--json]
             re-judge the archived evidence (as verify-decision) and approve that decision
     beatctl --ledger L dissent DISPUTE [--json]         members who approved another decision
+    beatctl --ledger L --key TENANT open-dispute --sla N (--from-ns NS --to-ns NS | --last S)
+            the SLA's tenant (or a committee member) opens a dispute on that window
     beatctl --ledger L [--key TENANT] disputes [--tenant] [--json]
             the disputes (with --tenant: those of the --key's SLAs), state and evidence digest
 
@@ -65,6 +67,7 @@ import ipaddress
 import json
 import os
 import sys
+import time
 
 from beat_common.spec import is_node_id
 from beat_common.tomlfile import read_toml
@@ -163,6 +166,15 @@ def _parser():
     de.add_argument("dispute", type=int, metavar="DISPUTE")
     de.add_argument("--evidence", required=True, metavar="DIR")
     de.add_argument("--json", action="store_true")
+    od = sub.add_parser("open-dispute", help="open a dispute on an SLA (its tenant, or a "
+                                             "committee member): the window to judge")
+    od.add_argument("--sla", type=int, required=True, metavar="N")
+    od.add_argument("--from-ns", type=int, default=None, metavar="NS",
+                    help="the window's start (ns since the epoch)")
+    od.add_argument("--to-ns", type=int, default=None, metavar="NS", help="the window's end")
+    od.add_argument("--last", type=float, default=None, metavar="S",
+                    help="instead of --from-ns/--to-ns: the last S seconds, ending now")
+    od.add_argument("--json", action="store_true")
     dl = sub.add_parser("disputes", help="the disputes: state, evidence digest, faulty")
     dl.add_argument("--tenant", action="store_true",
                     help="only the disputes of the SLAs whose tenant is --key")
@@ -707,6 +719,40 @@ def _dispute_json(d):
             "faulty": list(d.faulty), "penalty": d.penalty}
 
 
+def _dispute_window(args):
+    """(from_ns, to_ns) of open-dispute: --last S, or both --from-ns and --to-ns."""
+    if args.last is not None:
+        if args.from_ns is not None or args.to_ns is not None:
+            raise UsageError("--last: give either --last or --from-ns/--to-ns, not both")
+        if not 0 < args.last <= 366 * 86400:
+            raise UsageError(f"--last {args.last:g}: must be more than 0 and at most a year "
+                             f"(seconds)")
+        to_ns = time.time_ns()
+        return to_ns - int(args.last * 1e9), to_ns
+    if args.from_ns is None or args.to_ns is None:
+        raise UsageError("open-dispute: give --from-ns and --to-ns (ns), or --last S")
+    for name, v in (("--from-ns", args.from_ns), ("--to-ns", args.to_ns)):
+        if not 0 <= v < 1 << 64:
+            raise UsageError(f"{name} {v}: must be in 0..2^64-1 (ns since the epoch)")
+    if args.from_ns >= args.to_ns:
+        raise UsageError(f"--from-ns {args.from_ns} is not before --to-ns {args.to_ns}")
+    return args.from_ns, args.to_ns
+
+
+def _open_dispute(args):
+    from_ns, to_ns = _dispute_window(args)
+    key = _gov_key(args)
+    with _open(args) as led:
+        did = led.open_dispute(args.sla, from_ns, to_ns, signer=key)
+        d = next((x for x in led.disputes() if x.dispute_id == did), None)
+    if args.json:
+        print(json.dumps(_dispute_json(d) if d else {"dispute": did, "sla": args.sla,
+                                                     "from_ns": from_ns, "to_ns": to_ns}))
+    else:
+        print(f"dispute {did} opened on SLA {args.sla}: window [{from_ns}, {to_ns}] ns")
+    return 0
+
+
 def _disputes(args):
     me = None
     if args.tenant:
@@ -737,11 +783,13 @@ def _disputes(args):
 
 def _deposit_json(d):
     return {"node_id": d.node_id, "amount": d.amount, "withdrawal_due_ns": d.due_ns,
-            "debt": d.debt, "frozen_by": d.frozen_by}
+            "withdrawal_lapses_ns": d.lapses_ns, "debt": d.debt, "frozen_by": d.frozen_by}
 
 
 def _deposit_line(d):
     due = f"withdrawal due {d.due_ns}" if d.due_ns else "no withdrawal asked"
+    if d.due_ns and d.lapses_ns:
+        due += f" (lapses {d.lapses_ns})"
     frozen = f", frozen by dispute {d.frozen_by}" if d.frozen_by else ""
     return f"node {d.node_id}: deposit {d.amount}, debt {d.debt}, {due}{frozen}"
 
@@ -945,6 +993,7 @@ COMMANDS = {"interrogate": _interrogate, "verify-decision": _verify_decision, "k
             "nodes": _nodes, "slas": _slas, "anchors": _anchors, "verify": _verify,
             "create": _create, "propose": _propose, "approve": _approve, "pending": _pending,
             "committee": _committee, "dissent": _dissent, "disputes": _disputes,
+            "open-dispute": _open_dispute,
             "decide": _decide, "deposit": _deposit, "withdraw": _withdraw,
             "deposits": _deposits, "debts": _debts, "balances": _balances}
 

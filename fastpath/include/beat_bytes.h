@@ -34,12 +34,17 @@ static inline void wr64be(uint8_t *p, uint64_t v)
     v = __builtin_bswap64(v);
     __builtin_memcpy(p, &v, 8);
 }
+static inline void wr64le(uint8_t *p, uint64_t v) { __builtin_memcpy(p, &v, 8); }
 #else
 static inline uint64_t rd64be(const uint8_t *p) { return ((uint64_t)rd32be(p) << 32) | rd32be(p + 4); }
 static inline uint64_t rd64le(const uint8_t *p) { return ((uint64_t)rd32le(p + 4) << 32) | rd32le(p); }
 static inline void wr64be(uint8_t *p, uint64_t v)
 {
     for (int i = 7; i >= 0; i--) { p[i] = (uint8_t)v; v >>= 8; }
+}
+static inline void wr64le(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) { p[i] = (uint8_t)v; v >>= 8; }
 }
 #endif
 /* A MAC as a 48-bit integer, the key of the own-MAC set and the neighbour map. */

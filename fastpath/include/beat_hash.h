@@ -14,6 +14,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+
+#include "beat_bytes.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -50,6 +53,41 @@ void beat_hash(int alg, const void *data, size_t len, uint8_t out[32]);   /* one
  * are hashed by the scalar path, so any length is correct. BLAKE2b loops the scalar path. */
 void beat_hash_many(int alg, const uint8_t *msgs, size_t stride, const uint16_t *lens, size_t n,
                     uint8_t *out, size_t out_stride);
+
+/* beat_hash_many for short messages already padded in their buffers: every buffer is at least
+ * BEAT_PADDED_MSG bytes (msgs + i*stride, stride a multiple of 32 is best), holds the message
+ * (lens[i] < BEAT_PADDED_MSG), then the byte 0x06 at lens[i], then zeros to BEAT_PADDED_MSG
+ * (beat_padded_put writes one). SHA3-256 on AVX2 then loads the state with whole-vector loads and
+ * a 4x4 transpose; every other case is beat_hash_many (which ignores the padding). */
+#define BEAT_PADDED_MSG 96
+void beat_hash_many_padded(int alg, const uint8_t *msgs, size_t stride, const uint16_t *lens,
+                           size_t n, uint8_t *out, size_t out_stride);
+
+/* Word by word, in registers (a word assembled in memory from byte stores and read back whole
+ * stalls store forwarding): reads msg[0..avail) (avail >= len: the readable bytes at msg; bytes
+ * past len are masked off), writes buf[0..BEAT_PADDED_MSG). */
+static inline void beat_padded_put(uint8_t *buf, const uint8_t *msg, size_t len, size_t avail)
+{
+    for (size_t off = 0; off < BEAT_PADDED_MSG; off += 8) {
+        uint64_t w;
+        if (off + 8 <= len) {
+            w = rd64le(msg + off);
+        } else if (off > len) {
+            w = 0;
+        } else {
+            size_t k = len - off;   /* 0..7 message bytes in this word, then 0x06 */
+            if (off + 8 <= avail) {
+                w = k ? rd64le(msg + off) & (~0ULL >> (64 - 8 * k)) : 0;
+            } else {
+                w = 0;
+                for (size_t b = 0; b < k; b++)
+                    w |= (uint64_t)msg[off + b] << (8 * b);
+            }
+            w |= (uint64_t)0x06 << (8 * k);   /* SHA3's domain byte (FIPS 202: 01 || pad10*1) */
+        }
+        wr64le(buf + off, w);
+    }
+}
 
 /* n messages of one length `len` (any length; proof segments), digest i to outs[i]: SHA3 runs
  * 4 or 8 sponges at once when the CPU has the lanes. */

@@ -11,6 +11,9 @@
  *                                ("-" for no split points)
  *   many ALG STRIDE OSTRIDE HEX1 ... HEXn   (n may be 0)
  *   equal ALG HEX1 ... HEXn                 (beat_hash_many_equal: all of one length)
+ *   padded ALG OSTRIDE HEX1 ... HEXn        (beat_hash_many_padded: messages shorter than
+ *                                            BEAT_PADDED_MSG padded by beat_padded_put, longer
+ *                                            ones as they are, garbage after them)
  *                             -> n digests on one line, space separated ("" for n = 0)
  */
 #define _GNU_SOURCE
@@ -63,6 +66,17 @@ static void puthex(const uint8_t *d, size_t n)
     }
 }
 
+/* n digests at out + i*ostride on one line, space separated */
+static void put_digests(const uint8_t *out, size_t n, size_t ostride)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            putchar(' ');
+        puthex(out + i * ostride, 32);
+    }
+    putchar('\n');
+}
+
 static void cmd_many(int alg, size_t stride, size_t ostride, char **tok, size_t n)
 {
     uint8_t *msgs = calloc(n * stride + 1, 1);
@@ -83,15 +97,44 @@ static void cmd_many(int alg, size_t stride, size_t ostride, char **tok, size_t 
         free(m);
     }
     beat_hash_many(alg, msgs, stride, lens, n, out, ostride);
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            putchar(' ');
-        puthex(out + i * ostride, 32);
-    }
-    putchar('\n');
+    put_digests(out, n, ostride);
     free(msgs);
     free(out);
     free(lens);
+}
+
+static void cmd_padded(int alg, size_t ostride, char **tok, size_t n)
+{
+    size_t stride = BEAT_PADDED_MSG;
+    uint8_t **m = calloc(n + 1, sizeof *m);
+    size_t *len = calloc(n + 1, sizeof *len);
+    for (size_t i = 0; i < n; i++) {
+        len[i] = unhex(tok[i], &m[i]);
+        m[i] = realloc(m[i], len[i] + 8);   /* readable garbage past the message: masked off */
+        memset(m[i] + len[i], 0xA5, 8);
+        if (len[i] > stride)
+            stride = (len[i] + 31) / 32 * 32;
+    }
+    uint8_t *msgs = aligned_alloc(32, n * stride + 32);
+    uint8_t *out = malloc(n * ostride + 1);
+    uint16_t *lens = calloc(n + 1, sizeof *lens);
+    memset(msgs, 0x5C, n * stride + 32);
+    memset(out, 0xAA, n * ostride + 1);
+    for (size_t i = 0; i < n; i++) {
+        if (len[i] < BEAT_PADDED_MSG)
+            beat_padded_put(msgs + i * stride, m[i], len[i], (i & 1) ? len[i] : len[i] + 8);  /* both tails */
+        else
+            memcpy(msgs + i * stride, m[i], len[i]);
+        lens[i] = (uint16_t)len[i];
+        free(m[i]);
+    }
+    beat_hash_many_padded(alg, msgs, stride, lens, n, out, ostride);
+    put_digests(out, n, ostride);
+    free(msgs);
+    free(out);
+    free(lens);
+    free(m);
+    free(len);
 }
 
 static void cmd_equal(int alg, char **tok, size_t n)
@@ -171,6 +214,8 @@ static int run_commands(void)
             free(m);
         } else if (!strcmp(tok[0], "equal") && ntok >= 2) {
             cmd_equal(parse_alg(tok[1]), tok + 2, ntok - 2);
+        } else if (!strcmp(tok[0], "padded") && ntok >= 3) {
+            cmd_padded(parse_alg(tok[1]), strtoul(tok[2], NULL, 10), tok + 3, ntok - 3);
         } else if (!strcmp(tok[0], "many") && ntok >= 4) {
             cmd_many(parse_alg(tok[1]), strtoul(tok[2], NULL, 10), strtoul(tok[3], NULL, 10),
                      tok + 4, ntok - 4);

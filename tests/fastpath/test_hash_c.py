@@ -171,6 +171,37 @@ def test_simd_selection(builds):
 
 
 @pytest.mark.parametrize("level", list(LEVELS))
+def test_many_padded(builds, level):
+    """beat_hash_many_padded (the pipeline's PD messages, padded in their buffers): n = 0..40
+    messages of 0..95 bytes, tails of 1 to 3 (dummy lanes), 95-byte messages (the padding in the
+    last byte), and messages too long for the padding mixed in (the generic path), at each level
+    (or its fallback) and in the portable build, against hashlib."""
+    num, flag = LEVELS[level]
+    asked = num
+    if flag is not None and flag not in _cpu_flags():
+        num = 2 if "avx2" in _cpu_flags() else 0     # the fallback (as test_many)
+    rng = random.Random(23 + num)
+    for exe in (builds["native"], builds["portable"]):
+        cmds, expect = [f"level {asked}"], []
+        for alg, ref in ALGS.items():
+            cases = [[rng.randbytes(rng.randint(0, 95)) for _ in range(n)] for n in range(41)]
+            cases += [[b""] * 7, [rng.randbytes(95) for _ in range(9)]]
+            mixed = [rng.randbytes(rng.randint(0, 95)) for _ in range(14)]
+            for i in (0, 3, 4, 13):
+                mixed[i] = rng.randbytes(rng.choice([96, 127, 136, 300]))
+            cases.append(mixed)
+            for msgs in cases:
+                ostride = 32 + rng.randint(0, 8)
+                cmds.append(f"padded {alg} {ostride} " + " ".join(_hex(m) for m in msgs))
+                expect.append(" ".join(ref(m) for m in msgs))
+        got = _run(exe, cmds)
+        if exe == builds["native"]:   # the level asked is in force: its self-test passed
+            assert got[0] == f"{num} {LEVEL_NAMES[num]}", got[0]
+        bad = [(c[:30], g[:70], e[:70]) for c, g, e in zip(cmds[1:], got[1:], expect) if g != e]
+        assert not bad, f"{len(bad)} mismatches at level {got[0]}, first: {bad[:2]}"
+
+
+@pytest.mark.parametrize("level", list(LEVELS))
 def test_many_equal_lengths(builds, level):
     """beat_hash_many_equal (proof segments): n messages of one length, around every block edge of
     both algorithms, through the lanes at each level (or its fallback) and the portable build."""

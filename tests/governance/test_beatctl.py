@@ -1,5 +1,6 @@
 """beatctl end to end on a temporary local ledger."""
 import json
+import time
 import os
 import subprocess
 import sys
@@ -232,10 +233,11 @@ def test_a_reader_that_leaves_early_is_not_an_error(env, capsys):
 
 # -- the committee (docs/ledger.md, "The committee") --------------------------------------------
 
-def test_committee_commands(tmp_path, capsys):
-    from ledger_client.types import Node
+def _beatctl_as(tmp_path, capsys, *roles):
+    """A key per role (keygen), their public keys, and bc(role, *argv): beatctl on a local ledger
+    in tmp_path with that role's --key (role None: no key)."""
     keys = {}
-    for r in ("m1", "m2", "m3", "stranger", "tenant"):
+    for r in roles:
         keys[r] = str(tmp_path / f"{r}.ed25519")
         assert main(["keygen", "--out", keys[r]]) == 0
     pubs = {r: v.strip() for r, v in zip(keys, capsys.readouterr().out.split())}
@@ -243,6 +245,12 @@ def test_committee_commands(tmp_path, capsys):
 
     def bc(role, *argv):
         return main(["--ledger", led] + (["--key", keys[role]] if role else []) + list(argv))
+    return keys, pubs, bc
+
+
+def test_committee_commands(tmp_path, capsys):
+    from ledger_client.types import Node
+    keys, pubs, bc = _beatctl_as(tmp_path, capsys, "m1", "m2", "m3", "stranger", "tenant")
 
     assert bc("m1", "create", "--member", pubs["m1"], "--member", pubs["m2"],
               "--member", pubs["m3"], "--threshold", "2", "--ttl", "3600") == 0
@@ -316,15 +324,7 @@ def test_committee_commands(tmp_path, capsys):
 def test_money_commands(tmp_path, capsys):
     """deposit, withdraw --request / withdraw, deposits, debts, balances on a local committee
     ledger: exit codes and JSON; a decision's penalty moves the deposit to the tenant."""
-    keys = {}
-    for r in ("m1", "op", "tenant", "stranger"):
-        keys[r] = str(tmp_path / f"{r}.ed25519")
-        assert main(["keygen", "--out", keys[r]]) == 0
-    pubs = {r: v.strip() for r, v in zip(keys, capsys.readouterr().out.split())}
-    led = f"local:{tmp_path / 'ledger.mdb'}"
-
-    def bc(role, *argv):
-        return main(["--ledger", led] + (["--key", keys[role]] if role else []) + list(argv))
+    keys, pubs, bc = _beatctl_as(tmp_path, capsys, "m1", "op", "tenant", "stranger")
 
     assert bc("m1", "create", "--member", pubs["m1"], "--threshold", "1", "--ttl", "3600",
               "--notice", "1000", "--balance", f"{pubs['op']}=100") == 2    # notice < ttl
@@ -349,11 +349,15 @@ def test_money_commands(tmp_path, capsys):
     capsys.readouterr()
     assert bc("op", "deposit", "--node-id", "1", "--amount", "40", "--json") == 0
     assert json.loads(capsys.readouterr().out) == {
-        "node_id": 1, "amount": 40, "withdrawal_due_ns": None, "debt": 0, "frozen_by": None}
+        "node_id": 1, "amount": 40, "withdrawal_due_ns": None, "withdrawal_lapses_ns": None,
+        "debt": 0, "frozen_by": None}
     assert bc("op", "withdraw", "--node-id", "1") == 1                        # not asked
     assert "not due" in capsys.readouterr().err
     assert bc("op", "withdraw", "--node-id", "1", "--request", "--json") == 0
-    assert json.loads(capsys.readouterr().out)["withdrawal_due_ns"] is not None
+    w = json.loads(capsys.readouterr().out)
+    assert w["withdrawal_due_ns"] is not None
+    # the request lapses two proposal lifetimes after it is due (docs/ledger.md, findings C4)
+    assert w["withdrawal_lapses_ns"] == w["withdrawal_due_ns"] + 2 * 3600 * 10**9
     assert bc("op", "withdraw", "--node-id", "1") == 1                        # the notice
     assert "not due" in capsys.readouterr().err
     # a decision: penalty 3 per faulty device, from node 1's deposit to the tenant
@@ -368,7 +372,44 @@ def test_money_commands(tmp_path, capsys):
     assert (b[pubs["op"]]["balance"], b[pubs["tenant"]]["balance"]) == (60, 3)
     assert bc(None, "debts", "--json") == 0 and json.loads(capsys.readouterr().out) == []
     assert bc(None, "deposits") == 0
-    assert "node 1: deposit 37, debt 0, withdrawal due" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "node 1: deposit 37, debt 0, withdrawal due" in out
+    assert f"(lapses {w['withdrawal_lapses_ns']})" in out
+
+
+def test_tenant_opens_a_dispute(tmp_path, capsys):
+    """``beatctl open-dispute``: the SLA's tenant opens a dispute on a window and sees it with
+    ``disputes --tenant``; a stranger is refused (exit 1), a bad window is bad input (exit 2), a
+    dispute on an SLA that does not exist is refused."""
+    keys, pubs, bc = _beatctl_as(tmp_path, capsys, "m1", "tenant", "stranger")
+
+    assert bc("m1", "create", "--member", pubs["m1"], "--threshold", "1") == 0
+    n1 = DeviceKey.generate()
+    assert bc("m1", "register-node", "--node-id", "1", "--owner", "isp", "--pubkey",
+              n1.public_hex) == 0
+    sla = tmp_path / "sla.toml"
+    sla.write_text(SLA_TOML.format(tenant=pubs["tenant"]).replace("route = [1, 2]", "route = [1]"))
+    assert bc("m1", "register-sla", "--file", str(sla)) == 0
+    capsys.readouterr()
+    assert bc("stranger", "open-dispute", "--sla", "7", "--from-ns", "10", "--to-ns", "20") == 1
+    assert "tenant" in capsys.readouterr().err
+    for bad in (["--from-ns", "20", "--to-ns", "10"], ["--from-ns", "10"],
+                ["--last", "0"], ["--last", "5", "--to-ns", "10"], ["--from-ns", "-1", "--to-ns", "3"]):
+        assert bc("tenant", "open-dispute", "--sla", "7", *bad) == 2, bad
+        assert capsys.readouterr().err.startswith("beatctl: ")
+    assert bc("tenant", "open-dispute", "--sla", "8", "--from-ns", "10", "--to-ns", "20") == 1
+    capsys.readouterr()
+    assert bc("tenant", "open-dispute", "--sla", "7", "--from-ns", "10", "--to-ns", "20",
+              "--json") == 0
+    d = json.loads(capsys.readouterr().out)
+    assert (d["dispute"], d["sla"], d["from_ns"], d["to_ns"], d["state"]) == (1, 7, 10, 20, "opened")
+    before = time.time_ns()
+    assert bc("tenant", "open-dispute", "--sla", "7", "--last", "60") == 0
+    assert capsys.readouterr().out.startswith("dispute 2 opened on SLA 7: window [")
+    assert bc("tenant", "disputes", "--tenant", "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(x["dispute"], x["state"]) for x in rows] == [(1, "opened"), (2, "opened")]
+    assert rows[1]["to_ns"] >= before and rows[1]["to_ns"] - rows[1]["from_ns"] == 60 * 10**9
 
 
 def test_decide_approves_what_the_archived_evidence_gives(tmp_path_factory):
