@@ -19,6 +19,12 @@ $(DEPS): requirements.txt requirements-lab.txt requirements-ethereum.txt require
 	$(VPY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
+# the system packages again when the list in scripts/bootstrap-system grew (a venv made before)
+SYSTEM := $(VENV)/.stamp-system
+$(SYSTEM): scripts/bootstrap-system | $(VPY)
+	./scripts/bootstrap-system
+	touch $@
+
 $(NATIVE): $(DEPS) $(SOURCES)
 	$(VPY) setup.py -q build_ext --inplace
 	$(VPY) -m pip install -q --no-build-isolation --no-deps -e .
@@ -39,7 +45,7 @@ $(GNS3_VENV): scripts/gns3-venv
 	./scripts/gns3-venv
 	touch $@
 
-setup build: $(NATIVE) $(NPM_DEPS)
+setup build: $(NATIVE) $(NPM_DEPS) $(SYSTEM)
 
 # Regenerate the committed gRPC stubs (beat_rpc/) from proto/beat/v1/interrogation.proto
 proto: $(DEPS)
@@ -49,8 +55,8 @@ proto: $(DEPS)
 contracts: $(NPM_DEPS) $(DEPS)
 	$(VPY) $(CONTRACTS)/compile.py
 
-test: $(NATIVE) $(NPM_DEPS) $(GNS3_VENV)
-	$(VPY) -m pytest -q -ra tests
+test: $(NATIVE) $(NPM_DEPS) $(GNS3_VENV) $(SYSTEM)
+	$(VPY) -m pytest -q -ra --durations=40 tests
 
 # The lab (beat-lab) needs root (network namespaces); elsewhere, say so and replay router r2's
 # bundled capture.

@@ -83,7 +83,9 @@ setup(
                   "beat_rpc": ["*.pyi"],
                   # read at run time with importlib.resources (beat_lab/data.py)
                   "beat_lab": ["topologies/*.toml", "topologies/README.md", "capture/r2.pcap",
-                               "capture/r2.toml", "capture/make_capture.py"]},
+                               "capture/r2.toml", "capture/make_capture.py"],
+                  # the governance service's web page (governance/service/page.py)
+                  "governance": ["service/static/*"]},
     # the documents, installed beside the programs (<prefix>/share/doc/beatd: in the unit's venv
     # /opt/beatd/venv/share/doc/beatd, which its Documentation= names)
     data_files=[("share/doc/beatd", ["README.md"] + sorted(glob.glob("docs/*.md"))),

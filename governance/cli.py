@@ -190,6 +190,8 @@ def _parser():
     from . import interrogate_cli
     interrogate_cli.add_parser(sub)
     interrogate_cli.add_verify_parser(sub)
+    from .service import cli as serve_cli
+    serve_cli.add_parser(sub)
     a = sub.add_parser("anchors", help="list the anchors")
     a.add_argument("--node-id", type=int, metavar="N", help="only this node's")
     a.add_argument("--from-seq", type=int, default=0, metavar="S", help="from this batch_seq")
@@ -987,6 +989,11 @@ def _verify_decision(args):
     return interrogate_cli.verify_decision(args, _open, UsageError)
 
 
+def _serve(args):
+    from .service import cli as serve_cli
+    return serve_cli.run(args, _open, _gov_key, UsageError)
+
+
 COMMANDS = {"interrogate": _interrogate, "verify-decision": _verify_decision, "keygen": _keygen,
             "deploy": _deploy, "register-node": _register_node, "register-sla": _register_sla,
             "register-link": _link, "retire-link": _link, "links": _links,
@@ -995,7 +1002,7 @@ COMMANDS = {"interrogate": _interrogate, "verify-decision": _verify_decision, "k
             "committee": _committee, "dissent": _dissent, "disputes": _disputes,
             "open-dispute": _open_dispute,
             "decide": _decide, "deposit": _deposit, "withdraw": _withdraw,
-            "deposits": _deposits, "debts": _debts, "balances": _balances}
+            "deposits": _deposits, "debts": _debts, "balances": _balances, "serve": _serve}
 
 
 def main(argv=None):

@@ -114,9 +114,11 @@ def _node_id(path, where, v):
     return v
 
 
-def load_config(path):
+def load_config(path, extra=()):
+    """The governance configuration at ``path``; ``extra``: top-level tables another reader of
+    the same file owns (``beatctl serve``'s ``[service]``), left alone here."""
     raw = read_toml(path, ConfigError, "governance configuration")
-    unknown = sorted(set(raw) - {"interrogation", "endpoints", "links", "judgement"})
+    unknown = sorted(set(raw) - {"interrogation", "endpoints", "links", "judgement", *extra})
     if unknown:
         raise ConfigError(f"{path}: {unknown[0]}: unknown key (known: endpoints, interrogation, "
                           "judgement, links)")

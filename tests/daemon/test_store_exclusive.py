@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from beatd.control import request
 from beatd.store import Store, lock_holder
@@ -55,6 +56,24 @@ def _kill(proc):
         os.kill(proc.pid, signal.SIGCONT)
         proc.kill()
         proc.wait()
+
+
+def _wait_stopped(pid, timeout=10.0):
+    """Until every thread of pid is stopped (state T in /proc): a SIGSTOP is delivered to a
+    running thread some time after kill() returns, and a write in progress finishes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:   # a thread that just ended
+                pass
+        if states and all(st in ("T", "t") for st in states):
+            return
+        assert time.monotonic() < deadline, f"pid {pid} not stopped: thread states {states}"
+        time.sleep(0.01)
 
 
 def _files(path):
@@ -100,6 +119,7 @@ def test_a_second_daemon_a_replay_and_a_dump_are_refused_and_write_nothing(tmp_p
         # the holder frozen: whatever changes in the store's files now is the refused ones' doing
         os.kill(proc.pid, signal.SIGSTOP)
         try:
+            _wait_stopped(proc.pid)   # kill() returns before every thread has stopped writing
             before = _files(store)
             refused = {
                 "run": beatd("run", "--config", str(cfg2), ns=d_ns, timeout=60),

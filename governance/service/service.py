@@ -1,0 +1,397 @@
+"""``beatctl serve``: the governance service of one committee member (docs/governance-service.md).
+
+Threads: the ledger watcher (watcher.py), the evaluators (this module: every round, for every
+active SLA, the receipt epochs that have settled, monitor.py; ``EVALUATORS`` SLAs at once, so a
+device that hangs holds up only its own SLAs), workers for the slow jobs (the
+delay samples and the disputes: interrogations take seconds) and the HTTP server (api.py:
+metrics and the read-only JSON API). State on disk: state.py.
+"""
+import concurrent.futures
+import logging
+import threading
+import time
+
+from .. import verify
+from ..client import InterrogationClient
+from . import monitor
+from .delay import summarise
+from .disputes import DisputeDesk
+from .monitor import EGRESS, INGRESS, OVERFLOW, PENDING, UNKNOWN, UNREACHABLE, Reading, Streak
+from .watcher import Watcher
+
+__all__ = ["Service"]
+
+log = logging.getLogger("beatd.governance.service")
+MAX_EPOCHS_PER_ROUND = 120
+EVALUATORS = 4                 # SLAs evaluated at once (a hanging device holds up only its SLAs)
+ROUND_WAIT_S = 2.0             # a round waits this long at most for its SLAs' evaluations
+
+
+def _event(level, msg, **fields):
+    log.log(level, msg, extra={"fields": fields})
+
+
+class Counters:
+    """What the service counts beyond its state: refused receipts by (sla, node, reason class),
+    equivocations, ledger errors (the watcher's), samples, API requests refused."""
+
+    def __init__(self, state):
+        self.state = state
+        self.lock = threading.Lock()
+        self.refused = {}             # (sla, node) -> n
+        self.samples = {}             # (sla, result) -> n
+        self.api_refused = 0
+        self.fetch_errors = {}        # (sla, node) -> n
+
+    def add(self, table, key, n=1):
+        with self.lock:
+            table[key] = table.get(key, 0) + n
+
+    def equivocations(self, sla_id, it):
+        """The receipts a device gave the interrogation against those it gave the monitor (R
+        per node, role and epoch, kept in the state): another R is reported, never counted; so is
+        a receipt the monitor counted of an epoch wholly inside the interrogation's window
+        (``it.manifest``) that the device, answering, left out of its answer (omission)."""
+        with self.state.lock:
+            counted = dict(self.state.data["counted"].get(str(sla_id), {}))
+        window = (getattr(it, "manifest", None) or {}).get("window")
+        L = getattr(self, "epoch_ns", None)
+        found = 0
+        for n, ev in it.evidence.items():
+            mine = counted.get(str(n), {})
+            given = set()
+            for rc in ev.receipts:
+                given.add(f"{rc.role}:{rc.epoch_ns}")
+                got = mine.get(f"{rc.role}:{rc.epoch_ns}")
+                if got is not None and got != bytes(rc.R).hex():
+                    found += 1
+                    _event(logging.ERROR, "a device gave the interrogation another receipt than "
+                           "the monitor", sla=sla_id, node=n, epoch_ns=rc.epoch_ns,
+                           role=rc.role, monitor_R=got, interrogation_R=bytes(rc.R).hex())
+            if window is None or L is None or not ev.answered:
+                continue
+            for key, R in sorted(mine.items()):
+                role, epoch = (int(x) for x in key.split(":"))
+                if window["from_ns"] <= epoch and epoch + L - 1 <= window["to_ns"] and \
+                        key not in given:
+                    found += 1
+                    _event(logging.ERROR, "a device left out of its answer to the interrogation "
+                           "a receipt the monitor counted", sla=sla_id, node=n, epoch_ns=epoch,
+                           role=role, monitor_R=R)
+        if found:
+            with self.state.lock:
+                self.state.sla(sla_id)["equivocations"] += found
+                self.state.save()
+        return found
+
+
+class Service:
+    def __init__(self, ledger, signer, svc_cfg, gov_cfg, state, clock=time.time_ns):
+        self.ledger = ledger
+        self.signer = signer
+        self.svc = svc_cfg
+        self.gov = gov_cfg
+        self.state = state
+        self.clock = clock
+        self.ledger_lock = threading.RLock()
+        self.watcher = Watcher(ledger, svc_cfg.poll_s, lock=self.ledger_lock)
+        self.counters = Counters(state)
+        self.counters.epoch_ns = svc_cfg.epoch_ns      # the omission check's epochs
+        self.desk = DisputeDesk(ledger, self.ledger_lock, state, gov_cfg, svc_cfg, signer,
+                                self.counters)
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2,
+                                                          thread_name_prefix="gov-job")
+        # SLA evaluations: one at a time per SLA, EVALUATORS at once, apart from the slow jobs
+        self.evaluators = concurrent.futures.ThreadPoolExecutor(
+            max_workers=EVALUATORS, thread_name_prefix="gov-eval")
+        self._jobs = {}               # (kind, sla) -> Future
+        self._jobs_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.rounds = 0
+        self.http = None
+
+    # -- receipts of one end ---------------------------------------------------------------------
+    def _client(self, node_id, view):
+        node = view.nodes.get(node_id)
+        addr = self.gov.endpoints.get(node_id)
+        if node is None:
+            raise LookupError(f"node {node_id} is not registered on the ledger")
+        if addr is None:
+            raise LookupError(f"no endpoint for node {node_id} in the configuration")
+        return InterrogationClient(addr, self.gov.ca, self.gov.cert, self.gov.key,
+                                   self.ledger.hash_name, node_id, node.pubkey,
+                                   timeout=min(self.gov.timeout_s, 10.0),
+                                   max_answer_bytes=self.svc.max_receipts_bytes)
+
+    def _late(self, node_id, epoch_len, anchors=None):
+        """``late(rc)`` for monitor.read_end: when the receipt's batch reached the ledger, the
+        later of the watcher's first sight of it and the ledger's own time of the write
+        (``Anchor.ledger_t_ns``, from ``anchors``: kept by the ledger, so known also for batches
+        anchored while the service was down)."""
+        late_ns = int(self.svc.late_after_s * 1e9)
+
+        def late(rc):
+            seen = self.watcher.seen.get((node_id, rc.anchor.batch_seq))
+            a = anchors.get(node_id, rc.anchor.batch_seq) if anchors is not None else None
+            wrote = getattr(a, "ledger_t_ns", None)
+            if wrote is not None:
+                seen = wrote if seen is None else max(seen, wrote)
+            if seen is not None and seen > rc.epoch_ns + epoch_len + late_ns:
+                return (f"back-dated: the receipt of epoch {rc.epoch_ns} is in batch "
+                        f"{rc.anchor.batch_seq}, first on the ledger {(seen - rc.epoch_ns) / 1e9:.1f}"
+                        f" s after the epoch began (more than late_after_s "
+                        f"{self.svc.late_after_s:g} s)")
+            return None
+        return late
+
+    def read_end(self, sla, node_id, role, epochs, view):
+        """``{epoch: Reading}`` of one end (monitor.read_end), the device asked once."""
+        L = self.svc.epoch_ns
+        lo, hi = epochs[0], epochs[-1]
+        anchors = verify.AnchorCache(self.ledger)
+        try:
+            with self._client(node_id, view) as c:
+                flow = c.receipts(lo, hi, sla.src, sla.dst)
+                over = c.receipts(lo, hi, OVERFLOW, OVERFLOW)
+            checks = (verify.verify_receipts(node_id, self.ledger.hash_name, flow, self.ledger,
+                                             anchors),
+                      verify.verify_receipts(node_id, self.ledger.hash_name, over, self.ledger,
+                                             anchors))
+        except LookupError as exc:
+            return {e: Reading(UNREACHABLE, reason=str(exc)) for e in epochs}
+        except Exception as exc:  # noqa: BLE001 (classified by monitor.read_end)
+            self.counters.add(self.counters.fetch_errors, (sla.sla_id, node_id))
+            checks = (exc, exc)
+        a = view.anchors.get(node_id)
+        problems = []
+        out = monitor.read_end(checks[0], checks[1], role, epochs, L,
+                               a.last_t_ns if a is not None else 0,
+                               self._late(node_id, L, anchors),
+                               problems)
+        for e, why in problems:
+            self.counters.add(self.counters.refused, (sla.sla_id, node_id))
+            with self.state.lock:
+                self.state.sla(sla.sla_id)["refused_receipts"] += 1
+            _event(logging.ERROR, "receipt refused: not counted", sla=sla.sla_id, node=node_id,
+                   epoch_ns=e, reason=why)
+        return out
+
+    # -- one SLA, one round ----------------------------------------------------------------------
+    def _active(self, sla, now):
+        return sla.valid_from_ns <= now <= sla.valid_to_ns
+
+    def evaluate_sla(self, sla, view, now=None):
+        """Evaluate every settled epoch of ``sla`` not evaluated yet, in order (at most
+        ``MAX_EPOCHS_PER_ROUND``); returns the results."""
+        now = self.clock() if now is None else now
+        L = self.svc.epoch_ns
+        with self.state.lock:
+            st = self.state.sla(sla.sla_id)
+            if st["next_epoch"] is None:
+                # the first start: from now on, or ``backfill_s`` before
+                st["next_epoch"] = ((now - int(self.svc.backfill_s * 1e9)) // L) * L
+                self.state.save()
+            start = st["next_epoch"]
+        last_closed = (now // L) * L - L
+        if start > last_closed:
+            return []
+        epochs = list(range(start, min(last_closed, start + (MAX_EPOCHS_PER_ROUND - 1) * L) + 1,
+                            L))
+        first, last = sla.route[0], sla.route[-1]
+        final_ns = int(self.svc.final_after_s * 1e9)
+
+        def anchored(n):
+            a = view.anchors.get(n)
+            return a.last_t_ns if a is not None else 0
+        # nothing can settle yet: do not ask the devices
+        if min(anchored(first), anchored(last)) < start + 2 * L and now < start + L + final_ns:
+            return []
+        ing = self.read_end(sla, first, INGRESS, epochs, view)
+        egr = self.read_end(sla, last, EGRESS, epochs, view)
+        delay = self._delay_for(sla.sla_id)
+        results = []
+        with self.state.lock:
+            st = self.state.sla(sla.sla_id)
+            streak = Streak(self.svc.consecutive, L, self.svc.unknown_breaks, st["streak"])
+            windows = []
+            for e in epochs:
+                a, b = ing[e], egr[e]
+                waiting = a.status in (PENDING, UNREACHABLE) or b.status in (PENDING,
+                                                                             UNREACHABLE)
+                if waiting and now < e + L + final_ns:
+                    break                                   # asked again next round
+                r = monitor.evaluate_epoch(e, a, b, max_loss_ppm=sla.max_loss_ppm,
+                                           max_delay_us=sla.max_delay_us, epoch_len_ns=L,
+                                           delay_us=delay.get(e))
+                results.append(r)
+                self._record(sla.sla_id, st, r, a, b, first, last)
+                w = streak.feed(r)
+                if w is not None:
+                    windows.append(w)
+                st["next_epoch"] = e + L
+            st["streak"] = list(streak.epochs)
+            self.state.save()
+        for w in windows:
+            self._submit(("dispute", sla.sla_id, w), self.desk.request, sla.sla_id, w[0], w[1],
+                         f"{self.svc.consecutive} consecutive epochs violate the QM-SLA terms")
+        return results
+
+    def _record(self, sla_id, st, r, a, b, first, last):
+        st["epochs_evaluated"] += 1
+        by = st.setdefault("by_result", {})
+        by[r.result] = by.get(r.result, 0) + 1
+        if r.result == monitor.VIOLATION:
+            st["violations"] += 1
+        if r.result == UNKNOWN:
+            st["unknown"] += 1
+            st["unknown_run"] += 1
+            if st["unknown_run"] in (10, 100, 1000) or st["unknown_run"] % 10_000 == 0:
+                _event(logging.WARNING, "epochs unknown in a row: a device of the route does "
+                       "not let its receipts be checked", sla=sla_id, run=st["unknown_run"],
+                       reasons="; ".join(r.reasons)[:300])
+        else:
+            st["unknown_run"] = 0
+        d = r.to_dict()
+        st["series"].append(d)
+        del st["series"][:-self.svc.series_epochs]
+        counted = self.state.data["counted"].setdefault(str(sla_id), {})
+        for node, role, rd in ((first, INGRESS, a), (last, EGRESS, b)):
+            if rd.R:
+                mine = counted.setdefault(str(node), {})
+                mine[f"{role}:{r.epoch_ns}"] = rd.R
+                if len(mine) > 2 * self.svc.series_epochs:
+                    for k in sorted(mine, key=lambda k: int(k.split(":")[1]))[:len(mine) -
+                                                                                  self.svc.series_epochs]:
+                        del mine[k]
+        if r.result in (monitor.VIOLATION, UNKNOWN):
+            _event(logging.INFO if r.result == UNKNOWN else logging.WARNING,
+                   f"epoch {r.result}", sla=sla_id, epoch_ns=r.epoch_ns, ingress=r.ingress,
+                   egress=r.egress, loss_ppm=r.loss_ppm, reasons="; ".join(r.reasons)[:300])
+
+    # -- delay samples ---------------------------------------------------------------------------
+    def _delay_for(self, sla_id):
+        """{epoch: delay_us} of the last sample (the epochs its window covers)."""
+        with self.state.lock:
+            s = self.state.sla(sla_id).get("last_delay")
+        if not s or "pct_us" not in s.get("e2e", {}):
+            return {}
+        L = self.svc.epoch_ns
+        return {e: s["e2e"]["pct_us"] for e in range((s["from_ns"] // L) * L, s["to_ns"] + 1, L)}
+
+    def _sample(self, sla):
+        from .. import interrogate as itg
+        now = self.clock()
+        to_ns = now - int(self.svc.delay_sample_lag_s * 1e9)
+        from_ns = to_ns - int(self.svc.delay_sample_window_s * 1e9) + 1
+        try:
+            it = itg.interrogate(self.ledger, sla.sla_id, from_ns, to_ns, self.gov,
+                                 receipt_epoch_ns=self.svc.epoch_ns)
+        except itg.NotJudgeable as exc:
+            self.counters.add(self.counters.samples, (sla.sla_id, "not_judgeable"))
+            _event(logging.WARNING, "delay sample not judgeable", sla=sla.sla_id, error=str(exc))
+            return None
+        s = summarise(sla, it, self.svc.delay_percentile)
+        result = "unreachable" if s.unreachable else ("fault" if s.faulty else "ok")
+        self.counters.add(self.counters.samples, (sla.sla_id, result))
+        with self.state.lock:
+            st = self.state.sla(sla.sla_id)
+            st["samples"] += 1
+            if s.e2e.get("count"):
+                st["last_delay"] = s.to_dict()
+            self.state.save()
+        self.counters.equivocations(sla.sla_id, it)
+        _event(logging.INFO, "delay sample", sla=sla.sla_id, from_ns=from_ns, to_ns=to_ns,
+               e2e_p50_us=s.e2e.get("p50_us"), e2e_pct_us=s.e2e.get("pct_us"),
+               packets=s.e2e.get("count"), faulty=s.faulty, unreachable=s.unreachable)
+        route = set(sla.route)
+        if not s.unreachable and any(n in route for n in s.faulty):
+            # the interrogation of this window names a device of the route at fault: dispute it
+            # with this very interrogation (its verdict; the sample only chose the window)
+            self.desk.request(sla.sla_id, s.from_ns, s.to_ns,
+                              "a sampled interrogation names "
+                              + ", ".join(f"node {n} {s.verdicts[n]}" for n in s.faulty),
+                              sample=it)
+        return s
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _submit(self, key, fn, *args, pool=None):
+        with self._jobs_lock:
+            fut = self._jobs.get(key)
+            if fut is not None and not fut.done():
+                return None
+            fut = (pool or self.pool).submit(self._guard, key, fn, *args)
+            self._jobs[key] = fut
+            return fut
+
+    @staticmethod
+    def _guard(key, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 (one job's failure: logged, the service goes on)
+            _event(logging.ERROR, "job failed", job=str(key[:2]),
+                   error=f"{type(exc).__name__}: {exc}")
+            log.debug("job failed", exc_info=True)
+            return None
+
+    def _evaluate(self, sla, view, now):
+        try:
+            self.evaluate_sla(sla, view, now)
+        except Exception as exc:  # noqa: BLE001 (the ledger, a bug: next round again)
+            _event(logging.ERROR, "evaluation failed; next round again", sla=sla.sla_id,
+                   error=f"{type(exc).__name__}: {exc}")
+            log.debug("evaluation failed", exc_info=True)
+
+    def round(self):
+        """One round: every active SLA's evaluation scheduled (on the evaluators: an SLA whose
+        evaluation of the last round still runs, e.g. waiting for a device that hangs, is
+        skipped; the others go on), samples and unfinished disputes scheduled."""
+        view = self.watcher.view
+        if view is None:
+            return
+        now = self.clock()
+        started = []
+        for sla in sorted(view.slas.values(), key=lambda s: s.sla_id):
+            if not self._active(sla, now):
+                continue
+            started.append(self._submit(("evaluate", sla.sla_id), self._evaluate, sla, view,
+                                        now, pool=self.evaluators))
+            if self.svc.delay_sample_every_s > 0:
+                with self.state.lock:
+                    st = self.state.sla(sla.sla_id)
+                    due = now >= st.get("next_sample_ns", 0)
+                    if due:
+                        st["next_sample_ns"] = now + int(self.svc.delay_sample_every_s * 1e9)
+                if due:
+                    self._submit(("sample", sla.sla_id), self._sample, sla)
+        # the usual round: every evaluation done (and its disputes scheduled) when it returns
+        concurrent.futures.wait([f for f in started if f is not None], timeout=ROUND_WAIT_S)
+        self._submit(("resume", 0), self.desk.resume)
+        self.rounds += 1
+
+    def start(self):
+        from .api import HttpServer
+        self.watcher.start()
+        self.http = HttpServer(self, self.svc.host_port).start()
+        _event(logging.INFO, "governance service started", listen=self.svc.listen,
+               state=self.state.path, consecutive=self.svc.consecutive,
+               receipt_epoch_ms=self.svc.receipt_epoch_ms, start=self.state.data["started"])
+        return self
+
+    def loop(self):
+        """Rounds until ``stop()``: after each ledger read (or ``poll_s``)."""
+        while not self._stop.is_set():
+            self.watcher.changed.wait(self.svc.poll_s)
+            self.watcher.changed.clear()
+            self.round()
+            self._stop.wait(min(self.svc.poll_s, 0.5))
+
+    def stop(self):
+        self._stop.set()
+
+    def close(self):
+        self.watcher.stop()
+        if self.http is not None:
+            self.http.stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.evaluators.shutdown(wait=False, cancel_futures=True)
+        _event(logging.INFO, "governance service stopped")
