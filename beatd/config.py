@@ -82,6 +82,8 @@ DEFAULTS = {
         "max_leaves": 1 << 16,      # leaves per batch at most
         "confirmations": 0,         # ethereum: an anchor counts once this many blocks deep (0:
                                     # final at once: a dev chain, QBFT; a Clique network: e.g. 3)
+        "max_fee_gwei": 100,        # ethereum: the most a transaction pays per gas (also when it
+                                    # replaces a pending one): an error names it when reached
     },
     # the Interrogation service (gRPC over mutual TLS, docs/interrogation.md): off while listen
     # is ""; on, cert/key/ca are required (no plaintext fallback exists)
@@ -267,6 +269,7 @@ class Config:
     ledger_anchor_period_s: float | None = None     # None: anchor_period_s (the governance's)
     ledger_max_leaves: int = DEFAULTS["ledger"]["max_leaves"]
     ledger_confirmations: int = DEFAULTS["ledger"]["confirmations"]
+    ledger_max_fee_gwei: float = DEFAULTS["ledger"]["max_fee_gwei"]
     interrogation_listen: str = ""
     interrogation_cert: str | None = None
     interrogation_key: str | None = None
@@ -731,7 +734,8 @@ def _ledger(raw, store_path):
            "ledger_device_key": lg["device_key"],
            "ledger_url": lg["url"], "ledger_contract": lg["contract"],
            "ledger_anchor_period_s": period, "ledger_max_leaves": max_leaves,
-           "ledger_confirmations": confirmations}
+           "ledger_confirmations": confirmations,
+           "ledger_max_fee_gwei": float(_number(lg, "max_fee_gwei", "ledger."))}
     if backend == "none":
         return out
     if backend == "local":

@@ -35,6 +35,13 @@ from .types import (ACTS, DEFAULT_NOTICE_S, DEFAULT_TTL_S, DISPUTE_STATES, SLA, 
 
 ARTIFACT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "contracts", "Beat.json")
 ZERO_ADDRESS = "0x" + "00" * 20
+# the most a transaction of this client pays per gas, unless configured (beatd [ledger]
+# max_fee_gwei): a private ledger's base fee is far below it; a node that asks more for a
+# replacement (or a fee market gone wild) meets an error naming it, not an open purse
+DEFAULT_MAX_FEE_WEI = 100 * 10 ** 9
+# a replacement of a pending transaction pays this much more (percent) than it, fee and tip: the
+# pools' rule (geth, the EthereumJS client and ganache want 10 %), plus a margin
+REPLACEMENT_BUMP_PCT = 12
 LOG_WINDOW = 2000          # blocks per eth_getLogs request (the EthereumJS client refuses > 2,500)
 LINK_ACTIVE, LINK_RETIRED = 1, 2        # the contract's linkState
 # the contract's ACT_* codes (1-based, in types.ACTS order) and their argument types
@@ -221,14 +228,24 @@ def _is_connection_error(exc):
 class EthereumLedger:
     """The Backend over the Beat contract at `contract_address` on the node at `url`."""
 
+    # a replacement refused as underpriced again (another node's pool, a fee that moved): raised
+    # again at most this many times in one send; past that, ``Unavailable`` (the caller retries)
+    MAX_REPLACEMENTS = 4
+
     def __init__(self, url, contract_address, hash_name, timeout=10.0, receipt_timeout=None,
-                 poll_latency=0.05, gas_margin=1.25, confirmations=0, priority_fee_wei=0):
+                 poll_latency=0.05, gas_margin=1.25, confirmations=0, priority_fee_wei=0,
+                 max_fee_per_gas_wei=DEFAULT_MAX_FEE_WEI):
         if not isinstance(confirmations, int) or isinstance(confirmations, bool) \
                 or confirmations < 0:
             raise ValueError(f"confirmations: {confirmations!r} must be a whole number of blocks "
                              ">= 0 (0: the chain's blocks are final, as QBFT or a dev chain)")
         self.confirmations = confirmations
         self.priority_fee_wei = int(priority_fee_wei)
+        if not isinstance(max_fee_per_gas_wei, int) or isinstance(max_fee_per_gas_wei, bool) \
+                or max_fee_per_gas_wei <= 0:
+            raise ValueError(f"max_fee_per_gas_wei: {max_fee_per_gas_wei!r} must be a whole "
+                             "number of wei > 0 (the most this signer pays per gas)")
+        self.max_fee_per_gas_wei = max_fee_per_gas_wei
         self.url = url
         self.hash_name = hash_name
         self.timeout = float(timeout)
@@ -243,6 +260,7 @@ class EthereumLedger:
         self.contract = self.w3.eth.contract(address=self.address, abi=artifact()["abi"])
         self._lock = threading.RLock()
         self._nonces = {}
+        self._sent_fees = {}      # {(address, nonce): the fee fields last sent with that nonce}
         self._chain_id = None
         self._checked = False
         self._governance = None
@@ -305,6 +323,25 @@ class EthereumLedger:
             n = self.w3.eth.get_transaction_count(address, "pending")
         return n
 
+    def _remember_fees(self, address, nonce, fees):
+        """The fees sent with (address, nonce), for a later replacement (the last 16 nonces)."""
+        self._sent_fees[(address, nonce)] = dict(fees)
+        for key in [k for k in self._sent_fees if k[0] == address and k[1] < nonce - 16]:
+            del self._sent_fees[key]
+
+    def _check_ceiling(self, op, fees, nonce):
+        """``Unavailable`` naming the ceiling when ``fees`` go past ``max_fee_per_gas_wei`` (the
+        ledger's fees, or a node asking a replacement fee that high: nothing is sent)."""
+        fee = _fee_of(fees)
+        if fee > self.max_fee_per_gas_wei:
+            what = (f"replacing the pending transaction with nonce {nonce} needs a fee of "
+                    f"{fee} wei/gas" if nonce is not None else
+                    f"the chain's fee is {fee} wei/gas now")
+            raise Unavailable(f"{op}: {what} on {self.url}, above the ceiling of "
+                              f"{self.max_fee_per_gas_wei} wei/gas (beatd [ledger] max_fee_gwei, "
+                              f"EthereumLedger max_fee_per_gas_wei): not sent; raise the ceiling "
+                              f"or wait for the pending transaction to land")
+
     def _transact(self, op, fn, signer, wait_depth=True):
         """Estimate, sign, send, await the receipt; returns the receipt (status 1). With
         ``confirmations`` > 0 (and ``wait_depth``) it also waits until the transaction is that many
@@ -321,36 +358,54 @@ class EthereumLedger:
                 if _is_connection_error(exc):
                     raise self._unavailable(op, exc) from exc
                 raise
-            for attempt in range(3):
+            fees = None
+            replacements = 0
+            attempt = 0
+            while True:
                 try:
+                    if fees is None:
+                        fees = _fee_fields(self.w3, self.priority_fee_wei)
+                        self._check_ceiling(op, fees, None)
                     nonce = self._next_nonce(signer.address)
                     tx = fn.build_transaction({
                         "from": signer.address, "nonce": nonce, "chainId": self._chain_id,
-                        "gas": int(gas * self.gas_margin) + 10_000,
-                        **_fee_fields(self.w3, self.priority_fee_wei)})
+                        "gas": int(gas * self.gas_margin) + 10_000, **fees})
                     signed = signer.sign_transaction(tx)
                     tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
                     self._nonces[signer.address] = nonce + 1
+                    self._remember_fees(signer.address, nonce, fees)
                     break
                 except Web3RPCError as exc:
                     msg = str(exc).lower()
                     self._nonces.pop(signer.address, None)
                     if _is_connection_error(exc):     # the node is not ready: later
                         raise self._unavailable(op, exc) from exc
-                    if "replacement" in msg and "too low" in msg:
-                        # an earlier transaction of ours with this nonce waits in the pool (the
-                        # same anchor, sent before the fees fell): let it land, ask again later
-                        raise self._unavailable(op, exc) from exc
+                    if _is_underpriced(msg):
+                        # a transaction of ours with this nonce waits in the node's pool (sent
+                        # before at a higher fee, or held by a node that cannot seal it now):
+                        # replace it, the same nonce at a fee raised past the pool's bump
+                        replacements += 1
+                        if replacements > self.MAX_REPLACEMENTS:
+                            raise Unavailable(
+                                f"{op}: the node at {self.url} still refuses the replacement of "
+                                f"the transaction with nonce {nonce} after "
+                                f"{self.MAX_REPLACEMENTS} raises of its fee (to "
+                                f"{_fee_of(fees)} wei/gas): {exc}") from exc
+                        fees = _raised_fees(fees, self._sent_fees.get((signer.address, nonce)),
+                                            str(exc))
+                        self._check_ceiling(op, fees, nonce)
+                        self._nonces[signer.address] = nonce     # the same nonce again
+                        continue
                     if "already known" in msg or "already in the txpool" in msg:
                         # this very transaction is pending there (sent before an answer was
                         # lost): wait for its receipt like any other
                         tx_hash = signed.hash
                         self._nonces[signer.address] = nonce + 1
+                        self._remember_fees(signer.address, nonce, fees)
                         break
-                    # "nonce too low" (geth), "the tx doesn't have the correct nonce" (ganache),
-                    # "already known", "replacement transaction underpriced"
-                    if ("nonce" in msg or "already known" in msg
-                            or "replacement transaction" in msg) and attempt < 2:
+                    # "nonce too low" (geth), "the tx doesn't have the correct nonce" (ganache)
+                    attempt += 1
+                    if "nonce" in msg and attempt < 3:
                         continue     # refresh the nonce from the chain and sign again
                     raise LedgerError(f"{op}: the node refused the transaction: {exc}") from exc
                 except Exception as exc:   # noqa: BLE001
@@ -989,6 +1044,44 @@ def _args_json(act, values):
              "retire_link": ("a", "b"), "add_member": ("account", "pubkey"),
              "remove_member": ("account",), "set_threshold": ("k",)}[act]
     return dict(zip(names, j(list(values))))
+
+
+def _is_underpriced(msg):
+    """The node refused a transaction because one with its nonce is pending at a fee it will not
+    replace for this one: "replacement gas too low" (the EthereumJS client), "replacement
+    transaction underpriced" (geth), "transaction underpriced" (ganache)."""
+    msg = msg.lower()
+    return ("replacement" in msg and ("too low" in msg or "underpriced" in msg)) \
+        or "transaction underpriced" in msg
+
+
+def _fee_of(fees):
+    return int(fees.get("maxFeePerGas", fees.get("gasPrice", 0)))
+
+
+def _bump(value):
+    return int(value) + (int(value) * REPLACEMENT_BUMP_PCT + 99) // 100
+
+
+def _raised_fees(fees, sent, message):
+    """The fee fields for a replacement of a pending transaction: at least ``REPLACEMENT_BUMP_PCT``
+    over what was last sent with that nonce (``sent``, if this client sent it), over what the
+    node's error names as the minimum (the EthereumJS client: "got tip T, min: A, got fee F,
+    min: B"), and over ``fees`` themselves (nothing known: the pending one was sent by an
+    earlier run, at most at today's fee, or the fee moved)."""
+    import re
+    want_fee = _bump(_fee_of(fees))
+    want_tip = _bump(fees.get("maxPriorityFeePerGas", 0))
+    if sent:
+        want_fee = max(want_fee, _bump(_fee_of(sent)))
+        want_tip = max(want_tip, _bump(sent.get("maxPriorityFeePerGas", 0)))
+    m = re.search(r"tip (\d+), min: (\d+), got fee (\d+), min: (\d+)", message)
+    if m:
+        want_tip = max(want_tip, int(m.group(2)))
+        want_fee = max(want_fee, int(m.group(4)))
+    if "gasPrice" in fees:
+        return {"gasPrice": max(want_fee, want_tip)}
+    return {"type": 2, "maxFeePerGas": max(want_fee, want_tip), "maxPriorityFeePerGas": want_tip}
 
 
 def _fee_fields(w3, priority_fee_wei=0):

@@ -20,6 +20,8 @@
 //  - contract code runs at all on a Clique chain (the EVM gets the Clique signer function it
 //    requires), and eth_estimateGas works there (its scratch block has no extraData);
 //  - transactions go whole to every peer (announcements by hash did not reach the sealers);
+//  - a pooled transaction whose nonce its sender already used is dropped before a block is built
+//    (one such leftover held every later transaction of that account out of every block);
 //  - eth_getLogs filters on every topic given (it checked the first one only);
 //  - new blocks go whole to every peer, a block whose parent is known is put into the blockchain
 //    even off the head (the most difficulty wins: a reorganisation), a block whose parent is not
@@ -27,7 +29,7 @@
 //    peers every 2 s (after a partition no sealer may be allowed to seal: the heads still meet).
 // BEAT_POA_DEBUG=1 logs the branches it puts and the stack of a failed fetch.
 // Unchanged: Clique itself (in-turn/out-of-turn, the signer limit, the seal), the EVM, JSON-RPC.
-import { bytesToHex, createZeroAddress, equalsBytes, hexToBytes } from '@ethereumjs/util'
+import { bytesToHex, createAddressFromString, createZeroAddress, equalsBytes, hexToBytes } from '@ethereumjs/util'
 import { BlockHeader, cliqueSigner, createBlockFromBytesArray } from '@ethereumjs/block'
 import { RLPx } from '@ethereumjs/devp2p'
 const base = new URL('./node_modules/@ethereumjs/client/dist/esm/', import.meta.url)
@@ -427,6 +429,27 @@ TxPool.prototype.validate = function (tx, _isLocal) {
 TxPool.prototype.sendNewTxHashes = function (txHashes, peers) {
   const txs = (txHashes?.[2] ?? []).map((h) => txByHash(this, bytesToHex(h).slice(2))).filter((tx) => tx !== undefined)
   this.sendTransactions(txs, peers)
+}
+// A pooled transaction whose nonce its sender's account has already used (the same nonce was
+// sealed in another transaction: a replacement, a resend after a restart; or it came from a peer
+// while this node was still behind) can never run, and the client keeps it for 20 minutes: the
+// pool removes only the transactions of new blocks, by hash. The block builder takes an account's
+// transactions only when the lowest pooled nonce is the account's nonce, so one such leftover held
+// every later transaction of that account out of every block this node sealed (a restarted
+// sealer, given its peers' stale pool, sealed none of its device's anchors: "skipped byNonce").
+// They are dropped here, against the state the block is built on, as geth drops them at each head.
+const origByPrice = TxPool.prototype.txsByPriceAndNonce
+TxPool.prototype.txsByPriceAndNonce = async function (vm, opts) {
+  let dropped = 0
+  for (const [address, objects] of [...this.pool]) {
+    const account = await vm.stateManager.getAccount(createAddressFromString(`0x${address}`))
+    const nonce = account?.nonce ?? 0n
+    for (const o of objects) {
+      if (o.tx.nonce < nonce) { this.removeByHash(o.hash, o.tx); dropped++ }
+    }
+  }
+  if (dropped > 0) this.config.logger?.info(`BEAT: dropped ${dropped} pooled transaction(s) whose nonce their sender already used`)
+  return origByPrice.call(this, vm, opts)
 }
 TxPool.prototype.handleAnnouncedTxs = async function (txs, peer, peerPool) {
   if (!this.running || txs === undefined || txs.length === 0) return
