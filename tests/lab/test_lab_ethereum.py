@@ -20,6 +20,7 @@ import sys
 import time
 
 from conftest import REPO, require_root
+from test_lab_committee import committee_dispute_with_a_dissenting_member
 from beat_lab.data import topology_path
 
 PAPER = topology_path("paper")
@@ -112,6 +113,11 @@ def test_lab_up_ethereum_anchors_every_router(tmp_path):
                            cwd=REPO, env=lab._env(), timeout=60)
         assert p.returncode == 0, p.stderr
         assert [(x["a"], x["b"]) for x in json.loads(p.stdout)] == lab.topo.router_link_ids()
+
+        # the committee's dispute with a dissenting member (member 3), decided at k = 2 and the
+        # penalty moved, on this chain: test_lab_committee.py's scenario, run on this lab (one
+        # `up` for both tests)
+        committee_dispute_with_a_dissenting_member(lab, tmp_path)
 
         before = management_stats(lab.net)
         # the demo's traffic: known packets (and load) on the agreed path, then on the detour
