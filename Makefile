@@ -82,6 +82,7 @@ bench: $(NATIVE) $(NPM_DEPS)
 	$(VPY) -m benchmarks.interrogation
 	@if [ "$$(id -u)" -eq 0 ]; then $(VPY) -m benchmarks.dispute; \
 	else echo "make bench: the dispute benchmark needs root (namespaces), skipped"; fi
+	$(VPY) -m benchmarks.service
 
 # Long fuzz runs of the parser and of the capture reader (the test suite runs short ones).
 fuzz: $(NATIVE)

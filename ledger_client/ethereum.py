@@ -758,6 +758,11 @@ class EthereumLedger:
         ids = self._call("nodes()", self.contract.functions.nodeIds())
         return [self.get_node(i) for i in ids]
 
+    def slas(self):
+        """Every registered SLA, by the contract's list of ids (they need not be consecutive)."""
+        ids = self._call("slas()", self.contract.functions.slaIds())
+        return [self.get_sla(i) for i in ids]
+
     def get_sla(self, sla_id):
         exists, s = self._call(f"get_sla({sla_id})", self.contract.functions.getSLA(sla_id))
         if not exists:

@@ -85,6 +85,78 @@ class Counters:
         return found
 
 
+class _OneRequest(InterrogationClient):
+    """An ``InterrogationClient`` over another's channel (the device's, kept by the service): its
+    own answer cap and timeout; ``close()`` leaves the channel open."""
+
+    def __init__(self, base, node_id, pubkey, timeout, max_answer_bytes):
+        self.max_answer_bytes = max_answer_bytes
+        self.max_answer_segments = base.max_answer_segments
+        self._init_caps()
+        self.endpoint = base.endpoint
+        self.hash_name = base.hash_name
+        self.node_id = node_id
+        self.pubkey = bytes(pubkey)
+        self.timeout = timeout
+        self.channel = None
+        self.stub = base.stub
+
+    def close(self):
+        pass
+
+
+class RoundReads:
+    """What the evaluations of one round share: the anchors read from the ledger (an
+    ``AnchorCache``: each anchor read once per round) and each device's checked overflow
+    receipts of a window (asked once per round for every SLA it is an end of, not once per SLA).
+    Thread-safe: a second evaluation wanting the same answer waits for the first's."""
+
+    def __init__(self, ledger):
+        self.anchors = verify.AnchorCache(ledger)
+        self._lock = threading.Lock()
+        self._over = {}                # (node, lo, hi) -> Future
+
+    def overflow(self, node_id, lo, hi, fetch):
+        key = (node_id, lo, hi)
+        with self._lock:
+            fut = self._over.get(key)
+            mine = fut is None
+            if mine:
+                fut = self._over[key] = concurrent.futures.Future()
+        if mine:
+            try:
+                fut.set_result(fetch())
+            except BaseException as exc:  # noqa: BLE001 (handed to every waiter)
+                fut.set_exception(exc)
+        return fut.result()
+
+
+class _Batch:
+    """The evaluations of one round: their dispute windows are collected, the state saved once,
+    then the windows submitted (``close``). An evaluation that ends after its round closed (it
+    outlived ``ROUND_WAIT_S``) saves and submits its own."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.windows = []
+        self.changed = False          # an evaluation changed the state
+        self.closed = False
+
+    def add(self, windows):
+        """The windows of an evaluation that changed the state; False once closed."""
+        with self.lock:
+            if self.closed:
+                return False
+            self.windows.extend(windows)
+            self.changed = True
+            return True
+
+    def close(self):
+        with self.lock:
+            self.closed = True
+            return self.changed, self.windows
+
+
 class Service:
     def __init__(self, ledger, signer, svc_cfg, gov_cfg, state, clock=time.time_ns):
         self.ledger = ledger
@@ -107,21 +179,32 @@ class Service:
         self._jobs = {}               # (kind, sla) -> Future
         self._jobs_lock = threading.Lock()
         self._stop = threading.Event()
+        self._channels = {}           # node_id -> InterrogationClient (its channel, kept)
+        self._channels_lock = threading.Lock()
         self.rounds = 0
         self.http = None
 
     # -- receipts of one end ---------------------------------------------------------------------
     def _client(self, node_id, view):
+        """A client of the device for one request: a fresh answer cap, the device's key as on the
+        ledger now, over the device's channel (one per device and endpoint, kept: a TLS
+        handshake per device, not per request; gRPC dials it again when the device comes back)."""
         node = view.nodes.get(node_id)
         addr = self.gov.endpoints.get(node_id)
         if node is None:
             raise LookupError(f"node {node_id} is not registered on the ledger")
         if addr is None:
             raise LookupError(f"no endpoint for node {node_id} in the configuration")
-        return InterrogationClient(addr, self.gov.ca, self.gov.cert, self.gov.key,
-                                   self.ledger.hash_name, node_id, node.pubkey,
-                                   timeout=min(self.gov.timeout_s, 10.0),
-                                   max_answer_bytes=self.svc.max_receipts_bytes)
+        with self._channels_lock:
+            ch = self._channels.get(node_id)
+            if ch is None or ch.endpoint != addr:
+                if ch is not None:
+                    ch.close()
+                ch = self._channels[node_id] = InterrogationClient(
+                    addr, self.gov.ca, self.gov.cert, self.gov.key, self.ledger.hash_name,
+                    node_id, node.pubkey)
+        return _OneRequest(ch, node_id, node.pubkey, timeout=min(self.gov.timeout_s, 10.0),
+                           max_answer_bytes=self.svc.max_receipts_bytes)
 
     def _late(self, node_id, epoch_len, anchors=None):
         """``late(rc)`` for monitor.read_end: when the receipt's batch reached the ledger, the
@@ -144,19 +227,24 @@ class Service:
             return None
         return late
 
-    def read_end(self, sla, node_id, role, epochs, view):
-        """``{epoch: Reading}`` of one end (monitor.read_end), the device asked once."""
+    def read_end(self, sla, node_id, role, epochs, view, shared=None):
+        """``{epoch: Reading}`` of one end (monitor.read_end), the device asked once for the
+        flow's receipts. ``shared`` (a ``RoundReads``): the round's anchors, and the device's
+        overflow receipts of the window asked once per round for all its SLAs."""
         L = self.svc.epoch_ns
         lo, hi = epochs[0], epochs[-1]
-        anchors = verify.AnchorCache(self.ledger)
+        if shared is None:
+            shared = RoundReads(self.ledger)
+        anchors = shared.anchors
         try:
             with self._client(node_id, view) as c:
                 flow = c.receipts(lo, hi, sla.src, sla.dst)
-                over = c.receipts(lo, hi, OVERFLOW, OVERFLOW)
+            over = shared.overflow(node_id, lo, hi, lambda: self._overflow(node_id, lo, hi,
+                                                                          view, anchors))
             checks = (verify.verify_receipts(node_id, self.ledger.hash_name, flow, self.ledger,
-                                             anchors),
-                      verify.verify_receipts(node_id, self.ledger.hash_name, over, self.ledger,
-                                             anchors))
+                                             anchors), over)
+            if isinstance(over, Exception):
+                raise over
         except LookupError as exc:
             return {e: Reading(UNREACHABLE, reason=str(exc)) for e in epochs}
         except Exception as exc:  # noqa: BLE001 (classified by monitor.read_end)
@@ -176,21 +264,34 @@ class Service:
                    epoch_ns=e, reason=why)
         return out
 
+    def _overflow(self, node_id, lo, hi, view, anchors):
+        """The device's overflow receipts of [lo, hi], checked (or the exception)."""
+        try:
+            with self._client(node_id, view) as c:
+                over = c.receipts(lo, hi, OVERFLOW, OVERFLOW)
+            return verify.verify_receipts(node_id, self.ledger.hash_name, over, self.ledger,
+                                          anchors)
+        except Exception as exc:  # noqa: BLE001 (each SLA of the device: classified by read_end)
+            return exc
+
     # -- one SLA, one round ----------------------------------------------------------------------
     def _active(self, sla, now):
         return sla.valid_from_ns <= now <= sla.valid_to_ns
 
-    def evaluate_sla(self, sla, view, now=None):
+    def evaluate_sla(self, sla, view, now=None, shared=None, batch=None):
         """Evaluate every settled epoch of ``sla`` not evaluated yet, in order (at most
-        ``MAX_EPOCHS_PER_ROUND``); returns the results."""
+        ``MAX_EPOCHS_PER_ROUND``); returns the results. ``shared``: the round's ``RoundReads``;
+        ``batch``: the round's ``_Batch`` (the state saved and the disputes submitted once for
+        the round's evaluations), else saved and submitted here."""
         now = self.clock() if now is None else now
         L = self.svc.epoch_ns
         with self.state.lock:
             st = self.state.sla(sla.sla_id)
             if st["next_epoch"] is None:
-                # the first start: from now on, or ``backfill_s`` before
+                # the first start: from now on, or ``backfill_s`` before (saved with the round)
                 st["next_epoch"] = ((now - int(self.svc.backfill_s * 1e9)) // L) * L
-                self.state.save()
+                if batch is None or not batch.add([]):
+                    self.state.save()
             start = st["next_epoch"]
         last_closed = (now // L) * L - L
         if start > last_closed:
@@ -206,8 +307,10 @@ class Service:
         # nothing can settle yet: do not ask the devices
         if min(anchored(first), anchored(last)) < start + 2 * L and now < start + L + final_ns:
             return []
-        ing = self.read_end(sla, first, INGRESS, epochs, view)
-        egr = self.read_end(sla, last, EGRESS, epochs, view)
+        if shared is None:
+            shared = RoundReads(self.ledger)
+        ing = self.read_end(sla, first, INGRESS, epochs, view, shared)
+        egr = self.read_end(sla, last, EGRESS, epochs, view, shared)
         delay = self._delay_for(sla.sla_id)
         results = []
         with self.state.lock:
@@ -230,11 +333,18 @@ class Service:
                     windows.append(w)
                 st["next_epoch"] = e + L
             st["streak"] = list(streak.epochs)
+        windows = [(sla.sla_id, w) for w in windows]
+        if batch is not None and not results:
+            return results                              # nothing changed
+        if batch is None or not batch.add(windows):
             self.state.save()
-        for w in windows:
-            self._submit(("dispute", sla.sla_id, w), self.desk.request, sla.sla_id, w[0], w[1],
-                         f"{self.svc.consecutive} consecutive epochs violate the QM-SLA terms")
+            self._dispute(windows)
         return results
+
+    def _dispute(self, windows):
+        for sla_id, w in windows:
+            self._submit(("dispute", sla_id, w), self.desk.request, sla_id, w[0], w[1],
+                         f"{self.svc.consecutive} consecutive epochs violate the QM-SLA terms")
 
     def _record(self, sla_id, st, r, a, b, first, last):
         st["epochs_evaluated"] += 1
@@ -333,9 +443,9 @@ class Service:
             log.debug("job failed", exc_info=True)
             return None
 
-    def _evaluate(self, sla, view, now):
+    def _evaluate(self, sla, view, now, shared=None, batch=None):
         try:
-            self.evaluate_sla(sla, view, now)
+            self.evaluate_sla(sla, view, now, shared, batch)
         except Exception as exc:  # noqa: BLE001 (the ledger, a bug: next round again)
             _event(logging.ERROR, "evaluation failed; next round again", sla=sla.sla_id,
                    error=f"{type(exc).__name__}: {exc}")
@@ -350,11 +460,12 @@ class Service:
             return
         now = self.clock()
         started = []
+        shared, batch = RoundReads(self.ledger), _Batch()
         for sla in sorted(view.slas.values(), key=lambda s: s.sla_id):
             if not self._active(sla, now):
                 continue
             started.append(self._submit(("evaluate", sla.sla_id), self._evaluate, sla, view,
-                                        now, pool=self.evaluators))
+                                        now, shared, batch, pool=self.evaluators))
             if self.svc.delay_sample_every_s > 0:
                 with self.state.lock:
                     st = self.state.sla(sla.sla_id)
@@ -365,6 +476,12 @@ class Service:
                     self._submit(("sample", sla.sla_id), self._sample, sla)
         # the usual round: every evaluation done (and its disputes scheduled) when it returns
         concurrent.futures.wait([f for f in started if f is not None], timeout=ROUND_WAIT_S)
+        # the round's epochs saved once, then their disputes (evaluations still running save
+        # their own when they end)
+        changed, windows = batch.close()
+        if changed:
+            self.state.save()
+        self._dispute(windows)
         self._submit(("resume", 0), self.desk.resume)
         self.rounds += 1
 
@@ -394,4 +511,8 @@ class Service:
             self.http.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.evaluators.shutdown(wait=False, cancel_futures=True)
+        with self._channels_lock:
+            for ch in self._channels.values():
+                ch.close()
+            self._channels.clear()
         _event(logging.INFO, "governance service stopped")

@@ -87,18 +87,25 @@ class Domain:
             self.t += STEP_NS
         return first, self.t - STEP_NS
 
-    def start(self, gaps=None, late_gaps=None):
+    def start(self, gaps=None, late_gaps=None, chain=None):
         """``gaps``: ``{node: [(from_ns, to_ns, frames, reason, interface)]}`` gap records a
         router writes before it anchors (anchored with its records); ``late_gaps``: the same,
-        written after its anchors (never anchored)."""
+        written after its anchors (never anchored). ``chain``: ``(ledger, governance account,
+        {node: account})`` to run on an ``EthereumLedger`` instead of the local ledger (each
+        device anchors from its own account)."""
         gaps, late_gaps = gaps or {}, late_gaps or {}
-        led = LocalLedger(self.ledger_path, hash_name=H, governance_pubkey=self.gov.public)
+        if chain is None:
+            led = LocalLedger(self.ledger_path, hash_name=H, governance_pubkey=self.gov.public)
+            gov, anchor_signer, account = self.gov, self.keys, {}
+        else:
+            led, gov, anchor_signer = chain
+            account = {n: a.address_bytes for n, a in anchor_signer.items()}
         for n in self.nodes:
-            led.register_node(Node(n, self.owners[n], self.keys[n].public), signer=self.gov)
+            led.register_node(Node(n, self.owners[n], self.keys[n].public, account.get(n)),
+                              signer=gov)
         for a, b in self.links:
-            led.register_link(a, b, signer=self.gov)
-        led.register_sla(SLA(1, "tenant", V4 + SRC_IP, V4 + DST_IP, self.route),
-                         signer=self.gov)
+            led.register_link(a, b, signer=gov)
+        led.register_sla(SLA(1, "tenant", V4 + SRC_IP, V4 + DST_IP, self.route), signer=gov)
         end = self.t + 10 * STEP_NS
         for n in self.nodes:
             store = Store(self.tmp / f"store-{n}", n, H, 64 << 20)
@@ -118,7 +125,7 @@ class Domain:
             store.commit(pipe.take())
             if gaps.get(n):
                 store.record_capture(gaps[n])
-            b = Batcher(store, led, n, H, self.keys[n], 1.0)
+            b = Batcher(store, led, n, H, anchor_signer[n], 1.0)
             while b.build() is not None:
                 pass
             b.submit()
@@ -129,7 +136,8 @@ class Domain:
                 store, self.keys[n], ca=self.pki / "ca.crt", cert=self.pki / f"device-{n}.crt",
                 private_key=self.pki / f"device-{n}.key", listen="127.0.0.1:0",
                 threshold_ns=3600 * 10**9).start()
-        led.close()
+        if chain is None:
+            led.close()
         self.config = self.tmp / "governance.toml"
         self.config.write_text(
             f'[interrogation]\nca = "{self.pki}/ca.crt"\ncert = "{self.pki}/governance.crt"\n'
