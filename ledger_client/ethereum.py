@@ -886,15 +886,16 @@ class EthereumLedger:
                        signer)
         return self.proposal(proposal_id)
 
-    def proposal(self, proposal_id):
+    def proposal(self, proposal_id, _committee=None, _now=None):
         p = self._call(f"proposal({proposal_id})",
                        self.contract.functions.getProposal(proposal_id))
         code, executed, epoch, created, approvers, args = p
         if code == 0:
             return None
-        c = self.committee()
+        c = _committee or self.committee()
         act = ACTS[code - 1]
-        now = self._rpc("proposal", lambda: self.w3.eth.get_block("latest")["timestamp"])
+        now = _now if _now is not None else self._rpc(
+            "proposal", lambda: self.w3.eth.get_block("latest")["timestamp"])
         expires = created + c.ttl_s
         state = ("executed" if executed else "stale" if epoch != c.epoch else
                  "expired" if now >= expires else "open")
@@ -905,7 +906,10 @@ class EthereumLedger:
     def pending(self):
         """The open (this epoch, unexpired, not executed) proposals with their approvals."""
         n = self._call("pending()", self.contract.functions.proposalCount())
-        out = [self.proposal(i) for i in range(1, n + 1)]
+        # the committee and the head's time read once for all of them (3 reads a proposal before)
+        c = self.committee()
+        now = self._rpc("pending()", lambda: self.w3.eth.get_block("latest")["timestamp"])
+        out = [self.proposal(i, _committee=c, _now=now) for i in range(1, n + 1)]
         return [p for p in out if p.state == "open"]
 
     def approve_decision(self, dispute_id, evidence_digest, verdict_digest, faulty, *, signer):
