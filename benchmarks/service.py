@@ -53,7 +53,6 @@ def service_process(workdir):
     from ledger_client.local import LocalLedger
     from beatd import logs
 
-    dom.ed25519_what_if()
     svc_cfg, gov_cfg = load(os.path.join(workdir, "governance.toml"))
     log = logs.setup(svc_cfg.log_format)
     log.setLevel("INFO")
@@ -90,9 +89,8 @@ def service_process(workdir):
 
 # -- the harness -------------------------------------------------------------------------------------
 
-def _spawn(argv, log_path, cpus=None, ed25519="pycryptodome"):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               BEAT_BENCH_ED25519=ed25519)
+def _spawn(argv, log_path, cpus=None):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     pre = ["taskset", "-c", cpus] if cpus else []
     with open(log_path, "ab") as log:
         return subprocess.Popen(pre + [sys.executable] + argv, cwd=REPO, env=env, stdout=log,
@@ -128,7 +126,7 @@ def _pct(xs, q):
 
 def run(slas=1000, routers=100, route_len=4, packets=10, epochs=30, warmup=5, device_procs=2,
         poll_s=0.5, drops=None, consecutive=3, workdir=None, keep=False, service_cpus=None,
-        device_cpus=None, settle_s=6.0, ed25519="pycryptodome", log=print):
+        device_cpus=None, settle_s=6.0, log=print):
     """Builds the domain, runs devices and service, returns the measurements (a dict)."""
     own = workdir is None
     if own:
@@ -143,7 +141,7 @@ def run(slas=1000, routers=100, route_len=4, packets=10, epochs=30, warmup=5, de
         log(f"domain built in {time.monotonic() - t0:.1f} s: {slas} SLAs over {routers} routers "
             f"(routes of {route_len}), {packets} packets per SLA per epoch, in {workdir}")
         devs = [_spawn(["-m", "benchmarks.service_domain", workdir, str(i), str(device_procs)],
-                       os.path.join(workdir, f"devices-{i}.log"), device_cpus, ed25519)
+                       os.path.join(workdir, f"devices-{i}.log"), device_cpus)
                 for i in range(device_procs)]
         procs += devs
         ports = {}
@@ -164,7 +162,7 @@ def run(slas=1000, routers=100, route_len=4, packets=10, epochs=30, warmup=5, de
             "poll_s": poll_s, "consecutive": consecutive, "delay_sample_every_s": 0,
             "log_format": "json"})
         svc = _spawn(["-m", "benchmarks.service", "--service-process", workdir],
-                     os.path.join(workdir, "service.log"), service_cpus, ed25519)
+                     os.path.join(workdir, "service.log"), service_cpus)
         procs.append(svc)
         started = time.time_ns()
         run_s = warmup + epochs + 2 + settle_s
@@ -185,7 +183,6 @@ def run(slas=1000, routers=100, route_len=4, packets=10, epochs=30, warmup=5, de
             with open(os.path.join(workdir, f"anchors-{i}.jsonl")) as f:
                 anchors += [json.loads(line) for line in f if line.strip()]
         out = analyse(p, ev, anchors, started, warmup, epochs, dev_cpu, workdir, settle_s)
-        out["ed25519"] = ed25519
         return out
     finally:
         for pr in procs:
@@ -254,9 +251,6 @@ def main(argv=None):
     ap.add_argument("--poll-s", type=float, default=0.5, help="the service's [service] poll_s")
     ap.add_argument("--service-cpus", default=None, help="taskset CPU list for the service")
     ap.add_argument("--device-cpus", default=None, help="taskset CPU list for the devices")
-    ap.add_argument("--ed25519", choices=("pycryptodome", "openssl"), default="pycryptodome",
-                    help="openssl: a WHAT-IF, Ed25519 verified with OpenSSL in the service and "
-                         "devices instead of ledger_client.keys' pycryptodome (the product's)")
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -266,7 +260,7 @@ def main(argv=None):
         return service_process(args.service_process)
     r = run(args.slas, args.routers, args.route_len, args.packets, args.epochs, args.warmup,
             args.device_procs, args.poll_s, workdir=args.dir, keep=args.keep,
-            service_cpus=args.service_cpus, device_cpus=args.device_cpus, ed25519=args.ed25519)
+            service_cpus=args.service_cpus, device_cpus=args.device_cpus)
     print(f"{'epoch':>20} {'anchors landed':>15} {'evaluated':>10} {'latency s':>10} "
           f"{'uneval':>6} {'unknown':>7}")
     for row in r["rows"]:

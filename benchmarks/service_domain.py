@@ -135,39 +135,6 @@ def governance_config(workdir, ports, service):
     return path
 
 
-def ed25519_what_if():
-    """``BEAT_BENCH_ED25519=openssl`` (the benchmark's ``--ed25519 openssl``, a what-if, NOT the
-    product): Ed25519 signatures verified with OpenSSL (``cryptography``, as beatd's ChunkSigner
-    already signs) instead of pycryptodome (~6 ms a verification here) in this process: the
-    ledger's and the Interrogation client's checks. A signature that OpenSSL refuses is refused."""
-    if os.environ.get("BEAT_BENCH_ED25519", "pycryptodome") != "openssl":
-        return "pycryptodome"
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    import beat_rpc.evidence as ev
-    import ledger_client.keys as keys
-    import ledger_client.local as local
-    cache = {}
-
-    def verify(pub, msg, sig):
-        try:
-            if len(pub) != 32 or len(sig) != 64:
-                return False
-            k = cache.get(bytes(pub))
-            if k is None:
-                k = cache[bytes(pub)] = Ed25519PublicKey.from_public_bytes(bytes(pub))
-            k.verify(bytes(sig), bytes(msg))
-            return True
-        except (InvalidSignature, ValueError, TypeError):
-            return False
-    keys.verify = verify
-    ev._ed25519_verify = verify
-    if hasattr(local, "ed25519_verify"):
-        local.ed25519_verify = verify
-    return "openssl"
-
-
 # -- the devices ---------------------------------------------------------------------------------
 
 _IP = struct.Struct(">BBHHHBBH4s4s")
@@ -267,7 +234,6 @@ class Router:
 
 def serve(workdir, part, parts):
     """The device process (see the module doc)."""
-    ed25519_what_if()
     with open(os.path.join(workdir, "plan.json")) as f:
         p = json.load(f)
     nodes = [n for i, n in enumerate(p["nodes"]) if i % parts == part]
