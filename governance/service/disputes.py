@@ -187,6 +187,52 @@ class DisputeDesk:
         self.advance(e, sample=sample)
         return e
 
+    def _member_name(self):
+        """How the ledger names this member in its votes (``Member.name()``)."""
+        pub = getattr(self.signer, "public", None)
+        return bytes(pub).hex() if pub is not None else str(self.signer.address).lower()
+
+    def adopt(self, view):
+        """Disputes opened on the ledger by others (the tenant on its SLA, another member, a
+        ``beatctl open-dispute``) and still undecided, that this service has no entry for and
+        this member has not approved: interrogated and filed here as its own are, from state
+        ``opened`` (``adopted``: another member's archive is waited for ``peer_wait_s``). One
+        per SLA at a time (an SLA's dispute in progress here holds the next one up: a tenant who
+        opens many costs one interrogation at a time, never a flood), lowest id first. Returns
+        the entries adopted."""
+        me = self._member_name()
+        now = time.time_ns()
+        adopted, busy = [], set()
+        with self.state.lock:
+            mine = {d.get("dispute_id") for d in self.state.data["disputes"].values()}
+            for d in sorted(view.disputes.values(), key=lambda d: d.dispute_id):
+                if d.state != "opened" or d.sla_id not in view.slas or d.dispute_id in mine:
+                    continue
+                if d.to_ns + int(self.svc.final_after_s * 1e9) > now:
+                    continue                     # a window not over (and settled) yet: later
+                if any(str(v.member).lower() == me for v in view.votes.get(d.dispute_id, ())):
+                    continue                     # approved already (beatctl decide, by hand)
+                key = dispute_key(d.sla_id, d.from_ns, d.to_ns)
+                if key in self.state.data["disputes"]:
+                    continue                     # this window is disputed here (another id)
+                if d.sla_id in busy or self.unfinished(d.sla_id) is not None:
+                    continue
+                e = {"sla_id": d.sla_id, "from_ns": d.from_ns, "to_ns": d.to_ns,
+                     "reason": "opened on the ledger by another party", "state": "opened",
+                     "dispute_id": d.dispute_id, "requested_ns": now, "opened_ns": now,
+                     "attempts": 0, "next_try_ns": 0, "adopted": True, "external": True}
+                self.state.data["disputes"][key] = e
+                busy.add(d.sla_id)
+                adopted.append(e)
+            if adopted:
+                self.state.save()
+        for e in adopted:
+            _event(logging.WARNING, "dispute opened by another party: interrogating it here",
+                   sla=e["sla_id"], dispute=e["dispute_id"], from_ns=e["from_ns"],
+                   to_ns=e["to_ns"])
+            self.advance(e)
+        return adopted
+
     def drain(self, sla_id):
         """The SLA's queued window disputed, when nothing holds it up any more."""
         with self.state.lock:

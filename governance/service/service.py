@@ -457,6 +457,7 @@ class Service:
             self.state.save()
         self._dispute(windows)
         self._submit(("resume", 0), self.desk.resume)
+        self._submit(("adopt", 0), self.desk.adopt, view)
         self.rounds += 1
 
     def start(self):

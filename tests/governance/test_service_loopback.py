@@ -55,8 +55,11 @@ def own_domain(tmp_path_factory):
 
 
 def svc_config(tmp, **kw):
+    # late_after_s: the domain's traffic is ~30 s old when its anchors land (more on a loaded
+    # machine): the back-dating rule has its own tests (test_service_attacks.py)
     base = dict(state_dir=str(tmp / "state"), listen="127.0.0.1:0", poll_s=0.2, consecutive=2,
-                final_after_s=0.5, delay_sample_every_s=0, retry_undecided_s=0.5)
+                final_after_s=0.5, delay_sample_every_s=0, retry_undecided_s=0.5,
+                late_after_s=300)
     base.update(kw)
     return ServiceConfig(**base)
 
