@@ -62,14 +62,20 @@ class Lab:
         funded = [(self.gov, 1000 * ETH)] + [(a, 100 * ETH) for a in
                                              self.device_accounts.values()]
         self.net = PoaNetwork(tmp_path / "chain", specs, funded=funded, period=1)
-        self.net.start(timeout=120, min_height=2)
-        gov_url = self.net.node("gov").url
-        led = EthereumLedger.deploy(gov_url, self.gov, H, timeout=20, confirmations=CONFIRMATIONS)
-        self.contract = led.address
-        self.gov_ledger = led
-        for node_id, acct in self.device_accounts.items():
-            led.register_node(Node(node_id, f"operator-{node_id}", DeviceKey.generate().public,
-                                   acct.address_bytes), signer=self.gov)
+        try:
+            self.net.start(timeout=120, min_height=2)
+            gov_url = self.net.node("gov").url
+            led = EthereumLedger.deploy(gov_url, self.gov, H, timeout=20,
+                                        confirmations=CONFIRMATIONS)
+            self.contract = led.address
+            self.gov_ledger = led
+            for node_id, acct in self.device_accounts.items():
+                led.register_node(Node(node_id, f"operator-{node_id}",
+                                       DeviceKey.generate().public, acct.address_bytes),
+                                  signer=self.gov)
+        except BaseException:
+            self.net.kill()          # no fixture teardown after a failed set-up: no node left
+            raise
         self.stores = {}
         self._devices = None
 

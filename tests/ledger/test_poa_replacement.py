@@ -40,12 +40,16 @@ class Chain:
         # with the deploy, then a sibling block 3 without it that became the chain's (the first
         # was never put: the head's execution had not finished); the deploy was gone from the
         # pool with it (a launcher race, docs/ledger.md, not fixed yet)
-        self.net.start(timeout=120, min_height=4)
-        self.f = self.net.node("f")
-        self.sealer = self.net.node("seal")
-        led = EthereumLedger.deploy(self.f.url, self.gov, H, timeout=20)
-        led.register_node(Node(1, "operator-1", DeviceKey.generate().public,
-                               self.dev.address_bytes), signer=self.gov)
+        try:
+            self.net.start(timeout=120, min_height=4)
+            self.f = self.net.node("f")
+            self.sealer = self.net.node("seal")
+            led = EthereumLedger.deploy(self.f.url, self.gov, H, timeout=20)
+            led.register_node(Node(1, "operator-1", DeviceKey.generate().public,
+                                   self.dev.address_bytes), signer=self.gov)
+        except BaseException:
+            self.net.kill()          # no fixture teardown after a failed set-up: no node left
+            raise
         self.contract = led.address
 
     def ledger(self, **kw):
@@ -123,7 +127,8 @@ def test_a_pending_transaction_at_a_higher_fee_is_replaced(chain):
         t.start()
         # the anchor replaced it in the pool: the same nonce, another hash, the fee raised
         wait_for(lambda: results or chain.pending_of(chain.dev).get(nonce, (stuck,))[0] != stuck,
-                 timeout=30, what=lambda: f"a replacement in the pool: {chain.pending_of(chain.dev)}")
+                 timeout=30,
+                 what=lambda: f"a replacement in the pool: {chain.pending_of(chain.dev)}")
         assert not results, results          # not given up: it waits for its receipt
         new_hash, new_fee = chain.pending_of(chain.dev)[nonce]
         assert new_hash != stuck and new_fee >= stuck_fee * 110 // 100, (new_fee, stuck_fee)
