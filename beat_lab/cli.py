@@ -40,10 +40,14 @@ def parser():
     up = sub.add_parser("up", help="build the namespaces, start a beatd in each router (root)")
     up.add_argument("--no-daemons", action="store_true", help="network only")
     ledger_help = ("the routers' ledger: local (default: a local ledger in the state dir, every "
-                   "router registered), none, or ethereum (a ganache chain the lab starts in "
-                   "a ledger namespace, on a management link to every router; the contract "
-                   "deployed, every router registered)")
+                   "router registered), none, or ethereum (a proof-of-authority network the lab "
+                   "starts: a ledger node per router and per committee member, over the "
+                   "management links; the contract deployed, every router registered)")
     up.add_argument("--ledger", choices=LEDGERS, default="local", help=ledger_help)
+    up.add_argument("--sealers", choices=("one", "operators"), default="one",
+                    help="--ledger ethereum: who seals the blocks: the governance's node alone "
+                         "(default), or every operator's node (docs/ledger.md, \"The lab's "
+                         "network\")")
     d = sub.add_parser("demo", help="up (if needed), send known packets and load h1 -> h2, move "
                                     "the route onto the detour, stop the daemons, print what "
                                     "each router recorded (root); --offline: replay router "
@@ -142,7 +146,8 @@ def _lab(args):
         return _fail(f"{args.lab_command}: needs root (network namespaces){hint}")
     try:
         lab = Lab(args.topology, prefix=args.prefix, state_root=args.state_dir,
-                  ledger=getattr(args, "ledger", "local"))
+                  ledger=getattr(args, "ledger", "local"),
+                  chain_sealers=getattr(args, "sealers", None) or "one")
         cmd = args.lab_command
         if cmd == "up":
             lab.up(daemons=not args.no_daemons)

@@ -17,19 +17,23 @@ a short anchor period (``LAB_ANCHOR_PERIOD_S``). The demo's dispute goes through
 (``_demo_dispute``). ``ledger="none"`` leaves the ledger out. Whatever the
 ledger, the governance's configuration (``governance.toml``) lists the same links (``[[links]]``).
 
-``ledger="ethereum"``: a JSON-RPC node (``ledger_client.devnode.DevNode``: ganache, a development
-chain) runs in the namespace ``<prefix>ledger``, reached by every router over its own management
-link (``Net.create_management``: a separate 10.N.0.0/16 that carries no tenant traffic), at
-``http://<ledger address>:8545``. ``up`` makes the deployer's account (``governance.eth``), the
-committee's, operators' and tenant's keys as on local, and, per router,
+``ledger="ethereum"``: a proof-of-authority network of EthereumJS client nodes (``chain.LabChain``,
+``ledger_client.poa_network``): one node per router in the router's namespace, on its management
+address (its operator's node: it seals with the operator's account), and one per committee member
+in the namespace ``<prefix>ledger`` (member 1's, the governance's, at ``http://<ledger
+address>:8545``), every node reached over the management links only (``Net.create_management``: a
+separate 10.N.0.0/16 that carries no tenant traffic). ``up`` makes the deployer's account
+(``governance.eth``), the committee's, operators' and tenant's keys as on local, and, per router,
 ``<router>/keys/device.ed25519`` and ``device.eth`` (as ``beatd keygen --ethereum``), funds the
-deployer and the routers at genesis, deploys the Beat contract with the committee, funds the
-members, operators and tenant from the deployer, registers through the committee every router (its
-owner, Ed25519 key, account and operator's account), every router-router link and the SLA, the
-operators' deposits (wei), all from inside the ledger namespace, and gives each beatd ``[ledger]
-backend = "ethereum"``. The chain's database and log are in the state dir (``chain/``,
-``chain.log``); the state file records the URL, the contract and the node's pid; ``down`` stops
-the node and deletes the ledger namespace with the others. From the host, the node is reached through the namespace:
+deployer and the routers at genesis, deploys the Beat contract from the governance's node with the
+committee, funds the members, operators and tenant from the deployer, registers through the
+committee every router (its owner, Ed25519 key, account and operator's account), every
+router-router link and the SLA, the operators' deposits (wei), and gives each beatd ``[ledger]
+backend = "ethereum"`` with its own node's URL and ``confirmations`` (an anchor counts 2 blocks
+deep). A member's ``beatctl`` (``beatctl_argv(key=...)``) talks to that member's node. The nodes'
+databases and logs are in the state dir (``chain/``); the state file records the URLs, the
+contract and the nodes' pids; ``down`` stops the nodes and deletes the namespaces. From the host,
+the governance's node is reached through the ledger namespace:
 ``ip netns exec <prefix>ledger beatctl --ledger ethereum:URL#CONTRACT anchors``.
 """
 import concurrent.futures
@@ -61,7 +65,7 @@ DEFAULT_TOPOLOGY = topology_path()
 STATE_ROOT = os.environ.get("BEAT_LAB_STATE", "/run/beat-lab")
 LEDGERS = ("local", "none", "ethereum")
 LAB_ANCHOR_PERIOD_S = 1.0
-LAB_CHAIN_PORT = 8545
+LAB_CHAIN_PORT = 8545               # the governance's ledger node (chain.RPC_PORT)
 LAB_SLA_ID = 1
 LAB_GRPC_PORT = 9478                # each router's Interrogation service, on its management link
 LAB_LOSS_BUDGET_PPM = 10_000        # the lab SLA tolerates 1 % loss
@@ -84,9 +88,12 @@ def _cmdline(pid):
 
 class Lab:
     def __init__(self, topology=None, prefix="beat-", state_root=None, python=None,
-                 ring_size="16MiB", ledger="local", committee=(DEFAULT_MEMBERS, DEFAULT_K)):
+                 ring_size="16MiB", ledger="local", committee=(DEFAULT_MEMBERS, DEFAULT_K),
+                 chain_sealers="one"):
         """``committee``: (n, k), the lab committee's members and threshold (``up`` makes their
-        keys; a running lab keeps the ones it was brought up with)."""
+        keys; a running lab keeps the ones it was brought up with). ``chain_sealers`` (ledger
+        ``ethereum``): "operators" (every operator's node seals) or "one" (only the
+        governance's node seals, the others follow): ``chain.LabChain``."""
         if ledger not in LEDGERS:
             raise LabError(f"ledger: {ledger!r} is not one of {', '.join(LEDGERS)}")
         n, k = committee
@@ -103,7 +110,12 @@ class Lab:
         self.ring_size = ring_size
         self._procs = {}
         self._state_lock = threading.RLock()   # the state file: threads restart daemons at once
-        self._devnode = None
+        self._chain_net = None            # ledger "ethereum": the running PoaNetwork, if ours
+        from .chain import CONFIRMATIONS, SEALERS
+        if chain_sealers not in SEALERS:
+            raise LabError(f"chain_sealers: {chain_sealers!r} is not one of {', '.join(SEALERS)}")
+        self.chain_sealers = chain_sealers
+        self.chain_confirmations = CONFIRMATIONS
         # TEST ONLY: routers whose beatd runs with --testing-allow-inject (misbehaviour scenarios)
         self.testing_inject = set()
         # TEST ONLY: {router: [SPEC, ...]}: its beatd runs with --testing-lie SPEC ... (it lies in
@@ -225,7 +237,8 @@ class Lab:
 
     @property
     def chain_log(self):
-        return os.path.join(self.state_dir, "chain.log")
+        """The governance's (member 1's) ledger node's log; every node's is beside it."""
+        return os.path.join(self.chain_db, "member1.log")
 
     @property
     def chain_url(self):
@@ -250,12 +263,13 @@ class Lab:
     # ------------------------------------------------------------------ the ledger
     def _check_ledger_choice(self):
         if self.ledger == "ethereum":
-            from ledger_client import devnode
-            if not os.path.exists(devnode.GANACHE_CLI):
-                raise LabError(f"--ledger ethereum: ganache is not installed ({devnode.GANACHE_CLI}"
-                               f"; run npm ci in {devnode.CONTRACTS_DIR})")
+            from ledger_client import devnode, poa_network
+            if not os.path.exists(poa_network.EJS_CLI):
+                raise LabError(f"--ledger ethereum: the EthereumJS client is not installed "
+                               f"({poa_network.EJS_CLI}; run npm ci in {devnode.CONTRACTS_DIR})")
             if shutil.which("node") is None:
-                raise LabError("--ledger ethereum: node (Node.js) is not on PATH: ganache needs it")
+                raise LabError("--ledger ethereum: node (Node.js) is not on PATH: the ledger "
+                               "nodes need it")
 
     def _device_keys(self, router, ethereum=False):
         """``beatd keygen [--ethereum]``'s files for ``router``: (DeviceKey, Account or None)."""
@@ -349,14 +363,19 @@ class Lab:
                    loss_budget_ppm=LAB_LOSS_BUDGET_PPM,
                    penalty_per_violation=self.money.penalty, price=self.money.price)
 
-    def setup_ethereum(self, timeout=60.0):
-        """The management network, the accounts, the chain (DevNode in the ledger namespace), the
-        contract deployed with the committee (members, k), the members, operators and tenant
-        funded from the deployer's account, then through the committee every router registered
-        (its operator's account), every link, the SLA; the operators' deposits
-        (``registration_job``). Returns {router: account address}."""
-        from ledger_client.devnode import DevNode, DevNodeError
+    def setup_ethereum(self, timeout=180.0):
+        """The management network, the accounts, the ledger network (``chain.LabChain``: one
+        EthereumJS Clique node per router in its namespace, sealing with its operator's
+        account, and one per committee member in the ledger namespace, all over the management
+        links), the contract deployed from the governance's node (member 1's) with the
+        committee (members, k), the members, operators and tenant funded from the deployer's
+        account, then through the committee every router registered (its operator's account),
+        every link, the SLA; the operators' deposits (``registration_job``). Returns {router:
+        account address}."""
+        from ledger_client.devnode import DevNodeError
         from ledger_client.ethereum import Account
+
+        from .chain import LabChain
 
         os.makedirs(self.state_dir, exist_ok=True)
         if self.net.ledger_ns not in list_namespaces():
@@ -371,20 +390,29 @@ class Lab:
             nodes.append([r.node_id, r.owner, key.public_hex, acct.address,
                           self.operator_key_path(r.name)])
             accounts[r.name] = acct
-        node = DevNode(self.chain_db, host=str(self.net.ledger_address()), port=LAB_CHAIN_PORT,
-                       accounts=[(gov.private_key_hex(), 1000 * ETH)] +
-                                [(a.private_key_hex(), 100 * ETH) for a in accounts.values()],
-                       netns=self.net.ledger_ns, log_path=self.chain_log)
-        try:
-            url = node.start(timeout=timeout)
-        except DevNodeError as exc:
-            raise LabError(f"--ledger ethereum: the chain did not start: {exc}") from None
-        self._devnode = node
+        chain = LabChain(self, sealers=self.chain_sealers)
+        funded = [(gov, 1000 * ETH)] + [(a, 100 * ETH) for a in accounts.values()]
         st = self._read_state()
-        st["ethereum"] = {"url": url, "pid": node.pid, "netns": self.net.ledger_ns,
-                          "governance": gov.address}
+        st["ethereum"] = {"url": chain.member_url(1), "netns": self.net.ledger_ns,
+                          "governance": gov.address, "sealers": self.chain_sealers,
+                          "confirmations": self.chain_confirmations,
+                          "members": {str(i): chain.member_url(i)
+                                      for i in range(1, self.committee_n + 1)},
+                          "routers": {r.name: chain.router_url(r.name)
+                                      for r in self.topo.routers}, "pids": {}}
         self._write_state(st)
-        # deploy and register from inside the ledger namespace (the node is reachable there)
+        net = chain.network(funded)
+        self._chain_net = net
+        try:
+            net.start(timeout=timeout, min_height=2)
+        except DevNodeError as exc:
+            raise LabError(f"--ledger ethereum: the ledger network did not start: {exc}") from None
+        finally:
+            st = self._read_state()
+            st["ethereum"]["pids"] = {n.name: n.pid for n in net if n.pid}
+            self._write_state(st)
+        url = chain.member_url(1)
+        # deploy and register from inside the ledger namespace, on the governance's node
         parties = self.parties
         job = {"url": url, "key": self.governance_eth_path, "hash": self._hash(),
                "state_dir": self.state_dir, "n": self.committee_n, "k": self.committee_k,
@@ -396,15 +424,26 @@ class Lab:
                                                  "from beat_lab.lab import _ethereum_setup; "
                                                  "_ethereum_setup()"]),
                            input=json.dumps(job), capture_output=True, text=True, cwd=IMPORT_ROOT,
-                           env=self._env(), timeout=timeout + 240)
+                           env=self._env(), timeout=timeout + 300)
         if p.returncode != 0:
             raise LabError(f"--ledger ethereum: deploying the contract and registering the routers "
-                           f"failed: {p.stderr.strip()[-2000:]}")
+                           f"failed: {p.stderr.strip()[-2000:]}; the nodes' logs: {chain.base_dir}")
         contract = json.loads(p.stdout)["contract"]
         st = self._read_state()
         st["ethereum"]["contract"] = contract
         self._write_state(st)
         return {r: a.address for r, a in accounts.items()}
+
+    def router_chain_url(self, router):
+        """The JSON-RPC URL of ``router``'s own (its operator's) ledger node, on its management
+        address, reachable inside its namespace."""
+        return self._read_state().get("ethereum", {}).get("routers", {}).get(router) or \
+            self.chain_url
+
+    def member_chain_url(self, i):
+        """Committee member ``i``'s own ledger node (in the ledger namespace)."""
+        return self._read_state().get("ethereum", {}).get("members", {}).get(str(i)) or \
+            self.chain_url
 
     def net_ledger_argv(self, argv):
         """``argv`` run inside the ledger namespace (where the lab's chain is reachable)."""
@@ -413,11 +452,20 @@ class Lab:
     def beatctl_argv(self, *args, key=None):
         """``beatctl --ledger <the lab's ledger> [--key KEY] ARGS``, inside the ledger namespace
         on ethereum."""
-        argv = [self.python, "-m", "governance.cli", "--ledger", self.ledger_spec]
+        argv = [self.python, "-m", "governance.cli", "--ledger", self._spec_for(key)]
         if key is not None:
             argv += ["--key", key]
         argv += list(args)
         return self.net_ledger_argv(argv) if self.ledger == "ethereum" else argv
+
+    def _spec_for(self, key):
+        """The ledger spec a beatctl with ``key`` uses: on ethereum a committee member's key
+        talks to that member's own node, anything else to the governance's (member 1's)."""
+        if self.ledger == "ethereum" and key is not None:
+            for i in range(1, self.committee_n + 1):
+                if os.path.abspath(key) == os.path.abspath(self.member_key_path(i)):
+                    return f"ethereum:{self.member_chain_url(i)}#{self.contract}"
+        return self.ledger_spec
 
     def beatctl(self, *args, key=None, timeout=300):
         """Run ``beatctl_argv(*args, key=key)``: the CompletedProcess."""
@@ -431,7 +479,7 @@ class Lab:
         (``record``: its approval of the decision; with k = 1 the decision itself);
         ``evidence``: the directory the signed answers are kept in (``beatctl decide``)."""
         key = self.member_key_path(member)
-        argv = [self.python, "-m", "governance.cli", "--ledger", self.ledger_spec]
+        argv = [self.python, "-m", "governance.cli", "--ledger", self._spec_for(key)]
         if record:
             argv += ["--key", key]
         argv += ["interrogate", "--sla", str(LAB_SLA_ID), "--from", str(from_ns), "--to",
@@ -470,30 +518,20 @@ class Lab:
         return env
 
     def stop_chain(self, timeout=10.0):
-        """Stop the lab's JSON-RPC node (SIGTERM: ganache closes its database; SIGKILL after
+        """Stop the lab's ledger nodes (SIGTERM: the client closes its databases; SIGKILL after
         ``timeout``). Idempotent."""
-        node = getattr(self, "_devnode", None)
-        if node is not None:
-            node.stop(timeout=timeout)
-            self._devnode = None
+        from .chain import LabChain
+
+        net = getattr(self, "_chain_net", None)
+        if net is not None:
+            net.stop()
+            self._chain_net = None
         st = self._read_state()
-        pid = st.get("ethereum", {}).get("pid")
-        if pid and _pid_alive(pid) and "ganache" in _cmdline(pid):
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
-                deadline = time.monotonic() + timeout
-                while _pid_alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if not _pid_alive(pid):
-                    break
-        if st.get("ethereum", {}).get("pid"):
-            st["ethereum"]["pid"] = None
+        eth = st.get("ethereum", {})
+        pids = list((eth.get("pids") or {}).values())
+        if pids:
+            LabChain.stop_pids(pids, timeout=timeout)
+            eth["pids"] = {}
             self._write_state(st)
 
     @staticmethod
@@ -590,7 +628,8 @@ class Lab:
                              "key": self.device_key_path(router),
                              "anchor_period_s": LAB_ANCHOR_PERIOD_S}
         elif self.ledger == "ethereum":
-            doc["ledger"] = {"backend": "ethereum", "url": self.chain_url,
+            doc["ledger"] = {"backend": "ethereum", "url": self.router_chain_url(router),
+                             "confirmations": self.chain_confirmations,
                              "contract": self.contract or "0x" + "00" * 20,
                              "key": self.device_eth_path(router),
                              "device_key": self.device_key_path(router),
@@ -1202,6 +1241,7 @@ def _ethereum_setup():
     gov = Account.from_file(job["key"])
     committee = Parties(job["state_dir"], job["n"]).committee(job["k"])
     led = EthereumLedger.deploy(job["url"], gov, job["hash"], committee=committee)
-    committee_mod.fund(led, {"from": job["key"], "to": job["fund"], "amount": job["amount"]})
+    from .chain import fund
+    fund(led, gov, [Account.from_file(p).address for p in job["fund"]], job["amount"])
     committee_mod.register(led, job["register"])
     json.dump({"contract": led.address}, sys.stdout)

@@ -101,7 +101,10 @@ def open_ledger(cfg):
                 evidence_key = device_key
         try:
             backend = open_backend(BackendSpec("ethereum", url=cfg.ledger_url,
-                                               contract=cfg.ledger_contract), hash_name=cfg.hash)
+                                               contract=cfg.ledger_contract), hash_name=cfg.hash,
+                                   confirmations=getattr(cfg, "ledger_confirmations", 0),
+                                   max_fee_per_gas_wei=int(getattr(cfg, "ledger_max_fee_gwei",
+                                                                   100) * 10 ** 9))
         except Exception as exc:  # noqa: BLE001 (named, exit 2)
             raise AnchoringError(f'ledger.url: "{cfg.ledger_url}": {type(exc).__name__}: '
                                  f"{exc}") from None

@@ -304,7 +304,10 @@ def format_status(st):
     if an:
         last = an.get("last_anchored_batch_seq")
         lines.append(f"  ledger       {an.get('backend')} {an.get('ledger')}: last anchored batch "
-                     f"{'none' if last is None else last}, {an.get('pending_anchors', 0)} pending, "
+                     f"{'none' if last is None else last}, {an.get('pending_anchors', 0)} pending"
+                     + (f" ({an.get('sent_anchors', 0)} sent, confirmed at "
+                        f"{an['confirmations']} blocks deep)" if an.get("confirmations") else "")
+                     + ", "
                      f"{an.get('leaves_waiting', 0)} leaves waiting, {an.get('retries', 0)} retries"
                      + (" (HALTED)" if an.get("halted") else "")
                      + (f", last error: {an['last_error']}" if an.get("last_error") else ""))

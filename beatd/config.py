@@ -80,6 +80,10 @@ DEFAULTS = {
         "contract": None,           # ethereum: the Beat contract's address
         "anchor_period_s": None,    # None: governance.anchor_period_s
         "max_leaves": 1 << 16,      # leaves per batch at most
+        "confirmations": 0,         # ethereum: an anchor counts once this many blocks deep (0:
+                                    # final at once: a dev chain, QBFT; a Clique network: e.g. 3)
+        "max_fee_gwei": 100,        # ethereum: the most a transaction pays per gas (also when it
+                                    # replaces a pending one): an error names it when reached
     },
     # the Interrogation service (gRPC over mutual TLS, docs/interrogation.md): off while listen
     # is ""; on, cert/key/ca are required (no plaintext fallback exists)
@@ -264,6 +268,8 @@ class Config:
     ledger_contract: str | None = None
     ledger_anchor_period_s: float | None = None     # None: anchor_period_s (the governance's)
     ledger_max_leaves: int = DEFAULTS["ledger"]["max_leaves"]
+    ledger_confirmations: int = DEFAULTS["ledger"]["confirmations"]
+    ledger_max_fee_gwei: float = DEFAULTS["ledger"]["max_fee_gwei"]
     interrogation_listen: str = ""
     interrogation_cert: str | None = None
     interrogation_key: str | None = None
@@ -719,10 +725,17 @@ def _ledger(raw, store_path):
     max_leaves = _number(lg, "max_leaves", "ledger.", integer=True)
     if max_leaves > 1 << 24:
         raise ConfigError(f"ledger.max_leaves: {max_leaves} is more than {1 << 24}")
+    confirmations = lg["confirmations"]
+    if not isinstance(confirmations, int) or isinstance(confirmations, bool) \
+            or not 0 <= confirmations <= 1000:
+        raise ConfigError(f"ledger.confirmations: {_show(confirmations)} is not a whole number "
+                          "of blocks from 0 to 1000")
     out = {"ledger_backend": backend, "ledger_path": lg["path"], "ledger_key": lg["key"],
            "ledger_device_key": lg["device_key"],
            "ledger_url": lg["url"], "ledger_contract": lg["contract"],
-           "ledger_anchor_period_s": period, "ledger_max_leaves": max_leaves}
+           "ledger_anchor_period_s": period, "ledger_max_leaves": max_leaves,
+           "ledger_confirmations": confirmations,
+           "ledger_max_fee_gwei": float(_number(lg, "max_fee_gwei", "ledger."))}
     if backend == "none":
         return out
     if backend == "local":

@@ -144,7 +144,8 @@ class StoreSpaceCollector:
 
 
 ANCHOR_METRICS = ("beat_anchor_leaves_waiting", "beat_anchor_pending", "beat_anchor_last_batch_seq",
-                  "beat_anchor_retries_total", "beat_anchors_total")
+                  "beat_anchor_retries_total", "beat_anchors_total", "beat_anchor_sent",
+                  "beat_anchor_resent_total")
 
 
 class AnchorCollector:
@@ -166,7 +167,9 @@ class AnchorCollector:
                 ("beat_anchor_pending", "Batches built and not yet on the ledger",
                  st.get("pending_anchors", 0)),
                 ("beat_anchor_last_batch_seq", "The last batch_seq on the ledger (-1: none)",
-                 -1 if last is None else last)):
+                 -1 if last is None else last),
+                ("beat_anchor_sent", "Pending batches on the ledger but not yet confirmations "
+                 "blocks deep (sent, not confirmed)", st.get("sent_anchors", 0))):
             m = GaugeMetricFamily(name, doc)
             m.add_metric([], value)
             yield m
@@ -174,7 +177,9 @@ class AnchorCollector:
                 ("beat_anchor_retries_total", "Failed anchor submissions (ledger unavailable) "
                  "since start", st.get("retries", 0)),
                 ("beat_anchors_total", "Anchors that reached the ledger since start",
-                 st.get("anchors_submitted", 0))):
+                 st.get("anchors_submitted", 0)),
+                ("beat_anchor_resent_total", "Anchors sent again since start (reorganised away "
+                 "or dropped before they were confirmed)", st.get("resent", 0))):
             m = CounterMetricFamily(name[:-len("_total")], doc)
             m.add_metric([], value)
             yield m

@@ -101,6 +101,10 @@ def _parser():
                         "its own)")
     p.add_argument("--key", metavar="GOV_KEY", help="the governance's key file: Ed25519 (PEM, 0600) "
                    "on local, an Ethereum account key (hex, 0600) on ethereum")
+    p.add_argument("--confirmations", type=int, default=0, metavar="N",
+                   help="ethereum: a decision (or registration) counts once N blocks deep, and "
+                        "only anchors N blocks deep are read (0, the default: the chain's blocks "
+                        "are final, as a dev chain or QBFT; a Clique network: e.g. 3)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     k = sub.add_parser("keygen", help="generate the governance key")
@@ -317,8 +321,14 @@ def _open(args, create_with=None):
     create = create_with is not None and kind == "local"
     made = create and not os.path.exists(where)
     try:
+        options = {}
+        if kind == "ethereum" and getattr(args, "confirmations", 0):
+            if args.confirmations < 0:
+                raise UsageError(f"--confirmations: {args.confirmations} is not a number of blocks "
+                                 ">= 0")
+            options["confirmations"] = args.confirmations
         led = open_backend(spec, hash_name=args.hash, missing="create" if create else "error",
-                           governance_pubkey=create_with.public if create else None)
+                           governance_pubkey=create_with.public if create else None, **options)
     except NotFound as exc:
         raise UsageError(str(exc)) from None
     if made:

@@ -23,6 +23,17 @@ does) does two things:
    stops (``halted``) until ``resume()`` or a restart; building goes on. ``retry_now()``: the next
    ``submit()`` tries at once, whatever the backoff (a halt stays): one last attempt at shutdown.
 
+On a chain that can reorganise (the backend's ``confirmations`` > 0, e.g. a Clique network), an
+anchor the backend took is **sent**, not done: it stays pending in the store, and each ``submit()``
+asks the backend where it stands (``backend.anchor_state(a)``): ``"confirmed"`` (``confirmations``
+blocks deep) marks it anchored; ``"sent"`` waits (the next batches are sent meanwhile, in order);
+``"missing"`` (reorganised away, or its transaction dropped) sends it again (``resent`` counts
+them; the contract keeps one anchor per (node_id, batch_seq), "exists" counts as sent). With 0
+confirmations (ganache, QBFT, ``local``) an anchor is confirmed as soon as the backend takes it,
+as before, once the contract's state shows it (a backend with ``anchor_state``: the receipt of
+the node alone does not count). The sent state is kept in memory: after a restart the pending
+anchors are submitted again, come back "exists" and wait for their depth again.
+
 Restart-safe: all state is in the store (``anchors``, ``leaf_proofs``: the batches' levels); a new Batcher on the same
 store continues with the next batch_seq and the next leaf, and resubmits the pending anchors (an
 anchor that reached the ledger before the crash comes back ``"exists"``).
@@ -84,6 +95,14 @@ class Batcher:
         self.halted = None            # the error that stopped submission, or None
         self.batches_built = 0
         self.anchors_submitted = 0
+        # anchors the backend took but not yet confirmed deep enough: {batch_seq: time sent}
+        try:        # (an awaited ledger answers every attribute with Unavailable: 0 then)
+            self.confirmations = int(getattr(backend, "confirmations", 0) or 0)
+        except Exception:      # noqa: BLE001
+            self.confirmations = 0
+        self._sent = {}
+        self.resent = 0               # anchors sent again (reorganised away or dropped)
+        self.anchors_confirmed = 0
 
     # -- the periodic work ----------------------------------------------------------------------
 
@@ -137,16 +156,32 @@ class Batcher:
 
     def submit(self):
         """Submit the pending anchors in batch_seq order, unless halted or backing off.
-        Returns the batch_seqs that are now on the ledger."""
+        Returns the batch_seqs that are now on the ledger (confirmed)."""
         done = []
         if self.halted is not None or self.clock.time() < self._next_try:
             return done
+        waiting = False                   # an earlier batch is sent, not confirmed yet
         for rec in self.outbox.batches(self._first_pending):
             if rec.status != 0:           # anchored (first_pending lagged): skip
                 self._first_pending = rec.batch_seq + 1
                 continue
             a = rec.anchor(self.node_id)
             try:
+                if rec.batch_seq in self._sent:
+                    state = self.backend.anchor_state(a)
+                    if state == "confirmed" and waiting:
+                        state = "sent"    # anchored batches stay a prefix: its turn comes next
+                    if state == "confirmed":
+                        self._confirmed(rec, "confirmed")
+                        done.append(rec.batch_seq)
+                        continue
+                    if state == "sent":
+                        waiting = True
+                        continue          # not deep enough yet; later batches go on
+                    log.warning("node %d: anchor %d is no longer on the ledger (reorganised "
+                                "away or dropped): sending it again", self.node_id, rec.batch_seq)
+                    del self._sent[rec.batch_seq]
+                    self.resent += 1
                 result = self.backend.anchor(a, signer=self.signer)
             except Unavailable as exc:
                 self._backoff(rec, exc)
@@ -165,14 +200,43 @@ class Batcher:
                                                  f"backend answered {result!r}")
                 log.error("node %d: submission stopped: %s", self.node_id, self.last_error)
                 break
-            self.outbox.mark_anchored(rec.batch_seq, self._ref(rec.batch_seq))
-            self._first_pending = rec.batch_seq + 1
+            self.anchors_submitted += 1
+            if self.confirmations == 0 and hasattr(self.backend, "anchor_state"):
+                # the node said "anchored"/"exists": done only when the contract's state shows
+                # it (a node that claims a receipt for a transaction it withheld is not believed)
+                try:
+                    state = self.backend.anchor_state(a)
+                except Unavailable as exc:
+                    self._backoff(rec, exc)
+                    break
+                except LedgerError as exc:
+                    self.last_error = self.halted = (f"anchor {self.node_id}/{rec.batch_seq}: "
+                                                     f"{type(exc).__name__}: {exc}")
+                    log.error("node %d: submission stopped: %s", self.node_id, self.last_error)
+                    break
+                if state != "confirmed":
+                    self._backoff(rec, Unavailable(
+                        f"the ledger's node answered {result!r} but the contract does not hold "
+                        f"the anchor ({state}): sending it again later"))
+                    break
             self._failures = 0
             self._next_try = 0.0
-            self.anchors_submitted += 1
+            if self.confirmations > 0:
+                waiting = True
+                self._sent[rec.batch_seq] = self.clock.time()
+                log.info("node %d: batch %d %s, sent (confirmed at %d blocks deep)",
+                         self.node_id, rec.batch_seq, result, self.confirmations)
+                continue
+            self._confirmed(rec, result)
             done.append(rec.batch_seq)
-            log.info("node %d: batch %d %s", self.node_id, rec.batch_seq, result)
         return done
+
+    def _confirmed(self, rec, result):
+        self.outbox.mark_anchored(rec.batch_seq, self._ref(rec.batch_seq))
+        self._sent.pop(rec.batch_seq, None)
+        self._first_pending = rec.batch_seq + 1
+        self.anchors_confirmed += 1
+        log.info("node %d: batch %d %s", self.node_id, rec.batch_seq, result)
 
     def _ref(self, batch_seq):
         """Where the anchor landed (the backend's ``ref``), if the backend says so now."""
@@ -241,7 +305,13 @@ class Batcher:
         return {
             "leaves_waiting": self._waiting(),
             "pending_anchors": next_seq - self._first_pending,
+            # of the pending ones, those on the ledger but not yet ``confirmations`` deep
+            "sent_anchors": len(self._sent),
+            "confirmations": self.confirmations,
+            "anchors_confirmed": self.anchors_confirmed,
+            "resent": self.resent,
             "last_anchored_batch_seq": self._first_pending - 1 if self._first_pending else None,
+            "last_confirmed_batch_seq": self._first_pending - 1 if self._first_pending else None,
             "next_batch_seq": next_seq,
             "batches_built": self.batches_built,
             "anchors_submitted": self.anchors_submitted,

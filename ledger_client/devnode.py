@@ -97,6 +97,8 @@ except OSError:
 class DevNode:
     """A ganache process on one port and one chain database (kept across stop/kill/start)."""
 
+    PROGRAM = "ganache"
+
     def __init__(self, db_path, host="127.0.0.1", port=0, accounts=(), block_time=None,
                  netns=None, chain_id=1337, log_path=None):
         self.db_path = os.path.abspath(str(db_path))
@@ -162,7 +164,7 @@ class DevNode:
             return None
 
     def log_tail(self, lines=20):
-        """The last lines of ganache's log (for error messages)."""
+        """The last lines of the node's log (for error messages)."""
         try:
             with open(self.log_path, errors="replace") as f:
                 return "".join(f.readlines()[-lines:]).rstrip()
@@ -181,6 +183,20 @@ class DevNode:
         for key, balance in self.accounts:
             cmd += ["--wallet.accounts", f"{key},{balance}"]
         return self._ns(cmd)
+
+    def _check_installed(self):
+        if not os.path.exists(GANACHE_CLI):
+            raise DevNodeError(f"ganache not found at {GANACHE_CLI}: run npm ci in "
+                               f"{CONTRACTS_DIR}")
+        if shutil.which("node") is None:
+            raise DevNodeError("node (Node.js) is not installed or not on PATH: ganache needs it")
+
+    def _popen_env(self):
+        """The environment of the node process (None: ours)."""
+        return None
+
+    def _prepare(self):
+        """Files the node needs before it starts (none for ganache)."""
 
     # ------------------------------------------------------------------ API
     @property
@@ -203,11 +219,7 @@ class DevNode:
         wait until it answers eth_chainId. Returns the URL."""
         if self.running:
             return self.url
-        if not os.path.exists(GANACHE_CLI):
-            raise DevNodeError(f"ganache not found at {GANACHE_CLI}: run npm ci in "
-                               f"{CONTRACTS_DIR}")
-        if shutil.which("node") is None:
-            raise DevNodeError("node (Node.js) is not installed or not on PATH: ganache needs it")
+        self._check_installed()
         if self.netns and shutil.which("ip") is None:
             raise DevNodeError(f"netns {self.netns}: the ip command (iproute2) is not installed")
         if not self.port:
@@ -217,12 +229,14 @@ class DevNode:
                                + (f" (netns {self.netns})" if self.netns else ""))
         os.makedirs(self.db_path, exist_ok=True)
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        self._prepare()
         self._log = open(self.log_path, "a")
         self._log.write(f"--- devnode start {time.strftime('%Y-%m-%dT%H:%M:%S')}: "
                         f"{self.url} db {self.db_path}\n")
         self._log.flush()
         self._proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, start_new_session=True,
+                                      env=self._popen_env())
         deadline = time.monotonic() + timeout
         while True:
             rc = self._proc.poll()
@@ -231,9 +245,9 @@ class DevNode:
                 tail = self.log_tail()
                 self._proc = None
                 if "EADDRINUSE" in tail:
-                    raise DevNodeError(f"port {self.port} on {self.host} is in use (ganache: "
-                                       f"EADDRINUSE); log {self.log_path}:\n{tail}")
-                raise DevNodeError(f"ganache exited at start (code {rc}); log "
+                    raise DevNodeError(f"port {self.port} on {self.host} is in use "
+                                       f"({self.PROGRAM}: EADDRINUSE); log {self.log_path}:\n{tail}")
+                raise DevNodeError(f"{self.PROGRAM} exited at start (code {rc}); log "
                                    f"{self.log_path}:\n{tail}")
             got = self._probe()
             if got is not None:
@@ -245,7 +259,7 @@ class DevNode:
             if time.monotonic() >= deadline:
                 tail = self.log_tail()
                 self.kill()
-                raise DevNodeError(f"ganache did not answer eth_chainId on {self.url} within "
+                raise DevNodeError(f"{self.PROGRAM} did not answer eth_chainId on {self.url} within "
                                    f"{timeout}s; last lines of {self.log_path}:\n{tail}")
             time.sleep(0.1)
 
@@ -264,7 +278,7 @@ class DevNode:
             self._log = None
 
     def stop(self, timeout=10):
-        """SIGTERM (ganache closes its database cleanly), then SIGKILL after ``timeout`` s."""
+        """SIGTERM (the node closes its database cleanly), then SIGKILL after ``timeout`` s."""
         if self._proc is None:
             return
         if self._proc.poll() is None:

@@ -35,6 +35,14 @@ from .types import (ACTS, DEFAULT_NOTICE_S, DEFAULT_TTL_S, DISPUTE_STATES, SLA, 
 
 ARTIFACT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "contracts", "Beat.json")
 ZERO_ADDRESS = "0x" + "00" * 20
+# the most a transaction of this client pays per gas, unless configured (beatd [ledger]
+# max_fee_gwei): a private ledger's base fee is far below it; a node that asks more for a
+# replacement (or a fee market gone wild) meets an error naming it, not an open purse
+DEFAULT_MAX_FEE_WEI = 100 * 10 ** 9
+# a replacement of a pending transaction pays this much more (percent) than it, fee and tip: the
+# pools' rule (geth, the EthereumJS client and ganache want 10 %), plus a margin
+REPLACEMENT_BUMP_PCT = 12
+LOG_WINDOW = 2000          # blocks per eth_getLogs request (the EthereumJS client refuses > 2,500)
 LINK_ACTIVE, LINK_RETIRED = 1, 2        # the contract's linkState
 # the contract's ACT_* codes (1-based, in types.ACTS order) and their argument types
 ACT_CODES = {name: i + 1 for i, name in enumerate(ACTS)}
@@ -184,7 +192,35 @@ class Account:
         return f"Account({self.address})"
 
 
+# a node answering from a head block it has not executed yet (the EthereumJS client just after a
+# new block or a restart): the same as a node that cannot answer now; ask again later
+_NOT_READY = ("not found in db", "state trie does not contain state root")
+
+
+class _Provider(HTTPProvider):
+    """JSON-RPC over HTTP, asking again (up to ``NOT_READY_TRIES`` times, 0.2 s apart) when the
+    node answers that it is not ready (``_NOT_READY``: the EthereumJS client answers so for a
+    moment after each new block, while it executes it). A request it refused that way did
+    nothing (no transaction was taken), so asking again is safe. Still not ready after that:
+    the error goes to the caller (``Unavailable``)."""
+
+    NOT_READY_TRIES = 8
+
+    def make_request(self, method, params):
+        import time
+        for attempt in range(self.NOT_READY_TRIES):
+            response = super().make_request(method, params)
+            err = response.get("error") if isinstance(response, dict) else None
+            msg = str(err.get("message", "")).lower() if isinstance(err, dict) else ""
+            if not any(m in msg for m in _NOT_READY) or attempt == self.NOT_READY_TRIES - 1:
+                return response
+            time.sleep(0.2)
+        return response
+
+
 def _is_connection_error(exc):
+    if isinstance(exc, Web3RPCError) and any(m in str(exc).lower() for m in _NOT_READY):
+        return True
     return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                             ConnectionError, TimeoutError, OSError))
 
@@ -192,8 +228,24 @@ def _is_connection_error(exc):
 class EthereumLedger:
     """The Backend over the Beat contract at `contract_address` on the node at `url`."""
 
+    # a replacement refused as underpriced again (another node's pool, a fee that moved): raised
+    # again at most this many times in one send; past that, ``Unavailable`` (the caller retries)
+    MAX_REPLACEMENTS = 4
+
     def __init__(self, url, contract_address, hash_name, timeout=10.0, receipt_timeout=None,
-                 poll_latency=0.05, gas_margin=1.25):
+                 poll_latency=0.05, gas_margin=1.25, confirmations=0, priority_fee_wei=0,
+                 max_fee_per_gas_wei=DEFAULT_MAX_FEE_WEI):
+        if not isinstance(confirmations, int) or isinstance(confirmations, bool) \
+                or confirmations < 0:
+            raise ValueError(f"confirmations: {confirmations!r} must be a whole number of blocks "
+                             ">= 0 (0: the chain's blocks are final, as QBFT or a dev chain)")
+        self.confirmations = confirmations
+        self.priority_fee_wei = int(priority_fee_wei)
+        if not isinstance(max_fee_per_gas_wei, int) or isinstance(max_fee_per_gas_wei, bool) \
+                or max_fee_per_gas_wei <= 0:
+            raise ValueError(f"max_fee_per_gas_wei: {max_fee_per_gas_wei!r} must be a whole "
+                             "number of wei > 0 (the most this signer pays per gas)")
+        self.max_fee_per_gas_wei = max_fee_per_gas_wei
         self.url = url
         self.hash_name = hash_name
         self.timeout = float(timeout)
@@ -201,13 +253,14 @@ class EthereumLedger:
         self.poll_latency = poll_latency
         self.gas_margin = gas_margin
         # No retries inside web3: the outbox retries, and an unreachable node must fail fast.
-        self.w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": self.timeout},
+        self.w3 = Web3(_Provider(url, request_kwargs={"timeout": self.timeout},
                                     exception_retry_configuration=None))
         self.w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
         self.address = to_checksum_address(contract_address)
         self.contract = self.w3.eth.contract(address=self.address, abi=artifact()["abi"])
         self._lock = threading.RLock()
         self._nonces = {}
+        self._sent_fees = {}      # {(address, nonce): the fee fields last sent with that nonce}
         self._chain_id = None
         self._checked = False
         self._governance = None
@@ -270,8 +323,30 @@ class EthereumLedger:
             n = self.w3.eth.get_transaction_count(address, "pending")
         return n
 
-    def _transact(self, op, fn, signer):
-        """Estimate, sign, send, await the receipt; returns the receipt (status 1)."""
+    def _remember_fees(self, address, nonce, fees):
+        """The fees sent with (address, nonce), for a later replacement (the last 16 nonces)."""
+        self._sent_fees[(address, nonce)] = dict(fees)
+        for key in [k for k in self._sent_fees if k[0] == address and k[1] < nonce - 16]:
+            del self._sent_fees[key]
+
+    def _check_ceiling(self, op, fees, nonce):
+        """``Unavailable`` naming the ceiling when ``fees`` go past ``max_fee_per_gas_wei`` (the
+        ledger's fees, or a node asking a replacement fee that high: nothing is sent)."""
+        fee = _fee_of(fees)
+        if fee > self.max_fee_per_gas_wei:
+            what = (f"replacing the pending transaction with nonce {nonce} needs a fee of "
+                    f"{fee} wei/gas" if nonce is not None else
+                    f"the chain's fee is {fee} wei/gas now")
+            raise Unavailable(f"{op}: {what} on {self.url}, above the ceiling of "
+                              f"{self.max_fee_per_gas_wei} wei/gas (beatd [ledger] max_fee_gwei, "
+                              f"EthereumLedger max_fee_per_gas_wei): not sent; raise the ceiling "
+                              f"or wait for the pending transaction to land")
+
+    def _transact(self, op, fn, signer, wait_depth=True):
+        """Estimate, sign, send, await the receipt; returns the receipt (status 1). With
+        ``confirmations`` > 0 (and ``wait_depth``) it also waits until the transaction is that many
+        blocks deep (a decision counts then); reorganised away meanwhile: ``Unavailable`` (the
+        caller sends it again; every operation is idempotent)."""
         self._ensure(op)
         op = f"{op} by {signer.address}"
         with self._lock:
@@ -283,24 +358,54 @@ class EthereumLedger:
                 if _is_connection_error(exc):
                     raise self._unavailable(op, exc) from exc
                 raise
-            for attempt in range(3):
+            fees = None
+            replacements = 0
+            attempt = 0
+            while True:
                 try:
+                    if fees is None:
+                        fees = _fee_fields(self.w3, self.priority_fee_wei)
+                        self._check_ceiling(op, fees, None)
                     nonce = self._next_nonce(signer.address)
                     tx = fn.build_transaction({
                         "from": signer.address, "nonce": nonce, "chainId": self._chain_id,
-                        "gas": int(gas * self.gas_margin) + 10_000,
-                        "gasPrice": self.w3.eth.gas_price})
+                        "gas": int(gas * self.gas_margin) + 10_000, **fees})
                     signed = signer.sign_transaction(tx)
                     tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
                     self._nonces[signer.address] = nonce + 1
+                    self._remember_fees(signer.address, nonce, fees)
                     break
                 except Web3RPCError as exc:
                     msg = str(exc).lower()
                     self._nonces.pop(signer.address, None)
-                    # "nonce too low" (geth), "the tx doesn't have the correct nonce" (ganache),
-                    # "already known", "replacement transaction underpriced"
-                    if ("nonce" in msg or "already known" in msg
-                            or "replacement transaction" in msg) and attempt < 2:
+                    if _is_connection_error(exc):     # the node is not ready: later
+                        raise self._unavailable(op, exc) from exc
+                    if _is_underpriced(msg):
+                        # a transaction of ours with this nonce waits in the node's pool (sent
+                        # before at a higher fee, or held by a node that cannot seal it now):
+                        # replace it, the same nonce at a fee raised past the pool's bump
+                        replacements += 1
+                        if replacements > self.MAX_REPLACEMENTS:
+                            raise Unavailable(
+                                f"{op}: the node at {self.url} still refuses the replacement of "
+                                f"the transaction with nonce {nonce} after "
+                                f"{self.MAX_REPLACEMENTS} raises of its fee (to "
+                                f"{_fee_of(fees)} wei/gas): {exc}") from exc
+                        fees = _raised_fees(fees, self._sent_fees.get((signer.address, nonce)),
+                                            str(exc))
+                        self._check_ceiling(op, fees, nonce)
+                        self._nonces[signer.address] = nonce     # the same nonce again
+                        continue
+                    if "already known" in msg or "already in the txpool" in msg:
+                        # this very transaction is pending there (sent before an answer was
+                        # lost): wait for its receipt like any other
+                        tx_hash = signed.hash
+                        self._nonces[signer.address] = nonce + 1
+                        self._remember_fees(signer.address, nonce, fees)
+                        break
+                    # "nonce too low" (geth), "the tx doesn't have the correct nonce" (ganache)
+                    attempt += 1
+                    if "nonce" in msg and attempt < 3:
                         continue     # refresh the nonce from the chain and sign again
                     raise LedgerError(f"{op}: the node refused the transaction: {exc}") from exc
                 except Exception as exc:   # noqa: BLE001
@@ -333,7 +438,35 @@ class EthereumLedger:
                 pass
             raise LedgerError(f"{op}: transaction {tx_hash.hex()} reverted in block "
                               f"{receipt['blockNumber']}")
+        if self.confirmations > 0 and wait_depth:
+            self._await_depth(op, tx_hash, receipt)
         return receipt
+
+    def _await_depth(self, op, tx_hash, receipt):
+        """Wait until the receipt's transaction is ``confirmations`` blocks deep on the node's
+        canonical chain (``receipt_timeout`` at most)."""
+        import time
+        deadline = time.monotonic() + self.receipt_timeout
+        while True:
+            def look():
+                head = self.w3.eth.block_number
+                try:
+                    r = self.w3.eth.get_transaction_receipt(tx_hash)
+                except Exception:   # noqa: BLE001 - web3's TransactionNotFound: not canonical now
+                    r = None
+                return head, r
+            head, r = self._rpc(op, look)
+            if r is None:
+                with self._lock:
+                    self._nonces.clear()
+                raise Unavailable(f"{op}: transaction {tx_hash.hex()} is no longer on the chain "
+                                  f"of {self.url} (reorganised away): send it again")
+            if head - r["blockNumber"] >= self.confirmations:
+                return r
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"{op}: transaction {tx_hash.hex()} not {self.confirmations} "
+                                  f"blocks deep on {self.url} within {self.receipt_timeout:g}s")
+            time.sleep(max(self.poll_latency, 0.2))
 
     # ------------------------------------------------------------------ deployment
     @classmethod
@@ -351,7 +484,7 @@ class EthereumLedger:
             if m.account is None:
                 raise ValueError("deploy: every committee member needs an account")
         art = artifact()
-        w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": float(timeout)},
+        w3 = Web3(_Provider(url, request_kwargs={"timeout": float(timeout)},
                                exception_retry_configuration=None))
         w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
         op = f"deploy by {governance_account.address}"
@@ -367,7 +500,7 @@ class EthereumLedger:
                 "from": governance_account.address,
                 "nonce": w3.eth.get_transaction_count(governance_account.address, "pending"),
                 "chainId": w3.eth.chain_id, "gas": int(gas * 1.2) + 50_000,
-                "gasPrice": w3.eth.gas_price})
+                **_fee_fields(w3, kwargs.get("priority_fee_wei", 0))})
             tx_hash = w3.eth.send_raw_transaction(
                 governance_account.sign_transaction(tx).raw_transaction)
             receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=3 * float(timeout),
@@ -471,26 +604,54 @@ class EthereumLedger:
         # (permission, conflict, gap) is the contract's to judge, through the gas estimate.
         exists, _owner, _pk, account, next_seq, _op, _ret = self._call(op, fn.getNode(a.node_id))
         if exists and account == signer.address and a.batch_seq < next_seq:
-            current = self.get_anchor(a.node_id, a.batch_seq)
+            current = self.get_anchor(a.node_id, a.batch_seq, at_head=True)
             if current is not None and current.content() == a.content():
                 return "exists"
+        # not awaited to depth here: the batcher asks anchor_state() at each tick instead
         receipt = self._transact(op, fn.anchor(a.node_id, a.batch_seq, a.tree_size, a.root,
-                                               a.first_t_ns, a.last_t_ns), signer)
+                                               a.first_t_ns, a.last_t_ns), signer,
+                                 wait_depth=False)
         events = self.contract.events.Anchored().process_receipt(receipt, errors=_DISCARD)
         return "anchored" if events else "exists"
 
     def _anchor_ref(self, node_id, batch_seq, block):
-        logs = self.contract.events.Anchored.get_logs(
-            from_block=block, to_block=block,
-            argument_filters={"nodeId": node_id, "batchSeq": batch_seq})
+        logs = self._anchored_logs(block, block, {"nodeId": node_id, "batchSeq": batch_seq})
         if logs:
             return f"0x{bytes(logs[0]['transactionHash']).hex()}@{block}"
         return f"@{block}"
 
-    def get_anchor(self, node_id, batch_seq):
+    def _anchored_logs(self, from_block, to_block, filters):
+        """The ``Anchored`` events of blocks ``from_block..to_block`` matching ``filters``,
+        asked in windows of ``LOG_WINDOW`` blocks (a node may refuse a longer range: the
+        EthereumJS client above 2,500) and checked here again: a node's filter is not trusted
+        (the EthereumJS client used to ignore every topic after the first) and a log marked
+        ``removed`` (its block reorganised away) is dropped."""
+        out = []
+        start = from_block
+        while start <= to_block:
+            end = min(to_block, start + LOG_WINDOW - 1)
+            logs = self.contract.events.Anchored.get_logs(from_block=start, to_block=end,
+                                                          argument_filters=filters or None)
+            out += [log for log in logs if not log.get("removed", False)
+                    and all(log["args"][k] == v for k, v in filters.items())]
+            start = end + 1
+        return out
+
+    def _read_block(self, op):
+        """The block reads are made at: the head, or ``confirmations`` blocks below it (only what
+        is that deep counts)."""
+        if self.confirmations == 0:
+            return "latest"
+        return max(0, self._rpc(op, lambda: self.w3.eth.block_number) - self.confirmations)
+
+    def get_anchor(self, node_id, batch_seq, at_head=False):
+        """The anchor, if it is ``confirmations`` blocks deep (``at_head``: at the head)."""
         op = f"get_anchor({node_id}, {batch_seq})"
-        exists, size, root, first, last, block = self._call(
-            op, self.contract.functions.getAnchor(node_id, batch_seq))
+        self._ensure(op)
+        where = "latest" if at_head else self._read_block(op)
+        exists, size, root, first, last, block = self._rpc(
+            op, lambda: self.contract.functions.getAnchor(node_id, batch_seq).call(
+                block_identifier=where))
         if not exists:
             return None
         ref = self._rpc(op, lambda: self._anchor_ref(node_id, batch_seq, block))
@@ -502,18 +663,83 @@ class EthereumLedger:
         op = f"anchors({node_id}, {from_seq})"
         self._ensure(op)
         filters = {"nodeId": node_id} if node_id is not None else {}
-        logs = self._rpc(op, lambda: self.contract.events.Anchored.get_logs(
-            from_block=self._deployed_at, to_block="latest", argument_filters=filters))
-        out = []
+        to_block = self._read_block(op)
+        if to_block == "latest":
+            to_block = self._rpc(op, lambda: self.w3.eth.block_number)
+        if to_block < self._deployed_at:
+            return []
+        logs = self._rpc(op, lambda: self._anchored_logs(self._deployed_at, to_block, filters))
+        by_key = {}
         for log in logs:
             e = log["args"]
             if e["batchSeq"] < from_seq:
                 continue
             ref = f"0x{bytes(log['transactionHash']).hex()}@{log['blockNumber']}"
-            out.append(Anchor(e["nodeId"], e["batchSeq"], e["treeSize"], bytes(e["root"]),
-                              e["firstTNs"], e["lastTNs"], ref))
+            a = Anchor(e["nodeId"], e["batchSeq"], e["treeSize"], bytes(e["root"]),
+                       e["firstTNs"], e["lastTNs"], ref)
+            by_key.setdefault((a.node_id, a.batch_seq), []).append(a)
+        out = []
+        for (nid, seq), found in by_key.items():
+            if len(found) > 1:
+                # the contract emits one Anchored per (node_id, batch_seq): two logs for one key
+                # come from a node showing blocks off its canonical chain; the contract's state
+                # at the same block decides which one holds
+                held = self._rpc(op, lambda: self.contract.functions.getAnchor(nid, seq).call(
+                    block_identifier=to_block))
+                found = [a for a in found if held[0] and (a.tree_size, a.root, a.first_t_ns,
+                                                          a.last_t_ns) ==
+                         (held[1], bytes(held[2]), held[3], held[4])][:1]
+            out += found
         out.sort(key=lambda a: (a.node_id, a.batch_seq))
         return out
+
+    # ------------------------------------------------------------------ confirmations
+    def head(self):
+        """The node's head block number."""
+        return self._rpc("head", lambda: self.w3.eth.block_number)
+
+    def anchor_state(self, a: Anchor) -> str:
+        """Where the anchor ``a`` stands on this node's chain:
+
+        - ``"confirmed"``: in the contract's state at block ``head - confirmations`` (so at least
+          ``confirmations`` blocks deep; with 0, at the head);
+        - ``"sent"``: at the head but not that deep yet (a reorganisation may still take it away);
+        - ``"missing"``: not at the head: reorganised away, or its transaction dropped (a node
+          restarted without its pool): send it again (``anchor`` is idempotent, the contract
+          keeps one anchor per (node_id, batch_seq)).
+
+        A different root already there is ``ConflictError``. The cached nonces are forgotten on
+        ``"missing"``: the transaction that used one is gone."""
+        op = f"anchor_state(node {a.node_id}, batch {a.batch_seq})"
+        self._ensure(op)
+        fn = self.contract.functions.getAnchor(a.node_id, a.batch_seq)
+
+        def at(block):
+            exists, size, root, first, last, _block = fn.call(block_identifier=block)
+            if not exists:
+                return None
+            got = (size, bytes(root), first, last)
+            if got != (a.tree_size, bytes(a.root), a.first_t_ns, a.last_t_ns):
+                raise ConflictError(f"{op}: the ledger holds another anchor for this batch "
+                                    f"(root {bytes(root).hex()}, {size} leaves)")
+            return got
+
+        def state():
+            head = self.w3.eth.block_number
+            if at(head) is None:
+                return "missing"
+            if self.confirmations == 0:
+                return "confirmed"
+            deep = head - self.confirmations
+            if deep >= 0 and at(deep) is not None:
+                return "confirmed"
+            return "sent"
+
+        result = self._rpc(op, state)
+        if result == "missing":
+            with self._lock:
+                self._nonces.clear()
+        return result
 
     def next_batch_seq(self, node_id) -> int:
         return self._call(f"next_batch_seq({node_id})",
@@ -660,15 +886,16 @@ class EthereumLedger:
                        signer)
         return self.proposal(proposal_id)
 
-    def proposal(self, proposal_id):
+    def proposal(self, proposal_id, _committee=None, _now=None):
         p = self._call(f"proposal({proposal_id})",
                        self.contract.functions.getProposal(proposal_id))
         code, executed, epoch, created, approvers, args = p
         if code == 0:
             return None
-        c = self.committee()
+        c = _committee or self.committee()
         act = ACTS[code - 1]
-        now = self._rpc("proposal", lambda: self.w3.eth.get_block("latest")["timestamp"])
+        now = _now if _now is not None else self._rpc(
+            "proposal", lambda: self.w3.eth.get_block("latest")["timestamp"])
         expires = created + c.ttl_s
         state = ("executed" if executed else "stale" if epoch != c.epoch else
                  "expired" if now >= expires else "open")
@@ -679,7 +906,10 @@ class EthereumLedger:
     def pending(self):
         """The open (this epoch, unexpired, not executed) proposals with their approvals."""
         n = self._call("pending()", self.contract.functions.proposalCount())
-        out = [self.proposal(i) for i in range(1, n + 1)]
+        # the committee and the head's time read once for all of them (3 reads a proposal before)
+        c = self.committee()
+        now = self._rpc("pending()", lambda: self.w3.eth.get_block("latest")["timestamp"])
+        out = [self.proposal(i, _committee=c, _now=now) for i in range(1, n + 1)]
         return [p for p in out if p.state == "open"]
 
     def approve_decision(self, dispute_id, evidence_digest, verdict_digest, faulty, *, signer):
@@ -823,6 +1053,58 @@ def _args_json(act, values):
              "retire_link": ("a", "b"), "add_member": ("account", "pubkey"),
              "remove_member": ("account",), "set_threshold": ("k",)}[act]
     return dict(zip(names, j(list(values))))
+
+
+def _is_underpriced(msg):
+    """The node refused a transaction because one with its nonce is pending at a fee it will not
+    replace for this one: "replacement gas too low" (the EthereumJS client), "replacement
+    transaction underpriced" (geth), "transaction underpriced" (ganache)."""
+    msg = msg.lower()
+    return ("replacement" in msg and ("too low" in msg or "underpriced" in msg)) \
+        or "transaction underpriced" in msg
+
+
+def _fee_of(fees):
+    return int(fees.get("maxFeePerGas", fees.get("gasPrice", 0)))
+
+
+def _bump(value):
+    return int(value) + (int(value) * REPLACEMENT_BUMP_PCT + 99) // 100
+
+
+def _raised_fees(fees, sent, message):
+    """The fee fields for a replacement of a pending transaction: at least ``REPLACEMENT_BUMP_PCT``
+    over what was last sent with that nonce (``sent``, if this client sent it), over what the
+    node's error names as the minimum (the EthereumJS client: "got tip T, min: A, got fee F,
+    min: B"), and over ``fees`` themselves (nothing known: the pending one was sent by an
+    earlier run, at most at today's fee, or the fee moved)."""
+    import re
+    want_fee = _bump(_fee_of(fees))
+    want_tip = _bump(fees.get("maxPriorityFeePerGas", 0))
+    if sent:
+        want_fee = max(want_fee, _bump(_fee_of(sent)))
+        want_tip = max(want_tip, _bump(sent.get("maxPriorityFeePerGas", 0)))
+    m = re.search(r"tip (\d+), min: (\d+), got fee (\d+), min: (\d+)", message)
+    if m:
+        want_tip = max(want_tip, int(m.group(2)))
+        want_fee = max(want_fee, int(m.group(4)))
+    if "gasPrice" in fees:
+        return {"gasPrice": max(want_fee, want_tip)}
+    return {"type": 2, "maxFeePerGas": max(want_fee, want_tip), "maxPriorityFeePerGas": want_tip}
+
+
+def _fee_fields(w3, priority_fee_wei=0):
+    """The fee fields of a transaction: EIP-1559 (type 2) with ``priority_fee_wei`` as the tip
+    when the chain has a base fee, else the node's gas price. The tip is 0 by default: on the
+    EthereumJS client's Clique chains a tip makes the sealer and the other nodes disagree on the
+    block's state (the sealer credits it before the block is signed, to no one; the others to the
+    signer: "invalid block stateRoot"), and a private ledger needs no tip."""
+    block = w3.eth.get_block("latest")
+    base = block.get("baseFeePerGas") if hasattr(block, "get") else None
+    if base is None:
+        return {"gasPrice": w3.eth.gas_price}
+    tip = int(priority_fee_wei)
+    return {"type": 2, "maxFeePerGas": 2 * int(base) + tip, "maxPriorityFeePerGas": tip}
 
 
 def _address(value, default=None):

@@ -28,6 +28,22 @@ for _folder in SUBSYSTEMS:
         sys.path.append(os.path.join(TESTS, _folder))
 
 
+# the checkout's packages (and the test helpers subprocesses import), byte-compiled once per
+# session: the daemons, beatctl and labs the tests start are child interpreters that import them
+# again; where PYTHONDONTWRITEBYTECODE is set (it is in the CI sandbox) each would compile every
+# module it imports from source
+PRECOMPILED = ("beat_common", "fastpath", "beatd", "ledger_client", "governance", "beat_rpc",
+               "beat_lab", "benchmarks", "tests")
+
+
+def pytest_sessionstart(session):
+    import compileall
+    import re
+    skip = re.compile(r"[/\\](node_modules|data)[/\\]")
+    for name in PRECOMPILED:
+        compileall.compile_dir(os.path.join(REPO, name), quiet=1, rx=skip)
+
+
 def real_pcaps():
     """The real-world captures of tests/data/pcaps/real (an empty list when they are missing: the
     tests that need them then fail through require_real_pcaps, never skip)."""

@@ -50,6 +50,7 @@ for the recording-layer ones, the fast path or the governance's collection) is f
 suite stays green. Hypothesis runs derandomized without a database: every run is the same.
 """
 import dataclasses
+import functools
 import struct
 import sys
 
@@ -111,8 +112,10 @@ def topologies(draw, max_devices=8):
 
 # -- the scenario: traffic, the coalition's behaviour, everybody's evidence ---------------------
 
+@functools.lru_cache(maxsize=None)
 def _delay(hi=MAX_HOP, lo=0):
-    """A delay in [lo, hi], often on one of its bounds."""
+    """A delay in [lo, hi], often on one of its bounds. (One strategy object per bounds: the
+    same draws, without building and validating a new strategy for every hop.)"""
     return st.one_of(st.sampled_from((lo, hi)), st.integers(lo, hi))
 
 

@@ -845,14 +845,15 @@ def committee_of_two(tmp_path, stop_after, monkeypatch):
     stop_after(d)
     return d, m2
 
-def member_two_reading_member_one(d, m2, tmp_path, led, a):
+def member_two_reading_member_one(d, m2, tmp_path, led, a, **kw):
     """Member 2's service, reading member 1's evidence archives (docs: peer_evidence, e.g. a
-    read-only mount), starting at member 1's next epoch."""
+    read-only mount), starting at member 1's next epoch. ``kw``: more of its configuration."""
     from governance.interrogate import load_config
     from governance.service.service import Service
     from governance.service.state import State
     from test_service_loopback import svc_config
-    cfg = svc_config(tmp_path / "m2", peer_evidence=(str(tmp_path / "m1" / "state" / "evidence"),))
+    cfg = svc_config(tmp_path / "m2", peer_evidence=(str(tmp_path / "m1" / "state" / "evidence"),),
+                     **kw)
     b = Service(led, m2, cfg, load_config(str(d.config)), State(cfg.state_dir))
     with b.state.lock:
         b.state.sla(1)["next_epoch"] = a.state.sla(1)["next_epoch"]
@@ -905,7 +906,9 @@ def test_a_member_lying_about_its_archive_does_not_get_its_content_approved(
             e["verdict_digest"] = hashlib.sha3_256(b"another verdict").hexdigest()
         return honest_file(e)
     a.desk._file = lying_file
-    b = member_two_reading_member_one(d, m2, tmp_path, led, a)
+    # member 1's archive is there before member 2 starts (member 1 filed): member 2 waits
+    # peer_wait_s for an archive it can approve, 2 s here instead of the default 30 s
+    b = member_two_reading_member_one(d, m2, tmp_path, led, a, peer_wait_s=2)
     try:
         last = epochs_of(*d.after)[-1]
         run_rounds(a, lambda: last in results(a) and filed(a)(), timeout=90)

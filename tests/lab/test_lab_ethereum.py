@@ -1,12 +1,17 @@
 """The paper lab on an ``ethereum`` ledger (root): ``beat-lab up --ledger ethereum`` starts a
-JSON-RPC node (ganache, ledger_client.devnode) in the lab's ledger namespace, deploys the contract,
-registers every router (its own owner; its account funded at genesis) and every router-router
-link, and runs every beatd with ``[ledger] backend = "ethereum"``, reaching the node over its
-management link. Known packets h1 -> h2 (the demo: the agreed path, then the detour); the daemons stopped (SIGTERM: the last batch submitted): every router has anchors on the chain, listed by
-``beatctl --ledger ethereum:URL#CONTRACT anchors --json`` (run inside the ledger namespace), and
-no tenant packet crossed a management link (the ledger namespace's kernel counters: only TCP to
-the node arrived there). The demo's dispute is decided on the chain (r1 DEVIATED).
-``beat-lab down`` stops the node and removes everything."""
+proof-of-authority network of EthereumJS client nodes (beat_lab.chain, ledger_client.poa_network):
+one per router in its namespace on its management address (its operator's node), one per
+committee member in the lab's ledger namespace; the governance's node (member 1's) seals, the
+others follow. It deploys the contract from the governance's node, registers every router (its
+own owner; its account funded at genesis) and every router-router link, and runs every beatd
+with ``[ledger] backend = "ethereum"`` pointing to its own router's node, anchors counted 2 blocks
+deep. Known packets h1 -> h2 (the demo: the agreed path, then the detour); the daemons stopped
+(SIGTERM: the last batch submitted): every router has anchors on the chain, listed by ``beatctl
+--ledger ethereum:URL#CONTRACT anchors --json`` (run inside the ledger namespace), every node
+holds the same chain, and no tenant packet crossed a management link (the ledger namespace's
+kernel counters: only TCP arrived there). The demo's dispute is decided on the chain by the
+committee (r1 DEVIATED), member 2 through its own node. ``beat-lab down`` stops the nodes and
+removes everything."""
 import io
 import json
 import os
@@ -15,13 +20,14 @@ import sys
 import time
 
 from conftest import REPO, require_root
+from test_lab_committee import committee_dispute_with_a_dissenting_member
 from beat_lab.data import topology_path
 
 PAPER = topology_path("paper")
 PREFIX = f"beat-e{os.getpid()}-"
 
 
-def _lab_cli(state, *args, timeout=180):
+def _lab_cli(state, *args, timeout=420):
     return subprocess.run([sys.executable, "-m", "beat_lab", "--topology", PAPER, "--prefix",
                            PREFIX, "--state-dir", str(state), *args],
                           capture_output=True, text=True, cwd=REPO, timeout=timeout)
@@ -47,14 +53,28 @@ def test_lab_up_ethereum_anchors_every_router(tmp_path):
         assert spec.startswith(f"ethereum:http://{lab.net.ledger_address()}:") and lab.contract
         assert spec in p.stdout
         st = lab._read_state()
-        chain_pid = st["ethereum"]["pid"]
-        assert chain_pid and _pid_alive(chain_pid)
+        chain_pids = st["ethereum"]["pids"]
+        names = {f"member{i}" for i in (1, 2, 3)} | {r.name for r in lab.topo.routers}
+        assert set(chain_pids) == names and all(_pid_alive(p) for p in chain_pids.values())
         assert lab.net.ledger_ns in st["namespaces"] and lab.net.ledger_ns in _namespaces()
+        # one chain: every node (each in its namespace) holds the same block 2 below its head
+        from beat_lab.chain import one_chain
+        same, heads = one_chain(lab, depth=2)
+        assert same and min(h[0] for h in heads.values()) > 2, heads
 
         mgmt_net = lab.net.management_subnet()
+        mgmt = {name: str(raddr) for name, _l, _la, raddr, _n in lab.net.management_links()}
         for r in lab.topo.routers:
             text = open(lab.config_path(r.name)).read()
             assert '[ledger]\nbackend = "ethereum"' in text
+            # its own (its operator's) node, on its management address, anchors 2 blocks deep
+            assert f'url = "http://{mgmt[r.name]}:8545"' in text and "confirmations = 2" in text
+            # its node listens (JSON-RPC and peers) on the management address only
+            listening = subprocess.run(["ip", "netns", "exec", lab.net.ns(r.name), "ss", "-Hltn"],
+                                       capture_output=True, text=True).stdout.split()
+            assert f"{mgmt[r.name]}:8545" in listening and f"{mgmt[r.name]}:30303" in listening
+            assert not [x for x in listening if x.endswith((":8545", ":30303"))
+                        and not x.startswith(mgmt[r.name])], listening
             assert f'contract = "{lab.contract}"' in text and lab.device_eth_path(r.name) in text
             assert os.stat(lab.device_eth_path(r.name)).st_mode & 0o077 == 0
             s = lab.status(r.name)
@@ -94,6 +114,11 @@ def test_lab_up_ethereum_anchors_every_router(tmp_path):
         assert p.returncode == 0, p.stderr
         assert [(x["a"], x["b"]) for x in json.loads(p.stdout)] == lab.topo.router_link_ids()
 
+        # the committee's dispute with a dissenting member (member 3), decided at k = 2 and the
+        # penalty moved, on this chain: test_lab_committee.py's scenario, run on this lab (one
+        # `up` for both tests)
+        committee_dispute_with_a_dissenting_member(lab, tmp_path)
+
         before = management_stats(lab.net)
         # the demo's traffic: known packets (and load) on the agreed path, then on the detour
         # (so that r4 records too); then SIGTERM to every daemon (the last batch submitted)
@@ -111,6 +136,10 @@ def test_lab_up_ethereum_anchors_every_router(tmp_path):
         assert d["not_anchored"] == {}, out.getvalue()
         assert d["verdicts"] == {"r1": "DEVIATED", "r2": "CONSISTENT", "r3": "CONSISTENT",
                                  "r4": "CONSISTENT"}, out.getvalue()
+        # member 2 judged through its own node (ledger namespace, port 8546)
+        assert f"ethereum:{lab.member_chain_url(2)}#" in " ".join(
+            lab.beatctl_argv("pending", key=lab.member_key_path(2)))
+        assert lab.member_chain_url(2).endswith(":8546")
         # ... by the committee (member 1 interrogated, member 2 re-judged the archive): decided
         # and settled at k = 2; the penalty (wei) went from r1's deposit to the tenant's account
         assert d["decision"]["state"] == "settled" and d["decision"]["faulty"] == [1]
@@ -151,7 +180,7 @@ def test_lab_up_ethereum_anchors_every_router(tmp_path):
         after = management_stats(lab.net)
         snmp0, snmp1 = before["snmp"], after["snmp"]
         for r in lab.topo.routers:
-            assert after[r.name]["rx"] > 0, f"{r.name}: no JSON-RPC on its management link"
+            assert after[r.name]["rx"] > 0, f"{r.name}: no ledger traffic on its management link"
         for key in ("InDatagrams", "NoPorts", "InErrors"):
             assert snmp1["Udp"][key] == 0, (key, snmp1["Udp"])
         for key in ("InAddrErrors", "ForwDatagrams", "InUnknownProtos", "InDiscards"):
@@ -160,14 +189,18 @@ def test_lab_up_ethereum_anchors_every_router(tmp_path):
         mgmt_rx = sum(after[r.name]["rx"] - before[r.name]["rx"] for r in lab.topo.routers)
         tcp_in = snmp1["Tcp"]["InSegs"] - snmp0["Tcp"]["InSegs"]
         assert mgmt_rx <= tcp_in, (mgmt_rx, tcp_in)   # (lo carries the rest of InSegs)
-        assert mgmt_rx < sent
+        # (the routers' nodes exchange blocks with the members' every second over these links:
+        # their volume is the ledger's, no longer below the tenant's `sent`; the zero UDP, ICMP
+        # and forwarding counters above are what shows no tenant packet came this way)
+        assert sent > 0
 
         p = _lab_cli(state, "down")
         assert p.returncode == 0, p.stderr
         deadline = time.monotonic() + 10
-        while _pid_alive(chain_pid) and time.monotonic() < deadline:
+        while any(_pid_alive(p) for p in chain_pids.values()) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _pid_alive(chain_pid), "the chain still runs after down"
+        assert not [n for n, p in chain_pids.items() if _pid_alive(p)], \
+            "ledger nodes still run after down"
         assert not (set(st["namespaces"]) & _namespaces())
         assert not state.joinpath(PREFIX.rstrip("-")).exists()
     finally:

@@ -9,8 +9,10 @@ scapy and web3 only as extras), then two fresh venvs from PyPI (pinned with -c r
   namespaces) and ``beatd replay`` of the bundled capture, run from the venv, in a directory
   that is not the checkout; the ethereum backend imports.
 
-One wheel and one venv of each kind per test session (module-scoped fixtures): about a minute.
+One wheel and one venv of each kind per test session (module-scoped fixtures; the two venvs are
+made at the same time): about a minute.
 """
+import concurrent.futures
 import glob
 import json
 import os
@@ -75,14 +77,26 @@ def _venv(tmp_path_factory, name, requirement, constraints):
 
 
 @pytest.fixture(scope="module")
-def router_venv(wheel, tmp_path_factory):
-    return _venv(tmp_path_factory, "router", wheel, ["requirements.txt"])
+def venvs(wheel, tmp_path_factory):
+    """The router venv and the testbed venv, made at the same time (two pip installs, one per
+    core: each waits mostly on its own unpacking and byte-compiling). A failure of either is
+    raised here, naming its pip command."""
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        router = pool.submit(_venv, tmp_path_factory, "router", wheel, ["requirements.txt"])
+        lab = pool.submit(_venv, tmp_path_factory, "lab", f"{wheel}[lab,ethereum]",
+                          ["requirements.txt", "requirements-lab.txt",
+                           "requirements-ethereum.txt"])
+        return {"router": router.result(), "lab": lab.result()}
 
 
 @pytest.fixture(scope="module")
-def lab_venv(wheel, tmp_path_factory):
-    return _venv(tmp_path_factory, "lab", f"{wheel}[lab,ethereum]",
-                 ["requirements.txt", "requirements-lab.txt", "requirements-ethereum.txt"])
+def router_venv(venvs):
+    return venvs["router"]
+
+
+@pytest.fixture(scope="module")
+def lab_venv(venvs):
+    return venvs["lab"]
 
 
 def test_the_wheel_holds_one_package_per_role_and_the_data(wheel):
