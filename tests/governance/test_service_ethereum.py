@@ -36,19 +36,21 @@ def chain_domain(tmp_path_factory):
     node = DevNode(str(tmp_path / "chain"),
                    accounts=[(a, 10**21) for a in [gov, *devices.values()]])
     node.start()
-    led = EthereumLedger.deploy(node.url, gov, "sha3-256", timeout=30)
-    (tmp_path / "domain").mkdir()
-    d = Domain(tmp_path / "domain", LINKS)
-    d.t = ((d.t0 // L) + 1) * L
-    d.healthy = d.send((1, 2, 3), 2000, tag=1)
-    d.dropped = d.send((1, 2, 3), 3000, tag=2, drop_at=2)
-    d.after = d.send((1, 2, 3), 1500, tag=3)
-    d.start(chain=(led, gov, devices))
-    d.chain_gov = gov
-    try:
+    d = None
+    try:                           # a set-up that fails stops the node too
+        led = EthereumLedger.deploy(node.url, gov, "sha3-256", timeout=30)
+        (tmp_path / "domain").mkdir()
+        d = Domain(tmp_path / "domain", LINKS)
+        d.t = ((d.t0 // L) + 1) * L
+        d.healthy = d.send((1, 2, 3), 2000, tag=1)
+        d.dropped = d.send((1, 2, 3), 3000, tag=2, drop_at=2)
+        d.after = d.send((1, 2, 3), 1500, tag=3)
+        d.start(chain=(led, gov, devices))
+        d.chain_gov = gov
         yield d, led
     finally:
-        d.stop()
+        if d is not None:
+            d.stop()
         node.stop()
 
 
