@@ -187,18 +187,14 @@ class Batcher:
                 self._backoff(rec, exc)
                 break
             except LedgerError as exc:
-                self.last_error = self.halted = (f"anchor {self.node_id}/{rec.batch_seq}: "
-                                                 f"{type(exc).__name__}: {exc}")
-                log.error("node %d: submission stopped: %s", self.node_id, self.last_error)
+                self._halt(rec, f"{type(exc).__name__}: {exc}")
                 break
             except Exception as exc:      # a transport problem the backend did not wrap
                 log.exception("node %d: anchor %d: unexpected error", self.node_id, rec.batch_seq)
                 self._backoff(rec, exc)
                 break
             if result not in ("anchored", "exists"):
-                self.last_error = self.halted = (f"anchor {self.node_id}/{rec.batch_seq}: the "
-                                                 f"backend answered {result!r}")
-                log.error("node %d: submission stopped: %s", self.node_id, self.last_error)
+                self._halt(rec, f"the backend answered {result!r}")
                 break
             self.anchors_submitted += 1
             if self.confirmations == 0 and hasattr(self.backend, "anchor_state"):
@@ -210,9 +206,7 @@ class Batcher:
                     self._backoff(rec, exc)
                     break
                 except LedgerError as exc:
-                    self.last_error = self.halted = (f"anchor {self.node_id}/{rec.batch_seq}: "
-                                                     f"{type(exc).__name__}: {exc}")
-                    log.error("node %d: submission stopped: %s", self.node_id, self.last_error)
+                    self._halt(rec, f"{type(exc).__name__}: {exc}")
                     break
                 if state != "confirmed":
                     self._backoff(rec, Unavailable(
@@ -245,6 +239,11 @@ class Batcher:
         except Exception:                 # only a label: never let it block the outbox
             return None
         return getattr(got, "ref", None)
+
+    def _halt(self, rec, why):
+        """Submission stops (a refusal retrying cannot change): said in status and the log."""
+        self.last_error = self.halted = f"anchor {self.node_id}/{rec.batch_seq}: {why}"
+        log.error("node %d: submission stopped: %s", self.node_id, self.last_error)
 
     def _backoff(self, rec, exc):
         self.retries += 1

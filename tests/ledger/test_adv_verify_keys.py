@@ -12,18 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from ledger_client import keys
 from ledger_client.keys import DeviceKey, verify
 
-# Edwards25519, affine, only to make the forgeries below (slow, test-only)
-P = 2 ** 255 - 19
-L = 2 ** 252 + 27742317777372353535851937790883648493
-D = -121665 * pow(121666, P - 2, P) % P
-IDENTITY = (0, 1)
-
-
-def _add(a, b):
-    (x1, y1), (x2, y2) = a, b
-    t = D * x1 * x2 * y1 * y2 % P
-    return ((x1 * y2 + x2 * y1) * pow(1 + t, P - 2, P) % P,
-            (y1 * y2 + x1 * x2) * pow(1 - t, P - 2, P) % P)
+from edwards import D, P   # tests/ledger/edwards.py
 
 
 def _x_of(y, sign):

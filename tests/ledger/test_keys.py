@@ -10,6 +10,8 @@ import pytest
 from beatd import keygen
 from ledger_client.keys import DeviceKey, KeyFileError, parse_public, verify
 
+from edwards import L, P, add, base, encode, mul   # tests/ledger/edwards.py
+
 
 def mode(path):
     return stat.S_IMODE(os.stat(path).st_mode)
@@ -41,50 +43,15 @@ def test_rfc8032_vector():
         "5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b")
 
 
-# Edwards25519 arithmetic, only to forge the signatures below (affine, slow, test-only)
-P = 2 ** 255 - 19
-L = 2 ** 252 + 27742317777372353535851937790883648493
-D = -121665 * pow(121666, P - 2, P) % P
-
-
-def _add(a, b):
-    (x1, y1), (x2, y2) = a, b
-    t = D * x1 * x2 * y1 * y2 % P
-    return ((x1 * y2 + x2 * y1) * pow(1 + t, P - 2, P) % P,
-            (y1 * y2 + x1 * x2) * pow(1 - t, P - 2, P) % P)
-
-
-def _mul(k, a):
-    r = (0, 1)
-    while k:
-        if k & 1:
-            r = _add(r, a)
-        a, k = _add(a, a), k >> 1
-    return r
-
-
-def _enc(a):
-    return (a[1] | ((a[0] & 1) << 255)).to_bytes(32, "little")
-
-
-def _base():
-    y = 4 * pow(5, P - 2, P) % P
-    xx = (y * y - 1) * pow(D * y * y + 1, P - 2, P) % P
-    x = pow(xx, (P + 3) // 8, P)
-    if (x * x - xx) % P:
-        x = x * pow(2, (P - 1) // 4, P) % P
-    return (P - x if x & 1 else x, y)
-
-
 def _sign_with_r(seed, msg, r_point_of):
     """An Ed25519 signature of msg by the key of seed, with R = r_point_of(r, B)."""
     import hashlib
     h = hashlib.sha512(seed).digest()
     a = int.from_bytes(h[:32], "little") & ((1 << 254) - 8) | (1 << 254)
-    b = _base()
-    pub = _enc(_mul(a, b))
+    b = base()
+    pub = encode(mul(a, b))
     r = int.from_bytes(hashlib.sha512(h[32:] + msg).digest(), "little") % L
-    r_enc = _enc(r_point_of(r, b))
+    r_enc = encode(r_point_of(r, b))
     k = int.from_bytes(hashlib.sha512(r_enc + pub + msg).digest(), "little") % L
     return pub, r_enc, (r + k * a) % L
 
@@ -99,12 +66,12 @@ def test_a_signature_with_a_small_order_component_is_refused():
     key = DeviceKey.from_seed(seed)
     msg = b"BEAT receipt"
     order_2 = (0, P - 1)
-    pub, r_enc, s = _sign_with_r(seed, msg, lambda r, b: _add(_mul(r, b), order_2))
+    pub, r_enc, s = _sign_with_r(seed, msg, lambda r, b: add(mul(r, b), order_2))
     assert pub == key.public
     forged = r_enc + s.to_bytes(32, "little")
     eddsa.new(eddsa.import_public_key(pub), "rfc8032").verify(msg, forged)   # cofactored: passes
     assert not verify(pub, msg, forged)
-    _, r_enc, s = _sign_with_r(seed, msg, _mul)
+    _, r_enc, s = _sign_with_r(seed, msg, mul)
     honest = r_enc + s.to_bytes(32, "little")
     assert honest == key.sign(msg) and verify(pub, msg, honest)
     assert not verify(pub, msg, r_enc + (s + L).to_bytes(32, "little"))
