@@ -162,6 +162,22 @@ class App:
         with self.service.counters.lock:
             self.service.counters.api_refused += 1
 
+    def _answer(self, start, path, scope, kind, fn, *args, send=None):
+        """``fn(*args)`` as the client's scope lets it see it: 404 when there is nothing (or
+        nothing it may see), 500 when a report cannot be read, else sent (JSON unless
+        ``send(out)`` gives the content type and body)."""
+        try:
+            out = scope.restrict(kind, fn(*args))
+        except page.ReportError as exc:
+            log.error("report unavailable: %s", exc)
+            return self._refuse(start, "500 Internal Server Error",
+                                f"{path}: the report cannot be read")
+        if out is None:
+            return self._refuse(start, "404 Not Found", f"{path}: not found")
+        if send is not None:
+            return self._send(start, *send(out))
+        return self._send(start, "application/json", json.dumps(out, sort_keys=True).encode())
+
     def _refuse(self, start, status, text):
         self.count_refused()
         body = json.dumps({"error": text}).encode()
@@ -206,15 +222,9 @@ class App:
                 # another tenant's dispute: not even read (its answer would differ from 404)
                 return self._refuse(start, "404 Not Found", f"{path}: not found")
             if m and m.group(2):
-                try:
-                    got = scope.restrict("report_svg", _svg_out(self.service, int(m.group(1))))
-                except page.ReportError as exc:
-                    log.error("report unavailable: %s", exc)
-                    return self._refuse(start, "500 Internal Server Error",
-                                        f"{path}: the report cannot be read")
-                if got is None:
-                    return self._refuse(start, "404 Not Found", f"{path}: not found")
-                return self._send(start, "image/svg+xml", got["svg"])
+                return self._answer(start, path, scope, "report_svg", _svg_out, self.service,
+                                    int(m.group(1)),
+                                    send=lambda got: ("image/svg+xml", got["svg"]))
             if path == "/api/v1/access":
                 out = {"client": client.name, "tenant": client.tenant,
                        "tls": self.http_cfg is not None}
@@ -222,16 +232,7 @@ class App:
             for rx, fn, kind in self.routes:
                 m = rx.match(path)
                 if m:
-                    try:
-                        out = scope.restrict(kind, fn(*m.groups()))
-                    except page.ReportError as exc:
-                        log.error("report unavailable: %s", exc)
-                        return self._refuse(start, "500 Internal Server Error",
-                                            f"{path}: the report cannot be read")
-                    if out is None:
-                        return self._refuse(start, "404 Not Found", f"{path}: not found")
-                    return self._send(start, "application/json",
-                                      json.dumps(out, sort_keys=True).encode())
+                    return self._answer(start, path, scope, kind, fn, *m.groups())
             return self._refuse(start, "404 Not Found", f"{path}: not found (see "
                                 "docs/governance-service.md)")
         finally:
