@@ -27,6 +27,10 @@
 //    even off the head (the most difficulty wins: a reorganisation), a block whose parent is not
 //    known makes the node fetch the missing branch by hash, and every node offers its head to its
 //    peers every 2 s (after a partition no sealer may be allowed to seal: the heads still meet).
+//  - the transactions of a block that does not stay on the chain go back into the pool: a block
+//    this node sealed that did not become canonical (a lone sealer, right after sealing started,
+//    sealed a sibling of it: the transaction was gone from the pool and never mined), and the
+//    blocks a reorganisation drops (as geth re-injects them).
 // BEAT_POA_DEBUG=1 logs the branches it puts and the stack of a failed fetch.
 // Unchanged: Clique itself (in-turn/out-of-turn, the signer limit, the seal), the EVM, JSON-RPC.
 import { bytesToHex, createAddressFromString, createZeroAddress, equalsBytes, hexToBytes } from '@ethereumjs/util'
@@ -42,6 +46,7 @@ const { VMExecution } = await import(new URL('src/execution/vmexecution.js', bas
 const { TxPool } = await import(new URL('src/service/txpool.js', base))
 const { ReceiptsManager } = await import(new URL('src/execution/receipt.js', base))
 const { BoundProtocol } = await import(new URL('src/net/protocol/boundprotocol.js', base))
+const { Chain } = await import(new URL('src/blockchain/chain.js', base))
 const SYNC_EXECUTION_VM_ERROR = (await import(new URL('src/types.js', base))).Event.SYNC_EXECUTION_VM_ERROR
 const env = process.env
 // eth_estimateGas runs the transaction in a scratch block whose header has no extraData, which a
@@ -202,7 +207,7 @@ Miner.prototype.queueNextAssembly = async function (timeout) {
 // blockchain even when its parent is not our head: the blockchain keeps the branch with the most
 // difficulty (Clique: in-turn blocks weigh 2, out-of-turn 1), so two sealers' sibling blocks
 // resolve the same way on every node instead of stalling each on its own branch.
-FullSynchronizer.prototype.handleNewBlock = async function (block, peer) {
+async function handleNewBlock(block, peer) {
   if (peer) this.addToKnownByPeer(block.hash(), peer)
   const number = block.header.number
   let parentKnown = true
@@ -240,6 +245,71 @@ FullSynchronizer.prototype.handleNewBlock = async function (block, peer) {
   if (this.config.syncTargetHeight === undefined || number > this.config.syncTargetHeight) {
     this.config.syncTargetHeight = number
   }
+}
+
+// The miner removes a block's transactions from the pool once it has handed the block over
+// (handleNewBlock), whether or not the block was put on the chain: a block sealed on a head that
+// moved, or one whose put failed, took its transactions with it. A block of ours that is not
+// canonical afterwards gives them back (after the miner's removal: the next turn of the loop).
+FullSynchronizer.prototype.handleNewBlock = async function (block, peer) {
+  beatSync = this
+  const r = await handleNewBlock.call(this, block, peer)
+  if (peer === undefined && block.transactions.length > 0 && !(await isCanonical(this.chain, block))) {
+    setTimeout(() => void reinject(this, block.transactions, `our block ${block.header.number} ${bytesToHex(block.hash()).slice(0, 10)} is not on the chain`), 0)
+  }
+  return r
+}
+
+let beatSync     // the synchronizer (its transaction pool), for the chain's reorganisations
+async function isCanonical(chain, block) {
+  try {
+    return equalsBytes((await chain.blockchain.getCanonicalHeader(block.header.number)).hash(), block.hash())
+  } catch {
+    return false
+  }
+}
+// Transactions back into the pool (as sent to this node): those now on the chain are refused
+// ("nonce too low"), as are those replaced meanwhile; a head whose state is not executed yet is
+// waited for (at most ~5 s a transaction).
+const FINAL_REFUSALS = /nonce too low|already in the TxPool|replacement|insufficient balance|exceeds block gas limit/
+async function reinject(sync, txs, why) {
+  let back = 0
+  for (const tx of txs) {
+    for (let attempt = 0; attempt < 20; attempt++) {
+      try {
+        await sync.txPool.add(tx, true)
+        back++
+        break
+      } catch (err) {
+        if (FINAL_REFUSALS.test(String(err?.message ?? err))) break
+        await new Promise((r) => setTimeout(r, 250))
+      }
+    }
+  }
+  if (back > 0) sync.config.logger?.info(`BEAT: ${back} transaction(s) back into the pool: ${why}`)
+}
+// A reorganisation: the blocks of the old head's branch that are no longer canonical (up to 128
+// back) give their transactions back, as geth re-injects them.
+const origPutBlocks = Chain.prototype.putBlocks
+Chain.prototype.putBlocks = async function (blocks, ...rest) {
+  const old = this.blocks.latest
+  const r = await origPutBlocks.call(this, blocks, ...rest)
+  const sync = beatSync
+  if (sync !== undefined && old !== null && old !== undefined && old.header.number > 0n &&
+      !(await isCanonical(this, old))) {
+    const dropped = []
+    let b = old
+    for (let i = 0; i < 128 && b !== undefined && b.header.number > 0n; i++) {
+      if (await isCanonical(this, b)) break
+      dropped.push(b)
+      try { b = await this.blockchain.getBlock(b.header.parentHash) } catch { b = undefined }
+    }
+    const txs = dropped.reverse().flatMap((x) => x.transactions)
+    if (txs.length > 0) {
+      setTimeout(() => void reinject(sync, txs, `${dropped.length} block(s) up to ${old.header.number} dropped by a reorganisation`), 0)
+    }
+  }
+  return r
 }
 
 const known = async (sync, hash) => {
@@ -394,6 +464,7 @@ async function fetchBranch(sync, block, peer) {
 const origSyncOpen = FullSynchronizer.prototype.open
 FullSynchronizer.prototype.open = async function () {
   const r = await origSyncOpen.call(this)
+  beatSync = this
   // the client stops synchronising for good at a block's failed execution (every node that
   // failed one stopped, and the chain with them); the execution is run again instead (above)
   this.config.events.removeListener(SYNC_EXECUTION_VM_ERROR, this.stop)

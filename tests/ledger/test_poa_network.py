@@ -18,7 +18,10 @@ Checked with real nodes and real devices' stores (beatd.store.Store, the batcher
 - a real reorganisation: the governance node (the only link between the sealers) killed, so each
   sealer seals on its own branch while the devices anchor through them, then restarted: the
   branches meet, the nodes move to the one with the most difficulty, an anchor that was on a
-  losing branch is found missing and sent again, and still every anchor lands exactly once.
+  losing branch is found missing and sent again (or put back into its node's pool and mined
+  again before its device looked), and still every anchor lands exactly once;
+  a transfer sent to a sealer during the partition whose block lost is mined after all (the node
+  put the dropped block's transactions back into its pool: nobody sends it again).
 """
 import os
 import random
@@ -40,6 +43,7 @@ H = "sha3-256"
 CONFIRMATIONS = 2
 SEALERS = ("op1", "op2", "op3")
 ETH = 10 ** 18
+PARTITIONS = 4          # the reorganisation test's rounds, at most
 
 
 def require_ejs():
@@ -56,11 +60,14 @@ class Lab:
         self.gov = Account.generate()
         self.sealer_accounts = {name: Account.generate() for name in SEALERS}
         self.device_accounts = {i + 1: Account.generate() for i in range(len(SEALERS))}
+        # one payer per sealer and partition of the reorganisation test (a transfer each, nonce 0)
+        self.payers = [{name: Account.generate() for name in SEALERS} for _ in range(PARTITIONS)]
         specs = [NodeSpec("gov", peers=SEALERS)]
         specs += [NodeSpec(name, sealer=self.sealer_accounts[name], peers=("gov",))
                   for name in SEALERS]
         funded = [(self.gov, 1000 * ETH)] + [(a, 100 * ETH) for a in
                                              self.device_accounts.values()]
+        funded += [(a, ETH) for payers in self.payers for a in payers.values()]
         self.net = PoaNetwork(tmp_path / "chain", specs, funded=funded, period=1)
         try:
             self.net.start(timeout=120, min_height=2)
@@ -275,6 +282,17 @@ def branch_blocks(node, above):
     return out
 
 
+def send_transfer(lab, name, payer):
+    """A plain transfer of 1 wei from ``payer`` (nonce 0) to the governance, sent straight to
+    node ``name`` only: its hash."""
+    from ledger_client.ethereum import _fee_fields
+    w3 = lab.ledger_via(name).w3
+    tx = {"to": lab.gov.address, "value": 1, "gas": 21_000, "nonce": 0,
+          "chainId": w3.eth.chain_id, **_fee_fields(w3)}
+    return "0x" + bytes(w3.eth.send_raw_transaction(
+        payer.sign_transaction(tx).raw_transaction)).hex()
+
+
 def test_a_reorganised_anchor_is_sent_again(lab):
     net = lab.net
     devices = lab.devices()
@@ -288,6 +306,7 @@ def test_a_reorganised_anchor_is_sent_again(lab):
     stop, errors = threading.Event(), []
     threads = run_batchers(devices, stop, errors)
     lost, rounds, forks = set(), 0, 0
+    transfers, lost_transfers = set(), set()
     try:
         # the governance node is the sealers' only link: without it each seals on its own branch
         # (one block: Clique's signer limit); the branches meet when it is back. Partitioned
@@ -295,12 +314,14 @@ def test_a_reorganised_anchor_is_sent_again(lab):
         # a sealer may seal its one block before any anchor reaches it, and a round forks only
         # when two sealers can seal on what they hold: a sealer whose head is its own block,
         # the one just before the partition reached it, cannot seal on it)
-        while not lost and rounds < 4:
+        while not (lost and lost_transfers) and rounds < PARTITIONS:
             rounds += 1
             wait_for(lambda: len({h for h in (net.node(n).head() for n in SEALERS)}) == 1,
                      timeout=30, what=lambda: f"the sealers on one head: {net.heads()}")
             gov.kill()
             base = {n: net.node(n).head()[0] for n in SEALERS}
+            # a transfer to each sealer alone (no one sends it again if it is lost)
+            transfers |= {send_transfer(lab, n, lab.payers[rounds - 1][n]) for n in SEALERS}
             deadline = time.monotonic() + 20
             while sum(net.node(n).head()[0] > base[n] for n in SEALERS) < 2 \
                     and time.monotonic() < deadline:
@@ -308,15 +329,21 @@ def test_a_reorganised_anchor_is_sent_again(lab):
             time.sleep(3)
             branches = {n: net.node(n).head() for n in SEALERS}
             forks += len({h[1] for h in branches.values()}) >= 2      # the chain forked
+            top = max(h[0] for h in branches.values())
             held = {n: branch_blocks(net.node(n), base[n]) for n in SEALERS}
             net.start_node("gov", timeout=90)
             wait_for(lambda: net.agree(depth=0), timeout=60,
                      what=lambda: f"the branches meet: {net.heads()}")
-            # a transaction of a losing block that is not on the chain now (the same one may
-            # have been in blocks of two branches)
-            lost |= {tx for blocks in held.values() for number, h, txs in blocks
-                     if gov.block_hash(number) != h for tx in txs
-                     if gov.rpc("eth_getTransactionReceipt", [tx]) is None}
+            # a transaction of a losing block that is not on the winning branch (the same one
+            # may have been in blocks of two branches; one put back into a pool may be mined
+            # again already, above the branches)
+            def off_the_winner(tx):
+                r = gov.rpc("eth_getTransactionReceipt", [tx])
+                return r is None or int(r["blockNumber"], 16) > top
+            dropped = {tx for blocks in held.values() for number, h, txs in blocks
+                       if gov.block_hash(number) != h for tx in txs if off_the_winner(tx)}
+            lost |= dropped - transfers
+            lost_transfers |= dropped & transfers
     finally:
         stop.set()
         for t in threads:
@@ -326,10 +353,20 @@ def test_a_reorganised_anchor_is_sent_again(lab):
     assert forks >= 1, f"the chain never forked in {rounds} partitions"
     assert reorgs, "no node moved to another branch"
     assert lost, f"no anchor was on a losing branch in {rounds} partitions"
+    assert lost_transfers, f"no transfer was on a losing branch in {rounds} partitions"
+    # the node whose block lost put its transactions back into its pool: mined after all
+    wait_for(lambda: all((gov.rpc("eth_getTransactionReceipt", [tx]) or {}).get("status") == "0x1"
+                         for tx in lost_transfers), timeout=60,
+             what=lambda: "the transfers of losing blocks mined: " + str(
+                 {tx: gov.rpc("eth_getTransactionReceipt", [tx]) for tx in lost_transfers}))
     drain(devices)
     check_exactly_once_and_proofs(lab, devices)
     resent = {nid: b.stats()["resent"] - resent0[nid] for nid, (_s, _f, b) in devices.items()}
-    assert sum(resent.values()) >= 1, (resent, lost, reorgs)
+    # each lost anchor came back: sent again by its device (found missing), or its transaction,
+    # put back into the pool by the node whose block lost, mined before the device looked
+    remined = {tx for tx in lost
+               if (gov.rpc("eth_getTransactionReceipt", [tx]) or {}).get("status") == "0x1"}
+    assert sum(resent.values()) >= 1 or remined == lost, (resent, lost, remined, reorgs)
     assert net.agree(depth=2)
 
 

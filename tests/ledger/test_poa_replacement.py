@@ -36,12 +36,11 @@ class Chain:
         self.net = PoaNetwork(base, [NodeSpec("seal", sealer=Account.generate(), peers=("f",)),
                                      NodeSpec("f", peers=("seal",))],
                               funded=[(self.gov, 1000 * ETH), (self.dev, 100 * ETH)], period=1)
-        # block 4 before deploying: right after "sealing starts" the sealer once sealed a block 3
-        # with the deploy, then a sibling block 3 without it that became the chain's (the first
-        # was never put: the head's execution had not finished); the deploy was gone from the
-        # pool with it (a launcher race, docs/ledger.md, not fixed yet)
+        # deployed as soon as the chain grows (block 1): right after "sealing starts" the sealer
+        # once sealed a block with the deploy, then a sibling without it that became the chain's;
+        # the launcher now puts the first one's transactions back into the pool (docs/ledger.md)
         try:
-            self.net.start(timeout=120, min_height=4)
+            self.net.start(timeout=120, min_height=1)
             self.f = self.net.node("f")
             self.sealer = self.net.node("seal")
             led = EthereumLedger.deploy(self.f.url, self.gov, H, timeout=20)
