@@ -16,9 +16,10 @@ of these types.
 Chunk kinds (the byte after the magic): 1 proof segments, 2 counter report, 3 receipts, 4 coverage.
 Request kinds (the byte ``Q`` binds): 1 GetProofSegments, 2 GetCounterReport, 3 GetReceipts, 5
 GetSegments (segments named by ``seg_seq``; ``Q`` binds the sorted ``seg_seq``s, 8 bytes each, where
-the flow tags go), 6 GetGapRecords, 7 GetReceipts naming several flows (``Q`` binds the sorted flows,
-``src || dst`` 32 bytes each, where the flow tags go; answered with kind-3 chunks, receipts in
-``(src, dst, epoch_ns, role)`` order). A segments answer (request kind 1 or 5) is kind-1 chunks, then one or more
+the flow tags go), 6 GetGapRecords, 7 GetReceipts naming several flows (``Q`` binds the sorted
+flows, ``src || dst`` 32 bytes each, where the flow tags go; answered with kind-3 chunks, receipts
+in ``(src, dst, epoch_ns, role)`` order). A segments answer (request kind 1 or 5) is kind-1
+chunks, then one or more
 kind-4 chunks, the last of which carries the last flag.
 """
 import dataclasses

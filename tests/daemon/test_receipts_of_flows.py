@@ -1,5 +1,5 @@
-"""GetReceipts naming several flows (request kind 7, docs/interrogation.md): one request, one read of
-the window, the receipts of every flow named, checked by the governance like one flow's.
+"""GetReceipts naming several flows (request kind 7, docs/interrogation.md): one request, one read
+of the window, the receipts of every flow named, checked by the governance like one flow's.
 
 On the real replayed store of test_interrogation_server (its fixtures): the answer is exactly the
 per-flow answers put together; Q is the documented bytes; the device refuses mixing src/dst with
