@@ -58,7 +58,7 @@ DEFAULT_MAX_FLOW_TAGS = 64
 DEFAULT_MAX_STREAM_S = 600.0         # an answer still running after this is cancelled
 DEFAULT_MAX_INDEX_ENTRIES = 100_000  # ~1 h of 10 kpps is 36,000 segments of 1024; ~600 B each
 DEFAULT_MAX_SEG_SEQS = 1024          # segments one GetSegments request may name
-DEFAULT_MAX_FLOWS = 1024             # flows one GetReceipts request may name (request kind 7)
+DEFAULT_MAX_FLOWS = 256              # flows one GetReceipts request may name (request kind 7)
 DEFAULT_MAX_RECEIPTS_PER_FLOW = 8192  # receipts of a kind-7 answer, per flow named (an hour of
 #                                       1 s epochs at both roles is 7,200)
 DEFAULT_MAX_PEER_RPCS = 4            # calls of one certificate without the governance role
@@ -502,7 +502,8 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
 
     def _receipts_of_flows(self, request, context):
         """GetReceipts naming several flows (request kind 7): the receipts of every flow named,
-        in (flow, epoch_ns, role) order, kind-3 chunks; one read of the window for all flows."""
+        in (flow, epoch_ns, role) order, kind-3 chunks: each flow's receipts exactly as its own
+        request (kind 3) is answered, the flows in the order Q binds them."""
         lim = self.limits
         try:
             self._governance_only(context, "GetReceipts")
@@ -525,14 +526,18 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
                                         request.nonce)
             self._acquire(context)
             self._store_call("indexing", self.evidence.refresh)
-            receipts = self._store_call("receipts", self.evidence.receipts_of_flows,
-                                        request.from_ns, request.to_ns, flows)
+            receipts = []
             cap = lim.max_receipts_per_flow * len(flows)
+            for f in flows:                 # each flow's receipts as its kind-3 answer has them
+                receipts += self._store_call("receipts", self.evidence.receipts, request.from_ns,
+                                             request.to_ns, f[:ev.ADDR_SIZE], f[ev.ADDR_SIZE:])
+                if len(receipts) > cap:
+                    break
             if len(receipts) > cap:
                 raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                   f"{len(receipts)} receipts of {len(flows)} flows in the window "
-                                   f"[{request.from_ns}, {request.to_ns}]: more than the "
-                                   f"device's max_receipts_per_flow {lim.max_receipts_per_flow} "
+                                   f"more than {cap} receipts of {len(flows)} flows in the "
+                                   f"window [{request.from_ns}, {request.to_ns}]: the device's "
+                                   f"max_receipts_per_flow is {lim.max_receipts_per_flow} "
                                    "a flow; ask for a shorter window or fewer flows")
         except RequestError as exc:
             self._refuse(context, exc)

@@ -539,13 +539,7 @@ class EvidenceStore:
     def receipts(self, from_ns, to_ns, src, dst):
         """The receipts of flow (src, dst) with epoch_ns in [from_ns, to_ns], sorted by
         (epoch_ns, role), with their anchor refs."""
-        return self.receipts_of_flows(from_ns, to_ns, (bytes(src) + bytes(dst),))
-
-    def receipts_of_flows(self, from_ns, to_ns, flows):
-        """The receipts of every flow of ``flows`` (``src || dst``, 32 bytes each) with epoch_ns
-        in [from_ns, to_ns], sorted by (flow, epoch_ns, role), with their anchor refs: the
-        window's keys are read once, whatever the number of flows."""
-        wanted = frozenset(bytes(f) for f in flows)
+        flow = bytes(src) + bytes(dst)
         found = []                              # (key, value)
         start = p64(from_ns)
         skip_equal = False
@@ -561,7 +555,7 @@ class EvidenceStore:
                         continue
                     if u64(k[:8]) > to_ns:
                         break
-                    if k[9:41] in wanted:
+                    if k[9:41] == flow:
                         found.append((k, v))
                     n += 1
                     if n >= SCAN_KEYS:
@@ -569,8 +563,6 @@ class EvidenceStore:
                         break
             if done:
                 break
-        if len(wanted) > 1:
-            found.sort(key=lambda kv: (kv[0][9:41], kv[0][:9]))    # flow, then epoch, role
         out = []
         hint = 0
         with self.env.begin() as txn:
@@ -578,6 +570,6 @@ class EvidenceStore:
                 epoch, role = RECEIPT_HEAD.unpack_from(k)
                 packets, nbytes, R = RECEIPT_VAL.unpack(v)
                 leaf, hint = self.index.receipt_leaf(txn, R, hint)
-                out.append(ev.Receipt(epoch, role, bytes(k[9:25]), bytes(k[25:41]), packets,
-                                      nbytes, R, self._anchor_ref(txn, leaf)))
+                out.append(ev.Receipt(epoch, role, bytes(src), bytes(dst), packets, nbytes, R,
+                                      self._anchor_ref(txn, leaf)))
         return out
