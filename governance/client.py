@@ -345,7 +345,11 @@ class InterrogationClient:
 
     def receipts(self, from_ns, to_ns, src, dst, timeout=None):
         """The receipts of flow (src, dst) (16 bytes each) with epoch_ns in [from_ns, to_ns]:
-        ``list[Receipt]`` by (epoch_ns, role); WrongAnswer for one of another flow."""
+        ``list[Receipt]`` by (epoch_ns, role); WrongAnswer for one of another flow. After
+        ``hold``, a flow and window within the held answer are read from it (no request)."""
+        held = self._held_receipts(from_ns, to_ns, src, dst)
+        if held is not None:
+            return held
         nonce = self._new_nonce()
         Q = ev.request_digest(self.hash_name, ev.KIND_RECEIPTS, from_ns, to_ns, (), src, dst,
                               nonce)
@@ -360,3 +364,75 @@ class InterrogationClient:
                                   f"{r.dst.hex()} (epoch_ns {r.epoch_ns}) in the answer for "
                                   f"{bytes(src).hex()} -> {bytes(dst).hex()}")
         return items
+
+    def receipts_of_flows(self, from_ns, to_ns, flows, timeout=None):
+        """The receipts of every flow of ``flows`` (``(src, dst)``, 16 bytes each) with epoch_ns
+        in [from_ns, to_ns], in ONE request (GetReceipts naming the flows, request kind 7):
+        ``{(src, dst): [Receipt]}`` with every flow asked (``[]`` for none), each list by
+        (epoch_ns, role). WrongAnswer for a receipt of a flow not asked or outside the window.
+
+        A device that refuses the request as one of the former protocol (UNIMPLEMENTED, or
+        INVALID_ARGUMENT on ``src``: it does not know ``flows`` and sees an empty src) is asked
+        one flow at a time (``receipts``) instead; ``self.batched`` says which way it went."""
+        flows = ev.normalise_flows(flows)
+        if not flows:
+            raise ValueError("flows: none given (receipts_of_flows asks for at least one flow)")
+        nonce = self._new_nonce()
+        Q = ev.flows_request_digest(self.hash_name, from_ns, to_ns, flows, nonce)
+        req = pb.ReceiptsRequest(from_ns=from_ns, to_ns=to_ns, nonce=nonce,
+                                 flows=[pb.Flow(src=f[:ev.ADDR_SIZE], dst=f[ev.ADDR_SIZE:])
+                                        for f in flows])
+        out = {(f[:ev.ADDR_SIZE], f[ev.ADDR_SIZE:]): [] for f in flows}
+        try:
+            call = self.stub.GetReceipts(req, timeout=self._timeout(timeout))
+            reader = ev.AnswerReader(self.pubkey, self.node_id, ev.KIND_RECEIPTS, Q,
+                                     by_flow=True)
+            items = self._stream("GetReceipts", call, reader)
+        except RequestRejected as exc:
+            if not _former_device(exc):
+                raise
+            self.batched = False
+            for key in out:
+                out[key] = self.receipts(from_ns, to_ns, key[0], key[1], timeout=timeout)
+            return out
+        self.batched = True
+        for r in items:
+            got = out.get((r.src, r.dst))
+            if got is None:
+                raise WrongAnswer(f"node {self.node_id}: a receipt of flow {r.src.hex()} -> "
+                                  f"{r.dst.hex()} (epoch_ns {r.epoch_ns}) in the answer for "
+                                  f"{len(flows)} flows, which did not ask for it")
+            if not from_ns <= r.epoch_ns <= to_ns:
+                raise WrongAnswer(f"node {self.node_id}: a receipt of flow {r.src.hex()} -> "
+                                  f"{r.dst.hex()} of epoch_ns {r.epoch_ns}, outside the window "
+                                  f"[{from_ns}, {to_ns}] asked")
+            got.append(r)
+        return out
+
+    def hold(self, from_ns, to_ns, flows, timeout=None):
+        """``receipts_of_flows`` once, its checked answer kept: ``receipts(lo, hi, src, dst)``
+        of one of these flows with [lo, hi] within [from_ns, to_ns] is then that flow's receipts
+        of the held answer with epoch_ns in [lo, hi], without asking the device again (the
+        service's round: one request per device, read once per SLA). Returns the answer."""
+        got = self.receipts_of_flows(from_ns, to_ns, flows, timeout)
+        self._held = (from_ns, to_ns, got)
+        return got
+
+    def _held_receipts(self, from_ns, to_ns, src, dst):
+        held = getattr(self, "_held", None)
+        if held is None:
+            return None
+        lo, hi, got = held
+        rs = got.get((bytes(src), bytes(dst)))
+        if rs is None or not lo <= from_ns <= to_ns <= hi:
+            return None
+        return [r for r in rs if from_ns <= r.epoch_ns <= to_ns]
+
+
+def _former_device(exc):
+    """A refusal of a receipts-of-flows request by a device of the former protocol: it has no
+    GetReceipts (UNIMPLEMENTED) or it reads the request as one flow with an empty src."""
+    if exc.code == grpc.StatusCode.UNIMPLEMENTED:
+        return True
+    return exc.code == grpc.StatusCode.INVALID_ARGUMENT and \
+        str(exc.details or "").startswith("src:")
