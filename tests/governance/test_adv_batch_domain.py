@@ -20,6 +20,7 @@ own): ``items(kind, Q, receipts) -> receipts``, ``chunks(groups)``, ``Q``, ``del
 (refuse with a status code).
 """
 import struct
+import threading
 import time
 
 import pytest
@@ -144,44 +145,57 @@ class Liar:
     """Router ``node``'s real Interrogation server, its receipts answers rewritten before they
     are signed with its own key. Hooks (all optional):
 
-    - ``items(kind, Q, receipts)``: the receipts to answer (the honest ones given, in order);
+    - ``items(batched, Q, receipts)``: the receipts to answer (the honest ones given, in order;
+      ``batched``: the request named several flows, request kind 7);
     - ``chunks(receipts)``: how they are cut into chunks (a list of lists; default the server's);
-    - ``Q(Q)``: the request digest written into the chunks (a replay: another request's);
+    - ``Q(batched, Q)``: the request digest written into the chunks (a replay: another's);
     - ``delay_s``: a sleep before the first chunk;
-    - ``fail(kind, Q)``: return a ``grpc.StatusCode`` to refuse the request with instead.
+    - ``refuse_batch``: ``(grpc.StatusCode, details)`` a request naming several flows is refused
+      with (a device that says it does not know kind 7), the per-flow requests answered.
 
-    ``asked``: ``(Q, number of receipts honestly due)`` of every receipts answer."""
+    ``asked``: ``(batched, Q, number of receipts honestly due)`` of every receipts answer."""
 
     def __init__(self, domain, node):
-        self.servicer = domain.servers[node].servicer
+        self.servicer = sv = domain.servers[node].servicer
         self.node = node
         self.items = None
         self.chunks = None
         self.Q = None
         self.delay_s = 0.0
-        self.fail = None
+        self.refuse_batch = None
         self.asked = []
-        self._honest = self.servicer._chunked_answer
-        self.servicer._chunked_answer = self._answer
+        self._local = threading.local()
+        self._honest = sv._chunked_answer
+        sv._chunked_answer = self._answer
+        self._honest_batch = getattr(sv, "_receipts_of_flows", None)
+        if self._honest_batch is not None:
+            sv._receipts_of_flows = self._batch
 
     def restore(self):
         self.servicer._chunked_answer = self._honest
+        if self._honest_batch is not None:
+            self.servicer._receipts_of_flows = self._honest_batch
+
+    def _batch(self, request, context):
+        if self.refuse_batch is not None:
+            from beatd.interrogation import RequestError
+            self.servicer._refuse(context, RequestError(*self.refuse_batch))
+        self._local.batched = True
+        try:
+            yield from self._honest_batch(request, context)
+        finally:
+            self._local.batched = False
 
     def _answer(self, kind, Q, items, per_chunk):
         if kind != ev.KIND_RECEIPTS:
             yield from self._honest(kind, Q, items, per_chunk)
             return
-        self.asked.append((bytes(Q), len(items)))
-        if self.fail is not None:
-            code = self.fail(kind, Q)
-            if code is not None:
-                import grpc
-                from beatd.interrogation import RequestError
-                raise RequestError(code, "refused by the test's lying device")
+        batched = getattr(self._local, "batched", False)
+        self.asked.append((batched, bytes(Q), len(items)))
         if self.delay_s:
             time.sleep(self.delay_s)
-        items = list(items) if self.items is None else list(self.items(kind, Q, list(items)))
-        q = bytes(Q) if self.Q is None else self.Q(bytes(Q))
+        items = list(items) if self.items is None else list(self.items(batched, Q, list(items)))
+        q = bytes(Q) if self.Q is None else self.Q(batched, bytes(Q))
         sv = self.servicer
         groups = self.chunks(items) if self.chunks is not None else \
             ([items[i:i + per_chunk] for i in range(0, len(items), per_chunk)] or [[]])
