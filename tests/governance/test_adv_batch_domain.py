@@ -95,15 +95,31 @@ class BatchDomain(Domain):
         return self
 
 
-def batch_domain(tmp, healthy=2000, dropped=3000, after=1500, drop=("B",)):
+def batch_domain(tmp, healthy=2000, dropped=3000, after=1500, drop=("B",), rewrite=None,
+                 owners=None):
     """Epochs of every flow healthy, then ``dropped`` steps where router 2 drops ``drop``, then
-    healthy again. ``d.healthy``, ``d.dropped``, ``d.after``: their (first, last) t_ns."""
-    d = BatchDomain(tmp, LINKS, route=FLOWS["A"][2])
+    healthy again. ``d.healthy``, ``d.dropped``, ``d.after``: their (first, last) t_ns.
+    ``rewrite(d)``: changes ``d.frames`` (what each router saw or claims) before the routers
+    write and anchor them. ``owners``: ``{node: operator}`` (default one operator each)."""
+    d = BatchDomain(tmp, LINKS, owners=owners, route=FLOWS["A"][2])
     d.t = ((d.t0 // L) + 1) * L
     d.healthy = d.send_flows(healthy, 1)
     d.dropped = d.send_flows(dropped, 2, drop=drop)
     d.after = d.send_flows(after, 3) if after else None
+    if rewrite is not None:
+        rewrite(d)
     return d.start()
+
+
+def of_flow(name):
+    """A frame of flow ``name`` (its IPv4 source)."""
+    src = FLOWS[name][0]
+    return lambda f: f[14 + 12:14 + 16] == src
+
+
+def remove(d, node, lo, hi, which):
+    """Router ``node`` has no frame ``which`` between lo and hi (it says it never saw them)."""
+    d.frames[node] = [(t, f) for t, f in d.frames[node] if not (lo <= t <= hi and which(f))]
 
 
 def epochs_of(lo, hi):
