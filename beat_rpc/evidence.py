@@ -16,7 +16,10 @@ of these types.
 Chunk kinds (the byte after the magic): 1 proof segments, 2 counter report, 3 receipts, 4 coverage.
 Request kinds (the byte ``Q`` binds): 1 GetProofSegments, 2 GetCounterReport, 3 GetReceipts, 5
 GetSegments (segments named by ``seg_seq``; ``Q`` binds the sorted ``seg_seq``s, 8 bytes each, where
-the flow tags go). A segments answer (request kind 1 or 5) is kind-1 chunks, then one or more
+the flow tags go), 6 GetGapRecords, 7 GetReceipts naming several flows (``Q`` binds the sorted
+flows, ``src || dst`` 32 bytes each, where the flow tags go; answered with kind-3 chunks, receipts
+in ``(src, dst, epoch_ns, role)`` order). A segments answer (request kind 1 or 5) is kind-1
+chunks, then one or more
 kind-4 chunks, the last of which carries the last flag.
 """
 import dataclasses
@@ -35,6 +38,8 @@ __all__ = ["NONE", "RECORD_SIZE", "KIND_SEGMENTS", "KIND_COUNTERS", "KIND_RECEIP
            "Segment", "Counter", "Receipt", "IndexEntry", "CaptureGap", "Coverage", "ChunkHeader",
            "KIND_GAP_RECORDS", "GapRecord",
            "EvidenceError", "MalformedEvidence", "BadSignature", "WrongAnswer", "IncompleteAnswer",
+           "KIND_RECEIPTS_OF_FLOWS", "FLOW_SIZE", "flows_request_digest", "normalise_flows",
+           "flow_name", "receipt_key",
            "request_digest", "segments_request_digest", "normalise_flow_tags",
            "normalise_seg_seqs", "encode_anchor_ref", "encode_chunk", "decode_header",
            "decode_chunk", "sign_body", "verify_signature", "open_chunk", "AnswerReader"]
@@ -49,12 +54,15 @@ KIND_SEGMENTS, KIND_COUNTERS, KIND_RECEIPTS = 1, 2, 3
 KIND_COVERAGE = 4                   # a chunk kind only: what the device holds for the request
 KIND_GET_SEGMENTS = 5               # a request kind only: GetSegments (segments named by seg_seq)
 KIND_GAP_RECORDS = 6                # chunk and request kind: gap records (docs/gap-records.md)
+KIND_RECEIPTS_OF_FLOWS = 7          # a request kind only: GetReceipts naming several flows
+FLOW_SIZE = 32                      # a flow as kind 7's Q binds it: src(16) || dst(16)
 KIND_NAMES = {KIND_SEGMENTS: "proof segments", KIND_COUNTERS: "counter report",
               KIND_RECEIPTS: "receipts", KIND_COVERAGE: "coverage",
               KIND_GAP_RECORDS: "gap records"}                               # chunk kinds
 REQUEST_KIND_NAMES = {KIND_SEGMENTS: "proof segments", KIND_COUNTERS: "counter report",
                       KIND_RECEIPTS: "receipts", KIND_GET_SEGMENTS: "segments by seg_seq",
-                      KIND_GAP_RECORDS: "gap records"}
+                      KIND_GAP_RECORDS: "gap records",
+                      KIND_RECEIPTS_OF_FLOWS: "receipts of flows"}
 # the gap reasons and the interface field: the gap records' (beat_common.gap_record)
 ROLES = (1, 2)                      # receipts: 1 ingress, 2 egress (docs/formats.md)
 MAGIC = b"BEAT-EV-v1"
@@ -337,17 +345,59 @@ def request_digest(hash_name, kind, from_ns, to_ns, flow_tags, src, dst, nonce):
     ``flow_tags`` any iterable of 8-byte values (sorted and deduplicated here); ``src``/``dst``
     16 bytes or ``None`` (zero); ``nonce`` 16 bytes. ``ValueError`` names a bad field and value.
     """
+    if kind == KIND_RECEIPTS_OF_FLOWS:
+        raise ValueError(f"kind: {kind} (receipts of flows) binds flows, not flow tags: "
+                         "flows_request_digest")
     if kind not in REQUEST_KIND_NAMES:
-        raise ValueError(f"kind: {kind!r} is not one of {sorted(REQUEST_KIND_NAMES)}")
+        kinds = sorted(k for k in REQUEST_KIND_NAMES if k != KIND_RECEIPTS_OF_FLOWS)
+        raise ValueError(f"kind: {kind!r} is not one of {kinds}")
+    tags = normalise_flow_tags(flow_tags)
+    return _digest(hash_name, kind, from_ns, to_ns, tags, src, dst, nonce)
+
+
+def _digest(hash_name, kind, from_ns, to_ns, items, src, dst, nonce):
+    """``request_digest``'s bytes with ``items`` (checked, sorted) where the flow tags go."""
     _check_u64("from_ns", from_ns)
     _check_u64("to_ns", to_ns)
-    tags = normalise_flow_tags(flow_tags)
     src = bytes(ADDR_SIZE) if src is None else _check_bytes("src", src, ADDR_SIZE)
     dst = bytes(ADDR_SIZE) if dst is None else _check_bytes("dst", dst, ADDR_SIZE)
     nonce = _check_bytes("nonce", nonce, NONCE_SIZE)
     H = digest_function(hash_name)
-    return H(b"".join((REQUEST_TAG, _REQ.pack(kind, from_ns, to_ns, len(tags))) + tags +
-                      (src, dst, nonce)))
+    return H(b"".join((REQUEST_TAG, _REQ.pack(kind, from_ns, to_ns, len(items))) +
+                      tuple(items) + (src, dst, nonce)))
+
+
+def normalise_flows(flows):
+    """The flows of a receipts-of-flows request (kind 7) as Q binds them: each ``src || dst``
+    (32 bytes), sorted, duplicates removed. A flow is given as ``(src, dst)`` (16 bytes each) or
+    as its 32 bytes. ``ValueError`` naming the first bad one."""
+    out = set()
+    for i, f in enumerate(flows or ()):
+        if _is_bytes(f):
+            out.add(_check_bytes(f"flows[{i}]", f, FLOW_SIZE))
+            continue
+        try:
+            src, dst = f
+        except (TypeError, ValueError):
+            raise ValueError(f"flows[{i}]: {type(f).__name__} is not (src, dst) nor 32 bytes") \
+                from None
+        out.add(_check_bytes(f"flows[{i}].src", src, ADDR_SIZE) +
+                _check_bytes(f"flows[{i}].dst", dst, ADDR_SIZE))
+    return tuple(sorted(out))
+
+
+def flow_name(flow):
+    """A flow (32 bytes, or ``(src, dst)``) for a message: ``src -> dst`` in hex."""
+    f = bytes(flow) if _is_bytes(flow) else bytes(flow[0]) + bytes(flow[1])
+    return f"{f[:ADDR_SIZE].hex()} -> {f[ADDR_SIZE:].hex()}"
+
+
+def flows_request_digest(hash_name, from_ns, to_ns, flows, nonce):
+    """Q of a GetReceipts request naming several flows (request kind 7): ``request_digest``'s
+    layout with the flows (``normalise_flows``: 32 bytes each, ``src || dst``, sorted, duplicates
+    removed) where the flow tags go, ``n_ft`` their number, zero src/dst, and the nonce."""
+    return _digest(hash_name, KIND_RECEIPTS_OF_FLOWS, from_ns, to_ns, normalise_flows(flows),
+                   None, None, nonce)
 
 
 def normalise_seg_seqs(seg_seqs):
@@ -563,10 +613,12 @@ def _decode_receipts(body, off, count):
         what = f"receipt {i} (epoch_ns {epoch}, role {role})"
         if role not in ROLES:
             raise MalformedEvidence(f"{what}: role {role} is not 1 (ingress) or 2 (egress)")
-        if prev is not None and (epoch, role) <= prev:
-            raise MalformedEvidence(f"{what}: not after epoch_ns {prev[0]}, role {prev[1]} "
-                                    "(sorted by epoch_ns, role)")
-        prev = (epoch, role)
+        key = (src, dst, epoch, role)
+        if prev is not None and key[:2] == prev[:2] and key <= prev:
+            raise MalformedEvidence(f"{what} of flow {flow_name(key[:2])}: not after epoch_ns "
+                                    f"{prev[2]}, role {prev[3]} (one flow's receipts go by "
+                                    "epoch_ns, role)")
+        prev = key
         anchor, off = _anchor_ref(body, off, what)
         out.append(Receipt(epoch, role, src, dst, packets, nbytes, R, anchor))
     return out, off
@@ -739,10 +791,11 @@ class AnswerReader:
     across chunks. ``feed`` returns ``[]`` for a coverage chunk; ``coverage`` is the whole
     ``Coverage`` once ``finish()`` passed (its ``t_ns`` the last coverage chunk's)."""
 
-    def __init__(self, pubkey, node_id, kind, Q, coverage=None):
+    def __init__(self, pubkey, node_id, kind, Q, coverage=None, by_flow=False):
         self.pubkey = bytes(pubkey)
         self.node_id = node_id
         self.kind = kind
+        self.by_flow = bool(by_flow)
         self.Q = bytes(Q)
         self.with_coverage = (kind == KIND_SEGMENTS) if coverage is None else bool(coverage)
         self.chunks = 0
@@ -775,6 +828,8 @@ class AnswerReader:
                 if self._prev is not None and first <= self._prev:
                     raise WrongAnswer(f"chunk {self.chunks} of node {self.node_id}: starts at "
                                       f"{first}, not after {self._prev} of the chunk before")
+                if header.kind == KIND_RECEIPTS:
+                    self._receipts_in_order(items)
                 self._prev = last
         self.chunks += 1
         self.done = header.last
@@ -801,6 +856,22 @@ class AnswerReader:
             gaps.extend(part.gaps)
         self._cov_t = part.t_ns
 
+    def _receipts_in_order(self, items):
+        """Receipts strictly by (epoch_ns, role), or with ``by_flow`` (a receipts-of-flows
+        answer, request kind 7) by (src, dst, epoch_ns, role), within the chunk."""
+        key = self._order_key
+        prev = key(items[0])
+        for i in range(1, len(items)):
+            k = key(items[i])
+            if k <= prev:
+                rc = items[i]
+                order = "flow, epoch_ns, role" if self.by_flow else "epoch_ns, role"
+                raise WrongAnswer(f"chunk {self.chunks} of node {self.node_id}: receipt {i} "
+                                  f"(flow {flow_name((rc.src, rc.dst))}, epoch_ns "
+                                  f"{rc.epoch_ns}, role {rc.role}) is not after the one before "
+                                  f"(the answer goes by {order})")
+            prev = k
+
     def _order_key(self, item):
         if self.kind == KIND_SEGMENTS:
             return item.seg_seq
@@ -808,6 +879,8 @@ class AnswerReader:
             return (item.prev_id, item.next_id)
         if self.kind == KIND_GAP_RECORDS:
             return gap_record_key(item)
+        if self.by_flow:
+            return receipt_key(item)
         return (item.epoch_ns, item.role)
 
     def finish(self):
@@ -818,6 +891,13 @@ class AnswerReader:
             first, index, gaps = self._cov
             self.coverage = dataclasses.replace(first, index=tuple(index), gaps=tuple(gaps),
                                                 t_ns=self._cov_t)
+
+
+def receipt_key(rc):
+    """The order of receipts in a receipts-of-flows answer (request kind 7): ``(src, dst,
+    epoch_ns, role)``, strictly increasing (the flows in the order its Q binds them, each flow's
+    receipts by epoch_ns and role, as a kind-3 answer has them)."""
+    return (bytes(rc.src), bytes(rc.dst), rc.epoch_ns, rc.role)
 
 
 def _gap_key(g):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x62\x65\x61t/v1/interrogation.proto\x12\x07\x62\x65\x61t.v1\"\x11\n\x0fNodeInfoRequest\"<\n\tNeighbour\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0b\n\x03mac\x18\x02 \x01(\x0c\x12\x11\n\tinterface\x18\x03 \x01(\t\"\x9b\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12&\n\nneighbours\x18\x04 \x03(\x0b\x32\x12.beat.v1.Neighbour\x12\x19\n\x11oldest_proof_t_ns\x18\x05 \x01(\x04\x12\x19\n\x11newest_proof_t_ns\x18\x06 \x01(\x04\x12\x14\n\x0cthreshold_ns\x18\x07 \x01(\x04\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\t \x01(\r\x12\x12\n\nring_short\x18\n \x01(\x08\x12\x0e\n\x06now_ns\x18\x0b \x01(\x04\x12\x1b\n\x13\x61nchored_until_t_ns\x18\x0c \x01(\x04\"X\n\x14ProofSegmentsRequest\x12\x0f\n\x07\x66rom_ns\x18\x01 \x01(\x04\x12\r\n\x05to_ns\x18\x02 \x01(\x04\x12\x11\n\tflow_tags\x18\x03 \x03(\x0c\x12\r\n\x05nonce\x18\x04 \x01(\x0c\"2\n\x0fSegmentsRequest\x12\x10\n\x08seg_seqs\x18\x01 \x03(\x04\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"%\n\x14\x43ounterReportRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"Z\n\x0fReceiptsRequest\x12\x0f\n\x07\x66rom_ns\x18\x01 \x01(\x04\x12\r\n\x05to_ns\x18\x02 \x01(\x04\x12\x0b\n\x03src\x18\x03 \x01(\x0c\x12\x0b\n\x03\x64st\x18\x04 \x01(\x0c\x12\r\n\x05nonce\x18\x05 \x01(\x0c\"B\n\x11GapRecordsRequest\x12\x0f\n\x07\x66rom_ns\x18\x01 \x01(\x04\x12\r\n\x05to_ns\x18\x02 \x01(\x04\x12\r\n\x05nonce\x18\x03 \x01(\x0c\".\n\x0bSignedChunk\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x32\xa6\x03\n\rInterrogation\x12:\n\x0bGetNodeInfo\x12\x18.beat.v1.NodeInfoRequest\x1a\x11.beat.v1.NodeInfo\x12I\n\x10GetProofSegments\x12\x1d.beat.v1.ProofSegmentsRequest\x1a\x14.beat.v1.SignedChunk0\x01\x12?\n\x0bGetSegments\x12\x18.beat.v1.SegmentsRequest\x1a\x14.beat.v1.SignedChunk0\x01\x12G\n\x10GetCounterReport\x12\x1d.beat.v1.CounterReportRequest\x1a\x14.beat.v1.SignedChunk\x12?\n\x0bGetReceipts\x12\x18.beat.v1.ReceiptsRequest\x1a\x14.beat.v1.SignedChunk0\x01\x12\x43\n\rGetGapRecords\x12\x1a.beat.v1.GapRecordsRequest\x1a\x14.beat.v1.SignedChunk0\x01\x42\x1d\n\x0borg.beat.v1Z\x0e\x62\x65\x61t/v1;beatv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x62\x65\x61t/v1/interrogation.proto\x12\x07\x62\x65\x61t.v1\"\x11\n\x0fNodeInfoRequest\"<\n\tNeighbour\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0b\n\x03mac\x18\x02 \x01(\x0c\x12\x11\n\tinterface\x18\x03 \x01(\t\"\x9b\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12&\n\nneighbours\x18\x04 \x03(\x0b\x32\x12.beat.v1.Neighbour\x12\x19\n\x11oldest_proof_t_ns\x18\x05 \x01(\x04\x12\x19\n\x11newest_proof_t_ns\x18\x06 \x01(\x04\x12\x14\n\x0cthreshold_ns\x18\x07 \x01(\x04\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\t \x01(\r\x12\x12\n\nring_short\x18\n \x01(\x08\x12\x0e\n\x06now_ns\x18\x0b \x01(\x04\x12\x1b\n\x13\x61nchored_until_t_ns\x18\x0c \x01(\x04\"X\n\x14ProofSegmentsRequest\x12\x0f\n\x07\x66rom_ns\x18\x01 \x01(\x04\x12\r\n\x05to_ns\x18\x02 \x01(\x04\x12\x11\n\tflow_tags\x18\x03 \x03(\x0c\x12\r\n\x05nonce\x18\x04 \x01(\x0c\"2\n\x0fSegmentsRequest\x12\x10\n\x08seg_seqs\x18\x01 \x03(\x04\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"%\n\x14\x43ounterReportRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\" \n\x04\x46low\x12\x0b\n\x03src\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64st\x18\x02 \x01(\x0c\"x\n\x0fReceiptsRequest\x12\x0f\n\x07\x66rom_ns\x18\x01 \x01(\x04\x12\r\n\x05to_ns\x18\x02 \x01(\x04\x12\x0b\n\x03src\x18\x03 \x01(\x0c\x12\x0b\n\x03\x64st\x18\x04 \x01(\x0c\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x1c\n\x05\x66lows\x18\x06 \x03(\x0b\x32\r.beat.v1.Flow\"B\n\x11GapRecordsRequest\x12\x0f\n\x07\x66rom_ns\x18\x01 \x01(\x04\x12\r\n\x05to_ns\x18\x02 \x01(\x04\x12\r\n\x05nonce\x18\x03 \x01(\x0c\".\n\x0bSignedChunk\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x32\xa6\x03\n\rInterrogation\x12:\n\x0bGetNodeInfo\x12\x18.beat.v1.NodeInfoRequest\x1a\x11.beat.v1.NodeInfo\x12I\n\x10GetProofSegments\x12\x1d.beat.v1.ProofSegmentsRequest\x1a\x14.beat.v1.SignedChunk0\x01\x12?\n\x0bGetSegments\x12\x18.beat.v1.SegmentsRequest\x1a\x14.beat.v1.SignedChunk0\x01\x12G\n\x10GetCounterReport\x12\x1d.beat.v1.CounterReportRequest\x1a\x14.beat.v1.SignedChunk\x12?\n\x0bGetReceipts\x12\x18.beat.v1.ReceiptsRequest\x1a\x14.beat.v1.SignedChunk0\x01\x12\x43\n\rGetGapRecords\x12\x1a.beat.v1.GapRecordsRequest\x1a\x14.beat.v1.SignedChunk0\x01\x42\x1d\n\x0borg.beat.v1Z\x0e\x62\x65\x61t/v1;beatv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,12 +44,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEGMENTSREQUEST']._serialized_end=547
   _globals['_COUNTERREPORTREQUEST']._serialized_start=549
   _globals['_COUNTERREPORTREQUEST']._serialized_end=586
-  _globals['_RECEIPTSREQUEST']._serialized_start=588
-  _globals['_RECEIPTSREQUEST']._serialized_end=678
-  _globals['_GAPRECORDSREQUEST']._serialized_start=680
-  _globals['_GAPRECORDSREQUEST']._serialized_end=746
-  _globals['_SIGNEDCHUNK']._serialized_start=748
-  _globals['_SIGNEDCHUNK']._serialized_end=794
-  _globals['_INTERROGATION']._serialized_start=797
-  _globals['_INTERROGATION']._serialized_end=1219
+  _globals['_FLOW']._serialized_start=588
+  _globals['_FLOW']._serialized_end=620
+  _globals['_RECEIPTSREQUEST']._serialized_start=622
+  _globals['_RECEIPTSREQUEST']._serialized_end=742
+  _globals['_GAPRECORDSREQUEST']._serialized_start=744
+  _globals['_GAPRECORDSREQUEST']._serialized_end=810
+  _globals['_SIGNEDCHUNK']._serialized_start=812
+  _globals['_SIGNEDCHUNK']._serialized_end=858
+  _globals['_INTERROGATION']._serialized_start=861
+  _globals['_INTERROGATION']._serialized_end=1283
 # @@protoc_insertion_point(module_scope)

@@ -74,19 +74,29 @@ class CounterReportRequest(_message.Message):
     nonce: bytes
     def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
 
+class Flow(_message.Message):
+    __slots__ = ("src", "dst")
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    src: bytes
+    dst: bytes
+    def __init__(self, src: _Optional[bytes] = ..., dst: _Optional[bytes] = ...) -> None: ...
+
 class ReceiptsRequest(_message.Message):
-    __slots__ = ("from_ns", "to_ns", "src", "dst", "nonce")
+    __slots__ = ("from_ns", "to_ns", "src", "dst", "nonce", "flows")
     FROM_NS_FIELD_NUMBER: _ClassVar[int]
     TO_NS_FIELD_NUMBER: _ClassVar[int]
     SRC_FIELD_NUMBER: _ClassVar[int]
     DST_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
     from_ns: int
     to_ns: int
     src: bytes
     dst: bytes
     nonce: bytes
-    def __init__(self, from_ns: _Optional[int] = ..., to_ns: _Optional[int] = ..., src: _Optional[bytes] = ..., dst: _Optional[bytes] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+    flows: _containers.RepeatedCompositeFieldContainer[Flow]
+    def __init__(self, from_ns: _Optional[int] = ..., to_ns: _Optional[int] = ..., src: _Optional[bytes] = ..., dst: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., flows: _Optional[_Iterable[_Union[Flow, _Mapping]]] = ...) -> None: ...
 
 class GapRecordsRequest(_message.Message):
     __slots__ = ("from_ns", "to_ns", "nonce")

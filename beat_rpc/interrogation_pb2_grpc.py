@@ -107,7 +107,9 @@ class InterrogationServicer:
 
     def GetReceipts(self, request, context):
         """Receipts of one flow (src, dst) whose epoch starts in [from_ns, to_ns], each with its
-        inclusion proof and the anchor it belongs to. Governance role only.
+        inclusion proof and the anchor it belongs to (request kind 3). Or, with `flows` and no
+        src/dst, the receipts of every flow named (request kind 7), in one answer of kind-3 chunks
+        ordered by (flow, epoch, role). Governance role only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

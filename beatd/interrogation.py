@@ -41,7 +41,8 @@ __all__ = ["InterrogationServer", "InterrogationServicer", "EvidenceStore", "Lim
            "SERVICE_NAME", "DEFAULT_MAX_WINDOW_S", "DEFAULT_MAX_RECORDS", "DEFAULT_MAX_STREAMS",
            "DEFAULT_MAX_FLOW_TAGS", "DEFAULT_MAX_STREAM_S", "DEFAULT_MAX_INDEX_ENTRIES",
            "DEFAULT_MAX_SEG_SEQS", "DEFAULT_MAX_PEER_RPCS", "DEFAULT_MAX_DEVICE_RPCS",
-           "DEFAULT_MAX_CALL_S", "OPEN_METHODS"]
+           "DEFAULT_MAX_CALL_S", "DEFAULT_MAX_FLOWS", "DEFAULT_MAX_RECEIPTS_PER_FLOW",
+           "OPEN_METHODS"]
 
 log = logging.getLogger("beatd.interrogation")
 
@@ -57,6 +58,9 @@ DEFAULT_MAX_FLOW_TAGS = 64
 DEFAULT_MAX_STREAM_S = 600.0         # an answer still running after this is cancelled
 DEFAULT_MAX_INDEX_ENTRIES = 100_000  # ~1 h of 10 kpps is 36,000 segments of 1024; ~600 B each
 DEFAULT_MAX_SEG_SEQS = 1024          # segments one GetSegments request may name
+DEFAULT_MAX_FLOWS = 256              # flows one GetReceipts request may name (request kind 7)
+DEFAULT_MAX_RECEIPTS_PER_FLOW = 8192  # receipts of a kind-7 answer, per flow named (an hour of
+#                                       1 s epochs at both roles is 7,200)
 DEFAULT_MAX_PEER_RPCS = 4            # calls of one certificate without the governance role
 DEFAULT_MAX_DEVICE_RPCS = 8          # calls of all the certificates without it, together
 DEFAULT_MAX_CALL_S = 60.0            # any other call (Health.Watch, reflection) cancelled after
@@ -77,8 +81,12 @@ class Limits:
                  max_streams=DEFAULT_MAX_STREAMS, max_flow_tags=DEFAULT_MAX_FLOW_TAGS,
                  max_stream_s=DEFAULT_MAX_STREAM_S, max_index_entries=DEFAULT_MAX_INDEX_ENTRIES,
                  max_seg_seqs=DEFAULT_MAX_SEG_SEQS, max_peer_rpcs=DEFAULT_MAX_PEER_RPCS,
-                 max_device_rpcs=DEFAULT_MAX_DEVICE_RPCS, max_call_s=DEFAULT_MAX_CALL_S):
+                 max_device_rpcs=DEFAULT_MAX_DEVICE_RPCS, max_call_s=DEFAULT_MAX_CALL_S,
+                 max_flows=DEFAULT_MAX_FLOWS,
+                 max_receipts_per_flow=DEFAULT_MAX_RECEIPTS_PER_FLOW):
         for name, value in (("max_window_s", max_window_s), ("max_records", max_records),
+                            ("max_flows", max_flows),
+                            ("max_receipts_per_flow", max_receipts_per_flow),
                             ("max_streams", max_streams), ("max_flow_tags", max_flow_tags),
                             ("max_stream_s", max_stream_s),
                             ("max_index_entries", max_index_entries),
@@ -87,6 +95,8 @@ class Limits:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"interrogation.{name}: {value!r} must be a number above 0")
         for name, value in (("max_records", max_records), ("max_streams", max_streams),
+                            ("max_flows", max_flows),
+                            ("max_receipts_per_flow", max_receipts_per_flow),
                             ("max_flow_tags", max_flow_tags),
                             ("max_index_entries", max_index_entries),
                             ("max_seg_seqs", max_seg_seqs), ("max_peer_rpcs", max_peer_rpcs),
@@ -107,6 +117,8 @@ class Limits:
         self.max_peer_rpcs = max_peer_rpcs
         self.max_device_rpcs = max_device_rpcs
         self.max_call_s = float(max_call_s)
+        self.max_flows = max_flows
+        self.max_receipts_per_flow = max_receipts_per_flow
 
     @property
     def workers(self):
@@ -469,6 +481,9 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
         return self._sign(body)
 
     def GetReceipts(self, request, context):
+        if len(request.flows):
+            yield from self._receipts_of_flows(request, context)
+            return
         try:
             self._governance_only(context, "GetReceipts")
             self._nonce(request.nonce)
@@ -481,6 +496,49 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
             self._store_call("indexing", self.evidence.refresh)
             receipts = self._store_call("receipts", self.evidence.receipts, request.from_ns,
                                         request.to_ns, request.src, request.dst)
+        except RequestError as exc:
+            self._refuse(context, exc)
+        yield from self._chunked_answer(ev.KIND_RECEIPTS, Q, receipts, RECEIPTS_PER_CHUNK)
+
+    def _receipts_of_flows(self, request, context):
+        """GetReceipts naming several flows (request kind 7): the receipts of every flow named,
+        in (flow, epoch_ns, role) order, kind-3 chunks: each flow's receipts exactly as its own
+        request (kind 3) is answered, the flows in the order Q binds them."""
+        lim = self.limits
+        try:
+            self._governance_only(context, "GetReceipts")
+            if request.src or request.dst:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"src {ev._show(request.src)} and dst {ev._show(request.dst)} "
+                                   f"with {len(request.flows)} flows: a request names one flow "
+                                   "by src/dst or several by flows, not both")
+            self._nonce(request.nonce)
+            if len(request.flows) > lim.max_flows:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"flows: {len(request.flows)} given, at most "
+                                   f"{lim.max_flows}")
+            try:
+                flows = ev.normalise_flows([(f.src, f.dst) for f in request.flows])
+            except ValueError as exc:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            _window(lim, request.from_ns, request.to_ns)
+            Q = ev.flows_request_digest(self.hash_name, request.from_ns, request.to_ns, flows,
+                                        request.nonce)
+            self._acquire(context)
+            self._store_call("indexing", self.evidence.refresh)
+            receipts = []
+            cap = lim.max_receipts_per_flow * len(flows)
+            for f in flows:                 # each flow's receipts as its kind-3 answer has them
+                receipts += self._store_call("receipts", self.evidence.receipts, request.from_ns,
+                                             request.to_ns, f[:ev.ADDR_SIZE], f[ev.ADDR_SIZE:])
+                if len(receipts) > cap:
+                    break
+            if len(receipts) > cap:
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"more than {cap} receipts of {len(flows)} flows in the "
+                                   f"window [{request.from_ns}, {request.to_ns}]: the device's "
+                                   f"max_receipts_per_flow is {lim.max_receipts_per_flow} "
+                                   "a flow; ask for a shorter window or fewer flows")
         except RequestError as exc:
             self._refuse(context, exc)
         yield from self._chunked_answer(ev.KIND_RECEIPTS, Q, receipts, RECEIPTS_PER_CHUNK)

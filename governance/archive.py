@@ -9,8 +9,8 @@ A directory::
 
 The manifest holds the SLA, the window, the judgement's parameters (f, margins, skew, hop delay,
 receipt epoch), the topology and owners used, and per device its status, the error when it gave
-no evidence, and for each answer the request (rpc, window, flow tags, src/dst, seg_seqs, nonce),
-the number of chunks and ``H`` of its file. The **evidence digest** recorded on the ledger is
+no evidence, and for each answer the request (rpc, window, flow tags, src/dst or flows, seg_seqs,
+nonce), the number of chunks and ``H`` of its file. The **evidence digest** recorded on the ledger is
 ``H(canonical manifest)``: it commits to every signed chunk through their files' digests.
 
 Recording: ``Recorder`` wraps a live ``InterrogationClient``'s stub and keeps every chunk as it
@@ -67,6 +67,9 @@ def _request(rpc, req):
     for name in ("src", "dst"):
         if hasattr(req, name):
             out[name] = bytes(getattr(req, name)).hex()
+    if len(getattr(req, "flows", ())):
+        # a receipts-of-flows request (kind 7): its flows, src || dst, as sent
+        out["flows"] = [(bytes(f.src) + bytes(f.dst)).hex() for f in req.flows]
     return out
 
 

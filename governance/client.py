@@ -360,3 +360,56 @@ class InterrogationClient:
                                   f"{r.dst.hex()} (epoch_ns {r.epoch_ns}) in the answer for "
                                   f"{bytes(src).hex()} -> {bytes(dst).hex()}")
         return items
+
+    def receipts_of_flows(self, from_ns, to_ns, flows, timeout=None):
+        """The receipts of every flow of ``flows`` (``(src, dst)``, 16 bytes each) with epoch_ns
+        in [from_ns, to_ns], in ONE request (GetReceipts naming the flows, request kind 7):
+        ``{(src, dst): [Receipt]}`` with every flow asked (``[]`` for none), each list by
+        (epoch_ns, role). WrongAnswer for a receipt of a flow not asked or outside the window.
+
+        A device that refuses the request as one of the former protocol (UNIMPLEMENTED, or
+        INVALID_ARGUMENT on ``src``: it does not know ``flows`` and sees an empty src) is asked
+        one flow at a time (``receipts``) instead; ``self.batched`` says which way it went."""
+        flows = ev.normalise_flows(flows)
+        if not flows:
+            raise ValueError("flows: none given (receipts_of_flows asks for at least one flow)")
+        nonce = self._new_nonce()
+        Q = ev.flows_request_digest(self.hash_name, from_ns, to_ns, flows, nonce)
+        req = pb.ReceiptsRequest(from_ns=from_ns, to_ns=to_ns, nonce=nonce,
+                                 flows=[pb.Flow(src=f[:ev.ADDR_SIZE], dst=f[ev.ADDR_SIZE:])
+                                        for f in flows])
+        out = {(f[:ev.ADDR_SIZE], f[ev.ADDR_SIZE:]): [] for f in flows}
+        try:
+            call = self.stub.GetReceipts(req, timeout=self._timeout(timeout))
+            reader = ev.AnswerReader(self.pubkey, self.node_id, ev.KIND_RECEIPTS, Q,
+                                     by_flow=True)
+            items = self._stream("GetReceipts", call, reader)
+        except RequestRejected as exc:
+            if not _former_device(exc):
+                raise
+            self.batched = False
+            for key in out:
+                out[key] = self.receipts(from_ns, to_ns, key[0], key[1], timeout=timeout)
+            return out
+        self.batched = True
+        for r in items:
+            got = out.get((r.src, r.dst))
+            if got is None:
+                raise WrongAnswer(f"node {self.node_id}: a receipt of flow {r.src.hex()} -> "
+                                  f"{r.dst.hex()} (epoch_ns {r.epoch_ns}) in the answer for "
+                                  f"{len(flows)} flows, which did not ask for it")
+            if not from_ns <= r.epoch_ns <= to_ns:
+                raise WrongAnswer(f"node {self.node_id}: a receipt of flow {r.src.hex()} -> "
+                                  f"{r.dst.hex()} of epoch_ns {r.epoch_ns}, outside the window "
+                                  f"[{from_ns}, {to_ns}] asked")
+            got.append(r)
+        return out
+
+
+def _former_device(exc):
+    """A refusal of a receipts-of-flows request by a device of the former protocol: it has no
+    GetReceipts (UNIMPLEMENTED) or it reads the request as one flow with an empty src."""
+    if exc.code == grpc.StatusCode.UNIMPLEMENTED:
+        return True
+    return exc.code == grpc.StatusCode.INVALID_ARGUMENT and \
+        str(exc.details or "").startswith("src:")
