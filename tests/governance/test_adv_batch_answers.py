@@ -161,11 +161,12 @@ def ev_key(rc):
 
 
 @pytest.mark.parametrize("how", ["duplicate", "reversed-flows", "reversed-epochs",
-                                 "second-receipt-of-a-key"])
+                                 "second-receipt-of-a-key", "flow-again-in-a-later-chunk"])
 def test_duplicates_and_disorder_refuse_the_answer(domain, tmp_path, liar, how):
     """Router 3 answers with one receipt twice (in a chunk of its own: the order check across
-    chunks), its flows in reverse order, one flow's epochs in reverse, or a second receipt of one
-    (flow, epoch, role) with another count: refused (SLAs 1 and 2 unknown in the epochs it
+    chunks), its flows in reverse order, one flow's epochs in reverse, a second receipt of one
+    (flow, epoch, role) with another count, or flow A's receipts split around flow B's across
+    chunks (each chunk in order by itself): refused (SLAs 1 and 2 unknown in the epochs it
     touches or all, never a violation the domain does not have, never the other count)."""
     e = epochs_of(*domain.healthy)[0]
 
@@ -186,6 +187,12 @@ def test_duplicates_and_disorder_refuse_the_answer(domain, tmp_path, liar, how):
         return out
 
     def chunks(items):
+        if how == "flow-again-in-a-later-chunk":
+            # A's receipts up to e, then B's, then A's after e (each chunk in order by itself)
+            a = [rc for rc in items if (rc.src, rc.dst) == (A_SRC, A_DST)]
+            rest = [rc for rc in items if (rc.src, rc.dst) != (A_SRC, A_DST)]
+            k = next((i for i, rc in enumerate(a) if rc.epoch_ns > e), len(a))
+            return [a[:k], rest, a[k:]] if rest else [items]
         if how != "duplicate":
             return [items]
         i = next((k for k, rc in enumerate(items) if ev_key(rc)[:3] == (A_SRC, A_DST, e)), None)
@@ -197,7 +204,8 @@ def test_duplicates_and_disorder_refuse_the_answer(domain, tmp_path, liar, how):
     svc = evaluate_all(domain, tmp_path)
     never_violated_falsely(svc, domain, (1, 2))
     r = results(svc, 1)[e]
-    if how != "reversed-flows" or any(batched for batched, _, _ in lr.asked):
+    if how not in ("reversed-flows", "flow-again-in-a-later-chunk") or \
+            any(batched for batched, _, _ in lr.asked):
         assert refused(r, "egress"), r            # (one flow per answer: nothing to reverse)
     assert_truth(svc, domain, (3,))
 

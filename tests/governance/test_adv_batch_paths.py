@@ -56,8 +56,6 @@ def test_a_device_refusing_the_batch_otherwise_is_unknown_never_a_violation(doma
     lr = liar(3)
     lr.refuse_batch = (grpc.StatusCode.PERMISSION_DENIED, "no")
     svc = evaluate_all(domain, tmp_path)
-    if getattr(lr, "_honest_batch", None) is None:
-        pytest.skip("this checkout has no batched receipts request (request kind 7)")
     for s in (1, 2):
         for e, r in results(svc, s).items():
             assert r["result"] == "unknown" and "egress unreachable" in r["reasons"][0], (s, e, r)
@@ -154,3 +152,18 @@ def test_an_honest_device_asked_for_many_flows_is_not_refused_for_its_answers_si
     assert_truth(svc, domain, (1, 2, 3))
     for s in (1, 2, 3):
         assert svc.state.snapshot()["slas"][str(s)]["refused_receipts"] == 0
+
+
+def test_an_honest_device_with_fewer_max_flows_than_asked_is_not_made_unknown(domain, tmp_path):
+    """Router 1 (honest) takes at most 2 flows a request (its interrogation.max_flows; the
+    default is 256, a device may lower it) and is the first device of 3 SLAs (4 flows with the
+    overflow one): it refuses the 4-flow request for what it is (INVALID_ARGUMENT on flows), and
+    that must not leave every SLA of an honest device unknown: every SLA reads the truth."""
+    limits = domain.servers[1].servicer.limits
+    was = limits.max_flows
+    limits.max_flows = 2
+    try:
+        svc = evaluate_all(domain, tmp_path)
+    finally:
+        limits.max_flows = was
+    assert_truth(svc, domain, (1, 2, 3))
