@@ -250,3 +250,34 @@ def test_an_answer_beyond_the_size_cap_refuses_the_liars_slas_only(domain, tmp_p
     if not batched:
         assert_truth(svc, domain, (2,))
     assert_truth(svc, domain, (3,))
+
+
+def test_a_flood_the_per_flow_answers_could_not_carry_is_refused_in_the_batch(domain, tmp_path,
+                                                                            liar):
+    """Router 3 (the last device of SLAs 1 and 2: its batch names flows A, B and the overflow
+    one) pads flow A's receipts to twice the monitor's cap (max_receipts_bytes 1 MiB): under the
+    cap times the flows named (3 MiB), far over anything an honest device holds for the window
+    (two receipts a flow and epoch). Refused (SLAs 1 and 2 unknown, "max_answer_bytes"): what a
+    device may make the service hold for one round is bounded by what an honest answer can be,
+    not by the cap times its SLAs (256 flows a request at 4 MiB each: 1 GiB on the wire, ~3.2 GiB
+    decoded, held for the round, from one device that is an end of 255 SLAs)."""
+    cap = 1 << 20
+
+    def items(batched, Q, got):
+        a = [rc for rc in got if (rc.src, rc.dst) == (A_SRC, A_DST)]
+        if not a:
+            return got
+        one = len(ev.encode_chunk(ev.KIND_RECEIPTS, 3, bytes(32), 0, True, 0, [a[0]])) - \
+            ev.HEADER_SIZE
+        pad = [dataclasses.replace(a[0], epoch_ns=a[0].epoch_ns + k)
+               for k in range(1, 2 * cap // one)]
+        return sorted(got + pad, key=ev_key)
+    lr = liar(3)
+    lr.items = items
+    svc = evaluate_all(domain, tmp_path, max_receipts_bytes=cap)
+    assert any(b for b, _, _ in lr.asked), "router 3 was asked per flow"
+    for s in (1, 2):
+        for e, r in results(svc, s).items():
+            assert refused(r, "egress"), (s, e, r)
+            assert "max_answer_bytes" in " ".join(r["reasons"]), r
+    assert_truth(svc, domain, (3,))
