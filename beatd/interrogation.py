@@ -41,8 +41,7 @@ __all__ = ["InterrogationServer", "InterrogationServicer", "EvidenceStore", "Lim
            "SERVICE_NAME", "DEFAULT_MAX_WINDOW_S", "DEFAULT_MAX_RECORDS", "DEFAULT_MAX_STREAMS",
            "DEFAULT_MAX_FLOW_TAGS", "DEFAULT_MAX_STREAM_S", "DEFAULT_MAX_INDEX_ENTRIES",
            "DEFAULT_MAX_SEG_SEQS", "DEFAULT_MAX_PEER_RPCS", "DEFAULT_MAX_DEVICE_RPCS",
-           "DEFAULT_MAX_CALL_S", "DEFAULT_MAX_FLOWS", "DEFAULT_MAX_RECEIPTS_PER_FLOW",
-           "OPEN_METHODS"]
+           "DEFAULT_MAX_CALL_S", "DEFAULT_MAX_FLOWS", "OPEN_METHODS"]
 
 log = logging.getLogger("beatd.interrogation")
 
@@ -59,8 +58,6 @@ DEFAULT_MAX_STREAM_S = 600.0         # an answer still running after this is can
 DEFAULT_MAX_INDEX_ENTRIES = 100_000  # ~1 h of 10 kpps is 36,000 segments of 1024; ~600 B each
 DEFAULT_MAX_SEG_SEQS = 1024          # segments one GetSegments request may name
 DEFAULT_MAX_FLOWS = 256              # flows one GetReceipts request may name (request kind 7)
-DEFAULT_MAX_RECEIPTS_PER_FLOW = 8192  # receipts of a kind-7 answer, per flow named (an hour of
-#                                       1 s epochs at both roles is 7,200)
 DEFAULT_MAX_PEER_RPCS = 4            # calls of one certificate without the governance role
 DEFAULT_MAX_DEVICE_RPCS = 8          # calls of all the certificates without it, together
 DEFAULT_MAX_CALL_S = 60.0            # any other call (Health.Watch, reflection) cancelled after
@@ -82,11 +79,9 @@ class Limits:
                  max_stream_s=DEFAULT_MAX_STREAM_S, max_index_entries=DEFAULT_MAX_INDEX_ENTRIES,
                  max_seg_seqs=DEFAULT_MAX_SEG_SEQS, max_peer_rpcs=DEFAULT_MAX_PEER_RPCS,
                  max_device_rpcs=DEFAULT_MAX_DEVICE_RPCS, max_call_s=DEFAULT_MAX_CALL_S,
-                 max_flows=DEFAULT_MAX_FLOWS,
-                 max_receipts_per_flow=DEFAULT_MAX_RECEIPTS_PER_FLOW):
+                 max_flows=DEFAULT_MAX_FLOWS):
         for name, value in (("max_window_s", max_window_s), ("max_records", max_records),
                             ("max_flows", max_flows),
-                            ("max_receipts_per_flow", max_receipts_per_flow),
                             ("max_streams", max_streams), ("max_flow_tags", max_flow_tags),
                             ("max_stream_s", max_stream_s),
                             ("max_index_entries", max_index_entries),
@@ -96,7 +91,6 @@ class Limits:
                 raise ValueError(f"interrogation.{name}: {value!r} must be a number above 0")
         for name, value in (("max_records", max_records), ("max_streams", max_streams),
                             ("max_flows", max_flows),
-                            ("max_receipts_per_flow", max_receipts_per_flow),
                             ("max_flow_tags", max_flow_tags),
                             ("max_index_entries", max_index_entries),
                             ("max_seg_seqs", max_seg_seqs), ("max_peer_rpcs", max_peer_rpcs),
@@ -118,7 +112,6 @@ class Limits:
         self.max_device_rpcs = max_device_rpcs
         self.max_call_s = float(max_call_s)
         self.max_flows = max_flows
-        self.max_receipts_per_flow = max_receipts_per_flow
 
     @property
     def workers(self):
@@ -527,18 +520,9 @@ class InterrogationServicer(pb_grpc.InterrogationServicer):
             self._acquire(context)
             self._store_call("indexing", self.evidence.refresh)
             receipts = []
-            cap = lim.max_receipts_per_flow * len(flows)
             for f in flows:                 # each flow's receipts as its kind-3 answer has them
                 receipts += self._store_call("receipts", self.evidence.receipts, request.from_ns,
                                              request.to_ns, f[:ev.ADDR_SIZE], f[ev.ADDR_SIZE:])
-                if len(receipts) > cap:
-                    break
-            if len(receipts) > cap:
-                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                   f"more than {cap} receipts of {len(flows)} flows in the "
-                                   f"window [{request.from_ns}, {request.to_ns}]: the device's "
-                                   f"max_receipts_per_flow is {lim.max_receipts_per_flow} "
-                                   "a flow; ask for a shorter window or fewer flows")
         except RequestError as exc:
             self._refuse(context, exc)
         yield from self._chunked_answer(ev.KIND_RECEIPTS, Q, receipts, RECEIPTS_PER_CHUNK)

@@ -345,7 +345,11 @@ class InterrogationClient:
 
     def receipts(self, from_ns, to_ns, src, dst, timeout=None):
         """The receipts of flow (src, dst) (16 bytes each) with epoch_ns in [from_ns, to_ns]:
-        ``list[Receipt]`` by (epoch_ns, role); WrongAnswer for one of another flow."""
+        ``list[Receipt]`` by (epoch_ns, role); WrongAnswer for one of another flow. After
+        ``hold``, a flow and window within the held answer are read from it (no request)."""
+        held = self._held_receipts(from_ns, to_ns, src, dst)
+        if held is not None:
+            return held
         nonce = self._new_nonce()
         Q = ev.request_digest(self.hash_name, ev.KIND_RECEIPTS, from_ns, to_ns, (), src, dst,
                               nonce)
@@ -404,6 +408,25 @@ class InterrogationClient:
                                   f"[{from_ns}, {to_ns}] asked")
             got.append(r)
         return out
+
+    def hold(self, from_ns, to_ns, flows, timeout=None):
+        """``receipts_of_flows`` once, its checked answer kept: ``receipts(lo, hi, src, dst)``
+        of one of these flows with [lo, hi] within [from_ns, to_ns] is then that flow's receipts
+        of the held answer with epoch_ns in [lo, hi], without asking the device again (the
+        service's round: one request per device, read once per SLA). Returns the answer."""
+        got = self.receipts_of_flows(from_ns, to_ns, flows, timeout)
+        self._held = (from_ns, to_ns, got)
+        return got
+
+    def _held_receipts(self, from_ns, to_ns, src, dst):
+        held = getattr(self, "_held", None)
+        if held is None:
+            return None
+        lo, hi, got = held
+        rs = got.get((bytes(src), bytes(dst)))
+        if rs is None or not lo <= from_ns <= to_ns <= hi:
+            return None
+        return [r for r in rs if from_ns <= r.epoch_ns <= to_ns]
 
 
 def _former_device(exc):

@@ -7,6 +7,7 @@ delay samples and the disputes: interrogations take seconds) and the HTTP server
 metrics and the read-only JSON API). State on disk: state.py.
 """
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
@@ -25,6 +26,7 @@ __all__ = ["Service"]
 
 log = logging.getLogger("beatd.governance.service")
 MAX_EPOCHS_PER_ROUND = 120
+MAX_FLOWS_PER_REQUEST = 256    # flows one receipts request names (a device's max_flows, 256)
 EVALUATORS = 4                 # SLAs evaluated at once (a hanging device holds up only its SLAs)
 ROUND_WAIT_S = 2.0             # a round waits this long at most for its SLAs' evaluations
 
@@ -87,30 +89,90 @@ class Counters:
         return found
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceRequest:
+    """One device's receipts request of a round: every flow of the SLAs it is the first or the
+    last device of (and the overflow flow), over the union of their windows [lo, hi]."""
+    node_id: int
+    lo: int
+    hi: int
+    flows: tuple                   # ((src, dst), ...), sorted, the overflow flow included
+
+
+def plan_requests(ends, span_ns, max_flows=MAX_FLOWS_PER_REQUEST):
+    """``ends``: ``[(node_id, (src, dst), lo, hi)]``, the SLA ends a round reads. Returns the
+    ``DeviceRequest``s: per device, ends grouped by window (a group spans at most ``span_ns``,
+    so that an SLA far behind does not make every other SLA's answer long) and at most
+    ``max_flows`` flows (the overflow flow among them)."""
+    by_node = {}
+    for node, flow, lo, hi in ends:
+        by_node.setdefault(node, []).append((lo, hi, flow))
+    out = []
+    for node, items in sorted(by_node.items()):
+        items.sort()
+        group, glo, ghi = set(), None, None
+        for lo, hi, flow in items:
+            if group and (max(ghi, hi) - glo > span_ns or
+                          (flow not in group and len(group) + 2 > max_flows)):
+                out.append(DeviceRequest(node, glo, ghi, tuple(sorted(group | {_OVER}))))
+                group, glo, ghi = set(), None, None
+            group.add(flow)
+            glo = lo if glo is None else glo
+            ghi = hi if ghi is None else max(ghi, hi)
+        if group:
+            out.append(DeviceRequest(node, glo, ghi, tuple(sorted(group | {_OVER}))))
+    return out
+
+
+_OVER = (OVERFLOW, OVERFLOW)
+
+
 class RoundReads:
     """What the evaluations of one round share: the anchors read from the ledger (an
-    ``AnchorCache``: each anchor read once per round) and each device's checked overflow
-    receipts of a window (asked once per round for every SLA it is an end of, not once per SLA).
+    ``AnchorCache``: each anchor read once per round), each device's checked overflow receipts
+    of a window (asked once per round for every SLA it is an end of, not once per SLA) and, with
+    ``requests`` (``DeviceRequest``s: ``plan_requests``), each device's one receipts request of
+    the round, whose answer every SLA of the device reads its flow from (``device``).
     Thread-safe: a second evaluation wanting the same answer waits for the first's."""
 
-    def __init__(self, ledger):
+    def __init__(self, ledger, requests=()):
         self.anchors = verify.AnchorCache(ledger)
         self._lock = threading.Lock()
         self._over = {}                # (node, lo, hi) -> Future
+        self._held = {}                # DeviceRequest -> Future
+        self._requests = {}            # (node, flow) -> [DeviceRequest]
+        for r in requests:
+            for f in r.flows:
+                self._requests.setdefault((r.node_id, f), []).append(r)
 
-    def overflow(self, node_id, lo, hi, fetch):
-        key = (node_id, lo, hi)
+    def request_for(self, node_id, flow, lo, hi):
+        """The round's request of ``node_id`` naming ``flow`` over a window holding [lo, hi], or
+        None (an SLA the round did not plan: it asks on its own)."""
+        for r in self._requests.get((node_id, flow), ()):
+            if r.lo <= lo and hi <= r.hi:
+                return r
+        return None
+
+    def _once(self, table, key, fetch):
         with self._lock:
-            fut = self._over.get(key)
+            fut = table.get(key)
             mine = fut is None
             if mine:
-                fut = self._over[key] = concurrent.futures.Future()
+                fut = table[key] = concurrent.futures.Future()
         if mine:
             try:
                 fut.set_result(fetch())
             except BaseException as exc:  # noqa: BLE001 (handed to every waiter)
                 fut.set_exception(exc)
         return fut.result()
+
+    def overflow(self, node_id, lo, hi, fetch):
+        return self._once(self._over, (node_id, lo, hi), fetch)
+
+    def device(self, request, fetch):
+        """``fetch()`` once for ``request`` (the client holding the device's answer), whatever
+        SLA asks first; its exception, if it raised, to every SLA."""
+        return self._once(self._held, request, fetch)
 
 
 class _Batch:
@@ -204,19 +266,29 @@ class Service:
         return late
 
     def read_end(self, sla, node_id, role, epochs, view, shared=None):
-        """``{epoch: Reading}`` of one end (monitor.read_end), the device asked once for the
-        flow's receipts. ``shared`` (a ``RoundReads``): the round's anchors, and the device's
-        overflow receipts of the window asked once per round for all its SLAs."""
+        """``{epoch: Reading}`` of one end (monitor.read_end). ``shared`` (a ``RoundReads``):
+        the round's anchors and, when the round planned it, the device's one receipts request
+        of the round (every flow of its SLAs: the SLA's flow read from its answer, epochs in the
+        SLA's window); else the device asked for the flow's receipts, and its overflow receipts
+        of the window asked once per round for all its SLAs."""
         L = self.svc.epoch_ns
         lo, hi = epochs[0], epochs[-1]
         if shared is None:
             shared = RoundReads(self.ledger)
         anchors = shared.anchors
+        req = shared.request_for(node_id, (bytes(sla.src), bytes(sla.dst)), lo, hi)
         try:
-            with self._client(node_id, view) as c:
-                flow = c.receipts(lo, hi, sla.src, sla.dst)
-            over = shared.overflow(node_id, lo, hi, lambda: self._overflow(node_id, lo, hi,
-                                                                          view, anchors))
+            if req is None:
+                with self._client(node_id, view) as c:
+                    flow = c.receipts(lo, hi, sla.src, sla.dst)
+                over = shared.overflow(node_id, lo, hi, lambda: self._overflow(node_id, lo, hi,
+                                                                              view, anchors))
+            else:
+                c = shared.device(req, lambda: self._hold(req, view))
+                flow = c.receipts(lo, hi, sla.src, sla.dst)      # from the held answer
+                over = shared.overflow(node_id, req.lo, req.hi,
+                                       lambda: self._overflow(node_id, req.lo, req.hi, view,
+                                                              anchors, c))
             checks = (verify.verify_receipts(node_id, self.ledger.hash_name, flow, self.ledger,
                                              anchors), over)
             if isinstance(over, Exception):
@@ -245,15 +317,27 @@ class Service:
                    epoch_ns=e, reason=why)
         return out
 
-    def _overflow(self, node_id, lo, hi, view, anchors):
-        """The device's overflow receipts of [lo, hi], checked (or the exception)."""
+    def _overflow(self, node_id, lo, hi, view, anchors, held=None):
+        """The device's overflow receipts of [lo, hi], checked (or the exception); from the
+        ``held`` client's answer when given (the round's request named the overflow flow)."""
         try:
-            with self._client(node_id, view) as c:
-                over = c.receipts(lo, hi, OVERFLOW, OVERFLOW)
+            if held is not None:
+                over = held.receipts(lo, hi, OVERFLOW, OVERFLOW)
+            else:
+                with self._client(node_id, view) as c:
+                    over = c.receipts(lo, hi, OVERFLOW, OVERFLOW)
             return verify.verify_receipts(node_id, self.ledger.hash_name, over, self.ledger,
                                           anchors)
         except Exception as exc:  # noqa: BLE001 (each SLA of the device: classified by read_end)
             return exc
+
+    def _hold(self, req, view):
+        """The round's one receipts request to a device (``DeviceRequest``): a client holding
+        its checked answer (the channel closed). Its cap: ``max_receipts_bytes`` a flow."""
+        with self._client(req.node_id, view) as c:
+            c.max_answer_bytes = self.svc.max_receipts_bytes * len(req.flows)
+            c.hold(req.lo, req.hi, req.flows)
+        return c
 
     # -- one SLA, one round ----------------------------------------------------------------------
     def _active(self, sla, now):
@@ -274,20 +358,11 @@ class Service:
                 if batch is None or not batch.add([]):
                     self.state.save()
             start = st["next_epoch"]
-        last_closed = (now // L) * L - L
-        if start > last_closed:
+        epochs = self._due(sla, view, now, start)
+        if not epochs:
             return []
-        epochs = list(range(start, min(last_closed, start + (MAX_EPOCHS_PER_ROUND - 1) * L) + 1,
-                            L))
         first, last = sla.route[0], sla.route[-1]
         final_ns = int(self.svc.final_after_s * 1e9)
-
-        def anchored(n):
-            a = view.anchors.get(n)
-            return a.last_t_ns if a is not None else 0
-        # nothing can settle yet: do not ask the devices
-        if min(anchored(first), anchored(last)) < start + 2 * L and now < start + L + final_ns:
-            return []
         if shared is None:
             shared = RoundReads(self.ledger)
         ing = self.read_end(sla, first, INGRESS, epochs, view, shared)
@@ -324,6 +399,42 @@ class Service:
             self.state.save()
             self._dispute(windows)
         return results
+
+    def _due(self, sla, view, now, start):
+        """The epochs of ``sla`` a round evaluates from ``start`` (at most
+        ``MAX_EPOCHS_PER_ROUND``), or ``[]``: none closed, or nothing can settle yet (the
+        devices are not asked)."""
+        L = self.svc.epoch_ns
+        last_closed = (now // L) * L - L
+        if start > last_closed:
+            return []
+        first, last = sla.route[0], sla.route[-1]
+        final_ns = int(self.svc.final_after_s * 1e9)
+
+        def anchored(n):
+            a = view.anchors.get(n)
+            return a.last_t_ns if a is not None else 0
+        if min(anchored(first), anchored(last)) < start + 2 * L and now < start + L + final_ns:
+            return []
+        return list(range(start, min(last_closed, start + (MAX_EPOCHS_PER_ROUND - 1) * L) + 1,
+                          L))
+
+    def _plan(self, slas, view, now):
+        """The round's receipts requests (``plan_requests``): for every SLA with epochs due,
+        its flow at its first and its last device over its window."""
+        L = self.svc.epoch_ns
+        ends = []
+        for sla in slas:
+            with self.state.lock:
+                start = self.state.sla(sla.sla_id)["next_epoch"]
+            if start is None:           # its first round: as evaluate_sla will start it
+                start = ((now - int(self.svc.backfill_s * 1e9)) // L) * L
+            epochs = self._due(sla, view, now, start)
+            if epochs:
+                flow = (bytes(sla.src), bytes(sla.dst))
+                for node in {sla.route[0], sla.route[-1]}:
+                    ends.append((node, flow, epochs[0], epochs[-1]))
+        return plan_requests(ends, MAX_EPOCHS_PER_ROUND * L)
 
     def _dispute(self, windows):
         for sla_id, w in windows:
@@ -467,10 +578,10 @@ class Service:
             return
         now = self.clock()
         started = []
-        shared, batch = RoundReads(self.ledger), _Batch()
-        for sla in sorted(view.slas.values(), key=lambda s: s.sla_id):
-            if not self._active(sla, now):
-                continue
+        active = [sla for sla in sorted(view.slas.values(), key=lambda s: s.sla_id)
+                  if self._active(sla, now)]
+        shared, batch = RoundReads(self.ledger, self._plan(active, view, now)), _Batch()
+        for sla in active:
             started.append(self._submit(("evaluate", sla.sla_id), self._evaluate, sla, view,
                                         now, shared, batch, pool=self.evaluators))
             if self.svc.delay_sample_every_s > 0:
