@@ -168,3 +168,23 @@ def test_an_honest_device_with_fewer_max_flows_than_asked_is_not_made_unknown(do
     finally:
         limits.max_flows = was
     assert_truth(svc, domain, (1, 2, 3))
+
+
+@pytest.mark.parametrize("n_flows,epochs", [(1, 1), (3, 7), (256, 1), (256, 120)])
+def test_the_held_answer_cap_admits_every_honest_answer(n_flows, epochs):
+    """``held_answer_cap``: an honest device's largest answer for ``n_flows`` flows and
+    ``epochs`` epochs (two receipts a flow and epoch, each with a 32-hash inclusion path, in
+    chunks of RECEIPTS_PER_CHUNK) fits; the cap stays within max_receipts_bytes a flow and, at
+    256 flows, far below it (a liar's flood of 4 MiB a flow is refused)."""
+    from beatd.interrogation import RECEIPTS_PER_CHUNK
+    from governance.service.service import held_answer_cap
+    rc = ev.Receipt(10**18, 2, bytes(16), bytes(16), 1, 1, bytes(32),
+                    ev.AnchorRef(1, 0, 1 << 32, tuple(bytes(32) for _ in range(32))))
+    one = len(ev.encode_chunk(ev.KIND_RECEIPTS, 1, bytes(32), 0, True, 0, [rc])) - ev.HEADER_SIZE
+    n = n_flows * 2 * epochs
+    honest = n * one + ev.HEADER_SIZE * (n // RECEIPTS_PER_CHUNK + 1)
+    cap4 = 4 << 20
+    got = held_answer_cap(cap4, n_flows, 0, (epochs - 1) * L, L)
+    assert honest <= got <= cap4 * n_flows, (honest, got)
+    if n_flows == 256:
+        assert got < cap4 * n_flows // 2, got
