@@ -11,13 +11,12 @@ whatever a third device answers.
 import dataclasses
 import os
 
-import grpc
 import pytest
 
 import fastpath
 from beat_rpc import evidence as ev
-from test_adv_batch_domain import (FLOWS, H, L, Liar, addr, batch_domain, epochs_of, evaluated,
-                                   flow_name, results, run_rounds, service)
+from test_adv_batch_domain import (H, Liar, addr, batch_domain, epochs_of, evaluated, results,
+                                   run_rounds, service)
 
 A_SRC, A_DST = addr("A")
 B_SRC, B_DST = addr("B")

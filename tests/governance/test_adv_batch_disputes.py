@@ -4,8 +4,6 @@ from its batched answer, and the two ends of an SLA colluding against its honest
 asserted: the monitor reads the withholding as it reads withholding (0 packets, the flow's own
 SLA only), and the dispute it opens never names an honest device.
 """
-import pytest
-
 from test_adv_batch_domain import (Liar, addr, batch_domain, epochs_of, evaluated, of_flow,
                                    remove, results, run_rounds, service, stop_after)  # noqa: F401
 

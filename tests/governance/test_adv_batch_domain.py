@@ -16,8 +16,8 @@ middle phase (its own records say so: the honest verdict names router 2).
 
 A lying device: ``Liar(domain, node)`` rewrites what its real server answers to GetReceipts before
 it is signed with the device's own key (the device's software changed, its key and certificate its
-own): ``items(kind, Q, receipts) -> receipts``, ``chunks(groups)``, ``Q``, ``delay_s`` and ``fail``
-(refuse with a status code).
+own): which receipts, cut into which chunks, under which Q, how late, and whether it refuses the
+batched request (``Liar``'s doc).
 """
 import struct
 import threading
@@ -28,7 +28,7 @@ import pytest
 from beat_rpc import evidence as ev
 from loopback_domain import HOP_NS, HOST_MAC, STEP_NS, V4, Domain, mac
 
-from governance.service.monitor import EGRESS, INGRESS, OVERFLOW
+from governance.service.monitor import OVERFLOW
 from ledger_client.types import SLA
 
 H = "sha3-256"
@@ -46,13 +46,6 @@ def addr(flow):
     """``(src, dst)`` of a flow, 16 bytes each (IPv4-mapped)."""
     s, d, _ = FLOWS[flow]
     return V4 + s, V4 + d
-
-
-def flow_name(src, dst):
-    for name in FLOWS:
-        if addr(name) == (bytes(src), bytes(dst)):
-            return name
-    return "overflow" if bytes(src) == bytes(dst) == OVERFLOW else "?"
 
 
 def _packet(i, tag, src_ip, dst_ip):

@@ -9,8 +9,7 @@ import grpc
 import pytest
 
 from beat_rpc import evidence as ev
-from test_adv_batch_answers import (A_DST, A_SRC, assert_truth, evaluate_all, ev_key,
-                                    never_violated_falsely, refused)
+from test_adv_batch_answers import A_DST, A_SRC, assert_truth, evaluate_all, ev_key, refused
 from test_adv_batch_domain import (L, Liar, addr, batch_domain, epochs_of, evaluated, results,
                                    run_rounds, service)
 
