@@ -69,6 +69,7 @@ def service_process(workdir):
                           [[r.epoch_ns, r.result, r.ingress, r.egress, r.loss_ppm] for r in out]])
         return out
     svc.evaluate_sla = observed
+    prof = _profile(svc, os.environ.get("BEAT_SERVICE_PROFILE"))
     signal.signal(signal.SIGTERM, lambda *_: svc.stop())
     cpu0 = time.process_time()
     svc.start()
@@ -84,7 +85,56 @@ def service_process(workdir):
                        "fetch_errors": sum(svc.counters.fetch_errors.values()),
                        "disputes": len(snap["disputes"])}, f)
         os.replace(tmp, os.path.join(workdir, "service-evals.json"))
+        if prof is not None:
+            prof()
         led.close()
+
+
+def _profile(svc, path):
+    """``BEAT_SERVICE_PROFILE=FILE``: the service's CPU profiled in every thread (one cProfile
+    per thread, on during its rounds, evaluations, device requests and ledger polls; merged into
+    FILE as pstats at the end). Returns the function that writes it, or None."""
+    if not path:
+        return None
+    import cProfile
+    import pstats
+    import threading
+    lock = threading.Lock()
+    profilers = []
+    mine = threading.local()          # one profiler per thread, enabled around the outer call
+
+    def wrap(obj, name):
+        real = getattr(obj, name)
+
+        def profiled(*a, **kw):
+            p = getattr(mine, "p", None)
+            if p is None:
+                p = mine.p = cProfile.Profile(time.thread_time)    # this thread's CPU
+                mine.depth = 0
+                with lock:
+                    profilers.append(p)
+            mine.depth += 1
+            if mine.depth == 1:
+                p.enable()
+            try:
+                return real(*a, **kw)
+            finally:
+                mine.depth -= 1
+                if mine.depth == 0:
+                    p.disable()
+        setattr(obj, name, profiled)
+    for name in ("round", "_evaluate", "_hold"):
+        wrap(svc, name)
+    wrap(svc.watcher, "poll_once")
+
+    def write():
+        with lock:
+            if profilers:
+                st = pstats.Stats(profilers[0])
+                for p in profilers[1:]:
+                    st.add(p)
+                st.dump_stats(path)
+    return write
 
 
 # -- the harness -------------------------------------------------------------------------------------

@@ -541,28 +541,28 @@ class EvidenceStore:
         (epoch_ns, role), with their anchor refs."""
         flow = bytes(src) + bytes(dst)
         found = []                              # (key, value)
-        start = p64(from_ns)
-        skip_equal = False
-        while True:
+        # each epoch present in the window: its two keys of this flow looked up, not every
+        # flow's keys read (a key is epoch || role || src || dst)
+        epoch = from_ns
+        while epoch is not None:
             with self.env.begin(db=self.db[RECEIPTS]) as txn:
                 cur = txn.cursor()
-                if not cur.set_range(start):
-                    break
-                n = 0
-                done = True
-                for k, v in cur:
-                    if skip_equal and k == start:
-                        continue
-                    if u64(k[:8]) > to_ns:
+                for _ in range(SCAN_KEYS):      # epochs per read transaction
+                    if not cur.set_range(p64(epoch)):
+                        epoch = None
                         break
-                    if k[9:41] == flow:
-                        found.append((k, v))
-                    n += 1
-                    if n >= SCAN_KEYS:
-                        start, skip_equal, done = k, True, False
+                    e = u64(cur.key()[:8])
+                    if e > to_ns:
+                        epoch = None
                         break
-            if done:
-                break
+                    for role in ev.ROLES:
+                        k = RECEIPT_HEAD.pack(e, role) + flow
+                        v = txn.get(k)
+                        if v is not None:
+                            found.append((k, v))
+                    epoch = e + 1 if e < to_ns else None
+                    if epoch is None:
+                        break
         out = []
         hint = 0
         with self.env.begin() as txn:

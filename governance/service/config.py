@@ -17,7 +17,7 @@ The file is the governance configuration of ``beatctl interrogate`` (``[interrog
     delay_percentile = 99                       # the delay compared with max_delay_us
     late_after_s = 30                           # a receipt anchored later than this: back-dated
     retry_undecided_s = 30                      # a dispute left undecided is interrogated again
-    max_receipts_bytes = 4194304                # what one device may answer the monitor, at most
+    max_receipts_bytes = 4194304                # what one device may answer the monitor, a flow
     series_epochs = 600                         # epochs kept per SLA for the API
     backfill_s = 0                              # at the first start, evaluate from this long ago
     min_dispute_gap_s = 60                      # a window this soon after the last one: queued

@@ -28,6 +28,7 @@ log = logging.getLogger("beatd.governance.service")
 MAX_EPOCHS_PER_ROUND = 120
 MAX_FLOWS_PER_REQUEST = 256    # flows one receipts request names (a device's max_flows, 256)
 EVALUATORS = 4                 # SLAs evaluated at once (a hanging device holds up only its SLAs)
+FETCHERS = 16                  # devices' receipts requests of a round under way at once
 ROUND_WAIT_S = 2.0             # a round waits this long at most for its SLAs' evaluations
 
 
@@ -178,6 +179,18 @@ class RoundReads:
                 fut.set_exception(exc)
         return fut.result()
 
+    def start(self, request, fetch):
+        """``fetch()`` for ``request`` unless it is under way or done already (then at once);
+        its result or exception kept for the SLAs that read it (``device``)."""
+        with self._lock:
+            if request in self._held:
+                return
+            fut = self._held[request] = concurrent.futures.Future()
+        try:
+            fut.set_result(fetch())
+        except BaseException as exc:  # noqa: BLE001 (handed to every SLA that reads it)
+            fut.set_exception(exc)
+
     def overflow(self, node_id, lo, hi, fetch):
         return self._once(self._over, (node_id, lo, hi), fetch)
 
@@ -232,6 +245,10 @@ class Service:
         # SLA evaluations: one at a time per SLA, EVALUATORS at once, apart from the slow jobs
         self.evaluators = concurrent.futures.ThreadPoolExecutor(
             max_workers=EVALUATORS, thread_name_prefix="gov-eval")
+        # the round's receipts requests started at once, not one by one as evaluations need them
+        self.fetchers = concurrent.futures.ThreadPoolExecutor(
+            max_workers=FETCHERS, thread_name_prefix="gov-fetch")
+        self._fetching = set()        # devices whose request of a round is under way
         self._jobs = {}               # (kind, sla) -> Future
         self._jobs_lock = threading.Lock()
         self._stop = threading.Event()
@@ -450,6 +467,30 @@ class Service:
                     ends.append((node, flow, epochs[0], epochs[-1]))
         return plan_requests(ends, MAX_EPOCHS_PER_ROUND * L)
 
+    def _prefetch(self, shared, plan, view):
+        """Start every request of the round's ``plan`` (``FETCHERS`` at once), so that the
+        devices answer together while the evaluations read the answers in; a device whose
+        request of an earlier round is still under way (it hangs) is left to the evaluations,
+        as before."""
+        for req in plan:
+            with self._jobs_lock:
+                if req.node_id in self._fetching:
+                    continue
+                self._fetching.add(req.node_id)
+
+            def fetch(req=req):
+                try:
+                    shared.start(req, lambda: self._hold(req, view))
+                finally:
+                    with self._jobs_lock:
+                        self._fetching.discard(req.node_id)
+            try:
+                self.fetchers.submit(fetch)
+            except RuntimeError:            # closing: the evaluations ask themselves
+                with self._jobs_lock:
+                    self._fetching.discard(req.node_id)
+                return
+
     def _dispute(self, windows):
         for sla_id, w in windows:
             w = tuple(w)
@@ -594,7 +635,9 @@ class Service:
         started = []
         active = [sla for sla in sorted(view.slas.values(), key=lambda s: s.sla_id)
                   if self._active(sla, now)]
-        shared, batch = RoundReads(self.ledger, self._plan(active, view, now)), _Batch()
+        plan = self._plan(active, view, now)
+        shared, batch = RoundReads(self.ledger, plan), _Batch()
+        self._prefetch(shared, plan, view)
         for sla in active:
             started.append(self._submit(("evaluate", sla.sla_id), self._evaluate, sla, view,
                                         now, shared, batch, pool=self.evaluators))
@@ -645,4 +688,5 @@ class Service:
             self.http.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.evaluators.shutdown(wait=False, cancel_futures=True)
+        self.fetchers.shutdown(wait=False, cancel_futures=True)
         _event(logging.INFO, "governance service stopped")
