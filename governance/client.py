@@ -430,9 +430,13 @@ class InterrogationClient:
 
 
 def _former_device(exc):
-    """A refusal of a receipts-of-flows request by a device of the former protocol: it has no
-    GetReceipts (UNIMPLEMENTED) or it reads the request as one flow with an empty src."""
+    """A refusal of a receipts-of-flows request that one request per flow answers: a device of
+    the former protocol (no GetReceipts: UNIMPLEMENTED; or it reads the request as one flow with
+    an empty src), or one that takes fewer flows a request than were named (INVALID_ARGUMENT
+    "flows: N given, at most M": its max_flows below the governance's; every SLA of an honest
+    device unknown otherwise). A liar gains nothing: it can always refuse as a former device."""
     if exc.code == grpc.StatusCode.UNIMPLEMENTED:
         return True
-    return exc.code == grpc.StatusCode.INVALID_ARGUMENT and \
-        str(exc.details or "").startswith("src:")
+    details = str(exc.details or "")
+    return exc.code == grpc.StatusCode.INVALID_ARGUMENT and (
+        details.startswith("src:") or (details.startswith("flows:") and "at most" in details))

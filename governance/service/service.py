@@ -125,6 +125,18 @@ def plan_requests(ends, span_ns, max_flows=MAX_FLOWS_PER_REQUEST):
 
 
 _OVER = (OVERFLOW, OVERFLOW)
+RECEIPT_MAX_BYTES = 114 + 32 * 32   # a receipt with its anchor ref, a tree of up to 2^32 leaves
+
+
+def held_answer_cap(max_receipts_bytes, n_flows, lo, hi, epoch_ns):
+    """The bytes a device may answer the round's request of ``n_flows`` flows over [lo, hi]:
+    ``max_receipts_bytes`` (headers, slack) plus two receipts (the roles) a flow and epoch of the
+    window at their largest; never more than ``max_receipts_bytes`` a flow. Not the cap times the
+    flows alone: a device that is an end of 255 SLAs would make the service hold 1 GiB of its
+    answer (~3.2 GiB decoded) for the round, whatever an honest one can send."""
+    epochs = (hi - lo) // epoch_ns + 1
+    return min(max_receipts_bytes * n_flows,
+               max_receipts_bytes + n_flows * 2 * epochs * RECEIPT_MAX_BYTES)
 
 
 class RoundReads:
@@ -333,9 +345,11 @@ class Service:
 
     def _hold(self, req, view):
         """The round's one receipts request to a device (``DeviceRequest``): a client holding
-        its checked answer (the channel closed). Its cap: ``max_receipts_bytes`` a flow."""
+        its checked answer (the channel closed). Its cap (``held_answer_cap``): what an honest
+        device can answer for the flows and window, at most ``max_receipts_bytes`` a flow."""
         with self._client(req.node_id, view) as c:
-            c.max_answer_bytes = self.svc.max_receipts_bytes * len(req.flows)
+            c.max_answer_bytes = held_answer_cap(self.svc.max_receipts_bytes, len(req.flows),
+                                                 req.lo, req.hi, self.svc.epoch_ns)
             c.hold(req.lo, req.hi, req.flows)
         return c
 
