@@ -36,11 +36,13 @@ class Chain:
         self.net = PoaNetwork(base, [NodeSpec("seal", sealer=Account.generate(), peers=("f",)),
                                      NodeSpec("f", peers=("seal",))],
                               funded=[(self.gov, 1000 * ETH), (self.dev, 100 * ETH)], period=1)
-        # deployed as soon as the chain grows (block 1): right after "sealing starts" the sealer
-        # once sealed a block with the deploy, then a sibling without it that became the chain's;
-        # the launcher now puts the first one's transactions back into the pool (docs/ledger.md)
+        # block 4 before deploying: the follower knows the chain's height by then (at block 1 it
+        # refused calls: "not aware of the current chain height yet"); also, right after
+        # "sealing starts" the sealer once sealed a block 3 with the deploy, then a sibling block
+        # 3 without it that became the chain's (the launcher now puts the first one's
+        # transactions back into the pool: docs/ledger.md)
         try:
-            self.net.start(timeout=120, min_height=1)
+            self.net.start(timeout=120, min_height=4)
             self.f = self.net.node("f")
             self.sealer = self.net.node("seal")
             led = EthereumLedger.deploy(self.f.url, self.gov, H, timeout=20)
