@@ -1,5 +1,5 @@
 """The batched receipts request against devices that lie in their answer to it (the monitor's
-side: what each SLA reads). One domain for the module (test_adv_batch_domain.py: SLAs 1, 2, 3;
+side: what each SLA reads). One domain for the module (adv_batch_domain.py: SLAs 1, 2, 3;
 router 2 drops flow B in the middle phase), a fresh service state per test, consecutive high
 enough that the monitor opens no dispute: what is asserted is each SLA's reading of each epoch.
 
@@ -15,7 +15,8 @@ import pytest
 
 import fastpath
 from beat_rpc import evidence as ev
-from test_adv_batch_domain import (H, Liar, addr, batch_domain, epochs_of, evaluated, results,
+from adv_batch_domain import liar  # noqa: F401 (the fixture)
+from adv_batch_domain import (H, Liar, addr, batch_domain, epochs_of, evaluated, results,
                                    run_rounds, service)
 
 A_SRC, A_DST = addr("A")
@@ -28,17 +29,6 @@ def domain(tmp_path_factory):
     yield d
     d.stop()
 
-
-@pytest.fixture
-def liar(domain):
-    made = []
-
-    def make(node):
-        made.append(Liar(domain, node))
-        return made[-1]
-    yield make
-    for lr in made:
-        lr.restore()
 
 
 def evaluate_all(domain, tmp_path, **kw):

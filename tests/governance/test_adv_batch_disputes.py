@@ -1,10 +1,10 @@
 """The batched receipts request up to the verdict: a device that withholds one flow's receipts
 from its batched answer, and the two ends of an SLA colluding against its honest middle device
-(test_adv_batch_domain.py; a domain of their own each: the disputes land on its ledger). What is
+(adv_batch_domain.py; a domain of their own each: the disputes land on its ledger). What is
 asserted: the monitor reads the withholding as it reads withholding (0 packets, the flow's own
 SLA only), and the dispute it opens never names an honest device.
 """
-from test_adv_batch_domain import (Liar, addr, batch_domain, epochs_of, evaluated, of_flow,
+from adv_batch_domain import (Liar, addr, batch_domain, epochs_of, evaluated, of_flow,
                                    remove, results, run_rounds, service, stop_after)  # noqa: F401
 
 

@@ -11,7 +11,7 @@ import fastpath
 from beat_rpc.evidence import AnchorRef, Receipt
 from ledger_client import merkle
 from ledger_client.types import Anchor
-from test_adv_batch_domain import (H, L, Liar, addr, batch_domain, epochs_of, results,
+from adv_batch_domain import (H, L, Liar, addr, batch_domain, epochs_of, results,
                                    run_rounds, service, stop_after)  # noqa: F401
 from test_adv_batch_answers import ev_key
 from test_service_attacks import sample_at

@@ -1,6 +1,6 @@
 """The batched receipts request: the per-flow fallback, a device slow on purpose, the round's
 window union, and the answer cap of an honest device asked for many flows at once
-(test_adv_batch_domain.py; one domain for the module, a fresh service state per test, no dispute:
+(adv_batch_domain.py; one domain for the module, a fresh service state per test, no dispute:
 consecutive high).
 """
 import dataclasses
@@ -10,7 +10,8 @@ import pytest
 
 from beat_rpc import evidence as ev
 from test_adv_batch_answers import A_DST, A_SRC, assert_truth, evaluate_all, ev_key, refused
-from test_adv_batch_domain import (L, Liar, addr, batch_domain, epochs_of, evaluated, results,
+from adv_batch_domain import liar  # noqa: F401 (the fixture)
+from adv_batch_domain import (L, Liar, addr, batch_domain, epochs_of, evaluated, results,
                                    run_rounds, service)
 
 from governance.service.monitor import OVERFLOW
@@ -22,17 +23,6 @@ def domain(tmp_path_factory):
     yield d
     d.stop()
 
-
-@pytest.fixture
-def liar(domain):
-    made = []
-
-    def make(node):
-        made.append(Liar(domain, node))
-        return made[-1]
-    yield make
-    for lr in made:
-        lr.restore()
 
 
 # -- the fallback ---------------------------------------------------------------------------------

@@ -253,3 +253,17 @@ def test_honest_batch_domain_reads_every_sla_and_disputes_the_drop_only(tmp_path
     finally:
         svc.close()
         led.close()
+
+
+@pytest.fixture
+def liar(domain):
+    """``liar(node)``: a ``Liar`` on that router of the module's ``domain``, undone after the
+    test (imported by the test modules that use it)."""
+    made = []
+
+    def make(node):
+        made.append(Liar(domain, node))
+        return made[-1]
+    yield make
+    for lr in made:
+        lr.restore()
