@@ -89,6 +89,15 @@ class Counters:
         return found
 
 
+def first_epoch(now_ns, backfill_s, epoch_ns, valid_from_ns):
+    """The first epoch a service evaluates of an SLA it has not evaluated before: the epoch of
+    ``now_ns`` less ``backfill_s``, but never one that begins before the SLA is valid (an epoch
+    the contract covers only in part is not judged by it)."""
+    start = ((now_ns - int(backfill_s * 1e9)) // epoch_ns) * epoch_ns
+    valid = -(-valid_from_ns // epoch_ns) * epoch_ns       # the first epoch wholly valid
+    return max(start, valid)
+
+
 @dataclasses.dataclass(frozen=True)
 class DeviceRequest:
     """One device's receipts request of a round: every flow of the SLAs it is the first or the
@@ -368,7 +377,7 @@ class Service:
             st = self.state.sla(sla.sla_id)
             if st["next_epoch"] is None:
                 # the first start: from now on, or ``backfill_s`` before (saved with the round)
-                st["next_epoch"] = ((now - int(self.svc.backfill_s * 1e9)) // L) * L
+                st["next_epoch"] = first_epoch(now, self.svc.backfill_s, L, sla.valid_from_ns)
                 if batch is None or not batch.add([]):
                     self.state.save()
             start = st["next_epoch"]
@@ -442,7 +451,7 @@ class Service:
             with self.state.lock:
                 start = self.state.sla(sla.sla_id)["next_epoch"]
             if start is None:           # its first round: as evaluate_sla will start it
-                start = ((now - int(self.svc.backfill_s * 1e9)) // L) * L
+                start = first_epoch(now, self.svc.backfill_s, L, sla.valid_from_ns)
             epochs = self._due(sla, view, now, start)
             if epochs:
                 flow = (bytes(sla.src), bytes(sla.dst))

@@ -292,3 +292,16 @@ def test_watcher_survives_a_ledger_outage_and_keeps_its_last_view():
         _time.sleep(0.01)
     w.stop()
     assert w.up and w.view is not first
+
+
+def test_the_first_epoch_is_never_before_the_sla_is_valid():
+    """backfill_s reaches back in time, never before the SLA's valid_from_ns: an epoch that
+    begins before it (even by 1 ns) is not evaluated, so never disputed."""
+    from governance.service.service import first_epoch
+
+    now = 100 * L + 300
+    assert first_epoch(now, 0, L, 0) == 100 * L                     # from now on
+    assert first_epoch(now, 30, L, 0) == 70 * L                     # 30 s back
+    assert first_epoch(now, 30, L, 90 * L) == 90 * L                # not before it is valid
+    assert first_epoch(now, 30, L, 90 * L + 1) == 91 * L            # epoch 90 is partly outside
+    assert first_epoch(now, 0, L, 99 * L) == 100 * L                # valid long before: now
