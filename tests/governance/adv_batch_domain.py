@@ -229,32 +229,6 @@ def stop_after():
         d.stop()
 
 
-def test_honest_batch_domain_reads_every_sla_and_disputes_the_drop_only(tmp_path, stop_after):
-    """The set-up itself, every device honest: SLAs 1 and 3 ok in every epoch, SLA 2 violated
-    in the dropped epochs (router 2's drop), one dispute, of SLA 2, naming router 2 only."""
-    d = batch_domain(tmp_path)
-    stop_after(d)
-    svc, led = service(d, tmp_path)
-    try:
-        last = epochs_of(*d.after)[-1]
-        run_rounds(svc, lambda: evaluated(svc, last)() and led.disputes() and all(
-            e["state"] in ("filed", "not_judgeable")
-            for e in svc.state.snapshot()["disputes"].values()), timeout=120)
-        for e in epochs_of(d.healthy[0], d.after[1]):
-            for s in (1, 3):
-                r = results(svc, s)[e]
-                assert r["result"] == "ok" and r["ingress"] == r["egress"] == 1000, (s, r)
-        for e in epochs_of(*d.dropped):
-            r = results(svc, 2)[e]
-            assert r["result"] == "violation" and r["ingress"] == 1000 and r["egress"] == 0, r
-        disputes = led.disputes()
-        assert len(disputes) == 1 and disputes[0].sla_id == 2, disputes
-        assert list(disputes[0].faulty) == [2], disputes
-    finally:
-        svc.close()
-        led.close()
-
-
 @pytest.fixture
 def liar(domain):
     """``liar(node)``: a ``Liar`` on that router of the module's ``domain``, undone after the
