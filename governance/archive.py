@@ -26,7 +26,7 @@ import struct
 from fastpath.hashes import constructor
 
 __all__ = ["FORMAT", "ArchiveError", "Recorder", "Archive", "ArchivedClient", "assemble",
-           "write", "read", "evidence_digest"]
+           "write", "read", "from_blobs", "evidence_digest"]
 
 FORMAT = "beat-evidence-v1"
 SIGNATURE_SIZE = 64
@@ -182,21 +182,36 @@ def read(path):
             if H(blob).hexdigest() != a["digest"]:
                 raise ArchiveError(f"{fpath}: its digest is {H(blob).hexdigest()}, the manifest "
                                    f"says {a['digest']}")
-            parts, off = [], 0
-            while off < len(blob):
-                if len(blob) - off < _LEN.size:
-                    raise ArchiveError(f"{fpath}: truncated at offset {off}")
-                (n,) = _LEN.unpack_from(blob, off)
-                off += _LEN.size
-                if len(blob) - off < n + SIGNATURE_SIZE:
-                    raise ArchiveError(f"{fpath}: chunk at offset {off - 4} is truncated")
-                parts.append(_Chunk(blob[off:off + n], blob[off + n:off + n + SIGNATURE_SIZE]))
-                off += n + SIGNATURE_SIZE
-            if len(parts) != a["chunks"]:
-                raise ArchiveError(f"{fpath}: {len(parts)} chunks, the manifest says "
-                                   f"{a['chunks']}")
-            out.append((a["request"], parts))
+            out.append((a["request"], _split(blob, fpath, a["chunks"])))
     return Archive(path, manifest, chunks)
+
+
+def from_blobs(manifest, blobs, path="(in memory)"):
+    """The ``Archive`` of an assembled manifest and its blobs (``assemble``), not written: the
+    interrogation judges through it exactly as anyone judges the written one."""
+    chunks = {}
+    for node, dev in sorted(manifest.get("devices", {}).items()):
+        out = chunks.setdefault(int(node), [])
+        for a in dev.get("answers", []):
+            out.append((a["request"], _split(blobs[a["file"]], a["file"], a["chunks"])))
+    return Archive(path, manifest, chunks)
+
+
+def _split(blob, where, expected):
+    """The chunks of one answer file: ``(u32 length || body || signature)...``."""
+    parts, off = [], 0
+    while off < len(blob):
+        if len(blob) - off < _LEN.size:
+            raise ArchiveError(f"{where}: truncated at offset {off}")
+        (n,) = _LEN.unpack_from(blob, off)
+        off += _LEN.size
+        if len(blob) - off < n + SIGNATURE_SIZE:
+            raise ArchiveError(f"{where}: chunk at offset {off - 4} is truncated")
+        parts.append(_Chunk(blob[off:off + n], blob[off + n:off + n + SIGNATURE_SIZE]))
+        off += n + SIGNATURE_SIZE
+    if len(parts) != expected:
+        raise ArchiveError(f"{where}: {len(parts)} chunks, the manifest says {expected}")
+    return parts
 
 
 class NotRecorded(ArchiveError):

@@ -69,6 +69,8 @@ DEFAULT_F = 1
 DEFAULT_THRESHOLD_S = 3600.0
 DEFAULT_MAX_DEVICES = 64
 MAX_ROUNDS = 8           # registered neighbours named by records, crawled at most this deep
+SETTLE_TIMEOUT_S = 60.0  # how long a judgement waits for the ledger to settle past its cutoff
+MAX_CUTOFF_AHEAD_NS = 5 * 10**9   # an archive's cutoff this far ahead of the judge's clock: refused
 
 
 class ConfigError(Exception):
@@ -522,9 +524,16 @@ class Interrogation:
 
 
 def interrogate(ledger, sla_id, from_ns, to_ns, cfg, *, receipt_epoch_ns=10**9,
-                max_hop_delay_ns=10**9, skew_ns=50_000_000, f=None, now_ns=None):
+                max_hop_delay_ns=10**9, skew_ns=50_000_000, f=None, now_ns=None,
+                settle_timeout_s=SETTLE_TIMEOUT_S):
     """Collect and judge: an ``Interrogation``. LookupError for an unknown SLA; NotJudgeable for
-    a window older than the threshold time or without a topology."""
+    a window older than the threshold time or without a topology; ``verify.NotSettled`` (a
+    ValueError) when the ledger does not settle past the cutoff within ``settle_timeout_s``.
+
+    The judgement is the replay of the evidence archive (``replay``), made once the ledger is
+    settled past the cutoff ``anchors_until_ns`` (the governance's clock when the last answer is
+    in, plus the skew): an anchor counts when the ledger took it by then. So a member re-judging
+    the archive later, when more anchors have landed, gets the same verdict digest."""
     sla = ledger.get_sla(sla_id)
     if sla is None:
         raise LookupError(f"SLA {sla_id}: not on the ledger")
@@ -546,11 +555,13 @@ def interrogate(ledger, sla_id, from_ns, to_ns, cfg, *, receipt_epoch_ns=10**9,
                                                            hash_name, topology=topology,
                                                            asked_at_ns=asked)
     margin = int(cfg.margin_s * 1e9)
+    # the cutoff: every answer is in, and an honest device answers with the anchors it had
+    anchors_until = time.time_ns() + skew_ns
     params = {"f": f, "margin_ns": margin, "skew_ns": skew_ns,
               "max_hop_delay_ns": max_hop_delay_ns, "receipt_epoch_ns": receipt_epoch_ns,
               "asked_at_ns": asked, "gap_anchor_delay_ns": int(cfg.gap_anchor_delay_s * 1e9),
-              "gap_tolerance_ns": int(cfg.gap_tolerance_s * 1e9)}
-    judgement = _judge(sla, from_ns, to_ns, evidence, topology, owners, params, hash_name)
+              "gap_tolerance_ns": int(cfg.gap_tolerance_s * 1e9),
+              "anchors_until_ns": anchors_until}
     links = sorted({(min(a, b), max(a, b)) for a, ns in topology.items() for b in ns})
     manifest = {"format": archive.FORMAT, "hash": hash_name, "sla_id": sla.sla_id,
                 "window": {"from_ns": from_ns, "to_ns": to_ns}, "params": params,
@@ -561,14 +572,23 @@ def interrogate(ledger, sla_id, from_ns, to_ns, cfg, *, receipt_epoch_ns=10**9,
                                      "audit_seed": info.get(n, {}).get("audit_seed", 0)}
                             for n, ev in sorted(evidence.items())}}
     manifest, blobs = archive.assemble(manifest, recordings, hash_name)
+    # judged from the archive, as every member re-judging it will: the same chunks, the same
+    # anchors (those the ledger took by the cutoff, once it is settled past it), the same digest
+    judgement, evidence = replay(archive.from_blobs(manifest, blobs), ledger,
+                                 settle_timeout_s=settle_timeout_s)
     return Interrogation(judgement, evidence, info, manifest, blobs)
 
 
-def replay(arch, ledger):
+def replay(arch, ledger, settle_timeout_s=SETTLE_TIMEOUT_S):
     """The judgement again, from an evidence archive (governance/archive.py) and the ledger:
     every chunk's signature checked with the key registered on the ledger, every answer against
-    its coverage and the anchors, the audit with its recorded seed, the same parameters, topology
-    and owners. Returns ``(Judgement, evidence)``. LookupError when the ledger lacks the SLA."""
+    its coverage and the anchors the ledger took by the archive's cutoff (``anchors_until_ns``,
+    waiting up to ``settle_timeout_s`` for the ledger to settle past it), the audit with its
+    recorded seed, the same parameters, topology and owners. Returns ``(Judgement, evidence)``.
+    LookupError when the ledger lacks the SLA; ValueError for a cutoff that cannot be (before the
+    devices were asked, or in the future) and ``verify.NotSettled`` (a ValueError) for a ledger
+    not settled past it in time. An archive without a cutoff (written before there was one) is
+    judged with the anchors the ledger has now."""
     from .archive import ArchivedClient
 
     m = arch.manifest
@@ -582,7 +602,10 @@ def replay(arch, ledger):
     p = m["params"]
     from_ns, to_ns = m["window"]["from_ns"], m["window"]["to_ns"]
     ft = flow_tag(hash_name, sla.src, sla.dst)
-    anchors = verify.AnchorCache(ledger)
+    until = anchors_cutoff(p)
+    if until is not None:
+        verify.wait_settled(ledger, until, timeout_s=settle_timeout_s)
+    anchors = verify.AnchorCache(ledger, until_ns=until)
     evidence = {}
     for key, dev in sorted(m["devices"].items(), key=lambda kv: int(kv[0])):
         node = int(key)
@@ -604,6 +627,26 @@ def replay(arch, ledger):
     judgement = _judge(sla, from_ns, to_ns, evidence, [tuple(lk) for lk in m["links"]],
                        {int(k): v for k, v in m["owners"].items()}, p, hash_name)
     return judgement, evidence
+
+
+def anchors_cutoff(params, now_ns=None):
+    """The archive's ``anchors_until_ns`` (None when it has none), checked: a whole number, not
+    before the devices were asked (``asked_at_ns``), not ahead of this clock by more than
+    ``MAX_CUTOFF_AHEAD_NS``. ValueError names what is wrong."""
+    until = params.get("anchors_until_ns")
+    if until is None:
+        return None
+    if not isinstance(until, int) or isinstance(until, bool) or until < 0:
+        raise ValueError(f"anchors_until_ns {until!r}: not a time in ns")
+    asked = params.get("asked_at_ns")
+    if isinstance(asked, int) and asked != NONE and until < asked:
+        raise ValueError(f"anchors_until_ns {until} is before asked_at_ns {asked}: the cutoff "
+                         "cannot precede the question")
+    now = time.time_ns() if now_ns is None else now_ns
+    if until > now + MAX_CUTOFF_AHEAD_NS:
+        raise ValueError(f"anchors_until_ns {until} is {(until - now) / 1e9:.0f} s ahead of this "
+                         "clock: not judged (a cutoff in the future)")
+    return until
 
 
 def _judge(sla, from_ns, to_ns, evidence, topology, owners, params, hash_name):

@@ -55,7 +55,8 @@ from ledger_client.merkle import verify_inclusion
 
 __all__ = ["TAMPERED", "UNANCHORED", "WITHHELD", "NOT_ANCHORED", "PROBLEM_KINDS",
            "DEFAULT_AUDIT_SAMPLE", "Problem", "SegmentsCheck", "ReceiptsCheck", "AnswerCheck",
-           "AnchorCache", "verify_segments", "verify_receipts", "check_answer"]
+           "AnchorCache", "NotSettled", "wait_settled", "verify_segments", "verify_receipts",
+           "check_answer"]
 
 TAMPERED = "tampered"
 UNANCHORED = "unanchored"
@@ -125,11 +126,19 @@ class AnchorCache:
     A ``batch_seq`` at or beyond the node's ``next_batch_seq`` on the ledger (read once per node)
     is missing without a read: a device cannot make the governance read the ledger once per
     invented batch. Safe to share between threads: at worst two threads read the same anchor
-    once each."""
+    once each.
 
-    def __init__(self, ledger):
+    ``until_ns``: the interrogation's cutoff (``anchors_until_ns``, docs/interrogation.md, "When
+    an anchor counts"): an anchor the ledger took after it (``Anchor.ledger_t_ns``) is missing for
+    this judgement, and remembered in ``late`` ({(node_id, batch_seq): ledger_t_ns}) so that the
+    report says why. With the ledger settled past the cutoff (``wait_settled``), every judge of the
+    same archive sees the same anchors, whenever it judges."""
+
+    def __init__(self, ledger, until_ns=None):
         self.ledger = ledger
         self.hash_name = getattr(ledger, "hash_name", None)
+        self.until_ns = until_ns
+        self.late = {}
         self._anchors = {}
         self._next = {}
         self.reads = 0
@@ -158,8 +167,39 @@ class AnchorCache:
             a = self.ledger.get_anchor(node_id, batch_seq)
         except NotFound:
             a = None
+        if a is not None and self.until_ns is not None:
+            when = getattr(a, "ledger_t_ns", None)
+            if when is not None and when > self.until_ns:
+                self.late[key] = when
+                a = None
         self._anchors[key] = a
         return a
+
+
+class NotSettled(ValueError):
+    """The ledger is not yet settled past an interrogation's cutoff (an anchor it took before the
+    cutoff may still appear): the judgement would not be final. The message says how far."""
+
+
+def wait_settled(ledger, until_ns, timeout_s=60.0, poll_s=0.05):
+    """Return once every anchor the ledger took at or before ``until_ns`` is readable and stays
+    so: ``ledger.settled_ns()`` (the local backend: its clock under the write lock; ethereum:
+    ``confirmations`` deep and a whole second past, block times being whole seconds) at or past
+    ``until_ns``; a ledger without ``settled_ns`` is taken as settled at its reader's clock.
+    ``NotSettled`` after ``timeout_s``."""
+    import time
+
+    settled = getattr(ledger, "settled_ns", None) or time.time_ns
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = settled()
+        if now >= until_ns:
+            return now
+        if time.monotonic() >= deadline:
+            raise NotSettled(f"the ledger is settled up to {now}, not yet past the "
+                             f"interrogation's cutoff {until_ns} ({(until_ns - now) / 1e9:.1f} s "
+                             f"to go after waiting {timeout_s:g} s): judge again later")
+        time.sleep(min(poll_s, max(0.001, (until_ns - now) / 1e9)))
 
 
 def _anchors_for(hash_name, ledger, anchors):
@@ -177,6 +217,12 @@ def _check_anchor(node_id, hash_name, leaf, ref, anchors, item):
         return Problem(node_id, UNANCHORED, item, "not anchored yet (batch_seq NONE)")
     a = anchors.get(node_id, ref.batch_seq)
     if a is None:
+        late = anchors.late.get((node_id, ref.batch_seq))
+        if late is not None:
+            return Problem(node_id, UNANCHORED, item,
+                           f"anchor (node {node_id}, batch {ref.batch_seq}) landed on the ledger "
+                           f"at {late}, after this interrogation's cutoff {anchors.until_ns} "
+                           "(anchors_until_ns): it does not count for this dispute")
         return Problem(node_id, UNANCHORED, item,
                        f"anchor (node {node_id}, batch {ref.batch_seq}) is not on the ledger")
     if ref.tree_size != a.tree_size:

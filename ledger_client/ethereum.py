@@ -12,6 +12,7 @@ the contract's custom errors -> `PermissionDenied`, `ConflictError`, `OrderError
 import json
 import os
 import threading
+import time
 
 try:
     import eth_abi
@@ -207,7 +208,6 @@ class _Provider(HTTPProvider):
     NOT_READY_TRIES = 8
 
     def make_request(self, method, params):
-        import time
         for attempt in range(self.NOT_READY_TRIES):
             response = super().make_request(method, params)
             err = response.get("error") if isinstance(response, dict) else None
@@ -445,7 +445,6 @@ class EthereumLedger:
     def _await_depth(self, op, tx_hash, receipt):
         """Wait until the receipt's transaction is ``confirmations`` blocks deep on the node's
         canonical chain (``receipt_timeout`` at most)."""
-        import time
         deadline = time.monotonic() + self.receipt_timeout
         while True:
             def look():
@@ -658,6 +657,20 @@ class EthereumLedger:
         ts = self._rpc(op, lambda: self.w3.eth.get_block(block)["timestamp"])
         return Anchor(node_id, batch_seq, size, bytes(root), first, last, ref,
                       int(ts) * 1_000_000_000)
+
+    def settled_ns(self):
+        """A time T such that every anchor with ``ledger_t_ns <= T`` (its block's timestamp) is
+        readable now at the ``confirmations`` depth and stays so: blocks carry whole seconds, a
+        block sealed later carries a later (or, on some nodes, the same) second, so T is two
+        seconds behind this host's clock (one for the rounding, one for the node's clock) and,
+        with ``confirmations`` > 0, before the timestamp of the newest block that deep."""
+        t = time.time_ns() - 2_000_000_000
+        if self.confirmations == 0:
+            return t
+        op = "settled_ns()"
+        deep = self._read_block(op)
+        ts = self._rpc(op, lambda: self.w3.eth.get_block(deep)["timestamp"])
+        return min(t, int(ts) * 1_000_000_000 - 1)
 
     def anchors(self, node_id=None, from_seq=0):
         op = f"anchors({node_id}, {from_seq})"

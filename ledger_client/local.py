@@ -1369,6 +1369,18 @@ class LocalLedger:
             rows = self._all("anchors", _k64(node_id), _k64(from_seq))
         return [_anchor_of(d, str(d["entry"])) for d in rows]
 
+    def settled_ns(self):
+        """A time T such that every anchor this ledger took at or before T (its ``ledger_t_ns``)
+        is readable now: the clock read while holding the write lock (an anchor's time is taken
+        inside its write transaction, so every one stamped before T has committed)."""
+        try:
+            with self.env.begin(write=True) as txn:
+                t = time.time_ns()
+                txn.abort()
+            return t
+        except lmdb.Error:                # a read-only ledger: nobody writes through it
+            return time.time_ns()
+
     def next_batch_seq(self, node_id):
         with self.env.begin() as txn:
             v = txn.get(_k64(node_id), db=self.dbs["next_seq"])

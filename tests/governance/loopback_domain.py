@@ -69,6 +69,7 @@ class Domain:
         self.ledger_path = str(tmp / "ledger.mdb")
         self.servers = {}
         self.stores = {}
+        self.held = {}                    # node: its anchors, claimed, not on the ledger yet
 
     def send(self, path, n, tag=1, drop_at=None):
         """``n`` packets along ``path``; returns ``(first t_ns, last t_ns)`` of their entry."""
@@ -87,12 +88,15 @@ class Domain:
             self.t += STEP_NS
         return first, self.t - STEP_NS
 
-    def start(self, gaps=None, late_gaps=None, chain=None):
+    def start(self, gaps=None, late_gaps=None, chain=None, hold=()):
         """``gaps``: ``{node: [(from_ns, to_ns, frames, reason, interface)]}`` gap records a
         router writes before it anchors (anchored with its records); ``late_gaps``: the same,
         written after its anchors (never anchored). ``chain``: ``(ledger, governance account,
         {node: account})`` to run on an ``EthereumLedger`` instead of the local ledger (each
-        device anchors from its own account)."""
+        device anchors from its own account). ``hold``: nodes whose batches the device counts as
+        anchored (it answers with their inclusion proofs) but which reach the ledger only at
+        ``release()``: a liar that anchors late, or a device that counts fewer confirmations than
+        the governance."""
         gaps, late_gaps = gaps or {}, late_gaps or {}
         if chain is None:
             led = LocalLedger(self.ledger_path, hash_name=H, governance_pubkey=self.gov.public)
@@ -128,7 +132,12 @@ class Domain:
             b = Batcher(store, led, n, H, anchor_signer[n], 1.0)
             while b.build() is not None:
                 pass
-            b.submit()
+            if n in hold:
+                self.held[n] = [rec.anchor(n) for rec in b.outbox.batches(0)]
+                for a in self.held[n]:
+                    b.outbox.mark_anchored(a.batch_seq, None)
+            else:
+                b.submit()
             if late_gaps.get(n):
                 store.record_capture(late_gaps[n])
             self.stores[n] = store
@@ -145,6 +154,15 @@ class Domain:
             + "".join(f'[[endpoints]]\nnode_id = {n}\naddress = "127.0.0.1:{s.port}"\n'
                       f'name = "r{n}"\n' for n, s in self.servers.items()))
         return self
+
+    def release(self):
+        """Send the held nodes' batches to the ledger now (they land after whatever came
+        before)."""
+        with self.ledger() as led:
+            for n, anchors in self.held.items():
+                for a in anchors:
+                    led.anchor(a, signer=self.keys[n])
+        self.held = {}
 
     def stop(self):
         for s in self.servers.values():

@@ -177,6 +177,30 @@ def test_deploy_register_anchor_read_back(node, ledger, keys):
                        timeout=CHECK_TIMEOUT_S).next_batch_seq(1)
 
 
+def test_settled_time_covers_what_is_confirmed(node, ledger, keys):
+    """``settled_ns``: every anchor with ``ledger_t_ns`` (its block's timestamp, whole seconds) at
+    or before it is readable at the client's confirmations depth (what a judgement waits for,
+    docs/interrogation.md, "When an anchor counts")."""
+    from governance import verify
+
+    seq = ledger.next_batch_seq(2)
+    ledger.anchor(anchor_of(2, seq), signer=keys.n2)
+    t = ledger.get_anchor(2, seq).ledger_t_ns
+    assert t % 10**9 == 0 and t <= time.time_ns()
+    assert ledger.settled_ns() <= time.time_ns() - 2 * 10**9
+    assert verify.wait_settled(ledger, t, timeout_s=10) >= t
+    deep = EthereumLedger(node.url, ledger.address, "sha3-256", timeout=CHECK_TIMEOUT_S,
+                          confirmations=1)
+    assert deep.get_anchor(2, seq) is None and deep.settled_ns() < t    # its block is the head
+    with pytest.raises(verify.NotSettled, match="not yet past"):
+        verify.wait_settled(deep, t, timeout_s=0.5)
+    time.sleep(1.1)                          # a later second, then two blocks on top of it
+    for _ in range(2):
+        ledger.w3.provider.make_request("evm_mine", [])
+    assert verify.wait_settled(deep, t, timeout_s=10) >= t
+    assert deep.get_anchor(2, seq).ledger_t_ns == t
+
+
 def test_unauthorised_keys_are_permission_denied(ledger, keys):
     led = ledger
     with pytest.raises(PermissionDenied, match="NotGovernance") as info:
