@@ -208,3 +208,66 @@ def test_an_early_cutoff_does_not_make_an_honest_gap_a_drop(tmp_path, what):
         assert verdicts[2] != "DROPPED" and faulty == [], verdicts
     finally:
         d.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. a lone liar anchoring late
+
+
+def _liar_domain(tmp_path, gap=False):
+    """r2 drops 40 packets (loss budget 0) and holds its anchors until after the interrogation
+    (it answers with proofs of batches the ledger takes later); with ``gap``, it also claims a
+    kernel-drops gap over them, in the same held batch (written after the fact: a back-dated
+    excuse it could not have anchored in time)."""
+    d = Domain(tmp_path, CHAIN)
+    d.send((1, 2, 3), 20, tag=1)
+    lo, hi = d.send((1, 2, 3), 40, tag=1, drop_at=2)
+    d.send((1, 2, 3), 20, tag=1)
+    kw = {"gaps": {2: [(lo - PAD, hi + PAD, 80, GAP_KERNEL_DROPS, "eth1")]}} if gap else {}
+    d.start(hold={2}, **kw)
+    return d, lo, hi
+
+
+@pytest.mark.parametrize("gap", [False, True], ids=["no-gap", "late-gap"])
+def test_a_liar_anchoring_late_is_still_named_and_the_committee_agrees(tmp_path, gap):
+    """The liar's late anchors do not count (its records unproven, its gap record pending): its
+    own signed records still name it DROPPED, its honest neighbours are not named, and a member
+    judging the archive after the anchors landed gets the same verdict digest."""
+    d, lo, hi = _liar_domain(tmp_path, gap)
+    try:
+        it, vd = honest(d, lo, hi)
+        ev2 = it.evidence[2]
+        assert ev2.unanchored >= 1 and not ev2.records and ev2.unanchored_records
+        if gap:
+            assert [g.status for g in ev2.declared_gaps] == ["pending"]
+        verdicts = {n: x.verdict for n, x in it.judgement.devices.items()}
+        assert verdicts == {1: "CONSISTENT", 2: "DROPPED", 3: "CONSISTENT"}, verdicts
+        d.release()
+        assert landed(d, 2)[0] > it.manifest["params"]["anchors_until_ns"]
+        again, faulty, digest = rejudge(d, archive.from_blobs(it.manifest, it.blobs))
+        assert again == verdicts and faulty == [2] and digest == vd
+    finally:
+        d.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. the liar and one dishonest member together
+
+
+@pytest.mark.xfail(strict=True, reason="a dishonest member that judges after the liar's late "
+                   "anchor landed writes asked_at_ns = anchors_until_ns = its clock then: the "
+                   "back-dated gap record is honoured and the liar's drops are not named; no "
+                   "other member can tell (nothing bounds asked_at_ns by the dispute's time on "
+                   "the ledger or by the answers' own clocks)")
+def test_a_member_cannot_time_the_question_after_the_liars_late_excuse(tmp_path):
+    d, lo, hi = _liar_domain(tmp_path, gap=True)
+    try:
+        it, _ = honest(d, lo, hi)
+        assert it.judgement.faulty == [2]
+        d.release()                             # the liar's excuse lands, after the answers
+        now = time.time_ns()
+        verdicts, faulty, _ = rejudge(d, forged(it, asked_at_ns=now, anchors_until_ns=now))
+        assert verdicts[2] == "DROPPED" and faulty == [2], verdicts
+    finally:
+        d.stop()
+
