@@ -18,12 +18,14 @@ An attack that works is a test asserting the correct outcome, marked ``xfail(str
 one that is defended is a plain test asserting the defended outcome.
 """
 import copy
+import struct
 import time
 
 import pytest
 
 import loopback_domain
 from beat_common.gap_record import GAP_KERNEL_DROPS
+from fastpath.output import NONE
 from governance import archive
 from governance import interrogate as itg
 from ledger_client.batcher import Batcher
@@ -158,12 +160,10 @@ def test_an_early_cutoff_between_the_two_halves_of_a_passage_names_nobody(tmp_pa
         with d.ledger() as led:
             j, ev = itg.replay(arch, led, settle_timeout_s=10)
         # the premise: r2 has proven records with next NONE whose egress half is unproven
-        import struct
         proven = {pd: (p, q) for t, p, q, pd, f in struct.iter_unpack(">QQQ16s8s",
                                                                       ev[2].records)}
         unproven = {pd: (p, q) for t, p, q, pd, f in struct.iter_unpack(
             ">QQQ16s8s", ev[2].unanchored_records)}
-        NONE = 2**64 - 1
         split = [pd for pd, (p, q) in proven.items() if q == NONE and pd in unproven
                  and unproven[pd][0] == NONE]
         assert ev[2].unanchored >= 1 and split, "no passage split across the cutoff"
@@ -271,3 +271,52 @@ def test_a_member_cannot_time_the_question_after_the_liars_late_excuse(tmp_path)
     finally:
         d.stop()
 
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. what else a replay reads from the ledger when it runs
+
+
+def test_a_replay_after_the_ledger_moved_on_gives_the_same_digest(tmp_path):
+    """After the interrogation: r2 is retired, the link r2-r3 retired, and r1 and r2 land newer
+    anchors (beyond every batch_seq the archive names, so the ``next_batch_seq`` shortcut no
+    longer answers for them). A member replaying the archive then gets the verdict digest of the
+    first judgement (node keys and owners are read as registered, links from the archive,
+    anchors by the cutoff)."""
+    from ledger_client.types import Anchor
+
+    d, lo, hi = _gap_domain(tmp_path)
+    try:
+        it, vd = honest(d, lo, hi)
+        arch = archive.from_blobs(it.manifest, it.blobs)
+        with d.ledger() as led:
+            for n in (1, 2):
+                seq = led.next_batch_seq(n)
+                led.anchor(Anchor(n, seq, 1, bytes([n]) * 32, hi, hi), signer=d.keys[n])
+                led.anchor(Anchor(n, seq + 1, 1, bytes([n + 8]) * 32, hi, hi), signer=d.keys[n])
+            led.retire_link(2, 3, signer=d.gov)
+            led.retire_node(2, signer=d.gov)
+            assert led.node_retired(2) and (2, 3) not in led.links()
+        verdicts, faulty, digest = rejudge(d, arch)
+        assert digest == vd and faulty == it.judgement.faulty == []
+        assert verdicts == {n: x.verdict for n, x in it.judgement.devices.items()}
+    finally:
+        d.stop()
+
+
+def test_a_cutoff_ahead_of_a_slower_judge_is_refused_then_judged_alike(tmp_path):
+    """A member may write a cutoff up to 5 s ahead of its own clock; a judge whose clock is
+    behind by more refuses it ("judge again later"), never judges it differently: once the
+    ledger is settled past it, the digest is that of a judge who waited."""
+    d, lo, hi = _gap_domain(tmp_path)
+    try:
+        it, vd = honest(d, lo, hi)
+        ahead = time.time_ns() + 4 * 10**9
+        arch = forged(it, anchors_until_ns=ahead)
+        with pytest.raises(ValueError, match="ahead of this clock"):
+            itg.anchors_cutoff(arch.manifest["params"], now_ns=ahead - 6 * 10**9)
+        _, faulty, digest = rejudge(d, arch)        # waits ~4 s for the ledger to settle
+        _, faulty2, digest2 = rejudge(d, arch)
+        assert digest == digest2 and faulty == faulty2 == []
+    finally:
+        d.stop()
