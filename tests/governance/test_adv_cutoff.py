@@ -320,3 +320,32 @@ def test_a_cutoff_ahead_of_a_slower_judge_is_refused_then_judged_alike(tmp_path)
         assert digest == digest2 and faulty == faulty2 == []
     finally:
         d.stop()
+
+
+@pytest.mark.xfail(strict=True, reason="an archive without anchors_until_ns is judged with the "
+                   "anchors the ledger has when it is judged (taken as written before the "
+                   "cutoff existed): a dishonest member that leaves the cutoff out of a new "
+                   "archive makes every judgement of it depend on when it runs again, and lets "
+                   "the liar's late anchors count")
+def test_an_archive_without_its_cutoff_is_not_judged_by_the_time_of_judging(tmp_path):
+    """The liar r2 (drops, anchors late); the dishonest member writes the archive without
+    ``anchors_until_ns`` (the format and everything else unchanged). A member judging it before
+    the liar's anchors land and one judging it after must get the same verdict digest (or both
+    refuse it)."""
+    d, lo, hi = _liar_domain(tmp_path)
+    try:
+        it, _ = honest(d, lo, hi)
+        m = copy.deepcopy(it.manifest)
+        del m["params"]["anchors_until_ns"]
+        arch = archive.from_blobs(m, it.blobs)
+        outcomes = []
+        for when in ("before", "after"):
+            if when == "after":
+                d.release()
+            try:
+                outcomes.append(rejudge(d, arch)[2])
+            except ValueError as exc:
+                outcomes.append(f"refused: {exc}")
+        assert outcomes[0] == outcomes[1], outcomes
+    finally:
+        d.stop()
