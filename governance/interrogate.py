@@ -585,10 +585,9 @@ def replay(arch, ledger, settle_timeout_s=SETTLE_TIMEOUT_S):
     its coverage and the anchors the ledger took by the archive's cutoff (``anchors_until_ns``,
     waiting up to ``settle_timeout_s`` for the ledger to settle past it), the audit with its
     recorded seed, the same parameters, topology and owners. Returns ``(Judgement, evidence)``.
-    LookupError when the ledger lacks the SLA; ValueError for a cutoff that cannot be (before the
-    devices were asked, or in the future) and ``verify.NotSettled`` (a ValueError) for a ledger
-    not settled past it in time. An archive without a cutoff (written before there was one) is
-    judged with the anchors the ledger has now."""
+    LookupError when the ledger lacks the SLA; ValueError for a cutoff that is missing or cannot
+    be (before the devices were asked, or in the future) and ``verify.NotSettled`` (a
+    ValueError) for a ledger not settled past it in time."""
     from .archive import ArchivedClient
 
     m = arch.manifest
@@ -603,8 +602,7 @@ def replay(arch, ledger, settle_timeout_s=SETTLE_TIMEOUT_S):
     from_ns, to_ns = m["window"]["from_ns"], m["window"]["to_ns"]
     ft = flow_tag(hash_name, sla.src, sla.dst)
     until = anchors_cutoff(p)
-    if until is not None:
-        verify.wait_settled(ledger, until, timeout_s=settle_timeout_s)
+    verify.wait_settled(ledger, until, timeout_s=settle_timeout_s)
     anchors = verify.AnchorCache(ledger, until_ns=until)
     evidence = {}
     for key, dev in sorted(m["devices"].items(), key=lambda kv: int(kv[0])):
@@ -630,12 +628,14 @@ def replay(arch, ledger, settle_timeout_s=SETTLE_TIMEOUT_S):
 
 
 def anchors_cutoff(params, now_ns=None):
-    """The archive's ``anchors_until_ns`` (None when it has none), checked: a whole number, not
-    before the devices were asked (``asked_at_ns``), not ahead of this clock by more than
+    """The archive's ``anchors_until_ns``, checked: there, a whole number, not before the
+    devices were asked (``asked_at_ns``), not ahead of this clock by more than
     ``MAX_CUTOFF_AHEAD_NS``. ValueError names what is wrong."""
     until = params.get("anchors_until_ns")
     if until is None:
-        return None
+        raise ValueError("the archive has no anchors_until_ns (the cutoff of the anchors that "
+                         "count): its judgement would depend on when it is made; interrogate "
+                         "again")
     if not isinstance(until, int) or isinstance(until, bool) or until < 0:
         raise ValueError(f"anchors_until_ns {until!r}: not a time in ns")
     asked = params.get("asked_at_ns")

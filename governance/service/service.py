@@ -364,7 +364,16 @@ class Service:
 
     # -- one SLA, one round ----------------------------------------------------------------------
     def _active(self, sla, now):
-        return sla.valid_from_ns <= now <= sla.valid_to_ns
+        """Valid now, or no longer valid with epochs of its validity not evaluated yet (they are
+        evaluated, up to ``valid_to_ns``, then the SLA is left alone)."""
+        if now < sla.valid_from_ns:
+            return False
+        if now <= sla.valid_to_ns:
+            return True
+        with self.state.lock:
+            st = self.state.data["slas"].get(str(sla.sla_id))
+            nxt = st.get("next_epoch") if st is not None else None
+        return nxt is not None and nxt <= sla.valid_to_ns
 
     def evaluate_sla(self, sla, view, now=None, shared=None, batch=None):
         """Evaluate every settled epoch of ``sla`` not evaluated yet, in order (at most
@@ -428,7 +437,7 @@ class Service:
         ``MAX_EPOCHS_PER_ROUND``), or ``[]``: none closed, or nothing can settle yet (the
         devices are not asked)."""
         L = self.svc.epoch_ns
-        last_closed = (now // L) * L - L
+        last_closed = min((now // L) * L - L, (sla.valid_to_ns // L) * L)
         if start > last_closed:
             return []
         first, last = sla.route[0], sla.route[-1]
@@ -608,7 +617,7 @@ class Service:
         for sla in active:
             started.append(self._submit(("evaluate", sla.sla_id), self._evaluate, sla, view,
                                         now, shared, batch, pool=self.evaluators))
-            if self.svc.delay_sample_every_s > 0:
+            if self.svc.delay_sample_every_s > 0 and now <= sla.valid_to_ns:
                 with self.state.lock:
                     st = self.state.sla(sla.sla_id)
                     due = now >= st.get("next_sample_ns", 0)

@@ -69,6 +69,7 @@ class Domain:
         self.ledger_path = str(tmp / "ledger.mdb")
         self.servers = {}
         self.stores = {}
+        self.sla_valid_to_ns = (1 << 64) - 1             # SLA 1's end
         self.held = {}                    # node: its anchors, claimed, not on the ledger yet
 
     def send(self, path, n, tag=1, drop_at=None):
@@ -109,7 +110,8 @@ class Domain:
                               signer=gov)
         for a, b in self.links:
             led.register_link(a, b, signer=gov)
-        led.register_sla(SLA(1, "tenant", V4 + SRC_IP, V4 + DST_IP, self.route), signer=gov)
+        led.register_sla(SLA(1, "tenant", V4 + SRC_IP, V4 + DST_IP, self.route,
+                             valid_to_ns=self.sla_valid_to_ns), signer=gov)
         end = self.t + 10 * STEP_NS
         for n in self.nodes:
             store = Store(self.tmp / f"store-{n}", n, H, 64 << 20)

@@ -61,12 +61,17 @@ def test_a_late_anchor_does_not_change_the_verdict(late):
         assert ev[2].unanchored == it.evidence[2].unanchored >= 1
         assert itg.verdict_digest(j, arch.digest) == vd
         assert report.evidence_digest(j) == report.evidence_digest(it.judgement)
-        # the premise: the same archive without its cutoff counts them (the old behaviour)
+        # the premise: the same archive with a cutoff after they landed counts them (as every
+        # judgement did before there was a cutoff)
         m = copy.deepcopy(it.manifest)
-        del m["params"]["anchors_until_ns"]
+        m["params"]["anchors_until_ns"] = led.settled_ns()
         j0, ev0 = itg.replay(archive.from_blobs(m, it.blobs), led)
         assert ev0[2].unanchored == 0 and len(ev0[2].records) > 0
         assert report.evidence_digest(j0) != report.evidence_digest(it.judgement)
+        # without a cutoff it is not judged at all
+        del m["params"]["anchors_until_ns"]
+        with pytest.raises(ValueError, match="no anchors_until_ns"):
+            itg.replay(archive.from_blobs(m, it.blobs), led)
 
 
 def test_a_late_anchor_is_named_as_late(late):
@@ -118,7 +123,8 @@ def test_a_cutoff_that_cannot_be_is_refused(params, match):
 
 def test_a_cutoff_is_taken_as_recorded():
     assert itg.anchors_cutoff({"asked_at_ns": 5, "anchors_until_ns": 7}, now_ns=10) == 7
-    assert itg.anchors_cutoff({"asked_at_ns": 5}, now_ns=10) is None      # an older archive
+    with pytest.raises(ValueError, match="no anchors_until_ns"):
+        itg.anchors_cutoff({"asked_at_ns": 5}, now_ns=10)
 
 
 def test_the_local_ledger_is_settled_past_what_it_took(late):

@@ -29,14 +29,16 @@ L = 10**9
 LINKS = [(1, 2), (2, 3)]
 
 
-def make_domain(tmp):
+def make_domain(tmp, valid_to_ns=None):
     """Epochs X, X+1 healthy (1,000 packets each), X+2..X+4 dropped by node 2, X+5 healthy and
-    half of X+6."""
+    half of X+6. ``valid_to_ns``: the SLA's end (default: never)."""
     d = Domain(tmp, LINKS)
     d.t = ((d.t0 // L) + 1) * L                      # at an epoch's start
     d.healthy = d.send((1, 2, 3), 2000, tag=1)
     d.dropped = d.send((1, 2, 3), 3000, tag=2, drop_at=2)
     d.after = d.send((1, 2, 3), 1500, tag=3)
+    if valid_to_ns is not None:
+        d.sla_valid_to_ns = valid_to_ns(d)
     return d.start()
 
 
@@ -327,3 +329,28 @@ def test_killed_and_restarted_no_dispute_twice_none_missed(own_domain, tmp_path)
     assert st["disputes_opened"] == 1
     bad = [r["epoch_ns"] for r in st["series"] if r["result"] == "violation"]
     assert bad == epochs_of(*domain.dropped)
+
+
+def test_an_sla_that_ended_has_its_last_epochs_evaluated_and_no_more(tmp_path):
+    """The SLA ended (valid_to_ns) at the end of the healthy epochs, before the service got to
+    them: they are evaluated (ok), the dropped epochs after its end are not (no dispute), and the
+    SLA is then left alone."""
+    d = make_domain(tmp_path / "domain", valid_to_ns=lambda d: d.healthy[1])
+    try:
+        svc, led = service(d, tmp_path)
+        try:
+            valid = epochs_of(*d.healthy)
+            assert time.time_ns() > d.sla_valid_to_ns and len(valid) == 2
+            run_rounds(svc, lambda: set(valid) <= set(results(svc)))
+            for _ in range(5):                  # more rounds: nothing after the SLA's end
+                run_rounds(svc, lambda: True)
+            got = results(svc)
+            assert sorted(got) == valid, sorted(got)
+            assert all(got[e]["result"] == "ok" for e in valid), got
+            assert svc.state.snapshot()["slas"]["1"]["disputes_opened"] == 0
+            assert not svc._active(led.get_sla(1), time.time_ns())
+        finally:
+            svc.close()
+            led.close()
+    finally:
+        d.stop()
