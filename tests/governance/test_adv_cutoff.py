@@ -322,16 +322,12 @@ def test_a_cutoff_ahead_of_a_slower_judge_is_refused_then_judged_alike(tmp_path)
         d.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="an archive without anchors_until_ns is judged with the "
-                   "anchors the ledger has when it is judged (taken as written before the "
-                   "cutoff existed): a dishonest member that leaves the cutoff out of a new "
-                   "archive makes every judgement of it depend on when it runs again, and lets "
-                   "the liar's late anchors count")
 def test_an_archive_without_its_cutoff_is_not_judged_by_the_time_of_judging(tmp_path):
     """The liar r2 (drops, anchors late); the dishonest member writes the archive without
     ``anchors_until_ns`` (the format and everything else unchanged). A member judging it before
     the liar's anchors land and one judging it after must get the same verdict digest (or both
-    refuse it)."""
+    refuse it). Defended since main d055124: the replay refuses an archive without its cutoff,
+    before and after alike."""
     d, lo, hi = _liar_domain(tmp_path)
     try:
         it, _ = honest(d, lo, hi)
@@ -347,5 +343,6 @@ def test_an_archive_without_its_cutoff_is_not_judged_by_the_time_of_judging(tmp_
             except ValueError as exc:
                 outcomes.append(f"refused: {exc}")
         assert outcomes[0] == outcomes[1], outcomes
+        assert str(outcomes[0]).startswith("refused: ") and "anchors_until_ns" in outcomes[0]
     finally:
         d.stop()
