@@ -555,8 +555,9 @@ def interrogate(ledger, sla_id, from_ns, to_ns, cfg, *, receipt_epoch_ns=10**9,
                                                            hash_name, topology=topology,
                                                            asked_at_ns=asked)
     margin = int(cfg.margin_s * 1e9)
-    # the cutoff: every answer is in, and an honest device answers with the anchors it had
-    anchors_until = time.time_ns() + skew_ns
+    # the cutoff: every answer is in, and an honest device answers with the anchors it had (a
+    # ledger whose times are coarse or ahead of this clock says by how much: ``clock_slack_ns``)
+    anchors_until = time.time_ns() + skew_ns + getattr(ledger, "clock_slack_ns", 0)
     params = {"f": f, "margin_ns": margin, "skew_ns": skew_ns,
               "max_hop_delay_ns": max_hop_delay_ns, "receipt_epoch_ns": receipt_epoch_ns,
               "asked_at_ns": asked, "gap_anchor_delay_ns": int(cfg.gap_anchor_delay_s * 1e9),

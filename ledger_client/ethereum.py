@@ -658,6 +658,10 @@ class EthereumLedger:
         return Anchor(node_id, batch_seq, size, bytes(root), first, last, ref,
                       int(ts) * 1_000_000_000)
 
+    # how far a block's timestamp (whole seconds, the sealer's clock) may be ahead of this host's
+    # clock: an interrogation's cutoff allows it (governance/interrogate.py)
+    clock_slack_ns = 2_000_000_000
+
     def settled_ns(self):
         """A time T such that every anchor with ``ledger_t_ns <= T`` (its block's timestamp) is
         readable now at the ``confirmations`` depth and stays so: blocks carry whole seconds, a
