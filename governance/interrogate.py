@@ -393,7 +393,8 @@ def _ask(node_id, ledger, cfg, hash_name, sla, ft, from_ns, to_ns, anchors, gap_
     governance cannot reach (after retries), or that refuses the request, is not judged
     (``unreachable``); one whose answer stops before its last chunk (``incomplete``) or is not
     acceptable evidence (``bad_evidence``: a bad signature, malformed, another request's) is
-    MISSING. ``recording``: every chunk of the last attempt, for the evidence archive."""
+    classified so here (for the crawl), and not judged in the judgement (``_unattributable``).
+    ``recording``: every chunk of the last attempt, for the evidence archive."""
     from .client import InterrogationClient
 
     try:
@@ -621,11 +622,25 @@ def replay(arch, ledger, settle_timeout_s=SETTLE_TIMEOUT_S):
                                                    gaps.DEFAULT_ANCHOR_DELAY_NS),
                       "gap_tolerance_ns": p.get("gap_tolerance_ns",
                                                 gaps.DEFAULT_TOLERANCE_NS)}
+        if failed is not None and failed.status in (STATUS_INCOMPLETE, STATUS_BAD_EVIDENCE):
+            failed = _unattributable(failed)
         evidence[node] = failed if failed is not None else _node_evidence(
             node, hash_name, *got, ledger, anchors, {}, gap_params)
     judgement = _judge(sla, from_ns, to_ns, evidence, [tuple(lk) for lk in m["links"]],
                        {int(k): v for k, v in m["owners"].items()}, p, hash_name)
     return judgement, evidence
+
+
+def _unattributable(failed):
+    """An archived answer cut short, or with a chunk that does not verify with the device's key,
+    carries another request's digest or goes beyond the caps: whoever recorded the archive could
+    have made it so (truncated it, flipped a byte, spliced in the device's chunks of another
+    request), so it proves nothing against the device: not judged, as a device that did not
+    answer (docs/threat-model.md, "What an archive proves")."""
+    return NodeEvidence.no_answer(
+        failed.node_id, f"{failed.error} (not evidence against the device: an archived answer "
+                        "that is cut short or does not verify could have been made so by whoever "
+                        "recorded it)", STATUS_UNREACHABLE)
 
 
 def anchors_cutoff(params, now_ns=None):

@@ -90,8 +90,11 @@ VERDICTS = PRIORITY + (CONSISTENT, AMBIGUOUS, RING_SHORT, UNREACHABLE, NOT_INTER
 ANSWERED = "answered"
 STATUS_UNREACHABLE = "unreachable"     # transport failed after the retries: not judged
 STATUS_REFUSED = "refused"             # answered the handshake, then an error status: MISSING
-STATUS_INCOMPLETE = "incomplete"       # the answer stopped before its last chunk: MISSING
-STATUS_BAD_EVIDENCE = "bad_evidence"   # bad signature, malformed, another answer: MISSING
+# the next two name the device MISSING when a judge is given them; an interrogation's judgement
+# (governance/interrogate.py replay) gives them as unreachable: an archive cannot show who made
+# an answer so (docs/threat-model.md, "What an archive proves")
+STATUS_INCOMPLETE = "incomplete"       # the answer stopped before its last chunk
+STATUS_BAD_EVIDENCE = "bad_evidence"   # bad signature, malformed, another answer
 STATUSES = (ANSWERED, STATUS_UNREACHABLE, STATUS_REFUSED, STATUS_INCOMPLETE, STATUS_BAD_EVIDENCE)
 _AT_FAULT_STATUSES = (STATUS_REFUSED, STATUS_INCOMPLETE, STATUS_BAD_EVIDENCE)
 

@@ -107,7 +107,8 @@ def test_a_changed_chunk(domain, decided, tmp_path):
     """One byte of r1's first answer changed. With the manifest's digests left as they were the
     archive is refused (exit 2); with the digests made to agree and that archive's digest
     recorded with the original verdict (a forging governance), the signature no longer verifies:
-    r1's answer is bad evidence, the verdicts differ (exit 3)."""
+    r1's answer is not evidence against r1 (the recorder could have changed it: not judged, never
+    MISSING), the verdicts differ (exit 3)."""
     ev, report, _ = decided
     forged = tmp_path / "forged"
     shutil.copytree(ev, forged)
@@ -132,7 +133,40 @@ def test_a_changed_chunk(domain, decided, tmp_path):
                                   key=False)
     assert code == 3
     doc = json.loads(out)
-    assert "verdict_digest" in doc["differ"] and doc["verdicts"]["1"] == "MISSING"
+    assert "verdict_digest" in doc["differ"] and doc["verdicts"]["1"] == "UNREACHABLE"
+    assert doc["recomputed"]["faulty"] == []
+
+
+def test_a_member_cannot_frame_a_device_by_damaging_its_archived_answer(domain, decided,
+                                                                         tmp_path):
+    """A dishonest member's archive: honest r2's answer cut short (its last chunk dropped) or a
+    byte of a chunk flipped, the manifest's digests made to agree, and the decision that archive
+    gives recorded. Every member judging it again finds r2 not judged (the archive cannot tell
+    who damaged the answer), never at fault; r1's own signed evidence still names it."""
+    ev, report, _ = decided
+    for how in ("cut", "flip"):
+        forged = tmp_path / how
+        shutil.copytree(ev, forged)
+        m = json.loads((forged / "manifest.json").read_text())
+        a = m["devices"]["2"]["answers"][0]
+        path = forged / a["file"]
+        chunks = archive._split(path.read_bytes(), a["file"], a["chunks"])
+        if how == "cut":
+            chunks = chunks[:-1]
+        else:
+            chunks[0] = archive._Chunk(chunks[0].body[:-1] + bytes([chunks[0].body[-1] ^ 1]),
+                                       chunks[0].signature)
+        blob = b"".join(len(c.body).to_bytes(4, "big") + c.body + c.signature for c in chunks)
+        path.write_bytes(blob)
+        a["chunks"] = len(chunks)
+        a["digest"] = constructor(m["hash"])(blob).hexdigest()
+        (forged / "manifest.json").write_bytes(archive._canonical(m) + b"\n")
+        code, out, err = domain.beatctl("verify-decision", report["decision"]["dispute_id"],
+                                        "--evidence", forged, "--json", key=False)
+        assert code == 3, err
+        doc = json.loads(out)
+        assert doc["verdicts"]["2"] == "UNREACHABLE" and doc["verdicts"]["1"] == "DEVIATED", doc
+        assert 2 not in doc["recomputed"]["faulty"]
 
 
 def test_the_archive_directory_must_be_new(domain, decided):
