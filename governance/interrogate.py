@@ -627,8 +627,26 @@ def replay(arch, ledger, settle_timeout_s=SETTLE_TIMEOUT_S):
         evidence[node] = failed if failed is not None else _node_evidence(
             node, hash_name, *got, ledger, anchors, {}, gap_params)
     judgement = _judge(sla, from_ns, to_ns, evidence, [tuple(lk) for lk in m["links"]],
-                       {int(k): v for k, v in m["owners"].items()}, p, hash_name)
+                       _checked_owners(m, ledger, sla), p, hash_name)
     return judgement, evidence
+
+
+def _checked_owners(m, ledger, sla):
+    """The archive's owners, which must be the ledger's (a node's owner is fixed when it is
+    registered): whoever recorded the archive could otherwise join an honest device to a liar's
+    owner and change the explanations. ValueError names the first that differs."""
+    owners = {int(k): v for k, v in m["owners"].items()}
+    expected = {int(k) for k in m["devices"]} | set(sla.route)
+    if set(owners) != expected:
+        raise ValueError(f"the archive's owners are of nodes {sorted(owners)}, its devices and "
+                         f"route are {sorted(expected)}")
+    for n, claimed in sorted(owners.items()):
+        node = ledger.get_node(n)
+        real = node.owner if node is not None else f"unregistered node {n}"
+        if claimed != real:
+            raise ValueError(f"the archive says node {n} is owned by {claimed!r}, the ledger "
+                             f"{real!r}")
+    return owners
 
 
 def _unattributable(failed):

@@ -175,3 +175,19 @@ def test_the_archive_directory_must_be_new(domain, decided):
     code, _, err = domain.interrogate(lo, hi, "--evidence", ev, "--no-record")
     assert code == 2 and "exists and is not empty" in err
     assert os.path.isfile(os.path.join(ev, "manifest.json"))
+
+
+def test_an_archive_whose_owners_are_not_the_ledgers_is_refused(domain, decided, tmp_path):
+    """The owners an archive is judged with are the ledger's: a recorder that joins honest r2 to
+    r1's owner (so that one lying owner explains what two would) has its archive refused as bad
+    input (exit 2), naming the node and both owners."""
+    ev, report, _ = decided
+    forged = tmp_path / "owners"
+    shutil.copytree(ev, forged)
+    m = json.loads((forged / "manifest.json").read_text())
+    m["owners"]["2"] = m["owners"]["1"]
+    (forged / "manifest.json").write_bytes(archive._canonical(m) + b"\n")
+    code, out, err = domain.beatctl("verify-decision", report["decision"]["dispute_id"],
+                                    "--evidence", forged, key=False)
+    assert code == 2, out + err
+    assert "node 2 is owned by 'operator-1', the ledger 'operator-2'" in err
