@@ -90,9 +90,7 @@ class Recorder:
             def stream(req, **kw):
                 chunks = []
                 self.answers.append((_request(name, req), chunks))
-                for c in target(req, **kw):
-                    chunks.append((bytes(c.body), bytes(c.signature)))
-                    yield c
+                return _RecordedCall(target(req, **kw), chunks)
             return stream
         if name in self.UNARY:
             def unary(req, **kw):
@@ -101,6 +99,24 @@ class Recorder:
                 return c
             return unary
         return target
+
+
+class _RecordedCall:
+    """A live stream whose chunks are kept as they are read; ``cancel()`` cancels the call (the
+    client does so on a chunk that fails its checks)."""
+
+    def __init__(self, call, chunks):
+        self._call, self._chunks = call, chunks
+
+    def __iter__(self):
+        for c in self._call:
+            self._chunks.append((bytes(c.body), bytes(c.signature)))
+            yield c
+
+    def cancel(self):
+        cancel = getattr(self._call, "cancel", None)
+        if cancel is not None:
+            cancel()
 
 
 def assemble(manifest, recordings, hash_name):
@@ -215,8 +231,8 @@ def _split(blob, where, expected):
 
 
 class NotRecorded(ArchiveError):
-    """A call the archive has no answer to because the interrogation did not make it (gap
-    records, in an archive written before them): taken as a device that serves none."""
+    """A call the archive has no answer to although the interrogation makes it (gap records):
+    the archive is refused."""
 
 
 class _ArchivedStub:
@@ -232,8 +248,9 @@ class _ArchivedStub:
         from .client import NodeUnreachable
         if rpc == "GetGapRecords" and (self._next >= len(self._answers) or
                                        self._answers[self._next][0]["rpc"] != rpc):
-            raise NotRecorded(f"node {self.node}: archive: no gap records were asked (an "
-                              "archive written before gap records)")
+            raise NotRecorded(f"node {self.node}: archive: holds no gap records answer where "
+                              "the interrogation asks for one: not judged (whoever recorded it "
+                              "left the question out)")
         if self._next >= len(self._answers):
             raise NodeUnreachable(f"node {self.node}: archive: no recorded answer to {rpc}")
         request, chunks = self._answers[self._next]

@@ -318,9 +318,10 @@ def _fetch(client, node_id, ledger, hash_name, sla, ft, from_ns, to_ns, margin, 
 
 
 def _gap_records(client, lo, hi):
-    """The device's gap records (docs/gap-records.md), or None when it serves none: a device
-    without GetGapRecords, or an archive written before gap records (where the next recorded
-    answer is another call's: it is left for that call)."""
+    """The device's gap records (docs/gap-records.md), or None when it serves none (a device
+    without GetGapRecords). An archive that holds no gap records answer where one was asked is
+    refused (``archive.NotRecorded``): a recorder that skipped the question would otherwise have
+    the device's anchored gaps ignored."""
     import grpc
 
     from .client import RequestRejected
@@ -330,8 +331,6 @@ def _gap_records(client, lo, hi):
         if exc.code == grpc.StatusCode.UNIMPLEMENTED:
             return None
         raise
-    except archive.NotRecorded:
-        return None
 
 
 def _node_evidence(node_id, hash_name, check, receipts, counters, gap_records, ledger, anchors,
@@ -626,9 +625,27 @@ def replay(arch, ledger, settle_timeout_s=SETTLE_TIMEOUT_S):
             failed = _unattributable(failed)
         evidence[node] = failed if failed is not None else _node_evidence(
             node, hash_name, *got, ledger, anchors, {}, gap_params)
-    judgement = _judge(sla, from_ns, to_ns, evidence, [tuple(lk) for lk in m["links"]],
+    judgement = _judge(sla, from_ns, to_ns, evidence, _checked_links(m, ledger, sla),
                        _checked_owners(m, ledger, sla), p, hash_name)
     return judgement, evidence
+
+
+def _checked_links(m, ledger, sla):
+    """The archive's links, which must hold every link the ledger registers between its devices
+    (a recorder leaving one out makes the honest passages over it look fabricated). A link the
+    ledger retired since may stay; one it registered since makes the archive too old (refused:
+    interrogate again). A ledger without links (the topology of the governance's configuration)
+    is not checked. ValueError names the first missing link."""
+    links = [tuple(lk) for lk in m["links"]]
+    get = getattr(ledger, "links", None)
+    registered = [tuple(lk)[:2] for lk in get()] if get is not None else []
+    nodes = {int(k) for k in m["devices"]} | set(sla.route)
+    have = {(min(a, b), max(a, b)) for a, b in links}
+    for a, b in sorted((min(a, b), max(a, b)) for a, b in registered):
+        if a in nodes and b in nodes and (a, b) not in have:
+            raise ValueError(f"the archive's links leave out {a}-{b}, registered on the ledger "
+                             "(or registered since it was written: interrogate again)")
+    return links
 
 
 def _checked_owners(m, ledger, sla):

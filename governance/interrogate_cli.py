@@ -180,6 +180,12 @@ def _rejudge(args, led, UsageError):
     return arch, d, j, vd, sorted(n for n in j.faulty if n in route)
 
 
+def _undecidable(j):
+    """The devices the judgement could not judge (no answer, or none that is evidence): as
+    ``interrogate`` leaves the dispute open then, no decision may rest on such an archive."""
+    return sorted(n for n, x in j.devices.items() if x.verdict == "UNREACHABLE")
+
+
 def decide(args, open_ledger, gov_key, UsageError):
     """``beatctl decide DISPUTE --evidence DIR``: judge the archived evidence again (as
     verify-decision: deterministic) and approve that decision as this committee member."""
@@ -189,6 +195,12 @@ def decide(args, open_ledger, gov_key, UsageError):
         if arch.manifest["sla_id"] != d.sla_id:
             raise UsageError(f"{args.evidence}: evidence of sla {arch.manifest['sla_id']}, "
                              f"dispute {args.dispute} is on sla {d.sla_id}")
+        unjudged = _undecidable(j)
+        if unjudged:
+            print(f"beatctl: decide: dispute {args.dispute}: nodes {unjudged} are not judged in "
+                  f"{args.evidence} (no answer that is evidence): nothing approved, the dispute "
+                  "stays open; interrogate again", file=sys.stderr)
+            return EXIT_UNDECIDED
         d = led.approve_decision(args.dispute, arch.digest, vd, faulty, signer=signer)
         votes = led.dispute_votes(args.dispute)
         k = led.committee().k
@@ -215,6 +227,8 @@ def verify_decision(args, open_ledger, UsageError):
         "evidence_digest": (arch.digest.hex(), (d.evidence_digest or b"").hex()),
         "verdict_digest": (vd.hex(), (d.verdict_digest or b"").hex()),
         "faulty": (sorted(faulty), sorted(d.faulty or ())),
+        # a decision needs every device judged (as interrogate): none left unjudged
+        "unjudged": (_undecidable(j), []),
     }
     differ = [k for k, (mine, ledger) in checks.items() if mine != ledger]
     if args.json:

@@ -279,11 +279,6 @@ def test_chunks_of_another_answer_of_the_same_interrogation_are_not_judged(paper
 
 
 @pytest.mark.parametrize("link", [(1, 4), (3, 4)])
-@pytest.mark.xfail(strict=True, reason="the replay judges the topology the manifest gives "
-                   "(links are never checked against the ledger's registered links): a member "
-                   "that leaves a registered link out of the manifest makes every honest "
-                   "device's passage over it FABRICATED (r4, and r3 for 3-4), in every member's "
-                   "replay, and verify-decision finds the decision identical (exit 0)")
 def test_a_registered_link_left_out_of_the_manifest_frames_nobody(paper, tmp_path, link):
     """The dishonest member deletes the registered link r1-r4 (or r4-r3) from the manifest's
     links, records the decision that archive gives (r3, on the agreed route, faulty on the
@@ -386,12 +381,6 @@ def test_a_silent_liar_is_not_judged_and_the_dispute_stays_open(liar, tmp_path):
     assert "decision" not in report
 
 
-@pytest.mark.xfail(strict=True, reason="a live interrogation crashes on any chunk that does not "
-                   "verify: governance/client.py _stream calls call.cancel() on an EvidenceError, "
-                   "and the archive's Recorder (governance/archive.py) wraps every stream in a "
-                   "plain generator without cancel(): AttributeError out of beatctl interrogate, "
-                   "no report, nobody judged (a liar answering garbage stops the interrogation "
-                   "of every device)")
 def test_a_liar_answering_a_bad_signature_is_not_judged_and_the_dispute_stays_open(liar,
                                                                                    tmp_path):
     """r2 answers with chunks signed by another key: as for silence (f9e9223), not judged, its
@@ -432,13 +421,6 @@ def test_a_liars_garbage_in_the_archive_judges_as_its_silence(liar):
         assert faulty == [], how
 
 
-@pytest.mark.xfail(strict=True, reason="a decision is accepted whatever the archive leaves "
-                   "unjudged: interrogate leaves the dispute open when a device is unreachable, "
-                   "but verify-decision (and decide) accept a decision whose replay has a route "
-                   "device UNREACHABLE; a member colluding with the liar flips one byte of its "
-                   "archived answer, records 'faulty: none', and every other member's "
-                   "verify-decision says identical (exit 0): the dispute is settled, the liar "
-                   "acquitted")
 def test_a_member_cannot_settle_a_dispute_by_damaging_the_liars_answer(liar, tmp_path):
     it = interrogate(liar, *liar.window)
     assert it.judgement.faulty == [2]
@@ -552,12 +534,6 @@ def _ask_without_gap_records(d, it, node):
             return rec.answers
 
 
-@pytest.mark.xfail(strict=True, reason="the replay takes a device whose next recorded answer is "
-                   "not GetGapRecords as one that serves none ('an archive written before gap "
-                   "records', governance/archive.py NotRecorded): a member that does not ask an "
-                   "honest device for its gap records (and asks the two answers after with the "
-                   "nonces the replay then gives) drops its anchored gap record from the "
-                   "judgement: r2's honest blindness is judged DROPPED in every replay")
 def test_a_member_cannot_leave_out_an_honest_devices_gap_records(tmp_path):
     d = _gap_domain(tmp_path)
     try:
