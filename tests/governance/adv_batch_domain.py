@@ -26,7 +26,7 @@ import time
 import pytest
 
 from beat_rpc import evidence as ev
-from loopback_domain import HOP_NS, HOST_MAC, STEP_NS, V4, Domain, mac
+from loopback_domain import STEP_NS, V4, Domain, stop_after  # noqa: F401 (the tests take it from here)
 
 from governance.service.monitor import OVERFLOW
 from ledger_client.types import SLA
@@ -64,17 +64,8 @@ class BatchDomain(Domain):
         first = self.t
         for _ in range(n):
             for k, (name, (s, d, path)) in enumerate(sorted(FLOWS.items())):
-                t0 = self.t + k * 300_000
-                pkt = _packet(self.t // STEP_NS, tag, s, d)
-                for j, x in enumerate(path):
-                    t_in = t0 + j * HOP_NS
-                    prev_mac = mac(path[j - 1]) if j else HOST_MAC
-                    self.frames[x].append((t_in, mac(x) + prev_mac + b"\x08\x00" + pkt))
-                    if name in drop and x == 2:
-                        break
-                    next_mac = mac(path[j + 1]) if j + 1 < len(path) else HOST_MAC
-                    self.frames[x].append((t_in + HOP_NS // 4,
-                                           next_mac + mac(x) + b"\x08\x00" + pkt))
+                self.passage(path, self.t + k * 300_000, _packet(self.t // STEP_NS, tag, s, d),
+                             2 if name in drop else None)
             self.t += STEP_NS
         return first, self.t - STEP_NS
 
@@ -221,12 +212,6 @@ def encode_receipts_chunk(node_id, Q, seq, last, t_ns, receipts):
     return ev.encode_chunk(ev.KIND_RECEIPTS, node_id, Q, seq, last, t_ns, receipts)
 
 
-@pytest.fixture
-def stop_after():
-    domains = []
-    yield domains.append
-    for d in domains:
-        d.stop()
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ import os
 import struct
 import time
 
+import pytest
+
 import fastpath
 from beat_lab import ca as certs
 from beatd.interrogation import InterrogationServer
@@ -76,18 +78,21 @@ class Domain:
         """``n`` packets along ``path``; returns ``(first t_ns, last t_ns)`` of their entry."""
         first = self.t
         for i in range(n):
-            pkt = packet(self.t // STEP_NS, tag)
-            for k, x in enumerate(path):
-                t_in = self.t + k * HOP_NS
-                prev_mac = mac(path[k - 1]) if k else HOST_MAC
-                self.frames[x].append((t_in, mac(x) + prev_mac + b"\x08\x00" + pkt))
-                if x == drop_at:
-                    break
-                next_mac = mac(path[k + 1]) if k + 1 < len(path) else HOST_MAC
-                self.frames[x].append((t_in + HOP_NS // 4,
-                                       next_mac + mac(x) + b"\x08\x00" + pkt))
+            self.passage(path, self.t, packet(self.t // STEP_NS, tag), drop_at)
             self.t += STEP_NS
         return first, self.t - STEP_NS
+
+    def passage(self, path, t0, pkt, drop_at=None):
+        """The frames of one packet ``pkt`` along ``path`` from ``t0``: arriving at each router
+        (one hop delay apart) and leaving it a quarter hop later, unless it is ``drop_at``."""
+        for k, x in enumerate(path):
+            t_in = t0 + k * HOP_NS
+            prev_mac = mac(path[k - 1]) if k else HOST_MAC
+            self.frames[x].append((t_in, mac(x) + prev_mac + b"\x08\x00" + pkt))
+            if x == drop_at:
+                break
+            next_mac = mac(path[k + 1]) if k + 1 < len(path) else HOST_MAC
+            self.frames[x].append((t_in + HOP_NS // 4, next_mac + mac(x) + b"\x08\x00" + pkt))
 
     def start(self, gaps=None, late_gaps=None, chain=None, hold=()):
         """``gaps``: ``{node: [(from_ns, to_ns, frames, reason, interface)]}`` gap records a
@@ -194,3 +199,12 @@ class Domain:
 def files(path):
     return sorted(os.path.relpath(os.path.join(d, f), path)
                   for d, _, fs in os.walk(path) for f in fs)
+
+
+@pytest.fixture
+def stop_after():
+    """``stop_after(domain)``: the domain is stopped when the test ends, however it ends."""
+    domains = []
+    yield domains.append
+    for d in domains:
+        d.stop()

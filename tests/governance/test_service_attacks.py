@@ -29,7 +29,8 @@ import fastpath
 from beat_rpc.evidence import AnchorRef, Receipt
 from ledger_client import merkle
 from ledger_client.types import SLA, Anchor
-from loopback_domain import DST_IP, HOP_NS, SRC_IP, V4, Domain, mac
+from loopback_domain import (DST_IP, HOP_NS, SRC_IP, V4, Domain, mac,  # noqa: F401
+                             stop_after)
 from test_service_loopback import epochs_of, results, run_rounds, service
 
 from governance.service.monitor import EGRESS
@@ -97,12 +98,6 @@ def sample_at(svc, sla_id, lo, hi):
         svc.clock = time.time_ns
 
 
-@pytest.fixture
-def stop_after():
-    domains = []
-    yield domains.append
-    for d in domains:
-        d.stop()
 
 
 # -- framing: a liar makes the monitor dispute an honest neighbour ------------------------------
