@@ -14,8 +14,6 @@ device's identity, ``[ledger] device_key``); its address is printed on a second 
 import os
 import sys
 
-from ledger_client.keys import DeviceKey, write_new_file
-
 KEY_NAME = "device.ed25519"
 PUB_NAME = "device.ed25519.pub"
 ETH_NAME = "device.eth"
@@ -38,6 +36,10 @@ def _fail(msg):
 
 
 def main(args):
+    # here, not at the top: every beatd command builds this parser, and the crypto libraries
+    # cost about 45 ms to import (a third of a short `beatd replay`)
+    from ledger_client.keys import DeviceKey, write_new_file
+
     out = os.fspath(args.out)
     try:
         os.makedirs(out, mode=0o700, exist_ok=True)

@@ -13,7 +13,8 @@ capture, in the same run and on the same CPU, best of --repeat:
   reading and writing them): wall time, as frames/s;
 - the ratios beatd / softflowd and beatd / tcpdump: the meaningful numbers on a shared machine.
 
-Also, in process: the capture readers alone (C and the Python reference, frames/s) and the pipeline
+Also the fixed cost of `beatd replay` (Python start, imports, store open and close: a 1,000-frame
+capture, wall time) beside a bare `python -c pass`, and, in process: the capture readers alone (C and the Python reference, frames/s) and the pipeline
 alone in the pending case (ingress only, 1 µs apart, 50 ms window: feed + take, no store).
 softflowd and tcpdump come from scripts/bootstrap-bench (`make bench` runs it); without them their
 rows are missing and the run says so. Results: benchmarks/results/replay-latest.json.
@@ -226,6 +227,19 @@ def replay_parts(path, repeat, tmp):
     return best
 
 
+STARTUP_FRAMES = 1000
+
+
+def startup_cost(tmp, config, cpu, repeat):
+    """Best wall seconds of `beatd replay` on a tiny capture, and of a bare Python start."""
+    path = os.path.join(tmp, "startup.pcap")
+    write_capture(path, "ingress", "pcap", STARTUP_FRAMES)
+    beatd = min(run_beatd(path, config, os.path.join(tmp, "store-startup"), cpu, 0)["wall"]
+                for _ in range(repeat))
+    python = min(timed([sys.executable, "-c", "pass"], cpu)[0] for _ in range(repeat))
+    return dict(beatd=beatd, python=python)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--frames", type=int, default=2_000_000, help="frames per capture (2 M)")
@@ -248,9 +262,11 @@ def main(argv=None):
     if missing:
         print(f"bench: {', '.join(missing)} not installed: run scripts/bootstrap-bench as root "
               f"(Debian/Ubuntu: apt-get install {' '.join(missing)}); those rows are missing")
+    from fastpath._native import simd
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
-          f"({os.cpu_count()} CPUs); every run pinned to CPU {cpu}")
+          f"({os.cpu_count()} CPUs); every run pinned to CPU {cpu}; Keccak: {simd()} "
+          f"(BEAT_SIMD=avx2 or scalar chooses a lower level)")
 
     tmp = tempfile.mkdtemp(prefix="beat-bench-replay-")
     rows = []
@@ -294,6 +310,7 @@ def main(argv=None):
                 row[f"beatd_cpu/{t}"] = row["beatd_cpu_fps"] / row[f"{t}_cpu_fps"]
             rows.append(row)
         readers = readers_alone(captures[next(iter(captures))][0])
+        startup = startup_cost(tmp, config, cpu, args.repeat)
         pend = parts = None
         if ("ingress", "pcap") in captures:
             pend = pipeline_pending(captures[("ingress", "pcap")][0], args.repeat)
@@ -317,6 +334,9 @@ def main(argv=None):
           "replay seconds / tool wall (wall / wall, cpu / cpu).")
     print(f"capture readers alone: C {readers['c'] / 1e6:.2f} M frames/s, Python reference "
           f"{readers['py'] / 1e6:.2f} M frames/s ({readers['c'] / readers['py']:.0f}x)")
+    print(f"beatd replay's fixed cost (Python start, imports, store open and close; a "
+          f"{STARTUP_FRAMES:,}-frame capture, best of {args.repeat}): {startup['beatd'] * 1e3:.0f} "
+          f"ms wall, of which `python -c pass` takes {startup['python'] * 1e3:.0f} ms")
     if pend:
         print(f"pipeline alone, every packet pending 50 ms (ingress only, 1 µs apart): "
               f"{pend[0] / 1e6:.2f} M packets/s ({pend[1]} packets, feed + take, no store)")
@@ -331,12 +351,12 @@ def main(argv=None):
     result = dict(
         benchmark="replay", when=datetime.datetime.now(datetime.timezone.utc).isoformat(),
         machine=dict(platform=platform.platform(), cpu=cpu_model(), python=platform.python_version(),
-                     cpus=os.cpu_count(), load_start=load, load_end=load_end),
+                     cpus=os.cpu_count(), load_start=load, load_end=load_end, simd=simd()),
         note="one core (every run pinned to the same CPU), best of --repeat, minimum-size frames; "
              "beatd_fps from the replay's own seconds, beatd_wall_fps from the process's wall "
              "time; softflowd and tcpdump from wall time",
         targets=TARGETS, missing_tools=missing, rows=rows, readers_fps=readers,
-        pipeline_pending_pps=pend[0] if pend else None,
+        pipeline_pending_pps=pend[0] if pend else None, startup_seconds=startup,
         replay_parts_ns_per_frame=parts)
     write_results(args.out, "replay", result)
 

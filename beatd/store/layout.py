@@ -13,10 +13,10 @@ of proof segments is "the proof ring" (``[store] ring_size``). Its meta keys kee
 import json
 import struct
 
-from beat_common.gap_record import GAP_RECORD_SIZE  # noqa: F401
+from beat_common.gap_record import (GAP_CAPTURE_STOPPED, GAP_KERNEL_DROPS,  # noqa: F401
+                                    GAP_RECORD_SIZE)
 from beat_common.spec import (LEAF_GAP, LEAF_RECEIPT, LEAF_SEGMENT, LEAF_SIZE,  # noqa: F401
                               RECORD_SIZE)
-from beat_rpc.evidence import GAP_CAPTURE_STOPPED, GAP_KERNEL_DROPS  # noqa: F401
 from ledger_client.outbox import BatchRecord
 
 FORMAT_VERSION = 1
