@@ -55,8 +55,12 @@ proto: $(DEPS)
 contracts: $(NPM_DEPS) $(DEPS)
 	$(VPY) $(CONTRACTS)/compile.py
 
+# Two pytest-xdist workers (TEST_WORKERS=0: one process), handed a module at a time; the labs and
+# the proof-of-authority networks one after the other on one of them (tests/conftest.py)
+TEST_WORKERS ?= 2
 test: $(NATIVE) $(NPM_DEPS) $(GNS3_VENV) $(SYSTEM)
-	$(VPY) -m pytest -q -ra --durations=40 tests
+	$(VPY) -m pytest -q -ra --durations=40 -n $(TEST_WORKERS) --dist loadgroup \
+		--no-loadscope-reorder tests
 
 # The lab (beat-lab) needs root (network namespaces); elsewhere, say so and replay router r2's
 # bundled capture.

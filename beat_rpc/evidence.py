@@ -286,9 +286,17 @@ class Coverage:
         return tuple(getattr(self, f) for f in self.FIXED)
 
     @property
+    def ring_empty(self):
+        """The proof ring holds no segment (``ring_oldest_seq .. next_seg_seq - 1`` is empty).
+        Not ``oldest_t_ns == 0``: a held segment can begin at 0 (a capture file's records at
+        time 0) or hold no record at all (a store written by a device that withheld every
+        record of a segment): "empty" then contradicted the records such a device gave."""
+        return self.ring_oldest_seq >= self.next_seg_seq
+
+    @property
     def ring_short(self):
         """The ring wrapped and covers less than ``threshold_ns`` back from ``t_ns``."""
-        return self.ring_wraps > 0 and (self.oldest_t_ns == 0 or
+        return self.ring_wraps > 0 and (self.ring_empty or
                                         self.t_ns - self.oldest_t_ns < self.threshold_ns)
 
 

@@ -453,7 +453,7 @@ def coverage_of(cov, declared=None):
                     gaps=tuple((g.from_ns, g.to_ns, g.frames_dropped, g.reason)
                                for g in (cov.gaps if declared is None else
                                          [d for d in declared if d.honoured])),
-                    empty=cov.oldest_t_ns == 0, wrapped=cov.ring_wraps > 0)
+                    empty=cov.ring_empty, wrapped=cov.ring_wraps > 0)
 
 
 def collect(ledger, sla, from_ns, to_ns, cfg, hash_name, workers=8, topology=None,

@@ -8,6 +8,7 @@ in-memory ledger, test_daemon_ledger's daemon-with-a-ledger set-up), so every fo
 import path from the start, whichever file pytest collects first."""
 import importlib
 import os
+import re
 import shutil
 import socket
 import sys
@@ -37,11 +38,68 @@ PRECOMPILED = ("beat_common", "fastpath", "beatd", "ledger_client", "governance"
 
 
 def pytest_sessionstart(session):
+    if hasattr(session.config, "workerinput"):
+        return                  # an xdist worker: the controller compiled them before it started
     import compileall
     import re
     skip = re.compile(r"[/\\](node_modules|data)[/\\]")
     for name in PRECOMPILED:
         compileall.compile_dir(os.path.join(REPO, name), quiet=1, rx=skip)
+
+
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`): most of its
+# time is spent waiting (for blocks, anchor periods, timeouts), not computing. The work is handed
+# out a module at a time (a module's fixtures are made once), in the order below: first SERIAL,
+# one unit run by one worker, test after test: the namespace labs (each a dozen daemons, a
+# ledger and traffic, timed by their anchor periods) and the proof-of-authority networks (a
+# node process per sealer), never two of them at once on the two cores.
+SERIAL = "labs-and-networks"
+SERIAL_FILES = re.compile(r"^tests/(lab/test_lab\w*|lab/test_wheel|ledger/test_poa_\w+)\.py$")
+
+
+def xdist_group_of(nodeid):
+    """The unit of work a test is handed out in: SERIAL, or its module's path."""
+    path = nodeid.split("::", 1)[0]
+    return SERIAL if SERIAL_FILES.match(path) else path
+
+
+def _distributed(config):
+    """Run with `--dist loadgroup` (an xdist worker has its dist set to "no" and loadgroup True)."""
+    return bool(getattr(config.option, "loadgroup", False)) or \
+        getattr(config.option, "dist", "no") == "loadgroup"
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """The controller's scheduler: xdist's scopes, with xdist_group_of as the scope. (Its own
+    loadgroup reads `xdist_group` marks from a suffix of the node id, which pytest 9 no longer
+    lets a plugin change.)"""
+    if not _distributed(config):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleOrSerial(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return xdist_group_of(nodeid)
+
+    return ModuleOrSerial(config, log)
+
+
+class _SerialFirst:
+    """In each worker's collection (the order the work is handed out in, with
+    `--no-loadscope-reorder`): SERIAL first, its longest test first, then the rest as collected.
+    After pytest's own reordering."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config, items):
+        if _distributed(config):
+            first = [i for i in items if xdist_group_of(i.nodeid) == SERIAL]
+            first.sort(key=lambda i: "test_lab_ethereum" not in i.nodeid)
+            rest = [i for i in items if xdist_group_of(i.nodeid) != SERIAL]
+            items[:] = first + rest
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_SerialFirst(), "beat-serial-first")
 
 
 def real_pcaps():

@@ -1025,3 +1025,53 @@ def test_configuration_errors_name_the_key(real, pki, tmp_path):
                                 private_key=pki / f"device-{NODE}.key", listen=s.endpoint)
     finally:
         s.stop()
+
+
+# -- a ring whose oldest segment says 0 ---------------------------------------------------------
+
+@pytest.mark.parametrize("oldest", ["begins at time 0", "holds no record"])
+def test_a_ring_whose_oldest_segment_says_0_is_not_empty(tmp_path, pki, oldest):
+    """The coverage's ``oldest_t_ns`` is 0 when the proof ring's oldest segment begins at time 0
+    (records of a capture file stamped from 0) or holds no record (a store written while its
+    device withheld every record of a segment: the lab's testing lie; after that device was
+    honest again, the lab's attacks once named it MISSING, "it says its ring is empty"). The
+    ring is not empty (``ring_oldest_seq < next_seg_seq``), and the records the device gives do
+    not contradict its coverage."""
+    from beatd.testing_lies import Lies
+    from governance.interrogate import coverage_of
+    from governance.verdicts import NodeEvidence, _coverage_contradiction
+
+    store = Store(tmp_path / "s", NODE, H, 16 << 20)
+    pipe = fastpath.Pipeline(NODE, hash_name=H, own_macs=[OWN], neighbours={NEXT: 2})
+    pipe.resume(**store.resume_state())
+    later = 0
+    if oldest == "begins at time 0":
+        _feed(store, pipe, *_edge_frames(200, t_shift=-1_700_000_000_000_000_000))
+    else:
+        buf, desc = build_frames(400, flows=1, desc_pack=fastpath.pack_desc)
+        pipe.feed(buf, desc)
+        pipe.close_segment()
+        out = pipe.take()
+        ft = bytes(out.segments[0][3][40:48])
+        Lies([f"withhold={ft.hex()}"], NODE, H).apply(out)
+        assert out.segments and all(count == 0 for _, count, _, _ in out.segments), out.segments
+        store.commit(out)
+        later = 10 * 10**9
+        _feed(store, pipe, *_edge_frames(200, t_shift=later))
+    pipe.close_segment()
+    store.commit(pipe.take())
+    s = Served(store, DeviceKey.generate(), pki, NODE, WIDE, threshold_ns=3600 * 10**9)
+    try:
+        with s.client() as cl:
+            answer = cl.proof_answer(0, (1 << 63) - 1)
+    finally:
+        s.stop()
+        store.close()
+    cov = answer.coverage
+    records = b"".join(seg.records for seg in answer.segments)
+    assert cov.oldest_t_ns == 0 and cov.ring_oldest_seq < cov.next_seg_seq and records, cov
+    assert not cov.ring_empty and not cov.ring_short
+    judged = coverage_of(cov)
+    assert not judged.empty
+    assert _coverage_contradiction(NodeEvidence(NODE, unanchored_records=records,
+                                                coverage=judged), 0) == ""
