@@ -304,6 +304,9 @@ Chain.prototype.putBlocks = async function (blocks, ...rest) {
       dropped.push(b)
       try { b = await this.blockchain.getBlock(b.header.parentHash) } catch { b = undefined }
     }
+    // logged here too, not only where a new block arrives: a branch met through the
+    // synchroniser (a node that was cut off catching up) moves this node as well
+    sync.config.logger?.info(`BEAT: reorganised past ${dropped.length} block(s) up to ${old.header.number} ${bytesToHex(old.hash()).slice(0, 10)} (no longer on the chain)`)
     const txs = dropped.reverse().flatMap((x) => x.transactions)
     if (txs.length > 0) {
       setTimeout(() => void reinject(sync, txs, `${dropped.length} block(s) up to ${old.header.number} dropped by a reorganisation`), 0)
