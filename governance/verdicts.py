@@ -167,13 +167,15 @@ class Coverage:
 
     def missing_intervals(self):
         """The times where this device may have missed packets or lacks records: its capture
-        gaps (a store's first start is a gap from 0), before its oldest record once its ring
-        has wrapped, after its newest closed record (inclusive ``(lo, hi)`` pairs)."""
+        gaps (a store's first start is a gap from 0), up to its oldest record's time once its
+        ring has wrapped, after its newest closed record (inclusive ``(lo, hi)`` pairs)."""
         out = [(min(lo, hi), max(lo, hi)) for lo, hi, *_ in self.gaps]
         if self.empty:
             return out + ([(0, NONE)] if self.wrapped else [])
-        if self.oldest_t_ns > 0 and self.wrapped:
-            out.append((0, self.oldest_t_ns - 1))
+        if self.wrapped:
+            # up to and with its oldest held record's time: the segments the ring dropped may
+            # end with records of that same time (a capture file's records stamped 0 included)
+            out.append((0, self.oldest_t_ns))
         if self.newest_t_ns < NONE:
             out.append((self.newest_t_ns + 1, NONE))
         return out

@@ -145,8 +145,8 @@ def _missing(cov, unanchored_times):
         gaps = [(min(g[0], g[1]), max(g[0], g[1])) for g in cov.gaps]
         if cov.wrapped and cov.empty:
             ivs.append((0, NONE))
-        elif cov.wrapped and cov.oldest_t_ns > 0:
-            ivs.append((0, cov.oldest_t_ns - 1))
+        elif cov.wrapped:
+            ivs.append((0, cov.oldest_t_ns))
         if not cov.empty and cov.newest_t_ns < NONE:
             ivs.append((cov.newest_t_ns + 1, NONE))
         if cov.anchored_until_t_ns < NONE:

@@ -56,8 +56,8 @@ def _missing(ev):
     cov = ev.coverage
     if cov is not None:
         gaps = [(min(g[0], g[1]), max(g[0], g[1])) for g in cov.gaps]
-        if cov.wrapped and (cov.empty or cov.oldest_t_ns > 0):
-            ivs.append((0, NONE if cov.empty else cov.oldest_t_ns - 1))
+        if cov.wrapped:
+            ivs.append((0, NONE if cov.empty else cov.oldest_t_ns))
         if not cov.empty and cov.newest_t_ns < NONE:
             ivs.append((cov.newest_t_ns + 1, NONE))
         if cov.anchored_until_t_ns < NONE:

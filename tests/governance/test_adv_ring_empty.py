@@ -11,7 +11,8 @@ liar may sign any combination. The states the change makes newly reachable are "
 engine checked against the brute-force reference), and compares with the old mapping
 (``_old_coverage_of``: the rule before the change) where the question is "not excused beyond what
 it was before". Then the honest side: what the real store (beatd/store) signs, and one honest
-case the change leaves framed (``xfail(strict=True)``).
+case the change left framed (a strict xfail until the commit after it: ``missing_intervals`` of a
+wrapped ring now reaches up to and with its oldest record's time).
 """
 import dataclasses
 import struct
@@ -204,7 +205,7 @@ def test_honest_wrapped_ring_beginning_at_0_holding_the_window_is_not_framed():
 def test_honest_wrapped_ring_whose_dropped_records_tie_its_oldest_at_T_is_excused():
     """The baseline for the next test: the same ties at a time T > 0 (every record at T, some of
     r2's in dropped segments, its oldest held record at T). ``missing_intervals`` gives
-    ``(0, T - 1)``, which meets r2's possible record times ``[T - skew, T + hop + skew]``: r2
+    ``(0, T)`` (``(0, T - 1)`` before the next test's fix), which meets r2's possible record times ``[T - skew, T + hop + skew]``: r2
     may lack them, nobody is named."""
     T = MID
     book = Book()
@@ -217,12 +218,6 @@ def test_honest_wrapped_ring_whose_dropped_records_tie_its_oldest_at_T_is_excuse
     assert j.faulty == [], verdicts(j)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an honest wrapped ring whose oldest held record is at t = 0 has no missing interval before "
-    "it (Coverage.missing_intervals adds (0, oldest_t_ns - 1) only when oldest_t_ns > 0): the "
-    "records its ring dropped at t = 0 (ties with its oldest held one, e.g. a zero-stamped "
-    "capture file) are MISSING, where the same ties at T > 0 are excused. Before the change "
-    "this device was named too (as 'empty')"))
 def test_honest_wrapped_ring_whose_dropped_records_tie_its_oldest_at_0_is_not_framed():
     book = _zero_book(dropped=(0, 1, 2, 3))
     j = check(PAPER, book, window=ZERO_WINDOW)
@@ -268,7 +263,7 @@ def test_the_store_signs_empty_exactly_when_it_holds_no_segment(tmp_path, stamp)
     ``ring_oldest_seq >= next_seg_seq`` exactly when no segment is held (never with records),
     ``oldest_t_ns`` is the oldest held segment's first record, no held segment is empty. With
     every frame stamped 0 the wrapped ring signs ``oldest_t_ns = 0`` while holding segments:
-    the state of the xfail above is one an honest device reaches."""
+    the state of the tie test above is one an honest device reaches."""
     from beatd.store import Store
     store = Store(tmp_path / "s", 3, "sha3-256", 64 << 10)
     pipe = fastpath.Pipeline(3, hash_name="sha3-256", own_macs=[OWN], neighbours={NEXT: 2},
