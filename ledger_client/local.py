@@ -129,6 +129,9 @@ def _sla_body(s, tenant_pubkey):
             "tenant_pubkey": _hex(tenant_pubkey), **({"price": s.price} if s.price else {})}
 
 
+SLA_CACHE_MAX = 16384
+
+
 def _sla_of(d):
     return SLA(d["sla_id"], d["tenant"], _unhex(d["src"]), _unhex(d["dst"]), tuple(d["route"]),
                d["max_loss_ppm"], d["max_delay_us"], d["loss_budget_ppm"],
@@ -801,6 +804,7 @@ class LocalLedger:
             raise ValueError(f"governance_pubkey must be 32 bytes, got {len(governance_pubkey)}")
         existed = os.path.exists(self.path)
         self.map_size = map_size or DEFAULT_MAP_SIZE
+        self._sla_cache = {}        # stored bytes -> SLA: slas() is read every poll of a service
         try:
             self.env = lmdb.open(self.path, subdir=False, lock=True, map_size=self.map_size,
                                  max_dbs=len(DB_NAMES), readahead=False)
@@ -1356,7 +1360,21 @@ class LocalLedger:
         return None if d is None else _unhex(d.get("tenant_pubkey"))
 
     def slas(self):
-        return [_sla_of(d) for d in self._all("slas")]
+        """Every SLA. An entry's decoded SLA (frozen) is kept by its stored bytes: a governance
+        service reads all of them every poll (1,000 SLAs: ~90 ms of JSON and checks a poll)."""
+        cache = self._sla_cache
+        out = []
+        with self.env.begin() as txn:
+            for _k, v in txn.cursor(db=self.dbs["slas"]):
+                raw = bytes(v)
+                sla = cache.get(raw)
+                if sla is None:
+                    sla = _sla_of(json.loads(raw))
+                    if len(cache) >= SLA_CACHE_MAX:
+                        cache.clear()
+                    cache[raw] = sla
+                out.append(sla)
+        return out
 
     def get_anchor(self, node_id, batch_seq):
         d = self._get("anchors", _k64(node_id) + _k64(batch_seq))

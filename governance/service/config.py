@@ -11,6 +11,8 @@ The file is the governance configuration of ``beatctl interrogate`` (``[interrog
     consecutive = 3                             # n: violating epochs in a row open a dispute
     unknown_breaks = false                      # an unknown epoch ends a streak (or is skipped)
     final_after_s = 10                          # an epoch not settled by then is unknown
+    settle_ms = 200                             # anchors this far past an epoch's end hold all
+                                                # its receipts (>= beatd's join_window_ms)
     delay_sample_every_s = 60                   # a sampled interrogation this often ...
     delay_sample_window_s = 2                   # ... of a window this long ...
     delay_sample_lag_s = 5                      # ... ending this long ago (anchored by then)
@@ -50,6 +52,7 @@ class ServiceConfig:
     consecutive: int = 3
     unknown_breaks: bool = False
     final_after_s: float = 10.0
+    settle_ms: float = 200.0
     delay_sample_every_s: float = 60.0
     delay_sample_window_s: float = 2.0
     delay_sample_lag_s: float = 5.0
@@ -71,6 +74,10 @@ class ServiceConfig:
         return self.receipt_epoch_ms * 1_000_000
 
     @property
+    def settle_ns(self):
+        return int(self.settle_ms * 1_000_000)
+
+    @property
     def host_port(self):
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
@@ -79,6 +86,7 @@ class ServiceConfig:
 _NUMBERS = {  # key: (type, least, above)
     "poll_s": (float, 0.0, True), "receipt_epoch_ms": (int, 1, False),
     "consecutive": (int, 1, False), "final_after_s": (float, 0.0, True),
+    "settle_ms": (float, 0.0, False),
     "delay_sample_every_s": (float, 0.0, False), "delay_sample_window_s": (float, 0.0, True),
     "delay_sample_lag_s": (float, 0.0, False), "delay_percentile": (float, 0.0, True),
     "late_after_s": (float, 0.0, True), "retry_undecided_s": (float, 0.0, True),

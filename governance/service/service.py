@@ -244,6 +244,7 @@ class Service:
         self._jobs = {}               # (kind, sla) -> Future
         self._jobs_lock = threading.Lock()
         self._stop = threading.Event()
+        self._unsaved = threading.Event()       # evaluations that ended after their round
         self.rounds = 0
         self.http = None
 
@@ -329,7 +330,7 @@ class Service:
         out = monitor.read_end(checks[0], checks[1], role, epochs, L,
                                a.last_t_ns if a is not None else 0,
                                self._late(node_id, L, anchors),
-                               problems)
+                               problems, settle_ns=self.svc.settle_ns)
         for e, why in problems:
             self.counters.add(self.counters.refused, (sla.sla_id, node_id))
             with self.state.lock:
@@ -428,6 +429,12 @@ class Service:
         if batch is not None and not results:
             return results                              # nothing changed
         if batch is None or not batch.add(windows):
+            if batch is not None and not windows:
+                # after its round closed, with no dispute: saved by the next round (a crash
+                # before that evaluates these epochs again); saving the whole state once per
+                # late evaluation made a round that ran late later still
+                self._unsaved.set()
+                return results
             self.state.save()
             self._dispute(windows)
         return results
@@ -446,7 +453,8 @@ class Service:
         def anchored(n):
             a = view.anchors.get(n)
             return a.last_t_ns if a is not None else 0
-        if min(anchored(first), anchored(last)) < start + 2 * L and now < start + L + final_ns:
+        if min(anchored(first), anchored(last)) < start + L + self.svc.settle_ns and \
+                now < start + L + final_ns:
             return []
         return list(range(start, min(last_closed, start + (MAX_EPOCHS_PER_ROUND - 1) * L) + 1,
                           L))
@@ -630,7 +638,8 @@ class Service:
         # the round's epochs saved once, then their disputes (evaluations still running save
         # their own when they end)
         changed, windows = batch.close()
-        if changed:
+        if changed or self._unsaved.is_set():
+            self._unsaved.clear()
             self.state.save()
         self._dispute(windows)
         self._dispute(self._undisputed())       # left by a stop or a crash before their job
@@ -648,18 +657,24 @@ class Service:
         return self
 
     def loop(self):
-        """Rounds until ``stop()``: after each ledger read (or ``poll_s``)."""
+        """Rounds until ``stop()``: after each ledger read (or ``poll_s``). A round starts as soon
+        as the ledger was read since the last one began (no pause after a round: an anchor that
+        lands during a round is seen at the next read and evaluated by the next round)."""
         while not self._stop.is_set():
             self.watcher.changed.wait(self.svc.poll_s)
+            if self._stop.is_set():
+                break
             self.watcher.changed.clear()
             self.round()
-            self._stop.wait(min(self.svc.poll_s, 0.5))
 
     def stop(self):
         self._stop.set()
 
     def close(self):
         self.watcher.stop()
+        if self._unsaved.is_set():
+            self._unsaved.clear()
+            self.state.save()
         if self.http is not None:
             self.http.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
