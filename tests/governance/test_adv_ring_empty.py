@@ -20,18 +20,16 @@ import struct
 import pytest
 
 import fastpath
-from adversary_lab import HI, OUTSIDE, WINDOW, Book, Net, judge_it, pd, reference_of, verdicts
+from adversary_lab import HI, WINDOW, Book, judge_it, pd, reference_of, verdicts
 from beat_rpc import evidence as ev
 from benchmarks.pipeline import NEXT, OWN, build_frames
 from governance.interrogate import coverage_of
 from governance.verdicts import AMBIGUOUS, CONSISTENT, RING_SHORT
 from governance.verify import WITHHELD, check_answer
+from test_adversary import HOP, LONG, MID, PAPER, send
+from test_adversary import _lone_liar_withholding as _withholding_liar
 
-PAPER = Net((1, 2, 3), [(1, 2), (2, 3), (1, 4), (4, 3)])
-LONG = Net((1, 2, 3, 4), [(1, 2), (2, 3), (3, 4), (2, 5), (5, 4)])
-HOP = 300
 W_LO, W_HI = WINDOW
-MID = W_LO + 5 * HI
 LATE = W_HI + 50 * HI            # the device's clock when it answered: after the window
 THRESHOLD = 10 * HI              # its threshold time: LATE - 0 is far more, LATE - MID is not
 
@@ -54,16 +52,6 @@ def _old_coverage_of(cov):
     return dataclasses.replace(new, empty=cov.oldest_t_ns == 0, ring_short=short)
 
 
-def send(book, t, path, d, hide=(), hop=HOP, rec=None):
-    for k, x in enumerate(path):
-        p = path[k - 1] if k else OUTSIDE
-        q = path[k + 1] if k + 1 < len(path) else OUTSIDE
-        if x in hide:
-            continue
-        p, q = (rec or {}).get(x, (p, q))
-        book.of(x).add(t + k * hop, p, q, d)
-
-
 def flow(net, n, t0=MID, gap=3 * HI, **kw):
     book = Book()
     for i in range(n):
@@ -82,20 +70,6 @@ def check(net, book, window=WINDOW, f=1):
 def coverage_note(j, node):
     return any(n.startswith(f"node {node}:") and "at fault for its coverage" in n
                for n in j.notes)
-
-
-def _withholding_liar(coverage):
-    """LONG: r2 sends packets 0..3 to r5 instead of r3 and keeps no record of them; it keeps
-    (and gives) its records of packets 4..7, forwarded as agreed."""
-    book = Book()
-    for i in range(4):
-        send(book, MID + i * 3 * HI, (1, 2, 5, 4), pd(i), hide=(2,))
-    for i in range(4, 8):
-        send(book, MID + i * 3 * HI, (1, 2, 3, 4), pd(i))
-    for x in LONG.nodes:
-        book.of(x)
-    book[2].coverage = coverage
-    return book
 
 
 # == a lone liar signing the states the change made reachable ==================================
