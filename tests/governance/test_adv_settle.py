@@ -83,7 +83,7 @@ def _settled_too_early(takes, settle_ns):
     return bad
 
 
-def _out_of_order(seed, window_ns, skew_ns):
+def _out_of_order(seed, window_ns, skew_ns, lost=0.2):
     """Several capture workers feeding one pipeline: each worker's frames are in time order,
     but a worker's block reaches the pipeline up to skew_ns late; the committer advances the
     clock by wall time (minus a lag) between feeds, as Daemon.commit does."""
@@ -92,7 +92,11 @@ def _out_of_order(seed, window_ns, skew_ns):
     t = 10 * L
     for i in range(600):
         t += rnd.randrange(1, 30_000_000)
-        frames.append((t, i, rnd.choice((1, 2))))
+        frames.append((t, i, 1))                  # forwarded: joined, released at once ...
+        if rnd.random() >= lost:
+            frames.append((t + rnd.randrange(1, 2_000_000), i, 2))
+        else:                                     # ... or lost here: released after the window
+            frames.append((t + 1, 100_000 + i, 2))
     steps, arrivals = [], []
     for f in frames:
         arrivals.append((f[0] + rnd.randrange(0, skew_ns), f))
@@ -118,6 +122,9 @@ def test_out_of_order_workers_never_settle_an_epoch_before_its_receipts(impl, se
     takes = _run(impl, 50_000_000, _out_of_order(seed, 50_000_000, 10_000_000))
     assert any(rc for _, rc in takes)
     assert _settled_too_early(takes, SETTLE) == []
+    # the detector works: in-order traffic, nothing lost, under a 500 ms join window is caught
+    long = _run(impl, 500_000_000, _out_of_order(seed, 500_000_000, 1, lost=0.0))
+    assert _settled_too_early(long, SETTLE)
 
 
 @pytest.mark.parametrize("impl", _impls())
