@@ -12,7 +12,8 @@ The file is the governance configuration of ``beatctl interrogate`` (``[interrog
     unknown_breaks = false                      # an unknown epoch ends a streak (or is skipped)
     final_after_s = 10                          # an epoch not settled by then is unknown
     settle_ms = 200                             # anchors this far past an epoch's end hold all
-                                                # its receipts (>= beatd's join_window_ms)
+                                                # its receipts (>= beatd's join window + block
+                                                # timeout + commit interval: 110 ms by default)
     delay_sample_every_s = 60                   # a sampled interrogation this often ...
     delay_sample_window_s = 2                   # ... of a window this long ...
     delay_sample_lag_s = 5                      # ... ending this long ago (anchored by then)
