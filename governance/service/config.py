@@ -40,6 +40,7 @@ from beat_common.tomlfile import read_toml
 
 from ..interrogate import ConfigError, load_config
 from .access import load_http
+from .monitor import DEFAULT_SETTLE_NS
 
 __all__ = ["ServiceConfig", "load", "ConfigError"]
 
@@ -53,7 +54,7 @@ class ServiceConfig:
     consecutive: int = 3
     unknown_breaks: bool = False
     final_after_s: float = 10.0
-    settle_ms: float = 200.0
+    settle_ms: float = DEFAULT_SETTLE_NS / 1e6
     delay_sample_every_s: float = 60.0
     delay_sample_window_s: float = 2.0
     delay_sample_lag_s: float = 5.0

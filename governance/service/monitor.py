@@ -159,6 +159,12 @@ class Streak:
 DEFAULT_SETTLE_NS = 200_000_000
 
 
+def settled(anchored_until_ns, epoch_ns, epoch_len_ns, settle_ns):
+    """Whether a device whose anchors reach ``anchored_until_ns`` has stored every receipt of
+    the epoch starting at ``epoch_ns`` (see ``read_end``)."""
+    return anchored_until_ns >= epoch_ns + epoch_len_ns + settle_ns
+
+
 def read_end(receipts_check, overflow_check, role, epochs, epoch_len_ns, anchored_until_ns,
              late, problems_out, settle_ns=DEFAULT_SETTLE_NS):
     """``{epoch_ns: Reading}`` for ``epochs`` at one end, from the device's checked answers
@@ -219,7 +225,7 @@ def read_end(receipts_check, overflow_check, role, epochs, epoch_len_ns, anchore
             out[e] = Reading(COUNTED, rc.packets, rc.bytes, R=bytes(rc.R).hex())
         elif e in unproven:
             out[e] = Reading(PENDING, reason="its receipt is not anchored yet")
-        elif anchored_until_ns < e + epoch_len_ns + settle_ns:
+        elif not settled(anchored_until_ns, e, epoch_len_ns, settle_ns):
             out[e] = Reading(PENDING, reason="the device has not anchored past the epoch")
         elif e in overflow:
             out[e] = Reading(UNREACHABLE, reason="no receipt of the flow, and an overflow "

@@ -453,8 +453,8 @@ class Service:
         def anchored(n):
             a = view.anchors.get(n)
             return a.last_t_ns if a is not None else 0
-        if min(anchored(first), anchored(last)) < start + L + self.svc.settle_ns and \
-                now < start + L + final_ns:
+        if not monitor.settled(min(anchored(first), anchored(last)), start, L,
+                               self.svc.settle_ns) and now < start + L + final_ns:
             return []
         return list(range(start, min(last_closed, start + (MAX_EPOCHS_PER_ROUND - 1) * L) + 1,
                           L))
@@ -635,12 +635,10 @@ class Service:
                     self._submit(("sample", sla.sla_id), self._sample, sla)
         # the usual round: every evaluation done (and its disputes scheduled) when it returns
         concurrent.futures.wait([f for f in started if f is not None], timeout=ROUND_WAIT_S)
-        # the round's epochs saved once, then their disputes (evaluations still running save
-        # their own when they end)
+        # the round's epochs saved once, then their disputes (an evaluation still running saves
+        # its own when it ends with a dispute; without one, the next round saves it)
         changed, windows = batch.close()
-        if changed or self._unsaved.is_set():
-            self._unsaved.clear()
-            self.state.save()
+        self._save(changed)
         self._dispute(windows)
         self._dispute(self._undisputed())       # left by a stop or a crash before their job
         self._submit(("resume", 0), self.desk.resume)
@@ -670,11 +668,16 @@ class Service:
     def stop(self):
         self._stop.set()
 
-    def close(self):
-        self.watcher.stop()
-        if self._unsaved.is_set():
+    def _save(self, changed):
+        """The state saved when ``changed`` or an evaluation that ended after its round left it
+        unsaved."""
+        if changed or self._unsaved.is_set():
             self._unsaved.clear()
             self.state.save()
+
+    def close(self):
+        self.watcher.stop()
+        self._save(False)
         if self.http is not None:
             self.http.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
