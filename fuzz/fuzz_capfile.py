@@ -44,7 +44,10 @@ def _starts():
 
 
 STARTS = _starts()
-TMP = tempfile.mkdtemp(prefix="fuzz-capfile-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+# the input file's directory: BEAT_FUZZ_TMP (the test's own), else a new one (libFuzzer ends
+# the process with exit(): no Python clean-up runs, so a long run leaves it behind)
+TMP = os.environ.get("BEAT_FUZZ_TMP") or tempfile.mkdtemp(
+    prefix="fuzz-capfile-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
 PATH = os.path.join(TMP, "input.cap")
 
 
