@@ -69,6 +69,13 @@ def service_process(workdir):
                           [[r.epoch_ns, r.result, r.ingress, r.egress, r.loss_ppm] for r in out]])
         return out
     svc.evaluate_sla = observed
+    held = [0]                            # the rounds' device requests (one answer each)
+    real_hold = svc._hold
+
+    def counted_hold(*args, **kw):
+        held[0] += 1
+        return real_hold(*args, **kw)
+    svc._hold = counted_hold
     prof = _profile(svc, os.environ.get("BEAT_SERVICE_PROFILE"))
     signal.signal(signal.SIGTERM, lambda *_: svc.stop())
     cpu0 = time.process_time()
@@ -81,7 +88,7 @@ def service_process(workdir):
         tmp = os.path.join(workdir, "service-evals.json.tmp")
         with open(tmp, "w") as f:
             json.dump({"evals": evals, "cpu_start_s": cpu0, "cpu_end_s": time.process_time(),
-                       "rounds": svc.rounds, "refused": sum(svc.counters.refused.values()),
+                       "rounds": svc.rounds, "device_requests": held[0], "refused": sum(svc.counters.refused.values()),
                        "fetch_errors": sum(svc.counters.fetch_errors.values()),
                        "disputes": len(snap["disputes"])}, f)
         os.replace(tmp, os.path.join(workdir, "service-evals.json"))
@@ -174,9 +181,32 @@ def _pct(xs, q):
     return xs[min(len(xs) - 1, max(0, int(round(q * len(xs) + 0.5)) - 1))]
 
 
+def prefill(state_dir, p, epochs, before_ns):
+    """The service's history as after ``epochs`` epochs of every SLA (its steady state: the
+    series and counted receipts ``series_epochs`` deep), the newest ending before ``before_ns``;
+    the state file itself is left to the service (its first start)."""
+    from governance.service.state import State
+    from governance.service.monitor import EpochResult
+    st = State(state_dir)
+    st.keep(epochs, L)
+    first = (before_ns // L) * L - epochs * L
+    R = bytes(range(32)).hex()
+    try:
+        for i in range(epochs):
+            e = first + i * L
+            for sla in range(1, p["slas"] + 1):
+                route = p["routes"][str(sla)]
+                st.record(sla, EpochResult(e, "ok", p["packets"], p["packets"], 0, 0, 1).to_dict(),
+                          [(route[0], 1, e, R), (route[-1], 2, e, R)])
+            st.history.write(st._results, st._counted)
+            st._results, st._counted = [], []
+    finally:
+        st.close()
+
+
 def run(slas=1000, routers=100, route_len=4, packets=10, epochs=30, warmup=5, device_procs=2,
         poll_s=0.5, drops=None, consecutive=3, workdir=None, keep=False, service_cpus=None,
-        device_cpus=None, settle_s=6.0, log=print):
+        device_cpus=None, settle_s=6.0, history_epochs=0, log=print):
     """Builds the domain, runs devices and service, returns the measurements (a dict)."""
     own = workdir is None
     if own:
@@ -190,6 +220,11 @@ def run(slas=1000, routers=100, route_len=4, packets=10, epochs=30, warmup=5, de
         dom.build(workdir, p)
         log(f"domain built in {time.monotonic() - t0:.1f} s: {slas} SLAs over {routers} routers "
             f"(routes of {route_len}), {packets} packets per SLA per epoch, in {workdir}")
+        if history_epochs:
+            t0 = time.monotonic()
+            prefill(os.path.join(workdir, "state"), p, history_epochs, time.time_ns() - 60 * L)
+            log(f"history prefilled in {time.monotonic() - t0:.1f} s: {history_epochs} epochs "
+                f"of every SLA (the service's steady state)")
         devs = [_spawn(["-m", "benchmarks.service_domain", workdir, str(i), str(device_procs)],
                        os.path.join(workdir, f"devices-{i}.log"), device_cpus)
                 for i in range(device_procs)]
@@ -210,7 +245,8 @@ def run(slas=1000, routers=100, route_len=4, packets=10, epochs=30, warmup=5, de
         dom.governance_config(workdir, ports, {
             "state_dir": os.path.join(workdir, "state"), "listen": "127.0.0.1:0",
             "poll_s": poll_s, "consecutive": consecutive, "delay_sample_every_s": 0,
-            "log_format": "json"})
+            "log_format": "json", "series_epochs": max(history_epochs, 1) if history_epochs
+            else 600})
         svc = _spawn(["-m", "benchmarks.service", "--service-process", workdir],
                      os.path.join(workdir, "service.log"), service_cpus)
         procs.append(svc)
@@ -285,7 +321,7 @@ def analyse(p, ev, anchors, started, warmup, epochs, dev_cpu, workdir, settle_s)
         sla_epochs_evaluated=sum(len(x[3]) for x in evs), service_cpu_s=ev["cpu_end_s"] - ev["cpu_start_s"],
         devices_cpu_s=dev_cpu, unevaluated=unevaluated, unknown=unknown,
         refused=ev["refused"], fetch_errors=ev["fetch_errors"], disputes=ev["disputes"],
-        rounds=ev["rounds"], results={e: results.get(e, {}) for e in measured}, workdir=workdir)
+        rounds=ev["rounds"], device_requests=ev.get("device_requests"), results={e: results.get(e, {}) for e in measured}, workdir=workdir)
 
 
 def main(argv=None):
@@ -299,6 +335,9 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=5, help="epochs not measured at the start")
     ap.add_argument("--device-procs", type=int, default=2, help="processes serving the routers")
     ap.add_argument("--poll-s", type=float, default=0.5, help="the service's [service] poll_s")
+    ap.add_argument("--history-epochs", type=int, default=600,
+                    help="epochs of history every SLA has before the run (the service's "
+                         "series_epochs: its steady state; 0 for a new service)")
     ap.add_argument("--service-cpus", default=None, help="taskset CPU list for the service")
     ap.add_argument("--device-cpus", default=None, help="taskset CPU list for the devices")
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
@@ -310,7 +349,8 @@ def main(argv=None):
         return service_process(args.service_process)
     r = run(args.slas, args.routers, args.route_len, args.packets, args.epochs, args.warmup,
             args.device_procs, args.poll_s, workdir=args.dir, keep=args.keep,
-            service_cpus=args.service_cpus, device_cpus=args.device_cpus)
+            service_cpus=args.service_cpus, device_cpus=args.device_cpus,
+            history_epochs=args.history_epochs)
     print(f"{'epoch':>20} {'anchors landed':>15} {'evaluated':>10} {'latency s':>10} "
           f"{'uneval':>6} {'unknown':>7}")
     for row in r["rows"]:
@@ -330,6 +370,7 @@ def main(argv=None):
           f"(its process, every thread, over the measured epochs); per SLA-epoch evaluated "
           f"({r['sla_epochs_evaluated']} in all): {'-' if cpe is None else f'{cpe:.0f}'} us; "
           f"devices' CPU {r['devices_cpu_s']:.1f} s in all")
+    print(f"rounds {r['rounds']}, device requests {r['device_requests']} (in the whole run)")
     print(f"epochs unevaluated {r['unevaluated']}, unknown {r['unknown']} (SLA-epochs); "
           f"receipts refused {r['refused']}, device errors {r['fetch_errors']}")
     result = dict(benchmark="service", when=datetime.datetime.now(datetime.timezone.utc).isoformat(),

@@ -256,7 +256,7 @@ class App:
                   "consecutive": self.service.svc.consecutive},
                "delay": st.get("last_delay")}
         if series:
-            out["series"] = st.get("series", [])
+            out["series"] = self.service.state.series(sla.sla_id)
         return out
 
     def slas(self):

@@ -66,4 +66,5 @@ def run(args, open_ledger, gov_key, UsageError):
             service.loop()
         finally:
             service.close()
+            state.close()
     return 0

@@ -46,12 +46,8 @@ class ServiceCollector:
         equiv = _counter("beat_gov_equivocations_total", "receipts a device gave the "
                          "interrogation that differ from those it gave the monitor", ["sla"])
         for sid, st in sorted(snap["slas"].items()):
-            results = {}
-            for r in st["series"]:
-                results[r["result"]] = results.get(r["result"], 0) + 1
-            last = next((r for r in reversed(st["series"]) if r["loss_ppm"] is not None), None)
-            if last is not None:
-                loss.add_metric([sid], last["loss_ppm"])
+            if st.get("last_loss_ppm") is not None:
+                loss.add_metric([sid], st["last_loss_ppm"])
             s = st.get("last_delay")
             if s:
                 for q in ("p50", "p99", "max"):
@@ -62,8 +58,8 @@ class ServiceCollector:
                         if h.get(f"{q}_us") is not None:
                             hop.add_metric([sid, f"{h['prev_id']}-{h['next_id']}", q],
                                            h[f"{q}_us"])
-            # the totals by result over the life of the state (series is only the recent part)
-            by = st.get("by_result") or results
+            # the totals by result over the life of the state (the series is only the recent part)
+            by = st.get("by_result") or {}
             for res in ("ok", "violation", "unknown", "idle"):
                 epochs.add_metric([sid, res], by.get(res, 0))
             viol.add_metric([sid], st["violations"])

@@ -56,8 +56,7 @@ class Counters:
         per node, role and epoch, kept in the state): another R is reported, never counted; so is
         a receipt the monitor counted of an epoch wholly inside the interrogation's window
         (``it.manifest``) that the device, answering, left out of its answer (omission)."""
-        with self.state.lock:
-            counted = dict(self.state.data["counted"].get(str(sla_id), {}))
+        counted = self.state.counted(sla_id)
         window = (getattr(it, "manifest", None) or {}).get("window")
         L = getattr(self, "epoch_ns", None)
         found = 0
@@ -234,6 +233,7 @@ class Service:
         self.watcher = Watcher(ledger, svc_cfg.poll_s, lock=self.ledger_lock)
         self.counters = Counters(state)
         self.counters.epoch_ns = svc_cfg.epoch_ns      # the omission check's epochs
+        state.keep(svc_cfg.series_epochs, svc_cfg.epoch_ns)
         self.desk = DisputeDesk(ledger, self.ledger_lock, state, gov_cfg, svc_cfg, signer,
                                 self.counters)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2,
@@ -519,18 +519,11 @@ class Service:
                        reasons="; ".join(r.reasons)[:300])
         else:
             st["unknown_run"] = 0
-        d = r.to_dict()
-        st["series"].append(d)
-        del st["series"][:-self.svc.series_epochs]
-        counted = self.state.data["counted"].setdefault(str(sla_id), {})
-        for node, role, rd in ((first, INGRESS, a), (last, EGRESS, b)):
-            if rd.R:
-                mine = counted.setdefault(str(node), {})
-                mine[f"{role}:{r.epoch_ns}"] = rd.R
-                if len(mine) > 2 * self.svc.series_epochs:
-                    for k in sorted(mine, key=lambda k: int(k.split(":")[1]))[:len(mine) -
-                                                                                  self.svc.series_epochs]:
-                        del mine[k]
+        if r.loss_ppm is not None:
+            st["last_loss_ppm"] = r.loss_ppm
+        self.state.record(sla_id, r.to_dict(),
+                          [(node, role, r.epoch_ns, rd.R) for node, role, rd in
+                           ((first, INGRESS, a), (last, EGRESS, b)) if rd.R])
         if r.result in (monitor.VIOLATION, UNKNOWN):
             _event(logging.INFO if r.result == UNKNOWN else logging.WARNING,
                    f"epoch {r.result}", sla=sla_id, epoch_ns=r.epoch_ns, ingress=r.ingress,

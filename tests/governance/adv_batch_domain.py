@@ -132,7 +132,7 @@ def run_rounds(svc, until, timeout=60):
 
 
 def results(svc, sla_id):
-    return {r["epoch_ns"]: r for r in svc.state.snapshot()["slas"][str(sla_id)]["series"]}
+    return {r["epoch_ns"]: r for r in svc.state.snapshot(series=True)["slas"][str(sla_id)]["series"]}
 
 
 def evaluated(svc, epoch, slas=(1, 2, 3)):

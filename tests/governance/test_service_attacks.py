@@ -489,7 +489,7 @@ def test_answers_after_an_epoch_was_evaluated_do_not_reopen_it(tmp_path, stop_af
     try:
         last = epochs_of(*d.after)[-1]
         run_rounds(svc, lambda: last in results(svc))
-        before = svc.state.snapshot()["slas"]["1"]
+        before = svc.state.snapshot(series=True)["slas"]["1"]
         from beatd.interrogation import InterrogationServer
         d.servers[3] = InterrogationServer(
             d.stores[3], d.keys[3], ca=d.pki / "ca.crt", cert=d.pki / "device-3.crt",
@@ -500,7 +500,7 @@ def test_answers_after_an_epoch_was_evaluated_do_not_reopen_it(tmp_path, stop_af
             svc.round()
             for f in list(svc._jobs.values()):
                 f.result(timeout=60)
-        after = svc.state.snapshot()["slas"]["1"]
+        after = svc.state.snapshot(series=True)["slas"]["1"]
         assert after["series"][:len(before["series"])] == before["series"]
         assert after["epochs_evaluated"] >= before["epochs_evaluated"]
         assert all(r["result"] == "unknown" for r in before["series"]
@@ -568,7 +568,7 @@ def test_a_device_that_hangs_does_not_hold_up_the_other_slas(tmp_path, stop_afte
         start = time.monotonic()
 
         def sla2_done():
-            s = svc.state.snapshot()["slas"].get("2")
+            s = svc.state.snapshot(series=True)["slas"].get("2")
             return s is not None and any(r["epoch_ns"] == last for r in s["series"])
         while time.monotonic() - start < 6 and not sla2_done():
             time.sleep(0.1)

@@ -156,7 +156,7 @@ def test_batched_and_per_flow_readings_are_the_same(domain, tmp_path, monkeypatc
 
 def _series(svc, sla_id):
     return [(r["epoch_ns"], r["result"], r["ingress"], r["egress"], r["loss_ppm"])
-            for r in svc.state.snapshot()["slas"][str(sla_id)]["series"]]
+            for r in svc.state.snapshot(series=True)["slas"][str(sla_id)]["series"]]
 
 
 def test_a_batched_service_and_a_per_flow_service_evaluate_alike(domain, tmp_path):

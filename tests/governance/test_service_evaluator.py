@@ -237,7 +237,9 @@ def test_a_receipt_other_than_the_one_counted_is_an_equivocation(tmp_path):
 
     st = State(str(tmp_path / "s"))
     st.sla(1)
-    st.data["counted"] = {"1": {"3": {f"2:{5 * L}": "aa" * 32, f"2:{6 * L}": "bb" * 32}}}
+    st.record(1, {"epoch_ns": 5 * L, "result": "ok"}, [(3, 2, 5 * L, "aa" * 32)])
+    st.record(1, {"epoch_ns": 6 * L, "result": "ok"}, [(3, 2, 6 * L, "bb" * 32)])
+    st.save()
     c = Counters(st)
     same = Rc(5 * L, 2, 10, bytes.fromhex("aa" * 32))
     other = Rc(6 * L, 2, 10, bytes.fromhex("cc" * 32))

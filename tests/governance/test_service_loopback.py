@@ -92,7 +92,7 @@ def run_rounds(svc, until, timeout=60):
 
 
 def results(svc):
-    return {r["epoch_ns"]: r for r in svc.state.snapshot()["slas"]["1"]["series"]}
+    return {r["epoch_ns"]: r for r in svc.state.snapshot(series=True)["slas"]["1"]["series"]}
 
 
 def epochs_of(lo, hi):
@@ -256,11 +256,8 @@ def _serve(domain, cfg, crash=None):
 
 
 def _state(tmp):
-    try:
-        with open(tmp / "state" / "state.json") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    from governance.service.state import read
+    return read(str(tmp / "state"))
 
 
 def _wait(pred, timeout=60):

@@ -141,7 +141,7 @@ def test_page_shows_the_slas_routers_and_the_dispute_with_its_report(domain, ser
         wait(lambda: filed(svc), 120, "the dispute filed")
         last = epochs_of(*domain.after)[-1]
         wait(lambda: any(r["epoch_ns"] == last for r in
-                         svc.state.snapshot()["slas"]["1"]["series"]), 60, "every epoch read")
+                         svc.state.snapshot(series=True)["slas"]["1"]["series"]), 60, "every epoch read")
         # the page updates by itself (no reload): the dispute, its verdict, its report
         did = filed(svc)[0]["dispute_id"]
         card = f'.dispute[data-dispute="{did}"]'

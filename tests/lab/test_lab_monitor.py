@@ -115,11 +115,8 @@ log_format = "text"
                                      stderr=subprocess.STDOUT)
 
     def state(self):
-        try:
-            with open(self.state_dir / "state.json") as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
+        from governance.service.state import read
+        return read(str(self.state_dir)) or {}
 
     def sla(self):
         return self.state().get("slas", {}).get("1", {})
