@@ -6,7 +6,7 @@ The file is the governance configuration of ``beatctl interrogate`` (``[interrog
     [service]
     state_dir = "/var/lib/beat-governance/m1"   # its own state (state.json, evidence archives)
     listen = "127.0.0.1:9480"                   # metrics and the JSON API: loopback only
-    poll_s = 1.0                                # the ledger is read this often
+    poll_s = 0.5                                # the ledger is read this often
     receipt_epoch_ms = 1000                     # the domain's receipt epoch (beatd's)
     consecutive = 3                             # n: violating epochs in a row open a dispute
     unknown_breaks = false                      # an unknown epoch ends a streak (or is skipped)
@@ -49,7 +49,7 @@ __all__ = ["ServiceConfig", "load", "ConfigError"]
 class ServiceConfig:
     state_dir: str
     listen: str = "127.0.0.1:9480"
-    poll_s: float = 1.0
+    poll_s: float = 0.5
     receipt_epoch_ms: int = 1000
     consecutive: int = 3
     unknown_breaks: bool = False

@@ -245,6 +245,7 @@ class Service:
         self._jobs_lock = threading.Lock()
         self._stop = threading.Event()
         self._unsaved = threading.Event()       # evaluations that ended after their round
+        self._asked = {}              # sla -> (start, batch_seq first, last): its last ask (_due)
         self.rounds = 0
         self.http = None
 
@@ -398,6 +399,7 @@ class Service:
         final_ns = int(self.svc.final_after_s * 1e9)
         if shared is None:
             shared = RoundReads(self.ledger)
+        self._asked[sla.sla_id] = self._asking(sla, view, start)
         ing = self.read_end(sla, first, INGRESS, epochs, view, shared)
         egr = self.read_end(sla, last, EGRESS, epochs, view, shared)
         delay = self._delay_for(sla.sla_id)
@@ -447,17 +449,28 @@ class Service:
         last_closed = min((now // L) * L - L, (sla.valid_to_ns // L) * L)
         if start > last_closed:
             return []
-        first, last = sla.route[0], sla.route[-1]
         final_ns = int(self.svc.final_after_s * 1e9)
-
-        def anchored(n):
-            a = view.anchors.get(n)
-            return a.last_t_ns if a is not None else 0
-        if not monitor.settled(min(anchored(first), anchored(last)), start, L,
-                               self.svc.settle_ns) and now < start + L + final_ns:
-            return []
+        until = min(a.last_t_ns if a is not None else 0 for a in self._ends(sla, view))
+        if not monitor.settled(until, start, L, self.svc.settle_ns) and \
+                now < start + L + final_ns:
+            # not settled: asked once for every new pair of anchors at the two ends that may
+            # hold ``start``'s receipts (their span reaches it). An anchored receipt is final
+            # (a second one for the epoch is refused), so an epoch whose receipts both ends
+            # hold is counted as soon as they land; an epoch without one stays pending until
+            # it settles.
+            if until < start or self._asked.get(sla.sla_id) == self._asking(sla, view, start):
+                return []
         return list(range(start, min(last_closed, start + (MAX_EPOCHS_PER_ROUND - 1) * L) + 1,
                           L))
+
+    @staticmethod
+    def _ends(sla, view):
+        return view.anchors.get(sla.route[0]), view.anchors.get(sla.route[-1])
+
+    def _asking(self, sla, view, start):
+        """What an unsettled ask of ``sla`` from ``start`` saw: the epoch and the newest
+        batch of each end (not asked again until one of them changes)."""
+        return (start,) + tuple(getattr(a, "batch_seq", -1) for a in self._ends(sla, view))
 
     def _plan(self, slas, view, now):
         """The round's receipts requests (``plan_requests``): for every SLA with epochs due,
