@@ -31,6 +31,27 @@ class Node:
                              f"Ed25519 key (32 bytes), got {len(self.operator)} bytes")
 
 
+class Terms(dict):
+    """An SLA's QM-SLA terms (name -> integer), read-only as the SLA itself: a ledger hands the
+    same decoded SLA to every caller (LocalLedger's cache), so an edit by one would change the
+    others' SLA. Edits raise TypeError; copies are the object itself."""
+
+    def _read_only(self, *args, **kw):
+        raise TypeError("an SLA's qm_terms are read-only (make a new SLA with other terms)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = \
+        _read_only
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        return (Terms, (dict(self),))
+
+
 @dataclasses.dataclass(frozen=True)
 class SLA:
     sla_id: int
@@ -56,6 +77,7 @@ class SLA:
         if self.valid_from_ns > self.valid_to_ns:
             raise ValueError(f"sla {self.sla_id}: valid_from_ns after valid_to_ns")
         object.__setattr__(self, "route", tuple(self.route))
+        object.__setattr__(self, "qm_terms", Terms(self.qm_terms))
 
     def qm_json(self):
         """QM-SLA terms in their canonical form (sorted keys, no spaces)."""

@@ -248,14 +248,27 @@ def test_a_changed_sla_entry_comes_back_changed(tmp_path):
         led.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HOLE (latent): the cache hands every caller the same SLA object, and SLA.qm_terms is a "
-    "plain dict inside a frozen dataclass: a caller that edits it changes what slas() returns "
-    "for an unchanged entry (before, each call decoded a fresh SLA). No caller edits it today."))
 def test_an_sla_edited_by_a_caller_does_not_change_the_ledgers_answer(tmp_path):
+    """The cache hands every caller the same SLA object: its qm_terms (a dict inside a frozen
+    dataclass, once) refuse an edit, so no caller changes another's SLA (was a strict xfail:
+    the edit went through)."""
+    import copy
+    import pickle
+
     led = _ledger(tmp_path)
     try:
-        led.slas()[0].qm_terms["a"] = 999
+        terms = led.slas()[0].qm_terms
+        for edit in (lambda t: t.__setitem__("a", 999), lambda t: t.update(a=999),
+                     lambda t: t.pop("a"), lambda t: t.setdefault("b", 2), lambda t: t.clear(),
+                     lambda t: t.__delitem__("a"), lambda t: t.popitem()):
+            with pytest.raises(TypeError, match="read-only"):
+                edit(terms)
+        assert led.slas()[0].qm_terms == {"a": 1}
+        # what callers do with terms still works: JSON, copies, pickling, a new dict
+        assert led.slas()[0].qm_json() == '{"a":1}'
+        assert copy.deepcopy(terms) == pickle.loads(pickle.dumps(terms)) == dict(terms)
+        mine = dict(terms)
+        mine["a"] = 2
         assert led.slas()[0].qm_terms == {"a": 1}
     finally:
         led.close()
