@@ -16,6 +16,7 @@ import socket
 import socketserver
 import threading
 import time
+import urllib.parse
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -28,6 +29,7 @@ __all__ = ["HttpServer", "App", "MAX_CONCURRENT"]
 
 log = logging.getLogger("beatd.governance.api")
 MAX_CONCURRENT = 16
+LIST_SERIES_EPOCHS = 120     # the series' last epochs in /api/v1/slas (?series=N for others)
 MAX_CONNECTIONS = 64
 MAX_IDLE_CONNECTIONS = 32          # of those, still to send their request line and headers
 TIMEOUT_S = 10.0
@@ -162,12 +164,16 @@ class App:
         with self.service.counters.lock:
             self.service.counters.api_refused += 1
 
-    def _answer(self, start, path, scope, kind, fn, *args, send=None):
+    def _answer(self, start, path, scope, kind, fn, *args, send=None, series=None):
         """``fn(*args)`` as the client's scope lets it see it: 404 when there is nothing (or
         nothing it may see), 500 when a report cannot be read, else sent (JSON unless
-        ``send(out)`` gives the content type and body)."""
+        ``send(out)`` gives the content type and body). SLAs get their ``series`` (the last
+        ``series`` epochs) once cut to the client's view: a tenant's request reads its own."""
         try:
             out = scope.restrict(kind, fn(*args))
+            if out is not None and kind in ("sla", "slas"):
+                for o in (out if kind == "slas" else [out]):
+                    o["series"] = self.service.state.series(o["sla_id"], series)
         except page.ReportError as exc:
             log.error("report unavailable: %s", exc)
             return self._refuse(start, "500 Internal Server Error",
@@ -232,7 +238,12 @@ class App:
             for rx, fn, kind in self.routes:
                 m = rx.match(path)
                 if m:
-                    return self._answer(start, path, scope, kind, fn, *m.groups())
+                    try:
+                        series = self._series_limit(environ.get("QUERY_STRING", ""), kind)
+                    except ValueError as exc:
+                        return self._refuse(start, "400 Bad Request", f"{path}: {exc}")
+                    return self._answer(start, path, scope, kind, fn, *m.groups(),
+                                        series=series)
             return self._refuse(start, "404 Not Found", f"{path}: not found (see "
                                 "docs/governance-service.md)")
         finally:
@@ -242,7 +253,23 @@ class App:
     def _view(self):
         return self.service.watcher.view
 
-    def _sla_json(self, sla, st, series=True):
+    def _series_limit(self, query, kind):
+        """The series' epochs an SLA answer holds: ``?series=N`` (0 to ``series_epochs``), else
+        ``LIST_SERIES_EPOCHS`` for the list (1,000 SLAs' whole series are ~100 MB of JSON and
+        seconds of the service's CPU, every page refresh) and all for one SLA."""
+        got = urllib.parse.parse_qs(query).get("series")
+        if got is None:
+            return LIST_SERIES_EPOCHS if kind == "slas" else None
+        try:
+            n = int(got[-1])
+        except ValueError:
+            n = -1
+        if not 0 <= n <= self.service.svc.series_epochs:
+            raise ValueError(f"series={got[-1]!r}: an integer from 0 to series_epochs "
+                             f"({self.service.svc.series_epochs})")
+        return n
+
+    def _sla_json(self, sla, st):
         out = {"sla_id": sla.sla_id, "tenant": sla.tenant, "src": _addr(sla.src),
                "dst": _addr(sla.dst), "route": list(sla.route),
                "terms": {"max_loss_ppm": sla.max_loss_ppm, "max_delay_us": sla.max_delay_us,
@@ -255,8 +282,6 @@ class App:
                | {"streak": list(st.get("streak", ())),
                   "consecutive": self.service.svc.consecutive},
                "delay": st.get("last_delay")}
-        if series:
-            out["series"] = self.service.state.series(sla.sla_id)
         return out
 
     def slas(self):
@@ -264,7 +289,7 @@ class App:
         if view is None:
             return []
         snap = self.service.state.snapshot()["slas"]
-        return [self._sla_json(s, snap.get(str(s.sla_id), {}), series=True)
+        return [self._sla_json(s, snap.get(str(s.sla_id), {}))
                 for _, s in sorted(view.slas.items())]
 
     def sla(self, sid):

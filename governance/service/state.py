@@ -98,7 +98,7 @@ class State:
             by.update((d["epoch_ns"], d) for d in mine)
             out = [by[e] for e in sorted(by)]
             if limit is not None:
-                out = out[-limit:]
+                out = out[-limit:] if limit > 0 else []
         return out
 
     def counted(self, sla_id):

@@ -147,3 +147,55 @@ def test_a_history_that_is_not_lmdb_is_refused_with_its_path(tmp_path):
     (d / "history.mdb").write_bytes(b"not an lmdb file at all" * 100)
     with pytest.raises(ValueError, match="history.mdb: the service's history cannot be opened"):
         State(str(d))
+
+
+def test_the_api_lists_the_last_epochs_and_a_tenant_reads_only_its_own(tmp_path):
+    """/api/v1/slas: each SLA's last LIST_SERIES_EPOCHS epochs (the whole series of 1,000 SLAs
+    is ~100 MB of JSON every page refresh); a tenant's request reads its own SLAs' series only."""
+    from types import SimpleNamespace
+
+    from governance.service import access
+    from governance.service.api import LIST_SERIES_EPOCHS, App
+    from ledger_client.types import SLA
+
+    st = State(str(tmp_path / "s"))
+    st.keep(600, L)
+    for sla in (1, 2):
+        for e in range(1, LIST_SERIES_EPOCHS + 31):
+            st.record(sla, _result(e * L))
+    st.save()
+    slas = {i: SLA(i, f"t{i}", bytes(16), bytes(15) + bytes([i]), (1, 2)) for i in (1, 2)}
+    reads = []
+    real = st.series
+    st.series = lambda sid, limit=None: reads.append(int(sid)) or real(sid, limit)
+    svc = SimpleNamespace(state=st, svc=SimpleNamespace(series_epochs=600, epoch_ns=L,
+                                                        consecutive=3),
+                          watcher=SimpleNamespace(view=SimpleNamespace(slas=slas)),
+                          counters=SimpleNamespace(lock=__import__("threading").Lock(),
+                                                   api_refused=0))
+
+    def get(app, path):
+        out = {}
+        body = app({"REQUEST_METHOD": "GET", "PATH_INFO": path.split("?")[0],
+                    "QUERY_STRING": path.partition("?")[2]},
+                   lambda status, headers: out.setdefault("status", status))
+        return out["status"], json.loads(b"".join(body))
+
+    app = App(svc, http=None)
+    status, got = get(app, "/api/v1/slas")
+    assert status.startswith("200")
+    assert [len(s["series"]) for s in got] == [LIST_SERIES_EPOCHS] * 2
+    assert got[0]["series"][-1]["epoch_ns"] == (LIST_SERIES_EPOCHS + 30) * L
+    assert len(get(app, "/api/v1/slas/2")[1]["series"]) == LIST_SERIES_EPOCHS + 30
+    # a tenant: its SLA's series read, the other's not even read
+    tenant = App(svc, http=SimpleNamespace(clients=[]))
+    reads.clear()
+    import governance.service.access as acc
+    real_identify = acc.identify
+    acc.identify = lambda cfg, der: access.Client("t2's client", "t2")
+    try:
+        status, got = get(tenant, "/api/v1/slas")
+    finally:
+        acc.identify = real_identify
+    assert [s["sla_id"] for s in got] == [2] and reads == [2]
+    st.close()

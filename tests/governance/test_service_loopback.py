@@ -135,6 +135,17 @@ def test_violation_opens_one_dispute_and_files_the_interrogations_decision(domai
         assert slas[0]["sla_id"] == 1 and slas[0]["route"] == [1, 2, 3]
         assert slas[0]["monitor"]["disputes_opened"] == 1
         assert {r["result"] for r in slas[0]["series"]} >= {"ok", "violation"}
+        # the series from the history: all of it for one SLA, the last N when asked
+        whole = svc.state.series(1)
+        one = json.load(urllib.request.urlopen(base + "/api/v1/slas/1"))
+        assert one["series"] == whole and len(whole) == one["monitor"]["epochs_evaluated"]
+        last3 = json.load(urllib.request.urlopen(base + "/api/v1/slas?series=3"))[0]["series"]
+        assert last3 == whole[-3:] and len(last3) == 3
+        assert json.load(urllib.request.urlopen(base + "/api/v1/slas/1?series=0"))["series"] == []
+        for bad_q in ("-1", "x", str(svc.svc.series_epochs + 1)):
+            with pytest.raises(urllib.error.HTTPError) as exc:
+                urllib.request.urlopen(base + f"/api/v1/slas/1?series={bad_q}")
+            assert exc.value.code == 400
         ds = json.load(urllib.request.urlopen(base + "/api/v1/disputes"))
         assert ds[0]["steps"] == ["opened", "evidence", "decided"]
         assert ds[0]["service"]["report"]["faulty"] == [2]
