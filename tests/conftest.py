@@ -207,3 +207,16 @@ def _ledger_host_clock(request, monkeypatch):
     mark = request.node.get_closest_marker("ledger_host_clock")
     if mark is not None:
         monkeypatch.setenv("BEAT_LEDGER_HOST_CLOCK", str(mark.args[0]))
+
+
+@pytest.fixture(autouse=True)
+def _beatd_logger_restored():
+    """The ``beatd`` logger as it was before the test: a test that runs a command in-process
+    (``beatd.logs.setup``: its own handler, no propagation) must not hide the next module's
+    records from ``caplog`` (tests/daemon failed after tests/governance in one process)."""
+    import logging
+    log = logging.getLogger("beatd")
+    saved = (list(log.handlers), log.propagate, log.level)
+    yield
+    log.handlers[:] = saved[0]
+    log.propagate, log.level = saved[1], saved[2]

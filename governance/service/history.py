@@ -56,20 +56,22 @@ class History:
         self._closed = False
 
     # -- writing -------------------------------------------------------------------------------
-    def write(self, results, counted):
+    def write(self, results, counted, keep=None):
         """``results``: ``[(sla_id, result_dict)]``; ``counted``: ``[(sla_id, node, role,
-        epoch_ns, R hex)]``. One transaction; the old records of their SLAs pruned."""
+        epoch_ns, R hex)]``. One transaction; the old records of their SLAs pruned, except the
+        counted receipts of the windows in ``keep`` (``{sla_id: [(from_ns, to_ns)]}``: those
+        still to be interrogated, whose receipts the interrogation's are compared with)."""
         if not results and not counted:
             return
         while True:
             try:
                 with self.env.begin(write=True) as txn:
-                    self._write(txn, results, counted)
+                    self._write(txn, results, counted, keep or {})
                 return
             except lmdb.MapFullError:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
 
-    def _write(self, txn, results, counted):
+    def _write(self, txn, results, counted, keep):
         newest = {}
         for sla, d in results:
             e = int(d["epoch_ns"])
@@ -87,25 +89,32 @@ class History:
             floor = e - span
             if floor <= 0:
                 continue
-            self._prune(cur, b"s" + _SLA.pack(sla), floor, 8)
+            self._prune(cur, b"s" + _SLA.pack(sla), floor)
+            # an epoch meets a window [from, to] when from - epoch_ns < epoch <= to
+            spared = [(f - self.epoch_ns, t) for f, t in keep.get(sla, ())]
             for node in nodes.get(sla, ()):
                 for role in (1, 2):
                     self._prune(cur, b"c" + _SLA.pack(sla) + _SLA.pack(node) + bytes([role]),
-                                floor, 8)
+                                floor, spared)
 
     @staticmethod
-    def _prune(cur, prefix, floor, width):
-        """Deletes the keys ``prefix + epoch`` with epoch <= ``floor``."""
+    def _prune(cur, prefix, floor, spared=()):
+        """Deletes the keys ``prefix + epoch`` with epoch <= ``floor``, but those with an epoch
+        in one of the ``spared`` intervals ``(lo, hi]``."""
         if not cur.set_range(prefix):
             return
         n = len(prefix)
         while True:
             k = cur.key()
-            if k[:n] != prefix or len(k) != n + width:
+            if k[:n] != prefix or len(k) != n + 8:
                 return
-            if int.from_bytes(k[n:], "big") > floor:
+            e = int.from_bytes(k[n:], "big")
+            if e > floor:
                 return
-            if not cur.delete():
+            if any(lo < e <= hi for lo, hi in spared):
+                if not cur.next():
+                    return
+            elif not cur.delete():
                 return
 
     # -- reading -------------------------------------------------------------------------------

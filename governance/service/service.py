@@ -83,7 +83,8 @@ class Counters:
                            role=role, monitor_R=R)
         if found:
             with self.state.lock:
-                self.state.sla(sla_id)["equivocations"] += found
+                st = self.state.sla(sla_id)
+                st["equivocations"] = st.get("equivocations", 0) + found
                 self.state.save()
         return found
 

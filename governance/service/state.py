@@ -31,6 +31,7 @@ from .history import History, path_in
 __all__ = ["State", "dispute_key", "read"]
 
 FORMAT = "beat-governance-service-state-v1"
+FINISHED = ("filed", "not_judgeable")          # a dispute entry's states with nothing to come
 
 
 def dispute_key(sla_id, from_ns, to_ns):
@@ -122,7 +123,8 @@ class State:
     def save(self):
         with self.lock:
             if self._results or self._counted:
-                self.history.write(self._results, self._counted)     # first: see the module doc
+                # first: see the module doc
+                self.history.write(self._results, self._counted, self.unfinished_windows())
                 self._results, self._counted = [], []
             text = json.dumps(self.data, sort_keys=True, separators=(",", ":"))
             tmp = self.path + ".tmp"
@@ -136,6 +138,24 @@ class State:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def unfinished_windows(self):
+        """``{sla_id: [(from_ns, to_ns)]}``: the windows still to be interrogated (disputes not
+        filed, queued and undisputed windows), whose counted receipts the history keeps past
+        ``series_epochs``: an interrogation held up (a device of the route unreachable) still
+        finds a device's other receipt an equivocation."""
+        out = {}
+        with self.lock:
+            for d in self.data["disputes"].values():
+                if d.get("state") not in FINISHED:
+                    out.setdefault(int(d["sla_id"]), []).append((d["from_ns"], d["to_ns"]))
+            for sid, st in self.data["slas"].items():
+                for w in st.get("undisputed", ()):
+                    out.setdefault(int(sid), []).append((w[0], w[1]))
+                q = st.get("queued")
+                if q:
+                    out.setdefault(int(sid), []).append((q["from_ns"], q["to_ns"]))
+        return out
 
     def snapshot(self, series=False):
         """A copy of the state; with ``series``, each SLA's ``series`` and the ``counted``

@@ -274,18 +274,11 @@ def test_two_states_of_one_directory_in_one_process_do_not_close_each_other(tmp_
     svc_state.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HOLE: History prunes counted receipts by epoch distance only (older than series_epochs "
-    "epochs before the SLA's newest), whatever is still to be interrogated: a dispute whose "
-    "interrogation is held up (an accomplice on the route unreachable: undecided, retried every "
-    "retry_undecided_s) or a merged queued window longer than series_epochs loses the monitor's "
-    "receipts of its window while the monitor goes on counting, and the liar's other receipt in "
-    "the interrogation is not an equivocation. (Narrower than before: the state file kept "
-    "600..1200 counted receipts per node, this keeps exactly 600 epochs.) Fix: do not prune "
-    "counted receipts at or after the from_ns of the SLA's oldest unfinished dispute or "
-    "undisputed window (pass that floor to History.write), or keep them stuck_after_s + "
-    "min_dispute_gap_s longer than the series."))
 def test_counted_receipts_of_a_window_still_to_be_interrogated_are_kept(tmp_path):
+    """Was a strict xfail (HOLE: the history pruned counted receipts by epoch distance only, so
+    an interrogation held up past series_epochs, e.g. by an accomplice kept unreachable, found
+    the liar's other receipt no equivocation). The history now spares the counted receipts of
+    the windows still to be interrogated (State.unfinished_windows)."""
     d = str(tmp_path / "s")
     st = State(d)
     st.keep(600, L)

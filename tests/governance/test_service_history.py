@@ -199,3 +199,30 @@ def test_the_api_lists_the_last_epochs_and_a_tenant_reads_only_its_own(tmp_path)
         acc.identify = real_identify
     assert [s["sla_id"] for s in got] == [2] and reads == [2]
     st.close()
+
+
+def test_counted_receipts_of_unfinished_windows_outlive_the_series_and_no_longer(tmp_path):
+    """Spared from pruning: the counted receipts of a dispute not filed yet, of a queued and of
+    an undisputed window; once the dispute is filed, they go with the next write."""
+    st = State(str(tmp_path / "s"))
+    st.keep(5, L)
+    st.sla(1)["queued"] = {"from_ns": 3 * L, "to_ns": 3 * L + L - 1}
+    st.sla(1)["undisputed"] = [[6 * L + 1, 6 * L + 2]]            # inside epoch 6
+    st.data["disputes"]["1:1:2"] = {"sla_id": 1, "from_ns": 1 * L + 5, "to_ns": 2 * L - 1,
+                                    "state": "undecided"}
+    st.data["disputes"]["1:9:9"] = {"sla_id": 1, "from_ns": 9 * L, "to_ns": 9 * L,
+                                    "state": "filed"}
+    for e in range(1, 31):
+        st.record(1, _result(e * L), [(4, 2, e * L, "ee" * 32)])
+        st.save()
+    kept = sorted(int(k.split(":")[1]) // L for k in st.counted(1)["4"])
+    # epochs 1 (the dispute's window starts in it), 3 (queued), 6 (undisputed), the last 5
+    assert kept == [1, 3, 6, 26, 27, 28, 29, 30]
+    assert [d["epoch_ns"] // L for d in st.series(1)] == [26, 27, 28, 29, 30]  # series: 5
+    st.data["disputes"]["1:1:2"]["state"] = "filed"
+    st.sla(1)["queued"] = None
+    st.sla(1)["undisputed"] = []
+    st.record(1, _result(31 * L), [(4, 2, 31 * L, "ee" * 32)])
+    st.save()
+    assert sorted(int(k.split(":")[1]) // L for k in st.counted(1)["4"]) == [27, 28, 29, 30, 31]
+    st.close()
