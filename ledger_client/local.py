@@ -1399,6 +1399,12 @@ class LocalLedger:
         except lmdb.Error:                # a read-only ledger: nobody writes through it
             return time.time_ns()
 
+    def change_marker(self):
+        """A number that changes whenever anything is written to the ledger, by any process
+        (LMDB's last transaction id): a watcher reads it every few tens of milliseconds and the
+        whole ledger only when it moved."""
+        return self.env.info()["last_txnid"]
+
     def next_batch_seq(self, node_id):
         with self.env.begin() as txn:
             v = txn.get(_k64(node_id), db=self.dbs["next_seq"])

@@ -475,20 +475,23 @@ class Service:
 
     def _plan(self, slas, view, now):
         """The round's receipts requests (``plan_requests``): for every SLA with epochs due,
-        its flow at its first and its last device over its window."""
+        its flow at its first and its last device over its window; and the ids of the SLAs the
+        round evaluates (epochs due, or its first round: ``next_epoch`` to set)."""
         L = self.svc.epoch_ns
-        ends = []
+        ends, due = [], set()
         for sla in slas:
             with self.state.lock:
                 start = self.state.sla(sla.sla_id)["next_epoch"]
             if start is None:           # its first round: as evaluate_sla will start it
+                due.add(sla.sla_id)
                 start = first_epoch(now, self.svc.backfill_s, L, sla.valid_from_ns)
             epochs = self._due(sla, view, now, start)
             if epochs:
+                due.add(sla.sla_id)
                 flow = (bytes(sla.src), bytes(sla.dst))
                 for node in {sla.route[0], sla.route[-1]}:
                     ends.append((node, flow, epochs[0], epochs[-1]))
-        return plan_requests(ends, MAX_EPOCHS_PER_ROUND * L)
+        return plan_requests(ends, MAX_EPOCHS_PER_ROUND * L), due
 
     def _dispute(self, windows):
         for sla_id, w in windows:
@@ -627,11 +630,12 @@ class Service:
         started = []
         active = [sla for sla in sorted(view.slas.values(), key=lambda s: s.sla_id)
                   if self._active(sla, now)]
-        plan = self._plan(active, view, now)
+        plan, due = self._plan(active, view, now)
         shared, batch = RoundReads(self.ledger, plan), _Batch()
         for sla in active:
-            started.append(self._submit(("evaluate", sla.sla_id), self._evaluate, sla, view,
-                                        now, shared, batch, pool=self.evaluators))
+            if sla.sla_id in due:       # the others would find nothing to do (_due: [])
+                started.append(self._submit(("evaluate", sla.sla_id), self._evaluate, sla,
+                                            view, now, shared, batch, pool=self.evaluators))
             if self.svc.delay_sample_every_s > 0 and now <= sla.valid_to_ns:
                 with self.state.lock:
                     st = self.state.sla(sla.sla_id)
