@@ -4,7 +4,8 @@ The paper's testbed with its committee (three members, k = 2), the tenant's stea
 h1 -> h2 (200 packets/s, source ports 41000..41009 in turn) and ``beatctl serve`` run by member 1
 in the management namespace (receipt epochs and anchors of 1 s, n = 2 consecutive epochs):
 
-1. healthy for 20 epochs: every epoch evaluated, no violation, no dispute; the delay sampled;
+1. healthy for 30 epochs (30 s): every epoch evaluated, no violation, no dispute; the delay
+   sampled;
 2. r2 drops every tenth packet (a kernel rule blackholing source port 41000, as the scenarios):
    the service opens a dispute within n epochs plus one anchor period (plus the time to settle
    the epochs), the interrogation names r2 DROPPED and member 1's approval is filed; member 2
@@ -177,21 +178,21 @@ def test_the_service_disputes_what_the_routers_do(lab, tmp_path):
     flow = Flow(lab)
     serve = Serve(lab, tmp_path)
     try:
-        # 1. healthy for 20 epochs (~20 s) ------------------------------------------------------
+        # 1. healthy for 30 epochs (~30 s, the issue's healthy half-minute) ----------------------
         start = time.time_ns()
         _wait(lambda: serve.sla().get("epochs_evaluated", 0) >= 1, 30, "first epoch", serve)
-        # until 20 epochs are evaluated, 18 of them ok, and 3 delay samples taken (every 4 s),
-        # not a fixed 28 s (a violation on the way still fails below)
+        # until 30 epochs are evaluated, 28 of them ok, and 3 delay samples taken (every 4 s),
+        # not a fixed 38 s (a violation on the way still fails below)
         def healthy_enough():
             got = serve.sla()
-            return (got.get("epochs_evaluated", 0) >= 20 and got.get("samples", 0) >= 3
-                    and [r["result"] for r in got.get("series", ())].count("ok") >= 18)
-        _wait(healthy_enough, 60, "20 epochs evaluated, 18 ok, 3 delay samples", serve)
+            return (got.get("epochs_evaluated", 0) >= 30 and got.get("samples", 0) >= 3
+                    and [r["result"] for r in got.get("series", ())].count("ok") >= 28)
+        _wait(healthy_enough, 75, "30 epochs evaluated, 28 ok, 3 delay samples", serve)
         st = serve.sla()
-        assert st["epochs_evaluated"] >= 20, st
+        assert st["epochs_evaluated"] >= 30, st
         results = [r["result"] for r in st["series"]]
         assert "violation" not in results and serve.disputes() == [], st["series"]
-        assert results.count("ok") >= 18, results
+        assert results.count("ok") >= 28, results
         ok = [r for r in st["series"] if r["result"] == "ok"]
         assert all(abs(r["ingress"] - RATE) <= RATE // 10 for r in ok[1:]), ok
         assert st["samples"] >= 3 and st["last_delay"]["e2e"]["count"] > 0, st
@@ -220,9 +221,10 @@ def test_the_service_disputes_what_the_routers_do(lab, tmp_path):
                                     None), 90, "the decision filed", serve)
         finally:
             lab.net.run("r2", ["ip", "rule", "del", "pref", "100"], check=False)
-        # n = 2 epochs, one anchor period, the epochs settling (final_after_s 3): ~6 s; the
-        # sampled interrogation may be first (every 4 s): either way within ~n + 1 + 3 epochs
-        assert opened_s < 2 + 1 + 3 + 4 + 2, opened_s
+        # the issue's bound: within n epochs (2) plus one anchor period (1 s), plus 1.5 s for
+        # the rest of the epoch the drop began in and the evaluation (an epoch is counted once
+        # both ends' anchored receipts land: measured 1.76 and 1.78 s after the rule went in)
+        assert opened_s < 2 + 1 + 1.5, opened_s
         assert d1["verdicts"] == {"1": "CONSISTENT", "2": "DROPPED", "3": "CONSISTENT",
                                   "4": "CONSISTENT"}, d1
         assert d1["faulty"] == [2] and d1["from_ns"] >= t_drop - 2 * L
@@ -277,8 +279,9 @@ def test_the_service_disputes_what_the_routers_do(lab, tmp_path):
         _wait(lambda: serve.sla()["next_epoch"] > t_unblock + 2 * L, 60,
               "the epochs after the outage evaluated", serve)
         series = {r["epoch_ns"]: r for r in serve.sla()["series"]}
-        # an epoch is asked for from ~2 s after its end and given up final_after_s (3 s) after
-        # its end: those wholly inside the outage that way are unknown
+        # an epoch is asked for once its anchors land (~1 s after its end), again at each new
+        # anchor, and given up final_after_s (3 s) after its end: those wholly inside the
+        # outage that way are unknown
         during = [e for e in series if t_block <= e <= t_unblock - 5 * L]
         assert len(during) >= 4
         for e in during:
