@@ -71,7 +71,11 @@ class State:
         self.history = History(path_in(state_dir))
         self._results, self._counted = [], []        # recorded, written by the next save
         for sid, st in self.data["slas"].items():    # a state from before the history
-            self._results += [(int(sid), d) for d in st.pop("series", ())]
+            series = st.pop("series", ())
+            self._results += [(int(sid), d) for d in series]
+            known = [d["loss_ppm"] for d in series if d.get("loss_ppm") is not None]
+            if known and st.get("last_loss_ppm") is None:
+                st["last_loss_ppm"] = known[-1]         # the metrics' last loss
         for sid, nodes in self.data.pop("counted", {}).items():
             for node, rs in nodes.items():
                 for key, R in rs.items():

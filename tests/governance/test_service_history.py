@@ -117,6 +117,7 @@ def test_a_state_from_before_the_history_moves_into_it(tmp_path):
     data = json.loads((d / "state.json").read_text())
     assert "counted" not in data and "series" not in data["slas"]["7"]
     assert data["slas"]["7"]["next_epoch"] == 3 * L and data["started"] == 4
+    assert data["slas"]["7"]["last_loss_ppm"] == 0          # the metrics' last loss kept
     got = read(str(d))
     assert [r["epoch_ns"] for r in got["slas"]["7"]["series"]] == [1 * L, 2 * L]
     assert got["counted"] == {"7": {"4": {f"1:{2 * L}": "dd" * 32}}}
