@@ -184,7 +184,7 @@ def _pct(xs, q):
 def prefill(state_dir, p, epochs, before_ns):
     """The service's history as after ``epochs`` epochs of every SLA (its steady state: the
     series and counted receipts ``series_epochs`` deep), the newest ending before ``before_ns``;
-    the state file itself is left to the service (its first start)."""
+    the state file holds no SLA yet (the service's first start)."""
     from governance.service.state import State
     from governance.service.monitor import EpochResult
     st = State(state_dir)
@@ -198,8 +198,7 @@ def prefill(state_dir, p, epochs, before_ns):
                 route = p["routes"][str(sla)]
                 st.record(sla, EpochResult(e, "ok", p["packets"], p["packets"], 0, 0, 1).to_dict(),
                           [(route[0], 1, e, R), (route[-1], 2, e, R)])
-            st.history.write(st._results, st._counted)
-            st._results, st._counted = [], []
+            st.save()
     finally:
         st.close()
 

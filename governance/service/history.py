@@ -159,21 +159,6 @@ class History:
                     out.setdefault(str(node), {})[f"{role}:{e}"] = bytes(v).hex()
         return out
 
-    def slas(self):
-        """The SLA ids with a series."""
-        out = []
-        with self.env.begin() as txn:
-            cur = txn.cursor()
-            ok = cur.set_range(b"s")
-            while ok:
-                k = cur.key()
-                if k[:1] != b"s":
-                    break
-                sla = _SLA.unpack(k[1:9])[0]
-                out.append(sla)
-                ok = cur.set_range(b"s" + _SLA.pack(sla + 1)) if sla + 1 < 1 << 64 else False
-        return out
-
     def close(self):
         with _LOCK:
             if self._closed:

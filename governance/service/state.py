@@ -166,14 +166,7 @@ class State:
         receipts from the history too (a read of every SLA's records: not for every request)."""
         with self.lock:
             out = copy.deepcopy(self.data)
-        if series:
-            out["counted"] = {}
-            for sid, st in out["slas"].items():
-                st["series"] = self.series(sid)
-                c = self.counted(sid)
-                if c:
-                    out["counted"][sid] = c
-        return out
+        return _with_history(out, self.series, self.counted) if series else out
 
     def close(self):
         self.history.close()
@@ -188,18 +181,21 @@ def read(state_dir):
             data = json.load(f)
     except (OSError, ValueError):
         return None
-    data.setdefault("counted", {})
     if not os.path.exists(path_in(state_dir)):
-        for st in data.get("slas", {}).values():
-            st.setdefault("series", [])
-        return data
+        return _with_history(data, lambda sid: [], lambda sid: {})
     h = History(path_in(state_dir))
     try:
-        for sid, st in data.get("slas", {}).items():
-            st["series"] = h.series(sid)
-            c = h.counted(sid)
-            if c:
-                data["counted"][sid] = c
+        return _with_history(data, h.series, h.counted)
     finally:
         h.close()
+
+
+def _with_history(data, series_of, counted_of):
+    """``data`` (a state dict) with each SLA's ``series`` and the ``counted`` receipts."""
+    data["counted"] = {}
+    for sid, st in data.get("slas", {}).items():
+        st["series"] = series_of(sid)
+        c = counted_of(sid)
+        if c:
+            data["counted"][sid] = c
     return data

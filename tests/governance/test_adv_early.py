@@ -18,25 +18,13 @@ from governance.service.config import ServiceConfig
 from governance.service.monitor import EGRESS, INGRESS
 from governance.service.service import Counters, Service
 from governance.service.state import State
+from test_service_early import _sla, _view       # one SLA and its ends' anchors
 
 L = 10**9
 E = 1_000 * L                         # the epoch under attack
 SETTLE = monitor.DEFAULT_SETTLE_NS
 FINAL_S = 10                          # final_after_s
 R_IN, R_OUT, R_LIE = "a1" * 32, "b2" * 32, "c3" * 32
-
-
-def _sla():
-    return SimpleNamespace(sla_id=1, route=[1, 2, 3], src=bytes(16), dst=bytes(15) + b"\1",
-                           valid_from_ns=0, valid_to_ns=2 ** 62, max_loss_ppm=10_000,
-                           max_delay_us=0)
-
-
-def _view(first, last):
-    """The ends' newest anchors: ``(batch_seq, last_t_ns)`` of node 1 and node 3."""
-    return SimpleNamespace(slas={1: _sla()}, nodes={}, anchors={
-        1: SimpleNamespace(batch_seq=first[0], last_t_ns=first[1]),
-        3: SimpleNamespace(batch_seq=last[0], last_t_ns=last[1])})
 
 
 def _rc(role, epoch, packets, R):

@@ -29,7 +29,6 @@ def test_series_in_epoch_order_the_last_n_and_only_the_slas_own(tmp_path):
         assert [d["result"] for d in h.series(1)] == ["violation"]
         assert h.series(3, limit=5) == [_result(1 * L)]           # the last SLA of the file
         assert h.series(4) == [] and h.series(4, limit=3) == []
-        assert h.slas() == [1, 2, 3]
     finally:
         h.close()
 

@@ -7,6 +7,7 @@ import sys
 import time
 
 from conftest import REPO
+from test_adv_verify_service import _wait
 from governance.service import watcher as wmod
 from governance.service.watcher import Watcher
 from ledger_client.keys import DeviceKey
@@ -34,15 +35,6 @@ def _write_elsewhere(path, node):
                    env=dict(os.environ, PYTHONPATH=REPO), timeout=60)
 
 
-def _until(cond, timeout):
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_a_write_by_another_process_is_seen_within_a_tick_not_a_poll(tmp_path):
     path = str(tmp_path / "l.mdb")
     gov = DeviceKey.from_seed(GOV_SEED)
@@ -51,12 +43,12 @@ def test_a_write_by_another_process_is_seen_within_a_tick_not_a_poll(tmp_path):
     w = Watcher(led, 30.0)                      # poll_s far beyond the test
     w.start()
     try:
-        assert _until(lambda: w.polls >= 1, 10)
+        assert _wait(lambda: w.polls >= 1, 10)
         time.sleep(3 * wmod.MIN_POLL_S)
         assert w.polls == 1                     # quiet: not read again before poll_s
         _write_elsewhere(path, 5)
         t0 = time.monotonic()
-        assert _until(lambda: 5 in w.view.nodes, 10), "the other process's write not seen"
+        assert _wait(lambda: 5 in w.view.nodes, 10), "the other process's write not seen"
         seen_after = time.monotonic() - t0
         assert seen_after < 2.0, seen_after     # poll_s is 30 s
         polls = w.polls
@@ -79,9 +71,9 @@ def test_a_ledger_without_a_marker_is_read_every_poll_s():
     assert w._marker_of is None
     w.start()
     try:
-        assert _until(lambda: w.polls >= 1, 5)
+        assert _wait(lambda: w.polls >= 1, 5)
         t0, p0 = time.monotonic(), w.polls
-        assert _until(lambda: w.polls >= p0 + 3, 5)
+        assert _wait(lambda: w.polls >= p0 + 3, 5)
         assert time.monotonic() - t0 >= 0.8     # three polls: ~0.9 s, not a tick each
     finally:
         w.stop()
